@@ -1,0 +1,1 @@
+"""Data: downloads and the data sets scratchlm knows, and datasets for training."""

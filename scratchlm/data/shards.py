@@ -1,0 +1,179 @@
+"""Tokenize large text corpora into memory-mapped token shards (``scratchlm prepare``).
+
+Output folder::
+
+    shard_00000.bin   raw token ids, uint16 when the vocabulary fits, else uint32
+    shard_00001.bin
+    meta.json         tokenizer, vocab_size, dtype, eos_id, total tokens, per-shard count + sha256
+
+Each input file is read in blocks that are cut only where ``non-space \\n non-space`` stands, so
+tokenizing the blocks separately gives exactly the ids of tokenizing the whole file (the GPT-2
+regex never joins across such a newline). Blocks are tokenized in parallel worker processes; an
+end-of-text id separates files. Invalid UTF-8 is reported with the file and byte offset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import regex
+from tqdm.auto import tqdm
+
+BLOCK = 1 << 20  # bytes of text per task
+_CUT = regex.compile(rb"[\x21-\x7e]\n[\x21-\x7e]")  # a safe place to split (see module doc)
+
+
+class DataFileError(ValueError):
+    """Input text that cannot be used; the message names the file (and byte offset)."""
+
+
+def read_blocks(path: str | Path, block_size: int = BLOCK) -> Iterator[tuple[str, int]]:
+    """Yield ``(text, n_bytes)`` blocks of about ``block_size`` bytes, cut at safe newlines."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataFileError(f"{path}: file is empty")
+    offset = 0  # byte offset of ``buf`` in the file
+    buf = b""
+    with open(path, "rb") as f:
+        while True:
+            more = f.read(block_size)
+            buf += more
+            if more and len(buf) < block_size:
+                continue
+            if not more:
+                cut = len(buf)
+            else:
+                # Look for the last safe cut in the tail of the buffer; grow the buffer if none.
+                m = None
+                for m in _CUT.finditer(buf, max(0, len(buf) - block_size // 2)):
+                    pass
+                if m is None:
+                    continue
+                cut = m.start() + 2
+            piece, buf = buf[:cut], buf[cut:]
+            try:
+                text = piece.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFileError(
+                    f"{path}: invalid UTF-8 at byte offset {offset + e.start} ({e.reason})"
+                ) from None
+            offset += len(piece)
+            if text:
+                yield text, len(piece)
+            if not more:
+                return
+
+
+_worker_tok = None
+
+
+def _init_worker(tokenizer_name: str) -> None:
+    global _worker_tok
+    from scratchlm.tokenizers import get_tokenizer
+
+    _worker_tok = get_tokenizer(tokenizer_name)
+
+
+def _encode_block(text: str) -> np.ndarray:
+    return np.asarray(_worker_tok.encode(text, allowed_special="all"), dtype=np.uint32)
+
+
+def prepare(
+    files: Sequence[str | Path],
+    out_dir: str | Path,
+    tokenizer: str = "gpt2",
+    shard_tokens: int = 100_000_000,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Tokenize ``files`` into shards under ``out_dir``; returns the meta dict."""
+    from scratchlm.tokenizers import get_tokenizer
+
+    if not files:
+        raise DataFileError("no input files given")
+    tok = get_tokenizer(tokenizer)  # fail early on a bad name, and learn the vocabulary
+    dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    workers = workers or os.cpu_count() or 1
+    total_bytes = sum(Path(f).stat().st_size for f in files if Path(f).is_file())
+
+    shards: list[dict] = []
+    writer = _ShardWriter(out, dtype, shard_tokens, shards)
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
+
+    def texts(path):
+        for text, n_bytes in read_blocks(path):
+            yield text
+            bar.update(n_bytes)
+
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer,)) as pool:
+        for path in files:
+            for ids in pool.imap(_encode_block, texts(path)):
+                writer.write(ids)
+            if tok.eos_id is not None:
+                writer.write(np.asarray([tok.eos_id], dtype=np.uint32))
+    bar.close()
+    writer.close()
+    meta = {
+        "tokenizer": tokenizer,
+        "vocab_size": tok.vocab_size,
+        "eos_id": tok.eos_id,
+        "dtype": np.dtype(dtype).name,
+        "num_tokens": sum(s["num_tokens"] for s in shards),
+        "files": [str(f) for f in files],
+        "shards": shards,
+    }
+    tmp = out / "meta.json.part"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out / "meta.json")
+    return meta
+
+
+class _ShardWriter:
+    """Appends ids to ``shard_NNNNN.bin`` files of at most ``shard_tokens`` ids each, written
+    under a ``.part`` name and renamed when full; records each finished shard in ``shards``."""
+
+    def __init__(self, folder: Path, dtype, shard_tokens: int, shards: list[dict]):
+        if shard_tokens < 1:
+            raise ValueError("shard_tokens must be positive")
+        self.folder, self.dtype, self.cap, self.shards = folder, dtype, shard_tokens, shards
+        self.f = None
+
+    def _open(self) -> None:
+        self.name = f"shard_{len(self.shards):05d}.bin"
+        self.f = open(self.folder / (self.name + ".part"), "wb")
+        self.count, self.hash = 0, hashlib.sha256()
+
+    def write(self, ids: np.ndarray) -> None:
+        while len(ids):
+            if self.f is None:
+                self._open()
+            take = ids[: self.cap - self.count].astype(self.dtype)
+            data = take.tobytes()
+            self.f.write(data)
+            self.hash.update(data)
+            self.count += len(take)
+            ids = ids[len(take):]
+            if self.count == self.cap:
+                self._finish()
+
+    def _finish(self) -> None:
+        self.f.close()
+        os.replace(self.folder / (self.name + ".part"), self.folder / self.name)
+        self.shards.append({"file": self.name, "num_tokens": self.count,
+                            "sha256": self.hash.hexdigest()})
+        self.f = None
+
+    def close(self) -> None:
+        if self.f is not None:
+            self._finish()

@@ -1,0 +1,1 @@
+"""Recipes: one readable ``main(cfg)`` per job, composed from library pieces."""

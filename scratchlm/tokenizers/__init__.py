@@ -1,0 +1,53 @@
+"""Tokenizers: the book's simple and BPE tokenizers, and fast backends, behind one protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scratchlm.tokenizers.backends import HFTokenizer, TiktokenTokenizer
+from scratchlm.tokenizers.base import Tokenizer
+from scratchlm.tokenizers.bpe import BPETokenizer
+from scratchlm.tokenizers.char import CharTokenizer
+from scratchlm.tokenizers.simple import SimpleTokenizerV1, SimpleTokenizerV2
+
+__all__ = [
+    "BPETokenizer", "CharTokenizer", "HFTokenizer", "SimpleTokenizerV1", "SimpleTokenizerV2",
+    "TiktokenTokenizer", "Tokenizer", "get_tokenizer", "load_tokenizer",
+]
+
+
+def gpt2_files() -> tuple[Path, Path]:
+    """Local paths of GPT-2's encoder.json and vocab.bpe (cache, mirror or download)."""
+    from scratchlm.data.sources import fetch
+
+    return fetch("gpt2-encoder", progress=False), fetch("gpt2-vocab", progress=False)
+
+
+def get_tokenizer(name: str) -> Tokenizer:
+    """A tokenizer by name or path.
+
+    - ``"gpt2"``: the fast GPT-2 tokenizer (tiktoken built from OpenAI's files);
+    - ``"gpt2-scratch"``: the same vocabulary in the from-scratch ``BPETokenizer``;
+    - a path to a file saved by ``BPETokenizer``/``CharTokenizer`` or an HF ``tokenizer.json``.
+    """
+    if name == "gpt2":
+        return TiktokenTokenizer.from_gpt2_files(*gpt2_files())
+    if name == "gpt2-scratch":
+        return BPETokenizer.from_gpt2_files(*gpt2_files())
+    path = Path(name)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if path.is_file():
+        return load_tokenizer(path)
+    raise ValueError(f"unknown tokenizer {name!r}: not 'gpt2', 'gpt2-scratch' or an existing file")
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    import json
+
+    kind = json.loads(Path(path).read_text()).get("type")
+    if kind == "bpe":
+        return BPETokenizer.load(path)
+    if kind == "char":
+        return CharTokenizer.load(path)
+    return HFTokenizer.from_file(path)

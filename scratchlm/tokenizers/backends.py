@@ -1,0 +1,133 @@
+"""Fast tokenizers behind the same protocol: tiktoken for GPT-2, HF ``tokenizers`` for the
+vocab+merges tokenizers of Llama-family models.
+
+Both are built from local files (GPT-2's ``encoder.json``/``vocab.bpe``, or tokens + merges), so
+nothing is fetched from a hub at run time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from scratchlm.tokenizers.base import AllowedSpecial, check_special, resolve_allowed
+from scratchlm.tokenizers.bpe import EOT, GPT2_PATTERN, bytes_to_unicode
+
+
+class TiktokenTokenizer:
+    """A tiktoken ``Encoding`` wrapped in the project protocol."""
+
+    def __init__(self, encoding):
+        self.encoding = encoding
+        self.special_tokens: dict[str, int] = {
+            t: encoding.encode_single_token(t) for t in encoding.special_tokens_set
+        }
+        self.vocab_size = encoding.n_vocab
+
+    @classmethod
+    def from_gpt2_files(cls, encoder_json: str | Path, vocab_bpe: str | Path | None = None):
+        """Build the "gpt2" encoding from OpenAI's files. GPT-2's token ids are its merge ranks,
+        so ``encoder.json`` alone defines tiktoken's ``mergeable_ranks``; ``vocab.bpe`` is only
+        checked to agree when given."""
+        import tiktoken
+
+        byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
+        encoder = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
+        ranks = {bytes(byte_decoder[c] for c in tok): i for tok, i in encoder.items() if tok != EOT}
+        if vocab_bpe is not None:
+            n_merges = sum(1 for line in Path(vocab_bpe).read_text(encoding="utf-8").split("\n")[1:]
+                           if line.strip())
+            if n_merges != len(ranks) - 256:
+                raise ValueError(f"{vocab_bpe} has {n_merges} merges, {encoder_json} implies "
+                                 f"{len(ranks) - 256}")
+        enc = tiktoken.Encoding(
+            name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+            special_tokens={EOT: encoder[EOT]},
+        )
+        return cls(enc)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.special_tokens.get(EOT)
+
+    def encode(self, text: str, allowed_special: AllowedSpecial = ()) -> list[int]:
+        allowed = resolve_allowed(allowed_special, self.special_tokens)
+        return self.encoding.encode(text, allowed_special=allowed)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
+        """Encode many texts in tiktoken's threads (it releases the GIL); special-token strings
+        are plain text here."""
+        return self.encoding.encode_ordinary_batch(list(texts), num_threads=num_threads)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        if isinstance(ids, np.ndarray):
+            ids = ids.tolist()
+        return self.encoding.decode(list(ids))
+
+
+class HFTokenizer:
+    """A Hugging Face ``tokenizers.Tokenizer`` wrapped in the project protocol."""
+
+    def __init__(self, tokenizer, eos_token: str | None = None, bos_token: str | None = None):
+        self.tokenizer = tokenizer
+        self.special_tokens: dict[str, int] = {
+            tok.content: i for i, tok in tokenizer.get_added_tokens_decoder().items()
+            if tok.special
+        }
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.eos_token, self.bos_token = eos_token, bos_token
+
+    @classmethod
+    def from_file(cls, path: str | Path, **kw) -> "HFTokenizer":
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(path)), **kw)
+
+    @classmethod
+    def from_vocab_merges(
+        cls,
+        tokens: Sequence[str],
+        merges: Sequence[str | tuple[str, str]],
+        special_tokens: Iterable[str] = (),
+        eos_token: str | None = None,
+        bos_token: str | None = None,
+        pattern: str | None = None,
+    ) -> "HFTokenizer":
+        """Byte-level BPE from token strings (GPT-2 byte alphabet) and merges ("a b")."""
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+        vocab = {t: i for i, t in enumerate(tokens)}
+        pairs = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
+        tok = Tokenizer(models.BPE(vocab, pairs, fuse_unk=False, byte_fallback=False))
+        if pattern is None:
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        else:
+            tok.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ])
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t in special_tokens])
+        return cls(tok, eos_token=eos_token, bos_token=bos_token)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.special_tokens.get(self.eos_token) if self.eos_token else None
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.special_tokens.get(self.bos_token) if self.bos_token else None
+
+    def encode(self, text: str, allowed_special: AllowedSpecial = ()) -> list[int]:
+        check_special(text, self.special_tokens, allowed_special)
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)

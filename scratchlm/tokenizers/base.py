@@ -1,0 +1,74 @@
+"""The one small protocol every tokenizer follows, and the special-token rules they share.
+
+A tokenizer has ``encode(text, allowed_special=...) -> list[int]``, ``decode(ids) -> str``,
+``vocab_size`` and ``special_tokens`` (name -> id), plus ``eos_id`` (or None).
+
+Special tokens follow tiktoken's rules: text that contains a special token's string is an error
+unless that token is in ``allowed_special`` ("all" allows every one); allowed ones are encoded as
+their single id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Iterator
+from typing import Literal, Protocol, runtime_checkable
+
+import regex
+
+AllowedSpecial = Literal["all"] | Collection[str]
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    vocab_size: int
+    special_tokens: dict[str, int]
+
+    @property
+    def eos_id(self) -> int | None: ...
+
+    def encode(self, text: str, allowed_special: AllowedSpecial = ()) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+
+def resolve_allowed(allowed_special: AllowedSpecial, special_tokens: dict[str, int]) -> set[str]:
+    if allowed_special == "all":
+        return set(special_tokens)
+    allowed = set(allowed_special)
+    unknown = allowed - set(special_tokens)
+    if unknown:
+        raise ValueError(f"not special tokens of this tokenizer: {sorted(unknown)}")
+    return allowed
+
+
+def check_special(
+    text: str, special_tokens: dict[str, int], allowed_special: AllowedSpecial
+) -> set[str]:
+    """Return the allowed special tokens; raise ValueError if ``text`` holds another one."""
+    allowed = resolve_allowed(allowed_special, special_tokens)
+    for tok in special_tokens:
+        if tok not in allowed and tok in text:
+            raise ValueError(
+                f"text contains the special token {tok!r}, which is not allowed; pass "
+                f"allowed_special={{{tok!r}}} to encode it as a special token"
+            )
+    return allowed
+
+
+def split_special(
+    text: str, special_tokens: dict[str, int], allowed_special: AllowedSpecial
+) -> Iterator[tuple[str, int | None]]:
+    """Yield ``(piece, None)`` for ordinary text and ``(token, id)`` for allowed special tokens.
+
+    Raises ValueError when a special token that is not allowed appears in ``text``.
+    """
+    allowed = check_special(text, special_tokens, allowed_special)
+    if not allowed:
+        yield text, None
+        return
+    pattern = "(" + "|".join(regex.escape(t) for t in sorted(allowed, key=len, reverse=True)) + ")"
+    for i, piece in enumerate(regex.split(pattern, text)):
+        if i % 2:
+            yield piece, special_tokens[piece]
+        elif piece:
+            yield piece, None

@@ -1,0 +1,38 @@
+"""The command line, run as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "scratchlm", *args], cwd=cwd or ROOT,
+                          capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+
+
+def test_demo_fast(tmp_path):
+    r = run("demo", "--fast", "--out", str(tmp_path / "demo"))
+    assert r.returncode == 0, r.stderr
+    assert "scratchlm demo finished" in r.stdout
+    assert (tmp_path / "demo" / "tokenizer.json").is_file()
+    assert (tmp_path / "demo" / "shards" / "meta.json").is_file()
+
+
+def test_prepare_and_bad_input(tmp_path):
+    f = tmp_path / "x.txt"
+    f.write_text("Every effort moves you\n" * 50)
+    r = run("prepare", "--data", str(f), "--out", str(tmp_path / "s"), "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert "251 tokens" in r.stdout
+    f.write_bytes(b"\xc3")
+    r = run("prepare", "--data", str(f), "--out", str(tmp_path / "s2"))
+    assert r.returncode == 2 and "x.txt: invalid UTF-8 at byte offset 0" in r.stderr
+
+
+def test_unknown_stage_is_an_error(tmp_path):
+    r = run("demo", "--stages", "nope", "--out", str(tmp_path))
+    assert r.returncode == 2 and "unknown ['nope']" in r.stderr

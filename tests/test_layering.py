@@ -1,0 +1,51 @@
+"""Dependencies point one way (STYLE.md):
+nn -> models -> (tokenizers, data) -> finetune -> training -> generation -> recipes -> cli/serve.
+A module may import from its own layer or lower ones, never from a higher one, and importing
+the package does no work (no torch import from ``import scratchlm``)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+from conftest import ROOT
+
+LAYERS = {
+    "nn": 0, "models": 1, "tokenizers": 2, "data": 2, "finetune": 3, "training": 4,
+    "evaluate": 4, "generation": 5, "recipes": 6, "cli": 7, "serve": 7, "api": 7, "__main__": 8,
+}
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] != "scratchlm" or len(parts) < 2:
+        return None
+    return LAYERS.get(parts[1])
+
+
+def test_imports_point_down():
+    bad = []
+    for path in (ROOT / "scratchlm").rglob("*.py"):
+        rel = path.relative_to(ROOT).with_suffix("")
+        mod = ".".join(rel.parts)
+        own = _layer(mod)
+        if own is None:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                dep = _layer(name)
+                if dep is not None and dep > own:
+                    bad.append(f"{mod} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_import_does_no_work():
+    code = "import sys, scratchlm; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
