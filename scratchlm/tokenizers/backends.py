@@ -53,9 +53,19 @@ class TiktokenTokenizer:
     def eos_id(self) -> int | None:
         return self.special_tokens.get(EOT)
 
-    def encode(self, text: str, allowed_special: AllowedSpecial = ()) -> list[int]:
+    def _special_args(self, text: str, allowed_special: AllowedSpecial) -> dict:
         allowed = resolve_allowed(allowed_special, self.special_tokens)
-        return self.encoding.encode(text, allowed_special=allowed)
+        if not any(t in text for t in self.special_tokens):
+            # Plain text: tiktoken's special-token scan (slow, and serial) is not needed.
+            return {"allowed_special": set(), "disallowed_special": ()}
+        return {"allowed_special": allowed}
+
+    def encode(self, text: str, allowed_special: AllowedSpecial = ()) -> list[int]:
+        return self.encoding.encode(text, **self._special_args(text, allowed_special))
+
+    def encode_to_numpy(self, text: str, allowed_special: AllowedSpecial = ()) -> np.ndarray:
+        """Like ``encode`` but a uint32 array, without building a Python list."""
+        return self.encoding.encode_to_numpy(text, **self._special_args(text, allowed_special))
 
     def encode_ordinary(self, text: str) -> list[int]:
         return self.encoding.encode_ordinary(text)

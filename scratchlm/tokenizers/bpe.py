@@ -171,6 +171,7 @@ class BPETokenizer:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode ``text`` treating special-token strings as plain text."""
+        text = replace_surrogates(text)
         out: list[int] = []
         for chunk in self._regex.findall(text):
             out.extend(self._encode_chunk(chunk))
@@ -227,6 +228,15 @@ class BPETokenizer:
                 raise ValueError(f"{vocab_bpe}:{lineno}: malformed merge {line!r}") from None
         specials = {t: i for t, i in encoder.items() if t == EOT}
         return cls(byte_ids, merges, specials, GPT2_PATTERN)
+
+
+def replace_surrogates(text: str) -> str:
+    """Lone surrogates cannot be UTF-8 encoded; like tiktoken, encode them as U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def bytes_to_unicode() -> dict[int, str]:

@@ -73,3 +73,16 @@ def test_bad_input_is_named(tmp_path):
         prepare([bad], tmp_path / "o2", progress=False, workers=1)
     with pytest.raises(DataFileError, match="no such file"):
         prepare([tmp_path / "nope.txt"], tmp_path / "o3", progress=False, workers=1)
+
+
+def test_prepare_with_pure_python_tokenizer_uses_processes(tmp_path, verdict_text):
+    from scratchlm.tokenizers import BPETokenizer
+
+    tok = BPETokenizer.train(verdict_text, 400, progress=False)
+    tok.save(tmp_path / "tok.json")
+    src = tmp_path / "v.txt"
+    src.write_text(verdict_text * 3, encoding="utf-8")
+    meta = prepare([src], tmp_path / "out", tokenizer=str(tmp_path / "tok.json"), workers=2,
+                   progress=False)
+    got = np.fromfile(tmp_path / "out" / meta["shards"][0]["file"], dtype=np.uint16)
+    assert got.tolist() == tok.encode(verdict_text * 3) + [tok.eos_id]

@@ -54,7 +54,12 @@ texts = st.lists(
 def test_random_strings_match_tiktoken_and_round_trip(gpt2_scratch, gpt2_tok, s):
     ids = gpt2_scratch.encode(s)
     assert ids == gpt2_tok.encode(s)
-    assert gpt2_scratch.decode(ids) == s
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates have no UTF-8 form: both give U+FFFD
+        assert "\ufffd" in gpt2_scratch.decode(ids)
+    else:
+        assert gpt2_scratch.decode(ids) == s
 
 
 def test_special_tokens_only_when_allowed(gpt2_scratch):
