@@ -37,6 +37,28 @@ def _train_tokenizer(args) -> int:
     return 0
 
 
+def _generate(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from scratchlm.generation.sampling import generate, text_to_token_ids, token_ids_to_text
+    from scratchlm.models.loading import load_pretrained
+    from scratchlm.tokenizers import get_tokenizer
+
+    model = load_pretrained(args.model)
+    tok_file = Path(args.model) / "tokenizer.json"
+    tokenizer = get_tokenizer(args.tokenizer or (str(tok_file) if tok_file.is_file() else "gpt2"))
+    gen = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    idx = text_to_token_ids(args.prompt, tokenizer)
+    out = generate(model, idx, args.max_new_tokens, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, eos_id=tokenizer.eos_id, generator=gen)
+    print(token_ids_to_text(out, tokenizer))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scratchlm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -54,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--shard-tokens", type=int, default=100_000_000)
     d.add_argument("--workers", type=int, default=None)
     d.set_defaults(func=_prepare)
+
+    d = sub.add_parser("generate", help="continue a prompt with a model")
+    d.add_argument("--model", required=True, help="a preset with weights or a model folder")
+    d.add_argument("--prompt", default="Every effort moves you")
+    d.add_argument("--max-new-tokens", type=int, default=50)
+    d.add_argument("--temperature", type=float, default=0.0)
+    d.add_argument("--top-k", type=int, default=None)
+    d.add_argument("--top-p", type=float, default=None)
+    d.add_argument("--seed", type=int, default=None)
+    d.add_argument("--tokenizer", default=None, help="default: the model folder's, else gpt2")
+    d.set_defaults(func=_generate)
 
     d = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer from scratch")
     d.add_argument("--data", nargs="+", required=True)

@@ -36,3 +36,25 @@ def test_prepare_and_bad_input(tmp_path):
 def test_unknown_stage_is_an_error(tmp_path):
     r = run("demo", "--stages", "nope", "--out", str(tmp_path))
     assert r.returncode == 2 and "unknown ['nope']" in r.stderr
+
+
+def test_generate_from_a_saved_model(tmp_path):
+    import torch
+
+    from scratchlm.generation.sampling import generate
+    from scratchlm.models.gpt import GPT, GPTConfig
+    from scratchlm.models.loading import save_pretrained
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("gpt-tiny")).eval()
+    save_pretrained(model, tmp_path / "m")
+    r = run("generate", "--model", str(tmp_path / "m"), "--prompt", "Every effort moves you",
+            "--max-new-tokens", "5")
+    assert r.returncode == 0, r.stderr
+    from scratchlm.tokenizers import get_tokenizer
+
+    tok = get_tokenizer("gpt2")
+    want = generate(model, torch.tensor([tok.encode("Every effort moves you")]), 5)
+    assert r.stdout.strip() == tok.decode(want[0].tolist()).strip()
+    r = run("generate", "--model", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "neither a preset" in r.stderr

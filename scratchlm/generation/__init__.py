@@ -1,0 +1,1 @@
+"""Generation: pure sampling functions and the naive reference ``generate``."""

@@ -1,0 +1,66 @@
+"""Counting a model: parameters, memory, and FLOPs per token (pure functions of the model or
+its config; the trainer uses ``flops_per_token`` for MFU)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters, each shared tensor counted once (a tied head adds nothing)."""
+    # .parameters() yields a shared tensor only once
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@dataclass
+class MemoryReport:
+    total_params: int  # unique parameters
+    params_untied: int  # as if out_head had its own weight (the book's first figure)
+    bytes_per_param: int
+
+    @property
+    def size_mb(self) -> float:
+        """Size of the unique parameters in MB (MiB, as the book computes it)."""
+        return self.total_params * self.bytes_per_param / (1024 * 1024)
+
+    def __str__(self) -> str:
+        return (f"{self.total_params:,} parameters ({self.params_untied:,} with a separate "
+                f"output head), {self.size_mb:,.2f} MB at {self.bytes_per_param} bytes each")
+
+
+def memory_report(model: nn.Module, bytes_per_param: int = 4) -> MemoryReport:
+    total = count_parameters(model)
+    untied = total
+    head, emb = getattr(model, "out_head", None), getattr(model, "tok_emb", None)
+    if head is not None and emb is not None and head.weight is emb.weight:
+        untied += head.weight.numel()
+    return MemoryReport(total, untied, bytes_per_param)
+
+
+def flops_per_token(cfg, seq_len: int | None = None) -> tuple[float, float]:
+    """(forward, training) FLOPs per token for a GPT- or Llama-style config.
+
+    Every weight matrix costs 2 FLOPs per parameter per token in the forward pass (a multiply
+    and an add); attention adds QK^T and AV, 2 * 2 * n_layer * seq_len * n_embd per token
+    (counting the full sequence, as the PaLM paper's appendix B does). Backward costs twice the
+    forward, so training = 3 x forward:
+
+        forward  = 2 * N_matmul + 4 * n_layer * seq_len * n_embd
+        training = 6 * N_matmul + 12 * n_layer * seq_len * n_embd
+
+    N_matmul counts the projection, feed-forward and output-head weights; embedding lookups,
+    norms and biases are negligible and left out.
+    """
+    t = seq_len or cfg.context_length
+    c, layers = cfg.n_embd, cfg.n_layer
+    hidden = getattr(cfg, "intermediate_size", None)
+    if hidden is None:  # GPT: qkv (3C^2) + out_proj (C^2) + MLP C->4C->C (8C^2)
+        per_layer = 12 * c * c
+    else:  # Llama: q,o (C^2 each), k,v (C * kv_dim each), SwiGLU three C x hidden matrices
+        kv_dim = cfg.n_kv_head * (c // cfg.n_head)
+        per_layer = 2 * c * c + 2 * c * kv_dim + 3 * c * hidden
+    n_matmul = layers * per_layer + cfg.vocab_size * c
+    forward = 2 * n_matmul + 4 * layers * t * c
+    return float(forward), float(3 * forward)

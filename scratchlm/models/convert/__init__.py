@@ -1,0 +1,1 @@
+"""Key and layout maps between our models and published checkpoint formats."""

@@ -1,0 +1,142 @@
+"""The GPT model of the book's chapter 4 (GPT-2's architecture): modules only.
+
+    token ids (B, T)
+      -> tok_emb + pos_emb -> dropout                       (B, T, C)
+      -> n_layer x TransformerBlock:
+             x = x + drop(att(norm1(x)))                     pre-LayerNorm, shortcut
+             x = x + drop(ff(norm2(x)))
+      -> final_norm -> out_head                              (B, T, vocab_size)
+
+Loading weights lives in ``models/convert`` and ``models/loading.py``; counting parameters and
+FLOPs in ``models/accounting.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from scratchlm.nn.attention import CausalSelfAttention
+from scratchlm.nn.feedforward import FeedForward
+from scratchlm.nn.norm import LayerNorm
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257  # GPT-2's BPE vocabulary
+    context_length: int = 1024  # longest sequence the positional embedding covers
+    n_embd: int = 768  # embedding width C
+    n_head: int = 12  # attention heads (C must divide evenly)
+    n_layer: int = 12  # transformer blocks
+    drop_rate: float = 0.0  # dropout on embeddings, attention weights and shortcuts
+    qkv_bias: bool = True  # bias in the query/key/value projection (GPT-2 has one)
+    tie_embeddings: bool = True  # out_head shares tok_emb's weight (GPT-2 does)
+    vocab_pad_multiple: int = 1  # pad embedding/head rows to a multiple (64 helps matmuls)
+    grad_checkpointing: bool = False  # recompute each block's activations in backward
+
+    def __post_init__(self):
+        for name in ("vocab_size", "context_length", "n_embd", "n_head", "n_layer",
+                     "vocab_pad_multiple"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, "
+                                 f"got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head "
+                             f"({self.n_head})")
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ValueError(f"GPTConfig.drop_rate must be in [0, 1), got {self.drop_rate}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.vocab_pad_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "GPTConfig":
+        """A preset by name, e.g. ``GPTConfig.from_name("gpt2-124m", drop_rate=0.1)``."""
+        try:
+            base = GPT_PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown GPT preset {name!r}; known: {', '.join(GPT_PRESETS)}") from None
+        return replace(base, **overrides)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# The four GPT-2 sizes (the book's table in chapter 5; OpenAI's released checkpoints:
+# https://huggingface.co/openai-community/gpt2, gpt2-medium, gpt2-large, gpt2-xl).
+GPT_PRESETS: dict[str, GPTConfig] = {
+    "gpt2-124m": GPTConfig(n_embd=768, n_layer=12, n_head=12),
+    "gpt2-355m": GPTConfig(n_embd=1024, n_layer=24, n_head=16),
+    "gpt2-774m": GPTConfig(n_embd=1280, n_layer=36, n_head=20),
+    "gpt2-1558m": GPTConfig(n_embd=1600, n_layer=48, n_head=25),
+    # tiny, for tests and quick experiments
+    "gpt-tiny": GPTConfig(vocab_size=50257, context_length=128, n_embd=32, n_layer=2, n_head=2),
+}
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.norm1 = LayerNorm(cfg.n_embd)
+        self.att = CausalSelfAttention(cfg.n_embd, cfg.n_embd, cfg.context_length,
+                                       cfg.drop_rate, cfg.n_head, cfg.qkv_bias)
+        self.norm2 = LayerNorm(cfg.n_embd)
+        self.ff = FeedForward(cfg.n_embd)
+        self.drop_shortcut = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x)))  # (B, T, C)
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))  # (B, T, C)
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.padded_vocab_size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.n_embd)
+        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layer))
+        self.final_norm = LayerNorm(cfg.n_embd)
+        self.out_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight
+        self.apply(_init_weights)
+
+    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, vocab_size) logits."""
+        b, seq_len = in_idx.shape
+        if seq_len > self.cfg.context_length:
+            raise ValueError(f"sequence of {seq_len} tokens exceeds context_length "
+                             f"{self.cfg.context_length}")
+        pos = torch.arange(seq_len, device=in_idx.device)
+        x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(pos))  # (B, T, C)
+        for block in self.trf_blocks:
+            if self.cfg.grad_checkpointing and self.training:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        logits = self.out_head(self.final_norm(x))  # (B, T, padded V)
+        if self.cfg.padded_vocab_size != self.cfg.vocab_size:
+            logits = logits[..., : self.cfg.vocab_size]  # drop the padding columns
+        return logits
+
+
+def _init_weights(module: nn.Module) -> None:
+    """GPT-2's initialisation: normal(0, 0.02) for Linear and Embedding weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)

@@ -1,0 +1,198 @@
+"""Load and save model weights: our own folders, and Hugging Face checkpoints.
+
+``load_pretrained(name_or_path)`` accepts
+- a preset with published weights (``"gpt2-124m"`` ... ``"gpt2-1558m"``), fetched from the
+  Hugging Face hub (``$HF_ENDPOINT``, default https://huggingface.co) through the project's
+  downloader (cache, progress, resume, mirror);
+- a folder holding ``config.json`` and ``model.safetensors`` (or shards listed in
+  ``model.safetensors.index.json``) in either our layout or a supported HF layout.
+
+Weights are read with safetensors (never unpickled) one tensor at a time into a model built on
+the meta device, so a checkpoint never needs two full copies in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from scratchlm.data.download import DownloadError, download
+from scratchlm.models.gpt import GPT, GPTConfig
+
+# Preset -> Hugging Face repository with its published weights.
+HF_REPOS = {
+    "gpt2-124m": "openai-community/gpt2",
+    "gpt2-355m": "openai-community/gpt2-medium",
+    "gpt2-774m": "openai-community/gpt2-large",
+    "gpt2-1558m": "openai-community/gpt2-xl",
+}
+# Our model families: name -> (config class, model class).
+FAMILIES: dict[str, tuple[type, type]] = {"gpt": (GPTConfig, GPT)}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model; the message names the key and shapes."""
+
+
+def hf_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def fetch_hf_repo(repo: str, progress: bool = True) -> Path:
+    """Download a repo's ``config.json`` and safetensors weights (single or sharded) into the
+    cache; returns the local folder."""
+    base = f"{hf_endpoint()}/{repo}/resolve/main"
+
+    def get(name: str) -> Path:
+        return download(f"{base}/{name}", f"hf/{repo}/{name}", progress=progress)
+
+    folder = get("config.json").parent
+    try:
+        get("model.safetensors")
+    except DownloadError as single_error:
+        try:
+            index = json.loads(get("model.safetensors.index.json").read_text())
+        except DownloadError:
+            raise single_error from None
+        for shard in sorted(set(index["weight_map"].values())):
+            get(shard)
+    return folder
+
+
+def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (key, tensor) from ``model.safetensors`` or the shards of its index file."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+    for name in files:
+        with safe_open(folder / name, framework="pt") as f:
+            for key in f.keys():
+                yield key, f.get_tensor(key)
+
+
+def _materialize(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """Assign ``state`` onto a model built on the meta device, checking keys and shapes."""
+    expected = model.state_dict()
+    tied = getattr(model, "cfg", None) is not None and getattr(model.cfg, "tie_embeddings", False)
+    optional = {"out_head.weight"} if tied else set()
+    for key, tensor in state.items():
+        if key not in expected:
+            raise CheckpointError(f"{source}: unexpected key {key!r} {tuple(tensor.shape)}")
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(f"{source}: key {key!r} has shape {tuple(tensor.shape)}, the "
+                                  f"model expects {tuple(expected[key].shape)}")
+    missing = sorted(set(expected) - set(state) - optional)
+    if missing:
+        raise CheckpointError(f"{source}: missing keys {missing[:5]}"
+                              + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    model.load_state_dict(state, strict=False, assign=True)
+    if tied:
+        model.out_head.weight = model.tok_emb.weight
+    return model
+
+
+def _pad_vocab(t: torch.Tensor, rows: int) -> torch.Tensor:
+    if t.shape[0] >= rows:
+        return t
+    return torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
+
+
+def load_hf_gpt2(folder: str | Path, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu", **overrides) -> GPT:
+    from scratchlm.models.convert.hf_gpt2 import config_from_hf, hf_key_to_ours
+
+    folder = Path(folder)
+    cfg = config_from_hf(json.loads((folder / "config.json").read_text()))
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    cfg.__post_init__()
+    with torch.device("meta"):
+        model = GPT(cfg)
+    state = {}
+    for key, tensor in iter_safetensors(folder):
+        try:
+            ours, transpose = hf_key_to_ours(key)
+        except KeyError:
+            raise CheckpointError(f"{folder}: unexpected key {key!r} in a GPT-2 checkpoint") from None
+        if ours is None or (ours == "out_head.weight" and cfg.tie_embeddings):
+            continue
+        t = tensor.T if transpose else tensor
+        if ours in ("tok_emb.weight", "out_head.weight"):
+            t = _pad_vocab(t, cfg.padded_vocab_size)
+        state[ours] = t.to(device=device, dtype=dtype).contiguous()
+    return _materialize(model, state, str(folder))
+
+
+def save_pretrained(model: nn.Module, folder: str | Path, family: str = "gpt") -> Path:
+    """Our layout: ``config.json`` ({"scratchlm": {"family", "config"}}) + ``model.safetensors``.
+    Files are written under temporary names and renamed, so a crash leaves no half file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if getattr(model.cfg, "tie_embeddings", False):
+        state.pop("out_head.weight", None)  # the same tensor as tok_emb.weight
+    save_file(state, folder / "model.safetensors.part", metadata={"format": "pt"})
+    os.replace(folder / "model.safetensors.part", folder / "model.safetensors")
+    meta = {"scratchlm": {"family": family, "config": model.cfg.to_dict()}}
+    (folder / "config.json.part").write_text(json.dumps(meta, indent=2))
+    os.replace(folder / "config.json.part", folder / "config.json")
+    return folder
+
+
+def save_hf_gpt2(model: GPT, folder: str | Path) -> Path:
+    """Export our GPT to the HF GPT-2 layout, loadable by ``GPT2LMHeadModel.from_pretrained``."""
+    from scratchlm.models.convert.hf_gpt2 import config_to_hf, state_dict_to_hf
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hf_state = state_dict_to_hf({k: v.detach() for k, v in model.state_dict().items()}, model.cfg)
+    save_file(hf_state, folder / "model.safetensors", metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config_to_hf(model.cfg), indent=2))
+    return folder
+
+
+def load_ours(folder: str | Path, dtype: torch.dtype = torch.float32,
+              device: str | torch.device = "cpu") -> nn.Module:
+    folder = Path(folder)
+    meta = json.loads((folder / "config.json").read_text())["scratchlm"]
+    try:
+        config_cls, model_cls = FAMILIES[meta["family"]]
+    except KeyError:
+        raise CheckpointError(f"{folder}: unknown model family {meta['family']!r}") from None
+    with torch.device("meta"):
+        model = model_cls(config_cls(**meta["config"]))
+    state = {k: t.to(device=device, dtype=dtype) for k, t in iter_safetensors(folder)}
+    return _materialize(model, state, str(folder))
+
+
+def load_pretrained(name: str, dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu", progress: bool = True) -> nn.Module:
+    """A model with weights, from a preset name or a folder (see the module docstring)."""
+    if name in HF_REPOS:
+        folder = fetch_hf_repo(HF_REPOS[name], progress=progress)
+    else:
+        folder = Path(name)
+        if not (folder / "config.json").is_file():
+            known = ", ".join(HF_REPOS)
+            raise FileNotFoundError(f"{name!r} is neither a preset with weights ({known}) nor a "
+                                    "folder with config.json")
+    config = json.loads((folder / "config.json").read_text())
+    if "scratchlm" in config:
+        model = load_ours(folder, dtype, device)
+    elif config.get("model_type") == "gpt2":
+        model = load_hf_gpt2(folder, dtype, device)
+    else:
+        raise CheckpointError(f"{folder}: unsupported model_type {config.get('model_type')!r}")
+    return model.eval()

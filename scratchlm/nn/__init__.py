@@ -1,0 +1,1 @@
+"""Shared building blocks: attention variants, norms, feed-forward layers."""

@@ -1,0 +1,246 @@
+"""Self-attention, every variant the book builds (chapter 3 and its bonus notebook), in order:
+
+1. ``simplified_self_attention``: no trainable weights; scores are dot products of the inputs.
+2. ``SelfAttentionV1`` (weights as ``nn.Parameter``) and ``SelfAttentionV2`` (``nn.Linear``).
+3. ``CausalAttention``: a causal mask registered as a buffer, dropout on the attention weights.
+4. ``MultiHeadAttentionWrapper``: several ``CausalAttention`` heads stacked side by side.
+5. ``MultiHeadAttention``: one set of projections split into heads, plus ``out_proj``.
+6. ``MHACombinedQKV``: one matmul makes queries, keys and values together.
+7. ``MHAEinsum``: the same computation written with ``torch.einsum``.
+8. ``CausalSelfAttention``: the production path used by our models, on
+   ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels where the hardware has
+   them; ``is_causal=True`` so no mask is materialised).
+
+With the same weights and dropout 0, 5-8 give identical outputs (tests/nn/test_attention.py).
+Shapes: ``B`` batch, ``T`` tokens, ``C`` = d_in, ``H`` heads, ``D`` = head_dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def simplified_self_attention(inputs: torch.Tensor) -> torch.Tensor:
+    """(T, C) -> (T, C): each output is a softmax-weighted sum of all inputs."""
+    attn_scores = inputs @ inputs.T  # (T, T)
+    attn_weights = torch.softmax(attn_scores, dim=-1)
+    return attn_weights @ inputs
+
+
+class SelfAttentionV1(nn.Module):
+    """Scaled dot-product attention with weight matrices as raw Parameters; (T, d_in) -> (T, d_out)."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.W_query = nn.Parameter(torch.rand(d_in, d_out))
+        self.W_key = nn.Parameter(torch.rand(d_in, d_out))
+        self.W_value = nn.Parameter(torch.rand(d_in, d_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keys, queries, values = x @ self.W_key, x @ self.W_query, x @ self.W_value
+        attn_scores = queries @ keys.T  # (T, T)
+        attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)
+        return attn_weights @ values
+
+
+class SelfAttentionV2(nn.Module):
+    """As V1 with ``nn.Linear`` layers (better initialisation, optional bias)."""
+
+    def __init__(self, d_in: int, d_out: int, qkv_bias: bool = False):
+        super().__init__()
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keys, queries, values = self.W_key(x), self.W_query(x), self.W_value(x)
+        attn_scores = queries @ keys.T
+        attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)
+        return attn_weights @ values
+
+
+class CausalAttention(nn.Module):
+    """One causal head on batches: (B, T, d_in) -> (B, T, d_out)."""
+
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
+                 qkv_bias: bool = False):
+        super().__init__()
+        self.d_out = d_out
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.dropout = nn.Dropout(dropout)
+        # A buffer moves with the module (.to(device)) but is not trained.
+        self.register_buffer(
+            "mask", torch.triu(torch.ones(context_length, context_length), diagonal=1),
+            persistent=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, num_tokens, d_in = x.shape
+        keys, queries, values = self.W_key(x), self.W_query(x), self.W_value(x)
+        attn_scores = queries @ keys.transpose(1, 2)  # (B, T, T)
+        attn_scores.masked_fill_(self.mask.bool()[:num_tokens, :num_tokens], -torch.inf)
+        attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)
+        attn_weights = self.dropout(attn_weights)
+        return attn_weights @ values
+
+
+class MultiHeadAttentionWrapper(nn.Module):
+    """``num_heads`` independent CausalAttention heads, outputs concatenated:
+    (B, T, d_in) -> (B, T, num_heads * d_out)."""
+
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
+                 num_heads: int, qkv_bias: bool = False):
+        super().__init__()
+        self.heads = nn.ModuleList(
+            [CausalAttention(d_in, d_out, context_length, dropout, qkv_bias)
+             for _ in range(num_heads)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([head(x) for head in self.heads], dim=-1)
+
+
+def _check_heads(d_out: int, num_heads: int) -> int:
+    if d_out % num_heads:
+        raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
+    return d_out // num_heads
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with weight splitting: one projection per Q/K/V, split into heads."""
+
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
+                 num_heads: int, qkv_bias: bool = False):
+        super().__init__()
+        self.head_dim = _check_heads(d_out, num_heads)
+        self.d_out, self.num_heads = d_out, num_heads
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)  # combines the heads' outputs
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer(
+            "mask", torch.triu(torch.ones(context_length, context_length), diagonal=1),
+            persistent=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, num_tokens, d_in = x.shape
+        h, d = self.num_heads, self.head_dim
+        keys = self.W_key(x).view(b, num_tokens, h, d).transpose(1, 2)  # (B, H, T, D)
+        queries = self.W_query(x).view(b, num_tokens, h, d).transpose(1, 2)  # (B, H, T, D)
+        values = self.W_value(x).view(b, num_tokens, h, d).transpose(1, 2)  # (B, H, T, D)
+        attn_scores = queries @ keys.transpose(2, 3)  # (B, H, T, T)
+        mask_bool = self.mask.bool()[:num_tokens, :num_tokens]
+        attn_scores.masked_fill_(mask_bool, -torch.inf)
+        attn_weights = torch.softmax(attn_scores / d**0.5, dim=-1)
+        attn_weights = self.dropout(attn_weights)
+        context = (attn_weights @ values).transpose(1, 2)  # (B, T, H, D)
+        context = context.contiguous().view(b, num_tokens, self.d_out)  # (B, T, C)
+        return self.out_proj(context)
+
+
+class MHACombinedQKV(nn.Module):
+    """As MultiHeadAttention, with one ``qkv`` Linear producing Q, K and V in a single matmul."""
+
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
+                 num_heads: int, qkv_bias: bool = False):
+        super().__init__()
+        self.head_dim = _check_heads(d_out, num_heads)
+        self.d_out, self.num_heads = d_out, num_heads
+        self.qkv = nn.Linear(d_in, 3 * d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer(
+            "mask", torch.triu(torch.ones(context_length, context_length), diagonal=1),
+            persistent=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, num_tokens, _ = x.shape
+        qkv = self.qkv(x).view(b, num_tokens, 3, self.num_heads, self.head_dim)  # (B, T, 3, H, D)
+        queries, keys, values = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
+        attn_scores = queries @ keys.transpose(-2, -1)  # (B, H, T, T)
+        attn_scores = attn_scores.masked_fill(
+            self.mask.bool()[:num_tokens, :num_tokens], -torch.inf)
+        attn_weights = self.dropout(torch.softmax(attn_scores / self.head_dim**0.5, dim=-1))
+        context = (attn_weights @ values).transpose(1, 2)  # (B, T, H, D)
+        return self.out_proj(context.reshape(b, num_tokens, self.d_out))
+
+
+class MHAEinsum(nn.Module):
+    """Multi-head attention written with einsum; weights kept as (d_in, d_out) Parameters."""
+
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
+                 num_heads: int, qkv_bias: bool = False):
+        super().__init__()
+        self.head_dim = _check_heads(d_out, num_heads)
+        self.d_out, self.num_heads = d_out, num_heads
+        self.W_query = nn.Parameter(torch.empty(d_in, d_out))
+        self.W_key = nn.Parameter(torch.empty(d_in, d_out))
+        self.W_value = nn.Parameter(torch.empty(d_in, d_out))
+        for w in (self.W_query, self.W_key, self.W_value):
+            nn.init.kaiming_uniform_(w, a=5**0.5)
+        if qkv_bias:
+            self.bias_q = nn.Parameter(torch.zeros(d_out))
+            self.bias_k = nn.Parameter(torch.zeros(d_out))
+            self.bias_v = nn.Parameter(torch.zeros(d_out))
+        else:
+            self.register_parameter("bias_q", None)
+            self.register_parameter("bias_k", None)
+            self.register_parameter("bias_v", None)
+        self.out_proj = nn.Linear(d_out, d_out)
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer(
+            "mask", torch.triu(torch.ones(context_length, context_length), diagonal=1),
+            persistent=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = torch.einsum("bnd,di->bni", x, self.W_query)  # (B, T, C)
+        k = torch.einsum("bnd,di->bni", x, self.W_key)
+        v = torch.einsum("bnd,di->bni", x, self.W_value)
+        if self.bias_q is not None:
+            q, k, v = q + self.bias_q, k + self.bias_k, v + self.bias_v
+        q = q.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        scores = torch.einsum("bhnd,bhmd->bhnm", q, k) / self.head_dim**0.5  # (B, H, T, T)
+        scores = scores.masked_fill(self.mask.bool()[:n, :n], -torch.inf)
+        weights = self.dropout(torch.softmax(scores, dim=-1))
+        context = torch.einsum("bhnm,bhmd->bhnd", weights, v)  # (B, H, T, D)
+        context = context.transpose(1, 2).reshape(b, n, self.d_out)  # (B, T, C)
+        return self.out_proj(context)
+
+
+class CausalSelfAttention(nn.Module):
+    """The production multi-head causal attention: fused QKV projection and PyTorch's
+    ``scaled_dot_product_attention`` with ``is_causal=True`` (no (T, T) mask in memory).
+
+    ``context_length`` is kept for the interface (and validated by the model); SDPA needs no
+    mask buffer. Dropout applies to the attention weights in training, as in the book.
+    """
+
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
+                 num_heads: int, qkv_bias: bool = False):
+        super().__init__()
+        self.head_dim = _check_heads(d_out, num_heads)
+        self.d_out, self.num_heads, self.context_length = d_out, num_heads, context_length
+        self.qkv = nn.Linear(d_in, 3 * d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, num_tokens, _ = x.shape
+        qkv = self.qkv(x).view(b, num_tokens, 3, self.num_heads, self.head_dim)  # (B, T, 3, H, D)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
+        context = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )  # (B, H, T, D)
+        context = context.transpose(1, 2).reshape(b, num_tokens, self.d_out)  # (B, T, C)
+        return self.out_proj(context)

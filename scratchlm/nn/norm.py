@@ -1,0 +1,24 @@
+"""Normalisation layers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm(nn.Module):
+    """Layer normalisation as in the book (and GPT-2): over the last dimension,
+
+        y = scale * (x - mean) / sqrt(var + eps) + shift,   var biased (divides by n)
+
+    computed with PyTorch's fused ``F.layer_norm`` (same formula, one kernel)."""
+
+    def __init__(self, emb_dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(emb_dim))
+        self.shift = nn.Parameter(torch.zeros(emb_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
