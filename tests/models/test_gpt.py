@@ -88,3 +88,20 @@ def test_flops_per_token_formula():
     assert fwd == 2 * n + 4 * 12 * 1024 * 768 and train == 3 * fwd
     # close to the usual 6N rule of thumb at this size
     assert 0.9 < train / (6 * count_parameters(GPT(cfg))) < 1.2
+
+
+def test_tied_gradient_equals_the_sum_of_untied_gradients():
+    """The sparse lookup gradient of a tied head adds up to the dense sum of both uses."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=100, context_length=16, n_embd=32, n_layer=1, n_head=2)
+    tied = GPT(cfg).train()
+    untied = GPT(GPTConfig(**{**cfg.to_dict(), "tie_embeddings": False})).train()
+    state = tied.state_dict()
+    untied.load_state_dict({**state, "out_head.weight": state["tok_emb.weight"].clone()})
+    x = torch.randint(0, 100, (3, 16))
+    for m in (tied, untied):
+        torch.nn.functional.cross_entropy(m(x).flatten(0, 1), x.roll(-1, 1).flatten()).backward()
+    g = tied.tok_emb.weight.grad
+    assert not g.is_sparse
+    want = untied.tok_emb.weight.grad + untied.out_head.weight.grad
+    assert torch.allclose(g, want, atol=1e-6)

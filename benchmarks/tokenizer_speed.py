@@ -1,6 +1,9 @@
 """Tokenizer speed: our paths against tiktoken and HF tokenizers, in one process run.
 
-    python benchmarks/tokenizers.py [--prepare-mb 100]
+    python benchmarks/tokenizer_speed.py [--prepare-mb 100]
+
+(Not named tokenizers.py: a script's folder goes first on sys.path, and a file of that name
+would shadow the HF ``tokenizers`` package for every benchmark here.)
 
 Prints encode throughput (MB/s) of the fast GPT-2 path vs tiktoken called directly (goal ratio
 >= 0.9), of the from-scratch BPE; BPE training time for 5,000 merges on tinyshakespeare vs HF
@@ -12,13 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-# This file is named like the HF `tokenizers` package; keep its folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 
 def best_of(fn, repeat=3):

@@ -1,0 +1,22 @@
+"""The language-model loss every recipe uses."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scratchlm.nn.loss import cross_entropy, linear_cross_entropy
+
+
+def causal_lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                   fused: bool = True) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``model`` on (B, T) inputs/targets (-100 ignored).
+
+    With a plain ``nn.Linear`` head the head is fused with the loss (no (B*T, V) logits, see
+    ``nn/loss.py``); a wrapped head (LoRA, a classifier) takes the plain path.
+    """
+    head = getattr(model, "out_head", None)
+    if fused and type(head) is nn.Linear and hasattr(model, "hidden_states"):
+        weight = head.weight[: model.cfg.vocab_size]  # drop vocabulary padding rows
+        return linear_cross_entropy(model.hidden_states(inputs), weight, targets)
+    return cross_entropy(model(inputs), targets)
