@@ -59,6 +59,17 @@ def _generate(args) -> int:
     return 0
 
 
+def _pretrain(args) -> int:
+    from scratchlm.config import build
+    from scratchlm.recipes.pretrain import PretrainConfig, main
+
+    cfg = build(PretrainConfig, args, args.config)
+    if args.resume is not None:
+        cfg.resume = args.resume
+    result = main(cfg)
+    return 130 if result.interrupted else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scratchlm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -76,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--shard-tokens", type=int, default=100_000_000)
     d.add_argument("--workers", type=int, default=None)
     d.set_defaults(func=_prepare)
+
+    from scratchlm.config import add_arguments
+    from scratchlm.recipes.pretrain import PretrainConfig
+
+    d = sub.add_parser("pretrain", help="train a GPT from scratch",
+                       description="Flags mirror PretrainConfig; nested ones as --train.lr.")
+    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
+    d.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue from the latest checkpoint in --out (or the one given)")
+    add_arguments(d, PretrainConfig, skip=frozenset({"resume"}))
+    d.set_defaults(func=_pretrain)
 
     d = sub.add_parser("generate", help="continue a prompt with a model")
     d.add_argument("--model", required=True, help="a preset with weights or a model folder")

@@ -140,7 +140,7 @@ def save_pretrained(model: nn.Module, folder: str | Path, family: str = "gpt") -
     Files are written under temporary names and renamed, so a crash leaves no half file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if getattr(model.cfg, "tie_embeddings", False):
         state.pop("out_head.weight", None)  # the same tensor as tok_emb.weight
     save_file(state, folder / "model.safetensors.part", metadata={"format": "pt"})

@@ -20,3 +20,15 @@ def causal_lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
         weight = head.weight[: model.cfg.vocab_size]  # drop vocabulary padding rows
         return linear_cross_entropy(model.hidden_states(inputs), weight, targets)
     return cross_entropy(model(inputs), targets)
+
+
+class CausalLMLoss(nn.Module):
+    """``model`` plus its loss as one module, ``(inputs, targets) -> loss``: the unit DDP and
+    FSDP wrap, so the fused head+loss still runs inside their forward hooks."""
+
+    def __init__(self, model: nn.Module, fused: bool = True):
+        super().__init__()
+        self.model, self.fused = model, fused
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return causal_lm_loss(self.model, inputs, targets, self.fused)

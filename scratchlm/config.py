@@ -1,0 +1,171 @@
+"""Config dataclasses become command-line flags and YAML/JSON files.
+
+A recipe's config is a dataclass whose fields may themselves be dataclasses (``train: TrainConfig``).
+Nested fields are addressed with dots: ``--train.lr 3e-4`` on the command line, or
+
+    train:
+      lr: 3.0e-4
+
+in a file given with ``--config run.yaml`` (flags override the file). Unknown keys are errors
+that name the key, in files and on the command line alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _unwrap_optional(tp):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _parse_bool(s: str) -> bool:
+    low = s.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def _coerce(value, tp, key: str):
+    """Check/convert a value read from a file to the field's type."""
+    tp, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"config key {key!r} may not be null")
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (inner,) = typing.get_args(tp)[:1] or (str,)
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(v, inner, key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        return _parse_bool(str(value))
+    if tp is float and isinstance(value, (int, float)):
+        return float(value)
+    if tp in (int, str) and isinstance(value, tp) and not isinstance(value, bool):
+        return value
+    if tp in (int, float) and isinstance(value, str):
+        try:
+            return tp(value)
+        except ValueError:
+            pass
+    raise ValueError(f"config key {key!r}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def flatten(cfg) -> dict[str, Any]:
+    """{"train.lr": 3e-4, ...} for a (nested) config instance."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            out.update({f"{f.name}.{k}": x for k, x in flatten(v).items()})
+        else:
+            out[f.name] = v
+    return out
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build ``cls`` from a nested dict; unknown keys raise ValueError naming the key."""
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown config key {prefix + unknown[0]!r}; known keys of "
+                         f"{prefix or cls.__name__}: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if _is_dataclass_type(tp):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {prefix + name!r} must be a mapping")
+            kwargs[name] = from_dict(tp, value, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, prefix + name)
+    return cls(**kwargs)
+
+
+def load_file(path: str | Path) -> dict:
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping")
+    return data
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "",
+                  skip: frozenset[str] = frozenset()) -> None:
+    """One ``--a.b`` flag per leaf field (defaults left as None: 'not given'); fields named in
+    ``skip`` are left to the caller's own flags."""
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        name = prefix + f.name
+        if name in skip:
+            continue
+        if _is_dataclass_type(tp):
+            add_arguments(parser, tp, prefix=name + ".")
+            continue
+        base, _ = _unwrap_optional(tp)
+        origin = typing.get_origin(base)
+        kw: dict[str, Any] = {"dest": name, "default": None}
+        if origin in (list, tuple):
+            (inner,) = typing.get_args(base)[:1] or (str,)
+            kw.update(nargs="+", type=inner)
+        elif base is bool:
+            kw.update(type=_parse_bool, metavar="true|false")
+        else:
+            kw.update(type=base)
+        help_text = f.metadata.get("help", "") if f.metadata else ""
+        flags = [f"--{name}"]
+        if "_" in name:
+            flags.append(f"--{name.replace('_', '-')}")
+        parser.add_argument(*flags, help=help_text, **kw)
+
+
+def build(cls, args: argparse.Namespace | dict, config_file: str | None = None):
+    """The config: class defaults, then the file, then the flags that were given."""
+    data: dict = load_file(config_file) if config_file else {}
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    for key, value in given.items():
+        if value is None or "." not in key and key not in {f.name for f in dataclasses.fields(cls)}:
+            continue
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return from_dict(cls, data)

@@ -1,0 +1,180 @@
+"""``scratchlm pretrain``: train a GPT from scratch on text (the book's chapter 5, grown up).
+
+    scratchlm pretrain --model gpt2-124m --data corpus.txt --out runs/NAME --train.max_steps 2000
+    torchrun --nproc_per_node 4 -m scratchlm pretrain ... [--train.strategy fsdp]
+
+Data: text files (tokenized in memory; the last ``val_fraction`` of tokens is the validation
+set), registered data set names (``the-verdict``, ``tinyshakespeare``), or one folder of token
+shards from ``scratchlm prepare`` (the last ``val_fraction`` of windows is validation).
+Outputs in ``--out``: config.json, metrics.csv, tb/, loss.png, checkpoints/, final/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Subset
+from tqdm.auto import tqdm
+
+from scratchlm.config import load_file, to_dict
+from scratchlm.data.pretrain import GPTDataset, ShardDataset
+from scratchlm.data.sources import SOURCES, fetch
+from scratchlm.generation.sampling import generate, text_to_token_ids, token_ids_to_text
+from scratchlm.models.accounting import count_parameters, flops_per_token, training_memory_bytes
+from scratchlm.models.gpt import GPT, GPTConfig
+from scratchlm.models.loading import save_pretrained
+from scratchlm.tokenizers import get_tokenizer
+from scratchlm.training.distributed import parallelize
+from scratchlm.training.loop import FitResult, TrainConfig, fit
+from scratchlm.training.losses import CausalLMLoss
+from scratchlm.training.optim import build_optimizer
+from scratchlm.training.runtime import setup_runtime, teardown_runtime
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "gpt2-124m"  # a GPT preset, or a YAML/JSON file of GPTConfig fields
+    data: list[str] = field(default_factory=lambda: ["the-verdict"])
+    tokenizer: str = "gpt2"  # "gpt2", or a tokenizer file (its vocab sets the model's)
+    out: str = "runs/pretrain"
+    context_length: int | None = None  # shorter than the preset's trains faster
+    n_layer: int | None = None  # overrides of the preset, for quick experiments
+    n_embd: int | None = None
+    n_head: int | None = None
+    drop_rate: float | None = None
+    val_fraction: float = 0.1
+    resume: str = ""  # "latest" or a checkpoint folder
+    sample_prompt: str = "Every effort moves you"
+    sample_tokens: int = 25
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def build_model_config(cfg: PretrainConfig, vocab_size: int) -> GPTConfig:
+    overrides = {k: getattr(cfg, k) for k in ("context_length", "n_layer", "n_embd", "n_head",
+                                              "drop_rate") if getattr(cfg, k) is not None}
+    overrides["vocab_size"] = vocab_size
+    overrides["grad_checkpointing"] = cfg.train.grad_checkpointing
+    if Path(cfg.model).is_file():
+        base = load_file(cfg.model)
+        return GPTConfig(**{**base, **overrides})
+    return GPTConfig.from_name(cfg.model, **overrides)
+
+
+def build_datasets(cfg: PretrainConfig, tokenizer, context: int):
+    """(train, val) datasets of (inputs, targets) windows of ``context`` tokens."""
+    if len(cfg.data) == 1 and (Path(cfg.data[0]) / "meta.json").is_file():
+        ds = ShardDataset(cfg.data[0], context)
+        n_val = int(len(ds) * cfg.val_fraction)
+        return Subset(ds, range(len(ds) - n_val)), Subset(ds, range(len(ds) - n_val, len(ds)))
+    ids: list[int] = []
+    for item in cfg.data:
+        path = fetch(item) if item in SOURCES and not Path(item).exists() else Path(item)
+        if not path.is_file():
+            raise FileNotFoundError(f"data {item!r}: no such file or registered data set")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: invalid UTF-8 at byte offset {e.start}") from None
+        if not text.strip():
+            raise ValueError(f"{path}: file is empty")
+        ids.extend(tokenizer.encode(text, allowed_special="all"))
+        if tokenizer.eos_id is not None:
+            ids.append(tokenizer.eos_id)
+    split = int(len(ids) * (1 - cfg.val_fraction))
+    train = GPTDataset(ids[:split], max_length=context, stride=context)
+    val_ids = ids[split:]
+    val = GPTDataset(val_ids, max_length=context, stride=context) \
+        if len(val_ids) > context else None
+    return train, val
+
+
+def report_plan(model_cfg: GPTConfig, n_params: int, train_tokens: int, cfg: PretrainConfig,
+                memory_available: int) -> str:
+    """The Chinchilla check and a training-memory estimate, printed at the start."""
+    optimal = 20 * n_params
+    tokens_planned = (cfg.train.max_steps * cfg.train.batch_size * cfg.train.grad_accum_steps
+                      * model_cfg.context_length)
+    mem = training_memory_bytes(model_cfg, n_params, cfg.train.batch_size,
+                                model_cfg.context_length, fused_loss=cfg.train.fused_loss,
+                                grad_checkpointing=cfg.train.grad_checkpointing)
+    gib = 2**30
+    lines = [
+        f"model: {n_params:,} parameters ({model_cfg.n_layer} layers, {model_cfg.n_embd} wide, "
+        f"context {model_cfg.context_length})",
+        f"data: {train_tokens:,} training tokens; Chinchilla-optimal is ~20 per parameter = "
+        f"{optimal:,} ({train_tokens / optimal:.2%} of that); this run sees {tokens_planned:,} "
+        f"({tokens_planned / max(train_tokens, 1):.1f} epochs)",
+        "memory estimate: " + ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in mem.items())
+        + f" (device has {memory_available / gib:.1f} GiB)",
+    ]
+    if mem["total"] > memory_available:
+        lines.append("WARNING: the estimate exceeds the device memory; lower train.batch_size, "
+                     "set train.grad_checkpointing true, or use a smaller model")
+    return "\n".join(lines)
+
+
+def main(cfg: PretrainConfig) -> FitResult:
+    rt = setup_runtime(cfg.train.precision, cfg.train.device, cfg.train.seed)
+    out = Path(cfg.out)
+    try:
+        tokenizer = get_tokenizer(cfg.tokenizer)
+        model_cfg = build_model_config(cfg, tokenizer.vocab_size)
+        train_ds, val_ds = build_datasets(cfg, tokenizer, model_cfg.context_length)
+        torch.manual_seed(cfg.train.seed)
+        model = GPT(model_cfg).to(rt.device)
+        n_params = count_parameters(model)
+        if rt.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            resolved = {**to_dict(cfg), "model_config": model_cfg.to_dict()}
+            (out / "config.json").write_text(json.dumps(resolved, indent=2))
+            tqdm.write(report_plan(model_cfg, n_params, len(train_ds) * model_cfg.context_length,
+                                   cfg, rt.memory_bytes()))
+        if cfg.train.compile:
+            for block in model.trf_blocks:
+                block.compile()
+        loss_module = parallelize(CausalLMLoss(model, cfg.train.fused_loss), rt,
+                                  cfg.train.strategy)
+        optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
+                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
+                                    rt.device.type)
+
+        def on_eval(step: int) -> None:
+            if rt.is_main and cfg.sample_tokens > 0:
+                model.eval()
+                idx = text_to_token_ids(cfg.sample_prompt, tokenizer).to(rt.device)
+                with torch.no_grad():
+                    text = token_ids_to_text(generate(model, idx, cfg.sample_tokens), tokenizer)
+                model.train()
+                tqdm.write(f"sample: {text!r}")
+
+        fsdp = rt.distributed and cfg.train.strategy == "fsdp"
+        result = fit(model, loss_module, optimizer, train_ds, val_ds, cfg.train, rt, out,
+                     {**to_dict(cfg), "model_config": model_cfg.to_dict()},
+                     flops_per_token=flops_per_token(model_cfg, model_cfg.context_length)[1],
+                     on_eval=on_eval, resume=cfg.resume or None, sharded_checkpoints=fsdp)
+        save_final(model, out / "final", cfg.tokenizer, rt, fsdp)
+        return result
+    finally:
+        teardown_runtime(rt)
+
+
+def save_final(model: GPT, folder: Path, tokenizer: str, rt, fsdp: bool) -> None:
+    """A loadable model folder (``load_pretrained`` / ``scratchlm generate``) from rank 0."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                    cpu_offload=True))
+        if rt.is_main:
+            plain = GPT(dataclasses.replace(model.cfg))
+            plain.load_state_dict(full)
+            save_pretrained(plain, folder)
+    elif rt.is_main:
+        save_pretrained(model, folder)
+    if rt.is_main and Path(tokenizer).is_file():
+        shutil.copyfile(tokenizer, folder / "tokenizer.json")

@@ -1,0 +1,217 @@
+"""The training loop every recipe shares: schedule, accumulation, evaluation, metrics, plots,
+checkpoints and exact resume, Ctrl-C handling, a progress bar.
+
+    for step in range(start, max_steps):
+        set the learning rate for this step (a pure function of the step)
+        take grad_accum_steps micro-batches -> train_step (accumulate, clip, update)
+        every log_every: a metrics row      every eval_every: val loss, plot, on_eval()
+        every save_every (and at the end, and on Ctrl-C): a checkpoint
+
+What the recipe brings: the model, a loss module around it (already wrapped by DDP/FSDP if
+distributed), the optimizer, and datasets of (inputs, targets) pairs.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from scratchlm.data.sampler import ResumableBatchSampler
+from scratchlm.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from scratchlm.training.evaluation import evaluate_loss, perplexity
+from scratchlm.training.metrics import MetricsLogger
+from scratchlm.training.optim import set_lr
+from scratchlm.training.plots import plot_losses
+from scratchlm.training.runtime import Runtime
+from scratchlm.training.schedule import lr_at
+from scratchlm.training.step import train_step
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 8  # per process and micro-batch
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    lr: float = 4e-4
+    min_lr: float = 4e-5
+    schedule: str = "cosine"  # constant | cosine | linear (see training/schedule.py)
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    optimizer: str = "adamw"  # adamw | adamw8bit (CUDA, bitsandbytes) | sgd
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)
+    grad_checkpointing: bool = False  # recompute block activations in backward
+    compile: bool = False  # torch.compile the transformer blocks
+    fused_loss: bool = True  # fuse the output head with cross-entropy (no full logits)
+    num_workers: int = 0  # DataLoader worker processes
+    pin_memory: bool = False  # page-locked batches for faster host-to-GPU copies
+    strategy: str = "ddp"  # ddp | fsdp, when launched with torchrun
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 10
+    save_every: int = 500
+    keep_last: int = 3  # checkpoints kept
+    seed: int = 123
+    device: str | None = None  # default: cuda if available, else cpu
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every",
+                     "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.min_lr < 0:
+            raise ValueError("TrainConfig.lr must be > 0 and min_lr >= 0")
+
+
+@dataclass
+class FitResult:
+    step: int
+    tokens: int
+    train_losses: list[float] = field(default_factory=list)  # per optimizer step
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class _StopFlag:
+    """First Ctrl-C: finish the step, save, stop. Second: stop at once."""
+
+    def __init__(self):
+        self.stop = False
+
+    def __call__(self, signum, frame):
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+        tqdm.write("interrupted: saving a checkpoint after this step (Ctrl-C again to abort)")
+
+
+def fit(
+    model: nn.Module,
+    loss_module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_data: Dataset,
+    val_data: Dataset | None,
+    cfg: TrainConfig,
+    rt: Runtime,
+    run_dir: str | Path,
+    run_config: dict,
+    flops_per_token: float | None = None,
+    on_eval: Callable[[int], None] | None = None,
+    resume: str | Path | bool | None = None,
+    sharded_checkpoints: bool = False,
+) -> FitResult:
+    run_dir = Path(run_dir)
+    state = {"step": 0, "tokens": 0, "epoch": 0, "batch": 0}
+    if resume:
+        path = latest_checkpoint(run_dir) if resume is True or resume == "latest" else Path(resume)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no complete checkpoint in {run_dir}/checkpoints")
+        state.update(load_checkpoint(path, model, optimizer))
+        if rt.is_main:
+            tqdm.write(f"resumed from {path} at step {state['step']}")
+    metrics = MetricsLogger(run_dir, enabled=rt.is_main, tensorboard=cfg.tensorboard,
+                            resume_step=state["step"] if resume else None)
+
+    sampler = ResumableBatchSampler(len(train_data), cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                    rank=rt.rank, world_size=rt.world_size)
+    sampler.set_position(state["epoch"], state["batch"])
+    # An own generator: creating loader iterators must not draw from the global RNG, or a
+    # resumed run would see different dropout masks than a straight one.
+    loader = DataLoader(train_data, batch_sampler=sampler, num_workers=cfg.num_workers,
+                        pin_memory=cfg.pin_memory, generator=torch.Generator())
+    batches = iter(loader)
+
+    def next_batch():
+        nonlocal batches
+        try:
+            batch = next(batches)
+        except StopIteration:
+            state["epoch"], state["batch"] = state["epoch"] + 1, 0
+            sampler.set_position(state["epoch"], 0)
+            batches = iter(loader)
+            batch = next(batches)
+        state["batch"] += 1
+        return batch
+
+    def eval_loader(ds: Dataset) -> DataLoader:
+        n = min(len(ds), cfg.eval_batches * cfg.batch_size * rt.world_size)
+        mine = list(range(rt.rank, n, rt.world_size))  # each rank a disjoint share
+        return DataLoader(Subset(ds, mine), batch_size=cfg.batch_size, shuffle=False)
+
+    val_loader = eval_loader(val_data) if val_data is not None and len(val_data) else None
+    train_eval_loader = eval_loader(train_data)
+    scaler = rt.grad_scaler()
+    peak = rt.peak_flops() if flops_per_token else None
+    result = FitResult(state["step"], state["tokens"])
+    stop = _StopFlag()
+    old_handler = signal.signal(signal.SIGINT, stop)
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="training", unit="step",
+               disable=not rt.is_main, dynamic_ncols=True)
+
+    def save():
+        save_checkpoint(run_dir, state["step"], model, optimizer,
+                        {k: state[k] for k in ("tokens", "epoch", "batch")}, run_config,
+                        keep_last=cfg.keep_last, sharded=sharded_checkpoints, is_main=rt.is_main)
+
+    try:
+        model.train()
+        while state["step"] < cfg.max_steps:
+            step = state["step"]
+            lr = lr_at(step, schedule=cfg.schedule, lr=cfg.lr, max_steps=cfg.max_steps,
+                       warmup_steps=cfg.warmup_steps, min_lr=cfg.min_lr)
+            set_lr(optimizer, lr)
+            t0 = time.perf_counter()
+            micro = [next_batch() for _ in range(cfg.grad_accum_steps)]
+            res = train_step(loss_module, optimizer, micro, rt, cfg.grad_clip or None, scaler)
+            dt = time.perf_counter() - t0
+            state["step"] += 1
+            state["tokens"] += res.tokens
+            step = state["step"]
+            result.train_losses.append(res.loss)
+            tps = res.tokens / dt
+            bar.update(1)
+            bar.set_postfix(loss=f"{res.loss:.3f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}")
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                mfu = tps * flops_per_token / peak if (peak and flops_per_token) else None
+                metrics.log(step, tokens=state["tokens"], loss=res.loss, lr=lr,
+                            grad_norm=res.grad_norm, tokens_per_s=tps, mfu=mfu,
+                            peak_mem_mb=rt.peak_memory_mb())
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                train_loss = evaluate_loss(loss_module, train_eval_loader, rt)
+                val_loss = evaluate_loss(loss_module, val_loader, rt) if val_loader else None
+                metrics.log(step, tokens=state["tokens"], train_eval_loss=train_loss,
+                            val_loss=val_loss,
+                            val_ppl=perplexity(val_loss) if val_loss is not None else None)
+                if val_loss is not None:
+                    result.val_losses.append((step, val_loss))
+                if rt.is_main:
+                    msg = f"step {step:>6} | tokens {state['tokens']:,} | train {train_loss:.3f}"
+                    if val_loss is not None:
+                        msg += f" | val {val_loss:.3f} (ppl {perplexity(val_loss):.1f})"
+                    tqdm.write(msg)
+                    plot_losses(metrics.read(), run_dir / "loss.png")
+                if on_eval is not None:
+                    on_eval(step)
+            if step % cfg.save_every == 0 or step == cfg.max_steps or stop.stop:
+                save()
+            if stop.stop:
+                result.interrupted = True
+                break
+    finally:
+        bar.close()
+        metrics.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    result.step, result.tokens = state["step"], state["tokens"]
+    return result

@@ -1,0 +1,44 @@
+"""Loss curves as PNG: the book's plot with steps below and tokens seen on a second axis."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def plot_losses(rows: list[dict], path: str | Path, title: str = "Loss") -> Path | None:
+    """Train loss (every logged step) and validation loss (every eval) from metrics rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(int(r["step"]), float(r["loss"]), int(r["tokens"] or 0)) for r in rows if r.get("loss")]
+    val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r.get("val_loss")]
+    if not train and not val:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if train:
+        ax.plot([s for s, _, _ in train], [v for _, v, _ in train], label="Training loss")
+    if val:
+        ax.plot([s for s, _ in val], [v for _, v in val], linestyle="-.", marker="o",
+                markersize=3, label="Validation loss")
+    ax.set_xlabel("Steps")
+    ax.set_ylabel("Loss")
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    if train and train[-1][0] > 0:
+        # A second x-axis for tokens seen, aligned to steps by the logged pairs.
+        steps = [s for s, _, _ in train]
+        tokens = [t for _, _, t in train]
+        per_step = tokens[-1] / max(1, steps[-1])
+        top = ax.secondary_xaxis("top", functions=(lambda s: s * per_step,
+                                                   lambda t: t / max(per_step, 1e-9)))
+        top.set_xlabel("Tokens seen")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,79 @@
+"""One optimizer step: gradient accumulation with correct normalisation, clipping, update.
+
+The loss of each micro-batch is a mean over its valid targets (not -100). Weighting each by
+its share of all valid targets in the step makes k micro-batches give exactly the gradient of
+one k-times batch, also when padding makes the counts differ. Under DDP the counts are summed
+across ranks and the loss multiplied by the world size, because DDP averages gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from scratchlm.training.runtime import Runtime
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean loss over the step's valid targets (all ranks)
+    grad_norm: float  # before clipping
+    tokens: int  # valid targets in the step (all ranks)
+
+
+def _no_sync(model: nn.Module, last: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch."""
+    if last:
+        return nullcontext()
+    if hasattr(model, "no_sync"):  # DDP
+        return model.no_sync()
+    return nullcontext()
+
+
+def train_step(
+    loss_module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    rt: Runtime,
+    grad_clip: float | None = 1.0,
+    scaler: torch.amp.GradScaler | None = None,
+) -> StepResult:
+    """``loss_module(inputs, targets)`` returns the mean loss of one micro-batch."""
+    counts = [(y != -100).sum() for _, y in micro_batches]
+    total = torch.stack(counts).sum().to(rt.device)
+    if rt.distributed:
+        dist.all_reduce(total)
+    total_f = total.clamp(min=1).float()
+    fsdp = hasattr(loss_module, "set_requires_gradient_sync")
+    step_loss = torch.zeros((), device=rt.device)
+    for i, ((x, y), n) in enumerate(zip(micro_batches, counts)):
+        last = i == len(micro_batches) - 1
+        if fsdp:
+            loss_module.set_requires_gradient_sync(last)
+        x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+        with _no_sync(loss_module, last), rt.autocast():
+            loss = loss_module(x, y)
+        weight = n.to(rt.device) / total_f
+        scaled = loss * weight * rt.world_size
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        step_loss += loss.detach().float() * weight
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
+    if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+        norm = norm.full_tensor()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if rt.distributed:
+        dist.all_reduce(step_loss)  # each rank's share of the global mean
+    return StepResult(step_loss.item(), float(norm), int(total.item()))

@@ -1,0 +1,110 @@
+"""Schedules, optimizer groups, the step (accumulation, clipping), configs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scratchlm.models.gpt import GPT, GPTConfig
+from scratchlm.training.losses import CausalLMLoss
+from scratchlm.training.optim import param_groups
+from scratchlm.training.runtime import setup_runtime
+from scratchlm.training.schedule import lr_at
+from scratchlm.training.step import train_step
+
+
+def test_schedules():
+    kw = dict(lr=1.0, max_steps=110, warmup_steps=10, min_lr=0.1)
+    assert [lr_at(s, schedule="constant", **kw) for s in (0, 4, 9, 10, 109)] == \
+        [0.1, 0.5, 1.0, 1.0, 1.0]
+    assert lr_at(10, schedule="cosine", **kw) == pytest.approx(1.0)
+    assert lr_at(60, schedule="cosine", **kw) == pytest.approx(0.55)  # halfway: mean of ends
+    assert lr_at(110, schedule="cosine", **kw) == pytest.approx(0.1)
+    assert lr_at(35, schedule="cosine", **kw) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_at(60, schedule="linear", **kw) == pytest.approx(0.55)
+    assert lr_at(110, schedule="linear", **kw) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="schedule"):
+        lr_at(0, schedule="step", **kw)
+
+
+def test_no_decay_on_norms_biases_embeddings():
+    model = GPT(GPTConfig(vocab_size=64, context_length=8, n_embd=16, n_layer=1, n_head=2))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in decay["params"]} == {
+        "trf_blocks.0.att.qkv.weight", "trf_blocks.0.att.out_proj.weight",
+        "trf_blocks.0.ff.layers.0.weight", "trf_blocks.0.ff.layers.2.weight"}
+    assert "tok_emb.weight" in {names[id(p)] for p in no_decay["params"]}
+    assert no_decay["weight_decay"] == 0.0
+
+
+def _setup(seed=0):
+    """A tiny model and plain SGD with lr 1, so each update equals the gradient."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=64, context_length=8, n_embd=16, n_layer=2, n_head=2))
+    return model, torch.optim.SGD(model.parameters(), lr=1.0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_accumulation_equals_one_big_batch(fused):
+    rt = setup_runtime("fp32", "cpu")
+    x = torch.randint(0, 64, (4, 8))
+    y = torch.randint(0, 64, (4, 8))
+    y[0, :5] = -100  # uneven valid counts: the weighting must still match
+    a, opt_a = _setup()
+    b, opt_b = _setup()
+    ra = train_step(CausalLMLoss(a, fused), opt_a, [(x, y)], rt, grad_clip=None)
+    rb = train_step(CausalLMLoss(b, fused), opt_b, [(x[:1], y[:1]), (x[1:3], y[1:3]), (x[3:], y[3:])],
+                    rt, grad_clip=None)
+    assert ra.loss == pytest.approx(rb.loss, abs=1e-6) and ra.tokens == rb.tokens == 27
+    assert ra.grad_norm == pytest.approx(rb.grad_norm, rel=1e-5)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_clipping_bounds_the_update():
+    rt = setup_runtime("fp32", "cpu")
+    model, opt = _setup()
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randint(0, 64, (2, 8))
+    res = train_step(CausalLMLoss(model), opt, [(x, x)], rt, grad_clip=0.01)
+    assert res.grad_norm > 0.01  # reported before clipping
+    delta = torch.sqrt(sum(((p - q) ** 2).sum() for p, q in zip(model.parameters(), before)))
+    assert delta.item() == pytest.approx(0.01, rel=1e-4)  # SGD lr 1: step == clipped gradient
+
+
+def test_config_files_and_flags(tmp_path):
+    import argparse
+
+    from scratchlm.config import add_arguments, build
+    from scratchlm.recipes.pretrain import PretrainConfig
+
+    f = tmp_path / "run.yaml"
+    f.write_text("model: gpt-tiny\ntrain:\n  lr: 1.0e-3\n  max_steps: 7\n")
+    p = argparse.ArgumentParser()
+    add_arguments(p, PretrainConfig)
+    cfg = build(PretrainConfig, p.parse_args(["--train.max_steps", "9", "--data", "a", "b"]), str(f))
+    assert cfg.model == "gpt-tiny" and cfg.train.lr == 1e-3 and cfg.train.max_steps == 9
+    assert cfg.data == ["a", "b"]
+    f.write_text("train:\n  learning_rate: 1.0\n")
+    with pytest.raises(ValueError, match="unknown config key 'train.learning_rate'"):
+        build(PretrainConfig, p.parse_args([]), str(f))
+    with pytest.raises(SystemExit):
+        p.parse_args(["--train.nope", "1"])
+    f.write_text("train:\n  max_steps: many\n")
+    with pytest.raises(ValueError, match="train.max_steps"):
+        build(PretrainConfig, p.parse_args([]), str(f))
+
+
+def test_every_shipped_config_file_loads():
+    from pathlib import Path
+
+    from scratchlm.config import from_dict, load_file
+    from scratchlm.recipes.pretrain import PretrainConfig
+
+    files = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert files, "no shipped configs found"
+    for f in files:
+        from_dict(PretrainConfig, load_file(f))
