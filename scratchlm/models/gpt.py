@@ -37,6 +37,7 @@ class GPTConfig:
     tie_embeddings: bool = True  # out_head shares tok_emb's weight (GPT-2 does)
     vocab_pad_multiple: int = 1  # pad embedding/head rows to a multiple (64 helps matmuls)
     grad_checkpointing: bool = False  # recompute each block's activations in backward
+    init: str = "gpt2"  # "gpt2": normal(0, 0.02) weights; "torch": PyTorch defaults (the book)
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "n_embd", "n_head", "n_layer",
@@ -47,6 +48,8 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head "
                              f"({self.n_head})")
+        if self.init not in ("gpt2", "torch"):
+            raise ValueError(f"GPTConfig.init must be 'gpt2' or 'torch', got {self.init!r}")
         if not 0.0 <= self.drop_rate < 1.0:
             raise ValueError(f"GPTConfig.drop_rate must be in [0, 1), got {self.drop_rate}")
 
@@ -112,7 +115,8 @@ class GPT(nn.Module):
         self.out_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
-        self.apply(_init_weights)
+        if cfg.init == "gpt2":
+            self.apply(_init_weights)
 
     def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T, vocab_size) logits."""

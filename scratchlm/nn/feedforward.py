@@ -30,3 +30,17 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+class SwiGLU(nn.Module):
+    """Llama's gated feed-forward: ``fc3(silu(fc1(x)) * fc2(x))``, (B, T, C) -> (B, T, C).
+    fc1 is the gate, fc2 the up projection, fc3 the down projection (the book's names)."""
+
+    def __init__(self, emb_dim: int, hidden_dim: int, bias: bool = False):
+        super().__init__()
+        self.fc1 = nn.Linear(emb_dim, hidden_dim, bias=bias)
+        self.fc2 = nn.Linear(emb_dim, hidden_dim, bias=bias)
+        self.fc3 = nn.Linear(hidden_dim, emb_dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(F.silu(self.fc1(x)) * self.fc2(x))

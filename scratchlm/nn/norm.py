@@ -22,3 +22,16 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation (Llama): ``weight * x / sqrt(mean(x^2) + eps)``, computed
+    in float32 and cast back, as the reference implementation does."""
+
+    def __init__(self, emb_dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(emb_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)

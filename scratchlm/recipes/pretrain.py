@@ -47,6 +47,9 @@ class PretrainConfig:
     n_embd: int | None = None
     n_head: int | None = None
     drop_rate: float | None = None
+    qkv_bias: bool | None = None
+    tie_embeddings: bool | None = None
+    init: str | None = None  # "gpt2" (normal 0.02) or "torch" (PyTorch defaults, as the book)
     val_fraction: float = 0.1
     resume: str = ""  # "latest" or a checkpoint folder
     sample_prompt: str = "Every effort moves you"
@@ -56,7 +59,8 @@ class PretrainConfig:
 
 def build_model_config(cfg: PretrainConfig, vocab_size: int) -> GPTConfig:
     overrides = {k: getattr(cfg, k) for k in ("context_length", "n_layer", "n_embd", "n_head",
-                                              "drop_rate") if getattr(cfg, k) is not None}
+                                              "drop_rate", "qkv_bias", "tie_embeddings", "init")
+                 if getattr(cfg, k) is not None}
     overrides["vocab_size"] = vocab_size
     overrides["grad_checkpointing"] = cfg.train.grad_checkpointing
     if Path(cfg.model).is_file():

@@ -84,8 +84,10 @@ class TiktokenTokenizer:
 class HFTokenizer:
     """A Hugging Face ``tokenizers.Tokenizer`` wrapped in the project protocol."""
 
-    def __init__(self, tokenizer, eos_token: str | None = None, bos_token: str | None = None):
+    def __init__(self, tokenizer, eos_token: str | None = None, bos_token: str | None = None,
+                 chat_template: str | None = None):
         self.tokenizer = tokenizer
+        self.chat_template = chat_template  # Jinja template (see tokenizers/chat.py)
         self.special_tokens: dict[str, int] = {
             tok.content: i for i, tok in tokenizer.get_added_tokens_decoder().items()
             if tok.special
@@ -108,24 +110,31 @@ class HFTokenizer:
         eos_token: str | None = None,
         bos_token: str | None = None,
         pattern: str | None = None,
+        split_digits: bool = False,
+        chat_template: str | None = None,
     ) -> "HFTokenizer":
-        """Byte-level BPE from token strings (GPT-2 byte alphabet) and merges ("a b")."""
+        """Byte-level BPE from token strings (GPT-2 byte alphabet) and merges ("a b").
+
+        The text is first split by ``pattern`` (default: GPT-2's regex); ``split_digits``
+        isolates every digit before that (SmolLM2 / StarCoder vocabularies)."""
         from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
         vocab = {t: i for i, t in enumerate(tokens)}
         pairs = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
         tok = Tokenizer(models.BPE(vocab, pairs, fuse_unk=False, byte_fallback=False))
+        steps = []
+        if split_digits:
+            steps.append(pre_tokenizers.Digits(individual_digits=True))
         if pattern is None:
-            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+            steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
         else:
-            tok.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ])
+            steps += [pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        tok.pre_tokenizer = steps[0] if len(steps) == 1 else pre_tokenizers.Sequence(steps)
         tok.decoder = decoders.ByteLevel()
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                 for t in special_tokens])
-        return cls(tok, eos_token=eos_token, bos_token=bos_token)
+        return cls(tok, eos_token=eos_token, bos_token=bos_token, chat_template=chat_template)
 
     @property
     def eos_id(self) -> int | None:

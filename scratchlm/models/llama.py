@@ -1,0 +1,148 @@
+"""Llama-family models (Llama 3.x, SmolLM2, ...): modules only.
+
+    token ids (B, T) -> tok_emb                                     (B, T, C)
+      -> n_layer x block:  x = x + att(norm1(x), rope)   RMSNorm, grouped-query attention
+                           x = x + ff(norm2(x))          SwiGLU
+      -> final_norm -> out_head                                     (B, T, vocab_size)
+
+Positions enter only through the rotary embedding inside attention (no position table).
+Module names match the GPT model where the role is the same (tok_emb, trf_blocks, norm1/2, att,
+ff, final_norm, out_head), so training code serves both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from scratchlm.nn.attention import GroupedQueryAttention
+from scratchlm.nn.feedforward import SwiGLU
+from scratchlm.nn.norm import RMSNorm
+from scratchlm.nn.rope import rope_cache
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 32000
+    context_length: int = 2048  # longest sequence (RoPE tables are built up to it lazily)
+    n_embd: int = 2048
+    n_layer: int = 16
+    n_head: int = 32
+    n_kv_head: int = 8  # key/value heads shared by groups of query heads (GQA)
+    intermediate_size: int = 8192  # SwiGLU hidden width
+    head_dim: int | None = None  # default n_embd // n_head
+    rope_base: float = 10000.0
+    rope_scaling: dict | None = None  # Llama 3.x: factor, low/high_freq_factor, original_context_length
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    qkv_bias: bool = False
+    grad_checkpointing: bool = False
+
+    def __post_init__(self):
+        for name in ("vocab_size", "context_length", "n_embd", "n_layer", "n_head", "n_kv_head",
+                     "intermediate_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"LlamaConfig.{name} must be a positive integer, "
+                                 f"got {getattr(self, name)!r}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"LlamaConfig.n_head ({self.n_head}) must be divisible by "
+                             f"n_kv_head ({self.n_kv_head})")
+        if self.head_dim is None:
+            if self.n_embd % self.n_head:
+                raise ValueError(f"LlamaConfig.n_embd ({self.n_embd}) must be divisible by "
+                                 f"n_head ({self.n_head}) when head_dim is not given")
+            self.head_dim = self.n_embd // self.n_head
+        if self.rope_scaling is not None:
+            need = {"factor", "low_freq_factor", "high_freq_factor", "original_context_length"}
+            if set(self.rope_scaling) != need:
+                raise ValueError(f"LlamaConfig.rope_scaling needs exactly {sorted(need)}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return self.vocab_size
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "LlamaConfig":
+        try:
+            base = LLAMA_PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown Llama preset {name!r}; known: {', '.join(LLAMA_PRESETS)}") from None
+        return replace(base, **overrides)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+LLAMA_PRESETS: dict[str, LlamaConfig] = {
+    # https://huggingface.co/HuggingFaceTB/SmolLM2-135M (config.json)
+    "smollm2-135m": LlamaConfig(vocab_size=49152, context_length=8192, n_embd=576, n_layer=30,
+                                n_head=9, n_kv_head=3, intermediate_size=1536,
+                                rope_base=100000.0, tie_embeddings=True),
+    # https://huggingface.co/meta-llama/Llama-3.2-1B (config.json)
+    "llama-3.2-1b": LlamaConfig(vocab_size=128256, context_length=131072, n_embd=2048,
+                                n_layer=16, n_head=32, n_kv_head=8, intermediate_size=8192,
+                                rope_base=500000.0, tie_embeddings=True,
+                                rope_scaling={"factor": 32.0, "low_freq_factor": 1.0,
+                                              "high_freq_factor": 4.0,
+                                              "original_context_length": 8192}),
+    # tiny, for tests
+    "llama-tiny": LlamaConfig(vocab_size=512, context_length=128, n_embd=64, n_layer=2,
+                              n_head=4, n_kv_head=2, intermediate_size=128),
+}
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.att = GroupedQueryAttention(cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim,
+                                         cfg.qkv_bias)
+        self.norm2 = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.ff = SwiGLU(cfg.n_embd, cfg.intermediate_size)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.att(self.norm1(x), cos, sin)  # (B, T, C)
+        return x + self.ff(self.norm2(x))
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.trf_blocks = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.n_layer))
+        self.final_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.out_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def rope(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables for positions [0, length), computed once (then sliced)."""
+        if self._rope is None or self._rope[0].shape[0] < length or self._rope[0].device != device:
+            n = min(self.cfg.context_length, max(length, 1024))
+            self._rope = rope_cache(self.cfg.head_dim, n, self.cfg.rope_base,
+                                    self.cfg.rope_scaling, device)
+        return self._rope[0][:length], self._rope[1][:length]
+
+    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, vocab_size) logits."""
+        return self.out_head(self.hidden_states(in_idx))
+
+    def hidden_states(self, in_idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, T, C) final-normed states (the input of ``out_head``)."""
+        seq_len = in_idx.shape[1]
+        if seq_len > self.cfg.context_length:
+            raise ValueError(f"sequence of {seq_len} tokens exceeds context_length "
+                             f"{self.cfg.context_length}")
+        cos, sin = self.rope(seq_len, in_idx.device)
+        x = self.tok_emb(in_idx)  # (B, T, C)
+        for block in self.trf_blocks:
+            if self.cfg.grad_checkpointing and self.training:
+                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin)
+        return self.final_norm(x)

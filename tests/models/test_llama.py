@@ -1,0 +1,70 @@
+"""Our Llama against transformers' LlamaForCausalLM on tiny random checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from scratchlm.models.llama import Llama, LlamaConfig  # noqa: E402
+from scratchlm.models.loading import load_hf_llama, load_pretrained, save_pretrained  # noqa: E402
+from scratchlm.nn.rope import inv_frequencies  # noqa: E402
+
+
+def write_hf_llama(folder, tie=True, n_kv=2, scaling=None, seed=0):
+    torch.manual_seed(seed)
+    kw = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=n_kv, max_position_embeddings=128,
+              rope_theta=50000.0, tie_word_embeddings=tie, rms_norm_eps=1e-5)
+    if scaling:
+        kw["rope_scaling"] = scaling
+    cfg = transformers.LlamaConfig(**kw)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.1)  # non-trivial norm weights, so a mapping slip shows
+    hf.save_pretrained(folder)
+    return hf
+
+
+@pytest.mark.parametrize("tie,n_kv", [(True, 2), (False, 2), (True, 4), (False, 1)])
+def test_logits_match_transformers(tmp_path, tie, n_kv):
+    hf = write_hf_llama(tmp_path, tie=tie, n_kv=n_kv)
+    ours = load_hf_llama(tmp_path).eval()
+    assert ours.cfg.tie_embeddings == tie and ours.cfg.n_kv_head == n_kv
+    x = torch.randint(0, 300, (2, 33))
+    with torch.no_grad():
+        assert (ours(x) - hf(x).logits).abs().max().item() <= 1e-4
+
+
+def test_llama3_rope_scaling_matches(tmp_path):
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+    hf = write_hf_llama(tmp_path, scaling=scaling)
+    ours = load_hf_llama(tmp_path).eval()
+    assert ours.cfg.rope_scaling["factor"] == 8.0
+    x = torch.randint(0, 300, (1, 100))
+    with torch.no_grad():
+        assert (ours(x) - hf(x).logits).abs().max().item() <= 1e-4
+    plain = inv_frequencies(16, 50000.0)
+    scaled = inv_frequencies(16, 50000.0, ours.cfg.rope_scaling)
+    assert torch.allclose(scaled[0], plain[0]) and torch.allclose(scaled[-1], plain[-1] / 8)
+
+
+def test_save_and_load_our_layout(tmp_path):
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig.from_name("llama-tiny")).eval()
+    save_pretrained(model, tmp_path)
+    again = load_pretrained(str(tmp_path))
+    x = torch.randint(0, 512, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="n_kv_head"):
+        LlamaConfig(n_head=6, n_kv_head=4)
+    with pytest.raises(ValueError, match="unknown Llama preset"):
+        LlamaConfig.from_name("llama-9")
