@@ -97,8 +97,8 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg.n_embd)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x)))  # (B, T, C)
+    def forward(self, x: torch.Tensor, cache=None, layer: int = 0) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), cache, layer))  # (B, T, C)
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))  # (B, T, C)
         return x
 
@@ -118,21 +118,26 @@ class GPT(nn.Module):
         if cfg.init == "gpt2":
             self.apply(_init_weights)
 
-    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, vocab_size) logits."""
-        logits = self.out_head(self.hidden_states(in_idx))  # (B, T, padded V)
+    def forward(self, in_idx: torch.Tensor, cache=None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, vocab_size) logits. With a ``KVCache`` (nn/kv_cache.py)
+        the ids continue the cached sequence."""
+        logits = self.out_head(self.hidden_states(in_idx, cache))  # (B, T, padded V)
         if self.cfg.padded_vocab_size != self.cfg.vocab_size:
             logits = logits[..., : self.cfg.vocab_size]  # drop the padding columns
         return logits
 
-    def hidden_states(self, in_idx: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, in_idx: torch.Tensor, cache=None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, C) final-normed states, the input of ``out_head``
         (a loss can fuse the head with cross-entropy; see ``nn/loss.py``)."""
         b, seq_len = in_idx.shape
-        if seq_len > self.cfg.context_length:
-            raise ValueError(f"sequence of {seq_len} tokens exceeds context_length "
+        total = seq_len + (cache.length if cache is not None else 0)
+        if total > self.cfg.context_length:
+            raise ValueError(f"sequence of {total} tokens exceeds context_length "
                              f"{self.cfg.context_length}")
-        pos = torch.arange(seq_len, device=in_idx.device)
+        if cache is None:
+            pos = torch.arange(seq_len, device=in_idx.device)  # (T,)
+        else:
+            pos = cache.positions(seq_len)  # (B, T): each row counts from its first real token
         # With a tied head, the lookup's gradient is made sparse: it then lands in the head's
         # dense gradient by index, instead of a zero-filled (V, C) tensor added to it (about
         # 10% of a gpt2-124m CPU training step). Untied, or compiled (inductor has no sparse
@@ -141,11 +146,13 @@ class GPT(nn.Module):
                   and not torch.compiler.is_compiling())
         tok = F.embedding(in_idx, self.tok_emb.weight, sparse=sparse)
         x = self.drop_emb(tok + self.pos_emb(pos))  # (B, T, C)
-        for block in self.trf_blocks:
+        for i, block in enumerate(self.trf_blocks):
             if self.cfg.grad_checkpointing and self.training:
                 x = checkpoint(block, x, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, cache, i)
+        if cache is not None:
+            cache.advance(seq_len)
         return self.final_norm(x)
 
 

@@ -103,8 +103,9 @@ class LlamaBlock(nn.Module):
         self.norm2 = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.ff = SwiGLU(cfg.n_embd, cfg.intermediate_size)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.att(self.norm1(x), cos, sin)  # (B, T, C)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None,
+                layer: int = 0) -> torch.Tensor:
+        x = x + self.att(self.norm1(x), cos, sin, cache, layer)  # (B, T, C)
         return x + self.ff(self.norm2(x))
 
 
@@ -121,28 +122,37 @@ class Llama(nn.Module):
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def rope(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables for positions [0, length), computed once (then sliced)."""
+        """cos/sin tables covering positions [0, length), computed once and reused."""
         if self._rope is None or self._rope[0].shape[0] < length or self._rope[0].device != device:
             n = min(self.cfg.context_length, max(length, 1024))
             self._rope = rope_cache(self.cfg.head_dim, n, self.cfg.rope_base,
                                     self.cfg.rope_scaling, device)
-        return self._rope[0][:length], self._rope[1][:length]
+        return self._rope
 
-    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, vocab_size) logits."""
-        return self.out_head(self.hidden_states(in_idx))
+    def forward(self, in_idx: torch.Tensor, cache=None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, vocab_size) logits; with a ``KVCache`` the ids continue
+        the cached sequence."""
+        return self.out_head(self.hidden_states(in_idx, cache))
 
-    def hidden_states(self, in_idx: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, in_idx: torch.Tensor, cache=None) -> torch.Tensor:
         """(B, T) -> (B, T, C) final-normed states (the input of ``out_head``)."""
         seq_len = in_idx.shape[1]
-        if seq_len > self.cfg.context_length:
-            raise ValueError(f"sequence of {seq_len} tokens exceeds context_length "
+        total = seq_len + (cache.length if cache is not None else 0)
+        if total > self.cfg.context_length:
+            raise ValueError(f"sequence of {total} tokens exceeds context_length "
                              f"{self.cfg.context_length}")
-        cos, sin = self.rope(seq_len, in_idx.device)
+        cos, sin = self.rope(total, in_idx.device)  # (L, D)
+        if cache is None:
+            cos, sin = cos[:seq_len], sin[:seq_len]  # (T, D)
+        else:
+            pos = cache.positions(seq_len)  # (B, T)
+            cos, sin = cos[pos][:, None], sin[pos][:, None]  # (B, 1, T, D)
         x = self.tok_emb(in_idx)  # (B, T, C)
-        for block in self.trf_blocks:
+        for i, block in enumerate(self.trf_blocks):
             if self.cfg.grad_checkpointing and self.training:
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
-                x = block(x, cos, sin)
+                x = block(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.advance(seq_len)
         return self.final_norm(x)

@@ -237,12 +237,16 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(d_out, d_out)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache=None, layer: int = 0) -> torch.Tensor:
+        """x (B, T, C). With a ``KVCache`` the new keys/values are appended to it and the queries
+        attend to everything cached (see nn/kv_cache.py)."""
         b, num_tokens, _ = x.shape
         qkv = self.qkv(x).view(b, num_tokens, 3, self.num_heads, self.head_dim)  # (B, T, 3, H, D)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
+        k, v, mask, causal = _with_cache(cache, layer, k, v, num_tokens)
         context = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal,
         )  # (B, H, T, D)
         context = context.transpose(1, 2).reshape(b, num_tokens, self.d_out)  # (B, T, C)
         return self.out_proj(context)
@@ -270,13 +274,30 @@ class GroupedQueryAttention(nn.Module):
         self.v_proj = nn.Linear(d_in, n_kv_head * self.head_dim, bias=qkv_bias)
         self.out_proj = nn.Linear(n_head * self.head_dim, d_in, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None,
+                layer: int = 0) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
         v = self.v_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        context = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+        k, v, mask, causal = _with_cache(cache, layer, k, v, t)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                                  enable_gqa=self.n_kv_head != self.n_head)
         context = context.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)  # (B, T, H*D)
         return self.out_proj(context)
+
+
+def _with_cache(cache, layer: int, k: torch.Tensor, v: torch.Tensor, t: int):
+    """(keys, values, mask, is_causal) for SDPA, appending to ``cache`` when there is one."""
+    if cache is None:
+        return k, v, None, True
+    start = cache.length
+    k, v = cache.update(layer, k, v)
+    mask = cache.mask(t)
+    if mask is not None:
+        return k, v, mask, False
+    # No padding: a prefill from slot 0 is plain causal; one new token sees every key.
+    if start == 0 or t == 1:
+        return k, v, None, t > 1
+    return k, v, cache.mask_causal(t), False

@@ -1,0 +1,130 @@
+"""The generation engine: prefill + incremental decode over a preallocated KV cache.
+
+    prompts (ids) --left-pad--> prefill: one forward over all prompt tokens, filling the cache
+                                decode:  one token per row per step, attending to the cache
+
+Rows stop independently on any of ``stop_ids``; the batch ends when every row has stopped or
+``max_new_tokens`` is reached. Sampling is the same pure function as the naive ``generate``
+(greedy at temperature 0), so the engine must match it token for token (tested). Like the rest
+of ``generation``, the engine sees ids only; text and stop strings are ``stream_text``'s job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from scratchlm.generation.sampling import sample_next
+from scratchlm.nn.kv_cache import KVCache
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    stop_ids: tuple[int, ...] = ()
+    seed: int | None = None
+
+
+def _kv_shape(model: nn.Module) -> tuple[int, int, int]:
+    """(n_layer, n_kv_head, head_dim) of a GPT or Llama model."""
+    cfg = model.cfg
+    return cfg.n_layer, getattr(cfg, "n_kv_head", cfg.n_head), cfg.head_dim
+
+
+class Engine:
+    def __init__(self, model: nn.Module, max_len: int | None = None):
+        self.model = model.eval()
+        self.max_len = max_len or model.cfg.context_length
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        if self.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            self.dtype = torch.float32  # quantized weights: activations stay float
+
+    def new_cache(self, batch: int, length: int, pad: torch.Tensor | None = None) -> KVCache:
+        n_layer, n_kv, head_dim = _kv_shape(self.model)
+        return KVCache(n_layer, batch, n_kv, length, head_dim, self.dtype, self.device, pad)
+
+    @torch.inference_mode()
+    def stream(self, prompts: Sequence[Sequence[int]],
+               params: SamplingParams = SamplingParams()) -> Iterator[list[int | None]]:
+        """Yield, per decode step, each row's new token (None once that row has stopped)."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        b = len(prompts)
+        longest = max(len(p) for p in prompts)
+        budget = min(params.max_new_tokens, self.max_len - longest)
+        if budget <= 0:
+            raise ValueError(f"a prompt of {longest} tokens leaves no room in the context of "
+                             f"{self.max_len}")
+        pad = torch.tensor([longest - len(p) for p in prompts], device=self.device)
+        idx = torch.zeros(b, longest, dtype=torch.long, device=self.device)
+        for i, p in enumerate(prompts):
+            idx[i, longest - len(p):] = torch.tensor(p, device=self.device)
+        cache = self.new_cache(b, longest + budget, pad)
+        gen = None
+        if params.seed is not None:
+            gen = torch.Generator(device=self.device).manual_seed(params.seed)
+        stop = torch.tensor(params.stop_ids or [-1], device=self.device)
+        done = torch.zeros(b, dtype=torch.bool, device=self.device)
+
+        logits = self.model(idx, cache=cache)[:, -1, :]  # prefill: (B, V)
+        for _ in range(budget):
+            nxt = sample_next(logits, params.temperature, params.top_k, params.top_p, gen)  # (B, 1)
+            hit = torch.isin(nxt[:, 0], stop)
+            out = [None if d else int(t) for d, t in zip(done.tolist(), nxt[:, 0].tolist())]
+            done |= hit
+            yield out
+            if bool(done.all()) or cache.length >= cache.max_len:
+                return
+            logits = self.model(nxt, cache=cache)[:, -1, :]  # decode: (B, V)
+
+    def generate(self, prompts: Sequence[Sequence[int]],
+                 params: SamplingParams = SamplingParams()) -> list[list[int]]:
+        """New tokens per row; a row's stop token ends it and is not included."""
+        outs: list[list[int]] = [[] for _ in prompts]
+        finished = [False] * len(prompts)
+        for step in self.stream(prompts, params):
+            for i, tok in enumerate(step):
+                if tok is None or finished[i]:
+                    continue
+                if tok in params.stop_ids:
+                    finished[i] = True
+                else:
+                    outs[i].append(tok)
+        return outs
+
+
+def stream_text(engine: Engine, tokenizer, prompt_ids: Sequence[int],
+                params: SamplingParams, stop_strings: Sequence[str] = ()) -> Iterator[str]:
+    """Stream the decoded text of one prompt, ending at a stop id or stop string (which is not
+    emitted). Text is released only when it is whole UTF-8 and cannot start a stop string."""
+    ids: list[int] = []
+    sent = ""
+    for step in engine.stream([list(prompt_ids)], params):
+        tok = step[0]
+        if tok is None or tok in params.stop_ids:
+            break
+        ids.append(tok)
+        text = tokenizer.decode(ids)
+        if text.endswith("\ufffd"):
+            continue  # a multi-byte character is not complete yet
+        cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
+        if cut >= 0:
+            if cut > len(sent):
+                yield text[len(sent):cut]
+            return
+        # hold back a tail that could still become a stop string
+        hold = max((k for s in stop_strings for k in range(1, len(s))
+                    if text.endswith(s[:k])), default=0)
+        if len(text) - hold > len(sent):
+            yield text[len(sent):len(text) - hold]
+            sent = text[:len(text) - hold]
+    text = tokenizer.decode(ids)  # flush what was held back
+    if len(text) > len(sent):
+        yield text[len(sent):]

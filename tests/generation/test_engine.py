@@ -1,0 +1,83 @@
+"""The KV-cache engine matches the naive generate token for token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scratchlm.generation.engine import Engine, SamplingParams, stream_text
+from scratchlm.generation.sampling import generate
+from scratchlm.models.gpt import GPT, GPTConfig
+from scratchlm.models.llama import Llama, LlamaConfig
+
+
+def gpt():
+    torch.manual_seed(0)  # PyTorch's default init gives sharp logits: no near-ties in argmax
+    return GPT(GPTConfig(vocab_size=97, context_length=64, n_embd=32, n_layer=2, n_head=4,
+                         init="torch")).eval()
+
+
+def llama():
+    torch.manual_seed(0)
+    return Llama(LlamaConfig(vocab_size=97, context_length=64, n_embd=32, n_layer=2, n_head=4,
+                             n_kv_head=2, intermediate_size=64)).eval()
+
+
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [3], [20, 21, 22, 23]]
+
+
+@pytest.mark.parametrize("make", [gpt, llama])
+def test_engine_equals_naive_greedy_unbatched_and_batched(make):
+    model = make()
+    want = [generate(model, torch.tensor([p]), 12)[0, len(p):].tolist() for p in PROMPTS]
+    engine = Engine(model)
+    for p, w in zip(PROMPTS, want):
+        assert engine.generate([p], SamplingParams(max_new_tokens=12)) == [w]
+    assert engine.generate(PROMPTS, SamplingParams(max_new_tokens=12)) == want
+
+
+@pytest.mark.parametrize("make", [gpt, llama])
+def test_cached_logits_equal_full_forward(make):
+    model = make()
+    x = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    engine = Engine(model)
+    cache = engine.new_cache(1, 16)
+    with torch.no_grad():
+        a = model(x[:, :4], cache=cache)
+        b = model(x[:, 4:], cache=cache)
+        full = model(x)
+    assert torch.allclose(torch.cat([a, b], 1), full, atol=1e-5)
+
+
+def test_stop_ids_per_row_and_seeded_sampling():
+    model = gpt()
+    engine = Engine(model)
+    free = engine.generate(PROMPTS, SamplingParams(max_new_tokens=8))
+    stop = free[0][2]
+    out = engine.generate(PROMPTS, SamplingParams(max_new_tokens=8, stop_ids=(stop,)))
+    for o, f in zip(out, free):  # each row ends just before its first stop token
+        assert o == (f[:f.index(stop)] if stop in f else f)
+    p = SamplingParams(max_new_tokens=10, temperature=1.0, top_k=20, seed=7)
+    assert engine.generate(PROMPTS, p) == engine.generate(PROMPTS, p)
+
+
+def test_context_is_checked():
+    engine = Engine(gpt())
+    with pytest.raises(ValueError, match="no room"):
+        engine.generate([[1] * 64], SamplingParams(max_new_tokens=4))
+
+
+class CharTok:
+    def decode(self, ids):
+        return "".join(chr(97 + i % 26) for i in ids)
+
+
+def test_stream_text_stops_at_a_stop_string():
+    model = gpt()
+    engine = Engine(model)
+    ids = engine.generate([[1, 2]], SamplingParams(max_new_tokens=10))[0]
+    full = CharTok().decode(ids)
+    stop = full[4:6]
+    got = "".join(stream_text(engine, CharTok(), [1, 2], SamplingParams(max_new_tokens=10), [stop]))
+    assert got == full[:full.find(stop)]
+    assert "".join(stream_text(engine, CharTok(), [1, 2], SamplingParams(max_new_tokens=10))) == full
