@@ -38,24 +38,29 @@ def _train_tokenizer(args) -> int:
 
 
 def _generate(args) -> int:
-    from pathlib import Path
-
-    import torch
-
-    from scratchlm.generation.sampling import generate, text_to_token_ids, token_ids_to_text
-    from scratchlm.models.loading import load_pretrained
+    from scratchlm.generation.engine import Engine, SamplingParams, stream_text
+    from scratchlm.models.loading import load_model_and_tokenizer
     from scratchlm.tokenizers import get_tokenizer
 
-    model = load_pretrained(args.model)
-    tok_file = Path(args.model) / "tokenizer.json"
-    tokenizer = get_tokenizer(args.tokenizer or (str(tok_file) if tok_file.is_file() else "gpt2"))
-    gen = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
-    idx = text_to_token_ids(args.prompt, tokenizer)
-    out = generate(model, idx, args.max_new_tokens, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, eos_id=tokenizer.eos_id, generator=gen)
-    print(token_ids_to_text(out, tokenizer))
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    if args.tokenizer:
+        tokenizer = get_tokenizer(args.tokenizer)
+    params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                            tuple(i for i in (tokenizer.eos_id,) if i is not None), args.seed)
+    ids = tokenizer.encode(args.prompt, allowed_special="all")
+    sys.stdout.write(args.prompt)
+    for piece in stream_text(Engine(model), tokenizer, ids, params):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def _chat(args) -> int:
+    from scratchlm.recipes.chat import ChatConfig, main
+
+    main(ChatConfig(args.model, args.system, args.max_new_tokens, args.temperature, args.top_k,
+                    args.top_p, args.seed))
     return 0
 
 
@@ -109,6 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=None)
     d.add_argument("--tokenizer", default=None, help="default: the model folder's, else gpt2")
     d.set_defaults(func=_generate)
+
+    d = sub.add_parser("chat", help="chat with a model in the terminal (streaming)")
+    d.add_argument("--model", default="smollm2-135m-instruct")
+    d.add_argument("--system", default=None, help="a system prompt")
+    d.add_argument("--max-new-tokens", type=int, default=256)
+    d.add_argument("--temperature", type=float, default=0.0)
+    d.add_argument("--top-k", type=int, default=None)
+    d.add_argument("--top-p", type=float, default=None)
+    d.add_argument("--seed", type=int, default=None)
+    d.set_defaults(func=_chat)
 
     d = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer from scratch")
     d.add_argument("--data", nargs="+", required=True)

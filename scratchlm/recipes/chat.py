@@ -1,0 +1,71 @@
+"""``scratchlm chat``: a terminal chat with a model's own chat template, streaming replies.
+
+Type a message; ``/reset`` clears the conversation, ``/quit`` (or end of input) leaves. Works
+with piped input too: ``printf 'Hi\\n/quit\\n' | scratchlm chat``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+from scratchlm.generation.engine import Engine, SamplingParams, stream_text
+from scratchlm.tokenizers.chat import encode_chat
+
+
+@dataclass
+class ChatConfig:
+    model: str = "smollm2-135m-instruct"
+    system: str | None = None
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+
+def reply(engine: Engine, tokenizer, messages: list[dict], params: SamplingParams):
+    """Stream the assistant's next message for ``messages``."""
+    ids = encode_chat(tokenizer, messages, add_generation_prompt=True)
+    stops = [tokenizer.eos_token] if getattr(tokenizer, "eos_token", None) else []
+    return stream_text(engine, tokenizer, ids, params, stop_strings=stops)
+
+
+def main(cfg: ChatConfig, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
+    from scratchlm.models.loading import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    engine = Engine(model)
+    stop_ids = tuple(i for i in (tokenizer.eos_id,) if i is not None)
+    params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                            stop_ids, cfg.seed)
+    base = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    messages = list(base)
+    interactive = stdin.isatty()
+    if interactive:
+        stdout.write(f"chatting with {cfg.model}; /reset clears, /quit leaves\n")
+    while True:
+        if interactive:
+            stdout.write("> ")
+            stdout.flush()
+        line = stdin.readline()
+        if not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/quit":
+            break
+        if text == "/reset":
+            messages = list(base)
+            stdout.write("(conversation cleared)\n")
+            continue
+        messages.append({"role": "user", "content": text})
+        answer = []
+        for piece in reply(engine, tokenizer, messages, params):
+            answer.append(piece)
+            stdout.write(piece)
+            stdout.flush()
+        stdout.write("\n")
+        messages.append({"role": "assistant", "content": "".join(answer)})
