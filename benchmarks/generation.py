@@ -107,6 +107,43 @@ def bench(name, model, hf, vocab, new_tokens, rounds):
           f"{8 * new_tokens / dt:6.1f} tok/s  ratio {dt_hf / dt:.2f}")
 
 
+def perplexity(model, ids: torch.Tensor, window: int = 512) -> float:
+    """Perplexity over consecutive windows of ``ids`` (1, N)."""
+    from scratchlm.nn.loss import cross_entropy
+
+    losses = []
+    with torch.inference_mode():
+        for s in range(0, ids.shape[1] - window, window):
+            chunk = ids[:, s : s + window + 1]
+            losses.append(cross_entropy(model(chunk[:, :-1]), chunk[:, 1:]).item())
+    return float(torch.tensor(losses).mean().exp())
+
+
+def bench_int8(new_tokens: int, rounds: int) -> None:
+    """Weight-only int8: decode speed and the perplexity cost on tinyshakespeare."""
+    from scratchlm.data.sources import fetch
+    from scratchlm.generation.engine import Engine, SamplingParams
+    from scratchlm.models.loading import load_model_and_tokenizer
+
+    fp32, tok = load_model_and_tokenizer("smollm2-135m-instruct")
+    int8, _ = load_model_and_tokenizer("smollm2-135m-instruct", quantize="int8")
+    text = fetch("tinyshakespeare").read_text()[:20000]
+    ids = torch.tensor([tok.encode(text)[:4097]])
+    ppl = {name: perplexity(m, ids) for name, m in (("fp32", fp32), ("int8", int8))}
+    prompt = [ids[0, :16].tolist()]
+    tps = {}
+    for name, m in (("fp32", fp32), ("int8", int8)):
+        engine, best = Engine(m), 0.0
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            engine.generate(prompt, SamplingParams(max_new_tokens=new_tokens))
+            best = max(best, new_tokens / (time.perf_counter() - t0))
+        tps[name] = best
+    print(f"smollm2-135m int8 weights: perplexity on tinyshakespeare {ppl['fp32']:.2f} (fp32) -> "
+          f"{ppl['int8']:.2f} (int8), delta {ppl['int8'] - ppl['fp32']:+.2f}; batch-1 decode "
+          f"{tps['fp32']:.1f} -> {tps['int8']:.1f} tok/s ({tps['int8'] / tps['fp32']:.2f}x)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -120,6 +157,7 @@ def main():
     bench("gpt2-124m", gpt, hf_gpt2_from(gpt), 50257, args.new_tokens, args.rounds)
     smol, _ = load_model_and_tokenizer("smollm2-135m-instruct")
     bench("smollm2-135m", smol, hf_llama_from(smol), 49152, args.new_tokens, args.rounds)
+    bench_int8(args.new_tokens, args.rounds)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def _generate(args) -> int:
     from scratchlm.models.loading import load_model_and_tokenizer
     from scratchlm.tokenizers import get_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, quantize=args.quantize)
     if args.tokenizer:
         tokenizer = get_tokenizer(args.tokenizer)
     params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
@@ -60,7 +60,7 @@ def _chat(args) -> int:
     from scratchlm.recipes.chat import ChatConfig, main
 
     main(ChatConfig(args.model, args.system, args.max_new_tokens, args.temperature, args.top_k,
-                    args.top_p, args.seed))
+                    args.top_p, args.seed, args.quantize))
     return 0
 
 
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--top-p", type=float, default=None)
     d.add_argument("--seed", type=int, default=None)
     d.add_argument("--tokenizer", default=None, help="default: the model folder's, else gpt2")
+    d.add_argument("--quantize", choices=["int8"], default=None, help="int8 weights")
     d.set_defaults(func=_generate)
 
     d = sub.add_parser("chat", help="chat with a model in the terminal (streaming)")
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--top-k", type=int, default=None)
     d.add_argument("--top-p", type=float, default=None)
     d.add_argument("--seed", type=int, default=None)
+    d.add_argument("--quantize", choices=["int8"], default=None, help="int8 weights")
     d.set_defaults(func=_chat)
 
     d = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer from scratch")

@@ -142,7 +142,7 @@ class GPT(nn.Module):
         # dense gradient by index, instead of a zero-filled (V, C) tensor added to it (about
         # 10% of a gpt2-124m CPU training step). Untied, or compiled (inductor has no sparse
         # tensors), the gradient stays dense.
-        sparse = (self.training and self.out_head.weight is self.tok_emb.weight
+        sparse = (self.training and getattr(self.out_head, "weight", None) is self.tok_emb.weight
                   and not torch.compiler.is_compiling())
         tok = F.embedding(in_idx, self.tok_emb.weight, sparse=sparse)
         x = self.drop_emb(tok + self.pos_emb(pos))  # (B, T, C)

@@ -243,17 +243,26 @@ LOCAL_GGUF = {"smollm2-135m-instruct": smollm2_gguf}
 
 
 def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
-                             device: str | torch.device = "cpu", progress: bool = True):
-    """(model, tokenizer) for a preset, a GGUF file or a model folder."""
+                             device: str | torch.device = "cpu", progress: bool = True,
+                             quantize: str | None = None):
+    """(model, tokenizer) for a preset, a GGUF file or a model folder; ``quantize="int8"``
+    stores the Linear weights as int8 for inference (see nn/quant.py)."""
     from scratchlm.tokenizers import get_tokenizer
 
     if name in LOCAL_GGUF or str(name).endswith(".gguf"):
         path = LOCAL_GGUF[name]() if name in LOCAL_GGUF else Path(name)
         model, tok = load_gguf(path, dtype, device)
-        return model.eval(), tok
-    model = load_pretrained(name, dtype, device, progress)
-    folder_tok = Path(name) / "tokenizer.json"
-    return model, get_tokenizer(str(folder_tok) if folder_tok.is_file() else "gpt2")
+    else:
+        model = load_pretrained(name, dtype, device, progress)
+        folder_tok = Path(name) / "tokenizer.json"
+        tok = get_tokenizer(str(folder_tok) if folder_tok.is_file() else "gpt2")
+    if quantize == "int8":
+        from scratchlm.nn.quant import quantize_int8
+
+        quantize_int8(model)
+    elif quantize is not None:
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    return model.eval(), tok
 
 
 def save_pretrained(model: nn.Module, folder: str | Path) -> Path:

@@ -23,6 +23,7 @@ class ChatConfig:
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
+    quantize: str | None = None  # "int8": weight-only int8 (nn/quant.py)
 
 
 def reply(engine: Engine, tokenizer, messages: list[dict], params: SamplingParams):
@@ -35,7 +36,7 @@ def reply(engine: Engine, tokenizer, messages: list[dict], params: SamplingParam
 def main(cfg: ChatConfig, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
     from scratchlm.models.loading import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, quantize=cfg.quantize)
     engine = Engine(model)
     stop_ids = tuple(i for i in (tokenizer.eos_id,) if i is not None)
     params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import torch
+
+from scratchlm.generation.engine import Engine, SamplingParams
+from scratchlm.models.gpt import GPT, GPTConfig
+from scratchlm.nn.quant import Int8Linear, quantize_int8
+
+
+def test_int8_linear_error_is_bounded():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32)
+    q = Int8Linear.from_linear(lin)
+    assert q.weight_int8.dtype == torch.int8
+    w = q.weight_int8.float() * q.scale[:, None]
+    assert ((w - lin.weight).abs() <= q.scale[:, None] / 2 + 1e-7).all()
+    x = torch.randn(5, 64)
+    assert torch.allclose(q(x), torch.nn.functional.linear(x, w, lin.bias), atol=1e-5)
+
+
+def test_quantized_model_generates_like_the_original():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=97, context_length=32, n_embd=32, n_layer=2, n_head=2,
+                          init="torch")).eval()
+    x = torch.randint(0, 97, (2, 10))
+    with torch.no_grad():
+        ref = model(x)
+    quantize_int8(model)
+    assert isinstance(model.out_head, Int8Linear) and isinstance(model.trf_blocks[0].att.qkv, Int8Linear)
+    with torch.no_grad():
+        got = model(x)
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+    out = Engine(model).generate([[1, 2, 3]], SamplingParams(max_new_tokens=5))
+    assert len(out[0]) == 5
