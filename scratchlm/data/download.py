@@ -78,6 +78,7 @@ def download(
     mirror: str | None = None,
     progress: bool = True,
     timeout: float = 60.0,
+    headers: dict[str, str] | None = None,
 ) -> Path:
     """Return a local path holding the file at ``url``, fetching it if needed.
 
@@ -101,7 +102,8 @@ def download(
         if _is_url(mirror):
             base = mirror if mirror.endswith("/") else mirror + "/"
             try:
-                return _fetch(base + urllib.parse.quote(filename), dest, sha256, progress, timeout)
+                return _fetch(base + urllib.parse.quote(filename), dest, sha256, progress, timeout,
+                              headers)
             except DownloadError:
                 pass  # fall back to the original address
         else:
@@ -111,7 +113,7 @@ def download(
                 return local
 
     try:
-        return _fetch(url, dest, sha256, progress, timeout)
+        return _fetch(url, dest, sha256, progress, timeout, headers)
     except DownloadError as e:
         if "checksum" in str(e) or "truncated" in str(e):
             raise
@@ -122,11 +124,12 @@ def download(
         ) from None
 
 
-def _fetch(url: str, dest: Path, sha256: str | None, progress: bool, timeout: float) -> Path:
+def _fetch(url: str, dest: Path, sha256: str | None, progress: bool, timeout: float,
+           headers: dict[str, str] | None = None) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"User-Agent": "scratchlm"})
+    req = urllib.request.Request(url, headers={"User-Agent": "scratchlm", **(headers or {})})
     if have:
         req.add_header("Range", f"bytes={have}-")
     try:

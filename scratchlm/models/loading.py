@@ -34,6 +34,8 @@ HF_REPOS = {
     "gpt2-355m": "openai-community/gpt2-medium",
     "gpt2-774m": "openai-community/gpt2-large",
     "gpt2-1558m": "openai-community/gpt2-xl",
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M",
+    "llama-3.2-1b": "meta-llama/Llama-3.2-1B",  # gated: set HF_TOKEN
 }
 # Our model families: name -> (config class, model class).
 FAMILIES: dict[str, tuple[type, type]] = {"gpt": (GPTConfig, GPT), "llama": (LlamaConfig, Llama)}
@@ -51,11 +53,18 @@ def fetch_hf_repo(repo: str, progress: bool = True) -> Path:
     """Download a repo's ``config.json`` and safetensors weights (single or sharded) into the
     cache; returns the local folder."""
     base = f"{hf_endpoint()}/{repo}/resolve/main"
+    token = os.environ.get("HF_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
 
     def get(name: str) -> Path:
-        return download(f"{base}/{name}", f"hf/{repo}/{name}", progress=progress)
+        return download(f"{base}/{name}", f"hf/{repo}/{name}", progress=progress, headers=headers)
 
     folder = get("config.json").parent
+    for optional in ("tokenizer.json", "tokenizer_config.json"):
+        try:
+            get(optional)
+        except DownloadError:
+            pass  # GPT-2 repos use OpenAI's files (get_tokenizer("gpt2")) instead
     try:
         get("model.safetensors")
     except DownloadError as single_error:
@@ -253,8 +262,9 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
         path = LOCAL_GGUF[name]() if name in LOCAL_GGUF else Path(name)
         model, tok = load_gguf(path, dtype, device)
     else:
-        model = load_pretrained(name, dtype, device, progress)
-        folder_tok = Path(name) / "tokenizer.json"
+        folder = resolve_folder(name, progress)
+        model = load_pretrained(str(folder), dtype, device, progress)
+        folder_tok = folder / "tokenizer.json"
         tok = get_tokenizer(str(folder_tok) if folder_tok.is_file() else "gpt2")
     if quantize == "int8":
         from scratchlm.nn.quant import quantize_int8
@@ -308,19 +318,24 @@ def load_ours(folder: str | Path, dtype: torch.dtype = torch.float32,
     return _materialize(model, state, str(folder))
 
 
+def resolve_folder(name: str, progress: bool = True) -> Path:
+    """A local folder with config.json for a preset (downloaded) or a path."""
+    if name in HF_REPOS:
+        return fetch_hf_repo(HF_REPOS[name], progress=progress)
+    folder = Path(name)
+    if not (folder / "config.json").is_file():
+        known = ", ".join([*HF_REPOS, *LOCAL_GGUF])
+        raise FileNotFoundError(f"{name!r} is neither a preset with weights ({known}) nor a "
+                                "folder with config.json")
+    return folder
+
+
 def load_pretrained(name: str, dtype: torch.dtype = torch.float32,
                     device: str | torch.device = "cpu", progress: bool = True) -> nn.Module:
     """A model with weights, from a preset name or a folder (see the module docstring)."""
     if name in LOCAL_GGUF or str(name).endswith(".gguf"):
         return load_model_and_tokenizer(name, dtype, device, progress)[0]
-    if name in HF_REPOS:
-        folder = fetch_hf_repo(HF_REPOS[name], progress=progress)
-    else:
-        folder = Path(name)
-        if not (folder / "config.json").is_file():
-            known = ", ".join(HF_REPOS)
-            raise FileNotFoundError(f"{name!r} is neither a preset with weights ({known}) nor a "
-                                    "folder with config.json")
+    folder = resolve_folder(name, progress)
     config = json.loads((folder / "config.json").read_text())
     if "scratchlm" in config:
         model = load_ours(folder, dtype, device)

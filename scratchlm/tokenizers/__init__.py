@@ -43,11 +43,25 @@ def get_tokenizer(name: str) -> Tokenizer:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A tokenizer file saved by scratchlm, or an HF ``tokenizer.json`` (with the special
+    tokens and chat template of a ``tokenizer_config.json`` beside it, when there is one)."""
     import json
 
-    kind = json.loads(Path(path).read_text()).get("type")
+    path = Path(path)
+    kind = json.loads(path.read_text()).get("type")
     if kind == "bpe":
         return BPETokenizer.load(path)
     if kind == "char":
         return CharTokenizer.load(path)
-    return HFTokenizer.from_file(path)
+    extra = {}
+    config = path.with_name("tokenizer_config.json")
+    if config.is_file():
+        cfg = json.loads(config.read_text())
+
+        def content(tok):  # "<|x|>" or {"content": "<|x|>", ...}
+            return tok.get("content") if isinstance(tok, dict) else tok
+
+        extra = {"eos_token": content(cfg.get("eos_token")),
+                 "bos_token": content(cfg.get("bos_token")),
+                 "chat_template": cfg.get("chat_template")}
+    return HFTokenizer.from_file(path, **extra)

@@ -68,3 +68,55 @@ def test_config_validation():
         LlamaConfig(n_head=6, n_kv_head=4)
     with pytest.raises(ValueError, match="unknown Llama preset"):
         LlamaConfig.from_name("llama-9")
+
+
+def test_sharded_hub_download_with_tokenizer_and_token(tmp_path, monkeypatch):
+    """`load_model_and_tokenizer("smollm2-135m")` fetches config, shards and tokenizer files
+    from a hub on 127.0.0.1, sending HF_TOKEN."""
+    import functools
+    import http.server
+    import json
+    import threading
+
+    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.tokenizers import HFTokenizer
+
+    repo = tmp_path / "hub" / "HuggingFaceTB" / "SmolLM2-135M" / "resolve" / "main"
+    hf = write_hf_llama(tmp_path / "single")
+    hf.save_pretrained(repo, max_shard_size="50KB")
+    assert (repo / "model.safetensors.index.json").is_file()
+    tokens = [chr(c) for c in range(33, 127)] + ["ab", "<|im_end|>"]
+    tokens += [f"t{i}" for i in range(300 - len(tokens))]
+    tok = HFTokenizer.from_vocab_merges(tokens, ["a b"], special_tokens=["<|im_end|>"])
+    tok.tokenizer.save(str(repo / "tokenizer.json"))
+    (repo / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": "<|im_end|>", "chat_template": "{{ messages[0]['content'] }}"}))
+    seen = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            super().do_GET()
+
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path / "hub")))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{httpd.server_address[1]}")
+        monkeypatch.setenv("HF_TOKEN", "secret")
+        monkeypatch.setenv("SCRATCHLM_MIRROR", "")
+        monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "cache"))
+        model, tokenizer = load_model_and_tokenizer("smollm2-135m", progress=False)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert seen and all(h == "Bearer secret" for h in seen)
+    x = torch.randint(0, 300, (1, 12))
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max() <= 1e-4
+    assert tokenizer.eos_id == tokens.index("<|im_end|>")
+    assert tokenizer.encode("ab") == [tokens.index("ab")]
+    assert tokenizer.chat_template.startswith("{{")
