@@ -1,0 +1,1 @@
+"""Finetuning methods as wrappers plus surgery functions (LoRA, ...)."""

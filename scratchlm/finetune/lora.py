@@ -1,0 +1,224 @@
+"""LoRA: low-rank adapters (the book's appendix E, grown up).
+
+A frozen weight W (out x in) gets a trainable low-rank update:
+
+        x ──► W x ─────────────────────┐
+        │                              (+) ──► y
+        └──► A (in -> r) ──► B (r -> out) ── * scale
+
+B starts at zero, so the adapted model starts equal to the base. ``scale`` is ``alpha`` as in
+the book (``scaling="book"``) or ``alpha / rank`` as in PEFT (``scaling="peft"``).
+
+Two forms:
+- the book's ``LoRALayer``, ``LinearWithLoRA`` and ``replace_linear_with_lora``, as printed;
+- ``LoRALinear`` + ``apply_lora(model, targets=...)`` for real use: the base keeps its parameter
+  names (``...qkv.weight``), so a base checkpoint loads unchanged; adapters can be switched off
+  (a DPO reference for free), merged into the weight and unmerged; a fused projection (GPT's
+  ``qkv``) gets one adapter per part (``q``, ``k``, ``v``), as separate projections would.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ---------------------------------------------------------------------- the book's version
+class LoRALayer(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, rank: int, alpha: float):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(in_dim, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear initialises its weight
+        self.B = nn.Parameter(torch.zeros(rank, out_dim))
+        self.alpha = alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.alpha * (x @ self.A @ self.B)
+
+
+class LinearWithLoRA(nn.Module):
+    def __init__(self, linear: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.linear = linear
+        self.lora = LoRALayer(linear.in_features, linear.out_features, rank, alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.lora(x)
+
+
+def replace_linear_with_lora(model: nn.Module, rank: int, alpha: float) -> None:
+    """Wrap every ``nn.Linear`` of ``model`` (recursively) in ``LinearWithLoRA``, in place."""
+    for name, module in model.named_children():
+        if isinstance(module, nn.Linear):
+            setattr(model, name, LinearWithLoRA(module, rank, alpha))
+        else:
+            replace_linear_with_lora(module, rank, alpha)
+
+
+# ---------------------------------------------------------------------- the production version
+class LoRALinear(nn.Module):
+    """A Linear layer with LoRA adapters on parts of its output.
+
+    ``parts`` maps a name to the slice of output features it adapts; a plain projection has one
+    part covering everything. Parameters: ``weight``/``bias`` (the base, frozen) and, per part,
+    ``lora_A.<part>.weight`` (r x in) and ``lora_B.<part>.weight`` (out_part x r), PEFT's shapes.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, parts: dict[str, slice] | None = None,
+                 dropout: float = 0.0, scaling: str = "book"):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+        if scaling not in ("book", "peft"):
+            raise ValueError(f"scaling must be 'book' or 'peft', got {scaling!r}")
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight  # the same Parameter: names and ties are kept
+        self.bias = base.bias
+        self.rank, self.alpha = rank, alpha
+        self.scale = alpha if scaling == "book" else alpha / rank
+        self.parts = parts or {"all": slice(0, base.out_features)}
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        for name, sl in self.parts.items():
+            a = nn.Linear(self.in_features, rank, bias=False, device=base.weight.device)
+            nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+            b = nn.Linear(rank, sl.stop - sl.start, bias=False, device=base.weight.device)
+            nn.init.zeros_(b.weight)
+            self.lora_A[name], self.lora_B[name] = a, b
+        self.dropout = nn.Dropout(dropout)
+        self.enabled = True
+        self.merged = False
+
+    def delta(self, name: str) -> torch.Tensor:
+        """The part's weight update, scale * B @ A: (out_part, in)."""
+        return self.scale * (self.lora_B[name].weight @ self.lora_A[name].weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if not self.enabled or self.merged:
+            return y
+        h = self.dropout(x)
+        updates = [self.lora_B[n](self.lora_A[n](h)) * self.scale for n in self.parts]
+        if len(self.parts) == 1 and next(iter(self.parts.values())) == slice(0, self.out_features):
+            return y + updates[0]
+        # parts are contiguous and in order: add them as one tensor over the full output
+        pieces, pos = [], 0
+        for (name, sl), u in zip(self.parts.items(), updates):
+            if sl.start > pos:
+                pieces.append(y.new_zeros(*y.shape[:-1], sl.start - pos))
+            pieces.append(u)
+            pos = sl.stop
+        if pos < self.out_features:
+            pieces.append(y.new_zeros(*y.shape[:-1], self.out_features - pos))
+        return y + torch.cat(pieces, dim=-1)
+
+    @torch.no_grad()
+    def _add_deltas(self, sign: float) -> None:
+        # Out of place: a head tied to the embedding must not change the embedding too.
+        w = self.weight.detach().clone()
+        for name, sl in self.parts.items():
+            w[sl] += sign * self.delta(name).to(w.dtype)
+        self.weight = nn.Parameter(w, requires_grad=self.weight.requires_grad)
+
+    def merge(self) -> None:
+        """Fold the adapters into ``weight`` (W' = W + scale * B @ A); forward is unchanged."""
+        if not self.merged:
+            self._add_deltas(+1.0)
+            self.merged = True
+
+    def unmerge(self) -> None:
+        if self.merged:
+            self._add_deltas(-1.0)
+            self.merged = False
+
+
+def _targets_of(model: nn.Module) -> dict[str, tuple[str, dict[str, slice] | None]]:
+    """Module path -> (target group, parts) for our GPT and Llama models.
+
+    Groups: q, k, v, out (attention output), ff (feed-forward), head (output head).
+    """
+    found: dict[str, tuple[str, dict[str, slice] | None]] = {}
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if not isinstance(module, nn.Linear):
+            continue
+        if leaf == "qkv":  # GPT's fused projection: [q | k | v]
+            c = module.out_features // 3
+            found[name] = ("qkv", {"q": slice(0, c), "k": slice(c, 2 * c), "v": slice(2 * c, 3 * c)})
+        elif leaf in ("q_proj", "k_proj", "v_proj"):
+            found[name] = (leaf[0], None)
+        elif leaf == "out_proj":
+            found[name] = ("out", None)
+        elif ".ff." in f".{name}." or leaf in ("fc1", "fc2", "fc3"):
+            found[name] = ("ff", None)
+        elif name == "out_head" or name.endswith(".out_head"):
+            found[name] = ("head", None)
+        else:
+            found[name] = ("other", None)
+    return found
+
+
+ALL_TARGETS = ("q", "k", "v", "out", "ff", "head")
+
+
+def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0,
+               targets: tuple[str, ...] | list[str] = ("q", "v"), dropout: float = 0.0,
+               scaling: str = "book", freeze_base: bool = True) -> nn.Module:
+    """Wrap the Linear layers named by ``targets`` (q, k, v, out, ff, head, or "all") in
+    ``LoRALinear``, in place; with ``freeze_base`` everything else stops training."""
+    targets = ALL_TARGETS if targets in ("all", ["all"], ("all",)) else tuple(targets)
+    unknown = set(targets) - set(ALL_TARGETS)
+    if unknown:
+        raise ValueError(f"unknown LoRA targets {sorted(unknown)}; choose from {ALL_TARGETS}")
+    if freeze_base:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    wrapped = 0
+    for name, (group, parts) in _targets_of(model).items():
+        if group == "qkv":
+            parts = {k: v for k, v in parts.items() if k in targets}
+            if not parts:
+                continue
+        elif group not in targets:
+            continue
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, leaf, LoRALinear(getattr(parent, leaf), rank, alpha, parts, dropout,
+                                         scaling))
+        wrapped += 1
+    if wrapped == 0:
+        raise ValueError(f"no Linear layer matched LoRA targets {targets}")
+    return model
+
+
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def set_lora_enabled(model: nn.Module, enabled: bool) -> None:
+    """Switch every adapter off (the base model) or on."""
+    for m in lora_modules(model).values():
+        m.enabled = enabled
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its weight and put plain ``nn.Linear`` layers back: a model with
+    the same outputs and no LoRA code."""
+    for name, m in lora_modules(model).items():
+        m.merge()
+        plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None,
+                          device=m.weight.device, dtype=m.weight.dtype)
+        plain.weight = m.weight
+        if m.bias is not None:
+            plain.bias = m.bias
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, leaf, plain)
+    return model
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the adapter weights (``...lora_A.<part>.weight``, ``...lora_B.<part>.weight``)."""
+    return {k: v.detach() for k, v in model.state_dict().items() if ".lora_" in k}

@@ -1,0 +1,72 @@
+"""Save LoRA adapters of a Llama model as a PEFT adapter folder (``adapter_model.safetensors`` +
+``adapter_config.json``) that ``peft.PeftModel.from_pretrained`` loads onto the Hugging Face
+model of the same weights, and load such a folder back onto our model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from scratchlm.finetune.lora import lora_modules
+from scratchlm.models.convert.hf_llama import _BLOCK, _TOP
+
+
+def _hf_module_name(ours: str) -> str:
+    """``trf_blocks.3.att.q_proj`` -> ``model.layers.3.self_attn.q_proj``."""
+    inv_block = {v.removesuffix(".weight"): k.removesuffix(".weight") for k, v in _BLOCK.items()
+                 if v.endswith(".weight")}
+    inv_top = {v.removesuffix(".weight"): k.removesuffix(".weight") for k, v in _TOP.items()}
+    if ours in inv_top:
+        return inv_top[ours]
+    _, layer, rest = ours.split(".", 2)
+    return f"model.layers.{layer}.{inv_block[rest]}"
+
+
+def save_peft_adapter(model: nn.Module, folder: str | Path, base_model: str = "") -> Path:
+    mods = lora_modules(model)
+    if not mods:
+        raise ValueError("the model has no LoRA adapters")
+    first = next(iter(mods.values()))
+    if any(list(m.parts) != ["all"] for m in mods.values()):
+        raise ValueError("PEFT export needs one adapter per projection (a Llama model)")
+    state, targets = {}, set()
+    for name, m in mods.items():
+        hf = _hf_module_name(name)
+        targets.add(hf.rsplit(".", 1)[-1])
+        state[f"base_model.model.{hf}.lora_A.weight"] = m.lora_A["all"].weight.detach().contiguous()
+        state[f"base_model.model.{hf}.lora_B.weight"] = m.lora_B["all"].weight.detach().contiguous()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+        "r": first.rank, "lora_alpha": first.scale * first.rank,  # PEFT scales by alpha / r
+        "lora_dropout": first.dropout.p, "target_modules": sorted(targets), "bias": "none",
+        "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def load_peft_adapter(model: nn.Module, folder: str | Path, scaling: str = "peft") -> nn.Module:
+    """Apply a PEFT LoRA folder to our Llama model (wrapping the targeted projections)."""
+    from scratchlm.finetune.lora import apply_lora
+
+    folder = Path(folder)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    if cfg.get("peft_type") != "LORA":
+        raise ValueError(f"{folder}: not a LoRA adapter ({cfg.get('peft_type')!r})")
+    names = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "out", "gate_proj": "ff",
+             "up_proj": "ff", "down_proj": "ff", "lm_head": "head"}
+    targets = sorted({names[t] for t in cfg["target_modules"]})
+    alpha = cfg["lora_alpha"] if scaling == "peft" else cfg["lora_alpha"] / cfg["r"]
+    apply_lora(model, cfg["r"], alpha, targets, scaling=scaling)
+    weights = load_file(folder / "adapter_model.safetensors")
+    for name, m in lora_modules(model).items():
+        hf = _hf_module_name(name)
+        m.lora_A["all"].weight.data.copy_(weights[f"base_model.model.{hf}.lora_A.weight"])
+        m.lora_B["all"].weight.data.copy_(weights[f"base_model.model.{hf}.lora_B.weight"])
+    return model

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from scratchlm.finetune.lora import (
+    LinearWithLoRA,
+    LoRALinear,
+    adapter_state_dict,
+    apply_lora,
+    merge_lora,
+    replace_linear_with_lora,
+    set_lora_enabled,
+)
+from scratchlm.models.accounting import count_parameters
+from scratchlm.models.gpt import GPT, GPTConfig
+from scratchlm.models.llama import Llama, LlamaConfig
+
+
+def test_book_lora_starts_as_the_base():
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 4)
+    wrapped = LinearWithLoRA(lin, rank=2, alpha=4)
+    x = torch.randn(3, 8)
+    assert torch.equal(wrapped(x), lin(x))
+    assert wrapped.lora.A.shape == (8, 2) and torch.all(wrapped.lora.B == 0)
+    with torch.no_grad():
+        wrapped.lora.B.fill_(0.1)
+    assert torch.allclose(wrapped(x), lin(x) + 4 * (x @ wrapped.lora.A @ wrapped.lora.B))
+    seq = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 2)))
+    replace_linear_with_lora(seq, 2, 1)
+    assert isinstance(seq[0], LinearWithLoRA) and isinstance(seq[2][0], LinearWithLoRA)
+
+
+def test_known_count_gpt2_124m_classifier():
+    """The book's appendix E figure: 2-class head, everything frozen, rank 16 on every Linear."""
+    model = GPT(GPTConfig.from_name("gpt2-124m"))
+    model.out_head = nn.Linear(768, 2)
+    assert count_parameters(model) == 124_441_346
+    apply_lora(model, rank=16, alpha=16, targets="all")
+    assert count_parameters(model, trainable_only=True) == 2_666_528
+
+
+def _tiny_gpt():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=100, context_length=16, n_embd=32, n_layer=2, n_head=4))
+
+
+def _randomize_adapters(model):
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.05)
+
+
+@pytest.mark.parametrize("targets", [("q", "v"), "all", ("k", "ff", "head")])
+def test_merge_unmerge_and_disable(targets):
+    model = _tiny_gpt().eval()
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randint(0, 100, (2, 10))
+    with torch.no_grad():
+        base = model(x)
+    apply_lora(model, rank=4, alpha=8, targets=targets)
+    _randomize_adapters(model)
+    with torch.no_grad():
+        adapted = model(x)
+        assert not torch.allclose(adapted, base)
+        set_lora_enabled(model, False)
+        assert torch.allclose(model(x), base, atol=1e-6)
+        set_lora_enabled(model, True)
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.merge()
+        assert torch.allclose(model(x), adapted, atol=1e-5)
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.unmerge()
+        for k, v in base_state.items():
+            assert torch.allclose(model.state_dict()[k], v, atol=1e-6), k
+        merged = merge_lora(model)
+        assert not any(isinstance(m, LoRALinear) for m in merged.modules())
+        assert torch.allclose(merged(x), adapted, atol=1e-5)
+
+
+def test_base_names_kept_and_only_adapters_train():
+    model = _tiny_gpt()
+    names = set(model.state_dict())
+    apply_lora(model, rank=2, alpha=2, targets=("q", "v", "out"))
+    assert names <= set(model.state_dict())  # a base checkpoint loads unchanged
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n for n in trainable)
+    assert set(adapter_state_dict(model)) == {n for n in model.state_dict() if ".lora_" in n}
+    assert any(".qkv.lora_A.q." in n for n in trainable) and not any(".lora_A.k." in n for n in trainable)
+    with pytest.raises(ValueError, match="unknown LoRA targets"):
+        apply_lora(_tiny_gpt(), targets=("query",))
+
+
+def test_peft_loads_our_adapter_onto_the_hf_model(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    from scratchlm.finetune.peft_format import load_peft_adapter, save_peft_adapter
+    from scratchlm.models.loading import load_hf_llama
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=120, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=32)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    hf.save_pretrained(tmp_path / "base")
+    ours = load_hf_llama(tmp_path / "base").eval()
+    apply_lora(ours, rank=4, alpha=8, targets=("q", "k", "v", "out", "ff"), scaling="book")
+    _randomize_adapters(ours)
+    save_peft_adapter(ours, tmp_path / "adapter", str(tmp_path / "base"))
+    peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    x = torch.randint(0, 120, (2, 12))
+    with torch.no_grad():
+        assert (ours(x) - peft_model(x).logits).abs().max() <= 1e-4
+    # and back: the PEFT folder onto a fresh copy of our model
+    again = load_peft_adapter(load_hf_llama(tmp_path / "base").eval(), tmp_path / "adapter")
+    with torch.no_grad():
+        assert (again(x) - ours(x)).abs().max() <= 1e-5
+    assert isinstance(Llama(LlamaConfig.from_name("llama-tiny")), nn.Module)
