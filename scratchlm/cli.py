@@ -75,6 +75,14 @@ def _pretrain(args) -> int:
     return 130 if result.interrupted else 0
 
 
+def _finetune_classify(args) -> int:
+    from scratchlm.config import build
+    from scratchlm.recipes.finetune_classifier import ClassifyConfig, main
+
+    main(build(ClassifyConfig, args, args.config))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scratchlm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -103,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from the latest checkpoint in --out (or the one given)")
     add_arguments(d, PretrainConfig, skip=frozenset({"resume"}))
     d.set_defaults(func=_pretrain)
+
+    from scratchlm.recipes.finetune_classifier import ClassifyConfig
+
+    ft = sub.add_parser("finetune", help="finetune a pretrained model").add_subparsers(
+        dest="method", required=True)
+    d = ft.add_parser("classify", help="a text classifier (last block(s) or LoRA)",
+                      description="Flags mirror ClassifyConfig; nested ones as --lora.rank.")
+    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
+    add_arguments(d, ClassifyConfig)
+    d.set_defaults(func=_finetune_classify)
 
     d = sub.add_parser("generate", help="continue a prompt with a model")
     d.add_argument("--model", required=True, help="a preset with weights or a model folder")

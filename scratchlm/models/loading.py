@@ -96,7 +96,8 @@ def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
 def _materialize(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
     """Assign ``state`` onto a model built on the meta device, checking keys and shapes."""
     expected = model.state_dict()
-    tied = getattr(model, "cfg", None) is not None and getattr(model.cfg, "tie_embeddings", False)
+    tied = (getattr(getattr(model, "cfg", None), "tie_embeddings", False)
+            and getattr(model.out_head, "weight", None) is model.tok_emb.weight)
     optional = {"out_head.weight"} if tied else set()
     for key, tensor in state.items():
         if key not in expected:
@@ -282,11 +283,14 @@ def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if getattr(model.cfg, "tie_embeddings", False):
+    if getattr(model.out_head, "weight", None) is model.tok_emb.weight:
         state.pop("out_head.weight", None)  # the same tensor as tok_emb.weight
     save_file(state, folder / "model.safetensors.part", metadata={"format": "pt"})
     os.replace(folder / "model.safetensors.part", folder / "model.safetensors")
     meta = {"scratchlm": {"family": family, "config": model.cfg.to_dict()}}
+    head = getattr(model, "out_head", None)
+    if isinstance(head, nn.Linear) and head.out_features != model.cfg.vocab_size:
+        meta["scratchlm"]["num_classes"] = head.out_features  # a classifier head
     (folder / "config.json.part").write_text(json.dumps(meta, indent=2))
     os.replace(folder / "config.json.part", folder / "config.json")
     return folder
@@ -314,6 +318,8 @@ def load_ours(folder: str | Path, dtype: torch.dtype = torch.float32,
         raise CheckpointError(f"{folder}: unknown model family {meta['family']!r}") from None
     with torch.device("meta"):
         model = model_cls(config_cls(**meta["config"]))
+        if "num_classes" in meta:  # a classifier (finetune/classification.py)
+            model.out_head = nn.Linear(model.cfg.n_embd, meta["num_classes"])
     state = {k: t.to(device=device, dtype=dtype) for k, t in iter_safetensors(folder)}
     return _materialize(model, state, str(folder))
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from scratchlm.training.runtime import Runtime
+from scratchlm.training.step import to_device
 
 
 @torch.no_grad()
@@ -23,7 +24,7 @@ def evaluate_loss(loss_module: nn.Module, batches: Iterable, rt: Runtime,
         if max_batches is not None and i >= max_batches:
             break
         with rt.autocast():
-            total += loss_module(x.to(rt.device), y.to(rt.device)).float()
+            total += loss_module(to_device(x, rt.device), to_device(y, rt.device)).float()
         n += 1
     loss_module.train(was_training)
     mean = rt.all_reduce_mean(total / max(n, 1))

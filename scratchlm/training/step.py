@@ -26,6 +26,13 @@ class StepResult:
     tokens: int  # valid targets in the step (all ranks)
 
 
+def to_device(x, device: torch.device):
+    """A tensor, or a tuple/list of them (e.g. (ids, lengths)), moved to ``device``."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_device(t, device) for t in x)
+    return x.to(device, non_blocking=True)
+
+
 def _no_sync(model: nn.Module, last: bool):
     """Skip the gradient all-reduce on all but the last micro-batch."""
     if last:
@@ -55,7 +62,7 @@ def train_step(
         last = i == len(micro_batches) - 1
         if fsdp:
             loss_module.set_requires_gradient_sync(last)
-        x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+        x, y = to_device(x, rt.device), to_device(y, rt.device)
         with _no_sync(loss_module, last), rt.autocast():
             loss = loss_module(x, y)
         weight = n.to(rt.device) / total_f

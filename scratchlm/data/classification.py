@@ -1,0 +1,135 @@
+"""Text classification data (the book's chapter 6): the UCI SMS spam pipeline, any CSV/JSONL
+with text and label columns, and a dataset of padded token ids.
+
+Malformed input is reported with the file and line. Labels map to ids in sorted order of their
+names unless a map is given (SMS spam: ham 0, spam 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+
+class ClassificationDataError(ValueError):
+    """A malformed row; the message names the file and line."""
+
+
+def read_sms_spam(path: str | Path) -> list[tuple[str, str]]:
+    """(label, text) rows of the UCI ``SMSSpamCollection`` (``label<TAB>text`` lines)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            label, sep, text = line.partition("\t")
+            if not sep or label not in ("ham", "spam"):
+                raise ClassificationDataError(f"{path}:{lineno}: expected 'ham|spam<TAB>text', "
+                                              f"got {line[:60]!r}")
+            rows.append((label, text))
+    return rows
+
+
+def balance(rows: list[tuple[str, str]], seed: int = 123) -> list[tuple[str, str]]:
+    """Undersample every class to the size of the smallest (the book keeps all spam and a
+    random 747 ham)."""
+    by_label: dict[str, list] = {}
+    for r in rows:
+        by_label.setdefault(r[0], []).append(r)
+    n = min(len(v) for v in by_label.values())
+    rng = random.Random(seed)
+    out = []
+    for label in sorted(by_label):
+        group = by_label[label]
+        out.extend(group if len(group) == n else rng.sample(group, n))
+    return out
+
+
+def random_split(rows: list, train_frac: float = 0.7, val_frac: float = 0.1,
+                 seed: int = 123) -> tuple[list, list, list]:
+    """Shuffle with ``seed``, then cut into train / validation / test (the rest)."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    a = int(len(rows) * train_frac)
+    b = a + int(len(rows) * val_frac)
+    return rows[:a], rows[a:b], rows[b:]
+
+
+def write_csv(rows: list[tuple[str, str]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "text"])
+        w.writerows(rows)
+    return path
+
+
+def read_table(path: str | Path, text_col: str = "text",
+               label_col: str = "label") -> list[tuple[str, str]]:
+    """(label, text) rows from a CSV (header row) or JSONL file."""
+    path = Path(path)
+    rows = []
+    if path.suffix in (".jsonl", ".json"):
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    rows.append((str(obj[label_col]), str(obj[text_col])))
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ClassificationDataError(f"{path}:{lineno}: bad row ({e})") from None
+        return rows
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {text_col, label_col} - set(reader.fieldnames or [])
+        if missing:
+            raise ClassificationDataError(f"{path}:1: missing column(s) {sorted(missing)}")
+        for row in reader:
+            if row.get(text_col) is None or row.get(label_col) in (None, ""):
+                raise ClassificationDataError(f"{path}:{reader.line_num}: missing text or label")
+            rows.append((row[label_col], row[text_col]))
+    return rows
+
+
+def label_map(rows: list[tuple[str, str]]) -> dict[str, int]:
+    return {name: i for i, name in enumerate(sorted({label for label, _ in rows}))}
+
+
+class ClassificationDataset(Dataset):
+    """Token ids padded to ``max_length`` (default: the longest text, capped by the model's
+    context) with ``pad_id``; items are ((ids, length), label). ``length`` is the number of
+    real tokens: predictions read the logits of the last real token, so the padding never
+    changes a prediction (fixed or per-batch padding give the same answers)."""
+
+    def __init__(self, rows: list[tuple[str, str]], tokenizer, labels: dict[str, int],
+                 max_length: int | None = None, pad_id: int = 50256,
+                 context_length: int | None = None):
+        encoded = [tokenizer.encode(text) or [pad_id] for _, text in rows]
+        longest = max(len(e) for e in encoded)
+        self.max_length = max_length or longest
+        if context_length is not None:
+            self.max_length = min(self.max_length, context_length)
+        unknown = {label for label, _ in rows} - set(labels)
+        if unknown:
+            raise ClassificationDataError(f"labels {sorted(unknown)} are not in {labels}")
+        self.ids = torch.full((len(rows), self.max_length), pad_id, dtype=torch.long)
+        self.lengths = torch.zeros(len(rows), dtype=torch.long)
+        for i, e in enumerate(encoded):
+            e = e[: self.max_length]
+            self.ids[i, : len(e)] = torch.tensor(e)
+            self.lengths[i] = len(e)
+        self.labels = torch.tensor([labels[label] for label, _ in rows])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return (self.ids[i], self.lengths[i]), self.labels[i]

@@ -1,0 +1,171 @@
+"""``scratchlm finetune classify``: a text classifier from a pretrained model (the book's
+chapter 6), by finetuning the last block(s) or with LoRA adapters.
+
+    scratchlm finetune classify --model smollm2-135m-instruct --data sms-spam [--lora.rank 16]
+
+Data: ``sms-spam`` (downloaded, balanced, split 70/10/20 with seed 123, CSVs written to the run
+folder), or a CSV/JSONL file with text and label columns (split the same way). Outputs in
+``--out``: data/*.csv, metrics.csv, loss.png, accuracy.png, checkpoints/, final/ (the model
+with its classifier head; LoRA merged) and final/adapter/ (the adapter alone, with LoRA).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from scratchlm.config import to_dict
+from scratchlm.data.classification import (
+    ClassificationDataset,
+    balance,
+    label_map,
+    random_split,
+    read_sms_spam,
+    read_table,
+    write_csv,
+)
+from scratchlm.data.sources import fetch
+from scratchlm.finetune.classification import (
+    ClassificationLoss,
+    add_classifier_head,
+    calc_accuracy_loader,
+    freeze_for_classification,
+)
+from scratchlm.finetune.lora import adapter_state_dict, apply_lora, merge_lora
+from scratchlm.models.accounting import count_parameters
+from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
+from scratchlm.training.loop import TrainConfig, fit
+from scratchlm.training.optim import build_optimizer
+from scratchlm.training.runtime import setup_runtime, teardown_runtime
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 0  # 0: no LoRA (finetune the layers named by `trainable`)
+    alpha: float = 16.0
+    targets: list[str] = field(default_factory=lambda: ["all"])  # q k v out ff head, or all
+    dropout: float = 0.0
+    scaling: str = "book"  # book: alpha; peft: alpha / rank
+
+
+@dataclass
+class ClassifyConfig:
+    model: str = "smollm2-135m-instruct"
+    data: str = "sms-spam"
+    out: str = "runs/classify"
+    text_col: str = "text"
+    label_col: str = "label"
+    trainable: str = "last_block"  # head | last_block | all (without LoRA)
+    last_k: int = 1
+    max_length: int | None = None  # default: the longest training text
+    epochs: int = 5
+    eval_batches: int = 5  # batches for the per-epoch train/val accuracy
+    seed: int = 123
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        batch_size=8, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.1,
+        log_every=10, save_every=10**9, eval_batches=5))
+
+
+def prepare_rows(cfg: ClassifyConfig, out: Path):
+    if cfg.data == "sms-spam":
+        rows = balance(read_sms_spam(fetch("sms-spam")), seed=cfg.seed)
+        labels = {"ham": 0, "spam": 1}
+    else:
+        rows = read_table(cfg.data, cfg.text_col, cfg.label_col)
+        labels = label_map(rows)
+    train, val, test = random_split(rows, 0.7, 0.1, seed=cfg.seed)
+    for name, part in (("train", train), ("validation", val), ("test", test)):
+        write_csv(part, out / "data" / f"{name}.csv")
+    return train, val, test, labels
+
+
+def plot_accuracy(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([h["epoch"] for h in history], [h["train_acc"] for h in history], label="Training accuracy")
+    ax.plot([h["epoch"] for h in history], [h["val_acc"] for h in history], linestyle="-.",
+            label="Validation accuracy")
+    ax.set_xlabel("Epochs")
+    ax.set_ylabel("Accuracy")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(cfg: ClassifyConfig) -> dict:
+    rt = setup_runtime(cfg.train.precision, cfg.train.device, cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
+        pad = tok.eos_id if tok.eos_id is not None else 0
+        train_rows, val_rows, test_rows, labels = prepare_rows(cfg, out)
+        train_ds = ClassificationDataset(train_rows, tok, labels, cfg.max_length, pad,
+                                         model.cfg.context_length)
+        val_ds = ClassificationDataset(val_rows, tok, labels, train_ds.max_length, pad)
+        test_ds = ClassificationDataset(test_rows, tok, labels, train_ds.max_length, pad)
+        total_before = count_parameters(model)
+        add_classifier_head(model, len(labels))
+        if cfg.lora.rank > 0:
+            apply_lora(model, cfg.lora.rank, cfg.lora.alpha, tuple(cfg.lora.targets),
+                       cfg.lora.dropout, cfg.lora.scaling)
+            for p in model.out_head.parameters():  # a new head always trains
+                p.requires_grad_(True)
+        else:
+            freeze_for_classification(model, cfg.trainable, cfg.last_k)
+        trainable = count_parameters(model, trainable_only=True)
+        tqdm.write(f"{len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test examples, "
+                   f"max_length {train_ds.max_length}; {trainable:,} trainable parameters of "
+                   f"{count_parameters(model):,} (base {total_before:,})")
+        steps_per_epoch = max(1, len(train_ds) // cfg.train.batch_size)
+        cfg.train.max_steps = cfg.epochs * steps_per_epoch
+        cfg.train.eval_every = steps_per_epoch
+        loss_module = ClassificationLoss(model)
+        optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
+                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
+                                    rt.device.type)
+        loaders = {name: DataLoader(ds, batch_size=cfg.train.batch_size)
+                   for name, ds in (("train", train_ds), ("val", val_ds), ("test", test_ds))}
+        history: list[dict] = []
+
+        def on_eval(step: int) -> None:
+            row = {"epoch": step / steps_per_epoch,
+                   "train_acc": calc_accuracy_loader(model, loaders["train"], rt.device, cfg.eval_batches),
+                   "val_acc": calc_accuracy_loader(model, loaders["val"], rt.device, cfg.eval_batches)}
+            history.append(row)
+            tqdm.write(f"epoch {row['epoch']:.0f}: training accuracy {row['train_acc']:.2%} | "
+                       f"validation accuracy {row['val_acc']:.2%}")
+            plot_accuracy(history, out / "accuracy.png")
+
+        fit(model, loss_module, optimizer, train_ds, val_ds, cfg.train, rt, out,
+            to_dict(cfg), on_eval=on_eval)
+        result = {name: calc_accuracy_loader(model, loader, rt.device)
+                  for name, loader in loaders.items()}
+        tqdm.write(f"accuracy: train {result['train']:.2%}, validation {result['val']:.2%}, "
+                   f"test {result['test']:.2%}")
+        final = out / "final"
+        if cfg.lora.rank > 0:
+            adapter = adapter_state_dict(model)
+            (final / "adapter").mkdir(parents=True, exist_ok=True)
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous().cpu() for k, v in adapter.items()},
+                      final / "adapter" / "adapter.safetensors")
+            merge_lora(model)
+        save_pretrained(model, final)
+        (final / "classifier.json").write_text(json.dumps(
+            {"labels": labels, "max_length": train_ds.max_length, "accuracy": result}, indent=2))
+        return {**result, "trainable": trainable, "max_length": train_ds.max_length}
+    finally:
+        teardown_runtime(rt)
