@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchlm.nn.nf4 import NF4Linear
+
 
 # ---------------------------------------------------------------------- the book's version
 class LoRALayer(nn.Module):
@@ -75,17 +77,20 @@ class LoRALinear(nn.Module):
         if scaling not in ("book", "peft"):
             raise ValueError(f"scaling must be 'book' or 'peft', got {scaling!r}")
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight  # the same Parameter: names and ties are kept
-        self.bias = base.bias
+        self.quantized = base if isinstance(base, NF4Linear) else None  # QLoRA: a 4-bit base
+        if self.quantized is None:
+            self.weight = base.weight  # the same Parameter: names and ties are kept
+            self.bias = base.bias
         self.rank, self.alpha = rank, alpha
         self.scale = alpha if scaling == "book" else alpha / rank
         self.parts = parts or {"all": slice(0, base.out_features)}
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
+        device = next(base.buffers(), None).device if self.quantized is not None else base.weight.device
         for name, sl in self.parts.items():
-            a = nn.Linear(self.in_features, rank, bias=False, device=base.weight.device)
+            a = nn.Linear(self.in_features, rank, bias=False, device=device)
             nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
-            b = nn.Linear(rank, sl.stop - sl.start, bias=False, device=base.weight.device)
+            b = nn.Linear(rank, sl.stop - sl.start, bias=False, device=device)
             nn.init.zeros_(b.weight)
             self.lora_A[name], self.lora_B[name] = a, b
         self.dropout = nn.Dropout(dropout)
@@ -97,7 +102,7 @@ class LoRALinear(nn.Module):
         return self.scale * (self.lora_B[name].weight @ self.lora_A[name].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = self.quantized(x) if self.quantized is not None else F.linear(x, self.weight, self.bias)
         if not self.enabled or self.merged:
             return y
         h = self.dropout(x)
@@ -117,6 +122,8 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def _add_deltas(self, sign: float) -> None:
+        if self.quantized is not None:
+            raise ValueError("a 4-bit (QLoRA) base cannot absorb the adapters; dequantize first")
         # Out of place: a head tied to the embedding must not change the embedding too.
         w = self.weight.detach().clone()
         for name, sl in self.parts.items():
@@ -166,9 +173,13 @@ ALL_TARGETS = ("q", "k", "v", "out", "ff", "head")
 
 def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0,
                targets: tuple[str, ...] | list[str] = ("q", "v"), dropout: float = 0.0,
-               scaling: str = "book", freeze_base: bool = True) -> nn.Module:
+               scaling: str = "book", freeze_base: bool = True,
+               quantize_base: str | None = None) -> nn.Module:
     """Wrap the Linear layers named by ``targets`` (q, k, v, out, ff, head, or "all") in
-    ``LoRALinear``, in place; with ``freeze_base`` everything else stops training."""
+    ``LoRALinear``, in place; with ``freeze_base`` everything else stops training.
+    ``quantize_base="nf4"`` stores the wrapped base weights in 4-bit NF4 (QLoRA)."""
+    if quantize_base not in (None, "nf4"):
+        raise ValueError(f"quantize_base must be None or 'nf4', got {quantize_base!r}")
     targets = ALL_TARGETS if targets in ("all", ["all"], ("all",)) else tuple(targets)
     unknown = set(targets) - set(ALL_TARGETS)
     if unknown:
@@ -186,8 +197,10 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0,
             continue
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, leaf, LoRALinear(getattr(parent, leaf), rank, alpha, parts, dropout,
-                                         scaling))
+        base = getattr(parent, leaf)
+        if quantize_base == "nf4":
+            base = NF4Linear(base)
+        setattr(parent, leaf, LoRALinear(base, rank, alpha, parts, dropout, scaling))
         wrapped += 1
     if wrapped == 0:
         raise ValueError(f"no Linear layer matched LoRA targets {targets}")

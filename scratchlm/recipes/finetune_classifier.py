@@ -51,6 +51,7 @@ class LoraConfig:
     targets: list[str] = field(default_factory=lambda: ["all"])  # q k v out ff head, or all
     dropout: float = 0.0
     scaling: str = "book"  # book: alpha; peft: alpha / rank
+    quantize_base: str | None = None  # "nf4": QLoRA, the adapted base weights in 4-bit NF4
 
 
 @dataclass
@@ -119,7 +120,8 @@ def main(cfg: ClassifyConfig) -> dict:
         add_classifier_head(model, len(labels))
         if cfg.lora.rank > 0:
             apply_lora(model, cfg.lora.rank, cfg.lora.alpha, tuple(cfg.lora.targets),
-                       cfg.lora.dropout, cfg.lora.scaling)
+                       cfg.lora.dropout, cfg.lora.scaling,
+                       quantize_base=cfg.lora.quantize_base)
             for p in model.out_head.parameters():  # a new head always trains
                 p.requires_grad_(True)
         else:
@@ -157,13 +159,17 @@ def main(cfg: ClassifyConfig) -> dict:
         final = out / "final"
         if cfg.lora.rank > 0:
             adapter = adapter_state_dict(model)
+            adapter = {k: v for k, v in adapter.items() if "weight_nf4" not in k}
             (final / "adapter").mkdir(parents=True, exist_ok=True)
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous().cpu() for k, v in adapter.items()},
                       final / "adapter" / "adapter.safetensors")
-            merge_lora(model)
-        save_pretrained(model, final)
+            if cfg.lora.quantize_base is None:
+                merge_lora(model)  # a 4-bit base keeps its adapters apart (final/adapter)
+        if cfg.lora.quantize_base is None or cfg.lora.rank == 0:
+            save_pretrained(model, final)
+        final.mkdir(parents=True, exist_ok=True)
         (final / "classifier.json").write_text(json.dumps(
             {"labels": labels, "max_length": train_ds.max_length, "accuracy": result}, indent=2))
         return {**result, "trainable": trainable, "max_length": train_ds.max_length}

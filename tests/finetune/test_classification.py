@@ -72,8 +72,9 @@ def test_finetune_classify_recipe_learns(tmp_path):
         w.writerow(["label", "text"])
         for i in range(200):
             w.writerow(["pos", f"great lovely good {i}"] if i % 2 else ["neg", f"awful bad terrible {i}"])
-    for lora in (LoraConfig(), LoraConfig(rank=4, alpha=8)):
-        out = tmp_path / f"run{lora.rank}"
+    for i, lora in enumerate((LoraConfig(), LoraConfig(rank=4, alpha=8),
+                              LoraConfig(rank=4, alpha=8, quantize_base="nf4"))):
+        out = tmp_path / f"run{i}"
         cfg = ClassifyConfig(model=str(tmp_path / "base"), data=str(data), out=str(out), epochs=2,
                              trainable="all", lora=lora,
                              train=TrainConfig(batch_size=8, lr=3e-3, schedule="constant",
@@ -82,5 +83,8 @@ def test_finetune_classify_recipe_learns(tmp_path):
         res = main(cfg)
         assert res["test"] >= 0.9, res
         assert (out / "accuracy.png").is_file() and (out / "data" / "test.csv").is_file()
+        if lora.quantize_base:  # QLoRA keeps the adapter apart from its 4-bit base
+            assert (out / "final" / "adapter" / "adapter.safetensors").is_file()
+            continue
         model = load_pretrained(str(out / "final"))
         assert model.out_head.out_features == 2

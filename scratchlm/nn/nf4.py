@@ -1,0 +1,78 @@
+"""4-bit NormalFloat (NF4) weights, the QLoRA paper's data type (Dettmers et al., 2023,
+https://arxiv.org/abs/2305.14314), in plain PyTorch so it runs on CPU.
+
+Weights are cut into blocks of 64; each block is scaled by its absolute maximum into [-1, 1]
+and every value is replaced by the nearest of 16 levels placed at quantiles of a normal
+distribution (more levels near 0, where most weights are). Two 4-bit indices share a byte, and
+each block keeps one float32 scale: about 4.5 bits per weight. ``NF4Linear`` dequantizes on the
+fly in forward; the weight is frozen (QLoRA trains LoRA adapters on top).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NF4_LEVELS = torch.tensor([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+])
+BLOCK = 64
+
+
+def quantize_nf4(w: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed uint8 of numel/2, float32 absmax per block) for a weight whose numel is a
+    multiple of ``block``."""
+    flat = w.detach().float().reshape(-1, block)  # (n_blocks, block)
+    absmax = flat.abs().amax(dim=1).clamp(min=1e-12)  # (n_blocks,)
+    normed = flat / absmax[:, None]
+    levels = NF4_LEVELS.to(w.device)
+    # nearest level: midpoints between sorted levels split [-1, 1] into 16 bins
+    idx = torch.bucketize(normed, (levels[1:] + levels[:-1]) / 2).to(torch.uint8)
+    idx = idx.reshape(-1)
+    packed = (idx[0::2] << 4) | idx[1::2]
+    return packed, absmax
+
+
+def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape: torch.Size,
+                   block: int = BLOCK, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    idx = torch.stack([packed >> 4, packed & 0x0F], dim=1).reshape(-1).long()
+    values = NF4_LEVELS.to(packed.device)[idx].reshape(-1, block) * absmax[:, None]
+    return values.reshape(shape).to(dtype)
+
+
+class NF4Linear(nn.Module):
+    """A frozen Linear layer whose weight is stored in NF4."""
+
+    def __init__(self, linear: nn.Linear, block: int = BLOCK):
+        super().__init__()
+        if linear.weight.numel() % block:
+            raise ValueError(f"NF4 needs the weight size to be a multiple of {block}, got "
+                             f"{tuple(linear.weight.shape)}")
+        self.in_features, self.out_features, self.block = linear.in_features, linear.out_features, block
+        packed, absmax = quantize_nf4(linear.weight, block)
+        self.register_buffer("weight_nf4", packed)
+        self.register_buffer("absmax", absmax)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(),
+                                                                  requires_grad=False)
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        shape = torch.Size((self.out_features, self.in_features))
+        return dequantize_nf4(self.weight_nf4, self.absmax, shape, self.block, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantized(x.dtype), self.bias)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes held by Linear weights (NF4 packed + scales for NF4 layers)."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, NF4Linear):
+            total += m.weight_nf4.numel() + m.absmax.numel() * 4
+        elif isinstance(m, nn.Linear):
+            total += m.weight.numel() * m.weight.element_size()
+    return total

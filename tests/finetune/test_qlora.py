@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scratchlm.finetune.lora import LoRALinear, apply_lora
+from scratchlm.models.gpt import GPT, GPTConfig
+from scratchlm.nn.loss import cross_entropy
+from scratchlm.nn.nf4 import NF4_LEVELS, NF4Linear, dequantize_nf4, quantize_nf4, weight_bytes
+
+
+def test_nf4_round_trip_error_is_bounded():
+    torch.manual_seed(0)
+    w = torch.randn(64, 128)
+    packed, absmax = quantize_nf4(w)
+    assert packed.dtype == torch.uint8 and packed.numel() == w.numel() // 2
+    back = dequantize_nf4(packed, absmax, w.shape)
+    gaps = (NF4_LEVELS[1:] - NF4_LEVELS[:-1]).max()
+    blocks = w.reshape(-1, 64)
+    err = (back.reshape(-1, 64) - blocks).abs()
+    assert (err <= gaps / 2 * blocks.abs().amax(1, keepdim=True) + 1e-6).all()
+    # levels are exact: every block's absmax value comes back exactly
+    assert torch.allclose(back.reshape(-1, 64).abs().amax(1), blocks.abs().amax(1))
+
+
+def test_qlora_trains_adapters_on_a_4bit_base():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=128, context_length=16, n_embd=64, n_layer=2, n_head=2))
+    fp32_bytes = weight_bytes(model)
+    apply_lora(model, rank=4, alpha=8, targets=("q", "v", "out", "ff"), quantize_base="nf4")
+    lora = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    assert lora and all(isinstance(m.quantized, NF4Linear) for m in lora)
+    assert weight_bytes(model) < fp32_bytes / 2  # the head stays fp32 here (not targeted)
+    x = torch.randint(0, 128, (4, 16))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = cross_entropy(model(x), x.roll(-1, 1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.3
+    with pytest.raises(ValueError, match="4-bit"):
+        lora[0].merge()
