@@ -276,16 +276,26 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
     return model.eval(), tok
 
 
+def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict on CPU with each shared tensor once (safetensors refuses aliases): a
+    head tied to the embedding is stored as ``tok_emb.weight`` only."""
+    out, seen = {}, set()
+    for k, v in model.state_dict().items():
+        alias = (v.data_ptr(), tuple(v.shape))
+        if alias in seen:
+            continue
+        seen.add(alias)
+        out[k] = v.detach().contiguous().cpu()
+    return out
+
+
 def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
     """Our layout: ``config.json`` ({"scratchlm": {"family", "config"}}) + ``model.safetensors``.
     Files are written under temporary names and renamed, so a crash leaves no half file."""
     family = next(name for name, (_, cls) in FAMILIES.items() if isinstance(model, cls))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if getattr(model.out_head, "weight", None) is model.tok_emb.weight:
-        state.pop("out_head.weight", None)  # the same tensor as tok_emb.weight
-    save_file(state, folder / "model.safetensors.part", metadata={"format": "pt"})
+    save_file(unique_state_dict(model), folder / "model.safetensors.part", metadata={"format": "pt"})
     os.replace(folder / "model.safetensors.part", folder / "model.safetensors")
     meta = {"scratchlm": {"family": family, "config": model.cfg.to_dict()}}
     head = getattr(model, "out_head", None)

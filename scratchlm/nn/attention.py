@@ -24,6 +24,12 @@ from torch import nn
 from scratchlm.nn.rope import apply_rope
 
 
+def causal_mask(context_length: int) -> torch.Tensor:
+    """(L, L) with ones above the diagonal: the future positions a query may not see. Kept as
+    a non-persistent buffer, it moves with the module (.to(device)) but is not trained."""
+    return torch.triu(torch.ones(context_length, context_length), diagonal=1)
+
+
 def simplified_self_attention(inputs: torch.Tensor) -> torch.Tensor:
     """(T, C) -> (T, C): each output is a softmax-weighted sum of all inputs."""
     attn_scores = inputs @ inputs.T  # (T, T)
@@ -74,11 +80,7 @@ class CausalAttention(nn.Module):
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.dropout = nn.Dropout(dropout)
-        # A buffer moves with the module (.to(device)) but is not trained.
-        self.register_buffer(
-            "mask", torch.triu(torch.ones(context_length, context_length), diagonal=1),
-            persistent=False,
-        )
+        self.register_buffer("mask", causal_mask(context_length), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, num_tokens, d_in = x.shape
@@ -125,10 +127,7 @@ class MultiHeadAttention(nn.Module):
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)  # combines the heads' outputs
         self.dropout = nn.Dropout(dropout)
-        self.register_buffer(
-            "mask", torch.triu(torch.ones(context_length, context_length), diagonal=1),
-            persistent=False,
-        )
+        self.register_buffer("mask", causal_mask(context_length), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, num_tokens, d_in = x.shape
@@ -157,10 +156,7 @@ class MHACombinedQKV(nn.Module):
         self.qkv = nn.Linear(d_in, 3 * d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)
         self.dropout = nn.Dropout(dropout)
-        self.register_buffer(
-            "mask", torch.triu(torch.ones(context_length, context_length), diagonal=1),
-            persistent=False,
-        )
+        self.register_buffer("mask", causal_mask(context_length), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, num_tokens, _ = x.shape
@@ -197,10 +193,7 @@ class MHAEinsum(nn.Module):
             self.register_parameter("bias_v", None)
         self.out_proj = nn.Linear(d_out, d_out)
         self.dropout = nn.Dropout(dropout)
-        self.register_buffer(
-            "mask", torch.triu(torch.ones(context_length, context_length), diagonal=1),
-            persistent=False,
-        )
+        self.register_buffer("mask", causal_mask(context_length), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape

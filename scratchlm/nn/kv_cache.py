@@ -23,6 +23,7 @@ class KVCache:
         self.has_pad = bool(self.pad.any())  # checked once, not per layer and step
         self.max_len = max_len
         self.length = 0
+        self._mask_key, self._mask = None, None
 
     def positions(self, t: int) -> torch.Tensor:
         """(B, T) token positions of the next ``t`` slots (0 at each row's first real token)."""
@@ -34,12 +35,13 @@ class KVCache:
         None when plain causal attention is exact (no padding)."""
         if not self.has_pad:
             return None
-        total = self.length + t
-        keys = torch.arange(total, device=self.pad.device)
-        queries = torch.arange(self.length, total, device=self.pad.device)
-        causal = keys[None, :] <= queries[:, None]  # (T, S)
-        real = keys[None, :] >= self.pad[:, None]  # (B, S)
-        return (causal[None, :, :] & real[:, None, :])[:, None]  # (B, 1, T, S)
+        key = ("pad", self.length, t)
+        if self._mask_key != key:  # every layer of a step asks for the same mask
+            keys = torch.arange(self.length + t, device=self.pad.device)
+            real = keys[None, :] >= self.pad[:, None]  # (B, S)
+            self._mask = (self.mask_causal(t)[None] & real[:, None, :])[:, None]  # (B, 1, T, S)
+            self._mask_key = key
+        return self._mask
 
     def mask_causal(self, t: int) -> torch.Tensor:
         """(T, length + T) causal mask for ``t`` queries after ``length`` cached slots."""

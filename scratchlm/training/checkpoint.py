@@ -28,19 +28,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from scratchlm.models.loading import unique_state_dict
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with each shared tensor once (safetensors refuses aliases)."""
-    out, seen = {}, set()
-    for k, v in model.state_dict().items():
-        key = (v.data_ptr(), v.shape) if v.device.type != "meta" else k
-        if key in seen:
-            continue
-        seen.add(key)
-        out[k] = v.detach().contiguous().cpu()
-    return out
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module,
@@ -60,7 +50,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module,
         _save_sharded(tmp, model, optimizer)
     if is_main:
         if not sharded:
-            save_file(_unique_state(model), tmp / "model.safetensors", metadata={"format": "pt"})
+            save_file(unique_state_dict(model), tmp / "model.safetensors", metadata={"format": "pt"})
             if optimizer is not None:
                 torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         rng = {"torch": torch.get_rng_state()}
