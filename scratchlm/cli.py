@@ -83,6 +83,30 @@ def _finetune_classify(args) -> int:
     return 0
 
 
+def _finetune_instruct(args) -> int:
+    from scratchlm.config import build
+    from scratchlm.recipes.finetune_instruct import InstructConfig, main
+
+    main(build(InstructConfig, args, args.config))
+    return 0
+
+
+def _finetune_dpo(args) -> int:
+    from scratchlm.config import build
+    from scratchlm.recipes.finetune_dpo import DPOConfig, main
+
+    main(build(DPOConfig, args, args.config))
+    return 0
+
+
+def _evaluate_judge(args) -> int:
+    from scratchlm.recipes.judge import JudgeConfig, main
+
+    result = main(JudgeConfig(args.responses, args.out, args.api, args.judge_model, args.url,
+                              args.api_key, args.concurrency, args.timeout, args.retries))
+    return 0 if result["scored"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scratchlm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -121,6 +145,37 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
     add_arguments(d, ClassifyConfig)
     d.set_defaults(func=_finetune_classify)
+
+    from scratchlm.recipes.finetune_dpo import DPOConfig
+    from scratchlm.recipes.finetune_instruct import InstructConfig
+
+    d = ft.add_parser("instruct", help="instruction finetuning (full or LoRA)",
+                      description="Flags mirror InstructConfig; nested ones as --lora.rank.")
+    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
+    add_arguments(d, InstructConfig)
+    d.set_defaults(func=_finetune_instruct)
+
+    d = ft.add_parser("dpo", help="preference tuning with DPO (full or LoRA)",
+                      description="Flags mirror DPOConfig; nested ones as --dpo.beta.")
+    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
+    add_arguments(d, DPOConfig)
+    d.set_defaults(func=_finetune_dpo)
+
+    ev = sub.add_parser("evaluate", help="evaluate model outputs").add_subparsers(
+        dest="method", required=True)
+    d = ev.add_parser("judge", help="score responses 0-100 with a judge model over HTTP")
+    d.add_argument("responses", help="a test-with-responses.json (instruction/prompt, "
+                                     "reference or output, model_response)")
+    d.add_argument("--out", default=None, help="default: <responses>-scores.json")
+    d.add_argument("--api", choices=["ollama", "openai"], default="ollama")
+    d.add_argument("--judge-model", default=None, help="default: llama3 (ollama), gpt-4o-mini")
+    d.add_argument("--url", default=None, help="default: http://127.0.0.1:11434 (ollama), "
+                                               "OPENAI_BASE_URL (openai)")
+    d.add_argument("--api-key", default=None, help="default: OPENAI_API_KEY")
+    d.add_argument("--concurrency", type=int, default=4)
+    d.add_argument("--timeout", type=float, default=120.0)
+    d.add_argument("--retries", type=int, default=3)
+    d.set_defaults(func=_evaluate_judge)
 
     d = sub.add_parser("generate", help="continue a prompt with a model")
     d.add_argument("--model", required=True, help="a preset with weights or a model folder")

@@ -101,15 +101,26 @@ def from_dict(cls, data: dict, prefix: str = ""):
         raise ValueError(f"unknown config key {prefix + unknown[0]!r}; known keys of "
                          f"{prefix or cls.__name__}: {', '.join(sorted(names))}")
     kwargs = {}
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in data.items():
         tp = hints[name]
         if _is_dataclass_type(tp):
             if not isinstance(value, dict):
                 raise ValueError(f"config key {prefix + name!r} must be a mapping")
+            factory = by_name[name].default_factory
+            if factory is not dataclasses.MISSING:  # the recipe's own defaults, not tp's
+                value = _merged(to_dict(factory()), value)
             kwargs[name] = from_dict(tp, value, prefix=f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, tp, prefix + name)
     return cls(**kwargs)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def load_file(path: str | Path) -> dict:

@@ -20,6 +20,7 @@ Two forms:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -171,6 +172,16 @@ def _targets_of(model: nn.Module) -> dict[str, tuple[str, dict[str, slice] | Non
 ALL_TARGETS = ("q", "k", "v", "out", "ff", "head")
 
 
+@dataclass
+class LoraConfig:
+    rank: int = 0  # 0: no LoRA (finetune the layers named by `trainable`)
+    alpha: float = 16.0
+    targets: list[str] = field(default_factory=lambda: ["all"])  # q k v out ff head, or all
+    dropout: float = 0.0
+    scaling: str = "book"  # book: alpha; peft: alpha / rank
+    quantize_base: str | None = None  # "nf4": QLoRA, the adapted base weights in 4-bit NF4
+
+
 def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0,
                targets: tuple[str, ...] | list[str] = ("q", "v"), dropout: float = 0.0,
                scaling: str = "book", freeze_base: bool = True,
@@ -235,3 +246,48 @@ def merge_lora(model: nn.Module) -> nn.Module:
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the adapter weights (``...lora_A.<part>.weight``, ``...lora_B.<part>.weight``)."""
     return {k: v.detach() for k, v in model.state_dict().items() if ".lora_" in k}
+
+
+# ------------------------------------------------------------------------- adapter folders
+def save_adapter(model: nn.Module, folder, cfg: LoraConfig) -> None:
+    """The adapters alone: ``adapter.safetensors`` + ``lora.json`` (the settings to rebuild
+    them). A 4-bit base's quantized weights are not part of the adapter."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+    save_file(state, folder / "adapter.safetensors", metadata={"format": "pt"})
+    settings = {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
+                "dropout": cfg.dropout, "scaling": cfg.scaling}
+    (folder / "lora.json").write_text(json.dumps(settings, indent=2))
+
+
+def load_adapter(model: nn.Module, folder) -> nn.Module:
+    """Apply an adapter folder to a base model: ours (``lora.json``) or a PEFT LoRA folder
+    (``adapter_config.json``, Llama models)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if (folder / "adapter_config.json").is_file() and not (folder / "lora.json").is_file():
+        from scratchlm.finetune.peft_format import load_peft_adapter
+
+        return load_peft_adapter(model, folder)
+    if not (folder / "lora.json").is_file():
+        raise FileNotFoundError(f"{folder}: no lora.json or adapter_config.json (not an adapter)")
+    s = json.loads((folder / "lora.json").read_text())
+    apply_lora(model, s["rank"], s["alpha"], tuple(s["targets"]), 0.0, s["scaling"])
+    state = load_file(folder / "adapter.safetensors")
+    mine = adapter_state_dict(model)
+    if set(state) != set(mine):
+        missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+        raise ValueError(f"{folder}: adapter does not fit this model (missing {missing[:3]}, "
+                         f"unexpected {extra[:3]})")
+    model.load_state_dict(state, strict=False)
+    return model

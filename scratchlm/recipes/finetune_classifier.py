@@ -36,22 +36,12 @@ from scratchlm.finetune.classification import (
     calc_accuracy_loader,
     freeze_for_classification,
 )
-from scratchlm.finetune.lora import adapter_state_dict, apply_lora, merge_lora
+from scratchlm.finetune.lora import LoraConfig, adapter_state_dict, apply_lora, merge_lora
 from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
 from scratchlm.training.loop import TrainConfig, fit
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.runtime import setup_runtime, teardown_runtime
-
-
-@dataclass
-class LoraConfig:
-    rank: int = 0  # 0: no LoRA (finetune the layers named by `trainable`)
-    alpha: float = 16.0
-    targets: list[str] = field(default_factory=lambda: ["all"])  # q k v out ff head, or all
-    dropout: float = 0.0
-    scaling: str = "book"  # book: alpha; peft: alpha / rank
-    quantize_base: str | None = None  # "nf4": QLoRA, the adapted base weights in 4-bit NF4
 
 
 @dataclass

@@ -65,3 +65,23 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
                  "bos_token": content(cfg.get("bos_token")),
                  "chat_template": cfg.get("chat_template")}
     return HFTokenizer.from_file(path, **extra)
+
+
+def save_tokenizer(tokenizer: Tokenizer, folder: str | Path) -> None:
+    """Write a model folder's tokenizer so ``get_tokenizer(folder)`` gives it back: an HF
+    ``tokenizer.json`` + ``tokenizer_config.json`` (special tokens, chat template), our own
+    BPE/char files as ``tokenizer.json``; GPT-2's tiktoken tokenizer is the folder default and
+    needs no file."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(tokenizer, HFTokenizer):
+        tokenizer.tokenizer.save(str(folder / "tokenizer.json"))
+        cfg = {"eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token,
+               "chat_template": tokenizer.chat_template}
+        (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
+    elif isinstance(tokenizer, (BPETokenizer, CharTokenizer)):
+        tokenizer.save(folder / "tokenizer.json")
+    elif not isinstance(tokenizer, TiktokenTokenizer):
+        raise TypeError(f"cannot save a {type(tokenizer).__name__}")

@@ -110,7 +110,10 @@ def fit(
     on_eval: Callable[[int], None] | None = None,
     resume: str | Path | bool | None = None,
     sharded_checkpoints: bool = False,
+    collate_fn: Callable | None = None,
 ) -> FitResult:
+    """Train ``loss_module`` for ``cfg.max_steps`` optimizer steps (see the module docstring).
+    ``collate_fn`` batches items that are not equal-sized tensors (instruction data)."""
     run_dir = Path(run_dir)
     state = {"step": 0, "tokens": 0, "epoch": 0, "batch": 0}
     if resume:
@@ -129,7 +132,8 @@ def fit(
     # An own generator: creating loader iterators must not draw from the global RNG, or a
     # resumed run would see different dropout masks than a straight one.
     loader = DataLoader(train_data, batch_sampler=sampler, num_workers=cfg.num_workers,
-                        pin_memory=cfg.pin_memory, generator=torch.Generator())
+                        pin_memory=cfg.pin_memory, generator=torch.Generator(),
+                        collate_fn=collate_fn)
     batches = iter(loader)
 
     def next_batch():
@@ -147,7 +151,8 @@ def fit(
     def eval_loader(ds: Dataset) -> DataLoader:
         n = min(len(ds), cfg.eval_batches * cfg.batch_size * rt.world_size)
         mine = list(range(rt.rank, n, rt.world_size))  # each rank a disjoint share
-        return DataLoader(Subset(ds, mine), batch_size=cfg.batch_size, shuffle=False)
+        return DataLoader(Subset(ds, mine), batch_size=cfg.batch_size, shuffle=False,
+                          collate_fn=collate_fn)
 
     val_loader = eval_loader(val_data) if val_data is not None and len(val_data) else None
     train_eval_loader = eval_loader(train_data)

@@ -108,3 +108,14 @@ def test_every_shipped_config_file_loads():
     assert files, "no shipped configs found"
     for f in files:
         from_dict(PretrainConfig, load_file(f))
+
+
+def test_nested_flags_keep_the_recipes_own_defaults():
+    """--train.lr on a recipe whose TrainConfig default differs from TrainConfig's own defaults
+    changes only lr (a recipe's constant schedule must not fall back to cosine)."""
+    from scratchlm.config import build
+    from scratchlm.recipes.finetune_dpo import DPOConfig
+
+    cfg = build(DPOConfig, {"train.lr": 1e-3, "dpo.beta": 0.5})
+    assert (cfg.train.lr, cfg.train.schedule, cfg.train.warmup_steps) == (1e-3, "constant", 0)
+    assert cfg.train.batch_size == 4 and cfg.dpo.beta == 0.5

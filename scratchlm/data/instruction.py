@@ -1,0 +1,306 @@
+"""Instruction and preference data (the book's chapter 7): read Alpaca-style or chat-format
+files, render an example in a prompt style, and batch it for training.
+
+One function decides what the model learns from: ``render`` returns ``(ids, loss_mask)``, where
+``loss_mask[i]`` says whether token ``i`` is a training target. The collate function only shifts
+and pads. Prompt styles:
+
+- ``alpaca``: the book's "Below is an instruction ... ### Instruction: ... ### Response:" text,
+  then the response and the end-of-text token;
+- ``phi3``: ``<|user|>\\n...\\n<|assistant|>:\\n`` then the response (the book's exercise 7.1);
+- ``chat``: the model's own chat template (SmolLM2's ChatML); a conversation's assistant turns
+  are the targets.
+
+``mask_prompt`` (default: on for ``chat``, off for the book's styles as in the chapter) makes only
+the response tokens targets.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+STYLES = ("alpaca", "phi3", "chat")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Example:
+    """One instruction example: a conversation whose assistant turns are the answers."""
+
+    messages: list[dict]
+    chosen: str | None = None  # preference data: the preferred and the dispreferred answer
+    rejected: str | None = None
+
+    @property
+    def user_turn(self):
+        """The content of the last user turn (a string, or Alpaca's instruction and input)."""
+        return next(m["content"] for m in reversed(self.messages) if m["role"] == "user")
+
+    @property
+    def instruction(self) -> str:
+        """The last user turn as text (an Alpaca input follows its instruction)."""
+        return _join(self.user_turn)
+
+    @property
+    def response(self) -> str:
+        return next((m["content"] for m in reversed(self.messages) if m["role"] == "assistant"), "")
+
+
+# ------------------------------------------------------------------------------------ reading
+def _entry_to_example(entry, where: str) -> Example:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
+    if "messages" in entry:
+        msgs = entry["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise ValueError(f"{where}: 'messages' must be a non-empty list")
+        for j, m in enumerate(msgs):
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
+                    or not isinstance(m.get("content"), str):
+                raise ValueError(f"{where}: message {j} needs a role (system/user/assistant) "
+                                 f"and a string content, got {m!r}")
+        return Example([dict(role=m["role"], content=m["content"]) for m in msgs])
+    if "instruction" in entry:
+        for key in ("instruction", "input", "output", "chosen", "rejected"):
+            if key in entry and not isinstance(entry[key], str):
+                raise ValueError(f"{where}: '{key}' must be a string")
+        if "output" not in entry and "chosen" not in entry:
+            raise ValueError(f"{where}: needs 'output' (or 'chosen'/'rejected' pairs)")
+        if ("chosen" in entry) != ("rejected" in entry):
+            raise ValueError(f"{where}: 'chosen' and 'rejected' come together")
+        user = entry["instruction"]
+        if entry.get("input"):
+            user = {"instruction": entry["instruction"], "input": entry["input"]}
+        msgs = [{"role": "user", "content": user},
+                {"role": "assistant", "content": entry.get("output", entry.get("chosen"))}]
+        return Example(msgs, entry.get("chosen"), entry.get("rejected"))
+    raise ValueError(f"{where}: needs 'instruction'/'output' (Alpaca) or 'messages' (chat)")
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    """Alpaca-style (``instruction``, ``input``, ``output``, optionally ``chosen``/``rejected``)
+    or chat-format (``messages``) entries, from a JSON list or JSON Lines. Errors name the file
+    and the entry (index in a JSON list, line in JSONL)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
+        out = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            out.append(_entry_to_example(entry, f"{path}:{lineno}"))
+    else:
+        try:
+            entries = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        out = [_entry_to_example(e, f"{path}: entry {i}") for i, e in enumerate(entries)]
+    if not out:
+        raise ValueError(f"{path}: no examples")
+    return out
+
+
+def split_examples(examples: Sequence, train: float = 0.85, test: float = 0.10,
+                   seed: int | None = None) -> tuple[list, list, list]:
+    """The book's split: the first 85% train, the next 10% test, the rest validation (1,100 ->
+    935/110/55). With a seed the order is shuffled first."""
+    items = list(examples)
+    if seed is not None:
+        random.Random(seed).shuffle(items)
+    n_train, n_test = int(len(items) * train), int(len(items) * test)
+    return items[:n_train], items[n_train + n_test:], items[n_train:n_train + n_test]
+
+
+# ---------------------------------------------------------------------------------- rendering
+ALPACA_HEADER = ("Below is an instruction that describes a task. "
+                 "Write a response that appropriately completes the request.")
+
+
+def _user_fields(content) -> tuple[str, str]:
+    if isinstance(content, dict):
+        return content["instruction"], content.get("input", "")
+    return content, ""
+
+
+def format_input(content, style: str = "alpaca") -> str:
+    """The prompt text of one user turn in the book's styles (``format_input`` in chapter 7),
+    without the response header."""
+    instruction, inp = _user_fields(content)
+    if style == "alpaca":
+        return (f"{ALPACA_HEADER}\n\n### Instruction:\n{instruction}"
+                + (f"\n\n### Input:\n{inp}" if inp else ""))
+    if style == "phi3":
+        return f"<|user|>\n{instruction}" + (f"\n{inp}" if inp else "")
+    raise ValueError(f"unknown prompt style {style!r}; choose from {STYLES}")
+
+
+RESPONSE_HEADER = {"alpaca": "\n\n### Response:\n", "phi3": "\n<|assistant|>:\n"}
+
+
+def _chat_messages(messages: list[dict]) -> list[dict]:
+    return [dict(m, content=_join(m["content"])) for m in messages]
+
+
+def _join(content) -> str:
+    instruction, inp = _user_fields(content)
+    return f"{instruction}\n\n{inp}" if inp else instruction
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, allowed_special="all")
+
+
+def render_prompt(example: Example | list[dict], tokenizer, style: str = "alpaca") -> list[int]:
+    """Ids of the prompt that asks for the example's (last) answer: what generation starts
+    from."""
+    messages = example.messages if isinstance(example, Example) else example
+    if messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if style == "chat":
+        from scratchlm.tokenizers.chat import encode_chat
+
+        return encode_chat(tokenizer, _chat_messages(messages), add_generation_prompt=True)
+    user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+    return _encode(tokenizer, format_input(user, style) + RESPONSE_HEADER[style])
+
+
+def render(example: Example, tokenizer, style: str = "alpaca", mask_prompt: bool | None = None,
+           response: str | None = None) -> tuple[list[int], list[int]]:
+    """``(ids, loss_mask)`` of a whole example; ``loss_mask[i] = 1`` where token ``i`` is a
+    training target. ``response`` replaces the last answer (preference pairs)."""
+    if mask_prompt is None:
+        mask_prompt = style == "chat"
+    messages = list(example.messages)
+    if response is not None:
+        messages = messages[:-1] + [{"role": "assistant", "content": response}]
+    if style == "chat":
+        from scratchlm.tokenizers.chat import render_chat
+
+        template = getattr(tokenizer, "chat_template", None)
+        if not template:
+            raise ValueError("prompt style 'chat' needs a tokenizer with a chat template")
+        special = dict(bos_token=getattr(tokenizer, "bos_token", "") or "",
+                       eos_token=getattr(tokenizer, "eos_token", "") or "")
+        msgs = _chat_messages(messages)
+        ids: list[int] = []
+        mask: list[int] = []
+        done = ""
+        # Each assistant turn: the text up to its generation prompt, then the turn itself.
+        for i, m in enumerate(msgs):
+            if m["role"] != "assistant":
+                continue
+            prompt = render_chat(template, msgs[:i], True, **special)
+            full = render_chat(template, msgs[:i + 1], False, **special)
+            if not prompt.startswith(done) or not full.startswith(prompt):
+                raise ValueError("the chat template does not render conversations as prefixes "
+                                 "of each other; use --data.style alpaca")
+            seg = _encode(tokenizer, prompt[len(done):])
+            ids += seg
+            mask += [0 if mask_prompt else 1] * len(seg)
+            seg = _encode(tokenizer, full[len(prompt):])
+            ids += seg
+            mask += [1] * len(seg)
+            done = full
+        rest = render_chat(template, msgs, False, **special)[len(done):]
+        if rest:
+            seg = _encode(tokenizer, rest)
+            ids += seg
+            mask += [0 if mask_prompt else 1] * len(seg)
+        return ids, mask
+    prompt = render_prompt(messages, tokenizer, style)
+    answer = _encode(tokenizer, messages[-1]["content"])
+    eos = tokenizer.eos_id
+    if eos is None:
+        raise ValueError("the tokenizer has no end-of-text token to end responses with")
+    ids = prompt + answer + [eos]
+    mask = [0 if mask_prompt else 1] * len(prompt) + [1] * (len(answer) + 1)
+    return ids, mask
+
+
+# ----------------------------------------------------------------------------------- datasets
+class InstructionDataset(Dataset):
+    """Examples pre-tokenized once: item ``i`` is ``(ids, loss_mask)``."""
+
+    def __init__(self, examples: Sequence[Example], tokenizer, style: str = "alpaca",
+                 mask_prompt: bool | None = None):
+        if style not in STYLES:
+            raise ValueError(f"unknown prompt style {style!r}; choose from {STYLES}")
+        self.examples = list(examples)
+        self.items = [render(e, tokenizer, style, mask_prompt) for e in self.examples]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int]]:
+        return self.items[i]
+
+
+def instruction_collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int,
+                        ignore_index: int = IGNORE_INDEX, allowed_max_length: int | None = None,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad a batch to its longest example and shift by one: ``inputs = ids[:-1]``, ``targets =
+    ids[1:]`` with ``ignore_index`` wherever the target token is not a training target (padding,
+    masked prompts). Rendered examples end with end-of-text, so this equals the book's
+    ``custom_collate_fn`` (padding targets -100 except the first end-of-text)."""
+    width = max(len(ids) for ids, _ in batch)
+    inputs = torch.full((len(batch), width - 1), pad_id, dtype=torch.long)
+    targets = torch.full((len(batch), width - 1), ignore_index, dtype=torch.long)
+    for row, (ids, mask) in enumerate(batch):
+        ids_t = torch.tensor(ids, dtype=torch.long)
+        mask_t = torch.tensor(mask, dtype=torch.bool)
+        n = len(ids) - 1
+        inputs[row, :n] = ids_t[:-1]
+        targets[row, :n] = torch.where(mask_t[1:], ids_t[1:], ignore_index)
+    if allowed_max_length is not None:
+        inputs, targets = inputs[:, :allowed_max_length], targets[:, :allowed_max_length]
+    return inputs, targets
+
+
+class InstructionCollate:
+    """``instruction_collate`` with its settings bound (picklable for DataLoader workers)."""
+
+    def __init__(self, pad_id: int, allowed_max_length: int | None = None):
+        self.pad_id, self.allowed_max_length = pad_id, allowed_max_length
+
+    def __call__(self, batch):
+        return instruction_collate(batch, self.pad_id, allowed_max_length=self.allowed_max_length)
+
+
+class PreferenceDataset(Dataset):
+    """Preference pairs: item ``i`` is ``(chosen (ids, mask), rejected (ids, mask))`` with only
+    the response tokens as targets (DPO scores responses, not prompts)."""
+
+    def __init__(self, examples: Sequence[Example], tokenizer, style: str = "alpaca"):
+        self.examples = [e for e in examples if e.chosen is not None]
+        if not self.examples:
+            raise ValueError("no preference pairs ('chosen'/'rejected') in the data")
+        self.items = [(render(e, tokenizer, style, True, e.chosen),
+                       render(e, tokenizer, style, True, e.rejected)) for e in self.examples]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+class PreferenceCollate:
+    """A batch of B pairs -> one (2B, T) batch: chosen rows first, then rejected rows."""
+
+    def __init__(self, pad_id: int, allowed_max_length: int | None = None):
+        self.pad_id, self.allowed_max_length = pad_id, allowed_max_length
+
+    def __call__(self, batch):
+        flat = [c for c, _ in batch] + [r for _, r in batch]
+        return instruction_collate(flat, self.pad_id, allowed_max_length=self.allowed_max_length)

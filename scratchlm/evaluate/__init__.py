@@ -1,0 +1,1 @@
+"""Evaluation of finished models: an LLM judge over HTTP and offline metrics."""
