@@ -20,6 +20,11 @@ def test_demo_fast(tmp_path):
     assert "scratchlm demo finished" in r.stdout
     assert (tmp_path / "demo" / "tokenizer.json").is_file()
     assert (tmp_path / "demo" / "shards" / "meta.json").is_file()
+    for stage in ("classify", "instruct", "serve"):
+        assert f"  {stage}: " in r.stdout  # every stage reported in the summary
+    assert (tmp_path / "demo" / "classify" / "final" / "adapter" / "adapter.safetensors").is_file()
+    assert (tmp_path / "demo" / "dpo" / "preferences.json").is_file()
+    assert "[serve] answer (openai client):" in r.stdout
 
 
 def test_prepare_and_bad_input(tmp_path):

@@ -8,6 +8,12 @@ Stages (each writes under ``--out``, default ``runs/demo``; pick with ``--stages
    samples as it learns, the loss plot, and a continuation from the final model.
 3. ``chat``: load the real pretrained SmolLM2-135M-Instruct (GGUF, shipped by a PyPI package)
    and ask it a few questions through its chat template, streaming the answers.
+4. ``classify``: LoRA-finetune SmolLM2 into an SMS spam classifier (the book's chapter 6),
+   accuracy before and after.
+5. ``instruct``: instruction-finetune SmolLM2 with LoRA on the book's chapter 7 data, then DPO
+   on the polite/impolite preference pairs; test loss and preference accuracy before/after.
+6. ``serve``: start the OpenAI-compatible server on the finetuned model and answer one request
+   through the ``openai`` client (plain HTTP when the client is not installed).
 
 ``--fast`` shrinks every stage so the whole demo runs in well under two minutes (CI's smoke test).
 """
@@ -19,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STAGES = ("tokenizer", "pretrain", "chat")
+STAGES = ("tokenizer", "pretrain", "chat", "classify", "instruct", "serve")
 
 
 @dataclass
@@ -144,13 +150,118 @@ def stage_chat(cfg: DemoConfig, out: Path) -> dict:
     return {"answers": len(questions), "tokens_per_s": n_tokens / (time.perf_counter() - t0)}
 
 
+def stage_classify(cfg: DemoConfig, out: Path) -> dict:
+    from scratchlm.finetune.lora import LoraConfig
+    from scratchlm.recipes.finetune_classifier import ClassifyConfig
+    from scratchlm.recipes.finetune_classifier import main as classify
+    from scratchlm.training.loop import TrainConfig
+
+    run = out / "classify"
+    # Balanced SMS spam, a 400-message subset (280 train): LoRA r=8 on every linear layer.
+    limit, epochs = (40, 1) if cfg.fast else (400, 1)
+    ccfg = ClassifyConfig(
+        model="smollm2-135m-instruct", data="sms-spam", out=str(run), limit=limit, epochs=epochs,
+        eval_batches=2, lora=LoraConfig(rank=8, alpha=16, targets=["all"]),
+        train=TrainConfig(batch_size=8, lr=5e-4 if not cfg.fast else 1e-3, schedule="constant",
+                          warmup_steps=0, weight_decay=0.1, log_every=5, save_every=10**9,
+                          eval_batches=2, tensorboard=not cfg.fast))
+    print(f"[classify] LoRA spam classifier on SmolLM2-135M-Instruct, {limit} messages -> {run}")
+    res = classify(ccfg)
+    print(f"[classify] test accuracy {res['test_before']:.2%} before -> {res['test']:.2%} after")
+    return {"test_before": res["test_before"], "test_after": res["test"],
+            "trainable": res["trainable"]}
+
+
+def stage_instruct(cfg: DemoConfig, out: Path) -> dict:
+    from scratchlm.finetune.lora import LoraConfig
+    from scratchlm.recipes.finetune_dpo import DPOConfig, DPOSettings
+    from scratchlm.recipes.finetune_dpo import main as dpo
+    from scratchlm.recipes.finetune_instruct import InstructConfig
+    from scratchlm.recipes.finetune_instruct import main as instruct
+    from scratchlm.training.loop import TrainConfig
+
+    def train(lr: float) -> TrainConfig:
+        return TrainConfig(batch_size=4, lr=lr, schedule="constant", warmup_steps=0,
+                           weight_decay=0.0, log_every=5, save_every=10**9, eval_batches=2,
+                           tensorboard=not cfg.fast)
+
+    limit = 24 if cfg.fast else 160
+    lora = LoraConfig(rank=16, alpha=16, targets=["all"])
+    icfg = InstructConfig(model="smollm2-135m-instruct", data="instruction-data",
+                          out=str(out / "instruct"), epochs=1, limit=limit,
+                          max_new_tokens=8 if cfg.fast else 64, lora=lora, train=train(2e-4))
+    print(f"[instruct] SFT with LoRA on {limit} instruction examples -> {icfg.out}")
+    sft = instruct(icfg)
+    print(f"[instruct] test loss {sft['test_loss_before']:.3f} -> {sft['test_loss_after']:.3f}, "
+          f"responses contain the reference: {sft.get('contains_reference', float('nan')):.0%}")
+    dcfg = DPOConfig(model=str(out / "instruct" / "final"), out=str(out / "dpo"), limit=limit,
+                     max_new_tokens=8 if cfg.fast else 64, dpo=DPOSettings(beta=0.1),
+                     lora=LoraConfig(rank=16, alpha=16, targets=["all"]), train=train(5e-5))
+    print(f"[instruct] DPO on {limit} polite/impolite preference pairs -> {dcfg.out}")
+    pref = dpo(dcfg)
+    return {"test_loss_before": sft["test_loss_before"], "test_loss_after": sft["test_loss_after"],
+            "pref_acc_before": pref["before"]["accuracy"], "pref_acc_after": pref["after"]["accuracy"],
+            "margin_after": pref["after"]["margin"]}
+
+
+def stage_serve(cfg: DemoConfig, out: Path) -> dict:
+    import socket
+    import threading
+
+    import uvicorn
+
+    from scratchlm.api import LLM
+    from scratchlm.serve.app import ServeConfig, create_app
+
+    model = out / "dpo" / "final"
+    name = str(model) if (model / "config.json").is_file() else "smollm2-135m-instruct"
+    llm = LLM.load(name)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(llm, ServeConfig(model=name, port=port)),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}/v1"
+    question = "What is the capital of France?"
+    print(f"[serve] {name} at {base}; asking: {question}")
+    try:
+        try:
+            from openai import OpenAI
+
+            r = OpenAI(base_url=base, api_key="none").chat.completions.create(
+                model=llm.name, messages=[{"role": "user", "content": question}],
+                max_tokens=12 if cfg.fast else 48, temperature=0)
+            answer, via = r.choices[0].message.content, "openai client"
+        except ImportError:
+            import urllib.request
+
+            body = json.dumps({"messages": [{"role": "user", "content": question}],
+                               "max_tokens": 12 if cfg.fast else 48, "temperature": 0})
+            req = urllib.request.Request(f"{base}/chat/completions", body.encode(),
+                                         {"Content-Type": "application/json"})
+            answer = json.loads(urllib.request.urlopen(req).read())["choices"][0]["message"]["content"]
+            via = "HTTP"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    print(f"[serve] answer ({via}): {answer!r}")
+    print(f"[serve] serve it yourself: scratchlm serve --model {name}  (chat page at "
+          f"http://127.0.0.1:8000/)")
+    return {"answer_chars": len(answer)}
+
+
 def main(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     t0 = time.perf_counter()
     for stage in cfg.stages:
-        run = {"tokenizer": stage_tokenizer, "pretrain": stage_pretrain, "chat": stage_chat}
+        run = {"tokenizer": stage_tokenizer, "pretrain": stage_pretrain, "chat": stage_chat,
+               "classify": stage_classify, "instruct": stage_instruct, "serve": stage_serve}
         results[stage] = run[stage](cfg, out)
     print(f"\nscratchlm demo finished in {time.perf_counter() - t0:.0f}s; outputs in {out}/")
     for stage, res in results.items():

@@ -57,6 +57,7 @@ class ClassifyConfig:
     epochs: int = 5
     eval_batches: int = 5  # batches for the per-epoch train/val accuracy
     seed: int = 123
+    limit: int | None = None  # use only N (balanced, shuffled) rows before splitting: quick runs
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         batch_size=8, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.1,
@@ -70,6 +71,12 @@ def prepare_rows(cfg: ClassifyConfig, out: Path):
     else:
         rows = read_table(cfg.data, cfg.text_col, cfg.label_col)
         labels = label_map(rows)
+    if cfg.limit is not None:
+        import random
+
+        rows = list(rows)
+        random.Random(cfg.seed).shuffle(rows)
+        rows = rows[: cfg.limit]
     train, val, test = random_split(rows, 0.7, 0.1, seed=cfg.seed)
     for name, part in (("train", train), ("validation", val), ("test", test)):
         write_csv(part, out / "data" / f"{name}.csv")
@@ -129,6 +136,9 @@ def main(cfg: ClassifyConfig) -> dict:
                                     rt.device.type)
         loaders = {name: DataLoader(ds, batch_size=cfg.train.batch_size)
                    for name, ds in (("train", train_ds), ("val", val_ds), ("test", test_ds))}
+        before = calc_accuracy_loader(model, loaders["test"], rt.device, cfg.eval_batches)
+        tqdm.write(f"test accuracy before finetuning (first {cfg.eval_batches} batches, the "
+                   f"book's check): {before:.2%}")
         history: list[dict] = []
 
         def on_eval(step: int) -> None:
@@ -162,6 +172,7 @@ def main(cfg: ClassifyConfig) -> dict:
         final.mkdir(parents=True, exist_ok=True)
         (final / "classifier.json").write_text(json.dumps(
             {"labels": labels, "max_length": train_ds.max_length, "accuracy": result}, indent=2))
-        return {**result, "trainable": trainable, "max_length": train_ds.max_length}
+        return {**result, "test_before": before, "trainable": trainable,
+                "max_length": train_ds.max_length}
     finally:
         teardown_runtime(rt)

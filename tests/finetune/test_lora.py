@@ -121,3 +121,46 @@ def test_peft_loads_our_adapter_onto_the_hf_model(tmp_path):
     with torch.no_grad():
         assert (again(x) - ours(x)).abs().max() <= 1e-5
     assert isinstance(Llama(LlamaConfig.from_name("llama-tiny")), nn.Module)
+
+
+def test_named_adapters_switch(tmp_path):
+    """Two adapters of different rank and targets on one base: each, when active, gives the
+    outputs of a model with only that adapter; None gives the base."""
+    from scratchlm.finetune.lora import (
+        LoraConfig,
+        add_named_adapter,
+        adapter_names,
+        load_adapter,
+        save_adapter,
+        set_adapter,
+    )
+
+    cfg = GPTConfig(vocab_size=97, context_length=16, n_embd=32, n_layer=2, n_head=4)
+    torch.manual_seed(0)
+    base = GPT(cfg).eval()
+    x = torch.randint(0, 97, (2, 10))
+    want = {None: base(x)}
+    for name, lc in (("polite", LoraConfig(rank=4, alpha=8, targets=["q", "v"])),
+                     ("terse", LoraConfig(rank=2, alpha=4, targets=["ff", "out"]))):
+        m = GPT(cfg).eval()
+        m.load_state_dict(base.state_dict())
+        apply_lora(m, lc.rank, lc.alpha, tuple(lc.targets))
+        for p in m.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.2)  # a "trained" adapter
+        want[name] = m(x)
+        save_adapter(m, tmp_path / name, lc)
+        again = load_adapter(GPT(cfg).eval(), tmp_path / name)
+        again.load_state_dict(base.state_dict(), strict=False)
+        torch.testing.assert_close(again(x), want[name])
+    model = GPT(cfg).eval()
+    model.load_state_dict(base.state_dict())
+    add_named_adapter(model, "polite", tmp_path / "polite")
+    add_named_adapter(model, "terse", tmp_path / "terse")
+    assert adapter_names(model) == ["polite", "terse"]
+    for name in ("terse", "polite", None, "terse"):
+        set_adapter(model, name)
+        torch.testing.assert_close(model(x), want[name])
+    assert not torch.allclose(want["polite"], want["terse"])
+    with pytest.raises(KeyError, match="loaded"):
+        set_adapter(model, "nope")
