@@ -179,7 +179,7 @@ class LoraConfig:
     targets: list[str] = field(default_factory=lambda: ["all"])  # q k v out ff head, or all
     dropout: float = 0.0
     scaling: str = "book"  # book: alpha; peft: alpha / rank
-    quantize_base: str | None = None  # "nf4": QLoRA, the adapted base weights in 4-bit NF4
+    quantize_base: str | None = None  # "nf4": QLoRA, the adapted base weights in 4-bit NF4; "nf4-dq": double quantization
 
 
 def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0,
@@ -188,9 +188,10 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0,
                quantize_base: str | None = None) -> nn.Module:
     """Wrap the Linear layers named by ``targets`` (q, k, v, out, ff, head, or "all") in
     ``LoRALinear``, in place; with ``freeze_base`` everything else stops training.
-    ``quantize_base="nf4"`` stores the wrapped base weights in 4-bit NF4 (QLoRA)."""
-    if quantize_base not in (None, "nf4"):
-        raise ValueError(f"quantize_base must be None or 'nf4', got {quantize_base!r}")
+    ``quantize_base="nf4"`` stores the wrapped base weights in 4-bit NF4 (QLoRA); ``"nf4-dq"``
+    also quantizes their scales (double quantization)."""
+    if quantize_base not in (None, "nf4", "nf4-dq"):
+        raise ValueError(f"quantize_base must be None, 'nf4' or 'nf4-dq', got {quantize_base!r}")
     targets = ALL_TARGETS if targets in ("all", ["all"], ("all",)) else tuple(targets)
     unknown = set(targets) - set(ALL_TARGETS)
     if unknown:
@@ -209,8 +210,8 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0,
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         base = getattr(parent, leaf)
-        if quantize_base == "nf4":
-            base = NF4Linear(base)
+        if quantize_base in ("nf4", "nf4-dq"):
+            base = NF4Linear(base, double_quant=quantize_base == "nf4-dq")
         setattr(parent, leaf, LoRALinear(base, rank, alpha, parts, dropout, scaling))
         wrapped += 1
     if wrapped == 0:

@@ -4,8 +4,10 @@ https://arxiv.org/abs/2305.14314), in plain PyTorch so it runs on CPU.
 Weights are cut into blocks of 64; each block is scaled by its absolute maximum into [-1, 1]
 and every value is replaced by the nearest of 16 levels placed at quantiles of a normal
 distribution (more levels near 0, where most weights are). Two 4-bit indices share a byte, and
-each block keeps one float32 scale: about 4.5 bits per weight. ``NF4Linear`` dequantizes on the
-fly in forward; the weight is frozen (QLoRA trains LoRA adapters on top).
+each block keeps one float32 scale: about 4.5 bits per weight. With double quantization (the
+paper's section 3) the scales are themselves quantized: centred by their mean, then 8-bit in
+blocks of 256 with one float32 scale each, about 4.127 bits per weight. ``NF4Linear``
+dequantizes on the fly in forward; the weight is frozen (QLoRA trains LoRA adapters on top).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ NF4_LEVELS = torch.tensor([
     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
 ])
 BLOCK = 64
+SCALE_BLOCK = 256  # double quantization: scales per 8-bit block of absmax values
 
 
 def quantize_nf4(w: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,10 +47,30 @@ def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape: torch.Size
     return values.reshape(shape).to(dtype)
 
 
-class NF4Linear(nn.Module):
-    """A frozen Linear layer whose weight is stored in NF4."""
+def quantize_scales(absmax: torch.Tensor, block: int = SCALE_BLOCK):
+    """Double quantization of the per-block scales: (int8 codes, float32 scale per ``block``
+    codes, the float32 mean that was subtracted)."""
+    mean = absmax.mean()
+    centred = absmax - mean
+    pad = (-centred.numel()) % block
+    blocks = F.pad(centred, (0, pad)).reshape(-1, block)
+    scale = blocks.abs().amax(dim=1).clamp(min=1e-12) / 127
+    codes = torch.round(blocks / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return codes.reshape(-1)[: absmax.numel()], scale, mean
 
-    def __init__(self, linear: nn.Linear, block: int = BLOCK):
+
+def dequantize_scales(codes: torch.Tensor, scale: torch.Tensor, mean: torch.Tensor,
+                      block: int = SCALE_BLOCK) -> torch.Tensor:
+    pad = (-codes.numel()) % block
+    blocks = F.pad(codes.float(), (0, pad)).reshape(-1, block) * scale[:, None]
+    return blocks.reshape(-1)[: codes.numel()] + mean
+
+
+class NF4Linear(nn.Module):
+    """A frozen Linear layer whose weight is stored in NF4 (``double_quant``: with 8-bit
+    scales)."""
+
+    def __init__(self, linear: nn.Linear, block: int = BLOCK, double_quant: bool = False):
         super().__init__()
         if linear.weight.numel() % block:
             raise ValueError(f"NF4 needs the weight size to be a multiple of {block}, got "
@@ -55,13 +78,22 @@ class NF4Linear(nn.Module):
         self.in_features, self.out_features, self.block = linear.in_features, linear.out_features, block
         packed, absmax = quantize_nf4(linear.weight, block)
         self.register_buffer("weight_nf4", packed)
-        self.register_buffer("absmax", absmax)
+        self.double_quant = double_quant
+        if double_quant:
+            codes, scale, mean = quantize_scales(absmax)
+            self.register_buffer("absmax_codes", codes)
+            self.register_buffer("absmax_scale", scale)
+            self.register_buffer("absmax_mean", mean)
+        else:
+            self.register_buffer("absmax", absmax)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(),
                                                                   requires_grad=False)
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         shape = torch.Size((self.out_features, self.in_features))
-        return dequantize_nf4(self.weight_nf4, self.absmax, shape, self.block, dtype)
+        absmax = (dequantize_scales(self.absmax_codes, self.absmax_scale, self.absmax_mean)
+                  if self.double_quant else self.absmax)
+        return dequantize_nf4(self.weight_nf4, absmax, shape, self.block, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantized(x.dtype), self.bias)
@@ -72,7 +104,7 @@ def weight_bytes(model: nn.Module) -> int:
     total = 0
     for m in model.modules():
         if isinstance(m, NF4Linear):
-            total += m.weight_nf4.numel() + m.absmax.numel() * 4
+            total += sum(b.numel() * b.element_size() for b in m.buffers(recurse=False))
         elif isinstance(m, nn.Linear):
             total += m.weight.numel() * m.weight.element_size()
     return total

@@ -43,3 +43,26 @@ def test_qlora_trains_adapters_on_a_4bit_base():
     assert losses[-1] < losses[0] - 0.3
     with pytest.raises(ValueError, match="4-bit"):
         lora[0].merge()
+
+
+def test_double_quantization_shrinks_scales_and_keeps_weights():
+    from torch import nn
+
+    from scratchlm.nn.nf4 import dequantize_scales, quantize_scales
+
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 512)
+    single, double = NF4Linear(lin), NF4Linear(lin, double_quant=True)
+    absmax = single.absmax
+    codes, scale, mean = quantize_scales(absmax)
+    assert codes.dtype == torch.int8 and scale.numel() == (absmax.numel() + 255) // 256
+    back = dequantize_scales(codes, scale, mean)
+    assert (back - absmax).abs().max() <= scale.max() / 2 + 1e-7  # half an 8-bit step
+    # the weight moves by at most that step's share of each block
+    w1, w2 = single.dequantized(), double.dequantized()
+    assert (w1 - w2).abs().max() <= (scale.max() / 2 + 1e-7)
+    bits = lambda m: 8 * sum(b.numel() * b.element_size() for b in m.buffers()) / lin.weight.numel()
+    assert bits(single) == pytest.approx(4.5) and bits(double) == pytest.approx(4.127, abs=0.002)
+    model = GPT(GPTConfig(vocab_size=128, context_length=16, n_embd=64, n_layer=1, n_head=2))
+    apply_lora(model, rank=2, alpha=4, targets="all", quantize_base="nf4-dq")
+    assert model(torch.randint(0, 128, (1, 8))).shape == (1, 8, 128)
