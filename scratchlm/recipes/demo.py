@@ -196,7 +196,7 @@ def stage_instruct(cfg: DemoConfig, out: Path) -> dict:
           f"responses contain the reference: {sft.get('contains_reference', float('nan')):.0%}")
     dcfg = DPOConfig(model=str(out / "instruct" / "final"), out=str(out / "dpo"), limit=limit,
                      max_new_tokens=8 if cfg.fast else 64, dpo=DPOSettings(beta=0.1),
-                     lora=LoraConfig(rank=16, alpha=16, targets=["all"]), train=train(5e-5))
+                     lora=LoraConfig(rank=16, alpha=16, targets=["all"]), train=train(2e-5))
     print(f"[instruct] DPO on {limit} polite/impolite preference pairs -> {dcfg.out}")
     pref = dpo(dcfg)
     return {"test_loss_before": sft["test_loss_before"], "test_loss_after": sft["test_loss_after"],
