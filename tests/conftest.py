@@ -44,3 +44,29 @@ def verdict_text():
     from scratchlm.data.sources import fetch
 
     return fetch("the-verdict").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory):
+    """A factory of model folders: a tiny random Llama with SmolLM2's real tokenizer and chat
+    template (read from the embedded GGUF), saved as a run's ``final/`` is."""
+
+    def make(context_length: int = 256, tie_embeddings: bool = False) -> Path:
+        import torch
+
+        from scratchlm.models.convert.gguf import read_gguf
+        from scratchlm.models.llama import Llama, LlamaConfig
+        from scratchlm.models.loading import gguf_tokenizer, save_pretrained, smollm2_gguf
+        from scratchlm.tokenizers import save_tokenizer
+
+        tok = gguf_tokenizer(read_gguf(smollm2_gguf())[0])
+        torch.manual_seed(0)
+        model = Llama(LlamaConfig(vocab_size=49152, context_length=context_length, n_embd=32,
+                                  n_layer=2, n_head=4, n_kv_head=2, intermediate_size=64,
+                                  tie_embeddings=tie_embeddings))
+        folder = tmp_path_factory.mktemp("tiny-chat")
+        save_pretrained(model, folder)
+        save_tokenizer(tok, folder)
+        return folder
+
+    return make

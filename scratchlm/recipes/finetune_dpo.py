@@ -23,16 +23,16 @@ from scratchlm.config import to_dict
 from scratchlm.data.instruction import PreferenceCollate, PreferenceDataset, split_examples
 from scratchlm.evaluate.offline import closer_to_chosen
 from scratchlm.finetune.dpo import DPOLoss, evaluate_preferences
-from scratchlm.finetune.lora import LoraConfig, merge_lora, save_adapter
+from scratchlm.finetune.lora import LoraConfig
 from scratchlm.models.accounting import count_parameters
-from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
+from scratchlm.models.loading import load_model_and_tokenizer
 from scratchlm.recipes.finetune_instruct import (
     apply_lora_config,
     generate_responses,
     load_examples,
     resolve_style,
+    save_final,
 )
-from scratchlm.tokenizers import save_tokenizer
 from scratchlm.training.loop import TrainConfig, fit
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.runtime import setup_runtime, teardown_runtime
@@ -113,14 +113,7 @@ def main(cfg: DPOConfig) -> dict:
                      "response_before": b, "model_response": r}
                     for e, b, r in zip(test_ex, responses_before, responses)]
             (out / "test-with-responses.json").write_text(json.dumps(rows, indent=2))
-        final = out / "final"
-        if cfg.lora.rank > 0:
-            save_adapter(model, final / "adapter", cfg.lora)
-            if cfg.lora.quantize_base is None:
-                merge_lora(model)
-        if cfg.lora.rank == 0 or cfg.lora.quantize_base is None:
-            save_pretrained(model, final)
-            save_tokenizer(tok, final)
+        save_final(model, tok, out / "final", cfg.lora)
         (out / "preferences.json").write_text(json.dumps(result, indent=2))
         return result
     finally:

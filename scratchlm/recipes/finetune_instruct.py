@@ -100,6 +100,18 @@ def generate_responses(model, tokenizer, examples, style: str, max_new_tokens: i
     return out
 
 
+def save_final(model, tokenizer, final: Path, lora: LoraConfig) -> None:
+    """``final/adapter/`` (with LoRA) and ``final/`` (the model, LoRA merged, with its
+    tokenizer); a 4-bit (QLoRA) base keeps only the adapter."""
+    if lora.rank > 0:
+        save_adapter(model, final / "adapter", lora)
+        if lora.quantize_base is None:
+            merge_lora(model)
+    if lora.rank == 0 or lora.quantize_base is None:
+        save_pretrained(model, final)
+        save_tokenizer(tokenizer, final)
+
+
 def split_loss(loss_module, dataset, collate, rt, batch_size: int) -> float:
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     return evaluate_loss(loss_module, loader, rt)
@@ -161,14 +173,7 @@ def main(cfg: InstructConfig) -> dict:
                     for e, r in zip(test_ex, responses)]
             (out / "test-with-responses.json").write_text(json.dumps(rows, indent=2))
             result.update(text_metrics(responses, [e.response for e in test_ex]))
-        final = out / "final"
-        if cfg.lora.rank > 0:
-            save_adapter(model, final / "adapter", cfg.lora)
-            if cfg.lora.quantize_base is None:
-                merge_lora(model)
-        if cfg.lora.rank == 0 or cfg.lora.quantize_base is None:
-            save_pretrained(model, final)
-            save_tokenizer(tok, final)
+        save_final(model, tok, out / "final", cfg.lora)
         (out / "samples.json").write_text(json.dumps(samples, indent=2))
         (out / "result.json").write_text(json.dumps(result, indent=2))
         return result

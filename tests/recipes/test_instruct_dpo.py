@@ -7,31 +7,13 @@ import json
 import math
 
 import pytest
-import torch
-
 from test_cli import run
 
 
-@pytest.fixture(scope="module")
-def tiny_chat_model(tmp_path_factory):
-    from scratchlm.models.convert.gguf import read_gguf
-    from scratchlm.models.llama import Llama, LlamaConfig
-    from scratchlm.models.loading import gguf_tokenizer, save_pretrained, smollm2_gguf
-    from scratchlm.tokenizers import save_tokenizer
-
-    tok = gguf_tokenizer(read_gguf(smollm2_gguf())[0])
-    torch.manual_seed(0)
-    model = Llama(LlamaConfig(vocab_size=49152, context_length=512, n_embd=32, n_layer=2,
-                              n_head=4, n_kv_head=2, intermediate_size=64, tie_embeddings=True))
-    folder = tmp_path_factory.mktemp("tiny-chat")
-    save_pretrained(model, folder)
-    save_tokenizer(tok, folder)
-    return folder
-
-
 def test_instruct_then_dpo_then_judge(tiny_chat_model, tmp_path):
+    model_dir = tiny_chat_model(context_length=512, tie_embeddings=True)
     out = tmp_path / "sft"
-    r = run("finetune", "instruct", "--model", str(tiny_chat_model), "--data", "instruction-data",
+    r = run("finetune", "instruct", "--model", str(model_dir), "--data", "instruction-data",
             "--limit", "48", "--epochs", "2", "--train.batch_size", "4", "--train.lr", "3e-3",
             "--max_new_tokens", "6", "--out", str(out), "--train.tensorboard", "false")
     assert r.returncode == 0, r.stderr

@@ -18,7 +18,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
 KEY = "sekret"
 
@@ -30,20 +29,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from scratchlm.models.convert.gguf import read_gguf
-    from scratchlm.models.llama import Llama, LlamaConfig
-    from scratchlm.models.loading import gguf_tokenizer, save_pretrained, smollm2_gguf
-    from scratchlm.tokenizers import save_tokenizer
-
-    tok = gguf_tokenizer(read_gguf(smollm2_gguf())[0])
-    torch.manual_seed(0)
-    model = Llama(LlamaConfig(vocab_size=49152, context_length=256, n_embd=32, n_layer=2,
-                              n_head=4, n_kv_head=2, intermediate_size=64, tie_embeddings=False))
-    folder = tmp_path_factory.mktemp("served")
-    save_pretrained(model, folder)
-    save_tokenizer(tok, folder)
-    return folder
+def model_dir(tiny_chat_model):
+    return tiny_chat_model(context_length=256, tie_embeddings=False)
 
 
 @pytest.fixture(scope="module")
