@@ -308,9 +308,6 @@ def add_named_adapter(model: nn.Module, name: str, folder) -> None:
     s = json.loads((folder / "lora.json").read_text())
     state = load_file(folder / "adapter.safetensors")
     bank = _bank(model)
-    for path, m in lora_modules(model).items():  # remember the parts each layer can adapt
-        if not hasattr(m, "all_parts"):
-            m.all_parts = dict(m.parts)
     if not lora_modules(model):
         apply_lora(model, s["rank"], s["alpha"], tuple(s["targets"]), 0.0, s["scaling"])
     else:  # wrap what this adapter targets and no earlier one did
@@ -322,14 +319,14 @@ def add_named_adapter(model: nn.Module, name: str, folder) -> None:
     scale = s["alpha"] if s["scaling"] == "book" else s["alpha"] / s["rank"]
     entry, used = {}, set()
     for path, m in lora_modules(model).items():
-        if not hasattr(m, "all_parts"):
+        if not hasattr(m, "all_parts"):  # the parts this layer can adapt, before any switch
             m.all_parts = dict(m.parts)
         a, b = nn.ModuleDict(), nn.ModuleDict()
         for part, sl in m.all_parts.items():
             ka, kb = f"{path}.lora_A.{part}.weight", f"{path}.lora_B.{part}.weight"
             if ka not in state:
                 continue
-            dev = m.lora_A[next(iter(m.lora_A))].weight.device if len(m.lora_A) else "cpu"
+            dev = next(m.parameters()).device
             a[part] = nn.Linear(m.in_features, s["rank"], bias=False, device=dev)
             b[part] = nn.Linear(s["rank"], sl.stop - sl.start, bias=False, device=dev)
             a[part].weight.data.copy_(state[ka])

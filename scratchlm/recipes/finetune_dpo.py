@@ -20,18 +20,17 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from scratchlm.config import to_dict
-from scratchlm.data.instruction import PreferenceCollate, PreferenceDataset, split_examples
+from scratchlm.data.instruction import PreferenceCollate, PreferenceDataset
 from scratchlm.evaluate.offline import closer_to_chosen
 from scratchlm.finetune.dpo import DPOLoss, evaluate_preferences
 from scratchlm.finetune.lora import LoraConfig
 from scratchlm.models.accounting import count_parameters
-from scratchlm.models.loading import load_model_and_tokenizer
 from scratchlm.recipes.finetune_instruct import (
     apply_lora_config,
     generate_responses,
-    load_examples,
-    resolve_style,
+    load_for_finetuning,
     save_final,
+    set_epochs,
 )
 from scratchlm.training.loop import TrainConfig, fit
 from scratchlm.training.optim import build_optimizer
@@ -66,13 +65,10 @@ def main(cfg: DPOConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
-        style = resolve_style(cfg.style, tok)
-        examples = load_examples(cfg.data)[: cfg.limit]
-        train_ex, val_ex, test_ex = split_examples(examples)
+        model, tok, style, (train_ex, val_ex, test_ex), pad = load_for_finetuning(
+            cfg.model, cfg.data, cfg.style, cfg.limit, None, rt.device)
         train_ds, test_ds = PreferenceDataset(train_ex, tok, style), PreferenceDataset(test_ex, tok, style)
         val_ds = PreferenceDataset(val_ex, tok, style) if val_ex else None
-        pad = tok.eos_id if tok.eos_id is not None else 0
         collate = PreferenceCollate(pad, min(cfg.allowed_max_length, model.cfg.context_length))
         if cfg.lora.rank > 0:
             apply_lora_config(model, cfg.lora)
@@ -86,9 +82,7 @@ def main(cfg: DPOConfig) -> dict:
         before = evaluate_preferences(loss_module, test_loader, rt.device)
         responses_before = (generate_responses(model, tok, test_ex, style, cfg.max_new_tokens)
                             if cfg.test_responses else None)
-        steps_per_epoch = max(1, len(train_ds) // cfg.train.batch_size)
-        cfg.train.max_steps = cfg.epochs * steps_per_epoch
-        cfg.train.eval_every = min(cfg.train.eval_every, steps_per_epoch)
+        set_epochs(cfg.train, cfg.epochs, len(train_ds))
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)

@@ -17,7 +17,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -74,6 +73,27 @@ def resolve_style(style: str, tokenizer) -> str:
     return style
 
 
+def load_for_finetuning(model_name: str, data: str, style: str, limit: int | None,
+                        split_seed: int | None, device):
+    """What the instruct and DPO recipes start from: (model, tokenizer, resolved style,
+    (train, val, test) examples, pad id)."""
+    model, tok = load_model_and_tokenizer(model_name, device=device)
+    examples = load_examples(data)[:limit]
+    train_ex, val_ex, test_ex = split_examples(examples, seed=split_seed)
+    if not train_ex or not test_ex:
+        raise ValueError(f"{data}: {len(examples)} examples are too few to split 85/10/5")
+    pad = tok.eos_id if tok.eos_id is not None else 0
+    return model, tok, resolve_style(style, tok), (train_ex, val_ex, test_ex), pad
+
+
+def set_epochs(train: TrainConfig, epochs: int, num_examples: int) -> int:
+    """Steps for ``epochs`` passes (evaluating at least once per epoch); returns steps per epoch."""
+    steps_per_epoch = max(1, num_examples // train.batch_size)
+    train.max_steps = epochs * steps_per_epoch
+    train.eval_every = min(train.eval_every, steps_per_epoch)
+    return steps_per_epoch
+
+
 def apply_lora_config(model, cfg: LoraConfig) -> None:
     apply_lora(model, cfg.rank, cfg.alpha, tuple(cfg.targets), cfg.dropout, cfg.scaling,
                quantize_base=cfg.quantize_base)
@@ -122,15 +142,10 @@ def main(cfg: InstructConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
-        style = resolve_style(cfg.style, tok)
-        examples = load_examples(cfg.data)[: cfg.limit]
-        train_ex, val_ex, test_ex = split_examples(examples, seed=cfg.split_seed)
-        if not train_ex or not test_ex:
-            raise ValueError(f"{cfg.data}: {len(examples)} examples are too few to split 85/10/5")
+        model, tok, style, (train_ex, val_ex, test_ex), pad = load_for_finetuning(
+            cfg.model, cfg.data, cfg.style, cfg.limit, cfg.split_seed, rt.device)
         make = lambda ex: InstructionDataset(ex, tok, style, cfg.mask_prompt)  # noqa: E731
         train_ds, val_ds, test_ds = make(train_ex), make(val_ex), make(test_ex)
-        pad = tok.eos_id if tok.eos_id is not None else 0
         limit = min(cfg.allowed_max_length, model.cfg.context_length)
         collate = InstructionCollate(pad, limit)
         if cfg.lora.rank > 0:
@@ -142,9 +157,7 @@ def main(cfg: InstructConfig) -> dict:
         loss_module = CausalLMLoss(model)
         before = split_loss(loss_module, test_ds, collate, rt, cfg.train.batch_size)
         tqdm.write(f"test loss before: {before:.3f}")
-        steps_per_epoch = max(1, len(train_ds) // cfg.train.batch_size)
-        cfg.train.max_steps = cfg.epochs * steps_per_epoch
-        cfg.train.eval_every = min(cfg.train.eval_every, steps_per_epoch)
+        steps_per_epoch = set_epochs(cfg.train, cfg.epochs, len(train_ds))
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
