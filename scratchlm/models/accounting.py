@@ -50,17 +50,22 @@ def flops_per_token(cfg, seq_len: int | None = None) -> tuple[float, float]:
         forward  = 2 * N_matmul + 4 * n_layer * seq_len * n_embd
         training = 6 * N_matmul + 12 * n_layer * seq_len * n_embd
 
-    N_matmul counts the projection, feed-forward and output-head weights; embedding lookups,
-    norms and biases are negligible and left out.
+    N_matmul counts the projection, feed-forward and output-head weights a token passes
+    through (with a mixture of experts: the router and top_k experts, not all of them);
+    embedding lookups, norms and biases are negligible and left out.
     """
     t = seq_len or cfg.context_length
     c, layers = cfg.n_embd, cfg.n_layer
     hidden = getattr(cfg, "intermediate_size", None)
     if hidden is None:  # GPT: qkv (3C^2) + out_proj (C^2) + MLP C->4C->C (8C^2)
-        per_layer = 12 * c * c
+        attn, ffn = 4 * c * c, 8 * c * c
     else:  # Llama: q,o (C^2 each), k,v (C * kv_dim each), SwiGLU three C x hidden matrices
-        kv_dim = cfg.n_kv_head * (c // cfg.n_head)
-        per_layer = 2 * c * c + 2 * c * kv_dim + 3 * c * hidden
+        kv_dim = cfg.n_kv_head * cfg.head_dim
+        attn, ffn = 2 * c * c + 2 * c * kv_dim, 3 * c * hidden
+    experts = getattr(cfg, "moe_num_experts", 0)
+    if experts:  # a token runs through top_k experts, plus the (C x N) router
+        ffn = cfg.moe_top_k * ffn + c * experts
+    per_layer = attn + ffn
     n_matmul = layers * per_layer + cfg.vocab_size * c
     forward = 2 * n_matmul + 4 * layers * t * c
     return float(forward), float(3 * forward)

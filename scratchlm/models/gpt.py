@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from scratchlm.nn.attention import CausalSelfAttention
 from scratchlm.nn.feedforward import FeedForward
+from scratchlm.nn.moe import check_moe_config, expert_ffn
 from scratchlm.nn.norm import LayerNorm
 
 
@@ -38,6 +39,11 @@ class GPTConfig:
     vocab_pad_multiple: int = 1  # pad embedding/head rows to a multiple (64 helps matmuls)
     grad_checkpointing: bool = False  # recompute each block's activations in backward
     init: str = "gpt2"  # "gpt2": normal(0, 0.02) weights; "torch": PyTorch defaults (the book)
+    moe_num_experts: int = 0  # > 0: each block's FFN is a mixture of this many experts
+    moe_top_k: int = 2  # experts per token
+    moe_capacity_factor: float = 0.0  # > 0: cap tokens per expert (overflow is dropped)
+    moe_aux_loss_coef: float = 0.01  # Switch load-balancing loss weight
+    moe_z_loss_coef: float = 0.001  # router z-loss weight
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "n_embd", "n_head", "n_layer",
@@ -52,6 +58,7 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.init must be 'gpt2' or 'torch', got {self.init!r}")
         if not 0.0 <= self.drop_rate < 1.0:
             raise ValueError(f"GPTConfig.drop_rate must be in [0, 1), got {self.drop_rate}")
+        check_moe_config(self, "GPTConfig")
 
     @property
     def head_dim(self) -> int:
@@ -94,7 +101,7 @@ class TransformerBlock(nn.Module):
         self.att = CausalSelfAttention(cfg.n_embd, cfg.n_embd, cfg.context_length,
                                        cfg.drop_rate, cfg.n_head, cfg.qkv_bias)
         self.norm2 = LayerNorm(cfg.n_embd)
-        self.ff = FeedForward(cfg.n_embd)
+        self.ff = expert_ffn(cfg, lambda: FeedForward(cfg.n_embd))
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor, cache=None, layer: int = 0) -> torch.Tensor:

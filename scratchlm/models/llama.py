@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from scratchlm.nn.attention import GroupedQueryAttention
 from scratchlm.nn.feedforward import SwiGLU
+from scratchlm.nn.moe import check_moe_config, expert_ffn
 from scratchlm.nn.norm import RMSNorm
 from scratchlm.nn.rope import rope_cache
 
@@ -40,6 +41,11 @@ class LlamaConfig:
     tie_embeddings: bool = True
     qkv_bias: bool = False
     grad_checkpointing: bool = False
+    moe_num_experts: int = 0  # > 0: each block's FFN is a mixture of this many experts
+    moe_top_k: int = 2  # experts per token
+    moe_capacity_factor: float = 0.0  # > 0: cap tokens per expert (overflow is dropped)
+    moe_aux_loss_coef: float = 0.01  # Switch load-balancing loss weight
+    moe_z_loss_coef: float = 0.001  # router z-loss weight
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "n_embd", "n_layer", "n_head", "n_kv_head",
@@ -59,6 +65,7 @@ class LlamaConfig:
             need = {"factor", "low_freq_factor", "high_freq_factor", "original_context_length"}
             if set(self.rope_scaling) != need:
                 raise ValueError(f"LlamaConfig.rope_scaling needs exactly {sorted(need)}")
+        check_moe_config(self, "LlamaConfig")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -101,7 +108,7 @@ class LlamaBlock(nn.Module):
         self.att = GroupedQueryAttention(cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim,
                                          cfg.qkv_bias)
         self.norm2 = RMSNorm(cfg.n_embd, cfg.norm_eps)
-        self.ff = SwiGLU(cfg.n_embd, cfg.intermediate_size)
+        self.ff = expert_ffn(cfg, lambda: SwiGLU(cfg.n_embd, cfg.intermediate_size))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None,
                 layer: int = 0) -> torch.Tensor:

@@ -33,6 +33,7 @@ from scratchlm.data.sources import SOURCES, fetch
 from scratchlm.evaluate.offline import text_metrics
 from scratchlm.finetune.lora import LoraConfig, apply_lora, merge_lora, save_adapter
 from scratchlm.generation.engine import Engine, SamplingParams
+from scratchlm.nn.moe import freeze_for_moe_finetuning
 from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
 from scratchlm.tokenizers import save_tokenizer
@@ -57,6 +58,7 @@ class InstructConfig:
     allowed_max_length: int = 1024
     limit: int | None = None  # use only the first N examples (quick runs)
     split_seed: int | None = None  # shuffle before splitting (the book splits in file order)
+    moe_train: str = ""  # MoE models: "router" or "router,0,3" trains only routers (+ experts 0, 3)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         batch_size=8, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.1,
@@ -97,6 +99,14 @@ def set_epochs(train: TrainConfig, epochs: int, num_examples: int) -> int:
 def apply_lora_config(model, cfg: LoraConfig) -> None:
     apply_lora(model, cfg.rank, cfg.alpha, tuple(cfg.targets), cfg.dropout, cfg.scaling,
                quantize_base=cfg.quantize_base)
+
+
+def parse_moe_train(spec: str) -> list[int]:
+    """"router" -> [], "router,0,3" -> [0, 3]: the experts trained beside the routers."""
+    head, *experts = [p.strip() for p in spec.split(",")]
+    if head != "router" or not all(e.isdigit() for e in experts):
+        raise ValueError(f"moe_train must be 'router' or 'router,E1,E2,...', got {spec!r}")
+    return [int(e) for e in experts]
 
 
 def generate_responses(model, tokenizer, examples, style: str, max_new_tokens: int = 256,
@@ -148,6 +158,8 @@ def main(cfg: InstructConfig) -> dict:
         train_ds, val_ds, test_ds = make(train_ex), make(val_ex), make(test_ex)
         limit = min(cfg.allowed_max_length, model.cfg.context_length)
         collate = InstructionCollate(pad, limit)
+        if cfg.moe_train:
+            freeze_for_moe_finetuning(model, parse_moe_train(cfg.moe_train))
         if cfg.lora.rank > 0:
             apply_lora_config(model, cfg.lora)
         trainable = count_parameters(model, trainable_only=True)

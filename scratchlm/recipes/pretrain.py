@@ -50,6 +50,9 @@ class PretrainConfig:
     qkv_bias: bool | None = None
     tie_embeddings: bool | None = None
     init: str | None = None  # "gpt2" (normal 0.02) or "torch" (PyTorch defaults, as the book)
+    moe_num_experts: int | None = None  # a mixture-of-experts FFN in every block (nn/moe.py)
+    moe_top_k: int | None = None
+    moe_capacity_factor: float | None = None
     val_fraction: float = 0.1
     resume: str = ""  # "latest" or a checkpoint folder
     sample_prompt: str = "Every effort moves you"
@@ -59,7 +62,9 @@ class PretrainConfig:
 
 def build_model_config(cfg: PretrainConfig, vocab_size: int) -> GPTConfig:
     overrides = {k: getattr(cfg, k) for k in ("context_length", "n_layer", "n_embd", "n_head",
-                                              "drop_rate", "qkv_bias", "tie_embeddings", "init")
+                                              "drop_rate", "qkv_bias", "tie_embeddings", "init",
+                                              "moe_num_experts", "moe_top_k",
+                                              "moe_capacity_factor")
                  if getattr(cfg, k) is not None}
     overrides["vocab_size"] = vocab_size
     overrides["grad_checkpointing"] = cfg.train.grad_checkpointing

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from scratchlm.data.sampler import ResumableBatchSampler
+from scratchlm.nn.moe import moe_stats
 from scratchlm.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from scratchlm.training.evaluation import evaluate_loss, perplexity
 from scratchlm.training.metrics import MetricsLogger
@@ -44,6 +45,8 @@ class TrainConfig:
     min_lr: float = 4e-5
     schedule: str = "cosine"  # constant | cosine | linear (see training/schedule.py)
     warmup_steps: int = 20
+    lr_scale: float = 1.0  # a temporary multiplier on the schedule's rate, from the start step ...
+    lr_scale_steps: int = 0  # ... for this many steps (e.g. 0.1 for 200 steps after --resume)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -72,6 +75,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0:
             raise ValueError("TrainConfig.lr must be > 0 and min_lr >= 0")
+        if self.lr_scale <= 0 or self.lr_scale_steps < 0:
+            raise ValueError("TrainConfig.lr_scale must be > 0 and lr_scale_steps >= 0")
 
 
 @dataclass
@@ -96,6 +101,15 @@ class _StopFlag:
         tqdm.write("interrupted: saving a checkpoint after this step (Ctrl-C again to abort)")
 
 
+def _expert_metrics(model: nn.Module) -> dict:
+    """Expert utilisation of a mixture-of-experts model since the last log row."""
+    stats = moe_stats(model)
+    if stats is None:
+        return {}
+    return {"expert_share": stats["expert_share"], "expert_dropped_frac": stats["dropped_frac"],
+            "moe_aux_loss": stats["aux_loss"]}
+
+
 def fit(
     model: nn.Module,
     loss_module: nn.Module,
@@ -115,7 +129,9 @@ def fit(
     """Train ``loss_module`` for ``cfg.max_steps`` optimizer steps (see the module docstring).
     ``collate_fn`` batches items that are not equal-sized tensors (instruction data)."""
     run_dir = Path(run_dir)
-    state = {"step": 0, "tokens": 0, "epoch": 0, "batch": 0}
+    # lr_window: [first step, end step, multiplier] of a temporary LR scale; it is saved with
+    # the checkpoints, so a run stopped inside the window resumes inside it.
+    state = {"step": 0, "tokens": 0, "epoch": 0, "batch": 0, "lr_window": None}
     if resume:
         path = latest_checkpoint(run_dir) if resume is True or resume == "latest" else Path(resume)
         if path is None:
@@ -123,6 +139,11 @@ def fit(
         state.update(load_checkpoint(path, model, optimizer))
         if rt.is_main:
             tqdm.write(f"resumed from {path} at step {state['step']}")
+    if cfg.lr_scale != 1.0 and cfg.lr_scale_steps > 0:
+        state["lr_window"] = [state["step"], state["step"] + cfg.lr_scale_steps, cfg.lr_scale]
+        if rt.is_main:
+            tqdm.write(f"learning rate x{cfg.lr_scale} for steps {state['step']} to "
+                       f"{state['step'] + cfg.lr_scale_steps - 1}, then the schedule again")
     metrics = MetricsLogger(run_dir, enabled=rt.is_main, tensorboard=cfg.tensorboard,
                             resume_step=state["step"] if resume else None)
 
@@ -166,7 +187,8 @@ def fit(
 
     def save():
         save_checkpoint(run_dir, state["step"], model, optimizer,
-                        {k: state[k] for k in ("tokens", "epoch", "batch")}, run_config,
+                        {k: state[k] for k in ("tokens", "epoch", "batch", "lr_window")},
+                        run_config,
                         keep_last=cfg.keep_last, sharded=sharded_checkpoints, is_main=rt.is_main)
 
     try:
@@ -175,6 +197,9 @@ def fit(
             step = state["step"]
             lr = lr_at(step, schedule=cfg.schedule, lr=cfg.lr, max_steps=cfg.max_steps,
                        warmup_steps=cfg.warmup_steps, min_lr=cfg.min_lr)
+            window = state["lr_window"]
+            if window is not None and window[0] <= step < window[1]:
+                lr *= window[2]
             set_lr(optimizer, lr)
             t0 = time.perf_counter()
             micro = [next_batch() for _ in range(cfg.grad_accum_steps)]
@@ -191,7 +216,7 @@ def fit(
                 mfu = tps * flops_per_token / peak if (peak and flops_per_token) else None
                 metrics.log(step, tokens=state["tokens"], loss=res.loss, lr=lr,
                             grad_norm=res.grad_norm, tokens_per_s=tps, mfu=mfu,
-                            peak_mem_mb=rt.peak_memory_mb())
+                            peak_mem_mb=rt.peak_memory_mb(), **_expert_metrics(model))
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 train_loss = evaluate_loss(loss_module, train_eval_loader, rt)
                 val_loss = evaluate_loss(loss_module, val_loader, rt) if val_loader else None

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from scratchlm.nn.loss import cross_entropy, linear_cross_entropy
+from scratchlm.nn.moe import moe_aux_loss
 
 
 def causal_lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
@@ -31,4 +32,8 @@ class CausalLMLoss(nn.Module):
         self.model, self.fused = model, fused
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return causal_lm_loss(self.model, inputs, targets, self.fused)
+        loss = causal_lm_loss(self.model, inputs, targets, self.fused)
+        # A mixture-of-experts model adds its router losses while training (evaluation
+        # reports the plain cross-entropy, so perplexities stay comparable).
+        aux = moe_aux_loss(self.model) if self.model.training else None
+        return loss if aux is None else loss + aux

@@ -7,7 +7,8 @@ import csv
 from pathlib import Path
 
 COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu",
-           "peak_mem_mb", "val_loss", "val_ppl", "train_eval_loss"]
+           "peak_mem_mb", "val_loss", "val_ppl", "train_eval_loss", "moe_aux_loss",
+           "expert_dropped_frac", "expert_share"]
 
 
 class MetricsLogger:
@@ -42,11 +43,17 @@ class MetricsLogger:
         unknown = set(values) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown metric(s) {sorted(unknown)}")
+        # A list (one value per expert) is one space-separated cell, one TensorBoard curve each.
+        row = {k: " ".join(f"{x:.4g}" for x in v) if isinstance(v, list) else v
+               for k, v in values.items()}
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=COLUMNS).writerow({"step": step, **values})
+            csv.DictWriter(f, fieldnames=COLUMNS).writerow({"step": step, **row})
         if self.writer is not None:
             for k, v in values.items():
-                if v is not None and k != "tokens":
+                if isinstance(v, list):
+                    for i, x in enumerate(v):
+                        self.writer.add_scalar(f"{k}/{i}", x, step)
+                elif v is not None and k != "tokens":
                     self.writer.add_scalar(k, v, step)
             self.writer.flush()
 

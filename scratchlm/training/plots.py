@@ -26,7 +26,16 @@ def plot_losses(rows: list[dict], path: str | Path, title: str = "Loss") -> Path
     ax.set_xlabel("Steps")
     ax.set_ylabel("Loss")
     ax.set_title(title)
-    ax.legend(loc="upper right")
+    lines, labels = ax.get_legend_handles_labels()
+    lr = [(int(r["step"]), float(r["lr"])) for r in rows if r.get("lr")]
+    if lr:  # the learning rate on its own faint axis (warm-up, decay, a temporary lr_scale)
+        ax2 = ax.twinx()
+        (line,) = ax2.plot([s for s, _ in lr], [v for _, v in lr], color="0.6", linewidth=1,
+                           linestyle=":")
+        ax2.set_ylabel("Learning rate", color="0.4")
+        ax2.tick_params(axis="y", labelsize=7, colors="0.4")
+        lines, labels = lines + [line], labels + ["Learning rate"]
+    ax.legend(lines, labels, loc="upper right")
     if train and train[-1][0] > 0:
         # A second x-axis for tokens seen, aligned to steps by the logged pairs.
         steps = [s for s, _, _ in train]

@@ -179,3 +179,49 @@ def test_fsdp_checkpoint_loads_in_one_process(tmp_path):
     assert state["step"] == 4
     for (k, v), w in zip(final.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(v, w), k
+
+
+def test_resume_with_a_temporary_lr_scale(tmp_path):
+    """--train.lr_scale 0.1 --train.lr_scale_steps 3 after resuming at step 4: steps 4-6 run at
+    a tenth of the schedule, step 7 on is the schedule again; a resume inside the window stays
+    in it."""
+    from scratchlm.training.schedule import lr_at
+
+    run = tmp_path / "run"
+    main(tiny_cfg(run, max_steps=6, save_every=2))
+    cfg = tiny_cfg(run, max_steps=10, save_every=2, lr_scale=0.1, lr_scale_steps=3)
+    cfg.resume = str(run / "checkpoints" / "step-000004")
+    main(cfg)
+
+    def schedule(step):
+        return lr_at(step, schedule="cosine", lr=cfg.train.lr, max_steps=10, warmup_steps=2,
+                     min_lr=cfg.train.min_lr)
+
+    with open(run / "metrics.csv", newline="") as f:
+        lrs = {int(r["step"]) - 1: float(r["lr"]) for r in csv.DictReader(f) if r["lr"]}
+    for step in range(4, 10):  # row "step" holds the rate of the update from step - 1
+        scale = 0.1 if step < 7 else 1.0
+        assert lrs[step] == pytest.approx(schedule(step) * scale), step
+    # resuming from step 6 (inside the window) without the flags keeps the window
+    again = tiny_cfg(run, max_steps=10, save_every=2)
+    again.resume = str(run / "checkpoints" / "step-000006")
+    main(again)
+    with open(run / "metrics.csv", newline="") as f:
+        lrs = {int(r["step"]) - 1: float(r["lr"]) for r in csv.DictReader(f) if r["lr"]}
+    assert lrs[6] == pytest.approx(schedule(6) * 0.1) and lrs[7] == pytest.approx(schedule(7))
+
+
+def test_pretrain_a_mixture_of_experts_gpt(tmp_path):
+    from scratchlm.models.loading import load_pretrained
+
+    cfg = tiny_cfg(tmp_path / "moe", max_steps=6, save_every=6, eval_every=3, log_every=3,
+                   lr=3e-3)
+    cfg.moe_num_experts, cfg.moe_top_k, cfg.moe_capacity_factor = 4, 2, 1.25
+    res = main(cfg)
+    assert res.train_losses[-1] < res.train_losses[0]
+    with open(tmp_path / "moe" / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["expert_share"]]
+    assert len(rows) == 2 and len(rows[0]["expert_share"].split()) == 4
+    assert 0 <= float(rows[0]["expert_dropped_frac"]) < 1
+    model = load_pretrained(str(tmp_path / "moe" / "final"))
+    assert model.cfg.moe_num_experts == 4 and len(model.trf_blocks[0].ff.experts) == 4

@@ -1,0 +1,181 @@
+"""A mixture-of-experts feed-forward: N expert FFNs, a router picks k of them per token.
+
+    for each token x (C,):
+        p = softmax(router(x))                   (N,) probabilities over the experts
+        e_1..e_k = the k most probable experts
+        g_i = p[e_i] / sum_j p[e_j]              gates, renormalised as in Mixtral
+        y = sum_i g_i * expert_{e_i}(x)          (C,)
+
+Only k of the N experts run per token, so a layer holds N times the FFN parameters for about
+k times the FFN compute. With ``capacity_factor > 0`` each expert takes at most
+``ceil(capacity_factor * tokens * k / N)`` tokens per batch (Switch Transformer); the rest
+overflow: that expert's contribution is dropped and the token goes on through the residual.
+``capacity_factor = 0`` drops nothing (Mixtral).
+
+Two auxiliary losses, added to the task loss by the training loss (``training/losses.py``):
+
+- load balancing (Switch Transformer, eq. 4-6; the same formula as Hugging Face's Mixtral):
+  ``N * sum_e f_e * P_e`` with ``f_e`` the share of token assignments routed to expert e and
+  ``P_e`` the mean router probability of e; it is ``k`` when routing is uniform;
+- router z-loss (ST-MoE): ``mean(logsumexp(logits)^2)``, which keeps the router logits small.
+
+Each layer also counts assignments and overflow since the last ``moe_stats`` call, for the
+expert-utilisation columns of the training log.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MoEFeedForward(nn.Module):
+    def __init__(self, emb_dim: int, num_experts: int, top_k: int,
+                 make_expert: Callable[[], nn.Module], capacity_factor: float = 0.0,
+                 aux_loss_coef: float = 0.01, z_loss_coef: float = 0.001):
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"moe_top_k must be in [1, moe_num_experts={num_experts}], "
+                             f"got {top_k}")
+        if capacity_factor < 0:
+            raise ValueError(f"moe_capacity_factor must be >= 0, got {capacity_factor}")
+        self.num_experts, self.top_k = num_experts, top_k
+        self.capacity_factor = capacity_factor
+        self.aux_loss_coef, self.z_loss_coef = aux_loss_coef, z_loss_coef
+        self.router = nn.Linear(emb_dim, num_experts, bias=False)
+        self.experts = nn.ModuleList(make_expert() for _ in range(num_experts))
+        # The weighted auxiliary loss of the last forward: taken (and cleared) by moe_aux_loss,
+        # so no autograd graph stays attached to the module; a detached copy for logging.
+        self.aux_loss: torch.Tensor | None = None
+        self.last_aux_loss: torch.Tensor | None = None
+        self.register_buffer("assigned", torch.zeros(num_experts), persistent=False)
+        self.register_buffer("dropped", torch.zeros(()), persistent=False)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(S, C) tokens -> router logits (S, N), gates (S, k), expert indices (S, k)."""
+        logits = self.router(x)
+        probs = torch.softmax(logits.float(), dim=-1)
+        gates, idx = torch.topk(probs, self.top_k, dim=-1)
+        gates = gates / gates.sum(dim=-1, keepdim=True)
+        return logits, gates, idx
+
+    def capacity(self, num_tokens: int) -> int | None:
+        if self.capacity_factor == 0:
+            return None
+        return math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # (S, C)
+        logits, gates, idx = self.route(x)
+        cap = self.capacity(x.shape[0])
+        out = torch.zeros_like(x)
+        # Slot-major order (every token's first choice before any second choice) decides who
+        # keeps a place when an expert is over capacity, as in Switch/GShard.
+        flat_idx = idx.t().reshape(-1)  # (k*S,)
+        flat_tok = torch.arange(x.shape[0], device=x.device).repeat(self.top_k)
+        flat_gate = gates.t().reshape(-1)
+        order = torch.argsort(flat_idx, stable=True)
+        counts = torch.bincount(flat_idx, minlength=self.num_experts)
+        dropped = 0
+        start = 0
+        for e, n in enumerate(counts.tolist()):
+            if n == 0:
+                continue
+            sel = order[start:start + n]
+            start += n
+            if cap is not None and n > cap:
+                dropped += n - cap
+                sel = sel[:cap]
+            tok = flat_tok[sel]
+            y = self.experts[e](x[tok]) * flat_gate[sel, None].to(x.dtype)
+            out.index_add_(0, tok, y)
+        if self.training:
+            self.assigned += counts.to(self.assigned.dtype)
+            self.dropped += dropped
+        self.aux_loss = self._aux_loss(logits, idx)
+        self.last_aux_loss = self.aux_loss.detach()
+        return out.reshape(shape)
+
+    def _aux_loss(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(logits.float(), dim=-1)
+        f = torch.zeros(self.num_experts, device=logits.device)
+        f = f.scatter_add(0, idx.reshape(-1), torch.ones(idx.numel(), device=logits.device))
+        f = f / logits.shape[0]  # (N,) assignments per token: sums to k
+        balance = self.num_experts * torch.sum(f * probs.mean(dim=0))
+        z = torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+        return self.aux_loss_coef * balance + self.z_loss_coef * z
+
+
+def moe_layers(model: nn.Module) -> list[MoEFeedForward]:
+    return [m for m in model.modules() if isinstance(m, MoEFeedForward)]
+
+
+def moe_aux_loss(model: nn.Module) -> torch.Tensor | None:
+    """The auxiliary losses of the model's last forward, averaged over its MoE layers, and
+    cleared from the layers (None for a dense model)."""
+    losses = []
+    for m in moe_layers(model):
+        if m.aux_loss is not None:
+            losses.append(m.aux_loss)
+            m.aux_loss = None
+    return torch.stack(losses).mean() if losses else None
+
+
+def moe_stats(model: nn.Module, reset: bool = True) -> dict | None:
+    """Expert utilisation since the last call, over all MoE layers: each expert's share of the
+    assignments (1/N each when balanced) and the share of assignments dropped for capacity."""
+    layers = moe_layers(model)
+    if not layers:
+        return None
+    assigned = torch.stack([m.assigned for m in layers]).sum(0)
+    dropped = sum(float(m.dropped) for m in layers)
+    total = float(assigned.sum())
+    if reset:
+        for m in layers:
+            m.assigned.zero_()
+            m.dropped.zero_()
+    share = (assigned / total).tolist() if total else [0.0] * len(assigned)
+    last = [m.last_aux_loss for m in layers if m.last_aux_loss is not None]
+    return {"expert_share": share, "dropped_frac": dropped / total if total else 0.0,
+            "aux_loss": float(torch.stack(last).mean()) if last else None}
+
+
+def freeze_for_moe_finetuning(model: nn.Module, experts: list[int] | None = None) -> nn.Module:
+    """Train only the routers and, when given, the experts numbered ``experts`` in every MoE
+    layer; everything else is frozen."""
+    layers = moe_layers(model)
+    if not layers:
+        raise ValueError("the model has no mixture-of-experts layers (moe_num_experts = 0)")
+    n = layers[0].num_experts
+    bad = [e for e in experts or [] if not 0 <= e < n]
+    if bad:
+        raise ValueError(f"expert index {bad[0]} out of range: the model has {n} experts")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in layers:
+        m.router.weight.requires_grad_(True)
+        for e in experts or []:
+            for p in m.experts[e].parameters():
+                p.requires_grad_(True)
+    return model
+
+
+def expert_ffn(cfg, dense: Callable[[], nn.Module]) -> nn.Module:
+    """The feed-forward a block of ``cfg`` gets: ``dense()`` itself, or an MoE of such experts
+    when ``cfg.moe_num_experts`` > 0."""
+    if not cfg.moe_num_experts:
+        return dense()
+    return MoEFeedForward(cfg.n_embd, cfg.moe_num_experts, cfg.moe_top_k, dense,
+                          cfg.moe_capacity_factor, cfg.moe_aux_loss_coef, cfg.moe_z_loss_coef)
+
+
+def check_moe_config(cfg, name: str) -> None:
+    if cfg.moe_num_experts < 0:
+        raise ValueError(f"{name}.moe_num_experts must be >= 0, got {cfg.moe_num_experts}")
+    if cfg.moe_num_experts and not 1 <= cfg.moe_top_k <= cfg.moe_num_experts:
+        raise ValueError(f"{name}.moe_top_k must be in [1, moe_num_experts], got {cfg.moe_top_k}")
