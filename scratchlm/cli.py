@@ -99,6 +99,14 @@ def _finetune_dpo(args) -> int:
     return 0
 
 
+def _distill(args) -> int:
+    from scratchlm.config import build
+    from scratchlm.recipes.distill import DistillConfig, main
+
+    main(build(DistillConfig, args, args.config))
+    return 0
+
+
 def _evaluate_judge(args) -> int:
     from scratchlm.recipes.judge import JudgeConfig, main
 
@@ -168,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
     add_arguments(d, DPOConfig)
     d.set_defaults(func=_finetune_dpo)
+
+    from scratchlm.recipes.distill import DistillConfig
+
+    d = sub.add_parser("distill", help="train a smaller student from a teacher model",
+                       description="Flags mirror DistillConfig; nested ones as --train.lr.")
+    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
+    add_arguments(d, DistillConfig)
+    d.set_defaults(func=_distill)
 
     ev = sub.add_parser("evaluate", help="evaluate model outputs").add_subparsers(
         dest="method", required=True)

@@ -74,14 +74,14 @@ def build_model_config(cfg: PretrainConfig, vocab_size: int) -> GPTConfig:
     return GPTConfig.from_name(cfg.model, **overrides)
 
 
-def build_datasets(cfg: PretrainConfig, tokenizer, context: int):
+def build_datasets(data: list[str], val_fraction: float, tokenizer, context: int):
     """(train, val) datasets of (inputs, targets) windows of ``context`` tokens."""
-    if len(cfg.data) == 1 and (Path(cfg.data[0]) / "meta.json").is_file():
-        ds = ShardDataset(cfg.data[0], context)
-        n_val = int(len(ds) * cfg.val_fraction)
+    if len(data) == 1 and (Path(data[0]) / "meta.json").is_file():
+        ds = ShardDataset(data[0], context)
+        n_val = int(len(ds) * val_fraction)
         return Subset(ds, range(len(ds) - n_val)), Subset(ds, range(len(ds) - n_val, len(ds)))
     ids: list[int] = []
-    for item in cfg.data:
+    for item in data:
         path = fetch(item) if item in SOURCES and not Path(item).exists() else Path(item)
         if not path.is_file():
             raise FileNotFoundError(f"data {item!r}: no such file or registered data set")
@@ -94,7 +94,7 @@ def build_datasets(cfg: PretrainConfig, tokenizer, context: int):
         ids.extend(tokenizer.encode(text, allowed_special="all"))
         if tokenizer.eos_id is not None:
             ids.append(tokenizer.eos_id)
-    split = int(len(ids) * (1 - cfg.val_fraction))
+    split = int(len(ids) * (1 - val_fraction))
     train = GPTDataset(ids[:split], max_length=context, stride=context)
     val_ids = ids[split:]
     val = GPTDataset(val_ids, max_length=context, stride=context) \
@@ -133,7 +133,8 @@ def main(cfg: PretrainConfig) -> FitResult:
     try:
         tokenizer = get_tokenizer(cfg.tokenizer)
         model_cfg = build_model_config(cfg, tokenizer.vocab_size)
-        train_ds, val_ds = build_datasets(cfg, tokenizer, model_cfg.context_length)
+        train_ds, val_ds = build_datasets(cfg.data, cfg.val_fraction, tokenizer,
+                                           model_cfg.context_length)
         torch.manual_seed(cfg.train.seed)
         model = GPT(model_cfg).to(rt.device)
         n_params = count_parameters(model)
