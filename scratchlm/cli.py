@@ -48,11 +48,29 @@ def _generate(args) -> int:
     params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                             tuple(i for i in (tokenizer.eos_id,) if i is not None), args.seed)
     ids = tokenizer.encode(args.prompt, allowed_special="all")
+    if args.best_of > 1 or args.reward_model:
+        return _best_of(args, model, tokenizer, ids, params)
     sys.stdout.write(args.prompt)
     for piece in stream_text(Engine(model), tokenizer, ids, params):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    return 0
+
+
+def _best_of(args, model, tokenizer, ids, params) -> int:
+    from scratchlm.finetune.reward import RewardScorer
+    from scratchlm.generation.best_of import best_of_n
+    from scratchlm.generation.engine import Engine
+
+    if not args.reward_model:
+        raise ValueError("--best-of needs --reward-model RUN (a `finetune reward` final/ folder)")
+    scorer = RewardScorer.load(args.reward_model)
+    ranked = best_of_n(Engine(model), tokenizer, ids, params, args.best_of,
+                       lambda texts: scorer(args.prompt, texts))
+    for i, c in enumerate(ranked):
+        print(f"[{i + 1}/{len(ranked)}] reward {c.score:+.3f}: {c.text!r}", file=sys.stderr)
+    print(args.prompt + ranked[0].text)
     return 0
 
 
@@ -104,6 +122,14 @@ def _distill(args) -> int:
     from scratchlm.recipes.distill import DistillConfig, main
 
     main(build(DistillConfig, args, args.config))
+    return 0
+
+
+def _finetune_reward(args) -> int:
+    from scratchlm.config import build
+    from scratchlm.recipes.finetune_reward import RewardConfig, main
+
+    main(build(RewardConfig, args, args.config))
     return 0
 
 
@@ -177,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(d, DPOConfig)
     d.set_defaults(func=_finetune_dpo)
 
+    from scratchlm.recipes.finetune_reward import RewardConfig
+
+    d = ft.add_parser("reward", help="a reward model from preference pairs (Bradley-Terry)",
+                      description="Flags mirror RewardConfig; nested ones as --train.lr.")
+    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
+    add_arguments(d, RewardConfig)
+    d.set_defaults(func=_finetune_reward)
+
     from scratchlm.recipes.distill import DistillConfig
 
     d = sub.add_parser("distill", help="train a smaller student from a teacher model",
@@ -211,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=None)
     d.add_argument("--tokenizer", default=None, help="default: the model folder's, else gpt2")
     d.add_argument("--quantize", choices=["int8"], default=None, help="int8 weights")
+    d.add_argument("--best-of", type=int, default=1,
+                   help="sample N answers, print the one the reward model rates best")
+    d.add_argument("--reward-model", default=None, help="a `finetune reward` final/ folder")
     d.set_defaults(func=_generate)
 
     d = sub.add_parser("chat", help="chat with a model in the terminal (streaming)")

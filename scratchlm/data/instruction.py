@@ -304,3 +304,23 @@ class PreferenceCollate:
     def __call__(self, batch):
         flat = [c for c, _ in batch] + [r for _, r in batch]
         return instruction_collate(flat, self.pad_id, allowed_max_length=self.allowed_max_length)
+
+
+class RewardCollate:
+    """A batch of B preference pairs -> ``((ids (2B, T), lengths (2B,)), zeros (B,))`` for a
+    reward model: whole rendered sequences, chosen rows first, right-padded. Sequences longer
+    than ``allowed_max_length`` keep their last tokens (the answer being scored). The (B,)
+    zeros only count the pairs for the training loop's loss weighting."""
+
+    def __init__(self, pad_id: int, allowed_max_length: int | None = None):
+        self.pad_id, self.allowed_max_length = pad_id, allowed_max_length
+
+    def __call__(self, batch):
+        rows = [ids for (ids, _), _ in batch] + [ids for _, (ids, _) in batch]
+        if self.allowed_max_length is not None:
+            rows = [r[-self.allowed_max_length:] for r in rows]
+        ids = torch.full((len(rows), max(map(len, rows))), self.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        return (ids, lengths), torch.zeros(len(batch), dtype=torch.long)

@@ -1,0 +1,101 @@
+"""``scratchlm finetune reward``: a reward model from preference pairs (see
+``finetune/reward.py``), for best-of-N sampling (``scratchlm generate --best-of N
+--reward-model RUN``) or RLHF.
+
+    scratchlm finetune reward --model smollm2-135m-instruct --data instruction-data-with-preference
+
+Data: the book's preference data or any Alpaca/JSONL file with ``chosen``/``rejected``, split
+85/10/5 like the instruction data; pairs are rendered in the model's prompt style. Trains the
+new one-number head plus the last block(s) (``trainable``), or LoRA adapters plus the head.
+Outputs in ``--out``: metrics.csv, loss.png, rewards.json (held-out accuracy, margin and loss
+before and after), final/ (the reward model, LoRA merged, with its tokenizer and reward.json,
+the prompt style the scorer renders with).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from scratchlm.config import to_dict
+from scratchlm.data.instruction import PreferenceDataset, RewardCollate
+from scratchlm.finetune.classification import add_classifier_head, freeze_for_classification
+from scratchlm.finetune.lora import LoraConfig, merge_lora
+from scratchlm.finetune.reward import RewardLoss, evaluate_rewards
+from scratchlm.models.accounting import count_parameters
+from scratchlm.models.loading import save_pretrained
+from scratchlm.recipes.finetune_instruct import apply_lora_config, load_for_finetuning, set_epochs
+from scratchlm.tokenizers import save_tokenizer
+from scratchlm.training.loop import TrainConfig, fit
+from scratchlm.training.optim import build_optimizer
+from scratchlm.training.runtime import setup_runtime, teardown_runtime
+
+
+@dataclass
+class RewardConfig:
+    model: str = "smollm2-135m-instruct"
+    data: str = "instruction-data-with-preference"
+    out: str = "runs/reward"
+    epochs: int = 1
+    style: str = "auto"  # as finetune instruct: the chat template if any, else alpaca
+    trainable: str = "last_block"  # head | last_block | all (without LoRA)
+    last_k: int = 2
+    allowed_max_length: int = 512
+    limit: int | None = None
+    split_seed: int | None = 123  # shuffled: the book's file order groups similar entries
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        batch_size=4, lr=3e-5, schedule="constant", warmup_steps=0, weight_decay=0.0,
+        log_every=10, save_every=10**9, eval_batches=10))
+
+
+def main(cfg: RewardConfig) -> dict:
+    if cfg.lora.quantize_base is not None:
+        raise ValueError("a reward model is saved merged: use --lora.rank without "
+                         "--lora.quantize_base")
+    rt = setup_runtime(cfg.train.precision, cfg.train.device, cfg.train.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        model, tok, style, (train_ex, val_ex, test_ex), pad = load_for_finetuning(
+            cfg.model, cfg.data, cfg.style, cfg.limit, cfg.split_seed, rt.device)
+        train_ds = PreferenceDataset(train_ex, tok, style)
+        held_out = PreferenceDataset(val_ex + test_ex, tok, style)
+        collate = RewardCollate(pad, min(cfg.allowed_max_length, model.cfg.context_length))
+        add_classifier_head(model, 1)
+        if cfg.lora.rank > 0:
+            apply_lora_config(model, cfg.lora)
+            model.out_head.requires_grad_(True)
+        else:
+            freeze_for_classification(model, cfg.trainable, cfg.last_k)
+        trainable = count_parameters(model, trainable_only=True)
+        tqdm.write(f"{len(train_ds)} training pairs, {len(held_out)} held out, style {style}; "
+                   f"{trainable:,} trainable parameters of {count_parameters(model):,}")
+        loader = DataLoader(held_out, batch_size=cfg.train.batch_size, collate_fn=collate)
+        before = evaluate_rewards(model, loader, rt.device)
+        tqdm.write(f"held-out preference accuracy before: {before.accuracy:.1%}")
+        set_epochs(cfg.train, cfg.epochs, len(train_ds))
+        optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
+                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
+                                    rt.device.type)
+        fit(model, RewardLoss(model), optimizer, train_ds, held_out, cfg.train, rt, out,
+            to_dict(cfg), collate_fn=collate)
+        after = evaluate_rewards(model, loader, rt.device)
+        tqdm.write(f"held-out preference accuracy after: {after.accuracy:.1%} (margin "
+                   f"{after.margin:.2f}, loss {after.loss:.3f})")
+        result = {"style": style, "trainable": trainable, "before": asdict(before),
+                  "after": asdict(after)}
+        (out / "rewards.json").write_text(json.dumps(result, indent=2))
+        final = out / "final"
+        if cfg.lora.rank > 0:
+            merge_lora(model)
+        save_pretrained(model, final)
+        save_tokenizer(tok, final)
+        (final / "reward.json").write_text(json.dumps({"style": style}, indent=2))
+        return result
+    finally:
+        teardown_runtime(rt)
