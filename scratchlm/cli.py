@@ -133,6 +133,14 @@ def _finetune_reward(args) -> int:
     return 0
 
 
+def _finetune_tokens(args) -> int:
+    from scratchlm.config import build
+    from scratchlm.recipes.finetune_tokens import TaggingConfig, main
+
+    main(build(TaggingConfig, args, args.config))
+    return 0
+
+
 def _evaluate_judge(args) -> int:
     from scratchlm.recipes.judge import JudgeConfig, main
 
@@ -210,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
     add_arguments(d, RewardConfig)
     d.set_defaults(func=_finetune_reward)
+
+    from scratchlm.recipes.finetune_tokens import TaggingConfig
+
+    d = ft.add_parser("tokens", help="a token tagger (named entities) from CoNLL data",
+                      description="Flags mirror TaggingConfig; nested ones as --lora.rank.")
+    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
+    add_arguments(d, TaggingConfig)
+    d.set_defaults(func=_finetune_tokens)
 
     from scratchlm.recipes.distill import DistillConfig
 

@@ -1,0 +1,119 @@
+"""``scratchlm finetune tokens``: a token tagger (named entities, ...) from a pretrained model,
+full finetuning or LoRA (see ``finetune/token_classification.py``).
+
+    scratchlm finetune tokens --model smollm2-135m --data train.conll [--val dev.conll --test test.conll] [--lora.rank 16]
+
+Data: CoNLL-style files (``token<TAB>tag``, IOB2 tags, blank line between sentences). Without
+``--val``/``--test`` the training file is split 80/10/10 (seeded). Outputs in ``--out``:
+metrics.csv, loss.png, report.json (entity precision/recall/F1 per type, seqeval-style, on the
+test split before and after), final/ (the tagger, LoRA merged, with its tokenizer and
+tagger.json listing the tags).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from scratchlm.config import to_dict
+from scratchlm.data.conll import TaggingCollate, TokenTaggingDataset, read_conll, tag_vocabulary
+from scratchlm.evaluate.entities import entity_scores
+from scratchlm.finetune.classification import add_classifier_head, freeze_for_classification
+from scratchlm.finetune.lora import LoraConfig, merge_lora
+from scratchlm.finetune.token_classification import TaggingLoss, predict_tags
+from scratchlm.models.accounting import count_parameters
+from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
+from scratchlm.recipes.finetune_instruct import apply_lora_config, set_epochs
+from scratchlm.tokenizers import save_tokenizer
+from scratchlm.training.loop import TrainConfig, fit
+from scratchlm.training.optim import build_optimizer
+from scratchlm.training.runtime import setup_runtime, teardown_runtime
+
+
+@dataclass
+class TaggingConfig:
+    model: str = "smollm2-135m"
+    data: str = ""  # a CoNLL file (training split, or all of it without val/test)
+    val: str = ""
+    test: str = ""
+    out: str = "runs/tokens"
+    epochs: int = 3
+    max_length: int = 256  # sub-word tokens per sentence
+    trainable: str = "all"  # head | last_block | all (without LoRA)
+    last_k: int = 1
+    seed: int = 123
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        batch_size=16, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.0,
+        log_every=10, save_every=10**9, eval_batches=5))
+
+
+def load_splits(cfg: TaggingConfig):
+    if not cfg.data:
+        raise ValueError("--data: a CoNLL file (token<TAB>tag lines) is required")
+    train = read_conll(cfg.data)
+    if cfg.val and cfg.test:
+        return train, read_conll(cfg.val), read_conll(cfg.test)
+    if cfg.val or cfg.test:
+        raise ValueError("give both --val and --test, or neither (then --data is split 80/10/10)")
+    train = list(train)
+    random.Random(cfg.seed).shuffle(train)
+    n_val = n_test = max(1, len(train) // 10)
+    if len(train) < 3 * n_val:
+        raise ValueError(f"{cfg.data}: {len(train)} sentences are too few to split")
+    return train[n_val + n_test:], train[:n_val], train[n_val:n_val + n_test]
+
+
+def main(cfg: TaggingConfig) -> dict:
+    if cfg.lora.quantize_base is not None:
+        raise ValueError("a tagger is saved merged: use --lora.rank without --lora.quantize_base")
+    rt = setup_runtime(cfg.train.precision, cfg.train.device, cfg.train.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
+        train_s, val_s, test_s = load_splits(cfg)
+        tags = tag_vocabulary(train_s)
+        length = min(cfg.max_length, model.cfg.context_length)
+        train_ds, val_ds, test_ds = (TokenTaggingDataset(s, tok, tags, length)
+                                     for s in (train_s, val_s, test_s))
+        pad = tok.eos_id if tok.eos_id is not None else 0
+        collate = TaggingCollate(pad)
+        add_classifier_head(model, len(tags))
+        if cfg.lora.rank > 0:
+            apply_lora_config(model, cfg.lora)
+            model.out_head.requires_grad_(True)
+        else:
+            freeze_for_classification(model, cfg.trainable, cfg.last_k)
+        trainable = count_parameters(model, trainable_only=True)
+        tqdm.write(f"{len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test sentences, "
+                   f"{len(tags)} tags; {trainable:,} trainable parameters of "
+                   f"{count_parameters(model):,}")
+        test_loader = DataLoader(test_ds, batch_size=cfg.train.batch_size, collate_fn=collate)
+        before = entity_scores(*predict_tags(model, test_loader, tags, rt.device))
+        set_epochs(cfg.train, cfg.epochs, len(train_ds))
+        optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
+                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
+                                    rt.device.type)
+        fit(model, TaggingLoss(model), optimizer, train_ds, val_ds, cfg.train, rt, out,
+            to_dict(cfg), collate_fn=collate)
+        after = entity_scores(*predict_tags(model, test_loader, tags, rt.device))
+        for kind, row in after.items():
+            tqdm.write(f"{kind:>10}: precision {row['precision']:.3f} recall {row['recall']:.3f} "
+                       f"f1 {row['f1']:.3f} ({row['support']} entities)")
+        result = {"tags": tags, "trainable": trainable, "before": before, "after": after}
+        (out / "report.json").write_text(json.dumps(result, indent=2))
+        final = out / "final"
+        if cfg.lora.rank > 0:
+            merge_lora(model)
+        save_pretrained(model, final)
+        save_tokenizer(tok, final)
+        (final / "tagger.json").write_text(json.dumps({"tags": tags}, indent=2))
+        return result
+    finally:
+        teardown_runtime(rt)
