@@ -141,6 +141,17 @@ def _finetune_tokens(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from scratchlm.recipes.plan import main
+
+    main(args.model, args.json, method=args.method, batch=args.batch, context=args.context,
+         dtype=args.dtype, optimizer=args.optimizer, lora_rank=args.lora_rank,
+         lora_targets=tuple(args.lora_targets), tokens=int(args.tokens),
+         peak_tflops=args.peak_tflops, mfu=args.mfu, gpu_memory_gib=args.gpu_memory,
+         grad_checkpointing=args.grad_checkpointing)
+    return 0
+
+
 def _evaluate_judge(args) -> int:
     from scratchlm.recipes.judge import JudgeConfig, main
 
@@ -287,6 +298,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-batch", type=int, default=16, help="requests decoded together")
     d.add_argument("--quantize", choices=["int8"], default=None, help="int8 weights")
     d.set_defaults(func=_serve)
+
+    d = sub.add_parser("plan", help="memory, FLOPs, time and Chinchilla tokens of a run")
+    d.add_argument("--model", default="gpt2-124m", help="a GPT/Llama preset or a config file")
+    d.add_argument("--method", choices=["full", "lora", "qlora", "qlora-dq"], default="full")
+    d.add_argument("--batch", type=int, default=8)
+    d.add_argument("--context", type=int, default=None, help="default: the model's")
+    d.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    d.add_argument("--optimizer", choices=["adamw", "adamw8bit", "sgd"], default="adamw")
+    d.add_argument("--lora-rank", type=int, default=16)
+    d.add_argument("--lora-targets", nargs="+", default=["all"])
+    d.add_argument("--tokens", type=float, default=0, help="training tokens planned")
+    d.add_argument("--peak-tflops", type=float, default=None, help="e.g. 989 for an H100 (bf16)")
+    d.add_argument("--mfu", type=float, default=0.4)
+    d.add_argument("--gpu-memory", type=float, default=None, help="GiB available")
+    d.add_argument("--grad-checkpointing", action="store_true")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=_plan)
 
     d = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer from scratch")
     d.add_argument("--data", nargs="+", required=True)

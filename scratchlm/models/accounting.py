@@ -69,31 +69,3 @@ def flops_per_token(cfg, seq_len: int | None = None) -> tuple[float, float]:
     n_matmul = layers * per_layer + cfg.vocab_size * c
     forward = 2 * n_matmul + 4 * layers * t * c
     return float(forward), float(3 * forward)
-
-
-def training_memory_bytes(cfg, n_params: int, batch_size: int, seq_len: int,
-                          bytes_per_value: int = 4, optimizer_states: int = 2,
-                          fused_loss: bool = True, grad_checkpointing: bool = False) -> dict:
-    """Rough training memory by part, in bytes.
-
-    weights, gradients: one value per parameter each; AdamW keeps two more (optimizer_states).
-    Activations per block follow Korthikanti et al. (2022), ``B*T*C*(34 + 5*H*T/C)`` bytes in
-    16-bit, scaled here to ``bytes_per_value``; with checkpointing only each block's input
-    (``B*T*C`` values) is kept, plus one block recomputed. The logits and their gradient add
-    ``2*B*T*V`` values unless the head is fused with the loss.
-    """
-    b, t, c, h = batch_size, seq_len, cfg.n_embd, cfg.n_head
-    per_block = b * t * c * (34 + 5 * h * t / c) * bytes_per_value / 2
-    if grad_checkpointing:
-        activations = cfg.n_layer * b * t * c * bytes_per_value + per_block
-    else:
-        activations = cfg.n_layer * per_block
-    logits = 0 if fused_loss else 2 * b * t * cfg.vocab_size * bytes_per_value
-    parts = {
-        "weights": n_params * bytes_per_value,
-        "gradients": n_params * bytes_per_value,
-        "optimizer": optimizer_states * n_params * 4,
-        "activations": activations + logits,
-    }
-    parts["total"] = sum(parts.values())
-    return parts

@@ -25,7 +25,7 @@ from scratchlm.config import load_file, to_dict
 from scratchlm.data.pretrain import GPTDataset, ShardDataset
 from scratchlm.data.sources import SOURCES, fetch
 from scratchlm.generation.sampling import generate, text_to_token_ids, token_ids_to_text
-from scratchlm.models.accounting import count_parameters, flops_per_token, training_memory_bytes
+from scratchlm.models.accounting import count_parameters, flops_per_token
 from scratchlm.models.gpt import GPT, GPTConfig
 from scratchlm.models.loading import save_pretrained
 from scratchlm.tokenizers import get_tokenizer
@@ -33,6 +33,7 @@ from scratchlm.training.distributed import parallelize
 from scratchlm.training.loop import FitResult, TrainConfig, fit
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
+from scratchlm.training.planner import plan
 from scratchlm.training.runtime import setup_runtime, teardown_runtime
 
 
@@ -108,9 +109,10 @@ def report_plan(model_cfg: GPTConfig, n_params: int, train_tokens: int, cfg: Pre
     optimal = 20 * n_params
     tokens_planned = (cfg.train.max_steps * cfg.train.batch_size * cfg.train.grad_accum_steps
                       * model_cfg.context_length)
-    mem = training_memory_bytes(model_cfg, n_params, cfg.train.batch_size,
-                                model_cfg.context_length, fused_loss=cfg.train.fused_loss,
-                                grad_checkpointing=cfg.train.grad_checkpointing)
+    p = plan(model_cfg, "full", batch=cfg.train.batch_size, context=model_cfg.context_length,
+             grad_checkpointing=cfg.train.grad_checkpointing)
+    mem = {"weights": p.weights, "gradients": p.gradients, "optimizer": p.optimizer,
+           "activations": p.activations + p.loss, "peak": p.peak}
     gib = 2**30
     lines = [
         f"model: {n_params:,} parameters ({model_cfg.n_layer} layers, {model_cfg.n_embd} wide, "
@@ -121,7 +123,7 @@ def report_plan(model_cfg: GPTConfig, n_params: int, train_tokens: int, cfg: Pre
         "memory estimate: " + ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in mem.items())
         + f" (device has {memory_available / gib:.1f} GiB)",
     ]
-    if mem["total"] > memory_available:
+    if mem["peak"] > memory_available:
         lines.append("WARNING: the estimate exceeds the device memory; lower train.batch_size, "
                      "set train.grad_checkpointing true, or use a smaller model")
     return "\n".join(lines)
