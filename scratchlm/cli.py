@@ -152,6 +152,14 @@ def _plan(args) -> int:
     return 0
 
 
+def _finetune_prompt(args) -> int:
+    from scratchlm.config import build
+    from scratchlm.recipes.finetune_prompt import PromptConfig, main
+
+    main(build(PromptConfig, args, args.config))
+    return 0
+
+
 def _evaluate_judge(args) -> int:
     from scratchlm.recipes.judge import JudgeConfig, main
 
@@ -237,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
     add_arguments(d, TaggingConfig)
     d.set_defaults(func=_finetune_tokens)
+
+    from scratchlm.recipes.finetune_prompt import PromptConfig
+
+    d = ft.add_parser("prompt", help="prompt tuning: a trained soft prompt, model frozen",
+                      description="Flags mirror PromptConfig; nested ones as --train.lr.")
+    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
+    add_arguments(d, PromptConfig)
+    d.set_defaults(func=_finetune_prompt)
 
     from scratchlm.recipes.distill import DistillConfig
 

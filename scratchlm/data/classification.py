@@ -133,3 +133,27 @@ class ClassificationDataset(Dataset):
 
     def __getitem__(self, i: int):
         return (self.ids[i], self.lengths[i]), self.labels[i]
+
+
+# ---------------------------------------------------------------- classification by generation
+LABEL_CUE = "\nLabel:"
+
+
+def label_prompt(text: str, tokenizer, max_length: int) -> list[int]:
+    """``text`` (its first ``max_length`` tokens) followed by the cue ``"\\nLabel:"``: the
+    model answers with a label word."""
+    return tokenizer.encode(text)[:max_length] + tokenizer.encode(LABEL_CUE)
+
+
+def label_word_items(rows: list[tuple[str, str]], tokenizer, label_words: dict[str, str],
+                     max_length: int) -> list[tuple[list[int], list[int]]]:
+    """``(ids, loss_mask)`` items (as ``data/instruction.render`` makes them) where only the
+    label word after the cue is learned, e.g. ``"Win cash now!\\nLabel: spam"``."""
+    items = []
+    for label, text in rows:
+        if label not in label_words:
+            raise ClassificationDataError(f"label {label!r} has no label word in {label_words}")
+        prompt = label_prompt(text, tokenizer, max_length)
+        answer = tokenizer.encode(" " + label_words[label])
+        items.append((prompt + answer, [0] * len(prompt) + [1] * len(answer)))
+    return items

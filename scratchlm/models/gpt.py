@@ -133,10 +133,15 @@ class GPT(nn.Module):
             logits = logits[..., : self.cfg.vocab_size]  # drop the padding columns
         return logits
 
-    def hidden_states(self, in_idx: torch.Tensor, cache=None) -> torch.Tensor:
+    def hidden_states(self, in_idx: torch.Tensor, cache=None,
+                      prefix: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, C) final-normed states, the input of ``out_head``
-        (a loss can fuse the head with cross-entropy; see ``nn/loss.py``)."""
+        (a loss can fuse the head with cross-entropy; see ``nn/loss.py``). ``prefix`` (P, C):
+        embeddings placed before the tokens (soft prompts, ``finetune/prompt_tuning.py``);
+        their own states are left out of the output."""
         b, seq_len = in_idx.shape
+        n_prefix = check_prefix(prefix, cache)
+        seq_len += n_prefix
         total = seq_len + (cache.length if cache is not None else 0)
         if total > self.cfg.context_length:
             raise ValueError(f"sequence of {total} tokens exceeds context_length "
@@ -152,6 +157,8 @@ class GPT(nn.Module):
         sparse = (self.training and getattr(self.out_head, "weight", None) is self.tok_emb.weight
                   and not torch.compiler.is_compiling())
         tok = F.embedding(in_idx, self.tok_emb.weight, sparse=sparse)
+        if n_prefix:
+            tok = torch.cat([prefix.to(tok.dtype).expand(b, -1, -1), tok], dim=1)  # (B, P+T, C)
         x = self.drop_emb(tok + self.pos_emb(pos))  # (B, T, C)
         for i, block in enumerate(self.trf_blocks):
             if self.cfg.grad_checkpointing and self.training:
@@ -160,7 +167,18 @@ class GPT(nn.Module):
                 x = block(x, cache, i)
         if cache is not None:
             cache.advance(seq_len)
-        return self.final_norm(x)
+        return self.final_norm(x[:, n_prefix:])
+
+
+def check_prefix(prefix: torch.Tensor | None, cache) -> int:
+    """Length of a soft-prompt prefix (0 without one); it is not combined with a KV cache."""
+    if prefix is None:
+        return 0
+    if cache is not None:
+        raise ValueError("a soft-prompt prefix is not supported with a KV cache")
+    if prefix.dim() != 2:
+        raise ValueError(f"prefix must be (P, C), got shape {tuple(prefix.shape)}")
+    return prefix.shape[0]
 
 
 def _init_weights(module: nn.Module) -> None:

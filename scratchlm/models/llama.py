@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from scratchlm.models.gpt import check_prefix
 from scratchlm.nn.attention import GroupedQueryAttention
 from scratchlm.nn.feedforward import SwiGLU
 from scratchlm.nn.moe import check_moe_config, expert_ffn
@@ -141,9 +142,12 @@ class Llama(nn.Module):
         the cached sequence."""
         return self.out_head(self.hidden_states(in_idx, cache))
 
-    def hidden_states(self, in_idx: torch.Tensor, cache=None) -> torch.Tensor:
-        """(B, T) -> (B, T, C) final-normed states (the input of ``out_head``)."""
-        seq_len = in_idx.shape[1]
+    def hidden_states(self, in_idx: torch.Tensor, cache=None,
+                      prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) -> (B, T, C) final-normed states (the input of ``out_head``); ``prefix``
+        (P, C) as in ``GPT.hidden_states``."""
+        n_prefix = check_prefix(prefix, cache)
+        seq_len = in_idx.shape[1] + n_prefix
         total = seq_len + (cache.length if cache is not None else 0)
         if total > self.cfg.context_length:
             raise ValueError(f"sequence of {total} tokens exceeds context_length "
@@ -155,6 +159,8 @@ class Llama(nn.Module):
             pos = cache.positions(seq_len)  # (B, T)
             cos, sin = cos[pos][:, None], sin[pos][:, None]  # (B, 1, T, D)
         x = self.tok_emb(in_idx)  # (B, T, C)
+        if n_prefix:
+            x = torch.cat([prefix.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
         for i, block in enumerate(self.trf_blocks):
             if self.cfg.grad_checkpointing and self.training:
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
@@ -162,4 +168,4 @@ class Llama(nn.Module):
                 x = block(x, cos, sin, cache, i)
         if cache is not None:
             cache.advance(seq_len)
-        return self.final_norm(x)
+        return self.final_norm(x[:, n_prefix:])

@@ -1,0 +1,135 @@
+"""``scratchlm finetune prompt``: prompt tuning, a trained soft prompt in front of a frozen
+model (see ``finetune/prompt_tuning.py``).
+
+    scratchlm finetune prompt --model smollm2-135m --data sms-spam --num_virtual_tokens 20 \\
+        --init_text "Classify if the text message is spam or not:"
+    scratchlm finetune prompt --model smollm2-135m-instruct --data instruction-data
+
+Two kinds of data:
+- classification by generation (``sms-spam`` or a CSV/JSONL of text and label, split like
+  ``finetune classify``): the model reads ``text + "\\nLabel:"`` and learns to answer with a
+  label word (the label names, or ``--label_words``); accuracy compares the label words' next-
+  token probabilities;
+- instruction data (``instruction-data`` or an Alpaca/chat JSON file): SFT with the prompt
+  style of ``finetune instruct``; test loss before and after.
+Outputs in ``--out``: metrics.csv, loss.png, result.json, final/prompt/ (the soft prompt alone,
+PEFT's prompt-tuning layout).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from scratchlm.config import to_dict
+from scratchlm.data.classification import label_prompt, label_word_items
+from scratchlm.data.instruction import InstructionCollate, InstructionDataset
+from scratchlm.finetune.prompt_tuning import PromptTuned, classify_by_label_words, save_prompt
+from scratchlm.models.accounting import count_parameters
+from scratchlm.models.loading import load_model_and_tokenizer
+from scratchlm.recipes.finetune_classifier import ClassifyConfig, prepare_rows
+from scratchlm.recipes.finetune_instruct import load_for_finetuning, set_epochs, split_loss
+from scratchlm.training.evaluation import evaluate_loss
+from scratchlm.training.loop import TrainConfig, fit
+from scratchlm.training.losses import CausalLMLoss
+from scratchlm.training.optim import build_optimizer
+from scratchlm.training.runtime import setup_runtime, teardown_runtime
+
+
+@dataclass
+class PromptConfig:
+    model: str = "smollm2-135m"
+    data: str = "sms-spam"
+    task: str = "auto"  # auto | classify | instruct (auto: instruct for JSON, else classify)
+    out: str = "runs/prompt"
+    num_virtual_tokens: int = 20
+    init_text: str = ""  # "" = random initialisation
+    label_words: list[str] = field(default_factory=list)  # default: the label names
+    text_col: str = "text"
+    label_col: str = "label"
+    max_length: int = 128  # text tokens per example (classification)
+    epochs: int = 3
+    limit: int | None = None
+    seed: int = 123
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        batch_size=8, lr=3e-2, schedule="constant", warmup_steps=0, weight_decay=0.0,
+        log_every=10, save_every=10**9, eval_batches=5))
+
+
+def resolve_task(cfg: PromptConfig) -> str:
+    if cfg.task != "auto":
+        if cfg.task not in ("classify", "instruct"):
+            raise ValueError(f"task must be auto, classify or instruct, got {cfg.task!r}")
+        return cfg.task
+    json_like = cfg.data.endswith((".json", ".jsonl")) or cfg.data.startswith("instruction-data")
+    return "instruct" if json_like else "classify"
+
+
+def main(cfg: PromptConfig) -> dict:
+    rt = setup_runtime(cfg.train.precision, cfg.train.device, cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    task = resolve_task(cfg)
+    try:
+        if task == "classify":
+            model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
+        else:
+            model, tok, style, (train_ex, val_ex, test_ex), _ = load_for_finetuning(
+                cfg.model, cfg.data, "auto", cfg.limit, None, rt.device)
+        tuned = PromptTuned(model, cfg.num_virtual_tokens, cfg.init_text or None, tok, cfg.seed)
+        trainable = count_parameters(tuned, trainable_only=True)
+        pad = tok.eos_id if tok.eos_id is not None else 0
+        collate = InstructionCollate(pad, tuned.cfg.context_length)
+        loss_module = CausalLMLoss(tuned)
+        result: dict = {"task": task, "trainable": trainable,
+                        "base_parameters": count_parameters(model)}
+        if task == "classify":
+            ccfg = ClassifyConfig(data=cfg.data, text_col=cfg.text_col, label_col=cfg.label_col,
+                                  seed=cfg.seed, limit=cfg.limit)
+            train_rows, val_rows, test_rows, labels = prepare_rows(ccfg, out)
+            names = sorted(labels, key=labels.get)
+            words = cfg.label_words or names
+            if len(words) != len(names):
+                raise ValueError(f"{len(words)} label words for {len(names)} labels {names}")
+            word_of = dict(zip(names, words))
+            train_ds = label_word_items(train_rows, tok, word_of, cfg.max_length)
+            val_ds = label_word_items(val_rows, tok, word_of, cfg.max_length)
+
+            def accuracy() -> float:
+                prompts = [label_prompt(t, tok, cfg.max_length) for _, t in test_rows]
+                pred = classify_by_label_words(tuned, tok, prompts, words)
+                return sum(p == labels[lab] for p, (lab, _) in zip(pred, test_rows)) / len(pred)
+
+            result["label_words"] = word_of
+            result["test_accuracy_before"] = accuracy()
+            tqdm.write(f"test accuracy before: {result['test_accuracy_before']:.2%}")
+        else:
+            make = lambda ex: InstructionDataset(ex, tok, style)  # noqa: E731
+            train_ds, val_ds, test_ds = make(train_ex), make(val_ex), make(test_ex)
+            result["test_loss_before"] = split_loss(loss_module, test_ds, collate, rt,
+                                                    cfg.train.batch_size)
+            tqdm.write(f"test loss before: {result['test_loss_before']:.3f}")
+        tqdm.write(f"{len(train_ds)} training examples; {trainable:,} trainable parameters "
+                   f"(the soft prompt) in front of {result['base_parameters']:,} frozen")
+        set_epochs(cfg.train, cfg.epochs, len(train_ds))
+        optimizer = build_optimizer(tuned, cfg.train.optimizer, cfg.train.lr,
+                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
+                                    rt.device.type)
+        fit(tuned, loss_module, optimizer, train_ds, val_ds if len(val_ds) else None, cfg.train,
+            rt, out, to_dict(cfg), collate_fn=collate)
+        if task == "classify":
+            result["test_accuracy"] = accuracy()
+            tqdm.write(f"test accuracy after: {result['test_accuracy']:.2%}")
+        else:
+            loader = DataLoader(test_ds, batch_size=cfg.train.batch_size, collate_fn=collate)
+            result["test_loss"] = evaluate_loss(loss_module, loader, rt)
+            tqdm.write(f"test loss after: {result['test_loss']:.3f}")
+        save_prompt(tuned, out / "final" / "prompt", cfg.model)
+        (out / "result.json").write_text(json.dumps(result, indent=2))
+        return result
+    finally:
+        teardown_runtime(rt)
