@@ -160,6 +160,19 @@ def _finetune_prompt(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    from scratchlm.recipes.tune import run_study
+
+    res = run_study(args.recipe, args.trials, args.space, args.out, args.config, args.set,
+                    args.seed, study_name=args.study_name)
+    if res["best"] is None:
+        print("no trial completed (all pruned or failed)")
+        return 1
+    print(f"best: trial {res['best']} val loss {res['value']:.4f} {res['params']} -> "
+          f"{args.out}/best-config.json")
+    return 0
+
+
 def _evaluate_judge(args) -> int:
     from scratchlm.recipes.judge import JudgeConfig, main
 
@@ -314,6 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-batch", type=int, default=16, help="requests decoded together")
     d.add_argument("--quantize", choices=["int8"], default=None, help="int8 weights")
     d.set_defaults(func=_serve)
+
+    d = sub.add_parser("tune", help="hyperparameter search over a recipe (Optuna, resumable)")
+    d.add_argument("--recipe", required=True, choices=["pretrain", "classify", "instruct",
+                                                       "distill"])
+    d.add_argument("--trials", type=int, default=20, help="total trials in the study")
+    d.add_argument("--space", required=True,
+                   help='e.g. "lr=1e-5:1e-3:log,batch_size=4:16:int,schedule=cosine|constant"')
+    d.add_argument("--config", default=None, help="the base config file of the recipe")
+    d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="base config values, e.g. train.max_steps=200")
+    d.add_argument("--out", default="runs/tune")
+    d.add_argument("--seed", type=int, default=123)
+    d.add_argument("--study-name", default=None)
+    d.set_defaults(func=_tune)
 
     d = sub.add_parser("plan", help="memory, FLOPs, time and Chinchilla tokens of a run")
     d.add_argument("--model", default="gpt2-124m", help="a GPT/Llama preset or a config file")

@@ -167,9 +167,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "",
         parser.add_argument(*flags, help=help_text, **kw)
 
 
-def build(cls, args: argparse.Namespace | dict, config_file: str | None = None):
-    """The config: class defaults, then the file, then the flags that were given."""
-    data: dict = load_file(config_file) if config_file else {}
+def build(cls, args: argparse.Namespace | dict, config_file: str | None = None,
+          base: dict | None = None):
+    """The config: class defaults, then the file (or ``base``, a nested dict), then the flags
+    that were given."""
+    data: dict = load_file(config_file) if config_file else json.loads(json.dumps(base or {}))
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     for key, value in given.items():
         if value is None or "." not in key and key not in {f.name for f in dataclasses.fields(cls)}:

@@ -13,9 +13,11 @@ distributed), the optimizer, and datasets of (inputs, targets) pairs.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +101,22 @@ class _StopFlag:
             raise KeyboardInterrupt
         self.stop = True
         tqdm.write("interrupted: saving a checkpoint after this step (Ctrl-C again to abort)")
+
+
+# A listener for every validation loss that ``fit`` computes, e.g. a hyperparameter search
+# that prunes poor trials (``recipes/tune.py``); it may raise to stop the run.
+_EVAL_LISTENER: contextvars.ContextVar[Callable[[int, float], None] | None] = \
+    contextvars.ContextVar("eval_listener", default=None)
+
+
+@contextlib.contextmanager
+def report_evals(listener: Callable[[int, float], None]) -> Iterator[None]:
+    """Within the block, ``listener(step, val_loss)`` is called after each evaluation."""
+    token = _EVAL_LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _EVAL_LISTENER.reset(token)
 
 
 def _expert_metrics(model: nn.Module) -> dict:
@@ -233,6 +251,9 @@ def fit(
                     plot_losses(metrics.read(), run_dir / "loss.png")
                 if on_eval is not None:
                     on_eval(step)
+                listener = _EVAL_LISTENER.get()
+                if listener is not None and val_loss is not None:
+                    listener(step, val_loss)
             if step % cfg.save_every == 0 or step == cfg.max_steps or stop.stop:
                 save()
             if stop.stop:
