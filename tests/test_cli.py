@@ -71,3 +71,19 @@ def test_chat_with_piped_input():
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout and "(conversation cleared)" in r.stdout
+
+
+def test_plan_and_bad_tagging_data(tmp_path):
+    r = run("plan", "--model", "gpt2-124m", "--tokens", "2.5e9", "--batch", "8",
+            "--context", "1024", "--peak-tflops", "989", "--gpu-memory", "80", "--json")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    plan = json.loads(r.stdout)
+    assert plan["params"] == 124_439_808 and plan["fits"] is True
+    assert plan["chinchilla_tokens"] == 20 * plan["params"]
+    bad = tmp_path / "bad.conll"
+    bad.write_text("John\tB-PER\nlives in\n")
+    r = run("finetune", "tokens", "--model", "gpt2-124m", "--data", str(bad),
+            "--out", str(tmp_path / "t"))
+    assert r.returncode == 2 and "bad.conll:2: expected 'token<TAB>tag'" in r.stderr

@@ -76,8 +76,8 @@ def main(cfg: TaggingConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
+        train_s, val_s, test_s = load_splits(cfg)  # bad data fails before any weights load
         model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
-        train_s, val_s, test_s = load_splits(cfg)
         tags = tag_vocabulary(train_s)
         length = min(cfg.max_length, model.cfg.context_length)
         train_ds, val_ds, test_ds = (TokenTaggingDataset(s, tok, tags, length)

@@ -206,3 +206,12 @@ def test_freeze_for_moe_finetuning_trains_router_and_chosen_experts():
         freeze_for_moe_finetuning(GPT(GPTConfig.from_name("gpt-tiny")))
     with pytest.raises(ValueError, match="moe_top_k"):
         GPTConfig(moe_num_experts=2, moe_top_k=3)
+
+
+def test_moe_train_flag_of_the_instruct_recipe():
+    from scratchlm.recipes.finetune_instruct import parse_moe_train
+
+    assert parse_moe_train("router") == [] and parse_moe_train("router, 0,3") == [0, 3]
+    for bad in ("experts", "router,x", "0,1"):
+        with pytest.raises(ValueError, match="moe_train"):
+            parse_moe_train(bad)
