@@ -86,4 +86,4 @@ def test_plan_and_bad_tagging_data(tmp_path):
     bad.write_text("John\tB-PER\nlives in\n")
     r = run("finetune", "tokens", "--model", "gpt2-124m", "--data", str(bad),
             "--out", str(tmp_path / "t"))
-    assert r.returncode == 2 and "bad.conll:2: expected 'token<TAB>tag'" in r.stderr
+    assert r.returncode == 2 and "bad.conll:2: tag 'in' is not IOB2" in r.stderr
