@@ -93,52 +93,8 @@ def _pretrain(args) -> int:
     return 130 if result.interrupted else 0
 
 
-def _finetune_classify(args) -> int:
-    from scratchlm.config import build
-    from scratchlm.recipes.finetune_classifier import ClassifyConfig, main
-
-    main(build(ClassifyConfig, args, args.config))
-    return 0
 
 
-def _finetune_instruct(args) -> int:
-    from scratchlm.config import build
-    from scratchlm.recipes.finetune_instruct import InstructConfig, main
-
-    main(build(InstructConfig, args, args.config))
-    return 0
-
-
-def _finetune_dpo(args) -> int:
-    from scratchlm.config import build
-    from scratchlm.recipes.finetune_dpo import DPOConfig, main
-
-    main(build(DPOConfig, args, args.config))
-    return 0
-
-
-def _distill(args) -> int:
-    from scratchlm.config import build
-    from scratchlm.recipes.distill import DistillConfig, main
-
-    main(build(DistillConfig, args, args.config))
-    return 0
-
-
-def _finetune_reward(args) -> int:
-    from scratchlm.config import build
-    from scratchlm.recipes.finetune_reward import RewardConfig, main
-
-    main(build(RewardConfig, args, args.config))
-    return 0
-
-
-def _finetune_tokens(args) -> int:
-    from scratchlm.config import build
-    from scratchlm.recipes.finetune_tokens import TaggingConfig, main
-
-    main(build(TaggingConfig, args, args.config))
-    return 0
 
 
 def _plan(args) -> int:
@@ -151,13 +107,6 @@ def _plan(args) -> int:
          grad_checkpointing=args.grad_checkpointing)
     return 0
 
-
-def _finetune_prompt(args) -> int:
-    from scratchlm.config import build
-    from scratchlm.recipes.finetune_prompt import PromptConfig, main
-
-    main(build(PromptConfig, args, args.config))
-    return 0
 
 
 def _tune(args) -> int:
@@ -189,6 +138,30 @@ def _serve(args) -> int:
     return 0
 
 
+def _run_recipe(main, config_cls, args) -> int:
+    from scratchlm.config import build
+
+    main(build(config_cls, args, args.config))
+    return 0
+
+
+def _add_recipe(sub, name: str, help_text: str, module: str, config_name: str) -> None:
+    """A subcommand whose flags mirror a recipe's config dataclass (nested ones as --train.lr)
+    and that runs ``module.main(config)``."""
+    import functools
+    import importlib
+
+    from scratchlm.config import add_arguments
+
+    mod = importlib.import_module(module)
+    config_cls = getattr(mod, config_name)
+    d = sub.add_parser(name, help=help_text, description=f"Flags mirror {config_name}; nested "
+                       "ones as --train.lr or --lora.rank.")
+    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
+    add_arguments(d, config_cls)
+    d.set_defaults(func=functools.partial(_run_recipe, mod.main, config_cls))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scratchlm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -218,62 +191,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(d, PretrainConfig, skip=frozenset({"resume"}))
     d.set_defaults(func=_pretrain)
 
-    from scratchlm.recipes.finetune_classifier import ClassifyConfig
-
     ft = sub.add_parser("finetune", help="finetune a pretrained model").add_subparsers(
         dest="method", required=True)
-    d = ft.add_parser("classify", help="a text classifier (last block(s) or LoRA)",
-                      description="Flags mirror ClassifyConfig; nested ones as --lora.rank.")
-    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
-    add_arguments(d, ClassifyConfig)
-    d.set_defaults(func=_finetune_classify)
-
-    from scratchlm.recipes.finetune_dpo import DPOConfig
-    from scratchlm.recipes.finetune_instruct import InstructConfig
-
-    d = ft.add_parser("instruct", help="instruction finetuning (full or LoRA)",
-                      description="Flags mirror InstructConfig; nested ones as --lora.rank.")
-    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
-    add_arguments(d, InstructConfig)
-    d.set_defaults(func=_finetune_instruct)
-
-    d = ft.add_parser("dpo", help="preference tuning with DPO (full or LoRA)",
-                      description="Flags mirror DPOConfig; nested ones as --dpo.beta.")
-    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
-    add_arguments(d, DPOConfig)
-    d.set_defaults(func=_finetune_dpo)
-
-    from scratchlm.recipes.finetune_reward import RewardConfig
-
-    d = ft.add_parser("reward", help="a reward model from preference pairs (Bradley-Terry)",
-                      description="Flags mirror RewardConfig; nested ones as --train.lr.")
-    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
-    add_arguments(d, RewardConfig)
-    d.set_defaults(func=_finetune_reward)
-
-    from scratchlm.recipes.finetune_tokens import TaggingConfig
-
-    d = ft.add_parser("tokens", help="a token tagger (named entities) from CoNLL data",
-                      description="Flags mirror TaggingConfig; nested ones as --lora.rank.")
-    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
-    add_arguments(d, TaggingConfig)
-    d.set_defaults(func=_finetune_tokens)
-
-    from scratchlm.recipes.finetune_prompt import PromptConfig
-
-    d = ft.add_parser("prompt", help="prompt tuning: a trained soft prompt, model frozen",
-                      description="Flags mirror PromptConfig; nested ones as --train.lr.")
-    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
-    add_arguments(d, PromptConfig)
-    d.set_defaults(func=_finetune_prompt)
-
-    from scratchlm.recipes.distill import DistillConfig
-
-    d = sub.add_parser("distill", help="train a smaller student from a teacher model",
-                       description="Flags mirror DistillConfig; nested ones as --train.lr.")
-    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
-    add_arguments(d, DistillConfig)
-    d.set_defaults(func=_distill)
+    for name, help_text, module, config in [
+        ("classify", "a text classifier (last block(s) or LoRA)", "finetune_classifier",
+         "ClassifyConfig"),
+        ("instruct", "instruction finetuning (full or LoRA)", "finetune_instruct",
+         "InstructConfig"),
+        ("dpo", "preference tuning with DPO (full or LoRA)", "finetune_dpo", "DPOConfig"),
+        ("reward", "a reward model from preference pairs (Bradley-Terry)", "finetune_reward",
+         "RewardConfig"),
+        ("tokens", "a token tagger (named entities) from CoNLL data", "finetune_tokens",
+         "TaggingConfig"),
+        ("prompt", "prompt tuning: a trained soft prompt, model frozen", "finetune_prompt",
+         "PromptConfig"),
+    ]:
+        _add_recipe(ft, name, help_text, f"scratchlm.recipes.{module}", config)
+    _add_recipe(sub, "distill", "train a smaller student from a teacher model",
+                "scratchlm.recipes.distill", "DistillConfig")
 
     ev = sub.add_parser("evaluate", help="evaluate model outputs").add_subparsers(
         dest="method", required=True)

@@ -135,11 +135,15 @@ def save_final(model, tokenizer, final: Path, lora: LoraConfig) -> None:
     tokenizer); a 4-bit (QLoRA) base keeps only the adapter."""
     if lora.rank > 0:
         save_adapter(model, final / "adapter", lora)
-        if lora.quantize_base is None:
-            merge_lora(model)
     if lora.rank == 0 or lora.quantize_base is None:
-        save_pretrained(model, final)
-        save_tokenizer(tokenizer, final)
+        save_merged(model, tokenizer, final)
+
+
+def save_merged(model, tokenizer, final: Path) -> None:
+    """``final/``: the model with any LoRA adapters merged, and its tokenizer."""
+    merge_lora(model)
+    save_pretrained(model, final)
+    save_tokenizer(tokenizer, final)
 
 
 def split_loss(loss_module, dataset, collate, rt, batch_size: int) -> float:

@@ -24,12 +24,11 @@ from tqdm.auto import tqdm
 from scratchlm.config import to_dict
 from scratchlm.data.instruction import PreferenceDataset, RewardCollate
 from scratchlm.finetune.classification import add_classifier_head, freeze_for_classification
-from scratchlm.finetune.lora import LoraConfig, merge_lora
+from scratchlm.finetune.lora import LoraConfig
 from scratchlm.finetune.reward import RewardLoss, evaluate_rewards
 from scratchlm.models.accounting import count_parameters
-from scratchlm.models.loading import save_pretrained
-from scratchlm.recipes.finetune_instruct import apply_lora_config, load_for_finetuning, set_epochs
-from scratchlm.tokenizers import save_tokenizer
+from scratchlm.recipes.finetune_instruct import (apply_lora_config, load_for_finetuning, save_merged,
+                                               set_epochs)
 from scratchlm.training.loop import TrainConfig, fit
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.runtime import setup_runtime, teardown_runtime
@@ -91,10 +90,7 @@ def main(cfg: RewardConfig) -> dict:
                   "after": asdict(after)}
         (out / "rewards.json").write_text(json.dumps(result, indent=2))
         final = out / "final"
-        if cfg.lora.rank > 0:
-            merge_lora(model)
-        save_pretrained(model, final)
-        save_tokenizer(tok, final)
+        save_merged(model, tok, final)
         (final / "reward.json").write_text(json.dumps({"style": style}, indent=2))
         return result
     finally:

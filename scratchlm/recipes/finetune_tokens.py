@@ -24,12 +24,11 @@ from scratchlm.config import to_dict
 from scratchlm.data.conll import TaggingCollate, TokenTaggingDataset, read_conll, tag_vocabulary
 from scratchlm.evaluate.entities import entity_scores
 from scratchlm.finetune.classification import add_classifier_head, freeze_for_classification
-from scratchlm.finetune.lora import LoraConfig, merge_lora
+from scratchlm.finetune.lora import LoraConfig
 from scratchlm.finetune.token_classification import TaggingLoss, predict_tags
 from scratchlm.models.accounting import count_parameters
-from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
-from scratchlm.recipes.finetune_instruct import apply_lora_config, set_epochs
-from scratchlm.tokenizers import save_tokenizer
+from scratchlm.models.loading import load_model_and_tokenizer
+from scratchlm.recipes.finetune_instruct import apply_lora_config, save_merged, set_epochs
 from scratchlm.training.loop import TrainConfig, fit
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.runtime import setup_runtime, teardown_runtime
@@ -109,10 +108,7 @@ def main(cfg: TaggingConfig) -> dict:
         result = {"tags": tags, "trainable": trainable, "before": before, "after": after}
         (out / "report.json").write_text(json.dumps(result, indent=2))
         final = out / "final"
-        if cfg.lora.rank > 0:
-            merge_lora(model)
-        save_pretrained(model, final)
-        save_tokenizer(tok, final)
+        save_merged(model, tok, final)
         (final / "tagger.json").write_text(json.dumps({"tags": tags}, indent=2))
         return result
     finally:
