@@ -102,6 +102,22 @@ class LoRALinear(nn.Module):
         """The part's weight update, scale * B @ A: (out_part, in)."""
         return self.scale * (self.lora_B[name].weight @ self.lora_A[name].weight)
 
+    def effective_weight(self) -> torch.Tensor | None:
+        """``W + scale * B @ A`` over all parts, differentiable in the adapters: what a fused
+        head+loss (``nn/loss.py``) multiplies by, instead of materialising the logits. None
+        when it would not equal ``forward`` (dropout, a 4-bit base) or there is a bias."""
+        if self.quantized is not None or self.dropout.p > 0 or self.bias is not None:
+            return None
+        if not self.enabled or self.merged:
+            return self.weight
+        deltas = [self.delta(n).to(self.weight.dtype) for n in self.parts]
+        if len(self.parts) == 1 and next(iter(self.parts.values())) == slice(0, self.out_features):
+            return self.weight + deltas[0]
+        full = torch.zeros_like(self.weight)
+        for (name, sl), d in zip(self.parts.items(), deltas):
+            full = full.index_add(0, torch.arange(sl.start, sl.stop, device=d.device), d)
+        return self.weight + full
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.quantized(x) if self.quantized is not None else F.linear(x, self.weight, self.bias)
         if not self.enabled or self.merged:

@@ -13,14 +13,24 @@ def causal_lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
                    fused: bool = True) -> torch.Tensor:
     """Mean next-token cross-entropy of ``model`` on (B, T) inputs/targets (-100 ignored).
 
-    With a plain ``nn.Linear`` head the head is fused with the loss (no (B*T, V) logits, see
-    ``nn/loss.py``); a wrapped head (LoRA, a classifier) takes the plain path.
+    With a bias-free linear head (plain or LoRA) the head is fused with the loss (no (B*T, V)
+    logits, see ``nn/loss.py``); other heads take the plain path.
     """
-    head = getattr(model, "out_head", None)
-    if fused and type(head) is nn.Linear and hasattr(model, "hidden_states"):
-        weight = head.weight[: model.cfg.vocab_size]  # drop vocabulary padding rows
+    weight = head_weight(getattr(model, "out_head", None)) if fused else None
+    if weight is not None and hasattr(model, "hidden_states"):
+        weight = weight[: model.cfg.vocab_size]  # drop vocabulary padding rows
         return linear_cross_entropy(model.hidden_states(inputs), weight, targets)
     return cross_entropy(model(inputs), targets)
+
+
+def head_weight(head: nn.Module | None) -> torch.Tensor | None:
+    """The (V, C) matrix a bias-free output head multiplies by: a plain Linear's weight, or a
+    LoRA head's ``W + scale * B @ A`` (built each step: V*C*r multiply-adds, far fewer than the
+    logits' B*T*V*C); None for heads the fused loss cannot stand in for."""
+    if type(head) is nn.Linear and head.bias is None:
+        return head.weight
+    effective = getattr(head, "effective_weight", None)
+    return effective() if effective is not None else None
 
 
 class CausalLMLoss(nn.Module):

@@ -11,9 +11,10 @@ implementation:
     optimizer   = trainable * states * bytes            (adamw: 2 states in the parameter dtype,
                                                          adamw8bit: 2 bytes, sgd: 1 momentum)
     activations = n_layer * B * T * per_token_layer * bytes(activation dtype)
-    loss        = the fused head+loss buffers: min(512, B*T) * V * 4 + B*T*C * bytes; with a
-                  LoRA-wrapped head the loss is not fused: 3 * B*T*V * 4 (the logits, the
-                  log-probabilities kept for backward, and their gradient)
+    loss        = the fused head+loss buffers: min(512, B*T) * V * 4 + B*T*C * bytes (a LoRA
+                  head adds W + s*B@A and its gradient, 2 * V*C * bytes); a head that cannot
+                  be fused (LoRA with dropout, a 4-bit base) costs 3 * B*T*V * 4: the logits,
+                  the log-probabilities kept for backward, and their gradient
 
     peak = weights + optimizer + max(activations + loss, gradients)
 
@@ -41,6 +42,7 @@ from scratchlm.finetune.lora import LoRALinear, apply_lora
 from scratchlm.models.accounting import count_parameters, flops_per_token
 from scratchlm.models.gpt import GPT, GPTConfig
 from scratchlm.models.llama import Llama, LlamaConfig
+from scratchlm.training.losses import head_weight
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 NF4_BITS = {"nf4": 4.5, "nf4-dq": 4.127}
@@ -121,10 +123,14 @@ def plan(model_cfg: GPTConfig | LlamaConfig, method: str = "full", batch: int = 
     act_b = 4 if dtype == "fp32" else 2
     activations = activation_values(model_cfg, batch, context, grad_checkpointing) * act_b
     rows = batch * context
-    fused = type(model.out_head) is torch.nn.Linear  # see training/losses.causal_lm_loss
+    lora_head = type(model.out_head) is not torch.nn.Linear
+    # see training/losses.causal_lm_loss; a 4-bit base head cannot be fused
+    fused = head_weight(model.out_head) is not None and not (lora_head and method != "lora")
     if fused:
         loss = float(min(LOSS_BLOCK, rows) * model_cfg.vocab_size * 4
                      + rows * model_cfg.n_embd * act_b)
+        if lora_head:  # W + s*B@A and its gradient
+            loss += 2.0 * model_cfg.vocab_size * model_cfg.n_embd * b
     else:
         loss = float(3 * rows * model_cfg.vocab_size * 4)
     peak = weights + opt + max(activations + loss, gradients)

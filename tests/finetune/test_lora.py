@@ -164,3 +164,42 @@ def test_named_adapters_switch(tmp_path):
     assert not torch.allclose(want["polite"], want["terse"])
     with pytest.raises(KeyError, match="loaded"):
         set_adapter(model, "nope")
+
+
+def test_lora_head_is_fused_with_the_loss_exactly():
+    """A LoRA-wrapped head goes through the fused head+loss with W + s*B@A: same loss and
+    adapter gradients as materialising the logits, and the effective weight of a multi-part
+    layer (GPT's qkv) reproduces its forward."""
+    from scratchlm.finetune.lora import apply_lora, lora_modules
+    from scratchlm.models.gpt import GPT, GPTConfig
+    from scratchlm.training.losses import causal_lm_loss, head_weight
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, context_length=32, n_embd=32, n_head=2, n_layer=2))
+    apply_lora(model, 4, 8.0, ("all",))
+    for m in lora_modules(model).values():
+        for b in m.lora_B.values():
+            torch.nn.init.normal_(b.weight, std=0.1)
+    x = torch.randint(0, 300, (3, 20))
+    y = torch.randint(0, 300, (3, 20))
+    y[0, :5] = -100
+    assert head_weight(model.out_head) is not None
+    grads = []
+    for fused in (True, False):
+        model.zero_grad()
+        loss = causal_lm_loss(model, x, y, fused=fused)
+        loss.backward()
+        grads.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                    if p.requires_grad}))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
+    for n, g in grads[0][1].items():
+        torch.testing.assert_close(g, grads[1][1][n], atol=1e-5, rtol=1e-4)
+    from scratchlm.finetune.lora import LoRALinear
+
+    parted = LoRALinear(nn.Linear(8, 12, bias=False), 2, 4.0, {"q": slice(0, 4), "v": slice(8, 12)})
+    for b in parted.lora_B.values():
+        torch.nn.init.normal_(b.weight)
+    h = torch.randn(2, 5, 8)
+    torch.testing.assert_close(torch.nn.functional.linear(h, parted.effective_weight()), parted(h))
+    model.out_head.dropout.p = 0.1  # dropout on the adapter input: no longer a weight
+    assert head_weight(model.out_head) is None
