@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchlm.nn.loss import head_weight, linear_distillation_loss
+
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                       labels: torch.Tensor, alpha: float = 0.5,
@@ -46,14 +48,17 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 class DistillationLoss(nn.Module):
     """``(inputs, targets) -> loss`` for the training loop: the student trains against the
-    frozen teacher's logits. In eval mode it is the student's plain cross-entropy, so the
-    logged validation loss/perplexity are the student's own."""
+    frozen teacher's logits. Language models with plain or LoRA heads take the fused path
+    (``nn/loss.linear_distillation_loss``, the same value without the logits). In eval mode it
+    is the student's plain cross-entropy, so the logged validation loss/perplexity are the
+    student's own."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, alpha: float = 0.5,
-                 temperature: float = 2.0):
+                 temperature: float = 2.0, fused: bool = True):
         super().__init__()
         check_same_vocabulary(student, teacher)
         self.student, self.alpha, self.temperature = student, alpha, temperature
+        self.fused = fused
         teacher.eval().requires_grad_(False)
         self._teacher = [teacher]  # a plain list: not a submodule, so never saved or optimised
 
@@ -62,13 +67,23 @@ class DistillationLoss(nn.Module):
         return self._teacher[0]
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self.student(inputs)
         if not self.student.training:
+            logits = self.student(inputs)
             return F.cross_entropy(logits.flatten(0, -2).float(), targets.reshape(-1),
                                    ignore_index=-100)
+        ws, wt = head_weight(self.student.out_head), head_weight(self.teacher.out_head)
+        if self.fused and ws is not None and wt is not None:
+            # neither model's (B*T, V) logits are ever materialised (nn/loss.py)
+            v = self.student.cfg.vocab_size
+            with torch.no_grad():
+                t_hidden = self.teacher.hidden_states(inputs)
+            return linear_distillation_loss(self.student.hidden_states(inputs), ws[:v],
+                                            t_hidden, wt[:v], targets, self.alpha,
+                                            self.temperature)
         with torch.no_grad():
             teacher_logits = self.teacher(inputs)
-        return distillation_loss(logits, teacher_logits, targets, self.alpha, self.temperature)
+        return distillation_loss(self.student(inputs), teacher_logits, targets, self.alpha,
+                                 self.temperature)
 
 
 def check_same_vocabulary(student: nn.Module, teacher: nn.Module) -> None:

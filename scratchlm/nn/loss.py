@@ -86,3 +86,82 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     all the logits at once. hidden (B, T, C) or (N, C); weight (V, C); targets (B, T) or (N,)."""
     return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight,
                                      targets.reshape(-1), block, inner, ignore_index)
+
+
+def head_weight(head) -> torch.Tensor | None:
+    """The (V, C) matrix a bias-free output head multiplies by: a plain Linear's weight, or a
+    LoRA head's ``W + scale * B @ A`` (built each step: V*C*r multiply-adds, far fewer than the
+    logits' B*T*V*C); None for heads a fused loss cannot stand in for."""
+    if type(head) is torch.nn.Linear and head.bias is None:
+        return head.weight
+    effective = getattr(head, "effective_weight", None)
+    return effective() if effective is not None else None
+
+
+class _LinearDistillation(torch.autograd.Function):
+    """The distillation loss of ``finetune/distill.py`` from hidden states, a chunk of rows at a
+    time: neither the student's nor the teacher's (N, V) logits exist whole. Per row,
+
+        dloss/dlogits = alpha * (softmax(s) - onehot(y)) + (1 - alpha) * T * (softmax(s/T) - softmax(t/T))
+
+    divided by the number of valid rows."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, t_hidden, t_weight, targets, alpha, temperature, chunk,
+                ignore_index):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        valid = targets != ignore_index
+        n_valid = valid.sum().clamp(min=1)
+        scale = (valid / n_valid).to(torch.float32)[:, None]
+        t_safe = targets.clamp(min=0)[:, None]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        w, tw = weight.to(hidden.dtype), t_weight.to(t_hidden.dtype)
+        ce = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        kl = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        T = temperature
+        for s in range(0, hidden.shape[0], chunk):
+            e = min(s + chunk, hidden.shape[0])
+            logits = (hidden[s:e] @ w.T).float()  # (c, V)
+            log_p = torch.log_softmax(logits, dim=-1)
+            ce -= (log_p.gather(1, t_safe[s:e]) * scale[s:e]).sum()
+            log_ps = torch.log_softmax(logits / T, dim=-1) if T != 1 else log_p
+            log_pt = torch.log_softmax((t_hidden[s:e] @ tw.T).float() / T, dim=-1)
+            p_t = log_pt.exp()
+            kl += ((p_t * (log_pt - log_ps)).sum(-1, keepdim=True) * scale[s:e]).sum()
+            # the gradient, built in place in the probability buffers
+            soft = log_ps.exp_() if T != 1 else None  # softmax(s / T)
+            g = log_p.exp_()  # softmax(s)
+            kd = (soft if soft is not None else g.clone()).sub_(p_t)
+            g.mul_(alpha).scatter_add_(1, t_safe[s:e], torch.full_like(scale[s:e], -alpha))
+            g.add_(kd, alpha=(1 - alpha) * T).mul_(scale[s:e])
+            g = g.to(hidden.dtype)
+            if need_h:
+                torch.mm(g, w, out=grad_h[s:e])
+            if need_w:
+                grad_w.addmm_(g.T, hidden[s:e])
+        ctx.save_for_backward(grad_h, grad_w)
+        return (alpha * ce + (1 - alpha) * T * T * kl).to(hidden.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        if bool(grad_out != 1):
+            grad_h = grad_h * grad_out if grad_h is not None else None
+            grad_w = grad_w * grad_out if grad_w is not None else None
+        return grad_h, grad_w, None, None, None, None, None, None, None
+
+
+def linear_distillation_loss(hidden: torch.Tensor, weight: torch.Tensor,
+                             t_hidden: torch.Tensor, t_weight: torch.Tensor,
+                             targets: torch.Tensor, alpha: float = 0.5,
+                             temperature: float = 2.0, chunk: int = 256,
+                             ignore_index: int = -100) -> torch.Tensor:
+    """``alpha * CE + (1 - alpha) * T^2 * KL(teacher || student)`` of the logits
+    ``hidden @ weight.T`` (student) and ``t_hidden @ t_weight.T`` (teacher, no gradient),
+    mean over the targets that are not ``ignore_index``, without materialising the logits."""
+    c = hidden.shape[-1]
+    return _LinearDistillation.apply(hidden.reshape(-1, c), weight,
+                                     t_hidden.reshape(-1, t_hidden.shape[-1]).detach(),
+                                     t_weight.detach(), targets.reshape(-1), alpha,
+                                     temperature, chunk, ignore_index)

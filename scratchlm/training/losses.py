@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scratchlm.nn.loss import cross_entropy, linear_cross_entropy
+from scratchlm.nn.loss import cross_entropy, head_weight, linear_cross_entropy
 from scratchlm.nn.moe import moe_aux_loss
 
 
@@ -21,16 +21,6 @@ def causal_lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
         weight = weight[: model.cfg.vocab_size]  # drop vocabulary padding rows
         return linear_cross_entropy(model.hidden_states(inputs), weight, targets)
     return cross_entropy(model(inputs), targets)
-
-
-def head_weight(head: nn.Module | None) -> torch.Tensor | None:
-    """The (V, C) matrix a bias-free output head multiplies by: a plain Linear's weight, or a
-    LoRA head's ``W + scale * B @ A`` (built each step: V*C*r multiply-adds, far fewer than the
-    logits' B*T*V*C); None for heads the fused loss cannot stand in for."""
-    if type(head) is nn.Linear and head.bias is None:
-        return head.weight
-    effective = getattr(head, "effective_weight", None)
-    return effective() if effective is not None else None
 
 
 class CausalLMLoss(nn.Module):

@@ -42,7 +42,7 @@ from scratchlm.finetune.lora import LoRALinear, apply_lora
 from scratchlm.models.accounting import count_parameters, flops_per_token
 from scratchlm.models.gpt import GPT, GPTConfig
 from scratchlm.models.llama import Llama, LlamaConfig
-from scratchlm.training.losses import head_weight
+from scratchlm.nn.loss import head_weight
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 NF4_BITS = {"nf4": 4.5, "nf4-dq": 4.127}

@@ -87,3 +87,23 @@ def test_distill_recipe_end_to_end(tmp_path):
     from scratchlm.models.loading import load_pretrained
 
     assert load_pretrained(str(tmp_path / "s" / "final")).cfg.n_layer == 2
+
+
+@pytest.mark.parametrize("temperature,alpha", [(2.0, 0.5), (1.0, 0.3), (4.0, 0.0)])
+def test_fused_distillation_equals_the_plain_loss(temperature, alpha):
+    """The chunked head+loss of nn/loss.py: same value and gradients as logits + loss."""
+    from scratchlm.nn.loss import linear_distillation_loss
+
+    torch.manual_seed(0)
+    h = torch.randn(70, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    th, tw = torch.randn(70, 12), torch.randn(50, 12)
+    y = torch.randint(0, 50, (70,))
+    y[:9] = -100
+    plain = distillation_loss(h @ w.T, th @ tw.T, y, alpha, temperature)
+    gh, gw = torch.autograd.grad(plain, (h, w))
+    fused = linear_distillation_loss(h, w, th, tw, y, alpha, temperature, chunk=32)
+    fh, fw = torch.autograd.grad(fused, (h, w))
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-5)
+    torch.testing.assert_close(fh, gh, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fw, gw, atol=1e-5, rtol=1e-4)

@@ -172,7 +172,8 @@ def test_lora_head_is_fused_with_the_loss_exactly():
     layer (GPT's qkv) reproduces its forward."""
     from scratchlm.finetune.lora import apply_lora, lora_modules
     from scratchlm.models.gpt import GPT, GPTConfig
-    from scratchlm.training.losses import causal_lm_loss, head_weight
+    from scratchlm.nn.loss import head_weight
+    from scratchlm.training.losses import causal_lm_loss
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=300, context_length=32, n_embd=32, n_head=2, n_layer=2))
