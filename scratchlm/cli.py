@@ -47,10 +47,18 @@ def _generate(args) -> int:
         tokenizer = get_tokenizer(args.tokenizer)
     params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                             tuple(i for i in (tokenizer.eos_id,) if i is not None), args.seed)
-    ids = tokenizer.encode(args.prompt, allowed_special="all")
+    if args.chat:  # the prompt as a user turn of the model's chat template
+        from scratchlm.tokenizers.chat import encode_chat
+
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("--chat needs a tokenizer with a chat template")
+        ids = encode_chat(tokenizer, [{"role": "user", "content": args.prompt}],
+                          add_generation_prompt=True)
+    else:
+        ids = tokenizer.encode(args.prompt, allowed_special="all")
     if args.best_of > 1 or args.reward_model:
         return _best_of(args, model, tokenizer, ids, params)
-    sys.stdout.write(args.prompt)
+    sys.stdout.write("" if args.chat else args.prompt)
     for piece in stream_text(Engine(model), tokenizer, ids, params):
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -70,7 +78,7 @@ def _best_of(args, model, tokenizer, ids, params) -> int:
                        lambda texts: scorer(args.prompt, texts))
     for i, c in enumerate(ranked):
         print(f"[{i + 1}/{len(ranked)}] reward {c.score:+.3f}: {c.text!r}", file=sys.stderr)
-    print(args.prompt + ranked[0].text)
+    print(ranked[0].text if args.chat else args.prompt + ranked[0].text)
     return 0
 
 
@@ -236,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=None)
     d.add_argument("--tokenizer", default=None, help="default: the model folder's, else gpt2")
     d.add_argument("--quantize", choices=["int8"], default=None, help="int8 weights")
+    d.add_argument("--chat", action="store_true",
+                   help="send the prompt as a user turn of the model's chat template")
     d.add_argument("--best-of", type=int, default=1,
                    help="sample N answers, print the one the reward model rates best")
     d.add_argument("--reward-model", default=None, help="a `finetune reward` final/ folder")

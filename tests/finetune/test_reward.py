@@ -67,7 +67,7 @@ def test_reward_recipe_learns_a_preference_and_ranks_best_of_n(tiny_chat_model, 
     cmd = [sys.executable, "-m", "scratchlm", "generate", "--model", str(tiny_chat_model()),
            "--prompt", "Is this fine?", "--best-of", "4", "--reward-model",
            str(tmp_path / "rm" / "final"), "--temperature", "1.0", "--seed", "3",
-           "--max-new-tokens", "6"]
+           "--max-new-tokens", "6", "--chat"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     ranked = [line for line in done.stderr.splitlines() if line.startswith("[")]
@@ -75,7 +75,7 @@ def test_reward_recipe_learns_a_preference_and_ranks_best_of_n(tiny_chat_model, 
     scores = [float(line.split("reward ")[1].split(":")[0]) for line in ranked]
     assert scores == sorted(scores, reverse=True)
     best = ranked[0].split(": ", 1)[1]
-    assert done.stdout.strip() == ("Is this fine?" + eval(best)).strip()
+    assert done.stdout.strip() == eval(best).strip()  # --chat: the answer alone
 
 
 def test_best_of_n_picks_the_highest_score_and_needs_sampling():
