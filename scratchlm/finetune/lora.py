@@ -123,7 +123,9 @@ class LoRALinear(nn.Module):
         if not self.enabled or self.merged:
             return y
         h = self.dropout(x)
-        updates = [self.lora_B[n](self.lora_A[n](h)) * self.scale for n in self.parts]
+        # the scale multiplies the rank-r intermediate, not the (N, out) update: one pass over
+        # a tensor out/r times smaller, forward and backward
+        updates = [self.lora_B[n](self.lora_A[n](h) * self.scale) for n in self.parts]
         if len(self.parts) == 1 and next(iter(self.parts.values())) == slice(0, self.out_features):
             return y + updates[0]
         # parts are contiguous and in order: add them as one tensor over the full output
