@@ -96,3 +96,20 @@ def classify_text(text: str, model: nn.Module, tokenizer, max_length: int | None
     x = torch.tensor([ids], device=device)
     pred = class_logits(model, x, torch.tensor([len(ids)], device=device)).argmax(-1).item()
     return label_names[pred] if label_names else pred
+
+
+def prepare_head_finetuning(model: nn.Module, num_outputs: int, trainable: str = "last_block",
+                            last_k: int = 1, lora=None) -> nn.Module:
+    """A new ``num_outputs`` head, then what trains: with a ``LoraConfig`` of rank > 0, LoRA
+    adapters plus the new head (which always trains); otherwise ``freeze_for_classification``.
+    The recipes for classifiers, reward models and taggers all start here."""
+    from scratchlm.finetune.lora import apply_lora
+
+    add_classifier_head(model, num_outputs)
+    if lora is not None and lora.rank > 0:
+        apply_lora(model, lora.rank, lora.alpha, tuple(lora.targets), lora.dropout, lora.scaling,
+                   quantize_base=lora.quantize_base)
+        model.out_head.requires_grad_(True)
+    else:
+        freeze_for_classification(model, trainable, last_k)
+    return model

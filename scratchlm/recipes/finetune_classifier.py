@@ -31,11 +31,10 @@ from scratchlm.data.classification import (
 from scratchlm.data.sources import fetch
 from scratchlm.finetune.classification import (
     ClassificationLoss,
-    add_classifier_head,
     calc_accuracy_loader,
-    freeze_for_classification,
+    prepare_head_finetuning,
 )
-from scratchlm.finetune.lora import LoraConfig, adapter_state_dict, apply_lora, merge_lora
+from scratchlm.finetune.lora import LoraConfig, adapter_state_dict, merge_lora
 from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
 from scratchlm.training.loop import TrainConfig, fit
@@ -113,15 +112,7 @@ def main(cfg: ClassifyConfig) -> dict:
         val_ds = ClassificationDataset(val_rows, tok, labels, train_ds.max_length, pad)
         test_ds = ClassificationDataset(test_rows, tok, labels, train_ds.max_length, pad)
         total_before = count_parameters(model)
-        add_classifier_head(model, len(labels))
-        if cfg.lora.rank > 0:
-            apply_lora(model, cfg.lora.rank, cfg.lora.alpha, tuple(cfg.lora.targets),
-                       cfg.lora.dropout, cfg.lora.scaling,
-                       quantize_base=cfg.lora.quantize_base)
-            for p in model.out_head.parameters():  # a new head always trains
-                p.requires_grad_(True)
-        else:
-            freeze_for_classification(model, cfg.trainable, cfg.last_k)
+        prepare_head_finetuning(model, len(labels), cfg.trainable, cfg.last_k, cfg.lora)
         trainable = count_parameters(model, trainable_only=True)
         tqdm.write(f"{len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test examples, "
                    f"max_length {train_ds.max_length}; {trainable:,} trainable parameters of "

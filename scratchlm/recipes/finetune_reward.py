@@ -23,12 +23,11 @@ from tqdm.auto import tqdm
 
 from scratchlm.config import to_dict
 from scratchlm.data.instruction import PreferenceDataset, RewardCollate
-from scratchlm.finetune.classification import add_classifier_head, freeze_for_classification
+from scratchlm.finetune.classification import prepare_head_finetuning
 from scratchlm.finetune.lora import LoraConfig
 from scratchlm.finetune.reward import RewardLoss, evaluate_rewards
 from scratchlm.models.accounting import count_parameters
-from scratchlm.recipes.finetune_instruct import (apply_lora_config, load_for_finetuning, save_merged,
-                                               set_epochs)
+from scratchlm.recipes.finetune_instruct import load_for_finetuning, save_merged, set_epochs
 from scratchlm.training.loop import TrainConfig, fit
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.runtime import setup_runtime, teardown_runtime
@@ -65,12 +64,7 @@ def main(cfg: RewardConfig) -> dict:
         train_ds = PreferenceDataset(train_ex, tok, style)
         held_out = PreferenceDataset(val_ex + test_ex, tok, style)
         collate = RewardCollate(pad, min(cfg.allowed_max_length, model.cfg.context_length))
-        add_classifier_head(model, 1)
-        if cfg.lora.rank > 0:
-            apply_lora_config(model, cfg.lora)
-            model.out_head.requires_grad_(True)
-        else:
-            freeze_for_classification(model, cfg.trainable, cfg.last_k)
+        prepare_head_finetuning(model, 1, cfg.trainable, cfg.last_k, cfg.lora)
         trainable = count_parameters(model, trainable_only=True)
         tqdm.write(f"{len(train_ds)} training pairs, {len(held_out)} held out, style {style}; "
                    f"{trainable:,} trainable parameters of {count_parameters(model):,}")

@@ -23,12 +23,12 @@ from tqdm.auto import tqdm
 from scratchlm.config import to_dict
 from scratchlm.data.conll import TaggingCollate, TokenTaggingDataset, read_conll, tag_vocabulary
 from scratchlm.evaluate.entities import entity_scores
-from scratchlm.finetune.classification import add_classifier_head, freeze_for_classification
+from scratchlm.finetune.classification import prepare_head_finetuning
 from scratchlm.finetune.lora import LoraConfig
 from scratchlm.finetune.token_classification import TaggingLoss, predict_tags
 from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer
-from scratchlm.recipes.finetune_instruct import apply_lora_config, save_merged, set_epochs
+from scratchlm.recipes.finetune_instruct import save_merged, set_epochs
 from scratchlm.training.loop import TrainConfig, fit
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.runtime import setup_runtime, teardown_runtime
@@ -83,12 +83,7 @@ def main(cfg: TaggingConfig) -> dict:
                                      for s in (train_s, val_s, test_s))
         pad = tok.eos_id if tok.eos_id is not None else 0
         collate = TaggingCollate(pad)
-        add_classifier_head(model, len(tags))
-        if cfg.lora.rank > 0:
-            apply_lora_config(model, cfg.lora)
-            model.out_head.requires_grad_(True)
-        else:
-            freeze_for_classification(model, cfg.trainable, cfg.last_k)
+        prepare_head_finetuning(model, len(tags), cfg.trainable, cfg.last_k, cfg.lora)
         trainable = count_parameters(model, trainable_only=True)
         tqdm.write(f"{len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test sentences, "
                    f"{len(tags)} tags; {trainable:,} trainable parameters of "
