@@ -27,8 +27,8 @@ from scratchlm.finetune.distill import (DistillationLoss, check_same_vocabulary,
                                         student_from_teacher)
 from scratchlm.models.accounting import count_parameters
 from scratchlm.models.gpt import GPT_PRESETS
-from scratchlm.models.llama import LLAMA_PRESETS
-from scratchlm.models.loading import FAMILIES, load_model_and_tokenizer, save_pretrained
+from scratchlm.models.llama import LLAMA_PRESETS, LlamaConfig
+from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
 from scratchlm.recipes.pretrain import build_datasets
 from scratchlm.tokenizers import save_tokenizer
 from scratchlm.training.evaluation import evaluate_loss, perplexity
@@ -58,14 +58,12 @@ class DistillConfig:
 def build_student(cfg: DistillConfig, teacher, device) -> torch.nn.Module:
     if not cfg.student:
         return student_from_teacher(teacher, cfg.student_layers)
-    family = "llama" if teacher.cfg.__class__.__name__ == "LlamaConfig" else "gpt"
-    presets = LLAMA_PRESETS if family == "llama" else GPT_PRESETS
+    presets = LLAMA_PRESETS if isinstance(teacher.cfg, LlamaConfig) else GPT_PRESETS
     if cfg.student in presets:
-        config_cls, model_cls = FAMILIES[family]
-        scfg = config_cls.from_name(cfg.student, vocab_size=teacher.cfg.vocab_size,
+        scfg = type(teacher.cfg).from_name(cfg.student, vocab_size=teacher.cfg.vocab_size,
                                     context_length=teacher.cfg.context_length)
         torch.manual_seed(cfg.train.seed)
-        student = model_cls(scfg).to(device)
+        student = type(teacher)(scfg).to(device)
     else:
         student, _ = load_model_and_tokenizer(cfg.student, device=device)
         student.train()

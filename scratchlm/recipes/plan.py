@@ -12,12 +12,13 @@ from pathlib import Path
 from scratchlm.config import load_file
 from scratchlm.models.gpt import GPT_PRESETS, GPTConfig
 from scratchlm.models.llama import LLAMA_PRESETS, LlamaConfig
+from scratchlm.models.loading import FAMILIES
 from scratchlm.training.planner import Plan, format_plan, plan
 
 
 def resolve_config(name: str):
-    """A GPT or Llama preset, or a JSON/YAML file of config fields (a run's config.json
-    ``model_config`` works too)."""
+    """A GPT or Llama preset, a model folder (``save_pretrained``'s config.json), a run's
+    config.json (its ``model_config``), or a JSON/YAML file of config fields."""
     if name in GPT_PRESETS:
         return GPTConfig.from_name(name)
     if name in LLAMA_PRESETS:
@@ -29,10 +30,11 @@ def resolve_config(name: str):
         raise ValueError(f"unknown model {name!r}: a preset ({', '.join([*GPT_PRESETS, *LLAMA_PRESETS])}) "
                          "or a config file")
     data = load_file(path)
+    if "scratchlm" in data:  # a model folder of ours
+        meta = data["scratchlm"]
+        return FAMILIES[meta["family"]][0](**meta["config"])
     data = data.get("model_config", data)
-    family = data.pop("family", None) or ("llama" if "intermediate_size" in data else "gpt")
-    data = {k: v for k, v in data.items() if k != "scratchlm"}
-    return LlamaConfig(**data) if family == "llama" else GPTConfig(**data)
+    return LlamaConfig(**data) if "intermediate_size" in data else GPTConfig(**data)
 
 
 def main(model: str, as_json: bool = False, **kwargs) -> Plan:

@@ -103,3 +103,12 @@ def test_memory_tracker_counts_storages_once_and_frees():
         c = torch.ones(250)
     assert mem.peak_bytes == 8000 and mem.current_bytes == 5000
     del v, c
+
+
+def test_plan_reads_a_saved_model_folder(tmp_path):
+    from scratchlm.models.loading import save_pretrained
+    from scratchlm.recipes.plan import resolve_config
+
+    cfg = LlamaConfig.from_name("llama-tiny")
+    save_pretrained(Llama(cfg), tmp_path)
+    assert resolve_config(str(tmp_path)) == cfg
