@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from scratchlm.generation.native_decode import NativeLlamaDecoder
 from scratchlm.generation.sampling import sample_next
 from scratchlm.nn.kv_cache import KVCache
 
@@ -45,6 +46,8 @@ class Engine:
         self.device, self.dtype = p.device, p.dtype
         if self.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             self.dtype = torch.float32  # quantized weights: activations stay float
+        # int8 Llama on CPU: one-token steps in native code (generation/native_decode.py)
+        self.native = NativeLlamaDecoder.create(model) if self.dtype == torch.float32 else None
 
     def new_cache(self, batch: int, length: int, pad: torch.Tensor | None = None) -> KVCache:
         n_layer, n_kv, head_dim = _kv_shape(self.model)
@@ -55,6 +58,11 @@ class Engine:
         (vocabulary-sized) output head, not 512."""
         h = self.model.hidden_states(idx, cache)[:, -1, :]  # (B, C)
         return self.model.out_head(h)[:, : self.model.cfg.vocab_size]
+
+    def _decode(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        if self.native is not None:
+            return self.native.logits(idx, cache)
+        return self._last_logits(idx, cache)
 
     @torch.inference_mode()
     def stream(self, prompts: Sequence[Sequence[int]],
@@ -88,7 +96,7 @@ class Engine:
             yield out
             if bool(done.all()) or cache.length >= cache.max_len:
                 return
-            logits = self._last_logits(nxt, cache)  # decode: (B, V)
+            logits = self._decode(nxt, cache)  # decode: (B, V)
 
     def generate(self, prompts: Sequence[Sequence[int]],
                  params: SamplingParams = SamplingParams()) -> list[list[int]]:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchlm.nn.fuse import concat_linears
 from scratchlm.nn.rope import apply_rope
 
 
@@ -266,14 +267,27 @@ class GroupedQueryAttention(nn.Module):
         self.k_proj = nn.Linear(d_in, n_kv_head * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(d_in, n_kv_head * self.head_dim, bias=qkv_bias)
         self.out_proj = nn.Linear(n_head * self.head_dim, d_in, bias=False)
+        self.qkv_proj = None  # set by fuse_projections (inference)
+
+    def fuse_projections(self) -> None:
+        """Inference: compute Q, K and V in one matmul (see nn/fuse.py)."""
+        if self.qkv_proj is None:
+            self.qkv_proj = concat_linears([self.q_proj, self.k_proj, self.v_proj])
+            del self.q_proj, self.k_proj, self.v_proj
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None,
                 layer: int = 0) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
-        v = self.v_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.qkv_proj is None:
+            q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+            k = self.k_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
+            v = self.v_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        else:  # fused: Q and K are neighbours in the output, so one RoPE call covers both
+            qkv = self.qkv_proj(x).view(b, t, self.n_head + 2 * self.n_kv_head, self.head_dim)
+            qk = apply_rope(qkv[:, :, : self.n_head + self.n_kv_head].transpose(1, 2), cos, sin)
+            q, k = qk.split([self.n_head, self.n_kv_head], dim=1)
+            v = qkv[:, :, self.n_head + self.n_kv_head:].transpose(1, 2)
         k, v, mask, causal = _with_cache(cache, layer, k, v, t)
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                                  enable_gqa=self.n_kv_head != self.n_head)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchlm.nn.fuse import concat_linears
+
 
 class GELU(nn.Module):
     """GELU with GPT-2's tanh approximation,
@@ -41,6 +43,16 @@ class SwiGLU(nn.Module):
         self.fc1 = nn.Linear(emb_dim, hidden_dim, bias=bias)
         self.fc2 = nn.Linear(emb_dim, hidden_dim, bias=bias)
         self.fc3 = nn.Linear(hidden_dim, emb_dim, bias=bias)
+        self.fc12 = None  # set by fuse_projections (inference)
+
+    def fuse_projections(self) -> None:
+        """Inference: compute the gate and up projections in one matmul (see nn/fuse.py)."""
+        if self.fc12 is None:
+            self.fc12 = concat_linears([self.fc1, self.fc2])
+            del self.fc1, self.fc2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc3(F.silu(self.fc1(x)) * self.fc2(x))
+        if self.fc12 is None:
+            return self.fc3(F.silu(self.fc1(x)) * self.fc2(x))
+        gate, up = self.fc12(x).chunk(2, dim=-1)
+        return self.fc3(F.silu(gate) * up)

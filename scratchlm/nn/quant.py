@@ -1,9 +1,14 @@
 """Weight-only int8 quantization for inference.
 
 Each output row of a Linear weight gets its own scale, ``s = max|w_row| / 127``, and the
-weight is stored as int8 ``round(w / s)``: a quarter of the fp32 bytes. The matmul dequantizes
-on the fly (``x @ (q * s).T``); activations stay in floating point. Error per weight is at most
-``s / 2``.
+weight is stored as int8 ``round(w / s)``: a quarter of the fp32 bytes. Activations stay in
+floating point. Error per weight is at most ``s / 2``.
+
+Two ways to multiply: a few rows of float32 input (a decode step) go to the native kernel
+(``csrc/int8_linear.c``), which reads the int8 weights straight from memory, four times fewer
+bytes than fp32, so a memory-bound decode step runs up to about that much faster. Many rows (a
+prompt's prefill), other dtypes, autograd or no C compiler dequantize the weight and call
+``F.linear``: compute-bound, where the dequantizing is cheap next to the matmul.
 """
 
 from __future__ import annotations
@@ -11,6 +16,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from scratchlm.nn.native import int8_linear_kernel
+
+KERNEL_MAX_ROWS = 16  # above this many input rows, dequantize + F.linear (a GEMM) is faster
 
 
 class Int8Linear(nn.Module):
@@ -30,8 +39,22 @@ class Int8Linear(nn.Module):
         return cls(q, scale, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight_int8.to(x.dtype) * self.scale[:, None].to(x.dtype)
-        return F.linear(x, w, self.bias)
+        # a decode step calls this ~200 times per token, so the checks read buffers straight
+        # from ``_buffers`` (nn.Module attribute lookup costs more than a small matvec)
+        buf = self._buffers
+        w, scale, bias = buf["weight_int8"], buf["scale"], buf["bias"]
+        rows = x.numel() // self.in_features
+        if (rows <= KERNEL_MAX_ROWS and x.is_cpu and x.dtype is torch.float32
+                and scale.dtype is torch.float32 and not x.requires_grad):
+            kernel = int8_linear_kernel()
+            if kernel is not None and w.is_contiguous():
+                x = x.contiguous()
+                y = torch.empty(*x.shape[:-1], self.out_features)
+                kernel(x.data_ptr(), w.data_ptr(), scale.data_ptr(),
+                       None if bias is None else bias.data_ptr(), y.data_ptr(),
+                       rows, self.out_features, self.in_features)
+                return y
+        return F.linear(x, w.to(x.dtype) * scale[:, None].to(x.dtype), bias)
 
 
 def quantize_int8(model: nn.Module, skip: tuple[str, ...] = ()) -> nn.Module:

@@ -33,3 +33,44 @@ def test_quantized_model_generates_like_the_original():
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
     out = Engine(model).generate([[1, 2, 3]], SamplingParams(max_new_tokens=5))
     assert len(out[0]) == 5
+
+
+def test_native_kernel_matches_dequantized_matmul():
+    """csrc/int8.c's matvec against F.linear on the dequantized weight: rows not a multiple of
+    4, K not a multiple of 16 (the scalar tails), 1-16 input rows, with and without bias."""
+    import shutil
+
+    import pytest
+
+    from scratchlm.nn.native import int8_linear_kernel
+
+    if int8_linear_kernel() is None:
+        assert shutil.which("cc") is None and shutil.which("gcc") is None, "kernel failed to build"
+        pytest.skip("no C compiler")
+    torch.manual_seed(0)
+    for n, k, rows, bias in [(7, 5, 1, True), (33, 70, 3, False), (64, 576, 1, False),
+                             (130, 96, 8, True), (13, 160, 16, False)]:
+        q = Int8Linear.from_linear(torch.nn.Linear(k, n, bias=bias))
+        x = torch.randn(rows, k)
+        ref = torch.nn.functional.linear(x, q.weight_int8.float() * q.scale[:, None], q.bias)
+        with torch.inference_mode():
+            got = q(x)
+        assert got.shape == ref.shape
+        assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5), (n, k, rows, bias)
+
+
+def test_native_kernel_can_be_switched_off(monkeypatch):
+    from scratchlm.nn import native
+
+    monkeypatch.setenv("SCRATCHLM_NATIVE", "0")
+    native.load.cache_clear()
+    native.int8_linear_kernel.cache_clear()
+    try:
+        assert native.int8_linear_kernel() is None
+        q = Int8Linear.from_linear(torch.nn.Linear(16, 8))
+        x = torch.randn(2, 16)
+        ref = torch.nn.functional.linear(x, q.weight_int8.float() * q.scale[:, None], q.bias)
+        assert torch.allclose(q(x), ref, atol=1e-6)
+    finally:
+        native.load.cache_clear()
+        native.int8_linear_kernel.cache_clear()

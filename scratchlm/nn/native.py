@@ -1,0 +1,103 @@
+"""Native CPU kernels: small C files in ``nn/csrc`` built with the system C compiler on first
+use and called through ``ctypes``.
+
+    csrc/int8.c --cc -O3 -march=native -fopenmp--> $SCRATCHLM_CACHE/kernels/<hash>.so
+
+A kernel is built for the machine it runs on (``-march=native``), so it uses whatever vector
+instructions the CPU has, and links the OpenMP runtime that PyTorch has already loaded (the
+same ``libgomp.so.1``), so it shares PyTorch's thread count. The library is written to a
+temporary name and renamed, so a build interrupted half way is never loaded. Nothing here is
+required: with no compiler (or ``SCRATCHLM_NATIVE=0``) ``load`` returns None and callers keep
+their pure-PyTorch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from functools import cache
+from pathlib import Path
+
+import torch
+
+CSRC = Path(__file__).parent / "csrc"
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
+
+
+def kernel_dir() -> Path:
+    """Where built kernels are kept: ``$SCRATCHLM_CACHE/kernels`` (the download cache's rule)."""
+    env = os.environ.get("SCRATCHLM_CACHE")
+    base = Path(env).expanduser() if env else \
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scratchlm"
+    return base / "kernels"
+
+
+def _compile(source: Path, out: Path) -> None:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        for extra in (("-fopenmp",), ()):  # without OpenMP (e.g. Apple clang): one thread
+            done = subprocess.run([cc, *FLAGS, *extra, str(source), "-o", tmp],
+                                  capture_output=True, text=True)
+            if done.returncode == 0:
+                os.replace(tmp, out)
+                return
+        raise RuntimeError(f"{cc} failed on {source.name}:\n{done.stderr[-2000:]}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@cache
+def load(name: str) -> ctypes.CDLL | None:
+    """The built library ``csrc/<name>.c``, or None (with one warning) when it cannot be built
+    or native kernels are switched off."""
+    if os.environ.get("SCRATCHLM_NATIVE", "1") == "0":
+        return None
+    source = CSRC / f"{name}.c"
+    key = hashlib.sha256(source.read_bytes() + " ".join(FLAGS).encode()
+                         + platform.machine().encode() + platform.node().encode()
+                         + torch.__version__.encode()).hexdigest()[:16]
+    lib = kernel_dir() / f"{name}-{key}.so"
+    try:
+        if not lib.exists():
+            _compile(source, lib)
+        return ctypes.CDLL(str(lib))
+    except (OSError, RuntimeError) as e:
+        warnings.warn(f"native kernel {name} unavailable, using PyTorch ops: {e}", stacklevel=2)
+        return None
+
+
+@cache
+def int8_linear_kernel():
+    """``int8_linear(x, w, scale, bias, y, B, N, K)`` from csrc/int8.c, or None."""
+    lib = load("int8")
+    if lib is None:
+        return None
+    fn = lib.int8_linear
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3
+    fn.restype = None
+    return fn
+
+
+@cache
+def llama_layer_kernel():
+    """``llama_layer_int8(...)`` from csrc/int8.c (see there for the arguments), or None."""
+    lib = load("int8")
+    if lib is None:
+        return None
+    fn = lib.llama_layer_int8
+    p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    fn.argtypes = [p] + [i64] * 6 + [f32] + [p] * 15 + [i64, i64, p]
+    fn.restype = None
+    return fn
