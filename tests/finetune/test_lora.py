@@ -204,3 +204,27 @@ def test_lora_head_is_fused_with_the_loss_exactly():
     torch.testing.assert_close(torch.nn.functional.linear(h, parted.effective_weight()), parted(h))
     model.out_head.dropout.p = 0.1  # dropout on the adapter input: no longer a weight
     assert head_weight(model.out_head) is None
+
+
+@pytest.mark.parametrize("x_grad,bias", [(True, False), (False, True)])
+def test_one_matmul_path_equals_the_plain_formula(x_grad, bias):
+    """LoRALinear's [x, a] @ [W, B].T path: output and gradients (x, A, B) equal the formula
+    x W^T + s (x A^T) B^T + b written out, and W gets no gradient."""
+    from scratchlm.finetune.lora import LoRALinear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(24, 40, bias=bias).requires_grad_(False)
+    lora = LoRALinear(lin, rank=4, alpha=8, scaling="peft")
+    torch.nn.init.normal_(lora.lora_B["all"].weight)
+    x = torch.randn(3, 5, 24, requires_grad=x_grad)
+    assert lora._fusable(x)
+    y = lora(x)
+    A, B = lora.lora_A["all"].weight, lora.lora_B["all"].weight
+    ref = x @ lin.weight.T + (x @ A.T * lora.scale) @ B.T + (lin.bias if bias else 0)
+    assert torch.allclose(y, ref, atol=1e-5)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, [A, B] + ([x] if x_grad else []), g)
+    want = torch.autograd.grad(ref, [A, B] + ([x] if x_grad else []), g)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-4)
+    assert lin.weight.grad is None
