@@ -66,3 +66,30 @@ def test_double_quantization_shrinks_scales_and_keeps_weights():
     model = GPT(GPTConfig(vocab_size=128, context_length=16, n_embd=64, n_layer=1, n_head=2))
     apply_lora(model, rank=2, alpha=4, targets="all", quantize_base="nf4-dq")
     assert model(torch.randint(0, 128, (1, 8))).shape == (1, 8, 128)
+
+
+def test_nf4_is_bitsandbytes_layout_and_its_matmul_agrees():
+    """Our NF4 bytes and scales equal bitsandbytes' quantize_4bit (the reference QLoRA
+    implementation), and NF4Linear through bitsandbytes.matmul_4bit equals the plain-PyTorch
+    path, output and input gradient, with and without double quantization."""
+    bnb = pytest.importorskip("bitsandbytes")
+    import bitsandbytes.functional as bnbf
+
+    from scratchlm.nn.nf4 import bitsandbytes
+
+    assert bitsandbytes() is bnb
+    torch.manual_seed(0)
+    w = torch.randn(96, 128)
+    codes, absmax = quantize_nf4(w)
+    ref_codes, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    assert torch.equal(codes, ref_codes.view(-1))
+    assert torch.equal(absmax, state.absmax)
+    assert torch.equal(dequantize_nf4(codes, absmax, w.shape), bnbf.dequantize_4bit(ref_codes, state))
+    for double_quant in (False, True):
+        layer = NF4Linear(torch.nn.Linear(128, 96), double_quant=double_quant)
+        x = torch.randn(3, 7, 128, requires_grad=True)
+        y, ref = layer(x), layer.forward_torch(x)
+        assert torch.allclose(y, ref, atol=1e-5)
+        g = torch.randn_like(y)
+        assert torch.allclose(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ref, x, g)[0],
+                              atol=1e-5)
