@@ -46,7 +46,7 @@ class Engine:
         self.device, self.dtype = p.device, p.dtype
         if self.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             self.dtype = torch.float32  # quantized weights: activations stay float
-        # int8 Llama on CPU: one-token steps in native code (generation/native_decode.py)
+        # Llama on CPU: one-token steps in native code (generation/native_decode.py)
         self.native = NativeLlamaDecoder.create(model) if self.dtype == torch.float32 else None
 
     def new_cache(self, batch: int, length: int, pad: torch.Tensor | None = None) -> KVCache:
@@ -81,6 +81,8 @@ class Engine:
         for i, p in enumerate(prompts):
             idx[i, longest - len(p):] = torch.tensor(p, device=self.device)
         cache = self.new_cache(b, longest + budget, pad)
+        if self.native is not None:
+            self.native.refresh()
         gen = None
         if params.seed is not None:
             gen = torch.Generator(device=self.device).manual_seed(params.seed)

@@ -1,7 +1,7 @@
 """Native CPU kernels: small C files in ``nn/csrc`` built with the system C compiler on first
 use and called through ``ctypes``.
 
-    csrc/int8.c --cc -O3 -march=native -fopenmp--> $SCRATCHLM_CACHE/kernels/<hash>.so
+    csrc/decode.c --cc -O3 -march=native -fopenmp--> $SCRATCHLM_CACHE/kernels/<hash>.so
 
 A kernel is built for the machine it runs on (``-march=native``), so it uses whatever vector
 instructions the CPU has, and links the OpenMP runtime that PyTorch has already loaded (the
@@ -78,10 +78,17 @@ def load(name: str) -> ctypes.CDLL | None:
         return None
 
 
+class Weight(ctypes.Structure):
+    """csrc/decode.c's ``Weight``: an int8 (with per-row scales) or float32 matrix."""
+
+    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+                ("rows", ctypes.c_int64), ("int8", ctypes.c_int64)]
+
+
 @cache
 def int8_linear_kernel():
-    """``int8_linear(x, w, scale, bias, y, B, N, K)`` from csrc/int8.c, or None."""
-    lib = load("int8")
+    """``int8_linear(x, w, scale, bias, y, B, N, K)`` from csrc/decode.c, or None."""
+    lib = load("decode")
     if lib is None:
         return None
     fn = lib.int8_linear
@@ -92,12 +99,13 @@ def int8_linear_kernel():
 
 @cache
 def llama_layer_kernel():
-    """``llama_layer_int8(...)`` from csrc/int8.c (see there for the arguments), or None."""
-    lib = load("int8")
+    """``llama_layer(...)`` from csrc/decode.c (see there for the arguments), or None."""
+    lib = load("decode")
     if lib is None:
         return None
-    fn = lib.llama_layer_int8
-    p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    fn.argtypes = [p] + [i64] * 6 + [f32] + [p] * 15 + [i64, i64, p]
+    fn = lib.llama_layer
+    p, i64, w = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(Weight)
+    fn.argtypes = [p] + [i64] * 6 + [ctypes.c_float, p, w, i64, w, p, w, i64, w] + [p] * 4 \
+        + [i64, i64, p]
     fn.restype = None
     return fn

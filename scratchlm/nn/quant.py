@@ -5,7 +5,7 @@ weight is stored as int8 ``round(w / s)``: a quarter of the fp32 bytes. Activati
 floating point. Error per weight is at most ``s / 2``.
 
 Two ways to multiply: a few rows of float32 input (a decode step) go to the native kernel
-(``csrc/int8_linear.c``), which reads the int8 weights straight from memory, four times fewer
+(``csrc/decode.c``), which reads the int8 weights straight from memory, four times fewer
 bytes than fp32, so a memory-bound decode step runs up to about that much faster. Many rows (a
 prompt's prefill), other dtypes, autograd or no C compiler dequantize the weight and call
 ``F.linear``: compute-bound, where the dequantizing is cheap next to the matmul.

@@ -1,5 +1,6 @@
-"""The native int8 Llama decode step (csrc/int8.c) against the PyTorch path: same logits within
-1e-4, the same greedy tokens, for left-padded batches."""
+"""The native Llama decode step (nn/csrc/decode.c) against the PyTorch path: same logits within
+1e-4, the same greedy tokens, for left-padded batches; float32 and int8 weights, separate and
+fused projections."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def _needs_compiler():
         pytest.skip("no C compiler")
 
 
-def _int8_llama(head_dim=None, qkv_bias=False):
+def _llama(head_dim=None, qkv_bias=False, weights="int8-fused"):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=211, context_length=64, n_embd=48, n_layer=3, n_head=6,
                       n_kv_head=2, intermediate_size=80, head_dim=head_dim, qkv_bias=qkv_bias,
@@ -34,12 +35,16 @@ def _int8_llama(head_dim=None, qkv_bias=False):
         for b in model.trf_blocks:
             b.norm1.weight.uniform_(0.5, 1.5)
             b.norm2.weight.uniform_(0.5, 1.5)
-    return fuse_projections(quantize_int8(model))
+    if weights.startswith("int8"):
+        quantize_int8(model)
+    return fuse_projections(model) if weights.endswith("fused") else model
 
 
-@pytest.mark.parametrize("head_dim,qkv_bias", [(None, False), (12, True)])
-def test_native_step_logits_equal_pytorch(head_dim, qkv_bias):
-    model = _int8_llama(head_dim, qkv_bias)
+@pytest.mark.parametrize("head_dim,qkv_bias,weights", [
+    (None, False, "int8-fused"), (12, True, "int8-fused"), (None, True, "int8"),
+    (None, False, "fp32"), (12, True, "fp32-fused")])
+def test_native_step_logits_equal_pytorch(head_dim, qkv_bias, weights):
+    model = _llama(head_dim, qkv_bias, weights)
     native = NativeLlamaDecoder.create(model)
     assert native is not None
     engine = Engine(model)
@@ -61,8 +66,9 @@ def test_native_step_logits_equal_pytorch(head_dim, qkv_bias):
         assert torch.allclose(ours.v[:, :, :, :13], ref.v[:, :, :, :13], atol=1e-5)
 
 
-def test_engine_uses_it_and_generates_the_same_tokens():
-    model = _int8_llama()
+@pytest.mark.parametrize("weights", ["int8-fused", "fp32"])
+def test_engine_uses_it_and_generates_the_same_tokens(weights):
+    model = _llama(weights=weights)
     engine = Engine(model)
     assert engine.native is not None
     prompts = [[5, 6, 7, 8, 9], [40], [50, 51, 52]]
@@ -72,11 +78,38 @@ def test_engine_uses_it_and_generates_the_same_tokens():
     assert got == engine.generate(prompts, params)
 
 
-def test_only_int8_fused_llamas_qualify():
-    torch.manual_seed(0)
-    llama = Llama(LlamaConfig(vocab_size=50, context_length=16, n_embd=16, n_layer=1, n_head=2,
-                              n_kv_head=1, intermediate_size=24))
-    assert NativeLlamaDecoder.create(llama) is None  # fp32 weights
-    assert NativeLlamaDecoder.create(quantize_int8(llama)) is None  # not fused
+def test_which_models_qualify():
+    from scratchlm.finetune.lora import apply_lora
+
+    def llama(**kw):
+        torch.manual_seed(0)
+        return Llama(LlamaConfig(vocab_size=50, context_length=16, n_embd=16, n_layer=1,
+                                 n_head=2, n_kv_head=1, intermediate_size=24, **kw))
+
+    assert NativeLlamaDecoder.create(llama()) is not None  # float32
+    assert NativeLlamaDecoder.create(quantize_int8(llama())) is not None
+    assert NativeLlamaDecoder.create(llama(moe_num_experts=2)) is None
+    assert NativeLlamaDecoder.create(llama().to(torch.bfloat16)) is None
+    lora = llama()
+    apply_lora(lora, rank=2, alpha=4, targets=["q"])
+    assert NativeLlamaDecoder.create(lora) is None  # adapters are not plain Linears
     gpt = GPT(GPTConfig(vocab_size=50, context_length=16, n_embd=16, n_layer=1, n_head=2))
-    assert NativeLlamaDecoder.create(fuse_projections(quantize_int8(gpt))) is None
+    assert NativeLlamaDecoder.create(gpt) is None
+
+
+def test_new_weights_are_read_after_refresh():
+    """A model whose tensors were replaced between requests is decoded with the new ones."""
+    model = _llama(weights="fp32")
+    engine = Engine(model)
+    params = SamplingParams(max_new_tokens=6)
+    before = engine.generate([[5, 6, 7]], params)
+    other = _llama(weights="fp32")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p))
+    model.load_state_dict(other.state_dict(), assign=True)
+    after = engine.generate([[5, 6, 7]], params)
+    engine.native = None
+    assert after == engine.generate([[5, 6, 7]], params)
+    assert before != after

@@ -36,8 +36,9 @@ def test_quantized_model_generates_like_the_original():
 
 
 def test_native_kernel_matches_dequantized_matmul():
-    """csrc/int8.c's matvec against F.linear on the dequantized weight: rows not a multiple of
-    4, K not a multiple of 16 (the scalar tails), 1-16 input rows, with and without bias."""
+    """csrc/decode.c's int8 matvec against F.linear on the dequantized weight: rows not a
+    multiple of 4, K not a multiple of 16 (the scalar tails), 1-16 input rows, with and
+    without bias."""
     import shutil
 
     import pytest

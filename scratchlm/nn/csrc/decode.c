@@ -1,18 +1,22 @@
-/* Int8-weight kernels for CPU decoding, called from Python through ctypes (nn/native.py).
+/* Kernels for CPU decoding, called from Python through ctypes (nn/native.py).
 
-   int8_linear        y = x @ (w * scale).T + bias for a few rows of x (nn/quant.py)
-   llama_layer_int8   one whole Llama decoder layer for one new token per row (a decode step,
-                      generation/native_decode.py), the PyTorch layer's arithmetic in one call
+   int8_linear   y = x @ (w * scale).T + bias for a few rows of x (nn/quant.py)
+   llama_layer   one whole Llama decoder layer for one new token per row (a decode step,
+                 generation/native_decode.py), the PyTorch layer's arithmetic in one call
 
-   Weights are int8 (N, K) row-major with one float32 scale per output row; activations,
-   norms, RoPE, attention and the KV cache stay float32. A batch-1 decode step reads every
-   weight once, so its speed is the memory bandwidth over the weight bytes: int8 moves a quarter
-   of fp32's. The rest of a layer (norms, RoPE, attention over the cache, SwiGLU) is a few
-   microseconds of arithmetic that PyTorch spreads over ~40 small ops with several microseconds
-   of dispatch each; doing it here is what makes the int8 bytes saving show in tokens/s. */
+   Weights are int8 (N, K) row-major with one float32 scale per output row, or float32 (the
+   decode layer takes either); activations, norms, RoPE, attention and the KV cache are
+   float32. A batch-1 decode step reads every weight once, so its speed is the memory bandwidth
+   over the weight bytes: int8 moves a quarter of fp32's. The rest of a layer (norms, RoPE,
+   attention over the cache, SwiGLU) is a few microseconds of arithmetic that PyTorch spreads
+   over ~40 small ops with several microseconds of dispatch each; doing it in one call is what
+   lets a step run at the speed of its weight bytes. */
 
 #include <math.h>
 #include <stdint.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,7 +26,6 @@
    hardware prefetcher alone does not reach) and reused from L1 for every row of x. */
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-#include <immintrin.h>
 #define PREFETCH_AHEAD 8192 /* bytes; 4-16 KiB measured best on an AVX-512 Xeon */
 
 /* acc += 16 weights (int8, widened to float32) * 16 activations */
@@ -71,9 +74,9 @@ static float dot1(const int8_t *row, int64_t K, const float *x) {
     return acc;
 }
 
-/* y[b, n] = scale[n] * sum_k x[b, k] * w[n, k] (+ bias[n]);  x (B, K), y (B, N) */
-void int8_linear(const float *x, const int8_t *w, const float *scale, const float *bias,
-                 float *y, int64_t B, int64_t N, int64_t K) {
+/* y[b, n] = scale[n] * sum_k x[b, k] * w[n, k] (+ bias[n]);  x (B, K), y (B, ldy), n < N */
+static void matvec_int8(const float *x, const int8_t *w, const float *scale, const float *bias,
+                        float *y, int64_t B, int64_t N, int64_t K, int64_t ldy) {
     int64_t blocks = N / 4;
 #pragma omp parallel for schedule(static)
     for (int64_t blk = 0; blk < blocks; blk++) {
@@ -82,12 +85,93 @@ void int8_linear(const float *x, const int8_t *w, const float *scale, const floa
         for (int64_t b = 0; b < B; b++) {
             dot4(w + n * K, K, x + b * K, acc);
             for (int i = 0; i < 4; i++)
-                y[b * N + n + i] = acc[i] * scale[n + i] + (bias ? bias[n + i] : 0.f);
+                y[b * ldy + n + i] = acc[i] * scale[n + i] + (bias ? bias[n + i] : 0.f);
         }
     }
     for (int64_t n = blocks * 4; n < N; n++) /* the last N % 4 rows */
         for (int64_t b = 0; b < B; b++)
-            y[b * N + n] = dot1(w + n * K, K, x + b * K) * scale[n] + (bias ? bias[n] : 0.f);
+            y[b * ldy + n] = dot1(w + n * K, K, x + b * K) * scale[n] + (bias ? bias[n] : 0.f);
+}
+
+/* the same for float32 weights (the fp32 decode layer): y[b, n] = sum_k x[b, k] w[n, k] */
+#if defined(__AVX512F__)
+static void dot4_f32(const float *r, int64_t K, const float *x, float out[4]) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        for (int i = 0; i < 4; i++)
+            _mm_prefetch((const char *)(r + i * K + k) + PREFETCH_AHEAD, _MM_HINT_T0);
+        __m512 xv = _mm512_loadu_ps(x + k);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(r + k), xv, a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(r + K + k), xv, a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(r + 2 * K + k), xv, a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(r + 3 * K + k), xv, a3);
+    }
+    out[0] = _mm512_reduce_add_ps(a0);
+    out[1] = _mm512_reduce_add_ps(a1);
+    out[2] = _mm512_reduce_add_ps(a2);
+    out[3] = _mm512_reduce_add_ps(a3);
+    for (; k < K; k++)
+        for (int i = 0; i < 4; i++) out[i] += x[k] * r[i * K + k];
+}
+#else
+static void dot4_f32(const float *r, int64_t K, const float *x, float out[4]) {
+    for (int i = 0; i < 4; i++) {
+        const float *row = r + i * K;
+        float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t k = 0; k < K; k++) acc += x[k] * row[k];
+        out[i] = acc;
+    }
+}
+#endif
+
+static void matvec_f32(const float *x, const float *w, const float *bias, float *y, int64_t B,
+                       int64_t N, int64_t K, int64_t ldy) {
+    int64_t blocks = N / 4;
+#pragma omp parallel for schedule(static)
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        int64_t n = blk * 4;
+        float acc[4];
+        for (int64_t b = 0; b < B; b++) {
+            dot4_f32(w + n * K, K, x + b * K, acc);
+            for (int i = 0; i < 4; i++) y[b * ldy + n + i] = acc[i] + (bias ? bias[n + i] : 0.f);
+        }
+    }
+    for (int64_t n = blocks * 4; n < N; n++)
+        for (int64_t b = 0; b < B; b++) {
+            float acc = 0.f;
+            for (int64_t k = 0; k < K; k++) acc += x[b * K + k] * w[n * K + k];
+            y[b * ldy + n] = acc + (bias ? bias[n] : 0.f);
+        }
+}
+
+void int8_linear(const float *x, const int8_t *w, const float *scale, const float *bias,
+                 float *y, int64_t B, int64_t N, int64_t K) {
+    matvec_int8(x, w, scale, bias, y, B, N, K, N);
+}
+
+/* A weight of the decode layer: int8 (with scales) or float32, `rows` output rows. */
+typedef struct {
+    const void *w;
+    const float *scale; /* int8 only */
+    const float *bias;  /* or NULL */
+    int64_t rows;
+    int64_t int8;
+} Weight;
+
+/* y (B, ldy) = x @ [W_0; W_1; ...].T: the outputs of n weights side by side (e.g. q, k, v
+   separately, or one fused qkv) */
+static void matvec(const Weight *ws, int64_t n, const float *x, float *y, int64_t B, int64_t K,
+                   int64_t ldy) {
+    int64_t off = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (ws[i].int8)
+            matvec_int8(x, ws[i].w, ws[i].scale, ws[i].bias, y + off, B, ws[i].rows, K, ldy);
+        else
+            matvec_f32(x, ws[i].w, ws[i].bias, y + off, B, ws[i].rows, K, ldy);
+        off += ws[i].rows;
+    }
 }
 
 /* ---- one Llama decoder layer --------------------------------------------------------------
@@ -101,11 +185,6 @@ void int8_linear(const float *x, const int8_t *w, const float *scale, const floa
 
    x (B, C) is updated in place; k_cache/v_cache are this layer's (B, KV, max_len, D) tensors;
    start[b] is row b's first real slot (left padding). */
-
-typedef struct {
-    const int8_t *w;
-    const float *scale, *bias;
-} Int8Weight;
 
 static void rms_norm(const float *x, const float *weight, float eps, float *out, int64_t C) {
     float ss = 0.f;
@@ -121,13 +200,12 @@ static void rope(float *v, const float *cos, const float *sin, int64_t D) {
     memcpy(v, tmp, sizeof(float) * D);
 }
 
-void llama_layer_int8(float *x, int64_t B, int64_t C, int64_t H, int64_t KV, int64_t D,
-                      int64_t I, float eps, const float *norm1, const int8_t *qkv_w,
-                      const float *qkv_scale, const float *qkv_bias, const int8_t *o_w,
-                      const float *o_scale, const float *norm2, const int8_t *w12,
-                      const float *w12_scale, const int8_t *w3, const float *w3_scale,
-                      const float *cos, const float *sin, float *k_cache, float *v_cache,
-                      int64_t max_len, int64_t slot, const int64_t *start) {
+void llama_layer(float *x, int64_t B, int64_t C, int64_t H, int64_t KV, int64_t D, int64_t I,
+                 float eps, const float *norm1, const Weight *qkv_w, int64_t n_qkv,
+                 const Weight *o_w, const float *norm2, const Weight *gate_up_w,
+                 int64_t n_gate_up, const Weight *down_w,
+                 const float *cos, const float *sin, float *k_cache, float *v_cache,
+                 int64_t max_len, int64_t slot, const int64_t *start) {
     int64_t Q = (H + 2 * KV) * D, group = H / KV;
     float *h = malloc(sizeof(float) * B * C), *qkv = malloc(sizeof(float) * B * Q);
     float *ctx = malloc(sizeof(float) * B * H * D), *out = malloc(sizeof(float) * B * C);
@@ -135,7 +213,7 @@ void llama_layer_int8(float *x, int64_t B, int64_t C, int64_t H, int64_t KV, int
     float *scores = malloc(sizeof(float) * B * H * (slot + 1));
 
     for (int64_t b = 0; b < B; b++) rms_norm(x + b * C, norm1, eps, h + b * C, C);
-    int8_linear(h, qkv_w, qkv_scale, qkv_bias, qkv, B, Q, C);
+    matvec(qkv_w, n_qkv, h, qkv, B, C, Q);
     for (int64_t b = 0; b < B; b++) {
         float *row = qkv + b * Q;
         for (int64_t j = 0; j < H + KV; j++) rope(row + j * D, cos + b * D, sin + b * D, D);
@@ -168,17 +246,17 @@ void llama_layer_int8(float *x, int64_t B, int64_t C, int64_t H, int64_t KV, int
         }
         for (int64_t i = 0; i < D; i++) o[i] /= sum;
     }
-    int8_linear(ctx, o_w, o_scale, NULL, out, B, C, H * D);
+    matvec(o_w, 1, ctx, out, B, H * D, C);
     for (int64_t j = 0; j < B * C; j++) x[j] += out[j];
 
     for (int64_t b = 0; b < B; b++) rms_norm(x + b * C, norm2, eps, h + b * C, C);
-    int8_linear(h, w12, w12_scale, NULL, gu, B, 2 * I, C);
+    matvec(gate_up_w, n_gate_up, h, gu, B, C, 2 * I);
     for (int64_t b = 0; b < B; b++)
         for (int64_t j = 0; j < I; j++) {
             float g = gu[b * 2 * I + j], u = gu[b * 2 * I + I + j];
             act[b * I + j] = g / (1.f + expf(-g)) * u;
         }
-    int8_linear(act, w3, w3_scale, NULL, out, B, C, I);
+    matvec(down_w, 1, act, out, B, I, C);
     for (int64_t j = 0; j < B * C; j++) x[j] += out[j];
 
     free(h); free(qkv); free(ctx); free(out); free(gu); free(act); free(scores);
