@@ -140,7 +140,7 @@ def int8_speed(name: str, fp32, int8, hf, vocab: int, new_tokens: int, rounds: i
     batch = torch.randint(0, vocab, (8, 16))
     _, dt_hf = time_hf(hf, batch, new_tokens)
     _, dt = time_ours(engines["int8"], batch, new_tokens)
-    native = "native layer" if engines["int8"].native is not None else "int8 matvec per Linear"
+    native = "native layer" if engines["int8"].native is not None else "PyTorch layers"
     print(f"{name} int8 ({native}): batch-1 greedy  transformers fp32 {tps['hf']:.1f} tok/s  "
           f"scratchlm fp32 {tps['fp32']:.1f}  scratchlm int8 {tps['int8']:.1f} tok/s  ratio "
           f"{tps['int8'] / tps['hf']:.2f} (goal >= 3);  batch 8: transformers fp32 "

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from scratchlm.generation.native_decode import NativeLlamaDecoder
+from scratchlm.generation.native_decode import NativeDecoder
 from scratchlm.generation.sampling import sample_next
 from scratchlm.nn.kv_cache import KVCache
 
@@ -46,8 +46,8 @@ class Engine:
         self.device, self.dtype = p.device, p.dtype
         if self.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             self.dtype = torch.float32  # quantized weights: activations stay float
-        # Llama on CPU: one-token steps in native code (generation/native_decode.py)
-        self.native = NativeLlamaDecoder.create(model) if self.dtype == torch.float32 else None
+        # Llama / GPT on CPU: one-token steps in native code (generation/native_decode.py)
+        self.native = NativeDecoder.create(model) if self.dtype == torch.float32 else None
 
     def new_cache(self, batch: int, length: int, pad: torch.Tensor | None = None) -> KVCache:
         n_layer, n_kv, head_dim = _kv_shape(self.model)

@@ -1,15 +1,17 @@
-"""Decode steps of a Llama in native code: one C call per layer (``nn/csrc/decode.c``).
+"""Decode steps of a Llama or GPT in native code: one C call per layer (``nn/csrc/decode.c``).
 
-    ids (B, 1) -> tok_emb -> [llama_layer x n_layer] -> final_norm -> out_head -> (B, V)
+    ids (B, 1) -> tok_emb (+ pos_emb) -> [llama_layer | gpt_layer] x n_layer
+               -> final_norm -> out_head -> (B, V)
 
 A batch-1 decode step reads every weight once, a few milliseconds at memory speed, but in
 PyTorch it is also over a thousand small ops of a few microseconds each, which for a 30-layer
 model costs about as much again. The C layer does the same arithmetic as ``LlamaBlock``
 (RMSNorm, the Q/K/V projections, RoPE, the KV cache write, grouped-query attention over the
-row's real slots, the output projection, SwiGLU, both residuals) in one call, on the same KV
-cache tensors, so prefill (PyTorch) and decode (here) mix freely. Weights may be float32
+row's real slots, the output projection, SwiGLU, both residuals) or GPT's ``TransformerBlock``
+(LayerNorm, biases, GELU) in one call, on the same KV cache tensors, so prefill (PyTorch) and
+decode (here) mix freely. Weights may be float32
 ``nn.Linear`` or ``Int8Linear``, separate or fused (``nn/fuse.py``). The ``Engine`` uses it for
-every one-token step when the model qualifies (``NativeLlamaDecoder.create``); its logits are
+every one-token step when the model qualifies (``NativeDecoder.create``); its logits are
 tested equal to the PyTorch path's.
 """
 
@@ -20,10 +22,12 @@ import ctypes
 import torch
 from torch import nn
 
+from scratchlm.models.gpt import GPT
 from scratchlm.models.llama import Llama
-from scratchlm.nn.feedforward import SwiGLU
+from scratchlm.nn.attention import CausalSelfAttention
+from scratchlm.nn.feedforward import GELU, FeedForward, SwiGLU
 from scratchlm.nn.kv_cache import KVCache
-from scratchlm.nn.native import Weight, llama_layer_kernel
+from scratchlm.nn.native import Weight, gpt_layer_kernel, llama_layer_kernel
 from scratchlm.nn.quant import Int8Linear
 
 
@@ -42,12 +46,19 @@ def _supported(layer: nn.Module) -> bool:
             and (extra is None or extra.dtype == torch.float32))
 
 
-def _projections(block: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
-    """(the Q/K/V layers, the gate/up layers) of a block, fused or not."""
-    att, ff = block.att, block.ff
-    qkv = [att.qkv_proj] if att.qkv_proj is not None else [att.q_proj, att.k_proj, att.v_proj]
-    gate_up = [ff.fc12] if ff.fc12 is not None else [ff.fc1, ff.fc2]
-    return qkv, gate_up
+def _layers(model: nn.Module, block: nn.Module) -> list[list[nn.Module]] | None:
+    """The weight groups the C layer reads, in its argument order (each group's outputs side by
+    side), or None when the block has something it does not do (MoE, LoRA, other norms)."""
+    if isinstance(model, Llama) and isinstance(block.ff, SwiGLU):
+        att, ff = block.att, block.ff
+        qkv = [att.qkv_proj] if att.qkv_proj is not None else [att.q_proj, att.k_proj, att.v_proj]
+        gate_up = [ff.fc12] if ff.fc12 is not None else [ff.fc1, ff.fc2]
+        return [qkv, [att.out_proj], gate_up, [ff.fc3]]
+    if (isinstance(model, GPT) and isinstance(block.att, CausalSelfAttention)
+            and isinstance(block.ff, FeedForward) and isinstance(block.ff.layers[1], GELU)):
+        fc, _, proj = block.ff.layers
+        return [[block.att.qkv], [block.att.out_proj], [fc], [proj]]
+    return None
 
 
 def _weights(layers: list[nn.Module]) -> ctypes.Array:
@@ -61,30 +72,41 @@ def _weights(layers: list[nn.Module]) -> ctypes.Array:
     return arr
 
 
-class NativeLlamaDecoder:
-    def __init__(self, model: Llama, kernel):
+def _norms(model: nn.Module, block: nn.Module) -> list[torch.Tensor]:
+    if isinstance(model, Llama):
+        return [block.norm1.weight, block.norm2.weight]
+    return [block.norm1.scale, block.norm1.shift, block.norm2.scale, block.norm2.shift]
+
+
+class NativeDecoder:
+    def __init__(self, model: Llama | GPT, kernel):
         self.model, self.kernel = model, kernel
+        self.llama = isinstance(model, Llama)
         cfg = model.cfg
-        self.dims = (cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.intermediate_size)
-        self.eps = float(cfg.norm_eps)
+        if self.llama:
+            self.eps = float(cfg.norm_eps)
+            self.dims = (cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.intermediate_size)
+        else:
+            self.eps = float(model.trf_blocks[0].norm1.eps)
+            hidden = model.trf_blocks[0].ff.layers[0].out_features
+            self.dims = (cfg.n_embd, cfg.n_head, cfg.head_dim, hidden)
         self.refresh()
 
     @classmethod
-    def create(cls, model: nn.Module) -> "NativeLlamaDecoder | None":
-        """A decoder for ``model`` when it is a CPU float32 Llama whose projections are plain
-        Linears or ``Int8Linear`` (not LoRA, not MoE) and the kernel builds; else None, and
-        the engine keeps the PyTorch path."""
-        if not isinstance(model, Llama) or model.tok_emb.weight.dtype != torch.float32:
+    def create(cls, model: nn.Module) -> "NativeDecoder | None":
+        """A decoder for ``model`` when it is a CPU float32 Llama or GPT whose projections are
+        plain Linears or ``Int8Linear`` (not LoRA, not MoE) and the kernel builds; else None,
+        and the engine keeps the PyTorch path."""
+        if not isinstance(model, Llama | GPT) or model.tok_emb.weight.dtype != torch.float32:
             return None
         for b in model.trf_blocks:
-            if not isinstance(b.ff, SwiGLU):
+            groups = _layers(model, b)
+            if groups is None or not all(_supported(m) for g in groups for m in g):
                 return None
-            qkv, gate_up = _projections(b)
-            if not all(_supported(m) for m in [*qkv, b.att.out_proj, *gate_up, b.ff.fc3]):
+            if not all(t.dtype == torch.float32 and t.device.type == "cpu"
+                       for t in _norms(model, b)):
                 return None
-            if not (b.norm1.weight.dtype == b.norm2.weight.dtype == torch.float32):
-                return None
-        kernel = llama_layer_kernel()
+        kernel = llama_layer_kernel() if isinstance(model, Llama) else gpt_layer_kernel()
         return cls(model, kernel) if kernel is not None else None
 
     def refresh(self) -> None:
@@ -93,31 +115,42 @@ class NativeLlamaDecoder:
         The tensors are kept referenced, so an address here is never freed memory."""
         self.layers = []
         for b in self.model.trf_blocks:
-            qkv, gate_up = _projections(b)
+            groups = _layers(self.model, b)
             tensors = [p for m in b.modules() for p in (*m.parameters(recurse=False),
                                                          *m.buffers(recurse=False))]
-            self.layers.append((b.norm1.weight, _weights(qkv), len(qkv), _weights([b.att.out_proj]),
-                                b.norm2.weight, _weights(gate_up), len(gate_up),
-                                _weights([b.ff.fc3]), tensors))
+            self.layers.append((_norms(self.model, b), [_weights(g) for g in groups],
+                                [len(g) for g in groups], tensors))
 
     def logits(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """(B, 1) new token ids -> (B, vocab_size) logits, appending to ``cache``."""
-        model, (c, h, kv, d, inter) = self.model, self.dims
+        model = self.model
         b = idx.shape[0]
         if cache.length + 1 > min(cache.max_len, model.cfg.context_length):
             raise ValueError(f"KV cache full: {cache.length + 1} slots needed, "
                              f"{cache.max_len} allocated")
-        x = model.tok_emb(idx[:, 0]).contiguous()  # (B, C), updated in place by every layer
-        cos, sin = model.rope(cache.length + 1, idx.device)
-        pos = cache.positions(1)[:, 0]
-        cos, sin = cos[pos].contiguous(), sin[pos].contiguous()  # (B, D)
+        pos = cache.positions(1)[:, 0]  # (B,)
+        x = model.tok_emb(idx[:, 0])  # (B, C), updated in place by every layer
+        if self.llama:
+            cos, sin = model.rope(cache.length + 1, idx.device)
+            cos, sin = cos[pos].contiguous(), sin[pos].contiguous()  # (B, D)
+        else:
+            x = x + model.pos_emb(pos)
+        x = x.contiguous()
         start = cache.pad.to(torch.int64).contiguous()
         layer_bytes = cache.k[0].numel() * cache.k.element_size()
         k0, v0 = cache.k.data_ptr(), cache.v.data_ptr()
-        for i, (norm1, qkv, n_qkv, o, norm2, gate_up, n_gu, down, _) in enumerate(self.layers):
-            self.kernel(x.data_ptr(), b, c, h, kv, d, inter, self.eps, norm1.data_ptr(), qkv,
-                        n_qkv, o, norm2.data_ptr(), gate_up, n_gu, down, cos.data_ptr(),
-                        sin.data_ptr(), k0 + i * layer_bytes, v0 + i * layer_bytes,
-                        cache.max_len, cache.length, start.data_ptr())
+        for i, (norms, (qkv, o, up, down), (n_qkv, _, n_up, _), _) in enumerate(self.layers):
+            kv = (k0 + i * layer_bytes, v0 + i * layer_bytes, cache.max_len, cache.length,
+                  start.data_ptr())
+            if self.llama:
+                c, h, n_kv, d, inter = self.dims
+                self.kernel(x.data_ptr(), b, c, h, n_kv, d, inter, self.eps, norms[0].data_ptr(),
+                            qkv, n_qkv, o, norms[1].data_ptr(), up, n_up, down, cos.data_ptr(),
+                            sin.data_ptr(), *kv)
+            else:
+                c, h, d, inter = self.dims
+                self.kernel(x.data_ptr(), b, c, h, d, inter, self.eps,
+                            *[t.data_ptr() for t in norms[:2]], qkv, o,
+                            *[t.data_ptr() for t in norms[2:]], up, down, *kv)
         cache.advance(1)
         return model.out_head(model.final_norm(x))[:, : model.cfg.vocab_size]

@@ -109,3 +109,17 @@ def llama_layer_kernel():
         + [i64, i64, p]
     fn.restype = None
     return fn
+
+
+@cache
+def gpt_layer_kernel():
+    """``gpt_layer(...)`` from csrc/decode.c (see there for the arguments), or None."""
+    lib = load("decode")
+    if lib is None:
+        return None
+    fn = lib.gpt_layer
+    p, i64, w = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(Weight)
+    fn.argtypes = [p] + [i64] * 5 + [ctypes.c_float, p, p, w, w, p, p, w, w, p, p] \
+        + [i64, i64, p]
+    fn.restype = None
+    return fn

@@ -1,6 +1,6 @@
-"""The native Llama decode step (nn/csrc/decode.c) against the PyTorch path: same logits within
-1e-4, the same greedy tokens, for left-padded batches; float32 and int8 weights, separate and
-fused projections."""
+"""The native decode step (nn/csrc/decode.c) against the PyTorch path: same logits within 1e-4,
+the same greedy tokens, for left-padded batches; Llama and GPT, float32 and int8 weights,
+separate and fused projections, with and without biases."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from scratchlm.generation.engine import Engine, SamplingParams
-from scratchlm.generation.native_decode import NativeLlamaDecoder
+from scratchlm.generation.native_decode import NativeDecoder
 from scratchlm.models.gpt import GPT, GPTConfig
 from scratchlm.models.llama import Llama, LlamaConfig
 from scratchlm.nn.fuse import fuse_projections
@@ -40,12 +40,34 @@ def _llama(head_dim=None, qkv_bias=False, weights="int8-fused"):
     return fuse_projections(model) if weights.endswith("fused") else model
 
 
-@pytest.mark.parametrize("head_dim,qkv_bias,weights", [
-    (None, False, "int8-fused"), (12, True, "int8-fused"), (None, True, "int8"),
-    (None, False, "fp32"), (12, True, "fp32-fused")])
-def test_native_step_logits_equal_pytorch(head_dim, qkv_bias, weights):
-    model = _llama(head_dim, qkv_bias, weights)
-    native = NativeLlamaDecoder.create(model)
+def _gpt(qkv_bias=True, weights="fp32"):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=211, context_length=64, n_embd=48, n_layer=3, n_head=4,
+                          qkv_bias=qkv_bias, init="torch")).eval()
+    with torch.no_grad():  # norms away from the identity, so a wrong norm shows
+        for b in model.trf_blocks:
+            for norm in (b.norm1, b.norm2):
+                norm.scale.uniform_(0.5, 1.5)
+                norm.shift.uniform_(-0.5, 0.5)
+    return quantize_int8(model) if weights == "int8" else model
+
+
+MODELS = {
+    "llama-int8-fused": lambda: _llama(None, False, "int8-fused"),
+    "llama-int8-fused-headdim-bias": lambda: _llama(12, True, "int8-fused"),
+    "llama-int8-bias": lambda: _llama(None, True, "int8"),
+    "llama-fp32": lambda: _llama(None, False, "fp32"),
+    "llama-fp32-fused-headdim-bias": lambda: _llama(12, True, "fp32-fused"),
+    "gpt-fp32-bias": lambda: _gpt(True, "fp32"),
+    "gpt-fp32": lambda: _gpt(False, "fp32"),
+    "gpt-int8": lambda: _gpt(True, "int8"),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_native_step_logits_equal_pytorch(name):
+    model = MODELS[name]()
+    native = NativeDecoder.create(model)
     assert native is not None
     engine = Engine(model)
     prompts = [[5, 6, 7, 8, 9, 10, 11], [20, 21], [30, 31, 32, 33]]
@@ -66,9 +88,9 @@ def test_native_step_logits_equal_pytorch(head_dim, qkv_bias, weights):
         assert torch.allclose(ours.v[:, :, :, :13], ref.v[:, :, :, :13], atol=1e-5)
 
 
-@pytest.mark.parametrize("weights", ["int8-fused", "fp32"])
-def test_engine_uses_it_and_generates_the_same_tokens(weights):
-    model = _llama(weights=weights)
+@pytest.mark.parametrize("name", ["llama-int8-fused", "llama-fp32", "gpt-fp32-bias", "gpt-int8"])
+def test_engine_uses_it_and_generates_the_same_tokens(name):
+    model = MODELS[name]()
     engine = Engine(model)
     assert engine.native is not None
     prompts = [[5, 6, 7, 8, 9], [40], [50, 51, 52]]
@@ -86,15 +108,22 @@ def test_which_models_qualify():
         return Llama(LlamaConfig(vocab_size=50, context_length=16, n_embd=16, n_layer=1,
                                  n_head=2, n_kv_head=1, intermediate_size=24, **kw))
 
-    assert NativeLlamaDecoder.create(llama()) is not None  # float32
-    assert NativeLlamaDecoder.create(quantize_int8(llama())) is not None
-    assert NativeLlamaDecoder.create(llama(moe_num_experts=2)) is None
-    assert NativeLlamaDecoder.create(llama().to(torch.bfloat16)) is None
+    assert NativeDecoder.create(llama()) is not None  # float32
+    assert NativeDecoder.create(quantize_int8(llama())) is not None
+    assert NativeDecoder.create(llama(moe_num_experts=2)) is None
+    assert NativeDecoder.create(llama().to(torch.bfloat16)) is None
     lora = llama()
     apply_lora(lora, rank=2, alpha=4, targets=["q"])
-    assert NativeLlamaDecoder.create(lora) is None  # adapters are not plain Linears
-    gpt = GPT(GPTConfig(vocab_size=50, context_length=16, n_embd=16, n_layer=1, n_head=2))
-    assert NativeLlamaDecoder.create(gpt) is None
+    assert NativeDecoder.create(lora) is None  # adapters are not plain Linears
+    def gpt(**kw):
+        return GPT(GPTConfig(vocab_size=50, context_length=16, n_embd=16, n_layer=1, n_head=2,
+                             **kw))
+
+    assert NativeDecoder.create(gpt()) is not None
+    assert NativeDecoder.create(gpt(moe_num_experts=2)) is None
+    lora = gpt()
+    apply_lora(lora, rank=2, alpha=4, targets=["q"])
+    assert NativeDecoder.create(lora) is None
 
 
 def test_new_weights_are_read_after_refresh():

@@ -2,7 +2,8 @@
 
    int8_linear   y = x @ (w * scale).T + bias for a few rows of x (nn/quant.py)
    llama_layer   one whole Llama decoder layer for one new token per row (a decode step,
-                 generation/native_decode.py), the PyTorch layer's arithmetic in one call
+   gpt_layer     generation/native_decode.py), the PyTorch layer's arithmetic in one call;
+                 the same for a GPT-2 layer
 
    Weights are int8 (N, K) row-major with one float32 scale per output row, or float32 (the
    decode layer takes either); activations, norms, RoPE, attention and the KV cache are
@@ -200,30 +201,25 @@ static void rope(float *v, const float *cos, const float *sin, int64_t D) {
     memcpy(v, tmp, sizeof(float) * D);
 }
 
-void llama_layer(float *x, int64_t B, int64_t C, int64_t H, int64_t KV, int64_t D, int64_t I,
-                 float eps, const float *norm1, const Weight *qkv_w, int64_t n_qkv,
-                 const Weight *o_w, const float *norm2, const Weight *gate_up_w,
-                 int64_t n_gate_up, const Weight *down_w,
-                 const float *cos, const float *sin, float *k_cache, float *v_cache,
-                 int64_t max_len, int64_t slot, const int64_t *start) {
-    int64_t Q = (H + 2 * KV) * D, group = H / KV;
-    float *h = malloc(sizeof(float) * B * C), *qkv = malloc(sizeof(float) * B * Q);
-    float *ctx = malloc(sizeof(float) * B * H * D), *out = malloc(sizeof(float) * B * C);
-    float *gu = malloc(sizeof(float) * B * 2 * I), *act = malloc(sizeof(float) * B * I);
-    float *scores = malloc(sizeof(float) * B * H * (slot + 1));
-
-    for (int64_t b = 0; b < B; b++) rms_norm(x + b * C, norm1, eps, h + b * C, C);
-    matvec(qkv_w, n_qkv, h, qkv, B, C, Q);
-    for (int64_t b = 0; b < B; b++) {
-        float *row = qkv + b * Q;
-        for (int64_t j = 0; j < H + KV; j++) rope(row + j * D, cos + b * D, sin + b * D, D);
+/* Write this token's keys and values (rows of qkv after the H query heads) at `slot`. */
+static void cache_write(const float *qkv, int64_t Q, int64_t B, int64_t H, int64_t KV, int64_t D,
+                        float *k_cache, float *v_cache, int64_t max_len, int64_t slot) {
+    for (int64_t b = 0; b < B; b++)
         for (int64_t j = 0; j < KV; j++) {
             int64_t at = ((b * KV + j) * max_len + slot) * D;
-            memcpy(k_cache + at, row + (H + j) * D, sizeof(float) * D);
-            memcpy(v_cache + at, row + (H + KV + j) * D, sizeof(float) * D);
+            memcpy(k_cache + at, qkv + b * Q + (H + j) * D, sizeof(float) * D);
+            memcpy(v_cache + at, qkv + b * Q + (H + KV + j) * D, sizeof(float) * D);
         }
-    }
+}
+
+/* ctx (B, H*D): per head, softmax(q . K[start:slot+1] / sqrt(D)) V over the cache, the query
+   heads of a group sharing one key/value head (GQA; KV == H is plain multi-head attention) */
+static void attend(const float *qkv, int64_t Q, int64_t B, int64_t H, int64_t KV, int64_t D,
+                   const float *k_cache, const float *v_cache, int64_t max_len, int64_t slot,
+                   const int64_t *start, float *ctx) {
+    int64_t group = H / KV;
     float scale = 1.f / sqrtf((float)D);
+    float *scores = malloc(sizeof(float) * B * H * (slot + 1));
 #pragma omp parallel for schedule(static)
     for (int64_t bh = 0; bh < B * H; bh++) {
         int64_t b = bh / H, hd = bh % H, kvh = hd / group;
@@ -246,6 +242,28 @@ void llama_layer(float *x, int64_t B, int64_t C, int64_t H, int64_t KV, int64_t 
         }
         for (int64_t i = 0; i < D; i++) o[i] /= sum;
     }
+    free(scores);
+}
+
+void llama_layer(float *x, int64_t B, int64_t C, int64_t H, int64_t KV, int64_t D, int64_t I,
+                 float eps, const float *norm1, const Weight *qkv_w, int64_t n_qkv,
+                 const Weight *o_w, const float *norm2, const Weight *gate_up_w,
+                 int64_t n_gate_up, const Weight *down_w,
+                 const float *cos, const float *sin, float *k_cache, float *v_cache,
+                 int64_t max_len, int64_t slot, const int64_t *start) {
+    int64_t Q = (H + 2 * KV) * D;
+    float *h = malloc(sizeof(float) * B * C), *qkv = malloc(sizeof(float) * B * Q);
+    float *ctx = malloc(sizeof(float) * B * H * D), *out = malloc(sizeof(float) * B * C);
+    float *gu = malloc(sizeof(float) * B * 2 * I), *act = malloc(sizeof(float) * B * I);
+
+    for (int64_t b = 0; b < B; b++) rms_norm(x + b * C, norm1, eps, h + b * C, C);
+    matvec(qkv_w, n_qkv, h, qkv, B, C, Q);
+    for (int64_t b = 0; b < B; b++) {
+        float *row = qkv + b * Q;
+        for (int64_t j = 0; j < H + KV; j++) rope(row + j * D, cos + b * D, sin + b * D, D);
+    }
+    cache_write(qkv, Q, B, H, KV, D, k_cache, v_cache, max_len, slot);
+    attend(qkv, Q, B, H, KV, D, k_cache, v_cache, max_len, slot, start, ctx);
     matvec(o_w, 1, ctx, out, B, H * D, C);
     for (int64_t j = 0; j < B * C; j++) x[j] += out[j];
 
@@ -259,5 +277,51 @@ void llama_layer(float *x, int64_t B, int64_t C, int64_t H, int64_t KV, int64_t 
     matvec(down_w, 1, act, out, B, I, C);
     for (int64_t j = 0; j < B * C; j++) x[j] += out[j];
 
-    free(h); free(qkv); free(ctx); free(out); free(gu); free(act); free(scores);
+    free(h); free(qkv); free(ctx); free(out); free(gu); free(act);
+}
+
+/* ---- one GPT-2 decoder layer --------------------------------------------------------------
+     h = layer_norm(x)            q, k, v = split(h @ Wqkv + b)      cache[slot] = k, v
+     ctx = attention as above     x += ctx @ Wo + b
+     h = layer_norm(x)            x += gelu_tanh(h @ Wfc + b) @ Wproj + b
+   (positions are learned embeddings, added to x before the first layer) */
+
+static void layer_norm(const float *x, const float *weight, const float *bias, float eps,
+                       float *out, int64_t C) {
+    float mean = 0.f, var = 0.f;
+    for (int64_t c = 0; c < C; c++) mean += x[c];
+    mean /= (float)C;
+    for (int64_t c = 0; c < C; c++) var += (x[c] - mean) * (x[c] - mean);
+    float inv = 1.f / sqrtf(var / (float)C + eps);
+    for (int64_t c = 0; c < C; c++) out[c] = (x[c] - mean) * inv * weight[c] + bias[c];
+}
+
+void gpt_layer(float *x, int64_t B, int64_t C, int64_t H, int64_t D, int64_t I, float eps,
+               const float *ln1_w, const float *ln1_b, const Weight *qkv_w, const Weight *o_w,
+               const float *ln2_w, const float *ln2_b, const Weight *fc_w, const Weight *proj_w,
+               float *k_cache, float *v_cache, int64_t max_len, int64_t slot,
+               const int64_t *start) {
+    int64_t Q = 3 * H * D;
+    float *h = malloc(sizeof(float) * B * C), *qkv = malloc(sizeof(float) * B * Q);
+    float *ctx = malloc(sizeof(float) * B * H * D), *out = malloc(sizeof(float) * B * C);
+    float *hid = malloc(sizeof(float) * B * I);
+
+    for (int64_t b = 0; b < B; b++) layer_norm(x + b * C, ln1_w, ln1_b, eps, h + b * C, C);
+    matvec(qkv_w, 1, h, qkv, B, C, Q);
+    cache_write(qkv, Q, B, H, H, D, k_cache, v_cache, max_len, slot);
+    attend(qkv, Q, B, H, H, D, k_cache, v_cache, max_len, slot, start, ctx);
+    matvec(o_w, 1, ctx, out, B, H * D, C);
+    for (int64_t j = 0; j < B * C; j++) x[j] += out[j];
+
+    for (int64_t b = 0; b < B; b++) layer_norm(x + b * C, ln2_w, ln2_b, eps, h + b * C, C);
+    matvec(fc_w, 1, h, hid, B, C, I);
+    const float k0 = 0.7978845608028654f; /* sqrt(2 / pi) */
+    for (int64_t j = 0; j < B * I; j++) {
+        float v = hid[j];
+        hid[j] = 0.5f * v * (1.f + tanhf(k0 * (v + 0.044715f * v * v * v)));
+    }
+    matvec(proj_w, 1, hid, out, B, I, C);
+    for (int64_t j = 0; j < B * C; j++) x[j] += out[j];
+
+    free(h); free(qkv); free(ctx); free(out); free(hid);
 }
