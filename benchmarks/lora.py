@@ -1,6 +1,6 @@
 """One LoRA training step on SmolLM2-135M: ours vs transformers + peft, on the same weights.
 
-    python benchmarks/lora.py [--steps 5] [--rounds 2] [--batch 8] [--seq 128]
+    python benchmarks/lora.py [--steps 5] [--rounds 2] [--batch 8] [--seq 128] [--profile]
 
 A step = forward + causal-LM loss + backward + AdamW on the adapters (r=16, alpha=32, PEFT
 scaling), batch 8 x 128 tokens, fp32 CPU. Two target sets: q,v and every linear layer of the
@@ -10,6 +10,8 @@ machine's speed drifts between runs. Goals: step time ratio ours/peft <= 0.8, pe
 <= 0.9.
 
 The weights: a random SmolLM2-135M written once by transformers (safetensors), loaded by both.
+``--profile`` also runs one more step of each side under torch.profiler and prints the share of
+CPU time in matrix multiplies (work both sides must do: it bounds how far ahead we can get).
 """
 
 from __future__ import annotations
@@ -40,7 +42,21 @@ def write_weights(folder: Path) -> None:
     transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
 
 
-def worker(which: str, targets: str, folder: str, steps: int, batch: int, seq: int) -> dict:
+def matmul_share(step) -> tuple[float, float]:
+    """(seconds in aten::mm/addmm/bmm, total profiled seconds) of one call of ``step``."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    matmuls = ("aten::mm", "aten::addmm", "aten::bmm")
+    mm = sum(e.self_cpu_time_total for e in events if e.key in matmuls)
+    return mm / 1e6, total / 1e6
+
+
+def worker(which: str, targets: str, folder: str, steps: int, batch: int, seq: int,
+           with_profile: bool = False) -> dict:
     import torch
 
     torch.manual_seed(0)
@@ -70,17 +86,25 @@ def worker(which: str, targets: str, folder: str, steps: int, batch: int, seq: i
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     times, losses = [], []
-    for i in range(steps + 1):  # the first step warms up
-        t0 = time.perf_counter()
+
+    def step():
         loss = loss_fn()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss
+
+    for i in range(steps + 1):  # the first step warms up
+        t0 = time.perf_counter()
+        loss = step()
         if i:
             times.append(time.perf_counter() - t0)
         losses.append(loss.item())
-    return {"step_s": min(times), "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "trainable": sum(p.numel() for p in params), "first_loss": losses[0]}
+    out = {"step_s": min(times), "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "trainable": sum(p.numel() for p in params), "first_loss": losses[0]}
+    if with_profile:
+        out["mm_s"], out["profiled_s"] = matmul_share(step)
+    return out
 
 
 def main() -> None:
@@ -89,11 +113,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--profile", action="store_true", help="also print the matmul share")
     ap.add_argument("--worker", nargs=3, metavar=("WHICH", "TARGETS", "FOLDER"), default=None)
     args = ap.parse_args()
     if args.worker:
         which, targets, folder = args.worker
-        print(json.dumps(worker(which, targets, folder, args.steps, args.batch, args.seq)))
+        print(json.dumps(worker(which, targets, folder, args.steps, args.batch, args.seq,
+                                args.profile)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         write_weights(Path(tmp))
@@ -107,7 +133,8 @@ def main() -> None:
                 for which in ("peft", "ours"):
                     out = subprocess.run(
                         [sys.executable, __file__, "--steps", str(args.steps), "--batch",
-                         str(args.batch), "--seq", str(args.seq), "--worker", which, targets, tmp],
+                         str(args.batch), "--seq", str(args.seq), "--worker", which, targets, tmp]
+                        + (["--profile"] if args.profile else []),
                         capture_output=True, text=True, check=True)
                     r = json.loads(out.stdout.strip().splitlines()[-1])
                     if which not in best or r["step_s"] < best[which]["step_s"]:
@@ -118,6 +145,10 @@ def main() -> None:
                   f"{o['step_s'] / p['step_s']:>11.2f} {p['rss_mb']:>12.0f} {o['rss_mb']:>12.0f} "
                   f"{o['rss_mb'] / p['rss_mb']:>10.2f} {o['trainable']:>10,}")
             print(f"{'':>8} first-step loss: peft {p['first_loss']:.4f}, ours {o['first_loss']:.4f}")
+            if args.profile:
+                for label, r in (("peft", p), ("ours", o)):
+                    print(f"{'':>8} {label}: matmuls {r['mm_s']:.2f} of {r['profiled_s']:.2f} s "
+                          f"profiled ({r['mm_s'] / r['profiled_s']:.0%})")
 
 
 if __name__ == "__main__":

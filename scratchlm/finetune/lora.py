@@ -155,15 +155,22 @@ class LoRALinear(nn.Module):
                 and x.dtype == self.weight.dtype == self.lora_B["all"].weight.dtype
                 and torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type))
 
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantized is not None:
+            return self.quantized(x)
+        return F.linear(x, self.weight, self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled or self.merged:
-            return self.quantized(x) if self.quantized is not None else F.linear(x, self.weight, self.bias)
+            return self._base(x)
         h = self.dropout(x)
-        whole = len(self.parts) == 1 and next(iter(self.parts.values())) == slice(0, self.out_features)
+        whole = (len(self.parts) == 1
+                 and next(iter(self.parts.values())) == slice(0, self.out_features))
         if whole and self._fusable(x):
             a = self.lora_A["all"](h) * self.scale
-            return _FrozenBaseWithLoRA.apply(x, a, self.weight, self.lora_B["all"].weight, self.bias)
-        y = self.quantized(x) if self.quantized is not None else F.linear(x, self.weight, self.bias)
+            lora_b = self.lora_B["all"].weight
+            return _FrozenBaseWithLoRA.apply(x, a, self.weight, lora_b, self.bias)
+        y = self._base(x)
         # the scale multiplies the rank-r intermediate, not the (N, out) update: one pass over
         # a tensor out/r times smaller, forward and backward
         updates = [self.lora_B[n](self.lora_A[n](h) * self.scale) for n in self.parts]

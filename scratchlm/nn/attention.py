@@ -279,9 +279,10 @@ class GroupedQueryAttention(nn.Module):
                 layer: int = 0) -> torch.Tensor:
         b, t, _ = x.shape
         if self.qkv_proj is None:
-            q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-            k = self.k_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
-            v = self.v_proj(x).view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
+            h, kv, d = self.n_head, self.n_kv_head, self.head_dim
+            q = self.q_proj(x).view(b, t, h, d).transpose(1, 2)  # (B, H, T, D)
+            k = self.k_proj(x).view(b, t, kv, d).transpose(1, 2)  # (B, KV, T, D)
+            v = self.v_proj(x).view(b, t, kv, d).transpose(1, 2)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         else:  # fused: Q and K are neighbours in the output, so one RoPE call covers both
             qkv = self.qkv_proj(x).view(b, t, self.n_head + 2 * self.n_kv_head, self.head_dim)

@@ -111,9 +111,10 @@ class NF4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bnb = bitsandbytes()
         if bnb is not None:
+            shape = torch.Size((self.out_features, self.in_features))
             state = bnb.functional.QuantState(
-                absmax=self.absmax_values(), shape=torch.Size((self.out_features, self.in_features)),
-                code=NF4_LEVELS.to(x.device), blocksize=self.block, quant_type="nf4", dtype=x.dtype)
+                absmax=self.absmax_values(), shape=shape, code=NF4_LEVELS.to(x.device),
+                blocksize=self.block, quant_type="nf4", dtype=x.dtype)
             return bnb.matmul_4bit(x, self.weight_nf4.view(-1, 1).t(), quant_state=state,
                                    bias=None if self.bias is None else self.bias.to(x.dtype))
         return self.forward_torch(x)
