@@ -21,29 +21,29 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- int8 matrix x few-vectors ------------------------------------------------------------
+/* ---- matrix x few-vectors ------------------------------------------------------------------
    Rows are taken four at a time and split across OpenMP threads in contiguous ranges; each
    block of four rows is streamed from memory once (with a software prefetch ahead, which the
-   hardware prefetcher alone does not reach) and reused from L1 for every row of x. */
+   hardware prefetcher alone does not reach) and reused from L1 for every row of x.
+   dot4_int8 / dot4_f32: out[i] = x . row i, for the four rows r, r + K, r + 2K, r + 3K. */
 
-#if defined(__AVX512F__) && defined(__AVX512BW__)
 #define PREFETCH_AHEAD 8192 /* bytes; 4-16 KiB measured best on an AVX-512 Xeon */
 
+#if defined(__AVX512F__) && defined(__AVX512BW__)
 /* acc += 16 weights (int8, widened to float32) * 16 activations */
 static inline __m512 fma16(const int8_t *w, const float *x, __m512 acc) {
     __m128i q = _mm_loadu_si128((const __m128i *)w);
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), _mm512_loadu_ps(x), acc);
 }
 
-/* dot products of x with four consecutive rows r, r + K, r + 2K, r + 3K */
-static void dot4(const int8_t *r, int64_t K, const float *x, float out[4]) {
+static void dot4_int8(const void *rows, int64_t K, const float *x, float out[4]) {
+    const int8_t *r = rows;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
-        if ((k & 63) == 0) {
+        if ((k & 63) == 0) /* one prefetch per 64-byte line */
             for (int i = 0; i < 4; i++)
-                _mm_prefetch((const char *)(r + i * K + k + PREFETCH_AHEAD), _MM_HINT_T0);
-        }
+                _mm_prefetch((const char *)(r + i * K + k) + PREFETCH_AHEAD, _MM_HINT_T0);
         a0 = fma16(r + k, x + k, a0);
         a1 = fma16(r + K + k, x + k, a1);
         a2 = fma16(r + 2 * K + k, x + k, a2);
@@ -56,47 +56,9 @@ static void dot4(const int8_t *r, int64_t K, const float *x, float out[4]) {
     for (; k < K; k++)
         for (int i = 0; i < 4; i++) out[i] += x[k] * (float)r[i * K + k];
 }
-#else
-/* portable version: the compiler vectorizes the inner loop */
-static void dot4(const int8_t *r, int64_t K, const float *x, float out[4]) {
-    for (int i = 0; i < 4; i++) {
-        const int8_t *row = r + i * K;
-        float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t k = 0; k < K; k++) acc += x[k] * (float)row[k];
-        out[i] = acc;
-    }
-}
-#endif
 
-static float dot1(const int8_t *row, int64_t K, const float *x) {
-    float acc = 0.f;
-    for (int64_t k = 0; k < K; k++) acc += x[k] * (float)row[k];
-    return acc;
-}
-
-/* y[b, n] = scale[n] * sum_k x[b, k] * w[n, k] (+ bias[n]);  x (B, K), y (B, ldy), n < N */
-static void matvec_int8(const float *x, const int8_t *w, const float *scale, const float *bias,
-                        float *y, int64_t B, int64_t N, int64_t K, int64_t ldy) {
-    int64_t blocks = N / 4;
-#pragma omp parallel for schedule(static)
-    for (int64_t blk = 0; blk < blocks; blk++) {
-        int64_t n = blk * 4;
-        float acc[4];
-        for (int64_t b = 0; b < B; b++) {
-            dot4(w + n * K, K, x + b * K, acc);
-            for (int i = 0; i < 4; i++)
-                y[b * ldy + n + i] = acc[i] * scale[n + i] + (bias ? bias[n + i] : 0.f);
-        }
-    }
-    for (int64_t n = blocks * 4; n < N; n++) /* the last N % 4 rows */
-        for (int64_t b = 0; b < B; b++)
-            y[b * ldy + n] = dot1(w + n * K, K, x + b * K) * scale[n] + (bias ? bias[n] : 0.f);
-}
-
-/* the same for float32 weights (the fp32 decode layer): y[b, n] = sum_k x[b, k] w[n, k] */
-#if defined(__AVX512F__)
-static void dot4_f32(const float *r, int64_t K, const float *x, float out[4]) {
+static void dot4_f32(const void *rows, int64_t K, const float *x, float out[4]) {
+    const float *r = rows;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
@@ -116,43 +78,29 @@ static void dot4_f32(const float *r, int64_t K, const float *x, float out[4]) {
         for (int i = 0; i < 4; i++) out[i] += x[k] * r[i * K + k];
 }
 #else
-static void dot4_f32(const float *r, int64_t K, const float *x, float out[4]) {
+/* portable versions: the compiler vectorizes the inner loops */
+static void dot4_int8(const void *rows, int64_t K, const float *x, float out[4]) {
+    const int8_t *r = rows;
     for (int i = 0; i < 4; i++) {
-        const float *row = r + i * K;
         float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
-        for (int64_t k = 0; k < K; k++) acc += x[k] * row[k];
+        for (int64_t k = 0; k < K; k++) acc += x[k] * (float)r[i * K + k];
+        out[i] = acc;
+    }
+}
+
+static void dot4_f32(const void *rows, int64_t K, const float *x, float out[4]) {
+    const float *r = rows;
+    for (int i = 0; i < 4; i++) {
+        float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t k = 0; k < K; k++) acc += x[k] * r[i * K + k];
         out[i] = acc;
     }
 }
 #endif
 
-static void matvec_f32(const float *x, const float *w, const float *bias, float *y, int64_t B,
-                       int64_t N, int64_t K, int64_t ldy) {
-    int64_t blocks = N / 4;
-#pragma omp parallel for schedule(static)
-    for (int64_t blk = 0; blk < blocks; blk++) {
-        int64_t n = blk * 4;
-        float acc[4];
-        for (int64_t b = 0; b < B; b++) {
-            dot4_f32(w + n * K, K, x + b * K, acc);
-            for (int i = 0; i < 4; i++) y[b * ldy + n + i] = acc[i] + (bias ? bias[n + i] : 0.f);
-        }
-    }
-    for (int64_t n = blocks * 4; n < N; n++)
-        for (int64_t b = 0; b < B; b++) {
-            float acc = 0.f;
-            for (int64_t k = 0; k < K; k++) acc += x[b * K + k] * w[n * K + k];
-            y[b * ldy + n] = acc + (bias ? bias[n] : 0.f);
-        }
-}
-
-void int8_linear(const float *x, const int8_t *w, const float *scale, const float *bias,
-                 float *y, int64_t B, int64_t N, int64_t K) {
-    matvec_int8(x, w, scale, bias, y, B, N, K, N);
-}
-
-/* A weight of the decode layer: int8 (with scales) or float32, `rows` output rows. */
+/* A weight matrix (N = rows, K) row-major: int8 with a float32 scale per row, or float32. */
 typedef struct {
     const void *w;
     const float *scale; /* int8 only */
@@ -161,18 +109,48 @@ typedef struct {
     int64_t int8;
 } Weight;
 
+/* y[b, n] = (sum_k x[b, k] w[n, k]) * scale[n] + bias[n];  x (B, K), y (B, ldy), n < rows */
+static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64_t K,
+                    int64_t ldy) {
+    void (*dot4)(const void *, int64_t, const float *, float *) = wt->int8 ? dot4_int8 : dot4_f32;
+    size_t elem = wt->int8 ? 1 : sizeof(float);
+    int64_t N = wt->rows, whole = N / 4, blocks = (N + 3) / 4;
+    char *tail = NULL; /* the last N % 4 rows, zero-padded to a block of four */
+    if (N % 4) {
+        tail = calloc(4 * K, elem);
+        memcpy(tail, (const char *)wt->w + whole * 4 * K * elem, (N % 4) * K * elem);
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        int64_t n = blk * 4, m = N - n < 4 ? N - n : 4;
+        const void *r = blk < whole ? (const char *)wt->w + n * K * elem : tail;
+        float acc[4];
+        for (int64_t b = 0; b < B; b++) {
+            dot4(r, K, x + b * K, acc);
+            for (int64_t i = 0; i < m; i++)
+                y[b * ldy + n + i] = acc[i] * (wt->int8 ? wt->scale[n + i] : 1.f)
+                                     + (wt->bias ? wt->bias[n + i] : 0.f);
+        }
+    }
+    free(tail);
+}
+
 /* y (B, ldy) = x @ [W_0; W_1; ...].T: the outputs of n weights side by side (e.g. q, k, v
    separately, or one fused qkv) */
 static void matvec(const Weight *ws, int64_t n, const float *x, float *y, int64_t B, int64_t K,
                    int64_t ldy) {
     int64_t off = 0;
     for (int64_t i = 0; i < n; i++) {
-        if (ws[i].int8)
-            matvec_int8(x, ws[i].w, ws[i].scale, ws[i].bias, y + off, B, ws[i].rows, K, ldy);
-        else
-            matvec_f32(x, ws[i].w, ws[i].bias, y + off, B, ws[i].rows, K, ldy);
+        matvec1(&ws[i], x, y + off, B, K, ldy);
         off += ws[i].rows;
     }
+}
+
+/* y (B, N) = x (B, K) @ (w * scale).T + bias, for Int8Linear (nn/quant.py) */
+void int8_linear(const float *x, const int8_t *w, const float *scale, const float *bias,
+                 float *y, int64_t B, int64_t N, int64_t K) {
+    Weight wt = {w, scale, bias, N, 1};
+    matvec1(&wt, x, y, B, K, N);
 }
 
 /* ---- one Llama decoder layer --------------------------------------------------------------
