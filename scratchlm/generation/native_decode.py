@@ -27,7 +27,7 @@ from scratchlm.models.llama import Llama
 from scratchlm.nn.attention import CausalSelfAttention
 from scratchlm.nn.feedforward import GELU, FeedForward, SwiGLU
 from scratchlm.nn.kv_cache import KVCache
-from scratchlm.nn.native import Weight, gpt_layer_kernel, llama_layer_kernel
+from scratchlm.nn.native import Weight, decode_function
 from scratchlm.nn.quant import Int8Linear
 
 
@@ -106,7 +106,7 @@ class NativeDecoder:
             if not all(t.dtype == torch.float32 and t.device.type == "cpu"
                        for t in _norms(model, b)):
                 return None
-        kernel = llama_layer_kernel() if isinstance(model, Llama) else gpt_layer_kernel()
+        kernel = decode_function("llama_layer" if isinstance(model, Llama) else "gpt_layer")
         return cls(model, kernel) if kernel is not None else None
 
     def refresh(self) -> None:

@@ -85,41 +85,23 @@ class Weight(ctypes.Structure):
                 ("rows", ctypes.c_int64), ("int8", ctypes.c_int64)]
 
 
-@cache
-def int8_linear_kernel():
-    """``int8_linear(x, w, scale, bias, y, B, N, K)`` from csrc/decode.c, or None."""
-    lib = load("decode")
-    if lib is None:
-        return None
-    fn = lib.int8_linear
-    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3
-    fn.restype = None
-    return fn
+P, I64, F32, W = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.POINTER(Weight)
+# argument types of csrc/decode.c's entry points (see there for what each argument is)
+SIGNATURES = {
+    "int8_linear": [P] * 5 + [I64] * 3,
+    "llama_layer": [P] + [I64] * 6 + [F32, P, W, I64, W, P, W, I64, W] + [P] * 4 + [I64, I64, P],
+    "gpt_layer": [P] + [I64] * 5 + [F32, P, P, W, W, P, P, W, W, P, P] + [I64, I64, P],
+}
 
 
 @cache
-def llama_layer_kernel():
-    """``llama_layer(...)`` from csrc/decode.c (see there for the arguments), or None."""
+def decode_function(name: str):
+    """The function ``name`` of csrc/decode.c, typed for ctypes, or None when the library is
+    unavailable."""
     lib = load("decode")
     if lib is None:
         return None
-    fn = lib.llama_layer
-    p, i64, w = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(Weight)
-    fn.argtypes = [p] + [i64] * 6 + [ctypes.c_float, p, w, i64, w, p, w, i64, w] + [p] * 4 \
-        + [i64, i64, p]
-    fn.restype = None
+    fn = getattr(lib, name)
+    fn.argtypes, fn.restype = SIGNATURES[name], None
     return fn
 
-
-@cache
-def gpt_layer_kernel():
-    """``gpt_layer(...)`` from csrc/decode.c (see there for the arguments), or None."""
-    lib = load("decode")
-    if lib is None:
-        return None
-    fn = lib.gpt_layer
-    p, i64, w = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(Weight)
-    fn.argtypes = [p] + [i64] * 5 + [ctypes.c_float, p, p, w, w, p, p, w, w, p, p] \
-        + [i64, i64, p]
-    fn.restype = None
-    return fn

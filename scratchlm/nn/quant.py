@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchlm.nn.native import int8_linear_kernel
+from scratchlm.nn.native import decode_function
 
 KERNEL_MAX_ROWS = 16  # above this many input rows, dequantize + F.linear (a GEMM) is faster
 
@@ -46,7 +46,7 @@ class Int8Linear(nn.Module):
         rows = x.numel() // self.in_features
         if (rows <= KERNEL_MAX_ROWS and x.is_cpu and x.dtype is torch.float32
                 and scale.dtype is torch.float32 and not x.requires_grad):
-            kernel = int8_linear_kernel()
+            kernel = decode_function("int8_linear")
             if kernel is not None and w.is_contiguous():
                 x = x.contiguous()
                 y = torch.empty(*x.shape[:-1], self.out_features)

@@ -14,13 +14,13 @@ from scratchlm.generation.native_decode import NativeDecoder
 from scratchlm.models.gpt import GPT, GPTConfig
 from scratchlm.models.llama import Llama, LlamaConfig
 from scratchlm.nn.fuse import fuse_projections
-from scratchlm.nn.native import llama_layer_kernel
+from scratchlm.nn.native import decode_function
 from scratchlm.nn.quant import quantize_int8
 
 
 @pytest.fixture(autouse=True)
 def _needs_compiler():
-    if llama_layer_kernel() is None:
+    if decode_function("llama_layer") is None:
         assert shutil.which("cc") is None and shutil.which("gcc") is None, "kernel failed to build"
         pytest.skip("no C compiler")
 

@@ -43,9 +43,9 @@ def test_native_kernel_matches_dequantized_matmul():
 
     import pytest
 
-    from scratchlm.nn.native import int8_linear_kernel
+    from scratchlm.nn.native import decode_function
 
-    if int8_linear_kernel() is None:
+    if decode_function("int8_linear") is None:
         assert shutil.which("cc") is None and shutil.which("gcc") is None, "kernel failed to build"
         pytest.skip("no C compiler")
     torch.manual_seed(0)
@@ -65,13 +65,13 @@ def test_native_kernel_can_be_switched_off(monkeypatch):
 
     monkeypatch.setenv("SCRATCHLM_NATIVE", "0")
     native.load.cache_clear()
-    native.int8_linear_kernel.cache_clear()
+    native.decode_function.cache_clear()
     try:
-        assert native.int8_linear_kernel() is None
+        assert native.decode_function("int8_linear") is None
         q = Int8Linear.from_linear(torch.nn.Linear(16, 8))
         x = torch.randn(2, 16)
         ref = torch.nn.functional.linear(x, q.weight_int8.float() * q.scale[:, None], q.bias)
         assert torch.allclose(q(x), ref, atol=1e-6)
     finally:
         native.load.cache_clear()
-        native.int8_linear_kernel.cache_clear()
+        native.decode_function.cache_clear()
