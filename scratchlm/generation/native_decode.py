@@ -22,8 +22,7 @@ import ctypes
 import torch
 from torch import nn
 
-from scratchlm.models.gpt import GPT
-from scratchlm.models.llama import Llama
+from scratchlm.models.registry import model_features
 from scratchlm.nn.attention import CausalSelfAttention
 from scratchlm.nn.feedforward import GELU, FeedForward, SwiGLU
 from scratchlm.nn.kv_cache import KVCache
@@ -46,15 +45,36 @@ def _supported(layer: nn.Module) -> bool:
             and (extra is None or extra.dtype == torch.float32))
 
 
-def _layers(model: nn.Module, block: nn.Module) -> list[list[nn.Module]] | None:
+# The features (``models/registry.model_features``) each C layer computes. A model that uses
+# anything else (q/k norms, sliding windows, Gemma's norms, MoE, ...) keeps PyTorch's path.
+KERNELS = {
+    "llama_layer": frozenset({"rmsnorm", "rope", "swiglu", "biases"}),
+    "gpt_layer": frozenset({"layernorm", "learned_positions", "gelu", "biases"}),
+}
+
+
+def kernel_for(model: nn.Module) -> tuple[str | None, str]:
+    """(the C layer that computes ``model``'s features exactly, or None; why not)."""
+    try:
+        feats = model_features(model)
+    except (ValueError, AttributeError):
+        return None, f"{type(model).__name__} is not a model of a known family"
+    for name, supported in KERNELS.items():
+        if feats <= supported and feats & {"rmsnorm", "layernorm"} & supported:
+            return name, ""
+    closest = min(KERNELS.values(), key=lambda k: len(feats - k))
+    return None, "no native layer for: " + ", ".join(sorted(feats - closest))
+
+
+def _layers(model: nn.Module, block: nn.Module, kernel: str) -> list[list[nn.Module]] | None:
     """The weight groups the C layer reads, in its argument order (each group's outputs side by
     side), or None when the block has something it does not do (MoE, LoRA, other norms)."""
-    if isinstance(model, Llama) and isinstance(block.ff, SwiGLU):
+    if kernel == "llama_layer" and type(block.ff) is SwiGLU and block.ff.act == "silu":
         att, ff = block.att, block.ff
         qkv = [att.qkv_proj] if att.qkv_proj is not None else [att.q_proj, att.k_proj, att.v_proj]
         gate_up = [ff.fc12] if ff.fc12 is not None else [ff.fc1, ff.fc2]
         return [qkv, [att.out_proj], gate_up, [ff.fc3]]
-    if (isinstance(model, GPT) and isinstance(block.att, CausalSelfAttention)
+    if (kernel == "gpt_layer" and isinstance(block.att, CausalSelfAttention)
             and isinstance(block.ff, FeedForward) and isinstance(block.ff.layers[1], GELU)):
         fc, _, proj = block.ff.layers
         return [[block.att.qkv], [block.att.out_proj], [fc], [proj]]
@@ -72,16 +92,16 @@ def _weights(layers: list[nn.Module]) -> ctypes.Array:
     return arr
 
 
-def _norms(model: nn.Module, block: nn.Module) -> list[torch.Tensor]:
-    if isinstance(model, Llama):
+def _norms(block: nn.Module, kernel: str) -> list[torch.Tensor]:
+    if kernel == "llama_layer":
         return [block.norm1.weight, block.norm2.weight]
     return [block.norm1.scale, block.norm1.shift, block.norm2.scale, block.norm2.shift]
 
 
 class NativeDecoder:
-    def __init__(self, model: Llama | GPT, kernel):
-        self.model, self.kernel = model, kernel
-        self.llama = isinstance(model, Llama)
+    def __init__(self, model: nn.Module, kernel, name: str):
+        self.model, self.kernel, self.name = model, kernel, name
+        self.llama = name == "llama_layer"
         cfg = model.cfg
         if self.llama:
             self.eps = float(cfg.norm_eps)
@@ -94,20 +114,21 @@ class NativeDecoder:
 
     @classmethod
     def create(cls, model: nn.Module) -> "NativeDecoder | None":
-        """A decoder for ``model`` when it is a CPU float32 Llama or GPT whose projections are
-        plain Linears or ``Int8Linear`` (not LoRA, not MoE) and the kernel builds; else None,
-        and the engine keeps the PyTorch path."""
-        if not isinstance(model, Llama | GPT) or model.tok_emb.weight.dtype != torch.float32:
+        """A decoder for ``model`` when a C layer computes all its features (``kernel_for``),
+        it is on the CPU in float32, its projections are plain Linears or ``Int8Linear`` (not
+        LoRA) and the kernel builds; else None, and the engine keeps the PyTorch path."""
+        name, _ = kernel_for(model)
+        if name is None or model.tok_emb.weight.dtype != torch.float32:
             return None
         for b in model.trf_blocks:
-            groups = _layers(model, b)
+            groups = _layers(model, b, name)
             if groups is None or not all(_supported(m) for g in groups for m in g):
                 return None
             if not all(t.dtype == torch.float32 and t.device.type == "cpu"
-                       for t in _norms(model, b)):
+                       for t in _norms(b, name)):
                 return None
-        kernel = decode_function("llama_layer" if isinstance(model, Llama) else "gpt_layer")
-        return cls(model, kernel) if kernel is not None else None
+        kernel = decode_function(name)
+        return cls(model, kernel, name) if kernel is not None else None
 
     def refresh(self) -> None:
         """Re-read the weights' addresses (after the model's tensors were replaced, e.g. by
@@ -115,10 +136,10 @@ class NativeDecoder:
         The tensors are kept referenced, so an address here is never freed memory."""
         self.layers = []
         for b in self.model.trf_blocks:
-            groups = _layers(self.model, b)
+            groups = _layers(self.model, b, self.name)
             tensors = [p for m in b.modules() for p in (*m.parameters(recurse=False),
                                                          *m.buffers(recurse=False))]
-            self.layers.append((_norms(self.model, b), [_weights(g) for g in groups],
+            self.layers.append((_norms(b, self.name), [_weights(g) for g in groups],
                                 [len(g) for g in groups], tensors))
 
     def logits(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:

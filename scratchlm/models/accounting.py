@@ -59,12 +59,14 @@ def flops_per_token(cfg, seq_len: int | None = None) -> tuple[float, float]:
     hidden = getattr(cfg, "intermediate_size", None)
     if hidden is None:  # GPT: qkv (3C^2) + out_proj (C^2) + MLP C->4C->C (8C^2)
         attn, ffn = 4 * c * c, 8 * c * c
-    else:  # Llama: q,o (C^2 each), k,v (C * kv_dim each), SwiGLU three C x hidden matrices
-        kv_dim = cfg.n_kv_head * cfg.head_dim
-        attn, ffn = 2 * c * c + 2 * c * kv_dim, 3 * c * hidden
-    experts = getattr(cfg, "moe_num_experts", 0)
-    if experts:  # a token runs through top_k experts, plus the (C x N) router
-        ffn = cfg.moe_top_k * ffn + c * experts
+    else:  # Llama: q,o (C * H*D each), k,v (C * KV*D each), gated FFN: three C x hidden
+        q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+        attn, ffn = 2 * c * q_dim + 2 * c * kv_dim, 3 * c * hidden
+    moe = getattr(cfg, "moe", None)
+    if moe is not None and moe.num_experts:  # top_k experts per token, plus the (C x N) router
+        if moe.intermediate_size:
+            ffn = ffn * moe.intermediate_size // (hidden or 4 * c)
+        ffn = moe.top_k * ffn + c * moe.num_experts
     per_layer = attn + ffn
     n_matmul = layers * per_layer + cfg.vocab_size * c
     forward = 2 * n_matmul + 4 * layers * t * c

@@ -13,16 +13,16 @@ FLOPs in ``models/accounting.py``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from scratchlm.nn.attention import CausalSelfAttention
+from scratchlm.nn.attention import CausalSelfAttention, layer_windows
 from scratchlm.nn.feedforward import FeedForward
-from scratchlm.nn.moe import check_moe_config, expert_ffn
+from scratchlm.nn.moe import MoEConfig, expert_ffn, moe_from
 from scratchlm.nn.norm import LayerNorm
 
 
@@ -39,11 +39,9 @@ class GPTConfig:
     vocab_pad_multiple: int = 1  # pad embedding/head rows to a multiple (64 helps matmuls)
     grad_checkpointing: bool = False  # recompute each block's activations in backward
     init: str = "gpt2"  # "gpt2": normal(0, 0.02) weights; "torch": PyTorch defaults (the book)
-    moe_num_experts: int = 0  # > 0: each block's FFN is a mixture of this many experts
-    moe_top_k: int = 2  # experts per token
-    moe_capacity_factor: float = 0.0  # > 0: cap tokens per expert (overflow is dropped)
-    moe_aux_loss_coef: float = 0.01  # Switch load-balancing loss weight
-    moe_z_loss_coef: float = 0.001  # router z-loss weight
+    sliding_window: int = 0  # > 0: local layers attend to the last this-many positions
+    sliding_window_pattern: int = 0  # 0: all layers local; k: every k-th layer global
+    moe: MoEConfig = field(default_factory=MoEConfig)  # mixture-of-experts FFNs (nn/moe.py)
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "n_embd", "n_head", "n_layer",
@@ -58,7 +56,8 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.init must be 'gpt2' or 'torch', got {self.init!r}")
         if not 0.0 <= self.drop_rate < 1.0:
             raise ValueError(f"GPTConfig.drop_rate must be in [0, 1), got {self.drop_rate}")
-        check_moe_config(self, "GPTConfig")
+        self.moe = moe_from(self.moe, "GPTConfig")
+        layer_windows(self, "GPTConfig")
 
     @property
     def head_dim(self) -> int:
@@ -79,7 +78,9 @@ class GPTConfig:
         return replace(base, **overrides)
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["moe"] = self.moe.to_dict()
+        return out
 
 
 # The four GPT-2 sizes (the book's table in chapter 5; OpenAI's released checkpoints:
@@ -95,13 +96,14 @@ GPT_PRESETS: dict[str, GPTConfig] = {
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, window: int = 0):
         super().__init__()
         self.norm1 = LayerNorm(cfg.n_embd)
         self.att = CausalSelfAttention(cfg.n_embd, cfg.n_embd, cfg.context_length,
                                        cfg.drop_rate, cfg.n_head, cfg.qkv_bias)
         self.norm2 = LayerNorm(cfg.n_embd)
-        self.ff = expert_ffn(cfg, lambda: FeedForward(cfg.n_embd))
+        self.att.window = window
+        self.ff = expert_ffn(cfg, lambda width: FeedForward(cfg.n_embd, width))
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor, cache=None, layer: int = 0) -> torch.Tensor:
@@ -117,7 +119,8 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(cfg.padded_vocab_size, cfg.n_embd)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.n_embd)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
-        self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layer))
+        self.trf_blocks = nn.ModuleList(TransformerBlock(cfg, w)
+                                        for w in layer_windows(cfg, "GPTConfig"))
         self.final_norm = LayerNorm(cfg.n_embd)
         self.out_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         if cfg.tie_embeddings:

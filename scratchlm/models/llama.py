@@ -1,4 +1,4 @@
-"""Llama-family models (Llama 3.x, SmolLM2, ...): modules only.
+"""Llama-family models (Llama 3.x, SmolLM2, and Qwen3 through its switches): modules only.
 
     token ids (B, T) -> tok_emb                                     (B, T, C)
       -> n_layer x block:  x = x + att(norm1(x), rope)   RMSNorm, grouped-query attention
@@ -12,16 +12,16 @@ ff, final_norm, out_head), so training code serves both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from scratchlm.models.gpt import check_prefix
-from scratchlm.nn.attention import GroupedQueryAttention
+from scratchlm.nn.attention import GroupedQueryAttention, layer_windows
 from scratchlm.nn.feedforward import SwiGLU
-from scratchlm.nn.moe import check_moe_config, expert_ffn
+from scratchlm.nn.moe import MoEConfig, expert_ffn, moe_from
 from scratchlm.nn.norm import RMSNorm
 from scratchlm.nn.rope import rope_cache
 
@@ -41,32 +41,36 @@ class LlamaConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     qkv_bias: bool = False
+    qk_norm: bool = False  # RMSNorm over each query/key head before RoPE (Qwen3)
+    sliding_window: int = 0  # > 0: local layers attend to the last this-many positions
+    sliding_window_pattern: int = 0  # 0: all layers local; k: every k-th layer global
     grad_checkpointing: bool = False
-    moe_num_experts: int = 0  # > 0: each block's FFN is a mixture of this many experts
-    moe_top_k: int = 2  # experts per token
-    moe_capacity_factor: float = 0.0  # > 0: cap tokens per expert (overflow is dropped)
-    moe_aux_loss_coef: float = 0.01  # Switch load-balancing loss weight
-    moe_z_loss_coef: float = 0.001  # router z-loss weight
+    moe: MoEConfig = field(default_factory=MoEConfig)  # mixture-of-experts FFNs (nn/moe.py)
 
     def __post_init__(self):
+        owner = type(self).__name__
         for name in ("vocab_size", "context_length", "n_embd", "n_layer", "n_head", "n_kv_head",
                      "intermediate_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"LlamaConfig.{name} must be a positive integer, "
+                raise ValueError(f"{owner}.{name} must be a positive integer, "
                                  f"got {getattr(self, name)!r}")
         if self.n_head % self.n_kv_head:
-            raise ValueError(f"LlamaConfig.n_head ({self.n_head}) must be divisible by "
+            raise ValueError(f"{owner}.n_head ({self.n_head}) must be divisible by "
                              f"n_kv_head ({self.n_kv_head})")
         if self.head_dim is None:
             if self.n_embd % self.n_head:
-                raise ValueError(f"LlamaConfig.n_embd ({self.n_embd}) must be divisible by "
+                raise ValueError(f"{owner}.n_embd ({self.n_embd}) must be divisible by "
                                  f"n_head ({self.n_head}) when head_dim is not given")
             self.head_dim = self.n_embd // self.n_head
         if self.rope_scaling is not None:
             need = {"factor", "low_freq_factor", "high_freq_factor", "original_context_length"}
             if set(self.rope_scaling) != need:
-                raise ValueError(f"LlamaConfig.rope_scaling needs exactly {sorted(need)}")
-        check_moe_config(self, "LlamaConfig")
+                raise ValueError(f"{owner}.rope_scaling needs exactly {sorted(need)}")
+        if not isinstance(self.head_dim, int) or self.head_dim < 1 or self.head_dim % 2:
+            raise ValueError(f"{owner}.head_dim must be a positive even integer (RoPE rotates "
+                             f"pairs), got {self.head_dim!r}")
+        self.moe = moe_from(self.moe, owner)
+        layer_windows(self, owner)
 
     @property
     def padded_vocab_size(self) -> int:
@@ -81,7 +85,9 @@ class LlamaConfig:
         return replace(base, **overrides)
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["moe"] = self.moe.to_dict()
+        return out
 
 
 LLAMA_PRESETS: dict[str, LlamaConfig] = {
@@ -103,13 +109,15 @@ LLAMA_PRESETS: dict[str, LlamaConfig] = {
 
 
 class LlamaBlock(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, window: int = 0):
         super().__init__()
         self.norm1 = RMSNorm(cfg.n_embd, cfg.norm_eps)
-        self.att = GroupedQueryAttention(cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim,
-                                         cfg.qkv_bias)
+        self.att = GroupedQueryAttention(
+            cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.qkv_bias,
+            make_norm=(lambda d: RMSNorm(d, cfg.norm_eps)) if cfg.qk_norm else None,
+            window=window)
         self.norm2 = RMSNorm(cfg.n_embd, cfg.norm_eps)
-        self.ff = expert_ffn(cfg, lambda: SwiGLU(cfg.n_embd, cfg.intermediate_size))
+        self.ff = expert_ffn(cfg, lambda width: SwiGLU(cfg.n_embd, width or cfg.intermediate_size))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None,
                 layer: int = 0) -> torch.Tensor:
@@ -122,20 +130,39 @@ class Llama(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.trf_blocks = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.n_layer))
+        self.trf_blocks = nn.ModuleList(LlamaBlock(cfg, w)
+                                        for w in layer_windows(cfg, type(cfg).__name__))
         self.final_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.out_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
-        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def rope(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables covering positions [0, length), computed once and reused."""
-        if self._rope is None or self._rope[0].shape[0] < length or self._rope[0].device != device:
+    def rope(self, length: int, device: torch.device, base: float | None = None,
+             scaling: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables covering positions [0, length) (for ``base``, default the config's),
+        computed once and reused."""
+        if base is None:
+            base, scaling = self.cfg.rope_base, self.cfg.rope_scaling
+        key = (base, repr(scaling))
+        table = self._rope.get(key)
+        if table is None or table[0].shape[0] < length or table[0].device != device:
             n = min(self.cfg.context_length, max(length, 1024))
-            self._rope = rope_cache(self.cfg.head_dim, n, self.cfg.rope_base,
-                                    self.cfg.rope_scaling, device)
-        return self._rope
+            table = self._rope[key] = rope_cache(self.cfg.head_dim, n, base, scaling, device)
+        return table
+
+    def rope_tables(self, length: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The RoPE tables the blocks use; block i takes ``[self.rope_index[i]]`` (one table
+        here; Gemma 3 has one for local and one for global layers)."""
+        return [self.rope(length, device)]
+
+    @property
+    def rope_index(self) -> list[int]:
+        return [0] * len(self.trf_blocks)
+
+    def embed(self, in_idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, T, C) token embeddings (Gemma scales them)."""
+        return self.tok_emb(in_idx)
 
     def forward(self, in_idx: torch.Tensor, cache=None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, vocab_size) logits; with a ``KVCache`` the ids continue
@@ -152,16 +179,18 @@ class Llama(nn.Module):
         if total > self.cfg.context_length:
             raise ValueError(f"sequence of {total} tokens exceeds context_length "
                              f"{self.cfg.context_length}")
-        cos, sin = self.rope(total, in_idx.device)  # (L, D)
-        if cache is None:
-            cos, sin = cos[:seq_len], sin[:seq_len]  # (T, D)
-        else:
-            pos = cache.positions(seq_len)  # (B, T)
-            cos, sin = cos[pos][:, None], sin[pos][:, None]  # (B, 1, T, D)
-        x = self.tok_emb(in_idx)  # (B, T, C)
+        pos = cache.positions(seq_len) if cache is not None else None  # (B, T)
+        tables = []
+        for cos, sin in self.rope_tables(total, in_idx.device):  # each (L, D)
+            if pos is None:
+                tables.append((cos[:seq_len], sin[:seq_len]))  # (T, D)
+            else:
+                tables.append((cos[pos][:, None], sin[pos][:, None]))  # (B, 1, T, D)
+        x = self.embed(in_idx)  # (B, T, C)
         if n_prefix:
             x = torch.cat([prefix.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
-        for i, block in enumerate(self.trf_blocks):
+        for i, (block, t) in enumerate(zip(self.trf_blocks, self.rope_index)):
+            cos, sin = tables[t]
             if self.cfg.grad_checkpointing and self.training:
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:

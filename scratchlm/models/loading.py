@@ -25,8 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from scratchlm.data.download import DownloadError, download
-from scratchlm.models.gpt import GPT, GPTConfig
-from scratchlm.models.llama import Llama, LlamaConfig
+from scratchlm.models.registry import family_for_gguf, family_for_hf, family_named, family_of
 
 # Preset -> Hugging Face repository with its published weights.
 HF_REPOS = {
@@ -36,9 +35,14 @@ HF_REPOS = {
     "gpt2-1558m": "openai-community/gpt2-xl",
     "smollm2-135m": "HuggingFaceTB/SmolLM2-135M",
     "llama-3.2-1b": "meta-llama/Llama-3.2-1B",  # gated: set HF_TOKEN
+    "qwen3-0.6b": "Qwen/Qwen3-0.6B",
+    "qwen3-1.7b": "Qwen/Qwen3-1.7B",
+    "qwen3-4b": "Qwen/Qwen3-4B",
+    "qwen3-8b": "Qwen/Qwen3-8B",
+    "qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B",
+    "gemma3-270m": "google/gemma-3-270m",  # gated: set HF_TOKEN
+    "gemma3-1b": "google/gemma-3-1b-pt",  # gated: set HF_TOKEN
 }
-# Our model families: name -> (config class, model class).
-FAMILIES: dict[str, tuple[type, type]] = {"gpt": (GPTConfig, GPT), "llama": (LlamaConfig, Llama)}
 
 
 class CheckpointError(ValueError):
@@ -121,52 +125,70 @@ def _pad_vocab(t: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
 
 
-def load_mapped(model_cls, cfg, tensors, map_key, source: str,
+def load_mapped(model_cls, cfg, tensors, convert, source: str,
                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Build ``model_cls(cfg)`` on the meta device and fill it from ``tensors`` ((key, tensor)
-    pairs) through ``map_key(key) -> (our key or None to skip, transpose?)``."""
+    pairs) through ``convert(key, tensor, cfg) -> [(our key or None to skip, tensor), ...]``."""
     with torch.device("meta"):
         model = model_cls(cfg)
     state = {}
     for key, tensor in tensors:
         try:
-            ours, transpose = map_key(key)
+            pairs = list(convert(key, tensor, cfg))
         except KeyError:
             raise CheckpointError(f"{source}: unexpected key {key!r}") from None
-        if ours is None or (ours == "out_head.weight" and cfg.tie_embeddings):
-            continue
-        t = tensor.T if transpose else tensor
-        if ours in ("tok_emb.weight", "out_head.weight"):
-            t = _pad_vocab(t, cfg.padded_vocab_size)
-        state[ours] = t.to(device=device, dtype=dtype).contiguous()
+        for ours, t in pairs:
+            if ours is None or (ours == "out_head.weight" and cfg.tie_embeddings):
+                continue
+            if ours in ("tok_emb.weight", "out_head.weight"):
+                t = _pad_vocab(t, cfg.padded_vocab_size)
+            state[ours] = t.to(device=device, dtype=dtype).contiguous()
     return _materialize(model, state, source)
 
 
-def load_hf_gpt2(folder: str | Path, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu", **overrides) -> GPT:
-    from scratchlm.models.convert.hf_gpt2 import config_from_hf, hf_key_to_ours
-
+def load_hf(folder: str | Path, dtype: torch.dtype = torch.float32,
+            device: str | torch.device = "cpu", **overrides) -> nn.Module:
+    """A Hugging Face checkpoint folder of any family the registry knows by ``model_type``."""
     folder = Path(folder)
-    cfg = config_from_hf(json.loads((folder / "config.json").read_text()))
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    cfg.__post_init__()
-    return load_mapped(GPT, cfg, iter_safetensors(folder), hf_key_to_ours, str(folder), dtype,
-                       device)
+    hf_config = json.loads((folder / "config.json").read_text())
+    family = family_for_hf(hf_config.get("model_type"), str(folder / "config.json"))
+    conv = family.hf()
+    try:
+        cfg = conv.config_from_hf(hf_config)
+        for k, v in overrides.items():
+            setattr(cfg, k, v)
+        cfg.__post_init__()
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
+    return load_mapped(family.model_cls, cfg, iter_safetensors(folder), conv.hf_to_ours,
+                       str(folder), dtype, device)
+
+
+def load_hf_gpt2(folder: str | Path, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu", **overrides):
+    return load_hf(folder, dtype, device, **overrides)
 
 
 def load_hf_llama(folder: str | Path, dtype: torch.dtype = torch.float32,
                   device: str | torch.device = "cpu"):
-    from scratchlm.models.convert.hf_llama import config_from_hf, hf_key_to_ours
-    from scratchlm.models.llama import Llama
+    return load_hf(folder, dtype, device)
 
+
+def save_hf(model: nn.Module, folder: str | Path) -> Path:
+    """Our model in its family's Hugging Face layout (``config.json`` + ``model.safetensors``),
+    loadable by ``AutoModelForCausalLM.from_pretrained``. Files are written under temporary
+    names and renamed."""
+    conv = family_of(model).hf()
     folder = Path(folder)
-    cfg = config_from_hf(json.loads((folder / "config.json").read_text()))
-
-    def map_key(key):
-        return hf_key_to_ours(key), False
-
-    return load_mapped(Llama, cfg, iter_safetensors(folder), map_key, str(folder), dtype, device)
+    folder.mkdir(parents=True, exist_ok=True)
+    hf_config = conv.config_to_hf(model.cfg)
+    state = conv.state_dict_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                                  model.cfg)
+    save_file(state, folder / "model.safetensors.part", metadata={"format": "pt"})
+    os.replace(folder / "model.safetensors.part", folder / "model.safetensors")
+    (folder / "config.json.part").write_text(json.dumps(hf_config, indent=2))
+    os.replace(folder / "config.json.part", folder / "config.json")
+    return folder
 
 
 # Llama 3's pre-tokenizer regex (llama.cpp "llama-bpe").
@@ -205,31 +227,33 @@ def gguf_tokenizer(meta: dict, source: str = "GGUF"):
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
               device: str | torch.device = "cpu"):
-    """(Llama model, tokenizer) from a llama.cpp GGUF file, dequantized to ``dtype``."""
-    from scratchlm.models.convert.gguf import (
-        config_kwargs,
-        gguf_key_to_ours,
-        iter_tensors,
-        read_gguf,
-        unpermute,
-    )
+    """(model, tokenizer) from a llama.cpp GGUF file of any architecture the registry reads
+    (llama, qwen3, qwen3moe, gemma3), dequantized to ``dtype``."""
+    from scratchlm.models.convert.gguf import ARCHS, GGUFError, config_kwargs, iter_tensors, read_gguf
 
     meta, reader = read_gguf(path)
+    arch = meta.get("general.architecture")
+    try:
+        family = family_for_gguf(arch, str(path))
+    except ValueError as e:
+        raise GGUFError(str(e)) from None
     names = {t.name for t in reader.tensors}
-    cfg = LlamaConfig(**config_kwargs(meta), tie_embeddings="output.weight" not in names)
+    try:
+        cfg = family.config_cls(**config_kwargs(meta, str(path)),
+                                tie_embeddings="output.weight" not in names)
+    except ValueError as e:
+        raise GGUFError(f"{path}: {e}") from None
+    conv = ARCHS[arch]
 
     def tensors():
         for name, array in iter_tensors(path, reader):
-            if name.endswith("attn_q.weight"):
-                array = unpermute(array, cfg.n_head)
-            elif name.endswith("attn_k.weight"):
-                array = unpermute(array, cfg.n_kv_head)
-            yield name, torch.from_numpy(np.array(array, copy=True))
+            yield name, array
 
-    def map_key(key):
-        return gguf_key_to_ours(key), False
+    def convert(name, array, cfg):
+        for ours, a in conv.convert(name, array, cfg):
+            yield ours, torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
 
-    model = load_mapped(Llama, cfg, tensors(), map_key, str(path), dtype, device)
+    model = load_mapped(family.model_cls, cfg, tensors(), convert, str(path), dtype, device)
     return model, gguf_tokenizer(meta, str(path))
 
 
@@ -294,7 +318,7 @@ def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
     """Our layout: ``config.json`` ({"scratchlm": {"family", "config"}}) + ``model.safetensors``.
     Files are written under temporary names and renamed, so a crash leaves no half file."""
-    family = next(name for name, (_, cls) in FAMILIES.items() if isinstance(model, cls))
+    family = family_of(model).name
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(unique_state_dict(model), folder / "model.safetensors.part", metadata={"format": "pt"})
@@ -308,16 +332,9 @@ def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
     return folder
 
 
-def save_hf_gpt2(model: GPT, folder: str | Path) -> Path:
+def save_hf_gpt2(model: nn.Module, folder: str | Path) -> Path:
     """Export our GPT to the HF GPT-2 layout, loadable by ``GPT2LMHeadModel.from_pretrained``."""
-    from scratchlm.models.convert.hf_gpt2 import config_to_hf, state_dict_to_hf
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    hf_state = state_dict_to_hf({k: v.detach() for k, v in model.state_dict().items()}, model.cfg)
-    save_file(hf_state, folder / "model.safetensors", metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(config_to_hf(model.cfg), indent=2))
-    return folder
+    return save_hf(model, folder)
 
 
 def load_ours(folder: str | Path, dtype: torch.dtype = torch.float32,
@@ -325,11 +342,12 @@ def load_ours(folder: str | Path, dtype: torch.dtype = torch.float32,
     folder = Path(folder)
     meta = json.loads((folder / "config.json").read_text())["scratchlm"]
     try:
-        config_cls, model_cls = FAMILIES[meta["family"]]
-    except KeyError:
-        raise CheckpointError(f"{folder}: unknown model family {meta['family']!r}") from None
+        family = family_named(meta["family"])
+        cfg = family.config(meta["config"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
     with torch.device("meta"):
-        model = model_cls(config_cls(**meta["config"]))
+        model = family.model_cls(cfg)
         if "num_classes" in meta:  # a classifier (finetune/classification.py)
             model.out_head = nn.Linear(model.cfg.n_embd, meta["num_classes"])
     state = {k: t.to(device=device, dtype=dtype) for k, t in iter_safetensors(folder)}
@@ -357,10 +375,10 @@ def load_pretrained(name: str, dtype: torch.dtype = torch.float32,
     config = json.loads((folder / "config.json").read_text())
     if "scratchlm" in config:
         model = load_ours(folder, dtype, device)
-    elif config.get("model_type") == "gpt2":
-        model = load_hf_gpt2(folder, dtype, device)
-    elif config.get("model_type") == "llama":
-        model = load_hf_llama(folder, dtype, device)
     else:
-        raise CheckpointError(f"{folder}: unsupported model_type {config.get('model_type')!r}")
+        try:
+            family_for_hf(config.get("model_type"), str(folder / "config.json"))
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        model = load_hf(folder, dtype, device)
     return model.eval()

@@ -17,6 +17,8 @@ Shapes: ``B`` batch, ``T`` tokens, ``C`` = d_in, ``H`` heads, ``D`` = head_dim.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -230,6 +232,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(d_in, 3 * d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)
         self.dropout = dropout
+        self.window = 0  # > 0: a sliding-window (local) layer, see GroupedQueryAttention
 
     def forward(self, x: torch.Tensor, cache=None, layer: int = 0) -> torch.Tensor:
         """x (B, T, C). With a ``KVCache`` the new keys/values are appended to it and the queries
@@ -237,7 +240,7 @@ class CausalSelfAttention(nn.Module):
         b, num_tokens, _ = x.shape
         qkv = self.qkv(x).view(b, num_tokens, 3, self.num_heads, self.head_dim)  # (B, T, 3, H, D)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
-        k, v, mask, causal = _with_cache(cache, layer, k, v, num_tokens)
+        k, v, mask, causal = _with_cache(cache, layer, k, v, num_tokens, self.window)
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             is_causal=causal,
@@ -254,19 +257,31 @@ class GroupedQueryAttention(nn.Module):
         keys:     KV heads   k0       | k1       | k2          (H / KV queries share one)
 
     ``forward(x, cos, sin)``: x (B, T, C); cos/sin (T, D) for the positions of x.
+
+    Switches the other families need (each off by default, so Llama is unchanged):
+    - ``make_norm(head_dim)``: an RMSNorm over each query and key head before RoPE
+      (``q_norm``/``k_norm``; Qwen3, Gemma 3);
+    - ``scale``: the factor on q.k (default 1/sqrt(head_dim); Gemma 3 uses
+      query_pre_attn_scalar^-0.5);
+    - ``window`` (attribute): > 0 makes this a local layer, each query sees only the last
+      ``window`` positions including its own (sliding-window attention).
     """
 
     def __init__(self, d_in: int, n_head: int, n_kv_head: int, head_dim: int | None = None,
-                 qkv_bias: bool = False):
+                 qkv_bias: bool = False, make_norm: Callable[[int], nn.Module] | None = None,
+                 scale: float | None = None, window: int = 0):
         super().__init__()
         if n_head % n_kv_head:
             raise ValueError(f"n_head ({n_head}) must be divisible by n_kv_head ({n_kv_head})")
         self.n_head, self.n_kv_head = n_head, n_kv_head
         self.head_dim = head_dim or _check_heads(d_in, n_head)
+        self.scale, self.window = scale, window
         self.q_proj = nn.Linear(d_in, n_head * self.head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(d_in, n_kv_head * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(d_in, n_kv_head * self.head_dim, bias=qkv_bias)
         self.out_proj = nn.Linear(n_head * self.head_dim, d_in, bias=False)
+        self.q_norm = make_norm(self.head_dim) if make_norm else None
+        self.k_norm = make_norm(self.head_dim) if make_norm else None
         self.qkv_proj = None  # set by fuse_projections (inference)
 
     def fuse_projections(self) -> None:
@@ -278,30 +293,65 @@ class GroupedQueryAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache=None,
                 layer: int = 0) -> torch.Tensor:
         b, t, _ = x.shape
-        if self.qkv_proj is None:
-            h, kv, d = self.n_head, self.n_kv_head, self.head_dim
-            q = self.q_proj(x).view(b, t, h, d).transpose(1, 2)  # (B, H, T, D)
-            k = self.k_proj(x).view(b, t, kv, d).transpose(1, 2)  # (B, KV, T, D)
-            v = self.v_proj(x).view(b, t, kv, d).transpose(1, 2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        else:  # fused: Q and K are neighbours in the output, so one RoPE call covers both
-            qkv = self.qkv_proj(x).view(b, t, self.n_head + 2 * self.n_kv_head, self.head_dim)
-            qk = apply_rope(qkv[:, :, : self.n_head + self.n_kv_head].transpose(1, 2), cos, sin)
-            q, k = qk.split([self.n_head, self.n_kv_head], dim=1)
-            v = qkv[:, :, self.n_head + self.n_kv_head:].transpose(1, 2)
-        k, v, mask, causal = _with_cache(cache, layer, k, v, t)
+        h, kv, d = self.n_head, self.n_kv_head, self.head_dim
+        if self.qkv_proj is not None and self.q_norm is None:
+            # fused: Q and K are neighbours in the output, so one RoPE call covers both
+            qkv = self.qkv_proj(x).view(b, t, h + 2 * kv, d)  # (B, T, H + 2KV, D)
+            q, k = apply_rope(qkv[:, :, : h + kv].transpose(1, 2), cos, sin).split([h, kv], dim=1)
+            v = qkv[:, :, h + kv:].transpose(1, 2)  # (B, KV, T, D)
+        else:
+            if self.qkv_proj is None:
+                q = self.q_proj(x).view(b, t, h, d)  # (B, T, H, D)
+                k = self.k_proj(x).view(b, t, kv, d)  # (B, T, KV, D)
+                v = self.v_proj(x).view(b, t, kv, d)
+            else:
+                q, k, v = self.qkv_proj(x).view(b, t, h + 2 * kv, d).split([h, kv, kv], dim=2)
+            if self.q_norm is not None:  # per head, before RoPE
+                q, k = self.q_norm(q), self.k_norm(k)
+            q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, T, D)
+            k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, KV, T, D)
+            v = v.transpose(1, 2)  # (B, KV, T, D)
+        k, v, mask, causal = _with_cache(cache, layer, k, v, t, self.window)
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                                 enable_gqa=self.n_kv_head != self.n_head)
-        context = context.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)  # (B, T, H*D)
+                                                 scale=self.scale, enable_gqa=kv != h)
+        context = context.transpose(1, 2).reshape(b, t, h * d)  # (B, T, H*D)
         return self.out_proj(context)
 
 
-def _with_cache(cache, layer: int, k: torch.Tensor, v: torch.Tensor, t: int):
-    """(keys, values, mask, is_causal) for SDPA, appending to ``cache`` when there is one."""
+def layer_windows(cfg, owner: str) -> list[int]:
+    """Each layer's attention window from ``cfg.sliding_window`` (0: every layer global) and
+    ``cfg.sliding_window_pattern`` (0: every layer local; k: every k-th layer global, the rest
+    local, e.g. Gemma 3's 6 = five local layers to one global). Errors name the field."""
+    window, pattern = cfg.sliding_window, cfg.sliding_window_pattern
+    if not isinstance(window, int) or window < 0:
+        raise ValueError(f"{owner}.sliding_window must be an integer >= 0, got {window!r}")
+    if not isinstance(pattern, int) or pattern < 0:
+        raise ValueError(f"{owner}.sliding_window_pattern must be an integer >= 0, "
+                         f"got {pattern!r}")
+    if pattern and not window:
+        raise ValueError(f"{owner}.sliding_window_pattern={pattern} needs sliding_window > 0")
+    return [0 if not window or (pattern and (i + 1) % pattern == 0) else window
+            for i in range(cfg.n_layer)]
+
+
+def sliding_causal_mask(t: int, window: int, device=None) -> torch.Tensor:
+    """(T, T) boolean mask, True where query i may see key j: j <= i and i - j < window."""
+    i = torch.arange(t, device=device)[:, None]
+    j = torch.arange(t, device=device)[None, :]
+    return (j <= i) & (i - j < window)
+
+
+def _with_cache(cache, layer: int, k: torch.Tensor, v: torch.Tensor, t: int, window: int = 0):
+    """(keys, values, mask, is_causal) for SDPA, appending to ``cache`` when there is one;
+    ``window`` > 0 limits each query to the last ``window`` positions."""
     if cache is None:
+        if window and t > window:
+            return k, v, sliding_causal_mask(t, window, k.device), False
         return k, v, None, True
     start = cache.length
     k, v = cache.update(layer, k, v)
+    if window and start + t > window:
+        return k, v, cache.mask(t, window), False
     mask = cache.mask(t)
     if mask is not None:
         return k, v, mask, False

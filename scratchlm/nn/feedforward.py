@@ -1,4 +1,4 @@
-"""Feed-forward layers: GELU and the GPT-2 position-wise MLP."""
+"""Feed-forward layers: GELU, the GPT-2 position-wise MLP, and the gated MLP (SwiGLU / GeGLU)."""
 
 from __future__ import annotations
 
@@ -34,12 +34,19 @@ class FeedForward(nn.Module):
         return self.layers(x)
 
 
-class SwiGLU(nn.Module):
-    """Llama's gated feed-forward: ``fc3(silu(fc1(x)) * fc2(x))``, (B, T, C) -> (B, T, C).
-    fc1 is the gate, fc2 the up projection, fc3 the down projection (the book's names)."""
+ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
-    def __init__(self, emb_dim: int, hidden_dim: int, bias: bool = False):
+
+class SwiGLU(nn.Module):
+    """Llama's gated feed-forward: ``fc3(act(fc1(x)) * fc2(x))``, (B, T, C) -> (B, T, C).
+    fc1 is the gate, fc2 the up projection, fc3 the down projection (the book's names).
+    ``act="silu"`` is SwiGLU (Llama, Qwen3); ``act="gelu_tanh"`` is GeGLU (Gemma)."""
+
+    def __init__(self, emb_dim: int, hidden_dim: int, bias: bool = False, act: str = "silu"):
         super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+        self.act = act
         self.fc1 = nn.Linear(emb_dim, hidden_dim, bias=bias)
         self.fc2 = nn.Linear(emb_dim, hidden_dim, bias=bias)
         self.fc3 = nn.Linear(hidden_dim, emb_dim, bias=bias)
@@ -52,7 +59,8 @@ class SwiGLU(nn.Module):
             del self.fc1, self.fc2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = ACTIVATIONS[self.act]
         if self.fc12 is None:
-            return self.fc3(F.silu(self.fc1(x)) * self.fc2(x))
+            return self.fc3(act(self.fc1(x)) * self.fc2(x))
         gate, up = self.fc12(x).chunk(2, dim=-1)
-        return self.fc3(F.silu(gate) * up)
+        return self.fc3(act(gate) * up)

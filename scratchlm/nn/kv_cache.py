@@ -30,24 +30,30 @@ class KVCache:
         slots = torch.arange(self.length, self.length + t, device=self.pad.device)
         return (slots[None, :] - self.pad[:, None]).clamp(min=0)
 
-    def mask(self, t: int) -> torch.Tensor | None:
-        """(B, 1, T, length + T) boolean mask (True: may attend) for the next ``t`` queries, or
-        None when plain causal attention is exact (no padding)."""
-        if not self.has_pad:
+    def mask(self, t: int, window: int = 0) -> torch.Tensor | None:
+        """Boolean mask (True: may attend) for the next ``t`` queries, (B, 1, T, length + T)
+        with padding or (T, length + T) without, or None when plain causal attention is exact.
+        ``window`` > 0: a query sees only the last ``window`` slots, its own included."""
+        if not self.has_pad and not window:
             return None
-        key = ("pad", self.length, t)
+        key = (self.length, t, window)
         if self._mask_key != key:  # every layer of a step asks for the same mask
-            keys = torch.arange(self.length + t, device=self.pad.device)
-            real = keys[None, :] >= self.pad[:, None]  # (B, S)
-            self._mask = (self.mask_causal(t)[None] & real[:, None, :])[:, None]  # (B, 1, T, S)
-            self._mask_key = key
+            mask = self.mask_causal(t, window)
+            if self.has_pad:
+                keys = torch.arange(self.length + t, device=self.pad.device)
+                real = keys[None, :] >= self.pad[:, None]  # (B, S)
+                mask = (mask[None] & real[:, None, :])[:, None]  # (B, 1, T, S)
+            self._mask, self._mask_key = mask, key
         return self._mask
 
-    def mask_causal(self, t: int) -> torch.Tensor:
+    def mask_causal(self, t: int, window: int = 0) -> torch.Tensor:
         """(T, length + T) causal mask for ``t`` queries after ``length`` cached slots."""
-        keys = torch.arange(self.length + t, device=self.pad.device)
-        queries = torch.arange(self.length, self.length + t, device=self.pad.device)
-        return keys[None, :] <= queries[:, None]
+        keys = torch.arange(self.length + t, device=self.pad.device)[None, :]
+        queries = torch.arange(self.length, self.length + t, device=self.pad.device)[:, None]
+        allowed = keys <= queries
+        if window:
+            allowed &= queries - keys < window
+        return allowed
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write (B, KV, T, D) keys/values at the next slots of ``layer``; return all so far."""

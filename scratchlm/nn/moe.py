@@ -3,7 +3,8 @@
     for each token x (C,):
         p = softmax(router(x))                   (N,) probabilities over the experts
         e_1..e_k = the k most probable experts
-        g_i = p[e_i] / sum_j p[e_j]              gates, renormalised as in Mixtral
+        g_i = p[e_i] / sum_j p[e_j]              gates, renormalised as in Mixtral (or p[e_i]
+                                                 with ``norm_topk_prob=False``)
         y = sum_i g_i * expert_{e_i}(x)          (C,)
 
 Only k of the N experts run per token, so a layer holds N times the FFN parameters for about
@@ -25,6 +26,7 @@ expert-utilisation columns of the training log.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -32,10 +34,67 @@ import torch
 from torch import nn
 
 
+@dataclasses.dataclass
+class MoEConfig:
+    """The mixture-of-experts settings every model family shares (``cfg.moe``)."""
+
+    num_experts: int = 0  # > 0: each block's FFN is a mixture of this many experts
+    top_k: int = 2  # experts per token
+    intermediate_size: int | None = None  # each expert's hidden width (None: the dense FFN's)
+    norm_topk_prob: bool = True  # renormalise the k gates to sum to 1 (Mixtral, Qwen3-MoE)
+    capacity_factor: float = 0.0  # > 0: cap tokens per expert (overflow is dropped)
+    aux_loss_coef: float = 0.01  # Switch load-balancing loss weight
+    z_loss_coef: float = 0.001  # router z-loss weight
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+LEGACY_KEYS = {f"moe_{name}": name for name in ("num_experts", "top_k", "capacity_factor",
+                                                 "aux_loss_coef", "z_loss_coef")}
+
+
+def moe_from(value, owner: str) -> MoEConfig:
+    """A ``MoEConfig`` from a config field that may hold one, a dict (a saved config) or None,
+    validated; errors name ``owner.moe.FIELD``."""
+    if value is None:
+        value = MoEConfig()
+    elif isinstance(value, dict):
+        unknown = set(value) - set(MoEConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{owner}.moe: unknown key {sorted(unknown)[0]!r}")
+        value = MoEConfig(**value)
+    elif isinstance(value, MoEConfig):
+        value = dataclasses.replace(value)  # a copy: presets never share a mutable part
+    else:
+        raise ValueError(f"{owner}.moe must be a MoEConfig or a dict, got {value!r}")
+    if not isinstance(value.num_experts, int) or value.num_experts < 0:
+        raise ValueError(f"{owner}.moe.num_experts must be >= 0, got {value.num_experts!r}")
+    if value.num_experts and not 1 <= value.top_k <= value.num_experts:
+        raise ValueError(f"{owner}.moe.top_k must be in [1, moe.num_experts], got {value.top_k}")
+    if value.intermediate_size is not None and value.intermediate_size < 1:
+        raise ValueError(f"{owner}.moe.intermediate_size must be positive, "
+                         f"got {value.intermediate_size}")
+    if value.capacity_factor < 0:
+        raise ValueError(f"{owner}.moe.capacity_factor must be >= 0, got {value.capacity_factor}")
+    return value
+
+
+def upgrade_legacy_moe(config: dict) -> dict:
+    """A saved config dict with the old flat ``moe_num_experts``-style keys, nested as ``moe``."""
+    flat = {LEGACY_KEYS[k]: config[k] for k in LEGACY_KEYS if k in config}
+    if not flat:
+        return config
+    out = {k: v for k, v in config.items() if k not in LEGACY_KEYS}
+    out["moe"] = {**flat, **(out.get("moe") or {})}
+    return out
+
+
 class MoEFeedForward(nn.Module):
     def __init__(self, emb_dim: int, num_experts: int, top_k: int,
                  make_expert: Callable[[], nn.Module], capacity_factor: float = 0.0,
-                 aux_loss_coef: float = 0.01, z_loss_coef: float = 0.001):
+                 aux_loss_coef: float = 0.01, z_loss_coef: float = 0.001,
+                 norm_topk_prob: bool = True):
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"moe_top_k must be in [1, moe_num_experts={num_experts}], "
@@ -43,6 +102,7 @@ class MoEFeedForward(nn.Module):
         if capacity_factor < 0:
             raise ValueError(f"moe_capacity_factor must be >= 0, got {capacity_factor}")
         self.num_experts, self.top_k = num_experts, top_k
+        self.norm_topk_prob = norm_topk_prob
         self.capacity_factor = capacity_factor
         self.aux_loss_coef, self.z_loss_coef = aux_loss_coef, z_loss_coef
         self.router = nn.Linear(emb_dim, num_experts, bias=False)
@@ -59,7 +119,8 @@ class MoEFeedForward(nn.Module):
         logits = self.router(x)
         probs = torch.softmax(logits.float(), dim=-1)
         gates, idx = torch.topk(probs, self.top_k, dim=-1)
-        gates = gates / gates.sum(dim=-1, keepdim=True)
+        if self.norm_topk_prob:
+            gates = gates / gates.sum(dim=-1, keepdim=True)
         return logits, gates, idx
 
     def capacity(self, num_tokens: int) -> int | None:
@@ -164,17 +225,12 @@ def freeze_for_moe_finetuning(model: nn.Module, experts: list[int] | None = None
     return model
 
 
-def expert_ffn(cfg, dense: Callable[[], nn.Module]) -> nn.Module:
-    """The feed-forward a block of ``cfg`` gets: ``dense()`` itself, or an MoE of such experts
-    when ``cfg.moe_num_experts`` > 0."""
-    if not cfg.moe_num_experts:
-        return dense()
-    return MoEFeedForward(cfg.n_embd, cfg.moe_num_experts, cfg.moe_top_k, dense,
-                          cfg.moe_capacity_factor, cfg.moe_aux_loss_coef, cfg.moe_z_loss_coef)
-
-
-def check_moe_config(cfg, name: str) -> None:
-    if cfg.moe_num_experts < 0:
-        raise ValueError(f"{name}.moe_num_experts must be >= 0, got {cfg.moe_num_experts}")
-    if cfg.moe_num_experts and not 1 <= cfg.moe_top_k <= cfg.moe_num_experts:
-        raise ValueError(f"{name}.moe_top_k must be in [1, moe_num_experts], got {cfg.moe_top_k}")
+def expert_ffn(cfg, dense: Callable[[int], nn.Module]) -> nn.Module:
+    """The feed-forward a block of ``cfg`` gets: ``dense(width)`` itself, or an MoE of such
+    experts (of width ``cfg.moe.intermediate_size`` when set) when ``cfg.moe.num_experts`` > 0."""
+    moe = cfg.moe
+    if not moe.num_experts:
+        return dense(None)
+    return MoEFeedForward(cfg.n_embd, moe.num_experts, moe.top_k,
+                          lambda: dense(moe.intermediate_size), moe.capacity_factor,
+                          moe.aux_loss_coef, moe.z_loss_coef, moe.norm_topk_prob)

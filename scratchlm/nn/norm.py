@@ -26,12 +26,18 @@ class LayerNorm(nn.Module):
 
 class RMSNorm(nn.Module):
     """Root-mean-square normalisation (Llama): ``weight * x / sqrt(mean(x^2) + eps)``, computed
-    in float32 and cast back, as the reference implementation does."""
+    in float32 and cast back, as the reference implementation does.
 
-    def __init__(self, emb_dim: int, eps: float = 1e-5):
+    ``unit_offset=True`` is Gemma's variant: the stored weight starts at 0 and the scale is
+    ``1 + weight`` (so weight decay pulls the scale towards 1, not 0)."""
+
+    def __init__(self, emb_dim: int, eps: float = 1e-5, unit_offset: bool = False):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(emb_dim))
+        self.eps, self.unit_offset = eps, unit_offset
+        self.weight = nn.Parameter(torch.zeros(emb_dim) if unit_offset else torch.ones(emb_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
+        w = self.weight.float()
+        if self.unit_offset:
+            w = 1.0 + w
+        return F.rms_norm(x.float(), self.weight.shape, w, self.eps).to(x.dtype)

@@ -23,10 +23,14 @@ import torch
 def inv_frequencies(head_dim: int, base: float = 10000.0,
                     scaling: dict | None = None) -> torch.Tensor:
     """theta_i for i < head_dim/2, with Llama 3's frequency-dependent scaling when given:
-    ``{"factor", "low_freq_factor", "high_freq_factor", "original_context_length"}``."""
+    ``{"factor", "low_freq_factor", "high_freq_factor", "original_context_length"}``, or plain
+    linear position interpolation (every theta_i / factor; Gemma 3's global layers) for
+    ``{"factor"}`` alone."""
     inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     if not scaling:
         return inv
+    if set(scaling) == {"factor"}:
+        return inv / scaling["factor"]
     factor = scaling["factor"]
     low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
     old_ctx = scaling["original_context_length"]

@@ -26,8 +26,7 @@ from scratchlm.config import to_dict
 from scratchlm.finetune.distill import (DistillationLoss, check_same_vocabulary,
                                         student_from_teacher)
 from scratchlm.models.accounting import count_parameters
-from scratchlm.models.gpt import GPT_PRESETS
-from scratchlm.models.llama import LLAMA_PRESETS, LlamaConfig
+from scratchlm.models.registry import family_of
 from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
 from scratchlm.recipes.pretrain import build_datasets
 from scratchlm.tokenizers import save_tokenizer
@@ -58,12 +57,12 @@ class DistillConfig:
 def build_student(cfg: DistillConfig, teacher, device) -> torch.nn.Module:
     if not cfg.student:
         return student_from_teacher(teacher, cfg.student_layers)
-    presets = LLAMA_PRESETS if isinstance(teacher.cfg, LlamaConfig) else GPT_PRESETS
-    if cfg.student in presets:
-        scfg = type(teacher.cfg).from_name(cfg.student, vocab_size=teacher.cfg.vocab_size,
-                                    context_length=teacher.cfg.context_length)
+    family = family_of(teacher)
+    if cfg.student in family.presets:
+        scfg = family.config_cls.from_name(cfg.student, vocab_size=teacher.cfg.vocab_size,
+                                           context_length=teacher.cfg.context_length)
         torch.manual_seed(cfg.train.seed)
-        student = type(teacher)(scfg).to(device)
+        student = family.model_cls(scfg).to(device)
     else:
         student, _ = load_model_and_tokenizer(cfg.student, device=device)
         student.train()

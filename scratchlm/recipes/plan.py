@@ -10,31 +10,32 @@ import json
 from pathlib import Path
 
 from scratchlm.config import load_file
-from scratchlm.models.gpt import GPT_PRESETS, GPTConfig
-from scratchlm.models.llama import LLAMA_PRESETS, LlamaConfig
-from scratchlm.models.loading import FAMILIES
+from scratchlm.models.registry import family_for_hf, family_named, preset, preset_names
 from scratchlm.training.planner import Plan, format_plan, plan
 
 
 def resolve_config(name: str):
-    """A GPT or Llama preset, a model folder (``save_pretrained``'s config.json), a run's
-    config.json (its ``model_config``), or a JSON/YAML file of config fields."""
-    if name in GPT_PRESETS:
-        return GPTConfig.from_name(name)
-    if name in LLAMA_PRESETS:
-        return LlamaConfig.from_name(name)
+    """A preset of any family, a model folder (ours or a Hugging Face one), a run's
+    config.json (its ``model_config``), or a JSON/YAML file of config fields (with a
+    ``family`` key, or GPT/Llama told apart by ``intermediate_size``)."""
+    if name in preset_names():
+        return preset(name)[1]
     path = Path(name)
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
-        raise ValueError(f"unknown model {name!r}: a preset ({', '.join([*GPT_PRESETS, *LLAMA_PRESETS])}) "
+        raise ValueError(f"unknown model {name!r}: a preset ({', '.join(preset_names())}) "
                          "or a config file")
     data = load_file(path)
     if "scratchlm" in data:  # a model folder of ours
         meta = data["scratchlm"]
-        return FAMILIES[meta["family"]][0](**meta["config"])
-    data = data.get("model_config", data)
-    return LlamaConfig(**data) if "intermediate_size" in data else GPTConfig(**data)
+        return family_named(meta["family"]).config(meta["config"])
+    if "model_type" in data:  # a Hugging Face folder
+        return family_for_hf(data["model_type"], str(path)).hf().config_from_hf(data)
+    family = data.get("model_family")  # a pretraining run's config.json
+    data = dict(data.get("model_config", data))
+    family = data.pop("family", family) or ("llama" if "intermediate_size" in data else "gpt")
+    return family_named(family).config(data)
 
 
 def main(model: str, as_json: bool = False, **kwargs) -> Plan:

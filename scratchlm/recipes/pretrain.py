@@ -26,7 +26,7 @@ from scratchlm.data.pretrain import GPTDataset, ShardDataset
 from scratchlm.data.sources import SOURCES, fetch
 from scratchlm.generation.sampling import generate, text_to_token_ids, token_ids_to_text
 from scratchlm.models.accounting import count_parameters, flops_per_token
-from scratchlm.models.gpt import GPT, GPTConfig
+from scratchlm.models.registry import build_model, family_named, family_of, preset
 from scratchlm.models.loading import save_pretrained
 from scratchlm.tokenizers import get_tokenizer
 from scratchlm.training.distributed import parallelize
@@ -39,7 +39,8 @@ from scratchlm.training.runtime import setup_runtime, teardown_runtime
 
 @dataclass
 class PretrainConfig:
-    model: str = "gpt2-124m"  # a GPT preset, or a YAML/JSON file of GPTConfig fields
+    model: str = "gpt2-124m"  # a preset of any family, or a YAML/JSON file of config fields
+    # (with ``family: qwen3`` etc.; default gpt)
     data: list[str] = field(default_factory=lambda: ["the-verdict"])
     tokenizer: str = "gpt2"  # "gpt2", or a tokenizer file (its vocab sets the model's)
     out: str = "runs/pretrain"
@@ -61,18 +62,32 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def build_model_config(cfg: PretrainConfig, vocab_size: int) -> GPTConfig:
+GPT_ONLY = ("drop_rate", "init")  # fields only GPTConfig has
+
+
+def build_model_config(cfg: PretrainConfig, vocab_size: int):
     overrides = {k: getattr(cfg, k) for k in ("context_length", "n_layer", "n_embd", "n_head",
-                                              "drop_rate", "qkv_bias", "tie_embeddings", "init",
-                                              "moe_num_experts", "moe_top_k",
-                                              "moe_capacity_factor")
+                                              "drop_rate", "qkv_bias", "tie_embeddings", "init")
                  if getattr(cfg, k) is not None}
+    moe = {k: getattr(cfg, f"moe_{k}") for k in ("num_experts", "top_k", "capacity_factor")
+           if getattr(cfg, f"moe_{k}") is not None}
+    if moe:
+        overrides["moe"] = moe
     overrides["vocab_size"] = vocab_size
     overrides["grad_checkpointing"] = cfg.train.grad_checkpointing
     if Path(cfg.model).is_file():
-        base = load_file(cfg.model)
-        return GPTConfig(**{**base, **overrides})
-    return GPTConfig.from_name(cfg.model, **overrides)
+        base = dict(load_file(cfg.model))
+        family = family_named(base.pop("family", "gpt"))
+    else:
+        family, base = preset(cfg.model)[0], None
+    if family.name != "gpt":
+        wrong = [k for k in GPT_ONLY if k in overrides]
+        if wrong:
+            raise ValueError(f"--{wrong[0]} applies to GPT models only; {cfg.model!r} is a "
+                             f"{family.name} model")
+    if base is not None:
+        return family.config({**base, **overrides})
+    return family.config_cls.from_name(cfg.model, **overrides)
 
 
 def build_datasets(data: list[str], val_fraction: float, tokenizer, context: int):
@@ -103,7 +118,7 @@ def build_datasets(data: list[str], val_fraction: float, tokenizer, context: int
     return train, val
 
 
-def report_plan(model_cfg: GPTConfig, n_params: int, train_tokens: int, cfg: PretrainConfig,
+def report_plan(model_cfg, n_params: int, train_tokens: int, cfg: PretrainConfig,
                 memory_available: int) -> str:
     """The Chinchilla check and a training-memory estimate, printed at the start."""
     optimal = 20 * n_params
@@ -138,11 +153,12 @@ def main(cfg: PretrainConfig) -> FitResult:
         train_ds, val_ds = build_datasets(cfg.data, cfg.val_fraction, tokenizer,
                                            model_cfg.context_length)
         torch.manual_seed(cfg.train.seed)
-        model = GPT(model_cfg).to(rt.device)
+        model = build_model(model_cfg).to(rt.device)
         n_params = count_parameters(model)
         if rt.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            resolved = {**to_dict(cfg), "model_config": model_cfg.to_dict()}
+            resolved = {**to_dict(cfg), "model_family": family_of(model_cfg).name,
+                        "model_config": model_cfg.to_dict()}
             (out / "config.json").write_text(json.dumps(resolved, indent=2))
             tqdm.write(report_plan(model_cfg, n_params, len(train_ds) * model_cfg.context_length,
                                    cfg, rt.memory_bytes()))
@@ -175,7 +191,7 @@ def main(cfg: PretrainConfig) -> FitResult:
         teardown_runtime(rt)
 
 
-def save_final(model: GPT, folder: Path, tokenizer: str, rt, fsdp: bool) -> None:
+def save_final(model: torch.nn.Module, folder: Path, tokenizer: str, rt, fsdp: bool) -> None:
     """A loadable model folder (``load_pretrained`` / ``scratchlm generate``) from rank 0."""
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -183,7 +199,7 @@ def save_final(model: GPT, folder: Path, tokenizer: str, rt, fsdp: bool) -> None
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
                                                                     cpu_offload=True))
         if rt.is_main:
-            plain = GPT(dataclasses.replace(model.cfg))
+            plain = build_model(dataclasses.replace(model.cfg))
             plain.load_state_dict(full)
             save_pretrained(plain, folder)
     elif rt.is_main:

@@ -40,8 +40,7 @@ import torch
 
 from scratchlm.finetune.lora import LoRALinear, apply_lora
 from scratchlm.models.accounting import count_parameters, flops_per_token
-from scratchlm.models.gpt import GPT, GPTConfig
-from scratchlm.models.llama import Llama, LlamaConfig
+from scratchlm.models.registry import build_model
 from scratchlm.nn.loss import head_weight
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -73,17 +72,17 @@ class Plan:
 
 def build_on_meta(model_cfg) -> torch.nn.Module:
     """The model with no storage behind its weights: exact parameter counts for free."""
-    cls = Llama if isinstance(model_cfg, LlamaConfig) else GPT
     with torch.device("meta"):
-        return cls(model_cfg)
+        return build_model(model_cfg)
 
 
 def activation_values(model_cfg, batch: int, context: int, grad_checkpointing: bool) -> float:
     """Values kept for backward by all blocks (see the module docstring)."""
     c = model_cfg.n_embd
-    if isinstance(model_cfg, LlamaConfig):
+    if hasattr(model_cfg, "intermediate_size"):  # RoPE + gated-FFN families (Llama, Qwen3, Gemma)
         kv = model_cfg.n_kv_head * model_cfg.head_dim
-        per = 8.5 * c + 3.5 * kv + 4 * model_cfg.intermediate_size
+        q = model_cfg.n_head * model_cfg.head_dim
+        per = 6.5 * c + 2 * q + 3.5 * kv + 4 * model_cfg.intermediate_size
     else:
         per = 17 * c
     tokens = batch * context
@@ -92,7 +91,7 @@ def activation_values(model_cfg, batch: int, context: int, grad_checkpointing: b
     return model_cfg.n_layer * tokens * per
 
 
-def plan(model_cfg: GPTConfig | LlamaConfig, method: str = "full", batch: int = 8,
+def plan(model_cfg, method: str = "full", batch: int = 8,
          context: int | None = None, dtype: str = "fp32", optimizer: str = "adamw",
          lora_rank: int = 16, lora_targets: tuple[str, ...] = ("all",), tokens: int = 0,
          peak_tflops: float | None = None, mfu: float = 0.4,

@@ -110,7 +110,7 @@ def test_which_models_qualify():
 
     assert NativeDecoder.create(llama()) is not None  # float32
     assert NativeDecoder.create(quantize_int8(llama())) is not None
-    assert NativeDecoder.create(llama(moe_num_experts=2)) is None
+    assert NativeDecoder.create(llama(moe={"num_experts": 2})) is None
     assert NativeDecoder.create(llama().to(torch.bfloat16)) is None
     lora = llama()
     apply_lora(lora, rank=2, alpha=4, targets=["q"])
@@ -120,7 +120,7 @@ def test_which_models_qualify():
                              **kw))
 
     assert NativeDecoder.create(gpt()) is not None
-    assert NativeDecoder.create(gpt(moe_num_experts=2)) is None
+    assert NativeDecoder.create(gpt(moe={"num_experts": 2})) is None
     lora = gpt()
     apply_lora(lora, rank=2, alpha=4, targets=["q"])
     assert NativeDecoder.create(lora) is None

@@ -140,8 +140,8 @@ def test_q8_0_weights_stay_close(tmp_path):
 
 def test_unsupported_quantization_names_tensor_and_type(tmp_path):
     hf = tiny_hf()
-    raw = np.zeros((4, 176), dtype=np.uint8)  # 4 rows of one Q5_K super-block (256 weights)
-    write_gguf(tmp_path / "bad.gguf", hf, "F32", extra_tensor=("blk.0.mystery.weight", raw, Q.Q5_K))
-    with pytest.raises(GGUFError, match=r"blk.0.mystery.weight.*Q5_K"):
+    raw = np.zeros((4, 18 * 8), dtype=np.uint8)  # 4 rows of 8 IQ4_NL blocks (256 weights)
+    write_gguf(tmp_path / "bad.gguf", hf, "F32", extra_tensor=("blk.0.mystery.weight", raw, Q.IQ4_NL))
+    with pytest.raises(GGUFError, match=r"bad.gguf.*blk.0.mystery.weight.*IQ4_NL"):
         load_gguf(tmp_path / "bad.gguf")
     assert bytes_to_unicode()[32] == "Ġ"

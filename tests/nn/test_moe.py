@@ -22,7 +22,7 @@ def copy_dense_into_experts(dense_model, moe_model):
     for k, v in dense_model.state_dict().items():
         if ".ff." in k:
             head, tail = k.split(".ff.")
-            for e in range(moe_model.cfg.moe_num_experts):
+            for e in range(moe_model.cfg.moe.num_experts):
                 state[f"{head}.ff.experts.{e}.{tail}"] = v
         else:
             state[k] = v
@@ -45,7 +45,7 @@ def test_top1_gpt_with_identical_experts_equals_dense_gpt():
     torch.manual_seed(0)
     base = dict(vocab_size=97, context_length=32, n_embd=32, n_head=4, n_layer=2)
     dense = GPT(GPTConfig(**base)).eval()
-    moe = GPT(GPTConfig(**base, moe_num_experts=4, moe_top_k=1)).eval()
+    moe = GPT(GPTConfig(**base, moe={"num_experts": 4, "top_k": 1})).eval()
     copy_dense_into_experts(dense, moe)
     x = torch.randint(0, 97, (2, 20))
     with torch.no_grad():
@@ -79,8 +79,8 @@ def mixtral(num_experts=4, top_k=2, tie=False):
                 p.normal_(1.0, 0.1)
     ours = Llama(LlamaConfig(vocab_size=300, context_length=128, n_embd=64, n_layer=2,
                              n_head=4, n_kv_head=2, intermediate_size=96, rope_base=50000.0,
-                             tie_embeddings=tie, moe_num_experts=num_experts,
-                             moe_top_k=top_k)).eval()
+                             tie_embeddings=tie,
+                             moe={"num_experts": num_experts, "top_k": top_k})).eval()
     ours.load_state_dict(mixtral_to_ours(hf.state_dict(), num_experts))
     return hf, ours
 
@@ -163,7 +163,7 @@ def test_aux_loss_trains_the_router_and_is_logged(tmp_path):
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=64, context_length=16, n_embd=32, n_head=2, n_layer=2,
-                          moe_num_experts=4, moe_top_k=2))
+                          moe={"num_experts": 4, "top_k": 2}))
     loss_module = CausalLMLoss(model)
     x = torch.randint(0, 64, (4, 16))
     plain = CausalLMLoss(model)(x, x)
@@ -194,7 +194,7 @@ def test_aux_loss_trains_the_router_and_is_logged(tmp_path):
 
 def test_freeze_for_moe_finetuning_trains_router_and_chosen_experts():
     model = GPT(GPTConfig(vocab_size=64, context_length=16, n_embd=32, n_head=2, n_layer=2,
-                          moe_num_experts=4))
+                          moe={"num_experts": 4}))
     freeze_for_moe_finetuning(model, experts=[1, 3])
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "trf_blocks.0.ff.router.weight" in trainable
@@ -204,8 +204,8 @@ def test_freeze_for_moe_finetuning_trains_router_and_chosen_experts():
         freeze_for_moe_finetuning(model, experts=[4])
     with pytest.raises(ValueError, match="no mixture-of-experts"):
         freeze_for_moe_finetuning(GPT(GPTConfig.from_name("gpt-tiny")))
-    with pytest.raises(ValueError, match="moe_top_k"):
-        GPTConfig(moe_num_experts=2, moe_top_k=3)
+    with pytest.raises(ValueError, match="moe.top_k"):
+        GPTConfig(moe={"num_experts": 2, "top_k": 3})
 
 
 def test_moe_train_flag_of_the_instruct_recipe():

@@ -224,4 +224,4 @@ def test_pretrain_a_mixture_of_experts_gpt(tmp_path):
     assert len(rows) == 2 and len(rows[0]["expert_share"].split()) == 4
     assert 0 <= float(rows[0]["expert_dropped_frac"]) < 1
     model = load_pretrained(str(tmp_path / "moe" / "final"))
-    assert model.cfg.moe_num_experts == 4 and len(model.trf_blocks[0].ff.experts) == 4
+    assert model.cfg.moe.num_experts == 4 and len(model.trf_blocks[0].ff.experts) == 4

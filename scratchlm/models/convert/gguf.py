@@ -7,6 +7,16 @@ Quantized blocks of 32 weights, as llama.cpp writes them (ggml-quants.c):
     Q4_1: fp16 d, fp16 m, 16 bytes of 4-bit q    w = d * q + m
 
 In a 4-bit block the low nibbles of the 16 bytes are weights 0-15, the high nibbles 16-31.
+
+K-quants pack 256 weights per super-block in 16 (Q2_K, Q3_K, Q6_K: scale per 16 weights) or
+8 (Q4_K, Q5_K: scale and min per 32 weights) sub-blocks, with fp16 super-scales:
+
+    Q2_K (84 B):  16 x (4-bit scale | 4-bit min), 64 B of 2-bit q, d, dmin   w = d*sc*q - dmin*m
+    Q3_K (110 B): 32 B high-bit mask, 64 B of 2-bit q, 12 B of 6-bit scales, d
+                                                     w = d*(sc-32)*(q - 4 * (high bit unset))
+    Q4_K (144 B): d, dmin, 12 B of 6-bit scales and mins, 128 B of 4-bit q   w = d*sc*q - dmin*m
+    Q5_K (176 B): as Q4_K plus 32 B of fifth bits (bit s of byte l: weight l of sub-block s)
+    Q6_K (210 B): 128 B low 4 bits, 64 B high 2 bits, 16 int8 scales, d     w = d*sc*(q - 32)
 llama.cpp's converter also permutes the rows of the Q and K projections (pairs interleaved, for
 its RoPE kernel); ``unpermute`` restores Hugging Face's "rotate half" order, which ours uses.
 """
@@ -18,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
+SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+             "Q6_K")
+QK_K = 256  # weights per K-quant super-block
 
 
 class GGUFError(ValueError):
@@ -53,9 +65,80 @@ def dequantize(raw: np.ndarray, qtype: str, shape: tuple[int, ...]) -> np.ndarra
         else:
             m = b[:, 2:4].copy().view(np.float16).astype(np.float32)
             out = d * q + m
+    elif qtype in _K_QUANTS:
+        block_bytes, fn = _K_QUANTS[qtype]
+        out = fn(_blocks(raw, block_bytes))
     else:
         raise GGUFError(f"unsupported type {qtype}")
     return out.reshape(shape)
+
+
+def _f16(b: np.ndarray) -> np.ndarray:
+    """(n, 2) bytes -> (n, 1) float32."""
+    return b.copy().view(np.float16).astype(np.float32)
+
+
+def _per16(scale: np.ndarray) -> np.ndarray:
+    """(n, 16) scales -> (n, 256): each repeated over its 16 weights."""
+    return np.repeat(scale, 16, axis=1)
+
+
+def _q2_k(b: np.ndarray) -> np.ndarray:
+    scales, qs = b[:, :16], b[:, 16:80].reshape(-1, 2, 1, 32)  # two halves of 128 weights
+    d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
+    shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+    q = ((qs >> shifts) & 3).reshape(-1, QK_K).astype(np.float32)  # (n, 256)
+    return d * _per16(scales & 0xF) * q - dmin * _per16(scales >> 4)
+
+
+def _q3_k(b: np.ndarray) -> np.ndarray:
+    hmask, qs, packed, d = b[:, :32], b[:, 32:96], b[:, 96:108], _f16(b[:, 108:110])
+    lo, hi = packed[:, :8], packed[:, 8:12]
+    hi4 = np.concatenate([hi, hi, hi, hi], axis=1) >> np.repeat(
+        np.array([0, 2, 4, 6], dtype=np.uint8), 4)  # (n, 16): the high 2 bits of each scale
+    low4 = np.concatenate([lo & 0xF, lo >> 4], axis=1)  # (n, 16)
+    sc = ((low4 | ((hi4 & 3) << 4)).astype(np.int16) - 32).astype(np.float32)
+    shifts = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+    q = ((qs.reshape(-1, 2, 1, 32) >> shifts) & 3).reshape(-1, QK_K).astype(np.float32)
+    bits = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)  # bit 4h + j: half h, shift step j
+    high = ((hmask.reshape(-1, 1, 32) >> bits) & 1).reshape(-1, QK_K).astype(np.float32)
+    return d * _per16(sc) * (q - 4.0 * (1.0 - high))
+
+
+def _scale_min_k4(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 12) bytes -> 8 six-bit scales and 8 six-bit mins per block, as float32 (n, 8)."""
+    a, b, c = packed[:, 0:4], packed[:, 4:8], packed[:, 8:12]
+    sc = np.concatenate([a & 63, (c & 0xF) | ((a >> 6) << 4)], axis=1)
+    mn = np.concatenate([b & 63, (c >> 4) | ((b >> 6) << 4)], axis=1)
+    return sc.astype(np.float32), mn.astype(np.float32)
+
+
+def _q4_k(b: np.ndarray, qh: np.ndarray | None = None) -> np.ndarray:
+    d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+    sc, mn = _scale_min_k4(b[:, 4:16])
+    qs = b[:, -128:].reshape(-1, 4, 1, 32)  # 4 chunks of 32 bytes: sub-blocks 2c and 2c+1
+    q = ((qs >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)) & 0xF).reshape(-1, 8, 32)
+    if qh is not None:  # Q5_K: bit s of qh[l] is the fifth bit of weight l in sub-block s
+        q = q | (((qh[:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1) << 4)
+    q = q.astype(np.float32)
+    return (d[:, :, None] * sc[:, :, None] * q - dmin[:, :, None] * mn[:, :, None]).reshape(-1, QK_K)
+
+
+def _q5_k(b: np.ndarray) -> np.ndarray:
+    return _q4_k(b, qh=b[:, 16:48])
+
+
+def _q6_k(b: np.ndarray) -> np.ndarray:
+    ql, qh = b[:, :128].reshape(-1, 2, 64), b[:, 128:192].reshape(-1, 2, 32)
+    sc, d = b[:, 192:208].view(np.int8).astype(np.float32), _f16(b[:, 208:210])
+    low = np.concatenate([ql & 0xF, ql >> 4], axis=2)  # (n, 2, 128)
+    high = np.concatenate([(qh >> s) & 3 for s in (0, 2, 4, 6)], axis=2)  # (n, 2, 128)
+    q = ((low | (high << 4)).astype(np.int16) - 32).reshape(-1, QK_K).astype(np.float32)
+    return d * _per16(sc) * q
+
+
+_K_QUANTS = {"Q2_K": (84, _q2_k), "Q3_K": (110, _q3_k), "Q4_K": (144, _q4_k),
+             "Q5_K": (176, _q5_k), "Q6_K": (210, _q6_k)}
 
 
 def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -96,49 +179,125 @@ def iter_tensors(path: str | Path, reader) -> Iterator[tuple[str, np.ndarray]]:
         yield t.name, dequantize(t.data, qtype, shape)
 
 
-def config_kwargs(meta: dict) -> dict:
-    """LlamaConfig fields from GGUF metadata (architecture "llama")."""
+def _int(meta: dict, key: str, source: str, default=None, low: int = 1,
+         high: int = 1 << 24) -> int:
+    """An integer metadata field, checked against sane bounds before anything is allocated."""
+    value = meta.get(key, default)
+    if value is None:
+        raise GGUFError(f"{source}: metadata field {key!r} is missing")
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        raise GGUFError(f"{source}: metadata field {key!r} is not an integer ({value!r})") from None
+    if not low <= value <= high:
+        raise GGUFError(f"{source}: metadata field {key!r} = {value} is out of range "
+                        f"[{low}, {high}]")
+    return value
+
+
+def config_kwargs(meta: dict, source: str = "GGUF") -> dict:
+    """Config fields (of the family the registry names for the file's architecture) from GGUF
+    metadata: ``llama``, ``qwen3``, ``qwen3moe`` or ``gemma3``."""
     arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise GGUFError(f"unsupported architecture {arch!r} (only 'llama')")
-    a = "llama."
-    n_embd = int(meta[a + "embedding_length"])
-    n_head = int(meta[a + "attention.head_count"])
-    vocab = int(meta.get(a + "vocab_size") or len(meta["tokenizer.ggml.tokens"]))
+    if arch not in ARCHS:
+        raise GGUFError(f"{source}: unsupported architecture {arch!r} "
+                        f"(supported: {', '.join(ARCHS)})")
+    a = arch + "."
+    n_embd = _int(meta, a + "embedding_length", source)
+    n_head = _int(meta, a + "attention.head_count", source)
+    tokens = meta.get("tokenizer.ggml.tokens") or []
     kw = dict(
-        vocab_size=vocab, context_length=int(meta[a + "context_length"]), n_embd=n_embd,
-        n_layer=int(meta[a + "block_count"]), n_head=n_head,
-        n_kv_head=int(meta.get(a + "attention.head_count_kv", n_head)),
-        intermediate_size=int(meta[a + "feed_forward_length"]),
+        vocab_size=_int(meta, a + "vocab_size", source, default=len(tokens) or None),
+        context_length=_int(meta, a + "context_length", source, high=1 << 24),
+        n_embd=n_embd, n_layer=_int(meta, a + "block_count", source, high=4096), n_head=n_head,
+        n_kv_head=_int(meta, a + "attention.head_count_kv", source, default=n_head),
+        intermediate_size=_int(meta, a + "feed_forward_length", source),
         rope_base=float(meta.get(a + "rope.freq_base", 10000.0)),
         norm_eps=float(meta.get(a + "attention.layer_norm_rms_epsilon", 1e-5)),
     )
-    head_dim = int(meta.get(a + "rope.dimension_count", n_embd // n_head))
-    if head_dim != n_embd // n_head:
-        kw["head_dim"] = head_dim
+    head_dim = meta.get(a + "attention.key_length", meta.get(a + "rope.dimension_count"))
+    if head_dim is not None:
+        kw["head_dim"] = _int(meta, a + "attention.key_length", source, default=head_dim,
+                              high=1 << 16)
+    elif n_embd % n_head:
+        raise GGUFError(f"{source}: embedding_length {n_embd} is not a multiple of head_count "
+                        f"{n_head} and no key_length is given")
+    if arch == "qwen3moe":
+        kw["moe"] = {"num_experts": _int(meta, a + "expert_count", source, high=1 << 16),
+                     "top_k": _int(meta, a + "expert_used_count", source, high=1 << 16),
+                     "intermediate_size": _int(meta, a + "expert_feed_forward_length", source),
+                     "norm_topk_prob": True}
+    if arch == "gemma3":
+        kw.pop("rope_base")
+        kw["rope_base"] = float(meta.get(a + "rope.freq_base", 1_000_000.0))
+        kw["norm_eps"] = float(meta.get(a + "attention.layer_norm_rms_epsilon", 1e-6))
+        kw["sliding_window"] = _int(meta, a + "attention.sliding_window", source, default=512)
+        kw["sliding_window_pattern"] = 6  # fixed for Gemma 3 in llama.cpp
+        kw["query_pre_attn_scalar"] = float(kw.get("head_dim", n_embd // n_head))
+        if meta.get(a + "rope.scaling.type") == "linear":
+            kw["rope_linear_factor"] = float(meta[a + "rope.scaling.factor"])
     return kw
 
 
-_BLOCK = {
+_LLAMA_BLOCK = {
     "attn_norm.weight": "norm1.weight", "attn_q.weight": "att.q_proj.weight",
     "attn_k.weight": "att.k_proj.weight", "attn_v.weight": "att.v_proj.weight",
+    "attn_q.bias": "att.q_proj.bias", "attn_k.bias": "att.k_proj.bias",
+    "attn_v.bias": "att.v_proj.bias",
     "attn_output.weight": "att.out_proj.weight", "ffn_norm.weight": "norm2.weight",
     "ffn_gate.weight": "ff.fc1.weight", "ffn_up.weight": "ff.fc2.weight",
     "ffn_down.weight": "ff.fc3.weight",
 }
+_QK_NORM = {"attn_q_norm.weight": "att.q_norm.weight", "attn_k_norm.weight": "att.k_norm.weight"}
+_MOE = {"ffn_gate_inp.weight": "ff.router.weight"}
+_GEMMA3_BLOCK = {**_LLAMA_BLOCK, **_QK_NORM,
+                 "post_attention_norm.weight": "post_att_norm.weight",
+                 "post_ffw_norm.weight": "post_ff_norm.weight"}
+# stacked experts (E, out, in) -> our per-expert Linear
+_EXPERTS = {"ffn_gate_exps.weight": "fc1.weight", "ffn_up_exps.weight": "fc2.weight",
+            "ffn_down_exps.weight": "fc3.weight"}
 _TOP = {"token_embd.weight": "tok_emb.weight", "output_norm.weight": "final_norm.weight",
         "output.weight": "out_head.weight"}
 
 
-def gguf_key_to_ours(name: str) -> str | None:
-    if name in _TOP:
-        return _TOP[name]
-    if name.startswith("blk."):
+class Arch:
+    """How one llama.cpp architecture's tensors map onto ours."""
+
+    def __init__(self, block: dict, permute_qk: bool = False, norm_shift: float = 0.0):
+        self.block = block
+        self.permute_qk = permute_qk  # llama.cpp interleaved Q/K rows for its "normal" RoPE
+        self.norm_shift = norm_shift  # Gemma: llama.cpp stores 1 + w in every norm weight
+
+    def convert(self, name: str, array: np.ndarray, cfg) -> Iterator[tuple[str | None, np.ndarray]]:
+        """(our key, array) pairs for one GGUF tensor; KeyError for names we do not know."""
+        if name == "rope_freqs.weight":  # Llama 3 files carry their scaled frequencies
+            return
+        if name in _TOP:
+            ours = _TOP[name]
+            yield ours, (array - self.norm_shift if ours == "final_norm.weight" else array)
+            return
+        if not name.startswith("blk."):
+            raise KeyError(name)
         _, layer, rest = name.split(".", 2)
-        if rest in _BLOCK:
-            return f"trf_blocks.{layer}.{_BLOCK[rest]}"
-        if rest == "rope_freqs.weight":  # Llama 3 files carry their scaled frequencies
-            return None
-    if name == "rope_freqs.weight":
-        return None
-    raise KeyError(name)
+        pre = f"trf_blocks.{layer}."
+        if rest in _EXPERTS:
+            for e in range(array.shape[0]):
+                yield f"{pre}ff.experts.{e}.{_EXPERTS[rest]}", array[e]
+            return
+        if rest not in self.block:
+            raise KeyError(name)
+        if self.permute_qk and rest == "attn_q.weight":
+            array = unpermute(array, cfg.n_head)
+        elif self.permute_qk and rest == "attn_k.weight":
+            array = unpermute(array, cfg.n_kv_head)
+        elif self.norm_shift and rest.endswith("norm.weight"):
+            array = array - self.norm_shift
+        yield pre + self.block[rest], array
+
+
+ARCHS = {
+    "llama": Arch(_LLAMA_BLOCK, permute_qk=True),
+    "qwen3": Arch({**_LLAMA_BLOCK, **_QK_NORM}),
+    "qwen3moe": Arch({**_LLAMA_BLOCK, **_QK_NORM, **_MOE}),
+    "gemma3": Arch(_GEMMA3_BLOCK, norm_shift=1.0),
+}

@@ -120,3 +120,12 @@ def state_dict_to_hf(state: Mapping[str, torch.Tensor], cfg: GPTConfig) -> dict[
         for i in range(cfg.n_layer):
             out[f"transformer.h.{i}.attn.c_attn.bias"] = torch.zeros(3 * cfg.n_embd)
     return out
+
+
+MODEL_TYPES = {"gpt2": (GPTConfig, "GPT2LMHeadModel")}
+
+
+def hf_to_ours(key: str, tensor: torch.Tensor, cfg):
+    """(our key, tensor) pairs for one HF tensor (the registry's converter protocol)."""
+    ours, transpose = hf_key_to_ours(key)
+    yield ours, (tensor.T if transpose else tensor)

@@ -1,0 +1,137 @@
+"""Hugging Face ``Gemma3ForCausalLM`` (model_type ``gemma3_text``: Gemma 3 270M, 1B and the
+text part of the larger ones) <-> our Gemma3. Names only: both store the norms' weight w of the
+``1 + w`` scale, and both rotate halves for RoPE."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from scratchlm.models.gemma3 import Gemma3Config
+
+_BLOCK = {
+    "input_layernorm.weight": "norm1.weight",
+    "self_attn.q_proj.weight": "att.q_proj.weight",
+    "self_attn.k_proj.weight": "att.k_proj.weight",
+    "self_attn.v_proj.weight": "att.v_proj.weight",
+    "self_attn.o_proj.weight": "att.out_proj.weight",
+    "self_attn.q_norm.weight": "att.q_norm.weight",
+    "self_attn.k_norm.weight": "att.k_norm.weight",
+    "post_attention_layernorm.weight": "post_att_norm.weight",
+    "pre_feedforward_layernorm.weight": "norm2.weight",
+    "post_feedforward_layernorm.weight": "post_ff_norm.weight",
+    "mlp.gate_proj.weight": "ff.fc1.weight",
+    "mlp.up_proj.weight": "ff.fc2.weight",
+    "mlp.down_proj.weight": "ff.fc3.weight",
+}
+_TOP = {"model.embed_tokens.weight": "tok_emb.weight", "model.norm.weight": "final_norm.weight",
+        "lm_head.weight": "out_head.weight"}
+MODEL_TYPES = {"gemma3_text": (Gemma3Config, "Gemma3ForCausalLM")}
+
+
+def _pattern(layer_types: list[str]) -> int:
+    """Our ``sliding_window_pattern`` for HF's per-layer list, when it is one."""
+    full = [i for i, t in enumerate(layer_types) if t == "full_attention"]
+    pattern = full[0] + 1 if full else 0
+    want = ["full_attention" if pattern and (i + 1) % pattern == 0 else "sliding_attention"
+            for i in range(len(layer_types))]
+    if layer_types != want:
+        raise ValueError(f"layer_types {layer_types} is not every-k-th-layer-global")
+    return pattern
+
+
+def config_from_hf(hf: Mapping) -> Gemma3Config:
+    if hf.get("model_type") == "gemma3":
+        raise ValueError("a multimodal Gemma 3 checkpoint (model_type 'gemma3'): only the "
+                         "text models (model_type 'gemma3_text') are supported")
+    if hf.get("model_type") != "gemma3_text":
+        raise ValueError(f"not a Gemma 3 text config (model_type={hf.get('model_type')!r})")
+    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if hf.get(key) is not None:
+            raise ValueError(f"{key} is not supported (Gemma 3 has none)")
+    if hf.get("attention_bias") or hf.get("use_bidirectional_attention"):
+        raise ValueError("attention_bias / use_bidirectional_attention are not supported")
+    if hf.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        raise ValueError(f"unsupported activation {hf['hidden_activation']!r}")
+    n_layer = hf["num_hidden_layers"]
+    types = hf.get("layer_types") or [
+        "sliding_attention" if (i + 1) % hf.get("sliding_window_pattern", 6) else "full_attention"
+        for i in range(n_layer)]
+    rope = hf.get("rope_parameters") or {}
+    full = rope.get("full_attention") or {}
+    local = rope.get("sliding_attention") or {}
+    scaling = hf.get("rope_scaling") or (full if full.get("rope_type", "default") != "default"
+                                         else None)
+    factor = 1.0
+    if scaling:
+        if scaling.get("rope_type", scaling.get("type")) != "linear":
+            raise ValueError(f"unsupported rope scaling {scaling!r}")
+        factor = float(scaling["factor"])
+    return Gemma3Config(
+        vocab_size=hf["vocab_size"], context_length=hf.get("max_position_embeddings", 32768),
+        n_embd=hf["hidden_size"], n_layer=n_layer, n_head=hf["num_attention_heads"],
+        n_kv_head=hf["num_key_value_heads"], head_dim=hf["head_dim"],
+        intermediate_size=hf["intermediate_size"],
+        rope_base=float(hf.get("rope_theta", full.get("rope_theta", 1_000_000.0))),
+        rope_local_base=float(hf.get("rope_local_base_freq", local.get("rope_theta", 10_000.0))),
+        rope_linear_factor=factor, norm_eps=hf.get("rms_norm_eps", 1e-6),
+        query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
+        sliding_window=hf.get("sliding_window") or 0, sliding_window_pattern=_pattern(types),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+    )
+
+
+def config_to_hf(cfg: Gemma3Config) -> dict:
+    if cfg.moe.num_experts:
+        raise ValueError("a Gemma 3 with MoE layers has no HF layout")
+    windows = [bool(cfg.sliding_window) and not (cfg.sliding_window_pattern
+                                                 and (i + 1) % cfg.sliding_window_pattern == 0)
+               for i in range(cfg.n_layer)]
+    full = {"rope_type": "default", "rope_theta": cfg.rope_base}
+    if cfg.rope_linear_factor != 1.0:
+        full = {"rope_type": "linear", "factor": cfg.rope_linear_factor,
+                "rope_theta": cfg.rope_base}
+    return {
+        "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+        "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.context_length,
+        "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head,
+        "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size,
+        "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": cfg.norm_eps,
+        "query_pre_attn_scalar": cfg.query_pre_attn_scalar,
+        "sliding_window": cfg.sliding_window or None,
+        "layer_types": ["sliding_attention" if w else "full_attention" for w in windows],
+        "rope_parameters": {"full_attention": full,
+                            "sliding_attention": {"rope_type": "default",
+                                                  "rope_theta": cfg.rope_local_base}},
+        "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False,
+        "final_logit_softcapping": None, "attn_logit_softcapping": None,
+        "torch_dtype": "float32",
+    }
+
+
+def hf_to_ours(key: str, tensor: torch.Tensor, cfg) -> Iterator[tuple[str | None, torch.Tensor]]:
+    if key in _TOP:
+        yield _TOP[key], tensor
+        return
+    if key.startswith("model.layers."):
+        _, _, layer, rest = key.split(".", 3)
+        if rest in _BLOCK:
+            yield f"trf_blocks.{layer}.{_BLOCK[rest]}", tensor
+            return
+    raise KeyError(key)
+
+
+def state_dict_to_hf(state: Mapping[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
+    block = {ours: hf for hf, ours in _BLOCK.items()}
+    top = {ours: hf for hf, ours in _TOP.items()}
+    out = {}
+    for key, tensor in state.items():
+        if key in top:
+            if not (key == "out_head.weight" and cfg.tie_embeddings):
+                out[top[key]] = tensor
+            continue
+        _, layer, rest = key.split(".", 2)
+        out[f"model.layers.{layer}.{block[rest]}"] = tensor
+    return {k: v.contiguous() for k, v in out.items()}

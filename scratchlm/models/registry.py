@@ -1,0 +1,143 @@
+"""The model families, in one table: what every other module asks about a model.
+
+    family   config class   model class   presets          HF model_types            GGUF arch
+    gpt      GPTConfig      GPT           gpt2-124m ...    gpt2                      gpt2*
+    llama    LlamaConfig    Llama         smollm2-135m ... llama                     llama
+    qwen3    Qwen3Config    Qwen3         qwen3-0.6b ...   qwen3, qwen3_moe          qwen3, qwen3moe
+    gemma3   Gemma3Config   Gemma3        gemma3-270m ...  gemma3_text               gemma3
+    (* listed for export; GPT-2 GGUF files are not read yet)
+
+Loading and saving (``loading.py``), the planner, ``plan``, ``distill``, the engine and the
+native decoder look a family up here (``family_of(model_or_config)``, ``family_named``,
+``family_for_hf``, ``family_for_gguf``, ``preset``); no other module tests a model's class.
+Key maps live in ``models/convert/`` and are named here by module, imported when used.
+
+Adding a family: a model file with its config (presets included), a converter module with the
+HF key map (and a GGUF key map if llama.cpp has the architecture), one ``Family`` below, and
+tests. See docs/families.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+
+from scratchlm.models.gemma3 import GEMMA3_PRESETS, Gemma3, Gemma3Config
+from scratchlm.models.gpt import GPT, GPT_PRESETS, GPTConfig
+from scratchlm.models.llama import LLAMA_PRESETS, Llama, LlamaConfig
+from scratchlm.models.qwen3 import QWEN3_PRESETS, Qwen3, Qwen3Config
+from scratchlm.nn.moe import upgrade_legacy_moe
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    config_cls: type
+    model_cls: type
+    presets: dict
+    hf_model_types: tuple[str, ...] = ()
+    hf_convert: str = ""  # module in models/convert with config_from_hf/_to_hf, hf_to_ours, ...
+    gguf_archs: tuple[str, ...] = ()  # llama.cpp "general.architecture" names it reads
+    # What the native C decode layers must support to run this family (see
+    # generation/native_decode.py): a model whose features are not all supported there runs
+    # its one-token steps in PyTorch.
+    features: frozenset = field(default_factory=frozenset)
+
+    def hf(self) -> ModuleType:
+        return importlib.import_module(f"scratchlm.models.convert.{self.hf_convert}")
+
+    def config(self, data: dict):
+        """A config of this family from a saved dict (``cfg.to_dict()``, older layouts too)."""
+        data = upgrade_legacy_moe(dict(data))
+        known = set(self.config_cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{self.config_cls.__name__}: unknown field {unknown[0]!r}")
+        return self.config_cls(**data)
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("gpt", GPTConfig, GPT, GPT_PRESETS, ("gpt2",), "hf_gpt2",
+           features=frozenset({"layernorm", "learned_positions", "gelu", "biases"})),
+    Family("llama", LlamaConfig, Llama, LLAMA_PRESETS, ("llama",), "hf_llama", ("llama",),
+           features=frozenset({"rmsnorm", "rope", "swiglu"})),
+    Family("qwen3", Qwen3Config, Qwen3, QWEN3_PRESETS, ("qwen3", "qwen3_moe"), "hf_llama",
+           ("qwen3", "qwen3moe"), features=frozenset({"rmsnorm", "rope", "swiglu", "qk_norm"})),
+    Family("gemma3", Gemma3Config, Gemma3, GEMMA3_PRESETS, ("gemma3_text", "gemma3"),
+           "hf_gemma3", ("gemma3",),
+           features=frozenset({"rmsnorm_unit_offset", "rope", "geglu", "qk_norm", "post_norms",
+                               "embed_scale", "query_scale", "sliding_window"})),
+)}
+
+
+def family_named(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def family_of(obj) -> Family:
+    """The family of a model or a config (the one place that looks at classes)."""
+    cfg = getattr(obj, "cfg", obj)
+    for fam in FAMILIES.values():
+        if type(cfg) is fam.config_cls:
+            return fam
+    raise ValueError(f"{type(obj).__name__} is not a model or config of a known family "
+                     f"({', '.join(FAMILIES)})")
+
+
+def family_for_hf(model_type: str | None, source: str = "config.json") -> Family:
+    for fam in FAMILIES.values():
+        if model_type in fam.hf_model_types:
+            return fam
+    known = sorted(t for f in FAMILIES.values() for t in f.hf_model_types)
+    raise ValueError(f"{source}: unsupported model_type {model_type!r} (supported: "
+                     f"{', '.join(known)})")
+
+
+def family_for_gguf(arch: str | None, source: str = "GGUF") -> Family:
+    for fam in FAMILIES.values():
+        if arch in fam.gguf_archs:
+            return fam
+    known = sorted(a for f in FAMILIES.values() for a in f.gguf_archs)
+    raise ValueError(f"{source}: unsupported architecture {arch!r} (supported: "
+                     f"{', '.join(known)})")
+
+
+def preset_names() -> list[str]:
+    return [name for fam in FAMILIES.values() for name in fam.presets]
+
+
+def preset(name: str, **overrides):
+    """(family, config) for a preset name of any family, e.g. ``preset("qwen3-0.6b")``."""
+    for fam in FAMILIES.values():
+        if name in fam.presets:
+            return fam, fam.config_cls.from_name(name, **overrides)
+    raise ValueError(f"unknown preset {name!r}; known: {', '.join(preset_names())}")
+
+
+def build_model(cfg):
+    """The model of ``cfg``'s family."""
+    return family_of(cfg).model_cls(cfg)
+
+
+def model_features(model) -> set[str]:
+    """The features a model uses: its family's, minus switches its config leaves off, plus
+    the ones any family may switch on (sliding window, MoE, qk_norm, attention biases)."""
+    cfg = getattr(model, "cfg", model)
+    feats = set(family_of(cfg).features)
+    if getattr(cfg, "sliding_window", 0):
+        feats.add("sliding_window")
+    else:
+        feats.discard("sliding_window")
+    if getattr(cfg, "qk_norm", False):
+        feats.add("qk_norm")
+    elif isinstance(cfg, LlamaConfig):
+        feats.discard("qk_norm")
+    if cfg.moe.num_experts:
+        feats.add("moe")
+    if getattr(cfg, "qkv_bias", False):
+        feats.add("biases")
+    return feats
