@@ -43,7 +43,7 @@ class Gemma3Config:
     rope_local_base: float = 10_000.0  # local (sliding-window) layers
     rope_linear_factor: float = 1.0  # > 1: linear position interpolation on global layers (4B+)
     norm_eps: float = 1e-6
-    query_pre_attn_scalar: float = 256.0  # queries are scaled by its inverse square root
+    query_pre_attn_scalar: int = 256  # queries are scaled by its inverse square root
     sliding_window: int = 512  # local layers attend to the last this-many positions
     sliding_window_pattern: int = 6  # every 6th layer global: five local to one global
     tie_embeddings: bool = True
@@ -100,7 +100,7 @@ GEMMA3_PRESETS: dict[str, Gemma3Config] = {
     # tiny, for tests: layers 0-1 local (window 8), layer 2 global
     "gemma3-tiny": Gemma3Config(vocab_size=512, context_length=128, n_embd=64, n_layer=3,
                                 n_head=4, n_kv_head=2, head_dim=32, intermediate_size=128,
-                                query_pre_attn_scalar=32.0, sliding_window=8,
+                                query_pre_attn_scalar=32, sliding_window=8,
                                 sliding_window_pattern=3),
 }
 

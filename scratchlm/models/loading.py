@@ -194,9 +194,12 @@ def save_hf(model: nn.Module, folder: str | Path) -> Path:
 # Llama 3's pre-tokenizer regex (llama.cpp "llama-bpe").
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
                   r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen2/Qwen3's: Llama 3's with single digits.
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
 _GGUF_PRE = {  # llama.cpp pre-tokenizer name -> (regex or None for GPT-2's, split digits)
     "default": (None, False), "gpt2": (None, False), "smollm": (None, True),
     "starcoder": (None, True), "llama-bpe": (LLAMA3_PATTERN, False),
+    "qwen2": (QWEN2_PATTERN, False),
 }
 
 
@@ -218,7 +221,7 @@ def gguf_tokenizer(meta: dict, source: str = "GGUF"):
     bos = meta.get("tokenizer.ggml.bos_token_id")
     eos = meta.get("tokenizer.ggml.eos_token_id")
     return HFTokenizer.from_vocab_merges(
-        tokens, list(meta["tokenizer.ggml.merges"]), special_tokens=special,
+        tokens, list(meta.get("tokenizer.ggml.merges") or []), special_tokens=special,
         eos_token=tokens[eos] if eos is not None else None,
         bos_token=tokens[bos] if bos is not None else None,
         pattern=pattern, split_digits=split_digits,

@@ -195,6 +195,12 @@ def _int(meta: dict, key: str, source: str, default=None, low: int = 1,
     return value
 
 
+def _float(meta: dict, key: str, default: float) -> float:
+    """A float32 metadata field as the shortest decimal that round-trips (1e-06, not
+    9.99999997e-07), so configs read from GGUF equal those read from config.json."""
+    return float(str(np.float32(meta.get(key, default))))
+
+
 def config_kwargs(meta: dict, source: str = "GGUF") -> dict:
     """Config fields (of the family the registry names for the file's architecture) from GGUF
     metadata: ``llama``, ``qwen3``, ``qwen3moe`` or ``gemma3``."""
@@ -212,8 +218,8 @@ def config_kwargs(meta: dict, source: str = "GGUF") -> dict:
         n_embd=n_embd, n_layer=_int(meta, a + "block_count", source, high=4096), n_head=n_head,
         n_kv_head=_int(meta, a + "attention.head_count_kv", source, default=n_head),
         intermediate_size=_int(meta, a + "feed_forward_length", source),
-        rope_base=float(meta.get(a + "rope.freq_base", 10000.0)),
-        norm_eps=float(meta.get(a + "attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_base=_float(meta, a + "rope.freq_base", 10000.0),
+        norm_eps=_float(meta, a + "attention.layer_norm_rms_epsilon", 1e-5),
     )
     head_dim = meta.get(a + "attention.key_length", meta.get(a + "rope.dimension_count"))
     if head_dim is not None:
@@ -228,14 +234,13 @@ def config_kwargs(meta: dict, source: str = "GGUF") -> dict:
                      "intermediate_size": _int(meta, a + "expert_feed_forward_length", source),
                      "norm_topk_prob": True}
     if arch == "gemma3":
-        kw.pop("rope_base")
-        kw["rope_base"] = float(meta.get(a + "rope.freq_base", 1_000_000.0))
-        kw["norm_eps"] = float(meta.get(a + "attention.layer_norm_rms_epsilon", 1e-6))
+        kw["rope_base"] = _float(meta, a + "rope.freq_base", 1_000_000.0)
+        kw["norm_eps"] = _float(meta, a + "attention.layer_norm_rms_epsilon", 1e-6)
         kw["sliding_window"] = _int(meta, a + "attention.sliding_window", source, default=512)
         kw["sliding_window_pattern"] = 6  # fixed for Gemma 3 in llama.cpp
-        kw["query_pre_attn_scalar"] = float(kw.get("head_dim", n_embd // n_head))
+        kw["query_pre_attn_scalar"] = int(kw.get("head_dim", n_embd // n_head))
         if meta.get(a + "rope.scaling.type") == "linear":
-            kw["rope_linear_factor"] = float(meta[a + "rope.scaling.factor"])
+            kw["rope_linear_factor"] = _float(meta, a + "rope.scaling.factor", 1.0)
     return kw
 
 

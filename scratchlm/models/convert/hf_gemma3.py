@@ -76,7 +76,7 @@ def config_from_hf(hf: Mapping) -> Gemma3Config:
         rope_base=float(hf.get("rope_theta", full.get("rope_theta", 1_000_000.0))),
         rope_local_base=float(hf.get("rope_local_base_freq", local.get("rope_theta", 10_000.0))),
         rope_linear_factor=factor, norm_eps=hf.get("rms_norm_eps", 1e-6),
-        query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
+        query_pre_attn_scalar=int(hf.get("query_pre_attn_scalar", 256)),
         sliding_window=hf.get("sliding_window") or 0, sliding_window_pattern=_pattern(types),
         tie_embeddings=hf.get("tie_word_embeddings", True),
     )

@@ -87,7 +87,8 @@ def config_from_hf(hf: Mapping) -> LlamaConfig:
         if hf.get("decoder_sparse_step", 1) != 1 or hf.get("mlp_only_layers"):
             raise ValueError("Qwen3-MoE with dense layers (decoder_sparse_step, "
                              "mlp_only_layers) is not supported")
-        kw["moe"] = {"num_experts": hf["num_experts"], "top_k": hf["num_experts_per_tok"],
+        experts = hf.get("num_experts", hf.get("num_local_experts"))  # transformers >= 5 renames
+        kw["moe"] = {"num_experts": experts, "top_k": hf["num_experts_per_tok"],
                      "intermediate_size": hf["moe_intermediate_size"],
                      "norm_topk_prob": hf.get("norm_topk_prob", False),
                      "aux_loss_coef": hf.get("router_aux_loss_coef", 0.001)}

@@ -1,0 +1,211 @@
+"""GGUF files of every architecture the registry reads (llama.cpp's qwen3, qwen3moe, gemma3),
+written with ``gguf.GGUFWriter`` the way llama.cpp's converter writes them, load with the
+logits of the same weights loaded from safetensors; K-quant blocks dequantize exactly as the
+``gguf`` package's reference does; bad metadata names the file and the field."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+gguf = pytest.importorskip("gguf")
+
+from scratchlm.models.convert.gguf import GGUFError, dequantize  # noqa: E402
+from scratchlm.models.gemma3 import Gemma3Config  # noqa: E402
+from scratchlm.models.loading import load_gguf, load_pretrained, save_hf  # noqa: E402
+from scratchlm.models.qwen3 import Qwen3Config  # noqa: E402
+from scratchlm.models.registry import build_model  # noqa: E402
+from scratchlm.tokenizers.bpe import bytes_to_unicode  # noqa: E402
+
+Q = gguf.GGMLQuantizationType
+VOCAB = 300
+
+
+def tokens() -> list[str]:
+    byte_tokens = list(bytes_to_unicode().values())
+    return byte_tokens + [f"<extra{i}>" for i in range(VOCAB - len(byte_tokens))]
+
+
+def llama_cpp_names(arch: str) -> dict[str, str]:
+    """Our block key suffix -> llama.cpp tensor name suffix for ``arch``."""
+    names = {"norm1.weight": "attn_norm", "att.q_proj.weight": "attn_q",
+             "att.k_proj.weight": "attn_k", "att.v_proj.weight": "attn_v",
+             "att.out_proj.weight": "attn_output", "att.q_norm.weight": "attn_q_norm",
+             "att.k_norm.weight": "attn_k_norm", "norm2.weight": "ffn_norm",
+             "ff.fc1.weight": "ffn_gate", "ff.fc2.weight": "ffn_up", "ff.fc3.weight": "ffn_down",
+             "ff.router.weight": "ffn_gate_inp"}
+    if arch == "gemma3":
+        names.update({"post_att_norm.weight": "post_attention_norm",
+                      "post_ff_norm.weight": "post_ffw_norm"})
+    return names
+
+
+def write_family_gguf(path, model, arch: str, qtypes: dict | None = None):
+    """``model`` as llama.cpp's convert_hf_to_gguf.py writes ``arch`` (Gemma norms stored as
+    1 + w, experts stacked (E, out, in)); ``qtypes`` maps a tensor name to raw K-quant bytes."""
+    cfg = model.cfg
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(cfg.n_layer)
+    w.add_context_length(cfg.context_length)
+    w.add_embedding_length(cfg.n_embd)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.n_head)
+    w.add_head_count_kv(cfg.n_kv_head)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_freq_base(cfg.rope_base)
+    w.add_layer_norm_rms_eps(cfg.norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    if arch == "gemma3":
+        w.add_sliding_window(cfg.sliding_window)
+    if arch == "qwen3moe":
+        w.add_expert_count(cfg.moe.num_experts)
+        w.add_expert_used_count(cfg.moe.top_k)
+        w.add_expert_feed_forward_length(cfg.moe.intermediate_size)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2" if arch.startswith("qwen") else "default")
+    w.add_token_list(tokens())
+    w.add_token_merges([])
+    w.add_token_types([1] * (VOCAB - 1) + [3])  # the last token is a control token (EOS)
+    w.add_eos_token_id(VOCAB - 1)
+    names = llama_cpp_names(arch)
+    shift = 1.0 if arch == "gemma3" else 0.0
+    stacked: dict[str, list[np.ndarray]] = {}
+    for key, t in model.state_dict().items():
+        a = t.detach().numpy().astype(np.float32)
+        if key == "out_head.weight":
+            if cfg.tie_embeddings:
+                continue
+            name = "output.weight"
+        elif key == "tok_emb.weight":
+            name = "token_embd.weight"
+        elif key == "final_norm.weight":
+            name, a = "output_norm.weight", a + shift
+        else:
+            _, layer, rest = key.split(".", 2)
+            if rest.startswith("ff.experts."):
+                e, _, tail = rest.removeprefix("ff.experts.").partition(".")
+                part = {"fc1.weight": "ffn_gate_exps", "fc2.weight": "ffn_up_exps",
+                        "fc3.weight": "ffn_down_exps"}[tail]
+                stacked.setdefault(f"blk.{layer}.{part}.weight", []).append(a)
+                continue
+            name = f"blk.{layer}.{names[rest]}.weight"
+            if rest.endswith("norm.weight") or "norm" in rest:
+                a = a + shift
+        if qtypes and name in qtypes:
+            raw, qtype = qtypes[name]
+            w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=qtype)
+        else:
+            w.add_tensor(name, a)
+    for name, parts in stacked.items():
+        w.add_tensor(name, np.stack(parts))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def random_model(cfg):
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.normal_(0.0 if "Gemma" in type(cfg).__name__ else 1.0, 0.2)
+    return model
+
+
+CASES = {
+    "qwen3": lambda: Qwen3Config.from_name("qwen3-tiny", vocab_size=VOCAB),
+    "qwen3-untied": lambda: Qwen3Config.from_name("qwen3-tiny", vocab_size=VOCAB,
+                                                  tie_embeddings=False),
+    "qwen3moe": lambda: Qwen3Config.from_name(
+        "qwen3-tiny", vocab_size=VOCAB, tie_embeddings=False,
+        moe={"num_experts": 4, "top_k": 2, "intermediate_size": 32}),
+    "gemma3": lambda: Gemma3Config.from_name("gemma3-tiny", vocab_size=VOCAB, n_layer=6,
+                                             sliding_window_pattern=6, sliding_window=8,
+                                             query_pre_attn_scalar=32),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_gguf_logits_equal_safetensors(tmp_path, case):
+    model = random_model(CASES[case]())
+    arch = case.removesuffix("-untied")
+    write_family_gguf(tmp_path / "m.gguf", model, arch)
+    save_hf(model, tmp_path / "hf")
+    from_gguf, tok = load_gguf(tmp_path / "m.gguf")
+    from_st = load_pretrained(str(tmp_path / "hf"))
+    assert type(from_gguf) is type(from_st) and from_gguf.cfg == from_st.cfg
+    x = torch.randint(0, VOCAB, (2, 24))
+    with torch.no_grad():
+        assert (from_gguf(x) - from_st(x)).abs().max().item() <= 1e-4
+        assert (from_gguf(x) - model(x)).abs().max().item() <= 1e-4
+    assert tok.eos_id == VOCAB - 1
+
+
+def random_blocks(qtype: str, rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """Random K-quant bytes with finite fp16 super-scales, (rows, cols / 256 * block bytes)."""
+    block, scale_offsets = {"Q2_K": (84, [80, 82]), "Q3_K": (110, [108]),
+                            "Q4_K": (144, [0, 2]), "Q5_K": (176, [0, 2]),
+                            "Q6_K": (210, [208])}[qtype]
+    rng = np.random.default_rng(seed)
+    n = rows * cols // 256
+    raw = rng.integers(0, 256, (n, block), dtype=np.uint8)
+    for off in scale_offsets:
+        raw[:, off:off + 2] = (rng.standard_normal(n) * 0.05).astype(np.float16).view(
+            np.uint8).reshape(n, 2)
+    return raw.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("qtype", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
+def test_k_quants_dequantize_as_the_gguf_reference(qtype):
+    raw = random_blocks(qtype, 3, 512)
+    want = gguf.quants.dequantize(raw, Q[qtype]).reshape(3, 512)
+    got = dequantize(raw.reshape(-1), qtype, (3, 512))
+    assert np.array_equal(got, want) and np.isfinite(got).all() and np.abs(got).max() > 0
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+def test_a_k_quant_tensor_in_a_file_loads(tmp_path, qtype):
+    cfg = Qwen3Config.from_name("qwen3-tiny", vocab_size=VOCAB, n_embd=256, n_head=4,
+                                head_dim=64, intermediate_size=256)
+    model = random_model(cfg)
+    raw = random_blocks(qtype, 256, 256, seed=1)  # blk.0.ffn_up: (256 out, 256 in)
+    write_family_gguf(tmp_path / "k.gguf", model, "qwen3",
+                      qtypes={"blk.0.ffn_up.weight": (raw, Q[qtype])})
+    loaded, _ = load_gguf(tmp_path / "k.gguf")
+    want = gguf.quants.dequantize(raw, Q[qtype]).reshape(256, 256)
+    assert np.array_equal(loaded.trf_blocks[0].ff.fc2.weight.detach().numpy(), want)
+
+
+def write_meta_only(path, arch: str, **fields):
+    w = gguf.GGUFWriter(str(path), arch)
+    for key, value in fields.items():
+        w.add_uint32(f"{arch}.{key}", value)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+GOOD = dict(context_length=64, embedding_length=64, block_count=2, feed_forward_length=128,
+            **{"attention.head_count": 4, "attention.head_count_kv": 2})
+
+
+@pytest.mark.parametrize("field,value", [("attention.head_count", 0),
+                                         ("block_count", 10**6),
+                                         ("embedding_length", 2**31)])
+def test_hostile_metadata_names_file_and_field(tmp_path, field, value):
+    write_meta_only(tmp_path / "bad.gguf", "qwen3", **{**GOOD, field: value})
+    with pytest.raises(GGUFError, match=rf"bad.gguf.*{field}"):
+        load_gguf(tmp_path / "bad.gguf")
+
+
+def test_unknown_architecture_names_itself_and_the_file(tmp_path):
+    write_meta_only(tmp_path / "m.gguf", "mamba", **GOOD)
+    with pytest.raises(GGUFError, match=r"m.gguf.*'mamba'.*gemma3"):
+        load_gguf(tmp_path / "m.gguf")

@@ -1,0 +1,74 @@
+"""The family registry: every preset builds, every family is found by its config, HF
+model_type and GGUF architecture, and the native decoder's choice per family is explicit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scratchlm.generation.engine import Engine
+from scratchlm.generation.native_decode import NativeDecoder, kernel_for
+from scratchlm.models.registry import (FAMILIES, build_model, family_for_gguf, family_for_hf,
+                                       family_named, family_of, model_features, preset,
+                                       preset_names)
+
+
+def test_every_preset_builds_on_meta_and_knows_its_family():
+    for name in preset_names():
+        fam, cfg = preset(name)
+        with torch.device("meta"):
+            model = build_model(cfg)
+        assert family_of(model) is fam and isinstance(model, fam.model_cls)
+        assert family_named(fam.name) is fam
+
+
+def test_lookups_by_outside_names():
+    assert family_for_hf("qwen3_moe").name == "qwen3"
+    assert family_for_hf("gemma3_text").name == "gemma3"
+    assert family_for_gguf("qwen3moe").name == "qwen3"
+    with pytest.raises(ValueError, match="unsupported model_type 'mamba'"):
+        family_for_hf("mamba")
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("gpt5")
+    with pytest.raises(ValueError, match="not a model or config of a known family"):
+        family_of(torch.nn.Linear(2, 2))
+
+
+def test_families_do_not_share_presets():
+    names = preset_names()
+    assert len(names) == len(set(names))
+    assert {f.name for f in FAMILIES.values()} == {"gpt", "llama", "qwen3", "gemma3"}
+
+
+# Which path each family's one-token steps take on a CPU (float32): the C layers compute
+# RMSNorm/SwiGLU/RoPE (Llama) and LayerNorm/GELU (GPT) only; anything else stays in PyTorch,
+# and kernel_for says why.
+PATHS = {
+    "gpt-tiny": "gpt_layer",
+    "llama-tiny": "llama_layer",
+    "qwen3-tiny": None,   # q/k norms
+    "gemma3-tiny": None,  # Gemma norms, post-norms, GeGLU, sliding window, ...
+}
+
+
+@pytest.mark.parametrize("name", list(PATHS))
+def test_native_decode_path_per_family(name):
+    torch.manual_seed(0)
+    model = build_model(preset(name)[1]).eval()
+    kernel, why = kernel_for(model)
+    assert kernel == PATHS[name]
+    if kernel is None:
+        assert why.startswith("no native layer for:") and NativeDecoder.create(model) is None
+        assert Engine(model).native is None
+    else:
+        assert why == ""
+
+
+def test_switches_any_family_turns_on_leave_the_native_path():
+    llama_window = build_model(preset("llama-tiny", sliding_window=8)[1])
+    assert "sliding_window" in model_features(llama_window)
+    assert kernel_for(llama_window) == (None, "no native layer for: sliding_window")
+    llama_moe = build_model(preset("llama-tiny", moe={"num_experts": 2})[1])
+    assert kernel_for(llama_moe)[0] is None
+    gpt_window = build_model(preset("gpt-tiny", sliding_window=8)[1])
+    assert kernel_for(gpt_window)[0] is None
