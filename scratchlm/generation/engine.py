@@ -19,7 +19,7 @@ from torch import nn
 
 from scratchlm.generation.native_decode import NativeDecoder
 from scratchlm.generation.sampling import sample_next
-from scratchlm.nn.kv_cache import KVCache
+from scratchlm.nn.kv_cache import KVCache, SlidingKVCache
 
 
 @dataclass
@@ -50,7 +50,13 @@ class Engine:
         self.native = NativeDecoder.create(model) if self.dtype == torch.float32 else None
 
     def new_cache(self, batch: int, length: int, pad: torch.Tensor | None = None) -> KVCache:
+        """A cache for ``length`` slots; models with sliding-window layers get one whose local
+        layers keep only their window (``SlidingKVCache``)."""
         n_layer, n_kv, head_dim = _kv_shape(self.model)
+        windows = [getattr(b.att, "window", 0) for b in self.model.trf_blocks]
+        if any(windows):
+            return SlidingKVCache(windows, batch, n_kv, length, head_dim, self.dtype,
+                                  self.device, pad)
         return KVCache(n_layer, batch, n_kv, length, head_dim, self.dtype, self.device, pad)
 
     def _last_logits(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:

@@ -342,20 +342,10 @@ def sliding_causal_mask(t: int, window: int, device=None) -> torch.Tensor:
 
 
 def _with_cache(cache, layer: int, k: torch.Tensor, v: torch.Tensor, t: int, window: int = 0):
-    """(keys, values, mask, is_causal) for SDPA, appending to ``cache`` when there is one;
-    ``window`` > 0 limits each query to the last ``window`` positions."""
-    if cache is None:
-        if window and t > window:
-            return k, v, sliding_causal_mask(t, window, k.device), False
-        return k, v, None, True
-    start = cache.length
-    k, v = cache.update(layer, k, v)
-    if window and start + t > window:
-        return k, v, cache.mask(t, window), False
-    mask = cache.mask(t)
-    if mask is not None:
-        return k, v, mask, False
-    # No padding: a prefill from slot 0 is plain causal; one new token sees every key.
-    if start == 0 or t == 1:
-        return k, v, None, t > 1
-    return k, v, cache.mask_causal(t), False
+    """(keys, values, mask, is_causal) for SDPA: the cache's (``KVCache.attend``), or without
+    one plain causal attention (limited to the last ``window`` positions when > 0)."""
+    if cache is not None:
+        return cache.attend(layer, k, v, window)
+    if window and t > window:
+        return k, v, sliding_causal_mask(t, window, k.device), False
+    return k, v, None, True

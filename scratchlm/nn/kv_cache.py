@@ -1,9 +1,20 @@
-"""A preallocated key/value cache for incremental decoding.
+"""Preallocated key/value caches for incremental decoding.
 
-Keys and values of every layer live in two tensors of shape
+``KVCache``: keys and values of every layer live in two tensors of shape
 (n_layer, B, n_kv_head, max_len, head_dim). Prompts of different lengths are left-padded:
 row b starts with ``pad[b]`` padding slots, which no query may attend to, and its token
 positions count from its first real token. ``length`` is the number of slots filled so far.
+
+``SlidingKVCache``: the same for models with local (sliding-window) layers, whose keys older
+than the window can never be attended again. A local layer keeps only its last ``window``
+slots in a ring buffer (slot s lives at s % window), so its memory stops growing with length;
+global layers keep every slot as above.
+
+    global layer:  [s0 s1 s2 s3 s4 s5 s6 s7 s8 s9]       (max_len slots)
+    local layer:   [s8 s9 s6 s7]                          (window 4: slot s at s % 4)
+
+Attention asks the cache through ``attend(layer, k, v, window)``, which stores the new keys and
+returns what SDPA needs: all keys a query may see and the boolean mask over them.
 """
 
 from __future__ import annotations
@@ -65,5 +76,77 @@ class KVCache:
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor, window: int = 0):
+        """Store (B, KV, T, D) new keys/values of ``layer``; return (keys, values, mask,
+        is_causal) for ``F.scaled_dot_product_attention`` of the T new queries."""
+        t, start = k.shape[2], self.length
+        k, v = self.update(layer, k, v)
+        if window and start + t > window:
+            return k, v, self.mask(t, window), False
+        mask = self.mask(t)
+        if mask is not None:
+            return k, v, mask, False
+        # No padding: a prefill from slot 0 is plain causal; one new token sees every key.
+        if start == 0 or t == 1:
+            return k, v, None, t > 1
+        return k, v, self.mask_causal(t), False
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
     def advance(self, t: int) -> None:
         self.length += t
+
+
+class SlidingKVCache(KVCache):
+    """A cache whose local layers (``windows[i]`` > 0) keep only their last ``windows[i]``
+    slots; see the module docstring. Same interface as ``KVCache``."""
+
+    def __init__(self, windows: list[int], batch: int, n_kv_head: int, max_len: int,
+                 head_dim: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu", pad: torch.Tensor | None = None):
+        n_global = sum(1 for w in windows if not w or w >= max_len)
+        super().__init__(n_global, batch, n_kv_head, max_len, head_dim, dtype, device, pad)
+        self.windows = [w if w and w < max_len else 0 for w in windows]
+        self.where: list[int] = []  # layer -> index into self.k (global) or self.ring (local)
+        self.ring_k: list[torch.Tensor] = []
+        self.ring_v: list[torch.Tensor] = []
+        g = 0
+        for w in self.windows:
+            if w:
+                shape = (batch, n_kv_head, w, head_dim)
+                self.where.append(len(self.ring_k))
+                self.ring_k.append(torch.zeros(shape, dtype=dtype, device=device))
+                self.ring_v.append(torch.zeros(shape, dtype=dtype, device=device))
+            else:
+                self.where.append(g)
+                g += 1
+
+    def nbytes(self) -> int:
+        ring = sum(t.numel() * t.element_size() for t in self.ring_k) * 2
+        return super().nbytes() + ring
+
+    def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor, window: int = 0):
+        w = self.windows[layer]
+        if not w:
+            return super().attend(self.where[layer], k, v, window)
+        t, start = k.shape[2], self.length
+        if start + t > self.max_len:
+            raise ValueError(f"KV cache full: {start + t} slots needed, {self.max_len} allocated")
+        rk, rv = self.ring_k[self.where[layer]], self.ring_v[self.where[layer]]
+        dev = self.pad.device
+        # the slot each ring position holds (before this step's writes); < 0 where still empty
+        ring_slot = torch.arange(w, device=dev)
+        ring_slot = ring_slot + (start - 1 - ring_slot) // w * w  # the latest s < start, s = j mod w
+        slots = torch.cat([ring_slot, torch.arange(start, start + t, device=dev)])  # (W + T,)
+        keys, values = torch.cat([rk, k], dim=2), torch.cat([rv, v], dim=2)  # (B, KV, W + T, D)
+        queries = torch.arange(start, start + t, device=dev)[:, None]
+        allowed = (slots[None] >= 0) & (slots[None] <= queries) & (queries - slots[None] < w)
+        if self.has_pad:
+            allowed = (allowed[None] & (slots[None, None] >= self.pad[:, None, None]))[:, None]
+        # keep the newest w of the new keys
+        keep = min(t, w)
+        pos = torch.arange(start + t - keep, start + t, device=dev) % w
+        rk[:, :, pos] = k[:, :, t - keep:]
+        rv[:, :, pos] = v[:, :, t - keep:]
+        return keys, values, allowed, False

@@ -139,3 +139,25 @@ def test_bad_input_names_the_field(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="multimodal"):
         load_pretrained(str(tmp_path))
+
+
+def test_sliding_cache_keeps_only_the_window_and_decodes_the_same(monkeypatch):
+    """Local layers keep ``window`` slots, global ones all; the tokens equal those decoded
+    over a full cache (every slot kept, the window applied by the mask)."""
+    from scratchlm.nn.kv_cache import KVCache, SlidingKVCache
+
+    torch.manual_seed(0)
+    model = build_model(Gemma3Config.from_name("gemma3-tiny")).eval()  # window 8, 2 local:1
+    engine = Engine(model)
+    cache = engine.new_cache(2, 100)
+    assert isinstance(cache, SlidingKVCache)
+    assert [r.shape[2] for r in cache.ring_k] == [8, 8] and cache.k.shape[0] == 1
+    full = KVCache(3, 2, 2, 100, 32)
+    assert cache.nbytes() == full.nbytes() * (1 + 2 * 8 / 100) / 3
+
+    prompts = [[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5], [2, 7, 1]]
+    params = SamplingParams(max_new_tokens=40)
+    ring = engine.generate(prompts, params)
+    monkeypatch.setattr(Engine, "new_cache", lambda self, b, n, pad=None: KVCache(
+        3, b, 2, n, 32, pad=pad))
+    assert engine.generate(prompts, params) == ring
