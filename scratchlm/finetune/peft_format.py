@@ -1,4 +1,4 @@
-"""Save LoRA adapters of a Llama model as a PEFT adapter folder (``adapter_model.safetensors`` +
+"""Save LoRA adapters of a Llama-layout model (Llama, Qwen3, Gemma 3) as a PEFT adapter folder (``adapter_model.safetensors`` +
 ``adapter_config.json``) that ``peft.PeftModel.from_pretrained`` loads onto the Hugging Face
 model of the same weights, and load such a folder back onto our model."""
 
@@ -11,14 +11,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from scratchlm.finetune.lora import lora_modules
-from scratchlm.models.convert.hf_llama import _BLOCK, _TOP
+from scratchlm.models.registry import family_of
 
 
-def _hf_module_name(ours: str) -> str:
-    """``trf_blocks.3.att.q_proj`` -> ``model.layers.3.self_attn.q_proj``."""
-    inv_block = {v.removesuffix(".weight"): k.removesuffix(".weight") for k, v in _BLOCK.items()
-                 if v.endswith(".weight")}
-    inv_top = {v.removesuffix(".weight"): k.removesuffix(".weight") for k, v in _TOP.items()}
+def _hf_module_name(model: nn.Module, ours: str) -> str:
+    """``trf_blocks.3.att.q_proj`` -> ``model.layers.3.self_attn.q_proj``, through the key map
+    of the model's family."""
+    conv = family_of(model).hf()
+    inv_block = {v.removesuffix(".weight"): k.removesuffix(".weight")
+                 for k, v in conv._BLOCK.items() if isinstance(v, str) and v.endswith(".weight")}
+    inv_top = {v.removesuffix(".weight"): k.removesuffix(".weight") for k, v in conv._TOP.items()}
     if ours in inv_top:
         return inv_top[ours]
     _, layer, rest = ours.split(".", 2)
@@ -34,7 +36,7 @@ def save_peft_adapter(model: nn.Module, folder: str | Path, base_model: str = ""
         raise ValueError("PEFT export needs one adapter per projection (a Llama model)")
     state, targets = {}, set()
     for name, m in mods.items():
-        hf = _hf_module_name(name)
+        hf = _hf_module_name(model, name)
         targets.add(hf.rsplit(".", 1)[-1])
         state[f"base_model.model.{hf}.lora_A.weight"] = m.lora_A["all"].weight.detach().contiguous()
         state[f"base_model.model.{hf}.lora_B.weight"] = m.lora_B["all"].weight.detach().contiguous()
@@ -66,7 +68,7 @@ def load_peft_adapter(model: nn.Module, folder: str | Path, scaling: str = "peft
     apply_lora(model, cfg["r"], alpha, targets, scaling=scaling)
     weights = load_file(folder / "adapter_model.safetensors")
     for name, m in lora_modules(model).items():
-        hf = _hf_module_name(name)
+        hf = _hf_module_name(model, name)
         m.lora_A["all"].weight.data.copy_(weights[f"base_model.model.{hf}.lora_A.weight"])
         m.lora_B["all"].weight.data.copy_(weights[f"base_model.model.{hf}.lora_B.weight"])
     return model

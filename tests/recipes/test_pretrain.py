@@ -225,3 +225,25 @@ def test_pretrain_a_mixture_of_experts_gpt(tmp_path):
     assert 0 <= float(rows[0]["expert_dropped_frac"]) < 1
     model = load_pretrained(str(tmp_path / "moe" / "final"))
     assert model.cfg.moe.num_experts == 4 and len(model.trf_blocks[0].ff.experts) == 4
+
+
+@pytest.mark.parametrize("model", ["qwen3-tiny", "gemma3-tiny"])
+def test_pretrain_other_families(tmp_path, model):
+    """Any family's preset pretrains, and its final folder loads as that family."""
+    from scratchlm.models.loading import load_pretrained
+    from scratchlm.models.registry import family_of
+
+    cfg = tiny_cfg(tmp_path / model, max_steps=6, save_every=6, eval_every=3, log_every=3,
+                   lr=3e-3)
+    cfg.model, cfg.drop_rate = model, None
+    res = main(cfg)
+    assert res.train_losses[-1] < res.train_losses[0]
+    loaded = load_pretrained(str(tmp_path / model / "final"))
+    assert family_of(loaded).name == model.split("-")[0]
+
+
+def test_gpt_only_flags_are_refused_for_other_families(tmp_path):
+    cfg = tiny_cfg(tmp_path / "x", max_steps=1)
+    cfg.model = "qwen3-tiny"  # TINY sets drop_rate
+    with pytest.raises(ValueError, match="--drop_rate applies to GPT models only"):
+        main(cfg)
