@@ -48,7 +48,7 @@ def _supported(layer: nn.Module) -> bool:
 # The features (``models/registry.model_features``) each C layer computes. A model that uses
 # anything else (q/k norms, sliding windows, Gemma's norms, MoE, ...) keeps PyTorch's path.
 KERNELS = {
-    "llama_layer": frozenset({"rmsnorm", "rope", "swiglu", "biases"}),
+    "llama_layer": frozenset({"rmsnorm", "rope", "swiglu", "biases", "qk_norm"}),
     "gpt_layer": frozenset({"layernorm", "learned_positions", "gelu", "biases"}),
 }
 
@@ -94,7 +94,9 @@ def _weights(layers: list[nn.Module]) -> ctypes.Array:
 
 def _norms(block: nn.Module, kernel: str) -> list[torch.Tensor]:
     if kernel == "llama_layer":
-        return [block.norm1.weight, block.norm2.weight]
+        att = block.att
+        qk = [att.q_norm.weight, att.k_norm.weight] if att.q_norm is not None else []
+        return [block.norm1.weight, block.norm2.weight, *qk]
     return [block.norm1.scale, block.norm1.shift, block.norm2.scale, block.norm2.shift]
 
 
@@ -165,9 +167,10 @@ class NativeDecoder:
                   start.data_ptr())
             if self.llama:
                 c, h, n_kv, d, inter = self.dims
+                qk = [t.data_ptr() for t in norms[2:]] or [None, None]
                 self.kernel(x.data_ptr(), b, c, h, n_kv, d, inter, self.eps, norms[0].data_ptr(),
                             qkv, n_qkv, o, norms[1].data_ptr(), up, n_up, down, cos.data_ptr(),
-                            sin.data_ptr(), *kv)
+                            sin.data_ptr(), *kv, *qk)
             else:
                 c, h, d, inter = self.dims
                 self.kernel(x.data_ptr(), b, c, h, d, inter, self.eps,

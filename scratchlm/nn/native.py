@@ -89,7 +89,8 @@ P, I64, F32, W = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.POINTER
 # argument types of csrc/decode.c's entry points (see there for what each argument is)
 SIGNATURES = {
     "int8_linear": [P] * 5 + [I64] * 3,
-    "llama_layer": [P] + [I64] * 6 + [F32, P, W, I64, W, P, W, I64, W] + [P] * 4 + [I64, I64, P],
+    "llama_layer": [P] + [I64] * 6 + [F32, P, W, I64, W, P, W, I64, W] + [P] * 4
+                   + [I64, I64, P, P, P],
     "gpt_layer": [P] + [I64] * 5 + [F32, P, P, W, W, P, P, W, W, P, P] + [I64, I64, P],
 }
 

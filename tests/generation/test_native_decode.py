@@ -13,6 +13,7 @@ from scratchlm.generation.engine import Engine, SamplingParams
 from scratchlm.generation.native_decode import NativeDecoder
 from scratchlm.models.gpt import GPT, GPTConfig
 from scratchlm.models.llama import Llama, LlamaConfig
+from scratchlm.models.qwen3 import Qwen3Config
 from scratchlm.nn.fuse import fuse_projections
 from scratchlm.nn.native import decode_function
 from scratchlm.nn.quant import quantize_int8
@@ -25,16 +26,17 @@ def _needs_compiler():
         pytest.skip("no C compiler")
 
 
-def _llama(head_dim=None, qkv_bias=False, weights="int8-fused"):
+def _llama(head_dim=None, qkv_bias=False, weights="int8-fused", config=LlamaConfig):
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=211, context_length=64, n_embd=48, n_layer=3, n_head=6,
-                      n_kv_head=2, intermediate_size=80, head_dim=head_dim, qkv_bias=qkv_bias,
-                      rope_base=10000.0)
+    cfg = config(vocab_size=211, context_length=64, n_embd=48, n_layer=3, n_head=6,
+                 n_kv_head=2, intermediate_size=80, head_dim=head_dim, qkv_bias=qkv_bias,
+                 rope_base=10000.0)
     model = Llama(cfg).eval()
     with torch.no_grad():  # norms away from 1, so a wrong norm weight shows
         for b in model.trf_blocks:
-            b.norm1.weight.uniform_(0.5, 1.5)
-            b.norm2.weight.uniform_(0.5, 1.5)
+            norms = [b.norm1, b.norm2] + ([b.att.q_norm, b.att.k_norm] if cfg.qk_norm else [])
+            for norm in norms:
+                norm.weight.uniform_(0.5, 1.5)
     if weights.startswith("int8"):
         quantize_int8(model)
     return fuse_projections(model) if weights.endswith("fused") else model
@@ -58,6 +60,8 @@ MODELS = {
     "llama-int8-bias": lambda: _llama(None, True, "int8"),
     "llama-fp32": lambda: _llama(None, False, "fp32"),
     "llama-fp32-fused-headdim-bias": lambda: _llama(12, True, "fp32-fused"),
+    "qwen3-fp32": lambda: _llama(16, False, "fp32", Qwen3Config),
+    "qwen3-int8-fused": lambda: _llama(16, False, "int8-fused", Qwen3Config),
     "gpt-fp32-bias": lambda: _gpt(True, "fp32"),
     "gpt-fp32": lambda: _gpt(False, "fp32"),
     "gpt-int8": lambda: _gpt(True, "int8"),

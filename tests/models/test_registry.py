@@ -41,12 +41,12 @@ def test_families_do_not_share_presets():
 
 
 # Which path each family's one-token steps take on a CPU (float32): the C layers compute
-# RMSNorm/SwiGLU/RoPE (Llama) and LayerNorm/GELU (GPT) only; anything else stays in PyTorch,
-# and kernel_for says why.
+# RMSNorm/SwiGLU/RoPE with optional q/k norms (Llama, Qwen3) and LayerNorm/GELU (GPT) only;
+# anything else stays in PyTorch, and kernel_for says why.
 PATHS = {
     "gpt-tiny": "gpt_layer",
     "llama-tiny": "llama_layer",
-    "qwen3-tiny": None,   # q/k norms
+    "qwen3-tiny": "llama_layer",
     "gemma3-tiny": None,  # Gemma norms, post-norms, GeGLU, sliding window, ...
 }
 
@@ -70,5 +70,7 @@ def test_switches_any_family_turns_on_leave_the_native_path():
     assert kernel_for(llama_window) == (None, "no native layer for: sliding_window")
     llama_moe = build_model(preset("llama-tiny", moe={"num_experts": 2})[1])
     assert kernel_for(llama_moe)[0] is None
+    qwen3_moe = build_model(preset("qwen3-tiny", moe={"num_experts": 2})[1])
+    assert kernel_for(qwen3_moe) == (None, "no native layer for: moe")
     gpt_window = build_model(preset("gpt-tiny", sliding_window=8)[1])
     assert kernel_for(gpt_window)[0] is None

@@ -157,6 +157,7 @@ void int8_linear(const float *x, const int8_t *w, const float *scale, const floa
    For each of the B rows, one new token at cache slot `slot`:
 
      h = rms_norm(x) * norm1                      q, k, v = split(h @ Wqkv)
+     q, k = rms_norm(q) * q_norm, rms_norm(k) * k_norm   per head, when given (Qwen3)
      q, k = rope(q), rope(k)  (cos/sin rows of this token's position; sin's first half negated)
      cache[slot] = k, v       ctx = softmax(q . K[start:slot+1] / sqrt(D)) V   per head (GQA)
      x += ctx @ Wo            h = rms_norm(x) * norm2
@@ -228,7 +229,8 @@ void llama_layer(float *x, int64_t B, int64_t C, int64_t H, int64_t KV, int64_t 
                  const Weight *o_w, const float *norm2, const Weight *gate_up_w,
                  int64_t n_gate_up, const Weight *down_w,
                  const float *cos, const float *sin, float *k_cache, float *v_cache,
-                 int64_t max_len, int64_t slot, const int64_t *start) {
+                 int64_t max_len, int64_t slot, const int64_t *start,
+                 const float *q_norm, const float *k_norm) {
     int64_t Q = (H + 2 * KV) * D;
     float *h = malloc(sizeof(float) * B * C), *qkv = malloc(sizeof(float) * B * Q);
     float *ctx = malloc(sizeof(float) * B * H * D), *out = malloc(sizeof(float) * B * C);
@@ -238,6 +240,9 @@ void llama_layer(float *x, int64_t B, int64_t C, int64_t H, int64_t KV, int64_t 
     matvec(qkv_w, n_qkv, h, qkv, B, C, Q);
     for (int64_t b = 0; b < B; b++) {
         float *row = qkv + b * Q;
+        if (q_norm)  /* in place: rms_norm reads each value before it writes it */
+            for (int64_t j = 0; j < H + KV; j++)
+                rms_norm(row + j * D, j < H ? q_norm : k_norm, eps, row + j * D, D);
         for (int64_t j = 0; j < H + KV; j++) rope(row + j * D, cos + b * D, sin + b * D, D);
     }
     cache_write(qkv, Q, B, H, KV, D, k_cache, v_cache, max_len, slot);
