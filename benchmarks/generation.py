@@ -1,13 +1,16 @@
 """Decoding speed: our KV-cache engine vs transformers' generate (with its KV cache), same
 weights, same process, fp32 CPU.
 
-    python benchmarks/generation.py [--new-tokens 64]
+    python benchmarks/generation.py [--new-tokens 64] [--families-only]
 
 Models: gpt2-124m with random weights, and SmolLM2-135M-Instruct (real weights, from GGUF,
 copied into transformers' LlamaForCausalLM). Prints batch-1 greedy tokens/s and the ratio
 (goal >= 1.5), time to first token for a 512-token prompt, and tokens/s at batch 8; then
 SmolLM2 with int8 weights: its perplexity cost and its decode speed against transformers' fp32
-(goal >= 3).
+(goal >= 3); then a Qwen3-0.6B-shaped and a Gemma-3-270M-shaped model (random weights),
+fp32 (goal >= 1.3) and int8 (goal >= 3), and the KV-cache bytes of a 32k-token context with
+Gemma 3's sliding-window layers against full attention (``--long`` also decodes to 32k tokens
+on a small Gemma-3-shaped model and reports the cache it held).
 """
 
 from __future__ import annotations
@@ -162,14 +165,86 @@ def bench_int8(new_tokens: int, rounds: int) -> None:
     int8_speed("smollm2-135m", fp32, int8, hf_llama_from(fp32), 49152, new_tokens, rounds)
 
 
+def hf_from(model):
+    """transformers' model of the same family and weights, through our HF export."""
+    import tempfile
+
+    import transformers
+
+    from scratchlm.models.loading import save_hf
+
+    with tempfile.TemporaryDirectory() as d:
+        save_hf(model, d)
+        return transformers.AutoModelForCausalLM.from_pretrained(d).eval()
+
+
+def bench_families(new_tokens: int, rounds: int) -> None:
+    from scratchlm.models.registry import build_model, preset
+    from scratchlm.nn.fuse import fuse_projections
+    from scratchlm.nn.quant import quantize_int8
+
+    for name in ("qwen3-0.6b", "gemma3-270m"):
+        torch.manual_seed(0)
+        cfg = preset(name, context_length=2048)[1]
+        model = build_model(cfg).eval()
+        with torch.no_grad():  # random weights at a trained model's scale: stable activations
+            for n, p in model.named_parameters():
+                if p.dim() == 2:
+                    p.normal_(0, 0.02)
+        hf = hf_from(model)
+        bench(name, model, hf, cfg.vocab_size, new_tokens, rounds)
+        int8 = fuse_projections(quantize_int8(copy.deepcopy(model)))
+        int8_speed(name, model, int8, hf, cfg.vocab_size, new_tokens, rounds)
+        del hf, int8, model
+
+
+def kv_memory(long: bool) -> None:
+    """KV-cache bytes for a 32k-token context, sliding-window layers vs full attention."""
+    from scratchlm.generation.engine import Engine, SamplingParams
+    from scratchlm.models.registry import build_model, preset
+    from scratchlm.nn.kv_cache import KVCache, SlidingKVCache
+
+    n = 32768
+    with torch.device("meta"):
+        gemma = build_model(preset("gemma3-270m")[1])
+    cfg = gemma.cfg
+    windows = [b.att.window for b in gemma.trf_blocks]
+    sliding = SlidingKVCache(windows, 1, cfg.n_kv_head, n, cfg.head_dim)
+    full = KVCache(cfg.n_layer, 1, cfg.n_kv_head, n, cfg.head_dim)
+    print(f"gemma3-270m KV cache for {n} tokens: sliding-window {sliding.nbytes() / 2**20:.0f} "
+          f"MiB vs full attention {full.nbytes() / 2**20:.0f} MiB "
+          f"({full.nbytes() / sliding.nbytes():.1f}x less)")
+    if not long:
+        return
+    torch.manual_seed(0)
+    small = build_model(preset("gemma3-tiny", context_length=n + 16, n_layer=6,
+                               sliding_window=512, sliding_window_pattern=6)[1]).eval()
+    engine = Engine(small)
+    t0 = time.perf_counter()
+    out = engine.generate([[1, 2, 3, 4]], SamplingParams(max_new_tokens=n))
+    dt = time.perf_counter() - t0
+    cache = engine.new_cache(1, n + 4)
+    print(f"decoded {len(out[0])} tokens in {dt:.0f} s on a 6-layer Gemma-3-shaped model; its "
+          f"cache held {cache.nbytes() / 2**20:.1f} MiB (local layers: "
+          f"{[r.shape[2] for r in cache.ring_k]} slots each; full attention would hold "
+          f"{KVCache(6, 1, 2, n + 4, 32).nbytes() / 2**20:.1f} MiB)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--int8-only", action="store_true", help="only the int8 comparison")
+    ap.add_argument("--families-only", action="store_true",
+                    help="only the Qwen3 / Gemma 3 shapes and the sliding-window KV memory")
+    ap.add_argument("--long", action="store_true", help="also decode 32k tokens (minutes)")
     args = ap.parse_args()
     if args.int8_only:
         bench_int8(args.new_tokens, args.rounds)
+        return
+    if args.families_only:
+        kv_memory(args.long)
+        bench_families(args.new_tokens, args.rounds)
         return
     from scratchlm.models.gpt import GPT, GPTConfig
     from scratchlm.models.loading import load_model_and_tokenizer
@@ -184,6 +259,8 @@ def main():
     smol, _ = load_model_and_tokenizer("smollm2-135m-instruct")
     bench("smollm2-135m", smol, hf_llama_from(smol), 49152, args.new_tokens, args.rounds)
     bench_int8(args.new_tokens, args.rounds)
+    kv_memory(args.long)
+    bench_families(args.new_tokens, args.rounds)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from torch import nn
 from scratchlm.generation.native_decode import NativeDecoder
 from scratchlm.generation.sampling import sample_next
 from scratchlm.nn.kv_cache import KVCache, SlidingKVCache
+from scratchlm.nn.native import head_linear
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Engine:
         """Logits of the last position only: a 512-token prefill needs one row of the
         (vocabulary-sized) output head, not 512."""
         h = self.model.hidden_states(idx, cache)[:, -1, :]  # (B, C)
-        return self.model.out_head(h)[:, : self.model.cfg.vocab_size]
+        return head_linear(self.model.out_head, h)[:, : self.model.cfg.vocab_size]
 
     def _decode(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         if self.native is not None:

@@ -26,7 +26,7 @@ from scratchlm.models.registry import model_features
 from scratchlm.nn.attention import CausalSelfAttention
 from scratchlm.nn.feedforward import GELU, FeedForward, SwiGLU
 from scratchlm.nn.kv_cache import KVCache
-from scratchlm.nn.native import Weight, decode_function
+from scratchlm.nn.native import Weight, decode_function, head_linear
 from scratchlm.nn.quant import Int8Linear
 
 
@@ -177,4 +177,4 @@ class NativeDecoder:
                             *[t.data_ptr() for t in norms[:2]], qkv, o,
                             *[t.data_ptr() for t in norms[2:]], up, down, *kv)
         cache.advance(1)
-        return model.out_head(model.final_norm(x))[:, : model.cfg.vocab_size]
+        return head_linear(model.out_head, model.final_norm(x))[:, : model.cfg.vocab_size]

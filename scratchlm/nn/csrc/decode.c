@@ -1,6 +1,7 @@
 /* Kernels for CPU decoding, called from Python through ctypes (nn/native.py).
 
    int8_linear   y = x @ (w * scale).T + bias for a few rows of x (nn/quant.py)
+   f32_linear    the same for float32 weights (output heads of decode steps)
    llama_layer   one whole Llama decoder layer for one new token per row (a decode step,
    gpt_layer     generation/native_decode.py), the PyTorch layer's arithmetic in one call;
                  the same for a GPT-2 layer
@@ -150,6 +151,14 @@ static void matvec(const Weight *ws, int64_t n, const float *x, float *y, int64_
 void int8_linear(const float *x, const int8_t *w, const float *scale, const float *bias,
                  float *y, int64_t B, int64_t N, int64_t K) {
     Weight wt = {w, scale, bias, N, 1};
+    matvec1(&wt, x, y, B, K, N);
+}
+
+/* y (B, N) = x (B, K) @ w.T + bias for a float32 weight: an output head in a decode step,
+   where a (B, K) x (K, N) matmul with B <= 16 and N ~ 10^5 is a memory stream */
+void f32_linear(const float *x, const float *w, const float *bias, float *y, int64_t B,
+                int64_t N, int64_t K) {
+    Weight wt = {w, NULL, bias, N, 0};
     matvec1(&wt, x, y, B, K, N);
 }
 
