@@ -57,6 +57,10 @@ class ClassificationLoss(nn.Module):
         ids, lengths = inputs
         return F.cross_entropy(class_logits(self.model, ids, lengths), labels)
 
+    def batch_weight(self, inputs, labels: torch.Tensor) -> int:
+        """Examples."""
+        return labels.shape[0]
+
 
 @torch.no_grad()
 def calc_accuracy_loader(model: nn.Module, loader, device, num_batches: int | None = None) -> float:

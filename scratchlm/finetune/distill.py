@@ -85,6 +85,10 @@ class DistillationLoss(nn.Module):
         return distillation_loss(self.student(inputs), teacher_logits, targets, self.alpha,
                                  self.temperature)
 
+    def batch_weight(self, inputs, targets: torch.Tensor) -> torch.Tensor:
+        """Target tokens (the loss is a per-token mean)."""
+        return (targets != -100).sum()
+
 
 def check_same_vocabulary(student: nn.Module, teacher: nn.Module) -> None:
     sv, tv = student.cfg.vocab_size, teacher.cfg.vocab_size

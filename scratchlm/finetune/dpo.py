@@ -102,6 +102,10 @@ class DPOLoss(nn.Module):
                                         margins.mean().item(), (margins > 0).float().mean().item())
         return loss
 
+    def batch_weight(self, inputs: torch.Tensor, targets) -> int:
+        """Preference pairs: the loss is a mean over pairs, whatever their token counts."""
+        return inputs.shape[0] // 2
+
 
 @torch.no_grad()
 def evaluate_preferences(loss_module: DPOLoss, loader, device: torch.device) -> PreferenceStats:

@@ -48,6 +48,10 @@ class RewardLoss(nn.Module):
         b = r.shape[0] // 2
         return bradley_terry_loss(r[:b], r[b:])
 
+    def batch_weight(self, inputs, _pairs=None) -> int:
+        """Preference pairs (chosen and rejected rows)."""
+        return inputs[0].shape[0] // 2
+
 
 @dataclass
 class RewardStats:

@@ -34,6 +34,10 @@ class TaggingLoss(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
                                ignore_index=IGNORE_INDEX)
 
+    def batch_weight(self, ids, labels: torch.Tensor) -> torch.Tensor:
+        """Labelled tokens (a word's first sub-token)."""
+        return (labels != IGNORE_INDEX).sum()
+
 
 @torch.no_grad()
 def predict_tags(model: nn.Module, loader, tags: list[str], device) -> tuple[list, list]:

@@ -34,7 +34,7 @@ from scratchlm.training.evaluation import evaluate_loss, perplexity
 from scratchlm.training.loop import TrainConfig, fit
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
-from scratchlm.training.runtime import setup_runtime, teardown_runtime
+from scratchlm.training.prepare import prepare_training, training_session
 
 
 @dataclass
@@ -87,10 +87,7 @@ def tokens_per_second(model, loader, batches: int, rt) -> float:
 
 
 def main(cfg: DistillConfig) -> dict:
-    rt = setup_runtime(cfg.train.precision, cfg.train.device, cfg.train.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with training_session(cfg.train, cfg.out) as (rt, out):
         teacher, tok = load_model_and_tokenizer(cfg.teacher, device=rt.device)
         student = build_student(cfg, teacher, rt.device)
         context = cfg.context_length or min(teacher.cfg.context_length,
@@ -111,7 +108,8 @@ def main(cfg: DistillConfig) -> dict:
         optimizer = build_optimizer(student, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
-        fit(student, loss_module, optimizer, train_ds, val_ds, cfg.train, rt, out,
+        trainer = prepare_training(loss_module, student, rt, cfg.train)
+        fit(student, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out,
             {**to_dict(cfg), "model_config": student.cfg.to_dict()})
         after = ce(student)
         speed = (tokens_per_second(teacher, val_loader, cfg.speed_batches, rt),
@@ -129,9 +127,9 @@ def main(cfg: DistillConfig) -> dict:
         tqdm.write(f"student val ppl {result['student_val_ppl']:.2f} (teacher "
                    f"{result['teacher_val_ppl']:.2f}); {result['size_ratio']:.0%} of the "
                    f"parameters, {result['speedup']:.2f}x the forward speed")
+        if not rt.is_main:  # the main rank writes the run's outputs
+            return result
         save_pretrained(student, out / "final")
         save_tokenizer(tok, out / "final")
         (out / "result.json").write_text(json.dumps(result, indent=2))
         return result
-    finally:
-        teardown_runtime(rt)

@@ -39,7 +39,7 @@ from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
 from scratchlm.training.loop import TrainConfig, fit
 from scratchlm.training.optim import build_optimizer
-from scratchlm.training.runtime import setup_runtime, teardown_runtime
+from scratchlm.training.prepare import prepare_training, training_session
 
 
 @dataclass
@@ -100,10 +100,7 @@ def plot_accuracy(history: list[dict], path: Path) -> None:
 
 
 def main(cfg: ClassifyConfig) -> dict:
-    rt = setup_runtime(cfg.train.precision, cfg.train.device, cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with training_session(cfg.train, cfg.out, seed=cfg.seed) as (rt, out):
         model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
         pad = tok.eos_id if tok.eos_id is not None else 0
         train_rows, val_rows, test_rows, labels = prepare_rows(cfg, out)
@@ -140,12 +137,18 @@ def main(cfg: ClassifyConfig) -> dict:
                        f"validation accuracy {row['val_acc']:.2%}")
             plot_accuracy(history, out / "accuracy.png")
 
-        fit(model, loss_module, optimizer, train_ds, val_ds, cfg.train, rt, out,
+        trainer = prepare_training(loss_module, model, rt, cfg.train)
+
+        fit(model, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out,
             to_dict(cfg), on_eval=on_eval)
         result = {name: calc_accuracy_loader(model, loader, rt.device)
                   for name, loader in loaders.items()}
         tqdm.write(f"accuracy: train {result['train']:.2%}, validation {result['val']:.2%}, "
                    f"test {result['test']:.2%}")
+        summary = {**result, "test_before": before, "trainable": trainable,
+                   "max_length": train_ds.max_length}
+        if not rt.is_main:  # the main rank writes the run's outputs
+            return summary
         final = out / "final"
         if cfg.lora.rank > 0:
             adapter = adapter_state_dict(model)
@@ -162,7 +165,4 @@ def main(cfg: ClassifyConfig) -> dict:
         final.mkdir(parents=True, exist_ok=True)
         (final / "classifier.json").write_text(json.dumps(
             {"labels": labels, "max_length": train_ds.max_length, "accuracy": result}, indent=2))
-        return {**result, "test_before": before, "trainable": trainable,
-                "max_length": train_ds.max_length}
-    finally:
-        teardown_runtime(rt)
+        return summary

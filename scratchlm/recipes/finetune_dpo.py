@@ -34,7 +34,7 @@ from scratchlm.recipes.finetune_instruct import (
 )
 from scratchlm.training.loop import TrainConfig, fit
 from scratchlm.training.optim import build_optimizer
-from scratchlm.training.runtime import setup_runtime, teardown_runtime
+from scratchlm.training.prepare import prepare_training, training_session
 
 
 @dataclass
@@ -61,10 +61,7 @@ class DPOConfig:
 
 
 def main(cfg: DPOConfig) -> dict:
-    rt = setup_runtime(cfg.train.precision, cfg.train.device, cfg.train.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with training_session(cfg.train, cfg.out) as (rt, out):
         model, tok, style, (train_ex, val_ex, test_ex), pad = load_for_finetuning(
             cfg.model, cfg.data, cfg.style, cfg.limit, None, rt.device)
         train_ds, test_ds = PreferenceDataset(train_ex, tok, style), PreferenceDataset(test_ex, tok, style)
@@ -86,7 +83,8 @@ def main(cfg: DPOConfig) -> dict:
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
-        fit(model, loss_module, optimizer, train_ds, val_ds, cfg.train, rt, out, to_dict(cfg),
+        trainer = prepare_training(loss_module, model, rt, cfg.train)
+        fit(model, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out, to_dict(cfg),
             collate_fn=collate)
         after = evaluate_preferences(loss_module, test_loader, rt.device)
         tqdm.write(f"held-out pairs: loss {before.loss:.4f} -> {after.loss:.4f}, reward margin "
@@ -94,6 +92,8 @@ def main(cfg: DPOConfig) -> dict:
                    f"{before.accuracy:.2%} -> {after.accuracy:.2%}")
         result = {"style": style, "trainable": trainable, "before": vars(before),
                   "after": vars(after)}
+        if not rt.is_main:  # the main rank writes the run's outputs
+            return result
         if cfg.test_responses:
             responses = generate_responses(model, tok, test_ex, style, cfg.max_new_tokens)
             chosen = [e.chosen for e in test_ex]
@@ -110,5 +110,3 @@ def main(cfg: DPOConfig) -> dict:
         save_final(model, tok, out / "final", cfg.lora)
         (out / "preferences.json").write_text(json.dumps(result, indent=2))
         return result
-    finally:
-        teardown_runtime(rt)

@@ -41,7 +41,7 @@ from scratchlm.training.evaluation import evaluate_loss, perplexity
 from scratchlm.training.loop import TrainConfig, fit
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
-from scratchlm.training.runtime import setup_runtime, teardown_runtime
+from scratchlm.training.prepare import prepare_training, training_session
 
 
 @dataclass
@@ -152,10 +152,7 @@ def split_loss(loss_module, dataset, collate, rt, batch_size: int) -> float:
 
 
 def main(cfg: InstructConfig) -> dict:
-    rt = setup_runtime(cfg.train.precision, cfg.train.device, cfg.train.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with training_session(cfg.train, cfg.out) as (rt, out):
         model, tok, style, (train_ex, val_ex, test_ex), pad = load_for_finetuning(
             cfg.model, cfg.data, cfg.style, cfg.limit, cfg.split_seed, rt.device)
         make = lambda ex: InstructionDataset(ex, tok, style, cfg.mask_prompt)  # noqa: E731
@@ -188,12 +185,16 @@ def main(cfg: InstructConfig) -> dict:
             samples.append({"step": step, "instruction": sample.instruction, "response": answer})
             tqdm.write(f"sample after step {step}: {answer!r}")
 
-        fit(model, loss_module, optimizer, train_ds, val_ds if len(val_ds) else None, cfg.train,
+        trainer = prepare_training(loss_module, model, rt, cfg.train)
+
+        fit(model, trainer, optimizer, train_ds, val_ds if len(val_ds) else None, cfg.train,
             rt, out, to_dict(cfg), on_eval=on_eval, collate_fn=collate)
         after = split_loss(loss_module, test_ds, collate, rt, cfg.train.batch_size)
         tqdm.write(f"test loss after: {after:.3f} (before {before:.3f})")
         result = {"style": style, "trainable": trainable, "test_loss_before": before,
                   "test_loss_after": after, "test_ppl_after": perplexity(after)}
+        if not rt.is_main:  # the main rank writes the run's outputs
+            return result
         if cfg.test_responses:
             responses = generate_responses(model, tok, test_ex, style, cfg.max_new_tokens,
                                            cfg.response_batch)
@@ -206,5 +207,3 @@ def main(cfg: InstructConfig) -> dict:
         (out / "samples.json").write_text(json.dumps(samples, indent=2))
         (out / "result.json").write_text(json.dumps(result, indent=2))
         return result
-    finally:
-        teardown_runtime(rt)

@@ -37,7 +37,7 @@ from scratchlm.training.evaluation import evaluate_loss
 from scratchlm.training.loop import TrainConfig, fit
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
-from scratchlm.training.runtime import setup_runtime, teardown_runtime
+from scratchlm.training.prepare import prepare_training, training_session
 
 
 @dataclass
@@ -70,11 +70,8 @@ def resolve_task(cfg: PromptConfig) -> str:
 
 
 def main(cfg: PromptConfig) -> dict:
-    rt = setup_runtime(cfg.train.precision, cfg.train.device, cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     task = resolve_task(cfg)
-    try:
+    with training_session(cfg.train, cfg.out, seed=cfg.seed) as (rt, out):
         if task == "classify":
             model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
         else:
@@ -119,7 +116,8 @@ def main(cfg: PromptConfig) -> dict:
         optimizer = build_optimizer(tuned, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
-        fit(tuned, loss_module, optimizer, train_ds, val_ds if len(val_ds) else None, cfg.train,
+        trainer = prepare_training(loss_module, tuned, rt, cfg.train)
+        fit(tuned, trainer, optimizer, train_ds, val_ds if len(val_ds) else None, cfg.train,
             rt, out, to_dict(cfg), collate_fn=collate)
         if task == "classify":
             result["test_accuracy"] = accuracy()
@@ -128,8 +126,8 @@ def main(cfg: PromptConfig) -> dict:
             loader = DataLoader(test_ds, batch_size=cfg.train.batch_size, collate_fn=collate)
             result["test_loss"] = evaluate_loss(loss_module, loader, rt)
             tqdm.write(f"test loss after: {result['test_loss']:.3f}")
+        if not rt.is_main:  # the main rank writes the run's outputs
+            return result
         save_prompt(tuned, out / "final" / "prompt", cfg.model)
         (out / "result.json").write_text(json.dumps(result, indent=2))
         return result
-    finally:
-        teardown_runtime(rt)

@@ -30,7 +30,7 @@ from scratchlm.models.accounting import count_parameters
 from scratchlm.recipes.finetune_instruct import load_for_finetuning, save_merged, set_epochs
 from scratchlm.training.loop import TrainConfig, fit
 from scratchlm.training.optim import build_optimizer
-from scratchlm.training.runtime import setup_runtime, teardown_runtime
+from scratchlm.training.prepare import prepare_training, training_session
 
 
 @dataclass
@@ -55,10 +55,7 @@ def main(cfg: RewardConfig) -> dict:
     if cfg.lora.quantize_base is not None:
         raise ValueError("a reward model is saved merged: use --lora.rank without "
                          "--lora.quantize_base")
-    rt = setup_runtime(cfg.train.precision, cfg.train.device, cfg.train.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with training_session(cfg.train, cfg.out) as (rt, out):
         model, tok, style, (train_ex, val_ex, test_ex), pad = load_for_finetuning(
             cfg.model, cfg.data, cfg.style, cfg.limit, cfg.split_seed, rt.device)
         train_ds = PreferenceDataset(train_ex, tok, style)
@@ -75,17 +72,18 @@ def main(cfg: RewardConfig) -> dict:
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
-        fit(model, RewardLoss(model), optimizer, train_ds, held_out, cfg.train, rt, out,
+        trainer = prepare_training(RewardLoss(model), model, rt, cfg.train)
+        fit(model, trainer, optimizer, train_ds, held_out, cfg.train, rt, out,
             to_dict(cfg), collate_fn=collate)
         after = evaluate_rewards(model, loader, rt.device)
         tqdm.write(f"held-out preference accuracy after: {after.accuracy:.1%} (margin "
                    f"{after.margin:.2f}, loss {after.loss:.3f})")
         result = {"style": style, "trainable": trainable, "before": asdict(before),
                   "after": asdict(after)}
+        if not rt.is_main:  # the main rank writes the run's outputs
+            return result
         (out / "rewards.json").write_text(json.dumps(result, indent=2))
         final = out / "final"
         save_merged(model, tok, final)
         (final / "reward.json").write_text(json.dumps({"style": style}, indent=2))
         return result
-    finally:
-        teardown_runtime(rt)

@@ -31,7 +31,7 @@ from scratchlm.models.loading import load_model_and_tokenizer
 from scratchlm.recipes.finetune_instruct import save_merged, set_epochs
 from scratchlm.training.loop import TrainConfig, fit
 from scratchlm.training.optim import build_optimizer
-from scratchlm.training.runtime import setup_runtime, teardown_runtime
+from scratchlm.training.prepare import prepare_training, training_session
 
 
 @dataclass
@@ -71,10 +71,7 @@ def load_splits(cfg: TaggingConfig):
 def main(cfg: TaggingConfig) -> dict:
     if cfg.lora.quantize_base is not None:
         raise ValueError("a tagger is saved merged: use --lora.rank without --lora.quantize_base")
-    rt = setup_runtime(cfg.train.precision, cfg.train.device, cfg.train.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with training_session(cfg.train, cfg.out) as (rt, out):
         train_s, val_s, test_s = load_splits(cfg)  # bad data fails before any weights load
         model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
         tags = tag_vocabulary(train_s)
@@ -94,17 +91,18 @@ def main(cfg: TaggingConfig) -> dict:
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
-        fit(model, TaggingLoss(model), optimizer, train_ds, val_ds, cfg.train, rt, out,
+        trainer = prepare_training(TaggingLoss(model), model, rt, cfg.train)
+        fit(model, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out,
             to_dict(cfg), collate_fn=collate)
         after = entity_scores(*predict_tags(model, test_loader, tags, rt.device))
         for kind, row in after.items():
             tqdm.write(f"{kind:>10}: precision {row['precision']:.3f} recall {row['recall']:.3f} "
                        f"f1 {row['f1']:.3f} ({row['support']} entities)")
         result = {"tags": tags, "trainable": trainable, "before": before, "after": after}
+        if not rt.is_main:  # the main rank writes the run's outputs
+            return result
         (out / "report.json").write_text(json.dumps(result, indent=2))
         final = out / "final"
         save_merged(model, tok, final)
         (final / "tagger.json").write_text(json.dumps({"tags": tags}, indent=2))
         return result
-    finally:
-        teardown_runtime(rt)

@@ -29,7 +29,7 @@ from scratchlm.models.accounting import count_parameters, flops_per_token
 from scratchlm.models.registry import build_model, family_named, family_of, preset
 from scratchlm.models.loading import save_pretrained
 from scratchlm.tokenizers import get_tokenizer
-from scratchlm.training.distributed import parallelize
+from scratchlm.training.prepare import prepare_training
 from scratchlm.training.loop import FitResult, TrainConfig, fit
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
@@ -162,11 +162,8 @@ def main(cfg: PretrainConfig) -> FitResult:
             (out / "config.json").write_text(json.dumps(resolved, indent=2))
             tqdm.write(report_plan(model_cfg, n_params, len(train_ds) * model_cfg.context_length,
                                    cfg, rt.memory_bytes()))
-        if cfg.train.compile:
-            for block in model.trf_blocks:
-                block.compile()
-        loss_module = parallelize(CausalLMLoss(model, cfg.train.fused_loss), rt,
-                                  cfg.train.strategy)
+        loss_module = prepare_training(CausalLMLoss(model, cfg.train.fused_loss), model, rt,
+                                       cfg.train, sharded_saves=True)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)

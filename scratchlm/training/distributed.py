@@ -14,7 +14,11 @@ from scratchlm.training.runtime import Runtime
 STRATEGIES = ("ddp", "fsdp")
 
 
-def parallelize(loss_module: nn.Module, rt: Runtime, strategy: str = "ddp") -> nn.Module:
+def parallelize(loss_module: nn.Module, rt: Runtime, strategy: str = "ddp",
+                find_unused_parameters: bool = False) -> nn.Module:
+    """``loss_module`` for this runtime: itself in one process, else DDP- or FSDP2-wrapped.
+    ``find_unused_parameters``: for models where a step may leave parameters without a
+    gradient (mixture-of-experts layers whose experts got no token)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if not rt.distributed:
@@ -23,7 +27,7 @@ def parallelize(loss_module: nn.Module, rt: Runtime, strategy: str = "ddp") -> n
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [rt.device.index] if rt.device.type == "cuda" else None
-        return DDP(loss_module, device_ids=ids)
+        return DDP(loss_module, device_ids=ids, find_unused_parameters=find_unused_parameters)
     from torch.distributed.fsdp import fully_shard
 
     blocks = getattr(loss_module.model, "trf_blocks", None)

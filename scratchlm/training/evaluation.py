@@ -7,8 +7,10 @@ import math
 from collections.abc import Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from scratchlm.training.losses import batch_weight
 from scratchlm.training.runtime import Runtime
 from scratchlm.training.step import to_device
 
@@ -16,19 +18,27 @@ from scratchlm.training.step import to_device
 @torch.no_grad()
 def evaluate_loss(loss_module: nn.Module, batches: Iterable, rt: Runtime,
                   max_batches: int | None = None) -> float:
-    """Mean of the batch losses (the book's ``calc_loss_loader``), averaged across ranks."""
+    """The mean loss over every unit (token, example, pair) of ``batches``, on all ranks
+    together: each batch's mean loss weighted by its ``batch_weight``, so uneven batches and
+    uneven shards give the true mean (the book's ``calc_loss_loader`` averages batch means,
+    the same when every batch is full). Every rank takes part in the one all-reduce, also a
+    rank whose shard is empty; NaN when no rank had anything."""
     was_training = loss_module.training
     loss_module.eval()
-    total, n = torch.zeros((), device=rt.device), 0
+    acc = torch.zeros(2, device=rt.device, dtype=torch.float64)  # [sum of loss * weight, weight]
     for i, (x, y) in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
+        x, y = to_device(x, rt.device), to_device(y, rt.device)
         with rt.autocast():
-            total += loss_module(to_device(x, rt.device), to_device(y, rt.device)).float()
-        n += 1
+            loss = loss_module(x, y).double()
+        w = batch_weight(loss_module, x, y).to(rt.device, torch.float64)
+        if w > 0:
+            acc += torch.stack([loss * w, w])
     loss_module.train(was_training)
-    mean = rt.all_reduce_mean(total / max(n, 1))
-    return mean.item() if n else float("nan")
+    if rt.distributed:
+        dist.all_reduce(acc)
+    return (acc[0] / acc[1]).item() if acc[1] > 0 else float("nan")
 
 
 def perplexity(loss: float) -> float:

@@ -1,4 +1,12 @@
-"""The language-model loss every recipe uses."""
+"""The language-model loss every recipe uses, and the training contract of loss modules.
+
+A loss module is ``(inputs, targets) -> mean loss`` over the units of its batch, plus
+``batch_weight(inputs, targets) -> number of those units``: target tokens for language
+models and taggers, examples for classifiers, preference pairs for DPO and reward models.
+``training/step.py`` weights each micro-batch (and each rank) by it, so k micro-batches give
+the gradient of one k-times batch and N ranks that of one N-times batch; evaluation uses it
+to take the true mean over uneven batches and ranks.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +31,25 @@ def causal_lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     return cross_entropy(model(inputs), targets)
 
 
+IGNORE_INDEX = -100
+
+
+def target_tokens(targets: torch.Tensor) -> torch.Tensor:
+    """The number of targets that count (not ``IGNORE_INDEX``), as a 0-d tensor."""
+    return (targets != IGNORE_INDEX).sum()
+
+
+def batch_weight(loss_module: nn.Module, inputs, targets) -> torch.Tensor:
+    """``loss_module.batch_weight(inputs, targets)``, through a DDP wrapper when there is one;
+    a loss module without it is an error naming its class."""
+    inner = getattr(loss_module, "module", loss_module)  # DDP keeps the module as .module
+    fn = getattr(inner, "batch_weight", None)
+    if fn is None:
+        raise TypeError(f"{type(inner).__name__} has no batch_weight(inputs, targets): the "
+                        "training step needs each loss module's unit count (see losses.py)")
+    return torch.as_tensor(fn(inputs, targets))
+
+
 class CausalLMLoss(nn.Module):
     """``model`` plus its loss as one module, ``(inputs, targets) -> loss``: the unit DDP and
     FSDP wrap, so the fused head+loss still runs inside their forward hooks."""
@@ -37,3 +64,6 @@ class CausalLMLoss(nn.Module):
         # reports the plain cross-entropy, so perplexities stay comparable).
         aux = moe_aux_loss(self.model) if self.model.training else None
         return loss if aux is None else loss + aux
+
+    def batch_weight(self, inputs, targets: torch.Tensor) -> torch.Tensor:
+        return target_tokens(targets)

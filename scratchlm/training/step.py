@@ -1,9 +1,11 @@
 """One optimizer step: gradient accumulation with correct normalisation, clipping, update.
 
-The loss of each micro-batch is a mean over its valid targets (not -100). Weighting each by
-its share of all valid targets in the step makes k micro-batches give exactly the gradient of
-one k-times batch, also when padding makes the counts differ. Under DDP the counts are summed
-across ranks and the loss multiplied by the world size, because DDP averages gradients.
+The loss of each micro-batch is a mean over its units, and the loss module says how many
+units a batch holds (``batch_weight``: target tokens, examples or preference pairs; see
+``training/losses.py``). Weighting each micro-batch by its share of all units in the step makes
+k micro-batches give exactly the gradient of one k-times batch, also when padding makes the
+counts differ. Under DDP the counts are summed across ranks and the loss multiplied by the
+world size, because DDP averages gradients: N ranks give the gradient of one N-times batch.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from scratchlm.training.losses import batch_weight
 from scratchlm.training.runtime import Runtime
 
 
@@ -23,7 +26,7 @@ from scratchlm.training.runtime import Runtime
 class StepResult:
     loss: float  # mean loss over the step's valid targets (all ranks)
     grad_norm: float  # before clipping
-    tokens: int  # valid targets in the step (all ranks)
+    tokens: int  # units in the step (all ranks): target tokens, examples or pairs
 
 
 def to_device(x, device: torch.device):
@@ -50,8 +53,9 @@ def train_step(
     grad_clip: float | None = 1.0,
     scaler: torch.amp.GradScaler | None = None,
 ) -> StepResult:
-    """``loss_module(inputs, targets)`` returns the mean loss of one micro-batch."""
-    counts = [(y != -100).sum() for _, y in micro_batches]
+    """``loss_module(inputs, targets)`` returns the mean loss of one micro-batch, and
+    ``loss_module.batch_weight(inputs, targets)`` its number of units."""
+    counts = [batch_weight(loss_module, x, y).to(rt.device) for x, y in micro_batches]
     total = torch.stack(counts).sum().to(rt.device)
     if rt.distributed:
         dist.all_reduce(total)
@@ -65,7 +69,7 @@ def train_step(
         x, y = to_device(x, rt.device), to_device(y, rt.device)
         with _no_sync(loss_module, last), rt.autocast():
             loss = loss_module(x, y)
-        weight = n.to(rt.device) / total_f
+        weight = n / total_f
         scaled = loss * weight * rt.world_size
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         step_loss += loss.detach().float() * weight

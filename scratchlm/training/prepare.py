@@ -1,0 +1,90 @@
+"""One place that makes a model ready for training, for every recipe: activation checkpointing,
+``torch.compile``, and data parallelism (DDP, or FSDP2 where the recipe saves sharded), plus
+the session every recipe runs in (runtime setup, the run folder, teardown).
+
+    with training_session(cfg.train, cfg.out) as (rt, out):
+        model = ...                                      # built or loaded, LoRA applied
+        loss = prepare_training(MyLoss(model), model, rt, cfg.train)
+        fit(model, loss, optimizer, ...)                 # the shared loop
+        if rt.is_main: save ...
+
+A flag either does what it says in every recipe or is refused here with a message: none is
+accepted and ignored. Precision is the runtime's (``rt.autocast()`` inside the step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from torch import nn
+
+from scratchlm.nn.moe import moe_layers
+from scratchlm.nn.nf4 import NF4Linear
+from scratchlm.training.distributed import STRATEGIES, parallelize
+from scratchlm.training.runtime import Runtime, setup_runtime, teardown_runtime
+
+
+def core_model(model: nn.Module) -> nn.Module:
+    """The model whose blocks train: ``model`` itself, or the frozen model inside a wrapper
+    (a prompt-tuning ``PromptTuned`` holds it as ``.model``)."""
+    while not hasattr(model, "trf_blocks") and isinstance(getattr(model, "model", None),
+                                                           nn.Module):
+        model = model.model
+    return model
+
+
+def prepare_training(loss_module: nn.Module, model: nn.Module, rt: Runtime, train,
+                     sharded_saves: bool = False) -> nn.Module:
+    """Apply ``train.grad_checkpointing``, ``train.compile`` and ``train.strategy`` (a
+    ``TrainConfig``) to ``model`` and its ``loss_module``; returns the module to train (wrapped
+    by DDP or sharded by FSDP2 under torchrun, else ``loss_module`` itself).
+
+    ``sharded_saves``: the recipe saves FSDP2 checkpoints and its final model from sharded
+    parameters (pretraining does); other recipes refuse ``strategy=fsdp`` rather than save a
+    shard as if it were the model."""
+    core = core_model(model)
+    name = type(core).__name__
+    if train.strategy not in STRATEGIES:
+        raise ValueError(f"--train.strategy must be one of {STRATEGIES}, got {train.strategy!r}")
+    cfg = getattr(core, "cfg", None)
+    if train.grad_checkpointing:
+        if cfg is None or not hasattr(cfg, "grad_checkpointing"):
+            raise ValueError(f"--train.grad_checkpointing: {name} has no block checkpointing")
+        cfg.grad_checkpointing = True
+    elif cfg is not None and hasattr(cfg, "grad_checkpointing"):
+        cfg.grad_checkpointing = False
+    if train.compile:
+        blocks = getattr(core, "trf_blocks", None)
+        if blocks is None:
+            raise ValueError(f"--train.compile: {name} has no transformer blocks to compile")
+        for block in blocks:
+            block.compile()
+    if rt.distributed and train.strategy == "fsdp":
+        if not sharded_saves:
+            raise ValueError("--train.strategy fsdp: this recipe saves its result from full "
+                             "parameters; run it with --train.strategy ddp (pretraining "
+                             "supports fsdp)")
+        if any(isinstance(m, NF4Linear) for m in model.modules()):
+            raise ValueError("--train.strategy fsdp with a 4-bit (QLoRA) base is not supported; "
+                             "use --train.strategy ddp")
+    return parallelize(loss_module, rt, train.strategy,
+                       find_unused_parameters=bool(moe_layers(model)))
+
+
+@contextlib.contextmanager
+def training_session(train, out: str | Path,
+                     seed: int | None = None) -> Iterator[tuple[Runtime, Path]]:
+    """Set up the runtime (device, precision, seed (default ``train.seed``), the process group
+    under torchrun), make the run folder (on the main rank), and tear down at the end, also
+    on errors."""
+    rt = setup_runtime(train.precision, train.device, train.seed if seed is None else seed)
+    try:
+        out = Path(out)
+        if rt.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        rt.barrier()
+        yield rt, out
+    finally:
+        teardown_runtime(rt)
