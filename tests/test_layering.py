@@ -59,3 +59,21 @@ def test_import_does_no_work():
     code = "import sys, scratchlm; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
+
+
+def test_recipes_do_not_import_each_other():
+    """A recipe composes library pieces; what two recipes share lives in a lower layer
+    (``finetune/setup.py``, ``training/``, ``generation/responses.py``, ``data/``). The demo,
+    which runs every recipe in turn, is the one exception."""
+    bad = []
+    for path in (ROOT / "scratchlm" / "recipes").glob("*.py"):
+        if path.stem in ("demo", "__init__"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "scratchlm.recipes"):
+                bad.append(f"recipes/{path.name} imports {node.module}")
+            elif isinstance(node, ast.Import):
+                bad += [f"recipes/{path.name} imports {a.name}" for a in node.names
+                        if a.name.startswith("scratchlm.recipes")]
+    assert not bad, "\n".join(bad)

@@ -157,3 +157,28 @@ def label_word_items(rows: list[tuple[str, str]], tokenizer, label_words: dict[s
         answer = tokenizer.encode(" " + label_words[label])
         items.append((prompt + answer, [0] * len(prompt) + [1] * len(answer)))
     return items
+
+
+def classification_splits(data: str, text_col: str = "text", label_col: str = "label",
+                          limit: int | None = None, seed: int = 123,
+                          out: str | Path | None = None):
+    """(train, val, test rows, label -> id) for ``sms-spam`` (balanced, as the book) or a
+    CSV/TSV/JSONL table, split 70/10/20 with ``seed``; the splits are written as CSV files
+    under ``out/data/`` when ``out`` is given."""
+    from scratchlm.data.sources import fetch
+
+    if data == "sms-spam":
+        rows = balance(read_sms_spam(fetch("sms-spam")), seed=seed)
+        labels = {"ham": 0, "spam": 1}
+    else:
+        rows = read_table(data, text_col, label_col)
+        labels = label_map(rows)
+    if limit is not None:
+        rows = list(rows)
+        random.Random(seed).shuffle(rows)
+        rows = rows[:limit]
+    train, val, test = random_split(rows, 0.7, 0.1, seed=seed)
+    if out is not None:
+        for name, part in (("train", train), ("validation", val), ("test", test)):
+            write_csv(part, Path(out) / "data" / f"{name}.csv")
+    return train, val, test, labels

@@ -102,3 +102,35 @@ class ShardDataset(Dataset):
         start = (i - self.offsets[k]) * self.stride
         chunk = torch.from_numpy(self.shards[k][start : start + self.max_length + 1].astype(np.int64))
         return chunk[:-1], chunk[1:]
+
+
+def text_datasets(data: list[str], val_fraction: float, tokenizer, context: int):
+    """(train, val) datasets of (inputs, targets) windows of ``context`` tokens from text files
+    or registered data set names (``data/sources.py``), or from one shard folder."""
+    from torch.utils.data import Subset
+
+    from scratchlm.data.sources import SOURCES, fetch
+    if len(data) == 1 and (Path(data[0]) / "meta.json").is_file():
+        ds = ShardDataset(data[0], context)
+        n_val = int(len(ds) * val_fraction)
+        return Subset(ds, range(len(ds) - n_val)), Subset(ds, range(len(ds) - n_val, len(ds)))
+    ids: list[int] = []
+    for item in data:
+        path = fetch(item) if item in SOURCES and not Path(item).exists() else Path(item)
+        if not path.is_file():
+            raise FileNotFoundError(f"data {item!r}: no such file or registered data set")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: invalid UTF-8 at byte offset {e.start}") from None
+        if not text.strip():
+            raise ValueError(f"{path}: file is empty")
+        ids.extend(tokenizer.encode(text, allowed_special="all"))
+        if tokenizer.eos_id is not None:
+            ids.append(tokenizer.eos_id)
+    split = int(len(ids) * (1 - val_fraction))
+    train = GPTDataset(ids[:split], max_length=context, stride=context)
+    val_ids = ids[split:]
+    val = GPTDataset(val_ids, max_length=context, stride=context) \
+        if len(val_ids) > context else None
+    return train, val

@@ -4,7 +4,11 @@
                                 decode:  one token per row per step, attending to the cache
 
 Rows stop independently on any of ``stop_ids``; the batch ends when every row has stopped or
-``max_new_tokens`` is reached. Sampling is the same pure function as the naive ``generate``
+``max_new_tokens`` is reached. Past the context window the engine does what the book's
+``generate`` does: each step sees the last ``context_length`` tokens of its row (a prompt
+longer than that is cropped the same way). Inside the window that is the cached decode; past
+it, every step re-reads the window (a fresh prefill), since the positions of the kept tokens
+shift with each new one. Sampling is the same pure function as the naive ``generate``
 (greedy at temperature 0), so the engine must match it token for token (tested). Like the rest
 of ``generation``, the engine sees ids only; text and stop strings are ``stream_text``'s job.
 """
@@ -77,17 +81,12 @@ class Engine:
         """Yield, per decode step, each row's new token (None once that row has stopped)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
+        if params.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
         b = len(prompts)
-        longest = max(len(p) for p in prompts)
-        budget = min(params.max_new_tokens, self.max_len - longest)
-        if budget <= 0:
-            raise ValueError(f"a prompt of {longest} tokens leaves no room in the context of "
-                             f"{self.max_len}")
-        pad = torch.tensor([longest - len(p) for p in prompts], device=self.device)
-        idx = torch.zeros(b, longest, dtype=torch.long, device=self.device)
-        for i, p in enumerate(prompts):
-            idx[i, longest - len(p):] = torch.tensor(p, device=self.device)
-        cache = self.new_cache(b, longest + budget, pad)
+        rows = [list(p)[-self.max_len:] for p in prompts]  # the book crops to the context
+        longest = max(len(p) for p in rows)
+        cached = min(params.max_new_tokens, self.max_len - longest)  # steps inside the window
         if self.native is not None:
             self.native.refresh()
         gen = None
@@ -96,16 +95,34 @@ class Engine:
         stop = torch.tensor(params.stop_ids or [-1], device=self.device)
         done = torch.zeros(b, dtype=torch.bool, device=self.device)
 
-        logits = self._last_logits(idx, cache)  # prefill: (B, V)
-        for _ in range(budget):
+        cache = None
+        for step in range(params.max_new_tokens):
+            if step == 0 or step > cached:  # prefill, or past the window: read the last window
+                idx, pad = self._left_pad(rows)
+                cache = self.new_cache(b, idx.shape[1] + max(cached - step, 0), pad)
+                logits = self._last_logits(idx, cache)  # (B, V)
+            else:
+                logits = self._decode(nxt, cache)  # decode: (B, V)
             nxt = sample_next(logits, params.temperature, params.top_k, params.top_p, gen)  # (B, 1)
             hit = torch.isin(nxt[:, 0], stop)
             out = [None if d else int(t) for d, t in zip(done.tolist(), nxt[:, 0].tolist())]
             done |= hit
             yield out
-            if bool(done.all()) or cache.length >= cache.max_len:
+            if bool(done.all()):
                 return
-            logits = self._decode(nxt, cache)  # decode: (B, V)
+            for row, tok in zip(rows, nxt[:, 0].tolist()):
+                row.append(tok)
+                if len(row) > self.max_len:
+                    del row[0]
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) ids, left-padded to the longest row, and (B,) pad counts."""
+        longest = max(len(r) for r in rows)
+        pad = torch.tensor([longest - len(r) for r in rows], device=self.device)
+        idx = torch.zeros(len(rows), longest, dtype=torch.long, device=self.device)
+        for i, r in enumerate(rows):
+            idx[i, longest - len(r):] = torch.tensor(r, device=self.device)
+        return idx, pad
 
     def generate(self, prompts: Sequence[Sequence[int]],
                  params: SamplingParams = SamplingParams()) -> list[list[int]]:

@@ -16,19 +16,18 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from scratchlm.config import to_dict
+from scratchlm.data.pretrain import text_datasets
 from scratchlm.finetune.distill import (DistillationLoss, check_same_vocabulary,
                                         student_from_teacher)
 from scratchlm.models.accounting import count_parameters
-from scratchlm.models.registry import family_of
 from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
-from scratchlm.recipes.pretrain import build_datasets
+from scratchlm.models.registry import family_of
 from scratchlm.tokenizers import save_tokenizer
 from scratchlm.training.evaluation import evaluate_loss, perplexity
 from scratchlm.training.loop import TrainConfig, fit
@@ -92,7 +91,7 @@ def main(cfg: DistillConfig) -> dict:
         student = build_student(cfg, teacher, rt.device)
         context = cfg.context_length or min(teacher.cfg.context_length,
                                             student.cfg.context_length, 256)
-        train_ds, val_ds = build_datasets(cfg.data, cfg.val_fraction, tok, context)
+        train_ds, val_ds = text_datasets(cfg.data, cfg.val_fraction, tok, context)
         if val_ds is None:
             raise ValueError(f"{cfg.data}: too little text for a validation split of "
                              f"{cfg.val_fraction} at context {context}")

@@ -19,16 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from scratchlm.config import to_dict
-from scratchlm.data.classification import (
-    ClassificationDataset,
-    balance,
-    label_map,
-    random_split,
-    read_sms_spam,
-    read_table,
-    write_csv,
-)
-from scratchlm.data.sources import fetch
+from scratchlm.data.classification import ClassificationDataset, classification_splits
 from scratchlm.finetune.classification import (
     ClassificationLoss,
     calc_accuracy_loader,
@@ -37,7 +28,7 @@ from scratchlm.finetune.classification import (
 from scratchlm.finetune.lora import LoraConfig, adapter_state_dict, merge_lora
 from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
-from scratchlm.training.loop import TrainConfig, fit
+from scratchlm.training.loop import TrainConfig, fit, set_epochs
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session
 
@@ -62,25 +53,6 @@ class ClassifyConfig:
         log_every=10, save_every=10**9, eval_batches=5))
 
 
-def prepare_rows(cfg: ClassifyConfig, out: Path):
-    if cfg.data == "sms-spam":
-        rows = balance(read_sms_spam(fetch("sms-spam")), seed=cfg.seed)
-        labels = {"ham": 0, "spam": 1}
-    else:
-        rows = read_table(cfg.data, cfg.text_col, cfg.label_col)
-        labels = label_map(rows)
-    if cfg.limit is not None:
-        import random
-
-        rows = list(rows)
-        random.Random(cfg.seed).shuffle(rows)
-        rows = rows[: cfg.limit]
-    train, val, test = random_split(rows, 0.7, 0.1, seed=cfg.seed)
-    for name, part in (("train", train), ("validation", val), ("test", test)):
-        write_csv(part, out / "data" / f"{name}.csv")
-    return train, val, test, labels
-
-
 def plot_accuracy(history: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -103,7 +75,8 @@ def main(cfg: ClassifyConfig) -> dict:
     with training_session(cfg.train, cfg.out, seed=cfg.seed) as (rt, out):
         model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
         pad = tok.eos_id if tok.eos_id is not None else 0
-        train_rows, val_rows, test_rows, labels = prepare_rows(cfg, out)
+        train_rows, val_rows, test_rows, labels = classification_splits(
+            cfg.data, cfg.text_col, cfg.label_col, cfg.limit, cfg.seed, out if rt.is_main else None)
         train_ds = ClassificationDataset(train_rows, tok, labels, cfg.max_length, pad,
                                          model.cfg.context_length)
         val_ds = ClassificationDataset(val_rows, tok, labels, train_ds.max_length, pad)
@@ -114,8 +87,7 @@ def main(cfg: ClassifyConfig) -> dict:
         tqdm.write(f"{len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test examples, "
                    f"max_length {train_ds.max_length}; {trainable:,} trainable parameters of "
                    f"{count_parameters(model):,} (base {total_before:,})")
-        steps_per_epoch = max(1, len(train_ds) // cfg.train.batch_size)
-        cfg.train.max_steps = cfg.epochs * steps_per_epoch
+        steps_per_epoch = set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
         cfg.train.eval_every = steps_per_epoch
         loss_module = ClassificationLoss(model)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -25,14 +24,9 @@ from scratchlm.evaluate.offline import closer_to_chosen
 from scratchlm.finetune.dpo import DPOLoss, evaluate_preferences
 from scratchlm.finetune.lora import LoraConfig
 from scratchlm.models.accounting import count_parameters
-from scratchlm.recipes.finetune_instruct import (
-    apply_lora_config,
-    generate_responses,
-    load_for_finetuning,
-    save_final,
-    set_epochs,
-)
-from scratchlm.training.loop import TrainConfig, fit
+from scratchlm.finetune.setup import apply_lora_config, load_for_finetuning, save_final
+from scratchlm.generation.responses import generate_responses
+from scratchlm.training.loop import TrainConfig, fit, set_epochs
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session
 
@@ -79,7 +73,7 @@ def main(cfg: DPOConfig) -> dict:
         before = evaluate_preferences(loss_module, test_loader, rt.device)
         responses_before = (generate_responses(model, tok, test_ex, style, cfg.max_new_tokens)
                             if cfg.test_responses else None)
-        set_epochs(cfg.train, cfg.epochs, len(train_ds))
+        set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)

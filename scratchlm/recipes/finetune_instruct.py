@@ -15,30 +15,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from scratchlm.config import to_dict
-from scratchlm.data.instruction import (
-    InstructionCollate,
-    InstructionDataset,
-    format_input,
-    read_examples,
-    render_prompt,
-    split_examples,
-)
-from scratchlm.data.sources import SOURCES, fetch
+from scratchlm.data.instruction import InstructionCollate, InstructionDataset, format_input
 from scratchlm.evaluate.offline import text_metrics
-from scratchlm.finetune.lora import LoraConfig, apply_lora, merge_lora, save_adapter
-from scratchlm.generation.engine import Engine, SamplingParams
-from scratchlm.nn.moe import freeze_for_moe_finetuning
+from scratchlm.finetune.lora import LoraConfig
+from scratchlm.finetune.setup import apply_lora_config, load_for_finetuning, save_final
+from scratchlm.generation.responses import generate_responses
 from scratchlm.models.accounting import count_parameters
-from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
-from scratchlm.tokenizers import save_tokenizer
-from scratchlm.training.evaluation import evaluate_loss, perplexity
-from scratchlm.training.loop import TrainConfig, fit
+from scratchlm.nn.moe import freeze_for_moe_finetuning
+from scratchlm.training.evaluation import dataset_loss, perplexity
+from scratchlm.training.loop import TrainConfig, fit, set_epochs
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session
@@ -65,90 +54,12 @@ class InstructConfig:
         log_every=10, save_every=10**9, eval_batches=5))
 
 
-def load_examples(data: str):
-    return read_examples(fetch(data) if data in SOURCES else data)
-
-
-def resolve_style(style: str, tokenizer) -> str:
-    if style == "auto":
-        return "chat" if getattr(tokenizer, "chat_template", None) else "alpaca"
-    return style
-
-
-def load_for_finetuning(model_name: str, data: str, style: str, limit: int | None,
-                        split_seed: int | None, device):
-    """What the instruct and DPO recipes start from: (model, tokenizer, resolved style,
-    (train, val, test) examples, pad id)."""
-    model, tok = load_model_and_tokenizer(model_name, device=device)
-    examples = load_examples(data)[:limit]
-    train_ex, val_ex, test_ex = split_examples(examples, seed=split_seed)
-    if not train_ex or not test_ex:
-        raise ValueError(f"{data}: {len(examples)} examples are too few to split 85/10/5")
-    pad = tok.eos_id if tok.eos_id is not None else 0
-    return model, tok, resolve_style(style, tok), (train_ex, val_ex, test_ex), pad
-
-
-def set_epochs(train: TrainConfig, epochs: int, num_examples: int) -> int:
-    """Steps for ``epochs`` passes (evaluating at least once per epoch); returns steps per epoch."""
-    steps_per_epoch = max(1, num_examples // train.batch_size)
-    train.max_steps = epochs * steps_per_epoch
-    train.eval_every = min(train.eval_every, steps_per_epoch)
-    return steps_per_epoch
-
-
-def apply_lora_config(model, cfg: LoraConfig) -> None:
-    apply_lora(model, cfg.rank, cfg.alpha, tuple(cfg.targets), cfg.dropout, cfg.scaling,
-               quantize_base=cfg.quantize_base)
-
-
 def parse_moe_train(spec: str) -> list[int]:
     """"router" -> [], "router,0,3" -> [0, 3]: the experts trained beside the routers."""
     head, *experts = [p.strip() for p in spec.split(",")]
     if head != "router" or not all(e.isdigit() for e in experts):
         raise ValueError(f"moe_train must be 'router' or 'router,E1,E2,...', got {spec!r}")
     return [int(e) for e in experts]
-
-
-def generate_responses(model, tokenizer, examples, style: str, max_new_tokens: int = 256,
-                       batch_size: int = 8, progress: bool = True) -> list[str]:
-    """Greedy answers to each example's prompt, batched through the engine, ending at
-    end-of-text (the book's test-set response extraction)."""
-    engine = Engine(model)
-    stop = tuple(i for i in (tokenizer.eos_id,) if i is not None)
-    prompts = [render_prompt(e, tokenizer, style) for e in examples]
-    out: list[str] = []
-    was_training = model.training
-    bar = tqdm(total=len(prompts), desc="responses", unit="ex", disable=not progress)
-    for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i:i + batch_size]
-        room = engine.max_len - max(map(len, chunk))
-        params = SamplingParams(max_new_tokens=max(1, min(max_new_tokens, room)), stop_ids=stop)
-        out += [tokenizer.decode(ids).strip() for ids in engine.generate(chunk, params)]
-        bar.update(len(chunk))
-    bar.close()
-    model.train(was_training)
-    return out
-
-
-def save_final(model, tokenizer, final: Path, lora: LoraConfig) -> None:
-    """``final/adapter/`` (with LoRA) and ``final/`` (the model, LoRA merged, with its
-    tokenizer); a 4-bit (QLoRA) base keeps only the adapter."""
-    if lora.rank > 0:
-        save_adapter(model, final / "adapter", lora)
-    if lora.rank == 0 or lora.quantize_base is None:
-        save_merged(model, tokenizer, final)
-
-
-def save_merged(model, tokenizer, final: Path) -> None:
-    """``final/``: the model with any LoRA adapters merged, and its tokenizer."""
-    merge_lora(model)
-    save_pretrained(model, final)
-    save_tokenizer(tokenizer, final)
-
-
-def split_loss(loss_module, dataset, collate, rt, batch_size: int) -> float:
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
-    return evaluate_loss(loss_module, loader, rt)
 
 
 def main(cfg: InstructConfig) -> dict:
@@ -168,9 +79,9 @@ def main(cfg: InstructConfig) -> dict:
                    f"style {style}; {trainable:,} trainable parameters of "
                    f"{count_parameters(model):,}")
         loss_module = CausalLMLoss(model)
-        before = split_loss(loss_module, test_ds, collate, rt, cfg.train.batch_size)
+        before = dataset_loss(loss_module, test_ds, collate, rt, cfg.train.batch_size)
         tqdm.write(f"test loss before: {before:.3f}")
-        steps_per_epoch = set_epochs(cfg.train, cfg.epochs, len(train_ds))
+        steps_per_epoch = set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
@@ -189,7 +100,7 @@ def main(cfg: InstructConfig) -> dict:
 
         fit(model, trainer, optimizer, train_ds, val_ds if len(val_ds) else None, cfg.train,
             rt, out, to_dict(cfg), on_eval=on_eval, collate_fn=collate)
-        after = split_loss(loss_module, test_ds, collate, rt, cfg.train.batch_size)
+        after = dataset_loss(loss_module, test_ds, collate, rt, cfg.train.batch_size)
         tqdm.write(f"test loss after: {after:.3f} (before {before:.3f})")
         result = {"style": style, "trainable": trainable, "test_loss_before": before,
                   "test_loss_after": after, "test_ppl_after": perplexity(after)}

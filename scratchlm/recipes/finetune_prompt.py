@@ -20,21 +20,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from scratchlm.config import to_dict
-from scratchlm.data.classification import label_prompt, label_word_items
+from scratchlm.data.classification import classification_splits, label_prompt, label_word_items
 from scratchlm.data.instruction import InstructionCollate, InstructionDataset
 from scratchlm.finetune.prompt_tuning import PromptTuned, classify_by_label_words, save_prompt
 from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer
-from scratchlm.recipes.finetune_classifier import ClassifyConfig, prepare_rows
-from scratchlm.recipes.finetune_instruct import load_for_finetuning, set_epochs, split_loss
-from scratchlm.training.evaluation import evaluate_loss
-from scratchlm.training.loop import TrainConfig, fit
+from scratchlm.finetune.setup import load_for_finetuning
+from scratchlm.training.evaluation import dataset_loss, evaluate_loss
+from scratchlm.training.loop import TrainConfig, fit, set_epochs
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session
@@ -85,9 +83,9 @@ def main(cfg: PromptConfig) -> dict:
         result: dict = {"task": task, "trainable": trainable,
                         "base_parameters": count_parameters(model)}
         if task == "classify":
-            ccfg = ClassifyConfig(data=cfg.data, text_col=cfg.text_col, label_col=cfg.label_col,
-                                  seed=cfg.seed, limit=cfg.limit)
-            train_rows, val_rows, test_rows, labels = prepare_rows(ccfg, out)
+            train_rows, val_rows, test_rows, labels = classification_splits(
+                cfg.data, cfg.text_col, cfg.label_col, cfg.limit, cfg.seed,
+                out if rt.is_main else None)
             names = sorted(labels, key=labels.get)
             words = cfg.label_words or names
             if len(words) != len(names):
@@ -107,12 +105,12 @@ def main(cfg: PromptConfig) -> dict:
         else:
             make = lambda ex: InstructionDataset(ex, tok, style)  # noqa: E731
             train_ds, val_ds, test_ds = make(train_ex), make(val_ex), make(test_ex)
-            result["test_loss_before"] = split_loss(loss_module, test_ds, collate, rt,
+            result["test_loss_before"] = dataset_loss(loss_module, test_ds, collate, rt,
                                                     cfg.train.batch_size)
             tqdm.write(f"test loss before: {result['test_loss_before']:.3f}")
         tqdm.write(f"{len(train_ds)} training examples; {trainable:,} trainable parameters "
                    f"(the soft prompt) in front of {result['base_parameters']:,} frozen")
-        set_epochs(cfg.train, cfg.epochs, len(train_ds))
+        set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
         optimizer = build_optimizer(tuned, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -27,8 +26,8 @@ from scratchlm.finetune.classification import prepare_head_finetuning
 from scratchlm.finetune.lora import LoraConfig
 from scratchlm.finetune.reward import RewardLoss, evaluate_rewards
 from scratchlm.models.accounting import count_parameters
-from scratchlm.recipes.finetune_instruct import load_for_finetuning, save_merged, set_epochs
-from scratchlm.training.loop import TrainConfig, fit
+from scratchlm.finetune.setup import load_for_finetuning, save_merged
+from scratchlm.training.loop import TrainConfig, fit, set_epochs
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session
 
@@ -68,7 +67,7 @@ def main(cfg: RewardConfig) -> dict:
         loader = DataLoader(held_out, batch_size=cfg.train.batch_size, collate_fn=collate)
         before = evaluate_rewards(model, loader, rt.device)
         tqdm.write(f"held-out preference accuracy before: {before.accuracy:.1%}")
-        set_epochs(cfg.train, cfg.epochs, len(train_ds))
+        set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)

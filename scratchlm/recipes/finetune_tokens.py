@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -28,8 +27,8 @@ from scratchlm.finetune.lora import LoraConfig
 from scratchlm.finetune.token_classification import TaggingLoss, predict_tags
 from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer
-from scratchlm.recipes.finetune_instruct import save_merged, set_epochs
-from scratchlm.training.loop import TrainConfig, fit
+from scratchlm.finetune.setup import save_merged
+from scratchlm.training.loop import TrainConfig, fit, set_epochs
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session
 
@@ -87,7 +86,7 @@ def main(cfg: TaggingConfig) -> dict:
                    f"{count_parameters(model):,}")
         test_loader = DataLoader(test_ds, batch_size=cfg.train.batch_size, collate_fn=collate)
         before = entity_scores(*predict_tags(model, test_loader, tags, rt.device))
-        set_epochs(cfg.train, cfg.epochs, len(train_ds))
+        set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)

@@ -18,12 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from scratchlm.config import load_file, to_dict
-from scratchlm.data.pretrain import GPTDataset, ShardDataset
-from scratchlm.data.sources import SOURCES, fetch
+from scratchlm.data.pretrain import text_datasets
 from scratchlm.generation.sampling import generate, text_to_token_ids, token_ids_to_text
 from scratchlm.models.accounting import count_parameters, flops_per_token
 from scratchlm.models.registry import build_model, family_named, family_of, preset
@@ -90,34 +88,6 @@ def build_model_config(cfg: PretrainConfig, vocab_size: int):
     return family.config_cls.from_name(cfg.model, **overrides)
 
 
-def build_datasets(data: list[str], val_fraction: float, tokenizer, context: int):
-    """(train, val) datasets of (inputs, targets) windows of ``context`` tokens."""
-    if len(data) == 1 and (Path(data[0]) / "meta.json").is_file():
-        ds = ShardDataset(data[0], context)
-        n_val = int(len(ds) * val_fraction)
-        return Subset(ds, range(len(ds) - n_val)), Subset(ds, range(len(ds) - n_val, len(ds)))
-    ids: list[int] = []
-    for item in data:
-        path = fetch(item) if item in SOURCES and not Path(item).exists() else Path(item)
-        if not path.is_file():
-            raise FileNotFoundError(f"data {item!r}: no such file or registered data set")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: invalid UTF-8 at byte offset {e.start}") from None
-        if not text.strip():
-            raise ValueError(f"{path}: file is empty")
-        ids.extend(tokenizer.encode(text, allowed_special="all"))
-        if tokenizer.eos_id is not None:
-            ids.append(tokenizer.eos_id)
-    split = int(len(ids) * (1 - val_fraction))
-    train = GPTDataset(ids[:split], max_length=context, stride=context)
-    val_ids = ids[split:]
-    val = GPTDataset(val_ids, max_length=context, stride=context) \
-        if len(val_ids) > context else None
-    return train, val
-
-
 def report_plan(model_cfg, n_params: int, train_tokens: int, cfg: PretrainConfig,
                 memory_available: int) -> str:
     """The Chinchilla check and a training-memory estimate, printed at the start."""
@@ -150,7 +120,7 @@ def main(cfg: PretrainConfig) -> FitResult:
     try:
         tokenizer = get_tokenizer(cfg.tokenizer)
         model_cfg = build_model_config(cfg, tokenizer.vocab_size)
-        train_ds, val_ds = build_datasets(cfg.data, cfg.val_fraction, tokenizer,
+        train_ds, val_ds = text_datasets(cfg.data, cfg.val_fraction, tokenizer,
                                            model_cfg.context_length)
         torch.manual_seed(cfg.train.seed)
         model = build_model(model_cfg).to(rt.device)

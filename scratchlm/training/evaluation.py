@@ -41,5 +41,13 @@ def evaluate_loss(loss_module: nn.Module, batches: Iterable, rt: Runtime,
     return (acc[0] / acc[1]).item() if acc[1] > 0 else float("nan")
 
 
+def dataset_loss(loss_module: nn.Module, dataset, collate, rt: Runtime, batch_size: int) -> float:
+    """The mean loss over a whole dataset (every rank reads all of it)."""
+    from torch.utils.data import DataLoader
+
+    return evaluate_loss(loss_module, DataLoader(dataset, batch_size=batch_size,
+                                                 collate_fn=collate), rt)
+
+
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))

@@ -34,7 +34,7 @@ from scratchlm.training.metrics import MetricsLogger
 from scratchlm.training.optim import set_lr
 from scratchlm.training.plots import plot_losses
 from scratchlm.training.runtime import Runtime
-from scratchlm.training.schedule import lr_at
+from scratchlm.training.schedule import lr_at, warmup_steps_of
 from scratchlm.training.step import train_step
 
 
@@ -47,6 +47,8 @@ class TrainConfig:
     min_lr: float = 4e-5
     schedule: str = "cosine"  # constant | cosine | linear (see training/schedule.py)
     warmup_steps: int = 20
+    warmup_fraction: float = 0.0  # > 0: the warm-up is this share of max_steps (replaces warmup_steps)
+    initial_lr: float | None = None  # warm up from this rate (the book's appendix D), not from lr / warmup
     lr_scale: float = 1.0  # a temporary multiplier on the schedule's rate, from the start step ...
     lr_scale_steps: int = 0  # ... for this many steps (e.g. 0.1 for 200 steps after --resume)
     weight_decay: float = 0.1
@@ -77,8 +79,24 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0:
             raise ValueError("TrainConfig.lr must be > 0 and min_lr >= 0")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"TrainConfig.warmup_fraction must be in [0, 1), got "
+                             f"{self.warmup_fraction}")
+        if self.initial_lr is not None and not 0.0 <= self.initial_lr <= self.lr:
+            raise ValueError(f"TrainConfig.initial_lr must be in [0, lr={self.lr}], got "
+                             f"{self.initial_lr}")
         if self.lr_scale <= 0 or self.lr_scale_steps < 0:
             raise ValueError("TrainConfig.lr_scale must be > 0 and lr_scale_steps >= 0")
+
+
+def set_epochs(train: TrainConfig, epochs: int, num_examples: int, world_size: int = 1) -> int:
+    """Set ``train.max_steps`` for ``epochs`` passes over ``num_examples`` (each step takes
+    ``batch_size`` examples on each of ``world_size`` ranks) and evaluate at least once per
+    epoch; returns the steps per epoch."""
+    steps_per_epoch = max(1, num_examples // (train.batch_size * world_size))
+    train.max_steps = epochs * steps_per_epoch
+    train.eval_every = min(train.eval_every, steps_per_epoch)
+    return steps_per_epoch
 
 
 @dataclass
@@ -214,7 +232,8 @@ def fit(
         while state["step"] < cfg.max_steps:
             step = state["step"]
             lr = lr_at(step, schedule=cfg.schedule, lr=cfg.lr, max_steps=cfg.max_steps,
-                       warmup_steps=cfg.warmup_steps, min_lr=cfg.min_lr)
+                       warmup_steps=warmup_steps_of(cfg), min_lr=cfg.min_lr,
+                       initial_lr=cfg.initial_lr)
             window = state["lr_window"]
             if window is not None and window[0] <= step < window[1]:
                 lr *= window[2]

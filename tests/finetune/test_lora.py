@@ -42,6 +42,25 @@ def test_known_count_gpt2_124m_classifier():
     assert count_parameters(model, trainable_only=True) == 2_666_528
 
 
+def test_the_books_replace_linear_with_lora_gives_the_books_count():
+    """The book's own function on our GPT (fused QKV): the fused projection gets one adapter
+    per part, so the count is the book's 2,666,528, as apply_lora's."""
+    from scratchlm.finetune.lora import replace_linear_with_lora
+
+    model = GPT(GPTConfig.from_name("gpt2-124m"))
+    model.out_head = nn.Linear(768, 2)
+    model.requires_grad_(False)
+    replace_linear_with_lora(model, rank=16, alpha=16)
+    assert count_parameters(model, trainable_only=True) == 2_666_528
+    x = torch.randint(0, 50257, (1, 6))
+    with torch.no_grad():  # B starts at zero: still the base model
+        before = model(x)
+        for n, p in model.named_parameters():
+            if n.endswith(".B"):
+                p.normal_(0, 0.01)
+        assert (model(x) - before).abs().max() > 0
+
+
 def _tiny_gpt():
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=100, context_length=16, n_embd=32, n_layer=2, n_head=4))

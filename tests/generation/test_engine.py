@@ -61,10 +61,29 @@ def test_stop_ids_per_row_and_seeded_sampling():
     assert engine.generate(PROMPTS, p) == engine.generate(PROMPTS, p)
 
 
-def test_context_is_checked():
-    engine = Engine(gpt())
-    with pytest.raises(ValueError, match="no room"):
-        engine.generate([[1] * 64], SamplingParams(max_new_tokens=4))
+@pytest.mark.parametrize("make", [gpt, llama])
+@pytest.mark.parametrize("prompt_len", [50, 64, 80])
+def test_past_the_context_the_book_keeps_the_last_window(make, prompt_len):
+    """prompt + max_new_tokens > context_length (64): every token asked for comes, each seeing
+    the last 64 tokens, as the book's generate does (a longer prompt cropped the same way)."""
+    model = make()
+    torch.manual_seed(1)
+    prompt = torch.randint(0, 97, (1, prompt_len))
+    want = generate(model, prompt, 30)[0, prompt_len:].tolist()
+    got = Engine(model).generate([prompt[0].tolist()], SamplingParams(max_new_tokens=30))[0]
+    assert len(got) == 30 and got == want
+
+
+def test_past_the_context_rows_of_a_batch_slide_independently():
+    model = gpt()
+    engine = Engine(model)
+    torch.manual_seed(2)
+    prompts = [torch.randint(0, 97, (n,)).tolist() for n in (60, 20, 63)]
+    batched = engine.generate(prompts, SamplingParams(max_new_tokens=12))
+    assert batched == [engine.generate([p], SamplingParams(max_new_tokens=12))[0]
+                       for p in prompts]
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        engine.generate([[1]], SamplingParams(max_new_tokens=0))
 
 
 class CharTok:

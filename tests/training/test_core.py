@@ -29,6 +29,41 @@ def test_schedules():
         lr_at(0, schedule="step", **kw)
 
 
+def book_appendix_d_lrs(total_steps, initial_lr=0.0001, peak_lr=0.01):
+    """The book's appendix D loop (warm-up from initial_lr, then cosine), step by step."""
+    warmup_steps = int(0.2 * total_steps)
+    min_lr = 0.1 * initial_lr
+    lr_increment = (peak_lr - initial_lr) / warmup_steps
+    lrs = []
+    for global_step in range(total_steps):
+        if global_step < warmup_steps:
+            lr = initial_lr + global_step * lr_increment
+        else:
+            progress = ((global_step - warmup_steps) / (total_steps - warmup_steps))
+            lr = min_lr + (peak_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        lrs.append(lr)
+    return lrs
+
+
+def test_the_books_warmup_from_initial_lr_then_cosine():
+    from scratchlm.training.loop import TrainConfig
+    from scratchlm.training.schedule import warmup_steps_of
+
+    total = 9 * 15  # the book: len(train_loader) = 9 batches, 15 epochs
+    cfg = TrainConfig(max_steps=total, lr=0.01, min_lr=0.00001, initial_lr=0.0001,
+                      warmup_fraction=0.2, schedule="cosine")
+    assert warmup_steps_of(cfg) == 27
+    ours = [lr_at(s, schedule="cosine", lr=cfg.lr, max_steps=total, min_lr=cfg.min_lr,
+                  warmup_steps=warmup_steps_of(cfg), initial_lr=cfg.initial_lr)
+            for s in range(total)]
+    assert ours == pytest.approx(book_appendix_d_lrs(total), rel=1e-12)
+    assert ours[0] == pytest.approx(0.0001) and max(ours) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="initial_lr"):
+        TrainConfig(lr=0.01, initial_lr=0.1)
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        TrainConfig(warmup_fraction=1.5)
+
+
 def test_no_decay_on_norms_biases_embeddings():
     model = GPT(GPTConfig(vocab_size=64, context_length=8, n_embd=16, n_layer=1, n_head=2))
     decay, no_decay = param_groups(model, 0.1)
