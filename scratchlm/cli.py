@@ -1,4 +1,7 @@
-"""The ``scratchlm`` command: one subcommand per job, each a thin call into a recipe."""
+"""The ``scratchlm`` command: one subcommand per job, each a thin call into a recipe.
+
+The recipes come from ``recipes/registry.py``; a recipe's flags mirror its config dataclass
+and are built only for the command being run, so ``scratchlm --help`` imports no torch."""
 
 from __future__ import annotations
 
@@ -146,31 +149,55 @@ def _serve(args) -> int:
     return 0
 
 
-def _run_recipe(main, config_cls, args) -> int:
+def _run_recipe(recipe, args) -> int:
     from scratchlm.config import build
 
+    config_cls, main = recipe.load()
     main(build(config_cls, args, args.config))
     return 0
 
 
-def _add_recipe(sub, name: str, help_text: str, module: str, config_name: str) -> None:
-    """A subcommand whose flags mirror a recipe's config dataclass (nested ones as --train.lr)
-    and that runs ``module.main(config)``."""
+def _add_recipe(sub, recipe, with_flags: bool) -> None:
+    """A subcommand whose flags mirror the recipe's config dataclass (nested ones as
+    --train.lr) and that runs its ``main(config)``; the flags (which import the recipe, and so
+    torch) only when ``with_flags``: the command being run or asked for --help."""
     import functools
-    import importlib
 
     from scratchlm.config import add_arguments
 
-    mod = importlib.import_module(module)
-    config_cls = getattr(mod, config_name)
-    d = sub.add_parser(name, help=help_text, description=f"Flags mirror {config_name}; nested "
-                       "ones as --train.lr or --lora.rank.")
+    d = sub.add_parser(recipe.name, help=recipe.help, description=f"{recipe.help}. Flags mirror "
+                       f"{recipe.config}; nested ones as --train.lr or --lora.rank.")
+    if not with_flags:
+        return
     d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
-    add_arguments(d, config_cls)
-    d.set_defaults(func=functools.partial(_run_recipe, mod.main, config_cls))
+    if recipe.command == "pretrain":
+        d.add_argument("--resume", nargs="?", const="latest", default=None,
+                       help="continue from the latest checkpoint in --out (or the one given)")
+        add_arguments(d, recipe.config_class(), skip=frozenset({"resume"}))
+        d.set_defaults(func=_pretrain)
+        return
+    add_arguments(d, recipe.config_class())
+    d.set_defaults(func=functools.partial(_run_recipe, recipe))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _selected(argv: list[str]) -> str | None:
+    """The recipe command named by ``argv`` (its first one or two words), if any."""
+    from scratchlm.recipes.registry import RECIPES
+
+    words = [a for a in argv if not a.startswith("-")][:2]
+    for command in RECIPES:
+        parts = command.split()
+        if words[:len(parts)] == parts:
+            return command
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; recipe flags are built for the recipe ``argv`` names (all of them when
+    ``argv`` is None, e.g. for documentation)."""
+    from scratchlm.recipes.registry import RECIPES
+
+    selected = _selected(argv) if argv is not None else None
     p = argparse.ArgumentParser(prog="scratchlm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -188,35 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=None)
     d.set_defaults(func=_prepare)
 
-    from scratchlm.config import add_arguments
-    from scratchlm.recipes.pretrain import PretrainConfig
-
-    d = sub.add_parser("pretrain", help="train a GPT from scratch",
-                       description="Flags mirror PretrainConfig; nested ones as --train.lr.")
-    d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
-    d.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from the latest checkpoint in --out (or the one given)")
-    add_arguments(d, PretrainConfig, skip=frozenset({"resume"}))
-    d.set_defaults(func=_pretrain)
-
     ft = sub.add_parser("finetune", help="finetune a pretrained model").add_subparsers(
         dest="method", required=True)
-    for name, help_text, module, config in [
-        ("classify", "a text classifier (last block(s) or LoRA)", "finetune_classifier",
-         "ClassifyConfig"),
-        ("instruct", "instruction finetuning (full or LoRA)", "finetune_instruct",
-         "InstructConfig"),
-        ("dpo", "preference tuning with DPO (full or LoRA)", "finetune_dpo", "DPOConfig"),
-        ("reward", "a reward model from preference pairs (Bradley-Terry)", "finetune_reward",
-         "RewardConfig"),
-        ("tokens", "a token tagger (named entities) from CoNLL data", "finetune_tokens",
-         "TaggingConfig"),
-        ("prompt", "prompt tuning: a trained soft prompt, model frozen", "finetune_prompt",
-         "PromptConfig"),
-    ]:
-        _add_recipe(ft, name, help_text, f"scratchlm.recipes.{module}", config)
-    _add_recipe(sub, "distill", "train a smaller student from a teacher model",
-                "scratchlm.recipes.distill", "DistillConfig")
+    for command, recipe in RECIPES.items():
+        group = ft if command.startswith("finetune ") else sub
+        _add_recipe(group, recipe, argv is None or command == selected)
 
     ev = sub.add_parser("evaluate", help="evaluate model outputs").add_subparsers(
         dest="method", required=True)
@@ -274,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_serve)
 
     d = sub.add_parser("tune", help="hyperparameter search over a recipe (Optuna, resumable)")
-    d.add_argument("--recipe", required=True, choices=["pretrain", "classify", "instruct",
-                                                       "distill"])
+    from scratchlm.recipes.registry import tunable
+
+    d.add_argument("--recipe", required=True, choices=sorted(tunable()))
     d.add_argument("--trials", type=int, default=20, help="total trials in the study")
     d.add_argument("--space", required=True,
                    help='e.g. "lr=1e-5:1e-3:log,batch_size=4:16:int,schedule=cosine|constant"')
@@ -313,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:

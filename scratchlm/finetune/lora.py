@@ -20,12 +20,12 @@ Two forms:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchlm.finetune.config import LoraConfig  # noqa: F401 (re-exported)
 from scratchlm.nn.nf4 import NF4Linear
 
 
@@ -258,16 +258,6 @@ def _targets_of(model: nn.Module) -> dict[str, tuple[str, dict[str, slice] | Non
 
 
 ALL_TARGETS = ("q", "k", "v", "out", "ff", "head")
-
-
-@dataclass
-class LoraConfig:
-    rank: int = 0  # 0: no LoRA (finetune the layers named by `trainable`)
-    alpha: float = 16.0
-    targets: list[str] = field(default_factory=lambda: ["all"])  # q k v out ff head, or all
-    dropout: float = 0.0
-    scaling: str = "book"  # book: alpha; peft: alpha / rank
-    quantize_base: str | None = None  # "nf4": QLoRA, the adapted base weights in 4-bit NF4; "nf4-dq": double quantization
 
 
 def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0,

@@ -7,23 +7,11 @@ with piped input too: ``printf 'Hi\\n/quit\\n' | scratchlm chat``.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import TextIO
 
 from scratchlm.generation.engine import Engine, SamplingParams, stream_text
 from scratchlm.tokenizers.chat import encode_chat
-
-
-@dataclass
-class ChatConfig:
-    model: str = "smollm2-135m-instruct"
-    system: str | None = None
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    quantize: str | None = None  # "int8": weight-only int8 (nn/quant.py)
+from scratchlm.recipes.configs import ChatConfig  # noqa: F401 (its config)
 
 
 def reply(engine: Engine, tokenizer, messages: list[dict], params: SamplingParams):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader
@@ -30,27 +29,11 @@ from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
 from scratchlm.models.registry import family_of
 from scratchlm.tokenizers import save_tokenizer
 from scratchlm.training.evaluation import evaluate_loss, perplexity
-from scratchlm.training.loop import TrainConfig, fit
+from scratchlm.training.loop import fit
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session
-
-
-@dataclass
-class DistillConfig:
-    teacher: str = "runs/teacher/final"  # a model folder or preset with weights
-    student: str = ""  # "": the teacher with student_layers blocks; or a preset / model folder
-    student_layers: int = 6
-    data: list[str] = field(default_factory=lambda: ["tinyshakespeare"])
-    out: str = "runs/distill"
-    context_length: int | None = None  # training windows (default: the teacher's, up to 256)
-    alpha: float = 0.5  # weight of the hard-label cross-entropy; 1 - alpha on the teacher's KL
-    temperature: float = 2.0
-    val_fraction: float = 0.1
-    speed_batches: int = 5  # validation batches timed for the tokens/s comparison
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        max_steps=500, batch_size=8, lr=1e-3, min_lr=1e-4, warmup_steps=20, eval_every=100,
-        save_every=500))
+from scratchlm.recipes.configs import DistillConfig  # noqa: F401 (its config)
 
 
 def build_student(cfg: DistillConfig, teacher, device) -> torch.nn.Module:

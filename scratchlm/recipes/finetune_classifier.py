@@ -12,7 +12,6 @@ with its classifier head; LoRA merged) and final/adapter/ (the adapter alone, wi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -25,32 +24,13 @@ from scratchlm.finetune.classification import (
     calc_accuracy_loader,
     prepare_head_finetuning,
 )
-from scratchlm.finetune.lora import LoraConfig, adapter_state_dict, merge_lora
+from scratchlm.finetune.lora import adapter_state_dict, merge_lora
 from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
-from scratchlm.training.loop import TrainConfig, fit, set_epochs
+from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session
-
-
-@dataclass
-class ClassifyConfig:
-    model: str = "smollm2-135m-instruct"
-    data: str = "sms-spam"
-    out: str = "runs/classify"
-    text_col: str = "text"
-    label_col: str = "label"
-    trainable: str = "last_block"  # head | last_block | all (without LoRA)
-    last_k: int = 1
-    max_length: int | None = None  # default: the longest training text
-    epochs: int = 5
-    eval_batches: int = 5  # batches for the per-epoch train/val accuracy
-    seed: int = 123
-    limit: int | None = None  # use only N (balanced, shuffled) rows before splitting: quick runs
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        batch_size=8, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.1,
-        log_every=10, save_every=10**9, eval_batches=5))
+from scratchlm.recipes.configs import ClassifyConfig, LoraConfig  # noqa: F401 (its config)
 
 
 def plot_accuracy(history: list[dict], path: Path) -> None:

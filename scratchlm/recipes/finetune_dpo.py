@@ -13,7 +13,6 @@ test-with-responses.json with the share of answers closer to the chosen style, f
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -22,36 +21,13 @@ from scratchlm.config import to_dict
 from scratchlm.data.instruction import PreferenceCollate, PreferenceDataset
 from scratchlm.evaluate.offline import closer_to_chosen
 from scratchlm.finetune.dpo import DPOLoss, evaluate_preferences
-from scratchlm.finetune.lora import LoraConfig
 from scratchlm.models.accounting import count_parameters
 from scratchlm.finetune.setup import apply_lora_config, load_for_finetuning, save_final
 from scratchlm.generation.responses import generate_responses
-from scratchlm.training.loop import TrainConfig, fit, set_epochs
+from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session
-
-
-@dataclass
-class DPOSettings:
-    beta: float = 0.1
-
-
-@dataclass
-class DPOConfig:
-    model: str = "smollm2-135m-instruct"
-    data: str = "instruction-data-with-preference"
-    out: str = "runs/dpo"
-    style: str = "auto"  # auto | alpaca | phi3 | chat (see finetune instruct)
-    allowed_max_length: int = 1024
-    limit: int | None = None  # use only the first N pairs
-    epochs: int = 1
-    max_new_tokens: int = 128
-    test_responses: bool = True
-    dpo: DPOSettings = field(default_factory=DPOSettings)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        batch_size=4, lr=5e-6, schedule="constant", warmup_steps=0, weight_decay=0.01,
-        log_every=5, save_every=10**9, eval_batches=5))
+from scratchlm.recipes.configs import DPOConfig, DPOSettings  # noqa: F401 (its config)
 
 
 def main(cfg: DPOConfig) -> dict:

@@ -14,44 +14,22 @@ LoRA merged, with its tokenizer) and final/adapter/ (with LoRA).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
 from scratchlm.config import to_dict
 from scratchlm.data.instruction import InstructionCollate, InstructionDataset, format_input
 from scratchlm.evaluate.offline import text_metrics
-from scratchlm.finetune.lora import LoraConfig
 from scratchlm.finetune.setup import apply_lora_config, load_for_finetuning, save_final
 from scratchlm.generation.responses import generate_responses
 from scratchlm.models.accounting import count_parameters
 from scratchlm.nn.moe import freeze_for_moe_finetuning
 from scratchlm.training.evaluation import dataset_loss, perplexity
-from scratchlm.training.loop import TrainConfig, fit, set_epochs
+from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session
-
-
-@dataclass
-class InstructConfig:
-    model: str = "smollm2-135m-instruct"
-    data: str = "instruction-data"
-    out: str = "runs/instruct"
-    epochs: int = 2
-    max_new_tokens: int = 256
-    response_batch: int = 8  # prompts per batch when writing test responses
-    test_responses: bool = True
-    style: str = "auto"  # auto (chat template if the tokenizer has one, else alpaca) | alpaca | phi3 | chat
-    mask_prompt: bool | None = None  # default: on for chat, off for alpaca/phi3 (as the book)
-    allowed_max_length: int = 1024
-    limit: int | None = None  # use only the first N examples (quick runs)
-    split_seed: int | None = None  # shuffle before splitting (the book splits in file order)
-    moe_train: str = ""  # MoE models: "router" or "router,0,3" trains only routers (+ experts 0, 3)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        batch_size=8, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.1,
-        log_every=10, save_every=10**9, eval_batches=5))
+from scratchlm.recipes.configs import InstructConfig  # noqa: F401 (its config)
 
 
 def parse_moe_train(spec: str) -> list[int]:

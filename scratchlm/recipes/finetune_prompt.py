@@ -19,7 +19,6 @@ PEFT's prompt-tuning layout).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -32,30 +31,11 @@ from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer
 from scratchlm.finetune.setup import load_for_finetuning
 from scratchlm.training.evaluation import dataset_loss, evaluate_loss
-from scratchlm.training.loop import TrainConfig, fit, set_epochs
+from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session
-
-
-@dataclass
-class PromptConfig:
-    model: str = "smollm2-135m"
-    data: str = "sms-spam"
-    task: str = "auto"  # auto | classify | instruct (auto: instruct for JSON, else classify)
-    out: str = "runs/prompt"
-    num_virtual_tokens: int = 20
-    init_text: str = ""  # "" = random initialisation
-    label_words: list[str] = field(default_factory=list)  # default: the label names
-    text_col: str = "text"
-    label_col: str = "label"
-    max_length: int = 128  # text tokens per example (classification)
-    epochs: int = 3
-    limit: int | None = None
-    seed: int = 123
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        batch_size=8, lr=3e-2, schedule="constant", warmup_steps=0, weight_decay=0.0,
-        log_every=10, save_every=10**9, eval_batches=5))
+from scratchlm.recipes.configs import PromptConfig  # noqa: F401 (its config)
 
 
 def resolve_task(cfg: PromptConfig) -> str:

@@ -15,7 +15,7 @@ the prompt style the scorer renders with).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -23,31 +23,13 @@ from tqdm.auto import tqdm
 from scratchlm.config import to_dict
 from scratchlm.data.instruction import PreferenceDataset, RewardCollate
 from scratchlm.finetune.classification import prepare_head_finetuning
-from scratchlm.finetune.lora import LoraConfig
 from scratchlm.finetune.reward import RewardLoss, evaluate_rewards
 from scratchlm.models.accounting import count_parameters
 from scratchlm.finetune.setup import load_for_finetuning, save_merged
-from scratchlm.training.loop import TrainConfig, fit, set_epochs
+from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session
-
-
-@dataclass
-class RewardConfig:
-    model: str = "smollm2-135m-instruct"
-    data: str = "instruction-data-with-preference"
-    out: str = "runs/reward"
-    epochs: int = 1
-    style: str = "auto"  # as finetune instruct: the chat template if any, else alpaca
-    trainable: str = "last_block"  # head | last_block | all (without LoRA)
-    last_k: int = 2
-    allowed_max_length: int = 512
-    limit: int | None = None
-    split_seed: int | None = 123  # shuffled: the book's file order groups similar entries
-    lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=0))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        batch_size=4, lr=3e-5, schedule="constant", warmup_steps=0, weight_decay=0.0,
-        log_every=10, save_every=10**9, eval_batches=10))
+from scratchlm.recipes.configs import RewardConfig  # noqa: F401 (its config)
 
 
 def main(cfg: RewardConfig) -> dict:

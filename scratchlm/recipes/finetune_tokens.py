@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
 
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -23,32 +22,14 @@ from scratchlm.config import to_dict
 from scratchlm.data.conll import TaggingCollate, TokenTaggingDataset, read_conll, tag_vocabulary
 from scratchlm.evaluate.entities import entity_scores
 from scratchlm.finetune.classification import prepare_head_finetuning
-from scratchlm.finetune.lora import LoraConfig
 from scratchlm.finetune.token_classification import TaggingLoss, predict_tags
 from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer
 from scratchlm.finetune.setup import save_merged
-from scratchlm.training.loop import TrainConfig, fit, set_epochs
+from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session
-
-
-@dataclass
-class TaggingConfig:
-    model: str = "smollm2-135m"
-    data: str = ""  # a CoNLL file (training split, or all of it without val/test)
-    val: str = ""
-    test: str = ""
-    out: str = "runs/tokens"
-    epochs: int = 3
-    max_length: int = 256  # sub-word tokens per sentence
-    trainable: str = "all"  # head | last_block | all (without LoRA)
-    last_k: int = 1
-    seed: int = 123
-    lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=0))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        batch_size=16, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.0,
-        log_every=10, save_every=10**9, eval_batches=5))
+from scratchlm.recipes.configs import TaggingConfig  # noqa: F401 (its config)
 
 
 def load_splits(cfg: TaggingConfig):

@@ -11,24 +11,11 @@ scores and the judge's answers, and prints the average and the number of unparsa
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from scratchlm.data.instruction import format_input
 from scratchlm.evaluate.judge import OllamaClient, OpenAIClient, score_responses
-
-
-@dataclass
-class JudgeConfig:
-    responses: str
-    out: str | None = None
-    api: str = "ollama"  # ollama | openai
-    judge_model: str | None = None
-    url: str | None = None
-    api_key: str | None = None
-    concurrency: int = 4
-    timeout: float = 120.0
-    retries: int = 3
+from scratchlm.recipes.configs import JudgeConfig  # noqa: F401 (its config)
 
 
 def read_items(path: Path) -> list[dict]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,36 +27,12 @@ from scratchlm.models.registry import build_model, family_named, family_of, pres
 from scratchlm.models.loading import save_pretrained
 from scratchlm.tokenizers import get_tokenizer
 from scratchlm.training.prepare import prepare_training
-from scratchlm.training.loop import FitResult, TrainConfig, fit
+from scratchlm.training.loop import FitResult, fit
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.planner import plan
 from scratchlm.training.runtime import setup_runtime, teardown_runtime
-
-
-@dataclass
-class PretrainConfig:
-    model: str = "gpt2-124m"  # a preset of any family, or a YAML/JSON file of config fields
-    # (with ``family: qwen3`` etc.; default gpt)
-    data: list[str] = field(default_factory=lambda: ["the-verdict"])
-    tokenizer: str = "gpt2"  # "gpt2", or a tokenizer file (its vocab sets the model's)
-    out: str = "runs/pretrain"
-    context_length: int | None = None  # shorter than the preset's trains faster
-    n_layer: int | None = None  # overrides of the preset, for quick experiments
-    n_embd: int | None = None
-    n_head: int | None = None
-    drop_rate: float | None = None
-    qkv_bias: bool | None = None
-    tie_embeddings: bool | None = None
-    init: str | None = None  # "gpt2" (normal 0.02) or "torch" (PyTorch defaults, as the book)
-    moe_num_experts: int | None = None  # a mixture-of-experts FFN in every block (nn/moe.py)
-    moe_top_k: int | None = None
-    moe_capacity_factor: float | None = None
-    val_fraction: float = 0.1
-    resume: str = ""  # "latest" or a checkpoint folder
-    sample_prompt: str = "Every effort moves you"
-    sample_tokens: int = 25
-    train: TrainConfig = field(default_factory=TrainConfig)
+from scratchlm.recipes.configs import PretrainConfig  # noqa: F401 (its config)
 
 
 GPT_ONLY = ("drop_rate", "init")  # fields only GPTConfig has

@@ -26,12 +26,9 @@ from pathlib import Path
 from scratchlm.config import build, flatten, load_file, to_dict
 from scratchlm.training.loop import report_evals
 
-RECIPES = {
-    "pretrain": ("scratchlm.recipes.pretrain", "PretrainConfig"),
-    "classify": ("scratchlm.recipes.finetune_classifier", "ClassifyConfig"),
-    "instruct": ("scratchlm.recipes.finetune_instruct", "InstructConfig"),
-    "distill": ("scratchlm.recipes.distill", "DistillConfig"),
-}
+from scratchlm.recipes.registry import tunable
+
+RECIPES = tunable()  # short name -> Recipe (recipes/registry.py)
 
 
 @dataclass
@@ -85,13 +82,9 @@ def suggest(trial, p: Param):
 
 
 def _recipe(name: str):
-    import importlib
-
     if name not in RECIPES:
         raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {name!r}")
-    module, cls = RECIPES[name]
-    mod = importlib.import_module(module)
-    return getattr(mod, cls), mod.main
+    return RECIPES[name].load()
 
 
 def _parse_set(items: list[str]) -> dict:

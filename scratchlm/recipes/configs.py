@@ -1,0 +1,207 @@
+"""The config dataclass of every command: its fields are the command's flags (``config.py``
+turns them into ``--a.b`` options and reads them from YAML/JSON files), its defaults the
+recipe's. They live here, apart from the recipes' code, so that building a command's flags or
+its ``--help`` imports no torch; each recipe module re-exports its own
+(``from scratchlm.recipes.pretrain import PretrainConfig`` works)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from scratchlm.finetune.config import LoraConfig
+from scratchlm.training.config import TrainConfig
+
+
+# ---- scratchlm pretrain: recipes/pretrain.py
+@dataclass
+class PretrainConfig:
+    model: str = "gpt2-124m"  # a preset of any family, or a YAML/JSON file of config fields
+    # (with ``family: qwen3`` etc.; default gpt)
+    data: list[str] = field(default_factory=lambda: ["the-verdict"])
+    tokenizer: str = "gpt2"  # "gpt2", or a tokenizer file (its vocab sets the model's)
+    out: str = "runs/pretrain"
+    context_length: int | None = None  # shorter than the preset's trains faster
+    n_layer: int | None = None  # overrides of the preset, for quick experiments
+    n_embd: int | None = None
+    n_head: int | None = None
+    drop_rate: float | None = None
+    qkv_bias: bool | None = None
+    tie_embeddings: bool | None = None
+    init: str | None = None  # "gpt2" (normal 0.02) or "torch" (PyTorch defaults, as the book)
+    moe_num_experts: int | None = None  # a mixture-of-experts FFN in every block (nn/moe.py)
+    moe_top_k: int | None = None
+    moe_capacity_factor: float | None = None
+    val_fraction: float = 0.1
+    resume: str = ""  # "latest" or a checkpoint folder
+    sample_prompt: str = "Every effort moves you"
+    sample_tokens: int = 25
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---- scratchlm finetune classifier: recipes/finetune_classifier.py
+@dataclass
+class ClassifyConfig:
+    model: str = "smollm2-135m-instruct"
+    data: str = "sms-spam"
+    out: str = "runs/classify"
+    text_col: str = "text"
+    label_col: str = "label"
+    trainable: str = "last_block"  # head | last_block | all (without LoRA)
+    last_k: int = 1
+    max_length: int | None = None  # default: the longest training text
+    epochs: int = 5
+    eval_batches: int = 5  # batches for the per-epoch train/val accuracy
+    seed: int = 123
+    limit: int | None = None  # use only N (balanced, shuffled) rows before splitting: quick runs
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        batch_size=8, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.1,
+        log_every=10, save_every=10**9, eval_batches=5))
+
+
+# ---- scratchlm finetune instruct: recipes/finetune_instruct.py
+@dataclass
+class InstructConfig:
+    model: str = "smollm2-135m-instruct"
+    data: str = "instruction-data"
+    out: str = "runs/instruct"
+    epochs: int = 2
+    max_new_tokens: int = 256
+    response_batch: int = 8  # prompts per batch when writing test responses
+    test_responses: bool = True
+    style: str = "auto"  # auto (chat template if the tokenizer has one, else alpaca) | alpaca | phi3 | chat
+    mask_prompt: bool | None = None  # default: on for chat, off for alpaca/phi3 (as the book)
+    allowed_max_length: int = 1024
+    limit: int | None = None  # use only the first N examples (quick runs)
+    split_seed: int | None = None  # shuffle before splitting (the book splits in file order)
+    moe_train: str = ""  # MoE models: "router" or "router,0,3" trains only routers (+ experts 0, 3)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        batch_size=8, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.1,
+        log_every=10, save_every=10**9, eval_batches=5))
+
+
+# ---- scratchlm finetune dpo: recipes/finetune_dpo.py
+@dataclass
+class DPOSettings:
+    beta: float = 0.1
+@dataclass
+class DPOConfig:
+    model: str = "smollm2-135m-instruct"
+    data: str = "instruction-data-with-preference"
+    out: str = "runs/dpo"
+    style: str = "auto"  # auto | alpaca | phi3 | chat (see finetune instruct)
+    allowed_max_length: int = 1024
+    limit: int | None = None  # use only the first N pairs
+    epochs: int = 1
+    max_new_tokens: int = 128
+    test_responses: bool = True
+    dpo: DPOSettings = field(default_factory=DPOSettings)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        batch_size=4, lr=5e-6, schedule="constant", warmup_steps=0, weight_decay=0.01,
+        log_every=5, save_every=10**9, eval_batches=5))
+
+
+# ---- scratchlm finetune reward: recipes/finetune_reward.py
+@dataclass
+class RewardConfig:
+    model: str = "smollm2-135m-instruct"
+    data: str = "instruction-data-with-preference"
+    out: str = "runs/reward"
+    epochs: int = 1
+    style: str = "auto"  # as finetune instruct: the chat template if any, else alpaca
+    trainable: str = "last_block"  # head | last_block | all (without LoRA)
+    last_k: int = 2
+    allowed_max_length: int = 512
+    limit: int | None = None
+    split_seed: int | None = 123  # shuffled: the book's file order groups similar entries
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        batch_size=4, lr=3e-5, schedule="constant", warmup_steps=0, weight_decay=0.0,
+        log_every=10, save_every=10**9, eval_batches=10))
+
+
+# ---- scratchlm finetune tokens: recipes/finetune_tokens.py
+@dataclass
+class TaggingConfig:
+    model: str = "smollm2-135m"
+    data: str = ""  # a CoNLL file (training split, or all of it without val/test)
+    val: str = ""
+    test: str = ""
+    out: str = "runs/tokens"
+    epochs: int = 3
+    max_length: int = 256  # sub-word tokens per sentence
+    trainable: str = "all"  # head | last_block | all (without LoRA)
+    last_k: int = 1
+    seed: int = 123
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        batch_size=16, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.0,
+        log_every=10, save_every=10**9, eval_batches=5))
+
+
+# ---- scratchlm finetune prompt: recipes/finetune_prompt.py
+@dataclass
+class PromptConfig:
+    model: str = "smollm2-135m"
+    data: str = "sms-spam"
+    task: str = "auto"  # auto | classify | instruct (auto: instruct for JSON, else classify)
+    out: str = "runs/prompt"
+    num_virtual_tokens: int = 20
+    init_text: str = ""  # "" = random initialisation
+    label_words: list[str] = field(default_factory=list)  # default: the label names
+    text_col: str = "text"
+    label_col: str = "label"
+    max_length: int = 128  # text tokens per example (classification)
+    epochs: int = 3
+    limit: int | None = None
+    seed: int = 123
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        batch_size=8, lr=3e-2, schedule="constant", warmup_steps=0, weight_decay=0.0,
+        log_every=10, save_every=10**9, eval_batches=5))
+
+
+# ---- scratchlm distill: recipes/distill.py
+@dataclass
+class DistillConfig:
+    teacher: str = "runs/teacher/final"  # a model folder or preset with weights
+    student: str = ""  # "": the teacher with student_layers blocks; or a preset / model folder
+    student_layers: int = 6
+    data: list[str] = field(default_factory=lambda: ["tinyshakespeare"])
+    out: str = "runs/distill"
+    context_length: int | None = None  # training windows (default: the teacher's, up to 256)
+    alpha: float = 0.5  # weight of the hard-label cross-entropy; 1 - alpha on the teacher's KL
+    temperature: float = 2.0
+    val_fraction: float = 0.1
+    speed_batches: int = 5  # validation batches timed for the tokens/s comparison
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        max_steps=500, batch_size=8, lr=1e-3, min_lr=1e-4, warmup_steps=20, eval_every=100,
+        save_every=500))
+
+
+# ---- scratchlm chat: recipes/chat.py
+@dataclass
+class ChatConfig:
+    model: str = "smollm2-135m-instruct"
+    system: str | None = None
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    quantize: str | None = None  # "int8": weight-only int8 (nn/quant.py)
+
+
+# ---- scratchlm judge: recipes/judge.py
+@dataclass
+class JudgeConfig:
+    responses: str
+    out: str | None = None
+    api: str = "ollama"  # ollama | openai
+    judge_model: str | None = None
+    url: str | None = None
+    api_key: str | None = None
+    concurrency: int = 4
+    timeout: float = 120.0
+    retries: int = 3
