@@ -6,91 +6,55 @@ and are built only for the command being run, so ``scratchlm --help`` imports no
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 
-def _demo(args) -> int:
-    from scratchlm.recipes.demo import DemoConfig, main
+def _run_command(runner: str, cls_name: str, args) -> int:
+    """Build the command's config (defaults, then --config FILE, then the flags given) and
+    call ``runner`` ("module:function") with it; a falsy result of a ``check`` runner is
+    exit status 1."""
+    import importlib
 
-    stages = args.stages.split(",") if args.stages else None
-    cfg = DemoConfig(out=args.out, fast=args.fast, **({"stages": stages} if stages else {}))
-    main(cfg)
-    return 0
+    from scratchlm.config import build
+    from scratchlm.recipes import configs
+
+    module, fn = runner.split(":")
+    result = getattr(importlib.import_module(module), fn)(
+        build(getattr(configs, cls_name), args, args.config))
+    return 0 if result is None or result is not False else 1
 
 
-def _prepare(args) -> int:
+def _prepare(cfg) -> None:
     from scratchlm.data.shards import prepare
 
-    meta = prepare(args.data, args.out, tokenizer=args.tokenizer, shard_tokens=args.shard_tokens,
-                   workers=args.workers)
+    if not cfg.data or not cfg.out:
+        raise ValueError("prepare needs --data FILE... and --out DIR")
+    meta = prepare(cfg.data, cfg.out, tokenizer=cfg.tokenizer, shard_tokens=cfg.shard_tokens,
+                   workers=cfg.workers)
     print(f"{meta['num_tokens']:,} tokens in {len(meta['shards'])} shard(s) ({meta['dtype']}) "
-          f"-> {args.out}")
-    return 0
+          f"-> {cfg.out}")
 
 
-def _train_tokenizer(args) -> int:
+def _train_tokenizer(cfg) -> None:
     from pathlib import Path
 
     from scratchlm.tokenizers import BPETokenizer
 
-    text = "".join(Path(f).read_text(encoding="utf-8") for f in args.data)
-    tok = BPETokenizer.train(text, args.vocab_size)
-    tok.save(args.out)
-    print(f"{len(tok.merges):,} merges, vocab {tok.vocab_size:,} -> {args.out}")
-    return 0
+    if not cfg.data or not cfg.out:
+        raise ValueError("train-tokenizer needs --data FILE... and --out FILE")
+    text = "".join(Path(f).read_text(encoding="utf-8") for f in cfg.data)
+    tok = BPETokenizer.train(text, cfg.vocab_size)
+    tok.save(cfg.out)
+    print(f"{len(tok.merges):,} merges, vocab {tok.vocab_size:,} -> {cfg.out}")
 
 
-def _generate(args) -> int:
-    from scratchlm.generation.engine import Engine, SamplingParams, stream_text
-    from scratchlm.models.loading import load_model_and_tokenizer
-    from scratchlm.tokenizers import get_tokenizer
+def _judge(cfg) -> bool:
+    from scratchlm.recipes.judge import main
 
-    model, tokenizer = load_model_and_tokenizer(args.model, quantize=args.quantize)
-    if args.tokenizer:
-        tokenizer = get_tokenizer(args.tokenizer)
-    params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                            tuple(i for i in (tokenizer.eos_id,) if i is not None), args.seed)
-    if args.chat:  # the prompt as a user turn of the model's chat template
-        from scratchlm.tokenizers.chat import encode_chat
-
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("--chat needs a tokenizer with a chat template")
-        ids = encode_chat(tokenizer, [{"role": "user", "content": args.prompt}],
-                          add_generation_prompt=True)
-    else:
-        ids = tokenizer.encode(args.prompt, allowed_special="all")
-    if args.best_of > 1 or args.reward_model:
-        return _best_of(args, model, tokenizer, ids, params)
-    sys.stdout.write("" if args.chat else args.prompt)
-    for piece in stream_text(Engine(model), tokenizer, ids, params):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    return 0
-
-
-def _best_of(args, model, tokenizer, ids, params) -> int:
-    from scratchlm.finetune.reward import RewardScorer
-    from scratchlm.generation.best_of import best_of_n
-    from scratchlm.generation.engine import Engine
-
-    if not args.reward_model:
-        raise ValueError("--best-of needs --reward-model RUN (a `finetune reward` final/ folder)")
-    scorer = RewardScorer.load(args.reward_model)
-    ranked = best_of_n(Engine(model), tokenizer, ids, params, args.best_of,
-                       lambda texts: scorer(args.prompt, texts))
-    for i, c in enumerate(ranked):
-        print(f"[{i + 1}/{len(ranked)}] reward {c.score:+.3f}: {c.text!r}", file=sys.stderr)
-    print(ranked[0].text if args.chat else args.prompt + ranked[0].text)
-    return 0
-
-
-def _chat(args) -> int:
-    from scratchlm.recipes.chat import ChatConfig, main
-
-    main(ChatConfig(args.model, args.system, args.max_new_tokens, args.temperature, args.top_k,
-                    args.top_p, args.seed, args.quantize))
-    return 0
+    if not cfg.responses:
+        raise ValueError("evaluate judge needs the responses file (test-with-responses.json)")
+    return bool(main(cfg)["scored"])
 
 
 def _pretrain(args) -> int:
@@ -108,18 +72,6 @@ def _pretrain(args) -> int:
 
 
 
-def _plan(args) -> int:
-    from scratchlm.recipes.plan import main
-
-    main(args.model, args.json, method=args.method, batch=args.batch, context=args.context,
-         dtype=args.dtype, optimizer=args.optimizer, lora_rank=args.lora_rank,
-         lora_targets=tuple(args.lora_targets), tokens=int(args.tokens),
-         peak_tflops=args.peak_tflops, mfu=args.mfu, gpu_memory_gib=args.gpu_memory,
-         grad_checkpointing=args.grad_checkpointing)
-    return 0
-
-
-
 def _tune(args) -> int:
     from scratchlm.recipes.tune import run_study
 
@@ -130,22 +82,6 @@ def _tune(args) -> int:
         return 1
     print(f"best: trial {res['best']} val loss {res['value']:.4f} {res['params']} -> "
           f"{args.out}/best-config.json")
-    return 0
-
-
-def _evaluate_judge(args) -> int:
-    from scratchlm.recipes.judge import JudgeConfig, main
-
-    result = main(JudgeConfig(args.responses, args.out, args.api, args.judge_model, args.url,
-                              args.api_key, args.concurrency, args.timeout, args.retries))
-    return 0 if result["scored"] else 1
-
-
-def _serve(args) -> int:
-    from scratchlm.serve.app import ServeConfig, main
-
-    main(ServeConfig(args.model, args.adapter, args.host, args.port, args.api_key,
-                     args.max_tokens_cap, args.max_batch, args.quantize))
     return 0
 
 
@@ -201,81 +137,43 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scratchlm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="run the whole lifecycle on embedded defaults")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--stages", default=None, help="comma-separated stages to run (default: all)")
-    d.add_argument("--fast", action="store_true", help="tiny settings (CI smoke test)")
-    d.set_defaults(func=_demo)
+    def command(group, name: str, help_text: str, cls_name: str, runner: str, **kw):
+        """A command whose flags mirror a config dataclass of ``recipes/configs.py``."""
+        d = group.add_parser(name, help=help_text, description=f"{help_text}. Flags mirror "
+                             f"{cls_name} (--a_b or --a-b); --config FILE reads them from "
+                             "YAML/JSON.")
+        if argv is None or name in argv:  # the flags only for the command being run
+            from scratchlm.config import add_arguments
+            from scratchlm.recipes import configs
 
-    d = sub.add_parser("prepare", help="tokenize text files into memory-mapped token shards")
-    d.add_argument("--data", nargs="+", required=True)
-    d.add_argument("--out", required=True)
-    d.add_argument("--tokenizer", default="gpt2")
-    d.add_argument("--shard-tokens", type=int, default=100_000_000)
-    d.add_argument("--workers", type=int, default=None)
-    d.set_defaults(func=_prepare)
+            d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
+            add_arguments(d, getattr(configs, cls_name), **kw)
+        d.set_defaults(func=functools.partial(_run_command, runner, cls_name))
+        return d
 
+    command(sub, "demo", "run the whole lifecycle on embedded defaults", "DemoConfig",
+            "scratchlm.recipes.demo:main")
+    command(sub, "prepare", "tokenize text files into memory-mapped token shards",
+            "PrepareConfig", "scratchlm.cli:_prepare")
     ft = sub.add_parser("finetune", help="finetune a pretrained model").add_subparsers(
         dest="method", required=True)
-    for command, recipe in RECIPES.items():
-        group = ft if command.startswith("finetune ") else sub
-        _add_recipe(group, recipe, argv is None or command == selected)
+    for name, recipe in RECIPES.items():
+        group = ft if name.startswith("finetune ") else sub
+        _add_recipe(group, recipe, argv is None or name == selected)
 
     ev = sub.add_parser("evaluate", help="evaluate model outputs").add_subparsers(
         dest="method", required=True)
-    d = ev.add_parser("judge", help="score responses 0-100 with a judge model over HTTP")
-    d.add_argument("responses", help="a test-with-responses.json (instruction/prompt, "
-                                     "reference or output, model_response)")
-    d.add_argument("--out", default=None, help="default: <responses>-scores.json")
-    d.add_argument("--api", choices=["ollama", "openai"], default="ollama")
-    d.add_argument("--judge-model", default=None, help="default: llama3 (ollama), gpt-4o-mini")
-    d.add_argument("--url", default=None, help="default: http://127.0.0.1:11434 (ollama), "
-                                               "OPENAI_BASE_URL (openai)")
-    d.add_argument("--api-key", default=None, help="default: OPENAI_API_KEY")
-    d.add_argument("--concurrency", type=int, default=4)
-    d.add_argument("--timeout", type=float, default=120.0)
-    d.add_argument("--retries", type=int, default=3)
-    d.set_defaults(func=_evaluate_judge)
-
-    d = sub.add_parser("generate", help="continue a prompt with a model")
-    d.add_argument("--model", required=True, help="a preset with weights or a model folder")
-    d.add_argument("--prompt", default="Every effort moves you")
-    d.add_argument("--max-new-tokens", type=int, default=50)
-    d.add_argument("--temperature", type=float, default=0.0)
-    d.add_argument("--top-k", type=int, default=None)
-    d.add_argument("--top-p", type=float, default=None)
-    d.add_argument("--seed", type=int, default=None)
-    d.add_argument("--tokenizer", default=None, help="default: the model folder's, else gpt2")
-    d.add_argument("--quantize", choices=["int8"], default=None, help="int8 weights")
-    d.add_argument("--chat", action="store_true",
-                   help="send the prompt as a user turn of the model's chat template")
-    d.add_argument("--best-of", type=int, default=1,
-                   help="sample N answers, print the one the reward model rates best")
-    d.add_argument("--reward-model", default=None, help="a `finetune reward` final/ folder")
-    d.set_defaults(func=_generate)
-
-    d = sub.add_parser("chat", help="chat with a model in the terminal (streaming)")
-    d.add_argument("--model", default="smollm2-135m-instruct")
-    d.add_argument("--system", default=None, help="a system prompt")
-    d.add_argument("--max-new-tokens", type=int, default=256)
-    d.add_argument("--temperature", type=float, default=0.0)
-    d.add_argument("--top-k", type=int, default=None)
-    d.add_argument("--top-p", type=float, default=None)
-    d.add_argument("--seed", type=int, default=None)
-    d.add_argument("--quantize", choices=["int8"], default=None, help="int8 weights")
-    d.set_defaults(func=_chat)
-
-    d = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with a web chat page")
-    d.add_argument("--model", default="smollm2-135m-instruct", help="a preset or a run folder")
-    d.add_argument("--adapter", default=None, help="a LoRA adapter folder to apply")
-    d.add_argument("--host", default="127.0.0.1", help="default: loopback only")
-    d.add_argument("--port", type=int, default=8000)
-    d.add_argument("--api-key", default=None, help="require this key (default: SCRATCHLM_API_KEY)")
-    d.add_argument("--max-tokens-cap", type=int, default=1024)
-    d.add_argument("--max-batch", type=int, default=16, help="requests decoded together")
-    d.add_argument("--quantize", choices=["int8"], default=None, help="int8 weights")
-    d.set_defaults(func=_serve)
-
+    d = command(ev, "judge", "score responses 0-100 with a judge model over HTTP",
+                "JudgeConfig", "scratchlm.cli:_judge", skip=frozenset({"responses"}))
+    d.add_argument("responses", nargs="?", default=None,
+                   help="a test-with-responses.json (instruction/prompt, reference or output, "
+                        "model_response)")
+    command(sub, "generate", "continue a prompt with a model", "GenerateConfig",
+            "scratchlm.recipes.generate:main")
+    command(sub, "chat", "chat with a model in the terminal (streaming)", "ChatConfig",
+            "scratchlm.recipes.chat:main")
+    command(sub, "serve", "an OpenAI-compatible HTTP server with a web chat page",
+            "ServeConfig", "scratchlm.serve.app:main")
     d = sub.add_parser("tune", help="hyperparameter search over a recipe (Optuna, resumable)")
     from scratchlm.recipes.registry import tunable
 
@@ -291,29 +189,32 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     d.add_argument("--study-name", default=None)
     d.set_defaults(func=_tune)
 
-    d = sub.add_parser("plan", help="memory, FLOPs, time and Chinchilla tokens of a run")
-    d.add_argument("--model", default="gpt2-124m", help="a GPT/Llama preset or a config file")
-    d.add_argument("--method", choices=["full", "lora", "qlora", "qlora-dq"], default="full")
-    d.add_argument("--batch", type=int, default=8)
-    d.add_argument("--context", type=int, default=None, help="default: the model's")
-    d.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
-    d.add_argument("--optimizer", choices=["adamw", "adamw8bit", "sgd"], default="adamw")
-    d.add_argument("--lora-rank", type=int, default=16)
-    d.add_argument("--lora-targets", nargs="+", default=["all"])
-    d.add_argument("--tokens", type=float, default=0, help="training tokens planned")
-    d.add_argument("--peak-tflops", type=float, default=None, help="e.g. 989 for an H100 (bf16)")
-    d.add_argument("--mfu", type=float, default=0.4)
-    d.add_argument("--gpu-memory", type=float, default=None, help="GiB available")
-    d.add_argument("--grad-checkpointing", action="store_true")
-    d.add_argument("--json", action="store_true")
-    d.set_defaults(func=_plan)
-
-    d = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer from scratch")
-    d.add_argument("--data", nargs="+", required=True)
-    d.add_argument("--vocab-size", type=int, default=4096)
-    d.add_argument("--out", required=True)
-    d.set_defaults(func=_train_tokenizer)
+    command(sub, "plan", "memory, FLOPs, time and Chinchilla tokens of a run", "PlanConfig",
+            "scratchlm.recipes.plan:main")
+    command(sub, "train-tokenizer", "train a byte-level BPE tokenizer from scratch",
+            "TrainTokenizerConfig", "scratchlm.cli:_train_tokenizer")
     return p
+
+
+def resolve(argv: list[str]):
+    """The config a command line would run with (defaults, --config file, flags), without
+    running it; None for commands without one (tune)."""
+    from scratchlm.config import build
+    from scratchlm.recipes import configs
+    from scratchlm.recipes.registry import RECIPES
+
+    args = build_parser(argv).parse_args(argv)
+    func = args.func
+    if func is _pretrain:
+        cfg = build(RECIPES["pretrain"].config_class(), args, args.config)
+        if args.resume is not None:
+            cfg.resume = args.resume
+        return cfg
+    if isinstance(func, functools.partial) and func.func is _run_recipe:
+        return build(func.args[0].config_class(), args, args.config)
+    if isinstance(func, functools.partial) and func.func is _run_command:
+        return build(getattr(configs, func.args[1]), args, args.config)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

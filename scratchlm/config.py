@@ -156,8 +156,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "",
         if origin in (list, tuple):
             (inner,) = typing.get_args(base)[:1] or (str,)
             kw.update(nargs="+", type=inner)
-        elif base is bool:
-            kw.update(type=_parse_bool, metavar="true|false")
+        elif base is bool:  # "--flag" alone means true; "--flag false" too
+            kw.update(type=_parse_bool, nargs="?", const=True, metavar="true|false")
         else:
             kw.update(type=base)
         help_text = f.metadata.get("help", "") if f.metadata else ""

@@ -196,7 +196,7 @@ class ChatConfig:
 # ---- scratchlm judge: recipes/judge.py
 @dataclass
 class JudgeConfig:
-    responses: str
+    responses: str = ""  # a test-with-responses.json (required; also the first argument)
     out: str | None = None
     api: str = "ollama"  # ollama | openai
     judge_model: str | None = None
@@ -205,3 +205,90 @@ class JudgeConfig:
     concurrency: int = 4
     timeout: float = 120.0
     retries: int = 3
+
+
+# ---- scratchlm serve: serve/app.py
+@dataclass
+class ServeConfig:
+    model: str = "smollm2-135m-instruct"
+    adapter: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None  # default: SCRATCHLM_API_KEY; unset: no key needed
+    max_tokens_cap: int = 1024  # the largest max_tokens a request may ask for
+    max_batch: int = 16
+    quantize: str | None = None  # "int8"
+
+
+# ---- scratchlm demo: recipes/demo.py
+STAGES = ("tokenizer", "pretrain", "chat", "classify", "instruct", "serve")
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    fast: bool = False
+    corpus: str = "tinyshakespeare"  # a registered data set name (see data/sources.py)
+    bpe_vocab_size: int = 4096
+
+    def __post_init__(self):
+        # "--stages tokenizer,pretrain" and "--stages tokenizer pretrain" both work
+        self.stages = [s for item in self.stages for s in str(item).split(",") if s]
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"stages: unknown {unknown}; choose from {', '.join(STAGES)}")
+
+
+# ---- scratchlm generate: recipes/generate.py
+@dataclass
+class GenerateConfig:
+    model: str = ""  # a preset with weights, a model folder or a .gguf file (required)
+    prompt: str = "Every effort moves you"
+    max_new_tokens: int = 50
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    tokenizer: str | None = None  # default: the model folder's, else gpt2
+    quantize: str | None = None  # "int8": weight-only int8
+    chat: bool = False  # send the prompt as a user turn of the model's chat template
+    best_of: int = 1  # sample N answers, print the one the reward model rates best
+    reward_model: str | None = None  # a `finetune reward` final/ folder
+
+
+# ---- scratchlm plan: recipes/plan.py
+@dataclass
+class PlanConfig:
+    model: str = "gpt2-124m"  # a preset of any family, a model folder or a config file
+    method: str = "full"  # full | lora | qlora | qlora-dq
+    batch: int = 8
+    context: int | None = None  # default: the model's
+    dtype: str = "fp32"  # fp32 | bf16 | fp16
+    optimizer: str = "adamw"  # adamw | adamw8bit | sgd
+    lora_rank: int = 16
+    lora_targets: list[str] = field(default_factory=lambda: ["all"])
+    tokens: float = 0.0  # training tokens planned
+    peak_tflops: float | None = None  # e.g. 989 for an H100 (bf16)
+    mfu: float = 0.4
+    gpu_memory: float | None = None  # GiB available
+    grad_checkpointing: bool = False
+    json: bool = False  # print the plan as JSON
+
+
+# ---- scratchlm prepare: data/shards.py
+@dataclass
+class PrepareConfig:
+    data: list[str] = field(default_factory=list)  # text files or registered data set names
+    out: str = ""  # the shard folder (required)
+    tokenizer: str = "gpt2"
+    shard_tokens: int = 100_000_000
+    workers: int | None = None
+
+
+# ---- scratchlm train-tokenizer: tokenizers/bpe.py
+@dataclass
+class TrainTokenizerConfig:
+    data: list[str] = field(default_factory=list)  # text files (required)
+    vocab_size: int = 4096
+    out: str = ""  # the tokenizer file (required)

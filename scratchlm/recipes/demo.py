@@ -22,24 +22,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-STAGES = ("tokenizer", "pretrain", "chat", "classify", "instruct", "serve")
-
-
-@dataclass
-class DemoConfig:
-    out: str = "runs/demo"
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
-    fast: bool = False
-    corpus: str = "tinyshakespeare"  # a registered data set name (see data/sources.py)
-    bpe_vocab_size: int = 4096
-
-    def __post_init__(self):
-        unknown = [s for s in self.stages if s not in STAGES]
-        if unknown:
-            raise ValueError(f"stages: unknown {unknown}; choose from {', '.join(STAGES)}")
+from scratchlm.recipes.configs import STAGES, DemoConfig  # noqa: F401 (its config)
 
 
 def stage_tokenizer(cfg: DemoConfig, out: Path) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from scratchlm.config import load_file
 from scratchlm.models.registry import family_for_hf, family_named, preset, preset_names
+from scratchlm.recipes.configs import PlanConfig
 from scratchlm.training.planner import Plan, format_plan, plan
 
 
@@ -38,8 +39,11 @@ def resolve_config(name: str):
     return family_named(family).config(data)
 
 
-def main(model: str, as_json: bool = False, **kwargs) -> Plan:
-    p = plan(resolve_config(model), **kwargs)
-    print(json.dumps(p.to_dict(), indent=2) if as_json
-          else format_plan(p, model, kwargs.get("method", "full")))
+def main(cfg: PlanConfig) -> Plan:
+    p = plan(resolve_config(cfg.model), method=cfg.method, batch=cfg.batch,
+             context=cfg.context, dtype=cfg.dtype, optimizer=cfg.optimizer,
+             lora_rank=cfg.lora_rank, lora_targets=tuple(cfg.lora_targets),
+             tokens=int(cfg.tokens), peak_tflops=cfg.peak_tflops, mfu=cfg.mfu,
+             gpu_memory_gib=cfg.gpu_memory, grad_checkpointing=cfg.grad_checkpointing)
+    print(json.dumps(p.to_dict(), indent=2) if cfg.json else format_plan(p, cfg.model, cfg.method))
     return p

@@ -19,7 +19,6 @@ import secrets
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
@@ -32,18 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from scratchlm.api import LLM
 from scratchlm.generation.batcher import Batcher
 from scratchlm.generation.engine import SamplingParams, TextStream
-
-
-@dataclass
-class ServeConfig:
-    model: str = "smollm2-135m-instruct"
-    adapter: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None  # default: SCRATCHLM_API_KEY; unset: no key needed
-    max_tokens_cap: int = 1024  # the largest max_tokens a request may ask for
-    max_batch: int = 16
-    quantize: str | None = None  # "int8"
+from scratchlm.recipes.configs import ServeConfig  # noqa: F401 (its config)
 
 
 class APIError(Exception):
