@@ -97,6 +97,27 @@ def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
                 yield key, f.get_tensor(key)
 
 
+# Weight names only one family has (ours or Hugging Face's), to tell a checkpoint of another
+# family from a damaged one.
+_FAMILY_MARKS = (("gemma3", ("post_att_norm", "post_ff_norm", "feedforward_layernorm")),
+                 ("qwen3", ("q_norm",)),
+                 ("gpt", ("pos_emb", "att.qkv", "c_attn", "wte.weight")))
+
+
+def _family_hint(keys, model: nn.Module) -> str:
+    """" (a <family> checkpoint, but the config describes a <family> model)" when the keys
+    belong to another family than ``model``'s, else ""."""
+    try:
+        ours = family_of(model).name
+    except ValueError:
+        return ""
+    found = next((fam for fam, marks in _FAMILY_MARKS
+                  if any(m in k for k in keys for m in marks)), "llama")
+    if found == ours or (ours == "gemma3" and found == "qwen3"):
+        return ""
+    return f" (the weights are a {found} checkpoint, but the config describes a {ours} model)"
+
+
 def _materialize(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
     """Assign ``state`` onto a model built on the meta device, checking keys and shapes."""
     expected = model.state_dict()
@@ -105,14 +126,16 @@ def _materialize(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     optional = {"out_head.weight"} if tied else set()
     for key, tensor in state.items():
         if key not in expected:
-            raise CheckpointError(f"{source}: unexpected key {key!r} {tuple(tensor.shape)}")
+            raise CheckpointError(f"{source}: unexpected key {key!r} {tuple(tensor.shape)}"
+                                  + _family_hint(state, model))
         if tensor.shape != expected[key].shape:
             raise CheckpointError(f"{source}: key {key!r} has shape {tuple(tensor.shape)}, the "
                                   f"model expects {tuple(expected[key].shape)}")
     missing = sorted(set(expected) - set(state) - optional)
     if missing:
         raise CheckpointError(f"{source}: missing keys {missing[:5]}"
-                              + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+                              + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                              + _family_hint(state, model))
     model.load_state_dict(state, strict=False, assign=True)
     if tied:
         model.out_head.weight = model.tok_emb.weight
@@ -136,7 +159,8 @@ def load_mapped(model_cls, cfg, tensors, convert, source: str,
         try:
             pairs = list(convert(key, tensor, cfg))
         except KeyError:
-            raise CheckpointError(f"{source}: unexpected key {key!r}") from None
+            raise CheckpointError(f"{source}: unexpected key {key!r}"
+                                  + _family_hint([key], model)) from None
         for ours, t in pairs:
             if ours is None or (ours == "out_head.weight" and cfg.tie_embeddings):
                 continue

@@ -74,3 +74,21 @@ def test_switches_any_family_turns_on_leave_the_native_path():
     assert kernel_for(qwen3_moe) == (None, "no native layer for: moe")
     gpt_window = build_model(preset("gpt-tiny", sliding_window=8)[1])
     assert kernel_for(gpt_window)[0] is None
+
+
+def test_a_checkpoint_of_another_family_names_both(tmp_path):
+    import json
+
+    from scratchlm.models.loading import CheckpointError, load_pretrained, save_hf
+
+    torch.manual_seed(0)
+    for src, claim in (("gemma3-tiny", "llama"), ("qwen3-tiny", "llama")):
+        save_hf(build_model(preset(src)[1]), tmp_path / src)
+        cfg_path = tmp_path / src / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["model_type"] = claim  # a config.json that says another family
+        cfg.pop("layer_types", None)
+        cfg_path.write_text(json.dumps(cfg))
+        with pytest.raises(CheckpointError, match=rf"{src.split('-')[0]} checkpoint, but the "
+                                                   rf"config describes a {claim} model"):
+            load_pretrained(str(tmp_path / src))
