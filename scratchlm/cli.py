@@ -72,17 +72,20 @@ def _pretrain(args) -> int:
 
 
 
-def _tune(args) -> int:
+def _tune(cfg) -> bool:
+    from scratchlm.recipes.registry import tunable
     from scratchlm.recipes.tune import run_study
 
-    res = run_study(args.recipe, args.trials, args.space, args.out, args.config, args.set,
-                    args.seed, study_name=args.study_name)
+    if cfg.recipe not in tunable() or not cfg.space:
+        raise ValueError(f"tune needs --recipe ({'|'.join(sorted(tunable()))}) and --space")
+    res = run_study(cfg.recipe, cfg.trials, cfg.space, cfg.out, cfg.base_config, cfg.set,
+                    cfg.seed, study_name=cfg.study_name)
     if res["best"] is None:
         print("no trial completed (all pruned or failed)")
-        return 1
+        return False
     print(f"best: trial {res['best']} val loss {res['value']:.4f} {res['params']} -> "
-          f"{args.out}/best-config.json")
-    return 0
+          f"{cfg.out}/best-config.json")
+    return True
 
 
 def _run_recipe(recipe, args) -> int:
@@ -174,20 +177,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             "scratchlm.recipes.chat:main")
     command(sub, "serve", "an OpenAI-compatible HTTP server with a web chat page",
             "ServeConfig", "scratchlm.serve.app:main")
-    d = sub.add_parser("tune", help="hyperparameter search over a recipe (Optuna, resumable)")
-    from scratchlm.recipes.registry import tunable
-
-    d.add_argument("--recipe", required=True, choices=sorted(tunable()))
-    d.add_argument("--trials", type=int, default=20, help="total trials in the study")
-    d.add_argument("--space", required=True,
-                   help='e.g. "lr=1e-5:1e-3:log,batch_size=4:16:int,schedule=cosine|constant"')
-    d.add_argument("--config", default=None, help="the base config file of the recipe")
-    d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="base config values, e.g. train.max_steps=200")
-    d.add_argument("--out", default="runs/tune")
-    d.add_argument("--seed", type=int, default=123)
-    d.add_argument("--study-name", default=None)
-    d.set_defaults(func=_tune)
+    command(sub, "tune", "hyperparameter search over a recipe (Optuna, resumable)",
+            "TuneConfig", "scratchlm.cli:_tune")
 
     command(sub, "plan", "memory, FLOPs, time and Chinchilla tokens of a run", "PlanConfig",
             "scratchlm.recipes.plan:main")

@@ -15,7 +15,7 @@ from conftest import ROOT
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 COMMANDS = ["demo", "prepare", "pretrain", "finetune classify", "finetune instruct",
             "finetune dpo", "finetune reward", "finetune tokens", "finetune prompt", "distill",
-            "evaluate judge", "generate", "chat", "serve", "plan", "train-tokenizer"]
+            "evaluate judge", "generate", "chat", "serve", "plan", "train-tokenizer", "tune"]
 
 
 def documented_argv(path) -> list[str]:

@@ -292,3 +292,16 @@ class TrainTokenizerConfig:
     data: list[str] = field(default_factory=list)  # text files (required)
     vocab_size: int = 4096
     out: str = ""  # the tokenizer file (required)
+
+
+# ---- scratchlm tune: recipes/tune.py
+@dataclass
+class TuneConfig:
+    recipe: str = ""  # pretrain | classify | instruct | distill (required)
+    trials: int = 20  # total trials in the study
+    space: str = ""  # e.g. "lr=1e-5:1e-3:log,batch_size=4:16:int,schedule=cosine|constant"
+    base_config: str | None = None  # the recipe's base config file (YAML/JSON)
+    set: list[str] = field(default_factory=list)  # base config values, e.g. train.max_steps=200
+    out: str = "runs/tune"
+    seed: int = 123
+    study_name: str | None = None
