@@ -253,9 +253,10 @@ def gguf_tokenizer(meta: dict, source: str = "GGUF"):
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
-              device: str | torch.device = "cpu"):
+              device: str | torch.device = "cpu", tokenizer: bool = True):
     """(model, tokenizer) from a llama.cpp GGUF file of any architecture the registry reads
-    (llama, qwen3, qwen3moe, gemma3), dequantized to ``dtype``."""
+    (llama, qwen3, qwen3moe, gemma3), dequantized to ``dtype``. ``tokenizer=False``: the model
+    alone (tokenizer None), e.g. for a file whose vocabulary we do not read (SentencePiece)."""
     from scratchlm.models.convert.gguf import ARCHS, GGUFError, config_kwargs, iter_tensors, read_gguf
 
     meta, reader = read_gguf(path)
@@ -281,7 +282,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
             yield ours, torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
 
     model = load_mapped(family.model_cls, cfg, tensors(), convert, str(path), dtype, device)
-    return model, gguf_tokenizer(meta, str(path))
+    return model, gguf_tokenizer(meta, str(path)) if tokenizer else None
 
 
 def smollm2_gguf() -> Path:
@@ -397,7 +398,8 @@ def load_pretrained(name: str, dtype: torch.dtype = torch.float32,
                     device: str | torch.device = "cpu", progress: bool = True) -> nn.Module:
     """A model with weights, from a preset name or a folder (see the module docstring)."""
     if name in LOCAL_GGUF or str(name).endswith(".gguf"):
-        return load_model_and_tokenizer(name, dtype, device, progress)[0]
+        path = LOCAL_GGUF[name]() if name in LOCAL_GGUF else Path(name)
+        return load_gguf(path, dtype, device, tokenizer=False)[0].eval()
     folder = resolve_folder(name, progress)
     config = json.loads((folder / "config.json").read_text())
     if "scratchlm" in config:

@@ -209,3 +209,36 @@ def test_unknown_architecture_names_itself_and_the_file(tmp_path):
     write_meta_only(tmp_path / "m.gguf", "mamba", **GOOD)
     with pytest.raises(GGUFError, match=r"m.gguf.*'mamba'.*gemma3"):
         load_gguf(tmp_path / "m.gguf")
+
+
+def test_a_sentencepiece_vocabulary_is_refused_by_name_but_the_weights_load(tmp_path):
+    """Gemma's GGUF files carry a SentencePiece vocabulary (tokenizer.ggml.model = llama),
+    which is not read yet: load_gguf says so; load_pretrained (weights only) works."""
+    from scratchlm.models.loading import CheckpointError
+
+    model = random_model(CASES["gemma3"]())
+    write_family_gguf(tmp_path / "g.gguf", model, "gemma3")
+    import gguf as g
+
+    raw = g.GGUFReader(str(tmp_path / "g.gguf"))  # rewrite the tokenizer model field
+    w = g.GGUFWriter(str(tmp_path / "spm.gguf"), "gemma3")
+    for key, field in raw.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        value = field.contents()
+        if key == "tokenizer.ggml.model":
+            value = "llama"
+        w.add_key_value(key, value, field.types[0],
+                        sub_type=field.types[-1] if len(field.types) > 1 else None)
+    for t in raw.tensors:
+        w.add_tensor(t.name, np.array(t.data), raw_shape=list(reversed(t.shape.tolist())))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(CheckpointError, match=r"spm.gguf: tokenizer model 'llama' is not supported"):
+        load_gguf(tmp_path / "spm.gguf")
+    loaded = load_pretrained(str(tmp_path / "spm.gguf"))
+    x = torch.randint(0, VOCAB, (1, 12))
+    with torch.no_grad():
+        assert (loaded(x) - model(x)).abs().max() <= 1e-4
