@@ -88,22 +88,22 @@ def family_of(obj) -> Family:
                      f"({', '.join(FAMILIES)})")
 
 
-def family_for_hf(model_type: str | None, source: str = "config.json") -> Family:
+def _family_by(attr: str, value, what: str, source: str) -> Family:
     for fam in FAMILIES.values():
-        if model_type in fam.hf_model_types:
+        if value in getattr(fam, attr):
             return fam
-    known = sorted(t for f in FAMILIES.values() for t in f.hf_model_types)
-    raise ValueError(f"{source}: unsupported model_type {model_type!r} (supported: "
-                     f"{', '.join(known)})")
+    known = sorted(v for f in FAMILIES.values() for v in getattr(f, attr))
+    raise ValueError(f"{source}: unsupported {what} {value!r} (supported: {', '.join(known)})")
+
+
+def family_for_hf(model_type: str | None, source: str = "config.json") -> Family:
+    """The family of a Hugging Face ``config.json``'s ``model_type``."""
+    return _family_by("hf_model_types", model_type, "model_type", source)
 
 
 def family_for_gguf(arch: str | None, source: str = "GGUF") -> Family:
-    for fam in FAMILIES.values():
-        if arch in fam.gguf_archs:
-            return fam
-    known = sorted(a for f in FAMILIES.values() for a in f.gguf_archs)
-    raise ValueError(f"{source}: unsupported architecture {arch!r} (supported: "
-                     f"{', '.join(known)})")
+    """The family of a GGUF file's ``general.architecture``."""
+    return _family_by("gguf_archs", arch, "architecture", source)
 
 
 def preset_names() -> list[str]:
