@@ -137,18 +137,44 @@ def load_file(path: str | Path) -> dict:
     return data
 
 
+def field_comments(cls) -> dict[str, str]:
+    """{field: the comment after it in the class source} (``lr: float = 4e-4  # peak rate``),
+    the help text of each flag."""
+    import inspect
+    import re
+
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's comment wins
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.M):
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "",
-                  skip: frozenset[str] = frozenset()) -> None:
-    """One ``--a.b`` flag per leaf field (defaults left as None: 'not given'); fields named in
-    ``skip`` are left to the caller's own flags."""
+                  skip: frozenset[str] = frozenset(), defaults=None) -> None:
+    """One ``--a.b`` flag per leaf field (defaults left as None: 'not given'), its help the
+    field's comment and default; fields named in ``skip`` are left to the caller's own
+    flags."""
     hints = _field_types(cls)
+    comments = field_comments(cls)
+    if defaults is None and not prefix and all(
+            f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            for f in dataclasses.fields(cls)):
+        defaults = cls()  # a nested config shows its parent's defaults (a recipe's own lr)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         name = prefix + f.name
         if name in skip:
             continue
         if _is_dataclass_type(tp):
-            add_arguments(parser, tp, prefix=name + ".")
+            add_arguments(parser, tp, prefix=name + ".",
+                          defaults=getattr(defaults, f.name) if defaults is not None else None)
             continue
         base, _ = _unwrap_optional(tp)
         origin = typing.get_origin(base)
@@ -160,7 +186,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "",
             kw.update(type=_parse_bool, nargs="?", const=True, metavar="true|false")
         else:
             kw.update(type=base)
-        help_text = f.metadata.get("help", "") if f.metadata else ""
+        help_text = (f.metadata.get("help", "") if f.metadata else "") or comments.get(f.name, "")
+        if defaults is not None:
+            help_text = f"{help_text} (default: {getattr(defaults, f.name)!r})".strip()
+        help_text = help_text.replace("%", "%%")
         flags = [f"--{name}"]
         if "_" in name:
             flags.append(f"--{name.replace('_', '-')}")

@@ -88,3 +88,14 @@ def test_help_answers(argv):
     r = subprocess.run([sys.executable, "-m", "scratchlm", *argv], capture_output=True,
                        text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0 and "usage: scratchlm" in r.stdout
+
+
+def test_help_shows_each_fields_comment_and_the_recipes_default():
+    from scratchlm.cli import build_parser
+
+    parser = build_parser(["finetune", "instruct", "--help"])
+    instruct = parser._subparsers._group_actions[0].choices["finetune"]._subparsers \
+        ._group_actions[0].choices["instruct"]
+    text = instruct.format_help()
+    assert "0: no LoRA" in text  # LoraConfig.rank's comment
+    assert "(default: 5e-05)" in text  # InstructConfig's train.lr, not TrainConfig's 4e-4
