@@ -25,7 +25,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from scratchlm.data.download import DownloadError, download
-from scratchlm.models.registry import family_for_gguf, family_for_hf, family_named, family_of
+from scratchlm.models.registry import (family_for_gguf, family_for_hf, family_named, family_of,
+                                       family_of_weights)
 
 # Preset -> Hugging Face repository with its published weights.
 HF_REPOS = {
@@ -97,23 +98,15 @@ def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
                 yield key, f.get_tensor(key)
 
 
-# Weight names only one family has (ours or Hugging Face's), to tell a checkpoint of another
-# family from a damaged one.
-_FAMILY_MARKS = (("gemma3", ("post_att_norm", "post_ff_norm", "feedforward_layernorm")),
-                 ("qwen3", ("q_norm",)),
-                 ("gpt", ("pos_emb", "att.qkv", "c_attn", "wte.weight")))
-
-
 def _family_hint(keys, model: nn.Module) -> str:
-    """" (a <family> checkpoint, but the config describes a <family> model)" when the keys
-    belong to another family than ``model``'s, else ""."""
+    """" (the weights are a <family> checkpoint, but the config describes a <family> model)"
+    when ``keys`` carry another family's weight names than ``model``'s, else ""."""
     try:
         ours = family_of(model).name
     except ValueError:
         return ""
-    found = next((fam for fam, marks in _FAMILY_MARKS
-                  if any(m in k for k in keys for m in marks)), "llama")
-    if found == ours or (ours == "gemma3" and found == "qwen3"):
+    found = family_of_weights(keys)
+    if found == ours:
         return ""
     return f" (the weights are a {found} checkpoint, but the config describes a {ours} model)"
 

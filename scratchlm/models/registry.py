@@ -41,8 +41,12 @@ class Family:
     gguf_archs: tuple[str, ...] = ()  # llama.cpp "general.architecture" names it reads
     # What the native C decode layers must support to run this family (see
     # generation/native_decode.py): a model whose features are not all supported there runs
-    # its one-token steps in PyTorch.
+    # its one-token steps in PyTorch. Switches a config turns on (sliding window, q/k norms,
+    # MoE, attention biases) are added from the config by ``model_features``.
     features: frozenset = field(default_factory=frozenset)
+    # Weight names (ours or Hugging Face's) only this family has: a checkpoint of another
+    # family is told from a damaged one by them (models/loading.py).
+    weight_marks: tuple[str, ...] = ()
 
     def hf(self) -> ModuleType:
         return importlib.import_module(f"scratchlm.models.convert.{self.hf_convert}")
@@ -59,15 +63,18 @@ class Family:
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("gpt", GPTConfig, GPT, GPT_PRESETS, ("gpt2",), "hf_gpt2",
-           features=frozenset({"layernorm", "learned_positions", "gelu", "biases"})),
+           features=frozenset({"layernorm", "learned_positions", "gelu", "biases"}),
+           weight_marks=("pos_emb", "att.qkv", "c_attn", "wte.weight")),
     Family("llama", LlamaConfig, Llama, LLAMA_PRESETS, ("llama",), "hf_llama", ("llama",),
            features=frozenset({"rmsnorm", "rope", "swiglu"})),
     Family("qwen3", Qwen3Config, Qwen3, QWEN3_PRESETS, ("qwen3", "qwen3_moe"), "hf_llama",
-           ("qwen3", "qwen3moe"), features=frozenset({"rmsnorm", "rope", "swiglu", "qk_norm"})),
+           ("qwen3", "qwen3moe"), features=frozenset({"rmsnorm", "rope", "swiglu"}),
+           weight_marks=("q_norm",)),
     Family("gemma3", Gemma3Config, Gemma3, GEMMA3_PRESETS, ("gemma3_text", "gemma3"),
            "hf_gemma3", ("gemma3",),
            features=frozenset({"rmsnorm_unit_offset", "rope", "geglu", "qk_norm", "post_norms",
-                               "embed_scale", "query_scale", "sliding_window"})),
+                               "embed_scale", "query_scale"}),
+           weight_marks=("post_att_norm", "post_ff_norm", "feedforward_layernorm")),
 )}
 
 
@@ -124,20 +131,19 @@ def build_model(cfg):
 
 
 def model_features(model) -> set[str]:
-    """The features a model uses: its family's, minus switches its config leaves off, plus
-    the ones any family may switch on (sliding window, MoE, qk_norm, attention biases)."""
+    """The features a model uses: its family's, plus the switches its config turns on."""
     cfg = getattr(model, "cfg", model)
-    feats = set(family_of(cfg).features)
-    if getattr(cfg, "sliding_window", 0):
-        feats.add("sliding_window")
-    else:
-        feats.discard("sliding_window")
-    if getattr(cfg, "qk_norm", False):
-        feats.add("qk_norm")
-    elif isinstance(cfg, LlamaConfig):
-        feats.discard("qk_norm")
-    if cfg.moe.num_experts:
-        feats.add("moe")
-    if getattr(cfg, "qkv_bias", False):
-        feats.add("biases")
-    return feats
+    switches = {"sliding_window": getattr(cfg, "sliding_window", 0),
+                "qk_norm": getattr(cfg, "qk_norm", False),
+                "moe": cfg.moe.num_experts, "biases": getattr(cfg, "qkv_bias", False)}
+    return set(family_of(cfg).features) | {name for name, on in switches.items() if on}
+
+
+def family_of_weights(keys) -> str:
+    """The family whose weight names ``keys`` (ours or Hugging Face's) carry; "llama", whose
+    names the others extend, when none is marked. Later families are asked first: Gemma 3
+    also has Qwen3's q/k norms."""
+    for fam in reversed(FAMILIES.values()):
+        if any(m in k for k in keys for m in fam.weight_marks):
+            return fam.name
+    return "llama"
