@@ -17,12 +17,13 @@ the same, so LoRA targets, the engine and the training code serve both; the forw
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from scratchlm.models.llama import Llama
+from scratchlm.models.presets import from_preset
 from scratchlm.nn.attention import GroupedQueryAttention, layer_windows
 from scratchlm.nn.feedforward import SwiGLU
 from scratchlm.nn.moe import MoEConfig, expert_ffn, moe_from
@@ -68,26 +69,16 @@ class Gemma3Config:
         self.moe = moe_from(self.moe, "Gemma3Config")
         layer_windows(self, "Gemma3Config")
 
-    # Gemma has no attention biases; the shared code asks.
-    qkv_bias = False
-
     @property
     def padded_vocab_size(self) -> int:
         return self.vocab_size
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> "Gemma3Config":
-        try:
-            base = GEMMA3_PRESETS[name]
-        except KeyError:
-            raise ValueError(f"unknown Gemma 3 preset {name!r}; known: "
-                             f"{', '.join(GEMMA3_PRESETS)}") from None
-        return replace(base, **overrides)
+        return from_preset(GEMMA3_PRESETS, name, "Gemma 3", **overrides)
 
     def to_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["moe"] = self.moe.to_dict()
-        return out
+        return asdict(self)
 
 
 GEMMA3_PRESETS: dict[str, Gemma3Config] = {

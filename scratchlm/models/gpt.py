@@ -13,13 +13,14 @@ FLOPs in ``models/accounting.py``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from scratchlm.models.presets import from_preset
 from scratchlm.nn.attention import CausalSelfAttention, layer_windows
 from scratchlm.nn.feedforward import FeedForward
 from scratchlm.nn.moe import MoEConfig, expert_ffn, moe_from
@@ -71,16 +72,10 @@ class GPTConfig:
     @classmethod
     def from_name(cls, name: str, **overrides) -> "GPTConfig":
         """A preset by name, e.g. ``GPTConfig.from_name("gpt2-124m", drop_rate=0.1)``."""
-        try:
-            base = GPT_PRESETS[name]
-        except KeyError:
-            raise ValueError(f"unknown GPT preset {name!r}; known: {', '.join(GPT_PRESETS)}") from None
-        return replace(base, **overrides)
+        return from_preset(GPT_PRESETS, name, "GPT", **overrides)
 
     def to_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["moe"] = self.moe.to_dict()
-        return out
+        return asdict(self)
 
 
 # The four GPT-2 sizes (the book's table in chapter 5; OpenAI's released checkpoints:

@@ -12,13 +12,14 @@ ff, final_norm, out_head), so training code serves both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from scratchlm.models.gpt import check_prefix
+from scratchlm.models.presets import from_preset
 from scratchlm.nn.attention import GroupedQueryAttention, layer_windows
 from scratchlm.nn.feedforward import SwiGLU
 from scratchlm.nn.moe import MoEConfig, expert_ffn, moe_from
@@ -78,16 +79,10 @@ class LlamaConfig:
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> "LlamaConfig":
-        try:
-            base = LLAMA_PRESETS[name]
-        except KeyError:
-            raise ValueError(f"unknown Llama preset {name!r}; known: {', '.join(LLAMA_PRESETS)}") from None
-        return replace(base, **overrides)
+        return from_preset(LLAMA_PRESETS, name, "Llama", **overrides)
 
     def to_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["moe"] = self.moe.to_dict()
-        return out
+        return asdict(self)
 
 
 LLAMA_PRESETS: dict[str, LlamaConfig] = {

@@ -14,9 +14,10 @@ modules are ``models/llama.py``'s, and this file holds the config and the publis
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from scratchlm.models.llama import Llama, LlamaConfig
+from scratchlm.models.presets import from_preset
 from scratchlm.nn.moe import MoEConfig
 
 
@@ -31,11 +32,7 @@ class Qwen3Config(LlamaConfig):
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> "Qwen3Config":
-        try:
-            base = QWEN3_PRESETS[name]
-        except KeyError:
-            raise ValueError(f"unknown Qwen3 preset {name!r}; known: {', '.join(QWEN3_PRESETS)}") from None
-        return replace(base, **overrides)
+        return from_preset(QWEN3_PRESETS, name, "Qwen3", **overrides)
 
 
 class Qwen3(Llama):
