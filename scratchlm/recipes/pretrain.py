@@ -23,7 +23,7 @@ from scratchlm.config import load_file, to_dict
 from scratchlm.data.pretrain import text_datasets
 from scratchlm.generation.sampling import generate, text_to_token_ids, token_ids_to_text
 from scratchlm.models.accounting import count_parameters, flops_per_token
-from scratchlm.models.registry import build_model, family_named, family_of, preset
+from scratchlm.models.registry import FAMILIES, build_model, family_named, family_of, preset
 from scratchlm.models.loading import save_pretrained
 from scratchlm.tokenizers import get_tokenizer
 from scratchlm.training.prepare import prepare_training
@@ -33,9 +33,6 @@ from scratchlm.training.optim import build_optimizer
 from scratchlm.training.planner import plan
 from scratchlm.training.runtime import setup_runtime, teardown_runtime
 from scratchlm.recipes.configs import PretrainConfig  # noqa: F401 (its config)
-
-
-GPT_ONLY = ("drop_rate", "init")  # fields only GPTConfig has
 
 
 def build_model_config(cfg: PretrainConfig, vocab_size: int):
@@ -53,11 +50,13 @@ def build_model_config(cfg: PretrainConfig, vocab_size: int):
         family = family_named(base.pop("family", "gpt"))
     else:
         family, base = preset(cfg.model)[0], None
-    if family.name != "gpt":
-        wrong = [k for k in GPT_ONLY if k in overrides]
-        if wrong:
-            raise ValueError(f"--{wrong[0]} applies to GPT models only; {cfg.model!r} is a "
-                             f"{family.name} model")
+    fields = family.config_cls.__dataclass_fields__
+    for key in overrides:  # a flag the family's config has no field for is refused
+        if key not in fields:
+            owners = [f.config_cls.__name__.removesuffix("Config") for f in FAMILIES.values()
+                      if key in f.config_cls.__dataclass_fields__]
+            raise ValueError(f"--{key} applies to {', '.join(owners)} models only; "
+                             f"{cfg.model!r} is a {family.name} model")
     if base is not None:
         return family.config({**base, **overrides})
     return family.config_cls.from_name(cfg.model, **overrides)
