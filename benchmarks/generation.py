@@ -4,7 +4,7 @@ weights, same process, fp32 CPU.
     python benchmarks/generation.py [--new-tokens 64] [--families-only]
 
 Models: gpt2-124m with random weights, and SmolLM2-135M-Instruct (real weights, from GGUF,
-copied into transformers' LlamaForCausalLM). Prints batch-1 greedy tokens/s and the ratio
+written to transformers' layout by ``save_hf`` and read back by it). Prints batch-1 greedy tokens/s and the ratio
 (goal >= 1.5), time to first token for a 512-token prompt, and tokens/s at batch 8; then
 SmolLM2 with int8 weights: its perplexity cost and its decode speed against transformers' fp32
 (goal >= 3); then a Qwen3-0.6B-shaped and a Gemma-3-270M-shaped model (random weights),
@@ -22,43 +22,17 @@ import time
 import torch
 
 
-def hf_gpt2_from(model):
+def hf_from(model):
+    """transformers' model of the same family and weights, through our HF export."""
+    import tempfile
+
     import transformers
 
-    from scratchlm.models.convert.hf_gpt2 import config_to_hf, state_dict_to_hf
+    from scratchlm.models.loading import save_hf
 
-    cfg = transformers.GPT2Config(**{k: v for k, v in config_to_hf(model.cfg).items()
-                                     if k not in ("architectures", "model_type", "torch_dtype")})
-    hf = transformers.GPT2LMHeadModel(cfg).eval()
-    hf.load_state_dict(state_dict_to_hf(model.state_dict(), model.cfg), strict=False)
-    hf.tie_weights()
-    return hf
-
-
-def hf_llama_from(model):
-    import transformers
-
-    from scratchlm.models.convert.hf_llama import _BLOCK, _TOP
-
-    c = model.cfg
-    cfg = transformers.LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
-        max_position_embeddings=c.context_length, rope_theta=c.rope_base, rms_norm_eps=c.norm_eps,
-        tie_word_embeddings=c.tie_embeddings)
-    hf = transformers.LlamaForCausalLM(cfg).eval()
-    inv_top = {v: k for k, v in _TOP.items()}
-    inv_block = {v: k for k, v in _BLOCK.items()}
-    state = {}
-    for k, v in model.state_dict().items():
-        if k in inv_top:
-            state[inv_top[k]] = v
-        else:
-            _, layer, rest = k.split(".", 2)
-            state[f"model.layers.{layer}.{inv_block[rest]}"] = v
-    hf.load_state_dict(state, strict=False)
-    hf.tie_weights()
-    return hf
+    with tempfile.TemporaryDirectory() as d:
+        save_hf(model, d)
+        return transformers.AutoModelForCausalLM.from_pretrained(d).eval()
 
 
 def time_hf(hf, prompt, new_tokens):
@@ -162,20 +136,7 @@ def bench_int8(new_tokens: int, rounds: int) -> None:
     ppl = {name: perplexity(m, ids) for name, m in (("fp32", fp32), ("int8", int8))}
     print(f"smollm2-135m int8 weights: perplexity on tinyshakespeare {ppl['fp32']:.2f} (fp32) -> "
           f"{ppl['int8']:.2f} (int8), delta {ppl['int8'] - ppl['fp32']:+.2f}")
-    int8_speed("smollm2-135m", fp32, int8, hf_llama_from(fp32), 49152, new_tokens, rounds)
-
-
-def hf_from(model):
-    """transformers' model of the same family and weights, through our HF export."""
-    import tempfile
-
-    import transformers
-
-    from scratchlm.models.loading import save_hf
-
-    with tempfile.TemporaryDirectory() as d:
-        save_hf(model, d)
-        return transformers.AutoModelForCausalLM.from_pretrained(d).eval()
+    int8_speed("smollm2-135m", fp32, int8, hf_from(fp32), 49152, new_tokens, rounds)
 
 
 def bench_families(new_tokens: int, rounds: int) -> None:
@@ -252,12 +213,12 @@ def main():
 
     torch.manual_seed(0)
     gpt = GPT(GPTConfig.from_name("gpt2-124m")).eval()
-    hf_gpt = hf_gpt2_from(gpt)
+    hf_gpt = hf_from(gpt)
     bench("gpt2-124m", gpt, hf_gpt, 50257, args.new_tokens, args.rounds)
     int8_gpt = quantize_int8(copy.deepcopy(gpt))
     int8_speed("gpt2-124m", gpt, int8_gpt, hf_gpt, 50257, args.new_tokens, args.rounds)
     smol, _ = load_model_and_tokenizer("smollm2-135m-instruct")
-    bench("smollm2-135m", smol, hf_llama_from(smol), 49152, args.new_tokens, args.rounds)
+    bench("smollm2-135m", smol, hf_from(smol), 49152, args.new_tokens, args.rounds)
     bench_int8(args.new_tokens, args.rounds)
     kv_memory(args.long)
     bench_families(args.new_tokens, args.rounds)

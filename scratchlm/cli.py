@@ -12,8 +12,7 @@ import sys
 
 def _run_command(runner: str, cls_name: str, args) -> int:
     """Build the command's config (defaults, then --config FILE, then the flags given) and
-    call ``runner`` ("module:function") with it; a falsy result of a ``check`` runner is
-    exit status 1."""
+    call ``runner`` ("module:function") with it; a runner that returns False fails (status 1)."""
     import importlib
 
     from scratchlm.config import build
@@ -22,7 +21,7 @@ def _run_command(runner: str, cls_name: str, args) -> int:
     module, fn = runner.split(":")
     result = getattr(importlib.import_module(module), fn)(
         build(getattr(configs, cls_name), args, args.config))
-    return 0 if result is None or result is not False else 1
+    return 1 if result is False else 0
 
 
 def _prepare(cfg) -> None:

@@ -266,15 +266,12 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
         raise GGUFError(f"{path}: {e}") from None
     conv = ARCHS[arch]
 
-    def tensors():
-        for name, array in iter_tensors(path, reader):
-            yield name, array
-
     def convert(name, array, cfg):
         for ours, a in conv.convert(name, array, cfg):
             yield ours, torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
 
-    model = load_mapped(family.model_cls, cfg, tensors(), convert, str(path), dtype, device)
+    model = load_mapped(family.model_cls, cfg, iter_tensors(path, reader), convert, str(path),
+                        dtype, device)
     return model, gguf_tokenizer(meta, str(path)) if tokenizer else None
 
 

@@ -105,9 +105,10 @@ class SlidingKVCache(KVCache):
     def __init__(self, windows: list[int], batch: int, n_kv_head: int, max_len: int,
                  head_dim: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu", pad: torch.Tensor | None = None):
-        n_global = sum(1 for w in windows if not w or w >= max_len)
-        super().__init__(n_global, batch, n_kv_head, max_len, head_dim, dtype, device, pad)
-        self.windows = [w if w and w < max_len else 0 for w in windows]
+        windows = [w if w < max_len else 0 for w in windows]  # a window as long as the cache: global
+        super().__init__(windows.count(0), batch, n_kv_head, max_len, head_dim, dtype, device,
+                         pad)
+        self.windows = windows
         self.where: list[int] = []  # layer -> index into self.k (global) or self.ring (local)
         self.ring_k: list[torch.Tensor] = []
         self.ring_v: list[torch.Tensor] = []
