@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchlm.nn.loss import head_weight, linear_distillation_loss
+from scratchlm.nn.loss import fusable_head, head_weight, linear_distillation_loss
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -71,15 +71,17 @@ class DistillationLoss(nn.Module):
             logits = self.student(inputs)
             return F.cross_entropy(logits.flatten(0, -2).float(), targets.reshape(-1),
                                    ignore_index=-100)
-        ws, wt = head_weight(self.student.out_head), head_weight(self.teacher.out_head)
-        if self.fused and ws is not None and wt is not None:
-            # neither model's (B*T, V) logits are ever materialised (nn/loss.py)
+        if (self.fused and fusable_head(self.student.out_head)
+                and fusable_head(self.teacher.out_head)):
+            # neither model's (B*T, V) logits are ever materialised (nn/loss.py); the hidden
+            # states first: under FSDP they gather the heads too
             v = self.student.cfg.vocab_size
             with torch.no_grad():
                 t_hidden = self.teacher.hidden_states(inputs)
-            return linear_distillation_loss(self.student.hidden_states(inputs), ws[:v],
-                                            t_hidden, wt[:v], targets, self.alpha,
-                                            self.temperature)
+            s_hidden = self.student.hidden_states(inputs)
+            ws, wt = head_weight(self.student.out_head), head_weight(self.teacher.out_head)
+            return linear_distillation_loss(s_hidden, ws[:v], t_hidden, wt[:v], targets,
+                                            self.alpha, self.temperature)
         with torch.no_grad():
             teacher_logits = self.teacher(inputs)
         return distillation_loss(self.student(inputs), teacher_logits, targets, self.alpha,

@@ -122,6 +122,8 @@ class NativeDecoder:
         name, _ = kernel_for(model)
         if name is None or model.tok_emb.weight.dtype != torch.float32:
             return None
+        if any(type(p.data) is not torch.Tensor for p in model.parameters()):
+            return None  # sharded (FSDP DTensor) parameters: the PyTorch layers gather them
         for b in model.trf_blocks:
             groups = _layers(model, b, name)
             if groups is None or not all(_supported(m) for g in groups for m in g):

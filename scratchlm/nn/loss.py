@@ -88,6 +88,12 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
                                      targets.reshape(-1), block, inner, ignore_index)
 
 
+def fusable_head(head) -> bool:
+    """Whether ``head_weight`` gives a matrix for ``head`` (without building it)."""
+    return (type(head) is torch.nn.Linear and head.bias is None) or hasattr(head,
+                                                                            "effective_weight")
+
+
 def head_weight(head) -> torch.Tensor | None:
     """The (V, C) matrix a bias-free output head multiplies by: a plain Linear's weight, or a
     LoRA head's ``W + scale * B @ A`` (built each step: V*C*r multiply-adds, far fewer than the

@@ -55,7 +55,7 @@ class ClassifyConfig:
     limit: int | None = None  # use only N (balanced, shuffled) rows before splitting: quick runs
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        batch_size=8, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.1,
+        max_steps=0, batch_size=8, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.1,
         log_every=10, save_every=10**9, eval_batches=5))
 
 
@@ -77,7 +77,7 @@ class InstructConfig:
     moe_train: str = ""  # MoE models: "router" or "router,0,3" trains only routers (+ experts 0, 3)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        batch_size=8, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.1,
+        max_steps=0, batch_size=8, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.1,
         log_every=10, save_every=10**9, eval_batches=5))
 
 
@@ -99,7 +99,7 @@ class DPOConfig:
     dpo: DPOSettings = field(default_factory=DPOSettings)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        batch_size=4, lr=5e-6, schedule="constant", warmup_steps=0, weight_decay=0.01,
+        max_steps=0, batch_size=4, lr=5e-6, schedule="constant", warmup_steps=0, weight_decay=0.01,
         log_every=5, save_every=10**9, eval_batches=5))
 
 
@@ -118,7 +118,7 @@ class RewardConfig:
     split_seed: int | None = 123  # shuffled: the book's file order groups similar entries
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=0))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        batch_size=4, lr=3e-5, schedule="constant", warmup_steps=0, weight_decay=0.0,
+        max_steps=0, batch_size=4, lr=3e-5, schedule="constant", warmup_steps=0, weight_decay=0.0,
         log_every=10, save_every=10**9, eval_batches=10))
 
 
@@ -137,7 +137,7 @@ class TaggingConfig:
     seed: int = 123
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=0))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        batch_size=16, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.0,
+        max_steps=0, batch_size=16, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.0,
         log_every=10, save_every=10**9, eval_batches=5))
 
 
@@ -158,7 +158,7 @@ class PromptConfig:
     limit: int | None = None
     seed: int = 123
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        batch_size=8, lr=3e-2, schedule="constant", warmup_steps=0, weight_decay=0.0,
+        max_steps=0, batch_size=8, lr=3e-2, schedule="constant", warmup_steps=0, weight_decay=0.0,
         log_every=10, save_every=10**9, eval_batches=5))
 
 

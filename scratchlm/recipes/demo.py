@@ -147,9 +147,9 @@ def stage_classify(cfg: DemoConfig, out: Path) -> dict:
     ccfg = ClassifyConfig(
         model="smollm2-135m-instruct", data="sms-spam", out=str(run), limit=limit, epochs=epochs,
         eval_batches=2, lora=LoraConfig(rank=8, alpha=16, targets=["all"]),
-        train=TrainConfig(batch_size=8, lr=5e-4 if not cfg.fast else 1e-3, schedule="constant",
-                          warmup_steps=0, weight_decay=0.1, log_every=5, save_every=10**9,
-                          eval_batches=2, tensorboard=not cfg.fast))
+        train=TrainConfig(max_steps=0, batch_size=8, lr=5e-4 if not cfg.fast else 1e-3,
+                          schedule="constant", warmup_steps=0, weight_decay=0.1, log_every=5,
+                          save_every=10**9, eval_batches=2, tensorboard=not cfg.fast))
     print(f"[classify] LoRA spam classifier on SmolLM2-135M-Instruct, {limit} messages -> {run}")
     res = classify(ccfg)
     print(f"[classify] test accuracy {res['test_before']:.2%} before -> {res['test']:.2%} after")
@@ -166,7 +166,7 @@ def stage_instruct(cfg: DemoConfig, out: Path) -> dict:
     from scratchlm.training.loop import TrainConfig
 
     def train(lr: float) -> TrainConfig:
-        return TrainConfig(batch_size=4, lr=lr, schedule="constant", warmup_steps=0,
+        return TrainConfig(max_steps=0, batch_size=4, lr=lr, schedule="constant", warmup_steps=0,
                            weight_decay=0.0, log_every=5, save_every=10**9, eval_batches=2,
                            tensorboard=not cfg.fast)
 

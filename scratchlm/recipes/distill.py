@@ -32,7 +32,7 @@ from scratchlm.training.evaluation import evaluate_loss, perplexity
 from scratchlm.training.loop import fit
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
-from scratchlm.training.prepare import prepare_training, training_session
+from scratchlm.training.prepare import prepare_training, training_session, whole_model
 from scratchlm.recipes.configs import DistillConfig  # noqa: F401 (its config)
 
 
@@ -87,10 +87,10 @@ def main(cfg: DistillConfig) -> dict:
                    f"{perplexity(teacher_loss):.2f}; student {sizes[1]:,} "
                    f"({student.cfg.n_layer} layers), val ppl {perplexity(before):.2f} before")
         loss_module = DistillationLoss(student, teacher, cfg.alpha, cfg.temperature)
+        trainer = prepare_training(loss_module, student, rt, cfg.train)
         optimizer = build_optimizer(student, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
-        trainer = prepare_training(loss_module, student, rt, cfg.train)
         fit(student, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out,
             {**to_dict(cfg), "model_config": student.cfg.to_dict()})
         after = ce(student)
@@ -109,6 +109,7 @@ def main(cfg: DistillConfig) -> dict:
         tqdm.write(f"student val ppl {result['student_val_ppl']:.2f} (teacher "
                    f"{result['teacher_val_ppl']:.2f}); {result['size_ratio']:.0%} of the "
                    f"parameters, {result['speedup']:.2f}x the forward speed")
+        student = whole_model(student, rt)  # gathered under FSDP; None off the main rank
         if not rt.is_main:  # the main rank writes the run's outputs
             return result
         save_pretrained(student, out / "final")

@@ -29,7 +29,7 @@ from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
 from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.optim import build_optimizer
-from scratchlm.training.prepare import prepare_training, training_session
+from scratchlm.training.prepare import prepare_training, training_session, whole_model
 from scratchlm.recipes.configs import ClassifyConfig, LoraConfig  # noqa: F401 (its config)
 
 
@@ -70,14 +70,15 @@ def main(cfg: ClassifyConfig) -> dict:
         steps_per_epoch = set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
         cfg.train.eval_every = steps_per_epoch
         loss_module = ClassificationLoss(model)
-        optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
-                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
-                                    rt.device.type)
         loaders = {name: DataLoader(ds, batch_size=cfg.train.batch_size)
                    for name, ds in (("train", train_ds), ("val", val_ds), ("test", test_ds))}
         before = calc_accuracy_loader(model, loaders["test"], rt.device, cfg.eval_batches)
         tqdm.write(f"test accuracy before finetuning (first {cfg.eval_batches} batches, the "
                    f"book's check): {before:.2%}")
+        trainer = prepare_training(loss_module, model, rt, cfg.train)
+        optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
+                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
+                                    rt.device.type)
         history: list[dict] = []
 
         def on_eval(step: int) -> None:
@@ -87,9 +88,8 @@ def main(cfg: ClassifyConfig) -> dict:
             history.append(row)
             tqdm.write(f"epoch {row['epoch']:.0f}: training accuracy {row['train_acc']:.2%} | "
                        f"validation accuracy {row['val_acc']:.2%}")
-            plot_accuracy(history, out / "accuracy.png")
-
-        trainer = prepare_training(loss_module, model, rt, cfg.train)
+            if rt.is_main:
+                plot_accuracy(history, out / "accuracy.png")
 
         fit(model, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out,
             to_dict(cfg), on_eval=on_eval)
@@ -99,6 +99,7 @@ def main(cfg: ClassifyConfig) -> dict:
                    f"test {result['test']:.2%}")
         summary = {**result, "test_before": before, "trainable": trainable,
                    "max_length": train_ds.max_length}
+        model = whole_model(model, rt)  # gathered under FSDP; None off the main rank
         if not rt.is_main:  # the main rank writes the run's outputs
             return summary
         final = out / "final"

@@ -26,7 +26,7 @@ from scratchlm.finetune.setup import apply_lora_config, load_for_finetuning, sav
 from scratchlm.generation.responses import generate_responses
 from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.optim import build_optimizer
-from scratchlm.training.prepare import prepare_training, training_session
+from scratchlm.training.prepare import prepare_training, training_session, whole_model
 from scratchlm.recipes.configs import DPOConfig, DPOSettings  # noqa: F401 (its config)
 
 
@@ -50,10 +50,10 @@ def main(cfg: DPOConfig) -> dict:
         responses_before = (generate_responses(model, tok, test_ex, style, cfg.max_new_tokens)
                             if cfg.test_responses else None)
         set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
+        trainer = prepare_training(loss_module, model, rt, cfg.train)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
-        trainer = prepare_training(loss_module, model, rt, cfg.train)
         fit(model, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out, to_dict(cfg),
             collate_fn=collate)
         after = evaluate_preferences(loss_module, test_loader, rt.device)
@@ -62,6 +62,7 @@ def main(cfg: DPOConfig) -> dict:
                    f"{before.accuracy:.2%} -> {after.accuracy:.2%}")
         result = {"style": style, "trainable": trainable, "before": vars(before),
                   "after": vars(after)}
+        model = whole_model(model, rt)  # gathered under FSDP; None off the main rank
         if not rt.is_main:  # the main rank writes the run's outputs
             return result
         if cfg.test_responses:

@@ -28,7 +28,7 @@ from scratchlm.training.evaluation import dataset_loss, perplexity
 from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
-from scratchlm.training.prepare import prepare_training, training_session
+from scratchlm.training.prepare import prepare_training, training_session, whole_model
 from scratchlm.recipes.configs import InstructConfig  # noqa: F401 (its config)
 
 
@@ -60,6 +60,7 @@ def main(cfg: InstructConfig) -> dict:
         before = dataset_loss(loss_module, test_ds, collate, rt, cfg.train.batch_size)
         tqdm.write(f"test loss before: {before:.3f}")
         steps_per_epoch = set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
+        trainer = prepare_training(loss_module, model, rt, cfg.train)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
@@ -74,14 +75,13 @@ def main(cfg: InstructConfig) -> dict:
             samples.append({"step": step, "instruction": sample.instruction, "response": answer})
             tqdm.write(f"sample after step {step}: {answer!r}")
 
-        trainer = prepare_training(loss_module, model, rt, cfg.train)
-
         fit(model, trainer, optimizer, train_ds, val_ds if len(val_ds) else None, cfg.train,
             rt, out, to_dict(cfg), on_eval=on_eval, collate_fn=collate)
         after = dataset_loss(loss_module, test_ds, collate, rt, cfg.train.batch_size)
         tqdm.write(f"test loss after: {after:.3f} (before {before:.3f})")
         result = {"style": style, "trainable": trainable, "test_loss_before": before,
                   "test_loss_after": after, "test_ppl_after": perplexity(after)}
+        model = whole_model(model, rt)  # gathered under FSDP; None off the main rank
         if not rt.is_main:  # the main rank writes the run's outputs
             return result
         if cfg.test_responses:

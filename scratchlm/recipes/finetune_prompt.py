@@ -34,7 +34,7 @@ from scratchlm.training.evaluation import dataset_loss, evaluate_loss
 from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
-from scratchlm.training.prepare import prepare_training, training_session
+from scratchlm.training.prepare import prepare_training, training_session, whole_model
 from scratchlm.recipes.configs import PromptConfig  # noqa: F401 (its config)
 
 
@@ -91,10 +91,10 @@ def main(cfg: PromptConfig) -> dict:
         tqdm.write(f"{len(train_ds)} training examples; {trainable:,} trainable parameters "
                    f"(the soft prompt) in front of {result['base_parameters']:,} frozen")
         set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
+        trainer = prepare_training(loss_module, tuned, rt, cfg.train)
         optimizer = build_optimizer(tuned, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
-        trainer = prepare_training(loss_module, tuned, rt, cfg.train)
         fit(tuned, trainer, optimizer, train_ds, val_ds if len(val_ds) else None, cfg.train,
             rt, out, to_dict(cfg), collate_fn=collate)
         if task == "classify":
@@ -104,6 +104,7 @@ def main(cfg: PromptConfig) -> dict:
             loader = DataLoader(test_ds, batch_size=cfg.train.batch_size, collate_fn=collate)
             result["test_loss"] = evaluate_loss(loss_module, loader, rt)
             tqdm.write(f"test loss after: {result['test_loss']:.3f}")
+        tuned = whole_model(tuned, rt)  # gathered under FSDP; None off the main rank
         if not rt.is_main:  # the main rank writes the run's outputs
             return result
         save_prompt(tuned, out / "final" / "prompt", cfg.model)

@@ -28,7 +28,7 @@ from scratchlm.models.accounting import count_parameters
 from scratchlm.finetune.setup import load_for_finetuning, save_merged
 from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.optim import build_optimizer
-from scratchlm.training.prepare import prepare_training, training_session
+from scratchlm.training.prepare import prepare_training, training_session, whole_model
 from scratchlm.recipes.configs import RewardConfig  # noqa: F401 (its config)
 
 
@@ -50,10 +50,10 @@ def main(cfg: RewardConfig) -> dict:
         before = evaluate_rewards(model, loader, rt.device)
         tqdm.write(f"held-out preference accuracy before: {before.accuracy:.1%}")
         set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
+        trainer = prepare_training(RewardLoss(model), model, rt, cfg.train)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
-        trainer = prepare_training(RewardLoss(model), model, rt, cfg.train)
         fit(model, trainer, optimizer, train_ds, held_out, cfg.train, rt, out,
             to_dict(cfg), collate_fn=collate)
         after = evaluate_rewards(model, loader, rt.device)
@@ -61,6 +61,7 @@ def main(cfg: RewardConfig) -> dict:
                    f"{after.margin:.2f}, loss {after.loss:.3f})")
         result = {"style": style, "trainable": trainable, "before": asdict(before),
                   "after": asdict(after)}
+        model = whole_model(model, rt)  # gathered under FSDP; None off the main rank
         if not rt.is_main:  # the main rank writes the run's outputs
             return result
         (out / "rewards.json").write_text(json.dumps(result, indent=2))

@@ -28,7 +28,7 @@ from scratchlm.models.loading import load_model_and_tokenizer
 from scratchlm.finetune.setup import save_merged
 from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.optim import build_optimizer
-from scratchlm.training.prepare import prepare_training, training_session
+from scratchlm.training.prepare import prepare_training, training_session, whole_model
 from scratchlm.recipes.configs import TaggingConfig  # noqa: F401 (its config)
 
 
@@ -68,10 +68,10 @@ def main(cfg: TaggingConfig) -> dict:
         test_loader = DataLoader(test_ds, batch_size=cfg.train.batch_size, collate_fn=collate)
         before = entity_scores(*predict_tags(model, test_loader, tags, rt.device))
         set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
+        trainer = prepare_training(TaggingLoss(model), model, rt, cfg.train)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
-        trainer = prepare_training(TaggingLoss(model), model, rt, cfg.train)
         fit(model, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out,
             to_dict(cfg), collate_fn=collate)
         after = entity_scores(*predict_tags(model, test_loader, tags, rt.device))
@@ -79,6 +79,7 @@ def main(cfg: TaggingConfig) -> dict:
             tqdm.write(f"{kind:>10}: precision {row['precision']:.3f} recall {row['recall']:.3f} "
                        f"f1 {row['f1']:.3f} ({row['support']} entities)")
         result = {"tags": tags, "trainable": trainable, "before": before, "after": after}
+        model = whole_model(model, rt)  # gathered under FSDP; None off the main rank
         if not rt.is_main:  # the main rank writes the run's outputs
             return result
         (out / "report.json").write_text(json.dumps(result, indent=2))

@@ -11,7 +11,6 @@ Outputs in ``--out``: config.json, metrics.csv, tb/, loss.png, checkpoints/, fin
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -26,7 +25,7 @@ from scratchlm.models.accounting import count_parameters, flops_per_token
 from scratchlm.models.registry import FAMILIES, build_model, family_named, family_of, preset
 from scratchlm.models.loading import save_pretrained
 from scratchlm.tokenizers import get_tokenizer
-from scratchlm.training.prepare import prepare_training
+from scratchlm.training.prepare import is_sharded, prepare_training, whole_model
 from scratchlm.training.loop import FitResult, fit
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
@@ -107,43 +106,34 @@ def main(cfg: PretrainConfig) -> FitResult:
             tqdm.write(report_plan(model_cfg, n_params, len(train_ds) * model_cfg.context_length,
                                    cfg, rt.memory_bytes()))
         loss_module = prepare_training(CausalLMLoss(model, cfg.train.fused_loss), model, rt,
-                                       cfg.train, sharded_saves=True)
+                                       cfg.train)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
 
+        sharded = is_sharded(loss_module)
+
         def on_eval(step: int) -> None:
-            if rt.is_main and cfg.sample_tokens > 0:
+            # under FSDP every rank takes part in the sample's forward passes; the main prints
+            if cfg.sample_tokens > 0 and (rt.is_main or sharded):
                 model.eval()
                 idx = text_to_token_ids(cfg.sample_prompt, tokenizer).to(rt.device)
                 with torch.no_grad():
                     text = token_ids_to_text(generate(model, idx, cfg.sample_tokens), tokenizer)
                 model.train()
-                tqdm.write(f"sample: {text!r}")
+                if rt.is_main:
+                    tqdm.write(f"sample: {text!r}")
 
-        fsdp = rt.distributed and cfg.train.strategy == "fsdp"
         result = fit(model, loss_module, optimizer, train_ds, val_ds, cfg.train, rt, out,
                      {**to_dict(cfg), "model_config": model_cfg.to_dict()},
                      flops_per_token=flops_per_token(model_cfg, model_cfg.context_length)[1],
-                     on_eval=on_eval, resume=cfg.resume or None, sharded_checkpoints=fsdp)
-        save_final(model, out / "final", cfg.tokenizer, rt, fsdp)
+                     on_eval=on_eval, resume=cfg.resume or None)
+        final = whole_model(model, rt)  # gathered from the shards under FSDP
+        if rt.is_main:
+            save_pretrained(final, out / "final")
+            if Path(cfg.tokenizer).is_file():
+                shutil.copyfile(cfg.tokenizer, out / "final" / "tokenizer.json")
         return result
     finally:
         teardown_runtime(rt)
 
-
-def save_final(model: torch.nn.Module, folder: Path, tokenizer: str, rt, fsdp: bool) -> None:
-    """A loadable model folder (``load_pretrained`` / ``scratchlm generate``) from rank 0."""
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
-                                                                    cpu_offload=True))
-        if rt.is_main:
-            plain = build_model(dataclasses.replace(model.cfg))
-            plain.load_state_dict(full)
-            save_pretrained(plain, folder)
-    elif rt.is_main:
-        save_pretrained(model, folder)
-    if rt.is_main and Path(tokenizer).is_file():
-        shutil.copyfile(tokenizer, folder / "tokenizer.json")

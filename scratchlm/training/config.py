@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000
+    max_steps: int = 1000  # optimizer steps; 0 (finetuning recipes): from --epochs
     batch_size: int = 8  # per process and micro-batch
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     lr: float = 4e-4
@@ -42,8 +42,9 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self):
-        for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "eval_every",
-                     "save_every"):
+        if self.max_steps < 0:
+            raise ValueError(f"TrainConfig.max_steps must be >= 0, got {self.max_steps}")
+        for name in ("batch_size", "grad_accum_steps", "log_every", "eval_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0:
@@ -60,9 +61,11 @@ class TrainConfig:
 
 def set_epochs(train: TrainConfig, epochs: int, num_examples: int, world_size: int = 1) -> int:
     """Set ``train.max_steps`` for ``epochs`` passes over ``num_examples`` (each step takes
-    ``batch_size`` examples on each of ``world_size`` ranks) and evaluate at least once per
+    ``batch_size`` examples on each of ``world_size`` ranks) unless it was given (> 0: it
+    replaces the epochs, as Hugging Face's ``max_steps`` does), and evaluate at least once per
     epoch; returns the steps per epoch."""
     steps_per_epoch = max(1, num_examples // (train.batch_size * world_size))
-    train.max_steps = epochs * steps_per_epoch
+    if train.max_steps == 0:
+        train.max_steps = epochs * steps_per_epoch
     train.eval_every = min(train.eval_every, steps_per_epoch)
     return steps_per_epoch

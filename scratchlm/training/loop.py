@@ -30,6 +30,7 @@ from scratchlm.data.sampler import ResumableBatchSampler
 from scratchlm.nn.moe import moe_stats
 from scratchlm.training.config import TrainConfig, set_epochs  # noqa: F401 (re-exported)
 from scratchlm.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from scratchlm.training.distributed import is_sharded
 from scratchlm.training.evaluation import evaluate_loss, perplexity
 from scratchlm.training.metrics import MetricsLogger
 from scratchlm.training.optim import set_lr
@@ -99,12 +100,15 @@ def fit(
     flops_per_token: float | None = None,
     on_eval: Callable[[int], None] | None = None,
     resume: str | Path | bool | None = None,
-    sharded_checkpoints: bool = False,
     collate_fn: Callable | None = None,
 ) -> FitResult:
     """Train ``loss_module`` for ``cfg.max_steps`` optimizer steps (see the module docstring).
-    ``collate_fn`` batches items that are not equal-sized tensors (instruction data)."""
+    ``collate_fn`` batches items that are not equal-sized tensors (instruction data).
+    Checkpoints are sharded (``torch.distributed.checkpoint``) when FSDP2 shards the model."""
+    if cfg.max_steps < 1:
+        raise ValueError(f"--train.max_steps must be >= 1, got {cfg.max_steps}")
     run_dir = Path(run_dir)
+    sharded = is_sharded(loss_module)
     # lr_window: [first step, end step, multiplier] of a temporary LR scale; it is saved with
     # the checkpoints, so a run stopped inside the window resumes inside it.
     state = {"step": 0, "tokens": 0, "epoch": 0, "batch": 0, "lr_window": None}
@@ -165,7 +169,7 @@ def fit(
         save_checkpoint(run_dir, state["step"], model, optimizer,
                         {k: state[k] for k in ("tokens", "epoch", "batch", "lr_window")},
                         run_config,
-                        keep_last=cfg.keep_last, sharded=sharded_checkpoints, is_main=rt.is_main)
+                        keep_last=cfg.keep_last, sharded=sharded, is_main=rt.is_main)
 
     try:
         model.train()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scratchlm.nn.loss import cross_entropy, head_weight, linear_cross_entropy
+from scratchlm.nn.loss import cross_entropy, fusable_head, head_weight, linear_cross_entropy
 from scratchlm.nn.moe import moe_aux_loss
 
 
@@ -24,10 +24,11 @@ def causal_lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     With a bias-free linear head (plain or LoRA) the head is fused with the loss (no (B*T, V)
     logits, see ``nn/loss.py``); other heads take the plain path.
     """
-    weight = head_weight(getattr(model, "out_head", None)) if fused else None
-    if weight is not None and hasattr(model, "hidden_states"):
-        weight = weight[: model.cfg.vocab_size]  # drop vocabulary padding rows
-        return linear_cross_entropy(model.hidden_states(inputs), weight, targets)
+    if fused and fusable_head(getattr(model, "out_head", None)) and hasattr(model,
+                                                                            "hidden_states"):
+        hidden = model.hidden_states(inputs)  # first: under FSDP this gathers the head too
+        weight = head_weight(model.out_head)[: model.cfg.vocab_size]  # no vocabulary padding
+        return linear_cross_entropy(hidden, weight, targets)
     return cross_entropy(model(inputs), targets)
 
 

@@ -22,7 +22,8 @@ from torch import nn
 
 from scratchlm.nn.moe import moe_layers
 from scratchlm.nn.nf4 import NF4Linear
-from scratchlm.training.distributed import STRATEGIES, parallelize
+from scratchlm.training.distributed import (  # noqa: F401 (is_sharded, whole_model re-exported)
+    STRATEGIES, is_sharded, parallelize, whole_model)
 from scratchlm.training.runtime import Runtime, setup_runtime, teardown_runtime
 
 
@@ -35,15 +36,14 @@ def core_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def prepare_training(loss_module: nn.Module, model: nn.Module, rt: Runtime, train,
-                     sharded_saves: bool = False) -> nn.Module:
+def prepare_training(loss_module: nn.Module, model: nn.Module, rt: Runtime,
+                     train) -> nn.Module:
     """Apply ``train.grad_checkpointing``, ``train.compile`` and ``train.strategy`` (a
     ``TrainConfig``) to ``model`` and its ``loss_module``; returns the module to train (wrapped
     by DDP or sharded by FSDP2 under torchrun, else ``loss_module`` itself).
 
-    ``sharded_saves``: the recipe saves FSDP2 checkpoints and its final model from sharded
-    parameters (pretraining does); other recipes refuse ``strategy=fsdp`` rather than save a
-    shard as if it were the model."""
+    Build the optimizer after this call (FSDP2 replaces the parameters), and save or generate
+    from ``whole_model(model, rt)`` (the gathered model under FSDP2) on the main rank."""
     core = core_model(model)
     name = type(core).__name__
     if train.strategy not in STRATEGIES:
@@ -62,15 +62,12 @@ def prepare_training(loss_module: nn.Module, model: nn.Module, rt: Runtime, trai
         for block in blocks:
             block.compile()
     if rt.distributed and train.strategy == "fsdp":
-        if not sharded_saves:
-            raise ValueError("--train.strategy fsdp: this recipe saves its result from full "
-                             "parameters; run it with --train.strategy ddp (pretraining "
-                             "supports fsdp)")
-        if any(isinstance(m, NF4Linear) for m in model.modules()):
-            raise ValueError("--train.strategy fsdp with a 4-bit (QLoRA) base is not supported; "
-                             "use --train.strategy ddp")
+        if any(isinstance(m, NF4Linear) for m in loss_module.modules()):
+            raise ValueError("--train.strategy fsdp with a 4-bit (QLoRA) base is not supported "
+                             "(its NF4 weights are buffers FSDP2 cannot shard); use "
+                             "--train.strategy ddp")
     return parallelize(loss_module, rt, train.strategy,
-                       find_unused_parameters=bool(moe_layers(model)))
+                       find_unused_parameters=bool(moe_layers(model)), model=model)
 
 
 @contextlib.contextmanager

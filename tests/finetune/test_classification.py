@@ -77,7 +77,7 @@ def test_finetune_classify_recipe_learns(tmp_path):
         out = tmp_path / f"run{i}"
         cfg = ClassifyConfig(model=str(tmp_path / "base"), data=str(data), out=str(out), epochs=2,
                              trainable="all", lora=lora,
-                             train=TrainConfig(batch_size=8, lr=3e-3, schedule="constant",
+                             train=TrainConfig(max_steps=0, batch_size=8, lr=3e-3, schedule="constant",
                                                warmup_steps=0, save_every=10**9, log_every=5,
                                                eval_batches=2, tensorboard=False))
         res = main(cfg)

@@ -73,7 +73,7 @@ def test_prompt_recipe_on_instruction_data(tmp_path):
     (tmp_path / "data.json").write_text(json.dumps(rows))
     res = main(PromptConfig(model="smollm2-135m-instruct", data=str(tmp_path / "data.json"),
                             out=str(tmp_path / "run"), num_virtual_tokens=12, epochs=2,
-                            train=TrainConfig(batch_size=8, lr=3e-2, schedule="constant",
+                            train=TrainConfig(max_steps=0, batch_size=8, lr=3e-2, schedule="constant",
                                               warmup_steps=0, weight_decay=0.0,
                                               save_every=10**9, eval_batches=1,
                                               tensorboard=False)))
@@ -111,7 +111,7 @@ def test_prompt_recipe_classifies_by_label_words(tmp_path):
 
     res = main(PromptConfig(model="smollm2-135m-instruct", data=str(sentiment_csv(tmp_path / "s.csv")),
                             out=str(tmp_path / "run"), num_virtual_tokens=8, epochs=3,
-                            train=TrainConfig(batch_size=8, lr=3e-2, schedule="constant",
+                            train=TrainConfig(max_steps=0, batch_size=8, lr=3e-2, schedule="constant",
                                               warmup_steps=0, weight_decay=0.0,
                                               save_every=10**9, eval_batches=1,
                                               tensorboard=False)))

@@ -51,7 +51,7 @@ def test_reward_recipe_learns_a_preference_and_ranks_best_of_n(tiny_chat_model, 
     data = preference_file(tmp_path / "prefs.json")
     res = main(RewardConfig(model=str(tiny_chat_model()), data=str(data), out=str(tmp_path / "rm"),
                             epochs=8, trainable="all",
-                            train=TrainConfig(batch_size=8, lr=1e-3, schedule="constant",
+                            train=TrainConfig(max_steps=0, batch_size=8, lr=1e-3, schedule="constant",
                                               warmup_steps=0, save_every=10**9,
                                               tensorboard=False)))
     assert res["before"]["accuracy"] <= 0.75

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from scratchlm.models.gpt import GPT, GPTConfig
+from scratchlm.training.config import TrainConfig
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import param_groups
 from scratchlm.training.runtime import setup_runtime
@@ -155,3 +156,16 @@ def test_nested_flags_keep_the_recipes_own_defaults():
     cfg = build(DPOConfig, {"train.lr": 1e-3, "dpo.beta": 0.5})
     assert (cfg.train.lr, cfg.train.schedule, cfg.train.warmup_steps) == (1e-3, "constant", 0)
     assert cfg.train.batch_size == 4 and cfg.dpo.beta == 0.5
+
+
+def test_epochs_set_the_steps_unless_max_steps_is_given():
+    from scratchlm.training.config import set_epochs
+
+    cfg = TrainConfig(max_steps=0, batch_size=4, eval_every=100)
+    assert set_epochs(cfg, 3, 40, world_size=2) == 5  # 40 examples / (4 x 2 ranks)
+    assert cfg.max_steps == 15 and cfg.eval_every == 5
+    given = TrainConfig(max_steps=7, batch_size=4)
+    set_epochs(given, 3, 40)
+    assert given.max_steps == 7  # --train.max_steps replaces --epochs, as in HF's Trainer
+    with pytest.raises(ValueError, match="max_steps must be >= 0"):
+        TrainConfig(max_steps=-1)

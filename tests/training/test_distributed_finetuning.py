@@ -1,7 +1,8 @@
 """The training contract under torchrun (gloo, 2 CPU processes): 2 ranks x batch 2 give the
 losses and final weights of 1 rank x batch 4 for LoRA instruction SFT, DPO, the classifier and
-the reward model; evaluation takes the true mean over uneven shards with 2 and 3 ranks, a rank
-with nothing included; and fsdp is refused where a recipe would save a shard as the model."""
+the reward model, with DDP and with FSDP2 (sharded frozen base + LoRA; the adapter it saves
+loads in one process and gives the merged model's logits); evaluation takes the true mean over
+uneven shards with 2 and 3 ranks, a rank with nothing included."""
 
 from __future__ import annotations
 
@@ -32,13 +33,14 @@ COMMON = ["--train.tensorboard", "false", "--train.log_every", "1", "--train.see
           "--train.optimizer", "sgd"]
 
 
-def _run(args, out, procs):
+def _run(args, out, procs, strategy="ddp"):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "scratchlm"] if procs == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
         "--master_port", str(29600 + os.getpid() % 1000), "-m", "scratchlm"]
     batch = str(4 // procs)
-    r = subprocess.run([*launcher, *args, *COMMON, "--train.batch_size", batch, "--out", str(out)],
+    r = subprocess.run([*launcher, *args, *COMMON, "--train.batch_size", batch,
+                        "--train.strategy", strategy, "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
@@ -67,24 +69,29 @@ def classify_data(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", list(RECIPES))
-def test_two_ranks_equal_one_rank_with_twice_the_batch(recipe, tiny_chat_model, classify_data,
-                                                       tmp_path):
+@pytest.mark.parametrize("recipe,strategy", [(r, "ddp") for r in RECIPES] +
+                         [("instruct", "fsdp"), ("classify", "fsdp"), ("reward", "fsdp")])
+def test_two_ranks_equal_one_rank_with_twice_the_batch(recipe, strategy, tiny_chat_model,
+                                                       classify_data, tmp_path):
     model = tiny_chat_model(context_length=256)
     args = [*RECIPES[recipe], "--model", str(model)]
     if recipe == "classify":
         args += ["--data", str(classify_data)]
     one = _run(args, tmp_path / "one", 1)
-    two = _run(args, tmp_path / "two", 2)
+    two = _run(args, tmp_path / "two", 2, strategy)
     a, b = _losses(one), _losses(two)
+    # DDP's all-reduce repeats the one-process arithmetic; FSDP2's sharded gradients and their
+    # fp32 norm (the clip scale) differ at ~1e-7 relative per step, which 16 SGD steps at lr
+    # 0.05 grow to ~2e-5. A wrong scale or a missing reduction is off by far more.
+    tol = 1e-5 if strategy == "ddp" else 1e-4
     assert len(a) >= 3 and [s for s, _ in a] == [s for s, _ in b]
     for (_, x), (_, y) in zip(a, b):
-        assert x == pytest.approx(y, abs=1e-5)
+        assert x == pytest.approx(y, abs=tol), (a, b)
     wa, wb = _weights(one), _weights(two)
     assert wa and wa.keys() == wb.keys()
     for name in wa:
         for key, t in wa[name].items():
-            torch.testing.assert_close(t, wb[name][key], atol=1e-5, rtol=1e-5, msg=key)
+            torch.testing.assert_close(t, wb[name][key], atol=tol, rtol=tol, msg=key)
 
 
 EVAL_SCRIPT = r"""
@@ -134,13 +141,16 @@ def test_evaluation_is_the_true_mean_over_uneven_shards(tmp_path, ranks, empty):
 
 
 @pytest.mark.slow
-def test_fsdp_is_refused_where_the_recipe_saves_full_parameters(tiny_chat_model, tmp_path):
+def test_an_fsdp_lora_adapter_loads_in_one_process(tiny_chat_model, tmp_path):
+    from scratchlm.finetune.lora import load_adapter
+    from scratchlm.models.loading import load_pretrained
+
     model = tiny_chat_model(context_length=256)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--master_port", str(29800 + os.getpid() % 1000), "-m", "scratchlm",
-                        *RECIPES["instruct"], "--model", str(model), *COMMON,
-                        "--train.strategy", "fsdp", "--out", str(tmp_path / "x")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode != 0
-    assert "--train.strategy fsdp: this recipe saves its result from full parameters" in r.stderr
+    run = _run([*RECIPES["instruct"], "--model", str(model), "--train.max_steps", "2"],
+               tmp_path / "fsdp", 2, "fsdp")
+    tuned = load_adapter(load_pretrained(str(model)), run / "final" / "adapter")
+    merged = load_pretrained(str(run / "final"))
+    x = torch.randint(0, merged.cfg.vocab_size, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(tuned(x), merged(x), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(load_pretrained(str(model))(x), merged(x), atol=1e-4)
