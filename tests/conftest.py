@@ -70,3 +70,11 @@ def tiny_chat_model(tmp_path_factory):
         return folder
 
     return make
+
+
+@pytest.fixture(scope="session")
+def small_bpe(verdict_text):
+    """Our own BPE with 512 tokens (the tiny presets' vocabulary), trained on The Verdict."""
+    from scratchlm.tokenizers import BPETokenizer
+
+    return BPETokenizer.train(verdict_text, vocab_size=512, progress=False)

@@ -15,7 +15,8 @@ from conftest import ROOT
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 COMMANDS = ["demo", "prepare", "pretrain", "finetune classify", "finetune instruct",
             "finetune dpo", "finetune reward", "finetune tokens", "finetune prompt", "distill",
-            "evaluate judge", "generate", "chat", "serve", "plan", "train-tokenizer", "tune"]
+            "evaluate judge", "generate", "chat", "serve", "plan", "train-tokenizer", "tune",
+            "export"]
 
 
 def documented_argv(path) -> list[str]:

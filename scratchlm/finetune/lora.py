@@ -319,6 +319,13 @@ def merge_lora(model: nn.Module) -> nn.Module:
             plain.bias = m.bias
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, leaf, plain)
+    cfg = getattr(model, "cfg", None)
+    emb = getattr(getattr(model, "tok_emb", None), "weight", None)
+    head = getattr(getattr(model, "out_head", None), "weight", None)
+    if getattr(cfg, "tie_embeddings", False) and head is not None and head is not emb:
+        # a merged head adapter unties the head from the embedding: say so, or a saved and
+        # reloaded model would tie them again and lose the head's update
+        cfg.tie_embeddings = False
     return model
 
 
@@ -368,6 +375,11 @@ def load_adapter(model: nn.Module, folder) -> nn.Module:
         missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
         raise ValueError(f"{folder}: adapter does not fit this model (missing {missing[:3]}, "
                          f"unexpected {extra[:3]})")
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in mine.items()
+             if state[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"{folder}: adapter was trained for a different base model "
+                         f"(shapes differ: {wrong[0]})")
     model.load_state_dict(state, strict=False)
     return model
 

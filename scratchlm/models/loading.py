@@ -13,6 +13,8 @@ the meta device, so a checkpoint never needs two full copies in memory.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 from collections.abc import Iterator
@@ -88,6 +90,10 @@ def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        outside = [f for f in files if not isinstance(f, str) or Path(f).name != f]
+        if outside:
+            raise CheckpointError(f"{index}: shard name {outside[0]!r} is not a file in "
+                                  f"{folder}")
     elif (folder / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
@@ -208,30 +214,18 @@ def save_hf(model: nn.Module, folder: str | Path) -> Path:
     return folder
 
 
-# Llama 3's pre-tokenizer regex (llama.cpp "llama-bpe").
-LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-# Qwen2/Qwen3's: Llama 3's with single digits.
-QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
-_GGUF_PRE = {  # llama.cpp pre-tokenizer name -> (regex or None for GPT-2's, split digits)
-    "default": (None, False), "gpt2": (None, False), "smollm": (None, True),
-    "starcoder": (None, True), "llama-bpe": (LLAMA3_PATTERN, False),
-    "qwen2": (QWEN2_PATTERN, False),
-}
-
-
 def gguf_tokenizer(meta: dict, source: str = "GGUF"):
     """The byte-level BPE tokenizer, special tokens, BOS/EOS and chat template of a GGUF file."""
-    from scratchlm.tokenizers.backends import HFTokenizer
+    from scratchlm.tokenizers.backends import PRE_TOKENIZERS, HFTokenizer
 
     if meta.get("tokenizer.ggml.model") != "gpt2":
         raise CheckpointError(f"{source}: tokenizer model {meta.get('tokenizer.ggml.model')!r} "
                               "is not supported (only byte-level BPE, 'gpt2')")
     pre = meta.get("tokenizer.ggml.pre", "default")
-    if pre not in _GGUF_PRE:
+    if pre not in PRE_TOKENIZERS:
         raise CheckpointError(f"{source}: pre-tokenizer {pre!r} is not supported "
-                              f"(supported: {', '.join(_GGUF_PRE)})")
-    pattern, split_digits = _GGUF_PRE[pre]
+                              f"(supported: {', '.join(PRE_TOKENIZERS)})")
+    pattern, split_digits = PRE_TOKENIZERS[pre]
     tokens = list(meta["tokenizer.ggml.tokens"])
     types = list(meta.get("tokenizer.ggml.token_type", [1] * len(tokens)))
     special = [t for t, kind in zip(tokens, types) if kind in (3, 4)]  # control, user-defined
@@ -260,8 +254,11 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
         raise GGUFError(str(e)) from None
     names = {t.name for t in reader.tensors}
     try:
-        cfg = family.config_cls(**config_kwargs(meta, str(path)),
-                                tie_embeddings="output.weight" not in names)
+        kwargs = config_kwargs(meta, str(path))
+        if "qkv_bias" in {f.name for f in dataclasses.fields(family.config_cls)}:
+            kwargs["qkv_bias"] = any(n.endswith((".attn_q.bias", ".attn_qkv.bias"))
+                                     for n in names)
+        cfg = family.config_cls(**kwargs, tie_embeddings="output.weight" not in names)
     except ValueError as e:
         raise GGUFError(f"{path}: {e}") from None
     conv = ARCHS[arch]

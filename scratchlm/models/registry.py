@@ -62,7 +62,7 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("gpt", GPTConfig, GPT, GPT_PRESETS, ("gpt2",), "hf_gpt2",
+    Family("gpt", GPTConfig, GPT, GPT_PRESETS, ("gpt2",), "hf_gpt2", ("gpt2",),
            features=frozenset({"layernorm", "learned_positions", "gelu", "biases"}),
            weight_marks=("pos_emb", "att.qkv", "c_attn", "wte.weight")),
     Family("llama", LlamaConfig, Llama, LLAMA_PRESETS, ("llama",), "hf_llama", ("llama",),

@@ -257,6 +257,20 @@ class GenerateConfig:
     reward_model: str | None = None  # a `finetune reward` final/ folder
 
 
+# ---- scratchlm export: recipes/export.py
+@dataclass
+class ExportConfig:
+    model: str = ""  # a run's final/ folder, a preset with weights or a .gguf file (required)
+    adapter: str | None = None  # a LoRA adapter folder (ours or PEFT), merged before export
+    format: str = "gguf"  # gguf (llama.cpp / Ollama) | hf (transformers)
+    dtype: str = "f16"  # f32 | f16 | bf16: matrices (gguf), or every tensor (hf)
+    quant: str | None = None  # gguf only: q8_0 | q4_0 (matrices whose rows fit 32-blocks)
+    out: str = ""  # the .gguf file, or the HF folder (required)
+    name: str = ""  # the model's name in the file and in Ollama (default: from --out)
+    overwrite: bool = False  # replace an existing --out
+    max_shard_gb: float = 5.0  # hf: split model.safetensors into shards above this size
+
+
 # ---- scratchlm plan: recipes/plan.py
 @dataclass
 class PlanConfig:

@@ -48,6 +48,8 @@ RECIPES: dict[str, Recipe] = {r.command: r for r in (
            "prompt tuning: a trained soft prompt, model frozen"),
     Recipe("distill", "scratchlm.recipes.distill", "DistillConfig",
            "train a smaller student from a teacher model", tunable=True),
+    Recipe("export", "scratchlm.recipes.export", "ExportConfig",
+           "write a model as GGUF (llama.cpp, Ollama) or a Hugging Face folder"),
 )}
 
 

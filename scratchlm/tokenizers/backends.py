@@ -81,6 +81,18 @@ class TiktokenTokenizer:
         return self.encoding.decode(list(ids))
 
 
+# Byte-level BPE pre-tokenizers by their llama.cpp names (GGUF ``tokenizer.ggml.pre``):
+# name -> (split regex, or None for GPT-2's; digits split one by one first).
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                  r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")  # Qwen2/3: single digits
+PRE_TOKENIZERS = {
+    "gpt2": (None, False), "default": (None, False), "smollm": (None, True),
+    "starcoder": (None, True), "llama-bpe": (LLAMA3_PATTERN, False),
+    "qwen2": (QWEN2_PATTERN, False),
+}
+
+
 class HFTokenizer:
     """A Hugging Face ``tokenizers.Tokenizer`` wrapped in the project protocol."""
 

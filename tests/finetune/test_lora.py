@@ -247,3 +247,26 @@ def test_one_matmul_path_equals_the_plain_formula(x_grad, bias):
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-4)
     assert lin.weight.grad is None
+
+
+def test_merging_a_head_adapter_of_a_tied_model_survives_save_and_load(tmp_path):
+    from scratchlm.finetune.lora import apply_lora, merge_lora
+    from scratchlm.models.loading import load_pretrained, save_pretrained
+    from scratchlm.models.registry import build_model, preset
+
+    torch.manual_seed(0)
+    model = build_model(preset("llama-tiny")[1]).eval()
+    assert model.cfg.tie_embeddings
+    apply_lora(model, 4, 8, ("all",))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    x = torch.randint(0, 512, (1, 12))
+    with torch.no_grad():
+        want = model(x)
+    merge_lora(model)
+    assert not model.cfg.tie_embeddings and model.out_head.weight is not model.tok_emb.weight
+    save_pretrained(model, tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(load_pretrained(str(tmp_path))(x), want, atol=1e-5, rtol=1e-5)

@@ -149,6 +149,13 @@ def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(w.shape))
 
 
+def permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's Q/K row order from rotate-half order (the inverse of ``unpermute``)."""
+    rows = w.shape[0]
+    return (w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
 def read_gguf(path: str | Path):
     """(metadata dict, reader) of a GGUF file."""
     import gguf
@@ -212,6 +219,8 @@ def config_kwargs(meta: dict, source: str = "GGUF") -> dict:
     n_embd = _int(meta, a + "embedding_length", source)
     n_head = _int(meta, a + "attention.head_count", source)
     tokens = meta.get("tokenizer.ggml.tokens") or []
+    if arch == "gpt2":
+        return _gpt2_kwargs(meta, source, n_embd, n_head, tokens)
     kw = dict(
         vocab_size=_int(meta, a + "vocab_size", source, default=len(tokens) or None),
         context_length=_int(meta, a + "context_length", source, high=1 << 24),
@@ -244,6 +253,69 @@ def config_kwargs(meta: dict, source: str = "GGUF") -> dict:
     return kw
 
 
+def _gpt2_kwargs(meta: dict, source: str, n_embd: int, n_head: int, tokens) -> dict:
+    """GPTConfig fields: its feed-forward width is 4 C and its LayerNorm eps 1e-5, fixed."""
+    a = "gpt2."
+    if _int(meta, a + "feed_forward_length", source, default=4 * n_embd) != 4 * n_embd:
+        raise GGUFError(f"{source}: a gpt2 feed_forward_length other than 4 x embedding_length "
+                        "is not supported")
+    eps = _float(meta, a + "attention.layer_norm_epsilon", 1e-5)
+    if abs(eps - 1e-5) > 1e-9:
+        raise GGUFError(f"{source}: gpt2 layer_norm_epsilon {eps} is not supported (1e-5)")
+    if n_embd % n_head:
+        raise GGUFError(f"{source}: embedding_length {n_embd} is not a multiple of head_count "
+                        f"{n_head}")
+    return dict(vocab_size=_int(meta, a + "vocab_size", source, default=len(tokens) or None),
+                context_length=_int(meta, a + "context_length", source, high=1 << 24),
+                n_embd=n_embd, n_layer=_int(meta, a + "block_count", source, high=4096),
+                n_head=n_head)
+
+
+def config_metadata(cfg, arch: str) -> dict[str, int | float | str]:
+    """The inverse of ``config_kwargs``: GGUF metadata (ints as uint32, floats as float32) for
+    a config of the family that writes ``arch``. ``GGUFError`` for settings the file format
+    (as llama.cpp reads it) cannot carry."""
+    if arch not in ARCHS:
+        raise GGUFError(f"no GGUF architecture {arch!r} (supported: {', '.join(ARCHS)})")
+    if arch == "gpt2":
+        if cfg.sliding_window:
+            raise GGUFError("llama.cpp's gpt2 architecture has no sliding-window attention")
+        return {"gpt2.vocab_size": cfg.vocab_size, "gpt2.context_length": cfg.context_length,
+                "gpt2.embedding_length": cfg.n_embd, "gpt2.block_count": cfg.n_layer,
+                "gpt2.feed_forward_length": 4 * cfg.n_embd, "gpt2.attention.head_count":
+                cfg.n_head, "gpt2.attention.layer_norm_epsilon": 1e-5}
+    if getattr(cfg, "rope_scaling", None):
+        raise GGUFError("a Llama 3.x rope_scaling config is not exported to GGUF yet "
+                        "(llama.cpp needs its rope_freqs tensor)")
+    if arch != "gemma3" and getattr(cfg, "sliding_window", 0):
+        raise GGUFError(f"llama.cpp's {arch} architecture has no sliding-window attention")
+    if arch == "gemma3" and (cfg.rope_local_base != 10_000.0 or cfg.sliding_window_pattern != 6
+                             or cfg.query_pre_attn_scalar != cfg.head_dim):
+        raise GGUFError("gemma3 GGUF fixes the local RoPE base (10000), the 5:1 layer pattern "
+                        "and query_pre_attn_scalar = head_dim; this config differs")
+    a = arch + "."
+    meta = {
+        a + "vocab_size": cfg.vocab_size, a + "context_length": cfg.context_length,
+        a + "embedding_length": cfg.n_embd, a + "block_count": cfg.n_layer,
+        a + "feed_forward_length": cfg.intermediate_size,
+        a + "attention.head_count": cfg.n_head, a + "attention.head_count_kv": cfg.n_kv_head,
+        a + "attention.key_length": cfg.head_dim, a + "attention.value_length": cfg.head_dim,
+        a + "rope.dimension_count": cfg.head_dim, a + "rope.freq_base": float(cfg.rope_base),
+        a + "attention.layer_norm_rms_epsilon": float(cfg.norm_eps),
+    }
+    if arch == "qwen3moe":
+        meta.update({a + "expert_count": cfg.moe.num_experts,
+                     a + "expert_used_count": cfg.moe.top_k,
+                     a + "expert_feed_forward_length": cfg.moe.intermediate_size
+                     or cfg.intermediate_size})
+    if arch == "gemma3":
+        meta[a + "attention.sliding_window"] = cfg.sliding_window
+        if cfg.rope_linear_factor != 1.0:
+            meta[a + "rope.scaling.type"] = "linear"
+            meta[a + "rope.scaling.factor"] = float(cfg.rope_linear_factor)
+    return meta
+
+
 _LLAMA_BLOCK = {
     "attn_norm.weight": "norm1.weight", "attn_q.weight": "att.q_proj.weight",
     "attn_k.weight": "att.k_proj.weight", "attn_v.weight": "att.v_proj.weight",
@@ -266,19 +338,22 @@ _TOP = {"token_embd.weight": "tok_emb.weight", "output_norm.weight": "final_norm
 
 
 class Arch:
-    """How one llama.cpp architecture's tensors map onto ours."""
+    """How one llama.cpp architecture's tensors map onto ours (both ways)."""
 
-    def __init__(self, block: dict, permute_qk: bool = False, norm_shift: float = 0.0):
+    def __init__(self, block: dict, permute_qk: bool = False, norm_shift: float = 0.0,
+                 top: dict | None = None, zero_biases: tuple[str, ...] = ()):
         self.block = block
+        self.top = _TOP if top is None else top
         self.permute_qk = permute_qk  # llama.cpp interleaved Q/K rows for its "normal" RoPE
         self.norm_shift = norm_shift  # Gemma: llama.cpp stores 1 + w in every norm weight
+        self.zero_biases = zero_biases  # biases llama.cpp requires: written as zeros if absent
 
     def convert(self, name: str, array: np.ndarray, cfg) -> Iterator[tuple[str | None, np.ndarray]]:
         """(our key, array) pairs for one GGUF tensor; KeyError for names we do not know."""
         if name == "rope_freqs.weight":  # Llama 3 files carry their scaled frequencies
             return
-        if name in _TOP:
-            ours = _TOP[name]
+        if name in self.top:
+            ours = self.top[name]
             yield ours, (array - self.norm_shift if ours == "final_norm.weight" else array)
             return
         if not name.startswith("blk."):
@@ -299,8 +374,54 @@ class Arch:
             array = array - self.norm_shift
         yield pre + self.block[rest], array
 
+    def to_gguf(self, state: dict[str, np.ndarray], cfg) -> Iterator[tuple[str, np.ndarray]]:
+        """The inverse of ``convert``: (GGUF name, array) for our float32 state dict (tied
+        heads left out, as llama.cpp reads a missing ``output.weight`` as tied)."""
+        top = {ours: name for name, ours in self.top.items()}
+        block = {ours: name for name, ours in self.block.items()}
+        experts: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+        for key, array in state.items():
+            if key in top:
+                yield top[key], (array + self.norm_shift if key == "final_norm.weight"
+                                 else array)
+                continue
+            _, layer, rest = key.split(".", 2)
+            if rest.startswith("ff.experts."):
+                _, _, e, part = rest.split(".", 3)
+                experts.setdefault((layer, part), {})[int(e)] = array
+                continue
+            if rest not in block:
+                raise KeyError(key)
+            name = block[rest]
+            if self.permute_qk and name == "attn_q.weight":
+                array = permute(array, cfg.n_head)
+            elif self.permute_qk and name == "attn_k.weight":
+                array = permute(array, cfg.n_kv_head)
+            elif self.norm_shift and name.endswith("norm.weight"):
+                array = array + self.norm_shift
+            yield f"blk.{layer}.{name}", array
+            bias = name.replace(".weight", ".bias")
+            if bias in self.zero_biases and f"trf_blocks.{layer}.{self.block[bias]}" not in state:
+                yield f"blk.{layer}.{bias}", np.zeros(array.shape[0], dtype=array.dtype)
+        stacked = {ours: name for name, ours in _EXPERTS.items()}
+        for (layer, part), arrays in experts.items():
+            yield f"blk.{layer}.{stacked[part]}", np.stack([arrays[e] for e in sorted(arrays)])
+
+
+_GPT2_BLOCK = {
+    "attn_norm.weight": "norm1.scale", "attn_norm.bias": "norm1.shift",
+    "attn_qkv.weight": "att.qkv.weight", "attn_qkv.bias": "att.qkv.bias",
+    "attn_output.weight": "att.out_proj.weight", "attn_output.bias": "att.out_proj.bias",
+    "ffn_norm.weight": "norm2.scale", "ffn_norm.bias": "norm2.shift",
+    "ffn_up.weight": "ff.layers.0.weight", "ffn_up.bias": "ff.layers.0.bias",
+    "ffn_down.weight": "ff.layers.2.weight", "ffn_down.bias": "ff.layers.2.bias",
+}
+_GPT2_TOP = {"token_embd.weight": "tok_emb.weight", "position_embd.weight": "pos_emb.weight",
+             "output_norm.weight": "final_norm.scale", "output_norm.bias": "final_norm.shift",
+             "output.weight": "out_head.weight"}
 
 ARCHS = {
+    "gpt2": Arch(_GPT2_BLOCK, top=_GPT2_TOP, zero_biases=("attn_qkv.bias",)),
     "llama": Arch(_LLAMA_BLOCK, permute_qk=True),
     "qwen3": Arch({**_LLAMA_BLOCK, **_QK_NORM}),
     "qwen3moe": Arch({**_LLAMA_BLOCK, **_QK_NORM, **_MOE}),

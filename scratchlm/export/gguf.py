@@ -1,0 +1,152 @@
+"""Write a model and its tokenizer as one llama.cpp GGUF file (Ollama, llama.cpp, LM Studio).
+
+    write_gguf(model, tokenizer, "model.gguf", dtype="f16", quant="q8_0")
+
+The family's registry entry names the llama.cpp architecture; its tensor map is the reader's
+(``models/convert/gguf.Arch``), run backwards, so what we write is exactly what we read. The
+tokenizer goes in as byte-level BPE (``tokenizer.ggml.model = gpt2`` with merges, the
+pre-tokenizer's llama.cpp name, control tokens, BOS/EOS and the chat template).
+
+Tensors: 1-D ones (norms, biases) in F32; matrices in ``dtype`` (F32, F16, BF16) or, with
+``quant``, in Q8_0/Q4_0 (``export/quants.py``) when their rows are whole 32-weight blocks
+(others stay in ``dtype``, as llama.cpp's quantizer does). The file is written under a
+temporary name and renamed, so a crash never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from scratchlm.export.quants import QUANTS, can_quantize, quantize
+from scratchlm.export.vocab import ByteBPE, byte_bpe
+from scratchlm.models.convert.gguf import ARCHS, GGUFError, config_metadata
+from scratchlm.models.loading import unique_state_dict
+from scratchlm.models.registry import family_of
+
+DTYPES = ("f32", "f16", "bf16")
+# llama.cpp's general.file_type (LlamaFileType) for each choice
+_FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}
+
+
+def gguf_arch(model: nn.Module) -> str:
+    """The llama.cpp architecture a model is written as (the registry's, MoE or dense)."""
+    family = family_of(model)
+    moe = getattr(model.cfg, "moe", None)
+    archs = [a for a in family.gguf_archs if a.endswith("moe") == bool(moe and moe.num_experts)]
+    if not archs:
+        kind = "mixture-of-experts " if moe and moe.num_experts else ""
+        raise GGUFError(f"a {kind}{family.name} model has no llama.cpp architecture we write "
+                        f"(GGUF export supports: {', '.join(ARCHS)})")
+    return archs[0]
+
+
+def _check_head(model: nn.Module) -> None:
+    out = getattr(getattr(model, "out_head", None), "out_features", None)
+    rows = getattr(model.cfg, "padded_vocab_size", model.cfg.vocab_size)
+    if out is not None and out not in (rows, model.cfg.vocab_size):
+        raise GGUFError(f"the model's head has {out} outputs, not one per token (a classifier "
+                        "or reward model): GGUF holds language models only; export it with "
+                        "--format hf")
+
+
+def _vocab_for(bpe: ByteBPE, vocab_size: int) -> tuple[list[str], list[int]]:
+    """Tokens and llama.cpp token types (1 normal, 3 control) for ``vocab_size`` rows."""
+    if len(bpe.tokens) > vocab_size:
+        raise GGUFError(f"the tokenizer has {len(bpe.tokens)} tokens but the model only "
+                        f"{vocab_size} embedding rows")
+    tokens = list(bpe.tokens) + [f"<|unused_{i}|>" for i in range(len(bpe.tokens), vocab_size)]
+    types = [1] * vocab_size
+    for i in list(bpe.special) + list(range(len(bpe.tokens), vocab_size)):
+        types[i] = 3
+    return tokens, types
+
+
+def _encode(array: np.ndarray, dtype: str, quant: str | None):
+    """(data, GGML type) for one tensor."""
+    import gguf
+
+    Q = gguf.GGMLQuantizationType
+    if array.ndim == 1:
+        return array.astype(np.float32), Q.F32
+    if quant and can_quantize(array.shape):
+        return quantize(array, quant.upper()), Q[quant.upper()]
+    if dtype == "f16":
+        return array.astype(np.float16), Q.F16
+    if dtype == "bf16":
+        return gguf.quants.quantize(array.astype(np.float32), Q.BF16), Q.BF16
+    return array.astype(np.float32), Q.F32
+
+
+def write_gguf(model: nn.Module, tokenizer, path: str | Path, dtype: str = "f32",
+               quant: str | None = None, name: str = "") -> Path:
+    """Write ``model`` (LoRA merged beforehand) and ``tokenizer`` to the GGUF file ``path``."""
+    import gguf
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if quant is not None and quant.upper() not in QUANTS:
+        raise ValueError(f"quant must be one of {[q.lower() for q in QUANTS]}, got {quant!r}")
+    arch = gguf_arch(model)
+    _check_head(model)
+    cfg = model.cfg
+    meta = config_metadata(cfg, arch)
+    bpe = byte_bpe(tokenizer)
+    tokens, types = _vocab_for(bpe, cfg.vocab_size)
+    state = {k: v.detach().to("cpu", torch.float32).numpy()
+             for k, v in unique_state_dict(model).items()}
+    if cfg.tie_embeddings:
+        state.pop("out_head.weight", None)
+    vocab_rows = cfg.vocab_size  # drop vocabulary padding rows
+    for key in ("tok_emb.weight", "out_head.weight"):
+        if key in state:
+            state[key] = state[key][:vocab_rows]
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    w = gguf.GGUFWriter(str(part), arch)
+    w.add_name(name or path.stem)
+    w.add_file_type(_FILE_TYPE[quant.lower() if quant else dtype])
+    if quant:
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for key, value in meta.items():
+        if isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        else:
+            w.add_uint32(key, int(value))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(bpe.pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(bpe.merges)
+    if bpe.bos_id is not None:
+        w.add_bos_token_id(bpe.bos_id)
+    if bpe.eos_id is not None:
+        w.add_eos_token_id(bpe.eos_id)
+    w.add_add_bos_token(False)
+    if bpe.chat_template:
+        w.add_chat_template(bpe.chat_template)
+    try:
+        for gguf_name, array in ARCHS[arch].to_gguf(state, cfg):
+            data, qtype = _encode(np.ascontiguousarray(array), dtype, quant)
+            w.add_tensor(gguf_name, data, raw_dtype=qtype)
+    except KeyError as e:
+        w.close()
+        part.unlink(missing_ok=True)
+        raise GGUFError(f"{arch} GGUF has no tensor for our {e.args[0]!r} (LoRA must be merged "
+                        "and int8 layers dequantized before export)") from None
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+    finally:
+        w.close()
+    os.replace(part, path)
+    return path

@@ -1,0 +1,55 @@
+"""An Ollama ``Modelfile`` next to an exported GGUF: the file, the chat template in Ollama's
+Go-template form, the stop tokens and default sampling parameters.
+
+    ollama create NAME -f Modelfile && ollama run NAME
+
+Ollama renders prompts with Go templates, not Jinja, so the template here is written from the
+chat format the tokenizer's Jinja template uses (ChatML ``<|im_start|>`` for SmolLM2 and
+Qwen3, Gemma's ``<start_of_turn>``, Llama 3's header tokens); a model with no chat template
+gets a plain completion template.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_CHATML = ('{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'
+           '{{ end }}<|im_start|>assistant\n')
+_GEMMA = ('{{- range .Messages }}<start_of_turn>{{ if eq .Role "assistant" }}model'
+          '{{ else }}{{ .Role }}{{ end }}\n{{ .Content }}<end_of_turn>\n{{ end }}'
+          '<start_of_turn>model\n')
+_LLAMA3 = ('{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n'
+           '{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n')
+# (marker in the Jinja template, Go template, stop strings)
+_FORMATS = [("<|im_start|>", _CHATML, ["<|im_end|>"]),
+            ("<start_of_turn>", _GEMMA, ["<end_of_turn>"]),
+            ("<|start_header_id|>", _LLAMA3, ["<|eot_id|>"])]
+
+
+def modelfile(gguf_name: str, chat_template: str | None, eos_token: str | None,
+              temperature: float = 0.7, top_k: int = 40, context_length: int = 2048) -> str:
+    """The text of a Modelfile for ``gguf_name`` (a path relative to the Modelfile)."""
+    template, stops = '{{ .Prompt }}', []
+    for marker, go, stop in _FORMATS:
+        if chat_template and marker in chat_template:
+            template, stops = go, list(stop)
+            break
+    if eos_token and eos_token not in stops:
+        stops.append(eos_token)
+    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
+    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    lines += [f"PARAMETER temperature {temperature}", f"PARAMETER top_k {top_k}",
+              f"PARAMETER num_ctx {context_length}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_modelfile(gguf_path: Path, tokenizer, context_length: int) -> Path:
+    """``NAME.Modelfile`` beside ``NAME.gguf``; returns its path."""
+    from scratchlm.export.vocab import byte_bpe
+
+    bpe = byte_bpe(tokenizer)
+    eos = bpe.tokens[bpe.eos_id] if bpe.eos_id is not None else None
+    path = gguf_path.with_suffix(".Modelfile")
+    path.write_text(modelfile(gguf_path.name, bpe.chat_template, eos,
+                              context_length=min(context_length, 8192)))
+    return path

@@ -1,0 +1,117 @@
+"""``scratchlm export``: a trained model out to where people run models.
+
+    scratchlm export --model runs/sft/final --format gguf --quant q8_0 --out exports/sft.gguf
+    scratchlm export --model smollm2-135m-instruct --adapter runs/sft/final/adapter \\
+        --format hf --out exports/sft-hf
+
+GGUF (``export/gguf.py``): one file for llama.cpp, Ollama and LM Studio, with NAME.Modelfile
+beside it and the two ``ollama`` commands printed. HF (``export/hf.py``): a folder that
+``transformers``' ``AutoModelForCausalLM`` / ``AutoTokenizer`` load. An adapter is merged
+first. Everything is written under a temporary name and renamed at the end, so an interrupted
+export never looks complete; an existing ``--out`` is refused unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from scratchlm.recipes.configs import ExportConfig  # noqa: F401 (its config)
+
+FORMATS = ("gguf", "hf")
+
+
+def _check(cfg: ExportConfig) -> Path:
+    from scratchlm.export.gguf import DTYPES
+    from scratchlm.export.quants import QUANTS
+
+    if not cfg.model or not cfg.out:
+        raise ValueError("--model and --out are required")
+    if cfg.format not in FORMATS:
+        raise ValueError(f"--format must be one of {FORMATS}, got {cfg.format!r}")
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {DTYPES}, got {cfg.dtype!r}")
+    if cfg.quant is not None:
+        if cfg.format != "gguf":
+            raise ValueError("--quant applies to --format gguf only (an HF folder holds "
+                             "f32/f16/bf16 tensors)")
+        if cfg.quant.upper() not in QUANTS:
+            raise ValueError(f"--quant must be one of {[q.lower() for q in QUANTS]}, got "
+                             f"{cfg.quant!r}")
+    if cfg.max_shard_gb <= 0:
+        raise ValueError(f"--max_shard_gb must be > 0, got {cfg.max_shard_gb}")
+    out = Path(cfg.out)
+    if cfg.format == "gguf" and out.suffix != ".gguf":
+        raise ValueError(f"--out for GGUF is a file ending in .gguf, got {out}")
+    if out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    return out
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(cfg: ExportConfig) -> dict:
+    import torch
+
+    from scratchlm.finetune.lora import load_adapter, merge_lora
+    from scratchlm.models.loading import load_model_and_tokenizer
+
+    out = _check(cfg)
+    t0 = time.perf_counter()
+    model, tok = load_model_and_tokenizer(cfg.model)
+    if cfg.adapter:
+        merge_lora(load_adapter(model, cfg.adapter))
+    name = cfg.name or out.stem
+    # the whole export goes to a temporary sibling, renamed into place when complete
+    stage = out.with_name(f".{out.name}.part")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        if cfg.format == "gguf":
+            from scratchlm.export.gguf import write_gguf
+            from scratchlm.export.ollama import write_modelfile
+
+            path = write_gguf(model, tok, stage / out.name, cfg.dtype, cfg.quant, name)
+            write_modelfile(path, tok, model.cfg.context_length)
+        else:
+            from scratchlm.export.hf import write_hf
+
+            dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+            write_hf(model, tok, stage, dtype[cfg.dtype], int(cfg.max_shard_gb * 1024**3))
+        _publish(stage, out, cfg.format)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    size = (out.stat().st_size if out.is_file()
+            else sum(f.stat().st_size for f in out.iterdir()))
+    result = {"out": str(out), "format": cfg.format, "seconds": seconds,
+              "bytes": size, "peak_rss_mb": _peak_rss_mb()}
+    print(f"exported {cfg.model} -> {out} ({size / 1e6:.1f} MB) in {seconds:.1f}s, "
+          f"peak memory {result['peak_rss_mb']:.0f} MB")
+    if cfg.format == "gguf":
+        modelfile = out.with_suffix(".Modelfile")
+        print(f"run it with Ollama:\n  ollama create {name} -f {modelfile}\n  ollama run {name}")
+        print(f"or llama.cpp:\n  llama-cli -m {out} -cnv")
+    else:
+        print(f"load it with transformers:\n  AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return result
+
+
+def _publish(stage: Path, out: Path, fmt: str) -> None:
+    """Move the finished export from ``stage`` to ``out`` (replacing an old one)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "gguf":
+        os.replace(stage / out.name, out)
+        os.replace(stage / f"{out.stem}.Modelfile", out.with_suffix(".Modelfile"))
+        return
+    old = out.with_name(f".{out.name}.old")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(stage, out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,28 @@
+"""Tiny random models of every architecture the exporters write."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+def tiny(name: str, **changes):
+    """A random tiny model of a family, in eval mode, seeded."""
+    import torch
+
+    from scratchlm.models.registry import build_model, preset
+
+    torch.manual_seed(0)
+    return build_model(dataclasses.replace(preset(name)[1], **changes)).eval()
+
+
+# Every llama.cpp architecture we write, as tiny models (Gemma's GGUF fixes its 5:1 pattern)
+FAMILIES = {
+    "gpt2": ("gpt-tiny", {"vocab_size": 512}),
+    "gpt2-book": ("gpt-tiny", {"vocab_size": 512, "qkv_bias": False, "tie_embeddings": False,
+                               "vocab_pad_multiple": 64}),
+    "llama": ("llama-tiny", {}),
+    "llama-untied": ("llama-tiny", {"tie_embeddings": False}),
+    "qwen3": ("qwen3-tiny", {}),
+    "qwen3moe": ("qwen3-tiny", {"moe": {"num_experts": 4, "top_k": 2, "intermediate_size": 32}}),
+    "gemma3": ("gemma3-tiny", {"n_layer": 6, "sliding_window_pattern": 6}),
+}
