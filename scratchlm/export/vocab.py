@@ -4,7 +4,7 @@ need: GGUF's ``tokenizer.ggml.*`` arrays and a Hugging Face ``tokenizer.json``.
     tiktoken GPT-2 | our BPETokenizer | an HF byte-level BPE  ->  ByteBPE(tokens, merges, ...)
 
 Tokens are strings in GPT-2's byte-to-unicode alphabet (as in ``vocab.json``), merges
-``"a b"`` in rank order, and ``pre`` names the pre-tokenizer as llama.cpp does (``gpt2``,
+``"a b"`` in rank order, and ``pre`` names the pre-tokenizer as llama.cpp does (``gpt-2``,
 ``smollm`` = GPT-2's regex after splitting digits, ``llama-bpe``, ``qwen2``).
 """
 
@@ -26,7 +26,7 @@ class ByteBPE:
     tokens: list[str]  # id -> token string (GPT-2 byte alphabet; specials as written)
     merges: list[str]  # "a b", rank order
     special: list[int] = field(default_factory=list)  # ids of control tokens
-    pre: str = "gpt2"  # llama.cpp pre-tokenizer name (PRE_TOKENIZERS)
+    pre: str = "gpt-2"  # llama.cpp pre-tokenizer name (PRE_TOKENIZERS)
     bos_id: int | None = None
     eos_id: int | None = None
     chat_template: str | None = None
@@ -62,7 +62,7 @@ def _gpt2() -> ByteBPE:
     lines = vocab_bpe.read_text(encoding="utf-8").splitlines()
     merges = [ln for ln in lines[1:] if ln and not ln.startswith("#version")]
     eot = encoder["<|endoftext|>"]
-    return ByteBPE(tokens, merges, special=[eot], pre="gpt2", bos_id=eot, eos_id=eot)
+    return ByteBPE(tokens, merges, special=[eot], pre="gpt-2", bos_id=eot, eos_id=eot)
 
 
 def _ours(tok: BPETokenizer) -> ByteBPE:
@@ -83,7 +83,7 @@ def _ours(tok: BPETokenizer) -> ByteBPE:
             special_ids.add(i)
     merges = [f"{as_str(tok.vocab[a])} {as_str(tok.vocab[b])}" for a, b, _ in tok.merges]
     eos = tok.eos_id
-    return ByteBPE(tokens, merges, special=sorted(special_ids), pre="gpt2", bos_id=eos,
+    return ByteBPE(tokens, merges, special=sorted(special_ids), pre="gpt-2", bos_id=eos,
                    eos_id=eos)
 
 
@@ -117,7 +117,7 @@ def _pre_name(pre: dict | None) -> str:
     steps = (pre or {}).get("pretokenizers") if (pre or {}).get("type") == "Sequence" else [pre]
     kinds = [(s or {}).get("type") for s in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
         return "smollm"
     if kinds == ["Split", "ByteLevel"]:

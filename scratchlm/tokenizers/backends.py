@@ -87,7 +87,7 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
                   r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")  # Qwen2/3: single digits
 PRE_TOKENIZERS = {
-    "gpt2": (None, False), "default": (None, False), "smollm": (None, True),
+    "gpt-2": (None, False), "gpt2": (None, False), "default": (None, False), "smollm": (None, True),
     "starcoder": (None, True), "llama-bpe": (LLAMA3_PATTERN, False),
     "qwen2": (QWEN2_PATTERN, False),
 }

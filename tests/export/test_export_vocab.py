@@ -13,7 +13,7 @@ TEXT = ("Hello, world! It's 2026: 12345 apples, naïve café, Grüße, 日本語
 
 def test_gpt2_tiktoken_as_hf_bpe_encodes_the_same(gpt2_tok):
     bpe = byte_bpe(gpt2_tok)
-    assert len(bpe.tokens) == 50257 and len(bpe.merges) == 50000 and bpe.pre == "gpt2"
+    assert len(bpe.tokens) == 50257 and len(bpe.merges) == 50000 and bpe.pre == "gpt-2"
     assert bpe.tokens[bpe.eos_id] == "<|endoftext|>"
     hf = bpe.to_hf()
     assert hf.encode(TEXT) == gpt2_tok.encode(TEXT)

@@ -50,7 +50,7 @@ def test_reduced_precision_stays_close(dtype, quant, tol, small_bpe, tmp_path):
     assert kinds["blk.0.attn_q.weight"] == want_kind and kinds["blk.0.attn_norm.weight"] == "F32"
     assert meta["general.file_type"] == {"f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2}[
         quant or dtype]
-    assert meta["tokenizer.ggml.pre"] == "gpt2" and meta["llama.block_count"] == 2
+    assert meta["tokenizer.ggml.pre"] == "gpt-2" and meta["llama.block_count"] == 2
     assert gguf.GGMLQuantizationType  # the reader and writer share the package
 
 

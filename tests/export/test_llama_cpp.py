@@ -1,0 +1,52 @@
+"""llama.cpp itself reads what we export (runs when ``llama-cpp-python`` is installed; it
+builds llama.cpp from source, so it is not in the default test setup): the tokenizer splits
+text into our ids and its logits match ours, for a GPT (llama.cpp's gpt2 architecture, our own
+BPE) and a Llama (SmolLM2's tokenizer and pre-tokenizer)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tiny_models import tiny
+from scratchlm.export.gguf import write_gguf
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+TEXT = "I had always thought Jack Gisburn rather a cheap genius, 12 café"
+
+
+def _llama_logits(path, ids):
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=2, verbose=False,
+                          logits_all=True)
+    llm.eval(ids)
+    return llm, np.array(llm.scores[: len(ids)])
+
+
+@pytest.mark.parametrize("name,changes", [
+    ("gpt-tiny", {"vocab_size": 512}),
+    ("gpt-tiny", {"vocab_size": 512, "qkv_bias": False, "tie_embeddings": False}),
+    ("llama-tiny", {}),
+    ("qwen3-tiny", {}),
+])
+def test_llama_cpp_reads_our_gguf(name, changes, small_bpe, tmp_path):
+    model = tiny(name, **changes)
+    path = write_gguf(model, small_bpe, tmp_path / "m.gguf", "f32")
+    ids = small_bpe.encode(TEXT)
+    llm, theirs = _llama_logits(path, ids)
+    assert llm.tokenize(TEXT.encode(), add_bos=False) == ids
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0].numpy()
+    assert np.abs(theirs - ours).max() <= 1e-3 * np.abs(ours).max()
+
+
+def test_llama_cpp_tokenizes_smollm2_as_we_do(tmp_path):
+    from scratchlm.models.convert.gguf import read_gguf
+    from scratchlm.models.loading import gguf_tokenizer, smollm2_gguf
+
+    tok = gguf_tokenizer(read_gguf(smollm2_gguf())[0])
+    path = write_gguf(tiny("llama-tiny", vocab_size=49152), tok, tmp_path / "s.gguf", "f32")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, verbose=False, vocab_only=True)
+    text = TEXT + " 2026 numbers 1234567, naïve 日本語"
+    assert llm.tokenize(text.encode(), add_bos=False) == tok.encode(text)
