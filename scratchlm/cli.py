@@ -170,6 +170,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     d.add_argument("responses", nargs="?", default=None,
                    help="a test-with-responses.json (instruction/prompt, reference or output, "
                         "model_response)")
+    command(ev, "run", "benchmarks: bits-per-byte, multiple choice by log-likelihood, GSM8K",
+            "EvaluateConfig", "scratchlm.recipes.evaluate:main")
+    d = command(ev, "compare", "two evaluations side by side with deltas", "CompareConfig",
+                "scratchlm.recipes.evaluate:compare", skip=frozenset({"runs"}))
+    d.add_argument("runs", nargs="*", default=argparse.SUPPRESS,
+                   help="two results folders (RUN/eval)")
     command(sub, "generate", "continue a prompt with a model", "GenerateConfig",
             "scratchlm.recipes.generate:main")
     command(sub, "chat", "chat with a model in the terminal (streaming)", "ChatConfig",

@@ -1,6 +1,6 @@
 """Dependencies point one way (STYLE.md):
-nn -> models -> (tokenizers, data) -> (finetune, export) -> training -> generation -> recipes
--> cli/serve.
+nn -> models -> (tokenizers, data) -> (finetune, export) -> training -> (generation, evaluate)
+-> recipes -> cli/serve.
 A module may import from its own layer or lower ones, never from a higher one, and importing
 the package does no work (no torch import from ``import scratchlm``).
 
@@ -21,7 +21,7 @@ LAYERS = {
     "models.loading": 2, "recipes.demo": 7,
     "nn": 0, "models": 1, "tokenizers": 2, "data": 2, "finetune": 3, "export": 3,
     "training": 4,
-    "evaluate": 4, "generation": 5, "recipes": 6, "cli": 7, "serve": 7, "api": 7, "__main__": 8,
+    "evaluate": 5, "generation": 5, "recipes": 6, "cli": 7, "serve": 7, "api": 7, "__main__": 8,
 }
 
 

@@ -21,6 +21,7 @@ from scratchlm.data.download import (
 
 _BOOK = "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main"
 _GPT2 = "https://openaipublic.blob.core.windows.net/gpt-2/models/124M"
+_GSM8K = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data"
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,17 @@ SOURCES: dict[str, Source] = {
         f"{_GPT2}/encoder.json",
         "gpt2/encoder.json",
         "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    ),
+    # GSM8K grade-school math (MIT, OpenAI): {"question", "answer"} lines, answers end "#### N".
+    "gsm8k-train": Source(
+        f"{_GSM8K}/train.jsonl",
+        "gsm8k/train.jsonl",
+        "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465",
+    ),
+    "gsm8k-test": Source(
+        f"{_GSM8K}/test.jsonl",
+        "gsm8k/test.jsonl",
+        "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
     ),
     "gpt2-vocab": Source(
         f"{_GPT2}/vocab.bpe",

@@ -207,6 +207,50 @@ class JudgeConfig:
     retries: int = 3
 
 
+# ---- scratchlm evaluate run / compare: recipes/evaluate.py
+@dataclass
+class LMSettings:
+    max_length: int | None = None  # tokens per window (default: the model's context)
+    stride: int | None = None  # window step (default: max_length, no overlap)
+
+
+@dataclass
+class ChoiceSettings:
+    shots: int = 0  # few-shot examples before each question
+    shot_file: str | None = None  # where shots come from (default: the task file itself)
+    seed: int = 1234  # draws the shots
+
+
+@dataclass
+class Gsm8kSettings:
+    mode: str = "chat"  # chat (the model's chat template) | fewshot (solved train problems)
+    shots: int = 5  # fewshot mode: solved problems before the question
+    samples: int = 1  # answers per problem; > 1 adds pass@k and maj@k (self-consistency)
+    temperature: float = 0.0  # > 0 needed for samples > 1
+    max_new_tokens: int = 256
+    batch_size: int = 8  # problems generated together
+
+
+@dataclass
+class EvaluateConfig:
+    model: str = ""  # a run's final/ folder, a preset with weights or a .gguf file (required)
+    adapter: str | None = None  # a LoRA adapter folder applied first
+    # each task: gsm8k | bpb:TEXT (a data set name or a text file) | choice:FILE[:LAYOUT]
+    # (LAYOUT: jsonl, hellaswag, arc, mmlu, piqa)
+    tasks: list[str] = field(default_factory=lambda: ["bpb:tinyshakespeare"])
+    limit: int | None = None  # only the first N examples (or characters of a text) per task
+    out: str = ""  # results folder (default: RUN/eval beside a run's final/, else eval/)
+    quantize: str | None = None  # "int8": weight-only int8 for faster generation
+    lm: LMSettings = field(default_factory=LMSettings)
+    choice: ChoiceSettings = field(default_factory=ChoiceSettings)
+    gsm8k: Gsm8kSettings = field(default_factory=Gsm8kSettings)
+
+
+@dataclass
+class CompareConfig:
+    runs: list[str] = field(default_factory=list)  # two results folders (or runs holding eval/)
+
+
 # ---- scratchlm serve: serve/app.py
 @dataclass
 class ServeConfig:

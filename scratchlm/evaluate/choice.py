@@ -1,0 +1,291 @@
+"""Multiple-choice benchmarks scored by log-likelihood, as lm-evaluation-harness scores them.
+
+    examples = read_task("arc_easy_test.jsonl", layout="arc")
+    result = evaluate_choices(model, tokenizer, examples, shots=5, shot_pool=train_examples)
+    result["acc"], result["acc_norm"]
+
+Each choice is a continuation of the example's context (after ``delimiter``, a space by
+default); the model's score for it is the summed log-probability of its tokens. ``acc`` picks
+the highest sum, ``acc_norm`` the highest sum divided by the choice's length in characters.
+Both are lm-evaluation-harness's definitions, and so is the tokenization of a pair (trailing
+spaces of the context move to the continuation; the continuation's tokens are those of
+context + continuation after the context's own).
+
+The choices of one example share its context: the context runs once into a KV cache, which
+every choice then continues in one batch (``loglikelihoods``).
+
+Layouts: ``jsonl`` ({"context", "choices", "label"} per line), and the published layouts of
+``hellaswag``, ``arc`` (ARC-Easy/Challenge), ``mmlu`` and ``piqa`` (their Hugging Face JSONL
+exports), with lm-evaluation-harness's prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from scratchlm.evaluate.lm import prefix_token
+
+
+@dataclass
+class Example:
+    context: str
+    choices: list[str]
+    label: int
+    description: str = ""  # text before the few-shot examples (MMLU's subject line)
+
+
+class TaskError(ValueError):
+    """A task file that cannot be read; the message names the file and line."""
+
+
+# ---------------------------------------------------------------- reading the published layouts
+def _hellaswag_text(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def _hellaswag(doc: dict) -> Example:
+    ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize() if "ctx_a" in doc else doc["ctx"]
+    return Example(_hellaswag_text(doc["activity_label"] + ": " + ctx),
+                   [_hellaswag_text(e) for e in doc["endings"]], int(doc["label"]))
+
+
+def _arc(doc: dict) -> Example:
+    labels = list(doc["choices"]["label"])
+    return Example(f"Question: {doc['question']}\nAnswer:", list(doc["choices"]["text"]),
+                   labels.index(doc["answerKey"]))
+
+
+def _mmlu(doc: dict) -> Example:
+    letters = "ABCD"
+    body = doc["question"].strip() + "\n" + "".join(
+        f"{letters[i]}. {c}\n" for i, c in enumerate(doc["choices"]))
+    subject = doc.get("subject", "").replace("_", " ")
+    return Example(body + "Answer:", list(letters[: len(doc["choices"])]), int(doc["answer"]),
+                   f"The following are multiple choice questions (with answers) about "
+                   f"{subject}.\n\n" if subject else "")
+
+
+def _piqa(doc: dict) -> Example:
+    return Example(f"Question: {doc['goal']}\nAnswer:", [doc["sol1"], doc["sol2"]],
+                   int(doc["label"]))
+
+
+def _plain(doc: dict) -> Example:
+    return Example(doc["context"], doc["choices"], doc["label"], doc.get("description", ""))
+
+
+LAYOUTS: dict[str, Callable[[dict], Example]] = {
+    "jsonl": _plain, "hellaswag": _hellaswag, "arc": _arc, "mmlu": _mmlu, "piqa": _piqa,
+}
+
+
+def read_task(path: str | Path, layout: str = "jsonl") -> list[Example]:
+    """The examples of a JSONL task file; ``TaskError`` naming the file and line for a bad
+    line, a label outside its choices, or a file without examples."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    path = Path(path)
+    out = []
+    with open(path, encoding="utf-8", errors="strict") as f:
+        lines = iter(f)
+        n = 0
+        while True:
+            n += 1
+            try:
+                line = next(lines)
+            except StopIteration:
+                break
+            except UnicodeDecodeError as e:
+                raise TaskError(f"{path}:{n}: not UTF-8 ({e.reason})") from None
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+                ex = LAYOUTS[layout](doc)
+            except json.JSONDecodeError as e:
+                raise TaskError(f"{path}:{n}: not JSON ({e.msg})") from None
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise TaskError(f"{path}:{n}: not a {layout} example ({type(e).__name__}: "
+                                f"{e})") from None
+            _check(ex, f"{path}:{n}")
+            out.append(ex)
+    if not out:
+        raise TaskError(f"{path}: no examples")
+    return out
+
+
+def _check(ex: Example, where: str) -> None:
+    if not isinstance(ex.context, str):
+        raise TaskError(f"{where}: context must be a string")
+    if (not isinstance(ex.choices, list) or len(ex.choices) < 2
+            or not all(isinstance(c, str) for c in ex.choices)):
+        raise TaskError(f"{where}: choices must be a list of at least two strings")
+    if isinstance(ex.label, bool) or not isinstance(ex.label, int) or not (
+            0 <= ex.label < len(ex.choices)):
+        raise TaskError(f"{where}: label {ex.label!r} is not the index of one of its "
+                        f"{len(ex.choices)} choices")
+
+
+# ------------------------------------------------------------------------------ prompts
+def fewshot_context(ex: Example, shots: Sequence[Example], delimiter: str = " ") -> str:
+    """lm-evaluation-harness's few-shot prompt: the description, each shot's context, its
+    answer and a blank line, then the example's context."""
+    demo = "".join(s.context + delimiter + s.choices[s.label] + "\n\n" for s in shots)
+    return ex.description + demo + ex.context
+
+
+def pick_shots(pool: Sequence[Example], k: int, seed: int, exclude: Example | None = None):
+    """``k`` examples drawn from ``pool`` with ``seed`` (never ``exclude`` itself)."""
+    if k == 0:
+        return []
+    candidates = [e for e in pool if e is not exclude]
+    if len(candidates) < k:
+        raise ValueError(f"{k} shots asked, the pool holds {len(candidates)}")
+    return random.Random(seed).sample(candidates, k)
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) as lm-evaluation-harness splits them."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    if not context:
+        first = prefix_token(tokenizer)
+        return ([first] if first is not None else []), tokenizer.encode(continuation)
+    whole = tokenizer.encode(context + continuation)
+    ctx = tokenizer.encode(context)
+    return ctx, whole[len(ctx):]
+
+
+# ------------------------------------------------------------------------------ scoring
+def _kv_cache(model: nn.Module, batch: int, length: int):
+    from scratchlm.nn.kv_cache import KVCache
+
+    cfg = model.cfg
+    p = next(model.parameters())
+    return KVCache(cfg.n_layer, batch, getattr(cfg, "n_kv_head", cfg.n_head), length,
+                   cfg.head_dim, p.dtype, p.device)
+
+
+@torch.no_grad()
+def _shared_context(model: nn.Module, ctx: list[int],
+                    conts: list[list[int]]) -> list[tuple[float, bool]]:
+    """(log-likelihood, greedy) of each continuation after ``ctx``: the context once, then
+    the continuations as one right-padded batch continuing its KV cache. ``greedy``: every
+    token of the continuation is the model's argmax."""
+    device = next(model.parameters()).device
+    longest = max(len(c) for c in conts)
+    cache = _kv_cache(model, 1, len(ctx) + longest)
+    last = torch.log_softmax(model(torch.tensor([ctx], device=device), cache)[0, -1].float(),
+                             -1)
+    top = int(last.argmax())
+    scores = [[float(last[c[0]]), c[0] == top] for c in conts]
+    if longest > 1:
+        n = len(conts)
+        batch = _kv_cache(model, n, len(ctx) + longest)
+        batch.k[:, :, :, : len(ctx)] = cache.k[:, :, :, : len(ctx)]
+        batch.v[:, :, :, : len(ctx)] = cache.v[:, :, :, : len(ctx)]
+        batch.length = len(ctx)
+        x = torch.tensor([c[:-1] + [0] * (longest - len(c)) for c in conts], device=device)
+        logp = torch.log_softmax(model(x, batch).float(), -1)  # (n, longest - 1, V)
+        for i, c in enumerate(conts):
+            if len(c) > 1:
+                rows = logp[i, : len(c) - 1]
+                tgt = torch.tensor(c[1:], device=device)
+                scores[i][0] += float(rows.gather(1, tgt[:, None]).sum())
+                scores[i][1] = scores[i][1] and bool((rows.argmax(-1) == tgt).all())
+    return [(ll, greedy) for ll, greedy in scores]
+
+
+@torch.no_grad()
+def _plain(model: nn.Module, ctx: list[int], cont: list[int]) -> float:
+    """Log-likelihood of ``cont`` after ``ctx`` in one forward (the reference path)."""
+    return _plain_greedy(model, ctx, cont)[0]
+
+
+@torch.no_grad()
+def _plain_greedy(model: nn.Module, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
+    device = next(model.parameters()).device
+    ids = torch.tensor([ctx + cont[:-1]], device=device)
+    logp = torch.log_softmax(model(ids)[0, len(ctx) - 1:].float(), -1)
+    tgt = torch.tensor(cont, device=device)
+    return float(logp.gather(1, tgt[:, None]).sum()), bool((logp.argmax(-1) == tgt).all())
+
+
+def loglikelihoods(model: nn.Module, requests: Sequence[tuple[list[int], list[int]]],
+                   shared: bool = True, progress: bool = False,
+                   greedy: bool = False) -> list[float] | list[tuple[float, bool]]:
+    """Summed log-probability of each (context ids, continuation ids) request. Requests with
+    the same context share one prefill (``shared``; models with sliding-window layers and
+    contexts past the window take the plain path). Inputs longer than the model's context
+    lose tokens from the left of the context, as lm-evaluation-harness truncates.
+    ``greedy``: (log-likelihood, whether the continuation is the greedy one) pairs."""
+    limit = model.cfg.context_length
+    sliding = any(getattr(b.att, "window", 0) for b in model.trf_blocks)
+    was_training = model.training
+    model.eval()
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, cont) in enumerate(requests):
+        if not cont:
+            raise ValueError(f"request {i}: an empty continuation")
+        if not ctx:
+            raise ValueError(f"request {i}: an empty context (give it a prefix token)")
+        groups.setdefault(tuple(ctx), []).append(i)
+    out: list = [(0.0, False)] * len(requests)
+    for ctx, members in tqdm(groups.items(), desc="scoring", unit="context",
+                             disable=not progress):
+        conts = [requests[i][1] for i in members]
+        keep = limit - max(len(c) for c in conts) + 1  # context tokens that still fit
+        if keep < 1:
+            raise ValueError(f"a continuation of {max(len(c) for c in conts)} tokens does not "
+                             f"fit the model's context of {limit}")
+        context = list(ctx[-keep:])
+        if shared and not sliding:
+            scores = _shared_context(model, context, conts)
+        else:
+            scores = [_plain_greedy(model, context, c) for c in conts]
+        for i, s in zip(members, scores):
+            out[i] = s
+    model.train(was_training)
+    return out if greedy else [ll for ll, _ in out]
+
+
+def evaluate_choices(model: nn.Module, tokenizer, examples: Sequence[Example], shots: int = 0,
+                     shot_pool: Sequence[Example] | None = None, seed: int = 1234,
+                     delimiter: str = " ", progress: bool = True,
+                     done: dict[int, dict] | None = None,
+                     on_result: Callable[[int, dict], None] | None = None) -> dict:
+    """``acc`` and ``acc_norm`` over ``examples`` (``shots`` few-shot examples each, drawn
+    from ``shot_pool`` with ``seed``). ``done``: per-example results already computed (by
+    index; resuming), skipped; ``on_result(index, row)`` is called for each new one."""
+    pool = shot_pool if shot_pool is not None else examples
+    rows: dict[int, dict] = dict(done or {})
+    todo = [i for i in range(len(examples)) if i not in rows]
+    for i in tqdm(todo, desc="multiple choice", unit="example", disable=not progress):
+        ex = examples[i]
+        context = fewshot_context(ex, pick_shots(pool, shots, seed + i, exclude=ex), delimiter)
+        pairs = [encode_pair(tokenizer, context, delimiter + c) for c in ex.choices]
+        lls = loglikelihoods(model, pairs)
+        norm = [ll / max(len(c), 1) for ll, c in zip(lls, ex.choices)]
+        row = {"loglikelihoods": lls, "label": ex.label,
+               "acc": float(max(range(len(lls)), key=lls.__getitem__) == ex.label),
+               "acc_norm": float(max(range(len(norm)), key=norm.__getitem__) == ex.label)}
+        rows[i] = row
+        if on_result is not None:
+            on_result(i, row)
+    n = len(examples)
+    return {"examples": n, "shots": shots,
+            "acc": sum(r["acc"] for r in rows.values()) / n,
+            "acc_norm": sum(r["acc_norm"] for r in rows.values()) / n,
+            "rows": [rows[i] for i in range(n)]}
