@@ -12,7 +12,8 @@ spaces of the context move to the continuation; the continuation's tokens are th
 context + continuation after the context's own).
 
 The choices of one example share its context: the context runs once into a KV cache, which
-every choice then continues in one batch (``loglikelihoods``).
+every choice then continues in one batch; several examples' contexts prefill together
+(``loglikelihoods``).
 
 Layouts: ``jsonl`` ({"context", "choices", "label"} per line), and the published layouts of
 ``hellaswag``, ``arc`` (ARC-Easy/Challenge), ``mmlu`` and ``piqa`` (their Hugging Face JSONL
@@ -169,43 +170,56 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 
 # ------------------------------------------------------------------------------ scoring
-def _kv_cache(model: nn.Module, batch: int, length: int):
+def _kv_cache(model: nn.Module, batch: int, length: int, pad: torch.Tensor | None = None):
     from scratchlm.nn.kv_cache import KVCache
 
     cfg = model.cfg
     p = next(model.parameters())
     return KVCache(cfg.n_layer, batch, getattr(cfg, "n_kv_head", cfg.n_head), length,
-                   cfg.head_dim, p.dtype, p.device)
+                   cfg.head_dim, p.dtype, p.device, pad)
 
 
 @torch.no_grad()
-def _shared_context(model: nn.Module, ctx: list[int],
-                    conts: list[list[int]]) -> list[tuple[float, bool]]:
-    """(log-likelihood, greedy) of each continuation after ``ctx``: the context once, then
-    the continuations as one right-padded batch continuing its KV cache. ``greedy``: every
-    token of the continuation is the model's argmax."""
+def _shared_contexts(model: nn.Module,
+                     groups: list[tuple[list[int], list[list[int]]]]) -> list[list[tuple]]:
+    """(log-likelihood, greedy) of every continuation of every (context, continuations)
+    group. The contexts run once, left-padded into one batch whose KV cache each group's
+    continuations then continue as right-padded rows; only the last context position goes
+    through the output head. ``greedy``: every token of the continuation is the argmax."""
+    from scratchlm.nn.native import head_linear
+
     device = next(model.parameters()).device
-    longest = max(len(c) for c in conts)
-    cache = _kv_cache(model, 1, len(ctx) + longest)
-    last = torch.log_softmax(model(torch.tensor([ctx], device=device), cache)[0, -1].float(),
-                             -1)
-    top = int(last.argmax())
-    scores = [[float(last[c[0]]), c[0] == top] for c in conts]
+    vocab = model.cfg.vocab_size
+    width = max(len(c) for c, _ in groups)
+    longest = max(len(t) for _, conts in groups for t in conts)
+    pad = torch.tensor([width - len(c) for c, _ in groups], device=device)
+    ids = torch.tensor([[0] * (width - len(c)) + c for c, _ in groups], device=device)
+    cache = _kv_cache(model, len(groups), width + longest, pad)
+    hidden = model.hidden_states(ids, cache)[:, -1]  # (G, C)
+    last = torch.log_softmax(head_linear(model.out_head, hidden)[:, :vocab].float(), -1)
+    owner = [g for g, (_, conts) in enumerate(groups) for _ in conts]
+    conts = [t for _, cs in groups for t in cs]
+    top = last.argmax(-1).tolist()
+    scores = [[float(last[g, t[0]]), t[0] == top[g]] for g, t in zip(owner, conts)]
     if longest > 1:
-        n = len(conts)
-        batch = _kv_cache(model, n, len(ctx) + longest)
-        batch.k[:, :, :, : len(ctx)] = cache.k[:, :, :, : len(ctx)]
-        batch.v[:, :, :, : len(ctx)] = cache.v[:, :, :, : len(ctx)]
-        batch.length = len(ctx)
-        x = torch.tensor([c[:-1] + [0] * (longest - len(c)) for c in conts], device=device)
-        logp = torch.log_softmax(model(x, batch).float(), -1)  # (n, longest - 1, V)
-        for i, c in enumerate(conts):
-            if len(c) > 1:
-                rows = logp[i, : len(c) - 1]
-                tgt = torch.tensor(c[1:], device=device)
-                scores[i][0] += float(rows.gather(1, tgt[:, None]).sum())
-                scores[i][1] = scores[i][1] and bool((rows.argmax(-1) == tgt).all())
-    return [(ll, greedy) for ll, greedy in scores]
+        rows = torch.tensor(owner, device=device)
+        batch = _kv_cache(model, len(conts), width + longest, pad[rows])
+        batch.k[:, :, :, :width] = cache.k[:, rows, :, :width]
+        batch.v[:, :, :, :width] = cache.v[:, rows, :, :width]
+        batch.length = width
+        x = torch.tensor([t[:-1] + [0] * (longest - len(t)) for t in conts], device=device)
+        logp = torch.log_softmax(model(x, batch)[..., :vocab].float(), -1)  # (R, L - 1, V)
+        for i, t in enumerate(conts):
+            if len(t) > 1:
+                lp = logp[i, : len(t) - 1]
+                tgt = torch.tensor(t[1:], device=device)
+                scores[i][0] += float(lp.gather(1, tgt[:, None]).sum())
+                scores[i][1] = scores[i][1] and bool((lp.argmax(-1) == tgt).all())
+    out, k = [], 0
+    for _, cs in groups:
+        out.append([tuple(x) for x in scores[k:k + len(cs)]])
+        k += len(cs)
+    return out
 
 
 @torch.no_grad()
@@ -224,11 +238,11 @@ def _plain_greedy(model: nn.Module, ctx: list[int], cont: list[int]) -> tuple[fl
 
 
 def loglikelihoods(model: nn.Module, requests: Sequence[tuple[list[int], list[int]]],
-                   shared: bool = True, progress: bool = False,
-                   greedy: bool = False) -> list[float] | list[tuple[float, bool]]:
+                   shared: bool = True, progress: bool = False, greedy: bool = False,
+                   batch_size: int = 8) -> list[float] | list[tuple[float, bool]]:
     """Summed log-probability of each (context ids, continuation ids) request. Requests with
-    the same context share one prefill (``shared``; models with sliding-window layers and
-    contexts past the window take the plain path). Inputs longer than the model's context
+    the same context share one prefill, and ``batch_size`` contexts prefill together
+    (``shared``; models with sliding-window layers take the plain path, one forward each). Inputs longer than the model's context
     lose tokens from the left of the context, as lm-evaluation-harness truncates.
     ``greedy``: (log-likelihood, whether the continuation is the greedy one) pairs."""
     limit = model.cfg.context_length
@@ -243,27 +257,35 @@ def loglikelihoods(model: nn.Module, requests: Sequence[tuple[list[int], list[in
             raise ValueError(f"request {i}: an empty context (give it a prefix token)")
         groups.setdefault(tuple(ctx), []).append(i)
     out: list = [(0.0, False)] * len(requests)
-    for ctx, members in tqdm(groups.items(), desc="scoring", unit="context",
-                             disable=not progress):
+    prepared = []
+    for ctx, members in groups.items():
         conts = [requests[i][1] for i in members]
         keep = limit - max(len(c) for c in conts) + 1  # context tokens that still fit
         if keep < 1:
             raise ValueError(f"a continuation of {max(len(c) for c in conts)} tokens does not "
                              f"fit the model's context of {limit}")
-        context = list(ctx[-keep:])
+        prepared.append((list(ctx[-keep:]), conts, members))
+    prepared.sort(key=lambda g: len(g[0]))  # similar lengths batch with little padding
+    bar = tqdm(total=len(requests), desc="scoring", unit="request", disable=not progress)
+    for start in range(0, len(prepared), batch_size if shared and not sliding else 1):
+        chunk = prepared[start:start + batch_size] if shared and not sliding else \
+            prepared[start:start + 1]
         if shared and not sliding:
-            scores = _shared_context(model, context, conts)
+            results = _shared_contexts(model, [(c, conts) for c, conts, _ in chunk])
         else:
-            scores = [_plain_greedy(model, context, c) for c in conts]
-        for i, s in zip(members, scores):
-            out[i] = s
+            results = [[_plain_greedy(model, c, t) for t in conts] for c, conts, _ in chunk]
+        for (_, _, members), scores in zip(chunk, results):
+            for i, sc in zip(members, scores):
+                out[i] = sc
+            bar.update(len(members))
+    bar.close()
     model.train(was_training)
     return out if greedy else [ll for ll, _ in out]
 
 
 def evaluate_choices(model: nn.Module, tokenizer, examples: Sequence[Example], shots: int = 0,
                      shot_pool: Sequence[Example] | None = None, seed: int = 1234,
-                     delimiter: str = " ", progress: bool = True,
+                     delimiter: str = " ", progress: bool = True, batch_size: int = 8,
                      done: dict[int, dict] | None = None,
                      on_result: Callable[[int, dict], None] | None = None) -> dict:
     """``acc`` and ``acc_norm`` over ``examples`` (``shots`` few-shot examples each, drawn
@@ -272,18 +294,29 @@ def evaluate_choices(model: nn.Module, tokenizer, examples: Sequence[Example], s
     pool = shot_pool if shot_pool is not None else examples
     rows: dict[int, dict] = dict(done or {})
     todo = [i for i in range(len(examples)) if i not in rows]
-    for i in tqdm(todo, desc="multiple choice", unit="example", disable=not progress):
-        ex = examples[i]
-        context = fewshot_context(ex, pick_shots(pool, shots, seed + i, exclude=ex), delimiter)
-        pairs = [encode_pair(tokenizer, context, delimiter + c) for c in ex.choices]
-        lls = loglikelihoods(model, pairs)
-        norm = [ll / max(len(c), 1) for ll, c in zip(lls, ex.choices)]
-        row = {"loglikelihoods": lls, "label": ex.label,
-               "acc": float(max(range(len(lls)), key=lls.__getitem__) == ex.label),
-               "acc_norm": float(max(range(len(norm)), key=norm.__getitem__) == ex.label)}
-        rows[i] = row
-        if on_result is not None:
-            on_result(i, row)
+    bar = tqdm(total=len(todo), desc="multiple choice", unit="example", disable=not progress)
+    for start in range(0, len(todo), batch_size):  # a batch of examples scored together
+        chunk = todo[start:start + batch_size]
+        pairs, owners = [], []
+        for i in chunk:
+            ex = examples[i]
+            context = fewshot_context(ex, pick_shots(pool, shots, seed + i, exclude=ex),
+                                      delimiter)
+            pairs += [encode_pair(tokenizer, context, delimiter + c) for c in ex.choices]
+            owners += [i] * len(ex.choices)
+        scores = loglikelihoods(model, pairs, batch_size=batch_size)
+        for i in chunk:
+            ex = examples[i]
+            lls = [s for s, o in zip(scores, owners) if o == i]
+            norm = [ll / max(len(c), 1) for ll, c in zip(lls, ex.choices)]
+            row = {"loglikelihoods": lls, "label": ex.label,
+                   "acc": float(max(range(len(lls)), key=lls.__getitem__) == ex.label),
+                   "acc_norm": float(max(range(len(norm)), key=norm.__getitem__) == ex.label)}
+            rows[i] = row
+            if on_result is not None:
+                on_result(i, row)
+        bar.update(len(chunk))
+    bar.close()
     n = len(examples)
     return {"examples": n, "shots": shots,
             "acc": sum(r["acc"] for r in rows.values()) / n,

@@ -43,7 +43,8 @@ class ScratchLM(LM):
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         pairs = [encode_pair(self.tokenizer, *r.args) for r in requests]
-        return loglikelihoods(self.model, pairs, greedy=True, progress=True)
+        return loglikelihoods(self.model, pairs, greedy=True, progress=True,
+                              batch_size=self.batch_size)
 
     def loglikelihood_rolling(self, requests) -> list[float]:
         first = prefix_token(self.tokenizer)

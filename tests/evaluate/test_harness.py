@@ -103,5 +103,6 @@ def test_our_own_multiple_choice_scores_match_the_harness(models, monkeypatch, s
                            read_task(models / "tasks" / "mc.jsonl"), progress=False)
     samples = sorted(ours["samples"]["tiny_mc"], key=lambda s: s["doc_id"])
     for row, s in zip(got["rows"], samples):
-        assert row["loglikelihoods"] == pytest.approx([r[0][0] for r in s["resps"]], abs=1e-5)
+        assert row["loglikelihoods"] == pytest.approx([r[0][0] for r in s["resps"]], rel=1e-6,
+                                                      abs=1e-5)
     assert got["acc"] == ours["results"]["tiny_mc"]["acc,none"]

@@ -45,10 +45,11 @@ def test_a_report_card_is_written_into_the_run_and_resumes(run, capsys, monkeypa
 
     scored = []
     real = choice.loglikelihoods
-    monkeypatch.setattr(choice, "loglikelihoods", lambda *a, **k: scored.append(1) or real(*a, **k))
+    monkeypatch.setattr(choice, "loglikelihoods",
+                        lambda m, pairs, **k: scored.append(len(pairs)) or real(m, pairs, **k))
     assert cli(["evaluate", "run", "--model", str(run / "run" / "final"),
                 "--tasks", f"choice:{run / 'mc.jsonl'}"]) == 0
-    assert len(scored) == 4  # the 4 examples not in the cache, not all 6
+    assert scored == [12]  # one batch: the 4 examples (x 3 choices) not in the cache
     again = json.loads((run / "run" / "eval" / "RESULTS.json").read_text())
     assert again["tasks"][f"choice:{run / 'mc.jsonl'}"]["acc"] == mc["acc"]
     assert f"bpb:{run / 'text.txt'}" in again["tasks"]  # earlier tasks stay on the card
