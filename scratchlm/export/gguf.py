@@ -50,8 +50,7 @@ def _check_head(model: nn.Module) -> None:
     rows = getattr(model.cfg, "padded_vocab_size", model.cfg.vocab_size)
     if out is not None and out not in (rows, model.cfg.vocab_size):
         raise GGUFError(f"the model's head has {out} outputs, not one per token (a classifier "
-                        "or reward model): GGUF holds language models only; export it with "
-                        "--format hf")
+                        "or reward model): GGUF holds language models only")
 
 
 def _vocab_for(bpe: ByteBPE, vocab_size: int) -> tuple[list[str], list[int]]:

@@ -83,6 +83,12 @@ def write_tokenizer(tokenizer, folder: Path, context_length: int) -> HFTokenizer
 def write_hf(model: nn.Module, tokenizer, folder: str | Path, dtype: torch.dtype = torch.float32,
              max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
     """Write the HF folder for ``model`` (LoRA merged beforehand) into ``folder``."""
+    out = getattr(getattr(model, "out_head", None), "out_features", None)
+    if out is not None and out not in (model.cfg.vocab_size,
+                                       getattr(model.cfg, "padded_vocab_size", out)):
+        raise ValueError(f"the model's head has {out} outputs (a classifier or reward model): "
+                         "HF's ...ForSequenceClassification heads have no bias, ours do, so "
+                         "it is not exported yet; use the scratchlm folder (save_pretrained)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     family = family_of(model)

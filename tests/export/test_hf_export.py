@@ -76,3 +76,13 @@ def test_a_large_state_dict_is_sharded_with_an_index(small_bpe, tmp_path):
     x = torch.randint(0, 512, (1, 10))
     with torch.no_grad():
         torch.testing.assert_close(hf(x).logits, model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_classifier_head_is_refused(small_bpe, tmp_path):
+    from scratchlm.finetune.classification import add_classifier_head
+
+    model = tiny("llama-tiny")
+    add_classifier_head(model, 2)
+    with pytest.raises(ValueError, match="classifier or reward model"):
+        write_hf(model, small_bpe, tmp_path / "c")
+    assert not (tmp_path / "c").exists()
