@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from scratchlm.evaluate.settings import ChoiceSettings, EvalTasks, Gsm8kSettings, LMSettings
 from scratchlm.finetune.config import LoraConfig
 from scratchlm.training.config import TrainConfig
 
@@ -35,6 +36,7 @@ class PretrainConfig:
     resume: str = ""  # "latest" or a checkpoint folder
     sample_prompt: str = "Every effort moves you"
     sample_tokens: int = 25
+    eval: EvalTasks = field(default_factory=EvalTasks)  # the final model's report card
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -76,6 +78,7 @@ class InstructConfig:
     split_seed: int | None = None  # shuffle before splitting (the book splits in file order)
     moe_train: str = ""  # MoE models: "router" or "router,0,3" trains only routers (+ experts 0, 3)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    eval: EvalTasks = field(default_factory=EvalTasks)  # the final model's report card
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=0, batch_size=8, lr=5e-5, schedule="constant", warmup_steps=0, weight_decay=0.1,
         log_every=10, save_every=10**9, eval_batches=5))
@@ -98,6 +101,7 @@ class DPOConfig:
     test_responses: bool = True
     dpo: DPOSettings = field(default_factory=DPOSettings)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    eval: EvalTasks = field(default_factory=EvalTasks)  # the final model's report card
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=0, batch_size=4, lr=5e-6, schedule="constant", warmup_steps=0, weight_decay=0.01,
         log_every=5, save_every=10**9, eval_batches=5))
@@ -175,6 +179,7 @@ class DistillConfig:
     temperature: float = 2.0
     val_fraction: float = 0.1
     speed_batches: int = 5  # validation batches timed for the tokens/s comparison
+    eval: EvalTasks = field(default_factory=EvalTasks)  # the final model's report card
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=500, batch_size=8, lr=1e-3, min_lr=1e-4, warmup_steps=20, eval_every=100,
         save_every=500))
@@ -208,29 +213,6 @@ class JudgeConfig:
 
 
 # ---- scratchlm evaluate run / compare: recipes/evaluate.py
-@dataclass
-class LMSettings:
-    max_length: int | None = None  # tokens per window (default: the model's context)
-    stride: int | None = None  # window step (default: max_length, no overlap)
-
-
-@dataclass
-class ChoiceSettings:
-    shots: int = 0  # few-shot examples before each question
-    shot_file: str | None = None  # where shots come from (default: the task file itself)
-    seed: int = 1234  # draws the shots
-
-
-@dataclass
-class Gsm8kSettings:
-    mode: str = "chat"  # chat (the model's chat template) | fewshot (solved train problems)
-    shots: int = 5  # fewshot mode: solved problems before the question
-    samples: int = 1  # answers per problem; > 1 adds pass@k and maj@k (self-consistency)
-    temperature: float = 0.0  # > 0 needed for samples > 1
-    max_new_tokens: int = 256
-    batch_size: int = 8  # problems generated together
-
-
 @dataclass
 class EvaluateConfig:
     model: str = ""  # a run's final/ folder, a preset with weights or a .gguf file (required)

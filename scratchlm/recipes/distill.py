@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from scratchlm.config import to_dict
+from scratchlm.evaluate.tasks import check_eval, evaluate_final
 from scratchlm.data.pretrain import text_datasets
 from scratchlm.finetune.distill import (DistillationLoss, check_same_vocabulary,
                                         student_from_teacher)
@@ -69,6 +70,7 @@ def tokens_per_second(model, loader, batches: int, rt) -> float:
 
 
 def main(cfg: DistillConfig) -> dict:
+    check_eval(cfg.eval)  # a bad --eval.tasks is refused before training
     with training_session(cfg.train, cfg.out) as (rt, out):
         teacher, tok = load_model_and_tokenizer(cfg.teacher, device=rt.device)
         student = build_student(cfg, teacher, rt.device)
@@ -114,5 +116,6 @@ def main(cfg: DistillConfig) -> dict:
             return result
         save_pretrained(student, out / "final")
         save_tokenizer(tok, out / "final")
+        evaluate_final(cfg.eval, student, tok, out, str(out / "final"))
         (out / "result.json").write_text(json.dumps(result, indent=2))
         return result

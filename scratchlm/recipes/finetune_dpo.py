@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from scratchlm.config import to_dict
+from scratchlm.evaluate.tasks import check_eval, evaluate_final
 from scratchlm.data.instruction import PreferenceCollate, PreferenceDataset
 from scratchlm.evaluate.offline import closer_to_chosen
 from scratchlm.finetune.dpo import DPOLoss, evaluate_preferences
@@ -31,6 +32,7 @@ from scratchlm.recipes.configs import DPOConfig, DPOSettings  # noqa: F401 (its 
 
 
 def main(cfg: DPOConfig) -> dict:
+    check_eval(cfg.eval)  # a bad --eval.tasks is refused before training
     with training_session(cfg.train, cfg.out) as (rt, out):
         model, tok, style, (train_ex, val_ex, test_ex), pad = load_for_finetuning(
             cfg.model, cfg.data, cfg.style, cfg.limit, None, rt.device)
@@ -79,5 +81,6 @@ def main(cfg: DPOConfig) -> dict:
                     for e, b, r in zip(test_ex, responses_before, responses)]
             (out / "test-with-responses.json").write_text(json.dumps(rows, indent=2))
         save_final(model, tok, out / "final", cfg.lora)
+        evaluate_final(cfg.eval, model, tok, out, str(out / "final"))
         (out / "preferences.json").write_text(json.dumps(result, indent=2))
         return result

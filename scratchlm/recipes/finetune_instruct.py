@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from scratchlm.config import to_dict
 from scratchlm.data.instruction import InstructionCollate, InstructionDataset, format_input
 from scratchlm.evaluate.offline import text_metrics
+from scratchlm.evaluate.tasks import check_eval, evaluate_final
 from scratchlm.finetune.setup import apply_lora_config, load_for_finetuning, save_final
 from scratchlm.generation.responses import generate_responses
 from scratchlm.models.accounting import count_parameters
@@ -41,6 +42,7 @@ def parse_moe_train(spec: str) -> list[int]:
 
 
 def main(cfg: InstructConfig) -> dict:
+    check_eval(cfg.eval)  # a bad --eval.tasks is refused before training
     with training_session(cfg.train, cfg.out) as (rt, out):
         model, tok, style, (train_ex, val_ex, test_ex), pad = load_for_finetuning(
             cfg.model, cfg.data, cfg.style, cfg.limit, cfg.split_seed, rt.device)
@@ -93,6 +95,7 @@ def main(cfg: InstructConfig) -> dict:
             (out / "test-with-responses.json").write_text(json.dumps(rows, indent=2))
             result.update(text_metrics(responses, [e.response for e in test_ex]))
         save_final(model, tok, out / "final", cfg.lora)
+        evaluate_final(cfg.eval, model, tok, out, str(out / "final"))
         (out / "samples.json").write_text(json.dumps(samples, indent=2))
         (out / "result.json").write_text(json.dumps(result, indent=2))
         return result

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from scratchlm.config import load_file, to_dict
 from scratchlm.data.pretrain import text_datasets
+from scratchlm.evaluate.tasks import check_eval, evaluate_final
 from scratchlm.generation.sampling import generate, text_to_token_ids, token_ids_to_text
 from scratchlm.models.accounting import count_parameters, flops_per_token
 from scratchlm.models.registry import FAMILIES, build_model, family_named, family_of, preset
@@ -88,6 +89,7 @@ def report_plan(model_cfg, n_params: int, train_tokens: int, cfg: PretrainConfig
 
 
 def main(cfg: PretrainConfig) -> FitResult:
+    check_eval(cfg.eval)  # a bad --eval.tasks is refused before training
     rt = setup_runtime(cfg.train.precision, cfg.train.device, cfg.train.seed)
     out = Path(cfg.out)
     try:
@@ -131,6 +133,7 @@ def main(cfg: PretrainConfig) -> FitResult:
         final = whole_model(model, rt)  # gathered from the shards under FSDP
         if rt.is_main:
             save_pretrained(final, out / "final")
+            evaluate_final(cfg.eval, final, tokenizer, out, str(out / "final"))
             if Path(cfg.tokenizer).is_file():
                 shutil.copyfile(cfg.tokenizer, out / "final" / "tokenizer.json")
         return result

@@ -74,3 +74,17 @@ def test_bad_requests_are_refused_before_loading(run):
         main(EvaluateConfig(model="no-such-model", tasks=["mmlu"]))
     with pytest.raises(ValueError, match="--limit must be >= 1"):
         main(EvaluateConfig(model="m", limit=0))
+
+
+def test_a_training_recipe_evaluates_its_final_model(tmp_path, capsys):
+    args = ["pretrain", "--model", "gpt2-124m", "--n_layer", "2", "--n_embd", "32",
+            "--n_head", "2", "--context_length", "32", "--data", "the-verdict",
+            "--train.max_steps", "2", "--train.batch_size", "2", "--train.eval_every", "2",
+            "--train.tensorboard", "false", "--sample_tokens", "0"]
+    assert cli([*args, "--out", str(tmp_path / "bad"), "--eval.tasks", "hellaswag"]) == 2
+    assert "unknown task 'hellaswag'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before any training
+    assert cli([*args, "--out", str(tmp_path / "run"), "--eval.tasks", "bpb:the-verdict",
+                "--eval.limit", "3000"]) == 0
+    card = json.loads((tmp_path / "run" / "eval" / "RESULTS.json").read_text())
+    assert card["tasks"]["bpb:the-verdict"]["bytes"] == 3000
