@@ -121,12 +121,14 @@ def fewshot_prompt(problem: Problem, shots: Sequence[Problem]) -> str:
 
 def _generate(engine, tokenizer, prompts: list[list[int]], max_new_tokens: int,
               temperature: float, seed: int | None, stop: str | None) -> list[str]:
-    """Batched generation with the engine; a row also ends at the ``stop`` text."""
-    from scratchlm.generation.engine import SamplingParams
+    """Batched generation with the engine; a row ends at end-of-text or the ``stop`` text
+    (which is left out), detokenized as the engine's ``TextStream`` does."""
+    from scratchlm.generation.engine import SamplingParams, TextStream
 
     eos = tuple(i for i in (tokenizer.eos_id,) if i is not None)
     params = SamplingParams(max_new_tokens, temperature, stop_ids=eos, seed=seed)
-    outs: list[list[int]] = [[] for _ in prompts]
+    streams = [TextStream(tokenizer, [stop] if stop else []) for _ in prompts]
+    texts = [""] * len(prompts)
     ended = [False] * len(prompts)
     for step in engine.stream(prompts, params):
         for i, tok in enumerate(step):
@@ -135,13 +137,11 @@ def _generate(engine, tokenizer, prompts: list[list[int]], max_new_tokens: int,
             if tok in eos:
                 ended[i] = True
                 continue
-            outs[i].append(tok)
-            if stop and stop in tokenizer.decode(outs[i][-16:]):
-                ended[i] = True
+            texts[i] += streams[i].push(tok)
+            ended[i] = streams[i].stopped
         if all(ended):
             break
-    texts = [tokenizer.decode(o) for o in outs]
-    return [t.split(stop)[0] if stop else t for t in texts]
+    return [t + s.finish() for t, s in zip(texts, streams)]
 
 
 def evaluate_gsm8k(model: nn.Module, tokenizer, problems: Sequence[Problem], mode: str = "chat",

@@ -56,7 +56,7 @@ class ScratchLM(LM):
         return out
 
     def generate_until(self, requests) -> list[str]:
-        from scratchlm.generation.engine import Engine, SamplingParams
+        from scratchlm.generation.engine import Engine, SamplingParams, stream_text
 
         engine = Engine(self.model)
         eos = tuple(i for i in (self.tokenizer.eos_id,) if i is not None)
@@ -69,18 +69,8 @@ class ScratchLM(LM):
                 else 0.0
             params = SamplingParams(int(kwargs.get("max_gen_toks", self.max_gen_toks)),
                                     temperature, stop_ids=eos)
-            ids, text = [], ""
-            for step in engine.stream([self.tokenizer.encode(context)], params):
-                tok = step[0]
-                if tok is None or tok in eos:
-                    break
-                ids.append(tok)
-                text = self.tokenizer.decode(ids)
-                if any(u in text for u in until):
-                    break
-            for u in until:
-                text = text.split(u)[0]
-            out.append(text)
+            out.append("".join(stream_text(engine, self.tokenizer,
+                                           self.tokenizer.encode(context), params, until)))
         return out
 
 

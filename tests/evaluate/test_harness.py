@@ -106,3 +106,18 @@ def test_our_own_multiple_choice_scores_match_the_harness(models, monkeypatch, s
         assert row["loglikelihoods"] == pytest.approx([r[0][0] for r in s["resps"]], rel=1e-6,
                                                       abs=1e-5)
     assert got["acc"] == ours["results"]["tiny_mc"]["acc,none"]
+
+
+def test_generate_until_stops_at_the_first_stop_string(models):
+    from lm_eval.api.instance import Instance
+
+    from scratchlm.evaluate.harness import ScratchLM
+
+    lm = ScratchLM(str(models / "ours"))
+    req = lambda until: Instance("generate_until", {}, ("The capital of France is",  # noqa: E731
+                                                        {"until": until, "max_gen_toks": 12}), 0)
+    (full,) = lm.generate_until([req([])])
+    assert full and len(lm.tokenizer.encode(full)) <= 12
+    stop = full[len(full) // 2:][:2]
+    (cut,) = lm.generate_until([req([stop])])
+    assert stop not in cut and full.startswith(cut) and cut == full[:full.find(stop)]
