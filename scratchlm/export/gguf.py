@@ -25,7 +25,7 @@ from torch import nn
 from scratchlm.export.quants import QUANTS, can_quantize, quantize
 from scratchlm.export.vocab import ByteBPE, byte_bpe
 from scratchlm.models.convert.gguf import ARCHS, GGUFError, config_metadata
-from scratchlm.models.loading import unique_state_dict
+from scratchlm.models.loading import class_head_size, unique_state_dict
 from scratchlm.models.registry import family_of
 
 DTYPES = ("f32", "f16", "bf16")
@@ -46,11 +46,10 @@ def gguf_arch(model: nn.Module) -> str:
 
 
 def _check_head(model: nn.Module) -> None:
-    out = getattr(getattr(model, "out_head", None), "out_features", None)
-    rows = getattr(model.cfg, "padded_vocab_size", model.cfg.vocab_size)
-    if out is not None and out not in (rows, model.cfg.vocab_size):
-        raise GGUFError(f"the model's head has {out} outputs, not one per token (a classifier "
-                        "or reward model): GGUF holds language models only")
+    classes = class_head_size(model)
+    if classes is not None:
+        raise GGUFError(f"the model's head has {classes} outputs, not one per token (a "
+                        "classifier or reward model): GGUF holds language models only")
 
 
 def _vocab_for(bpe: ByteBPE, vocab_size: int) -> tuple[list[str], list[int]]:

@@ -197,21 +197,68 @@ def load_hf_llama(folder: str | Path, dtype: torch.dtype = torch.float32,
     return load_hf(folder, dtype, device)
 
 
-def save_hf(model: nn.Module, folder: str | Path) -> Path:
-    """Our model in its family's Hugging Face layout (``config.json`` + ``model.safetensors``),
-    loadable by ``AutoModelForCausalLM.from_pretrained``. Files are written under temporary
-    names and renamed."""
+HF_SHARD_BYTES = 5 * 1024**3  # transformers' default max_shard_size ("5GB")
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file(tensors, path.with_name(path.name + ".part"), metadata={"format": "pt"})
+    os.replace(path.with_name(path.name + ".part"), path)
+
+
+def save_hf_weights(state: dict[str, torch.Tensor], folder: Path,
+                    max_shard_bytes: int = HF_SHARD_BYTES) -> list[str]:
+    """``model.safetensors``, or ``model-0000k-of-0000n.safetensors`` shards of at most
+    ``max_shard_bytes`` (a tensor larger than that gets a shard of its own) with the index
+    transformers reads; returns the file names."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, t in state.items():
+        n = t.numel() * t.element_size()
+        if shards[-1] and size + n > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = t.contiguous()
+        size += n
+    if len(shards) == 1:
+        _save_atomic(shards[0], folder / "model.safetensors")
+        return ["model.safetensors"]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        _save_atomic(shard, folder / name)
+    index = {"metadata": {"total_size": sum(t.numel() * t.element_size()
+                                            for t in state.values())},
+             "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return [*names, "model.safetensors.index.json"]
+
+
+def save_hf(model: nn.Module, folder: str | Path, dtype: torch.dtype = torch.float32,
+            max_shard_bytes: int = HF_SHARD_BYTES, config: dict | None = None) -> Path:
+    """Our model in its family's Hugging Face layout (``config.json`` + ``model.safetensors``
+    or its shards), loadable by ``AutoModelForCausalLM.from_pretrained``; ``config``: more
+    ``config.json`` keys (token ids). Files are written under temporary names and renamed."""
     conv = family_of(model).hf()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    hf_config = conv.config_to_hf(model.cfg)
+    hf_config = {**conv.config_to_hf(model.cfg), "torch_dtype": str(dtype).removeprefix("torch."),
+                 **(config or {})}
     state = conv.state_dict_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()},
                                   model.cfg)
-    save_file(state, folder / "model.safetensors.part", metadata={"format": "pt"})
-    os.replace(folder / "model.safetensors.part", folder / "model.safetensors")
+    save_hf_weights({k: v.to(dtype) for k, v in state.items()}, folder, max_shard_bytes)
     (folder / "config.json.part").write_text(json.dumps(hf_config, indent=2))
     os.replace(folder / "config.json.part", folder / "config.json")
     return folder
+
+
+def class_head_size(model: nn.Module) -> int | None:
+    """The number of outputs of a classifier or reward head (``finetune/classification.py``,
+    ``finetune/reward.py``); None for a language-model head (vocabulary-sized, padded or not)."""
+    head = getattr(model, "out_head", None)
+    if not isinstance(head, nn.Linear):
+        return None
+    cfg = model.cfg
+    vocab = {cfg.vocab_size, getattr(cfg, "padded_vocab_size", cfg.vocab_size)}
+    return None if head.out_features in vocab else head.out_features
 
 
 def gguf_tokenizer(meta: dict, source: str = "GGUF"):
@@ -339,9 +386,9 @@ def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
     save_file(unique_state_dict(model), folder / "model.safetensors.part", metadata={"format": "pt"})
     os.replace(folder / "model.safetensors.part", folder / "model.safetensors")
     meta = {"scratchlm": {"family": family, "config": model.cfg.to_dict()}}
-    head = getattr(model, "out_head", None)
-    if isinstance(head, nn.Linear) and head.out_features != model.cfg.vocab_size:
-        meta["scratchlm"]["num_classes"] = head.out_features  # a classifier head
+    classes = class_head_size(model)
+    if classes is not None:
+        meta["scratchlm"]["num_classes"] = classes  # a classifier head
     (folder / "config.json.part").write_text(json.dumps(meta, indent=2))
     os.replace(folder / "config.json.part", folder / "config.json")
     return folder

@@ -92,3 +92,19 @@ def test_a_checkpoint_of_another_family_names_both(tmp_path):
         with pytest.raises(CheckpointError, match=rf"{src.split('-')[0]} checkpoint, but the "
                                                    rf"config describes a {claim} model"):
             load_pretrained(str(tmp_path / src))
+
+
+def test_a_gpt_with_a_padded_vocabulary_saves_and_loads(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from scratchlm.models.loading import class_head_size, load_pretrained, save_pretrained
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(preset("gpt-tiny")[1], vocab_pad_multiple=64)).eval()
+    assert model.out_head.out_features != model.cfg.vocab_size and class_head_size(model) is None
+    save_pretrained(model, tmp_path)  # its padded head is not a classifier head
+    x = torch.randint(0, model.cfg.vocab_size, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(load_pretrained(str(tmp_path))(x), model(x))
