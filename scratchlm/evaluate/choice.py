@@ -82,12 +82,12 @@ def _piqa(doc: dict) -> Example:
                    int(doc["label"]))
 
 
-def _plain(doc: dict) -> Example:
+def _jsonl(doc: dict) -> Example:
     return Example(doc["context"], doc["choices"], doc["label"], doc.get("description", ""))
 
 
 LAYOUTS: dict[str, Callable[[dict], Example]] = {
-    "jsonl": _plain, "hellaswag": _hellaswag, "arc": _arc, "mmlu": _mmlu, "piqa": _piqa,
+    "jsonl": _jsonl, "hellaswag": _hellaswag, "arc": _arc, "mmlu": _mmlu, "piqa": _piqa,
 }
 
 
@@ -223,13 +223,9 @@ def _shared_contexts(model: nn.Module,
 
 
 @torch.no_grad()
-def _plain(model: nn.Module, ctx: list[int], cont: list[int]) -> float:
-    """Log-likelihood of ``cont`` after ``ctx`` in one forward (the reference path)."""
-    return _plain_greedy(model, ctx, cont)[0]
-
-
-@torch.no_grad()
-def _plain_greedy(model: nn.Module, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
+def _one_forward(model: nn.Module, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
+    """(log-likelihood, greedy) of ``cont`` after ``ctx`` in one forward: the plain path,
+    and the reference the shared one is tested against."""
     device = next(model.parameters()).device
     ids = torch.tensor([ctx + cont[:-1]], device=device)
     logp = torch.log_softmax(model(ids)[0, len(ctx) - 1:].float(), -1)
@@ -267,13 +263,14 @@ def loglikelihoods(model: nn.Module, requests: Sequence[tuple[list[int], list[in
         prepared.append((list(ctx[-keep:]), conts, members))
     prepared.sort(key=lambda g: len(g[0]))  # similar lengths batch with little padding
     bar = tqdm(total=len(requests), desc="scoring", unit="request", disable=not progress)
-    for start in range(0, len(prepared), batch_size if shared and not sliding else 1):
-        chunk = prepared[start:start + batch_size] if shared and not sliding else \
-            prepared[start:start + 1]
-        if shared and not sliding:
+    batched = shared and not sliding
+    step = batch_size if batched else 1
+    for start in range(0, len(prepared), step):
+        chunk = prepared[start:start + step]
+        if batched:
             results = _shared_contexts(model, [(c, conts) for c, conts, _ in chunk])
         else:
-            results = [[_plain_greedy(model, c, t) for t in conts] for c, conts, _ in chunk]
+            results = [[_one_forward(model, c, t) for t in conts] for c, conts, _ in chunk]
         for (_, _, members), scores in zip(chunk, results):
             for i, sc in zip(members, scores):
                 out[i] = sc

@@ -71,11 +71,12 @@ def _ours(tok: BPETokenizer) -> ByteBPE:
                          "pre-tokenizer name; only GPT-2's pattern exports")
     alphabet = bytes_to_unicode()
     as_str = lambda b: "".join(alphabet[x] for x in b)  # noqa: E731
-    special_ids = set(tok.special_tokens.values())
+    special = {i: s for s, i in tok.special_tokens.items()}
+    special_ids = set(special)
     tokens = []
     for i in range(tok.vocab_size):
-        if i in special_ids:
-            tokens.append(next(s for s, j in tok.special_tokens.items() if j == i))
+        if i in special:
+            tokens.append(special[i])
         elif i in tok.vocab:
             tokens.append(as_str(tok.vocab[i]))
         else:  # an id no merge produced: a placeholder that never matches text

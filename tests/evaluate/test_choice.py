@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from scratchlm.evaluate.choice import (Example, TaskError, _plain, encode_pair,
+from scratchlm.evaluate.choice import (Example, TaskError, _one_forward, encode_pair,
                                        evaluate_choices, fewshot_context, loglikelihoods,
                                        pick_shots, read_task)
 from scratchlm.models.registry import build_model, preset
@@ -77,7 +77,7 @@ def test_shared_context_scores_equal_one_forward_per_choice(name):
     reqs = [([5, 6, 7, 8, 9], [10, 11, 12]), ([5, 6, 7, 8, 9], [13]),
             ([5, 6, 7, 8, 9], [14, 15]), ([1, 2], [3, 4, 5, 6])]
     got = loglikelihoods(model, reqs)
-    want = [_plain(model, c, d) for c, d in reqs]
+    want = [_one_forward(model, c, d)[0] for c, d in reqs]
     assert got == pytest.approx(want, abs=1e-4)
 
 
@@ -88,7 +88,8 @@ def test_acc_and_acc_norm(gpt2_tok):
                 Example("Q: two plus two?\nA:", ["four", "five"], 1)]
     res = evaluate_choices(model, gpt2_tok, examples, progress=False)
     for ex, row in zip(examples, res["rows"]):
-        lls = [_plain(model, *encode_pair(gpt2_tok, ex.context, " " + c)) for c in ex.choices]
+        lls = [_one_forward(model, *encode_pair(gpt2_tok, ex.context, " " + c))[0]
+               for c in ex.choices]
         assert row["loglikelihoods"] == pytest.approx(lls, abs=1e-4)
         best = max(range(2), key=lambda i: lls[i])
         best_norm = max(range(2), key=lambda i: lls[i] / len(ex.choices[i]))
