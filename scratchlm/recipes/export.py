@@ -42,6 +42,11 @@ def _check(cfg: ExportConfig) -> Path:
                              f"{cfg.quant!r}")
     if cfg.max_shard_gb <= 0:
         raise ValueError(f"--max_shard_gb must be > 0, got {cfg.max_shard_gb}")
+    default = ExportConfig()
+    if cfg.format == "gguf" and cfg.max_shard_gb != default.max_shard_gb:
+        raise ValueError("--max_shard_gb applies to --format hf only (a GGUF is one file)")
+    if cfg.format == "hf" and cfg.name:
+        raise ValueError("--name applies to --format gguf only (the file's name and Ollama's)")
     out = Path(cfg.out)
     if cfg.format == "gguf" and out.suffix != ".gguf":
         raise ValueError(f"--out for GGUF is a file ending in .gguf, got {out}")

@@ -112,6 +112,10 @@ def test_bad_requests_are_refused_and_nothing_half_written_remains(tmp_path, sma
         export(ExportConfig(model=str(base_dir), out=str(out)))
     with pytest.raises(ValueError, match="--quant applies to --format gguf only"):
         export(ExportConfig(model=str(base_dir), format="hf", quant="q8_0", out=str(tmp_path / "h")))
+    with pytest.raises(ValueError, match="--max_shard_gb applies to --format hf only"):
+        export(ExportConfig(model=str(base_dir), max_shard_gb=1, out=str(tmp_path / "s.gguf")))
+    with pytest.raises(ValueError, match="--name applies to --format gguf only"):
+        export(ExportConfig(model=str(base_dir), format="hf", name="x", out=str(tmp_path / "h")))
     with pytest.raises(ValueError, match="--out for GGUF is a file ending in .gguf"):
         export(ExportConfig(model=str(base_dir), out=str(tmp_path / "h")))
 
