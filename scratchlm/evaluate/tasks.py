@@ -67,7 +67,10 @@ def run_task(task: str, model, tok, out: Path, limit: int | None = None,
 
         problems = load_gsm8k("test", limit)
         pool = load_gsm8k("train") if gsm8k.mode == "fewshot" else None
-        cache = ResultCache(out, task, {"limit": limit, **dataclasses.asdict(gsm8k)})
+        # Problem i is the same problem under any limit, and the batch size changes no
+        # answer: neither is part of the key, so a larger --limit continues a smaller one.
+        key = {k: v for k, v in dataclasses.asdict(gsm8k).items() if k != "batch_size"}
+        cache = ResultCache(out, task, key)
         return evaluate_gsm8k(model, tok, problems, gsm8k.mode, gsm8k.shots, pool,
                               gsm8k.samples, gsm8k.temperature, gsm8k.max_new_tokens,
                               gsm8k.batch_size, done=cache.done, on_result=cache.add)

@@ -78,3 +78,30 @@ def test_an_evaluation_runs_and_resumes(small_bpe):
     with pytest.raises(ValueError, match="temperature > 0"):
         evaluate_gsm8k(model, small_bpe, problems, mode="fewshot", shots=1, shot_pool=shots,
                        samples=2)
+
+
+def test_a_larger_limit_or_batch_continues_the_cached_problems(tiny_chat_model, tmp_path):
+    import scratchlm.evaluate.gsm8k as gsm8k
+    from scratchlm.evaluate.settings import Gsm8kSettings
+    from scratchlm.evaluate.tasks import run_task
+    from scratchlm.models.loading import load_model_and_tokenizer
+
+    folder = tiny_chat_model()
+    model, tok = load_model_and_tokenizer(str(folder))
+    model.eval()
+    settings = Gsm8kSettings(max_new_tokens=4, batch_size=2)
+    first = run_task("gsm8k", model, tok, tmp_path, limit=2, gsm8k=settings)
+    assert first["problems"] == 2
+    generated = []
+    real = gsm8k._generate
+    gsm8k._generate = lambda e, t, prompts, *a: generated.append(len(prompts)) or real(
+        e, t, prompts, *a)
+    try:
+        more = run_task("gsm8k", model, tok, tmp_path, limit=3,
+                        gsm8k=Gsm8kSettings(max_new_tokens=4, batch_size=4))
+        assert generated == [1] and more["rows"][:2] == first["rows"]  # only problem 3
+        run_task("gsm8k", model, tok, tmp_path, limit=3,
+                 gsm8k=Gsm8kSettings(max_new_tokens=5, batch_size=4))
+        assert generated == [1, 3]  # another max_new_tokens is another evaluation
+    finally:
+        gsm8k._generate = real
