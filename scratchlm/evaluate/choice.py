@@ -16,8 +16,12 @@ every choice then continues in one batch; several examples' contexts prefill tog
 (``loglikelihoods``).
 
 Layouts: ``jsonl`` ({"context", "choices", "label"} per line), and the published layouts of
-``hellaswag``, ``arc`` (ARC-Easy/Challenge), ``mmlu`` and ``piqa`` (their Hugging Face JSONL
-exports), with lm-evaluation-harness's prompts.
+``hellaswag``, ``arc`` (ARC-Easy/Challenge), ``mmlu``, ``piqa`` and ``winogrande`` (their
+Hugging Face JSONL exports), with lm-evaluation-harness's prompts.
+
+Winogrande is scored *partially*, as lm-evaluation-harness scores it: its choices are
+contexts (the sentence up to the blank, filled with each option) and the rest of the
+sentence is one shared ``continuation``, whose log-likelihood after each context decides.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class Example:
     choices: list[str]
     label: int
     description: str = ""  # text before the few-shot examples (MMLU's subject line)
+    continuation: str | None = None  # partial scoring: the choices are contexts, this follows
 
 
 class TaskError(ValueError):
@@ -82,12 +87,24 @@ def _piqa(doc: dict) -> Example:
                    int(doc["label"]))
 
 
+def _winogrande(doc: dict) -> Example:
+    sentence = doc["sentence"]
+    blank = sentence.index("_")
+    if doc["answer"] not in ("1", "2"):
+        raise ValueError(f"answer must be '1' or '2', got {doc['answer']!r} (the test split "
+                         "has no answers; use the validation split)")
+    return Example("", [sentence[:blank] + doc["option1"], sentence[:blank] + doc["option2"]],
+                   int(doc["answer"]) - 1, continuation=sentence[blank + 1:].strip())
+
+
 def _jsonl(doc: dict) -> Example:
-    return Example(doc["context"], doc["choices"], doc["label"], doc.get("description", ""))
+    return Example(doc["context"], doc["choices"], doc["label"], doc.get("description", ""),
+                   doc.get("continuation"))
 
 
 LAYOUTS: dict[str, Callable[[dict], Example]] = {
     "jsonl": _jsonl, "hellaswag": _hellaswag, "arc": _arc, "mmlu": _mmlu, "piqa": _piqa,
+    "winogrande": _winogrande,
 }
 
 
@@ -129,6 +146,8 @@ def read_task(path: str | Path, layout: str = "jsonl") -> list[Example]:
 def _check(ex: Example, where: str) -> None:
     if not isinstance(ex.context, str):
         raise TaskError(f"{where}: context must be a string")
+    if ex.continuation is not None and not isinstance(ex.continuation, str):
+        raise TaskError(f"{where}: continuation must be a string")
     if (not isinstance(ex.choices, list) or len(ex.choices) < 2
             or not all(isinstance(c, str) for c in ex.choices)):
         raise TaskError(f"{where}: choices must be a list of at least two strings")
@@ -139,11 +158,27 @@ def _check(ex: Example, where: str) -> None:
 
 
 # ------------------------------------------------------------------------------ prompts
+def _solved(shot: Example, delimiter: str) -> str:
+    if shot.continuation is not None:  # partial scoring: the right context, then the rest
+        return shot.context + shot.choices[shot.label] + delimiter + shot.continuation
+    return shot.context + delimiter + shot.choices[shot.label]
+
+
 def fewshot_context(ex: Example, shots: Sequence[Example], delimiter: str = " ") -> str:
     """lm-evaluation-harness's few-shot prompt: the description, each shot's context, its
     answer and a blank line, then the example's context."""
-    demo = "".join(s.context + delimiter + s.choices[s.label] + "\n\n" for s in shots)
+    demo = "".join(_solved(s, delimiter) + "\n\n" for s in shots)
     return ex.description + demo + ex.context
+
+
+def choice_pairs(tokenizer, ex: Example, context: str,
+                 delimiter: str = " ") -> list[tuple[list[int], list[int]]]:
+    """The (context ids, continuation ids) request of each choice: the choice continues the
+    context, or under partial scoring ends it and the shared continuation follows."""
+    if ex.continuation is not None:
+        return [encode_pair(tokenizer, context + c, delimiter + ex.continuation)
+                for c in ex.choices]
+    return [encode_pair(tokenizer, context, delimiter + c) for c in ex.choices]
 
 
 def pick_shots(pool: Sequence[Example], k: int, seed: int, exclude: Example | None = None):
@@ -299,7 +334,7 @@ def evaluate_choices(model: nn.Module, tokenizer, examples: Sequence[Example], s
             ex = examples[i]
             context = fewshot_context(ex, pick_shots(pool, shots, seed + i, exclude=ex),
                                       delimiter)
-            pairs += [encode_pair(tokenizer, context, delimiter + c) for c in ex.choices]
+            pairs += choice_pairs(tokenizer, ex, context, delimiter)
             owners += [i] * len(ex.choices)
         scores = loglikelihoods(model, pairs, batch_size=batch_size)
         for i in chunk:

@@ -38,6 +38,14 @@ def test_published_layouts(tmp_path):
     piqa = read_task(_write(tmp_path / "piqa.jsonl", [{
         "goal": "Open a jar", "sol1": "twist", "sol2": "bite", "label": 0}]), "piqa")[0]
     assert piqa.choices == ["twist", "bite"] and piqa.label == 0
+    wino = read_task(_write(tmp_path / "wino.jsonl", [{
+        "sentence": "Ann thanked Bo because _ had helped.", "option1": "Ann", "option2": "Bo",
+        "answer": "2"}]), "winogrande")[0]
+    assert wino == Example("", ["Ann thanked Bo because Ann", "Ann thanked Bo because Bo"], 1,
+                           continuation="had helped.")
+    with pytest.raises(TaskError, match=r"test.jsonl:1: .*the test split has no answers"):
+        read_task(_write(tmp_path / "test.jsonl", [{
+            "sentence": "A _ b.", "option1": "x", "option2": "y", "answer": ""}]), "winogrande")
 
 
 def test_bad_task_files_name_the_file_and_line(tmp_path):
@@ -104,5 +112,7 @@ def test_fewshot_prompts_are_seeded_and_never_the_question_itself():
     assert shots == pick_shots(pool, 3, seed=7, exclude=pool[0]) and pool[0] not in shots
     text = fewshot_context(pool[0], shots)
     assert text.endswith("\n\nQ0:") and text.count("\n\n") == 3
+    solved = Example("", ["It was Ann", "It was Bo"], 1, continuation="who came.")
+    assert fewshot_context(pool[0], [solved]) == "It was Bo who came.\n\nQ0:"
     with pytest.raises(ValueError, match="the pool holds 5"):
         pick_shots(pool, 6, seed=1, exclude=pool[0])
