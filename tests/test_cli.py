@@ -25,6 +25,13 @@ def test_demo_fast(tmp_path):
     assert (tmp_path / "demo" / "classify" / "final" / "adapter" / "adapter.safetensors").is_file()
     assert (tmp_path / "demo" / "dpo" / "preferences.json").is_file()
     assert "[serve] answer (openai client):" in r.stdout
+    import json
+
+    after = json.loads((tmp_path / "demo" / "eval" / "after" / "RESULTS.json").read_text())
+    acc = after["tasks"]["sms-spam test (LoRA classifier)"]["acc"]
+    assert f"test_after={acc:.3g}" in r.stdout  # the card holds the stage's own number
+    assert "| sms-spam test (LoRA classifier) | acc | " in r.stdout
+    assert "| preference pairs (DPO) | pref_acc | " in r.stdout
 
 
 def test_prepare_and_bad_input(tmp_path):

@@ -239,6 +239,34 @@ def stage_serve(cfg: DemoConfig, out: Path) -> dict:
     return {"answer_chars": len(answer)}
 
 
+# (stage, task name, metric, result key before, result key after) of the before/after table
+BEFORE_AFTER = [
+    ("pretrain", "the-verdict (GPT from scratch)", "train_loss", "first_loss", "final_loss"),
+    ("classify", "sms-spam test (LoRA classifier)", "acc", "test_before", "test_after"),
+    ("instruct", "instruction-data test (LoRA SFT)", "loss", "test_loss_before",
+     "test_loss_after"),
+    ("instruct", "preference pairs (DPO)", "pref_acc", "pref_acc_before", "pref_acc_after"),
+]
+
+
+def report_finetunes(results: dict, out: Path) -> str | None:
+    """The stages' before/after metrics as two report cards (``eval/before``,
+    ``eval/after``), printed side by side by ``evaluate compare``'s table."""
+    from scratchlm.evaluate.report import compare, load_results, write_results
+
+    cards = {"before": {}, "after": {}}
+    for stage, task, metric, before, after in BEFORE_AFTER:
+        if stage in results:
+            cards["before"].setdefault(task, {})[metric] = results[stage][before]
+            cards["after"].setdefault(task, {})[metric] = results[stage][after]
+    if not cards["before"]:
+        return None
+    for name, tasks in cards.items():
+        (out / "eval" / name / "RESULTS.json").unlink(missing_ok=True)  # this run's only
+        write_results(out / "eval" / name, name, tasks)
+    return compare(load_results(out / "eval" / "before"), load_results(out / "eval" / "after"))
+
+
 def main(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -252,4 +280,8 @@ def main(cfg: DemoConfig) -> dict:
     for stage, res in results.items():
         print(f"  {stage}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in res.items()))
+    table = report_finetunes(results, out)
+    if table:
+        print(f"\nbefore / after (scratchlm evaluate compare {out}/eval/before "
+              f"{out}/eval/after):\n{table}")
     return results
