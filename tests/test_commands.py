@@ -14,7 +14,7 @@ from conftest import ROOT
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 COMMANDS = ["demo", "prepare", "pretrain", "finetune classify", "finetune instruct",
-            "finetune dpo", "finetune reward", "finetune tokens", "finetune prompt", "distill",
+            "finetune dpo", "finetune grpo", "finetune reward", "finetune tokens", "finetune prompt", "distill",
             "evaluate judge", "generate", "chat", "serve", "plan", "train-tokenizer", "tune",
             "export", "evaluate run", "evaluate compare"]
 

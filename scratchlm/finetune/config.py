@@ -1,4 +1,5 @@
-"""``LoraConfig``: the LoRA settings recipes nest as ``lora`` (``--lora.rank``). No torch here."""
+"""``LoraConfig``: the LoRA settings recipes nest as ``lora`` (``--lora.rank``), and
+``GRPOSettings`` (``--grpo.*``, see ``finetune/grpo.py``). No torch here."""
 
 from __future__ import annotations
 
@@ -13,3 +14,21 @@ class LoraConfig:
     dropout: float = 0.0
     scaling: str = "book"  # book: alpha; peft: alpha / rank
     quantize_base: str | None = None  # "nf4": QLoRA, the adapted base weights in 4-bit NF4; "nf4-dq": double quantization
+
+
+@dataclass
+class GRPOSettings:
+    group_size: int = 4  # completions per prompt (G)
+    max_new_tokens: int = 128  # a completion ends at end-of-text or here
+    temperature: float = 1.0  # of the sampling, and of the log-probabilities trained on
+    top_p: float | None = None  # nucleus sampling of the rollouts
+    loss: str = "grpo"  # grpo: per-completion mean (sequence level) | dapo: token-level mean
+    eps_low: float = 0.2  # clip the ratio below at 1 - eps_low
+    eps_high: float = 0.2  # and above at 1 + eps_high (0.28: DAPO's clip-higher)
+    beta: float = 0.0  # weight of the KL penalty to the reference (LoRA off / a frozen copy)
+    scale: str = "group"  # group: divide advantages by the group's std | none (Dr. GRPO)
+    skip_zero_variance: bool = True  # groups whose rewards are all equal carry no gradient:
+    # True leaves them out of the loss's average, False counts them (as zeros)
+    rewards: str = "answer,format:0.2"  # name[:weight] list: answer, format, length, reward_model
+    reward_model: str | None = None  # a `finetune reward` run's final/ for reward_model
+    length_penalty: float = 0.001  # the length reward: -this per completion token

@@ -75,10 +75,29 @@ class Engine:
             return self.native.logits(idx, cache)
         return self._last_logits(idx, cache)
 
-    @torch.inference_mode()
     def stream(self, prompts: Sequence[Sequence[int]],
                params: SamplingParams = SamplingParams()) -> Iterator[list[int | None]]:
         """Yield, per decode step, each row's new token (None once that row has stopped)."""
+        for out, _ in self._steps(prompts, params, logprobs=False):
+            yield out
+
+    def sample(self, prompts: Sequence[Sequence[int]],
+               params: SamplingParams = SamplingParams()) -> list[tuple[list[int], list[float]]]:
+        """(new tokens, their log-probabilities) per row, the stop token included when a row
+        hit one. The log-probability is the token's under the distribution sampled from before
+        top-k / top-p filtering: ``log_softmax(logits / temperature)`` (plain logits when
+        greedy), which is what a trainer recomputes (``finetune/grpo.py``)."""
+        outs: list[tuple[list[int], list[float]]] = [([], []) for _ in prompts]
+        for step, lps in self._steps(prompts, params, logprobs=True):
+            for (ids, lp), tok, value in zip(outs, step, lps):
+                if tok is not None:
+                    ids.append(tok)
+                    lp.append(value)
+        return outs
+
+    @torch.inference_mode()
+    def _steps(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+               logprobs: bool) -> Iterator[tuple[list[int | None], list[float] | None]]:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         if params.max_new_tokens < 1:
@@ -106,8 +125,12 @@ class Engine:
             nxt = sample_next(logits, params.temperature, params.top_k, params.top_p, gen)  # (B, 1)
             hit = torch.isin(nxt[:, 0], stop)
             out = [None if d else int(t) for d, t in zip(done.tolist(), nxt[:, 0].tolist())]
+            lps = None
+            if logprobs:
+                scaled = logits.float() / (params.temperature if params.temperature > 0 else 1.0)
+                lps = torch.log_softmax(scaled, -1).gather(1, nxt).squeeze(1).tolist()
             done |= hit
-            yield out
+            yield out, lps
             if bool(done.all()):
                 return
             for row, tok in zip(rows, nxt[:, 0].tolist()):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from scratchlm.evaluate.settings import ChoiceSettings, EvalTasks, Gsm8kSettings, LMSettings
-from scratchlm.finetune.config import LoraConfig
+from scratchlm.finetune.config import GRPOSettings, LoraConfig
 from scratchlm.training.config import TrainConfig
 
 
@@ -105,6 +105,26 @@ class DPOConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=0, batch_size=4, lr=5e-6, schedule="constant", warmup_steps=0, weight_decay=0.01,
         log_every=5, save_every=10**9, eval_batches=5))
+
+
+# ---- scratchlm finetune grpo: recipes/finetune_grpo.py
+@dataclass
+class GRPOConfig:
+    model: str = "smollm2-135m-instruct"
+    task: str = "arithmetic"  # arithmetic (generated, checked exactly) | gsm8k
+    out: str = "runs/grpo"
+    difficulty: int = 1  # arithmetic: operands, their size and operations (data/arithmetic.py)
+    train_size: int = 256  # arithmetic problems to train on (gsm8k: the first N train problems)
+    test_size: int = 50  # held-out problems for accuracy before/after (gsm8k: first N of test)
+    seed: int = 0  # draws the arithmetic problems
+    resume: str = ""  # "latest" or a checkpoint folder of this run
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=16, alpha=32,
+                                                                scaling="peft"))
+    eval: EvalTasks = field(default_factory=EvalTasks)  # the final model's report card
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        max_steps=20, batch_size=8, lr=5e-5, schedule="constant", warmup_steps=0,
+        weight_decay=0.0, log_every=1, eval_every=10, save_every=10, eval_batches=1))
 
 
 # ---- scratchlm finetune reward: recipes/finetune_reward.py

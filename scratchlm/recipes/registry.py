@@ -40,6 +40,8 @@ RECIPES: dict[str, Recipe] = {r.command: r for r in (
            "instruction finetuning (full or LoRA)", tunable=True),
     Recipe("finetune dpo", "scratchlm.recipes.finetune_dpo", "DPOConfig",
            "preference tuning with DPO (full or LoRA)"),
+    Recipe("finetune grpo", "scratchlm.recipes.finetune_grpo", "GRPOConfig",
+           "reinforcement learning with GRPO on checked answers or a reward model"),
     Recipe("finetune reward", "scratchlm.recipes.finetune_reward", "RewardConfig",
            "a reward model from preference pairs (Bradley-Terry)"),
     Recipe("finetune tokens", "scratchlm.recipes.finetune_tokens", "TaggingConfig",

@@ -87,6 +87,18 @@ def _expert_metrics(model: nn.Module) -> dict:
             "moe_aux_loss": stats["aux_loss"]}
 
 
+def _loss_metrics(loss_module: nn.Module) -> dict:
+    """The loss module's own statistics of the step just taken (``step_metrics()``: GRPO's
+    rewards, KL, clip fraction), through a DDP wrapper when there is one."""
+    fn = getattr(getattr(loss_module, "module", loss_module), "step_metrics", None)
+    return fn() if fn is not None else {}
+
+
+def _mean_rows(rows: list[dict]) -> dict:
+    keys = {k for r in rows for k in r}
+    return {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys}
+
+
 def fit(
     model: nn.Module,
     loss_module: nn.Module,
@@ -104,7 +116,11 @@ def fit(
 ) -> FitResult:
     """Train ``loss_module`` for ``cfg.max_steps`` optimizer steps (see the module docstring).
     ``collate_fn`` batches items that are not equal-sized tensors (instruction data).
-    Checkpoints are sharded (``torch.distributed.checkpoint``) when FSDP2 shards the model."""
+    Checkpoints are sharded (``torch.distributed.checkpoint``) when FSDP2 shards the model.
+    A loss module with ``step_metrics()`` adds its statistics to each metrics row (averaged
+    over the steps since the last row); one with ``has_eval_loss = False`` (GRPO) has no
+    loss on held-out batches, so evaluations only call ``on_eval``. ``on_eval(step)`` may
+    return a dict of metrics, logged at that step."""
     if cfg.max_steps < 1:
         raise ValueError(f"--train.max_steps must be >= 1, got {cfg.max_steps}")
     run_dir = Path(run_dir)
@@ -160,6 +176,9 @@ def fit(
     scaler = rt.grad_scaler()
     peak = rt.peak_flops() if flops_per_token else None
     result = FitResult(state["step"], state["tokens"])
+    inner = getattr(loss_module, "module", loss_module)
+    eval_loss = getattr(inner, "has_eval_loss", True)
+    pending: list[dict] = []  # the loss module's statistics since the last metrics row
     stop = _StopFlag()
     old_handler = signal.signal(signal.SIGINT, stop)
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="training", unit="step",
@@ -191,14 +210,26 @@ def fit(
             step = state["step"]
             result.train_losses.append(res.loss)
             tps = res.tokens / dt
+            own = _loss_metrics(loss_module)
+            if own:
+                pending.append(own)
             bar.update(1)
-            bar.set_postfix(loss=f"{res.loss:.3f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}")
+            post = {"reward": f"{own['reward']:.3f}"} if "reward" in own else {}
+            bar.set_postfix(loss=f"{res.loss:.3f}", **post, tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}")
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 mfu = tps * flops_per_token / peak if (peak and flops_per_token) else None
                 metrics.log(step, tokens=state["tokens"], loss=res.loss, lr=lr,
                             grad_norm=res.grad_norm, tokens_per_s=tps, mfu=mfu,
-                            peak_mem_mb=rt.peak_memory_mb(), **_expert_metrics(model))
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                            peak_mem_mb=rt.peak_memory_mb(), **_expert_metrics(model),
+                            **(_mean_rows(pending) if pending else {}))
+                pending = []
+            if (step % cfg.eval_every == 0 or step == cfg.max_steps) and not eval_loss:
+                if rt.is_main:
+                    plot_losses(metrics.read(), run_dir / "loss.png")
+                logged = on_eval(step) if on_eval is not None else None
+                if logged:
+                    metrics.log(step, tokens=state["tokens"], **logged)
+            elif step % cfg.eval_every == 0 or step == cfg.max_steps:
                 train_loss = evaluate_loss(loss_module, train_eval_loader, rt)
                 val_loss = evaluate_loss(loss_module, val_loader, rt) if val_loader else None
                 metrics.log(step, tokens=state["tokens"], train_eval_loss=train_loss,

@@ -51,3 +51,32 @@ def plot_losses(rows: list[dict], path: str | Path, title: str = "Loss") -> Path
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def plot_series(rows: list[dict], keys: list[str], path: str | Path, title: str,
+                ylabel: str) -> Path | None:
+    """Some metrics columns against the step (e.g. GRPO's reward and accuracy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {k: [(int(r["step"]), float(r[k])) for r in rows if r.get(k)] for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for k, points in series.items():
+        ax.plot([s for s, _ in points], [v for _, v in points], label=k,
+                marker="o" if len(points) < 20 else None, markersize=3)
+    ax.set_xlabel("Steps")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,119 @@
+"""GRPO: group-relative policy optimisation (Shao et al. 2024), the loss once completions are
+sampled and scored. Sampling (the engine) and rewards live above, in ``generation/rollout.py``
+and ``evaluate/rewards.py``.
+
+For each prompt, G completions o_1..o_G are sampled and rewarded r_1..r_G. A completion's
+advantage is its reward against its own group's:
+
+    A_i = (r_i - mean(r)) / (std(r) + 1e-4)       (``scale="group"``; ``"none"``: r_i - mean(r))
+
+and every token t of o_i gets the clipped surrogate of PPO with the ratio to the policy that
+sampled it (the "old" policy):
+
+    ratio_t = exp(logp_t - old_logp_t)
+    l_t     = -min(ratio_t * A_i, clip(ratio_t, 1 - eps_low, 1 + eps_high) * A_i)
+              + beta * ratio_t * (exp(ref_t - logp_t) - (ref_t - logp_t) - 1)
+
+The last term is the k3 estimate of the KL divergence to the reference, weighted by the ratio
+so that it stays unbiased for tokens sampled by the old policy (trl's default,
+``use_bias_correction_kl``).
+
+``eps_high > eps_low`` is DAPO's "clip-higher". The loss averages ``l_t``:
+
+    loss="grpo": over each completion's tokens, then over completions (sequence level)
+    loss="dapo": over all completion tokens of the batch together (token level)
+
+These are trl's ``GRPOTrainer`` formulas for its ``grpo`` and ``dapo`` loss types (tested
+against it). Log-probabilities are of the tempered distribution, ``log_softmax(logits / T)``,
+the one the completions were sampled from.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scratchlm.finetune.config import GRPOSettings
+
+LOSSES = ("grpo", "dapo")
+SCALES = ("group", "none")
+
+
+def check_settings(s: GRPOSettings) -> None:
+    if s.group_size < 2:
+        raise ValueError(f"--grpo.group_size must be >= 2 (a group compares completions), "
+                         f"got {s.group_size}")
+    if s.loss not in LOSSES:
+        raise ValueError(f"--grpo.loss must be one of {', '.join(LOSSES)}, got {s.loss!r}")
+    if s.scale not in SCALES:
+        raise ValueError(f"--grpo.scale must be one of {', '.join(SCALES)}, got {s.scale!r}")
+    if s.temperature <= 0:
+        raise ValueError(f"--grpo.temperature must be > 0 (rollouts are sampled), "
+                         f"got {s.temperature}")
+    if not 0 <= s.eps_low < 1 or s.eps_high < 0:
+        raise ValueError(f"clip range needs 0 <= eps_low < 1 and eps_high >= 0, got "
+                         f"{s.eps_low}, {s.eps_high}")
+    if s.beta < 0:
+        raise ValueError(f"--grpo.beta must be >= 0, got {s.beta}")
+    if s.max_new_tokens < 1:
+        raise ValueError(f"--grpo.max_new_tokens must be >= 1, got {s.max_new_tokens}")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
+    """(N * G,) rewards, G consecutive per prompt -> (N * G,) advantages (the module
+    docstring). ``std`` is the unbiased one, as trl computes it."""
+    groups = rewards.view(-1, group_size)
+    centred = groups - groups.mean(1, keepdim=True)
+    if scale == "group":
+        centred = centred / (groups.std(1, keepdim=True) + 1e-4)
+    return centred.reshape(-1)
+
+
+def token_logprobs(model: nn.Module, ids: torch.Tensor, start: int, temperature: float,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probabilities, entropies), (B, T - start) each, of the tokens ``ids[:, start:]``
+    given everything before them, under ``log_softmax(logits / temperature)``. Only the
+    completion positions go through the output head."""
+    from scratchlm.nn.native import head_linear
+
+    hidden = model.hidden_states(ids[:, :-1])[:, start - 1:]
+    logits = head_linear(model.out_head, hidden)[..., :model.cfg.vocab_size].float()
+    logp_all = torch.log_softmax(logits / temperature, -1)
+    logp = logp_all.gather(-1, ids[:, start:, None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, s: GRPOSettings, ref_logp: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The loss of the module docstring over (B, T) completion tokens (``mask``: 1 on real
+    tokens) with (B,) ``advantages``; ``rows`` (B,) bool: completions that count (others,
+    e.g. of zero-variance groups, are left out). Also the step's statistics."""
+    mask = mask.float()
+    if rows is not None:
+        mask = mask * rows[:, None].float()
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages[:, None]
+    clipped = torch.clamp(ratio, 1 - s.eps_low, 1 + s.eps_high)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    kl = None
+    if s.beta > 0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs the reference's log-probabilities")
+        delta = ref_logp - logp
+        kl = (torch.exp(delta) - delta - 1) * ratio
+        per_token = per_token + s.beta * kl
+    tokens = mask.sum()
+    if s.loss == "grpo":
+        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        keep = rows if rows is not None else torch.ones_like(per_seq, dtype=torch.bool)
+        loss = per_seq[keep].sum() / keep.sum().clamp(min=1)
+    else:
+        loss = (per_token * mask).sum() / tokens.clamp(min=1.0)
+    with torch.no_grad():
+        n = tokens.clamp(min=1.0)
+        hit = ((ratio < 1 - s.eps_low) & (adv < 0)) | ((ratio > 1 + s.eps_high) & (adv > 0))
+        stats = {"clip_frac": float((hit.float() * mask).sum() / n),
+                 "kl": float((kl * mask).sum() / n) if kl is not None else 0.0}
+    return loss, stats

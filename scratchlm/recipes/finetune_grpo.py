@@ -1,0 +1,168 @@
+"""``scratchlm finetune grpo``: reinforcement learning with GRPO on verifiable rewards (or a
+reward model: RLHF), on the shared training loop. See ``finetune/grpo.py`` for the loss and
+``generation/rollout.py`` for the rollouts.
+
+    scratchlm finetune grpo --task arithmetic --lora.rank 16 --train.max_steps 20
+    scratchlm finetune grpo --task gsm8k --grpo.rewards answer,format:0.2 --grpo.beta 0.04
+
+Tasks: ``arithmetic`` (generated problems, answers checked exactly; ``--difficulty``) or
+``gsm8k`` (its train split to learn from, the test split held out). Each prompt is the
+question as a user turn of the model's chat template, asking for the final answer after
+``####``; prompts that leave no room for ``--grpo.max_new_tokens`` in the context are reported
+and skipped. Full finetuning (``--lora.rank 0``; the reference for ``--grpo.beta`` is then a
+frozen copy), LoRA, or QLoRA (``--lora.quantize_base nf4``).
+
+Outputs: metrics.csv / TensorBoard (reward, accuracy, KL, clip fraction, entropy, response
+length, rollout time per step; held-out accuracy per evaluation), loss.png, reward.png,
+grpo.json (held-out accuracy before and after, with the completions), checkpoints, final/.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from scratchlm.config import to_dict
+from scratchlm.evaluate.tasks import check_eval, evaluate_final
+from scratchlm.finetune.grpo import check_settings
+from scratchlm.finetune.setup import apply_lora_config, save_final
+from scratchlm.generation.rollout import GRPOLoss, Prompt, greedy_accuracy
+from scratchlm.models.accounting import count_parameters
+from scratchlm.models.loading import load_model_and_tokenizer
+from scratchlm.recipes.configs import GRPOConfig  # noqa: F401 (its config)
+from scratchlm.training.optim import build_optimizer
+from scratchlm.training.plots import plot_series
+from scratchlm.training.prepare import prepare_training, training_session, whole_model
+
+TASKS = ("arithmetic", "gsm8k")
+
+
+class PromptIndices(Dataset):
+    """Items are (index, index): ``fit`` batches indices, ``GRPOLoss`` looks the prompts up."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return torch.tensor(i), torch.tensor(i)
+
+
+def task_problems(cfg: GRPOConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(train, held-out) (question, reference answer) pairs of the task."""
+    if cfg.task == "arithmetic":
+        from scratchlm.data.arithmetic import split
+
+        return split(cfg.train_size, cfg.test_size, cfg.difficulty, cfg.seed)
+    from scratchlm.evaluate.gsm8k import load_gsm8k
+
+    train = [(p.question, p.target) for p in load_gsm8k("train", cfg.train_size)]
+    test = [(p.question, p.target) for p in load_gsm8k("test", cfg.test_size)]
+    return train, test
+
+
+def encode_prompts(problems, tok, room: int, what: str) -> list[Prompt]:
+    """Chat-template prompts; those longer than ``room`` tokens are reported and skipped."""
+    from scratchlm.evaluate.gsm8k import PROMPT_SUFFIX
+    from scratchlm.tokenizers.chat import encode_chat
+
+    out, skipped = [], []
+    for n, (question, answer) in enumerate(problems):
+        ids = encode_chat(tok, [{"role": "user", "content": question + PROMPT_SUFFIX}],
+                          add_generation_prompt=True)
+        if len(ids) > room:
+            skipped.append(n)
+            continue
+        out.append(Prompt(question, ids, answer))
+    if skipped:
+        tqdm.write(f"{what}: skipped {len(skipped)} prompt(s) longer than the {room} tokens "
+                   f"the context leaves beside the completion (problems {skipped[:10]}"
+                   f"{' ...' if len(skipped) > 10 else ''})")
+    if not out:
+        raise ValueError(f"{what}: no prompt fits the context")
+    return out
+
+
+def main(cfg: GRPOConfig) -> dict:
+    check_eval(cfg.eval)
+    check_settings(cfg.grpo)
+    if cfg.task not in TASKS:
+        raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
+    if cfg.train.grad_accum_steps != 1:
+        raise ValueError("--train.grad_accum_steps: GRPO takes one rollout batch per step; "
+                         "raise --train.batch_size instead")
+    from scratchlm.evaluate.rewards import build_reward
+
+    with training_session(cfg.train, cfg.out) as (rt, out):
+        if rt.distributed and cfg.train.strategy == "fsdp":
+            raise ValueError("--train.strategy fsdp is not supported by GRPO yet (rollouts "
+                             "need the whole model); use ddp")
+        model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
+        if not getattr(tok, "chat_template", None):
+            raise ValueError(f"{cfg.model}: GRPO prompts use the chat template, and this "
+                             "tokenizer has none")
+        reward = build_reward(cfg.grpo.rewards, tok, cfg.grpo.length_penalty,
+                              cfg.grpo.reward_model, rt.device)
+        train_pb, test_pb = task_problems(cfg)
+        room = model.cfg.context_length - cfg.grpo.max_new_tokens
+        train_prompts = encode_prompts(train_pb, tok, room, f"{cfg.task} train")
+        test_prompts = encode_prompts(test_pb, tok, room, f"{cfg.task} held-out")
+        reference = None
+        if cfg.lora.rank > 0:
+            apply_lora_config(model, cfg.lora)
+        elif cfg.grpo.beta > 0:
+            import copy
+
+            reference = copy.deepcopy(model).eval().requires_grad_(False)
+        trainable = count_parameters(model, trainable_only=True)
+        tqdm.write(f"{len(train_prompts)} {cfg.task} prompts x {cfg.grpo.group_size} "
+                   f"completions, {len(test_prompts)} held out; rewards {cfg.grpo.rewards}; "
+                   f"{trainable:,} trainable parameters")
+        t0 = time.perf_counter()
+        before, texts_before = greedy_accuracy(model, tok, test_prompts, cfg.grpo.max_new_tokens)
+        tqdm.write(f"held-out accuracy before: {before:.2%} "
+                   f"({time.perf_counter() - t0:.0f}s)")
+        loss_module = GRPOLoss(model, tok, train_prompts, reward, cfg.grpo, reference)
+        trainer = prepare_training(loss_module, model, rt, cfg.train)
+        optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
+                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
+                                    rt.device.type)
+
+        def on_eval(step: int) -> dict:
+            acc, _ = greedy_accuracy(model, tok, test_prompts, cfg.grpo.max_new_tokens)
+            tqdm.write(f"step {step}: held-out accuracy {acc:.2%}")
+            return {"heldout_accuracy": acc}
+
+        from scratchlm.training.loop import fit
+
+        t1 = time.perf_counter()
+        fit(model, trainer, optimizer, PromptIndices(len(train_prompts)), None, cfg.train, rt,
+            out, to_dict(cfg), on_eval=on_eval, resume=cfg.resume or None)
+        train_s = time.perf_counter() - t1
+        after, texts_after = greedy_accuracy(model, tok, test_prompts, cfg.grpo.max_new_tokens)
+        tqdm.write(f"held-out accuracy {before:.2%} -> {after:.2%} after "
+                   f"{cfg.train.max_steps} steps ({train_s / 60:.1f} min of training)")
+        result = {"task": cfg.task, "trainable": trainable, "accuracy_before": before,
+                  "accuracy_after": after, "train_minutes": train_s / 60,
+                  "heldout": len(test_prompts)}
+        model = whole_model(model, rt)
+        if not rt.is_main:
+            return result
+        with open(out / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        plot_series(rows, ["reward", "accuracy", "heldout_accuracy"], out / "reward.png",
+                    f"GRPO on {cfg.task}", "reward / accuracy")
+        result["samples"] = [{"question": p.text, "reference": p.reference, "before": b,
+                              "after": a}
+                             for p, b, a in zip(test_prompts, texts_before, texts_after)]
+        (out / "grpo.json").write_text(json.dumps(result, indent=2))
+        save_final(model, tok, out / "final", cfg.lora)
+        evaluate_final(cfg.eval, model, tok, out, str(out / "final"))
+        return result

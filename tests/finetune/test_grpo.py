@@ -1,0 +1,142 @@
+"""GRPO's loss on a fixed batch (fixed completions, rewards and log-probabilities) equals the
+written-out formula of each variant and trl's ``GRPOTrainer`` loss for the settings both
+support; advantages are group-relative; the settings refuse what they cannot do."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from scratchlm.finetune.config import GRPOSettings
+from scratchlm.finetune.grpo import check_settings, group_advantages, policy_loss
+
+
+def _batch(seed=0, b=4, t=5):
+    g = torch.Generator().manual_seed(seed)
+    logp = -torch.rand(b, t, generator=g) * 3
+    old = logp + 0.3 * torch.randn(b, t, generator=g)  # some ratios leave the clip range
+    ref = logp + 0.2 * torch.randn(b, t, generator=g)
+    mask = torch.ones(b, t)
+    mask[0, 3:] = 0
+    mask[2, 1:] = 0
+    adv = torch.tensor([1.0, -0.5, 0.8, -1.2])
+    return logp, old, ref, mask, adv
+
+
+def _written_out(logp, old, ref, mask, adv, s: GRPOSettings, rows=None) -> float:
+    """The module docstring's formula, one token at a time."""
+    per_seq, all_tokens, n_tokens = [], 0.0, 0
+    for i in range(logp.shape[0]):
+        if rows is not None and not rows[i]:
+            continue
+        total, n = 0.0, 0
+        for t in range(logp.shape[1]):
+            if not mask[i, t]:
+                continue
+            ratio = math.exp(logp[i, t] - old[i, t])
+            clipped = min(max(ratio, 1 - s.eps_low), 1 + s.eps_high)
+            term = -min(ratio * adv[i], clipped * adv[i])
+            if s.beta:
+                d = float(ref[i, t] - logp[i, t])
+                term += s.beta * ratio * (math.exp(d) - d - 1)
+            total, n = total + term, n + 1
+        per_seq.append(total / max(n, 1))
+        all_tokens, n_tokens = all_tokens + total, n_tokens + n
+    if s.loss == "grpo":
+        return sum(per_seq) / len(per_seq)
+    return all_tokens / n_tokens
+
+
+@pytest.mark.parametrize("loss", ["grpo", "dapo"])
+@pytest.mark.parametrize("beta,eps_high", [(0.0, 0.2), (0.04, 0.28)])
+def test_the_loss_is_the_written_out_formula(loss, beta, eps_high):
+    logp, old, ref, mask, adv = _batch()
+    s = GRPOSettings(loss=loss, beta=beta, eps_high=eps_high)
+    got, stats = policy_loss(logp, old, adv, mask, s, ref)
+    assert float(got) == pytest.approx(_written_out(logp, old, ref, mask, adv, s), abs=1e-6)
+    assert 0 < stats["clip_frac"] < 1  # the batch exercises the clipping
+    rows = torch.tensor([True, False, True, True])  # a left-out (zero-variance) completion
+    got, _ = policy_loss(logp, old, adv, mask, s, ref, rows)
+    assert float(got) == pytest.approx(_written_out(logp, old, ref, mask, adv, s, rows),
+                                       abs=1e-6)
+
+
+def test_advantages_are_relative_to_the_group():
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0])
+    adv = group_advantages(r, 4)
+    first = r[:4]
+    assert adv[:4].tolist() == pytest.approx(((first - first.mean()) / (first.std() + 1e-4))
+                                             .tolist())
+    assert adv[4:].tolist() == [0.0] * 4  # a tied group has nothing to learn from
+    assert group_advantages(r, 4, "none")[:4].tolist() == pytest.approx([0.75, -0.25, -0.25,
+                                                                         -0.25])
+
+
+def test_bad_settings_are_refused():
+    for change, message in [({"group_size": 1}, "group_size must be >= 2"),
+                            ({"loss": "ppo"}, "loss must be one of"),
+                            ({"temperature": 0.0}, "temperature must be > 0"),
+                            ({"scale": "batch"}, "scale must be one of"),
+                            ({"beta": -1.0}, "beta must be >= 0")]:
+        with pytest.raises(ValueError, match=message):
+            check_settings(dataclasses.replace(GRPOSettings(), **change))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["grpo", "dapo"])
+def test_the_loss_equals_trl_grpo_trainer(loss, tmp_path, small_bpe):
+    """trl's own ``_compute_loss`` on the same model (exported to transformers), the same
+    completions, advantages, old and reference log-probabilities."""
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from scratchlm.export.hf import write_hf
+    from scratchlm.finetune.grpo import token_logprobs
+    from scratchlm.models.registry import build_model, preset
+
+    torch.manual_seed(0)
+    ours = build_model(preset("llama-tiny")[1]).eval()
+    write_hf(ours, small_bpe, tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    s = GRPOSettings(loss=loss, beta=0.04, eps_low=0.2, eps_high=0.28, temperature=0.7)
+    args = trl.GRPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=4,
+                          num_generations=4, max_completion_length=6, beta=s.beta,
+                          epsilon=s.eps_low, epsilon_high=s.eps_high, loss_type=loss,
+                          temperature=s.temperature, report_to=[], use_cpu=True)
+    trainer = trl.GRPOTrainer(model=hf, reward_funcs=lambda completions, **k: [0.0] * len(
+        completions), args=args, train_dataset=Dataset.from_list([{"prompt": "a b"}] * 4),
+        processing_class=hf_tok)
+    trainer.model.eval()
+
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, 256, (1, 7), generator=g).repeat(4, 1)
+    completion = torch.randint(0, 256, (4, 6), generator=g)
+    mask = torch.ones(4, 6, dtype=torch.long)
+    mask[1, 4:] = 0
+    mask[3, 2:] = 0
+    with torch.no_grad():
+        logp, _ = token_logprobs(ours, torch.cat([prompt, completion], 1), 7, s.temperature)
+    old = logp + 0.3 * torch.randn(logp.shape, generator=g)
+    ref = logp + 0.2 * torch.randn(logp.shape, generator=g)
+    adv = torch.tensor([1.0, -0.4, 0.7, -1.3])
+    inputs = {"prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt),
+              "completion_ids": completion, "completion_mask": mask, "advantages": adv,
+              "old_per_token_logps": old, "ref_per_token_logps": ref,
+              "num_items_in_batch": mask.sum()}
+    ids = torch.cat([prompt, completion], 1)
+    with torch.no_grad():  # the policy's log-probabilities, from transformers' own logits
+        hf_logp = torch.log_softmax(hf(ids).logits[:, 6:-1] / s.temperature, -1).gather(
+            -1, completion[..., None]).squeeze(-1)
+    assert torch.allclose(hf_logp, logp, atol=1e-4)
+    # trl's loss given those log-probabilities (its fused-head forward is its own business)
+    trainer._get_per_token_logps_and_entropies = lambda *a, **k: (hf_logp, torch.zeros_like(
+        hf_logp), None)
+    theirs = trainer._compute_loss(trainer.model, inputs)
+    got, _ = policy_loss(hf_logp, old, adv, mask, s, ref)
+    assert float(got) == pytest.approx(float(theirs), rel=1e-6, abs=1e-7)
+
