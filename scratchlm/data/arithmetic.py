@@ -25,6 +25,10 @@ def arithmetic_problems(n: int, difficulty: int = 1, seed: int = 0,
     rng = random.Random(seed)
     ops = ["+", "-"] + (["*"] if difficulty >= 2 else [])
     top = max(10, 10 * difficulty)
+    possible = top ** (difficulty + 1) * len(ops) ** difficulty
+    if n + len(exclude or ()) > possible:
+        raise ValueError(f"difficulty {difficulty} has {possible} distinct problems, fewer "
+                         f"than the {n} asked (besides {len(exclude or ())} excluded)")
     seen = set(exclude or ())
     out = []
     for _ in range(n * 1000):

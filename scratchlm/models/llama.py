@@ -143,7 +143,11 @@ class Llama(nn.Module):
         table = self._rope.get(key)
         if table is None or table[0].shape[0] < length or table[0].device != device:
             n = min(self.cfg.context_length, max(length, 1024))
-            table = self._rope[key] = rope_cache(self.cfg.head_dim, n, base, scaling, device)
+            # A table built while generating (inference mode) must still serve training, as
+            # GRPO trains right after sampling: never an inference tensor.
+            with torch.inference_mode(False):
+                table = self._rope[key] = rope_cache(self.cfg.head_dim, n, base, scaling,
+                                                     device)
         return table
 
     def rope_tables(self, length: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:

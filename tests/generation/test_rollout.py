@@ -1,0 +1,81 @@
+"""Rollouts: the engine's sampling log-probabilities equal the ones the trainer recomputes
+(a mismatch would silently bias GRPO's ratio), G completions per prompt come back grouped,
+and the loss module trains on them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scratchlm.finetune.config import GRPOSettings
+from scratchlm.finetune.grpo import token_logprobs
+from scratchlm.generation.engine import Engine, SamplingParams
+from scratchlm.generation.rollout import GRPOLoss, Prompt, sample_groups
+from scratchlm.models.llama import Llama, LlamaConfig
+
+
+def llama(lora: bool = False, noise: float = 0.1):
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=97, context_length=64, n_embd=32, n_layer=2, n_head=4,
+                              n_kv_head=2, intermediate_size=64)).eval()
+    if lora:
+        from scratchlm.finetune.lora import apply_lora
+
+        apply_lora(model, rank=4, alpha=8)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=noise)  # adapters that change the policy
+    return model
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["native-decode", "lora-pytorch"])
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_sampling_logprobs_equal_the_recomputed_ones(lora, temperature):
+    model = llama(lora)
+    prompts = [[5, 6, 7, 8, 9], [3, 4], [20, 21, 22]]
+    out = Engine(model).sample(prompts, SamplingParams(16, temperature, seed=3))
+    for p, (ids, lps) in zip(prompts, out):
+        assert len(ids) == len(lps) == 16
+        with torch.no_grad():
+            again, _ = token_logprobs(model, torch.tensor([p + ids]), len(p), temperature)
+        assert torch.allclose(again[0], torch.tensor(lps), atol=1e-4)
+
+
+class _Tok:
+    """Ids as text, one character per id (a - z, then the rest): rewards can read them."""
+    eos_id = 0
+
+    def decode(self, ids):
+        return "".join(chr(97 + i % 26) for i in ids)
+
+
+def test_groups_and_a_training_step():
+    model = llama(lora=True, noise=0.01)
+    s = GRPOSettings(group_size=3, max_new_tokens=6, temperature=4.0)
+    prompts = [Prompt("p0", [5, 6, 7], "x"), Prompt("p1", [8, 9], "y")]
+    roll = sample_groups(Engine(model), _Tok(), prompts, s, seed=1)
+    assert len(roll.completions) == 6 and all(len(c) <= 6 for c in roll.completions)
+    # a reward with variance: how many "a"-"m" letters a completion has
+    reward = lambda p, c, r: float(sum(ch < "n" for ch in c))  # noqa: E731
+    loss_module = GRPOLoss(model, _Tok(), prompts, reward, s)
+    torch.manual_seed(0)
+    loss = loss_module(torch.tensor([0, 1]))
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora" in n]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    stats = loss_module.step_metrics()
+    assert {"reward", "accuracy", "kl", "clip_frac", "entropy", "response_len",
+            "rollout_s"} <= set(stats)
+    assert stats["clip_frac"] == 0.0  # on-policy: every ratio is 1 up to rounding
+    assert loss_module.step_metrics() == {}  # read once per step
+
+
+def test_a_reward_that_fails_names_the_example():
+    model = llama()
+    s = GRPOSettings(group_size=2, max_new_tokens=3)
+    prompts = [Prompt("what is 2+2?", [5, 6], "4")]
+    for bad, message in [(lambda p, c, r: 1 / 0, "ZeroDivisionError"),
+                         (lambda p, c, r: "yes", "returned 'yes', not a number"),
+                         (lambda p, c, r: float("nan"), "not a finite number")]:
+        with pytest.raises(ValueError, match=r"prompt 'what is 2\+2\?', completion 0.*" + message):
+            GRPOLoss(model, _Tok(), prompts, bad, s)(torch.tensor([0]))
