@@ -4,7 +4,7 @@ model can visibly learn by reinforcement on a CPU in minutes.
     problems = arithmetic_problems(200, difficulty=1, seed=0)
     problems[0]  ->  ("What is 7 + 12?", "19")
 
-``difficulty`` d sets the operands (d + 1 of them), their size (up to 10 * d, at least 10) and
+``difficulty`` d sets the operands (d + 1 of them), their size (1 to 20 * d) and
 the operations (+ and - from 1, * from 2); the answer is Python's evaluation of the expression
 with the usual precedence. The same seed gives the same problems, and ``split`` keeps a
 held-out set disjoint from the training problems.
@@ -24,7 +24,7 @@ def arithmetic_problems(n: int, difficulty: int = 1, seed: int = 0,
         raise ValueError(f"need at least one problem, got {n}")
     rng = random.Random(seed)
     ops = ["+", "-"] + (["*"] if difficulty >= 2 else [])
-    top = max(10, 10 * difficulty)
+    top = 20 * difficulty
     possible = top ** (difficulty + 1) * len(ops) ** difficulty
     if n + len(exclude or ()) > possible:
         raise ValueError(f"difficulty {difficulty} has {possible} distinct problems, fewer "
