@@ -58,6 +58,56 @@ def sample_groups(engine: Engine, tokenizer, prompts: Sequence[Prompt], s: GRPOS
     return Rollout(ids, [lp for _, lp in out], texts, truncated)
 
 
+class SamplingCopy:
+    """What LoRA rollouts sample from: a copy of the model whose adapted layers are plain
+    ``nn.Linear`` with the adapters merged (W + scale * B @ A), so that the engine's native
+    decoder runs them; every other tensor (embeddings, norms) is shared, not copied.
+    ``refresh()`` re-merges the current adapters into the copy's weights, in place, before
+    each rollout. A 4-bit (QLoRA) base has no float weight to merge into: ``create`` gives
+    None and rollouts run on the LoRA model itself (the PyTorch path)."""
+
+    def __init__(self, model: nn.Module, copy: nn.Module, names: list[str]):
+        self.model, self.copy, self.names = model, copy, names
+
+    @classmethod
+    def create(cls, model: nn.Module) -> "SamplingCopy | None":
+        import copy as copying
+
+        from scratchlm.finetune.lora import lora_modules
+
+        loras = lora_modules(model)
+        if not loras or any(m.quantized is not None for m in loras.values()):
+            return None
+        adapters = {id(t) for m in loras.values() for t in (*m.lora_A.parameters(),
+                                                             *m.lora_B.parameters())}
+        shared = {id(t): t for t in (*model.parameters(), *model.buffers())
+                  if id(t) not in adapters}
+        clone = copying.deepcopy(model, memo=dict(shared))
+        for name, m in loras.items():
+            # skip_init: no random initialisation, so creating the copy draws nothing from
+            # torch's RNG (a resumed run creates it at another step than a straight one)
+            linear = nn.utils.skip_init(nn.Linear, m.in_features, m.out_features,
+                                        bias=m.bias is not None, device=m.weight.device,
+                                        dtype=m.weight.dtype)
+            if m.bias is not None:
+                linear.bias = m.bias  # frozen, shared
+            clone.set_submodule(name, linear.requires_grad_(False))
+        clone.eval()
+        out = cls(model, clone, list(loras))
+        out.refresh()
+        return out
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        modules = dict(self.model.named_modules())
+        for name in self.names:
+            m, target = modules[name], self.copy.get_submodule(name).weight
+            target.copy_(m.weight)
+            if m.enabled:
+                for part, sl in m.parts.items():
+                    target[sl] += m.delta(part).to(target.dtype)
+
+
 def _pad(rows: Sequence[Sequence[float]], width: int, dtype=torch.float32) -> torch.Tensor:
     out = torch.zeros(len(rows), width, dtype=dtype)
     for i, r in enumerate(rows):
@@ -79,6 +129,7 @@ class GRPOLoss(nn.Module):
         self.reward, self.s = reward, settings
         self._reference = [reference]  # not a submodule: never trained nor saved
         self._engine: Engine | None = None
+        self._copy: SamplingCopy | None = None
         self._stats: list[dict] = []
         self.last_rollout: Rollout | None = None
 
@@ -86,8 +137,13 @@ class GRPOLoss(nn.Module):
         return torch.tensor(len(idx))  # prompts (each a group of completions)
 
     def engine(self) -> Engine:
+        """The engine of the rollouts: on the merged ``SamplingCopy`` for LoRA (refreshed
+        with the adapters as they are now), else on the model itself."""
         if self._engine is None:
-            self._engine = Engine(self.model)
+            self._copy = SamplingCopy.create(self.model)
+            self._engine = Engine(self._copy.copy if self._copy is not None else self.model)
+        elif self._copy is not None:
+            self._copy.refresh()
         return self._engine
 
     def _logprobs(self, model: nn.Module, prompt: Prompt, rows: list[list[int]],

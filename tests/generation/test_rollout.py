@@ -79,3 +79,26 @@ def test_a_reward_that_fails_names_the_example():
                          (lambda p, c, r: float("nan"), "not a finite number")]:
         with pytest.raises(ValueError, match=r"prompt 'what is 2\+2\?', completion 0.*" + message):
             GRPOLoss(model, _Tok(), prompts, bad, s)(torch.tensor([0]))
+
+
+def test_lora_rollouts_sample_from_the_merged_copy_of_the_current_adapters():
+    from scratchlm.generation.rollout import SamplingCopy
+
+    model = llama(lora=True)
+    sampler = SamplingCopy.create(model)
+    assert sampler.copy.trf_blocks[0].att.q_proj.__class__ is torch.nn.Linear
+    assert sampler.copy.tok_emb.weight is model.tok_emb.weight  # shared, not copied
+    engine = Engine(sampler.copy)
+    assert engine.native is not None  # the merged copy decodes natively
+    prompts = [[5, 6, 7, 8, 9], [3, 4]]
+    for _ in range(2):
+        with torch.no_grad():  # the adapters change (an optimizer step), the copy follows
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.add_(0.05 * torch.randn_like(p))
+        sampler.refresh()
+        out = engine.sample(prompts, SamplingParams(12, 0.8, seed=2))
+        for p, (ids, lps) in zip(prompts, out):
+            with torch.no_grad():
+                again, _ = token_logprobs(model, torch.tensor([p + ids]), len(p), 0.8)
+            assert torch.allclose(again[0], torch.tensor(lps), atol=1e-4)

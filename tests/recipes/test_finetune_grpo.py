@@ -42,7 +42,8 @@ def test_a_run_writes_its_outputs_and_resumes_exactly(tiny_chat_model, tmp_path)
         assert (straight / name).is_file(), name
     assert (straight / "final" / "adapter" / "adapter.safetensors").is_file()
     steps = rows(straight)
-    assert len(steps) == 4 and all(float(r["grad_norm"]) > 0 for r in steps)
+    assert len(steps) == 4 and sum(float(r["grad_norm"]) > 0 for r in steps) >= 2  # a step
+    # whose groups all tied is a zero step
     assert float(steps[-1]["kl"]) > 0  # the policy moved away from the reference
     assert json.loads((straight / "grpo.json").read_text())["samples"]
 
