@@ -8,7 +8,8 @@ Each side takes ``--steps`` optimizer steps after one warm-up step, alternating 
 in one process: ours through ``train_step`` on ``GRPOLoss``, trl through ``trainer.train()``
 one step at a time (timed from its step-begin to its step-end callback, so its per-call setup
 is not counted). Completions are forced to the full length on both sides (no end-of-text
-stop; trl: ``min_new_tokens``), so both decode the same number of tokens. Rollout time is
+stop; trl: ``min_new_tokens``), so both decode the same number of tokens, and every group
+goes through the update on both sides (ours skips tied groups by default). Rollout time is
 ours from the loss module's statistics and trl's from its ``_generate_and_score_completions``.
 ``--rss`` also runs each side alone in a child process and reports the peak resident memory
 of each (one process's peak cannot be split between two sides).
@@ -61,7 +62,9 @@ def build_ours(folder, items, tokens):
 
     model, tok = load_model_and_tokenizer(str(folder))
     apply_lora(model, RANK, 32.0, ("all",), scaling="peft")
-    s = GRPOSettings(group_size=GROUP, max_new_tokens=tokens, temperature=1.0)
+    # every group through the update, as trl does (ours skips tied groups by default)
+    s = GRPOSettings(group_size=GROUP, max_new_tokens=tokens, temperature=1.0,
+                     skip_zero_variance=False)
     loss = GRPOLoss(model, _NoStop(tok), [Prompt(q, ids, a) for q, ids, a in items],
                     build_reward("answer"), s)
     opt = build_optimizer(model, "adamw", 1e-5, 0.0, (0.9, 0.999), "cpu")

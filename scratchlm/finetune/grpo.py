@@ -80,7 +80,8 @@ def token_logprobs(model: nn.Module, ids: torch.Tensor, start: int, temperature:
     logits = head_linear(model.out_head, hidden)[..., :model.cfg.vocab_size].float()
     logp_all = torch.log_softmax(logits / temperature, -1)
     logp = logp_all.gather(-1, ids[:, start:, None]).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    with torch.no_grad():  # a statistic: no graph kept for it (each is (B, T, V) large)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
 
 

@@ -246,12 +246,12 @@ class GRPOLoss(nn.Module):
 
 
 @torch.no_grad()
-def greedy_accuracy(model: nn.Module, tokenizer, prompts: Sequence[Prompt],
+def greedy_accuracy(engine: Engine, tokenizer, prompts: Sequence[Prompt],
                     max_new_tokens: int, batch_size: int = 16) -> tuple[float, list[str]]:
-    """Exact-answer accuracy of greedy completions (held-out evaluation), and the texts."""
+    """Exact-answer accuracy of greedy completions (held-out evaluation), and the texts;
+    ``engine``: e.g. ``GRPOLoss.engine()``, the rollouts' (merged, for LoRA)."""
     from scratchlm.evaluate.rewards import answer_reward
 
-    engine = Engine(model)
     eos = tokenizer.eos_id
     params = SamplingParams(max_new_tokens, 0.0, stop_ids=(eos,) if eos is not None else ())
     texts = []

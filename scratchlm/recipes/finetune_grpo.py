@@ -125,18 +125,23 @@ def main(cfg: GRPOConfig) -> dict:
         tqdm.write(f"{len(train_prompts)} {cfg.task} prompts x {cfg.grpo.group_size} "
                    f"completions, {len(test_prompts)} held out; rewards {cfg.grpo.rewards}; "
                    f"{trainable:,} trainable parameters")
+        loss_module = GRPOLoss(model, tok, train_prompts, reward, cfg.grpo, reference)
         t0 = time.perf_counter()
-        before, texts_before = greedy_accuracy(model, tok, test_prompts, cfg.grpo.max_new_tokens)
+        before, texts_before = greedy_accuracy(loss_module.engine(), tok, test_prompts,
+                                               cfg.grpo.max_new_tokens)
         tqdm.write(f"held-out accuracy before: {before:.2%} "
                    f"({time.perf_counter() - t0:.0f}s)")
-        loss_module = GRPOLoss(model, tok, train_prompts, reward, cfg.grpo, reference)
         trainer = prepare_training(loss_module, model, rt, cfg.train)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
 
+        last: dict = {}  # the latest held-out evaluation: the final one is not run twice
+
         def on_eval(step: int) -> dict:
-            acc, _ = greedy_accuracy(model, tok, test_prompts, cfg.grpo.max_new_tokens)
+            acc, texts = greedy_accuracy(loss_module.engine(), tok, test_prompts,
+                                         cfg.grpo.max_new_tokens)
+            last.update(step=step, acc=acc, texts=texts)
             tqdm.write(f"step {step}: held-out accuracy {acc:.2%}")
             return {"heldout_accuracy": acc}
 
@@ -146,7 +151,11 @@ def main(cfg: GRPOConfig) -> dict:
         fit(model, trainer, optimizer, PromptIndices(len(train_prompts)), None, cfg.train, rt,
             out, to_dict(cfg), on_eval=on_eval, resume=cfg.resume or None)
         train_s = time.perf_counter() - t1
-        after, texts_after = greedy_accuracy(model, tok, test_prompts, cfg.grpo.max_new_tokens)
+        if last.get("step") == cfg.train.max_steps:
+            after, texts_after = last["acc"], last["texts"]
+        else:  # interrupted, or resumed at the end
+            after, texts_after = greedy_accuracy(loss_module.engine(), tok, test_prompts,
+                                                 cfg.grpo.max_new_tokens)
         tqdm.write(f"held-out accuracy {before:.2%} -> {after:.2%} after "
                    f"{cfg.train.max_steps} steps ({train_s / 60:.1f} min of training)")
         result = {"task": cfg.task, "trainable": trainable, "accuracy_before": before,

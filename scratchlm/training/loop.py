@@ -214,8 +214,11 @@ def fit(
             if own:
                 pending.append(own)
             bar.update(1)
-            post = {"reward": f"{own['reward']:.3f}"} if "reward" in own else {}
-            bar.set_postfix(loss=f"{res.loss:.3f}", **post, tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}")
+            if "reward" in own:  # RL: the units are prompts, the reward says more than a rate
+                bar.set_postfix(loss=f"{res.loss:.3f}", reward=f"{own['reward']:.3f}",
+                                lr=f"{lr:.2e}")
+            else:
+                bar.set_postfix(loss=f"{res.loss:.3f}", tok_s=f"{tps:,.0f}", lr=f"{lr:.2e}")
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 mfu = tps * flops_per_token / peak if (peak and flops_per_token) else None
                 metrics.log(step, tokens=state["tokens"], loss=res.loss, lr=lr,

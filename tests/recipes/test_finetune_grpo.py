@@ -77,3 +77,31 @@ def test_long_prompts_are_skipped_and_bad_flags_refused(tiny_chat_model, tmp_pat
             setattr(bad, k, v)
         with pytest.raises(ValueError, match=message):
             main(bad)
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_adapter(tiny_chat_model, tmp_path):
+    """torchrun with DDP (gloo): each rank samples its own prompts' groups, the gradients are
+    averaged, and rank 0 writes one run."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    model = tiny_chat_model()
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29500 + (os.getpid() + 7) % 1000), "-m", "scratchlm",
+           "finetune", "grpo", "--model", str(model), "--out", str(out), "--train_size", "8",
+           "--test_size", "2", "--grpo.group_size", "3", "--grpo.max_new_tokens", "6",
+           "--grpo.temperature", "4", "--grpo.rewards", "length,answer",
+           "--grpo.length_penalty", "0.1", "--lora.rank", "4", "--train.max_steps", "2",
+           "--train.batch_size", "2", "--train.lr", "1e-2", "--train.eval_every", "2",
+           "--train.save_every", "2", "--train.tensorboard", "false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(rows(out)) == 2
+    assert (out / "final" / "adapter" / "adapter.safetensors").is_file()
+    assert json.loads((out / "grpo.json").read_text())["heldout"] == 2
