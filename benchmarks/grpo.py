@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,7 @@ class _NoStop:
         return self.tok.decode(ids)
 
 
-def build_ours(folder, items, tokens):
+def build_ours(folder, items, tokens, checkpointing=True):
     from scratchlm.evaluate.rewards import build_reward
     from scratchlm.finetune.config import GRPOSettings
     from scratchlm.finetune.lora import apply_lora
@@ -62,6 +61,7 @@ def build_ours(folder, items, tokens):
 
     model, tok = load_model_and_tokenizer(str(folder))
     apply_lora(model, RANK, 32.0, ("all",), scaling="peft")
+    model.cfg.grad_checkpointing = checkpointing  # trl's default, and our recipe's
     # every group through the update, as trl does (ours skips tied groups by default)
     s = GRPOSettings(group_size=GROUP, max_new_tokens=tokens, temperature=1.0,
                      skip_zero_variance=False)
@@ -159,8 +159,10 @@ def alone(side: str, folder: str, tokens: int) -> None:
         state = build_trl(folder, items, tokens)
         for _ in range(2):
             step_trl(state)
-    print(json.dumps({"side": side, "peak_rss_mb":
-                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the parent (which holds
+    # both sides), while VmHWM belongs to this process's own memory map
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"side": side, "peak_rss_mb": int(hwm.split()[1]) / 1024}))
 
 
 def main() -> None:

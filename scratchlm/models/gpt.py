@@ -159,7 +159,7 @@ class GPT(nn.Module):
             tok = torch.cat([prefix.to(tok.dtype).expand(b, -1, -1), tok], dim=1)  # (B, P+T, C)
         x = self.drop_emb(tok + self.pos_emb(pos))  # (B, T, C)
         for i, block in enumerate(self.trf_blocks):
-            if self.cfg.grad_checkpointing and self.training:
+            if self.cfg.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x, cache, i)

@@ -190,7 +190,7 @@ class Llama(nn.Module):
             x = torch.cat([prefix.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
         for i, (block, t) in enumerate(zip(self.trf_blocks, self.rope_index)):
             cos, sin = tables[t]
-            if self.cfg.grad_checkpointing and self.training:
+            if self.cfg.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cos, sin, cache, i)

@@ -124,7 +124,8 @@ class GRPOConfig:
     eval: EvalTasks = field(default_factory=EvalTasks)  # the final model's report card
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=20, batch_size=8, lr=5e-5, schedule="constant", warmup_steps=0,
-        weight_decay=0.0, log_every=1, eval_every=10, save_every=10, eval_batches=1))
+        weight_decay=0.0, log_every=1, eval_every=10, save_every=10, eval_batches=1,
+        grad_checkpointing=True))  # G completions per prompt: activations add up (as trl)
 
 
 # ---- scratchlm finetune reward: recipes/finetune_reward.py

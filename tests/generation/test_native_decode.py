@@ -74,16 +74,18 @@ def test_native_step_logits_equal_pytorch(name):
     native = NativeDecoder.create(model)
     assert native is not None
     engine = Engine(model)
-    prompts = [[5, 6, 7, 8, 9, 10, 11], [20, 21], [30, 31, 32, 33]]
-    pad = torch.tensor([0, 5, 3])
-    idx = torch.zeros(3, 7, dtype=torch.long)
+    # six rows: float32 weights take four rows of x at a time (dot4x4), then the rest
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [20, 21], [30, 31, 32, 33], [3], [40, 41, 42, 43, 44],
+               [9, 8]]
+    pad = torch.tensor([7 - len(p) for p in prompts])
+    idx = torch.zeros(len(prompts), 7, dtype=torch.long)
     for i, p in enumerate(prompts):
         idx[i, 7 - len(p):] = torch.tensor(p)
     with torch.inference_mode():
-        ours, ref = engine.new_cache(3, 20, pad), engine.new_cache(3, 20, pad)
+        ours, ref = engine.new_cache(6, 20, pad), engine.new_cache(6, 20, pad)
         engine._last_logits(idx, ours)
         engine._last_logits(idx, ref)
-        nxt = torch.tensor([[1], [2], [3]])
+        nxt = torch.tensor([[1], [2], [3], [4], [5], [6]])
         for _ in range(6):
             got, want = native.logits(nxt, ours), engine._last_logits(nxt, ref)
             assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()

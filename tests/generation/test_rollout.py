@@ -102,3 +102,29 @@ def test_lora_rollouts_sample_from_the_merged_copy_of_the_current_adapters():
             with torch.no_grad():
                 again, _ = token_logprobs(model, torch.tensor([p + ids]), len(p), 0.8)
             assert torch.allclose(again[0], torch.tensor(lps), atol=1e-4)
+
+
+def test_grad_checkpointing_works_in_the_eval_mode_grpo_trains_in():
+    """GRPO trains with dropout off (eval mode); block checkpointing must still apply there
+    (it used to key on ``model.training``) and give the same gradients."""
+    import torch.utils.checkpoint as ckpt
+
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
+    grads = []
+    for on in (False, True):
+        model = llama(lora=True)
+        model.cfg.grad_checkpointing = on
+        calls = []
+        real = ckpt.checkpoint
+        import scratchlm.models.llama as llama_module
+
+        llama_module.checkpoint = lambda *a, **k: calls.append(1) or real(*a, **k)
+        try:
+            logp, _ = token_logprobs(model, ids, 4, 1.0)
+            logp.sum().backward()
+        finally:
+            llama_module.checkpoint = real
+        assert bool(calls) == on
+        grads.append([p.grad.clone() for n, p in model.named_parameters() if "lora" in n])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
