@@ -105,3 +105,15 @@ def test_two_processes_train_one_adapter(tiny_chat_model, tmp_path):
     assert len(rows(out)) == 2
     assert (out / "final" / "adapter" / "adapter.safetensors").is_file()
     assert json.loads((out / "grpo.json").read_text())["heldout"] == 2
+
+
+@pytest.mark.parametrize("lora", [LoraConfig(rank=0), LoraConfig(rank=4, alpha=8,
+                                                                  quantize_base="nf4")],
+                         ids=["full-finetuning", "qlora"])
+def test_full_finetuning_and_qlora_train(tiny_chat_model, tmp_path, lora):
+    cfg = tiny_cfg(tiny_chat_model(), tmp_path / "r")  # beta 0.04: a reference is needed
+    cfg.lora = lora
+    cfg.train.max_steps = 2
+    main(cfg)
+    steps = rows(tmp_path / "r")
+    assert len(steps) == 2 and any(float(r["grad_norm"]) > 0 for r in steps)
