@@ -53,6 +53,8 @@ def check_settings(s: GRPOSettings) -> None:
     if not 0 <= s.eps_low < 1 or s.eps_high < 0:
         raise ValueError(f"clip range needs 0 <= eps_low < 1 and eps_high >= 0, got "
                          f"{s.eps_low}, {s.eps_high}")
+    if s.top_p is not None and not 0 < s.top_p <= 1:
+        raise ValueError(f"--grpo.top_p must be in (0, 1], got {s.top_p}")
     if s.beta < 0:
         raise ValueError(f"--grpo.beta must be >= 0, got {s.beta}")
     if s.max_new_tokens < 1:

@@ -131,7 +131,6 @@ class GRPOLoss(nn.Module):
         self._engine: Engine | None = None
         self._copy: SamplingCopy | None = None
         self._stats: list[dict] = []
-        self.last_rollout: Rollout | None = None
 
     def batch_weight(self, idx, _targets=None) -> torch.Tensor:
         return torch.tensor(len(idx))  # prompts (each a group of completions)
@@ -178,7 +177,6 @@ class GRPOLoss(nn.Module):
         t0 = time.perf_counter()
         seed = int(torch.randint(0, 2**62, ()))
         rollout = sample_groups(self.engine(), self.tokenizer, prompts, s, seed)
-        self.last_rollout = rollout
         t1 = time.perf_counter()
         rewards = torch.tensor(self.reward_rows(prompts, rollout))
         adv = group_advantages(rewards, g, s.scale)

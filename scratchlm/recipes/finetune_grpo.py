@@ -35,6 +35,7 @@ from scratchlm.generation.rollout import GRPOLoss, Prompt, greedy_accuracy
 from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer
 from scratchlm.recipes.configs import GRPOConfig  # noqa: F401 (its config)
+from scratchlm.training.loop import fit
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.plots import plot_series
 from scratchlm.training.prepare import prepare_training, training_session, whole_model
@@ -98,7 +99,11 @@ def main(cfg: GRPOConfig) -> dict:
     if cfg.train.grad_accum_steps != 1:
         raise ValueError("--train.grad_accum_steps: GRPO takes one rollout batch per step; "
                          "raise --train.batch_size instead")
-    from scratchlm.evaluate.rewards import build_reward
+    from scratchlm.evaluate.rewards import build_reward, parse_spec
+
+    if cfg.grpo.reward_model and "reward_model" not in dict(parse_spec(cfg.grpo.rewards)):
+        raise ValueError("--grpo.reward_model is given but --grpo.rewards has no reward_model "
+                         "term (e.g. --grpo.rewards reward_model or answer,reward_model:0.5)")
 
     with training_session(cfg.train, cfg.out) as (rt, out):
         if rt.distributed and cfg.train.strategy == "fsdp":
@@ -138,14 +143,20 @@ def main(cfg: GRPOConfig) -> dict:
 
         last: dict = {}  # the latest held-out evaluation: the final one is not run twice
 
+        def plot_rewards() -> None:  # reward.png, as loss.png: updated while the run runs
+            if rt.is_main:
+                with open(out / "metrics.csv", newline="") as f:
+                    rows = list(csv.DictReader(f))
+                plot_series(rows, ["reward", "accuracy", "heldout_accuracy"],
+                            out / "reward.png", f"GRPO on {cfg.task}", "reward / accuracy")
+
         def on_eval(step: int) -> dict:
             acc, texts = greedy_accuracy(loss_module.engine(), tok, test_prompts,
                                          cfg.grpo.max_new_tokens)
             last.update(step=step, acc=acc, texts=texts)
             tqdm.write(f"step {step}: held-out accuracy {acc:.2%}")
+            plot_rewards()
             return {"heldout_accuracy": acc}
-
-        from scratchlm.training.loop import fit
 
         t1 = time.perf_counter()
         fit(model, trainer, optimizer, PromptIndices(len(train_prompts)), None, cfg.train, rt,
@@ -164,10 +175,7 @@ def main(cfg: GRPOConfig) -> dict:
         model = whole_model(model, rt)
         if not rt.is_main:
             return result
-        with open(out / "metrics.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        plot_series(rows, ["reward", "accuracy", "heldout_accuracy"], out / "reward.png",
-                    f"GRPO on {cfg.task}", "reward / accuracy")
+        plot_rewards()  # with the last held-out accuracy
         result["samples"] = [{"question": p.text, "reference": p.reference, "before": b,
                               "after": a}
                              for p, b, a in zip(test_prompts, texts_before, texts_after)]

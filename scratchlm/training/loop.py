@@ -87,10 +87,10 @@ def _expert_metrics(model: nn.Module) -> dict:
             "moe_aux_loss": stats["aux_loss"]}
 
 
-def _loss_metrics(loss_module: nn.Module) -> dict:
+def _loss_metrics(inner: nn.Module) -> dict:
     """The loss module's own statistics of the step just taken (``step_metrics()``: GRPO's
-    rewards, KL, clip fraction), through a DDP wrapper when there is one."""
-    fn = getattr(getattr(loss_module, "module", loss_module), "step_metrics", None)
+    rewards, KL, clip fraction); ``inner``: the module inside any DDP wrapper."""
+    fn = getattr(inner, "step_metrics", None)
     return fn() if fn is not None else {}
 
 
@@ -176,7 +176,7 @@ def fit(
     scaler = rt.grad_scaler()
     peak = rt.peak_flops() if flops_per_token else None
     result = FitResult(state["step"], state["tokens"])
-    inner = getattr(loss_module, "module", loss_module)
+    inner = getattr(loss_module, "module", loss_module)  # DDP keeps the module as .module
     eval_loss = getattr(inner, "has_eval_loss", True)
     pending: list[dict] = []  # the loss module's statistics since the last metrics row
     stop = _StopFlag()
@@ -210,7 +210,7 @@ def fit(
             step = state["step"]
             result.train_losses.append(res.loss)
             tps = res.tokens / dt
-            own = _loss_metrics(loss_module)
+            own = _loss_metrics(inner)
             if own:
                 pending.append(own)
             bar.update(1)
@@ -226,28 +226,27 @@ def fit(
                             peak_mem_mb=rt.peak_memory_mb(), **_expert_metrics(model),
                             **(_mean_rows(pending) if pending else {}))
                 pending = []
-            if (step % cfg.eval_every == 0 or step == cfg.max_steps) and not eval_loss:
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                val_loss = None
+                if eval_loss:
+                    train_loss = evaluate_loss(loss_module, train_eval_loader, rt)
+                    val_loss = evaluate_loss(loss_module, val_loader, rt) if val_loader else None
+                    metrics.log(step, tokens=state["tokens"], train_eval_loss=train_loss,
+                                val_loss=val_loss,
+                                val_ppl=perplexity(val_loss) if val_loss is not None else None)
+                    if val_loss is not None:
+                        result.val_losses.append((step, val_loss))
+                    if rt.is_main:
+                        msg = (f"step {step:>6} | tokens {state['tokens']:,} | train "
+                               f"{train_loss:.3f}")
+                        if val_loss is not None:
+                            msg += f" | val {val_loss:.3f} (ppl {perplexity(val_loss):.1f})"
+                        tqdm.write(msg)
                 if rt.is_main:
                     plot_losses(metrics.read(), run_dir / "loss.png")
                 logged = on_eval(step) if on_eval is not None else None
                 if logged:
                     metrics.log(step, tokens=state["tokens"], **logged)
-            elif step % cfg.eval_every == 0 or step == cfg.max_steps:
-                train_loss = evaluate_loss(loss_module, train_eval_loader, rt)
-                val_loss = evaluate_loss(loss_module, val_loader, rt) if val_loader else None
-                metrics.log(step, tokens=state["tokens"], train_eval_loss=train_loss,
-                            val_loss=val_loss,
-                            val_ppl=perplexity(val_loss) if val_loss is not None else None)
-                if val_loss is not None:
-                    result.val_losses.append((step, val_loss))
-                if rt.is_main:
-                    msg = f"step {step:>6} | tokens {state['tokens']:,} | train {train_loss:.3f}"
-                    if val_loss is not None:
-                        msg += f" | val {val_loss:.3f} (ppl {perplexity(val_loss):.1f})"
-                    tqdm.write(msg)
-                    plot_losses(metrics.read(), run_dir / "loss.png")
-                if on_eval is not None:
-                    on_eval(step)
                 listener = _EVAL_LISTENER.get()
                 if listener is not None and val_loss is not None:
                     listener(step, val_loss)

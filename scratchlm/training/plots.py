@@ -6,6 +6,19 @@ import os
 from pathlib import Path
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Write the figure under a temporary name, then rename: a reader never sees half a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def plot_losses(rows: list[dict], path: str | Path, title: str = "Loss") -> Path | None:
     """Train loss (every logged step) and validation loss (every eval) from metrics rows."""
     import matplotlib
@@ -44,13 +57,7 @@ def plot_losses(rows: list[dict], path: str | Path, title: str = "Loss") -> Path
         top = ax.secondary_xaxis("top", functions=(lambda s: s * per_step,
                                                    lambda t: t / max(per_step, 1e-9)))
         top.set_xlabel("Tokens seen")
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path)
 
 
 def plot_series(rows: list[dict], keys: list[str], path: str | Path, title: str,
@@ -73,10 +80,4 @@ def plot_series(rows: list[dict], keys: list[str], path: str | Path, title: str,
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path)

@@ -71,6 +71,9 @@ def test_long_prompts_are_skipped_and_bad_flags_refused(tiny_chat_model, tmp_pat
                             ({"grpo": GRPOSettings(rewards="answer,vibes")}, "unknown reward"),
                             ({"grpo": GRPOSettings(rewards="reward_model")},
                              "needs --grpo.reward_model"),
+                            ({"grpo": GRPOSettings(reward_model="runs/rm/final")},
+                             "has no reward_model term"),
+                            ({"grpo": GRPOSettings(top_p=0.0)}, "top_p must be in"),
                             ({"train": TrainConfig(grad_accum_steps=2)}, "grad_accum_steps")]:
         bad = tiny_cfg(model, tmp_path / "bad")
         for k, v in change.items():
