@@ -103,7 +103,6 @@ def build_reward(spec: str, tokenizer=None, length_penalty: float = 0.001,
     def total(prompt: str, completion: str, reference: str) -> float:
         return sum(w * _checked(fn(prompt, completion, reference), name)
                    for name, w, fn in parts)
-    total.parts = [name for name, _, _ in parts]  # type: ignore[attr-defined]
     return total
 
 
