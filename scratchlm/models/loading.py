@@ -17,6 +17,7 @@ import dataclasses
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from scratchlm.data.download import DownloadError, download
+from scratchlm.data.download import DownloadError, IntegrityError, download
 from scratchlm.models.registry import (family_for_gguf, family_for_hf, family_named, family_of,
                                        family_of_weights)
 
@@ -56,9 +57,35 @@ def hf_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
+_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def shard_names(index: object, source: str) -> list[str]:
+    """The shard files an index's ``weight_map`` names, each a plain ``*.safetensors`` file name
+    (the index may come from a remote hub: a name with a folder or ``..`` in it is refused)."""
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{source}: no 'weight_map' object")
+    names = sorted({v for v in weight_map.values() if isinstance(v, str)})
+    bad = [v for v in weight_map.values() if not isinstance(v, str)] + [
+        n for n in names if Path(n).name != n or n in (".", "..") or "\\" in n
+        or not n.endswith(".safetensors")]
+    if bad:
+        raise CheckpointError(f"{source}: shard name {bad[0]!r} is not a .safetensors file "
+                              "beside the index")
+    if len(names) > MAX_SHARDS:
+        raise CheckpointError(f"{source}: {len(names)} shards, more than {MAX_SHARDS}")
+    return names
+
+
+MAX_SHARDS = 10_000
+
+
 def fetch_hf_repo(repo: str, progress: bool = True) -> Path:
     """Download a repo's ``config.json`` and safetensors weights (single or sharded) into the
     cache; returns the local folder."""
+    if not _REPO.fullmatch(repo) or ".." in repo:
+        raise ValueError(f"{repo!r} is not a Hugging Face repository name (owner/name)")
     base = f"{hf_endpoint()}/{repo}/resolve/main"
     token = os.environ.get("HF_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -75,13 +102,22 @@ def fetch_hf_repo(repo: str, progress: bool = True) -> Path:
     try:
         get("model.safetensors")
     except DownloadError as single_error:
+        if isinstance(single_error, IntegrityError):
+            raise
         try:
-            index = json.loads(get("model.safetensors.index.json").read_text())
+            path = get("model.safetensors.index.json")
         except DownloadError:
             raise single_error from None
-        for shard in sorted(set(index["weight_map"].values())):
+        for shard in shard_names(_read_json(path), str(path)):
             get(shard)
     return folder
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
 def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -89,11 +125,7 @@ def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        outside = [f for f in files if not isinstance(f, str) or Path(f).name != f]
-        if outside:
-            raise CheckpointError(f"{index}: shard name {outside[0]!r} is not a file in "
-                                  f"{folder}")
+        files = shard_names(_read_json(index), str(index))
     elif (folder / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
