@@ -305,17 +305,42 @@ def gguf_tokenizer(meta: dict, source: str = "GGUF"):
         raise CheckpointError(f"{source}: pre-tokenizer {pre!r} is not supported "
                               f"(supported: {', '.join(PRE_TOKENIZERS)})")
     pattern, split_digits = PRE_TOKENIZERS[pre]
-    tokens = list(meta["tokenizer.ggml.tokens"])
-    types = list(meta.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise CheckpointError(f"{source}: metadata field 'tokenizer.ggml.tokens' is not a "
+                              "non-empty list of strings")
+    types = meta.get("tokenizer.ggml.token_type", [1] * len(tokens))
+    if not isinstance(types, list) or len(types) != len(tokens):
+        raise CheckpointError(f"{source}: metadata field 'tokenizer.ggml.token_type' does not "
+                              f"list one type for each of the {len(tokens)} tokens")
+    merges = meta.get("tokenizer.ggml.merges") or []
+    if not isinstance(merges, list) or not all(isinstance(m, str) and m.count(" ") == 1
+                                               for m in merges):
+        raise CheckpointError(f"{source}: metadata field 'tokenizer.ggml.merges' is not a list "
+                              "of 'left right' strings")
+    template = meta.get("tokenizer.chat_template")
+    if template is not None and not isinstance(template, str):
+        raise CheckpointError(f"{source}: metadata field 'tokenizer.chat_template' is not a "
+                              "string")
     special = [t for t, kind in zip(tokens, types) if kind in (3, 4)]  # control, user-defined
-    bos = meta.get("tokenizer.ggml.bos_token_id")
-    eos = meta.get("tokenizer.ggml.eos_token_id")
-    return HFTokenizer.from_vocab_merges(
-        tokens, list(meta.get("tokenizer.ggml.merges") or []), special_tokens=special,
-        eos_token=tokens[eos] if eos is not None else None,
-        bos_token=tokens[bos] if bos is not None else None,
-        pattern=pattern, split_digits=split_digits,
-        chat_template=meta.get("tokenizer.chat_template"))
+
+    def token(key: str) -> str | None:
+        value = meta.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, int) or not 0 <= value < len(tokens):
+            raise CheckpointError(f"{source}: metadata field {key!r} = {value!r} is not a token "
+                                  f"id below {len(tokens)}")
+        return tokens[value]
+
+    try:
+        return HFTokenizer.from_vocab_merges(
+            tokens, merges, special_tokens=special,
+            eos_token=token("tokenizer.ggml.eos_token_id"),
+            bos_token=token("tokenizer.ggml.bos_token_id"),
+            pattern=pattern, split_digits=split_digits, chat_template=template)
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises its own kinds
+        raise CheckpointError(f"{source}: the vocabulary cannot be built ({e})") from None
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
