@@ -218,10 +218,40 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        # Known failure modes (bad input, missing files, downloads) end with one clear line.
-        print(f"scratchlm {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"scratchlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - sorted by known_error below
+        # Known failure modes (bad input, damaged files, missing files, downloads) end with one
+        # clear line; anything else is a bug and keeps its traceback.
+        message = known_error(e)
+        if message is None:
+            raise
+        print(f"scratchlm {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def known_error(e: BaseException) -> str | None:
+    """The one-line message for an error a user can cause (a bad value, a damaged or missing
+    file, a refused pickle, bad YAML, text that is not UTF-8, a failed download); None for
+    anything else."""
+    import pickle
+
+    import yaml
+    from safetensors import SafetensorError
+
+    if isinstance(e, UnicodeDecodeError):
+        return (f"text that is not UTF-8 (byte {e.object[e.start:e.start + 1]!r} at offset "
+                f"{e.start}: {e.reason})")
+    if isinstance(e, yaml.YAMLError):
+        return f"not valid YAML: {' '.join(str(e).split())}"
+    if isinstance(e, (SafetensorError, pickle.UnpicklingError)):
+        return f"a damaged or refused weights file: {' '.join(str(e).split())}"
+    if isinstance(e, KeyError):
+        return str(e.args[0]) if e.args else "missing key"
+    if isinstance(e, (ValueError, OSError, RuntimeError)):
+        return str(e)
+    return None
 
 
 if __name__ == "__main__":

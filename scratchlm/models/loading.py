@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -113,11 +113,15 @@ def fetch_hf_repo(repo: str, progress: bool = True) -> Path:
     return folder
 
 
-def _read_json(path: Path) -> object:
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; damaged text is a CheckpointError naming the file."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
 
 
 def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -131,9 +135,16 @@ def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     else:
         raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
     for name in files:
-        with safe_open(folder / name, framework="pt") as f:
-            for key in f.keys():
-                yield key, f.get_tensor(key)
+        path = folder / name
+        try:
+            with safe_open(path, framework="pt") as f:
+                for key in f.keys():
+                    yield key, f.get_tensor(key)
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: missing (listed in the index)") from None
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file "
+                                  f"({' '.join(str(e).split())})") from None
 
 
 def _family_hint(keys, model: nn.Module) -> str:
@@ -205,7 +216,7 @@ def load_hf(folder: str | Path, dtype: torch.dtype = torch.float32,
             device: str | torch.device = "cpu", **overrides) -> nn.Module:
     """A Hugging Face checkpoint folder of any family the registry knows by ``model_type``."""
     folder = Path(folder)
-    hf_config = json.loads((folder / "config.json").read_text())
+    hf_config = _read_json(folder / "config.json")
     family = family_for_hf(hf_config.get("model_type"), str(folder / "config.json"))
     conv = family.hf()
     try:
@@ -459,7 +470,7 @@ def save_hf_gpt2(model: nn.Module, folder: str | Path) -> Path:
 def load_ours(folder: str | Path, dtype: torch.dtype = torch.float32,
               device: str | torch.device = "cpu") -> nn.Module:
     folder = Path(folder)
-    meta = json.loads((folder / "config.json").read_text())["scratchlm"]
+    meta = _read_json(folder / "config.json")["scratchlm"]
     try:
         family = family_named(meta["family"])
         cfg = family.config(meta["config"])
@@ -492,7 +503,7 @@ def load_pretrained(name: str, dtype: torch.dtype = torch.float32,
         path = LOCAL_GGUF[name]() if name in LOCAL_GGUF else Path(name)
         return load_gguf(path, dtype, device, tokenizer=False)[0].eval()
     folder = resolve_folder(name, progress)
-    config = json.loads((folder / "config.json").read_text())
+    config = _read_json(folder / "config.json")
     if "scratchlm" in config:
         model = load_ours(folder, dtype, device)
     else:

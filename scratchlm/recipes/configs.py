@@ -21,6 +21,7 @@ class PretrainConfig:
     data: list[str] = field(default_factory=lambda: ["the-verdict"])
     tokenizer: str = "gpt2"  # "gpt2", or a tokenizer file (its vocab sets the model's)
     out: str = "runs/pretrain"
+    overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
     context_length: int | None = None  # shorter than the preset's trains faster
     n_layer: int | None = None  # overrides of the preset, for quick experiments
     n_embd: int | None = None
@@ -46,6 +47,7 @@ class ClassifyConfig:
     model: str = "smollm2-135m-instruct"
     data: str = "sms-spam"
     out: str = "runs/classify"
+    overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
     text_col: str = "text"
     label_col: str = "label"
     trainable: str = "last_block"  # head | last_block | all (without LoRA)
@@ -67,6 +69,7 @@ class InstructConfig:
     model: str = "smollm2-135m-instruct"
     data: str = "instruction-data"
     out: str = "runs/instruct"
+    overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
     epochs: int = 2
     max_new_tokens: int = 256
     response_batch: int = 8  # prompts per batch when writing test responses
@@ -93,6 +96,7 @@ class DPOConfig:
     model: str = "smollm2-135m-instruct"
     data: str = "instruction-data-with-preference"
     out: str = "runs/dpo"
+    overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
     style: str = "auto"  # auto | alpaca | phi3 | chat (see finetune instruct)
     allowed_max_length: int = 1024
     limit: int | None = None  # use only the first N pairs
@@ -113,6 +117,7 @@ class GRPOConfig:
     model: str = "smollm2-135m-instruct"
     task: str = "arithmetic"  # arithmetic (generated, checked exactly) | gsm8k
     out: str = "runs/grpo"
+    overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
     difficulty: int = 1  # arithmetic: operands, their size and operations (data/arithmetic.py)
     train_size: int = 256  # arithmetic problems to train on (gsm8k: the first N train problems)
     test_size: int = 50  # held-out problems for accuracy before/after (gsm8k: first N of test)
@@ -134,6 +139,7 @@ class RewardConfig:
     model: str = "smollm2-135m-instruct"
     data: str = "instruction-data-with-preference"
     out: str = "runs/reward"
+    overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
     epochs: int = 1
     style: str = "auto"  # as finetune instruct: the chat template if any, else alpaca
     trainable: str = "last_block"  # head | last_block | all (without LoRA)
@@ -155,6 +161,7 @@ class TaggingConfig:
     val: str = ""
     test: str = ""
     out: str = "runs/tokens"
+    overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
     epochs: int = 3
     max_length: int = 256  # sub-word tokens per sentence
     trainable: str = "all"  # head | last_block | all (without LoRA)
@@ -173,6 +180,7 @@ class PromptConfig:
     data: str = "sms-spam"
     task: str = "auto"  # auto | classify | instruct (auto: instruct for JSON, else classify)
     out: str = "runs/prompt"
+    overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
     num_virtual_tokens: int = 20
     init_text: str = ""  # "" = random initialisation
     label_words: list[str] = field(default_factory=list)  # default: the label names
@@ -195,6 +203,7 @@ class DistillConfig:
     student_layers: int = 6
     data: list[str] = field(default_factory=lambda: ["tinyshakespeare"])
     out: str = "runs/distill"
+    overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
     context_length: int | None = None  # training windows (default: the teacher's, up to 256)
     alpha: float = 0.5  # weight of the hard-label cross-entropy; 1 - alpha on the teacher's KL
     temperature: float = 2.0

@@ -91,7 +91,8 @@ def stage_pretrain(cfg: DemoConfig, out: Path) -> dict:
                      init="torch")
         train = TrainConfig(max_steps=90, batch_size=2, eval_every=15, save_every=90,
                             lr=4e-4, schedule="constant", warmup_steps=0, eval_batches=5)
-    pcfg = PretrainConfig(model="gpt2-124m", data=["the-verdict"], out=str(run), **shape,
+    pcfg = PretrainConfig(model="gpt2-124m", data=["the-verdict"], out=str(run), overwrite=True,
+                          **shape,
                           train=train)
     print(f"[pretrain] a GPT from scratch on The Verdict, {train.max_steps} steps -> {run}")
     result = pretrain(pcfg)
@@ -145,7 +146,8 @@ def stage_classify(cfg: DemoConfig, out: Path) -> dict:
     # Balanced SMS spam, a 400-message subset (280 train): LoRA r=8 on every linear layer.
     limit, epochs = (40, 1) if cfg.fast else (400, 1)
     ccfg = ClassifyConfig(
-        model="smollm2-135m-instruct", data="sms-spam", out=str(run), limit=limit, epochs=epochs,
+        model="smollm2-135m-instruct", data="sms-spam", out=str(run), overwrite=True, limit=limit,
+        epochs=epochs,
         eval_batches=2, lora=LoraConfig(rank=8, alpha=16, targets=["all"]),
         train=TrainConfig(max_steps=0, batch_size=8, lr=5e-4 if not cfg.fast else 1e-3,
                           schedule="constant", warmup_steps=0, weight_decay=0.1, log_every=5,
@@ -173,13 +175,14 @@ def stage_instruct(cfg: DemoConfig, out: Path) -> dict:
     limit = 24 if cfg.fast else 160
     lora = LoraConfig(rank=16, alpha=16, targets=["all"])
     icfg = InstructConfig(model="smollm2-135m-instruct", data="instruction-data",
-                          out=str(out / "instruct"), epochs=1, limit=limit,
+                          out=str(out / "instruct"), overwrite=True, epochs=1, limit=limit,
                           max_new_tokens=8 if cfg.fast else 64, lora=lora, train=train(2e-4))
     print(f"[instruct] SFT with LoRA on {limit} instruction examples -> {icfg.out}")
     sft = instruct(icfg)
     print(f"[instruct] test loss {sft['test_loss_before']:.3f} -> {sft['test_loss_after']:.3f}, "
           f"responses contain the reference: {sft.get('contains_reference', float('nan')):.0%}")
-    dcfg = DPOConfig(model=str(out / "instruct" / "final"), out=str(out / "dpo"), limit=limit,
+    dcfg = DPOConfig(model=str(out / "instruct" / "final"), out=str(out / "dpo"), overwrite=True,
+                     limit=limit,
                      max_new_tokens=8 if cfg.fast else 64, dpo=DPOSettings(beta=0.1),
                      lora=LoraConfig(rank=16, alpha=16, targets=["all"]), train=train(2e-5))
     print(f"[instruct] DPO on {limit} polite/impolite preference pairs -> {dcfg.out}")

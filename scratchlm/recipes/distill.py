@@ -71,7 +71,7 @@ def tokens_per_second(model, loader, batches: int, rt) -> float:
 
 def main(cfg: DistillConfig) -> dict:
     check_eval(cfg.eval)  # a bad --eval.tasks is refused before training
-    with training_session(cfg.train, cfg.out) as (rt, out):
+    with training_session(cfg.train, cfg.out, overwrite=cfg.overwrite) as (rt, out):
         teacher, tok = load_model_and_tokenizer(cfg.teacher, device=rt.device)
         student = build_student(cfg, teacher, rt.device)
         context = cfg.context_length or min(teacher.cfg.context_length,

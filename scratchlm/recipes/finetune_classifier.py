@@ -52,7 +52,8 @@ def plot_accuracy(history: list[dict], path: Path) -> None:
 
 
 def main(cfg: ClassifyConfig) -> dict:
-    with training_session(cfg.train, cfg.out, seed=cfg.seed) as (rt, out):
+    with training_session(cfg.train, cfg.out, seed=cfg.seed,
+                          overwrite=cfg.overwrite) as (rt, out):
         model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
         pad = tok.eos_id if tok.eos_id is not None else 0
         train_rows, val_rows, test_rows, labels = classification_splits(

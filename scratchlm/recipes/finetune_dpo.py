@@ -33,7 +33,7 @@ from scratchlm.recipes.configs import DPOConfig, DPOSettings  # noqa: F401 (its 
 
 def main(cfg: DPOConfig) -> dict:
     check_eval(cfg.eval)  # a bad --eval.tasks is refused before training
-    with training_session(cfg.train, cfg.out) as (rt, out):
+    with training_session(cfg.train, cfg.out, overwrite=cfg.overwrite) as (rt, out):
         model, tok, style, (train_ex, val_ex, test_ex), pad = load_for_finetuning(
             cfg.model, cfg.data, cfg.style, cfg.limit, None, rt.device)
         train_ds, test_ds = PreferenceDataset(train_ex, tok, style), PreferenceDataset(test_ex, tok, style)

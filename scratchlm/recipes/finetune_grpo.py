@@ -105,7 +105,8 @@ def main(cfg: GRPOConfig) -> dict:
         raise ValueError("--grpo.reward_model is given but --grpo.rewards has no reward_model "
                          "term (e.g. --grpo.rewards reward_model or answer,reward_model:0.5)")
 
-    with training_session(cfg.train, cfg.out) as (rt, out):
+    with training_session(cfg.train, cfg.out, resume=cfg.resume,
+                          overwrite=cfg.overwrite) as (rt, out):
         if rt.distributed and cfg.train.strategy == "fsdp":
             raise ValueError("--train.strategy fsdp is not supported by GRPO yet (rollouts "
                              "need the whole model); use ddp")

@@ -43,7 +43,7 @@ def parse_moe_train(spec: str) -> list[int]:
 
 def main(cfg: InstructConfig) -> dict:
     check_eval(cfg.eval)  # a bad --eval.tasks is refused before training
-    with training_session(cfg.train, cfg.out) as (rt, out):
+    with training_session(cfg.train, cfg.out, overwrite=cfg.overwrite) as (rt, out):
         model, tok, style, (train_ex, val_ex, test_ex), pad = load_for_finetuning(
             cfg.model, cfg.data, cfg.style, cfg.limit, cfg.split_seed, rt.device)
         make = lambda ex: InstructionDataset(ex, tok, style, cfg.mask_prompt)  # noqa: E731

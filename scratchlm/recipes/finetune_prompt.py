@@ -49,7 +49,8 @@ def resolve_task(cfg: PromptConfig) -> str:
 
 def main(cfg: PromptConfig) -> dict:
     task = resolve_task(cfg)
-    with training_session(cfg.train, cfg.out, seed=cfg.seed) as (rt, out):
+    with training_session(cfg.train, cfg.out, seed=cfg.seed,
+                          overwrite=cfg.overwrite) as (rt, out):
         if task == "classify":
             model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
         else:

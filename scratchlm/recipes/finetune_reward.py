@@ -36,7 +36,7 @@ def main(cfg: RewardConfig) -> dict:
     if cfg.lora.quantize_base is not None:
         raise ValueError("a reward model is saved merged: use --lora.rank without "
                          "--lora.quantize_base")
-    with training_session(cfg.train, cfg.out) as (rt, out):
+    with training_session(cfg.train, cfg.out, overwrite=cfg.overwrite) as (rt, out):
         model, tok, style, (train_ex, val_ex, test_ex), pad = load_for_finetuning(
             cfg.model, cfg.data, cfg.style, cfg.limit, cfg.split_seed, rt.device)
         train_ds = PreferenceDataset(train_ex, tok, style)

@@ -51,7 +51,7 @@ def load_splits(cfg: TaggingConfig):
 def main(cfg: TaggingConfig) -> dict:
     if cfg.lora.quantize_base is not None:
         raise ValueError("a tagger is saved merged: use --lora.rank without --lora.quantize_base")
-    with training_session(cfg.train, cfg.out) as (rt, out):
+    with training_session(cfg.train, cfg.out, overwrite=cfg.overwrite) as (rt, out):
         train_s, val_s, test_s = load_splits(cfg)  # bad data fails before any weights load
         model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
         tags = tag_vocabulary(train_s)

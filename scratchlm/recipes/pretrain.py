@@ -27,6 +27,7 @@ from scratchlm.models.registry import FAMILIES, build_model, family_named, famil
 from scratchlm.models.loading import save_pretrained
 from scratchlm.tokenizers import get_tokenizer
 from scratchlm.training.prepare import is_sharded, prepare_training, whole_model
+from scratchlm.training.run_dir import claim_run_dir
 from scratchlm.training.loop import FitResult, fit
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
@@ -101,6 +102,7 @@ def main(cfg: PretrainConfig) -> FitResult:
         model = build_model(model_cfg).to(rt.device)
         n_params = count_parameters(model)
         if rt.is_main:
+            claim_run_dir(out, cfg.resume, cfg.overwrite)
             out.mkdir(parents=True, exist_ok=True)
             resolved = {**to_dict(cfg), "model_family": family_of(model_cfg).name,
                         "model_config": model_cfg.to_dict()}

@@ -4,7 +4,8 @@ command's flags and ``--help`` are built without it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 
 @dataclass
@@ -40,23 +41,39 @@ class TrainConfig:
     seed: int = 123
     device: str | None = None  # default: cuda if available, else cpu
     tensorboard: bool = True
+    skip_nonfinite: int = 0  # steps with a NaN/inf loss or gradient skipped before the run stops
+    resume_check: bool = True  # refuse a --resume whose config differs where exactness needs it
 
     def __post_init__(self):
-        if self.max_steps < 0:
-            raise ValueError(f"TrainConfig.max_steps must be >= 0, got {self.max_steps}")
-        for name in ("batch_size", "grad_accum_steps", "log_every", "eval_every", "save_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.min_lr < 0:
-            raise ValueError("TrainConfig.lr must be > 0 and min_lr >= 0")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"TrainConfig.warmup_fraction must be in [0, 1), got "
-                             f"{self.warmup_fraction}")
+        for f in fields(self):  # a NaN or an infinity is never a setting
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"train.{f.name} must be a finite number, got {value}")
+        at_least(self, "max_steps", 0)
+        for name in ("batch_size", "grad_accum_steps", "log_every", "eval_every", "save_every",
+                     "eval_batches"):
+            at_least(self, name, 1)
+        for name in ("warmup_steps", "keep_last", "num_workers", "lr_scale_steps",
+                     "skip_nonfinite", "min_lr", "weight_decay", "grad_clip"):
+            at_least(self, name, 0, " (0 turns clipping off)" if name == "grad_clip" else "")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        for name in ("warmup_fraction", "beta1", "beta2"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"train.{name} must be in [0, 1), got {value}")
         if self.initial_lr is not None and not 0.0 <= self.initial_lr <= self.lr:
-            raise ValueError(f"TrainConfig.initial_lr must be in [0, lr={self.lr}], got "
+            raise ValueError(f"train.initial_lr must be in [0, lr={self.lr}], got "
                              f"{self.initial_lr}")
-        if self.lr_scale <= 0 or self.lr_scale_steps < 0:
-            raise ValueError("TrainConfig.lr_scale must be > 0 and lr_scale_steps >= 0")
+        if self.lr_scale <= 0:
+            raise ValueError(f"train.lr_scale must be > 0, got {self.lr_scale}")
+
+
+def at_least(cfg, name: str, low: float, note: str = "") -> None:
+    """Refuse ``cfg.<name> < low``, naming the key and the value."""
+    value = getattr(cfg, name)
+    if value < low:
+        raise ValueError(f"train.{name} must be >= {low}{note}, got {value}")
 
 
 def set_epochs(train: TrainConfig, epochs: int, num_examples: int, world_size: int = 1) -> int:

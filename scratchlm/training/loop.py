@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from scratchlm.data.sampler import ResumableBatchSampler
 from scratchlm.nn.moe import moe_stats
 from scratchlm.training.config import TrainConfig, set_epochs  # noqa: F401 (re-exported)
-from scratchlm.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from scratchlm.training.checkpoint import (check_resume, latest_checkpoint, load_checkpoint,
+                                           save_checkpoint)
 from scratchlm.training.distributed import is_sharded
 from scratchlm.training.evaluation import evaluate_loss, perplexity
 from scratchlm.training.metrics import MetricsLogger
@@ -47,6 +48,10 @@ class FitResult:
     train_losses: list[float] = field(default_factory=list)  # per optimizer step
     val_losses: list[tuple[int, float]] = field(default_factory=list)
     interrupted: bool = False
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN/inf more often than ``train.skip_nonfinite`` allows."""
 
 
 class _StopFlag:
@@ -128,11 +133,15 @@ def fit(
     # lr_window: [first step, end step, multiplier] of a temporary LR scale; it is saved with
     # the checkpoints, so a run stopped inside the window resumes inside it.
     state = {"step": 0, "tokens": 0, "epoch": 0, "batch": 0, "lr_window": None}
+    facts = {"world_size": rt.world_size, "examples": len(train_data)}  # checked on resume
     if resume:
         path = latest_checkpoint(run_dir) if resume is True or resume == "latest" else Path(resume)
         if path is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint in {run_dir}/checkpoints")
-        state.update(load_checkpoint(path, model, optimizer))
+        if cfg.resume_check:
+            check_resume(path, run_config, facts)
+        saved = load_checkpoint(path, model, optimizer)
+        state.update({k: v for k, v in saved.items() if k not in facts})
         if rt.is_main:
             tqdm.write(f"resumed from {path} at step {state['step']}")
     if cfg.lr_scale != 1.0 and cfg.lr_scale_steps > 0:
@@ -184,9 +193,12 @@ def fit(
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="training", unit="step",
                disable=not rt.is_main, dynamic_ncols=True)
 
+    skipped = 0  # steps without an update because the loss or gradient was not finite
+
     def save():
         save_checkpoint(run_dir, state["step"], model, optimizer,
-                        {k: state[k] for k in ("tokens", "epoch", "batch", "lr_window")},
+                        {**{k: state[k] for k in ("tokens", "epoch", "batch", "lr_window")},
+                         **facts},
                         run_config,
                         keep_last=cfg.keep_last, sharded=sharded, is_main=rt.is_main)
 
@@ -205,6 +217,20 @@ def fit(
             micro = [next_batch() for _ in range(cfg.grad_accum_steps)]
             res = train_step(loss_module, optimizer, micro, rt, cfg.grad_clip or None, scaler)
             dt = time.perf_counter() - t0
+            if res.skipped:
+                skipped += 1
+                what = (f"step {step + 1}: the loss is {res.loss} and the gradient norm "
+                        f"{res.grad_norm}; no update was made")
+                if skipped > cfg.skip_nonfinite:
+                    last = latest_checkpoint(run_dir)
+                    raise TrainingDiverged(
+                        f"{what}. Training stopped before writing a checkpoint "
+                        f"({skipped} non-finite step{'s' * (skipped > 1)}, --train.skip_nonfinite "
+                        f"{cfg.skip_nonfinite}); the last good checkpoint is "
+                        f"{last if last else 'none'}. Lower --train.lr, keep --train.grad_clip "
+                        "on, or check the data.")
+                if rt.is_main:
+                    tqdm.write(f"{what} (skipped {skipped} of {cfg.skip_nonfinite} allowed)")
             state["step"] += 1
             state["tokens"] += res.tokens
             step = state["step"]

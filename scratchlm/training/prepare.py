@@ -24,6 +24,7 @@ from scratchlm.nn.moe import moe_layers
 from scratchlm.nn.nf4 import NF4Linear
 from scratchlm.training.distributed import (  # noqa: F401 (is_sharded, whole_model re-exported)
     STRATEGIES, is_sharded, parallelize, whole_model)
+from scratchlm.training.run_dir import claim_run_dir
 from scratchlm.training.runtime import Runtime, setup_runtime, teardown_runtime
 
 
@@ -71,15 +72,18 @@ def prepare_training(loss_module: nn.Module, model: nn.Module, rt: Runtime,
 
 
 @contextlib.contextmanager
-def training_session(train, out: str | Path,
-                     seed: int | None = None) -> Iterator[tuple[Runtime, Path]]:
+def training_session(train, out: str | Path, seed: int | None = None, *,
+                     resume: str | bool | None = None,
+                     overwrite: bool = False) -> Iterator[tuple[Runtime, Path]]:
     """Set up the runtime (device, precision, seed (default ``train.seed``), the process group
-    under torchrun), make the run folder (on the main rank), and tear down at the end, also
-    on errors."""
+    under torchrun), claim the run folder (on the main rank; one holding another run is refused
+    unless ``resume`` or ``overwrite``, see ``run_dir.py``), and tear down at the end, also on
+    errors."""
     rt = setup_runtime(train.precision, train.device, train.seed if seed is None else seed)
     try:
         out = Path(out)
         if rt.is_main:
+            claim_run_dir(out, resume, overwrite)
             out.mkdir(parents=True, exist_ok=True)
         rt.barrier()
         yield rt, out

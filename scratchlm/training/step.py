@@ -10,6 +10,7 @@ world size, because DDP averages gradients: N ranks give the gradient of one N-t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ class StepResult:
     loss: float  # mean loss over the step's valid targets (all ranks)
     grad_norm: float  # before clipping
     tokens: int  # units in the step (all ranks): target tokens, examples or pairs
+    skipped: bool = False  # the loss or gradient was NaN/inf: no update was made
 
 
 def to_device(x, device: torch.device):
@@ -54,7 +56,9 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
 ) -> StepResult:
     """``loss_module(inputs, targets)`` returns the mean loss of one micro-batch, and
-    ``loss_module.batch_weight(inputs, targets)`` its number of units."""
+    ``loss_module.batch_weight(inputs, targets)`` its number of units. A step whose loss or
+    gradient norm is not finite makes no update (``skipped``); under fp16 the grad scaler
+    handles an infinite gradient itself (it skips the step and lowers its scale)."""
     counts = [batch_weight(loss_module, x, y).to(rt.device) for x, y in micro_batches]
     total = torch.stack(counts).sum().to(rt.device)
     if rt.distributed:
@@ -79,12 +83,17 @@ def train_step(
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
     if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
         norm = norm.full_tensor()
-    if scaler is not None:
+    if rt.distributed:
+        dist.all_reduce(step_loss)  # each rank's share of the global mean
+    loss_value, norm_value = step_loss.item(), float(norm)
+    # the gradients are all-reduced, so every rank sees the same norm and loss and decides alike
+    bad = not math.isfinite(loss_value) or (scaler is None and not math.isfinite(norm_value))
+    if bad:
+        pass  # no update: the weights and optimizer state stay as they were
+    elif scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if rt.distributed:
-        dist.all_reduce(step_loss)  # each rank's share of the global mean
-    return StepResult(step_loss.item(), float(norm), int(total.item()))
+    return StepResult(loss_value, norm_value, int(total.item()), skipped=bad)

@@ -1,0 +1,47 @@
+"""The run folder (``--out``) holds one run: a new run never writes into a previous one.
+
+A folder holds a previous run when it has ``metrics.csv``, a ``final/`` model or a checkpoint.
+Without ``--resume`` such a folder is refused, because the new run would truncate the old
+metrics and prune some old checkpoints while leaving others that a later ``--resume`` would
+pick up. ``--overwrite`` removes the previous run's outputs first (checkpoints, final model,
+metrics, TensorBoard logs, evaluations, plots); files a run does not write are left alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+RUN_OUTPUTS = ("checkpoints", "final", "metrics.csv", "tb", "eval")
+
+
+def previous_run(out: str | Path) -> list[str]:
+    """What in ``out`` shows that a run already wrote there (empty: nothing)."""
+    out = Path(out)
+    found = [name for name in ("metrics.csv", "final") if (out / name).exists()]
+    ckpts = out / "checkpoints"
+    if ckpts.is_dir() and any(p.name.startswith("step-") for p in ckpts.iterdir()):
+        found.append("checkpoints/")
+    return found
+
+
+def claim_run_dir(out: str | Path, resume: str | bool | None = None,
+                  overwrite: bool = False) -> None:
+    """Make ``out`` ready for a new run (or a resumed one): refuse a folder that holds another
+    run unless ``resume`` continues it or ``overwrite`` replaces it."""
+    out = Path(out)
+    found = previous_run(out)
+    if not found or resume:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{out} holds a previous run ({', '.join(found)}); pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out")
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    for plot in out.glob("*.png"):
+        plot.unlink()
