@@ -8,12 +8,15 @@ names unless a map is given (SMS spam: ham 0, spam 1).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+
+from scratchlm.data.text_file import read_text
 
 
 class ClassificationDataError(ValueError):
@@ -23,16 +26,15 @@ class ClassificationDataError(ValueError):
 def read_sms_spam(path: str | Path) -> list[tuple[str, str]]:
     """(label, text) rows of the UCI ``SMSSpamCollection`` (``label<TAB>text`` lines)."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            label, sep, text = line.partition("\t")
-            if not sep or label not in ("ham", "spam"):
-                raise ClassificationDataError(f"{path}:{lineno}: expected 'ham|spam<TAB>text', "
-                                              f"got {line[:60]!r}")
-            rows.append((label, text))
+    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        label, sep, text = line.partition("\t")
+        if not sep or label not in ("ham", "spam"):
+            raise ClassificationDataError(f"{path}:{lineno}: expected 'ham|spam<TAB>text', "
+                                          f"got {line[:60]!r}")
+        rows.append((label, text))
     return rows
 
 
@@ -73,34 +75,76 @@ def write_csv(rows: list[tuple[str, str]], path: str | Path) -> Path:
 
 def read_table(path: str | Path, text_col: str = "text",
                label_col: str = "label") -> list[tuple[str, str]]:
-    """(label, text) rows from a CSV (header row) or JSONL file."""
+    """(label, text) rows from a CSV/TSV (header row) or JSONL file. Errors name the file and
+    line: text that is not UTF-8, a quote that is never closed, a row with more or fewer fields
+    than the header, a missing or null label or text, a file with no rows."""
     path = Path(path)
+    text = read_text(path)
     rows = []
     if path.suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                    rows.append((str(obj[label_col]), str(obj[text_col])))
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ClassificationDataError(f"{path}:{lineno}: bad row ({e})") from None
-        return rows
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {text_col, label_col} - set(reader.fieldnames or [])
-        if missing:
-            raise ClassificationDataError(f"{path}:1: missing column(s) {sorted(missing)}")
-        for row in reader:
-            if row.get(text_col) is None or row.get(label_col) in (None, ""):
-                raise ClassificationDataError(f"{path}:{reader.line_num}: missing text or label")
-            rows.append((row[label_col], row[text_col]))
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ClassificationDataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ClassificationDataError(f"{path}:{lineno}: expected an object")
+            for col in (label_col, text_col):
+                if obj.get(col) is None:
+                    raise ClassificationDataError(
+                        f"{path}:{lineno}: {col!r} is " + ("null" if col in obj else "missing"))
+            rows.append((str(obj[label_col]), str(obj[text_col])))
+    else:
+        rows = _read_csv(path, text, text_col, label_col)
+    if not rows:
+        raise ClassificationDataError(f"{path}: no rows" + ("" if path.suffix in (".jsonl", ".json")
+                                                           else " after the header"))
     return rows
 
 
-def label_map(rows: list[tuple[str, str]]) -> dict[str, int]:
-    return {name: i for i, name in enumerate(sorted({label for label, _ in rows}))}
+def _read_csv(path: Path, text: str, text_col: str, label_col: str) -> list[tuple[str, str]]:
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    start = 1  # the line the record being read starts on
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise ClassificationDataError(f"{path}: the file is empty")
+        missing = sorted({text_col, label_col} - set(header))
+        if missing:
+            raise ClassificationDataError(f"{path}:1: missing column(s) {missing} (the header "
+                                          f"has {header})")
+        ti, li = header.index(text_col), header.index(label_col)
+        rows = []
+        start = reader.line_num + 1
+        for row in reader:
+            if not row:  # a blank line
+                start = reader.line_num + 1
+                continue
+            if len(row) != len(header):
+                raise ClassificationDataError(
+                    f"{path}:{start}: {len(row)} fields, the header has {len(header)}"
+                    + (" (an unquoted delimiter in the text?)" if len(row) > len(header) else ""))
+            if not row[li]:
+                raise ClassificationDataError(f"{path}:{start}: the label is empty")
+            rows.append((row[li], row[ti]))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise ClassificationDataError(
+            f"{path}:{start}: {e}; a quoted field that starts on this line is never closed"
+            if "end of data" in str(e) or "EOF" in str(e) else f"{path}:{start}: {e}") from None
+    return rows
+
+
+def label_map(rows: list[tuple[str, str]], source: str = "the data") -> dict[str, int]:
+    """Label name -> id in sorted order of the names; fewer than two labels is an error."""
+    names = sorted({label for label, _ in rows})
+    if len(names) < 2:
+        raise ClassificationDataError(f"{source}: every row has the label {names[0]!r}; a "
+                                      "classifier needs at least two labels")
+    return {name: i for i, name in enumerate(names)}
 
 
 class ClassificationDataset(Dataset):
@@ -172,7 +216,7 @@ def classification_splits(data: str, text_col: str = "text", label_col: str = "l
         labels = {"ham": 0, "spam": 1}
     else:
         rows = read_table(data, text_col, label_col)
-        labels = label_map(rows)
+        labels = label_map(rows, data)
     if limit is not None:
         rows = list(rows)
         random.Random(seed).shuffle(rows)

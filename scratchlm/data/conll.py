@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from scratchlm.data.text_file import read_text
+
 IGNORE_INDEX = -100
 
 
@@ -29,24 +31,23 @@ def read_conll(path: str | Path) -> list[Sentence]:
     sentences: list[Sentence] = []
     words: list[str] = []
     tags: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                if words:
-                    sentences.append(Sentence(words, tags))
-                    words, tags = [], []
-                continue
-            if line.startswith("-DOCSTART-"):
-                continue
-            cols = line.split("\t") if "\t" in line else line.split()
-            if len(cols) < 2 or not cols[0] or not cols[-1]:
-                raise ValueError(f"{path}:{lineno}: expected 'token<TAB>tag', got {line!r}")
-            tag = cols[-1]
-            if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
-                raise ValueError(f"{path}:{lineno}: tag {tag!r} is not IOB2 (O, B-X or I-X)")
-            words.append(cols[0])
-            tags.append(tag)
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            if words:
+                sentences.append(Sentence(words, tags))
+                words, tags = [], []
+            continue
+        if line.startswith("-DOCSTART-"):
+            continue
+        cols = line.split("\t") if "\t" in line else line.split()
+        if len(cols) < 2 or not cols[0] or not cols[-1]:
+            raise ValueError(f"{path}:{lineno}: expected 'token<TAB>tag', got {line!r}")
+        tag = cols[-1]
+        if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
+            raise ValueError(f"{path}:{lineno}: tag {tag!r} is not IOB2 (O, B-X or I-X)")
+        words.append(cols[0])
+        tags.append(tag)
     if words:
         sentences.append(Sentence(words, tags))
     if not sentences:

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from scratchlm.data.text_file import read_text
+
 STYLES = ("alpaca", "phi3", "chat")
 IGNORE_INDEX = -100
 
@@ -89,7 +91,7 @@ def read_examples(path: str | Path) -> list[Example]:
     or chat-format (``messages``) entries, from a JSON list or JSON Lines. Errors name the file
     and the entry (index in a JSON list, line in JSONL)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
         out = []
         for lineno, line in enumerate(text.splitlines(), 1):

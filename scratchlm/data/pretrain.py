@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from scratchlm.data.text_file import read_text
+
 
 class GPTDataset(Dataset):
     """Chunks of ``max_length`` tokens taken every ``stride`` tokens; targets are the inputs
@@ -119,10 +121,7 @@ def text_datasets(data: list[str], val_fraction: float, tokenizer, context: int)
         path = fetch(item) if item in SOURCES and not Path(item).exists() else Path(item)
         if not path.is_file():
             raise FileNotFoundError(f"data {item!r}: no such file or registered data set")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: invalid UTF-8 at byte offset {e.start}") from None
+        text = read_text(path)
         if not text.strip():
             raise ValueError(f"{path}: file is empty")
         ids.extend(tokenizer.encode(text, allowed_special="all"))

@@ -28,12 +28,12 @@ import numpy as np
 import regex
 from tqdm.auto import tqdm
 
+from scratchlm.data.text_file import DataFileError, utf8_error
+
 BLOCK = 1 << 20  # bytes of text per task
 _CUT = regex.compile(rb"[\x21-\x7e]\n[\x21-\x7e]")  # a safe place to split (see module doc)
 
 
-class DataFileError(ValueError):
-    """Input text that cannot be used; the message names the file (and byte offset)."""
 
 
 def plan_blocks(path: str | Path, block_size: int = BLOCK) -> Iterator[tuple[int, int]]:
@@ -72,9 +72,11 @@ def read_block(path: str | Path, start: int, end: int) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataFileError(
-            f"{path}: invalid UTF-8 at byte offset {start + e.start} ({e.reason})"
-        ) from None
+        before, left = 0, start
+        with open(path, "rb") as f:  # only now: count the lines before this block
+            while left > 0 and (chunk := f.read(min(1 << 20, left))):
+                before, left = before + chunk.count(b"\n"), left - len(chunk)
+        raise DataFileError(utf8_error(path, data, e, first_line=before + 1)) from None
 
 
 def read_blocks(path: str | Path, block_size: int = BLOCK) -> Iterator[tuple[str, int]]:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from scratchlm.data.text_file import DataFileError, read_text
 from scratchlm.evaluate.lm import prefix_token
 
 
@@ -115,29 +116,23 @@ def read_task(path: str | Path, layout: str = "jsonl") -> list[Example]:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     path = Path(path)
     out = []
-    with open(path, encoding="utf-8", errors="strict") as f:
-        lines = iter(f)
-        n = 0
-        while True:
-            n += 1
-            try:
-                line = next(lines)
-            except StopIteration:
-                break
-            except UnicodeDecodeError as e:
-                raise TaskError(f"{path}:{n}: not UTF-8 ({e.reason})") from None
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-                ex = LAYOUTS[layout](doc)
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{path}:{n}: not JSON ({e.msg})") from None
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
-                raise TaskError(f"{path}:{n}: not a {layout} example ({type(e).__name__}: "
-                                f"{e})") from None
-            _check(ex, f"{path}:{n}")
-            out.append(ex)
+    try:
+        text = read_text(path)
+    except DataFileError as e:
+        raise TaskError(str(e)) from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+            ex = LAYOUTS[layout](doc)
+        except json.JSONDecodeError as e:
+            raise TaskError(f"{path}:{n}: not JSON ({e.msg})") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise TaskError(f"{path}:{n}: not a {layout} example ({type(e).__name__}: "
+                            f"{e})") from None
+        _check(ex, f"{path}:{n}")
+        out.append(ex)
     if not out:
         raise TaskError(f"{path}: no examples")
     return out

@@ -28,6 +28,8 @@ from decimal import Decimal, InvalidOperation
 from torch import nn
 from tqdm.auto import tqdm
 
+from scratchlm.data.text_file import read_text
+
 PROMPT_SUFFIX = ("\n\nSolve it step by step, then give the final answer as a number on the "
                  "last line after '####'.")
 _NUMBER = re.compile(r"-?\$?\s?\d[\d,]*(?:\.\d+)?|-?\$?\s?\.\d+")
@@ -57,17 +59,16 @@ def load_gsm8k(split: str = "test", limit: int | None = None) -> list[Problem]:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     path = fetch(f"gsm8k-{split}", progress=False)
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-                out.append(Problem(str(doc["question"]), str(doc["answer"])))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: not a GSM8K problem ({e})") from None
-            if limit is not None and len(out) >= limit:
-                break
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+            out.append(Problem(str(doc["question"]), str(doc["answer"])))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: not a GSM8K problem ({e})") from None
+        if limit is not None and len(out) >= limit:
+            break
     return out
 
 

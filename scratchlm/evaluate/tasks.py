@@ -34,7 +34,9 @@ def _text(spec: str, limit: int | None) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"bpb:{spec}: not a data set name ({', '.join(SOURCES)}) or "
                                 "a text file")
-    text = path.read_text(encoding="utf-8")
+    from scratchlm.data.text_file import read_text
+
+    text = read_text(path)
     return text[:limit] if limit else text
 
 

@@ -14,13 +14,14 @@ import json
 from pathlib import Path
 
 from scratchlm.data.instruction import format_input
+from scratchlm.data.text_file import read_text
 from scratchlm.evaluate.judge import OllamaClient, OpenAIClient, score_responses
 from scratchlm.recipes.configs import JudgeConfig  # noqa: F401 (its config)
 
 
 def read_items(path: Path) -> list[dict]:
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        rows = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     items = []

@@ -69,8 +69,10 @@ def test_bad_input_is_named(tmp_path):
         prepare([empty], tmp_path / "o1", progress=False, workers=1)
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"good text\n" * 10 + b"\xff\xfe oops")
-    with pytest.raises(DataFileError, match=r"bad.txt: invalid UTF-8 at byte offset 100"):
+    with pytest.raises(DataFileError, match=r"bad.txt:11: not UTF-8 text \(byte 0xff at column 1"):
         prepare([bad], tmp_path / "o2", progress=False, workers=1)
+    with pytest.raises(DataFileError, match=r"bad.txt:11: not UTF-8 text"):  # in a later block
+        list(read_blocks(bad, block_size=30))
     with pytest.raises(DataFileError, match="no such file"):
         prepare([tmp_path / "nope.txt"], tmp_path / "o3", progress=False, workers=1)
 
