@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -113,7 +114,58 @@ def from_dict(cls, data: dict, prefix: str = ""):
             kwargs[name] = from_dict(tp, value, prefix=f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, tp, prefix + name)
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    check_bounds(obj, prefix)
+    return obj
+
+
+# The values each numeric setting may take, by field name (or ``Class.field`` where one name
+# means different things): (low, high, low_open, high_open); None: unbounded. Checked for every
+# config built from flags or files (``from_dict``); ``None`` values (optional settings) pass.
+_COUNT, _NONNEG, _POSITIVE = (1, None, False, False), (0, None, False, False), (0, None, True, False)
+_FRACTION, _PROBABILITY = (0, 1, False, True), (0, 1, True, False)
+BOUNDS: dict[str, tuple] = {
+    **dict.fromkeys(["epochs", "max_new_tokens", "batch_size", "response_batch",
+                     "allowed_max_length", "last_k", "eval_batches", "max_length",
+                     "num_virtual_tokens", "student_layers", "speed_batches", "concurrency",
+                     "max_tokens_cap", "max_batch", "best_of", "batch", "shard_tokens", "trials",
+                     "samples", "train_size", "difficulty", "limit", "context_length",
+                     "n_layer", "n_embd", "n_head", "moe_num_experts", "moe_top_k",
+                     "bpe_vocab_size", "vocab_size", "workers"], _COUNT),
+    **dict.fromkeys(["retries", "shots", "test_size", "sample_tokens", "lora_rank",
+                     "LoraConfig.rank", "temperature", "length_penalty", "eps_high",
+                     "GRPOSettings.beta", "tokens"], _NONNEG),
+    **dict.fromkeys(["timeout", "max_shard_gb", "moe_capacity_factor", "LoraConfig.alpha",
+                     "DPOSettings.beta", "DistillConfig.temperature"], _POSITIVE),
+    **dict.fromkeys(["val_fraction", "dropout", "drop_rate", "eps_low"], _FRACTION),
+    **dict.fromkeys(["top_p", "mfu"], _PROBABILITY),
+    "DistillConfig.alpha": (0, 1, False, False),
+    "port": (0, 65535, False, False),
+}
+
+
+def check_bounds(obj, prefix: str = "") -> None:
+    """Refuse a numeric field outside ``BOUNDS`` (or any NaN/infinite float), naming the key
+    (``--prefix.name``) and the value."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        key = f"--{prefix}{f.name}"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {value}")
+        rule = BOUNDS.get(f"{type(obj).__name__}.{f.name}", BOUNDS.get(f.name))
+        if rule is None:
+            continue
+        low, high, low_open, high_open = rule
+        bad = (low is not None and (value <= low if low_open else value < low)) or (
+            high is not None and (value >= high if high_open else value > high))
+        if bad:
+            if high is None:
+                want = f"{'>' if low_open else '>='} {low}"
+            else:
+                want = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            raise ValueError(f"{key} must be {want}, got {value}")
 
 
 def _merged(base: dict, over: dict) -> dict:

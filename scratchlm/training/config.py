@@ -48,7 +48,7 @@ class TrainConfig:
         for f in fields(self):  # a NaN or an infinity is never a setting
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"train.{f.name} must be a finite number, got {value}")
+                raise ValueError(f"--train.{f.name} must be a finite number, got {value}")
         at_least(self, "max_steps", 0)
         for name in ("batch_size", "grad_accum_steps", "log_every", "eval_every", "save_every",
                      "eval_batches"):
@@ -57,23 +57,23 @@ class TrainConfig:
                      "skip_nonfinite", "min_lr", "weight_decay", "grad_clip"):
             at_least(self, name, 0, " (0 turns clipping off)" if name == "grad_clip" else "")
         if self.lr <= 0:
-            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+            raise ValueError(f"--train.lr must be > 0, got {self.lr}")
         for name in ("warmup_fraction", "beta1", "beta2"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"train.{name} must be in [0, 1), got {value}")
+                raise ValueError(f"--train.{name} must be in [0, 1), got {value}")
         if self.initial_lr is not None and not 0.0 <= self.initial_lr <= self.lr:
-            raise ValueError(f"train.initial_lr must be in [0, lr={self.lr}], got "
+            raise ValueError(f"--train.initial_lr must be in [0, lr={self.lr}], got "
                              f"{self.initial_lr}")
         if self.lr_scale <= 0:
-            raise ValueError(f"train.lr_scale must be > 0, got {self.lr_scale}")
+            raise ValueError(f"--train.lr_scale must be > 0, got {self.lr_scale}")
 
 
 def at_least(cfg, name: str, low: float, note: str = "") -> None:
     """Refuse ``cfg.<name> < low``, naming the key and the value."""
     value = getattr(cfg, name)
     if value < low:
-        raise ValueError(f"train.{name} must be >= {low}{note}, got {value}")
+        raise ValueError(f"--train.{name} must be >= {low}{note}, got {value}")
 
 
 def set_epochs(train: TrainConfig, epochs: int, num_examples: int, world_size: int = 1) -> int:
