@@ -159,8 +159,24 @@ def _join(content) -> str:
     return f"{instruction}\n\n{inp}" if inp else instruction
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer.encode(text, allowed_special="all")
+def _encode(tokenizer, text: str, spans=None, start: int = 0) -> list[int]:
+    """Ids of ``text[start:]`` whose ``spans`` (of the whole text) are user content: special-
+    token strings there are ordinary text, never control tokens (tokenizers/base.py)."""
+    from scratchlm.tokenizers.base import encode_protected
+
+    shifted = [(max(a - start, 0), b - start) for a, b in (spans or []) if b > start]
+    return encode_protected(tokenizer, text[start:], shifted)
+
+
+def _spans_of(text: str, contents) -> list[tuple[int, int]]:
+    """Every place a content string appears in ``text``."""
+    spans = []
+    for c in {c for c in contents if c}:
+        at = text.find(c)
+        while at >= 0:
+            spans.append((at, at + len(c)))
+            at = text.find(c, at + 1)
+    return spans
 
 
 def render_prompt(example: Example | list[dict], tokenizer, style: str = "alpaca") -> list[int]:
@@ -174,7 +190,8 @@ def render_prompt(example: Example | list[dict], tokenizer, style: str = "alpaca
 
         return encode_chat(tokenizer, _chat_messages(messages), add_generation_prompt=True)
     user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-    return _encode(tokenizer, format_input(user, style) + RESPONSE_HEADER[style])
+    text = format_input(user, style) + RESPONSE_HEADER[style]
+    return _encode(tokenizer, text, _spans_of(text, _user_fields(user)))
 
 
 def render(example: Example, tokenizer, style: str = "alpaca", mask_prompt: bool | None = None,
@@ -187,13 +204,12 @@ def render(example: Example, tokenizer, style: str = "alpaca", mask_prompt: bool
     if response is not None:
         messages = messages[:-1] + [{"role": "assistant", "content": response}]
     if style == "chat":
-        from scratchlm.tokenizers.chat import render_chat
+        from scratchlm.tokenizers.chat import render_chat_spans, template_tokens
 
         template = getattr(tokenizer, "chat_template", None)
         if not template:
             raise ValueError("prompt style 'chat' needs a tokenizer with a chat template")
-        special = dict(bos_token=getattr(tokenizer, "bos_token", "") or "",
-                       eos_token=getattr(tokenizer, "eos_token", "") or "")
+        special = template_tokens(tokenizer)
         msgs = _chat_messages(messages)
         ids: list[int] = []
         mask: list[int] = []
@@ -202,26 +218,28 @@ def render(example: Example, tokenizer, style: str = "alpaca", mask_prompt: bool
         for i, m in enumerate(msgs):
             if m["role"] != "assistant":
                 continue
-            prompt = render_chat(template, msgs[:i], True, **special)
-            full = render_chat(template, msgs[:i + 1], False, **special)
+            prompt, prompt_spans = render_chat_spans(template, msgs[:i], True, **special)
+            full, full_spans = render_chat_spans(template, msgs[:i + 1], False, **special)
             if not prompt.startswith(done) or not full.startswith(prompt):
                 raise ValueError("the chat template does not render conversations as prefixes "
                                  "of each other; use --data.style alpaca")
-            seg = _encode(tokenizer, prompt[len(done):])
+            seg = _encode(tokenizer, prompt, prompt_spans, len(done))
             ids += seg
             mask += [0 if mask_prompt else 1] * len(seg)
-            seg = _encode(tokenizer, full[len(prompt):])
+            seg = _encode(tokenizer, full, full_spans, len(prompt))
             ids += seg
             mask += [1] * len(seg)
             done = full
-        rest = render_chat(template, msgs, False, **special)[len(done):]
+        whole, whole_spans = render_chat_spans(template, msgs, False, **special)
+        rest = whole[len(done):]
         if rest:
-            seg = _encode(tokenizer, rest)
+            seg = _encode(tokenizer, whole, whole_spans, len(done))
             ids += seg
             mask += [0 if mask_prompt else 1] * len(seg)
         return ids, mask
     prompt = render_prompt(messages, tokenizer, style)
-    answer = _encode(tokenizer, messages[-1]["content"])
+    content = messages[-1]["content"]
+    answer = _encode(tokenizer, content, [(0, len(content))])
     eos = tokenizer.eos_id
     if eos is None:
         raise ValueError("the tokenizer has no end-of-text token to end responses with")

@@ -160,5 +160,17 @@ class HFTokenizer:
         check_special(text, self.special_tokens, allowed_special)
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Special-token strings encoded as ordinary text (a copy of the tokenizer set to
+        ``encode_special_tokens``, so the shared one never changes under other threads)."""
+        plain = self.__dict__.get("_plain")
+        if plain is None:
+            from tokenizers import Tokenizer
+
+            plain = Tokenizer.from_str(self.tokenizer.to_str())
+            plain.encode_special_tokens = True
+            self._plain = plain
+        return plain.encode(text, add_special_tokens=False).ids
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)

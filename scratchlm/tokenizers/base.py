@@ -6,6 +6,10 @@ A tokenizer has ``encode(text, allowed_special=...) -> list[int]``, ``decode(ids
 Special tokens follow tiktoken's rules: text that contains a special token's string is an error
 unless that token is in ``allowed_special`` ("all" allows every one); allowed ones are encoded as
 their single id.
+
+Text from users (chat messages, instruction data, server requests) must never become a control
+token: ``encode_protected`` encodes a rendered prompt whose template's special tokens are
+control tokens while the special-token strings inside the user's spans stay ordinary text.
 """
 
 from __future__ import annotations
@@ -72,3 +76,37 @@ def split_special(
             yield piece, special_tokens[piece]
         elif piece:
             yield piece, None
+
+
+def encode_ordinary(tokenizer, text: str) -> list[int]:
+    """``text`` with any special-token strings in it encoded as ordinary text."""
+    fn = getattr(tokenizer, "encode_ordinary", None)
+    if fn is not None:
+        return fn(text)
+    return tokenizer.encode(text)  # raises if it holds a special token it cannot encode as text
+
+
+def encode_protected(tokenizer, text: str, untrusted: Iterable[tuple[int, int]]) -> list[int]:
+    """Token ids of ``text`` where special-token strings are control tokens except inside the
+    ``untrusted`` [start, end) spans (user content), where they are ordinary text.
+
+    Text between the control tokens is encoded as one piece, so when no untrusted span holds a
+    special string the ids equal ``tokenizer.encode(text, allowed_special="all")``."""
+    specials = getattr(tokenizer, "special_tokens", {})
+    spans = sorted(untrusted)
+    if not specials or not any(t in text for t in specials):
+        return encode_ordinary(tokenizer, text)
+    pattern = regex.compile("|".join(regex.escape(t) for t in sorted(specials, key=len,
+                                                                         reverse=True)))
+    ids: list[int] = []
+    start = 0
+    for m in pattern.finditer(text):
+        if any(a < m.end() and m.start() < b for a, b in spans):
+            continue  # inside user content: ordinary text
+        if m.start() > start:
+            ids += encode_ordinary(tokenizer, text[start:m.start()])
+        ids.append(specials[m.group()])
+        start = m.end()
+    if start < len(text):
+        ids += encode_ordinary(tokenizer, text[start:])
+    return ids
