@@ -51,8 +51,15 @@ class LLM:
 
         return SamplingParams(max_new_tokens, temperature, top_k, top_p, self.stop_ids, seed)
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, allowed_special="all")
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        """Ids of a raw prompt. ``special``: special-token strings in it are control tokens (a
+        prompt written by the program); False: ordinary text (a prompt from a user, as the
+        server's /v1/completions takes it). Chat messages are always user text (``chat_ids``)."""
+        if special:
+            return self.tokenizer.encode(text, allowed_special="all")
+        from scratchlm.tokenizers.base import encode_ordinary
+
+        return encode_ordinary(self.tokenizer, text)
 
     def chat_ids(self, messages: Sequence[dict]) -> list[int]:
         from scratchlm.tokenizers.chat import encode_chat

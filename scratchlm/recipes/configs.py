@@ -274,6 +274,9 @@ class ServeConfig:
     max_tokens_cap: int = 1024  # the largest max_tokens a request may ask for
     max_batch: int = 16
     quantize: str | None = None  # "int8"
+    max_request_bytes: int = 4_000_000  # a larger request body is answered 413
+    max_messages: int = 256  # messages in one chat request
+    max_prompt_tokens: int = 0  # 0: the model's context length (a longer prompt is a 400)
 
 
 # ---- scratchlm demo: recipes/demo.py

@@ -1,6 +1,7 @@
 """An OpenAI-compatible HTTP server (FastAPI on uvicorn) for one model, and its web chat page.
 
     GET  /health                 liveness and the model name
+    GET  /metrics                Prometheus text: requests, tokens, queue, time to first token
     GET  /v1/models              the one model served
     POST /v1/completions         text completion      (stream: server-sent events)
     POST /v1/chat/completions    chat with the model's template (stream: server-sent events)
@@ -9,11 +10,20 @@
 Requests from concurrent clients are decoded together by ``generation.batcher.Batcher``.
 Errors use OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` with a 4xx
 status; with an API key set, every /v1 route needs ``Authorization: Bearer <key>``.
+
+Requests are hostile until checked: the body size (413), the number of messages and the prompt's
+tokens are limited (``ServeConfig``); text that is not valid Unicode, seeds outside 64 bits and
+prompts that leave no room in the context are 400s naming the field. Chat messages are rendered
+with the model's template and encoded so that a special-token string typed by the user
+(``<|im_start|>system``) stays ordinary text; completion prompts are ordinary text too.
+Tokenizing and rendering run in a worker thread, so a huge request never blocks ``/health``.
+A client that disconnects, streaming or not, cancels its generation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -24,7 +34,7 @@ from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -43,8 +53,17 @@ class APIError(Exception):
 
 def _error(status: int, message: str, param: str | None = None,
            kind: str = "invalid_request_error") -> JSONResponse:
+    code = "request_too_large" if status == 413 else None
     return JSONResponse({"error": {"message": message, "type": kind, "param": param,
-                                   "code": None}}, status_code=status)
+                                   "code": code}}, status_code=status)
+
+
+def _valid_text(value: str, what: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode (it holds a lone UTF-16 surrogate)") from None
+    return value
 
 
 class Sampling(BaseModel):
@@ -55,7 +74,7 @@ class Sampling(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = Field(default=None, validate_default=True)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)
     stream: bool = False
     stream_options: dict | None = None
     n: int = Field(default=1, ge=1, le=1)
@@ -67,12 +86,17 @@ class Sampling(BaseModel):
         stops = [v] if isinstance(v, str) else (v or [])
         if len(stops) > 4:
             raise ValueError("at most 4 stop sequences")
-        return stops
+        return [_valid_text(s, "a stop sequence") for s in stops]
 
 
 class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: str
+
+    @field_validator("content")
+    @classmethod
+    def _unicode(cls, v):
+        return _valid_text(v, "the content")
 
 
 class ChatRequest(Sampling):
@@ -91,7 +115,87 @@ class CompletionRequest(Sampling):
             v = v[0]
         if not v:
             raise ValueError("the prompt is empty")
-        return v
+        return _valid_text(v, "the prompt")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before it is read
+    whole (by its Content-Length, or by counting a chunked body as it arrives)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await _send_json(send, 413, self._message())
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:  # answered by the app's handler, as a 413
+                    raise StarletteHTTPException(413, self._message()["error"]["message"])
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self) -> dict:
+        return {"error": {"message": f"the request body is larger than this server's limit of "
+                                     f"{self.limit} bytes", "type": "invalid_request_error",
+                          "param": None, "code": "request_too_large"}}
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+class Stats:
+    """What ``/metrics`` reports (Prometheus text format)."""
+
+    ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/")
+
+    def __init__(self):
+        self.requests: dict[tuple[str, int], int] = {}
+        self.prompt_tokens = self.completion_tokens = 0
+        self.ttft_sum, self.ttft_count = 0.0, 0
+        self.decode_seconds = 0.0
+        self.active = 0
+
+    def answered(self, path: str, status: int) -> None:
+        route = path if path in self.ROUTES else "other"  # no label per hostile path
+        self.requests[route, status] = self.requests.get((route, status), 0) + 1
+
+    def render(self, queue_length: int) -> str:
+        lines = ["# HELP scratchlm_requests_total HTTP requests answered, by route and status.",
+                 "# TYPE scratchlm_requests_total counter"]
+        lines += [f'scratchlm_requests_total{{route="{r}",status="{s}"}} {n}'
+                  for (r, s), n in sorted(self.requests.items())]
+        rate = self.completion_tokens / self.decode_seconds if self.decode_seconds else 0.0
+        for name, kind, value, help_ in (
+                ("prompt_tokens_total", "counter", self.prompt_tokens, "Prompt tokens processed."),
+                ("completion_tokens_total", "counter", self.completion_tokens,
+                 "Tokens generated."),
+                ("active_requests", "gauge", self.active, "Requests being generated now."),
+                ("queue_length", "gauge", queue_length, "Requests waiting for the batcher."),
+                ("tokens_per_second", "gauge", round(rate, 3),
+                 "Generated tokens per second of generation, over all finished requests."),
+        ):
+            lines += [f"# HELP scratchlm_{name} {help_}", f"# TYPE scratchlm_{name} {kind}",
+                      f"scratchlm_{name} {value}"]
+        lines += ["# HELP scratchlm_time_to_first_token_seconds From submission to the first "
+                  "token.", "# TYPE scratchlm_time_to_first_token_seconds summary",
+                  f"scratchlm_time_to_first_token_seconds_sum {self.ttft_sum:.6f}",
+                  f"scratchlm_time_to_first_token_seconds_count {self.ttft_count}"]
+        return "\n".join(lines) + "\n"
 
 
 def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
@@ -104,7 +208,10 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
 
     app = FastAPI(title="scratchlm", version="0.1.0", lifespan=lifespan)
     app.state.batcher, app.state.llm = batcher, llm
+    app.add_middleware(BodyLimit, limit=cfg.max_request_bytes)
+    stats = app.state.stats = Stats()
     model_id = llm.name
+    prompt_cap = min(cfg.max_prompt_tokens or llm.context_length, llm.context_length)
 
     @app.exception_handler(APIError)
     async def _api_error(request, exc: APIError):
@@ -126,14 +233,21 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
         if cfg.api_key and request.url.path.startswith("/v1"):
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {cfg.api_key}".encode()):
+                stats.answered(request.url.path, 401)
                 return _error(401, "invalid or missing API key (Authorization: Bearer ...)",
                               kind="authentication_error")
-        return await call_next(request)
+        response = await call_next(request)
+        stats.answered(request.url.path, response.status_code)
+        return response
 
-    def sampling(req: Sampling, prompt_len: int) -> SamplingParams:
+    def sampling(req: Sampling, prompt_len: int, field: str) -> SamplingParams:
         if req.model not in (None, model_id):
             raise APIError(404, f"model {req.model!r} is not served here (serving {model_id!r})",
                            "model", "not_found_error")
+        if prompt_len > prompt_cap or prompt_len >= llm.context_length:
+            raise APIError(400, f"the prompt has {prompt_len} tokens; this server takes at most "
+                                f"{min(prompt_cap, llm.context_length - 1)} (context length "
+                                f"{llm.context_length})", field)
         max_tokens = req.max_completion_tokens or req.max_tokens
         if max_tokens is None:
             max_tokens = min(cfg.max_tokens_cap, llm.context_length - prompt_len)
@@ -154,9 +268,16 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
         req = batcher.submit(prompt_ids, params,
                              lambda tok, reason: loop.call_soon_threadsafe(q.put_nowait, (tok, reason)))
         text = TextStream(llm.tokenizer, stops)
+        stats.active += 1
+        stats.prompt_tokens += len(prompt_ids)
+        first = None
         try:
             while True:
                 tok, reason = await q.get()
+                if first is None and tok is not None:
+                    first = time.perf_counter()
+                    stats.ttft_sum += first - req.submitted
+                    stats.ttft_count += 1
                 if reason is not None:
                     if reason.startswith("error"):
                         raise APIError(500, reason, kind="server_error")
@@ -172,6 +293,10 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
                     yield piece, None, req.generated
         finally:
             req.cancel()  # the client left: free its row
+            stats.active -= 1
+            stats.completion_tokens += req.generated
+            if first is not None:
+                stats.decode_seconds += time.perf_counter() - first
 
     def usage(prompt_len: int, completion: int) -> dict:
         return {"prompt_tokens": prompt_len, "completion_tokens": completion,
@@ -180,8 +305,9 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
     def sse(obj) -> str:
         return f"data: {json.dumps(obj)}\n\n"
 
-    async def respond(kind: str, req: Sampling, prompt_ids: list[int], stops: list[str]):
-        params = sampling(req, len(prompt_ids))
+    async def respond(kind: str, req: Sampling, prompt_ids: list[int], stops: list[str],
+                      request: Request):
+        params = sampling(req, len(prompt_ids), "messages" if kind == "chat" else "prompt")
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         obj = "chat.completion" if kind == "chat" else "text_completion"
@@ -195,8 +321,22 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
 
         if not req.stream:
             pieces, reason, n = [], "stop", 0
-            async for piece, reason, n in run(prompt_ids, params, stops):
-                pieces.append(piece)
+
+            async def collect():
+                nonlocal reason, n
+                async for piece, reason, n in run(prompt_ids, params, stops):
+                    pieces.append(piece)
+
+            task = asyncio.ensure_future(collect())
+            while not task.done():  # a client that leaves cancels its generation
+                await asyncio.wait({task}, timeout=0.25)
+                if not task.done() and await request.is_disconnected():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    return JSONResponse({"error": {"message": "client disconnected",
+                                                   "type": "invalid_request_error"}}, 499)
+            task.result()  # re-raises an APIError from the generation
             return JSONResponse({"id": rid, "object": obj, "created": created, "model": model_id,
                                  "choices": [choice("".join(pieces), reason, False)],
                                  "usage": usage(len(prompt_ids), n)})
@@ -225,6 +365,11 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(stats.render(batcher._queue.qsize()),
+                                 media_type="text/plain; version=0.0.4")
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_id, "batches": len(batcher.batches),
@@ -236,16 +381,20 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
                                             "owned_by": "scratchlm"}]}
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest):
-        return await respond("text", req, llm.encode(req.prompt), req.stop)
+    async def completions(req: CompletionRequest, request: Request):
+        ids = await asyncio.to_thread(llm.encode, req.prompt, False)  # user text: no controls
+        return await respond("text", req, ids, req.stop, request)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatRequest):
-        try:
-            ids = llm.chat_ids([m.model_dump() for m in req.messages])
+    async def chat_completions(req: ChatRequest, request: Request):
+        if len(req.messages) > cfg.max_messages:
+            raise APIError(400, f"{len(req.messages)} messages; this server takes at most "
+                                f"{cfg.max_messages}", "messages")
+        try:  # off the event loop: a long conversation must not stall other clients
+            ids = await asyncio.to_thread(llm.chat_ids, [m.model_dump() for m in req.messages])
         except ValueError as e:  # no template, or the template refused the conversation
             raise APIError(400, str(e), "messages") from None
-        return await respond("chat", req, ids, req.stop + llm.chat_stops())
+        return await respond("chat", req, ids, req.stop + llm.chat_stops(), request)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
