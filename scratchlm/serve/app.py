@@ -150,6 +150,34 @@ class BodyLimit:
                           "param": None, "code": "request_too_large"}}
 
 
+class Gate:
+    """ASGI middleware: the API key for /v1 routes, and each answer counted for /metrics. Plain
+    ASGI (not ``@app.middleware``, whose wrapper hides the client's disconnect): ``receive``
+    goes through untouched, so an endpoint can tell that its client left."""
+
+    def __init__(self, app, api_key: str | None, stats: "Stats"):
+        self.app, self.api_key, self.stats = app, api_key, stats
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if self.api_key and path.startswith("/v1"):
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not secrets.compare_digest(given, f"Bearer {self.api_key}".encode()):
+                self.stats.answered(path, 401)
+                return await _send_json(send, 401, {"error": {
+                    "message": "invalid or missing API key (Authorization: Bearer ...)",
+                    "type": "authentication_error", "param": None, "code": None}})
+
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                self.stats.answered(path, message["status"])
+            await send(message)
+
+        await self.app(scope, receive, counted)
+
+
 async def _send_json(send, status: int, body: dict) -> None:
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
@@ -208,8 +236,9 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
 
     app = FastAPI(title="scratchlm", version="0.1.0", lifespan=lifespan)
     app.state.batcher, app.state.llm = batcher, llm
-    app.add_middleware(BodyLimit, limit=cfg.max_request_bytes)
     stats = app.state.stats = Stats()
+    app.add_middleware(BodyLimit, limit=cfg.max_request_bytes)
+    app.add_middleware(Gate, api_key=cfg.api_key, stats=stats)  # outermost
     model_id = llm.name
     prompt_cap = min(cfg.max_prompt_tokens or llm.context_length, llm.context_length)
 
@@ -228,17 +257,6 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
         return _error(exc.status_code, str(exc.detail), kind="not_found_error"
                       if exc.status_code == 404 else "invalid_request_error")
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if cfg.api_key and request.url.path.startswith("/v1"):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {cfg.api_key}".encode()):
-                stats.answered(request.url.path, 401)
-                return _error(401, "invalid or missing API key (Authorization: Bearer ...)",
-                              kind="authentication_error")
-        response = await call_next(request)
-        stats.answered(request.url.path, response.status_code)
-        return response
 
     def sampling(req: Sampling, prompt_len: int, field: str) -> SamplingParams:
         if req.model not in (None, model_id):
