@@ -1,12 +1,15 @@
-"""Dynamic batching for a server: requests that arrive together are decoded together.
+"""Continuous batching for a server: requests join a running batch at any decode step and leave
+it when they finish, each with its own sampling settings and seed.
 
-A worker thread owns the engine. It waits for a request, gathers whatever else arrives within
-``window_s`` (up to ``max_batch``), groups requests that can share one decode (same sampling
-settings; greedy requests always can) and fit the context together, and runs each group through
-``Engine.stream``. Every row reports its tokens through its own callback and stops on its own
-(stop token, its ``max_new_tokens``, or cancellation by the consumer); a group ends when all its
-rows have. One big matrix multiply per step serves every row, which is where the throughput of
-batching comes from on CPU and GPU alike.
+A worker thread owns the engine and a ``SlotBatch`` (``generation/slots.py``): a fixed set of
+``max_batch`` KV-cache rows. Before every decode step it admits the waiting requests that fit
+(a free row, a prompt that ends at the batch's current slot, room for their ``max_new_tokens``;
+an idle batch takes the longest waiting prompt first so the others fit behind it), prefilling
+each into its row; then every row samples its token and reports it through its own callback,
+finished rows (stop token, their ``max_new_tokens``, or cancellation by the consumer) leave, and
+one decode forward serves the rest. A short request that arrives while a long one decodes joins
+at the next step instead of waiting for the long one to end; one big matrix multiply per step
+still serves every row, which is where the throughput of batching comes from.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from scratchlm.generation.engine import Engine, SamplingParams
+from scratchlm.generation.slots import SlotBatch
 
 # callback(token, finish_reason): a token with reason None, then once (None, "stop" | "length"
 # | "error: ...") at the end.
@@ -44,36 +48,15 @@ class Request:
             self.callback(None, reason)
 
 
-def _key(p: SamplingParams) -> tuple:
-    if p.temperature == 0:
-        return ("greedy",)
-    return (p.temperature, p.top_k, p.top_p, p.seed)
-
-
-def plan_groups(requests: Sequence[Request], max_len: int, max_batch: int) -> list[list[Request]]:
-    """Requests that can share one decode: equal sampling settings, and the longest prompt plus
-    the largest ``max_new_tokens`` fit the context (left padding aligns prompts to the longest)."""
-    groups: list[list[Request]] = []
-    for req in sorted(requests, key=lambda r: len(r.prompt_ids)):
-        for g in groups:
-            longest = max(len(req.prompt_ids), *(len(r.prompt_ids) for r in g))
-            most = max(req.params.max_new_tokens, *(r.params.max_new_tokens for r in g))
-            if (len(g) < max_batch and _key(g[0].params) == _key(req.params)
-                    and longest + most <= max_len):
-                g.append(req)
-                break
-        else:
-            groups.append([req])
-    return groups
-
-
 class Batcher:
     def __init__(self, engine: Engine, max_batch: int = 16, window_s: float = 0.01):
         self.engine, self.max_batch, self.window_s = engine, max_batch, window_s
         self._queue: queue.Queue[Request | None] = queue.Queue()
+        self.waiting: list[Request] = []  # submitted, not yet in the batch (worker's own)
+        self.steps = 0  # decode steps taken
+        self.largest = 0  # the most rows decoded in one step
         self._thread = threading.Thread(target=self._loop, name="scratchlm-batcher", daemon=True)
         self._thread.start()
-        self.batches: list[int] = []  # sizes of the groups decoded so far (for stats and tests)
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams,
                callback: Callback) -> Request:
@@ -86,54 +69,75 @@ class Batcher:
         self._queue.put(req)
         return req
 
+    def queue_length(self) -> int:
+        """Requests submitted and not yet decoding."""
+        return self._queue.qsize() + len(self.waiting)
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
 
-    def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            pending = [first]
-            deadline = time.perf_counter() + self.window_s
-            while len(pending) < self.max_batch:
-                try:
-                    nxt = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                pending.append(nxt)
-            for group in plan_groups([r for r in pending if not r.cancelled],
-                                     self.engine.max_len, self.max_batch):
-                self._run(group)
-            for r in pending:
-                r.finish("stop")  # cancelled before they started
-
-    def _run(self, group: list[Request]) -> None:
-        self.batches.append(len(group))
-        params = replace(group[0].params, max_new_tokens=max(r.params.max_new_tokens for r in group),
-                         stop_ids=tuple(sorted({i for r in group for i in r.params.stop_ids})))
+    def _take(self, block: bool) -> bool:
+        """Move submitted requests into ``waiting`` (waiting ``window_s`` for company when the
+        batch is idle); False once ``close`` was called."""
         try:
-            steps = self.engine.stream([r.prompt_ids for r in group], params)
-            for step in steps:
-                for req, tok in zip(group, step):
-                    if req.finished:
-                        continue
-                    if req.cancelled or tok is None or tok in req.params.stop_ids:
+            first = self._queue.get(timeout=None) if block else self._queue.get_nowait()
+        except queue.Empty:
+            return True
+        if first is None:
+            return False
+        self.waiting.append(first)
+        deadline = time.perf_counter() + (self.window_s if block else 0.0)
+        while True:
+            try:
+                nxt = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                return True
+            if nxt is None:
+                return False
+            self.waiting.append(nxt)
+
+    def _admit(self, batch: SlotBatch) -> None:
+        if not batch.rows:  # an idle batch: the longest first, so the others fit behind it
+            self.waiting.sort(key=lambda r: -len(r.prompt_ids))
+        for req in list(self.waiting):
+            if req.cancelled:
+                self.waiting.remove(req)
+                req.finish("stop")
+            elif batch.fits(len(req.prompt_ids), req.params.max_new_tokens):
+                self.waiting.remove(req)
+                try:
+                    batch.join(req.prompt_ids, req.params, tag=req)
+                except Exception as e:  # its prefill failed: tell its client, keep the rest
+                    req.finish(f"error: {e}")
+
+    def _loop(self) -> None:
+        batch = SlotBatch(self.engine, self.max_batch)
+        running = True
+        while running or batch.rows:
+            if running:
+                running = self._take(block=not batch.rows and not self.waiting)
+            try:
+                self._admit(batch)
+                if not batch.rows:
+                    continue
+                self.steps += 1
+                self.largest = max(self.largest, len(batch.rows))
+                for row, tok in batch.sample():
+                    req = row.tag
+                    if req.cancelled or tok in req.params.stop_ids:
                         req.finish("stop")
+                        batch.leave(row)
                         continue
                     req.callback(tok, None)
                     req.generated += 1
                     if req.generated >= req.params.max_new_tokens:
                         req.finish("length")
-                if all(r.finished for r in group):
-                    steps.close()
-                    break
-            for req in group:
-                req.finish("length")  # the context was full
-        except Exception as e:  # a failed decode must not hang its clients
-            for req in group:
-                req.finish(f"error: {e}")
+                        batch.leave(row)
+                batch.forward()
+            except Exception as e:  # a failed step must not hang its clients
+                for row in list(batch.rows):
+                    row.tag.finish(f"error: {e}")
+                    batch.leave(row)
+        for req in self.waiting:
+            req.finish("stop")

@@ -162,7 +162,7 @@ class NativeDecoder:
             x = x + model.pos_emb(pos)
         x = x.contiguous()
         start = cache.pad.to(torch.int64).contiguous()
-        layer_bytes = cache.k[0].numel() * cache.k.element_size()
+        layer_bytes = cache.k.stride(0) * cache.k.element_size()  # also for a view of rows
         k0, v0 = cache.k.data_ptr(), cache.v.data_ptr()
         for i, (norms, (qkv, o, up, down), (n_qkv, _, n_up, _), _) in enumerate(self.layers):
             kv = (k0 + i * layer_bytes, v0 + i * layer_bytes, cache.max_len, cache.length,

@@ -15,6 +15,11 @@ global layers keep every slot as above.
 
 Attention asks the cache through ``attend(layer, k, v, window)``, which stores the new keys and
 returns what SDPA needs: all keys a query may see and the boolean mask over them.
+
+Continuous batching (``generation/slots.py``) treats the rows as slots that requests join and
+leave: ``view(lo, hi, length, pad)`` is rows [lo, hi) as a cache sharing this one's storage (a
+joining row is prefilled through a one-row view that starts at its own slot), ``set_pad``
+changes a row's first real slot, ``move_row`` copies one row over another.
 """
 
 from __future__ import annotations
@@ -97,6 +102,31 @@ class KVCache:
     def advance(self, t: int) -> None:
         self.length += t
 
+    def view(self, lo: int, hi: int, length: int | None = None,
+             pad: torch.Tensor | None = None) -> "KVCache":
+        """Rows [lo, hi) as a cache on the same storage, at ``length`` (default this cache's)
+        with ``pad`` (default these rows' own); its writes land in this cache."""
+        v = object.__new__(type(self))
+        v.__dict__.update(self.__dict__)
+        v.k, v.v = self.k[:, lo:hi], self.v[:, lo:hi]
+        v.pad = self.pad[lo:hi] if pad is None else pad.to(self.pad.device)
+        v.has_pad = bool(v.pad.any())
+        v.length = self.length if length is None else length
+        v._mask_key, v._mask = None, None
+        return v
+
+    def set_pad(self, row: int, first_slot: int) -> None:
+        """Row ``row``'s real tokens now start at ``first_slot`` (slots before it are masked)."""
+        self.pad[row] = first_slot
+        self.has_pad = bool(self.pad.any())
+        self._mask_key = None
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row ``src`` (keys, values, first slot) over row ``dst``."""
+        self.k[:, dst] = self.k[:, src]
+        self.v[:, dst] = self.v[:, src]
+        self.set_pad(dst, int(self.pad[src]))
+
 
 class SlidingKVCache(KVCache):
     """A cache whose local layers (``windows[i]`` > 0) keep only their last ``windows[i]``
@@ -126,6 +156,18 @@ class SlidingKVCache(KVCache):
     def nbytes(self) -> int:
         ring = sum(t.numel() * t.element_size() for t in self.ring_k) * 2
         return super().nbytes() + ring
+
+    def view(self, lo: int, hi: int, length: int | None = None,
+             pad: torch.Tensor | None = None) -> "SlidingKVCache":
+        v = super().view(lo, hi, length, pad)
+        v.ring_k = [t[lo:hi] for t in self.ring_k]
+        v.ring_v = [t[lo:hi] for t in self.ring_v]
+        return v
+
+    def move_row(self, src: int, dst: int) -> None:
+        for t in (*self.ring_k, *self.ring_v):
+            t[dst] = t[src]
+        super().move_row(src, dst)
 
     def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor, window: int = 0):
         w = self.windows[layer]

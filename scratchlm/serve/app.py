@@ -385,13 +385,13 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics():
-        return PlainTextResponse(stats.render(batcher._queue.qsize()),
+        return PlainTextResponse(stats.render(batcher.queue_length()),
                                  media_type="text/plain; version=0.0.4")
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_id, "batches": len(batcher.batches),
-                "largest_batch": max(batcher.batches, default=0)}
+        return {"status": "ok", "model": model_id, "decode_steps": batcher.steps,
+                "largest_batch": batcher.largest}
 
     @app.get("/v1/models")
     async def models():

@@ -1,0 +1,126 @@
+"""Continuous batching: a fixed set of KV-cache rows ("slots") that requests join and leave
+between decode steps, each with its own sampling settings and seed.
+
+    join:   a prompt of P tokens is prefilled alone into a free row, ending at the batch's
+            current slot L: it fills slots [L - P, L) and its first real slot is L - P, so the
+            slots before it (a previous occupant's) are masked. An empty batch starts at L = P.
+    step:   every active row samples its next token from its own logits (greedy, or its own
+            temperature / top-k / top-p and seeded generator), then one decode forward over
+            the active rows writes slot L of each and gives the next logits; L += 1.
+    leave:  a finished row's slot is refilled by the last active row (its keys and values are
+            copied), so the active rows are always rows [0, n) and a step computes n rows, not
+            the whole slot count.
+
+A request can join when a row is free, its prompt fits before L (P <= L) and L plus its
+``max_new_tokens`` fits the cache; a longer prompt waits the few steps until L has grown past
+it (or until the batch empties). Positions count from each row's first real slot, so a row's
+tokens see exactly what a single-request decode would (tested equal, token for token, on the
+native C decoder and on PyTorch's path). The same KV cache the engine uses serves, with the
+views of ``nn/kv_cache.py``; sliding-window caches too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from scratchlm.generation.engine import Engine, SamplingParams
+from scratchlm.generation.sampling import sample_next
+
+
+@dataclass
+class Row:
+    """One request in the batch; ``tag`` is the caller's handle for it."""
+
+    params: SamplingParams
+    tag: object = None
+    generator: torch.Generator | None = None
+    logits: torch.Tensor | None = None  # (V,) the next token's
+    token: int | None = None  # sampled this step, fed at the next forward
+    generated: int = 0
+    joined_at: int = 0  # the batch slot where its first new token goes
+    meta: dict = field(default_factory=dict)
+
+
+class SlotBatch:
+    def __init__(self, engine: Engine, slots: int, max_len: int | None = None):
+        self.engine, self.slots = engine, slots
+        self.max_len = min(max_len or engine.max_len, engine.max_len)
+        pad = torch.zeros(slots, dtype=torch.long, device=engine.device)
+        self.cache = engine.new_cache(slots, self.max_len, pad)
+        self.rows: list[Row] = []  # active rows: rows[i] lives in cache row i
+
+    @property
+    def length(self) -> int:
+        """The slot the next decode step writes (L)."""
+        return self.cache.length
+
+    def fits(self, prompt_len: int, max_new_tokens: int) -> bool:
+        if len(self.rows) >= self.slots or prompt_len < 1:
+            return False
+        if not self.rows:
+            return prompt_len + max_new_tokens <= self.max_len
+        return prompt_len <= self.length and self.length + max_new_tokens <= self.max_len
+
+    @torch.inference_mode()
+    def join(self, prompt_ids: list[int], params: SamplingParams, tag: object = None) -> Row:
+        """Prefill ``prompt_ids`` into a free row (see the module docstring)."""
+        if not self.fits(len(prompt_ids), params.max_new_tokens):
+            raise ValueError(f"a prompt of {len(prompt_ids)} tokens with max_new_tokens "
+                             f"{params.max_new_tokens} does not fit the batch now")
+        engine, n, p = self.engine, len(self.rows), len(prompt_ids)
+        if not self.rows:  # an empty batch starts over at slot 0
+            self.cache.length = 0
+            if engine.native is not None:
+                engine.native.refresh()
+        start = self.length - p if self.rows else 0
+        first = torch.tensor([start], device=engine.device)
+        view = self.cache.view(n, n + 1, length=start, pad=first)
+        idx = torch.tensor([prompt_ids], dtype=torch.long, device=engine.device)
+        logits = engine._last_logits(idx, view)[0]
+        self.cache.set_pad(n, start)
+        if not self.rows:
+            self.cache.length = p
+        gen = None
+        if params.seed is not None and params.temperature > 0:
+            gen = torch.Generator(device=engine.device).manual_seed(params.seed)
+        row = Row(params, tag, gen, logits, joined_at=self.length)
+        self.rows.append(row)
+        return row
+
+    def sample(self) -> list[tuple[Row, int]]:
+        """Each active row's next token (from its own logits and settings)."""
+        out = []
+        for row in self.rows:
+            p = row.params
+            tok = int(sample_next(row.logits[None], p.temperature, p.top_k, p.top_p,
+                                  row.generator)[0, 0])
+            row.token = tok
+            row.generated += 1
+            out.append((row, tok))
+        return out
+
+    def leave(self, row: Row) -> None:
+        """Free ``row``'s slot: the last active row moves into it."""
+        i, last = self.rows.index(row), len(self.rows) - 1
+        if i != last:
+            self.cache.move_row(last, i)
+            self.rows[i] = self.rows[last]
+        self.rows.pop()
+
+    @torch.inference_mode()
+    def forward(self) -> None:
+        """Feed every active row's sampled token at slot L; their next logits; L += 1."""
+        n = len(self.rows)
+        if n == 0:
+            return
+        if self.length >= self.max_len:
+            raise ValueError(f"KV cache full at {self.length} slots")
+        idx = torch.tensor([[r.token] for r in self.rows], dtype=torch.long,
+                           device=self.engine.device)
+        view = self.cache.view(0, n)
+        logits = self.engine._decode(idx, view)
+        self.cache.length = view.length
+        for row, lg in zip(self.rows, logits):
+            row.logits = lg
