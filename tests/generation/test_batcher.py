@@ -1,0 +1,78 @@
+"""The server's batcher: a request that arrives while another decodes gets its first token
+within a couple of decode steps (not after the other finishes); requests with different
+sampling settings and seeds share steps and each gets what it would get alone."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from scratchlm.generation.batcher import Batcher
+from scratchlm.generation.engine import Engine, SamplingParams
+from scratchlm.models.llama import Llama, LlamaConfig
+
+
+def engine():
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=97, context_length=256, n_embd=32, n_layer=2, n_head=4,
+                              n_kv_head=2, intermediate_size=64, tie_embeddings=False)).eval()
+    with torch.no_grad():  # logits of about unit scale: varied tokens, greedy and sampled
+        model.out_head.weight.normal_(0.0, 0.2)
+    return Engine(model)
+
+
+class Collector:
+    def __init__(self):
+        self.tokens, self.reason, self.done = [], None, threading.Event()
+
+    def __call__(self, tok, reason):
+        if reason is None:
+            self.tokens.append(tok)
+        else:
+            self.reason = reason
+            self.done.set()
+
+
+def test_a_request_arriving_mid_decode_starts_within_two_steps():
+    eng = engine()
+    batcher = Batcher(eng, max_batch=4)
+    try:
+        long = Collector()
+        at_first_token = []
+        gate = threading.Event()
+        long_req = batcher.submit([1, 2, 3, 4, 5, 6, 7, 8], SamplingParams(max_new_tokens=200),
+                                  lambda t, r: (long(t, r), gate.set() if len(long.tokens) == 20
+                                                else None))
+        assert gate.wait(30)
+        short = Collector()
+        batcher.submit([9, 10], SamplingParams(max_new_tokens=3),
+                       lambda t, r: (at_first_token.append(long_req.generated)
+                                     if r is None and not short.tokens else None, short(t, r)))
+        submitted_at = long_req.generated
+        assert short.done.wait(30) and long.done.wait(60)
+        assert at_first_token[0] - submitted_at <= 2  # decode steps of the long one meanwhile
+        assert len(long.tokens) == 200 and len(short.tokens) == 3
+        assert short.tokens == eng.generate([[9, 10]], SamplingParams(max_new_tokens=3))[0]
+    finally:
+        batcher.close()
+
+
+def test_mixed_sampling_settings_share_steps_and_equal_running_alone():
+    eng = engine()
+    settings = [SamplingParams(max_new_tokens=12),
+                SamplingParams(max_new_tokens=12, temperature=1.0, seed=1),
+                SamplingParams(max_new_tokens=12, temperature=0.7, top_k=10, seed=2),
+                SamplingParams(max_new_tokens=12, temperature=1.2, top_p=0.8, seed=3)]
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10]]
+    alone = [eng.generate([p], s)[0] for p, s in zip(prompts, settings)]
+    batcher = Batcher(eng, max_batch=4, window_s=0.2)
+    try:
+        got = [Collector() for _ in prompts]
+        for p, s, c in zip(prompts, settings, got):
+            batcher.submit(p, s, c)
+        assert all(c.done.wait(30) for c in got)
+        assert [c.tokens for c in got] == alone
+        assert batcher.largest == 4 and batcher.steps <= 13  # one step served all four
+    finally:
+        batcher.close()
