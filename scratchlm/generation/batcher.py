@@ -3,9 +3,9 @@ it when they finish, each with its own sampling settings and seed.
 
 A worker thread owns the engine and a ``SlotBatch`` (``generation/slots.py``): a fixed set of
 ``max_batch`` KV-cache rows. Before every decode step it admits the waiting requests that fit
-(a free row, a prompt that ends at the batch's current slot, room for their ``max_new_tokens``;
-an idle batch takes the longest waiting prompt first so the others fit behind it), prefilling
-each into its row; then every row samples its token and reports it through its own callback,
+(a free row, room for their prompt and ``max_new_tokens``; an idle batch takes the longest
+waiting prompt first so the others fit behind it), prefilling each into its row, up to
+``prefill_budget`` prompt tokens per step so the running rows never wait long for newcomers; then every row samples its token and reports it through its own callback,
 finished rows (stop token, their ``max_new_tokens``, or cancellation by the consumer) leave, and
 one decode forward serves the rest. A short request that arrives while a long one decodes joins
 at the next step instead of waiting for the long one to end; one big matrix multiply per step
@@ -49,8 +49,12 @@ class Request:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, max_batch: int = 16, window_s: float = 0.01):
+    def __init__(self, engine: Engine, max_batch: int = 16, window_s: float = 0.01,
+                 prefill_budget: int = 256):
         self.engine, self.max_batch, self.window_s = engine, max_batch, window_s
+        # prompt tokens prefilled between two decode steps (at least one prompt): the running
+        # rows wait for at most about this much prefill per step
+        self.prefill_budget = prefill_budget
         self._queue: queue.Queue[Request | None] = queue.Queue()
         self.waiting: list[Request] = []  # submitted, not yet in the batch (worker's own)
         self.steps = 0  # decode steps taken
@@ -100,16 +104,25 @@ class Batcher:
     def _admit(self, batch: SlotBatch) -> None:
         if not batch.rows:  # an idle batch: the longest first, so the others fit behind it
             self.waiting.sort(key=lambda r: -len(r.prompt_ids))
+        group: list[Request] = []  # prefilled together, in one forward
         for req in list(self.waiting):
             if req.cancelled:
                 self.waiting.remove(req)
                 req.finish("stop")
-            elif batch.fits(len(req.prompt_ids), req.params.max_new_tokens):
+                continue
+            cost = (len(group) + 1) * max(len(r.prompt_ids) for r in [*group, req])
+            if group and cost > self.prefill_budget:
+                continue  # after the next decode step
+            if batch.fits_all([(len(r.prompt_ids), r.params.max_new_tokens)
+                               for r in [*group, req]]):
+                group.append(req)
                 self.waiting.remove(req)
-                try:
-                    batch.join(req.prompt_ids, req.params, tag=req)
-                except Exception as e:  # its prefill failed: tell its client, keep the rest
-                    req.finish(f"error: {e}")
+        if group:
+            try:
+                batch.join_all([(r.prompt_ids, r.params, r) for r in group])
+            except Exception as e:  # their prefill failed: tell their clients, keep the rest
+                for r in group:
+                    r.finish(f"error: {e}")
 
     def _loop(self) -> None:
         batch = SlotBatch(self.engine, self.max_batch)

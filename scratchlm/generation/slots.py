@@ -11,9 +11,11 @@ between decode steps, each with its own sampling settings and seed.
             copied), so the active rows are always rows [0, n) and a step computes n rows, not
             the whole slot count.
 
-A request can join when a row is free, its prompt fits before L (P <= L) and L plus its
-``max_new_tokens`` fits the cache; a longer prompt waits the few steps until L has grown past
-it (or until the batch empties). Positions count from each row's first real slot, so a row's
+A request can join when a row is free and it fits the cache. A prompt longer than L first
+shifts the running rows' slots P - L later (their first real slots with them, so no position
+changes; one copy of the filled slots) when they all still have room for their remaining
+tokens; with a sliding-window cache, whose ring buffers do not shift, it waits the few steps
+until L has grown past it (or until the batch empties). Positions count from each row's first real slot, so a row's
 tokens see exactly what a single-request decode would (tested equal, token for token, on the
 native C decoder and on PyTorch's path). The same KV cache the engine uses serves, with the
 views of ``nn/kv_cache.py``; sliding-window caches too.
@@ -27,6 +29,7 @@ import torch
 
 from scratchlm.generation.engine import Engine, SamplingParams
 from scratchlm.generation.sampling import sample_next
+from scratchlm.nn.kv_cache import SlidingKVCache
 
 
 @dataclass
@@ -57,37 +60,64 @@ class SlotBatch:
         return self.cache.length
 
     def fits(self, prompt_len: int, max_new_tokens: int) -> bool:
-        if len(self.rows) >= self.slots or prompt_len < 1:
-            return False
-        if not self.rows:
-            return prompt_len + max_new_tokens <= self.max_len
-        return prompt_len <= self.length and self.length + max_new_tokens <= self.max_len
+        """Whether one request of these sizes can join now."""
+        return self.fits_all([(prompt_len, max_new_tokens)])
 
-    @torch.inference_mode()
+    def fits_all(self, sizes: list[tuple[int, int]]) -> bool:
+        """Whether requests of these (prompt length, max_new_tokens) can join together now."""
+        if not sizes or len(self.rows) + len(sizes) > self.slots or min(p for p, _ in sizes) < 1:
+            return False
+        end = max(p for p, _ in sizes)  # L after they join (and after any shift)
+        if self.rows:
+            if end > self.length and (not self.shiftable or any(
+                    end + r.params.max_new_tokens - r.generated > self.max_len
+                    for r in self.rows)):
+                return False
+            end = max(end, self.length)
+        return all(end + m <= self.max_len for _, m in sizes)
+
+    @property
+    def shiftable(self) -> bool:
+        return type(self.cache).shift is not SlidingKVCache.shift
+
     def join(self, prompt_ids: list[int], params: SamplingParams, tag: object = None) -> Row:
         """Prefill ``prompt_ids`` into a free row (see the module docstring)."""
-        if not self.fits(len(prompt_ids), params.max_new_tokens):
-            raise ValueError(f"a prompt of {len(prompt_ids)} tokens with max_new_tokens "
-                             f"{params.max_new_tokens} does not fit the batch now")
-        engine, n, p = self.engine, len(self.rows), len(prompt_ids)
+        return self.join_all([(prompt_ids, params, tag)])[0]
+
+    @torch.inference_mode()
+    def join_all(self, requests: list[tuple[list[int], SamplingParams, object]]) -> list[Row]:
+        """Prefill several requests into free rows in one forward: each ends at the new L, left-
+        padded to the longest (the padding slots lie before each row's first real slot)."""
+        sizes = [(len(p), s.max_new_tokens) for p, s, _ in requests]
+        if not self.fits_all(sizes):
+            raise ValueError(f"prompts of {[p for p, _ in sizes]} tokens with max_new_tokens "
+                             f"{[m for _, m in sizes]} do not fit the batch now")
+        engine, n, k = self.engine, len(self.rows), len(requests)
+        longest = max(p for p, _ in sizes)
         if not self.rows:  # an empty batch starts over at slot 0
             self.cache.length = 0
             if engine.native is not None:
                 engine.native.refresh()
-        start = self.length - p if self.rows else 0
-        first = torch.tensor([start], device=engine.device)
-        view = self.cache.view(n, n + 1, length=start, pad=first)
-        idx = torch.tensor([prompt_ids], dtype=torch.long, device=engine.device)
-        logits = engine._last_logits(idx, view)[0]
-        self.cache.set_pad(n, start)
-        if not self.rows:
-            self.cache.length = p
-        gen = None
-        if params.seed is not None and params.temperature > 0:
-            gen = torch.Generator(device=engine.device).manual_seed(params.seed)
-        row = Row(params, tag, gen, logits, joined_at=self.length)
-        self.rows.append(row)
-        return row
+        elif longest > self.length:
+            self.cache.shift(n, longest - self.length)  # make room before L
+        end = max(self.length, longest) if self.rows else longest
+        first = torch.tensor([end - p for p, _ in sizes], device=engine.device)
+        idx = torch.zeros(k, longest, dtype=torch.long, device=engine.device)
+        for i, (prompt, _, _) in enumerate(requests):
+            idx[i, longest - len(prompt):] = torch.tensor(prompt, device=engine.device)
+        view = self.cache.view(n, n + k, length=end - longest, pad=first)
+        logits = engine._last_logits(idx, view)
+        for i, f in enumerate(first.tolist()):
+            self.cache.set_pad(n + i, f)
+        self.cache.length = end
+        rows = []
+        for (prompt, params, tag), lg in zip(requests, logits):
+            gen = None
+            if params.seed is not None and params.temperature > 0:
+                gen = torch.Generator(device=engine.device).manual_seed(params.seed)
+            rows.append(Row(params, tag, gen, lg, joined_at=end))
+        self.rows += rows
+        return rows
 
     def sample(self) -> list[tuple[Row, int]]:
         """Each active row's next token (from its own logits and settings)."""

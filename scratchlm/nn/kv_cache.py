@@ -127,6 +127,19 @@ class KVCache:
         self.v[:, dst] = self.v[:, src]
         self.set_pad(dst, int(self.pad[src]))
 
+    def shift(self, rows: int, by: int) -> None:
+        """Move the filled slots of rows [0, rows) ``by`` slots later (their first real slots
+        too), so a longer prompt can end at the new ``length``; positions do not change."""
+        end = self.length
+        if end + by > self.max_len:
+            raise ValueError(f"KV cache full: {end + by} slots needed, {self.max_len} allocated")
+        for t in (self.k, self.v):
+            t[:, :rows, :, by:end + by] = t[:, :rows, :, :end].clone()
+        self.pad[:rows] += by
+        self.has_pad = bool(self.pad.any())
+        self._mask_key = None
+        self.length = end + by
+
 
 class SlidingKVCache(KVCache):
     """A cache whose local layers (``windows[i]`` > 0) keep only their last ``windows[i]``
@@ -168,6 +181,9 @@ class SlidingKVCache(KVCache):
         for t in (*self.ring_k, *self.ring_v):
             t[dst] = t[src]
         super().move_row(src, dst)
+
+    def shift(self, rows: int, by: int) -> None:
+        raise NotImplementedError("a sliding-window cache's ring buffers do not shift")
 
     def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor, window: int = 0):
         w = self.windows[layer]

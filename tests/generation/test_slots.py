@@ -49,13 +49,15 @@ ARRIVALS = [
     (0, [5, 6, 7, 8, 9, 10, 11, 12, 13], SamplingParams(max_new_tokens=14)),
     (0, [3, 4], SamplingParams(max_new_tokens=5)),
     (2, [20, 21, 22], SamplingParams(max_new_tokens=9, temperature=1.0, top_k=20, seed=7)),
-    (3, [30] * 12, SamplingParams(max_new_tokens=6)),  # longer than L at first: waits
+    (1, list(range(60, 75)), SamplingParams(max_new_tokens=6)),  # longer than L: shifts the
+    # running rows (or, with ring buffers, waits)
+    (3, [30] * 12, SamplingParams(max_new_tokens=6)),
     (6, [40, 41], SamplingParams(max_new_tokens=8, temperature=0.8, top_p=0.9, seed=3)),
     (7, [50, 51, 52, 53], SamplingParams(max_new_tokens=4)),
 ]
 
 
-def run_continuous(engine, slots=3):
+def run_continuous(engine, slots=4, together=False):
     batch = SlotBatch(engine, slots)
     waiting, outs, seen, step = [], {}, {}, 0
     pending = list(enumerate(ARRIVALS))
@@ -63,13 +65,20 @@ def run_continuous(engine, slots=3):
     while pending or waiting or batch.rows:
         waiting += [(i, a) for i, a in pending if a[0] == step]
         pending = [(i, a) for i, a in pending if a[0] != step]
+        group = []  # together: the waiting that fit, prefilled in one forward
         for i, (_, prompt, params) in list(waiting):
-            if batch.fits(len(prompt), params.max_new_tokens):
-                batch.join(prompt, params, tag=i)
+            sizes = [(len(p), s.max_new_tokens) for p, s, _ in group]
+            if batch.fits_all(sizes + [(len(prompt), params.max_new_tokens)]):
+                group.append((prompt, params, i))
                 waiting.remove((i, (_, prompt, params)))
                 outs[i], seen[i] = [], []
-                if batch.length > len(prompt):
+                if batch.rows:
                     joined_late.add(i)
+                if not together:
+                    batch.join_all(group)
+                    group = []
+        if group:
+            batch.join_all(group)
         for row in batch.rows:
             seen[row.tag].append(row.logits.clone())
         for row, tok in batch.sample():
@@ -82,9 +91,10 @@ def run_continuous(engine, slots=3):
     return [outs[i] for i in range(n)], [seen[i] for i in range(n)], joined_late
 
 
-@pytest.mark.parametrize("make,native", [(gpt, True), (llama, True), (llama, False),
-                                         (gemma, False)])
-def test_joining_and_leaving_rows_equal_single_requests(make, native):
+@pytest.mark.parametrize("make,native,together", [
+    (gpt, True, False), (llama, True, False), (llama, False, False), (gemma, False, False),
+    (llama, True, True), (gpt, False, True), (gemma, False, True)])
+def test_joining_and_leaving_rows_equal_single_requests(make, native, together):
     model = make()
     engine = Engine(model)
     if native:
@@ -92,7 +102,7 @@ def test_joining_and_leaving_rows_equal_single_requests(make, native):
     else:
         engine.native = None
     alone = [engine.generate([p], params)[0] for _, p, params in ARRIVALS]
-    got, logits, late = run_continuous(engine)
+    got, logits, late = run_continuous(engine, together=together)
     assert got == alone
     assert len({t for out in got for t in out}) > 10  # the model does not just repeat itself
     assert len(late) >= 3  # most rows joined a batch that was already decoding
@@ -102,13 +112,17 @@ def test_joining_and_leaving_rows_equal_single_requests(make, native):
         assert torch.allclose(torch.stack(lgs), full[:, :97], atol=1e-4)
 
 
-def test_a_prompt_longer_than_the_current_slot_waits_and_the_cache_bounds_admission():
+def test_a_prompt_longer_than_the_current_slot_shifts_the_batch_or_waits():
     engine = Engine(llama())
     batch = SlotBatch(engine, 2, max_len=32)
     batch.join([1, 2, 3], SamplingParams(max_new_tokens=10))
-    assert not batch.fits(5, 4)  # 5 tokens cannot end at slot 3
+    assert batch.fits(5, 4)  # the running row shifts 2 slots later
+    assert not batch.fits(25, 4)  # then the running row's 10 tokens would not fit
     assert batch.fits(3, 4) and not batch.fits(3, 30)  # 3 + 30 > 32
+    sliding = SlotBatch(Engine(gemma()), 2, max_len=32)
+    sliding.join([1, 2, 3], SamplingParams(max_new_tokens=10))
+    assert not sliding.fits(5, 4)  # ring buffers do not shift: it waits until L >= 5
     batch.join([4, 5], SamplingParams(max_new_tokens=4))
     assert not batch.fits(1, 1)  # both slots taken
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="do not fit"):
         batch.join([1], SamplingParams(max_new_tokens=1))

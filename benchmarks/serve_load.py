@@ -1,0 +1,174 @@
+"""A server under load: N concurrent streaming chat clients (1, 4, 16, 64) with mixed prompt and
+output lengths, to 127.0.0.1 only, against `scratchlm serve` with SmolLM2-135M-Instruct (or any
+OpenAI-compatible server given by --url, e.g. llama.cpp's). Prints, per client count, the
+throughput (completion tokens/s over the wall time), p50/p99 time to first token and p50/p99
+time between tokens.
+
+    python benchmarks/serve_load.py [--clients 1 4 16 64] [--quantize int8] [--max-batch 16]
+    python benchmarks/serve_load.py --url http://127.0.0.1:8001   # a server already running
+
+The peer, by hand (llama.cpp's OpenAI-compatible server, same model file, same threads):
+
+    pip install 'llama-cpp-python[server]'
+    python -m llama_cpp.server --model $(python -c "from scratchlm.models.loading import \\
+        smollm2_gguf; print(smollm2_gguf())") --n_threads 2 --n_threads_batch 2 --port 8001
+    python benchmarks/serve_load.py --url http://127.0.0.1:8001
+
+Each client sends ``--requests`` requests one after another (greedy, ``max_tokens`` cycling
+through 16, 32, 64, 128); a level stops early after ``--max-seconds``. Numbers on a shared CPU:
+run one server at a time, and compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "Explain in a few sentences how a rainbow forms, and why it is curved.",
+    "List three tips for learning a new language quickly, with one sentence of explanation "
+    "for each, and say which of them matters most for an adult learner with a busy job.",
+    "Summarise the plot of a story about a detective who solves a mystery in a small village "
+    "where everyone seems to have a secret, the weather is always bad, and the only inn has "
+    "been run by the same family for two hundred years.",
+]
+MAX_TOKENS = (16, 32, 64, 128)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ours(args) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "scratchlm", "serve", "--model", args.model, "--port", str(port),
+           "--max-batch", str(args.max_batch), "--max-tokens-cap", "256"]
+    if args.quantize:
+        cmd += ["--quantize", args.quantize]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            env=os.environ.copy())
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(f"{base}/health", timeout=1)
+            return proc, base
+        except (urllib.error.URLError, ConnectionError):
+            if proc.poll() is not None:
+                raise RuntimeError("the server exited")
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the server did not come up")
+
+
+def model_name(base: str) -> str:
+    data = json.loads(urllib.request.urlopen(f"{base}/v1/models", timeout=10).read())
+    return data["data"][0]["id"]
+
+
+def one_request(base: str, model: str, question: str, max_tokens: int) -> dict:
+    """Stream one chat completion; the times of its token chunks."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": question}],
+                       "max_tokens": max_tokens, "temperature": 0, "stream": True}).encode()
+    req = urllib.request.Request(f"{base}/v1/chat/completions", body,
+                                 {"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    stamps = []
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            for ch in chunk.get("choices", []):
+                if (ch.get("delta") or {}).get("content"):
+                    stamps.append(time.perf_counter())
+    return {"start": t0, "stamps": stamps}
+
+
+def level(base: str, model: str, clients: int, requests: int, max_seconds: float) -> dict:
+    results: list[dict] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + max_seconds
+
+    def client(i: int):
+        for j in range(requests):
+            if time.perf_counter() > stop_at:
+                return
+            k = i * requests + j
+            r = one_request(base, model, QUESTIONS[k % len(QUESTIONS)],
+                            MAX_TOKENS[k % len(MAX_TOKENS)])
+            with lock:
+                results.append(r)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ttft = [r["stamps"][0] - r["start"] for r in results if r["stamps"]]
+    gaps = [b - a for r in results for a, b in zip(r["stamps"], r["stamps"][1:])]
+    chunks = sum(len(r["stamps"]) for r in results)
+    return {"clients": clients, "requests": len(results), "tokens": chunks, "wall": wall,
+            "tok_s": chunks / wall, "ttft": ttft, "gaps": gaps}
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--url", default=None, help="an OpenAI-compatible server already running")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--quantize", default="int8", help="our server's weights ('' for fp32)")
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--requests", type=int, default=2, help="per client, one after another")
+    ap.add_argument("--max-seconds", type=float, default=180.0, help="per level")
+    ap.add_argument("--label", default=None)
+    args = ap.parse_args()
+    proc = None
+    base = args.url
+    if base is None:
+        proc, base = start_ours(args)
+    try:
+        model = model_name(base)
+        one_request(base, model, QUESTIONS[0], 8)  # warm up
+        label = args.label or (base if args.url else f"scratchlm ({args.quantize or 'fp32'})")
+        print(f"{label}: streaming chat, greedy, max_tokens {'/'.join(map(str, MAX_TOKENS))}")
+        print(f"{'clients':>7} {'requests':>8} {'tokens':>7} {'tok/s':>8} {'ttft p50':>9} "
+              f"{'ttft p99':>9} {'tpot p50':>9} {'tpot p99':>9}")
+        for n in args.clients:
+            r = level(base, model, n, args.requests, args.max_seconds)
+            print(f"{n:>7} {r['requests']:>8} {r['tokens']:>7} {r['tok_s']:>8.1f} "
+                  f"{pct(r['ttft'], .5):>8.2f}s {pct(r['ttft'], .99):>8.2f}s "
+                  f"{pct(r['gaps'], .5) * 1e3:>7.0f}ms {pct(r['gaps'], .99) * 1e3:>7.0f}ms",
+                  flush=True)
+            if statistics.fmean(r["ttft"] or [0]) > 60:
+                break  # the next level would take too long
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
