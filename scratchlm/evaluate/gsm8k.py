@@ -23,7 +23,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 
 from torch import nn
 from tqdm.auto import tqdm
@@ -75,13 +75,17 @@ def load_gsm8k(split: str = "test", limit: int | None = None) -> list[Problem]:
 def normalize_number(text: str) -> str | None:
     """"$1,234.50" -> "1234.5", "-3" -> "-3", "7." -> "7"; None if it is not a number."""
     cleaned = text.replace("$", "").replace(",", "").replace(" ", "").rstrip(".")
-    try:
-        value = Decimal(cleaned)
-    except InvalidOperation:
+    if len(cleaned) > 400:  # a run of digits from a rambling model, not an answer
         return None
-    if value == value.to_integral_value():
-        return str(value.quantize(Decimal(1)))
-    return format(value.normalize(), "f")
+    with localcontext() as ctx:  # enough digits for any number it is given (28 by default)
+        ctx.prec = len(cleaned) + 2
+        try:
+            value = Decimal(cleaned)
+        except InvalidOperation:
+            return None
+        if not value.is_finite() or abs(value.adjusted()) > 400:
+            return None
+        return format(value.normalize(), "f")  # no trailing zeros; integers without a point
 
 
 def final_number(text: str) -> str | None:

@@ -30,6 +30,9 @@ def test_every_published_test_answer_parses_to_its_final_value():
     ("Total: 0.5 hours", "0.5"),
     ("no number here", None),
     ("The final answer is 42.\n\nQuestion: next", "42"),
+    ("#### " + "1" * 40, "1" * 40),  # more digits than Decimal's default precision
+    ("it is " + "1" * 30 + ".50 in all", "1" * 30 + ".5"),
+    ("repeating " + "9" * 600, None),  # a rambling run of digits is no answer
 ])
 def test_answers_in_the_styles_models_write(text, want):
     assert final_number(text) == want
