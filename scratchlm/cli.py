@@ -130,13 +130,22 @@ def _selected(argv: list[str]) -> str | None:
     return None
 
 
+class Parser(argparse.ArgumentParser):
+    """No abbreviated flags: ``--train.max_step`` is an error, never ``--train.max_steps``
+    (a typo must not silently become another setting). Sub-commands inherit the class."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; recipe flags are built for the recipe ``argv`` names (all of them when
     ``argv`` is None, e.g. for documentation)."""
     from scratchlm.recipes.registry import RECIPES
 
     selected = _selected(argv) if argv is not None else None
-    p = argparse.ArgumentParser(prog="scratchlm", description=__doc__)
+    p = Parser(prog="scratchlm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(group, name: str, help_text: str, cls_name: str, runner: str, **kw):

@@ -73,3 +73,12 @@ def test_defaults_are_inside_their_bounds():
     for cls in classes:
         walk(cls())
     assert BOUNDS["top_p"] == (0, 1, True, False)
+
+
+@pytest.mark.parametrize("argv", [["pretrain", "--train.max_step", "5"],
+                                  ["finetune", "classify", "--lora.ran", "4"],
+                                  ["evaluate", "run", "--gsm8k.sampl", "2"]])
+def test_abbreviated_flags_are_refused(argv, capsys):
+    with pytest.raises(SystemExit):
+        resolve(argv)
+    assert "unrecognized arguments" in capsys.readouterr().err
