@@ -25,11 +25,16 @@ def _run_command(runner: str, cls_name: str, args) -> int:
 
 
 def _prepare(cfg) -> None:
+    from pathlib import Path
+
     from scratchlm.data.shards import prepare
+    from scratchlm.data.sources import SOURCES, fetch
 
     if not cfg.data or not cfg.out:
         raise ValueError("prepare needs --data FILE... and --out DIR")
-    meta = prepare(cfg.data, cfg.out, tokenizer=cfg.tokenizer, shard_tokens=cfg.shard_tokens,
+    # registered data set names (the-verdict, tinyshakespeare) work as they do in pretrain
+    files = [fetch(d) if d in SOURCES and not Path(d).exists() else d for d in cfg.data]
+    meta = prepare(files, cfg.out, tokenizer=cfg.tokenizer, shard_tokens=cfg.shard_tokens,
                    workers=cfg.workers)
     print(f"{meta['num_tokens']:,} tokens in {len(meta['shards'])} shard(s) ({meta['dtype']}) "
           f"-> {cfg.out}")

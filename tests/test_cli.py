@@ -43,6 +43,9 @@ def test_prepare_and_bad_input(tmp_path):
     f.write_bytes(b"\xc3")
     r = run("prepare", "--data", str(f), "--out", str(tmp_path / "s2"))
     assert r.returncode == 2 and "x.txt:1: not UTF-8 text" in r.stderr
+    r = run("prepare", "--data", "the-verdict", "--out", str(tmp_path / "s3"), "--workers", "1")
+    assert r.returncode == 0, r.stderr  # a registered data set name, as pretrain takes
+    assert (tmp_path / "s3" / "meta.json").is_file()
 
 
 def test_unknown_stage_is_an_error(tmp_path):

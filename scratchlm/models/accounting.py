@@ -30,7 +30,16 @@ class MemoryReport:
                 f"output head), {self.size_mb:,.2f} MB at {self.bytes_per_param} bytes each")
 
 
-def memory_report(model: nn.Module, bytes_per_param: int = 4) -> MemoryReport:
+def memory_report(model, bytes_per_param: int = 4) -> MemoryReport:
+    """Parameters and their memory of a model, or of the model a config describes (built on
+    the meta device: nothing is allocated)."""
+    if not isinstance(model, nn.Module):
+        import torch
+
+        from scratchlm.models.registry import build_model
+
+        with torch.device("meta"):
+            model = build_model(model)
     total = count_parameters(model)
     untied = total
     head, emb = getattr(model, "out_head", None), getattr(model, "tok_emb", None)
@@ -40,7 +49,7 @@ def memory_report(model: nn.Module, bytes_per_param: int = 4) -> MemoryReport:
 
 
 def flops_per_token(cfg, seq_len: int | None = None) -> tuple[float, float]:
-    """(forward, training) FLOPs per token for a GPT- or Llama-style config.
+    """(forward, training) FLOPs per token for a GPT- or Llama-style config (or a model).
 
     Every weight matrix costs 2 FLOPs per parameter per token in the forward pass (a multiply
     and an add); attention adds QK^T and AV, 2 * 2 * n_layer * seq_len * n_embd per token
@@ -54,6 +63,7 @@ def flops_per_token(cfg, seq_len: int | None = None) -> tuple[float, float]:
     through (with a mixture of experts: the router and top_k experts, not all of them);
     embedding lookups, norms and biases are negligible and left out.
     """
+    cfg = getattr(cfg, "cfg", cfg)  # a model: its config
     t = seq_len or cfg.context_length
     c, layers = cfg.n_embd, cfg.n_layer
     hidden = getattr(cfg, "intermediate_size", None)

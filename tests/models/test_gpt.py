@@ -105,3 +105,11 @@ def test_tied_gradient_equals_the_sum_of_untied_gradients():
     assert not g.is_sparse
     want = untied.tok_emb.weight.grad + untied.out_head.weight.grad
     assert torch.allclose(g, want, atol=1e-6)
+
+
+def test_accounting_takes_a_model_or_its_config():
+    cfg = GPTConfig.from_name("gpt2-124m")
+    model = GPT(GPTConfig(vocab_size=97, context_length=16, n_embd=32, n_layer=2, n_head=4))
+    assert memory_report(model.cfg) == memory_report(model)
+    assert flops_per_token(model) == flops_per_token(model.cfg)
+    assert memory_report(cfg).total_params == 124_439_808  # built on the meta device
