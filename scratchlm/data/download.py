@@ -250,7 +250,7 @@ def _discard(part: Path) -> None:
 
 
 def _fetch(url: str, dest: Path, sha256: str | None, progress: bool, timeout: float,
-           headers: dict[str, str] | None = None, *, restarted: bool = False) -> Path:
+           headers: dict[str, str] | None = None) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     meta = _read_meta(part, url) if part.exists() else None

@@ -168,17 +168,6 @@ def _encode(tokenizer, text: str, spans=None, start: int = 0) -> list[int]:
     return encode_protected(tokenizer, text[start:], shifted)
 
 
-def _spans_of(text: str, contents) -> list[tuple[int, int]]:
-    """Every place a content string appears in ``text``."""
-    spans = []
-    for c in {c for c in contents if c}:
-        at = text.find(c)
-        while at >= 0:
-            spans.append((at, at + len(c)))
-            at = text.find(c, at + 1)
-    return spans
-
-
 def render_prompt(example: Example | list[dict], tokenizer, style: str = "alpaca") -> list[int]:
     """Ids of the prompt that asks for the example's (last) answer: what generation starts
     from."""
@@ -190,8 +179,10 @@ def render_prompt(example: Example | list[dict], tokenizer, style: str = "alpaca
 
         return encode_chat(tokenizer, _chat_messages(messages), add_generation_prompt=True)
     user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+    from scratchlm.tokenizers.chat import spans_of
+
     text = format_input(user, style) + RESPONSE_HEADER[style]
-    return _encode(tokenizer, text, _spans_of(text, _user_fields(user)))
+    return _encode(tokenizer, text, spans_of(text, _user_fields(user)))
 
 
 def render(example: Example, tokenizer, style: str = "alpaca", mask_prompt: bool | None = None,

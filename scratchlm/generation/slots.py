@@ -23,13 +23,12 @@ views of ``nn/kv_cache.py``; sliding-window caches too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from scratchlm.generation.engine import Engine, SamplingParams
 from scratchlm.generation.sampling import sample_next
-from scratchlm.nn.kv_cache import SlidingKVCache
 
 
 @dataclass
@@ -42,8 +41,6 @@ class Row:
     logits: torch.Tensor | None = None  # (V,) the next token's
     token: int | None = None  # sampled this step, fed at the next forward
     generated: int = 0
-    joined_at: int = 0  # the batch slot where its first new token goes
-    meta: dict = field(default_factory=dict)
 
 
 class SlotBatch:
@@ -69,16 +66,12 @@ class SlotBatch:
             return False
         end = max(p for p, _ in sizes)  # L after they join (and after any shift)
         if self.rows:
-            if end > self.length and (not self.shiftable or any(
+            if end > self.length and (not self.cache.can_shift or any(
                     end + r.params.max_new_tokens - r.generated > self.max_len
                     for r in self.rows)):
                 return False
             end = max(end, self.length)
         return all(end + m <= self.max_len for _, m in sizes)
-
-    @property
-    def shiftable(self) -> bool:
-        return type(self.cache).shift is not SlidingKVCache.shift
 
     def join(self, prompt_ids: list[int], params: SamplingParams, tag: object = None) -> Row:
         """Prefill ``prompt_ids`` into a free row (see the module docstring)."""
@@ -115,7 +108,7 @@ class SlotBatch:
             gen = None
             if params.seed is not None and params.temperature > 0:
                 gen = torch.Generator(device=engine.device).manual_seed(params.seed)
-            rows.append(Row(params, tag, gen, lg, joined_at=end))
+            rows.append(Row(params, tag, gen, lg))
         self.rows += rows
         return rows
 

@@ -28,6 +28,8 @@ import torch
 
 
 class KVCache:
+    can_shift = True  # ``shift`` works (a sliding cache's ring buffers do not shift)
+
     def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                  pad: torch.Tensor | None = None):
@@ -181,6 +183,8 @@ class SlidingKVCache(KVCache):
         for t in (*self.ring_k, *self.ring_v):
             t[dst] = t[src]
         super().move_row(src, dst)
+
+    can_shift = False
 
     def shift(self, rows: int, by: int) -> None:
         raise NotImplementedError("a sliding-window cache's ring buffers do not shift")

@@ -67,13 +67,18 @@ def render_chat_spans(template: str, messages: list[dict], add_generation_prompt
         return text, spans
     # the template changed the contents (e.g. trimmed them): every place a content (or its
     # trimmed form) appears in the real text is user text
+    return text, spans_of(text, {str(c) for c in contents} | {str(c).strip() for c in contents})
+
+
+def spans_of(text: str, contents) -> list[tuple[int, int]]:
+    """The [start, end) spans of every place a (non-empty) content string appears in ``text``."""
     spans = []
-    for c in {str(c) for c in contents} | {str(c).strip() for c in contents}:
-        start = text.find(c) if c else -1
-        while start >= 0:
-            spans.append((start, start + len(c)))
-            start = text.find(c, start + 1)
-    return text, spans
+    for c in {c for c in contents if c}:
+        at = text.find(c)
+        while at >= 0:
+            spans.append((at, at + len(c)))
+            at = text.find(c, at + 1)
+    return spans
 
 
 def _split_marks(marked: str, tag: str):

@@ -23,7 +23,6 @@ and optimizer.pt (``sharded/``); those load on any number of processes, includin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -36,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from scratchlm.data.download import sha256_file
 from scratchlm.models.loading import unique_state_dict
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -73,7 +73,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module,
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         files = sorted(f for f in tmp.iterdir() if f.is_file())
         (tmp / "manifest.json").write_text(json.dumps(
-            {"sha256": {f.name: _sha256(f) for f in files}}, indent=2))
+            {"sha256": {f.name: sha256_file(f) for f in files}}, indent=2))
         _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -113,14 +113,6 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_json(path: Path, kind: str = "object") -> dict:
     """A JSON object from ``path``; anything else is a CheckpointLoadError naming the file."""
     try:
@@ -150,7 +142,7 @@ def verify_checkpoint(path: str | Path) -> None:
             raise CheckpointLoadError(f"{path / 'manifest.json'}: {name!r} is not a file name")
         if not f.is_file():
             raise CheckpointLoadError(f"{f}: missing (listed in manifest.json)")
-        if _sha256(f) != want:
+        if sha256_file(f) != want:
             raise CheckpointLoadError(f"{f}: its sha256 differs from the one recorded when it "
                                       "was saved; the checkpoint is damaged")
 

@@ -23,6 +23,7 @@ its RoPE kernel); ``unpermute`` restores Hugging Face's "rotate half" order, whi
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,8 +178,6 @@ class _Cursor:
         raise GGUFError(f"{self.path}: {what}: {why} (at byte {self.pos})")
 
     def scalar(self, code: str, what: str):
-        import struct
-
         size = struct.calcsize("<" + code)
         if self.left() < size:
             self.fail(what, "the file ends inside it")
@@ -198,8 +197,6 @@ class _Cursor:
             self.fail(what, "not valid UTF-8")
 
     def value(self, vtype: int, what: str, depth: int = 0):
-        import struct
-
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype], what)
         if vtype == 8:
