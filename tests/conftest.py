@@ -6,6 +6,7 @@ when it exists (the public data sets, pre-fetched), unless SCRATCHLM_MIRROR is a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -13,6 +14,60 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@contextlib.contextmanager
+def static_server(folder: Path):
+    """Serve ``folder`` over HTTP on 127.0.0.1 (a stand-in hub: ``OWNER/NAME/resolve/main/...``
+    paths); yields the base URL."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@contextlib.contextmanager
+def serve_subprocess(*args: str):
+    """``scratchlm serve ARGS`` on a free port of 127.0.0.1, as a user runs it; yields the base
+    URL once ``/health`` answers."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "scratchlm", "serve", *args, "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=os.environ.copy())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=1)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if proc.poll() is not None:
+                    raise RuntimeError(proc.stdout.read())
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("the server did not come up")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def pytest_configure(config):

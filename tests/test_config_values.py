@@ -7,7 +7,6 @@ import pytest
 
 from scratchlm.cli import main, resolve
 from scratchlm.config import BOUNDS
-from scratchlm.training.config import TrainConfig
 
 
 @pytest.mark.parametrize("argv,message", [

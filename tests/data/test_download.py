@@ -235,9 +235,9 @@ def test_a_link_out_of_the_cache_is_refused(tmp_path):
 
 def test_a_hostile_index_cannot_write_outside_the_cache(tmp_path, monkeypatch):
     """A hub whose model.safetensors.index.json names ``../../x.safetensors`` as a shard."""
-    import functools
     import json
 
+    from conftest import static_server
     from scratchlm.models.loading import CheckpointError, fetch_hf_repo
 
     repo = tmp_path / "hub" / "o" / "m" / "resolve" / "main"
@@ -246,22 +246,14 @@ def test_a_hostile_index_cannot_write_outside_the_cache(tmp_path, monkeypatch):
     (repo / "model.safetensors.index.json").write_text(json.dumps(
         {"weight_map": {"w": "../../../../escaped.safetensors"}}))
     (tmp_path / "escaped.safetensors").write_bytes(b"")  # what the hub would serve there
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
-                                directory=str(tmp_path / "hub"))
-    handler.log_message = lambda *a: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{httpd.server_address[1]}")
+    with static_server(tmp_path / "hub") as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub)
         monkeypatch.setenv("SCRATCHLM_MIRROR", "")
         monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "cache"))
         with pytest.raises(CheckpointError, match="shard name"):
             fetch_hf_repo("o/m", progress=False)
         with pytest.raises(ValueError, match="repository name"):
             fetch_hf_repo("../../o", progress=False)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "escaped.safetensors", "hub"]
     assert sorted(p.name for p in (tmp_path / "cache" / "hf" / "o" / "m").iterdir()) == [
         "config.json", "model.safetensors.index.json"]

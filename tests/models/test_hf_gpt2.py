@@ -3,16 +3,14 @@ and the real download path against a server on 127.0.0.1."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
-import threading
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
+from conftest import static_server  # noqa: E402
 from scratchlm.models.loading import (  # noqa: E402
     CheckpointError,
     load_hf_gpt2,
@@ -109,18 +107,11 @@ def test_load_pretrained_downloads_from_the_hub_layout(tmp_path, monkeypatch):
     """`load_pretrained("gpt2-124m")` fetches config.json + model.safetensors over HTTP."""
     repo = tmp_path / "hub" / "openai-community" / "gpt2" / "resolve" / "main"
     hf = write_hf_gpt2(repo)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "hub"))
-    handler.log_message = lambda *a: None
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{httpd.server_address[1]}")
+    with static_server(tmp_path / "hub") as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub)
         monkeypatch.setenv("SCRATCHLM_MIRROR", "")
         monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "cache"))
         model = load_pretrained("gpt2-124m", progress=False)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert (tmp_path / "cache" / "hf" / "openai-community" / "gpt2" / "model.safetensors").is_file()
     x = torch.randint(0, 1000, (1, 8))
     with torch.no_grad():

@@ -6,15 +6,13 @@ generation at once (before, it kept generating to the end and the next request w
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
-import urllib.error
 import urllib.request
 
 import pytest
+
+from conftest import serve_subprocess
 
 
 def metrics(base: str) -> dict[str, float]:
@@ -26,25 +24,8 @@ def metrics(base: str) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def long_server(tiny_chat_model):
     model = tiny_chat_model(context_length=4096)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "scratchlm", "serve", "--model", str(model),
-                             "--port", str(port), "--max-tokens-cap", "4000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=os.environ.copy())
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"{base}/health", timeout=1)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read())
-            time.sleep(0.1)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serve_subprocess("--model", str(model), "--max-tokens-cap", "4000") as base:
+        yield base
 
 
 def test_a_non_streaming_client_that_leaves_cancels_its_generation(long_server):

@@ -7,11 +7,7 @@ headless Chromium."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,13 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from conftest import serve_subprocess
+
 KEY = "sekret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,26 +27,9 @@ def model_dir(tiny_chat_model):
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scratchlm", "serve", "--model", str(model_dir), "--port",
-         str(port), "--api-key", KEY, "--max-tokens-cap", "64"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"{base}/health", timeout=1)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read())
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError("the server did not come up")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serve_subprocess("--model", str(model_dir), "--api-key", KEY,
+                          "--max-tokens-cap", "64") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
