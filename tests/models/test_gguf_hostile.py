@@ -13,7 +13,8 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from scratchlm.models.convert.gguf import GGUFError, check_layout  # noqa: E402
+from scratchlm.models.convert.gguf import GGUFError  # noqa: E402
+from scratchlm.models.convert.gguf_layout import check_layout  # noqa: E402
 from scratchlm.models.loading import CheckpointError, gguf_tokenizer, load_gguf  # noqa: E402
 
 

@@ -1,0 +1,144 @@
+"""Check a GGUF file's header before anything trusts it: the metadata key/value section and the
+tensor table are walked with every count and length checked against the bytes that are left,
+so a hostile count (an array of 2^40 items, a string of 2^40 bytes) never allocates or loops;
+tensors need 1-4 positive dimensions of a known type and must lie inside the file. Failures
+are a ``GGUFError`` naming the file and the field. ``read_gguf`` calls ``check_layout`` first.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from scratchlm.models.convert.gguf import GGUFError
+
+# GGUF value types (the file format's numbering) -> struct code of a scalar; 8 string, 9 array.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
+            12: "d"}
+MAX_DIMS = 4  # ggml's GGML_MAX_DIMS
+MAX_ARRAY_DEPTH = 2
+
+
+class _Cursor:
+    """Reads a GGUF header with every length checked against the bytes that are left, so a
+    count read from the file never allocates or loops past the file's own size."""
+
+    def __init__(self, path: str, data: bytes):
+        self.path, self.data, self.pos = path, data, 0
+
+    def left(self) -> int:
+        return len(self.data) - self.pos
+
+    def fail(self, what: str, why: str):
+        raise GGUFError(f"{self.path}: {what}: {why} (at byte {self.pos})")
+
+    def scalar(self, code: str, what: str):
+        size = struct.calcsize("<" + code)
+        if self.left() < size:
+            self.fail(what, "the file ends inside it")
+        (value,) = struct.unpack_from("<" + code, self.data, self.pos)
+        self.pos += size
+        return value
+
+    def string(self, what: str) -> str:
+        n = self.scalar("Q", what)
+        if n > self.left():
+            self.fail(what, f"a string of {n} bytes, more than the {self.left()} left in the file")
+        raw = bytes(self.data[self.pos:self.pos + n])
+        self.pos += n
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.fail(what, "not valid UTF-8")
+
+    def value(self, vtype: int, what: str, depth: int = 0):
+        if vtype in _SCALARS:
+            return self.scalar(_SCALARS[vtype], what)
+        if vtype == 8:
+            return self.string(what)
+        if vtype != 9:
+            self.fail(what, f"unknown value type {vtype}")
+        if depth >= MAX_ARRAY_DEPTH:
+            self.fail(what, f"arrays nested deeper than {MAX_ARRAY_DEPTH}")
+        itype = self.scalar("I", what)
+        count = self.scalar("Q", what)
+        smallest = struct.calcsize("<" + _SCALARS[itype]) if itype in _SCALARS else 8 + 4 * (itype == 9)
+        if itype not in _SCALARS and itype not in (8, 9):
+            self.fail(what, f"unknown array item type {itype}")
+        if count * smallest > self.left():
+            self.fail(what, f"an array of {count} items cannot fit in the {self.left()} bytes left")
+        if itype in _SCALARS:  # skipped, not decoded: GGUFReader reads them from the file itself
+            self.pos += count * smallest
+            return None
+        for _ in range(count):
+            self.value(itype, what, depth + 1)
+        return None
+
+
+def check_layout(path: str | Path) -> None:
+    """Walk a GGUF file's header (metadata and tensor table) before anything trusts it: every
+    count and length must fit in the file, tensors have 1..4 positive dimensions of a known type
+    and lie inside the data section. A ``GGUFError`` names the file and the field."""
+    import mmap
+
+    import gguf
+
+    path = str(path)
+    with open(path, "rb") as f:
+        try:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file cannot be mapped
+            data = b""
+    try:
+        cur = _Cursor(path, data)
+        if bytes(data[:4]) != b"GGUF":
+            cur.fail("magic", "not a GGUF file (it does not start with 'GGUF')")
+        cur.pos = 4
+        version = cur.scalar("I", "version")
+        if version not in (2, 3):
+            cur.fail("version", f"GGUF version {version} is not supported (2, 3)")
+        n_tensors = cur.scalar("Q", "tensor_count")
+        n_kv = cur.scalar("Q", "metadata_kv_count")
+        if n_kv * 13 > cur.left():  # the smallest entry: 8-byte length, 1-byte key, type, u8
+            cur.fail("metadata_kv_count", f"{n_kv} entries cannot fit in the file")
+        alignment = 32
+        for i in range(n_kv):
+            key = cur.string(f"metadata key #{i}")
+            vtype = cur.scalar("I", f"metadata field {key!r}")
+            value = cur.value(vtype, f"metadata field {key!r}")
+            if key == "general.alignment":
+                if not isinstance(value, int) or value <= 0 or value & (value - 1) or value > 1 << 20:
+                    cur.fail("metadata field 'general.alignment'", f"{value!r} is not a power of 2")
+                alignment = value
+        if n_tensors * 24 > cur.left():  # name length, n_dims, one dim, type, offset
+            cur.fail("tensor_count", f"{n_tensors} tensors cannot fit in the file")
+        tensors = []
+        for i in range(n_tensors):
+            name = cur.string(f"tensor #{i} name")
+            what = f"tensor {name!r}"
+            n_dims = cur.scalar("I", what)
+            if not 1 <= n_dims <= MAX_DIMS:
+                cur.fail(what, f"{n_dims} dimensions (1 to {MAX_DIMS} allowed)")
+            dims = [cur.scalar("Q", what) for _ in range(n_dims)]
+            qtype = cur.scalar("I", what)
+            offset = cur.scalar("Q", what)
+            try:
+                block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
+            except (ValueError, KeyError):
+                cur.fail(what, f"unknown tensor type {qtype}")
+            count = 1
+            for d in dims:
+                if d < 1 or d > 1 << 40:
+                    cur.fail(what, f"dimension {d} out of range")
+                count *= d
+            if dims[0] % block:
+                cur.fail(what, f"a row of {dims[0]} is not a whole number of {block}-weight blocks")
+            tensors.append((what, offset, count // block * block_bytes))
+        start = -(-cur.pos // alignment) * alignment
+        for what, offset, nbytes in tensors:
+            if start + offset + nbytes > len(data):
+                raise GGUFError(f"{path}: {what}: {nbytes} bytes at data offset {offset} run past "
+                                f"the end of the file ({len(data)} bytes)")
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
