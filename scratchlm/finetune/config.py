@@ -14,6 +14,8 @@ class LoraConfig:
     dropout: float = 0.0
     scaling: str = "book"  # book: alpha; peft: alpha / rank
     quantize_base: str | None = None  # "nf4": QLoRA, the adapted base weights in 4-bit NF4; "nf4-dq": double quantization
+    save_merged: bool = False  # also write the whole merged model to final/ (otherwise final/
+    # holds the adapter and the other trained tensors, loaded over the base; models/delta.py)
 
 
 @dataclass

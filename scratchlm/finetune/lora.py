@@ -348,7 +348,12 @@ def save_adapter(model: nn.Module, folder, cfg: LoraConfig) -> None:
     state = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     save_file(state, folder / "adapter.safetensors", metadata={"format": "pt"})
     settings = {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
-                "dropout": cfg.dropout, "scaling": cfg.scaling}
+                "dropout": cfg.dropout, "scaling": cfg.scaling,
+                # the output rows each part adapts, where it is not the whole weight (GPT's
+                # fused qkv): what folding the adapter into a weight needs (models/delta.py)
+                "parts": {name: {part: [sl.start, sl.stop] for part, sl in m.parts.items()}
+                          for name, m in lora_modules(model).items()
+                          if list(m.parts) != ["all"]}}
     (folder / "lora.json").write_text(json.dumps(settings, indent=2))
 
 

@@ -1,6 +1,6 @@
 """What finetuning recipes start from and end with: the model, tokenizer and instruction-data
 splits (``load_for_finetuning``), LoRA from its config (``apply_lora_config``), and the final
-folders (``save_final``: the adapter and/or the merged model with its tokenizer)."""
+folders (``save_final``: what was trained over the base, or the merged model, with its tokenizer)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 from scratchlm.data.instruction import read_examples, split_examples
 from scratchlm.data.sources import SOURCES, fetch
 from scratchlm.finetune.lora import LoraConfig, apply_lora, merge_lora, save_adapter
-from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
+from scratchlm.models.delta import save_delta
+from scratchlm.models.loading import load_model_and_tokenizer, load_pretrained, save_pretrained
 from scratchlm.tokenizers import save_tokenizer
 
 
@@ -41,17 +42,21 @@ def apply_lora_config(model, cfg: LoraConfig) -> None:
                quantize_base=cfg.quantize_base)
 
 
-def save_final(model, tokenizer, final: Path, lora: LoraConfig) -> None:
-    """``final/adapter/`` (with LoRA) and ``final/`` (the model, LoRA merged, with its
-    tokenizer); a 4-bit (QLoRA) base keeps only the adapter."""
+def save_final(model, tokenizer, final: Path, lora: LoraConfig, base: str) -> None:
+    """A run's ``final/``, with its tokenizer. With a frozen base (LoRA, a head, the last
+    blocks) it holds what was trained over ``base`` (``models/delta.py``): ``adapter/`` and
+    ``trained.safetensors``, which ``load_pretrained`` folds into the base. ``lora.save_merged``
+    (and a model trained whole) writes the whole model instead, LoRA merged."""
     if lora.rank > 0:
         save_adapter(model, final / "adapter", lora)
-    if lora.rank == 0 or lora.quantize_base is None:
-        save_merged(model, tokenizer, final)
-
-
-def save_merged(model, tokenizer, final: Path) -> None:
-    """``final/``: the model with any LoRA adapters merged, and its tokenizer."""
-    merge_lora(model)
-    save_pretrained(model, final)
+    frozen = any(not p.requires_grad for p in model.parameters())
+    if frozen:
+        save_delta(model, final, base)
+    if lora.save_merged or not frozen:
+        if lora.rank > 0 and lora.quantize_base is not None:
+            whole = load_pretrained(str(final))  # a 4-bit base: merged into the full-precision one
+        else:
+            whole = merge_lora(model)
+        save_pretrained(whole, final)
     save_tokenizer(tokenizer, final)
+

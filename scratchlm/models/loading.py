@@ -297,7 +297,7 @@ def class_head_size(model: nn.Module) -> int | None:
     """The number of outputs of a classifier or reward head (``finetune/classification.py``,
     ``finetune/reward.py``); None for a language-model head (vocabulary-sized, padded or not)."""
     head = getattr(model, "out_head", None)
-    if not isinstance(head, nn.Linear):
+    if not isinstance(getattr(head, "out_features", None), int):  # nn.Linear, or LoRA on one
         return None
     cfg = model.cfg
     vocab = {cfg.vocab_size, getattr(cfg, "padded_vocab_size", cfg.vocab_size)}
@@ -411,7 +411,7 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
                              quantize: str | None = None):
     """(model, tokenizer) for a preset, a GGUF file or a model folder; ``quantize="int8"``
     stores the Linear weights as int8 for inference (see nn/quant.py)."""
-    from scratchlm.tokenizers import get_tokenizer
+    from scratchlm.tokenizers import folder_tokenizer
 
     if name in LOCAL_GGUF or str(name).endswith(".gguf"):
         path = LOCAL_GGUF[name]() if name in LOCAL_GGUF else Path(name)
@@ -419,8 +419,7 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
     else:
         folder = resolve_folder(name, progress)
         model = load_pretrained(str(folder), dtype, device, progress)
-        folder_tok = folder / "tokenizer.json"
-        tok = get_tokenizer(str(folder_tok) if folder_tok.is_file() else "gpt2")
+        tok = folder_tokenizer(folder)
     if quantize == "int8":
         from scratchlm.nn.fuse import fuse_projections
         from scratchlm.nn.quant import quantize_int8
@@ -448,15 +447,27 @@ def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
     """Our layout: ``config.json`` ({"scratchlm": {"family", "config"}}) + ``model.safetensors``.
     Files are written under temporary names and renamed, so a crash leaves no half file."""
-    family = family_of(model).name
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(unique_state_dict(model), folder / "model.safetensors.part", metadata={"format": "pt"})
     os.replace(folder / "model.safetensors.part", folder / "model.safetensors")
-    meta = {"scratchlm": {"family": family, "config": model.cfg.to_dict()}}
+    (folder / "trained.safetensors").unlink(missing_ok=True)  # a previous delta (models/delta.py)
+    return write_config(model, folder)
+
+
+def write_config(model: nn.Module, folder: Path, base: dict | None = None,
+                 untie: bool = False) -> Path:
+    """Our ``config.json``: the family, its config, a classifier head's size, and for a run
+    stored as a delta (``models/delta.py``) the base it applies to."""
+    config = model.cfg.to_dict()
+    if untie and config.get("tie_embeddings"):
+        config["tie_embeddings"] = False
+    meta = {"scratchlm": {"family": family_of(model).name, "config": config}}
     classes = class_head_size(model)
     if classes is not None:
         meta["scratchlm"]["num_classes"] = classes  # a classifier head
+    if base is not None:
+        meta["scratchlm"]["base"] = base
     (folder / "config.json.part").write_text(json.dumps(meta, indent=2))
     os.replace(folder / "config.json.part", folder / "config.json")
     return folder
@@ -480,7 +491,12 @@ def load_ours(folder: str | Path, dtype: torch.dtype = torch.float32,
         model = family.model_cls(cfg)
         if "num_classes" in meta:  # a classifier (finetune/classification.py)
             model.out_head = nn.Linear(model.cfg.n_embd, meta["num_classes"])
-    state = {k: t.to(device=device, dtype=dtype) for k, t in iter_safetensors(folder)}
+    if "base" in meta and not (folder / "model.safetensors").is_file():
+        from scratchlm.models.delta import delta_state  # what a run trained, over its base
+
+        state = delta_state(folder, meta["base"], dtype, device)
+    else:
+        state = {k: t.to(device=device, dtype=dtype) for k, t in iter_safetensors(folder)}
     return _materialize(model, state, str(folder))
 
 

@@ -24,9 +24,9 @@ from scratchlm.finetune.classification import (
     calc_accuracy_loader,
     prepare_head_finetuning,
 )
-from scratchlm.finetune.lora import adapter_state_dict, merge_lora
+from scratchlm.finetune.setup import save_final
 from scratchlm.models.accounting import count_parameters
-from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
+from scratchlm.models.loading import load_model_and_tokenizer
 from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session, whole_model
@@ -104,18 +104,7 @@ def main(cfg: ClassifyConfig) -> dict:
         if not rt.is_main:  # the main rank writes the run's outputs
             return summary
         final = out / "final"
-        if cfg.lora.rank > 0:
-            adapter = adapter_state_dict(model)
-            adapter = {k: v for k, v in adapter.items() if "weight_nf4" not in k}
-            (final / "adapter").mkdir(parents=True, exist_ok=True)
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous().cpu() for k, v in adapter.items()},
-                      final / "adapter" / "adapter.safetensors")
-            if cfg.lora.quantize_base is None:
-                merge_lora(model)  # a 4-bit base keeps its adapters apart (final/adapter)
-        if cfg.lora.quantize_base is None or cfg.lora.rank == 0:
-            save_pretrained(model, final)
+        save_final(model, tok, final, cfg.lora, cfg.model)
         final.mkdir(parents=True, exist_ok=True)
         (final / "classifier.json").write_text(json.dumps(
             {"labels": labels, "max_length": train_ds.max_length, "accuracy": result}, indent=2))

@@ -80,7 +80,7 @@ def main(cfg: DPOConfig) -> dict:
                      "response_before": b, "model_response": r}
                     for e, b, r in zip(test_ex, responses_before, responses)]
             (out / "test-with-responses.json").write_text(json.dumps(rows, indent=2))
-        save_final(model, tok, out / "final", cfg.lora)
+        save_final(model, tok, out / "final", cfg.lora, cfg.model)
         evaluate_final(cfg.eval, model, tok, out, str(out / "final"))
         (out / "preferences.json").write_text(json.dumps(result, indent=2))
         return result

@@ -181,6 +181,6 @@ def main(cfg: GRPOConfig) -> dict:
                               "after": a}
                              for p, b, a in zip(test_prompts, texts_before, texts_after)]
         (out / "grpo.json").write_text(json.dumps(result, indent=2))
-        save_final(model, tok, out / "final", cfg.lora)
+        save_final(model, tok, out / "final", cfg.lora, cfg.model)
         evaluate_final(cfg.eval, model, tok, out, str(out / "final"))
         return result

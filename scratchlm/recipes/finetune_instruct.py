@@ -94,7 +94,7 @@ def main(cfg: InstructConfig) -> dict:
                     for e, r in zip(test_ex, responses)]
             (out / "test-with-responses.json").write_text(json.dumps(rows, indent=2))
             result.update(text_metrics(responses, [e.response for e in test_ex]))
-        save_final(model, tok, out / "final", cfg.lora)
+        save_final(model, tok, out / "final", cfg.lora, cfg.model)
         evaluate_final(cfg.eval, model, tok, out, str(out / "final"))
         (out / "samples.json").write_text(json.dumps(samples, indent=2))
         (out / "result.json").write_text(json.dumps(result, indent=2))

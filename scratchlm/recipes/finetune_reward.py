@@ -25,7 +25,7 @@ from scratchlm.data.instruction import PreferenceDataset, RewardCollate
 from scratchlm.finetune.classification import prepare_head_finetuning
 from scratchlm.finetune.reward import RewardLoss, evaluate_rewards
 from scratchlm.models.accounting import count_parameters
-from scratchlm.finetune.setup import load_for_finetuning, save_merged
+from scratchlm.finetune.setup import load_for_finetuning, save_final
 from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session, whole_model
@@ -33,9 +33,6 @@ from scratchlm.recipes.configs import RewardConfig  # noqa: F401 (its config)
 
 
 def main(cfg: RewardConfig) -> dict:
-    if cfg.lora.quantize_base is not None:
-        raise ValueError("a reward model is saved merged: use --lora.rank without "
-                         "--lora.quantize_base")
     with training_session(cfg.train, cfg.out, overwrite=cfg.overwrite) as (rt, out):
         model, tok, style, (train_ex, val_ex, test_ex), pad = load_for_finetuning(
             cfg.model, cfg.data, cfg.style, cfg.limit, cfg.split_seed, rt.device)
@@ -66,6 +63,6 @@ def main(cfg: RewardConfig) -> dict:
             return result
         (out / "rewards.json").write_text(json.dumps(result, indent=2))
         final = out / "final"
-        save_merged(model, tok, final)
+        save_final(model, tok, final, cfg.lora, cfg.model)
         (final / "reward.json").write_text(json.dumps({"style": style}, indent=2))
         return result

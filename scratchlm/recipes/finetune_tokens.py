@@ -25,7 +25,7 @@ from scratchlm.finetune.classification import prepare_head_finetuning
 from scratchlm.finetune.token_classification import TaggingLoss, predict_tags
 from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer
-from scratchlm.finetune.setup import save_merged
+from scratchlm.finetune.setup import save_final
 from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.prepare import prepare_training, training_session, whole_model
@@ -49,8 +49,6 @@ def load_splits(cfg: TaggingConfig):
 
 
 def main(cfg: TaggingConfig) -> dict:
-    if cfg.lora.quantize_base is not None:
-        raise ValueError("a tagger is saved merged: use --lora.rank without --lora.quantize_base")
     with training_session(cfg.train, cfg.out, overwrite=cfg.overwrite) as (rt, out):
         train_s, val_s, test_s = load_splits(cfg)  # bad data fails before any weights load
         model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
@@ -84,6 +82,6 @@ def main(cfg: TaggingConfig) -> dict:
             return result
         (out / "report.json").write_text(json.dumps(result, indent=2))
         final = out / "final"
-        save_merged(model, tok, final)
+        save_final(model, tok, final, cfg.lora, cfg.model)
         (final / "tagger.json").write_text(json.dumps({"tags": tags}, indent=2))
         return result

@@ -12,7 +12,6 @@ Outputs in ``--out``: config.json, metrics.csv, tb/, loss.png, checkpoints/, fin
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -25,9 +24,9 @@ from scratchlm.generation.sampling import generate, text_to_token_ids, token_ids
 from scratchlm.models.accounting import count_parameters, flops_per_token
 from scratchlm.models.registry import FAMILIES, build_model, family_named, family_of, preset
 from scratchlm.models.loading import save_pretrained
-from scratchlm.tokenizers import get_tokenizer
+from scratchlm.tokenizers import get_tokenizer, save_tokenizer
 from scratchlm.training.prepare import is_sharded, prepare_training, whole_model
-from scratchlm.training.run_dir import claim_run_dir
+from scratchlm.training.run_dir import claim_run_dir, finish_run
 from scratchlm.training.loop import FitResult, fit
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
@@ -136,8 +135,9 @@ def main(cfg: PretrainConfig) -> FitResult:
         if rt.is_main:
             save_pretrained(final, out / "final")
             evaluate_final(cfg.eval, final, tokenizer, out, str(out / "final"))
-            if Path(cfg.tokenizer).is_file():
-                shutil.copyfile(cfg.tokenizer, out / "final" / "tokenizer.json")
+            save_tokenizer(tokenizer, out / "final")  # final/ works on its own
+            if not result.interrupted:
+                finish_run(out, cfg.train.keep_checkpoints)
         return result
     finally:
         teardown_runtime(rt)

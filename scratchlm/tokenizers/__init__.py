@@ -70,8 +70,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 def save_tokenizer(tokenizer: Tokenizer, folder: str | Path) -> None:
     """Write a model folder's tokenizer so ``get_tokenizer(folder)`` gives it back: an HF
     ``tokenizer.json`` + ``tokenizer_config.json`` (special tokens, chat template), our own
-    BPE/char files as ``tokenizer.json``; GPT-2's tiktoken tokenizer is the folder default and
-    needs no file."""
+    BPE/char files as ``tokenizer.json``, GPT-2's tiktoken tokenizer as OpenAI's
+    ``encoder.json`` + ``vocab.bpe``, so the folder works without fetching them again."""
     import json
 
     folder = Path(folder)
@@ -83,5 +83,23 @@ def save_tokenizer(tokenizer: Tokenizer, folder: str | Path) -> None:
         (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
     elif isinstance(tokenizer, (BPETokenizer, CharTokenizer)):
         tokenizer.save(folder / "tokenizer.json")
-    elif not isinstance(tokenizer, TiktokenTokenizer):
+    elif isinstance(tokenizer, TiktokenTokenizer):
+        import shutil
+
+        for src in gpt2_files():
+            shutil.copyfile(src, folder / src.name)
+    else:
         raise TypeError(f"cannot save a {type(tokenizer).__name__}")
+
+
+def folder_tokenizer(folder: str | Path) -> Tokenizer:
+    """The tokenizer ``save_tokenizer`` wrote into a model folder; GPT-2's for a folder
+    without one (what a GPT-2 model folder of the Hugging Face layout means)."""
+    folder = Path(folder)
+    if (folder / "tokenizer.json").is_file():
+        return load_tokenizer(folder / "tokenizer.json")
+    if (folder / "encoder.json").is_file():
+        vocab = folder / "vocab.bpe"
+        return TiktokenTokenizer.from_gpt2_files(folder / "encoder.json",
+                                                 vocab if vocab.is_file() else None)
+    return get_tokenizer("gpt2")

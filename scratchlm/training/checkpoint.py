@@ -2,7 +2,9 @@
 
 A checkpoint is a folder ``checkpoints/step-000123/`` holding
 
-    model.safetensors     weights (safetensors: never unpickled)
+    model.safetensors     weights (safetensors: never unpickled); with a frozen base (LoRA,
+                          a head-only finetune) only the trained parameters, as the base is
+                          read again from its own files when the run resumes
     optimizer.pt          optimizer state (tensors and numbers only; loaded weights_only=True)
     rng.pt                torch (and CUDA) RNG states
     trainer_state.json    step, tokens seen, epoch and batch position of the data
@@ -62,7 +64,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module,
         _save_sharded(tmp, model, optimizer)
     if is_main:
         if not sharded:
-            save_file(unique_state_dict(model), tmp / "model.safetensors", metadata={"format": "pt"})
+            weights, meta = trained_state(model)
+            save_file(weights, tmp / "model.safetensors", metadata=meta)
             if optimizer is not None:
                 torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         rng = {"torch": torch.get_rng_state()}
@@ -80,6 +83,17 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module,
         os.replace(tmp, final)  # the checkpoint appears whole or not at all
         _prune(ckpt_root, keep_last)
     return final
+
+
+def trained_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """What a checkpoint stores: every tensor, or, when some parameters are frozen, only the
+    trainable ones (metadata ``trained_only``). A frozen LoRA base would otherwise be copied
+    into every checkpoint: 540 MB of SmolLM2 for a 23 MB adapter."""
+    params = dict(model.named_parameters())
+    if all(p.requires_grad for p in params.values()):
+        return unique_state_dict(model), {"format": "pt"}
+    state = {k: v.detach().contiguous().cpu() for k, v in params.items() if v.requires_grad}
+    return state, {"format": "pt", "trained_only": "true"}
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -171,6 +185,13 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointLoadError(f"{path}: not a readable safetensors file ({e})") from None
 
 
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return f.metadata() or {}
+
+
 def load_checkpoint(path: str | Path, model: nn.Module,
                     optimizer: torch.optim.Optimizer | None = None,
                     restore_rng: bool = True) -> dict:
@@ -186,12 +207,19 @@ def load_checkpoint(path: str | Path, model: nn.Module,
         _load_sharded(path, model, optimizer)
     else:
         weights = read_safetensors(path / "model.safetensors")
+        trained_only = _metadata(path / "model.safetensors").get("trained_only") == "true"
         try:
             missing, unexpected = model.load_state_dict(weights, strict=False)
         except RuntimeError as e:  # shape mismatches
             raise CheckpointLoadError(f"{path / 'model.safetensors'}: does not fit the model "
                                       f"({str(e).splitlines()[-1].strip()})") from None
         tied_ok = {"out_head.weight"} if getattr(getattr(model, "cfg", None), "tie_embeddings", False) else set()
+        if trained_only:  # the frozen rest came from the base model, as when the run began
+            frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+            tied_ok |= frozen | {k for k, _ in model.named_buffers()}
+            if set(weights) & frozen:
+                raise CheckpointLoadError(f"{path / 'model.safetensors'}: holds parameters "
+                                          "this run trains as frozen; the run's setup differs")
         if unexpected or set(missing) - tied_ok:
             raise CheckpointLoadError(f"{path}: checkpoint does not fit the model "
                                       f"(missing {sorted(missing)[:5]}, unexpected {unexpected[:5]})")

@@ -37,7 +37,9 @@ class TrainConfig:
     eval_every: int = 100
     eval_batches: int = 10
     save_every: int = 500
-    keep_last: int = 3  # checkpoints kept
+    keep_last: int = 3  # checkpoints kept while the run goes
+    keep_checkpoints: bool = False  # keep checkpoints/ after the run ends well (to extend it
+    # with --resume); otherwise final/ alone remains
     seed: int = 123
     device: str | None = None  # default: cuda if available, else cpu
     tensorboard: bool = True

@@ -24,7 +24,7 @@ from scratchlm.nn.moe import moe_layers
 from scratchlm.nn.nf4 import NF4Linear
 from scratchlm.training.distributed import (  # noqa: F401 (is_sharded, whole_model re-exported)
     STRATEGIES, is_sharded, parallelize, whole_model)
-from scratchlm.training.run_dir import claim_run_dir
+from scratchlm.training.run_dir import claim_run_dir, finish_run
 from scratchlm.training.runtime import Runtime, setup_runtime, teardown_runtime
 
 
@@ -87,5 +87,7 @@ def training_session(train, out: str | Path, seed: int | None = None, *,
             out.mkdir(parents=True, exist_ok=True)
         rt.barrier()
         yield rt, out
+        if rt.is_main:
+            finish_run(out, train.keep_checkpoints)
     finally:
         teardown_runtime(rt)

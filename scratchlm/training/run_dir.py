@@ -5,6 +5,11 @@ Without ``--resume`` such a folder is refused, because the new run would truncat
 metrics and prune some old checkpoints while leaving others that a later ``--resume`` would
 pick up. ``--overwrite`` removes the previous run's outputs first (checkpoints, final model,
 metrics, TensorBoard logs, evaluations, plots); files a run does not write are left alone.
+
+A run that ends well has its model in ``final/``; its checkpoints (the weights again, with the
+optimizer's two moments: three times the model) are then removed by ``finish_run`` unless
+``--train.keep_checkpoints`` asks to keep them for a later ``--resume``. A run that fails or is
+interrupted keeps them.
 """
 
 from __future__ import annotations
@@ -45,3 +50,32 @@ def claim_run_dir(out: str | Path, resume: str | bool | None = None,
             path.unlink()
     for plot in out.glob("*.png"):
         plot.unlink()
+
+
+def finish_run(out: str | Path, keep_checkpoints: bool) -> None:
+    """After a run that ended well: remove ``checkpoints/`` when ``final/`` holds the model and
+    the checkpoints were not asked for."""
+    out = Path(out)
+    ckpts = out / "checkpoints"
+    if keep_checkpoints or not (out / "final").is_dir() or not ckpts.is_dir():
+        return
+    if _stopped_early(ckpts):
+        return  # interrupted: the checkpoint is how it continues
+    shutil.rmtree(ckpts)
+    print(f"checkpoints removed ({out / 'final'} holds the model; --train.keep_checkpoints true "
+          "keeps them to extend the run with --resume)")
+
+
+def _stopped_early(ckpts: Path) -> bool:
+    """Whether the newest checkpoint is short of its run's ``train.max_steps`` (Ctrl-C)."""
+    import json
+
+    steps = sorted(p for p in ckpts.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    if not steps:
+        return False
+    try:
+        step = json.loads((steps[-1] / "trainer_state.json").read_text())["step"]
+        max_steps = json.loads((steps[-1] / "config.json").read_text())["train"]["max_steps"]
+        return step < max_steps
+    except (OSError, ValueError, KeyError, TypeError):
+        return True  # unreadable: keep what is there

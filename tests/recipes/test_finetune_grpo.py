@@ -25,7 +25,7 @@ def tiny_cfg(model, out, **grpo) -> GRPOConfig:
                       lora=LoraConfig(rank=4, alpha=8),
                       train=TrainConfig(max_steps=4, batch_size=2, lr=1e-2, schedule="constant",
                                         warmup_steps=0, log_every=1, eval_every=2,
-                                        save_every=2, tensorboard=False))
+                                        save_every=2, keep_checkpoints=True, tensorboard=False))
 
 
 def rows(run):

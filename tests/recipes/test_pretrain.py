@@ -25,7 +25,7 @@ TINY = dict(model="gpt-tiny", data=["the-verdict"], context_length=32, drop_rate
 
 
 def tiny_cfg(out, **train):
-    kw = dict(max_steps=8, batch_size=4, eval_every=4, save_every=2, keep_last=10,
+    kw = dict(max_steps=8, batch_size=4, eval_every=4, save_every=2, keep_last=10, keep_checkpoints=True,
               log_every=1, warmup_steps=2, eval_batches=2, tensorboard=False)
     kw.update(train)
     return PretrainConfig(out=str(out), **TINY, train=TrainConfig(**kw))
@@ -85,7 +85,7 @@ KILL_SCRIPT = textwrap.dedent("""
     main(PretrainConfig(out=sys.argv[1], model="gpt-tiny", data=["the-verdict"], context_length=32,
                         drop_rate=0.1, sample_tokens=0,
                         train=TrainConfig(max_steps=8, batch_size=4, eval_every=4, save_every=2,
-                                          keep_last=10, log_every=1, warmup_steps=2,
+                                          keep_last=10, keep_checkpoints=True, log_every=1, warmup_steps=2,
                                           eval_batches=2, tensorboard=False)))
 """)
 
@@ -136,7 +136,11 @@ def test_ctrl_c_saves_a_checkpoint_then_resume_finishes(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"resumed from {ckpt}" in r.stderr + r.stdout
-    assert latest_checkpoint(run).name == f"step-{step + 2:06d}"
+    # the run ended well: final/ holds the model and the checkpoints are gone (the interrupted
+    # run above kept its own, which is how it resumed)
+    assert "checkpoints removed" in r.stdout and latest_checkpoint(run) is None
+    assert (run / "final" / "model.safetensors").is_file()
+    assert (run / "final" / "encoder.json").is_file()  # GPT-2's vocabulary travels with it
 
 
 def _torchrun(tmp_path, name, *extra):
@@ -166,7 +170,8 @@ def test_ddp_equals_one_process_with_twice_the_batch(tmp_path):
 
 @pytest.mark.slow
 def test_fsdp_checkpoint_loads_in_one_process(tmp_path):
-    run = _torchrun(tmp_path, "fsdp", "--train.strategy", "fsdp")
+    run = _torchrun(tmp_path, "fsdp", "--train.strategy", "fsdp", "--train.keep_checkpoints",
+                    "true")
     ckpt = latest_checkpoint(run)
     assert (ckpt / "sharded").is_dir()
     from scratchlm.models.gpt import GPT, GPTConfig

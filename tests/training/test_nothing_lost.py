@@ -25,7 +25,7 @@ TINY = dict(model="gpt-tiny", data=["the-verdict"], context_length=32, sample_to
 
 
 def tiny_cfg(out, **train):
-    kw = dict(max_steps=4, batch_size=4, eval_every=4, save_every=2, keep_last=10,
+    kw = dict(max_steps=4, batch_size=4, eval_every=4, save_every=2, keep_last=10, keep_checkpoints=True,
               log_every=1, warmup_steps=1, eval_batches=1, tensorboard=False)
     kw.update(train)
     return PretrainConfig(out=str(out), **TINY, train=TrainConfig(**kw))

@@ -1,0 +1,119 @@
+"""A finetuned model stored as what it trained, over the base it started from.
+
+A LoRA run changes 2-5% of a model's numbers; writing the whole model again (540 MB for
+SmolLM2-135M in fp32) for a 23 MB adapter is what filled a demo's disk. So a run with a
+frozen base writes its ``final/`` as
+
+    config.json            our layout's config, with {"base": {"model": BASE}}: a preset name
+                           or the base folder's absolute path (another run's final/ works too)
+    adapter/               the LoRA (``lora.json`` + ``adapter.safetensors``, finetune/lora.py),
+                           also what ``--adapter`` and the PEFT export read
+    trained.safetensors    every other trained tensor (a classifier head, the last blocks)
+    tokenizer files
+
+and ``load_pretrained(final)`` rebuilds the finetuned model: the base's weights, the trained
+tensors over them, and each adapter folded in, ``W[rows] += scale * B @ A`` (the rows of a
+fused ``qkv`` part, all rows otherwise). The result is the merged model a full save would
+have held (``--lora.save_merged`` still writes that).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from scratchlm.models.loading import (HF_REPOS, LOCAL_GGUF, CheckpointError, load_pretrained,
+                                      write_config)
+
+
+def base_reference(base: str) -> str:
+    """How config.json names the base: a preset as it is, a path made absolute (the run's
+    folder may be read from anywhere)."""
+    if base in HF_REPOS or base in LOCAL_GGUF:
+        return base
+    return str(Path(base).resolve())
+
+
+def save_delta(model: nn.Module, folder: str | Path, base: str) -> Path:
+    """``config.json`` naming ``base`` and ``trained.safetensors`` (the trainable tensors that
+    are not LoRA adapters; those are in ``adapter/``, see ``finetune/lora.save_adapter``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    trained = {k: p.detach().contiguous().cpu() for k, p in model.named_parameters()
+               if p.requires_grad and ".lora_" not in k}
+    if trained:
+        save_file(trained, folder / "trained.safetensors.part", metadata={"format": "pt"})
+        (folder / "trained.safetensors.part").replace(folder / "trained.safetensors")
+    else:
+        (folder / "trained.safetensors").unlink(missing_ok=True)
+    head_adapted = any(k.startswith("out_head.lora_") for k, _ in model.named_parameters())
+    # an adapted head that was tied to the embedding is untied once merged
+    write_config(model, folder, base={"model": base_reference(base)},
+                 untie=head_adapted)
+    (folder / "model.safetensors").unlink(missing_ok=True)  # a previous full save
+    return folder
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file "
+                              f"({' '.join(str(e).split())})") from None
+
+
+def delta_state(folder: str | Path, base: dict, dtype: torch.dtype,
+                device: str | torch.device) -> dict[str, torch.Tensor]:
+    """The merged state dict of a ``final/`` written by ``save_delta``."""
+    folder = Path(folder)
+    name = base.get("model") if isinstance(base, dict) else None
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{folder / 'config.json'}: 'base' names no model")
+    if name not in HF_REPOS and name not in LOCAL_GGUF and not Path(name).exists():
+        raise CheckpointError(f"{folder / 'config.json'}: its base model {name} is missing; this "
+                              "folder holds only what its run trained (write a whole model "
+                              "with --lora.save_merged true)")
+    state = dict(load_pretrained(name, dtype, device, progress=False).state_dict())
+    if (folder / "trained.safetensors").is_file():
+        for k, t in _read(folder / "trained.safetensors").items():
+            state[k] = t.to(device=device, dtype=dtype)
+    adapter = folder / "adapter"
+    if (adapter / "lora.json").is_file():
+        merge_adapter(state, adapter)
+    return state
+
+
+def merge_adapter(state: dict[str, torch.Tensor], adapter: Path) -> None:
+    """Fold ``adapter/`` into ``state``'s weights, in place (each weight is replaced, so a head
+    tied to the embedding leaves the embedding as it was)."""
+    try:
+        settings = json.loads((adapter / "lora.json").read_text())
+        scale = (settings["alpha"] if settings.get("scaling", "book") == "book"
+                 else settings["alpha"] / settings["rank"])
+        parts = settings.get("parts", {})
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as e:
+        raise CheckpointError(f"{adapter / 'lora.json'}: not a LoRA settings file ({e})") from None
+    weights = _read(adapter / "adapter.safetensors")
+    for key, a in weights.items():
+        if ".lora_A." not in key:
+            continue
+        module, rest = key.split(".lora_A.", 1)
+        part = rest.removesuffix(".weight")
+        b = weights.get(f"{module}.lora_B.{part}.weight")
+        target = f"{module}.weight"
+        if b is None or target not in state:
+            raise CheckpointError(f"{adapter / 'adapter.safetensors'}: {key} has no lora_B or "
+                                  "no base weight to adapt")
+        w = state[target].clone()
+        rows = parts.get(module, {}).get(part, [0, w.shape[0]])
+        delta = scale * (b.to(torch.float32) @ a.to(torch.float32))
+        if tuple(delta.shape) != (rows[1] - rows[0], w.shape[1]):
+            raise CheckpointError(f"{adapter / 'adapter.safetensors'}: {key} does not fit "
+                                  f"{target} {tuple(w.shape)}; the adapter is for another base")
+        w[rows[0]:rows[1]] += delta.to(w.dtype)
+        state[target] = w
