@@ -270,18 +270,26 @@ def report_finetunes(results: dict, out: Path) -> str | None:
     return compare(load_results(out / "eval" / "before"), load_results(out / "eval" / "after"))
 
 
+def disk_usage(folder: Path) -> int:
+    """Bytes of the files under ``folder``."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
 def main(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    results, seconds = {}, {}
     t0 = time.perf_counter()
     for stage in cfg.stages:
         run = {"tokenizer": stage_tokenizer, "pretrain": stage_pretrain, "chat": stage_chat,
                "classify": stage_classify, "instruct": stage_instruct, "serve": stage_serve}
+        t_stage = time.perf_counter()
         results[stage] = run[stage](cfg, out)
-    print(f"\nscratchlm demo finished in {time.perf_counter() - t0:.0f}s; outputs in {out}/")
+        seconds[stage] = time.perf_counter() - t_stage
+    print(f"\nscratchlm demo finished in {time.perf_counter() - t0:.0f}s; outputs in {out}/ "
+          f"({disk_usage(out) / 1e6:,.0f} MB)")
     for stage, res in results.items():
-        print(f"  {stage}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+        print(f"  {stage} ({seconds[stage]:.0f}s): " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in res.items()))
     table = report_finetunes(results, out)
     if table:

@@ -157,25 +157,15 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def read_gguf(path: str | Path):
-    """(metadata dict, reader) of a GGUF file."""
-    import gguf
+    """(metadata dict, file) of a GGUF file: ``file.tensors`` lists each tensor's name, type,
+    shape (inner dimension first) and bytes. The header is read with every count checked
+    (``gguf_layout.read_layout``)."""
+    from types import SimpleNamespace
 
-    from scratchlm.models.convert.gguf_layout import check_layout
+    from scratchlm.models.convert.gguf_layout import read_layout
 
-    check_layout(path)
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:  # noqa: BLE001 - the reader raises several kinds on bad files
-        raise GGUFError(f"{path}: not a readable GGUF file ({e})") from None
-    meta = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        try:
-            meta[key] = field.contents()
-        except Exception:  # noqa: BLE001 - fields of types contents() cannot decode
-            continue
-    return meta, reader
+    meta, tensors = read_layout(path)
+    return meta, SimpleNamespace(tensors=tensors)
 
 
 def iter_tensors(path: str | Path, reader) -> Iterator[tuple[str, np.ndarray]]:
