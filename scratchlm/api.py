@@ -16,11 +16,14 @@ from pathlib import Path
 
 
 class LLM:
-    def __init__(self, model, tokenizer, name: str = "model"):
+    def __init__(self, model, tokenizer, name: str = "model", defaults=None):
         from scratchlm.generation.engine import Engine
+        from scratchlm.models.generation_config import GREEDY
 
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.engine = Engine(model)
+        # how the model asks to be sampled when a call says nothing (models/generation_config.py)
+        self.defaults = defaults or GREEDY
 
     @classmethod
     def load(cls, name: str = "smollm2-135m-instruct", adapter: str | Path | None = None,
@@ -35,7 +38,10 @@ class LLM:
 
             load_adapter(model, adapter)
             model.eval()
-        return cls(model, tok, Path(str(name)).name if Path(str(name)).exists() else str(name))
+        from scratchlm.models.generation_config import sampling_defaults
+
+        return cls(model, tok, Path(str(name)).name if Path(str(name)).exists() else str(name),
+                   sampling_defaults(name))
 
     @property
     def context_length(self) -> int:
@@ -45,10 +51,13 @@ class LLM:
     def stop_ids(self) -> tuple[int, ...]:
         return tuple(i for i in (self.tokenizer.eos_id,) if i is not None)
 
-    def sampling(self, max_new_tokens: int = 128, temperature: float = 0.0,
+    def sampling(self, max_new_tokens: int = 128, temperature: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None):
+        """Sampling settings: what is given, the model's defaults for the rest
+        (``self.defaults``; greedy when the model names none)."""
         from scratchlm.generation.engine import SamplingParams
 
+        temperature, top_k, top_p = self.defaults.resolve(temperature, top_k, top_p)
         return SamplingParams(max_new_tokens, temperature, top_k, top_p, self.stop_ids, seed)
 
     def encode(self, text: str, special: bool = True) -> list[int]:
@@ -77,7 +86,8 @@ class LLM:
                            self.sampling(**sampling), stop)
 
     def generate(self, prompt: str, stop: Sequence[str] = (), **sampling) -> str:
-        """The continuation of ``prompt`` (greedy unless a temperature is given)."""
+        """The continuation of ``prompt``, sampled as the model asks unless told otherwise
+        (``self.defaults``: greedy for most models)."""
         return "".join(self.stream(prompt, stop, **sampling))
 
     def stream_chat(self, messages: Sequence[dict], **sampling) -> Iterator[str]:

@@ -115,7 +115,8 @@ def _add_recipe(sub, recipe, with_flags: bool) -> None:
     d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
     if recipe.command == "pretrain":
         d.add_argument("--resume", nargs="?", const="latest", default=None,
-                       help="continue from the latest checkpoint in --out (or the one given)")
+                       help="continue from the latest checkpoint in --out (or the one given) "
+                            "(default: none, a new run)")
         add_arguments(d, recipe.config_class(), skip=frozenset({"resume"}))
         d.set_defaults(func=_pretrain)
         return
@@ -150,7 +151,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from scratchlm.recipes.registry import RECIPES
 
     selected = _selected(argv) if argv is not None else None
+    from scratchlm import __version__
+
     p = Parser(prog="scratchlm", description=__doc__)
+    p.add_argument("--version", action="version", version=f"scratchlm {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(group, name: str, help_text: str, cls_name: str, runner: str, **kw):

@@ -132,8 +132,8 @@ BOUNDS: dict[str, tuple] = {
                      "samples", "train_size", "difficulty", "limit", "context_length",
                      "n_layer", "n_embd", "n_head", "moe_num_experts", "moe_top_k",
                      "bpe_vocab_size", "vocab_size", "workers", "max_request_bytes",
-                     "max_messages"], _COUNT),
-    **dict.fromkeys(["retries", "shots", "test_size", "sample_tokens", "lora_rank",
+                     "max_messages", "PlanLora.rank"], _COUNT),
+    **dict.fromkeys(["retries", "shots", "test_size", "sample_tokens",
                      "LoraConfig.rank", "temperature", "length_penalty", "eps_high",
                      "GRPOSettings.beta", "tokens", "max_prompt_tokens"], _NONNEG),
     **dict.fromkeys(["timeout", "max_shard_gb", "moe_capacity_factor", "LoraConfig.alpha",
@@ -219,9 +219,83 @@ def field_comments(cls) -> dict[str, str]:
             source = inspect.getsource(klass)
         except (OSError, TypeError):
             continue
-        for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.M):
-            out[m.group(1)] = m.group(2).strip()
+        # a comment after the field, and the comment-only lines that continue it
+        for m in re.finditer(r"^(\s+)(\w+)\s*:[^#\n]*#\s*(.+)$((?:\n\1\s*#.*$)*)", source,
+                             re.M):
+            more = " ".join(line.strip().lstrip("#").strip()
+                            for line in m.group(4).splitlines() if line.strip())
+            out[m.group(2)] = f"{m.group(3).strip()} {more}".strip()
     return out
+
+
+# What a field means where its class gives no comment: the names every recipe shares.
+COMMON_HELP = {
+    "model": "a preset with weights, a model folder (a run's final/) or a .gguf file",
+    "data": "a registered data set name or a file",
+    "out": "the run's folder",
+    "epochs": "passes over the training data",
+    "seed": "random seed",
+    "max_new_tokens": "tokens generated per response at most",
+    "test_responses": "generate the test set's responses before and after training",
+    "allowed_max_length": "tokens per example at most (longer ones are truncated)",
+    "limit": "use only the first N examples (quick runs)",
+    "text_col": "the text column of a CSV/TSV file",
+    "label_col": "the label column of a CSV/TSV file",
+    "last_k": "with trainable last_k: how many final blocks train",
+    "val_fraction": "share of the data held out for validation",
+    "lr": "peak learning rate",
+    "min_lr": "the lowest rate of a decaying schedule",
+    "warmup_steps": "steps of linear warm-up",
+    "weight_decay": "AdamW's decoupled weight decay",
+    "beta1": "Adam's first-moment decay",
+    "beta2": "Adam's second-moment decay",
+    "log_every": "steps between metrics rows",
+    "eval_every": "steps between evaluations (loss, samples, plots)",
+    "eval_batches": "batches per evaluation",
+    "save_every": "steps between checkpoints",
+    "tensorboard": "write TensorBoard logs beside metrics.csv",
+    "alpha": "LoRA's scale numerator (see scaling)",
+    "dropout": "dropout on the LoRA branch's input",
+    "beta": "DPO's strength of the pull towards the reference",
+    "temperature": "softmax temperature",
+    "system": "a system message before the conversation",
+    "prompt": "the text to continue",
+    "stages": "which stages to run, in order",
+    "fast": "shrink every stage (a smoke run in about a minute)",
+    "bpe_vocab_size": "vocabulary size of the BPE trained from scratch",
+    "student_layers": "blocks of the student (taken from the teacher's)",
+    "tasks": "evaluation tasks (see docs/evaluation.md)",
+    "judge_model": "the judge model's name on the judge server",
+    "url": "the judge server's base URL",
+    "api_key": "the judge server's API key (default: OPENAI_API_KEY)",
+    "concurrency": "requests in flight at once",
+    "timeout": "seconds per request",
+    "retries": "retries of a failed request",
+    "batch": "sequences per step",
+    "mfu": "model FLOPs utilisation assumed for the time",
+    "grad_checkpointing": "recompute block activations in backward",
+    "tokenizer": "gpt2, a tokenizer file or a model folder",
+    "shard_tokens": "tokens per shard file",
+    "workers": "processes tokenizing in parallel",
+    "n_embd": "embedding width",
+    "n_head": "attention heads",
+    "drop_rate": "dropout rate",
+    "qkv_bias": "biases on the query/key/value projections",
+    "tie_embeddings": "the output head shares the token embedding",
+    "moe_top_k": "experts per token",
+    "moe_capacity_factor": "tokens an expert takes, as a multiple of its fair share",
+    "sample_prompt": "the prompt of the samples printed at each evaluation",
+    "sample_tokens": "tokens per sample (0: no samples)",
+    "num_virtual_tokens": "soft-prompt length in tokens",
+    "adapter": "a LoRA adapter folder applied on top of the model",
+    "host": "address to listen on",
+    "port": "port to listen on",
+    "max_batch": "requests decoded together at most",
+    "val": "a validation file (default: split off the training file)",
+    "test": "a test file (default: split off the training file)",
+    "vocab_size": "vocabulary size",
+    "study_name": "the Optuna study's name (resume it by name)",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "",
@@ -254,14 +328,30 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "",
             kw.update(type=_parse_bool, nargs="?", const=True, metavar="true|false")
         else:
             kw.update(type=base)
-        help_text = (f.metadata.get("help", "") if f.metadata else "") or comments.get(f.name, "")
+        help_text = ((f.metadata.get("help", "") if f.metadata else "")
+                     or comments.get(f.name) or COMMON_HELP.get(f.name, ""))
         if defaults is not None:
-            help_text = f"{help_text} (default: {getattr(defaults, f.name)!r})".strip()
-        help_text = help_text.replace("%", "%%")
+            help_text = f"{help_text} (default: {_shown(getattr(defaults, f.name))})".strip()
+        help_text = help_text.replace("`", "").replace("%", "%%")
+        kw.setdefault("metavar", _METAVAR.get(base, "TEXT"))
         flags = [f"--{name}"]
         if "_" in name:
             flags.append(f"--{name.replace('_', '-')}")
         parser.add_argument(*flags, help=help_text, **kw)
+
+
+_METAVAR = {int: "N", float: "X", str: "TEXT"}
+
+
+def _shown(value) -> str:
+    """A default as it would be typed on the command line."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) or "none"
+    return str(value)
 
 
 def build(cls, args: argparse.Namespace | dict, config_file: str | None = None,

@@ -21,8 +21,14 @@ def test_demo_fast(tmp_path):
     assert (tmp_path / "demo" / "tokenizer.json").is_file()
     assert (tmp_path / "demo" / "shards" / "meta.json").is_file()
     for stage in ("classify", "instruct", "serve"):
-        assert f"  {stage}: " in r.stdout  # every stage reported in the summary
+        assert f"  {stage} (" in r.stdout  # every stage reported in the summary, with its time
     assert (tmp_path / "demo" / "classify" / "final" / "adapter" / "adapter.safetensors").is_file()
+    # light on disk: finetuned finals hold what was trained, finished runs no checkpoints
+    demo = tmp_path / "demo"
+    for stage in ("classify", "instruct", "dpo"):
+        assert not (demo / stage / "final" / "model.safetensors").exists()
+        assert not (demo / stage / "checkpoints").exists()
+    assert sum(f.stat().st_size for f in demo.rglob("*") if f.is_file()) < 150e6
     assert (tmp_path / "demo" / "dpo" / "preferences.json").is_file()
     assert "[serve] answer (openai client):" in r.stdout
     import json

@@ -100,3 +100,35 @@ def test_help_shows_each_fields_comment_and_the_recipes_default():
     text = instruct.format_help()
     assert "0: no LoRA" in text  # LoraConfig.rank's comment
     assert "(default: 5e-05)" in text  # InstructConfig's train.lr, not TrainConfig's 4e-4
+
+
+def _command_parser(argv: list[str]):
+    import argparse
+
+    from scratchlm.cli import build_parser
+
+    p = build_parser(argv)
+    for word in argv:
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        p = sub.choices[word]
+    return p
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_flag_says_what_it_does_and_its_default(command):
+    """--help: a description and the default of every flag, no raw backticks."""
+    bad = []
+    for action in _command_parser(command.split())._actions:
+        if not action.option_strings or action.dest in ("help", "config"):
+            continue
+        text = action.help or ""
+        described = text.split("(default:")[0].strip()
+        if not described or "(default:" not in text or "`" in text:
+            bad.append(f"{action.option_strings[0]}: {text!r}")
+    assert not bad, "\n".join(bad)
+
+
+def test_version():
+    r = subprocess.run([sys.executable, "-m", "scratchlm", "--version"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("scratchlm 0.")

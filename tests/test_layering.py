@@ -19,7 +19,7 @@ import sys
 from conftest import ROOT
 
 LAYERS = {
-    "models.loading": 2, "models.delta": 2, "recipes.demo": 7,
+    "models.loading": 2, "models.delta": 2, "models.generation_config": 2, "recipes.demo": 7,
     "nn": 0, "models": 1, "tokenizers": 2, "data": 2, "finetune": 3, "export": 3,
     "training": 4,
     "evaluate": 5, "generation": 5, "recipes": 6, "cli": 7, "serve": 7, "api": 7, "__main__": 8,

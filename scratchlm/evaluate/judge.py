@@ -53,6 +53,18 @@ def _post(url: str, body: dict, headers: dict, timeout: float, retries: int,
     raise JudgeError(f"{last} (after {retries + 1} attempts)")
 
 
+def probe(url: str, what: str, timeout: float = 5.0) -> None:
+    """Refuse, before any work, a judge that cannot be reached: a refused connection, an
+    unknown host or a timeout. Any HTTP answer (even 401 or 404) means a server is there."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError) as e:
+        raise JudgeError(f"cannot reach the judge at {url} ({getattr(e, 'reason', e)}); {what}")
+
+
 @dataclass
 class OllamaClient:
     """Ollama's chat API (the book's ``query_model``)."""
@@ -63,6 +75,10 @@ class OllamaClient:
     retries: int = 3
     backoff: float = 0.5
     options: dict = field(default_factory=lambda: {"seed": 123, "temperature": 0, "num_ctx": 2048})
+
+    def check(self) -> None:
+        probe(f"{self.url.rstrip('/')}/api/tags", "start Ollama (`ollama serve`, then `ollama "
+              f"pull {self.model}`) or pass --url / --api openai")
 
     def chat(self, messages: list[dict]) -> str:
         body = {"model": self.model, "messages": messages, "options": self.options}
@@ -90,6 +106,11 @@ class OpenAIClient:
     backoff: float = 0.5
     temperature: float = 0.0
     seed: int | None = 123
+
+    def check(self) -> None:
+        base = self.base_url or os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
+        probe(f"{base.rstrip('/')}/models", "start the server (e.g. `scratchlm serve`) or pass "
+              "--url")
 
     def chat(self, messages: list[dict]) -> str:
         base = self.base_url or os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")

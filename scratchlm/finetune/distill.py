@@ -53,6 +53,8 @@ class DistillationLoss(nn.Module):
     is the student's plain cross-entropy, so the logged validation loss/perplexity are the
     student's own."""
 
+    is_cross_entropy = True  # in eval mode (what fit reports), see above
+
     def __init__(self, student: nn.Module, teacher: nn.Module, alpha: float = 0.5,
                  temperature: float = 2.0, fused: bool = True):
         super().__init__()

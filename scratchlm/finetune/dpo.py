@@ -63,7 +63,15 @@ class PreferenceStats:
     chosen_reward: float
     rejected_reward: float
     margin: float  # mean of chosen - rejected reward
-    accuracy: float  # share of pairs whose chosen reward is higher
+    accuracy: float  # share of pairs whose chosen reward is higher, a tie counting half (so
+    # the untrained policy, equal to its reference, scores 50%, not 0%)
+
+
+def preference_accuracy(margins: torch.Tensor, tie: float = 1e-6) -> float:
+    """Share of pairs with a positive reward margin; a margin within ``tie`` of zero counts
+    half (LoRA off and on at B = 0 differ by float rounding only)."""
+    wins = (margins > tie).float() + 0.5 * (margins.abs() <= tie).float()
+    return wins.mean().item()
 
 
 class DPOLoss(nn.Module):
@@ -99,7 +107,7 @@ class DPOLoss(nn.Module):
         with torch.no_grad():
             margins = self.beta * ((pol[:b] - ref[:b]) - (pol[b:] - ref[b:]))
             self.last = PreferenceStats(loss.item(), chosen.item(), rejected.item(),
-                                        margins.mean().item(), (margins > 0).float().mean().item())
+                                        margins.mean().item(), preference_accuracy(margins))
         return loss
 
     def batch_weight(self, inputs: torch.Tensor, targets) -> int:

@@ -94,11 +94,12 @@ def fetch_hf_repo(repo: str, progress: bool = True) -> Path:
         return download(f"{base}/{name}", f"hf/{repo}/{name}", progress=progress, headers=headers)
 
     folder = get("config.json").parent
-    for optional in ("tokenizer.json", "tokenizer_config.json"):
+    for optional in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         try:
             get(optional)
         except DownloadError:
-            pass  # GPT-2 repos use OpenAI's files (get_tokenizer("gpt2")) instead
+            pass  # GPT-2 repos use OpenAI's files (get_tokenizer("gpt2")) instead; sampling
+            # settings are optional (models/generation_config.py)
     try:
         get("model.safetensors")
     except DownloadError as single_error:

@@ -24,11 +24,14 @@ def reply(engine: Engine, tokenizer, messages: list[dict], params: SamplingParam
 def main(cfg: ChatConfig, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
     from scratchlm.models.loading import load_model_and_tokenizer
 
+    from scratchlm.models.generation_config import sampling_defaults
+
     model, tokenizer = load_model_and_tokenizer(cfg.model, quantize=cfg.quantize)
     engine = Engine(model)
     stop_ids = tuple(i for i in (tokenizer.eos_id,) if i is not None)
-    params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                            stop_ids, cfg.seed)
+    temperature, top_k, top_p = sampling_defaults(cfg.model).resolve(cfg.temperature, cfg.top_k,
+                                                                     cfg.top_p)
+    params = SamplingParams(cfg.max_new_tokens, temperature, top_k, top_p, stop_ids, cfg.seed)
     base = [{"role": "system", "content": cfg.system}] if cfg.system else []
     messages = list(base)
     interactive = stdin.isatty()

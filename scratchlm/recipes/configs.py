@@ -221,9 +221,9 @@ class ChatConfig:
     model: str = "smollm2-135m-instruct"
     system: str | None = None
     max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
+    temperature: float | None = None  # default: the model's (generation_config.json, GGUF), else 0 (greedy)
+    top_k: int | None = None  # default: the model's; 0: off
+    top_p: float | None = None  # default: the model's; 1.0: off
     seed: int | None = None
     quantize: str | None = None  # "int8": weight-only int8 (nn/quant.py)
 
@@ -290,8 +290,12 @@ class DemoConfig:
     fast: bool = False
     corpus: str = "tinyshakespeare"  # a registered data set name (see data/sources.py)
     bpe_vocab_size: int = 4096
+    precision: str = "auto"  # of the training stages: auto (bf16 autocast where the CPU has
+    # bf16 matrix units, as avx512_bf16 or AMX, or on CUDA; else fp32) | fp32 | bf16
 
     def __post_init__(self):
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
         # "--stages tokenizer,pretrain" and "--stages tokenizer pretrain" both work
         self.stages = [s for item in self.stages for s in str(item).split(",") if s]
         unknown = [s for s in self.stages if s not in STAGES]
@@ -305,9 +309,9 @@ class GenerateConfig:
     model: str = ""  # a preset with weights, a model folder or a .gguf file (required)
     prompt: str = "Every effort moves you"
     max_new_tokens: int = 50
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
+    temperature: float | None = None  # default: the model's (generation_config.json, GGUF), else 0 (greedy)
+    top_k: int | None = None  # default: the model's; 0: off
+    top_p: float | None = None  # default: the model's; 1.0: off
     seed: int | None = None
     tokenizer: str | None = None  # default: the model folder's, else gpt2
     quantize: str | None = None  # "int8": weight-only int8
@@ -332,6 +336,12 @@ class ExportConfig:
 
 # ---- scratchlm plan: recipes/plan.py
 @dataclass
+class PlanLora:
+    rank: int = 16  # of --method lora / qlora
+    targets: list[str] = field(default_factory=lambda: ["all"])  # q k v out ff head, or all
+
+
+@dataclass
 class PlanConfig:
     model: str = "gpt2-124m"  # a preset of any family, a model folder or a config file
     method: str = "full"  # full | lora | qlora | qlora-dq
@@ -339,8 +349,7 @@ class PlanConfig:
     context: int | None = None  # default: the model's
     dtype: str = "fp32"  # fp32 | bf16 | fp16
     optimizer: str = "adamw"  # adamw | adamw8bit | sgd
-    lora_rank: int = 16
-    lora_targets: list[str] = field(default_factory=lambda: ["all"])
+    lora: PlanLora = field(default_factory=lambda: PlanLora())  # --lora.rank, as finetuning
     tokens: float = 0.0  # training tokens planned
     peak_tflops: float | None = None  # e.g. 989 for an H100 (bf16)
     mfu: float = 0.4

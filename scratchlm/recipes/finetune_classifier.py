@@ -12,7 +12,6 @@ with its classifier head; LoRA merged) and final/adapter/ (the adapter alone, wi
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -29,26 +28,9 @@ from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer
 from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.optim import build_optimizer
+from scratchlm.training.plots import plot_accuracy
 from scratchlm.training.prepare import prepare_training, training_session, whole_model
 from scratchlm.recipes.configs import ClassifyConfig, LoraConfig  # noqa: F401 (its config)
-
-
-def plot_accuracy(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot([h["epoch"] for h in history], [h["train_acc"] for h in history], label="Training accuracy")
-    ax.plot([h["epoch"] for h in history], [h["val_acc"] for h in history], linestyle="-.",
-            label="Validation accuracy")
-    ax.set_xlabel("Epochs")
-    ax.set_ylabel("Accuracy")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(cfg: ClassifyConfig) -> dict:
@@ -69,13 +51,16 @@ def main(cfg: ClassifyConfig) -> dict:
                    f"max_length {train_ds.max_length}; {trainable:,} trainable parameters of "
                    f"{count_parameters(model):,} (base {total_before:,})")
         steps_per_epoch = set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
-        cfg.train.eval_every = steps_per_epoch
+        # at least four points on the accuracy curve: every epoch, or a quarter epoch when
+        # the run is shorter than four epochs
+        cfg.train.eval_every = max(1, steps_per_epoch // max(1, 4 // max(cfg.epochs, 1)))
         loss_module = ClassificationLoss(model)
         loaders = {name: DataLoader(ds, batch_size=cfg.train.batch_size)
                    for name, ds in (("train", train_ds), ("val", val_ds), ("test", test_ds))}
-        before = calc_accuracy_loader(model, loaders["test"], rt.device, cfg.eval_batches)
-        tqdm.write(f"test accuracy before finetuning (first {cfg.eval_batches} batches, the "
-                   f"book's check): {before:.2%}")
+        before = calc_accuracy_loader(model, loaders["test"], rt.device)
+        tqdm.write(f"test accuracy before finetuning: {before:.2%} (all {len(test_ds)} test "
+                   "examples, as after)")
+        n_train_eval = min(len(train_ds), cfg.eval_batches * cfg.train.batch_size)
         trainer = prepare_training(loss_module, model, rt, cfg.train)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
@@ -85,12 +70,14 @@ def main(cfg: ClassifyConfig) -> dict:
         def on_eval(step: int) -> None:
             row = {"epoch": step / steps_per_epoch,
                    "train_acc": calc_accuracy_loader(model, loaders["train"], rt.device, cfg.eval_batches),
-                   "val_acc": calc_accuracy_loader(model, loaders["val"], rt.device, cfg.eval_batches)}
+                   "val_acc": calc_accuracy_loader(model, loaders["val"], rt.device)}
             history.append(row)
-            tqdm.write(f"epoch {row['epoch']:.0f}: training accuracy {row['train_acc']:.2%} | "
-                       f"validation accuracy {row['val_acc']:.2%}")
+            tqdm.write(f"epoch {row['epoch']:.2f}: training accuracy {row['train_acc']:.2%} "
+                       f"(first {n_train_eval} of {len(train_ds)}) | validation accuracy "
+                       f"{row['val_acc']:.2%} (all {len(val_ds)})")
             if rt.is_main:
-                plot_accuracy(history, out / "accuracy.png")
+                plot_accuracy(history, out / "accuracy.png",
+                              f"training (first {n_train_eval})", f"validation (all {len(val_ds)})")
 
         fit(model, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out,
             to_dict(cfg), on_eval=on_eval)

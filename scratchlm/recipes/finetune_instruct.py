@@ -61,6 +61,9 @@ def main(cfg: InstructConfig) -> dict:
         loss_module = CausalLMLoss(model)
         before = dataset_loss(loss_module, test_ds, collate, rt, cfg.train.batch_size)
         tqdm.write(f"test loss before: {before:.3f}")
+        responses_before = (generate_responses(model, tok, test_ex, style, cfg.max_new_tokens,
+                                               cfg.response_batch)
+                            if cfg.test_responses and rt.is_main else None)
         steps_per_epoch = set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
         trainer = prepare_training(loss_module, model, rt, cfg.train)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
@@ -90,10 +93,18 @@ def main(cfg: InstructConfig) -> dict:
             responses = generate_responses(model, tok, test_ex, style, cfg.max_new_tokens,
                                            cfg.response_batch)
             rows = [{"instruction": e.instruction, "reference": e.response,
-                     "prompt": format_input(e.user_turn), "model_response": r}
-                    for e, r in zip(test_ex, responses)]
+                     "prompt": format_input(e.user_turn), "response_before": b,
+                     "model_response": r}
+                    for e, b, r in zip(test_ex, responses_before, responses)]
             (out / "test-with-responses.json").write_text(json.dumps(rows, indent=2))
-            result.update(text_metrics(responses, [e.response for e in test_ex]))
+            references = [e.response for e in test_ex]
+            result.update(text_metrics(responses, references))
+            result.update({f"{k}_before": v
+                           for k, v in text_metrics(responses_before, references).items()})
+            tqdm.write(f"test responses vs the references ({len(test_ex)}): word-overlap F1 "
+                       f"{result['reference_f1_before']:.3f} -> {result['reference_f1']:.3f}, "
+                       f"containing the reference {result['contains_reference_before']:.0%} -> "
+                       f"{result['contains_reference']:.0%}")
         save_final(model, tok, out / "final", cfg.lora, cfg.model)
         evaluate_final(cfg.eval, model, tok, out, str(out / "final"))
         (out / "samples.json").write_text(json.dumps(samples, indent=2))

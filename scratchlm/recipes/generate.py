@@ -23,7 +23,11 @@ def main(cfg: GenerateConfig) -> str:
     model, tokenizer = load_model_and_tokenizer(cfg.model, quantize=cfg.quantize)
     if cfg.tokenizer:
         tokenizer = get_tokenizer(cfg.tokenizer)
-    params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+    from scratchlm.models.generation_config import sampling_defaults
+
+    temperature, top_k, top_p = sampling_defaults(cfg.model).resolve(cfg.temperature, cfg.top_k,
+                                                                     cfg.top_p)
+    params = SamplingParams(cfg.max_new_tokens, temperature, top_k, top_p,
                             tuple(i for i in (tokenizer.eos_id,) if i is not None), cfg.seed)
     if cfg.chat:  # the prompt as a user turn of the model's chat template
         from scratchlm.tokenizers.chat import encode_chat

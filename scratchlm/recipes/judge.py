@@ -48,6 +48,7 @@ def main(cfg: JudgeConfig) -> dict:
                               cfg.retries)
     else:
         raise ValueError(f"--api must be ollama or openai, got {cfg.api!r}")
+    client.check()  # an unreachable judge is said at once, not as N unparsable answers
     result = score_responses(items, client.chat, cfg.concurrency)
     summary = {"judge": f"{cfg.api}:{client.model}", "items": len(items),
                "scored": len(result.valid), "unparsable": result.unparsable,
@@ -57,6 +58,10 @@ def main(cfg: JudgeConfig) -> dict:
     out = Path(cfg.out) if cfg.out else path.with_name(path.stem + "-scores.json")
     out.write_text(json.dumps(summary, indent=2))
     avg = f"{result.average:.2f}" if result.average is not None else "n/a"
+    failed = sum(a.startswith("error: ") for a in result.answers)
     print(f"average score {avg} over {len(result.valid)} of {len(items)} items "
-          f"({result.unparsable} unparsable) -> {out}")
+          f"({result.unparsable - failed} unparsable, {failed} failed requests) -> {out}")
+    if failed:
+        first = next(a for a in result.answers if a.startswith("error: "))
+        print(f"first failed request: {first[7:]}")
     return summary

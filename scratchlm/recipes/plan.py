@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from scratchlm.config import load_file
+from scratchlm.models.loading import LOCAL_GGUF
 from scratchlm.models.registry import family_for_hf, family_named, preset, preset_names
 from scratchlm.recipes.configs import PlanConfig
 from scratchlm.training.planner import Plan, format_plan, plan
@@ -21,12 +22,20 @@ def resolve_config(name: str):
     ``family`` key, or GPT/Llama told apart by ``intermediate_size``)."""
     if name in preset_names():
         return preset(name)[1]
+    if name in LOCAL_GGUF or name.endswith(".gguf"):  # a model with weights: its file's shape
+        from scratchlm.models.convert.gguf import config_kwargs, read_gguf
+        from scratchlm.models.registry import family_for_gguf
+
+        meta, _ = read_gguf(LOCAL_GGUF[name]() if name in LOCAL_GGUF else name)
+        family = family_for_gguf(meta.get("general.architecture"), name)
+        return family.config_cls(**config_kwargs(meta, name))
     path = Path(name)
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
-        raise ValueError(f"unknown model {name!r}: a preset ({', '.join(preset_names())}) "
-                         "or a config file")
+        raise ValueError(f"unknown model {name!r}: a preset "
+                         f"({', '.join([*preset_names(), *LOCAL_GGUF])}), a .gguf file, a model "
+                         "folder or a config file")
     data = load_file(path)
     if "scratchlm" in data:  # a model folder of ours
         meta = data["scratchlm"]
@@ -42,7 +51,7 @@ def resolve_config(name: str):
 def main(cfg: PlanConfig) -> Plan:
     p = plan(resolve_config(cfg.model), method=cfg.method, batch=cfg.batch,
              context=cfg.context, dtype=cfg.dtype, optimizer=cfg.optimizer,
-             lora_rank=cfg.lora_rank, lora_targets=tuple(cfg.lora_targets),
+             lora_rank=cfg.lora.rank, lora_targets=tuple(cfg.lora.targets),
              tokens=int(cfg.tokens), peak_tflops=cfg.peak_tflops, mfu=cfg.mfu,
              gpu_memory_gib=cfg.gpu_memory, grad_checkpointing=cfg.grad_checkpointing)
     print(json.dumps(p.to_dict(), indent=2) if cfg.json else format_plan(p, cfg.model, cfg.method))

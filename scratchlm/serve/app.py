@@ -38,6 +38,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from scratchlm import __version__
 from scratchlm.api import LLM
 from scratchlm.generation.batcher import Batcher
 from scratchlm.generation.engine import SamplingParams, TextStream
@@ -70,8 +71,9 @@ class Sampling(BaseModel):
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    # None: the model's default (generation_config.json / GGUF, else greedy), as chat and generate
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = Field(default=None, validate_default=True)
     seed: int | None = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)
@@ -234,7 +236,7 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
         yield
         batcher.close()
 
-    app = FastAPI(title="scratchlm", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="scratchlm", version=__version__, lifespan=lifespan)
     app.state.batcher, app.state.llm = batcher, llm
     stats = app.state.stats = Stats()
     app.add_middleware(BodyLimit, limit=cfg.max_request_bytes)
@@ -276,8 +278,8 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
             raise APIError(400, f"the prompt has {prompt_len} tokens; with max_tokens "
                                 f"{max_tokens} that exceeds the context length of "
                                 f"{llm.context_length}", "max_tokens")
-        return SamplingParams(max_tokens, req.temperature, req.top_k,
-                              req.top_p if req.top_p < 1.0 else None, llm.stop_ids, req.seed)
+        temperature, top_k, top_p = llm.defaults.resolve(req.temperature, req.top_k, req.top_p)
+        return SamplingParams(max_tokens, temperature, top_k, top_p, llm.stop_ids, req.seed)
 
     async def run(prompt_ids: list[int], params: SamplingParams, stops: list[str]):
         """Async iterator of (text piece, finish_reason) for one request through the batcher."""

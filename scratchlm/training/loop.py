@@ -187,6 +187,9 @@ def fit(
     result = FitResult(state["step"], state["tokens"])
     inner = getattr(loss_module, "module", loss_module)  # DDP keeps the module as .module
     eval_loss = getattr(inner, "has_eval_loss", True)
+    # a perplexity only for a token cross-entropy (not DPO's or a classifier's loss)
+    ppl = (lambda loss: perplexity(loss) if getattr(inner, "is_cross_entropy", False)  # noqa: E731
+           and loss is not None else None)
     pending: list[dict] = []  # the loss module's statistics since the last metrics row
     stop = _StopFlag()
     old_handler = signal.signal(signal.SIGINT, stop)
@@ -259,14 +262,16 @@ def fit(
                     val_loss = evaluate_loss(loss_module, val_loader, rt) if val_loader else None
                     metrics.log(step, tokens=state["tokens"], train_eval_loss=train_loss,
                                 val_loss=val_loss,
-                                val_ppl=perplexity(val_loss) if val_loss is not None else None)
+                                val_ppl=ppl(val_loss))
                     if val_loss is not None:
                         result.val_losses.append((step, val_loss))
                     if rt.is_main:
                         msg = (f"step {step:>6} | tokens {state['tokens']:,} | train "
                                f"{train_loss:.3f}")
                         if val_loss is not None:
-                            msg += f" | val {val_loss:.3f} (ppl {perplexity(val_loss):.1f})"
+                            msg += f" | val {val_loss:.3f}"
+                            if ppl(val_loss) is not None:
+                                msg += f" (ppl {ppl(val_loss):.1f})"
                         tqdm.write(msg)
                 if rt.is_main:
                     plot_losses(metrics.read(), run_dir / "loss.png")

@@ -55,6 +55,8 @@ class CausalLMLoss(nn.Module):
     """``model`` plus its loss as one module, ``(inputs, targets) -> loss``: the unit DDP and
     FSDP wrap, so the fused head+loss still runs inside their forward hooks."""
 
+    is_cross_entropy = True  # fit: a mean token cross-entropy, so its perplexity means something
+
     def __init__(self, model: nn.Module, fused: bool = True):
         super().__init__()
         self.model, self.fused = model, fused

@@ -33,7 +33,6 @@ frozen base skips its weight gradients: about 4N). Time = FLOPs / (peak FLOP/s *
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -65,6 +64,9 @@ class Plan:
     flops: float
     hours: float | None
     fits: bool | None
+    method: str = "full"  # what was planned: the advice leaves out what is already used
+    dtype: str = "fp32"
+    grad_checkpointing: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,7 +141,33 @@ def plan(model_cfg, method: str = "full", batch: int = 8,
     hours = flops / (peak_tflops * 1e12 * mfu) / 3600 if peak_tflops and tokens else None
     fits = peak <= gpu_memory_gib * 2**30 if gpu_memory_gib else None
     return Plan(params, trainable, weights, gradients, opt, activations, loss, peak,
-                20 * params, tokens, flops, hours, fits)
+                20 * params, tokens, flops, hours, fits, method, dtype, grad_checkpointing)
+
+
+def duration(hours: float) -> str:
+    """``42 s``, ``17 min``, ``3.2 hours``, ``12.5 days``: a time a person reads at a glance."""
+    seconds = hours * 3600
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if hours < 1.5:
+        return f"{seconds / 60:.0f} min"
+    if hours < 48:
+        return f"{hours:.1f} hours"
+    return f"{hours / 24:,.1f} days"
+
+
+def advice(p: Plan) -> str:
+    """What would make the run fit, leaving out what the plan already uses."""
+    options = ["lower the batch"]
+    if not p.grad_checkpointing:
+        options.append("grad checkpointing (--grad_checkpointing true)")
+    if p.method == "full":
+        options.append("LoRA/QLoRA (--method lora|qlora)")
+    elif p.method == "lora":
+        options.append("QLoRA (--method qlora)")
+    if p.dtype == "fp32":
+        options.append("bf16 (--dtype bf16)")
+    return ", ".join(options[:-1]) + (" or " if len(options) > 1 else "") + options[-1]
 
 
 def format_plan(p: Plan, name: str, method: str) -> str:
@@ -155,10 +183,8 @@ def format_plan(p: Plan, name: str, method: str) -> str:
         lines.append(f"planned: {p.tokens:,} tokens ({p.tokens / p.chinchilla_tokens:.2f}x "
                      f"Chinchilla), {p.flops:.3e} FLOPs")
     if p.hours is not None:
-        lines.append(f"time: {p.hours:,.2f} hours at the given peak and MFU "
-                     f"({math.ceil(p.hours * 60):,} min)")
+        lines.append(f"time: {duration(p.hours)} at the given peak and MFU")
     if p.fits is not None:
         lines.append("fits the given GPU memory" if p.fits else
-                     "does NOT fit the given GPU memory: lower the batch, use grad "
-                     "checkpointing, LoRA/QLoRA or bf16")
+                     f"does NOT fit the given GPU memory: {advice(p)}")
     return "\n".join(lines)

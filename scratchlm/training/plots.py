@@ -41,14 +41,18 @@ def plot_losses(rows: list[dict], path: str | Path, title: str = "Loss") -> Path
     ax.set_title(title)
     lines, labels = ax.get_legend_handles_labels()
     lr = [(int(r["step"]), float(r["lr"])) for r in rows if r.get("lr")]
-    if lr:  # the learning rate on its own faint axis (warm-up, decay, a temporary lr_scale)
+    if lr and max(v for _, v in lr) > min(v for _, v in lr) * (1 + 1e-6):
+        # the learning rate on its own faint axis (warm-up, decay, a temporary lr_scale); a
+        # constant rate would only add an axis of noise
         ax2 = ax.twinx()
         (line,) = ax2.plot([s for s, _ in lr], [v for _, v in lr], color="0.6", linewidth=1,
                            linestyle=":")
         ax2.set_ylabel("Learning rate", color="0.4")
         ax2.tick_params(axis="y", labelsize=7, colors="0.4")
         lines, labels = lines + [line], labels + ["Learning rate"]
-    ax.legend(lines, labels, loc="upper right")
+    # below the plot, where it covers no curve
+    ax.legend(lines, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3,
+              frameon=False, fontsize=8)
     if train and train[-1][0] > 0:
         # A second x-axis for tokens seen, aligned to steps by the logged pairs.
         steps = [s for s, _, _ in train]
@@ -80,4 +84,31 @@ def plot_series(rows: list[dict], keys: list[str], path: str | Path, title: str,
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(loc="best")
+    return _save(fig, path)
+
+
+def plot_accuracy(history: list[dict], path: str | Path, train_label: str = "training",
+                  val_label: str = "validation") -> Path | None:
+    """A classifier's accuracy at each evaluation (``epoch``, ``train_acc``, ``val_acc``
+    rows), with markers so one evaluation still shows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return None
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(epochs, [h["train_acc"] for h in history], marker="o", markersize=4,
+            label=f"Accuracy, {train_label}")
+    ax.plot(epochs, [h["val_acc"] for h in history], linestyle="-.", marker="s", markersize=4,
+            label=f"Accuracy, {val_label}")
+    ax.set_xlabel("Epochs")
+    ax.set_ylabel("Accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(0, max(epochs) * 1.05)
+    ax.set_title("Classification accuracy")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False,
+              fontsize=8)
     return _save(fig, path)

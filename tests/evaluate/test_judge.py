@@ -125,7 +125,8 @@ def test_offline_metrics():
     assert exact_match("Paris.", "paris") and not exact_match("Paris is it", "Paris")
     assert contains_reference("The answer is Paris!", "paris.")
     assert text_metrics(["Paris.", "It is Rome", "x"], ["Paris", "Rome", "y"]) == \
-        {"exact_match": 1 / 3, "contains_reference": 2 / 3}
+        pytest.approx({"exact_match": 1 / 3, "contains_reference": 2 / 3,
+                       "reference_f1": (1 + 0.5 + 0) / 3})
 
 
 def test_closer_to_chosen():
@@ -152,6 +153,28 @@ def test_judge_cli_on_a_responses_file(server, tmp_path):
     assert r.returncode == 0, r.stderr
     scores = json.loads((tmp_path / "test-with-responses-scores.json").read_text())
     assert [s["score"] for s in scores["per_item"]] == [90, None] and scores["average"] == 90
-    assert "average score 90.00 over 1 of 2 items (1 unparsable)" in r.stdout
+    assert "average score 90.00 over 1 of 2 items (1 unparsable, 0 failed requests)" in r.stdout
     prompt = Handler.calls[1][2]["messages"][0]["content"]
     assert "### Input:\n2+2" in prompt or "### Input:\n2+2" in Handler.calls[0][2]["messages"][0]["content"]
+
+
+def test_an_unreachable_judge_is_said_before_any_work(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([{"instruction": "Say hi", "output": "Hello.",
+                                 "model_response": "Hello."}] * 4))
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "scratchlm", "evaluate", "judge", str(path),
+                        "--url", f"http://127.0.0.1:{port}"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    assert f"cannot reach the judge at http://127.0.0.1:{port}/api/tags" in r.stderr
+    assert "ollama serve" in r.stderr and "judging" not in r.stderr
+    assert not (tmp_path / "r-scores.json").exists() and time.perf_counter() - t0 < 60

@@ -112,3 +112,29 @@ def test_plan_reads_a_saved_model_folder(tmp_path):
     cfg = LlamaConfig.from_name("llama-tiny")
     save_pretrained(Llama(cfg), tmp_path)
     assert resolve_config(str(tmp_path)) == cfg
+
+
+def test_plan_takes_every_preset_name_and_advises_what_is_not_in_use():
+    """The names and flags of the other commands (``smollm2-135m-instruct``, ``--lora.rank``);
+    a short run's time in seconds, not "0.00 hours"; advice without what was already given."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "scratchlm", "plan", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    r = run("--model", "smollm2-135m-instruct", "--method", "lora", "--lora.rank", "8",
+            "--dtype", "bf16", "--tokens", "1e6", "--peak_tflops", "100", "--gpu_memory", "0.01")
+    assert r.returncode == 0, r.stderr
+    assert "smollm2-135m-instruct, lora: 134,515,008 parameters" in r.stdout
+    import re
+
+    assert re.search(r"^time: \d+ s at the given peak and MFU$", r.stdout, re.M), r.stdout
+    advice = r.stdout.split("does NOT fit the given GPU memory: ")[1]
+    assert "QLoRA (--method qlora)" in advice and "LoRA/QLoRA" not in advice
+    assert "bf16" not in advice and "grad checkpointing" in advice
+    r = run("--model", "smollm2-135m-instruct", "--lora-rank", "8")
+    assert r.returncode != 0 and "--lora-rank" in r.stderr

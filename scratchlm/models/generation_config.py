@@ -1,0 +1,104 @@
+"""How a model asks to be sampled when a request says nothing: one answer for the server,
+``chat``, ``generate`` and the Python API.
+
+The model's own settings come first: a Hugging Face folder's ``generation_config.json``
+(``do_sample`` with its ``temperature``, ``top_k``, ``top_p``; Hugging Face's defaults for the
+fields it leaves out: 1.0, 50, 1.0; without ``do_sample`` it decodes greedily), or a GGUF
+file's ``general.sampling.temp`` / ``top_k`` / ``top_p``. A finetuning run's ``final/`` that
+stores only what it trained asks its base. Otherwise the documented default is greedy
+decoding (temperature 0): the answer a user can reproduce, and the one the book's chapter 5
+starts from. A request's own temperature, top_k and top_p always win (``resolve``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    source: str = "scratchlm's default (greedy)"
+
+    def resolve(self, temperature: float | None = None, top_k: int | None = None,
+                top_p: float | None = None) -> tuple[float, int | None, float | None]:
+        """(temperature, top_k, top_p) with each given value over the default; top_k 0 and
+        top_p 1.0 switch that filter off."""
+        t = self.temperature if temperature is None else temperature
+        k = self.top_k if top_k is None else top_k
+        p = self.top_p if top_p is None else top_p
+        return t, (k or None), (None if p is None or p >= 1.0 else p)
+
+
+GREEDY = SamplingDefaults()
+
+
+def _number(value, low: float, high: float, integer: bool = False):
+    """A setting from a file, or None when it is missing or out of range (a hostile or odd
+    file never sets a NaN temperature)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if integer and value != int(value):
+        return None
+    if not math.isfinite(value) or not low <= value <= high:
+        return None
+    return int(value) if integer else float(value)
+
+
+def from_hf(path: Path) -> SamplingDefaults | None:
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    if not cfg.get("do_sample"):
+        return replace(GREEDY, source=f"{path} (greedy: no do_sample)")
+    t = _number(cfg.get("temperature", 1.0), 0.0, 100.0)
+    k = _number(cfg.get("top_k", 50), 0, 1 << 31, integer=True)
+    p = _number(cfg.get("top_p", 1.0), 0.0, 1.0)
+    return SamplingDefaults(1.0 if t is None else t, k or None,
+                            None if p is None or p >= 1.0 or p == 0 else p, str(path))
+
+
+def from_gguf(meta: dict, source: str) -> SamplingDefaults | None:
+    keys = ("general.sampling.temp", "general.sampling.top_k", "general.sampling.top_p")
+    if not any(k in meta for k in keys):
+        return None
+    t = _number(meta.get(keys[0]), 0.0, 100.0)
+    k = _number(meta.get(keys[1]), 0, 1 << 31, integer=True)
+    p = _number(meta.get(keys[2]), 0.0, 1.0)
+    return SamplingDefaults(1.0 if t is None else t, k or None,
+                            None if p is None or p >= 1.0 or p == 0 else p, source)
+
+
+def sampling_defaults(name: str, _depth: int = 0) -> SamplingDefaults:
+    """The sampling defaults of a preset, a GGUF file or a model folder (see the module
+    docstring); greedy when the model says nothing."""
+    from scratchlm.models.loading import HF_REPOS, LOCAL_GGUF, fetch_hf_repo
+
+    name = str(name)
+    found = None
+    if name in LOCAL_GGUF or name.endswith(".gguf"):
+        from scratchlm.models.convert.gguf import read_gguf
+
+        path = LOCAL_GGUF[name]() if name in LOCAL_GGUF else Path(name)
+        found = from_gguf(read_gguf(path)[0], str(path))
+    else:
+        folder = fetch_hf_repo(HF_REPOS[name], progress=False) if name in HF_REPOS else Path(name)
+        if (folder / "generation_config.json").is_file():
+            found = from_hf(folder / "generation_config.json")
+        elif _depth < 8:  # a run stored over its base (models/delta.py) samples as the base
+            try:
+                meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+                base = meta["scratchlm"]["base"]["model"]
+            except (OSError, ValueError, KeyError, TypeError):
+                base = None
+            if isinstance(base, str):
+                return sampling_defaults(base, _depth + 1)
+    return found or GREEDY
