@@ -75,6 +75,27 @@ def pytest_configure(config):
         os.environ["SCRATCHLM_MIRROR"] = str(SHARED_DATA)
 
 
+def run_slow() -> bool:
+    """The slow tests (torchrun pairs, whole recipes, long servers) run in CI (``CI`` set, as
+    CI services do) or with ``SCRATCHLM_SLOW=1``; a plain ``pytest`` leaves them out, so the
+    everyday run stays within minutes."""
+    return bool(os.environ.get("CI") or os.environ.get("SCRATCHLM_SLOW"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if run_slow() or config.getoption("-m"):  # an explicit -m chooses for itself
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+def pytest_report_header(config):
+    return ("slow tests: run (CI or SCRATCHLM_SLOW set)" if run_slow() else
+            "slow tests: left out (set SCRATCHLM_SLOW=1 to run them; CI runs them)")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _cache_dir(tmp_path_factory):
     os.environ["SCRATCHLM_CACHE"] = str(tmp_path_factory.mktemp("cache"))

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -14,6 +16,7 @@ def run(*args, cwd=None):
                           capture_output=True, text=True, env=os.environ.copy(), timeout=600)
 
 
+@pytest.mark.slow  # the demo is the README's first command; CI runs this too
 def test_demo_fast(tmp_path):
     r = run("demo", "--fast", "--out", str(tmp_path / "demo"))
     assert r.returncode == 0, r.stderr

@@ -49,6 +49,8 @@ def class_logits(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor) -> 
 class ClassificationLoss(nn.Module):
     """``((ids, lengths), labels) -> mean cross-entropy``: the unit the training loop runs."""
 
+    unit = "examples"  # what batch_weight counts (the loss plot's top axis)
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model

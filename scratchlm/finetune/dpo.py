@@ -81,6 +81,8 @@ class DPOLoss(nn.Module):
     ``reference``: a frozen model, or None to use ``model`` with its LoRA adapters off (the
     model must have adapters then). ``reference="copy"`` freezes a deep copy of ``model``."""
 
+    unit = "pairs"  # what batch_weight counts (the loss plot's top axis)
+
     def __init__(self, model: nn.Module, beta: float = 0.1, reference: nn.Module | str | None = None):
         super().__init__()
         self.model, self.beta = model, beta

@@ -38,6 +38,8 @@ class RewardLoss(nn.Module):
     """``((ids, lengths), _) -> loss`` over a ``RewardCollate`` batch (chosen rows, then
     rejected rows)."""
 
+    unit = "pairs"  # what batch_weight counts (the loss plot's top axis)
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model

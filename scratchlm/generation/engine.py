@@ -54,15 +54,18 @@ class Engine:
         # Llama / GPT on CPU: one-token steps in native code (generation/native_decode.py)
         self.native = NativeDecoder.create(model) if self.dtype == torch.float32 else None
 
-    def new_cache(self, batch: int, length: int, pad: torch.Tensor | None = None) -> KVCache:
-        """A cache for ``length`` slots; models with sliding-window layers get one whose local
-        layers keep only their window (``SlidingKVCache``)."""
+    def new_cache(self, batch: int, length: int, pad: torch.Tensor | None = None,
+                  capacity: int | None = None) -> KVCache:
+        """A cache for ``length`` slots (``capacity`` allocated at first, growing as written);
+        models with sliding-window layers get one whose local layers keep only their window
+        (``SlidingKVCache``)."""
         n_layer, n_kv, head_dim = _kv_shape(self.model)
         windows = [getattr(b.att, "window", 0) for b in self.model.trf_blocks]
         if any(windows):
             return SlidingKVCache(windows, batch, n_kv, length, head_dim, self.dtype,
-                                  self.device, pad)
-        return KVCache(n_layer, batch, n_kv, length, head_dim, self.dtype, self.device, pad)
+                                  self.device, pad, capacity)
+        return KVCache(n_layer, batch, n_kv, length, head_dim, self.dtype, self.device, pad,
+                       capacity)
 
     def _last_logits(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits of the last position only: a 512-token prefill needs one row of the

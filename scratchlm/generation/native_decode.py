@@ -153,6 +153,7 @@ class NativeDecoder:
         if cache.length + 1 > min(cache.max_len, model.cfg.context_length):
             raise ValueError(f"KV cache full: {cache.length + 1} slots needed, "
                              f"{cache.max_len} allocated")
+        cache.reserve(cache.length + 1)  # before the storage's address is taken
         pos = cache.positions(1)[:, 0]  # (B,)
         x = model.tok_emb(idx[:, 0])  # (B, C), updated in place by every layer
         if self.llama:
@@ -165,7 +166,7 @@ class NativeDecoder:
         layer_bytes = cache.k.stride(0) * cache.k.element_size()  # also for a view of rows
         k0, v0 = cache.k.data_ptr(), cache.v.data_ptr()
         for i, (norms, (qkv, o, up, down), (n_qkv, _, n_up, _), _) in enumerate(self.layers):
-            kv = (k0 + i * layer_bytes, v0 + i * layer_bytes, cache.max_len, cache.length,
+            kv = (k0 + i * layer_bytes, v0 + i * layer_bytes, cache.capacity, cache.length,
                   start.data_ptr())
             if self.llama:
                 c, h, n_kv, d, inter = self.dims

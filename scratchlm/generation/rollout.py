@@ -120,6 +120,8 @@ class GRPOLoss(nn.Module):
     ``reference``: None (LoRA: the model with adapters off) or a frozen model, used when
     ``settings.beta`` > 0. ``step_metrics()`` returns the step's statistics and resets them."""
 
+    unit = "prompts"  # what batch_weight counts (the loss plot's top axis)
+
     has_eval_loss = False  # fit: no loss on held-out batches (the recipe measures accuracy)
 
     def __init__(self, model: nn.Module, tokenizer, prompts: Sequence[Prompt], reward,

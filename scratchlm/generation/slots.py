@@ -44,11 +44,14 @@ class Row:
 
 
 class SlotBatch:
-    def __init__(self, engine: Engine, slots: int, max_len: int | None = None):
+    def __init__(self, engine: Engine, slots: int, max_len: int | None = None,
+                 capacity: int = 256):
         self.engine, self.slots = engine, slots
         self.max_len = min(max_len or engine.max_len, engine.max_len)
         pad = torch.zeros(slots, dtype=torch.long, device=engine.device)
-        self.cache = engine.new_cache(slots, self.max_len, pad)
+        # ``capacity`` slots at first, growing as requests need them (nn/kv_cache.py), not
+        # max_len up front
+        self.cache = engine.new_cache(slots, self.max_len, pad, capacity=capacity)
         self.rows: list[Row] = []  # active rows: rows[i] lives in cache row i
 
     @property
@@ -94,6 +97,7 @@ class SlotBatch:
         elif longest > self.length:
             self.cache.shift(n, longest - self.length)  # make room before L
         end = max(self.length, longest) if self.rows else longest
+        self.cache.reserve(end)  # the row views below share the storage; it grows first
         first = torch.tensor([end - p for p, _ in sizes], device=engine.device)
         idx = torch.zeros(k, longest, dtype=torch.long, device=engine.device)
         for i, (prompt, _, _) in enumerate(requests):
@@ -142,6 +146,7 @@ class SlotBatch:
             raise ValueError(f"KV cache full at {self.length} slots")
         idx = torch.tensor([[r.token] for r in self.rows], dtype=torch.long,
                            device=self.engine.device)
+        self.cache.reserve(self.length + 1)
         view = self.cache.view(0, n)
         logits = self.engine._decode(idx, view)
         self.cache.length = view.length

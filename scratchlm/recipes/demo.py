@@ -94,7 +94,8 @@ def stage_pretrain(cfg: DemoConfig, out: Path) -> dict:
     if cfg.fast:
         shape = dict(n_layer=2, n_embd=64, n_head=2, context_length=64)
         train = TrainConfig(max_steps=20, batch_size=4, eval_every=10, save_every=20,
-                            lr=2e-3, warmup_steps=2, eval_batches=2, precision=precision(cfg))
+                            lr=2e-3, warmup_steps=2, eval_batches=2, precision=precision(cfg),
+                            tensorboard=False)
     else:
         # The book's chapter 5 run: its GPT_CONFIG_124M (no qkv bias, untied head, PyTorch's
         # default init) at context 256, AdamW lr 4e-4, batch 2 on The Verdict; it memorises

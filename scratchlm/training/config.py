@@ -82,9 +82,10 @@ def set_epochs(train: TrainConfig, epochs: int, num_examples: int, world_size: i
     """Set ``train.max_steps`` for ``epochs`` passes over ``num_examples`` (each step takes
     ``batch_size`` examples on each of ``world_size`` ranks) unless it was given (> 0: it
     replaces the epochs, as Hugging Face's ``max_steps`` does), and evaluate at least once per
-    epoch; returns the steps per epoch."""
+    epoch and four times per run (a validation curve, not one dot); returns the steps per
+    epoch."""
     steps_per_epoch = max(1, num_examples // (train.batch_size * world_size))
     if train.max_steps == 0:
         train.max_steps = epochs * steps_per_epoch
-    train.eval_every = min(train.eval_every, steps_per_epoch)
+    train.eval_every = min(train.eval_every, steps_per_epoch, max(1, train.max_steps // 4))
     return steps_per_epoch

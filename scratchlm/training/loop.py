@@ -274,7 +274,8 @@ def fit(
                                 msg += f" (ppl {ppl(val_loss):.1f})"
                         tqdm.write(msg)
                 if rt.is_main:
-                    plot_losses(metrics.read(), run_dir / "loss.png")
+                    plot_losses(metrics.read(), run_dir / "loss.png",
+                                unit=getattr(inner, "unit", "tokens"))
                 logged = on_eval(step) if on_eval is not None else None
                 if logged:
                     metrics.log(step, tokens=state["tokens"], **logged)

@@ -19,8 +19,10 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def plot_losses(rows: list[dict], path: str | Path, title: str = "Loss") -> Path | None:
-    """Train loss (every logged step) and validation loss (every eval) from metrics rows."""
+def plot_losses(rows: list[dict], path: str | Path, title: str = "Loss",
+                unit: str = "tokens") -> Path | None:
+    """Train loss (every logged step) and validation loss (every eval) from metrics rows;
+    the top axis counts ``unit`` seen (tokens, or a loss's examples or pairs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,7 +62,7 @@ def plot_losses(rows: list[dict], path: str | Path, title: str = "Loss") -> Path
         per_step = tokens[-1] / max(1, steps[-1])
         top = ax.secondary_xaxis("top", functions=(lambda s: s * per_step,
                                                    lambda t: t / max(per_step, 1e-9)))
-        top.set_xlabel("Tokens seen")
+        top.set_xlabel(f"{unit.capitalize()} seen")
     return _save(fig, path)
 
 

@@ -62,6 +62,7 @@ def test_text_initialisation_and_frozen_base(gpt2_tok):
         model.hidden_states(torch.tensor([[1]]), cache=object(), prefix=tuned.prompt)
 
 
+@pytest.mark.slow
 def test_prompt_recipe_on_instruction_data(tmp_path):
     """SmolLM2-135M-Instruct, frozen, learns a fixed reply from a 12-token soft prompt."""
     from scratchlm.models.loading import load_model_and_tokenizer
@@ -103,6 +104,7 @@ def sentiment_csv(path, n=64):
     return path
 
 
+@pytest.mark.slow
 def test_prompt_recipe_classifies_by_label_words(tmp_path):
     """SmolLM2-135M-Instruct, frozen, learns to answer 'positive'/'negative' after the cue,
     from a randomly initialised 8-token prompt."""

@@ -57,8 +57,8 @@ ARRIVALS = [
 ]
 
 
-def run_continuous(engine, slots=4, together=False):
-    batch = SlotBatch(engine, slots)
+def run_continuous(engine, slots=4, together=False, capacity=256):
+    batch = SlotBatch(engine, slots, capacity=capacity)
     waiting, outs, seen, step = [], {}, {}, 0
     pending = list(enumerate(ARRIVALS))
     joined_late = set()
@@ -91,10 +91,13 @@ def run_continuous(engine, slots=4, together=False):
     return [outs[i] for i in range(n)], [seen[i] for i in range(n)], joined_late
 
 
-@pytest.mark.parametrize("make,native,together", [
-    (gpt, True, False), (llama, True, False), (llama, False, False), (gemma, False, False),
-    (llama, True, True), (gpt, False, True), (gemma, False, True)])
-def test_joining_and_leaving_rows_equal_single_requests(make, native, together):
+@pytest.mark.parametrize("make,native,together,capacity", [
+    (gpt, True, False, 256), (llama, True, False, 256), (llama, False, False, 256),
+    (gemma, False, False, 256), (llama, True, True, 256), (gpt, False, True, 256),
+    (gemma, False, True, 256),
+    # a cache that starts with 3 slots and grows as rows join, shift and decode
+    (llama, True, False, 3), (gpt, False, True, 3), (gemma, False, False, 3)])
+def test_joining_and_leaving_rows_equal_single_requests(make, native, together, capacity):
     model = make()
     engine = Engine(model)
     if native:
@@ -102,7 +105,7 @@ def test_joining_and_leaving_rows_equal_single_requests(make, native, together):
     else:
         engine.native = None
     alone = [engine.generate([p], params)[0] for _, p, params in ARRIVALS]
-    got, logits, late = run_continuous(engine, together=together)
+    got, logits, late = run_continuous(engine, together=together, capacity=capacity)
     assert got == alone
     assert len({t for out in got for t in out}) > 10  # the model does not just repeat itself
     assert len(late) >= 3  # most rows joined a batch that was already decoding
@@ -126,3 +129,25 @@ def test_a_prompt_longer_than_the_current_slot_shifts_the_batch_or_waits():
     assert not batch.fits(1, 1)  # both slots taken
     with pytest.raises(ValueError, match="do not fit"):
         batch.join([1], SamplingParams(max_new_tokens=1))
+
+
+def test_the_cache_grows_as_written_and_views_do_not():
+    from scratchlm.nn.kv_cache import KVCache
+
+    cache = KVCache(2, 2, 1, 100, 4, capacity=3)
+    assert cache.capacity == 3
+    k = torch.randn(2, 1, 5, 4)
+    cache.update(0, k, k)
+    cache.advance(5)
+    assert cache.capacity == 6 and torch.equal(cache.k[0, :, :, :5], k)  # doubled, kept
+    view = cache.view(0, 1)
+    with pytest.raises(RuntimeError, match="reserve on its owner"):
+        view.update(0, torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4))
+    cache.reserve(100)
+    assert cache.capacity == 100 and torch.equal(cache.k[0, :, :, :5], k)
+    with pytest.raises(ValueError, match="KV cache full"):
+        cache.reserve(101)
+    big = SlotBatch(Engine(llama()), 16)  # 16 rows of a 64-slot context, but nothing written
+    assert big.cache.capacity == 64
+    small = SlotBatch(Engine(llama()), 16, capacity=8)
+    assert small.cache.nbytes() == big.cache.nbytes() // 8

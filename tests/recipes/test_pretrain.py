@@ -50,6 +50,19 @@ def test_outputs_and_loss_goes_down(tmp_path):
     model = load_pretrained(str(run / "final"))
     assert model.cfg.context_length == 32 and model.cfg.n_layer == 2
 
+    # final/ is self-contained: generate works with no cache, no mirror and no network
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SCRATCHLM_CACHE": str(tmp_path / "empty-cache"),
+           "SCRATCHLM_MIRROR": str(tmp_path / "empty-mirror"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    r = subprocess.run([sys.executable, "-m", "scratchlm", "generate", "--model",
+                        str(run / "final"), "--prompt", "Every effort", "--max-new-tokens", "3"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Every effort")
+
 
 def test_resume_is_exact(tmp_path):
     straight = tmp_path / "straight"
