@@ -106,7 +106,7 @@ def stage_pretrain(cfg: DemoConfig, out: Path) -> dict:
         shape = dict(context_length=256, drop_rate=0.0, qkv_bias=False, tie_embeddings=False,
                      init="torch")
         train = TrainConfig(max_steps=60, batch_size=2, eval_every=20, save_every=60, log_every=2,
-                            lr=4e-4, schedule="constant", warmup_steps=0, eval_batches=5,
+                            lr=4e-4, schedule="constant", warmup_steps=0, eval_batches=2,
                             precision=precision(cfg))
     pcfg = PretrainConfig(model="gpt2-124m", data=["the-verdict"], out=str(run), overwrite=True,
                           **shape,
@@ -168,7 +168,7 @@ def stage_classify(cfg: DemoConfig, out: Path) -> dict:
         eval_batches=1 if cfg.fast else 2, lora=LoraConfig(rank=8, alpha=16, targets=["all"]),
         train=TrainConfig(max_steps=0, batch_size=8, lr=5e-4 if not cfg.fast else 1e-3,
                           schedule="constant", warmup_steps=0, weight_decay=0.1, log_every=5,
-                          save_every=10**9, eval_batches=2, tensorboard=not cfg.fast,
+                          save_every=10**9, eval_batches=1, tensorboard=not cfg.fast,
                           precision=precision(cfg)))
     print(f"[classify] LoRA spam classifier on SmolLM2-135M-Instruct, {limit} messages -> {run}")
     res = classify(ccfg)
@@ -187,15 +187,15 @@ def stage_instruct(cfg: DemoConfig, out: Path) -> dict:
 
     def train(lr: float) -> TrainConfig:
         return TrainConfig(max_steps=0, batch_size=4, lr=lr, schedule="constant", warmup_steps=0,
-                           weight_decay=0.0, log_every=5, save_every=10**9,
-                           eval_batches=1 if cfg.fast else 2, tensorboard=not cfg.fast,
+                           weight_decay=0.0, log_every=2, save_every=10**9,
+                           eval_batches=1, tensorboard=not cfg.fast,
                            precision=precision(cfg))
 
-    limit = 12 if cfg.fast else 160
+    limit = 12 if cfg.fast else 128
     lora = LoraConfig(rank=16, alpha=16, targets=["all"])
     icfg = InstructConfig(model="smollm2-135m-instruct", data="instruction-data",
                           out=str(out / "instruct"), overwrite=True, epochs=1, limit=limit,
-                          max_new_tokens=8 if cfg.fast else 64, lora=lora, train=train(2e-4))
+                          max_new_tokens=8 if cfg.fast else 48, lora=lora, train=train(2e-4))
     print(f"[instruct] SFT with LoRA on {limit} instruction examples -> {icfg.out}")
     sft = instruct(icfg)
     print(f"[instruct] test loss {sft['test_loss_before']:.3f} -> {sft['test_loss_after']:.3f}; "
@@ -204,7 +204,7 @@ def stage_instruct(cfg: DemoConfig, out: Path) -> dict:
           "instructions, so SFT moves its style and length, not what it knows)")
     dcfg = DPOConfig(model=str(out / "instruct" / "final"), out=str(out / "dpo"), overwrite=True,
                      limit=limit,
-                     max_new_tokens=8 if cfg.fast else 64, dpo=DPOSettings(beta=0.1),
+                     max_new_tokens=8 if cfg.fast else 48, dpo=DPOSettings(beta=0.1),
                      lora=LoraConfig(rank=16, alpha=16, targets=["all"]), train=train(1e-4))
     print(f"[instruct] DPO on {limit} polite/impolite preference pairs -> {dcfg.out}")
     pref = dpo(dcfg)

@@ -163,7 +163,10 @@ def test_epochs_set_the_steps_unless_max_steps_is_given():
 
     cfg = TrainConfig(max_steps=0, batch_size=4, eval_every=100)
     assert set_epochs(cfg, 3, 40, world_size=2) == 5  # 40 examples / (4 x 2 ranks)
-    assert cfg.max_steps == 15 and cfg.eval_every == 5
+    assert cfg.max_steps == 15 and cfg.eval_every == 3  # four evaluations at least
+    long = TrainConfig(max_steps=0, batch_size=4, eval_every=1000)
+    set_epochs(long, 10, 400)
+    assert long.eval_every == 100  # once per epoch when that is more often
     given = TrainConfig(max_steps=7, batch_size=4)
     set_epochs(given, 3, 40)
     assert given.max_steps == 7  # --train.max_steps replaces --epochs, as in HF's Trainer
