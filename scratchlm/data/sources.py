@@ -113,7 +113,11 @@ def fetch(name: str, *, progress: bool = True) -> Path:
         if bare.is_file():
             _check_digest(bare, src.member_sha256, str(bare))
             return bare
-    archive = download(src.url, src.filename, src.sha256, progress=progress)
+    try:
+        archive = download(src.url, src.filename, src.sha256, progress=progress)
+    except DownloadError as e:  # say that the unpacked member would do as well
+        raise DownloadError(f"{e}\nA mirror folder may hold the unpacked {src.member!r} "
+                            f"instead of {src.filename!r}.") from None
     with zipfile.ZipFile(archive) as zf:
         names = {Path(n).name: n for n in zf.namelist()}
         if src.member not in names:

@@ -301,3 +301,22 @@ def test_a_missing_file_names_the_mirror_folder_tried(tmp_path):
         download("http://127.0.0.1:9/x/data.bin", "sms/data.bin", cache=tmp_path / "c",
                  mirror=str(tmp_path / "mirror"), progress=False, timeout=5)
     assert f"{tmp_path / 'mirror' / 'sms' / 'data.bin'} does not exist" in str(e.value)
+
+
+def test_a_missing_archive_says_its_unpacked_member_would_do(tmp_path, monkeypatch):
+    """The SMS data set's mirror may hold the bare SMSSpamCollection instead of the UCI zip."""
+    from scratchlm.data import sources
+
+    (tmp_path / "mirror").mkdir()
+    monkeypatch.setenv("SCRATCHLM_MIRROR", str(tmp_path / "mirror"))
+    monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(sources.SOURCES, "sms-spam", sources.Source(
+        "http://127.0.0.1:9/sms+spam+collection.zip", "sms+spam+collection.zip",
+        member="SMSSpamCollection"))
+    with pytest.raises(DownloadError) as e:
+        sources.fetch("sms-spam", progress=False)
+    msg = str(e.value)
+    assert f"{tmp_path / 'mirror' / 'sms+spam+collection.zip'} does not exist" in msg
+    assert "may hold the unpacked 'SMSSpamCollection' instead of 'sms+spam+collection.zip'" in msg
+    (tmp_path / "mirror" / "SMSSpamCollection").write_text("ham\thello\n")
+    assert sources.fetch("sms-spam", progress=False) == tmp_path / "mirror" / "SMSSpamCollection"
