@@ -58,6 +58,8 @@ def start_ours(args) -> tuple[subprocess.Popen, str]:
            "--max-batch", str(args.max_batch), "--max-tokens-cap", "256"]
     if args.quantize:
         cmd += ["--quantize", args.quantize]
+    if args.no_prefix_cache:
+        cmd += ["--prefix_cache", "false"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                             env=os.environ.copy())
     base = f"http://127.0.0.1:{port}"
@@ -140,6 +142,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--quantize", default="int8", help="our server's weights ('' for fp32)")
     ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--no-prefix-cache", action="store_true",
+                    help="our server without prefix caching (the comparison)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--requests", type=int, default=2, help="per client, one after another")
     ap.add_argument("--max-seconds", type=float, default=180.0, help="per level")

@@ -50,8 +50,9 @@ class Request:
 
 class Batcher:
     def __init__(self, engine: Engine, max_batch: int = 16, window_s: float = 0.01,
-                 prefill_budget: int = 256):
+                 prefill_budget: int = 256, prefix_cache: bool = True):
         self.engine, self.max_batch, self.window_s = engine, max_batch, window_s
+        self.prefix_cache = prefix_cache  # copy a shared prompt start (generation/slots.py)
         # prompt tokens prefilled between two decode steps (at least one prompt): the running
         # rows wait for at most about this much prefill per step
         self.prefill_budget = prefill_budget
@@ -110,7 +111,7 @@ class Batcher:
                 self.waiting.remove(req)
                 req.finish("stop")
                 continue
-            cost = (len(group) + 1) * max(len(r.prompt_ids) for r in [*group, req])
+            cost = batch.prefill_cost([r.prompt_ids for r in [*group, req]])
             if group and cost > self.prefill_budget:
                 continue  # after the next decode step
             if batch.fits_all([(len(r.prompt_ids), r.params.max_new_tokens)
@@ -125,7 +126,8 @@ class Batcher:
                     r.finish(f"error: {e}")
 
     def _loop(self) -> None:
-        batch = SlotBatch(self.engine, self.max_batch)
+        batch = SlotBatch(self.engine, self.max_batch, prefix_cache=self.prefix_cache)
+        self.batch = batch  # read-only for callers: its counters (reused prefix tokens)
         running = True
         while running or batch.rows:
             if running:

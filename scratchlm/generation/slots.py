@@ -19,6 +19,14 @@ until L has grown past it (or until the batch empties). Positions count from eac
 tokens see exactly what a single-request decode would (tested equal, token for token, on the
 native C decoder and on PyTorch's path). The same KV cache the engine uses serves, with the
 views of ``nn/kv_cache.py``; sliding-window caches too.
+
+Prefix caching: a key or value at position t depends only on tokens 0..t, so a prompt that
+begins with the tokens of an earlier one (a chat template's system prompt, a shared few-shot
+header) need not compute them again. The batch keeps the keys and values of the last joining
+row's first ``prefix_max`` tokens; a request that shares at least ``prefix_min`` leading tokens
+with them gets those copied into its row and prefills only the rest (each such row in its own
+forward, as a shorter padded row would overwrite its copied slots). Full caches only: ring
+buffers hold slots by position modulo the window.
 """
 
 from __future__ import annotations
@@ -44,8 +52,11 @@ class Row:
 
 
 class SlotBatch:
+    prefix_min = 16  # shared leading tokens worth a copy instead of a prefill
+    prefix_max = 512  # leading tokens kept for the next requests
+
     def __init__(self, engine: Engine, slots: int, max_len: int | None = None,
-                 capacity: int = 256):
+                 capacity: int = 256, prefix_cache: bool = True):
         self.engine, self.slots = engine, slots
         self.max_len = min(max_len or engine.max_len, engine.max_len)
         pad = torch.zeros(slots, dtype=torch.long, device=engine.device)
@@ -53,6 +64,10 @@ class SlotBatch:
         # max_len up front
         self.cache = engine.new_cache(slots, self.max_len, pad, capacity=capacity)
         self.rows: list[Row] = []  # active rows: rows[i] lives in cache row i
+        # (token ids, keys, values) of a recent prompt's first tokens: (n_layer, KV, P, D) each
+        self.prefix: tuple[list[int], torch.Tensor, torch.Tensor] | None = None
+        self.prefix_cache = prefix_cache and self.cache.can_shift
+        self.reused = 0  # prompt tokens copied instead of computed, over the batch's life
 
     @property
     def length(self) -> int:
@@ -99,14 +114,23 @@ class SlotBatch:
         end = max(self.length, longest) if self.rows else longest
         self.cache.reserve(end)  # the row views below share the storage; it grows first
         first = torch.tensor([end - p for p, _ in sizes], device=engine.device)
-        idx = torch.zeros(k, longest, dtype=torch.long, device=engine.device)
-        for i, (prompt, _, _) in enumerate(requests):
-            idx[i, longest - len(prompt):] = torch.tensor(prompt, device=engine.device)
-        view = self.cache.view(n, n + k, length=end - longest, pad=first)
-        logits = engine._last_logits(idx, view)
+        shared = self._shared_prefix([p for p, _, _ in requests])
+        if shared:
+            logits = torch.cat([self._prefill_after_prefix(n + i, prompt, end - len(prompt),
+                                                           shared)
+                                for i, (prompt, _, _) in enumerate(requests)])
+        else:
+            idx = torch.zeros(k, longest, dtype=torch.long, device=engine.device)
+            for i, (prompt, _, _) in enumerate(requests):
+                idx[i, longest - len(prompt):] = torch.tensor(prompt, device=engine.device)
+            view = self.cache.view(n, n + k, length=end - longest, pad=first)
+            logits = engine._last_logits(idx, view)
         for i, f in enumerate(first.tolist()):
             self.cache.set_pad(n + i, f)
         self.cache.length = end
+        if self.prefix_cache:
+            i = max(range(k), key=lambda j: sizes[j][0])  # keep the longest prompt's start
+            self._keep_prefix(requests[i][0], n + i, int(first[i]))
         rows = []
         for (prompt, params, tag), lg in zip(requests, logits):
             gen = None
@@ -115,6 +139,52 @@ class SlotBatch:
             rows.append(Row(params, tag, gen, lg))
         self.rows += rows
         return rows
+
+    def prefill_cost(self, prompts: list[list[int]]) -> int:
+        """Tokens one ``join_all`` of these prompts computes: the padded batch, or each
+        prompt's part after a shared prefix."""
+        shared = self._shared_prefix(prompts)
+        if shared:
+            return sum(len(p) - shared for p in prompts)
+        return len(prompts) * max(map(len, prompts))
+
+    def _shared_prefix(self, prompts: list[list[int]]) -> int:
+        """Leading tokens every prompt shares with the kept prefix (each keeping at least one
+        token to prefill); 0 when fewer than ``prefix_min``."""
+        if not self.prefix_cache or self.prefix is None:
+            return 0
+        ids = self.prefix[0]
+        shared = len(ids)
+        for prompt in prompts:
+            n = 0
+            limit = min(shared, len(prompt) - 1)
+            while n < limit and prompt[n] == ids[n]:
+                n += 1
+            shared = n
+        return shared if shared >= self.prefix_min else 0
+
+    def _prefill_after_prefix(self, row: int, prompt: list[int], first: int,
+                              shared: int) -> torch.Tensor:
+        """Copy the kept prefix's ``shared`` slots into ``row`` from its first real slot, then
+        prefill the rest of ``prompt`` through a one-row view; the (1, V) last logits."""
+        _, k, v = self.prefix
+        self.cache.k[:, row, :, first:first + shared] = k[:, :, :shared]
+        self.cache.v[:, row, :, first:first + shared] = v[:, :, :shared]
+        pad = torch.tensor([first], device=self.engine.device)
+        view = self.cache.view(row, row + 1, length=first + shared, pad=pad)
+        idx = torch.tensor([prompt[shared:]], dtype=torch.long, device=self.engine.device)
+        self.reused += shared
+        return self.engine._last_logits(idx, view)
+
+    def _keep_prefix(self, prompt: list[int], row: int, first: int) -> None:
+        """Keep ``prompt``'s first tokens' keys and values (from ``row``) for later requests,
+        unless the kept prefix already covers what it shares with them."""
+        n = min(len(prompt), self.prefix_max)
+        if self.prefix is not None and self.prefix[0][:self.prefix_min] == prompt[:self.prefix_min]:
+            if len(self.prefix[0]) >= n:
+                return
+        self.prefix = (list(prompt[:n]), self.cache.k[:, row, :, first:first + n].clone(),
+                       self.cache.v[:, row, :, first:first + n].clone())
 
     def sample(self) -> list[tuple[Row, int]]:
         """Each active row's next token (from its own logits and settings)."""

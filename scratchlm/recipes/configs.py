@@ -277,6 +277,8 @@ class ServeConfig:
     max_request_bytes: int = 4_000_000  # a larger request body is answered 413
     max_messages: int = 256  # messages in one chat request
     max_prompt_tokens: int = 0  # 0: the model's context length (a longer prompt is a 400)
+    prefix_cache: bool = True  # copy the keys/values of a prompt start shared with an earlier
+    # request (a chat template's system prompt) instead of computing them again
 
 
 # ---- scratchlm demo: recipes/demo.py

@@ -229,7 +229,7 @@ class Stats:
 
 
 def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
-    batcher = Batcher(llm.engine, max_batch=cfg.max_batch)
+    batcher = Batcher(llm.engine, max_batch=cfg.max_batch, prefix_cache=cfg.prefix_cache)
 
     @asynccontextmanager
     async def lifespan(app):

@@ -151,3 +151,41 @@ def test_the_cache_grows_as_written_and_views_do_not():
     assert big.cache.capacity == 64
     small = SlotBatch(Engine(llama()), 16, capacity=8)
     assert small.cache.nbytes() == big.cache.nbytes() // 8
+
+
+HEAD = list(range(10, 30))  # a shared 20-token start (a chat template's system prompt)
+SHARED = [  # (arrival step, prompt, sampling)
+    (0, HEAD + [40, 41, 42], SamplingParams(max_new_tokens=8)),
+    (0, HEAD + [50], SamplingParams(max_new_tokens=6)),
+    (2, HEAD + [60, 61, 62, 63, 64], SamplingParams(max_new_tokens=7, temperature=1.0, seed=5)),
+    (3, HEAD[:18] + [70, 71], SamplingParams(max_new_tokens=5)),  # shares 18 of them
+    (4, [1, 2, 3], SamplingParams(max_new_tokens=4)),  # shares nothing
+]
+
+
+@pytest.mark.parametrize("make,native", [(gpt, True), (llama, True), (llama, False),
+                                         (gemma, False)])
+def test_a_shared_prompt_start_is_copied_not_recomputed(make, native):
+    engine = Engine(make())
+    if not native:
+        engine.native = None
+    alone = [engine.generate([p], params)[0] for _, p, params in SHARED]
+    batch = SlotBatch(engine, 4)
+    outs, pending, step = {}, list(enumerate(SHARED)), 0
+    while pending or batch.rows:
+        for i, (at, prompt, params) in list(pending):
+            if at <= step and batch.fits(len(prompt), params.max_new_tokens):
+                batch.join(prompt, params, i)
+                outs[i] = []
+                pending.remove((i, (at, prompt, params)))
+        for row, tok in batch.sample():
+            outs[row.tag].append(tok)
+            if row.generated == row.params.max_new_tokens:
+                batch.leave(row)
+        batch.forward()
+        step += 1
+    assert [outs[i] for i in range(len(SHARED))] == alone
+    if make is gemma:  # ring buffers: no prefix cache, the same answers
+        assert batch.reused == 0
+    else:  # the second, third and fourth prompts copied 20, 20 and 18 tokens
+        assert batch.reused == 20 + 20 + 18
