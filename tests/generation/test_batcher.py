@@ -76,3 +76,25 @@ def test_mixed_sampling_settings_share_steps_and_equal_running_alone():
         assert batcher.largest == 4 and batcher.steps <= 13  # one step served all four
     finally:
         batcher.close()
+
+
+def test_prefix_caching_can_be_switched_off_and_changes_no_answer():
+    head = list(range(10, 40))  # 30 shared leading tokens
+    prompts = [head + [50, 51], head + [60], head + [70, 71, 72]]
+    params = SamplingParams(max_new_tokens=6)
+    results = {}
+    for on in (True, False):
+        eng = engine()
+        batcher = Batcher(eng, max_batch=4, prefix_cache=on)
+        try:
+            outs = []
+            for p in prompts:  # one after another: each later one finds the kept prefix
+                c = Collector()
+                batcher.submit(p, params, c)
+                assert c.done.wait(60)
+                outs.append(c.tokens)
+            results[on] = (outs, batcher.batch.reused)
+        finally:
+            batcher.close()
+    assert results[True][0] == results[False][0]
+    assert results[True][1] == 2 * 30 and results[False][1] == 0
