@@ -132,7 +132,8 @@ def tiny_chat_model(tmp_path_factory):
 
         from scratchlm.models.convert.gguf import read_gguf
         from scratchlm.models.llama import Llama, LlamaConfig
-        from scratchlm.models.loading import gguf_tokenizer, save_pretrained, smollm2_gguf
+        from scratchlm.models.gguf_tokenizer import gguf_tokenizer
+        from scratchlm.models.loading import save_pretrained, smollm2_gguf
         from scratchlm.tokenizers import save_tokenizer
 
         tok = gguf_tokenizer(read_gguf(smollm2_gguf())[0])

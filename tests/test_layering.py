@@ -5,7 +5,8 @@ A module may import from its own layer or lower ones, never from a higher one, a
 the package does no work (no torch import from ``import scratchlm``).
 
 ``models/loading.py`` reads checkpoints that it may first download, so it sits with ``data``
-(layer 2), as does ``models/delta.py``, which loads a finetuned model's base through it;
+(layer 2), as do ``models/delta.py``, which loads a finetuned model's base through it,
+``models/generation_config.py`` and ``models/gguf_tokenizer.py`` (which builds a tokenizer);
 ``models/__init__`` may re-export it lazily (a package's own submodule).
 ``recipes/demo.py`` runs every stage of the lifecycle, the server included, so it sits with
 cli/serve/api (layer 7)."""
@@ -19,7 +20,8 @@ import sys
 from conftest import ROOT
 
 LAYERS = {
-    "models.loading": 2, "models.delta": 2, "models.generation_config": 2, "recipes.demo": 7,
+    "models.loading": 2, "models.delta": 2, "models.generation_config": 2,
+    "models.gguf_tokenizer": 2, "recipes.demo": 7,
     "nn": 0, "models": 1, "tokenizers": 2, "data": 2, "finetune": 3, "export": 3,
     "training": 4,
     "evaluate": 5, "generation": 5, "recipes": 6, "cli": 7, "serve": 7, "api": 7, "__main__": 8,

@@ -79,7 +79,8 @@ def test_masked_prompt_targets_only_response(book_data, gpt2_tok):
 
 def test_chat_template_targets_assistant_turns():
     from scratchlm.models.convert.gguf import read_gguf
-    from scratchlm.models.loading import gguf_tokenizer, smollm2_gguf
+    from scratchlm.models.gguf_tokenizer import gguf_tokenizer
+    from scratchlm.models.loading import smollm2_gguf
     from scratchlm.tokenizers.chat import encode_chat
 
     tok = gguf_tokenizer(read_gguf(smollm2_gguf())[0])

@@ -14,8 +14,9 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 from scratchlm.models.convert.gguf import GGUFError  # noqa: E402
-from scratchlm.models.convert.gguf_layout import check_layout  # noqa: E402
-from scratchlm.models.loading import CheckpointError, gguf_tokenizer, load_gguf  # noqa: E402
+from scratchlm.models.convert.gguf_layout import read_layout  # noqa: E402
+from scratchlm.models.gguf_tokenizer import gguf_tokenizer  # noqa: E402
+from scratchlm.models.loading import CheckpointError, load_gguf  # noqa: E402
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def test_a_count_that_cannot_fit_names_file_and_field(good, field, where):
 
 
 def test_the_good_file_passes(good):
-    check_layout(good)
+    read_layout(good)
 
 
 def test_truncated_and_foreign_files(good, tmp_path):
