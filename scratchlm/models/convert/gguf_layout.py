@@ -96,11 +96,6 @@ class _Cursor:
         return [self.value(itype, what, depth + 1) for _ in range(count)]
 
 
-def check_layout(path: str | Path) -> None:
-    """Refuse a GGUF file whose header does not hold (see ``read_layout``)."""
-    read_layout(path)
-
-
 def read_layout(path: str | Path) -> tuple[dict, list[GGUFTensor]]:
     """(metadata, tensors) of a GGUF file, every count and length checked against the file:
     a ``GGUFError`` names the file and the field. The tensors' data are views of the file,
