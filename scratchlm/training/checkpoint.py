@@ -213,14 +213,14 @@ def load_checkpoint(path: str | Path, model: nn.Module,
         except RuntimeError as e:  # shape mismatches
             raise CheckpointLoadError(f"{path / 'model.safetensors'}: does not fit the model "
                                       f"({str(e).splitlines()[-1].strip()})") from None
-        tied_ok = {"out_head.weight"} if getattr(getattr(model, "cfg", None), "tie_embeddings", False) else set()
+        may_miss = {"out_head.weight"} if getattr(getattr(model, "cfg", None), "tie_embeddings", False) else set()
         if trained_only:  # the frozen rest came from the base model, as when the run began
             frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
-            tied_ok |= frozen | {k for k, _ in model.named_buffers()}
+            may_miss |= frozen | {k for k, _ in model.named_buffers()}
             if set(weights) & frozen:
                 raise CheckpointLoadError(f"{path / 'model.safetensors'}: holds parameters "
                                           "this run trains as frozen; the run's setup differs")
-        if unexpected or set(missing) - tied_ok:
+        if unexpected or set(missing) - may_miss:
             raise CheckpointLoadError(f"{path}: checkpoint does not fit the model "
                                       f"(missing {sorted(missing)[:5]}, unexpected {unexpected[:5]})")
         if optimizer is not None:

@@ -59,23 +59,22 @@ def finish_run(out: str | Path, keep_checkpoints: bool) -> None:
     ckpts = out / "checkpoints"
     if keep_checkpoints or not (out / "final").is_dir() or not ckpts.is_dir():
         return
-    if _stopped_early(ckpts):
+    if _stopped_early(out):
         return  # interrupted: the checkpoint is how it continues
     shutil.rmtree(ckpts)
     print(f"checkpoints removed ({out / 'final'} holds the model; --train.keep_checkpoints true "
           "keeps them to extend the run with --resume)")
 
 
-def _stopped_early(ckpts: Path) -> bool:
+def _stopped_early(out: Path) -> bool:
     """Whether the newest checkpoint is short of its run's ``train.max_steps`` (Ctrl-C)."""
-    import json
+    from scratchlm.training.checkpoint import CheckpointLoadError, latest_checkpoint, read_json
 
-    steps = sorted(p for p in ckpts.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-    if not steps:
+    last = latest_checkpoint(out)
+    if last is None:
         return False
     try:
-        step = json.loads((steps[-1] / "trainer_state.json").read_text())["step"]
-        max_steps = json.loads((steps[-1] / "config.json").read_text())["train"]["max_steps"]
-        return step < max_steps
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_json(last / "trainer_state.json")["step"] < read_json(
+            last / "config.json")["train"]["max_steps"]
+    except (CheckpointLoadError, KeyError, TypeError):
         return True  # unreadable: keep what is there
