@@ -50,13 +50,12 @@ def save_final(model, tokenizer, final: Path, lora: LoraConfig, base: str) -> No
     if lora.rank > 0:
         save_adapter(model, final / "adapter", lora)
     frozen = any(not p.requires_grad for p in model.parameters())
-    if frozen:
+    four_bit = lora.rank > 0 and lora.quantize_base is not None
+    if not frozen or (lora.save_merged and not four_bit):
+        save_pretrained(merge_lora(model), final)
+    else:
         save_delta(model, final, base)
-    if lora.save_merged or not frozen:
-        if lora.rank > 0 and lora.quantize_base is not None:
-            whole = load_pretrained(str(final))  # a 4-bit base: merged into the full-precision one
-        else:
-            whole = merge_lora(model)
-        save_pretrained(whole, final)
+        if lora.save_merged:  # a 4-bit base: the delta merged into the full-precision base
+            save_pretrained(load_pretrained(str(final)), final)
     save_tokenizer(tokenizer, final)
 
