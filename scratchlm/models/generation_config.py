@@ -50,6 +50,16 @@ def _number(value, low: float, high: float, integer: bool = False):
     return int(value) if integer else float(value)
 
 
+def _settings(temperature, top_k, top_p, source: str) -> SamplingDefaults:
+    """Sampling settings read from a file; a missing or odd temperature is 1.0, a top_k or
+    top_p that filters nothing (0, 1.0) or makes no sense is off."""
+    t = _number(temperature, 0.0, 100.0)
+    k = _number(top_k, 0, 1 << 31, integer=True)
+    p = _number(top_p, 0.0, 1.0)
+    return SamplingDefaults(1.0 if t is None else t, k or None,
+                            None if p is None or p >= 1.0 or p == 0 else p, source)
+
+
 def from_hf(path: Path) -> SamplingDefaults | None:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
@@ -59,22 +69,15 @@ def from_hf(path: Path) -> SamplingDefaults | None:
         return None
     if not cfg.get("do_sample"):
         return replace(GREEDY, source=f"{path} (greedy: no do_sample)")
-    t = _number(cfg.get("temperature", 1.0), 0.0, 100.0)
-    k = _number(cfg.get("top_k", 50), 0, 1 << 31, integer=True)
-    p = _number(cfg.get("top_p", 1.0), 0.0, 1.0)
-    return SamplingDefaults(1.0 if t is None else t, k or None,
-                            None if p is None or p >= 1.0 or p == 0 else p, str(path))
+    return _settings(cfg.get("temperature", 1.0), cfg.get("top_k", 50), cfg.get("top_p", 1.0),
+                     str(path))
 
 
 def from_gguf(meta: dict, source: str) -> SamplingDefaults | None:
     keys = ("general.sampling.temp", "general.sampling.top_k", "general.sampling.top_p")
     if not any(k in meta for k in keys):
         return None
-    t = _number(meta.get(keys[0]), 0.0, 100.0)
-    k = _number(meta.get(keys[1]), 0, 1 << 31, integer=True)
-    p = _number(meta.get(keys[2]), 0.0, 1.0)
-    return SamplingDefaults(1.0 if t is None else t, k or None,
-                            None if p is None or p >= 1.0 or p == 0 else p, source)
+    return _settings(*(meta.get(k) for k in keys), source)
 
 
 def sampling_defaults(name: str, _depth: int = 0) -> SamplingDefaults:
