@@ -57,10 +57,12 @@ ARRIVALS = [
 ]
 
 
-def run_continuous(engine, slots=4, together=False, capacity=256):
+def run_continuous(engine, slots=4, together=False, capacity=256, arrivals=ARRIVALS):
+    """Run ``arrivals`` through one batch: (outputs, per-step logits, rows that joined a running
+    batch, the batch)."""
     batch = SlotBatch(engine, slots, capacity=capacity)
     waiting, outs, seen, step = [], {}, {}, 0
-    pending = list(enumerate(ARRIVALS))
+    pending = list(enumerate(arrivals))
     joined_late = set()
     while pending or waiting or batch.rows:
         waiting += [(i, a) for i, a in pending if a[0] == step]
@@ -87,8 +89,8 @@ def run_continuous(engine, slots=4, together=False, capacity=256):
                 batch.leave(row)
         batch.forward()
         step += 1
-    n = len(ARRIVALS)
-    return [outs[i] for i in range(n)], [seen[i] for i in range(n)], joined_late
+    n = len(arrivals)
+    return [outs[i] for i in range(n)], [seen[i] for i in range(n)], joined_late, batch
 
 
 @pytest.mark.parametrize("make,native,together,capacity", [
@@ -105,7 +107,7 @@ def test_joining_and_leaving_rows_equal_single_requests(make, native, together, 
     else:
         engine.native = None
     alone = [engine.generate([p], params)[0] for _, p, params in ARRIVALS]
-    got, logits, late = run_continuous(engine, together=together, capacity=capacity)
+    got, logits, late, _ = run_continuous(engine, together=together, capacity=capacity)
     assert got == alone
     assert len({t for out in got for t in out}) > 10  # the model does not just repeat itself
     assert len(late) >= 3  # most rows joined a batch that was already decoding
@@ -170,21 +172,8 @@ def test_a_shared_prompt_start_is_copied_not_recomputed(make, native):
     if not native:
         engine.native = None
     alone = [engine.generate([p], params)[0] for _, p, params in SHARED]
-    batch = SlotBatch(engine, 4)
-    outs, pending, step = {}, list(enumerate(SHARED)), 0
-    while pending or batch.rows:
-        for i, (at, prompt, params) in list(pending):
-            if at <= step and batch.fits(len(prompt), params.max_new_tokens):
-                batch.join(prompt, params, i)
-                outs[i] = []
-                pending.remove((i, (at, prompt, params)))
-        for row, tok in batch.sample():
-            outs[row.tag].append(tok)
-            if row.generated == row.params.max_new_tokens:
-                batch.leave(row)
-        batch.forward()
-        step += 1
-    assert [outs[i] for i in range(len(SHARED))] == alone
+    got, _, _, batch = run_continuous(engine, arrivals=SHARED)
+    assert got == alone
     if make is gemma:  # ring buffers: no prefix cache, the same answers
         assert batch.reused == 0
     else:  # the second, third and fourth prompts copied 20, 20 and 18 tokens
