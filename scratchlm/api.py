@@ -27,12 +27,15 @@ class LLM:
 
     @classmethod
     def load(cls, name: str = "smollm2-135m-instruct", adapter: str | Path | None = None,
-             quantize: str | None = None, device: str = "cpu") -> "LLM":
+             quantize: str | None = None, device: str = "cpu", dtype: str = "fp32") -> "LLM":
         """A preset (``smollm2-135m-instruct``, ``gpt2-124m``, ...), a GGUF file or a model folder
-        (e.g. a finetuning run's ``final/``), optionally with a LoRA adapter folder on top."""
+        (e.g. a finetuning run's ``final/``), optionally with a LoRA adapter folder on top;
+        ``device`` (cpu | cuda | cuda:N) and ``dtype`` (fp32 | bf16 | fp16) say where it runs."""
         from scratchlm.models.loading import load_model_and_tokenizer
+        from scratchlm.models.placement import placement
 
-        model, tok = load_model_and_tokenizer(name, device=device, quantize=quantize)
+        dev, dt = placement(device, dtype)
+        model, tok = load_model_and_tokenizer(name, dt, dev, quantize=quantize)
         if adapter is not None:
             from scratchlm.finetune.lora import load_adapter
 

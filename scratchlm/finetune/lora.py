@@ -153,11 +153,16 @@ class LoRALinear(nn.Module):
         """The part's weight update, scale * B @ A: (out_part, in)."""
         return self.scale * (self.lora_B[name].weight @ self.lora_A[name].weight)
 
+    def has_effective_weight(self) -> bool:
+        """Whether ``effective_weight`` equals ``forward``'s matrix: not with dropout, a 4-bit
+        base or a bias."""
+        return self.quantized is None and self.dropout.p == 0 and self.bias is None
+
     def effective_weight(self) -> torch.Tensor | None:
         """``W + scale * B @ A`` over all parts, differentiable in the adapters: what a fused
         head+loss (``nn/loss.py``) multiplies by, instead of materialising the logits. None
-        when it would not equal ``forward`` (dropout, a 4-bit base) or there is a bias."""
-        if self.quantized is not None or self.dropout.p > 0 or self.bias is not None:
+        when ``has_effective_weight()`` is false."""
+        if not self.has_effective_weight():
             return None
         if not self.enabled or self.merged:
             return self.weight

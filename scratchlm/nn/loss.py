@@ -89,9 +89,12 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 
 
 def fusable_head(head) -> bool:
-    """Whether ``head_weight`` gives a matrix for ``head`` (without building it)."""
-    return (type(head) is torch.nn.Linear and head.bias is None) or hasattr(head,
-                                                                            "effective_weight")
+    """Whether ``head_weight`` gives a matrix for ``head`` (without building it): a LoRA head
+    over a 4-bit base or with dropout does not."""
+    if type(head) is torch.nn.Linear and head.bias is None:
+        return True
+    has = getattr(head, "has_effective_weight", None)
+    return has is not None and has()
 
 
 def head_weight(head) -> torch.Tensor | None:

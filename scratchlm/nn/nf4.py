@@ -121,7 +121,8 @@ class NF4Linear(nn.Module):
 
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         """The plain-PyTorch path: dequantize the whole weight, then ``F.linear``."""
-        return F.linear(x, self.dequantized(x.dtype), self.bias)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantized(x.dtype), bias)
 
 
 @cache

@@ -22,11 +22,12 @@ def reply(engine: Engine, tokenizer, messages: list[dict], params: SamplingParam
 
 
 def main(cfg: ChatConfig, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
-    from scratchlm.models.loading import load_model_and_tokenizer
-
     from scratchlm.models.generation_config import sampling_defaults
+    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.models.placement import placement
 
-    model, tokenizer = load_model_and_tokenizer(cfg.model, quantize=cfg.quantize)
+    device, dtype = placement(cfg.device, cfg.dtype)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, dtype, device, quantize=cfg.quantize)
     engine = Engine(model)
     stop_ids = tuple(i for i in (tokenizer.eos_id,) if i is not None)
     temperature, top_k, top_p = sampling_defaults(cfg.model).resolve(cfg.temperature, cfg.top_k,

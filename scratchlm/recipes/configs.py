@@ -226,6 +226,8 @@ class ChatConfig:
     top_p: float | None = None  # default: the model's; 1.0: off
     seed: int | None = None
     quantize: str | None = None  # "int8": weight-only int8 (nn/quant.py)
+    device: str = "cpu"  # cpu | cuda | cuda:N: where the model runs
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): the weights' dtype while generating
 
 
 # ---- scratchlm judge: recipes/judge.py
@@ -274,6 +276,8 @@ class ServeConfig:
     max_tokens_cap: int = 1024  # the largest max_tokens a request may ask for
     max_batch: int = 16
     quantize: str | None = None  # "int8"
+    device: str = "cpu"  # cpu | cuda | cuda:N: where the model runs
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): the weights' dtype while generating
     max_request_bytes: int = 4_000_000  # a larger request body is answered 413
     max_messages: int = 256  # messages in one chat request
     max_prompt_tokens: int = 0  # 0: the model's context length (a longer prompt is a 400)
@@ -317,6 +321,8 @@ class GenerateConfig:
     seed: int | None = None
     tokenizer: str | None = None  # default: the model folder's, else gpt2
     quantize: str | None = None  # "int8": weight-only int8
+    device: str = "cpu"  # cpu | cuda | cuda:N: where the model runs
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): the weights' dtype while generating
     chat: bool = False  # send the prompt as a user turn of the model's chat template
     best_of: int = 1  # sample N answers, print the one the reward model rates best
     reward_model: str | None = None  # a `finetune reward` final/ folder

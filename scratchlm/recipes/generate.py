@@ -20,7 +20,10 @@ def main(cfg: GenerateConfig) -> str:
     if not cfg.model:
         raise ValueError("--model is required (a preset with weights, a model folder or a "
                          ".gguf file)")
-    model, tokenizer = load_model_and_tokenizer(cfg.model, quantize=cfg.quantize)
+    from scratchlm.models.placement import placement
+
+    device, dtype = placement(cfg.device, cfg.dtype)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, dtype, device, quantize=cfg.quantize)
     if cfg.tokenizer:
         tokenizer = get_tokenizer(cfg.tokenizer)
     from scratchlm.models.generation_config import sampling_defaults

@@ -93,3 +93,28 @@ def test_nf4_is_bitsandbytes_layout_and_its_matmul_agrees():
         g = torch.randn_like(y)
         assert torch.allclose(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ref, x, g)[0],
                               atol=1e-5)
+
+
+def test_a_4bit_lora_head_takes_the_plain_loss_path():
+    """A LoRA head over an NF4 base has no fused weight: the causal-LM loss falls back to the
+    logits (it used to index None), and equals cross-entropy of the model's own logits."""
+    from scratchlm.nn.loss import fusable_head
+    from scratchlm.training.losses import causal_lm_loss
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=128, context_length=16, n_embd=64, n_layer=2, n_head=2))
+    apply_lora(model, rank=4, alpha=8, targets="all", quantize_base="nf4")
+    assert not fusable_head(model.out_head)
+    x = torch.randint(0, 128, (2, 16))
+    y = torch.roll(x, -1, 1)
+    loss = causal_lm_loss(model, x, y)
+    torch.testing.assert_close(loss, cross_entropy(model(x), y))
+    loss.backward()
+
+
+def test_nf4_torch_path_takes_bf16_inputs_with_a_bias():
+    torch.manual_seed(0)
+    layer = NF4Linear(torch.nn.Linear(64, 32))
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    want = torch.nn.functional.linear(x.float(), layer.dequantized(), layer.bias)
+    torch.testing.assert_close(layer.forward_torch(x).float(), want, atol=0.1, rtol=0.05)
