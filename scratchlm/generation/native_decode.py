@@ -10,7 +10,8 @@ model costs about as much again. The C layer does the same arithmetic as ``Llama
 row's real slots, the output projection, SwiGLU, both residuals) or GPT's ``TransformerBlock``
 (LayerNorm, biases, GELU) in one call, on the same KV cache tensors, so prefill (PyTorch) and
 decode (here) mix freely. Weights may be float32
-``nn.Linear`` or ``Int8Linear``, separate or fused (``nn/fuse.py``). The ``Engine`` uses it for
+``nn.Linear``, ``Int8Linear`` (separate or fused, ``nn/fuse.py``) or ``GGUFLinear`` (a GGUF
+file's own Q8_0/Q4_0/Q4_1 blocks). The ``Engine`` uses it for
 every one-token step when the model qualifies (``NativeDecoder.create``); its logits are
 tested equal to the PyTorch path's.
 """
@@ -26,22 +27,26 @@ from scratchlm.models.registry import model_features
 from scratchlm.nn.attention import CausalSelfAttention
 from scratchlm.nn.feedforward import GELU, FeedForward, SwiGLU
 from scratchlm.nn.kv_cache import KVCache
-from scratchlm.nn.native import Weight, decode_function, head_linear
+from scratchlm.nn.native import FORMATS, Weight, decode_function, head_linear
+from scratchlm.nn.gguf_linear import GGUFLinear
 from scratchlm.nn.quant import Int8Linear
 
 
 def _supported(layer: nn.Module) -> bool:
-    """A float32 ``nn.Linear`` or an ``Int8Linear`` on CPU with contiguous weights."""
+    """A float32 ``nn.Linear``, an ``Int8Linear`` or a ``GGUFLinear`` on CPU with contiguous
+    weights."""
     if type(layer) is nn.Linear:
         w, extra = layer.weight, layer.bias
     elif isinstance(layer, Int8Linear):
         if layer.scale.dtype != torch.float32:
             return False
         w, extra = layer.weight_int8, layer.bias
+    elif isinstance(layer, GGUFLinear):
+        w, extra = layer.blocks, layer.bias
     else:
         return False
     return (w.device.type == "cpu" and w.is_contiguous()
-            and (w.dtype == torch.float32 or isinstance(layer, Int8Linear))
+            and (w.dtype == torch.float32 or isinstance(layer, (Int8Linear, GGUFLinear)))
             and (extra is None or extra.dtype == torch.float32))
 
 
@@ -84,11 +89,15 @@ def _layers(model: nn.Module, block: nn.Module, kernel: str) -> list[list[nn.Mod
 def _weights(layers: list[nn.Module]) -> ctypes.Array:
     arr = (Weight * len(layers))()
     for slot, layer in zip(arr, layers):
-        int8 = isinstance(layer, Int8Linear)
-        slot.w = (layer.weight_int8 if int8 else layer.weight).data_ptr()
-        slot.scale = layer.scale.data_ptr() if int8 else None
+        if isinstance(layer, GGUFLinear):
+            slot.w, slot.scale, slot.fmt = layer.blocks.data_ptr(), None, FORMATS[layer.qtype]
+        elif isinstance(layer, Int8Linear):
+            slot.w, slot.scale = layer.weight_int8.data_ptr(), layer.scale.data_ptr()
+            slot.fmt = FORMATS["int8"]
+        else:
+            slot.w, slot.scale, slot.fmt = layer.weight.data_ptr(), None, FORMATS["f32"]
         slot.bias = layer.bias.data_ptr() if layer.bias is not None else None
-        slot.rows, slot.int8 = layer.out_features, int(int8)
+        slot.rows = layer.out_features
     return arr
 
 

@@ -306,10 +306,14 @@ def class_head_size(model: nn.Module) -> int | None:
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
-              device: str | torch.device = "cpu", tokenizer: bool = True):
+              device: str | torch.device = "cpu", tokenizer: bool = True,
+              keep_quantized: bool = False):
     """(model, tokenizer) from a llama.cpp GGUF file of any architecture the registry reads
     (llama, qwen3, qwen3moe, gemma3), dequantized to ``dtype``. ``tokenizer=False``: the model
-    alone (tokenizer None), e.g. for a file whose vocabulary we do not read (SentencePiece)."""
+    alone (tokenizer None), e.g. for a file whose vocabulary we do not read (SentencePiece).
+    ``keep_quantized``: Linear weights stored as Q8_0/Q4_0/Q4_1 stay in those blocks
+    (``nn/gguf_linear.py``), and so does a tied output head (the embedding table itself is
+    dequantized: a lookup reads one row); for inference on the CPU in float32."""
     from scratchlm.models.convert.gguf import ARCHS, GGUFError, config_kwargs, iter_tensors, read_gguf
     from scratchlm.models.gguf_tokenizer import gguf_tokenizer
 
@@ -336,7 +340,41 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
 
     model = load_mapped(family.model_cls, cfg, iter_tensors(path, reader), convert, str(path),
                         dtype, device)
+    if keep_quantized:
+        if dtype != torch.float32 or torch.device(device).type != "cpu":
+            raise ValueError("keep_quantized (--quantize gguf) runs on the CPU in float32")
+        keep_blocks(model, reader, conv, cfg)
     return model, gguf_tokenizer(meta, str(path)) if tokenizer else None
+
+
+def keep_blocks(model: nn.Module, reader, conv, cfg) -> int:
+    """Replace each Linear whose GGUF weight is Q8_0/Q4_0/Q4_1 by a ``GGUFLinear`` on the
+    file's bytes (rows reordered as the loader reorders them); a head tied to a block-stored
+    embedding gets its own ``GGUFLinear`` on the same bytes. Returns the layers replaced."""
+    from scratchlm.nn.gguf_linear import BLOCK_BYTES, GGUFLinear
+
+    replaced = 0
+    for t in reader.tensors:
+        qtype = t.tensor_type.name
+        if qtype not in BLOCK_BYTES or len(t.shape) != 2:
+            continue
+        cols, rows = (int(n) for n in t.shape.tolist())  # GGUF lists dims inner-first
+        blocks = np.ascontiguousarray(t.data).view(np.uint8).reshape(rows, -1)
+        for ours, arr in conv.convert(t.name, blocks, cfg):
+            owner = ours.removesuffix(".weight")
+            if ours == "tok_emb.weight":
+                if not cfg.tie_embeddings:
+                    continue
+                owner = "out_head"
+            layer = model.get_submodule(owner)
+            if type(layer) is not nn.Linear:
+                continue
+            parent, _, leaf = owner.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf,
+                    GGUFLinear(torch.from_numpy(np.array(arr, copy=True)), qtype, cols,
+                               layer.bias))
+            replaced += 1
+    return replaced
 
 
 def smollm2_gguf() -> Path:
@@ -362,12 +400,17 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
                              device: str | torch.device = "cpu", progress: bool = True,
                              quantize: str | None = None):
     """(model, tokenizer) for a preset, a GGUF file or a model folder; ``quantize="int8"``
-    stores the Linear weights as int8 for inference (see nn/quant.py)."""
+    stores the Linear weights as int8 for inference (see nn/quant.py); ``"gguf"`` keeps a GGUF
+    file's Q8_0/Q4_0/Q4_1 blocks as they are (nn/gguf_linear.py)."""
     from scratchlm.tokenizers import folder_tokenizer
 
-    if name in LOCAL_GGUF or str(name).endswith(".gguf"):
+    gguf_file = name in LOCAL_GGUF or str(name).endswith(".gguf")
+    if quantize == "gguf" and not gguf_file:
+        raise ValueError(f"quantize 'gguf' keeps a GGUF file's own blocks; {name} is not a "
+                         ".gguf file (use 'int8')")
+    if gguf_file:
         path = LOCAL_GGUF[name]() if name in LOCAL_GGUF else Path(name)
-        model, tok = load_gguf(path, dtype, device)
+        model, tok = load_gguf(path, dtype, device, keep_quantized=quantize == "gguf")
     else:
         folder = resolve_folder(name, progress)
         model = load_pretrained(str(folder), dtype, device, progress)
@@ -378,8 +421,12 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
 
         quantize_int8(model)
         fuse_projections(model)  # int8 models only run: fewer, larger matvecs per token
+    elif quantize == "gguf":
+        from scratchlm.nn.fuse import fuse_projections
+
+        fuse_projections(model, skip_mixed=True)  # blocks of one format fuse as int8 rows do
     elif quantize is not None:
-        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+        raise ValueError(f"quantize must be None, 'int8' or 'gguf', got {quantize!r}")
     return model.eval(), tok
 
 

@@ -6,7 +6,8 @@
 A decode step multiplies one token by every weight matrix; small matrices cost as much in call
 overhead as in arithmetic, so three calls into one saves time without changing a number:
 the output rows of the fused weight are the rows of the parts, and an ``Int8Linear`` keeps one
-scale per output row, so its parts concatenate exactly too. The fused modules drop the parts'
+scale per output row, and a ``GGUFLinear`` its blocks per output row, so their parts
+concatenate exactly too. The fused modules drop the parts'
 names, so fuse a model you only run (quantized, or loaded for chat), not one you train or save.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from scratchlm.nn.gguf_linear import GGUFLinear
 from scratchlm.nn.quant import Int8Linear
 
 
@@ -27,6 +29,10 @@ def concat_linears(parts: list[nn.Module]) -> nn.Module:
     if all(isinstance(p, Int8Linear) for p in parts):
         return Int8Linear(torch.cat([p.weight_int8 for p in parts]),
                           torch.cat([p.scale for p in parts]), bias)
+    if all(isinstance(p, GGUFLinear) for p in parts) and len({p.qtype for p in parts}) == 1:
+        # a row of blocks belongs to one output, so the parts' rows concatenate exactly
+        return GGUFLinear(torch.cat([p.blocks for p in parts]), parts[0].qtype,
+                          parts[0].in_features, bias)
     if all(type(p) is nn.Linear for p in parts):
         w = torch.cat([p.weight.detach() for p in parts])
         fused = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None,
@@ -38,9 +44,15 @@ def concat_linears(parts: list[nn.Module]) -> nn.Module:
     raise TypeError(f"cannot fuse {[type(p).__name__ for p in parts]} (LoRA or mixed layers)")
 
 
-def fuse_projections(model: nn.Module) -> nn.Module:
-    """Fuse, in place, every module that offers ``fuse_projections()``; returns the model."""
+def fuse_projections(model: nn.Module, skip_mixed: bool = False) -> nn.Module:
+    """Fuse, in place, every module that offers ``fuse_projections()``; returns the model.
+    ``skip_mixed``: parts of different kinds (a GGUF file's V in Q6_K beside Q/K in Q4_1) stay
+    separate instead of raising."""
     for module in model.modules():
         if hasattr(module, "fuse_projections") and module is not model:
-            module.fuse_projections()
+            try:
+                module.fuse_projections()
+            except TypeError:
+                if not skip_mixed:
+                    raise
     return model

@@ -28,6 +28,9 @@ import torch
 
 CSRC = Path(__file__).parent / "csrc"
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
+# what a kernel is built for: this CPU (every vector unit it has), or a portable build (plain C
+# the compiler vectorizes for x86-64's baseline; the path of CPUs without AVX-512)
+VARIANTS = {"native": FLAGS, "portable": ("-O3", "-fPIC", "-shared")}
 
 
 def kernel_dir() -> Path:
@@ -38,7 +41,7 @@ def kernel_dir() -> Path:
     return base / "kernels"
 
 
-def _compile(source: Path, out: Path) -> None:
+def _compile(source: Path, out: Path, flags: tuple[str, ...] = FLAGS) -> None:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         raise RuntimeError("no C compiler found (set CC)")
@@ -47,7 +50,7 @@ def _compile(source: Path, out: Path) -> None:
     os.close(fd)
     try:
         for extra in (("-fopenmp",), ()):  # without OpenMP (e.g. Apple clang): one thread
-            done = subprocess.run([cc, *FLAGS, *extra, str(source), "-o", tmp],
+            done = subprocess.run([cc, *flags, *extra, str(source), "-o", tmp],
                                   capture_output=True, text=True)
             if done.returncode == 0:
                 os.replace(tmp, out)
@@ -59,19 +62,19 @@ def _compile(source: Path, out: Path) -> None:
 
 
 @cache
-def load(name: str) -> ctypes.CDLL | None:
-    """The built library ``csrc/<name>.c``, or None (with one warning) when it cannot be built
-    or native kernels are switched off."""
+def load(name: str, variant: str = "native") -> ctypes.CDLL | None:
+    """The built library ``csrc/<name>.c`` (``variant``: one of ``VARIANTS``), or None (with one
+    warning) when it cannot be built or native kernels are switched off."""
     if os.environ.get("SCRATCHLM_NATIVE", "1") == "0":
         return None
-    source = CSRC / f"{name}.c"
-    key = hashlib.sha256(source.read_bytes() + " ".join(FLAGS).encode()
+    source, flags = CSRC / f"{name}.c", VARIANTS[variant]
+    key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode()
                          + platform.machine().encode() + platform.node().encode()
                          + torch.__version__.encode()).hexdigest()[:16]
     lib = kernel_dir() / f"{name}-{key}.so"
     try:
         if not lib.exists():
-            _compile(source, lib)
+            _compile(source, lib, flags)
         return ctypes.CDLL(str(lib))
     except (OSError, RuntimeError) as e:
         warnings.warn(f"native kernel {name} unavailable, using PyTorch ops: {e}", stacklevel=2)
@@ -79,10 +82,15 @@ def load(name: str) -> ctypes.CDLL | None:
 
 
 class Weight(ctypes.Structure):
-    """csrc/decode.c's ``Weight``: an int8 (with per-row scales) or float32 matrix."""
+    """csrc/decode.c's ``Weight``: a float32, int8 (with per-row scales) or GGUF-block matrix;
+    ``fmt`` is one of ``FORMATS``."""
 
     _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p),
-                ("rows", ctypes.c_int64), ("int8", ctypes.c_int64)]
+                ("rows", ctypes.c_int64), ("fmt", ctypes.c_int64)]
+
+
+# csrc/decode.c's FMT_* codes: how a Weight's rows are stored
+FORMATS = {"f32": 0, "int8": 1, "Q8_0": 2, "Q4_0": 3, "Q4_1": 4}
 
 
 P, I64, F32, W = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.POINTER(Weight)
@@ -90,6 +98,7 @@ P, I64, F32, W = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.POINTER
 SIGNATURES = {
     "int8_linear": [P] * 5 + [I64] * 3,
     "f32_linear": [P] * 4 + [I64] * 3,
+    "gguf_linear": [P, P, I64, P, P] + [I64] * 3,
     "llama_layer": [P] + [I64] * 6 + [F32, P, W, I64, W, P, W, I64, W] + [P] * 4
                    + [I64, I64, P, P, P],
     "gpt_layer": [P] + [I64] * 5 + [F32, P, P, W, W, P, P, W, W, P, P] + [I64, I64, P],
@@ -97,10 +106,10 @@ SIGNATURES = {
 
 
 @cache
-def decode_function(name: str):
-    """The function ``name`` of csrc/decode.c, typed for ctypes, or None when the library is
-    unavailable."""
-    lib = load("decode")
+def decode_function(name: str, variant: str = "native"):
+    """The function ``name`` of csrc/decode.c (built as ``variant``), typed for ctypes, or None
+    when the library is unavailable."""
+    lib = load("decode", variant)
     if lib is None:
         return None
     fn = getattr(lib, name)

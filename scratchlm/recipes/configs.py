@@ -225,7 +225,7 @@ class ChatConfig:
     top_k: int | None = None  # default: the model's; 0: off
     top_p: float | None = None  # default: the model's; 1.0: off
     seed: int | None = None
-    quantize: str | None = None  # "int8": weight-only int8 (nn/quant.py)
+    quantize: str | None = None  # "int8": weight-only int8 (nn/quant.py); "gguf": a GGUF file's own Q8_0/Q4_0/Q4_1 blocks
     device: str = "cpu"  # cpu | cuda | cuda:N: where the model runs
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): the weights' dtype while generating
 
@@ -254,7 +254,7 @@ class EvaluateConfig:
     tasks: list[str] = field(default_factory=lambda: ["bpb:tinyshakespeare"])
     limit: int | None = None  # only the first N examples (or characters of a text) per task
     out: str = ""  # results folder (default: RUN/eval beside a run's final/, else eval/)
-    quantize: str | None = None  # "int8": weight-only int8 for faster generation
+    quantize: str | None = None  # "int8": weight-only int8 for faster generation; "gguf": a GGUF file's own blocks
     lm: LMSettings = field(default_factory=LMSettings)
     choice: ChoiceSettings = field(default_factory=ChoiceSettings)
     gsm8k: Gsm8kSettings = field(default_factory=Gsm8kSettings)
@@ -275,7 +275,7 @@ class ServeConfig:
     api_key: str | None = None  # default: SCRATCHLM_API_KEY; unset: no key needed
     max_tokens_cap: int = 1024  # the largest max_tokens a request may ask for
     max_batch: int = 16
-    quantize: str | None = None  # "int8"
+    quantize: str | None = None  # "int8" | "gguf" (a GGUF file's own Q8_0/Q4_0/Q4_1 blocks)
     device: str = "cpu"  # cpu | cuda | cuda:N: where the model runs
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): the weights' dtype while generating
     max_request_bytes: int = 4_000_000  # a larger request body is answered 413
@@ -320,7 +320,7 @@ class GenerateConfig:
     top_p: float | None = None  # default: the model's; 1.0: off
     seed: int | None = None
     tokenizer: str | None = None  # default: the model folder's, else gpt2
-    quantize: str | None = None  # "int8": weight-only int8
+    quantize: str | None = None  # "int8": weight-only int8; "gguf": a GGUF file's own blocks
     device: str = "cpu"  # cpu | cuda | cuda:N: where the model runs
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): the weights' dtype while generating
     chat: bool = False  # send the prompt as a user turn of the model's chat template

@@ -2,12 +2,13 @@
 
    int8_linear   y = x @ (w * scale).T + bias for a few rows of x (nn/quant.py)
    f32_linear    the same for float32 weights (output heads of decode steps)
+   gguf_linear   the same for GGUF blocks as stored (Q8_0, Q4_0, Q4_1; nn/gguf_linear.py)
    llama_layer   one whole Llama decoder layer for one new token per row (a decode step,
    gpt_layer     generation/native_decode.py), the PyTorch layer's arithmetic in one call;
                  the same for a GPT-2 layer
 
-   Weights are int8 (N, K) row-major with one float32 scale per output row, or float32 (the
-   decode layer takes either); activations, norms, RoPE, attention and the KV cache are
+   Weights are int8 (N, K) row-major with one float32 scale per output row, float32, or rows of
+   llama.cpp's blocks of 32 (the decode layer takes any); activations, norms, RoPE, attention and the KV cache are
    float32. A batch-1 decode step reads every weight once, so its speed is the memory bandwidth
    over the weight bytes: int8 moves a quarter of fp32's. The rest of a layer (norms, RoPE,
    attention over the cache, SwiGLU) is a few microseconds of arithmetic that PyTorch spreads
@@ -132,37 +133,184 @@ static void dot4_f32(const void *rows, int64_t K, const float *x, float out[4]) 
 }
 #endif
 
-/* A weight matrix (N = rows, K) row-major: int8 with a float32 scale per row, or float32. */
+
+/* ---- GGUF blocks of 32 weights, read as stored ---------------------------------------------
+   Q8_0: fp16 d, 32 int8 q            w = d * q
+   Q4_0: fp16 d, 16 bytes             w = d * (q - 8)   q: element j in the low nibble of
+   Q4_1: fp16 d, fp16 m, 16 bytes     w = d * q + m        byte j, element j + 16 in the high
+   A row of K weights is K / 32 blocks. Each weight is widened to float32 in registers and
+   multiplied in float32 (no second rounding of the activations, unlike an int8 dot product):
+   the result is the dequantize-then-matmul result up to float32 summation order, and a
+   batch-1 step reads 4.5-8.5 bits per weight instead of int8's 8 or fp32's 32. */
+enum { FMT_F32 = 0, FMT_INT8 = 1, FMT_Q8_0 = 2, FMT_Q4_0 = 3, FMT_Q4_1 = 4 };
+
+static int64_t block_bytes(int64_t fmt) {
+    return fmt == FMT_Q8_0 ? 34 : fmt == FMT_Q4_0 ? 18 : 20;
+}
+
+static inline float half_to_float(const uint8_t *p) {
+    uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) {
+                man <<= 1;
+                exp--;
+            }
+            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000 | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define HAVE_BLOCKS4X4 1
+static inline float f16_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h); /* F16C: one instruction */
+}
+
+/* one block's 32 weights as two vectors of 16 float32 (elements 0-15, 16-31) */
+static inline void block_weights(const uint8_t *b, int64_t fmt, __m512 *lo, __m512 *hi) {
+    __m512 d = _mm512_set1_ps(f16_at(b));
+    if (fmt == FMT_Q8_0) {
+        *lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                  _mm_loadu_si128((const __m128i *)(b + 2)))), d);
+        *hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                  _mm_loadu_si128((const __m128i *)(b + 18)))), d);
+        return;
+    }
+    const uint8_t *qs = b + (fmt == FMT_Q4_0 ? 2 : 4);
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+    __m512 q0 = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0x0f)));
+    __m512 q1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+    /* Q4_0: d * q - 8d;  Q4_1: d * q + m */
+    __m512 m = _mm512_set1_ps(fmt == FMT_Q4_0 ? -8.f * f16_at(b) : f16_at(b + 2));
+    *lo = _mm512_fmadd_ps(q0, d, m);
+    *hi = _mm512_fmadd_ps(q1, d, m);
+}
+
+static void dot4_blocks(const void *rows, int64_t K, const float *x, float out[4], int64_t fmt) {
+    const uint8_t *r = rows;
+    int64_t bs = block_bytes(fmt), nb = K / 32, rb = nb * bs;
+    __m512 acc[4];
+    for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < nb; j++) {
+        if ((j & 1) == 0)
+            for (int i = 0; i < 4; i++)
+                _mm_prefetch((const char *)(r + i * rb + j * bs) + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+        __m512 x0 = _mm512_loadu_ps(x + 32 * j), x1 = _mm512_loadu_ps(x + 32 * j + 16);
+        for (int i = 0; i < 4; i++) {
+            __m512 lo, hi;
+            block_weights(r + i * rb + j * bs, fmt, &lo, &hi);
+            acc[i] = _mm512_fmadd_ps(hi, x1, _mm512_fmadd_ps(lo, x0, acc[i]));
+        }
+    }
+    for (int i = 0; i < 4; i++) out[i] = _mm512_reduce_add_ps(acc[i]);
+}
+
+/* out[b][i] = x_b . row i for four rows and four rows of x: each block is widened once and
+   used for four activation rows (a batch of sequences decoding together) */
+static void dot4x4_blocks(const void *rows, int64_t K, const float *x, int64_t ldx,
+                          float out[4][4], int64_t fmt) {
+    const uint8_t *r = rows;
+    int64_t bs = block_bytes(fmt), nb = K / 32, rb = nb * bs;
+    __m512 acc[4][4];
+    for (int b = 0; b < 4; b++)
+        for (int i = 0; i < 4; i++) acc[b][i] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < nb; j++) {
+        for (int i = 0; i < 4; i++) {
+            __m512 lo, hi;
+            block_weights(r + i * rb + j * bs, fmt, &lo, &hi);
+            for (int b = 0; b < 4; b++) {
+                const float *xb = x + b * ldx + 32 * j;
+                acc[b][i] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16),
+                                            _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb), acc[b][i]));
+            }
+        }
+    }
+    for (int b = 0; b < 4; b++)
+        for (int i = 0; i < 4; i++) out[b][i] = _mm512_reduce_add_ps(acc[b][i]);
+}
+#else
+/* portable: one block's 32 weights widened into a float buffer, then a vectorizable dot */
+static void dot4_blocks(const void *rows, int64_t K, const float *x, float out[4], int64_t fmt) {
+    const uint8_t *r = rows;
+    int64_t bs = block_bytes(fmt), nb = K / 32, rb = nb * bs;
+    for (int i = 0; i < 4; i++) {
+        float acc = 0.f;
+        for (int64_t j = 0; j < nb; j++) {
+            const uint8_t *b = r + i * rb + j * bs;
+            const float *xj = x + 32 * j;
+            float d = half_to_float(b), w[32];
+            if (fmt == FMT_Q8_0) {
+                for (int t = 0; t < 32; t++) w[t] = d * (float)(int8_t)b[2 + t];
+            } else {
+                const uint8_t *qs = b + (fmt == FMT_Q4_0 ? 2 : 4);
+                float m = fmt == FMT_Q4_1 ? half_to_float(b + 2) : -8.f * d;
+                for (int t = 0; t < 16; t++) {
+                    w[t] = (float)(qs[t] & 0x0f) * d + m;
+                    w[t + 16] = (float)(qs[t] >> 4) * d + m;
+                }
+            }
+            float s = 0.f;
+#pragma omp simd reduction(+ : s)
+            for (int t = 0; t < 32; t++) s += w[t] * xj[t];
+            acc += s;
+        }
+        out[i] = acc;
+    }
+}
+#endif
+
+/* A weight matrix (N = rows, K) row-major: int8 with a float32 scale per row, float32, or
+   GGUF blocks (fmt, one of FMT_*). */
 typedef struct {
     const void *w;
     const float *scale; /* int8 only */
     const float *bias;  /* or NULL */
     int64_t rows;
-    int64_t int8;
+    int64_t fmt;
 } Weight;
 
 /* y[b, n] = (sum_k x[b, k] w[n, k]) * scale[n] + bias[n];  x (B, K), y (B, ldy), n < rows */
 static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64_t K,
                     int64_t ldy) {
-    void (*dot4)(const void *, int64_t, const float *, float *) = wt->int8 ? dot4_int8 : dot4_f32;
-    size_t elem = wt->int8 ? 1 : sizeof(float);
+    int64_t fmt = wt->fmt, blocks_fmt = fmt >= FMT_Q8_0;
+    size_t row_bytes = blocks_fmt ? (size_t)(K / 32 * block_bytes(fmt))
+                                  : (size_t)K * (fmt == FMT_INT8 ? 1 : sizeof(float));
     int64_t N = wt->rows, whole = N / 4, blocks = (N + 3) / 4;
     char *tail = NULL; /* the last N % 4 rows, zero-padded to a block of four */
     if (N % 4) {
-        tail = calloc(4 * K, elem);
-        memcpy(tail, (const char *)wt->w + whole * 4 * K * elem, (N % 4) * K * elem);
+        tail = calloc(4, row_bytes);
+        memcpy(tail, (const char *)wt->w + whole * 4 * row_bytes, (N % 4) * row_bytes);
     }
 #pragma omp parallel for schedule(static)
     for (int64_t blk = 0; blk < blocks; blk++) {
         int64_t n = blk * 4, m = N - n < 4 ? N - n : 4;
-        const void *r = blk < whole ? (const char *)wt->w + n * K * elem : tail;
+        const void *r = blk < whole ? (const char *)wt->w + n * row_bytes : tail;
         float acc[4];
         int64_t b = 0;
-#ifdef HAVE_DOT4X4
-        if (!wt->int8)
+#if defined(HAVE_DOT4X4) || defined(HAVE_BLOCKS4X4)
+        if (fmt == FMT_F32 || blocks_fmt)
             for (; b + 4 <= B; b += 4) {
                 float acc4[4][4];
-                dot4x4_f32(r, K, x + b * K, K, acc4);
+#ifdef HAVE_BLOCKS4X4
+                if (blocks_fmt)
+                    dot4x4_blocks(r, K, x + b * K, K, acc4, fmt);
+                else
+#endif
+                    dot4x4_f32(r, K, x + b * K, K, acc4);
                 for (int j = 0; j < 4; j++)
                     for (int64_t i = 0; i < m; i++)
                         y[(b + j) * ldy + n + i] = acc4[j][i]
@@ -170,9 +318,14 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
             }
 #endif
         for (; b < B; b++) {
-            dot4(r, K, x + b * K, acc);
+            if (blocks_fmt)
+                dot4_blocks(r, K, x + b * K, acc, fmt);
+            else if (fmt == FMT_INT8)
+                dot4_int8(r, K, x + b * K, acc);
+            else
+                dot4_f32(r, K, x + b * K, acc);
             for (int64_t i = 0; i < m; i++)
-                y[b * ldy + n + i] = acc[i] * (wt->int8 ? wt->scale[n + i] : 1.f)
+                y[b * ldy + n + i] = acc[i] * (fmt == FMT_INT8 ? wt->scale[n + i] : 1.f)
                                      + (wt->bias ? wt->bias[n + i] : 0.f);
         }
     }
@@ -193,7 +346,7 @@ static void matvec(const Weight *ws, int64_t n, const float *x, float *y, int64_
 /* y (B, N) = x (B, K) @ (w * scale).T + bias, for Int8Linear (nn/quant.py) */
 void int8_linear(const float *x, const int8_t *w, const float *scale, const float *bias,
                  float *y, int64_t B, int64_t N, int64_t K) {
-    Weight wt = {w, scale, bias, N, 1};
+    Weight wt = {w, scale, bias, N, FMT_INT8};
     matvec1(&wt, x, y, B, K, N);
 }
 
@@ -201,7 +354,15 @@ void int8_linear(const float *x, const int8_t *w, const float *scale, const floa
    where a (B, K) x (K, N) matmul with B <= 16 and N ~ 10^5 is a memory stream */
 void f32_linear(const float *x, const float *w, const float *bias, float *y, int64_t B,
                 int64_t N, int64_t K) {
-    Weight wt = {w, NULL, bias, N, 0};
+    Weight wt = {w, NULL, bias, N, FMT_F32};
+    matvec1(&wt, x, y, B, K, N);
+}
+
+/* y (B, N) = x (B, K) @ W.T + bias for W stored as GGUF blocks of format fmt (FMT_Q8_0,
+   FMT_Q4_0, FMT_Q4_1), K a multiple of 32 (nn/gguf_linear.py) */
+void gguf_linear(const float *x, const uint8_t *w, int64_t fmt, const float *bias, float *y,
+                 int64_t B, int64_t N, int64_t K) {
+    Weight wt = {w, NULL, bias, N, fmt};
     matvec1(&wt, x, y, B, K, N);
 }
 

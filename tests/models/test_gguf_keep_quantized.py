@@ -1,0 +1,55 @@
+"""The embedded SmolLM2 (Q4_1 GGUF) run at the file's own precision (``--quantize gguf``):
+the same weights as the dequantized fp32 model, so the same greedy tokens and perplexity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scratchlm.generation.engine import Engine, SamplingParams
+from scratchlm.models.loading import load_model_and_tokenizer
+from scratchlm.nn.gguf_linear import GGUFLinear
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time",
+           "1, 2, 3, 4,", "Water boils at"]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    fp32, tok = load_model_and_tokenizer("smollm2-135m-instruct")
+    blocks, _ = load_model_and_tokenizer("smollm2-135m-instruct", quantize="gguf")
+    return fp32, blocks, tok
+
+
+def test_layers_keep_the_files_blocks(pair):
+    _, model, _ = pair
+    layers = [m for m in model.modules() if isinstance(m, GGUFLinear)]
+    # 30 blocks x (fused qkv, out, fused gate/up, down) + the tied head (Q8_0 embedding)
+    assert len(layers) == 30 * 4 + 1
+    assert model.out_head.qtype == "Q8_0" and model.trf_blocks[0].att.qkv_proj.qtype == "Q4_1"
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    assert Engine(model).native is not None  # decode steps in the native layer
+
+
+def test_same_greedy_tokens_as_the_dequantized_model(pair):
+    fp32, blocks, tok = pair
+    params = SamplingParams(max_new_tokens=24)
+    ids = [tok.encode(p) for p in PROMPTS]
+    assert Engine(blocks).generate(ids, params) == Engine(fp32).generate(ids, params)
+    for one in ids:  # batch 1 takes the one-row kernel path
+        assert Engine(blocks).generate([one], params) == Engine(fp32).generate([one], params)
+
+
+def test_same_perplexity_as_the_dequantized_model(pair, verdict_text):
+    fp32, blocks, tok = pair
+    ids = torch.tensor([tok.encode(verdict_text)[:257]])
+    with torch.no_grad():
+        losses = [torch.nn.functional.cross_entropy(m(ids[:, :-1])[0], ids[0, 1:])
+                  for m in (fp32, blocks)]
+    ppl = [float(torch.exp(v)) for v in losses]
+    assert abs(ppl[0] - ppl[1]) < 0.01, ppl
+
+
+def test_quantize_gguf_needs_a_gguf_file(tmp_path):
+    with pytest.raises(ValueError, match="is not a .gguf file"):
+        load_model_and_tokenizer(str(tmp_path), quantize="gguf")

@@ -1,0 +1,80 @@
+"""GGUF blocks multiplied as stored (``nn/gguf_linear.py``, ``csrc/decode.c``'s gguf_linear):
+equal to the ``gguf`` package's reference dequantize-then-matmul within float32 rounding, in
+this CPU's build and in the portable C build (the path of CPUs without AVX-512)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scratchlm.nn.fuse import concat_linears
+from scratchlm.nn.gguf_linear import GGUFLinear, dequantize_blocks, gguf_matmul
+from scratchlm.nn.native import decode_function
+
+gguf = pytest.importorskip("gguf")
+QTYPES = ("Q8_0", "Q4_0", "Q4_1")
+
+
+def blocks_of(w: np.ndarray, qtype: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 blocks (rows, row bytes), the gguf package's dequantized float32 weight)."""
+    from gguf.quants import dequantize, quantize
+
+    kind = getattr(gguf.GGMLQuantizationType, qtype)
+    raw = quantize(w, kind)
+    ref = torch.from_numpy(np.array(dequantize(raw, kind), dtype=np.float32))
+    return torch.from_numpy(np.ascontiguousarray(raw).view(np.uint8).reshape(w.shape[0], -1)), ref
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_dequantize_equals_the_gguf_package(qtype):
+    w = np.random.default_rng(0).standard_normal((7, 96)).astype(np.float32)
+    blocks, ref = blocks_of(w, qtype)
+    assert torch.equal(dequantize_blocks(blocks, qtype, (7, 96)), ref)
+
+
+@pytest.mark.parametrize("variant", ["native", "portable"])
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_kernel_equals_dequantize_then_matmul(qtype, variant):
+    kernel = decode_function("gguf_linear", variant)
+    if kernel is None:
+        pytest.skip("no C compiler")
+    rng = np.random.default_rng(1)
+    for n, k in ((1, 32), (5, 64), (37, 96), (64, 288)):  # rows not a multiple of 4 included
+        w = (rng.standard_normal((n, k)) * rng.uniform(0.01, 3, (n, 1))).astype(np.float32)
+        blocks, ref = blocks_of(w, qtype)
+        bias = torch.randn(n)
+        for rows in (1, 2, 3, 4, 5, 8, 16):
+            x = torch.randn(rows, k)
+            want = x.double() @ ref.double().T + bias.double()
+            got = gguf_matmul(kernel, x, blocks, qtype, bias, n)
+            scale = (x.abs().double() @ ref.abs().double().T).max()
+            assert (got.double() - want).abs().max() <= 1e-6 * scale + 1e-6, (n, k, rows)
+            if variant == "native":  # the module: kernel for <= 16 rows, F.linear above
+                layer = GGUFLinear(blocks, qtype, k, bias)
+                torch.testing.assert_close(layer(x), got)
+    x = torch.randn(2, 20, 96)  # a prefill: dequantize + F.linear
+    blocks, ref = blocks_of(rng.standard_normal((8, 96)).astype(np.float32), qtype)
+    torch.testing.assert_close(GGUFLinear(blocks, qtype, 96)(x), x @ ref.T, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_blocks_are_refused():
+    with pytest.raises(ValueError, match="takes Q8_0, Q4_0, Q4_1"):
+        GGUFLinear(torch.zeros(2, 20, dtype=torch.uint8), "Q6_K", 32)
+    with pytest.raises(ValueError, match="blocks of 32"):
+        GGUFLinear(torch.zeros(2, 20, dtype=torch.uint8), "Q4_1", 40)
+    with pytest.raises(ValueError, match=r"must be uint8 \(rows, 20\)"):
+        GGUFLinear(torch.zeros(2, 18, dtype=torch.uint8), "Q4_1", 32)
+
+
+def test_parts_of_one_format_fuse_exactly():
+    rng = np.random.default_rng(2)
+    parts = [GGUFLinear(blocks_of(rng.standard_normal((n, 64)).astype(np.float32), "Q4_1")[0],
+                        "Q4_1", 64) for n in (8, 4, 4)]
+    fused = concat_linears(parts)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(fused(x), torch.cat([p(x) for p in parts], dim=-1))
+    mixed = [parts[0], GGUFLinear(blocks_of(rng.standard_normal((4, 64)).astype(np.float32),
+                                            "Q8_0")[0], "Q8_0", 64)]
+    with pytest.raises(TypeError):
+        concat_linears(mixed)
