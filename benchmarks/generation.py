@@ -9,7 +9,9 @@ written to transformers' layout by ``save_hf`` and read back by it). Prints batc
 SmolLM2 with int8 weights: its perplexity cost and its decode speed against transformers' fp32
 (goal >= 3); then a Qwen3-0.6B-shaped and a Gemma-3-270M-shaped model (random weights),
 fp32 (goal >= 1.3) and int8 (goal >= 3), and the KV-cache bytes of a 32k-token context with
-Gemma 3's sliding-window layers against full attention (``--long`` also decodes to 32k tokens
+Gemma 3's sliding-window layers against full attention; SmolLM2 at the GGUF file's own Q4_1
+blocks against int8 and fp32 (``--gguf-only``: decode, prompt, memory, bytes per token and GB/s
+against this CPU's streaming bandwidth) (``--long`` also decodes to 32k tokens
 on a small Gemma-3-shaped model and reports the cache it held).
 """
 
@@ -139,6 +141,76 @@ def bench_int8(new_tokens: int, rounds: int) -> None:
     int8_speed("smollm2-135m", fp32, int8, hf_from(fp32), 49152, new_tokens, rounds)
 
 
+def stream_gbps() -> float:
+    """This CPU's streaming read bandwidth with PyTorch's threads: the best of a few sums over
+    a 512 MB tensor (far larger than any cache), GB/s."""
+    big = torch.ones(128 * 2**20)  # 512 MB of float32
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        big.sum()
+        best = max(best, big.numel() * 4 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def weight_bytes(model) -> int:
+    """Bytes a one-token step reads: every Linear-like layer's weights (fp32, int8 + scales or
+    GGUF blocks), the head included; the embedding reads one row."""
+    from scratchlm.nn.gguf_linear import GGUFLinear
+    from scratchlm.nn.quant import Int8Linear
+
+    total = 0
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, Int8Linear, GGUFLinear)):
+            total += sum(t.numel() * t.element_size() for t in (*m.parameters(recurse=False),
+                                                                 *m.buffers(recurse=False)))
+    return total
+
+
+def model_bytes(model) -> int:
+    seen, total = set(), 0
+    for t in (*model.parameters(), *model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def bench_gguf(new_tokens: int, rounds: int) -> None:
+    """SmolLM2-135M from its Q4_1 GGUF file at three precisions: fp32 (dequantized), int8
+    (quantized again from the dequantized weights) and the file's own blocks (``--quantize
+    gguf``): batch-1 and batch-8 greedy decode, a 512-token prompt, the loaded model's memory
+    against the file, and the bytes a decode step reads against this CPU's bandwidth."""
+    from scratchlm.generation.engine import Engine
+    from scratchlm.models.loading import load_model_and_tokenizer, smollm2_gguf
+
+    models = {q or "fp32": load_model_and_tokenizer("smollm2-135m-instruct", quantize=q)[0]
+              for q in (None, "int8", "gguf")}
+    engines = {k: Engine(m) for k, m in models.items()}
+    torch.manual_seed(0)
+    prompts = {b: torch.randint(0, 49152, (b, 16)) for b in (1, 8)}
+    long = torch.randint(0, 49152, (1, 512))
+    tps = {(k, b): 0.0 for k in engines for b in (1, 8)}
+    pp = dict.fromkeys(engines, 0.0)
+    for _ in range(rounds):  # alternate the sides; keep each one's best
+        for key, engine in engines.items():
+            for b, prompt in prompts.items():
+                _, dt = time_ours(engine, prompt, new_tokens)
+                tps[key, b] = max(tps[key, b], b * new_tokens / dt)
+            pp[key] = max(pp[key], 512 / ttft(lambda: time_ours(engine, long, 1)))
+    bandwidth = stream_gbps()
+    size = smollm2_gguf().stat().st_size
+    print(f"smollm2-135m from {smollm2_gguf().name} ({size / 1e6:.0f} MB), "
+          f"{torch.get_num_threads()} threads, streaming read {bandwidth:.1f} GB/s")
+    print(f"{'weights':>8} {'batch 1':>10} {'batch 8':>10} {'prompt 512':>11} {'memory':>14} "
+          f"{'MB/token':>9} {'GB/s':>6}")
+    for key, model in models.items():
+        read = weight_bytes(model)
+        print(f"{key:>8} {tps[key, 1]:>8.1f}/s {tps[key, 8]:>8.1f}/s {pp[key]:>9.0f}/s "
+              f"{model_bytes(model) / 1e6:>6.0f} MB {model_bytes(model) / size:>4.2f}x "
+              f"{read / 1e6:>9.1f} {read * tps[key, 1] / 1e9:>6.1f}")
+
+
 def bench_families(new_tokens: int, rounds: int) -> None:
     from scratchlm.models.registry import build_model, preset
     from scratchlm.nn.fuse import fuse_projections
@@ -199,7 +271,12 @@ def main():
     ap.add_argument("--families-only", action="store_true",
                     help="only the Qwen3 / Gemma 3 shapes and the sliding-window KV memory")
     ap.add_argument("--long", action="store_true", help="also decode 32k tokens (minutes)")
+    ap.add_argument("--gguf-only", action="store_true",
+                    help="only SmolLM2 at fp32, int8 and its GGUF file's own Q4_1 blocks")
     args = ap.parse_args()
+    if args.gguf_only:
+        bench_gguf(args.new_tokens, args.rounds)
+        return
     if args.int8_only:
         bench_int8(args.new_tokens, args.rounds)
         return
@@ -220,6 +297,7 @@ def main():
     smol, _ = load_model_and_tokenizer("smollm2-135m-instruct")
     bench("smollm2-135m", smol, hf_from(smol), 49152, args.new_tokens, args.rounds)
     bench_int8(args.new_tokens, args.rounds)
+    bench_gguf(args.new_tokens, args.rounds)
     kv_memory(args.long)
     bench_families(args.new_tokens, args.rounds)
 

@@ -129,7 +129,8 @@ class NativeDecoder:
         it is on the CPU in float32, its projections are plain Linears or ``Int8Linear`` (not
         LoRA) and the kernel builds; else None, and the engine keeps the PyTorch path."""
         name, _ = kernel_for(model)
-        if name is None or model.tok_emb.weight.dtype != torch.float32:
+        emb = getattr(model.tok_emb, "weight", None)  # a GGUFEmbedding gives float32 rows
+        if name is None or (emb is not None and emb.dtype != torch.float32):
             return None
         if any(type(p.data) is not torch.Tensor for p in model.parameters()):
             return None  # sharded (FSDP DTensor) parameters: the PyTorch layers gather them

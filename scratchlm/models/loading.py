@@ -351,7 +351,7 @@ def keep_blocks(model: nn.Module, reader, conv, cfg) -> int:
     """Replace each Linear whose GGUF weight is Q8_0/Q4_0/Q4_1 by a ``GGUFLinear`` on the
     file's bytes (rows reordered as the loader reorders them); a head tied to a block-stored
     embedding gets its own ``GGUFLinear`` on the same bytes. Returns the layers replaced."""
-    from scratchlm.nn.gguf_linear import BLOCK_BYTES, GGUFLinear
+    from scratchlm.nn.gguf_linear import BLOCK_BYTES, GGUFEmbedding, GGUFLinear
 
     replaced = 0
     for t in reader.tensors:
@@ -361,18 +361,21 @@ def keep_blocks(model: nn.Module, reader, conv, cfg) -> int:
         cols, rows = (int(n) for n in t.shape.tolist())  # GGUF lists dims inner-first
         blocks = np.ascontiguousarray(t.data).view(np.uint8).reshape(rows, -1)
         for ours, arr in conv.convert(t.name, blocks, cfg):
+            data = torch.from_numpy(np.array(arr, copy=True))
             owner = ours.removesuffix(".weight")
             if ours == "tok_emb.weight":
+                if type(model.tok_emb) is nn.Embedding:  # every family looks rows up by call
+                    model.tok_emb = GGUFEmbedding(data, qtype, cols)
+                    replaced += 1
                 if not cfg.tie_embeddings:
                     continue
-                owner = "out_head"
+                owner = "out_head"  # the tied head reads the same bytes
             layer = model.get_submodule(owner)
             if type(layer) is not nn.Linear:
                 continue
             parent, _, leaf = owner.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, leaf,
-                    GGUFLinear(torch.from_numpy(np.array(arr, copy=True)), qtype, cols,
-                               layer.bias))
+                    GGUFLinear(data, qtype, cols, layer.bias))
             replaced += 1
     return replaced
 

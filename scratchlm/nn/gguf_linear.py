@@ -92,3 +92,24 @@ def gguf_matmul(kernel, x: torch.Tensor, blocks: torch.Tensor, qtype: str,
            None if bias is None else bias.data_ptr(), y.data_ptr(), rows, out_features,
            x.shape[-1])
     return y
+
+
+class GGUFEmbedding(nn.Module):
+    """An embedding table kept as GGUF blocks: a lookup dequantizes only the rows it reads
+    (one per token), so the table costs the file's bytes, not fp32's. ``blocks`` may be the
+    same tensor as a tied head's ``GGUFLinear``: one copy serves both."""
+
+    def __init__(self, blocks: torch.Tensor, qtype: str, embedding_dim: int):
+        super().__init__()
+        GGUFLinear(blocks[:1], qtype, embedding_dim)  # the same checks on the layout
+        self.qtype, self.embedding_dim = qtype, embedding_dim
+        self.num_embeddings = blocks.shape[0]
+        self.register_buffer("blocks", blocks)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        rows = self.blocks[idx.reshape(-1)]  # (N, row bytes)
+        out = dequantize_blocks(rows, self.qtype, (rows.shape[0], self.embedding_dim))
+        return out.reshape(*idx.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self.qtype}"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from scratchlm.generation.engine import Engine, SamplingParams
-from scratchlm.models.loading import load_model_and_tokenizer
-from scratchlm.nn.gguf_linear import GGUFLinear
+from scratchlm.models.loading import load_model_and_tokenizer, smollm2_gguf
+from scratchlm.nn.gguf_linear import GGUFEmbedding, GGUFLinear
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time",
            "1, 2, 3, 4,", "Water boils at"]
@@ -27,6 +27,12 @@ def test_layers_keep_the_files_blocks(pair):
     # 30 blocks x (fused qkv, out, fused gate/up, down) + the tied head (Q8_0 embedding)
     assert len(layers) == 30 * 4 + 1
     assert model.out_head.qtype == "Q8_0" and model.trf_blocks[0].att.qkv_proj.qtype == "Q4_1"
+    # the embedding table and the tied head share the file's bytes: one copy
+    assert isinstance(model.tok_emb, GGUFEmbedding)
+    assert model.tok_emb.blocks.data_ptr() == model.out_head.blocks.data_ptr()
+    size = sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in
+                                                       (*model.parameters(), *model.buffers())}.values())
+    assert size <= 1.2 * smollm2_gguf().stat().st_size
     assert not any(type(m) is torch.nn.Linear for m in model.modules())
     assert Engine(model).native is not None  # decode steps in the native layer
 
