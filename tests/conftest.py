@@ -16,6 +16,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+def random_blocks(qtype: str, rows: int, cols: int, seed: int = 0):
+    """Random K-quant bytes with finite fp16 super-scales: a uint8 array (rows, cols / 256 *
+    block bytes), for the K-quants the gguf package cannot quantize."""
+    import numpy as np
+
+    block, scale_offsets = {"Q2_K": (84, [80, 82]), "Q3_K": (110, [108]),
+                            "Q4_K": (144, [0, 2]), "Q5_K": (176, [0, 2]),
+                            "Q6_K": (210, [208])}[qtype]
+    rng = np.random.default_rng(seed)
+    n = rows * cols // 256
+    raw = rng.integers(0, 256, (n, block), dtype=np.uint8)
+    for off in scale_offsets:
+        raw[:, off:off + 2] = (rng.standard_normal(n) * 0.05).astype(np.float16).view(
+            np.uint8).reshape(n, 2)
+    return raw.reshape(rows, -1)
+
+
 @contextlib.contextmanager
 def static_server(folder: Path):
     """Serve ``folder`` over HTTP on 127.0.0.1 (a stand-in hub: ``OWNER/NAME/resolve/main/...``

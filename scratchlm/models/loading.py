@@ -311,7 +311,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
     """(model, tokenizer) from a llama.cpp GGUF file of any architecture the registry reads
     (llama, qwen3, qwen3moe, gemma3), dequantized to ``dtype``. ``tokenizer=False``: the model
     alone (tokenizer None), e.g. for a file whose vocabulary we do not read (SentencePiece).
-    ``keep_quantized``: Linear weights stored as Q8_0/Q4_0/Q4_1 stay in those blocks
+    ``keep_quantized``: Linear weights stored as Q8_0/Q4_0/Q4_1/Q4_K/Q6_K stay in those blocks
     (``nn/gguf_linear.py``), and so does a tied output head (the embedding table itself is
     dequantized: a lookup reads one row); for inference on the CPU in float32."""
     from scratchlm.models.convert.gguf import ARCHS, GGUFError, config_kwargs, iter_tensors, read_gguf
@@ -348,17 +348,20 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
 
 
 def keep_blocks(model: nn.Module, reader, conv, cfg) -> int:
-    """Replace each Linear whose GGUF weight is Q8_0/Q4_0/Q4_1 by a ``GGUFLinear`` on the
+    """Replace each Linear whose GGUF weight is in a ``KEPT`` format by a ``GGUFLinear`` on the
     file's bytes (rows reordered as the loader reorders them); a head tied to a block-stored
     embedding gets its own ``GGUFLinear`` on the same bytes. Returns the layers replaced."""
-    from scratchlm.nn.gguf_linear import BLOCK_BYTES, GGUFEmbedding, GGUFLinear
+    from scratchlm.nn.gguf_blocks import BLOCKS
+    from scratchlm.nn.gguf_linear import KEPT, GGUFEmbedding, GGUFLinear
 
     replaced = 0
     for t in reader.tensors:
         qtype = t.tensor_type.name
-        if qtype not in BLOCK_BYTES or len(t.shape) != 2:
+        if qtype not in KEPT or len(t.shape) != 2:
             continue
         cols, rows = (int(n) for n in t.shape.tolist())  # GGUF lists dims inner-first
+        if cols % BLOCKS[qtype][1]:
+            continue  # not whole blocks per row: such a tensor stays dequantized
         blocks = np.ascontiguousarray(t.data).view(np.uint8).reshape(rows, -1)
         for ours, arr in conv.convert(t.name, blocks, cfg):
             data = torch.from_numpy(np.array(arr, copy=True))

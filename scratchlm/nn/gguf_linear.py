@@ -1,65 +1,72 @@
-"""A Linear layer whose weight stays in a GGUF file's own block format: Q8_0, Q4_0 or Q4_1
-(llama.cpp's blocks of 32 weights, each block with an fp16 scale, and an fp16 minimum for Q4_1).
+"""A Linear layer whose weight stays in a GGUF file's own block format: Q8_0, Q4_0, Q4_1 (blocks
+of 32 weights) or the K-quants Q4_K and Q6_K (super-blocks of 256); ``nn/gguf_blocks.py`` has
+each layout:
 
     Q8_0  34 bytes: d, 32 x int8 q          w = d * q                8.5 bits per weight
     Q4_0  18 bytes: d, 16 bytes of nibbles  w = d * (q - 8)          4.5 bits
     Q4_1  20 bytes: d, m, 16 bytes          w = d * q + m            5.0 bits
-    (element j of a block in byte j's low nibble, element j + 16 in its high nibble)
+    Q4_K  144 bytes per 256                 w = d*sc*q - dmin*mn     4.5 bits
+    Q6_K  210 bytes per 256                 w = d*sc*(q - 32)        6.6 bits
 
 A model loaded with ``load_gguf(..., keep_quantized=True)`` runs at the file's precision: the
 weights are the file's bytes, never dequantized to fp32 nor quantized again to int8 (which
 would add a second rounding). A decode step (up to ``KERNEL_MAX_ROWS`` rows of float32 input)
 multiplies the blocks as stored in native code (``csrc/decode.c``, ``gguf_linear`` and the
-decode layers), reading 4.5-8.5 bits per weight. More rows (a prompt's prefill), other dtypes
-or no C compiler dequantize the weight and call ``F.linear``. The weights are buffers, not
-parameters: such a layer does not train (dequantize the model, ``load_gguf`` without
-``keep_quantized``, to finetune it).
+decode layers), reading 4.5-8.5 bits per weight. More rows (a prompt's prefill) and other
+dtypes dequantize the weight (in C, or numpy without a compiler) and call ``F.linear``. The
+weights are buffers, not parameters: such a layer does not train (dequantize the model,
+``load_gguf`` without ``keep_quantized``, to finetune it).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchlm.nn.gguf_blocks import BLOCKS, dequantize
 from scratchlm.nn.native import FORMATS, decode_function
 from scratchlm.nn.quant import KERNEL_MAX_ROWS
 
-BLOCK = 32
-BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
+KEPT = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")  # the formats the native kernels multiply
+
+
+def row_bytes(qtype: str, in_features: int) -> int:
+    size, weights = BLOCKS[qtype]
+    return in_features // weights * size
 
 
 def dequantize_blocks(blocks: torch.Tensor, qtype: str, shape: tuple[int, int],
                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The (rows, cols) weight of uint8 ``blocks`` (rows, cols / 32 * block bytes)."""
-    b = blocks.reshape(-1, BLOCK_BYTES[qtype])  # (n_blocks, block bytes)
-    d = b[:, :2].contiguous().view(torch.float16).float()  # (n_blocks, 1)
-    if qtype == "Q8_0":
-        w = d * b[:, 2:].contiguous().view(torch.int8).float()
+    """The (rows, cols) weight of uint8 ``blocks`` (rows, row bytes): in C when the kernels
+    build (parallel), else with numpy (``gguf_blocks.dequantize``); the same values."""
+    kernel = decode_function("gguf_dequantize")
+    if kernel is not None and blocks.is_cpu:
+        blocks = blocks.contiguous()
+        out = torch.empty(shape)
+        kernel(blocks.data_ptr(), FORMATS[qtype], out.data_ptr(), shape[0], shape[1])
     else:
-        qs = b[:, 2:] if qtype == "Q4_0" else b[:, 4:]  # (n_blocks, 16)
-        q = torch.cat([qs & 0x0F, qs >> 4], dim=1).float()  # (n_blocks, 32): low, then high
-        if qtype == "Q4_0":
-            w = d * (q - 8.0)
-        else:
-            w = d * q + b[:, 2:4].contiguous().view(torch.float16).float()
-    return w.reshape(shape).to(dtype)
+        out = torch.from_numpy(np.array(dequantize(blocks.cpu().numpy(), qtype, shape)))
+    return out.to(device=blocks.device, dtype=dtype)
 
 
 class GGUFLinear(nn.Module):
-    """``y = x @ W.T + bias`` with ``W`` held as GGUF blocks (``qtype``: Q8_0, Q4_0, Q4_1)."""
+    """``y = x @ W.T + bias`` with ``W`` held as GGUF blocks (``qtype``: one of ``KEPT``)."""
 
     def __init__(self, blocks: torch.Tensor, qtype: str, in_features: int,
                  bias: torch.Tensor | None = None):
         super().__init__()
-        if qtype not in BLOCK_BYTES:
-            raise ValueError(f"GGUFLinear takes {', '.join(BLOCK_BYTES)}, got {qtype}")
-        if in_features % BLOCK:
-            raise ValueError(f"{qtype} rows are blocks of {BLOCK}; in_features is {in_features}")
-        row_bytes = in_features // BLOCK * BLOCK_BYTES[qtype]
-        if blocks.dtype != torch.uint8 or blocks.dim() != 2 or blocks.shape[1] != row_bytes:
+        if qtype not in KEPT:
+            raise ValueError(f"GGUFLinear takes {', '.join(KEPT)}, got {qtype}")
+        weights = BLOCKS[qtype][1]
+        if in_features % weights:
+            raise ValueError(f"{qtype} rows are blocks of {weights}; in_features is "
+                             f"{in_features}")
+        size = row_bytes(qtype, in_features)
+        if blocks.dtype != torch.uint8 or blocks.dim() != 2 or blocks.shape[1] != size:
             raise ValueError(f"{qtype} blocks for {in_features} inputs must be uint8 (rows, "
-                             f"{row_bytes}), got {blocks.dtype} {tuple(blocks.shape)}")
+                             f"{size}), got {blocks.dtype} {tuple(blocks.shape)}")
         self.qtype, self.in_features, self.out_features = qtype, in_features, blocks.shape[0]
         self.register_buffer("blocks", blocks.contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float())

@@ -90,7 +90,7 @@ class Weight(ctypes.Structure):
 
 
 # csrc/decode.c's FMT_* codes: how a Weight's rows are stored
-FORMATS = {"f32": 0, "int8": 1, "Q8_0": 2, "Q4_0": 3, "Q4_1": 4}
+FORMATS = {"f32": 0, "int8": 1, "Q8_0": 2, "Q4_0": 3, "Q4_1": 4, "Q4_K": 5, "Q6_K": 6}
 
 
 P, I64, F32, W = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.POINTER(Weight)
@@ -99,6 +99,7 @@ SIGNATURES = {
     "int8_linear": [P] * 5 + [I64] * 3,
     "f32_linear": [P] * 4 + [I64] * 3,
     "gguf_linear": [P, P, I64, P, P] + [I64] * 3,
+    "gguf_dequantize": [P, I64, P, I64, I64],
     "llama_layer": [P] + [I64] * 6 + [F32, P, W, I64, W, P, W, I64, W] + [P] * 4
                    + [I64, I64, P, P, P],
     "gpt_layer": [P] + [I64] * 5 + [F32, P, P, W, W, P, P, W, W, P, P] + [I64, I64, P],

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import random_blocks
+
 gguf = pytest.importorskip("gguf")
 
 from scratchlm.models.convert.gguf import GGUFError, dequantize  # noqa: E402
@@ -145,20 +147,6 @@ def test_gguf_logits_equal_safetensors(tmp_path, case):
     assert tok.eos_id == VOCAB - 1
 
 
-def random_blocks(qtype: str, rows: int, cols: int, seed: int = 0) -> np.ndarray:
-    """Random K-quant bytes with finite fp16 super-scales, (rows, cols / 256 * block bytes)."""
-    block, scale_offsets = {"Q2_K": (84, [80, 82]), "Q3_K": (110, [108]),
-                            "Q4_K": (144, [0, 2]), "Q5_K": (176, [0, 2]),
-                            "Q6_K": (210, [208])}[qtype]
-    rng = np.random.default_rng(seed)
-    n = rows * cols // 256
-    raw = rng.integers(0, 256, (n, block), dtype=np.uint8)
-    for off in scale_offsets:
-        raw[:, off:off + 2] = (rng.standard_normal(n) * 0.05).astype(np.float16).view(
-            np.uint8).reshape(n, 2)
-    return raw.reshape(rows, -1)
-
-
 @pytest.mark.parametrize("qtype", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
 def test_k_quants_dequantize_as_the_gguf_reference(qtype):
     raw = random_blocks(qtype, 3, 512)
@@ -242,3 +230,42 @@ def test_a_sentencepiece_vocabulary_is_refused_by_name_but_the_weights_load(tmp_
     x = torch.randint(0, VOCAB, (1, 12))
     with torch.no_grad():
         assert (loaded(x) - model(x)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3"])
+def test_keep_quantized_runs_the_files_blocks(tmp_path, arch):
+    """``load_gguf(keep_quantized=True)`` on a file mixing Q8_0, Q4_0, Q4_1, Q4_K, Q6_K and F32
+    tensors: those layers keep their blocks (the embedding too) and the model computes what
+    the dequantized model computes, in prefill and in decode."""
+    from scratchlm.generation.engine import Engine, SamplingParams
+    from scratchlm.nn.gguf_linear import GGUFEmbedding, GGUFLinear
+
+    base = (Qwen3Config.from_name("qwen3-tiny", vocab_size=VOCAB, n_embd=256, n_head=4,
+                                  head_dim=64, intermediate_size=256) if arch == "qwen3" else
+            Gemma3Config.from_name("gemma3-tiny", vocab_size=VOCAB, n_embd=256, n_head=4,
+                                   head_dim=64, intermediate_size=256, n_layer=2,
+                                   sliding_window_pattern=2, sliding_window=8))
+    model = random_model(base)
+    state = model.state_dict()
+    plan = {"token_embd.weight": ("Q8_0", "tok_emb.weight"),
+            "blk.0.attn_q.weight": ("Q4_0", "trf_blocks.0.att.q_proj.weight"),
+            "blk.0.attn_k.weight": ("Q4_1", "trf_blocks.0.att.k_proj.weight"),
+            "blk.0.ffn_up.weight": ("Q4_K", None), "blk.1.ffn_down.weight": ("Q6_K", None)}
+    qtypes = {}
+    for name, (qtype, key) in plan.items():
+        if key is None:
+            raw = random_blocks(qtype, 256, 256, seed=len(qtypes))
+        else:
+            raw = gguf.quants.quantize(state[key].numpy(), Q[qtype])
+        qtypes[name] = (raw, Q[qtype])
+    write_family_gguf(tmp_path / "m.gguf", model, arch, qtypes=qtypes)
+    plain, _ = load_gguf(tmp_path / "m.gguf")
+    blocks, _ = load_gguf(tmp_path / "m.gguf", keep_quantized=True)
+    kept = {m.qtype for m in blocks.modules() if isinstance(m, GGUFLinear)}
+    assert kept == {"Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"}  # Q8_0: the tied head
+    assert isinstance(blocks.tok_emb, GGUFEmbedding)
+    x = torch.randint(0, VOCAB, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(blocks(x), plain(x), atol=1e-4, rtol=1e-4)
+    prompts, params = [[5, 6, 7, 8], [9, 10]], SamplingParams(max_new_tokens=8)
+    assert Engine(blocks).generate(prompts, params) == Engine(plain).generate(prompts, params)

@@ -8,29 +8,38 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import random_blocks
 from scratchlm.nn.fuse import concat_linears
+from scratchlm.nn.gguf_blocks import BLOCKS
 from scratchlm.nn.gguf_linear import GGUFLinear, dequantize_blocks, gguf_matmul
 from scratchlm.nn.native import decode_function
 
 gguf = pytest.importorskip("gguf")
-QTYPES = ("Q8_0", "Q4_0", "Q4_1")
+QTYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
 
 
 def blocks_of(w: np.ndarray, qtype: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 blocks (rows, row bytes), the gguf package's dequantized float32 weight)."""
+    """(uint8 blocks (rows, row bytes), the gguf package's dequantized float32 weight) for a
+    weight of ``w``'s shape: ``w`` quantized by the gguf package, or, for the K-quants (which
+    it cannot quantize), random blocks with finite scales."""
     from gguf.quants import dequantize, quantize
 
     kind = getattr(gguf.GGMLQuantizationType, qtype)
-    raw = quantize(w, kind)
+    if qtype.endswith("_K"):
+        raw = random_blocks(qtype, *w.shape, seed=int(abs(w).sum() * 1000) % 2**32)
+    else:
+        raw = quantize(w, kind)
     ref = torch.from_numpy(np.array(dequantize(raw, kind), dtype=np.float32))
     return torch.from_numpy(np.ascontiguousarray(raw).view(np.uint8).reshape(w.shape[0], -1)), ref
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_dequantize_equals_the_gguf_package(qtype):
-    w = np.random.default_rng(0).standard_normal((7, 96)).astype(np.float32)
+    cols = BLOCKS[qtype][1] * 3
+    w = np.random.default_rng(0).standard_normal((7, cols)).astype(np.float32)
     blocks, ref = blocks_of(w, qtype)
-    assert torch.equal(dequantize_blocks(blocks, qtype, (7, 96)), ref)
+    torch.testing.assert_close(dequantize_blocks(blocks, qtype, (7, cols)), ref, atol=1e-6,
+                               rtol=1e-6)  # C (fused multiply-adds) and numpy alike
 
 
 @pytest.mark.parametrize("variant", ["native", "portable"])
@@ -40,7 +49,10 @@ def test_kernel_equals_dequantize_then_matmul(qtype, variant):
     if kernel is None:
         pytest.skip("no C compiler")
     rng = np.random.default_rng(1)
-    for n, k in ((1, 32), (5, 64), (37, 96), (64, 288)):  # rows not a multiple of 4 included
+    unit = BLOCKS[qtype][1]
+    for n, k in ((1, unit), (5, 2 * unit), (37, 3 * unit), (64, 9 * 32)):  # rows % 4 != 0 too
+        if k % unit:
+            continue
         w = (rng.standard_normal((n, k)) * rng.uniform(0.01, 3, (n, 1))).astype(np.float32)
         blocks, ref = blocks_of(w, qtype)
         bias = torch.randn(n)
@@ -53,14 +65,17 @@ def test_kernel_equals_dequantize_then_matmul(qtype, variant):
             if variant == "native":  # the module: kernel for <= 16 rows, F.linear above
                 layer = GGUFLinear(blocks, qtype, k, bias)
                 torch.testing.assert_close(layer(x), got)
-    x = torch.randn(2, 20, 96)  # a prefill: dequantize + F.linear
-    blocks, ref = blocks_of(rng.standard_normal((8, 96)).astype(np.float32), qtype)
-    torch.testing.assert_close(GGUFLinear(blocks, qtype, 96)(x), x @ ref.T, atol=1e-5, rtol=1e-5)
+    x = torch.randn(2, 20, 3 * unit)  # a prefill: dequantize + F.linear
+    blocks, ref = blocks_of(rng.standard_normal((8, 3 * unit)).astype(np.float32), qtype)
+    torch.testing.assert_close(GGUFLinear(blocks, qtype, 3 * unit)(x), x @ ref.T, atol=1e-4,
+                               rtol=1e-4)
 
 
 def test_bad_blocks_are_refused():
-    with pytest.raises(ValueError, match="takes Q8_0, Q4_0, Q4_1"):
-        GGUFLinear(torch.zeros(2, 20, dtype=torch.uint8), "Q6_K", 32)
+    with pytest.raises(ValueError, match="takes Q8_0, Q4_0, Q4_1, Q4_K, Q6_K"):
+        GGUFLinear(torch.zeros(2, 20, dtype=torch.uint8), "Q5_K", 32)
+    with pytest.raises(ValueError, match="blocks of 256"):
+        GGUFLinear(torch.zeros(2, 210, dtype=torch.uint8), "Q6_K", 288)
     with pytest.raises(ValueError, match="blocks of 32"):
         GGUFLinear(torch.zeros(2, 20, dtype=torch.uint8), "Q4_1", 40)
     with pytest.raises(ValueError, match=r"must be uint8 \(rows, 20\)"):
@@ -78,3 +93,19 @@ def test_parts_of_one_format_fuse_exactly():
                                             "Q8_0")[0], "Q8_0", 64)]
     with pytest.raises(TypeError):
         concat_linears(mixed)
+
+
+def test_numpy_dequantize_serves_without_the_kernels(monkeypatch):
+    """No C compiler: the layer's prefill path dequantizes with numpy, to the same values."""
+    import scratchlm.nn.gguf_linear as gl
+
+    w = np.random.default_rng(3).standard_normal((6, 256)).astype(np.float32)
+    for qtype in QTYPES:
+        blocks, ref = blocks_of(w, qtype)
+        with_c = gl.dequantize_blocks(blocks, qtype, (6, 256))
+        monkeypatch.setattr(gl, "decode_function", lambda *a: None)
+        torch.testing.assert_close(gl.dequantize_blocks(blocks, qtype, (6, 256)), with_c,
+                                   atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(gl.GGUFLinear(blocks, qtype, 256)(torch.ones(2, 256)),
+                                   torch.ones(2, 256) @ ref.T, atol=1e-4, rtol=1e-4)
+        monkeypatch.undo()

@@ -138,15 +138,27 @@ static void dot4_f32(const void *rows, int64_t K, const float *x, float out[4]) 
    Q8_0: fp16 d, 32 int8 q            w = d * q
    Q4_0: fp16 d, 16 bytes             w = d * (q - 8)   q: element j in the low nibble of
    Q4_1: fp16 d, fp16 m, 16 bytes     w = d * q + m        byte j, element j + 16 in the high
-   A row of K weights is K / 32 blocks. Each weight is widened to float32 in registers and
+   K-quants: super-blocks of 256 (nn/gguf_blocks.py has every layout)
+   Q4_K: fp16 d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes   w = d*sc*q - dmin*mn
+   Q6_K: 128 bytes low 4 bits, 64 bytes high 2 bits, 16 int8 scales, d  w = d*sc*(q - 32)
+   A row of K weights is K / 32 blocks (K / 256 for K-quants). Each weight is widened to float32 in registers and
    multiplied in float32 (no second rounding of the activations, unlike an int8 dot product):
    the result is the dequantize-then-matmul result up to float32 summation order, and a
    batch-1 step reads 4.5-8.5 bits per weight instead of int8's 8 or fp32's 32. */
-enum { FMT_F32 = 0, FMT_INT8 = 1, FMT_Q8_0 = 2, FMT_Q4_0 = 3, FMT_Q4_1 = 4 };
+enum { FMT_F32 = 0, FMT_INT8 = 1, FMT_Q8_0 = 2, FMT_Q4_0 = 3, FMT_Q4_1 = 4, FMT_Q4_K = 5,
+       FMT_Q6_K = 6 };
 
 static int64_t block_bytes(int64_t fmt) {
-    return fmt == FMT_Q8_0 ? 34 : fmt == FMT_Q4_0 ? 18 : 20;
+    switch (fmt) {
+    case FMT_Q8_0: return 34;
+    case FMT_Q4_0: return 18;
+    case FMT_Q4_1: return 20;
+    case FMT_Q4_K: return 144;
+    default: return 210; /* FMT_Q6_K */
+    }
 }
+
+static int64_t block_len(int64_t fmt) { return fmt >= FMT_Q4_K ? 256 : 32; }
 
 static inline float half_to_float(const uint8_t *p) {
     uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
@@ -190,14 +202,16 @@ static inline void block_weights(const uint8_t *b, int64_t fmt, __m512 *lo, __m5
                   _mm_loadu_si128((const __m128i *)(b + 18)))), d);
         return;
     }
+    /* The block's 16 possible weights as a table (Q4_0: d * q - 8d, Q4_1: d * q + m, q = 0..15),
+       then one lane permute per 16 weights looks them up: vpermps reads only the low 4 bits of
+       each index, so a byte's low nibble indexes directly and its high nibble after a shift. */
+    const __m512 levels = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512 m = _mm512_set1_ps(fmt == FMT_Q4_0 ? -8.f * f16_at(b) : f16_at(b + 2));
+    __m512 table = _mm512_fmadd_ps(levels, d, m);
     const uint8_t *qs = b + (fmt == FMT_Q4_0 ? 2 : 4);
     __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
-    __m512 q0 = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0x0f)));
-    __m512 q1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
-    /* Q4_0: d * q - 8d;  Q4_1: d * q + m */
-    __m512 m = _mm512_set1_ps(fmt == FMT_Q4_0 ? -8.f * f16_at(b) : f16_at(b + 2));
-    *lo = _mm512_fmadd_ps(q0, d, m);
-    *hi = _mm512_fmadd_ps(q1, d, m);
+    *lo = _mm512_permutexvar_ps(v, table);
+    *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), table);
 }
 
 static void dot4_blocks(const void *rows, int64_t K, const float *x, float out[4], int64_t fmt) {
@@ -242,36 +256,73 @@ static void dot4x4_blocks(const void *rows, int64_t K, const float *x, int64_t l
     for (int b = 0; b < 4; b++)
         for (int i = 0; i < 4; i++) out[b][i] = _mm512_reduce_add_ps(acc[b][i]);
 }
-#else
-/* portable: one block's 32 weights widened into a float buffer, then a vectorizable dot */
-static void dot4_blocks(const void *rows, int64_t K, const float *x, float out[4], int64_t fmt) {
-    const uint8_t *r = rows;
-    int64_t bs = block_bytes(fmt), nb = K / 32, rb = nb * bs;
-    for (int i = 0; i < 4; i++) {
-        float acc = 0.f;
-        for (int64_t j = 0; j < nb; j++) {
-            const uint8_t *b = r + i * rb + j * bs;
-            const float *xj = x + 32 * j;
-            float d = half_to_float(b), w[32];
-            if (fmt == FMT_Q8_0) {
-                for (int t = 0; t < 32; t++) w[t] = d * (float)(int8_t)b[2 + t];
-            } else {
-                const uint8_t *qs = b + (fmt == FMT_Q4_0 ? 2 : 4);
-                float m = fmt == FMT_Q4_1 ? half_to_float(b + 2) : -8.f * d;
-                for (int t = 0; t < 16; t++) {
-                    w[t] = (float)(qs[t] & 0x0f) * d + m;
-                    w[t + 16] = (float)(qs[t] >> 4) * d + m;
-                }
-            }
-            float s = 0.f;
-#pragma omp simd reduction(+ : s)
-            for (int t = 0; t < 32; t++) s += w[t] * xj[t];
-            acc += s;
+#endif
+
+/* One block's weights into out (32, or 256 for K-quants), as nn/gguf_blocks.py computes them */
+static void dequant_block(const uint8_t *b, int64_t fmt, float *out) {
+    if (fmt == FMT_Q8_0) {
+        float d = half_to_float(b);
+        for (int t = 0; t < 32; t++) out[t] = d * (float)(int8_t)b[2 + t];
+    } else if (fmt == FMT_Q4_0 || fmt == FMT_Q4_1) {
+        const uint8_t *qs = b + (fmt == FMT_Q4_0 ? 2 : 4);
+        float d = half_to_float(b), m = fmt == FMT_Q4_1 ? half_to_float(b + 2) : -8.f * d;
+        for (int t = 0; t < 16; t++) {
+            out[t] = (float)(qs[t] & 0x0f) * d + m;
+            out[t + 16] = (float)(qs[t] >> 4) * d + m;
         }
-        out[i] = acc;
+    } else if (fmt == FMT_Q4_K) {
+        float d = half_to_float(b), dmin = half_to_float(b + 2);
+        const uint8_t *p = b + 4, *qs = b + 16;
+        float sc[8], mn[8];
+        for (int j = 0; j < 4; j++) {
+            sc[j] = (float)(p[j] & 63);
+            mn[j] = (float)(p[j + 4] & 63);
+            sc[j + 4] = (float)((p[j + 8] & 0x0f) | ((p[j] >> 6) << 4));
+            mn[j + 4] = (float)((p[j + 8] >> 4) | ((p[j + 4] >> 6) << 4));
+        }
+        for (int c = 0; c < 4; c++) /* 32 bytes: sub-block 2c in the low, 2c + 1 in the high */
+            for (int l = 0; l < 32; l++) {
+                out[64 * c + l] = d * sc[2 * c] * (float)(qs[32 * c + l] & 0x0f) - dmin * mn[2 * c];
+                out[64 * c + 32 + l] =
+                    d * sc[2 * c + 1] * (float)(qs[32 * c + l] >> 4) - dmin * mn[2 * c + 1];
+            }
+    } else { /* FMT_Q6_K: two halves of 128 weights */
+        const uint8_t *ql = b, *qh = b + 128;
+        const int8_t *sc = (const int8_t *)(b + 192);
+        float d = half_to_float(b + 208);
+        for (int h = 0; h < 2; h++)
+            for (int i = 0; i < 128; i++) {
+                int low = i < 64 ? ql[64 * h + i] & 0x0f : ql[64 * h + i - 64] >> 4;
+                int high = (qh[32 * h + i % 32] >> (2 * (i / 32))) & 3;
+                int idx = 128 * h + i;
+                out[idx] = d * (float)sc[idx / 16] * (float)((low | (high << 4)) - 32);
+            }
     }
 }
-#endif
+
+/* acc[b][i] = x_b . row i for four rows of blocks and B <= 16 rows of x: each block of the
+   four rows is dequantized once into float32 and dotted with every row of x (the K-quants,
+   and every block format in a build without AVX-512) */
+static void dot4_generic(const void *rows, int64_t K, const float *x, int64_t B, int64_t ldx,
+                         float acc[16][4], int64_t fmt) {
+    const uint8_t *r = rows;
+    int64_t bs = block_bytes(fmt), L = block_len(fmt), nb = K / L, rb = nb * bs;
+    float w[4][256];
+    for (int64_t b = 0; b < B; b++)
+        for (int i = 0; i < 4; i++) acc[b][i] = 0.f;
+    for (int64_t j = 0; j < nb; j++) {
+        for (int i = 0; i < 4; i++) dequant_block(r + i * rb + j * bs, fmt, w[i]);
+        for (int64_t b = 0; b < B; b++) {
+            const float *xb = x + b * ldx + j * L;
+            for (int i = 0; i < 4; i++) {
+                float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+                for (int64_t t = 0; t < L; t++) sum += w[i][t] * xb[t];
+                acc[b][i] += sum;
+            }
+        }
+    }
+}
 
 /* A weight matrix (N = rows, K) row-major: int8 with a float32 scale per row, float32, or
    GGUF blocks (fmt, one of FMT_*). */
@@ -287,7 +338,7 @@ typedef struct {
 static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64_t K,
                     int64_t ldy) {
     int64_t fmt = wt->fmt, blocks_fmt = fmt >= FMT_Q8_0;
-    size_t row_bytes = blocks_fmt ? (size_t)(K / 32 * block_bytes(fmt))
+    size_t row_bytes = blocks_fmt ? (size_t)(K / block_len(fmt) * block_bytes(fmt))
                                   : (size_t)K * (fmt == FMT_INT8 ? 1 : sizeof(float));
     int64_t N = wt->rows, whole = N / 4, blocks = (N + 3) / 4;
     char *tail = NULL; /* the last N % 4 rows, zero-padded to a block of four */
@@ -301,6 +352,22 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
         const void *r = blk < whole ? (const char *)wt->w + n * row_bytes : tail;
         float acc[4];
         int64_t b = 0;
+#ifdef HAVE_BLOCKS4X4
+        int generic = fmt >= FMT_Q4_K; /* AVX-512 kernels for Q8_0 / Q4_0 / Q4_1 */
+#else
+        int generic = blocks_fmt;
+#endif
+        if (generic) {
+            for (; b < B; b += 16) {
+                int64_t nrows = B - b < 16 ? B - b : 16;
+                float acc16[16][4];
+                dot4_generic(r, K, x + b * K, nrows, K, acc16, fmt);
+                for (int64_t j = 0; j < nrows; j++)
+                    for (int64_t i = 0; i < m; i++)
+                        y[(b + j) * ldy + n + i] = acc16[j][i] + (wt->bias ? wt->bias[n + i] : 0.f);
+            }
+            continue;
+        }
 #if defined(HAVE_DOT4X4) || defined(HAVE_BLOCKS4X4)
         if (fmt == FMT_F32 || blocks_fmt)
             for (; b + 4 <= B; b += 4) {
@@ -318,9 +385,12 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
             }
 #endif
         for (; b < B; b++) {
+#ifdef HAVE_BLOCKS4X4
             if (blocks_fmt)
                 dot4_blocks(r, K, x + b * K, acc, fmt);
-            else if (fmt == FMT_INT8)
+            else
+#endif
+            if (fmt == FMT_INT8)
                 dot4_int8(r, K, x + b * K, acc);
             else
                 dot4_f32(r, K, x + b * K, acc);
@@ -359,7 +429,7 @@ void f32_linear(const float *x, const float *w, const float *bias, float *y, int
 }
 
 /* y (B, N) = x (B, K) @ W.T + bias for W stored as GGUF blocks of format fmt (FMT_Q8_0,
-   FMT_Q4_0, FMT_Q4_1), K a multiple of 32 (nn/gguf_linear.py) */
+   FMT_Q4_0, FMT_Q4_1: K a multiple of 32; FMT_Q4_K, FMT_Q6_K: of 256) (nn/gguf_linear.py) */
 void gguf_linear(const float *x, const uint8_t *w, int64_t fmt, const float *bias, float *y,
                  int64_t B, int64_t N, int64_t K) {
     Weight wt = {w, NULL, bias, N, fmt};
@@ -520,4 +590,12 @@ void gpt_layer(float *x, int64_t B, int64_t C, int64_t H, int64_t D, int64_t I, 
     for (int64_t j = 0; j < B * C; j++) x[j] += out[j];
 
     free(h); free(qkv); free(ctx); free(out); free(hid);
+}
+
+/* out (N, K) float32 = the weight of N rows of GGUF blocks (a prefill's F.linear, parallel) */
+void gguf_dequantize(const uint8_t *w, int64_t fmt, float *out, int64_t N, int64_t K) {
+    int64_t bs = block_bytes(fmt), L = block_len(fmt), nb = K / L;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t j = 0; j < nb; j++) dequant_block(w + (n * nb + j) * bs, fmt, out + n * K + j * L);
 }
