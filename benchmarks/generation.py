@@ -11,7 +11,8 @@ SmolLM2 with int8 weights: its perplexity cost and its decode speed against tran
 fp32 (goal >= 1.3) and int8 (goal >= 3), and the KV-cache bytes of a 32k-token context with
 Gemma 3's sliding-window layers against full attention; SmolLM2 at the GGUF file's own Q4_1
 blocks against int8 and fp32 (``--gguf-only``: decode, prompt, memory, bytes per token and GB/s
-against this CPU's streaming bandwidth) (``--long`` also decodes to 32k tokens
+against this CPU's streaming bandwidth; ``--vs-llamacpp`` adds llama.cpp on the same file,
+when ``llama-cpp-python`` is installed) (``--long`` also decodes to 32k tokens
 on a small Gemma-3-shaped model and reports the cache it held).
 """
 
@@ -176,7 +177,50 @@ def model_bytes(model) -> int:
     return total
 
 
-def bench_gguf(new_tokens: int, rounds: int) -> None:
+def llama_cpp_speed(engines: dict, prompt: torch.Tensor, long: torch.Tensor, new_tokens: int,
+                    rounds: int) -> None:
+    """llama.cpp (``llama-cpp-python``) on the same file with the same threads against our
+    engines: batch-1 greedy decode after ``prompt`` and a ``long`` prompt's processing, the
+    sides alternated in one process, each one's best."""
+    from llama_cpp import Llama
+
+    from scratchlm.models.loading import smollm2_gguf
+
+    threads = torch.get_num_threads()
+    llm = Llama(model_path=str(smollm2_gguf()), n_threads=threads, n_threads_batch=threads,
+                n_ctx=1024, n_batch=512, verbose=False)
+    ids, long_ids = prompt[0].tolist(), long[0].tolist()
+
+    def llama_decode() -> float:
+        t0, n = time.perf_counter(), 0
+        for _ in llm.generate(ids, temp=0.0, reset=True):  # greedy; EOS does not stop it
+            n += 1
+            if n == new_tokens:
+                break
+        return new_tokens / (time.perf_counter() - t0)
+
+    def llama_prompt() -> float:
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(long_ids)
+        return len(long_ids) / (time.perf_counter() - t0)
+
+    decode, pp = {"llama.cpp": 0.0}, {"llama.cpp": 0.0}
+    for _ in range(rounds):
+        decode["llama.cpp"] = max(decode["llama.cpp"], llama_decode())
+        pp["llama.cpp"] = max(pp["llama.cpp"], llama_prompt())
+        for key, engine in engines.items():
+            decode[key] = max(decode.get(key, 0.0), new_tokens / time_ours(engine, prompt,
+                                                                           new_tokens)[1])
+            pp[key] = max(pp.get(key, 0.0), long.shape[1] / ttft(lambda: time_ours(engine, long, 1)))
+    llm.close()
+    print(f"against llama.cpp on the same file, {threads} threads, batch 1, {new_tokens} tokens:")
+    for key in decode:
+        print(f"{key:>10} decode {decode[key]:>7.1f} tok/s ({decode[key] / decode['llama.cpp']:.2f}x)"
+              f"   prompt {pp[key]:>6.0f} tok/s ({pp[key] / pp['llama.cpp']:.2f}x)")
+
+
+def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False) -> None:
     """SmolLM2-135M from its Q4_1 GGUF file at three precisions: fp32 (dequantized), int8
     (quantized again from the dequantized weights) and the file's own blocks (``--quantize
     gguf``): batch-1 and batch-8 greedy decode, a 512-token prompt, the loaded model's memory
@@ -198,6 +242,8 @@ def bench_gguf(new_tokens: int, rounds: int) -> None:
                 _, dt = time_ours(engine, prompt, new_tokens)
                 tps[key, b] = max(tps[key, b], b * new_tokens / dt)
             pp[key] = max(pp[key], 512 / ttft(lambda: time_ours(engine, long, 1)))
+    if vs_llamacpp:
+        llama_cpp_speed(engines, prompts[1], long, new_tokens, rounds)
     bandwidth = stream_gbps()
     size = smollm2_gguf().stat().st_size
     print(f"smollm2-135m from {smollm2_gguf().name} ({size / 1e6:.0f} MB), "
@@ -273,9 +319,13 @@ def main():
     ap.add_argument("--long", action="store_true", help="also decode 32k tokens (minutes)")
     ap.add_argument("--gguf-only", action="store_true",
                     help="only SmolLM2 at fp32, int8 and its GGUF file's own Q4_1 blocks")
+    ap.add_argument("--vs-llamacpp", action="store_true",
+                    help="with --gguf-only: also llama.cpp on the same file (llama-cpp-python)")
     args = ap.parse_args()
+    if args.vs_llamacpp and not args.gguf_only:
+        ap.error("--vs-llamacpp goes with --gguf-only")
     if args.gguf_only:
-        bench_gguf(args.new_tokens, args.rounds)
+        bench_gguf(args.new_tokens, args.rounds, args.vs_llamacpp)
         return
     if args.int8_only:
         bench_int8(args.new_tokens, args.rounds)
