@@ -60,6 +60,7 @@ def start_ours(args) -> tuple[subprocess.Popen, str]:
         cmd += ["--quantize", args.quantize]
     if args.no_prefix_cache:
         cmd += ["--prefix_cache", "false"]
+    cmd += ["--prefill", args.prefill]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                             env=os.environ.copy())
     base = f"http://127.0.0.1:{port}"
@@ -144,6 +145,8 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--no-prefix-cache", action="store_true",
                     help="our server without prefix caching (the comparison)")
+    ap.add_argument("--prefill", default="auto", help="our server's prompt precision: "
+                    "fp32 | bf16 | auto")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--requests", type=int, default=2, help="per client, one after another")
     ap.add_argument("--max-seconds", type=float, default=180.0, help="per level")
@@ -156,7 +159,8 @@ def main() -> None:
     try:
         model = model_name(base)
         one_request(base, model, QUESTIONS[0], 8)  # warm up
-        label = args.label or (base if args.url else f"scratchlm ({args.quantize or 'fp32'})")
+        label = args.label or (base if args.url else
+                               f"scratchlm ({args.quantize or 'fp32'}, prefill {args.prefill})")
         print(f"{label}: streaming chat, greedy, max_tokens {'/'.join(map(str, MAX_TOKENS))}")
         print(f"{'clients':>7} {'requests':>8} {'tokens':>7} {'tok/s':>8} {'ttft p50':>9} "
               f"{'ttft p99':>9} {'tpot p50':>9} {'tpot p99':>9}")

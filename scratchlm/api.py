@@ -16,21 +16,24 @@ from pathlib import Path
 
 
 class LLM:
-    def __init__(self, model, tokenizer, name: str = "model", defaults=None):
+    def __init__(self, model, tokenizer, name: str = "model", defaults=None,
+                 prefill: str = "fp32"):
         from scratchlm.generation.engine import Engine
         from scratchlm.models.generation_config import GREEDY
 
         self.model, self.tokenizer, self.name = model, tokenizer, name
-        self.engine = Engine(model)
+        self.engine = Engine(model, prefill=prefill)
         # how the model asks to be sampled when a call says nothing (models/generation_config.py)
         self.defaults = defaults or GREEDY
 
     @classmethod
     def load(cls, name: str = "smollm2-135m-instruct", adapter: str | Path | None = None,
-             quantize: str | None = None, device: str = "cpu", dtype: str = "fp32") -> "LLM":
+             quantize: str | None = None, device: str = "cpu", dtype: str = "fp32",
+             prefill: str = "fp32") -> "LLM":
         """A preset (``smollm2-135m-instruct``, ``gpt2-124m``, ...), a GGUF file or a model folder
         (e.g. a finetuning run's ``final/``), optionally with a LoRA adapter folder on top;
-        ``device`` (cpu | cuda | cuda:N) and ``dtype`` (fp32 | bf16 | fp16) say where it runs."""
+        ``device`` (cpu | cuda | cuda:N) and ``dtype`` (fp32 | bf16 | fp16) say where it runs;
+        ``prefill`` (fp32 | bf16 | auto) the precision of prompt processing (see ``Engine``)."""
         from scratchlm.models.loading import load_model_and_tokenizer
         from scratchlm.models.placement import placement
 
@@ -44,7 +47,7 @@ class LLM:
         from scratchlm.models.generation_config import sampling_defaults
 
         return cls(model, tok, Path(str(name)).name if Path(str(name)).exists() else str(name),
-                   sampling_defaults(name))
+                   sampling_defaults(name), prefill)
 
     @property
     def context_length(self) -> int:

@@ -35,9 +35,9 @@ def precision(cfg: DemoConfig) -> str:
         return cfg.precision
     import torch
 
-    if torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "bf16"
-    return "fp32"
+    from scratchlm.training.runtime import bf16_native
+
+    return "bf16" if torch.cuda.is_available() or bf16_native("cpu") else "fp32"
 
 
 def stage_tokenizer(cfg: DemoConfig, out: Path) -> dict:

@@ -86,6 +86,14 @@ class Runtime:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def bf16_native(device_type: str = "cpu") -> bool:
+    """Whether matrix products in bf16 run on native units here: a GPU, or a CPU with
+    avx512_bf16 / AMX (there a bf16 product is about twice as fast as fp32's)."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def setup_runtime(precision: str = "auto", device: str | None = None, seed: int = 0) -> Runtime:
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))

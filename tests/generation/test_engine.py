@@ -100,3 +100,30 @@ def test_stream_text_stops_at_a_stop_string():
     got = "".join(stream_text(engine, CharTok(), [1, 2], SamplingParams(max_new_tokens=10), [stop]))
     assert got == full[:full.find(stop)]
     assert "".join(stream_text(engine, CharTok(), [1, 2], SamplingParams(max_new_tokens=10))) == full
+
+
+@pytest.mark.parametrize("make", [gpt, llama])
+def test_bf16_prefill_is_close_to_fp32_and_decodes_on(make):
+    """``prefill="bf16"``: the prompt runs under bf16 autocast (its logits move by bf16's
+    rounding, not more), one-token steps stay fp32, and batched rows equal single requests."""
+    model = make()
+    fp32, low = Engine(model), Engine(model, prefill="bf16")
+    idx = torch.tensor([PROMPTS[0]])
+    a = fp32._last_logits(idx, fp32.new_cache(1, 32))
+    b = low._last_logits(idx, low.new_cache(1, 32))
+    assert 0 < (a - b).abs().max() < 0.05 * a.abs().max()  # bf16 was used, and stayed close
+    params = SamplingParams(max_new_tokens=12)
+    together = low.generate(PROMPTS, params)
+    assert together == [low.generate([p], params)[0] for p in PROMPTS]
+    assert together == fp32.generate(PROMPTS, params)  # sharp logits: the same greedy tokens
+
+
+def test_prefill_precision_is_checked_and_auto_follows_the_hardware():
+    from scratchlm.recipes.configs import ServeConfig
+    from scratchlm.training.runtime import bf16_native
+
+    with pytest.raises(ValueError, match="prefill precision must be one of"):
+        Engine(gpt(), prefill="fp16")
+    with pytest.raises(ValueError, match="--prefill must be fp32, bf16 or auto"):
+        ServeConfig(prefill="half")
+    assert Engine(gpt(), prefill="auto").prefill == ("bf16" if bf16_native("cpu") else "fp32")
