@@ -5,7 +5,9 @@ A worker thread owns the engine and a ``SlotBatch`` (``generation/slots.py``): a
 ``max_batch`` KV-cache rows. Before every decode step it admits the waiting requests that fit
 (a free row, room for their prompt and ``max_new_tokens``; an idle batch takes the longest
 waiting prompt first so the others fit behind it), prefilling each into its row, up to
-``prefill_budget`` prompt tokens per step so the running rows never wait long for newcomers; then every row samples its token and reports it through its own callback,
+``prefill_budget`` prompt tokens per step so the running rows never wait long for newcomers (a
+longer prompt is prefilled ``prefill_budget`` tokens a step in a cache of its own, then joins:
+chunked prefill); then every row samples its token and reports it through its own callback,
 finished rows (stop token, their ``max_new_tokens``, or cancellation by the consumer) leave, and
 one decode forward serves the rest. A short request that arrives while a long one decodes joins
 at the next step instead of waiting for the long one to end; one big matrix multiply per step
@@ -21,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from scratchlm.generation.engine import Engine, SamplingParams
-from scratchlm.generation.slots import SlotBatch
+from scratchlm.generation.slots import SlotBatch, Staged
 
 # callback(token, finish_reason): a token with reason None, then once (None, "stop" | "length"
 # | "error: ...") at the end.
@@ -58,6 +60,7 @@ class Batcher:
         self.prefill_budget = prefill_budget
         self._queue: queue.Queue[Request | None] = queue.Queue()
         self.waiting: list[Request] = []  # submitted, not yet in the batch (worker's own)
+        self.staging: tuple[Request, Staged] | None = None  # a long prompt prefilled in chunks
         self.steps = 0  # decode steps taken
         self.largest = 0  # the most rows decoded in one step
         self._thread = threading.Thread(target=self._loop, name="scratchlm-batcher", daemon=True)
@@ -102,7 +105,34 @@ class Batcher:
                 return False
             self.waiting.append(nxt)
 
+    def _stage(self, batch: SlotBatch) -> None:
+        """Chunked prefill: the next ``prefill_budget`` tokens of the staged prompt (one
+        started when a prompt over the budget waits while rows decode), and its join once
+        done and a row is free."""
+        if self.staging is None and batch.rows and batch.cache.can_shift:
+            long = next((r for r in self.waiting if not r.cancelled
+                         and len(r.prompt_ids) > self.prefill_budget), None)
+            if long is not None:
+                self.waiting.remove(long)
+                self.staging = (long, batch.stage(long.prompt_ids))
+        if self.staging is None:
+            return
+        req, staged = self.staging
+        try:
+            if req.cancelled:
+                self.staging = None
+                req.finish("stop")
+            elif not staged.finished:
+                batch.advance(staged, self.prefill_budget)
+            elif batch.fits(len(req.prompt_ids), req.params.max_new_tokens):
+                self.staging = None
+                batch.join_staged(staged, req.params, req)
+        except Exception as e:  # its prefill failed: tell its client, keep the rest
+            self.staging = None
+            req.finish(f"error: {e}")
+
     def _admit(self, batch: SlotBatch) -> None:
+        self._stage(batch)
         if not batch.rows:  # an idle batch: the longest first, so the others fit behind it
             self.waiting.sort(key=lambda r: -len(r.prompt_ids))
         group: list[Request] = []  # prefilled together, in one forward
@@ -111,6 +141,8 @@ class Batcher:
                 self.waiting.remove(req)
                 req.finish("stop")
                 continue
+            if batch.rows and len(req.prompt_ids) > self.prefill_budget and batch.cache.can_shift:
+                continue  # a long prompt: prefilled in chunks while the rows decode (_stage)
             cost = batch.prefill_cost([r.prompt_ids for r in [*group, req]])
             if group and cost > self.prefill_budget:
                 continue  # after the next decode step
@@ -129,9 +161,10 @@ class Batcher:
         batch = SlotBatch(self.engine, self.max_batch, prefix_cache=self.prefix_cache)
         self.batch = batch  # read-only for callers: its counters (reused prefix tokens)
         running = True
-        while running or batch.rows:
+        while running or batch.rows or self.staging is not None:
             if running:
-                running = self._take(block=not batch.rows and not self.waiting)
+                running = self._take(block=not batch.rows and not self.waiting
+                                     and self.staging is None)
             try:
                 self._admit(batch)
                 if not batch.rows:
@@ -156,3 +189,5 @@ class Batcher:
                     batch.leave(row)
         for req in self.waiting:
             req.finish("stop")
+        if self.staging is not None:
+            self.staging[0].finish("stop")

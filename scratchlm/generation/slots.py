@@ -20,6 +20,12 @@ tokens see exactly what a single-request decode would (tested equal, token for t
 native C decoder and on PyTorch's path). The same KV cache the engine uses serves, with the
 views of ``nn/kv_cache.py``; sliding-window caches too.
 
+Chunked prefill: a long prompt joining a running batch is prefilled a chunk at a time into a
+one-row cache of its own (``stage``, ``advance``), between decode steps, so the running rows
+keep decoding; when it is done, its keys and values are copied into a free row ending at L
+(``join_staged``), as a prefix is. Positions count from a row's first real slot, so the copy is
+exact. Full caches only.
+
 Prefix caching: a key or value at position t depends only on tokens 0..t, so a prompt that
 begins with the tokens of an earlier one (a chat template's system prompt, a shared few-shot
 header) need not compute them again. The batch keeps the keys and values of the last joining
@@ -49,6 +55,20 @@ class Row:
     logits: torch.Tensor | None = None  # (V,) the next token's
     token: int | None = None  # sampled this step, fed at the next forward
     generated: int = 0
+
+
+@dataclass
+class Staged:
+    """A prompt being prefilled a chunk at a time into its own one-row cache (``SlotBatch.stage``)."""
+
+    prompt: list[int]
+    cache: object  # a KVCache of one row
+    done: int = 0  # tokens prefilled so far
+    logits: torch.Tensor | None = None  # (1, V) after the last chunk
+
+    @property
+    def finished(self) -> bool:
+        return self.done == len(self.prompt)
 
 
 class SlotBatch:
@@ -105,14 +125,7 @@ class SlotBatch:
                              f"{[m for _, m in sizes]} do not fit the batch now")
         engine, n, k = self.engine, len(self.rows), len(requests)
         longest = max(p for p, _ in sizes)
-        if not self.rows:  # an empty batch starts over at slot 0
-            self.cache.length = 0
-            if engine.native is not None:
-                engine.native.refresh()
-        elif longest > self.length:
-            self.cache.shift(n, longest - self.length)  # make room before L
-        end = max(self.length, longest) if self.rows else longest
-        self.cache.reserve(end)  # the row views below share the storage; it grows first
+        end = self._make_room(longest)
         first = torch.tensor([end - p for p, _ in sizes], device=engine.device)
         shared = self._shared_prefix([p for p, _, _ in requests])
         if shared:
@@ -125,20 +138,69 @@ class SlotBatch:
                 idx[i, longest - len(prompt):] = torch.tensor(prompt, device=engine.device)
             view = self.cache.view(n, n + k, length=end - longest, pad=first)
             logits = engine._last_logits(idx, view)
-        for i, f in enumerate(first.tolist()):
+        return self._add_rows(requests, logits, first.tolist(), end)
+
+    def _make_room(self, longest: int) -> int:
+        """Before rows join with prompts of up to ``longest`` tokens: start an empty batch over
+        at slot 0, or shift the running rows when a prompt is longer than L; the new L."""
+        if not self.rows:
+            self.cache.length = 0
+            if self.engine.native is not None:
+                self.engine.native.refresh()
+            end = longest
+        else:
+            if longest > self.length:
+                self.cache.shift(len(self.rows), longest - self.length)  # room before L
+            end = max(self.length, longest)
+        self.cache.reserve(end)  # row views share the storage; it grows first
+        return end
+
+    def _add_rows(self, requests, logits, firsts: list[int], end: int) -> list[Row]:
+        """Rows n.. (already prefilled, first real slots ``firsts``) become active at L = end."""
+        n = len(self.rows)
+        for i, f in enumerate(firsts):
             self.cache.set_pad(n + i, f)
         self.cache.length = end
         if self.prefix_cache:
-            i = max(range(k), key=lambda j: sizes[j][0])  # keep the longest prompt's start
-            self._keep_prefix(requests[i][0], n + i, int(first[i]))
+            i = max(range(len(requests)), key=lambda j: len(requests[j][0]))  # the longest
+            self._keep_prefix(requests[i][0], n + i, firsts[i])
         rows = []
         for (prompt, params, tag), lg in zip(requests, logits):
             gen = None
             if params.seed is not None and params.temperature > 0:
-                gen = torch.Generator(device=engine.device).manual_seed(params.seed)
+                gen = torch.Generator(device=self.engine.device).manual_seed(params.seed)
             rows.append(Row(params, tag, gen, lg))
         self.rows += rows
         return rows
+
+    def stage(self, prompt_ids: list[int]) -> Staged:
+        """Start prefilling ``prompt_ids`` apart from the batch (chunked prefill: ``advance``
+        it between decode steps, then ``join_staged``)."""
+        if not self.cache.can_shift:
+            raise ValueError("chunked prefill needs a full (not sliding-window) cache")
+        n = len(prompt_ids)
+        return Staged(list(prompt_ids), self.engine.new_cache(1, n, capacity=n))
+
+    @torch.inference_mode()
+    def advance(self, staged: Staged, tokens: int) -> None:
+        """Prefill the next ``tokens`` (at least one) of a staged prompt."""
+        chunk = staged.prompt[staged.done:staged.done + max(1, tokens)]
+        idx = torch.tensor([chunk], dtype=torch.long, device=self.engine.device)
+        staged.logits = self.engine._last_logits(idx, staged.cache)  # appends to its cache
+        staged.done += len(chunk)
+
+    @torch.inference_mode()
+    def join_staged(self, staged: Staged, params: SamplingParams, tag: object = None) -> Row:
+        """A fully staged prompt joins: its keys and values are copied into a free row ending
+        at L (shifting the running rows if it is longer), with its last logits."""
+        p = len(staged.prompt)
+        if not staged.finished or not self.fits(p, params.max_new_tokens):
+            raise ValueError("the staged prompt is not finished or does not fit the batch now")
+        n = len(self.rows)
+        end = self._make_room(p)
+        self.cache.k[:, n, :, end - p:end] = staged.cache.k[:, 0, :, :p]
+        self.cache.v[:, n, :, end - p:end] = staged.cache.v[:, 0, :, :p]
+        return self._add_rows([(staged.prompt, params, tag)], staged.logits, [end - p], end)[0]
 
     def prefill_cost(self, prompts: list[list[int]]) -> int:
         """Tokens one ``join_all`` of these prompts computes: the padded batch, or each

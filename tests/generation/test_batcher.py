@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 import torch
 
 from scratchlm.generation.batcher import Batcher
@@ -98,3 +100,63 @@ def test_prefix_caching_can_be_switched_off_and_changes_no_answer():
             batcher.close()
     assert results[True][0] == results[False][0]
     assert results[True][1] == 2 * 30 and results[False][1] == 0
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_the_others_decode():
+    """A prompt over the prefill budget joining a running batch: the running row keeps
+    decoding, one step per chunk, while it is prefilled (its 70 tokens in budget-8 chunks take
+    9 steps, where one forward would have stalled the row); both answers equal the requests
+    run alone."""
+    eng = engine()
+    batcher = Batcher(eng, max_batch=4, prefill_budget=8)
+    try:
+        running = Collector()
+        gate = threading.Event()
+        run_req = batcher.submit([1, 2, 3], SamplingParams(max_new_tokens=60),
+                                 lambda t, r: (running(t, r), gate.set() if len(running.tokens) == 5
+                                               else None))
+        assert gate.wait(30)
+        prompt = [(7 * i) % 97 for i in range(70)]
+        long = Collector()
+        steps_at_first = []
+        submitted_at = run_req.generated
+        batcher.submit(prompt, SamplingParams(max_new_tokens=6),
+                       lambda t, r: (steps_at_first.append(run_req.generated)
+                                     if r is None and not long.tokens else None, long(t, r)))
+        assert long.done.wait(60) and running.done.wait(60)
+        assert steps_at_first[0] - submitted_at >= 70 // 8  # the row decoded during the chunks
+        assert long.tokens == eng.generate([prompt], SamplingParams(max_new_tokens=6))[0]
+        assert running.tokens == eng.generate([[1, 2, 3]], SamplingParams(max_new_tokens=60))[0]
+        assert batcher.staging is None
+    finally:
+        batcher.close()
+
+
+def test_staged_rows_equal_single_requests_on_the_slot_batch():
+    """``stage``/``advance``/``join_staged`` directly: a staged prompt longer than L shifts the
+    running row; an unfinished stage is refused."""
+    from scratchlm.generation.slots import SlotBatch
+
+    eng = engine()
+    batch = SlotBatch(eng, slots=3)
+    params = SamplingParams(max_new_tokens=8)
+    batch.join([5, 6, 7], params, "short")
+    prompt = list(range(10, 50))
+    staged = batch.stage(prompt)
+    with pytest.raises(ValueError, match="not finished"):
+        batch.join_staged(staged, params, "long")
+    out = {"short": [], "long": []}
+    while not staged.finished:
+        batch.advance(staged, 16)
+        for row, tok in batch.sample():
+            out[row.tag].append(tok)
+        batch.forward()
+    batch.join_staged(staged, params, "long")
+    while batch.rows:
+        for row, tok in batch.sample():
+            out[row.tag].append(tok)
+            if len(out[row.tag]) == 8:
+                batch.leave(row)
+        batch.forward()
+    assert out["long"] == eng.generate([prompt], params)[0]
+    assert out["short"] == eng.generate([[5, 6, 7]], params)[0]
