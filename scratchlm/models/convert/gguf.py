@@ -1,22 +1,8 @@
 """GGUF files (llama.cpp): read metadata and tensors, dequantize, map names onto our Llama.
 
-Quantized blocks of 32 weights, as llama.cpp writes them (ggml-quants.c):
+The quantized block layouts (Q8_0, Q4_0/Q4_1, the K-quants) and their dequantization are in
+``nn/gguf_blocks.py``.
 
-    Q8_0: fp16 d, 32 x int8 q                    w = d * q
-    Q4_0: fp16 d, 16 bytes of 4-bit q            w = d * (q - 8)
-    Q4_1: fp16 d, fp16 m, 16 bytes of 4-bit q    w = d * q + m
-
-In a 4-bit block the low nibbles of the 16 bytes are weights 0-15, the high nibbles 16-31.
-
-K-quants pack 256 weights per super-block in 16 (Q2_K, Q3_K, Q6_K: scale per 16 weights) or
-8 (Q4_K, Q5_K: scale and min per 32 weights) sub-blocks, with fp16 super-scales:
-
-    Q2_K (84 B):  16 x (4-bit scale | 4-bit min), 64 B of 2-bit q, d, dmin   w = d*sc*q - dmin*m
-    Q3_K (110 B): 32 B high-bit mask, 64 B of 2-bit q, 12 B of 6-bit scales, d
-                                                     w = d*(sc-32)*(q - 4 * (high bit unset))
-    Q4_K (144 B): d, dmin, 12 B of 6-bit scales and mins, 128 B of 4-bit q   w = d*sc*q - dmin*m
-    Q5_K (176 B): as Q4_K plus 32 B of fifth bits (bit s of byte l: weight l of sub-block s)
-    Q6_K (210 B): 128 B low 4 bits, 64 B high 2 bits, 16 int8 scales, d     w = d*sc*(q - 32)
 llama.cpp's converter also permutes the rows of the Q and K projections (pairs interleaved, for
 its RoPE kernel); ``unpermute`` restores Hugging Face's "rotate half" order, which ours uses.
 """
