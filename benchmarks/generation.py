@@ -220,6 +220,53 @@ def llama_cpp_speed(engines: dict, prompt: torch.Tensor, long: torch.Tensor, new
               f"   prompt {pp[key]:>6.0f} tok/s ({pp[key] / pp['llama.cpp']:.2f}x)")
 
 
+def format_bandwidth(rounds: int) -> None:
+    """Each weight format's batch-1 matvec on its own: a stack of 24 random 3072 x 1536 layers
+    (about the size of a small model's weights, so they stream from memory, not cache), bytes
+    read per call and GB/s, against fp32 and int8 on the same shapes."""
+    import numpy as np
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    from scratchlm.nn.gguf_blocks import BLOCKS
+    from scratchlm.nn.gguf_linear import KEPT, GGUFLinear
+    from scratchlm.nn.quant import Int8Linear
+
+    n, k, count = 3072, 1536, 24
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    stacks = {"fp32": [torch.nn.Linear(k, n, bias=False) for _ in range(count)]}
+    stacks["int8"] = [Int8Linear.from_linear(m) for m in stacks["fp32"]]
+    for qtype in KEPT:
+        size, weights = BLOCKS[qtype]
+        if qtype.endswith("_K"):  # the gguf package cannot quantize K-quants: random blocks
+            raw = rng.integers(0, 256, (n, k // weights, size), dtype=np.uint8)
+            scale = np.array([0.01], dtype=np.float16).view(np.uint8)  # a finite fp16 scale
+            raw[..., 0:2] = raw[..., 2:4] = scale  # Q4_K's d and dmin
+            raw[..., -2:] = scale  # Q6_K's d
+            raw = raw.reshape(n, -1)
+        else:
+            raw = quantize(w, getattr(GGMLQuantizationType, qtype))
+        blocks = torch.from_numpy(np.ascontiguousarray(raw).view(np.uint8).reshape(n, -1))
+        stacks[qtype] = [GGUFLinear(blocks.clone(), qtype, k) for _ in range(count)]
+    x = torch.randn(1, k)
+    best = dict.fromkeys(stacks, float("inf"))
+    with torch.no_grad():
+        for _ in range(rounds * 5):  # alternate the formats; keep each one's best
+            for name, layers in stacks.items():
+                t0 = time.perf_counter()
+                for layer in layers:
+                    layer(x)
+                best[name] = min(best[name], (time.perf_counter() - t0) / count)
+    print(f"batch-1 matvec, {n} x {k}, {count} layers streamed, {torch.get_num_threads()} threads:")
+    for name, layers in stacks.items():
+        read = sum(t.numel() * t.element_size() for t in layers[0].buffers()) or \
+            layers[0].weight.numel() * 4
+        print(f"{name:>6} {read / 1e6:>6.2f} MB {best[name] * 1e6:>7.1f} us "
+              f"{read / best[name] / 1e9:>6.1f} GB/s  {n * k / best[name] / 1e9:>6.1f} G weights/s")
+
+
 def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False) -> None:
     """SmolLM2-135M from its Q4_1 GGUF file at three precisions: fp32 (dequantized), int8
     (quantized again from the dequantized weights) and the file's own blocks (``--quantize
@@ -326,6 +373,7 @@ def main():
         ap.error("--vs-llamacpp goes with --gguf-only")
     if args.gguf_only:
         bench_gguf(args.new_tokens, args.rounds, args.vs_llamacpp)
+        format_bandwidth(args.rounds)
         return
     if args.int8_only:
         bench_int8(args.new_tokens, args.rounds)

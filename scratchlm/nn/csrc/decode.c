@@ -233,6 +233,95 @@ static void dot4_blocks(const void *rows, int64_t K, const float *x, float out[4
     for (int i = 0; i < 4; i++) out[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
+/* Q4_K: a super-block of 256 is 8 sub-blocks of 32 that each read like a Q4_1 block, with
+   scale d * sc and minimum -dmin * mn (6-bit sc, mn), so the same table lookup serves: chunk c
+   of 32 bytes holds sub-block 2c in its low nibbles and 2c + 1 in its high ones. */
+static void dot4_q4k(const void *rows, int64_t K, const float *x, float out[4]) {
+    const __m512 levels = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const uint8_t *r = rows;
+    int64_t nb = K / 256, rb = nb * 144;
+    __m512 acc[4], acc2[4]; /* two chains per row */
+    for (int i = 0; i < 4; i++) acc[i] = acc2[i] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < nb; j++) {
+        for (int i = 0; i < 4; i++) {
+            const uint8_t *b = r + i * rb + j * 144, *p = b + 4;
+            _mm_prefetch((const char *)b + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+            _mm_prefetch((const char *)b + 64 + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+            _mm_prefetch((const char *)b + 128 + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+            float d = f16_at(b), dmin = f16_at(b + 2), sc[8], mn[8];
+            for (int t = 0; t < 4; t++) {
+                sc[t] = d * (float)(p[t] & 63);
+                mn[t] = dmin * (float)(p[t + 4] & 63);
+                sc[t + 4] = d * (float)((p[t + 8] & 0x0f) | ((p[t] >> 6) << 4));
+                mn[t + 4] = dmin * (float)((p[t + 8] >> 4) | ((p[t + 4] >> 6) << 4));
+            }
+            for (int c = 0; c < 4; c++) {
+                const uint8_t *qs = b + 16 + 32 * c;
+                const float *xc = x + 256 * j + 64 * c;
+                __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+                __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16)));
+                __m512 t0 = _mm512_fmsub_ps(levels, _mm512_set1_ps(sc[2 * c]),
+                                            _mm512_set1_ps(mn[2 * c]));
+                __m512 t1 = _mm512_fmsub_ps(levels, _mm512_set1_ps(sc[2 * c + 1]),
+                                            _mm512_set1_ps(mn[2 * c + 1]));
+                acc[i] = _mm512_fmadd_ps(_mm512_permutexvar_ps(v0, t0), _mm512_loadu_ps(xc), acc[i]);
+                acc2[i] = _mm512_fmadd_ps(_mm512_permutexvar_ps(v1, t0), _mm512_loadu_ps(xc + 16),
+                                          acc2[i]);
+                acc[i] = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), t1),
+                                         _mm512_loadu_ps(xc + 32), acc[i]);
+                acc2[i] = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), t1),
+                                          _mm512_loadu_ps(xc + 48), acc2[i]);
+            }
+        }
+    }
+    for (int i = 0; i < 4; i++) out[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i], acc2[i]));
+}
+
+/* Q6_K: weight 32k + l of half h (k = 0..3, l = 0..31) is ((ql[32(k & 1) + l] >> 4(k >> 1)) &
+   15 | ((qh[l] >> 2k) & 3) << 4) - 32, times d * sc[8h + 2k + l / 16]: sixteen weights share a
+   scale, so each vector of 16 is widened, centred, converted and scaled once. */
+static void dot4_q6k(const void *rows, int64_t K, const float *x, float out[4]) {
+    const uint8_t *r = rows;
+    int64_t nb = K / 256, rb = nb * 210;
+    const __m512i low4 = _mm512_set1_epi32(0x0f), two = _mm512_set1_epi32(3);
+    const __m512i centre = _mm512_set1_epi32(32);
+    __m512 acc[4], acc2[4];
+    for (int i = 0; i < 4; i++) acc[i] = acc2[i] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < nb; j++) {
+        for (int i = 0; i < 4; i++) {
+            const uint8_t *b = r + i * rb + j * 210;
+            for (int line = 0; line < 4; line++)
+                _mm_prefetch((const char *)b + 64 * line + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+            const int8_t *sc = (const int8_t *)(b + 192);
+            float d = f16_at(b + 208);
+            for (int h = 0; h < 2; h++) {
+                const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+                const float *xh = x + 256 * j + 128 * h;
+                for (int half = 0; half < 2; half++) { /* l in [16 half, 16 half + 16) */
+                    __m512i hb = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qh + 16 * half)));
+                    __m512i l0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ql + 16 * half)));
+                    __m512i l1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ql + 32 + 16 * half)));
+                    for (int k = 0; k < 4; k++) {
+                        __m512i lo = k < 2 ? _mm512_and_si512(k & 1 ? l1 : l0, low4)
+                                           : _mm512_srli_epi32(k & 1 ? l1 : l0, 4);
+                        __m512i hi = _mm512_and_si512(_mm512_srli_epi32(hb, 2 * k), two);
+                        __m512i q = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)),
+                                                     centre);
+                        __m512 w = _mm512_mul_ps(_mm512_cvtepi32_ps(q),
+                                                 _mm512_set1_ps(d * (float)sc[8 * h + 2 * k + half]));
+                        __m512 xv = _mm512_loadu_ps(xh + 32 * k + 16 * half);
+                        if (k & 1)
+                            acc2[i] = _mm512_fmadd_ps(w, xv, acc2[i]);
+                        else
+                            acc[i] = _mm512_fmadd_ps(w, xv, acc[i]);
+                    }
+                }
+            }
+        }
+    }
+    for (int i = 0; i < 4; i++) out[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i], acc2[i]));
+}
+
 /* out[b][i] = x_b . row i for four rows and four rows of x: each block is widened once and
    used for four activation rows (a batch of sequences decoding together) */
 static void dot4x4_blocks(const void *rows, int64_t K, const float *x, int64_t ldx,
@@ -280,23 +369,36 @@ static void dequant_block(const uint8_t *b, int64_t fmt, float *out) {
             sc[j + 4] = (float)((p[j + 8] & 0x0f) | ((p[j] >> 6) << 4));
             mn[j + 4] = (float)((p[j + 8] >> 4) | ((p[j + 4] >> 6) << 4));
         }
-        for (int c = 0; c < 4; c++) /* 32 bytes: sub-block 2c in the low, 2c + 1 in the high */
+        for (int c = 0; c < 4; c++) { /* 32 bytes: sub-block 2c in the low, 2c + 1 in the high */
+            float s0 = d * sc[2 * c], m0 = dmin * mn[2 * c];
+            float s1 = d * sc[2 * c + 1], m1 = dmin * mn[2 * c + 1];
+#pragma omp simd
             for (int l = 0; l < 32; l++) {
-                out[64 * c + l] = d * sc[2 * c] * (float)(qs[32 * c + l] & 0x0f) - dmin * mn[2 * c];
-                out[64 * c + 32 + l] =
-                    d * sc[2 * c + 1] * (float)(qs[32 * c + l] >> 4) - dmin * mn[2 * c + 1];
+                out[64 * c + l] = s0 * (float)(qs[32 * c + l] & 0x0f) - m0;
+                out[64 * c + 32 + l] = s1 * (float)(qs[32 * c + l] >> 4) - m1;
             }
-    } else { /* FMT_Q6_K: two halves of 128 weights */
-        const uint8_t *ql = b, *qh = b + 128;
+        }
+    } else { /* FMT_Q6_K: two halves of 128 weights; weight 32k + l of half h takes its low 4
+                bits from byte l (k = 0, 2) or 32 + l (k = 1, 3) of the half's 64 (low nibble for
+                k < 2), its high 2 bits from bits 2k of qh byte l, a scale per 16 weights */
         const int8_t *sc = (const int8_t *)(b + 192);
         float d = half_to_float(b + 208);
-        for (int h = 0; h < 2; h++)
-            for (int i = 0; i < 128; i++) {
-                int low = i < 64 ? ql[64 * h + i] & 0x0f : ql[64 * h + i - 64] >> 4;
-                int high = (qh[32 * h + i % 32] >> (2 * (i / 32))) & 3;
-                int idx = 128 * h + i;
-                out[idx] = d * (float)sc[idx / 16] * (float)((low | (high << 4)) - 32);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+            float *o = out + 128 * h;
+            for (int k = 0; k < 4; k++) {
+                const uint8_t *lo = ql + (k & 1) * 32;
+                int shift = k < 2 ? 0 : 4;
+                for (int half = 0; half < 2; half++) { /* 16 weights under one scale */
+                    float s = d * (float)sc[8 * h + 2 * k + half];
+#pragma omp simd
+                    for (int l = 16 * half; l < 16 * half + 16; l++) {
+                        int q = ((lo[l] >> shift) & 0x0f) | (((qh[l] >> (2 * k)) & 3) << 4);
+                        o[32 * k + l] = s * (float)(q - 32);
+                    }
+                }
             }
+        }
     }
 }
 
@@ -353,7 +455,18 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
         float acc[4];
         int64_t b = 0;
 #ifdef HAVE_BLOCKS4X4
-        int generic = fmt >= FMT_Q4_K; /* AVX-512 kernels for Q8_0 / Q4_0 / Q4_1 */
+        if (fmt == FMT_Q4_K || fmt == FMT_Q6_K) {
+            for (; b < B; b++) {
+                if (fmt == FMT_Q4_K)
+                    dot4_q4k(r, K, x + b * K, acc);
+                else
+                    dot4_q6k(r, K, x + b * K, acc);
+                for (int64_t i = 0; i < m; i++)
+                    y[b * ldy + n + i] = acc[i] + (wt->bias ? wt->bias[n + i] : 0.f);
+            }
+            continue;
+        }
+        int generic = 0; /* AVX-512 kernels for every block format */
 #else
         int generic = blocks_fmt;
 #endif
