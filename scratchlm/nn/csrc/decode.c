@@ -225,8 +225,18 @@ static void dot4_blocks(const void *rows, int64_t K, const float *x, float out[4
                 _mm_prefetch((const char *)(r + i * rb + j * bs) + PREFETCH_AHEAD / 2, _MM_HINT_T0);
         __m512 x0 = _mm512_loadu_ps(x + 32 * j), x1 = _mm512_loadu_ps(x + 32 * j + 16);
         for (int i = 0; i < 4; i++) {
+            const uint8_t *b = r + i * rb + j * bs;
+            if (fmt == FMT_Q8_0) { /* the block's sum of q * x first, then its scale once */
+                __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                    _mm_loadu_si128((const __m128i *)(b + 2))));
+                __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                    _mm_loadu_si128((const __m128i *)(b + 18))));
+                __m512 t = _mm512_fmadd_ps(q0, x0, _mm512_mul_ps(q1, x1));
+                acc[i] = _mm512_fmadd_ps(t, _mm512_set1_ps(f16_at(b)), acc[i]);
+                continue;
+            }
             __m512 lo, hi;
-            block_weights(r + i * rb + j * bs, fmt, &lo, &hi);
+            block_weights(b, fmt, &lo, &hi);
             acc[i] = _mm512_fmadd_ps(hi, x1, _mm512_fmadd_ps(lo, x0, acc[i]));
         }
     }
