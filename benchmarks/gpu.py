@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -134,7 +133,7 @@ class Bench:
                 model.hidden_states = torch.compile(model.hidden_states)  # head+loss fused, eager
                 step = ours_step
             results[name] = x.numel() / self.timed(
-                lambda: step(model, opt, x, y, self.autocast), steps, warmup=3)
+                lambda m=model, o=opt: step(m, o, x, y, self.autocast), steps, warmup=3)
             del model, opt
         peak = rt.peak_flops()
         per_token = flops_per_token(cfg, kw["context_length"])[1]

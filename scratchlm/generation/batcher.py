@@ -105,13 +105,19 @@ class Batcher:
                 return False
             self.waiting.append(nxt)
 
+    def _chunked(self, batch: SlotBatch, req: Request) -> bool:
+        """Whether ``req``'s prompt is prefilled in chunks (``_stage``) rather than at once:
+        over the budget, while rows decode, in a full cache."""
+        return bool(batch.rows) and len(req.prompt_ids) > self.prefill_budget \
+            and batch.cache.can_shift
+
     def _stage(self, batch: SlotBatch) -> None:
         """Chunked prefill: the next ``prefill_budget`` tokens of the staged prompt (one
         started when a prompt over the budget waits while rows decode), and its join once
         done and a row is free."""
-        if self.staging is None and batch.rows and batch.cache.can_shift:
-            long = next((r for r in self.waiting if not r.cancelled
-                         and len(r.prompt_ids) > self.prefill_budget), None)
+        if self.staging is None:
+            long = next((r for r in self.waiting
+                         if not r.cancelled and self._chunked(batch, r)), None)
             if long is not None:
                 self.waiting.remove(long)
                 self.staging = (long, batch.stage(long.prompt_ids))
@@ -141,8 +147,8 @@ class Batcher:
                 self.waiting.remove(req)
                 req.finish("stop")
                 continue
-            if batch.rows and len(req.prompt_ids) > self.prefill_budget and batch.cache.can_shift:
-                continue  # a long prompt: prefilled in chunks while the rows decode (_stage)
+            if self._chunked(batch, req):
+                continue  # prefilled in chunks while the rows decode (_stage)
             cost = batch.prefill_cost([r.prompt_ids for r in [*group, req]])
             if group and cost > self.prefill_budget:
                 continue  # after the next decode step

@@ -11,7 +11,7 @@ row's real slots, the output projection, SwiGLU, both residuals) or GPT's ``Tran
 (LayerNorm, biases, GELU) in one call, on the same KV cache tensors, so prefill (PyTorch) and
 decode (here) mix freely. Weights may be float32
 ``nn.Linear``, ``Int8Linear`` (separate or fused, ``nn/fuse.py``) or ``GGUFLinear`` (a GGUF
-file's own Q8_0/Q4_0/Q4_1 blocks). The ``Engine`` uses it for
+file's own Q8_0/Q4_0/Q4_1/Q4_K/Q6_K blocks). The ``Engine`` uses it for
 every one-token step when the model qualifies (``NativeDecoder.create``); its logits are
 tested equal to the PyTorch path's.
 """

@@ -311,9 +311,9 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
     """(model, tokenizer) from a llama.cpp GGUF file of any architecture the registry reads
     (llama, qwen3, qwen3moe, gemma3), dequantized to ``dtype``. ``tokenizer=False``: the model
     alone (tokenizer None), e.g. for a file whose vocabulary we do not read (SentencePiece).
-    ``keep_quantized``: Linear weights stored as Q8_0/Q4_0/Q4_1/Q4_K/Q6_K stay in those blocks
-    (``nn/gguf_linear.py``), and so does a tied output head (the embedding table itself is
-    dequantized: a lookup reads one row); for inference on the CPU in float32."""
+    ``keep_quantized``: Linear weights and the embedding table stored as Q8_0/Q4_0/Q4_1/Q4_K/Q6_K
+    stay in those blocks (``nn/gguf_linear.py``), a tied head sharing the table's bytes; for
+    inference on the CPU in float32."""
     from scratchlm.models.convert.gguf import ARCHS, GGUFError, config_kwargs, iter_tensors, read_gguf
     from scratchlm.models.gguf_tokenizer import gguf_tokenizer
 
@@ -343,44 +343,13 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
     if keep_quantized:
         if dtype != torch.float32 or torch.device(device).type != "cpu":
             raise ValueError("keep_quantized (--quantize gguf) runs on the CPU in float32")
-        keep_blocks(model, reader, conv, cfg)
+        from scratchlm.nn.gguf_linear import keep_blocks
+
+        tensors = ((t.name, t.tensor_type.name, tuple(int(n) for n in reversed(t.shape.tolist())),
+                    t.data) for t in reader.tensors)  # GGUF lists dims inner-first
+        keep_blocks(model, tensors, lambda name, blocks: conv.convert(name, blocks, cfg),
+                    cfg.tie_embeddings)
     return model, gguf_tokenizer(meta, str(path)) if tokenizer else None
-
-
-def keep_blocks(model: nn.Module, reader, conv, cfg) -> int:
-    """Replace each Linear whose GGUF weight is in a ``KEPT`` format by a ``GGUFLinear`` on the
-    file's bytes (rows reordered as the loader reorders them); a head tied to a block-stored
-    embedding gets its own ``GGUFLinear`` on the same bytes. Returns the layers replaced."""
-    from scratchlm.nn.gguf_blocks import BLOCKS
-    from scratchlm.nn.gguf_linear import KEPT, GGUFEmbedding, GGUFLinear
-
-    replaced = 0
-    for t in reader.tensors:
-        qtype = t.tensor_type.name
-        if qtype not in KEPT or len(t.shape) != 2:
-            continue
-        cols, rows = (int(n) for n in t.shape.tolist())  # GGUF lists dims inner-first
-        if cols % BLOCKS[qtype][1]:
-            continue  # not whole blocks per row: such a tensor stays dequantized
-        blocks = np.ascontiguousarray(t.data).view(np.uint8).reshape(rows, -1)
-        for ours, arr in conv.convert(t.name, blocks, cfg):
-            data = torch.from_numpy(np.array(arr, copy=True))
-            owner = ours.removesuffix(".weight")
-            if ours == "tok_emb.weight":
-                if type(model.tok_emb) is nn.Embedding:  # every family looks rows up by call
-                    model.tok_emb = GGUFEmbedding(data, qtype, cols)
-                    replaced += 1
-                if not cfg.tie_embeddings:
-                    continue
-                owner = "out_head"  # the tied head reads the same bytes
-            layer = model.get_submodule(owner)
-            if type(layer) is not nn.Linear:
-                continue
-            parent, _, leaf = owner.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, leaf,
-                    GGUFLinear(data, qtype, cols, layer.bias))
-            replaced += 1
-    return replaced
 
 
 def smollm2_gguf() -> Path:
@@ -407,7 +376,7 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
                              quantize: str | None = None):
     """(model, tokenizer) for a preset, a GGUF file or a model folder; ``quantize="int8"``
     stores the Linear weights as int8 for inference (see nn/quant.py); ``"gguf"`` keeps a GGUF
-    file's Q8_0/Q4_0/Q4_1 blocks as they are (nn/gguf_linear.py)."""
+    file's Q8_0/Q4_0/Q4_1/Q4_K/Q6_K blocks as they are (nn/gguf_linear.py)."""
     from scratchlm.tokenizers import folder_tokenizer
 
     gguf_file = name in LOCAL_GGUF or str(name).endswith(".gguf")

@@ -20,6 +20,10 @@ from scratchlm.nn.gguf_linear import GGUFLinear
 from scratchlm.nn.quant import Int8Linear
 
 
+class MixedLayers(TypeError):
+    """Parts of different kinds (LoRA, or weights stored in different formats): not fusable."""
+
+
 def concat_linears(parts: list[nn.Module]) -> nn.Module:
     """One layer whose output is the parts' outputs concatenated (plain or int8 Linears)."""
     biases = [p.bias for p in parts]
@@ -41,7 +45,7 @@ def concat_linears(parts: list[nn.Module]) -> nn.Module:
         if bias is not None:
             fused.bias.data.copy_(bias)
         return fused.requires_grad_(False)
-    raise TypeError(f"cannot fuse {[type(p).__name__ for p in parts]} (LoRA or mixed layers)")
+    raise MixedLayers(f"cannot fuse {[type(p).__name__ for p in parts]} (LoRA or mixed layers)")
 
 
 def fuse_projections(model: nn.Module, skip_mixed: bool = False) -> nn.Module:
@@ -52,7 +56,7 @@ def fuse_projections(model: nn.Module, skip_mixed: bool = False) -> nn.Module:
         if hasattr(module, "fuse_projections") and module is not model:
             try:
                 module.fuse_projections()
-            except TypeError:
+            except MixedLayers:
                 if not skip_mixed:
                     raise
     return model

@@ -51,22 +51,26 @@ def dequantize_blocks(blocks: torch.Tensor, qtype: str, shape: tuple[int, int],
     return out.to(device=blocks.device, dtype=dtype)
 
 
+def check_blocks(blocks: torch.Tensor, qtype: str, in_features: int) -> None:
+    """Refuse ``blocks`` that are not rows of whole ``qtype`` blocks for ``in_features``."""
+    if qtype not in KEPT:
+        raise ValueError(f"GGUFLinear takes {', '.join(KEPT)}, got {qtype}")
+    weights = BLOCKS[qtype][1]
+    if in_features % weights:
+        raise ValueError(f"{qtype} rows are blocks of {weights}; in_features is {in_features}")
+    size = row_bytes(qtype, in_features)
+    if blocks.dtype != torch.uint8 or blocks.dim() != 2 or blocks.shape[1] != size:
+        raise ValueError(f"{qtype} blocks for {in_features} inputs must be uint8 (rows, "
+                         f"{size}), got {blocks.dtype} {tuple(blocks.shape)}")
+
+
 class GGUFLinear(nn.Module):
     """``y = x @ W.T + bias`` with ``W`` held as GGUF blocks (``qtype``: one of ``KEPT``)."""
 
     def __init__(self, blocks: torch.Tensor, qtype: str, in_features: int,
                  bias: torch.Tensor | None = None):
         super().__init__()
-        if qtype not in KEPT:
-            raise ValueError(f"GGUFLinear takes {', '.join(KEPT)}, got {qtype}")
-        weights = BLOCKS[qtype][1]
-        if in_features % weights:
-            raise ValueError(f"{qtype} rows are blocks of {weights}; in_features is "
-                             f"{in_features}")
-        size = row_bytes(qtype, in_features)
-        if blocks.dtype != torch.uint8 or blocks.dim() != 2 or blocks.shape[1] != size:
-            raise ValueError(f"{qtype} blocks for {in_features} inputs must be uint8 (rows, "
-                             f"{size}), got {blocks.dtype} {tuple(blocks.shape)}")
+        check_blocks(blocks, qtype, in_features)
         self.qtype, self.in_features, self.out_features = qtype, in_features, blocks.shape[0]
         self.register_buffer("blocks", blocks.contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float())
@@ -108,7 +112,7 @@ class GGUFEmbedding(nn.Module):
 
     def __init__(self, blocks: torch.Tensor, qtype: str, embedding_dim: int):
         super().__init__()
-        GGUFLinear(blocks[:1], qtype, embedding_dim)  # the same checks on the layout
+        check_blocks(blocks, qtype, embedding_dim)
         self.qtype, self.embedding_dim = qtype, embedding_dim
         self.num_embeddings = blocks.shape[0]
         self.register_buffer("blocks", blocks)
@@ -120,3 +124,36 @@ class GGUFEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, {self.qtype}"
+
+
+def keep_blocks(model: nn.Module, tensors, rename, tied: bool) -> int:
+    """Replace each ``nn.Linear`` (and the ``tok_emb`` embedding) whose file tensor is in a
+    ``KEPT`` format by a ``GGUFLinear`` (``GGUFEmbedding``) on the file's bytes, as
+    ``quantize_int8`` does with int8; a head ``tied`` to the embedding reads the table's bytes.
+    ``tensors``: (name, qtype, (rows, cols), raw bytes) of a file; ``rename(name, blocks)``: the
+    (our key, blocks) pairs the loader makes of it (reordering rows as it reorders weights).
+    Rows that are not whole blocks stay as loaded. Returns the modules replaced."""
+    replaced = 0
+    for name, qtype, shape, raw in tensors:
+        if qtype not in KEPT or len(shape) != 2 or shape[1] % BLOCKS[qtype][1]:
+            continue
+        rows, cols = shape
+        blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, -1)
+        for ours, arr in rename(name, blocks):
+            data = torch.from_numpy(np.array(arr, copy=True))
+            owner = ours.removesuffix(".weight")
+            if ours == "tok_emb.weight":
+                if type(model.tok_emb) is nn.Embedding:  # every family looks rows up by call
+                    model.tok_emb = GGUFEmbedding(data, qtype, cols)
+                    replaced += 1
+                if not tied:
+                    continue
+                owner = "out_head"  # the tied head reads the same bytes
+            layer = model.get_submodule(owner)
+            if type(layer) is not nn.Linear:
+                continue
+            parent, _, leaf = owner.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf,
+                    GGUFLinear(data, qtype, cols, layer.bias))
+            replaced += 1
+    return replaced

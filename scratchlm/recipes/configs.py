@@ -225,7 +225,7 @@ class ChatConfig:
     top_k: int | None = None  # default: the model's; 0: off
     top_p: float | None = None  # default: the model's; 1.0: off
     seed: int | None = None
-    quantize: str | None = None  # "int8": weight-only int8 (nn/quant.py); "gguf": a GGUF file's own Q8_0/Q4_0/Q4_1 blocks
+    quantize: str | None = None  # "int8": weight-only int8 (nn/quant.py); "gguf": a GGUF file's own blocks (Q8_0/Q4_0/Q4_1/Q4_K/Q6_K)
     device: str = "cpu"  # cpu | cuda | cuda:N: where the model runs
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): the weights' dtype while generating
 
@@ -275,7 +275,7 @@ class ServeConfig:
     api_key: str | None = None  # default: SCRATCHLM_API_KEY; unset: no key needed
     max_tokens_cap: int = 1024  # the largest max_tokens a request may ask for
     max_batch: int = 16
-    quantize: str | None = None  # "int8" | "gguf" (a GGUF file's own Q8_0/Q4_0/Q4_1 blocks)
+    quantize: str | None = None  # "int8" | "gguf" (a GGUF file's own Q8_0/Q4_0/Q4_1/Q4_K/Q6_K blocks)
     device: str = "cpu"  # cpu | cuda | cuda:N: where the model runs
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): the weights' dtype while generating
     max_request_bytes: int = 4_000_000  # a larger request body is answered 413

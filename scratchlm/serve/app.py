@@ -432,6 +432,7 @@ def main(cfg: ServeConfig) -> None:
     llm = LLM.load(cfg.model, adapter=cfg.adapter, quantize=cfg.quantize, device=cfg.device,
                    dtype=cfg.dtype, prefill=cfg.prefill)
     app = create_app(llm, cfg)
-    print(f"serving {llm.name} ({cfg.device}, {cfg.dtype}, prefill {llm.engine.prefill}) on http://{cfg.host}:{cfg.port} (chat page at /, API at /v1)"
+    print(f"serving {llm.name} ({cfg.device}, {cfg.dtype}, prefill {llm.engine.prefill}) on "
+          f"http://{cfg.host}:{cfg.port} (chat page at /, API at /v1)"
           + (" with an API key" if cfg.api_key else ""), flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
