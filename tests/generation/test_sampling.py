@@ -5,6 +5,7 @@ import torch
 from scratchlm.generation.sampling import (
     apply_top_k,
     apply_top_p,
+    draw,
     generate,
     sample_next,
     text_to_token_ids,
@@ -46,6 +47,19 @@ def test_sampling_is_reproducible_with_a_generator():
     draws = torch.cat([sample_next(logits, 0.01, generator=torch.Generator().manual_seed(i))
                        for i in range(5)], dim=1)
     assert (draws == logits.argmax(-1, keepdim=True)).all()
+
+
+def test_draw_follows_the_probabilities_and_skips_zeros():
+    probs = torch.tensor([0.1, 0.0, 0.2, 0.3, 0.0, 0.4]).repeat(100_000, 1)
+    got = draw(probs, torch.Generator().manual_seed(0)).view(-1)
+    freq = torch.bincount(got, minlength=6).double() / len(got)
+    assert freq[1] == 0 and freq[4] == 0  # zero probability: never drawn
+    assert torch.allclose(freq, probs[0].double(), atol=0.005)
+    # unnormalised rows (a masked softmax) and a last token of probability 0: u stays below
+    # the total, so the draw never runs past the last token that can be drawn
+    edge = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]])
+    for seed in range(200):
+        assert draw(edge, torch.Generator().manual_seed(seed)).view(-1).tolist() == [1, 0]
 
 
 def _tiny(seed=0):
