@@ -2,7 +2,7 @@
 r=16 (alpha 32, every linear layer) on SmolLM2-135M-Instruct, CPU fp32, the same weights (our
 embedded GGUF, exported to a transformers folder for trl), the same prompts and reward.
 
-    python benchmarks/grpo.py [--steps 3] [--tokens 128] [--rss]
+    python benchmarks/grpo.py [--steps 3] [--tokens 128] [--rss] [--micro 1]
 
 Each side takes ``--steps`` optimizer steps after one warm-up step, alternating step by step
 in one process: ours through ``train_step`` on ``GRPOLoss``, trl through ``trainer.train()``
@@ -11,7 +11,10 @@ is not counted). Completions are forced to the full length on both sides (no end
 stop; trl: ``min_new_tokens``), so both decode the same number of tokens, and every group
 goes through the update on both sides (ours skips tied groups by default). Rollout time is
 ours from the loss module's statistics and trl's from its ``_generate_and_score_completions``.
-``--rss`` also runs each side alone in a child process and reports the peak resident memory
+``--micro P``: our update in micro-batches of P prompts (one rollout for the step, a forward and
+backward per micro-batch, the same gradient), without block checkpointing, since only one
+micro-batch's activations are alive at a time; the default (0) is one batch of all prompts,
+checkpointed as trl is. ``--rss`` also runs each side alone in a child process and reports the peak resident memory
 of each (one process's peak cannot be split between two sides).
 """
 
@@ -71,13 +74,14 @@ def build_ours(folder, items, tokens, checkpointing=True):
     return model, loss, opt
 
 
-def step_ours(state, rt) -> tuple[float, float]:
+def step_ours(state, rt, micro: int = 0) -> tuple[float, float]:
     from scratchlm.training.step import train_step
 
     model, loss, opt = state
     idx = torch.arange(PROMPTS)
+    parts = idx.split(micro) if micro else [idx]
     t0 = time.perf_counter()
-    train_step(loss, opt, [(idx, idx)], rt, 1.0)
+    train_step(loss, opt, [(p, p) for p in parts], rt, 1.0)
     total = time.perf_counter() - t0
     return total, loss.step_metrics()["rollout_s"]
 
@@ -143,7 +147,7 @@ def export(folder) -> None:
     write_hf(model, tok, folder)
 
 
-def alone(side: str, folder: str, tokens: int) -> None:
+def alone(side: str, folder: str, tokens: int, micro: int) -> None:
     """One side, one warm-up and one timed step: prints its peak RSS in MiB."""
     import transformers
 
@@ -152,9 +156,10 @@ def alone(side: str, folder: str, tokens: int) -> None:
     tok_hf = transformers.AutoTokenizer.from_pretrained(folder)
     items = prompts(tok_hf)
     if side == "ours":
-        state, rt = build_ours(folder, items, tokens), setup_runtime(device="cpu")
+        state = build_ours(folder, items, tokens, checkpointing=not micro)
+        rt = setup_runtime(device="cpu")
         for _ in range(2):
-            step_ours(state, rt)
+            step_ours(state, rt, micro)
     else:
         state = build_trl(folder, items, tokens)
         for _ in range(2):
@@ -170,12 +175,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--rss", action="store_true")
+    p.add_argument("--micro", type=int, default=0, help="prompts per micro-batch (0: all)")
     p.add_argument("--alone", choices=["ours", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(2)
     if args.alone:
-        return alone(args.alone, args.folder, args.tokens)
+        return alone(args.alone, args.folder, args.tokens, args.micro)
 
     import transformers
 
@@ -186,13 +192,14 @@ def main() -> None:
         tok_hf = transformers.AutoTokenizer.from_pretrained(folder)
         items = prompts(tok_hf)
         rt = setup_runtime(device="cpu")
-        ours, theirs = build_ours(folder, items, args.tokens), build_trl(folder, items,
-                                                                         args.tokens)
-        step_ours(ours, rt)  # warm-up: kernels built, caches allocated
+        ours = build_ours(folder, items, args.tokens, checkpointing=not args.micro)
+        theirs = build_trl(folder, items, args.tokens)
+        step_ours(ours, rt, args.micro)  # warm-up: kernels built, caches allocated
         step_trl(theirs)
         sums = {"ours": [0.0, 0.0], "trl": [0.0, 0.0]}
         for _ in range(args.steps):  # alternate the sides step by step
-            for side, total_roll in (("ours", step_ours(ours, rt)), ("trl", step_trl(theirs))):
+            for side, total_roll in (("ours", step_ours(ours, rt, args.micro)),
+                                     ("trl", step_trl(theirs))):
                 sums[side][0] += total_roll[0]
                 sums[side][1] += total_roll[1]
         n = args.steps
@@ -202,12 +209,14 @@ def main() -> None:
         o, t = sums["ours"], sums["trl"]
         print(f"ours / trl: step {o[0] / t[0]:.2f}x, rollout {o[1] / t[1]:.2f}x, update "
               f"{(o[0] - o[1]) / (t[0] - t[1]):.2f}x  ({PROMPTS} prompts x {GROUP} x "
-              f"{args.tokens} tokens, LoRA r={RANK}, {n} steps each)")
+              f"{args.tokens} tokens, LoRA r={RANK}, {n} steps each; ours in "
+              f"{'micro-batches of ' + str(args.micro) if args.micro else 'one batch'})")
         if args.rss:
             rss = {}
             for side in ("ours", "trl"):
                 out = subprocess.run([sys.executable, __file__, "--alone", side, "--folder",
-                                      folder, "--tokens", str(args.tokens)],
+                                      folder, "--tokens", str(args.tokens), "--micro",
+                                      str(args.micro)],
                                      capture_output=True, text=True, check=True)
                 rss[side] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
             print(f"peak RSS: ours {rss['ours']:.0f} MiB, trl {rss['trl']:.0f} MiB -> "

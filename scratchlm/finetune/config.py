@@ -34,3 +34,5 @@ class GRPOSettings:
     rewards: str = "answer,format:0.2"  # name[:weight] list: answer, format, length, reward_model
     reward_model: str | None = None  # a `finetune reward` run's final/ for reward_model
     length_penalty: float = 0.001  # the length reward: -this per completion token
+    iterations: int = 1  # optimizer steps on each rollout (trl's num_iterations; > 1: the
+    # ratio to the sampling policy moves off 1 and the clip acts)

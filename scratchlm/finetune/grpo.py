@@ -57,6 +57,9 @@ def check_settings(s: GRPOSettings) -> None:
         raise ValueError(f"--grpo.top_p must be in (0, 1], got {s.top_p}")
     if s.beta < 0:
         raise ValueError(f"--grpo.beta must be >= 0, got {s.beta}")
+    if s.iterations < 1:
+        raise ValueError(f"--grpo.iterations must be >= 1 (optimizer steps per rollout), "
+                         f"got {s.iterations}")
     if s.max_new_tokens < 1:
         raise ValueError(f"--grpo.max_new_tokens must be >= 1, got {s.max_new_tokens}")
 

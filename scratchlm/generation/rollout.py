@@ -9,6 +9,10 @@ Each call of ``GRPOLoss`` on a batch of prompt indices (one optimizer step's mic
 3. the policy's log-probabilities of the same tokens, recomputed with gradients, and the
    clipped, optionally KL-penalised loss of ``finetune/grpo.py``.
 
+Steps 1-2 run once per optimizer step for all its micro-batches (``begin_step``), step 3 per
+micro-batch; with ``iterations`` > 1, steps 1-2 run every ``iterations`` steps and step 3 on
+every one, over the same rollout (kept in the checkpoints in between).
+
 The engine's log-probabilities are the "old" policy's: the loss's ratio starts at 1 (up to
 float rounding; tested within 1e-4), so one update per rollout is on-policy. Dropout stays
 off in both passes, as in trl, or the two would not be the same policy. The rollout's seed is
@@ -115,12 +119,50 @@ def _pad(rows: Sequence[Sequence[float]], width: int, dtype=torch.float32) -> to
     return out
 
 
+@dataclass
+class StepRollout:
+    """One step's rollout, trained on for ``settings.iterations`` steps (passes)."""
+    indices: list[list[int]]  # prompt indices of each micro-batch
+    rollout: Rollout  # G rows per prompt, micro-batches in order
+    rewards: list[float]
+    passes: int = 0  # passes begun over it
+
+    def to_json(self) -> dict:
+        r = self.rollout
+        return {"indices": self.indices, "completions": r.completions, "logprobs": r.logprobs,
+                "texts": r.texts, "truncated": r.truncated, "rewards": self.rewards,
+                "passes": self.passes}
+
+    @classmethod
+    def from_json(cls, d: dict, n_prompts: int, group_size: int) -> "StepRollout":
+        idx = d["indices"]
+        if not (isinstance(idx, list) and all(isinstance(m, list) for m in idx)
+                and all(isinstance(i, int) and 0 <= i < n_prompts for m in idx for i in m)):
+            raise ValueError("prompt indices out of range")
+        rows = group_size * sum(len(m) for m in idx)
+        r = Rollout(d["completions"], d["logprobs"], d["texts"], d["truncated"])
+        if any(len(x) != rows for x in (r.completions, r.logprobs, r.texts, r.truncated,
+                                        d["rewards"])) or any(
+                len(c) != len(lp) for c, lp in zip(r.completions, r.logprobs)):
+            raise ValueError(f"expected {rows} completions with a log-probability per token")
+        return cls(idx, r, [float(x) for x in d["rewards"]], int(d["passes"]))
+
+
 class GRPOLoss(nn.Module):
     """The loss module of ``fit`` for GRPO: its inputs are (B,) indices into ``prompts``.
     ``reference``: None (LoRA: the model with adapters off) or a frozen model, used when
-    ``settings.beta`` > 0. ``step_metrics()`` returns the step's statistics and resets them."""
+    ``settings.beta`` > 0. ``step_metrics()`` returns the step's statistics and resets them.
 
-    unit = "prompts"  # what batch_weight counts (the loss plot's top axis)
+    ``begin_step`` (called by ``train_step`` with the step's micro-batches) samples the
+    completions of all of them in one engine batch and scores them; each micro-batch's
+    forward then trains on its own prompts' groups, and ``batch_weight`` counts its units
+    (completions that count for ``loss="grpo"``, their tokens for ``"dapo"``), so k
+    micro-batches give exactly the loss of one batch while holding the activations of one.
+    With ``settings.iterations`` = k the loop hands the same micro-batches to k steps
+    (``batch_repeats``): k optimizer steps over one rollout, the ratio to the sampling policy
+    moving away from 1 and clipped. A forward called without ``begin_step`` is a whole step."""
+
+    unit = "prompts"  # the loss plot's top axis
 
     has_eval_loss = False  # fit: no loss on held-out batches (the recipe measures accuracy)
 
@@ -132,10 +174,16 @@ class GRPOLoss(nn.Module):
         self._reference = [reference]  # not a submodule: never trained nor saved
         self._engine: Engine | None = None
         self._copy: SamplingCopy | None = None
-        self._stats: list[dict] = []
+        self._step: StepRollout | None = None
+        self._ref_logps: dict[int, torch.Tensor] = {}  # per micro-batch, for all passes
+        self._weights: list[int] = []  # batch_weight's cursor over the micro-batches
+        self._forwards: list[int] = []  # forward's
+        self._stats: dict = {}
+        self._sums = {"entropy": 0.0, "clip_frac": 0.0, "kl": 0.0, "tokens": 0.0}
 
-    def batch_weight(self, idx, _targets=None) -> torch.Tensor:
-        return torch.tensor(len(idx))  # prompts (each a group of completions)
+    @property
+    def batch_repeats(self) -> int:
+        return self.s.iterations
 
     def engine(self) -> Engine:
         """The engine of the rollouts: on the merged ``SamplingCopy`` for LoRA (refreshed
@@ -147,6 +195,79 @@ class GRPOLoss(nn.Module):
             self._copy.refresh()
         return self._engine
 
+    # ---- the step: one rollout for all micro-batches, or the next pass over the last one
+    def begin_step(self, micro_batches) -> None:
+        indices = [torch.as_tensor(x).view(-1).tolist() for x, _ in micro_batches]
+        step = self._step
+        if step is not None and step.passes < self.s.iterations:
+            if indices != step.indices:
+                raise ValueError(f"GRPO trains {self.s.iterations} steps on one rollout; "
+                                 "this step's prompts differ from the rollout's")
+            self._stats = {"rollout_s": 0.0, "score_s": 0.0}
+        else:
+            self._step = step = self._roll(indices)
+            self._ref_logps = {}
+        step.passes += 1
+        self._stats.update(self._rollout_stats())
+        self._weights, self._forwards = list(range(len(indices))), list(range(len(indices)))
+
+    def _roll(self, indices: list[list[int]]) -> StepRollout:
+        prompts = [self.prompts[i] for m in indices for i in m]
+        self.model.eval()  # no dropout: the sampling and the trained policy are one
+        t0 = time.perf_counter()
+        seed = int(torch.randint(0, 2**62, ()))
+        rollout = sample_groups(self.engine(), self.tokenizer, prompts, self.s, seed)
+        t1 = time.perf_counter()
+        step = StepRollout(indices, rollout, self.reward_rows(prompts, rollout))
+        self._stats = {"rollout_s": t1 - t0, "score_s": time.perf_counter() - t1}
+        return step
+
+    def _rollout_stats(self) -> dict:
+        step, g = self._step, self.s.group_size
+        prompts = [self.prompts[i] for m in step.indices for i in m]
+        r = torch.tensor(step.rewards)
+        answers = [float(a) for a in self._answers(prompts, step.rollout)]
+        lengths = [float(len(c)) for c in step.rollout.completions]
+        return {"reward": float(r.mean()), "reward_std": float(r.std()),
+                "accuracy": sum(answers) / len(answers),
+                "response_len": sum(lengths) / len(lengths),
+                "truncated_frac": sum(step.rollout.truncated) / len(lengths),
+                "zero_variance_frac": float((r.view(-1, g).std(1) == 0).float().mean())}
+
+    def _micro(self, cursor: list[int], idx) -> tuple[int, slice]:
+        """The next micro-batch of the step (checked against ``idx``) and its rows."""
+        if not cursor:
+            raise RuntimeError("GRPOLoss: more micro-batches than begin_step was given")
+        k = cursor.pop(0)
+        if torch.as_tensor(idx).view(-1).tolist() != self._step.indices[k]:
+            raise ValueError("GRPOLoss: micro-batches out of the order begin_step saw")
+        g = self.s.group_size
+        first = g * sum(len(m) for m in self._step.indices[:k])
+        return k, slice(first, first + g * len(self._step.indices[k]))
+
+    def _counted(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(advantages, counted rows, mask) of a micro-batch's completions."""
+        g, s = self.s.group_size, self.s
+        rewards = torch.tensor(self._step.rewards[rows])
+        adv = group_advantages(rewards, g, s.scale)
+        varied = rewards.view(-1, g).std(1) > 0
+        keep = varied.repeat_interleave(g) if s.skip_zero_variance else \
+            torch.ones(len(rewards), dtype=torch.bool)
+        comps = self._step.rollout.completions[rows]
+        mask = _pad([[1.0] * len(c) for c in comps], max(len(c) for c in comps))
+        return adv, keep, mask
+
+    def batch_weight(self, idx, _targets=None) -> torch.Tensor:
+        """The micro-batch's units: completions that count (``grpo``) or their tokens
+        (``dapo``), what its loss averages over."""
+        if self._step is None or not self._weights:
+            self.begin_step([(idx, idx)])
+        _, rows = self._micro(self._weights, idx)
+        _, keep, mask = self._counted(rows)
+        if self.s.loss == "grpo":
+            return keep.sum()
+        return (mask * keep[:, None]).sum().long()
+
     def _logprobs(self, model: nn.Module, prompt: Prompt, rows: list[list[int]],
                   width: int) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(model.parameters()).device
@@ -157,14 +278,14 @@ class GRPOLoss(nn.Module):
         pad = width - longest
         return (nn.functional.pad(logp, (0, pad)), nn.functional.pad(ent, (0, pad)))
 
-    def _reference_logprobs(self, prompts, rollout, width) -> torch.Tensor:
+    def _reference_logprobs(self, prompts, comps, width) -> torch.Tensor:
         from scratchlm.finetune.dpo import adapters_off
 
         ref, g = self._reference[0], self.s.group_size
         out = []
         with torch.no_grad():
             for k, p in enumerate(prompts):
-                rows = rollout.completions[k * g:(k + 1) * g]
+                rows = comps[k * g:(k + 1) * g]
                 if ref is not None:
                     out.append(self._logprobs(ref, p, rows, width)[0])
                 else:
@@ -174,48 +295,42 @@ class GRPOLoss(nn.Module):
 
     def forward(self, idx: torch.Tensor, _targets=None) -> torch.Tensor:
         s, g = self.s, self.s.group_size
-        prompts = [self.prompts[i] for i in idx.tolist()]
+        if self._step is None or not self._forwards:
+            self.begin_step([(idx, idx)])
+        k, rows = self._micro(self._forwards, idx)
+        prompts = [self.prompts[i] for i in self._step.indices[k]]
+        comps = self._step.rollout.completions[rows]
+        adv, keep, mask = self._counted(rows)
+        width = mask.shape[1]
         self.model.eval()  # no dropout: the sampling and the trained policy are one
-        t0 = time.perf_counter()
-        seed = int(torch.randint(0, 2**62, ()))
-        rollout = sample_groups(self.engine(), self.tokenizer, prompts, s, seed)
-        t1 = time.perf_counter()
-        rewards = torch.tensor(self.reward_rows(prompts, rollout))
-        adv = group_advantages(rewards, g, s.scale)
-        varied = rewards.view(-1, g).std(1) > 0
-        keep = varied.repeat_interleave(g) if s.skip_zero_variance else None
-        width = max(len(c) for c in rollout.completions)
         device = next(self.model.parameters()).device
         logps, ents = [], []
-        for k, p in enumerate(prompts):
-            if keep is not None and not varied[k]:  # no gradient to compute: zeros suffice
+        for j, p in enumerate(prompts):
+            if not keep[j * g]:  # a left-out group: no gradient to compute, zeros suffice
                 logps.append(torch.zeros(g, width, device=device))
                 ents.append(torch.zeros(g, width, device=device))
                 continue
-            lp, en = self._logprobs(self.model, p, rollout.completions[k * g:(k + 1) * g], width)
+            lp, en = self._logprobs(self.model, p, comps[j * g:(j + 1) * g], width)
             logps.append(lp)
             ents.append(en)
         logp, ent = torch.cat(logps), torch.cat(ents)
-        old = _pad(rollout.logprobs, width).to(device)
-        mask = _pad([[1.0] * len(c) for c in rollout.completions], width).to(device)
-        ref = self._reference_logprobs(prompts, rollout, width).to(device) if s.beta > 0 \
-            else None
-        loss, stats = policy_loss(logp, old, adv.to(device), mask, s, ref,
-                                  keep.to(device) if keep is not None else None)
-        if keep is not None and not bool(keep.any()):  # every group tied: a zero step, with
-            # a graph through the trained parameters so that backward (and DDP) still run
+        old = _pad(self._step.rollout.logprobs[rows], width).to(device)
+        mask, keep = mask.to(device), keep.to(device)
+        ref = None
+        if s.beta > 0:  # the reference does not change between passes: computed once
+            if k not in self._ref_logps:
+                self._ref_logps[k] = self._reference_logprobs(prompts, comps, width)
+            ref = self._ref_logps[k].to(device)
+        loss, stats = policy_loss(logp, old, adv.to(device), mask, s, ref, keep)
+        if not bool(keep.any()):  # every group tied: a zero loss, with a graph through the
+            # trained parameters so that backward (and DDP) still run
             loss = sum(q.view(-1)[0] for q in self.model.parameters() if q.requires_grad) * 0.0
-        counted = mask if keep is None else mask * keep[:, None].to(device)
         with torch.no_grad():
-            answers = [float(r) for r in self._answers(prompts, rollout)]
-            self._stats.append({
-                "reward": float(rewards.mean()), "reward_std": float(rewards.std()),
-                "accuracy": sum(answers) / len(answers),
-                "response_len": float(mask.sum(1).mean()),
-                "truncated_frac": sum(rollout.truncated) / len(rollout.truncated),
-                "entropy": float((ent * counted).sum() / counted.sum().clamp(min=1)),
-                "zero_variance_frac": float((~varied).float().mean()),
-                "rollout_s": t1 - t0, "score_s": time.perf_counter() - t1, **stats})
+            counted = float((mask * keep[:, None]).sum())
+            self._sums["tokens"] += counted
+            self._sums["entropy"] += float((ent * mask * keep[:, None]).sum())
+            self._sums["clip_frac"] += stats["clip_frac"] * counted
+            self._sums["kl"] += stats["kl"] * counted
         return loss
 
     def reward_rows(self, prompts: Sequence[Prompt], rollout: Rollout) -> list[float]:
@@ -234,15 +349,34 @@ class GRPOLoss(nn.Module):
         return [answer_reward(p.text, t, p.reference) == 1.0 for p, t in zip(rows, rollout.texts)]
 
     def step_metrics(self) -> dict:
-        """The mean of each statistic over the micro-batches since the last call."""
+        """The statistics of the step just taken: the rollout's (rewards, lengths; times are
+        0 on a later pass over it) and, over the tokens that counted, entropy, clip fraction
+        and KL."""
         if not self._stats:
             return {}
-        keys = self._stats[0].keys()
-        out = {k: sum(d[k] for d in self._stats) / len(self._stats) for k in keys}
-        out["rollout_s"] = sum(d["rollout_s"] for d in self._stats)  # times add up
-        out["score_s"] = sum(d["score_s"] for d in self._stats)
-        self._stats = []
+        n = max(self._sums["tokens"], 1.0)
+        out = {**self._stats, **{k: self._sums[k] / n for k in ("entropy", "clip_frac", "kl")}}
+        if self.s.iterations > 1:
+            out["rollout_pass"] = float(self._step.passes)
+        self._stats = {}
+        self._sums = dict.fromkeys(self._sums, 0.0)
         return out
+
+    # ---- between passes, the rollout is part of the checkpoint (training/loop.py)
+    def checkpoint_state(self) -> dict | None:
+        step = self._step
+        if step is None or step.passes >= self.s.iterations:
+            return None  # the next step samples anew
+        return step.to_json()
+
+    def load_checkpoint_state(self, value) -> None:
+        if value is None:
+            self._step = None
+            return
+        if not isinstance(value, dict):
+            raise ValueError("expected a JSON object")
+        self._step = StepRollout.from_json(value, len(self.prompts), self.s.group_size)
+        self._ref_logps = {}
 
 
 @torch.no_grad()

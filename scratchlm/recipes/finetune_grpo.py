@@ -96,9 +96,6 @@ def main(cfg: GRPOConfig) -> dict:
     check_settings(cfg.grpo)
     if cfg.task not in TASKS:
         raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
-    if cfg.train.grad_accum_steps != 1:
-        raise ValueError("--train.grad_accum_steps: GRPO takes one rollout batch per step; "
-                         "raise --train.batch_size instead")
     from scratchlm.evaluate.rewards import build_reward, parse_spec
 
     if cfg.grpo.reward_model and "reward_model" not in dict(parse_spec(cfg.grpo.rewards)):

@@ -8,6 +8,8 @@ A checkpoint is a folder ``checkpoints/step-000123/`` holding
     optimizer.pt          optimizer state (tensors and numbers only; loaded weights_only=True)
     rng.pt                torch (and CUDA) RNG states
     trainer_state.json    step, tokens seen, epoch and batch position of the data
+    loss_state.json       only for a loss module with state between steps (GRPO's rollout
+                          while it is trained on for several steps), one entry per rank
     config.json           the fully resolved run config
     manifest.json         sha256 of each file above, checked when the checkpoint is loaded
 
@@ -49,7 +51,9 @@ class CheckpointLoadError(ValueError):
 
 def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module,
                     optimizer: torch.optim.Optimizer | None, state: dict, config: dict,
-                    keep_last: int = 3, sharded: bool = False, is_main: bool = True) -> Path:
+                    keep_last: int = 3, sharded: bool = False, is_main: bool = True,
+                    texts: dict[str, str] | None = None) -> Path:
+    """``texts``: more files (name -> text) written into the checkpoint and its manifest."""
     ckpt_root = Path(run_dir) / "checkpoints"
     final = ckpt_root / f"step-{step:06d}"
     tmp = ckpt_root / f"step-{step:06d}.tmp"
@@ -74,6 +78,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module,
         torch.save(rng, tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        for name, text in (texts or {}).items():
+            (tmp / name).write_text(text)
         files = sorted(f for f in tmp.iterdir() if f.is_file())
         (tmp / "manifest.json").write_text(json.dumps(
             {"sha256": {f.name: sha256_file(f) for f in files}}, indent=2))

@@ -4,6 +4,8 @@ checkpoints and exact resume, Ctrl-C handling, a progress bar.
     for step in range(start, max_steps):
         set the learning rate for this step (a pure function of the step)
         take grad_accum_steps micro-batches -> train_step (accumulate, clip, update)
+            (a loss module with ``batch_repeats = k`` gets the same micro-batches for k
+            steps: GRPO's k passes over one rollout)
         every log_every: a metrics row      every eval_every: val loss, plot, on_eval()
         every save_every (and at the end, and on Ctrl-C): a checkpoint
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -29,8 +32,8 @@ from tqdm.auto import tqdm
 from scratchlm.data.sampler import ResumableBatchSampler
 from scratchlm.nn.moe import moe_stats
 from scratchlm.training.config import TrainConfig, set_epochs  # noqa: F401 (re-exported)
-from scratchlm.training.checkpoint import (check_resume, latest_checkpoint, load_checkpoint,
-                                           save_checkpoint)
+from scratchlm.training.checkpoint import (CheckpointLoadError, check_resume, latest_checkpoint,
+                                           load_checkpoint, read_json, save_checkpoint)
 from scratchlm.training.distributed import is_sharded
 from scratchlm.training.evaluation import evaluate_loss, perplexity
 from scratchlm.training.metrics import MetricsLogger
@@ -99,6 +102,38 @@ def _loss_metrics(inner: nn.Module) -> dict:
     return fn() if fn is not None else {}
 
 
+def _loss_state(inner: nn.Module, rt: Runtime) -> dict[str, str]:
+    """``{"loss_state.json": ...}`` for a checkpoint when the loss module keeps state between
+    steps (``checkpoint_state()``: a JSON-able value or None), one entry per rank; else {}."""
+    get = getattr(inner, "checkpoint_state", None)
+    if get is None:
+        return {}
+    states = [get()]
+    if rt.distributed:
+        import torch.distributed as dist
+
+        states = [None] * rt.world_size
+        dist.all_gather_object(states, get())
+    if all(s is None for s in states):
+        return {}
+    return {"loss_state.json": json.dumps({"ranks": states})}
+
+
+def _restore_loss_state(path: Path, inner: nn.Module, rt: Runtime) -> None:
+    f = path / "loss_state.json"
+    if not f.exists():
+        return
+    ranks = read_json(f).get("ranks")
+    load = getattr(inner, "load_checkpoint_state", None)
+    if load is None or not isinstance(ranks, list) or len(ranks) != rt.world_size:
+        raise CheckpointLoadError(f"{f}: a loss state this run cannot take ("
+                                  f"{type(inner).__name__}, {rt.world_size} rank(s))")
+    try:
+        load(ranks[rt.rank])
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointLoadError(f"{f}: {e}") from None
+
+
 def _mean_rows(rows: list[dict]) -> dict:
     keys = {k for r in rows for k in r}
     return {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys}
@@ -132,7 +167,10 @@ def fit(
     sharded = is_sharded(loss_module)
     # lr_window: [first step, end step, multiplier] of a temporary LR scale; it is saved with
     # the checkpoints, so a run stopped inside the window resumes inside it.
-    state = {"step": 0, "tokens": 0, "epoch": 0, "batch": 0, "lr_window": None}
+    # cycle: the data position where the current micro-batches were drawn (batch_repeats)
+    state = {"step": 0, "tokens": 0, "epoch": 0, "batch": 0, "lr_window": None, "cycle": None}
+    inner = getattr(loss_module, "module", loss_module)  # DDP keeps the module as .module
+    repeats = int(getattr(inner, "batch_repeats", 1))
     facts = {"world_size": rt.world_size, "examples": len(train_data)}  # checked on resume
     if resume:
         path = latest_checkpoint(run_dir) if resume is True or resume == "latest" else Path(resume)
@@ -142,6 +180,12 @@ def fit(
             check_resume(path, run_config, facts)
         saved = load_checkpoint(path, model, optimizer)
         state.update({k: v for k, v in saved.items() if k not in facts})
+        _restore_loss_state(path, inner, rt)
+        if state["step"] % repeats:  # stopped between two passes over one batch: draw it again
+            if not (isinstance(state["cycle"], list) and len(state["cycle"]) == 2):
+                raise CheckpointLoadError(f"{path / 'trainer_state.json'}: stopped inside a "
+                                          "batch's repeats without the batch's position")
+            state["epoch"], state["batch"] = state["cycle"]
         if rt.is_main:
             tqdm.write(f"resumed from {path} at step {state['step']}")
     if cfg.lr_scale != 1.0 and cfg.lr_scale_steps > 0:
@@ -185,7 +229,6 @@ def fit(
     scaler = rt.grad_scaler()
     peak = rt.peak_flops() if flops_per_token else None
     result = FitResult(state["step"], state["tokens"])
-    inner = getattr(loss_module, "module", loss_module)  # DDP keeps the module as .module
     eval_loss = getattr(inner, "has_eval_loss", True)
     # a perplexity only for a token cross-entropy (not DPO's or a classifier's loss)
     ppl = (lambda loss: perplexity(loss) if getattr(inner, "is_cross_entropy", False)  # noqa: E731
@@ -200,11 +243,14 @@ def fit(
 
     def save():
         save_checkpoint(run_dir, state["step"], model, optimizer,
-                        {**{k: state[k] for k in ("tokens", "epoch", "batch", "lr_window")},
+                        {**{k: state[k] for k in ("tokens", "epoch", "batch", "lr_window",
+                                                  "cycle")},
                          **facts},
                         run_config,
-                        keep_last=cfg.keep_last, sharded=sharded, is_main=rt.is_main)
+                        keep_last=cfg.keep_last, sharded=sharded, is_main=rt.is_main,
+                        texts=_loss_state(inner, rt))
 
+    micro = None  # the step's micro-batches
     try:
         model.train()
         while state["step"] < cfg.max_steps:
@@ -217,7 +263,9 @@ def fit(
                 lr *= window[2]
             set_lr(optimizer, lr)
             t0 = time.perf_counter()
-            micro = [next_batch() for _ in range(cfg.grad_accum_steps)]
+            if micro is None or step % repeats == 0:
+                state["cycle"] = [state["epoch"], state["batch"]]
+                micro = [next_batch() for _ in range(cfg.grad_accum_steps)]
             res = train_step(loss_module, optimizer, micro, rt, cfg.grad_clip or None, scaler)
             dt = time.perf_counter() - t0
             if res.skipped:

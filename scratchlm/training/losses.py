@@ -6,6 +6,12 @@ models and taggers, examples for classifiers, preference pairs for DPO and rewar
 ``training/step.py`` weights each micro-batch (and each rank) by it, so k micro-batches give
 the gradient of one k-times batch and N ranks that of one N-times batch; evaluation uses it
 to take the true mean over uneven batches and ranks.
+
+Optional, for a loss module that samples its own data (GRPO): ``begin_step(micro_batches)``
+is called with the step's micro-batches before any of them (``training/step.py``);
+``batch_repeats = k`` makes the loop give it the same micro-batches for k steps; and
+``checkpoint_state()`` / ``load_checkpoint_state(value)`` keep what it holds between steps
+(JSON) in the checkpoints (``training/loop.py``), so resume stays exact.
 """
 
 from __future__ import annotations

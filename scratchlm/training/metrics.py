@@ -12,7 +12,7 @@ COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu",
            # reinforcement learning (GRPO): per step, and the held-out accuracy per eval
            "reward", "reward_std", "accuracy", "heldout_accuracy", "kl", "clip_frac",
            "entropy", "response_len", "truncated_frac", "zero_variance_frac", "rollout_s",
-           "score_s"]
+           "score_s", "rollout_pass"]
 
 
 class MetricsLogger:

@@ -58,7 +58,12 @@ def train_step(
     """``loss_module(inputs, targets)`` returns the mean loss of one micro-batch, and
     ``loss_module.batch_weight(inputs, targets)`` its number of units. A step whose loss or
     gradient norm is not finite makes no update (``skipped``); under fp16 the grad scaler
-    handles an infinite gradient itself (it skips the step and lowers its scale)."""
+    handles an infinite gradient itself (it skips the step and lowers its scale). A loss
+    module with ``begin_step(micro_batches)`` sees the whole step first (GRPO samples the
+    completions of all its micro-batches in one batch there)."""
+    inner = getattr(loss_module, "module", loss_module)  # DDP keeps the module as .module
+    if hasattr(inner, "begin_step"):
+        inner.begin_step(micro_batches)
     counts = [batch_weight(loss_module, x, y).to(rt.device) for x, y in micro_batches]
     total = torch.stack(counts).sum().to(rt.device)
     if rt.distributed:

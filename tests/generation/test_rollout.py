@@ -128,3 +128,82 @@ def test_grad_checkpointing_works_in_the_eval_mode_grpo_trains_in():
         grads.append([p.grad.clone() for n, p in model.named_parameters() if "lora" in n])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def _lora_grads(model) -> list[torch.Tensor]:
+    return [p.grad.clone() for n, p in model.named_parameters() if "lora" in n]
+
+
+@pytest.mark.parametrize("loss,skip", [("grpo", True), ("grpo", False), ("dapo", True),
+                                       ("dapo", False)])
+def test_micro_batches_give_the_gradient_of_one_batch(loss, skip):
+    """One rollout for the whole step (begin_step), then a forward per micro-batch weighted by
+    its counted completions (grpo) or tokens (dapo): two micro-batches of one prompt train
+    exactly as one batch of two."""
+    from scratchlm.training.runtime import setup_runtime
+    from scratchlm.training.step import train_step
+
+    rt = setup_runtime(device="cpu")
+    s = GRPOSettings(group_size=3, max_new_tokens=6, temperature=4.0, loss=loss,
+                     skip_zero_variance=skip)
+    prompts = [Prompt("p0", [5, 6, 7], "x"), Prompt("p1", [8, 9], "y"),
+               Prompt("p2", [10, 11, 12, 13], "z")]
+    reward = lambda p, c, r: float(sum(ch < "n" for ch in c))  # noqa: E731
+    grads = []
+    for split in ([[0, 1, 2]], [[0], [1, 2]], [[0], [1], [2]]):
+        model = llama(lora=True, noise=0.01)
+        loss_module = GRPOLoss(model, _Tok(), prompts, reward, s)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+        torch.manual_seed(3)  # the rollout's seed: the same completions for every split
+        micro = [(torch.tensor(m), torch.tensor(m)) for m in split]
+        model.zero_grad()
+        grads_now = []
+        real_step = opt.step
+
+        def keep_grads():
+            grads_now.extend(_lora_grads(model))
+            real_step()
+        opt.step = keep_grads
+        train_step(loss_module, opt, micro, rt, grad_clip=None)
+        grads.append(grads_now)
+    for other in grads[1:]:  # (the loss itself is ~0 at ratio 1: advantages sum to 0)
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in grads[0])
+
+
+def test_iterations_train_several_steps_on_one_rollout():
+    """iterations = 2: the second step reuses the rollout (no sampling), starts from the moved
+    policy (the ratio leaves 1, clipped), and other prompts mid-cycle are an error."""
+    from scratchlm.training.runtime import setup_runtime
+    from scratchlm.training.step import train_step
+
+    rt = setup_runtime(device="cpu")
+    s = GRPOSettings(group_size=4, max_new_tokens=8, temperature=4.0, iterations=2,
+                     eps_low=0.01, eps_high=0.01)
+    prompts = [Prompt("p0", [5, 6, 7], "x"), Prompt("p1", [8, 9], "y")]
+    reward = lambda p, c, r: float(sum(ch < "n" for ch in c))  # noqa: E731
+    model = llama(lora=True, noise=0.01)
+    loss_module = GRPOLoss(model, _Tok(), prompts, reward, s)
+    assert loss_module.batch_repeats == 2
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    micro = [(torch.tensor([0, 1]), torch.tensor([0, 1]))]
+    torch.manual_seed(0)
+    train_step(loss_module, opt, micro, rt, grad_clip=None)
+    first = loss_module.step_metrics()
+    held = loss_module.checkpoint_state()
+    assert held is not None and held["passes"] == 1  # a pass to go: kept with checkpoints
+    train_step(loss_module, opt, micro, rt, grad_clip=None)
+    second = loss_module.step_metrics()
+    assert first["rollout_s"] > 0 and second["rollout_s"] == 0.0
+    assert second["reward"] == first["reward"] and second["rollout_pass"] == 2.0
+    assert first["clip_frac"] == 0.0 and second["clip_frac"] > 0  # the policy moved
+    assert loss_module.checkpoint_state() is None  # done with it: the next step samples
+    # a checkpointed rollout is taken back, checked, and trained on again
+    again = GRPOLoss(model, _Tok(), prompts, reward, s)
+    again.load_checkpoint_state(held)
+    with pytest.raises(ValueError, match="differ from the rollout"):
+        again.begin_step([(torch.tensor([1, 0]), None)])
+    for bad in ({**held, "indices": [[0, 7]]}, {**held, "logprobs": held["logprobs"][:1]}):
+        with pytest.raises(ValueError):
+            GRPOLoss(model, _Tok(), prompts, reward, s).load_checkpoint_state(bad)

@@ -18,7 +18,7 @@ from scratchlm.training.config import TrainConfig
 def tiny_cfg(model, out, **grpo) -> GRPOConfig:
     # Temperature 4: the random tiny model is peaked, and a group needs different
     # completions; the length reward then differs within a group.
-    settings = dict(group_size=3, max_new_tokens=6, temperature=4.0, rewards="length,answer",
+    settings = dict(group_size=4, max_new_tokens=6, temperature=4.0, rewards="length,answer",
                     length_penalty=0.1, beta=0.04)
     return GRPOConfig(model=str(model), out=str(out), train_size=8, test_size=2,
                       grpo=GRPOSettings(**{**settings, **grpo}),
@@ -33,10 +33,19 @@ def rows(run):
         return [r for r in csv.DictReader(f) if r["loss"]]
 
 
-def test_a_run_writes_its_outputs_and_resumes_exactly(tiny_chat_model, tmp_path):
+def _cfg(model, out, passes):
+    cfg = tiny_cfg(model, out, iterations=passes)
+    if passes > 1:  # two steps per rollout, two micro-batches of one prompt per step;
+        # checkpoints at every step, so that one falls between the passes over a rollout
+        cfg.train.batch_size, cfg.train.grad_accum_steps, cfg.train.save_every = 1, 2, 1
+    return cfg
+
+
+@pytest.mark.parametrize("passes", [1, 2], ids=["one-pass", "two-passes-micro-batched"])
+def test_a_run_writes_its_outputs_and_resumes_exactly(tiny_chat_model, tmp_path, passes):
     model = tiny_chat_model()
     straight = tmp_path / "straight"
-    result = main(tiny_cfg(model, straight))
+    result = main(_cfg(model, straight, passes))
     assert {"accuracy_before", "accuracy_after", "train_minutes"} <= set(result)
     for name in ("loss.png", "reward.png", "grpo.json", "metrics.csv"):
         assert (straight / name).is_file(), name
@@ -47,13 +56,19 @@ def test_a_run_writes_its_outputs_and_resumes_exactly(tiny_chat_model, tmp_path)
     assert float(steps[-1]["kl"]) > 0  # the policy moved away from the reference
     assert json.loads((straight / "grpo.json").read_text())["samples"]
 
+    if passes > 1:
+        assert [float(r["rollout_pass"]) for r in steps] == [1, 2, 1, 2]
+        assert [float(r["rollout_s"]) > 0 for r in steps] == [True, False, True, False]
     resumed = tmp_path / "resumed"
     shutil.copytree(straight, resumed)
-    for ckpt in list_checkpoints(resumed):  # as if the run had died right after step 2
-        if ckpt.name > "step-000002":
+    last = "step-000003" if passes > 1 else "step-000002"  # (3: between two passes)
+    for ckpt in list_checkpoints(resumed):  # as if the run had died right after it
+        if ckpt.name > last:
             shutil.rmtree(ckpt)
+    if passes > 1:
+        assert (resumed / "checkpoints" / last / "loss_state.json").is_file()
     shutil.rmtree(resumed / "final")
-    cfg = tiny_cfg(model, resumed)
+    cfg = _cfg(model, resumed, passes)
     cfg.resume = "latest"
     main(cfg)
     again = rows(resumed)
@@ -74,7 +89,7 @@ def test_long_prompts_are_skipped_and_bad_flags_refused(tiny_chat_model, tmp_pat
                             ({"grpo": GRPOSettings(reward_model="runs/rm/final")},
                              "has no reward_model term"),
                             ({"grpo": GRPOSettings(top_p=0.0)}, "top_p must be in"),
-                            ({"train": TrainConfig(grad_accum_steps=2)}, "grad_accum_steps")]:
+                            ({"grpo": GRPOSettings(iterations=0)}, "iterations must be")]:
         bad = tiny_cfg(model, tmp_path / "bad")
         for k, v in change.items():
             setattr(bad, k, v)
