@@ -79,15 +79,41 @@ def token_logprobs(model: nn.Module, ids: torch.Tensor, start: int, temperature:
     """(log-probabilities, entropies), (B, T - start) each, of the tokens ``ids[:, start:]``
     given everything before them, under ``log_softmax(logits / temperature)``. Only the
     completion positions go through the output head."""
+    hidden = model.hidden_states(ids[:, :-1])[:, start - 1:]
+    return _head_logprobs(model, hidden, ids[:, start:], temperature)
+
+
+def _head_logprobs(model: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor,
+                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, C) states -> the (B, T) log-probabilities of ``tokens``, and the entropies."""
     from scratchlm.nn.native import head_linear
 
-    hidden = model.hidden_states(ids[:, :-1])[:, start - 1:]
     logits = head_linear(model.out_head, hidden)[..., :model.cfg.vocab_size].float()
     logp_all = torch.log_softmax(logits / temperature, -1)
-    logp = logp_all.gather(-1, ids[:, start:, None]).squeeze(-1)
+    logp = logp_all.gather(-1, tokens[..., None]).squeeze(-1)
     with torch.no_grad():  # a statistic: no graph kept for it (each is (B, T, V) large)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
+
+
+def group_logprobs(model: nn.Module, prompt: torch.Tensor, rows: torch.Tensor,
+                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_logprobs`` of the (G, T) completion ``rows`` (right-padded) of one (P,)
+    ``prompt``, the prompt run once for the group (``nn/shared_prefix.py``) instead of once
+    per row: a quarter less work for G = 4 rows of 64 prompt and 128 completion tokens. The
+    same values (tested); with block checkpointing on, the whole rows run as before."""
+    if getattr(model.cfg, "grad_checkpointing", False):
+        ids = torch.cat([prompt.expand(rows.shape[0], -1), rows], 1)
+        return token_logprobs(model, ids, prompt.shape[0], temperature)
+    from scratchlm.nn.shared_prefix import SharedPrefix
+
+    prefix = SharedPrefix(prompt.device)
+    last = model.hidden_states(prompt[None], prefix)[:, -1:]  # (1, 1, C): predicts token 0
+    prefix.share()
+    hidden = last.expand(rows.shape[0], -1, -1)
+    if rows.shape[1] > 1:
+        hidden = torch.cat([hidden, model.hidden_states(rows[:, :-1], prefix)], 1)
+    return _head_logprobs(model, hidden, rows, temperature)
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,

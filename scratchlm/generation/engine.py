@@ -137,9 +137,7 @@ class Engine:
         cache = None
         for step in range(params.max_new_tokens):
             if step == 0 or step > cached:  # prefill, or past the window: read the last window
-                idx, pad = self._left_pad(rows)
-                cache = self.new_cache(b, idx.shape[1] + max(cached - step, 0), pad)
-                logits = self._last_logits(idx, cache)  # (B, V)
+                cache, logits = self._prefill(rows, max(cached - step, 0))
             else:
                 logits = self._decode(nxt, cache)  # decode: (B, V)
             nxt = sample_next(logits, params.temperature, params.top_k, params.top_p, gen)  # (B, 1)
@@ -157,6 +155,22 @@ class Engine:
                 row.append(tok)
                 if len(row) > self.max_len:
                     del row[0]
+
+    def _prefill(self, rows: list[list[int]], room: int) -> tuple[KVCache, torch.Tensor]:
+        """A cache holding the rows (left-padded) with ``room`` slots to go, and each row's
+        last logits (B, V). Equal rows are computed once and copied: G samples of one prompt
+        (GRPO's groups, best-of-N) prefill it once, not G times."""
+        idx, pad = self._left_pad(rows)
+        uniq, inverse = torch.unique(idx, dim=0, return_inverse=True)
+        if len(uniq) == len(rows):
+            cache = self.new_cache(len(rows), idx.shape[1] + room, pad)
+            return cache, self._last_logits(idx, cache)
+        pad_u = torch.zeros(len(uniq), dtype=pad.dtype, device=pad.device).scatter_(
+            0, inverse, pad)
+        cache = self.new_cache(len(uniq), idx.shape[1] + room, pad_u)
+        logits = self._last_logits(uniq, cache)[inverse]
+        cache.select_rows(inverse)
+        return cache, logits
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) ids, left-padded to the longest row, and (B,) pad counts."""

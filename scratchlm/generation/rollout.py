@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from scratchlm.finetune.grpo import GRPOSettings, group_advantages, policy_loss, token_logprobs
+from scratchlm.finetune.grpo import GRPOSettings, group_advantages, group_logprobs, policy_loss
 from scratchlm.generation.engine import Engine, SamplingParams
 
 
@@ -272,9 +272,9 @@ class GRPOLoss(nn.Module):
                   width: int) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(model.parameters()).device
         longest = max(len(r) for r in rows)
-        ids = torch.tensor([prompt.ids + r + [0] * (longest - len(r)) for r in rows],
-                           device=device)
-        logp, ent = token_logprobs(model, ids, len(prompt.ids), self.s.temperature)
+        comps = torch.tensor([r + [0] * (longest - len(r)) for r in rows], device=device)
+        logp, ent = group_logprobs(model, torch.tensor(prompt.ids, device=device), comps,
+                                   self.s.temperature)
         pad = width - longest
         return (nn.functional.pad(logp, (0, pad)), nn.functional.pad(ent, (0, pad)))
 

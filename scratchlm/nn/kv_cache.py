@@ -19,7 +19,8 @@ returns what SDPA needs: all keys a query may see and the boolean mask over them
 Continuous batching (``generation/slots.py``) treats the rows as slots that requests join and
 leave: ``view(lo, hi, length, pad)`` is rows [lo, hi) as a cache sharing this one's storage (a
 joining row is prefilled through a one-row view that starts at its own slot), ``set_pad``
-changes a row's first real slot, ``move_row`` copies one row over another.
+changes a row's first real slot, ``move_row`` copies one row over another, ``select_rows``
+makes a batch of copies (G samples of one prompt share its prefill).
 
 Memory: a cache may start with fewer slots than ``max_len`` (``capacity``) and grows, doubling,
 as slots are written (``reserve``); a server's batch of 16 rows at SmolLM2's 8,192-token
@@ -161,6 +162,16 @@ class KVCache:
         self.v[:, dst] = self.v[:, src]
         self.set_pad(dst, int(self.pad[src]))
 
+    def select_rows(self, index: torch.Tensor) -> None:
+        """The rows become rows ``index`` of this cache (copied; a row may repeat): a prompt
+        prefilled once serves every row that starts with it (``Engine``)."""
+        if self.is_view:
+            raise RuntimeError("a view of a KV cache cannot change its rows")
+        self.k, self.v = self.k[:, index], self.v[:, index]
+        self.pad = self.pad[index]
+        self.has_pad = bool(self.pad.any())
+        self._mask_key = None
+
     def shift(self, rows: int, by: int) -> None:
         """Move the filled slots of rows [0, rows) ``by`` slots later (their first real slots
         too), so a longer prompt can end at the new ``length``; positions do not change."""
@@ -217,6 +228,11 @@ class SlidingKVCache(KVCache):
         for t in (*self.ring_k, *self.ring_v):
             t[dst] = t[src]
         super().move_row(src, dst)
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        self.ring_k = [t[index] for t in self.ring_k]
+        self.ring_v = [t[index] for t in self.ring_v]
+        super().select_rows(index)
 
     can_shift = False
 

@@ -140,3 +140,43 @@ def test_the_loss_equals_trl_grpo_trainer(loss, tmp_path, small_bpe):
     got, _ = policy_loss(hf_logp, old, adv, mask, s, ref)
     assert float(got) == pytest.approx(float(theirs), rel=1e-6, abs=1e-7)
 
+
+
+@pytest.mark.parametrize("name,changes", [
+    ("gpt-tiny", {"vocab_size": 97}),
+    ("llama-tiny", {"vocab_size": 97}),
+    ("qwen3-tiny", {"vocab_size": 97}),
+    # windows of 8 and 12 tokens: the completion rows' keys reach back into the shared prompt
+    ("gemma3-tiny", {"vocab_size": 97, "sliding_window": 8}),
+    ("gemma3-tiny", {"vocab_size": 97, "sliding_window": 12}),
+    ("qwen3-tiny", {"vocab_size": 97, "moe": {"num_experts": 4, "top_k": 2,
+                                             "intermediate_size": 32}})],
+    ids=["gpt", "llama", "qwen3", "gemma3-w8", "gemma3-w12", "qwen3-moe"])
+def test_the_prompt_run_once_for_a_group_gives_the_whole_rows_values(name, changes):
+    """group_logprobs (the prompt once, its keys shared by the G rows) equals token_logprobs
+    on G whole rows of prompt + completion: log-probabilities, entropies and gradients."""
+    from scratchlm.finetune.grpo import group_logprobs, token_logprobs
+    from scratchlm.models.registry import build_model, preset
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(preset(name)[1], **changes)).eval()
+    prompt = torch.randint(0, 97, (11,))
+    rows = torch.randint(0, 97, (3, 9))
+    rows[2, 5:] = 0  # a shorter completion, right-padded
+    out = []
+    for shared in (False, True):
+        model.zero_grad()
+        if shared:
+            logp, ent = group_logprobs(model, prompt, rows, 0.7)
+        else:
+            ids = torch.cat([prompt.expand(3, -1), rows], 1)
+            logp, ent = token_logprobs(model, ids, 11, 0.7)
+        (logp * torch.linspace(-1, 1, logp.numel()).view_as(logp)).sum().backward()
+        out.append((logp.detach(), ent, [p.grad.clone() for p in model.parameters()
+                                         if p.grad is not None]))
+    (a, ea, ga), (b, eb, gb) = out
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(eb, ea, rtol=1e-5, atol=1e-5)
+    assert len(ga) == len(gb) > 0
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)  # sums in another order

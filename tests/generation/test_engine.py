@@ -127,3 +127,35 @@ def test_prefill_precision_is_checked_and_auto_follows_the_hardware():
     with pytest.raises(ValueError, match="--prefill must be fp32, bf16 or auto"):
         ServeConfig(prefill="half")
     assert Engine(gpt(), prefill="auto").prefill == ("bf16" if bf16_native("cpu") else "fp32")
+
+
+def _gemma():
+    from scratchlm.models.gemma3 import Gemma3, Gemma3Config
+
+    torch.manual_seed(0)
+    return Gemma3(Gemma3Config(vocab_size=97, context_length=64, n_embd=32, n_layer=3,
+                               n_head=4, n_kv_head=2, head_dim=8, intermediate_size=64,
+                               query_pre_attn_scalar=8, sliding_window=4,
+                               sliding_window_pattern=3)).eval()
+
+
+@pytest.mark.parametrize("make", [gpt, llama, _gemma], ids=["gpt", "llama", "gemma3-sliding"])
+def test_equal_prompts_are_prefilled_once_and_copied(make):
+    """G samples of one prompt: the prompt's prefill runs on the distinct rows only, and every
+    row decodes as if it had been prefilled alone."""
+    model = make()
+    engine = Engine(model)
+    p, q = [5, 6, 7, 8, 9, 10], [3, 4]
+    widths = []
+    real = model.hidden_states
+    model.hidden_states = lambda idx, *a, **k: widths.append(idx.shape) or real(idx, *a, **k)
+    try:
+        together = engine.generate([p, q, p, p], SamplingParams(12))
+    finally:
+        del model.hidden_states
+    assert widths[0] == (2, 6)  # two distinct prompts prefilled, not four
+    alone = [engine.generate([r], SamplingParams(12))[0] for r in (p, q)]
+    assert together == [alone[0], alone[1], alone[0], alone[0]]
+    # sampled rows of one prompt still differ (each row draws its own tokens)
+    sampled = engine.sample([p] * 4, SamplingParams(8, 50.0, seed=0))  # (a peaked model)
+    assert len({tuple(ids) for ids, _ in sampled}) > 1

@@ -1,0 +1,66 @@
+"""A prompt's keys and values shared, with gradients, by the rows that continue it.
+
+GRPO trains on G completions of one prompt. Run as G rows of prompt + completion, the prompt
+goes through every layer G times, and SmolLM2's chat prompt is a third of a row (64 tokens
+before 128). With ``SharedPrefix`` the prompt runs once, as one row, and the G completion
+rows attend to its keys and values (broadcast, not copied) and then to their own, causally:
+
+    prefix = SharedPrefix(device)
+    h_prompt = model.hidden_states(prompt_ids, prefix)     # (1, P): stores each layer's K, V
+    prefix.share()
+    h_rows = model.hidden_states(completion_ids, prefix)   # (G, T): positions P .. P + T - 1
+
+The completion rows' logits equal the whole rows' (the same attention over the same keys),
+and the prompt's gradient is the sum of its G uses, as it is for G copies. It speaks the
+``attend`` / ``positions`` / ``advance`` protocol of ``nn/kv_cache.py``'s caches, so every
+model family that takes a cache takes it. Block checkpointing recomputes a block in backward
+and would store the prompt's keys again; the caller runs without it (``finetune/grpo.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from scratchlm.nn.attention import sliding_causal_mask
+
+
+class SharedPrefix:
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.keys: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (1, KV, P, D)
+        self.length = 0  # the prompt's tokens once it has run
+        self.shared = False
+
+    def share(self) -> None:
+        """The prompt has run: from now on, rows continue it."""
+        if not self.keys:
+            raise RuntimeError("SharedPrefix.share(): run the prompt through the model first")
+        self.shared = True
+
+    def positions(self, t: int) -> torch.Tensor:
+        """(1, T) positions of the next ``t`` tokens of every row."""
+        return torch.arange(self.length, self.length + t, device=self.device)[None]
+
+    def advance(self, t: int) -> None:
+        if not self.shared:
+            self.length += t
+
+    def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor, window: int = 0):
+        t = k.shape[2]
+        if not self.shared:  # the prompt itself: plain causal attention, keys kept
+            if k.shape[0] != 1:
+                raise ValueError("SharedPrefix: the prompt is one row")
+            self.keys[layer] = (k, v)
+            if window and t > window:
+                return k, v, sliding_causal_mask(t, window, k.device), False
+            return k, v, None, True
+        pk, pv = self.keys[layer]
+        b, p = k.shape[0], pk.shape[2]
+        keys = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)  # (B, KV, P + T, D)
+        values = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
+        q = torch.arange(p, p + t, device=k.device)[:, None]
+        s = torch.arange(p + t, device=k.device)[None, :]
+        mask = s <= q
+        if window:
+            mask &= q - s < window
+        return keys, values, mask, False
