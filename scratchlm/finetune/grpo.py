@@ -85,10 +85,16 @@ def token_logprobs(model: nn.Module, ids: torch.Tensor, start: int, temperature:
 
 def _head_logprobs(model: nn.Module, hidden: torch.Tensor, tokens: torch.Tensor,
                    temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, C) states -> the (B, T) log-probabilities of ``tokens``, and the entropies."""
+    """(B, T, C) states -> the (B, T) log-probabilities of ``tokens``, and the entropies. A
+    bias-free head goes through ``linear_token_logprobs`` (one pass per chunk of rows)."""
+    from scratchlm.nn.loss import fusable_head, head_weight, linear_token_logprobs
     from scratchlm.nn.native import head_linear
 
-    logits = head_linear(model.out_head, hidden)[..., :model.cfg.vocab_size].float()
+    vocab = model.cfg.vocab_size
+    if fusable_head(model.out_head):
+        return linear_token_logprobs(hidden, head_weight(model.out_head)[:vocab], tokens,
+                                     temperature)
+    logits = head_linear(model.out_head, hidden)[..., :vocab].float()
     logp_all = torch.log_softmax(logits / temperature, -1)
     logp = logp_all.gather(-1, tokens[..., None]).squeeze(-1)
     with torch.no_grad():  # a statistic: no graph kept for it (each is (B, T, V) large)

@@ -3,6 +3,9 @@
 ``cross_entropy`` is the plain form: logits (B, T, V), targets (B, T), mean over the targets
 that are not ``ignore_index`` (-100 marks padding and prompt tokens).
 
+``linear_token_logprobs`` gives each target's log-probability and each row's entropy the same
+way (GRPO's recomputed policy), with the softmax of a chunk of rows made in cache.
+
 ``linear_cross_entropy`` computes the same value from the final hidden states and the output
 head's weight without ever holding the (B*T, V) logits: rows are processed in chunks, and each
 chunk's gradient (softmax - one-hot) is turned into the hidden-state and weight gradients at
@@ -174,3 +177,70 @@ def linear_distillation_loss(hidden: torch.Tensor, weight: torch.Tensor,
                                      t_hidden.reshape(-1, t_hidden.shape[-1]).detach(),
                                      t_weight.detach(), targets.reshape(-1), alpha,
                                      temperature, chunk, ignore_index)
+
+
+class _LinearTokenLogprobs(torch.autograd.Function):
+    """Per row: the log-probability of its target and the entropy, under
+    ``softmax(h . W^T / T)``, ``chunk`` rows at a time so that each softmax pass stays in
+    cache. The probabilities are kept for backward (one (N, V) buffer, as the plain form's
+    log-softmax), where, for an upstream gradient g per row,
+
+        dlogp/dlogits = (onehot(y) - softmax) / T
+
+    The entropy is a statistic: it has no gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, chunk):
+        n, vocab = hidden.shape[0], weight.shape[0]
+        w = weight.to(hidden.dtype)
+        probs = torch.empty(n, vocab, dtype=torch.float32, device=hidden.device)
+        logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        entropy = torch.empty_like(logp)
+        inv_t = 1.0 / temperature
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            z = probs[s:e]
+            if hidden.dtype == torch.float32:
+                torch.mm(hidden[s:e], w.T, out=z)
+            else:  # low-precision matmul, float32 softmax
+                z.copy_(hidden[s:e] @ w.T)
+            if inv_t != 1.0:
+                z.mul_(inv_t)
+            m = z.amax(dim=-1, keepdim=True)
+            z.sub_(m)  # z - max: the target's and the entropy's terms are read from it
+            target = z.gather(1, targets[s:e, None]).squeeze(1)
+            p = z.exp()
+            sums = p.sum(dim=-1, keepdim=True)
+            log_sums = sums.log().squeeze(1)
+            logp[s:e] = target - log_sums
+            entropy[s:e] = log_sums - (p * z).sum(-1) / sums.squeeze(1)
+            z.copy_(p.div_(sums))  # the softmax, kept for backward
+        ctx.save_for_backward(hidden, w, targets, probs)
+        ctx.temperature = temperature
+        ctx.mark_non_differentiable(entropy)
+        return logp.to(hidden.dtype), entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):
+        hidden, w, targets, probs = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        g = grad_logp.float()[:, None] / ctx.temperature
+        grad = probs.mul_(-g)  # in place: the buffer is not needed again
+        grad.scatter_add_(1, targets[:, None], g)
+        grad = grad.to(hidden.dtype)
+        grad_h = grad @ w if need_h else None
+        grad_w = (grad.T @ hidden).to(w.dtype) if need_w else None
+        return grad_h, grad_w, None, None, None
+
+
+def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                          temperature: float = 1.0, chunk: int = 64,
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probabilities of ``targets``, entropies), shaped like ``targets``, under
+    ``log_softmax(hidden @ weight.T / temperature)``: what RL losses read (GRPO), in one pass
+    per chunk of rows instead of separate passes for the division, the log-softmax, the
+    gather and the entropy over the whole (N, V) logits."""
+    c = hidden.shape[-1]
+    logp, ent = _LinearTokenLogprobs.apply(hidden.reshape(-1, c), weight, targets.reshape(-1),
+                                           temperature, chunk)
+    return logp.view(targets.shape), ent.view(targets.shape)

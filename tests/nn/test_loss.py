@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from scratchlm.nn.loss import cross_entropy, linear_cross_entropy
+from scratchlm.nn.loss import cross_entropy, linear_cross_entropy, linear_token_logprobs
 
 
 def test_cross_entropy_hand_computed():
@@ -38,3 +38,27 @@ def test_linear_cross_entropy_with_a_frozen_head():
     t = torch.randint(0, 10, (8,))
     linear_cross_entropy(h, w, t).backward()
     assert h.grad is not None and w.grad is None
+
+
+@pytest.mark.parametrize("temperature,chunk", [(1.0, 1), (0.7, 5), (1.3, 64)])
+def test_linear_token_logprobs_equal_the_plain_log_softmax(temperature, chunk):
+    """Per-token log-probabilities, entropies and both gradients (an upstream gradient that
+    differs per row) equal the plain (N, V) log-softmax's."""
+    torch.manual_seed(0)
+    h = torch.randn(3, 11, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    t = torch.randint(0, 50, (3, 11))
+    upstream = torch.randn(3, 11)
+    log_all = torch.log_softmax((h @ w.T) / temperature, -1)
+    plain = log_all.gather(-1, t[..., None]).squeeze(-1)
+    entropy = -(log_all.exp() * log_all).sum(-1)
+    (plain * upstream).sum().backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    logp, ent = linear_token_logprobs(h, w, t, temperature, chunk=chunk)
+    assert not ent.requires_grad  # a statistic
+    (logp * upstream).sum().backward()
+    torch.testing.assert_close(logp, plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, entropy.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h.grad, gh, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w.grad, gw, atol=1e-5, rtol=1e-5)
