@@ -265,6 +265,32 @@ def format_bandwidth(rounds: int) -> None:
             layers[0].weight.numel() * 4
         print(f"{name:>6} {read / 1e6:>6.2f} MB {best[name] * 1e6:>7.1f} us "
               f"{read / best[name] / 1e9:>6.1f} GB/s  {n * k / best[name] / 1e9:>6.1f} G weights/s")
+    build_variants(stacks, x, rounds)
+
+
+def build_variants(stacks: dict, x: torch.Tensor, rounds: int) -> None:
+    """The block formats' batch-1 matvec in each build of csrc/decode.c (``nn/native.py``'s
+    VARIANTS): this CPU's (AVX-512 here), the AVX2 build a CPU without AVX-512 gets, and plain
+    C; G weights/s, the builds alternated."""
+    from scratchlm.nn.gguf_linear import gguf_matmul
+    from scratchlm.nn.native import decode_function, variants
+
+    kernels = {v: decode_function("gguf_linear", v) for v in variants()}
+    kernels = {v: f for v, f in kernels.items() if f is not None}
+    formats = [q for q in stacks if q not in ("fp32", "int8")]
+    best = {(q, v): float("inf") for q in formats for v in kernels}
+    with torch.no_grad():
+        for _ in range(rounds * 3):
+            for q in formats:
+                for v, kernel in kernels.items():
+                    t0 = time.perf_counter()
+                    for layer in stacks[q]:
+                        gguf_matmul(kernel, x, layer.blocks, q, None, layer.out_features)
+                    best[q, v] = min(best[q, v], (time.perf_counter() - t0) / len(stacks[q]))
+    n, k = stacks[formats[0]][0].out_features, x.shape[-1]
+    print("G weights/s per build: " + "  ".join(f"{v:>9}" for v in kernels))
+    for q in formats:
+        print(f"{q:>21} " + "  ".join(f"{n * k / best[q, v] / 1e9:>9.1f}" for v in kernels))
 
 
 def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False) -> None:

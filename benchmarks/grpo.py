@@ -1,5 +1,5 @@
 """One GRPO step, ours vs trl's ``GRPOTrainer``: 8 prompts x 4 completions x 128 tokens, LoRA
-r=16 (alpha 32, every linear layer) on SmolLM2-135M-Instruct, CPU fp32, the same weights (our
+r=16 (alpha 32, every linear layer but the head: peft's "all-linear") on SmolLM2-135M-Instruct, CPU fp32, the same weights (our
 embedded GGUF, exported to a transformers folder for trl), the same prompts and reward.
 
     python benchmarks/grpo.py [--steps 3] [--tokens 128] [--rss] [--micro 1]
@@ -63,7 +63,8 @@ def build_ours(folder, items, tokens, checkpointing=True):
     from scratchlm.training.optim import build_optimizer
 
     model, tok = load_model_and_tokenizer(str(folder))
-    apply_lora(model, RANK, 32.0, ("all",), scaling="peft")
+    # the modules of peft's "all-linear": every linear layer but the output head
+    apply_lora(model, RANK, 32.0, ("q", "k", "v", "out", "ff"), scaling="peft")
     model.cfg.grad_checkpointing = checkpointing  # trl's default, and our recipe's
     # every group through the update, as trl does (ours skips tied groups by default)
     s = GRPOSettings(group_size=GROUP, max_new_tokens=tokens, temperature=1.0,
@@ -194,6 +195,9 @@ def main() -> None:
         rt = setup_runtime(device="cpu")
         ours = build_ours(folder, items, args.tokens, checkpointing=not args.micro)
         theirs = build_trl(folder, items, args.tokens)
+        trainable = [sum(p.numel() for p in m.parameters() if p.requires_grad)
+                     for m in (ours[0], theirs[0].model)]
+        print(f"trainable parameters: ours {trainable[0]:,}, trl {trainable[1]:,}")
         step_ours(ours, rt, args.micro)  # warm-up: kernels built, caches allocated
         step_trl(theirs)
         sums = {"ours": [0.0, 0.0], "trl": [0.0, 0.0]}

@@ -28,9 +28,26 @@ import torch
 
 CSRC = Path(__file__).parent / "csrc"
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
-# what a kernel is built for: this CPU (every vector unit it has), or a portable build (plain C
-# the compiler vectorizes for x86-64's baseline; the path of CPUs without AVX-512)
-VARIANTS = {"native": FLAGS, "portable": ("-O3", "-fPIC", "-shared")}
+# what a kernel is built for: this CPU (every vector unit it has); an AVX2 build (the C paths
+# of csrc/decode.c without its AVX-512 intrinsics, vectorized by the compiler for AVX2 + FMA:
+# what -march=native gives a CPU without AVX-512, built here so that it is tested here; x86-64
+# only); or a portable build (plain C vectorized for the architecture's baseline)
+VARIANTS = {"native": FLAGS, "avx2": ("-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared"),
+            "portable": ("-O3", "-fPIC", "-shared")}
+
+
+def variants() -> list[str]:
+    """The build variants this machine can run."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    return [v for v in VARIANTS if v != "avx2" or (x86 and _has_avx2())]
+
+
+def _has_avx2() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags
 
 
 def kernel_dir() -> Path:

@@ -128,9 +128,10 @@ class GRPOConfig:
                                                                 scaling="peft"))
     eval: EvalTasks = field(default_factory=EvalTasks)  # the final model's report card
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        max_steps=20, batch_size=8, lr=5e-5, schedule="constant", warmup_steps=0,
-        weight_decay=0.0, log_every=1, eval_every=10, save_every=10, eval_batches=1,
-        grad_checkpointing=True))  # G completions per prompt: activations add up (as trl)
+        max_steps=20, batch_size=1, grad_accum_steps=8, lr=5e-5, schedule="constant",
+        warmup_steps=0, weight_decay=0.0, log_every=1, eval_every=10, save_every=10,
+        eval_batches=1))  # 8 prompts a step, sampled in one batch, then trained one group at
+    # a time: the activations of one group, so no block checkpointing (no recompute)
 
 
 # ---- scratchlm finetune reward: recipes/finetune_reward.py

@@ -1,6 +1,6 @@
 """GGUF blocks multiplied as stored (``nn/gguf_linear.py``, ``csrc/decode.c``'s gguf_linear):
 equal to the ``gguf`` package's reference dequantize-then-matmul within float32 rounding, in
-this CPU's build and in the portable C build (the path of CPUs without AVX-512)."""
+this CPU's build, the AVX2 build (what a CPU without AVX-512 builds) and the portable C build."""
 
 from __future__ import annotations
 
@@ -42,9 +42,13 @@ def test_dequantize_equals_the_gguf_package(qtype):
                                rtol=1e-6)  # C (fused multiply-adds) and numpy alike
 
 
-@pytest.mark.parametrize("variant", ["native", "portable"])
+@pytest.mark.parametrize("variant", ["native", "avx2", "portable"])
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_kernel_equals_dequantize_then_matmul(qtype, variant):
+    from scratchlm.nn.native import variants
+
+    if variant not in variants():
+        pytest.skip(f"this CPU cannot run the {variant} build")
     kernel = decode_function("gguf_linear", variant)
     if kernel is None:
         pytest.skip("no C compiler")

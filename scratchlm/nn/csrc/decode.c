@@ -17,7 +17,7 @@
 
 #include <math.h>
 #include <stdint.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 #include <stdlib.h>
@@ -162,6 +162,9 @@ static int64_t block_len(int64_t fmt) { return fmt >= FMT_Q4_K ? 256 : 32; }
 
 static inline float half_to_float(const uint8_t *p) {
     uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
+#if defined(__F16C__)
+    return _cvtsh_ss(h); /* one instruction where the CPU has F16C (every AVX2 CPU) */
+#else
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
     if (exp == 0) {
         if (man == 0) {
@@ -182,6 +185,7 @@ static inline float half_to_float(const uint8_t *p) {
     float f;
     memcpy(&f, &bits, 4);
     return f;
+#endif
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -358,7 +362,7 @@ static void dot4x4_blocks(const void *rows, int64_t K, const float *x, int64_t l
 #endif
 
 /* One block's weights into out (32, or 256 for K-quants), as nn/gguf_blocks.py computes them */
-static void dequant_block(const uint8_t *b, int64_t fmt, float *out) {
+static void dequant_block(const uint8_t *restrict b, int64_t fmt, float *restrict out) {
     if (fmt == FMT_Q8_0) {
         float d = half_to_float(b);
         for (int t = 0; t < 32; t++) out[t] = d * (float)(int8_t)b[2 + t];
@@ -420,20 +424,29 @@ static void dot4_generic(const void *rows, int64_t K, const float *x, int64_t B,
     const uint8_t *r = rows;
     int64_t bs = block_bytes(fmt), L = block_len(fmt), nb = K / L, rb = nb * bs;
     float w[4][256];
-    for (int64_t b = 0; b < B; b++)
-        for (int i = 0; i < 4; i++) acc[b][i] = 0.f;
+    /* 32 partial sums per (x row, weight row), added to lane by lane and reduced once at the
+       end: a reduction per block of 32 would cost as much as the block's multiplies */
+    float part[16][4][32];
+    memset(part, 0, sizeof(float) * 4 * 32 * (size_t)B);
     for (int64_t j = 0; j < nb; j++) {
         for (int i = 0; i < 4; i++) dequant_block(r + i * rb + j * bs, fmt, w[i]);
         for (int64_t b = 0; b < B; b++) {
             const float *xb = x + b * ldx + j * L;
-            for (int i = 0; i < 4; i++) {
-                float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-                for (int64_t t = 0; t < L; t++) sum += w[i][t] * xb[t];
-                acc[b][i] += sum;
-            }
+            for (int i = 0; i < 4; i++)
+                for (int64_t t = 0; t < L; t += 32) {
+                    float *p = part[b][i];
+                    const float *wt = w[i] + t, *xt = xb + t;
+#pragma omp simd
+                    for (int l = 0; l < 32; l++) p[l] += wt[l] * xt[l];
+                }
         }
     }
+    for (int64_t b = 0; b < B; b++)
+        for (int i = 0; i < 4; i++) {
+            float sum = 0.f;
+            for (int l = 0; l < 32; l++) sum += part[b][i][l];
+            acc[b][i] = sum;
+        }
 }
 
 /* A weight matrix (N = rows, K) row-major: int8 with a float32 scale per row, float32, or
