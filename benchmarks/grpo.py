@@ -1,6 +1,7 @@
 """One GRPO step, ours vs trl's ``GRPOTrainer``: 8 prompts x 4 completions x 128 tokens, LoRA
-r=16 (alpha 32, every linear layer but the head: peft's "all-linear") on SmolLM2-135M-Instruct, CPU fp32, the same weights (our
-embedded GGUF, exported to a transformers folder for trl), the same prompts and reward.
+r=16 (alpha 32, every linear layer but the head: peft's "all-linear") on SmolLM2-135M-Instruct,
+CPU fp32, the same weights (our embedded GGUF, exported to a transformers folder for trl), the
+same prompts and reward.
 
     python benchmarks/grpo.py [--steps 3] [--tokens 128] [--rss] [--micro 1]
 
@@ -14,8 +15,8 @@ ours from the loss module's statistics and trl's from its ``_generate_and_score_
 ``--micro P``: our update in micro-batches of P prompts (one rollout for the step, a forward and
 backward per micro-batch, the same gradient), without block checkpointing, since only one
 micro-batch's activations are alive at a time; the default (0) is one batch of all prompts,
-checkpointed as trl is. ``--rss`` also runs each side alone in a child process and reports the peak resident memory
-of each (one process's peak cannot be split between two sides).
+checkpointed as trl is. ``--rss`` also runs each side alone in a child process and reports
+the peak resident memory of each (one process's peak cannot be split between two sides).
 """
 
 from __future__ import annotations
