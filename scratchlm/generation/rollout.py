@@ -226,13 +226,15 @@ class GRPOLoss(nn.Module):
         step, g = self._step, self.s.group_size
         prompts = [self.prompts[i] for m in step.indices for i in m]
         r = torch.tensor(step.rewards)
-        answers = [float(a) for a in self._answers(prompts, step.rollout)]
         lengths = [float(len(c)) for c in step.rollout.completions]
-        return {"reward": float(r.mean()), "reward_std": float(r.std()),
-                "accuracy": sum(answers) / len(answers),
-                "response_len": sum(lengths) / len(lengths),
-                "truncated_frac": sum(step.rollout.truncated) / len(lengths),
-                "zero_variance_frac": float((r.view(-1, g).std(1) == 0).float().mean())}
+        out = {"reward": float(r.mean()), "reward_std": float(r.std()),
+               "response_len": sum(lengths) / len(lengths),
+               "truncated_frac": sum(step.rollout.truncated) / len(lengths),
+               "zero_variance_frac": float((r.view(-1, g).std(1) == 0).float().mean())}
+        if any(p.reference for p in prompts):  # answers to check (not a reward model's task)
+            answers = [float(a) for a in self._answers(prompts, step.rollout)]
+            out["accuracy"] = sum(answers) / len(answers)
+        return out
 
     def _micro(self, cursor: list[int], idx) -> tuple[int, slice]:
         """The next micro-batch of the step (checked against ``idx``) and its rows."""
@@ -380,12 +382,10 @@ class GRPOLoss(nn.Module):
 
 
 @torch.no_grad()
-def greedy_accuracy(engine: Engine, tokenizer, prompts: Sequence[Prompt],
-                    max_new_tokens: int, batch_size: int = 16) -> tuple[float, list[str]]:
-    """Exact-answer accuracy of greedy completions (held-out evaluation), and the texts;
-    ``engine``: e.g. ``GRPOLoss.engine()``, the rollouts' (merged, for LoRA)."""
-    from scratchlm.evaluate.rewards import answer_reward
-
+def greedy_completions(engine: Engine, tokenizer, prompts: Sequence[Prompt],
+                       max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    """Greedy completions of the prompts (held-out evaluation); ``engine``: e.g.
+    ``GRPOLoss.engine()``, the rollouts' (merged, for LoRA)."""
     eos = tokenizer.eos_id
     params = SamplingParams(max_new_tokens, 0.0, stop_ids=(eos,) if eos is not None else ())
     texts = []
@@ -393,5 +393,26 @@ def greedy_accuracy(engine: Engine, tokenizer, prompts: Sequence[Prompt],
         chunk = prompts[i:i + batch_size]
         for ids in engine.generate([p.ids for p in chunk], params):
             texts.append(tokenizer.decode(ids))
+    return texts
+
+
+def greedy_accuracy(engine: Engine, tokenizer, prompts: Sequence[Prompt],
+                    max_new_tokens: int, batch_size: int = 16) -> tuple[float, list[str]]:
+    """Exact-answer accuracy of greedy completions, and the texts."""
+    from scratchlm.evaluate.rewards import answer_reward
+
+    texts = greedy_completions(engine, tokenizer, prompts, max_new_tokens, batch_size)
     right = [answer_reward(p.text, t, p.reference) for p, t in zip(prompts, texts)]
     return sum(right) / max(len(right), 1), texts
+
+
+def greedy_reward(engine: Engine, tokenizer, prompts: Sequence[Prompt], max_new_tokens: int,
+                  reward, batch_size: int = 16) -> tuple[float, list[str]]:
+    """The mean reward of greedy completions (tasks with nothing to check exactly: a reward
+    model's score), and the texts."""
+    from scratchlm.evaluate.rewards import score_all
+
+    texts = greedy_completions(engine, tokenizer, prompts, max_new_tokens, batch_size)
+    scores = score_all(reward, [p.text for p in prompts], texts, [p.reference for p in prompts],
+                       [f"held-out prompt {i}" for i in range(len(prompts))])
+    return sum(scores) / max(len(scores), 1), texts

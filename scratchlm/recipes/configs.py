@@ -115,7 +115,9 @@ class DPOConfig:
 @dataclass
 class GRPOConfig:
     model: str = "smollm2-135m-instruct"
-    task: str = "arithmetic"  # arithmetic (generated, checked exactly) | gsm8k
+    task: str = "arithmetic"  # arithmetic (generated, checked exactly) | gsm8k | preference
+    # (RLHF: instructions of --data, rewarded by a reward model; nothing to check exactly)
+    data: str = "instruction-data-with-preference"  # preference: where the instructions come from
     out: str = "runs/grpo"
     overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
     difficulty: int = 1  # arithmetic: operands, their size and operations (data/arithmetic.py)

@@ -5,16 +5,19 @@ reward model: RLHF), on the shared training loop. See ``finetune/grpo.py`` for t
     scratchlm finetune grpo --task arithmetic --lora.rank 16 --train.max_steps 20
     scratchlm finetune grpo --task gsm8k --grpo.rewards answer,format:0.2 --grpo.beta 0.04
 
-Tasks: ``arithmetic`` (generated problems, answers checked exactly; ``--difficulty``) or
-``gsm8k`` (its train split to learn from, the test split held out). Each prompt is the
-question as a user turn of the model's chat template, asking for the final answer after
-``####``; prompts that leave no room for ``--grpo.max_new_tokens`` in the context are reported
+Tasks: ``arithmetic`` (generated problems, answers checked exactly; ``--difficulty``),
+``gsm8k`` (its train split to learn from, the test split held out), or ``preference``: RLHF,
+the instructions of ``--data`` rewarded by a reward model (``--grpo.rewards reward_model
+--grpo.reward_model RUN/final``), the held-out score its mean reward. Each prompt is the
+question as a user turn of the model's chat template (the math tasks ask for the final answer
+after ``####``); prompts that leave no room for ``--grpo.max_new_tokens`` in the context are reported
 and skipped. Full finetuning (``--lora.rank 0``; the reference for ``--grpo.beta`` is then a
 frozen copy), LoRA, or QLoRA (``--lora.quantize_base nf4``).
 
 Outputs: metrics.csv / TensorBoard (reward, accuracy, KL, clip fraction, entropy, response
-length, rollout time per step; held-out accuracy per evaluation), loss.png, reward.png,
-grpo.json (held-out accuracy before and after, with the completions), checkpoints, final/.
+length, rollout time per step; held-out accuracy or reward per evaluation), loss.png,
+reward.png, grpo.json (held-out accuracy or reward before and after, with the completions),
+checkpoints, final/.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from scratchlm.config import to_dict
 from scratchlm.evaluate.tasks import check_eval, evaluate_final
 from scratchlm.finetune.grpo import check_settings
 from scratchlm.finetune.setup import apply_lora_config, save_final
-from scratchlm.generation.rollout import GRPOLoss, Prompt, greedy_accuracy
+from scratchlm.generation.rollout import GRPOLoss, Prompt, greedy_accuracy, greedy_reward
 from scratchlm.models.accounting import count_parameters
 from scratchlm.models.loading import load_model_and_tokenizer
 from scratchlm.recipes.configs import GRPOConfig  # noqa: F401 (its config)
@@ -40,7 +43,8 @@ from scratchlm.training.optim import build_optimizer
 from scratchlm.training.plots import plot_series
 from scratchlm.training.prepare import prepare_training, training_session, whole_model
 
-TASKS = ("arithmetic", "gsm8k")
+TASKS = ("arithmetic", "gsm8k", "preference")
+CHECKED = ("arithmetic", "gsm8k")  # tasks with an answer to check (held out: accuracy)
 
 
 class PromptIndices(Dataset):
@@ -57,11 +61,20 @@ class PromptIndices(Dataset):
 
 
 def task_problems(cfg: GRPOConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(train, held-out) (question, reference answer) pairs of the task."""
+    """(train, held-out) (question, reference answer) pairs of the task; ``preference``: the
+    instructions of ``cfg.data`` (its 85% train split, and its 5% test split held out), with
+    no reference (a reward model rates the answers)."""
     if cfg.task == "arithmetic":
         from scratchlm.data.arithmetic import split
 
         return split(cfg.train_size, cfg.test_size, cfg.difficulty, cfg.seed)
+    if cfg.task == "preference":
+        from scratchlm.data.instruction import split_examples
+        from scratchlm.finetune.setup import load_examples
+
+        train, _, test = split_examples(load_examples(cfg.data), seed=cfg.seed)
+        return ([(e.instruction, "") for e in train[:cfg.train_size]],
+                [(e.instruction, "") for e in test[:cfg.test_size]])
     from scratchlm.evaluate.gsm8k import load_gsm8k
 
     train = [(p.question, p.target) for p in load_gsm8k("train", cfg.train_size)]
@@ -69,14 +82,14 @@ def task_problems(cfg: GRPOConfig) -> tuple[list[tuple[str, str]], list[tuple[st
     return train, test
 
 
-def encode_prompts(problems, tok, room: int, what: str) -> list[Prompt]:
-    """Chat-template prompts; those longer than ``room`` tokens are reported and skipped."""
-    from scratchlm.evaluate.gsm8k import PROMPT_SUFFIX
+def encode_prompts(problems, tok, room: int, what: str, suffix: str = "") -> list[Prompt]:
+    """Chat-template prompts (the question, then ``suffix``); those longer than ``room``
+    tokens are reported and skipped."""
     from scratchlm.tokenizers.chat import encode_chat
 
     out, skipped = [], []
     for n, (question, answer) in enumerate(problems):
-        ids = encode_chat(tok, [{"role": "user", "content": question + PROMPT_SUFFIX}],
+        ids = encode_chat(tok, [{"role": "user", "content": question + suffix}],
                           add_generation_prompt=True)
         if len(ids) > room:
             skipped.append(n)
@@ -101,6 +114,13 @@ def main(cfg: GRPOConfig) -> dict:
     if cfg.grpo.reward_model and "reward_model" not in dict(parse_spec(cfg.grpo.rewards)):
         raise ValueError("--grpo.reward_model is given but --grpo.rewards has no reward_model "
                          "term (e.g. --grpo.rewards reward_model or answer,reward_model:0.5)")
+    checked = cfg.task in CHECKED
+    if not checked and set(dict(parse_spec(cfg.grpo.rewards))) & {"answer", "format"}:
+        raise ValueError(f"--task {cfg.task} has no answers to check: --grpo.rewards takes "
+                         "reward_model (and length), e.g. --grpo.rewards reward_model "
+                         "--grpo.reward_model runs/reward/final")
+    if checked and cfg.data != GRPOConfig.data:
+        raise ValueError(f"--data is read by --task preference only, not {cfg.task}")
 
     with training_session(cfg.train, cfg.out, resume=cfg.resume,
                           overwrite=cfg.overwrite) as (rt, out):
@@ -115,8 +135,11 @@ def main(cfg: GRPOConfig) -> dict:
                               cfg.grpo.reward_model, rt.device)
         train_pb, test_pb = task_problems(cfg)
         room = model.cfg.context_length - cfg.grpo.max_new_tokens
-        train_prompts = encode_prompts(train_pb, tok, room, f"{cfg.task} train")
-        test_prompts = encode_prompts(test_pb, tok, room, f"{cfg.task} held-out")
+        from scratchlm.evaluate.gsm8k import PROMPT_SUFFIX
+
+        suffix = PROMPT_SUFFIX if checked else ""  # math: the answer after ####
+        train_prompts = encode_prompts(train_pb, tok, room, f"{cfg.task} train", suffix)
+        test_prompts = encode_prompts(test_pb, tok, room, f"{cfg.task} held-out", suffix)
         reference = None
         if cfg.lora.rank > 0:
             apply_lora_config(model, cfg.lora)
@@ -129,10 +152,21 @@ def main(cfg: GRPOConfig) -> dict:
                    f"completions, {len(test_prompts)} held out; rewards {cfg.grpo.rewards}; "
                    f"{trainable:,} trainable parameters")
         loss_module = GRPOLoss(model, tok, train_prompts, reward, cfg.grpo, reference)
+        what = "accuracy" if checked else "reward"  # held out: exact answers, or the reward
+
+        def held_out() -> tuple[float, list[str]]:
+            if checked:
+                return greedy_accuracy(loss_module.engine(), tok, test_prompts,
+                                       cfg.grpo.max_new_tokens)
+            return greedy_reward(loss_module.engine(), tok, test_prompts,
+                                 cfg.grpo.max_new_tokens, reward)
+
+        def shown(v: float) -> str:
+            return f"{v:.2%}" if checked else f"{v:+.3f}"
+
         t0 = time.perf_counter()
-        before, texts_before = greedy_accuracy(loss_module.engine(), tok, test_prompts,
-                                               cfg.grpo.max_new_tokens)
-        tqdm.write(f"held-out accuracy before: {before:.2%} "
+        before, texts_before = held_out()
+        tqdm.write(f"held-out {what} before: {shown(before)} "
                    f"({time.perf_counter() - t0:.0f}s)")
         trainer = prepare_training(loss_module, model, rt, cfg.train)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
@@ -145,16 +179,15 @@ def main(cfg: GRPOConfig) -> dict:
             if rt.is_main:
                 with open(out / "metrics.csv", newline="") as f:
                     rows = list(csv.DictReader(f))
-                plot_series(rows, ["reward", "accuracy", "heldout_accuracy"],
+                plot_series(rows, ["reward", "accuracy", f"heldout_{what}"],
                             out / "reward.png", f"GRPO on {cfg.task}", "reward / accuracy")
 
         def on_eval(step: int) -> dict:
-            acc, texts = greedy_accuracy(loss_module.engine(), tok, test_prompts,
-                                         cfg.grpo.max_new_tokens)
+            acc, texts = held_out()
             last.update(step=step, acc=acc, texts=texts)
-            tqdm.write(f"step {step}: held-out accuracy {acc:.2%}")
+            tqdm.write(f"step {step}: held-out {what} {shown(acc)}")
             plot_rewards()
-            return {"heldout_accuracy": acc}
+            return {f"heldout_{what}": acc}
 
         t1 = time.perf_counter()
         fit(model, trainer, optimizer, PromptIndices(len(train_prompts)), None, cfg.train, rt,
@@ -163,17 +196,16 @@ def main(cfg: GRPOConfig) -> dict:
         if last.get("step") == cfg.train.max_steps:
             after, texts_after = last["acc"], last["texts"]
         else:  # interrupted, or resumed at the end
-            after, texts_after = greedy_accuracy(loss_module.engine(), tok, test_prompts,
-                                                 cfg.grpo.max_new_tokens)
-        tqdm.write(f"held-out accuracy {before:.2%} -> {after:.2%} after "
+            after, texts_after = held_out()
+        tqdm.write(f"held-out {what} {shown(before)} -> {shown(after)} after "
                    f"{cfg.train.max_steps} steps ({train_s / 60:.1f} min of training)")
-        result = {"task": cfg.task, "trainable": trainable, "accuracy_before": before,
-                  "accuracy_after": after, "train_minutes": train_s / 60,
+        result = {"task": cfg.task, "trainable": trainable, f"{what}_before": before,
+                  f"{what}_after": after, "train_minutes": train_s / 60,
                   "heldout": len(test_prompts)}
         model = whole_model(model, rt)
         if not rt.is_main:
             return result
-        plot_rewards()  # with the last held-out accuracy
+        plot_rewards()  # with the last held-out evaluation
         result["samples"] = [{"question": p.text, "reference": p.reference, "before": b,
                               "after": a}
                              for p, b, a in zip(test_prompts, texts_before, texts_after)]

@@ -135,3 +135,47 @@ def test_full_finetuning_and_qlora_train(tiny_chat_model, tmp_path, lora):
     main(cfg)
     steps = rows(tmp_path / "r")
     assert len(steps) == 2 and any(float(r["grad_norm"]) > 0 for r in steps)
+
+
+def _reward_model(chat_model, folder):
+    """A tiny random reward model (one-number head) with the chat model's tokenizer, saved as
+    `scratchlm finetune reward` saves its final/."""
+    import torch
+
+    from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
+    from scratchlm.tokenizers import save_tokenizer
+
+    model, tok = load_model_and_tokenizer(str(chat_model))
+    torch.manual_seed(1)
+    model.out_head = torch.nn.Linear(model.cfg.n_embd, 1)
+    save_pretrained(model, folder)
+    save_tokenizer(tok, folder)
+    (folder / "reward.json").write_text(json.dumps({"style": "chat"}))
+    return folder
+
+
+def test_rlhf_on_instructions_with_a_reward_model(tiny_chat_model, tmp_path):
+    """--task preference: the instructions of a preference file, rewarded by a reward model
+    folder (RLHF); held out, the mean reward of greedy answers; no answer accuracy."""
+    model = tiny_chat_model()
+    rm = _reward_model(model, tmp_path / "rm")
+    data = tmp_path / "prefs.json"
+    data.write_text(json.dumps([{"instruction": f"Rewrite politely: task {i}.", "input": "",
+                                 "output": "Please.", "chosen": "Please.", "rejected": "No."}
+                                for i in range(40)]))
+    cfg = tiny_cfg(model, tmp_path / "r", rewards="reward_model", reward_model=str(rm))
+    cfg.task, cfg.data, cfg.train.max_steps = "preference", str(data), 2
+    result = main(cfg)
+    assert {"reward_before", "reward_after"} <= set(result) and result["heldout"] == 2
+    logged = [r for r in csv.DictReader(open(tmp_path / "r" / "metrics.csv"))]
+    assert any(r["heldout_reward"] for r in logged)
+    assert all(not r["accuracy"] and not r["heldout_accuracy"] for r in logged)
+    assert all(not s["reference"] for s in json.loads(
+        (tmp_path / "r" / "grpo.json").read_text())["samples"])
+    for change, message in [({"task": "preference"}, "has no answers to check"),
+                            ({"data": str(data)}, "--data is read by --task preference")]:
+        bad = tiny_cfg(model, tmp_path / "bad")
+        for k, v in change.items():
+            setattr(bad, k, v)
+        with pytest.raises(ValueError, match=message):
+            main(bad)
