@@ -57,6 +57,9 @@ def reward_model_reward(folder: str, device="cpu") -> Reward:
 
     def reward_model(prompt: str, completion: str, reference: str) -> float:
         return scorer(prompt, [completion])[0]
+    # many completions at once: one reward-model forward per batch, not per completion
+    reward_model.batch = lambda prompts, completions, references: scorer.pairs(
+        list(prompts), list(completions))
     return reward_model
 
 
@@ -103,6 +106,16 @@ def build_reward(spec: str, tokenizer=None, length_penalty: float = 0.001,
     def total(prompt: str, completion: str, reference: str) -> float:
         return sum(w * _checked(fn(prompt, completion, reference), name)
                    for name, w, fn in parts)
+
+    def batch(prompts, completions, references) -> list[float]:
+        sums = [0.0] * len(prompts)
+        for name, w, fn in parts:
+            many = getattr(fn, "batch", None)
+            values = many(prompts, completions, references) if many is not None else [
+                fn(p, c, r) for p, c, r in zip(prompts, completions, references)]
+            sums = [s + w * _checked(v, name) for s, v in zip(sums, values, strict=True)]
+        return sums
+    total.batch = batch
     return total
 
 
@@ -116,7 +129,16 @@ def _checked(value, name: str) -> float:
 
 def score_all(fn: Reward, prompts: Sequence[str], completions: Sequence[str],
               references: Sequence[str], names: Sequence[str] | None = None) -> list[float]:
-    """``fn`` on each (prompt, completion, reference); an error names the example."""
+    """``fn`` on each (prompt, completion, reference); an error names the example. A reward
+    with a ``batch`` method (a reward model's) scores them all in one call; if that fails,
+    they are scored one by one, so that the error names the example."""
+    many = getattr(fn, "batch", None)
+    if many is not None:
+        try:
+            return [_checked(v, getattr(fn, "__name__", "reward"))
+                    for v in many(prompts, completions, references)]
+        except Exception:  # noqa: BLE001 (scored again one by one below, which names it)
+            pass
     out = []
     for i, (p, c, r) in enumerate(zip(prompts, completions, references)):
         where = names[i] if names is not None else f"example {i}"

@@ -122,8 +122,12 @@ class RewardScorer:
         return cls(model, tok, json.loads(meta.read_text())["style"])
 
     def __call__(self, prompt: str, answers: list[str]) -> list[float]:
+        return self.pairs([prompt] * len(answers), answers)
+
+    def pairs(self, prompts: list[str], answers: list[str]) -> list[float]:
+        """The reward of each (prompt, answer) pair, scored in batches."""
         seqs = []
-        for a in answers:
-            ex = Example([{"role": "user", "content": prompt}, {"role": "assistant", "content": a}])
+        for p, a in zip(prompts, answers, strict=True):
+            ex = Example([{"role": "user", "content": p}, {"role": "assistant", "content": a}])
             seqs.append(render(ex, self.tokenizer, self.style)[0])
         return score_texts(self.model, seqs)

@@ -66,3 +66,40 @@ def test_a_reward_model_scores_completions(tmp_path, small_bpe):
     got = [reward("Say hi.", c, "") for c in ("Hi there!", "No.")]
     assert got == pytest.approx([scorer("Say hi.", [c])[0] for c in ("Hi there!", "No.")])
     assert got[0] != got[1]
+
+
+def test_a_reward_model_scores_a_batch_as_one_by_one(tmp_path, small_bpe):
+    """The batched path (one forward per batch of completions, as GRPO scores a rollout)
+    gives the one-by-one scores, summed with the other rewards; a failure still names the
+    example."""
+    import dataclasses
+    import json
+
+    import torch
+
+    from scratchlm.evaluate.rewards import score_all
+    from scratchlm.models.loading import save_pretrained
+    from scratchlm.models.registry import build_model, preset
+    from scratchlm.tokenizers import save_tokenizer
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(preset("gpt-tiny")[1], vocab_size=512))
+    model.out_head = torch.nn.Linear(model.cfg.n_embd, 1)
+    folder = tmp_path / "rm"
+    save_pretrained(model, folder)
+    save_tokenizer(small_bpe, folder)
+    (folder / "reward.json").write_text(json.dumps({"style": "alpaca"}))
+    reward = build_reward("reward_model,length:2", small_bpe, length_penalty=0.01,
+                          reward_model=str(folder))
+    prompts = ["Say hi.", "Say hi.", "Be brief.", "Write more words please."] * 3
+    completions = ["Hi there!", "No.", "Ok", "Many many many words here."] * 3
+    batched = score_all(reward, prompts, completions, [""] * 12)
+    one_by_one = [reward(p, c, "") for p, c in zip(prompts, completions)]
+    assert batched == pytest.approx(one_by_one, abs=1e-5)
+    assert len(set(round(x, 5) for x in batched)) > 1
+
+    def bad(p, c, r):
+        return 1.0 if c != "No." else float("nan")
+    bad.batch = lambda ps, cs, rs: [bad(p, c, r) for p, c, r in zip(ps, cs, rs)]
+    with pytest.raises(ValueError, match="example 1 .*not a finite number"):
+        score_all(bad, prompts, completions, [""] * 12)
