@@ -148,6 +148,17 @@ class StepRollout:
         return cls(idx, r, [float(x) for x in d["rewards"]], int(d["passes"]))
 
 
+@dataclass
+class _Micro:
+    """What a micro-batch trains on, worked out once per step (``begin_step``)."""
+    indices: list[int]  # its prompts
+    rows: slice  # its completions in the step's rollout
+    advantages: torch.Tensor  # (rows,)
+    keep: torch.Tensor  # (rows,) bool: completions that count
+    mask: torch.Tensor  # (rows, width): 1 on real completion tokens
+    units: torch.Tensor  # what its loss averages over: kept completions (grpo) or tokens
+
+
 class GRPOLoss(nn.Module):
     """The loss module of ``fit`` for GRPO: its inputs are (B,) indices into ``prompts``.
     ``reference``: None (LoRA: the model with adapters off) or a frozen model, used when
@@ -175,7 +186,9 @@ class GRPOLoss(nn.Module):
         self._engine: Engine | None = None
         self._copy: SamplingCopy | None = None
         self._step: StepRollout | None = None
+        self._summary: dict | None = None  # the rollout's statistics, for every pass
         self._ref_logps: dict[int, torch.Tensor] = {}  # per micro-batch, for all passes
+        self._micros: list[_Micro] = []
         self._weights: list[int] = []  # batch_weight's cursor over the micro-batches
         self._forwards: list[int] = []  # forward's
         self._stats: dict = {}
@@ -206,9 +219,11 @@ class GRPOLoss(nn.Module):
             self._stats = {"rollout_s": 0.0, "score_s": 0.0}
         else:
             self._step = step = self._roll(indices)
-            self._ref_logps = {}
+            self._summary, self._ref_logps = None, {}
         step.passes += 1
-        self._stats.update(self._rollout_stats())
+        if self._summary is None:  # a new rollout, or one read from a checkpoint
+            self._summary, self._micros = self._rollout_stats(), self._plan(step)
+        self._stats.update(self._summary)
         self._weights, self._forwards = list(range(len(indices))), list(range(len(indices)))
 
     def _roll(self, indices: list[list[int]]) -> StepRollout:
@@ -236,39 +251,37 @@ class GRPOLoss(nn.Module):
             out["accuracy"] = sum(answers) / len(answers)
         return out
 
-    def _micro(self, cursor: list[int], idx) -> tuple[int, slice]:
-        """The next micro-batch of the step (checked against ``idx``) and its rows."""
+    def _plan(self, step: StepRollout) -> list[_Micro]:
+        """Each micro-batch's rows, advantages, counted rows, mask and units."""
+        g, s, out, first = self.s.group_size, self.s, [], 0
+        for m in step.indices:
+            rows = slice(first, first + g * len(m))
+            first = rows.stop
+            rewards = torch.tensor(step.rewards[rows])
+            keep = (rewards.view(-1, g).std(1) > 0).repeat_interleave(g) \
+                if s.skip_zero_variance else torch.ones(len(rewards), dtype=torch.bool)
+            comps = step.rollout.completions[rows]
+            mask = _pad([[1.0] * len(c) for c in comps], max(len(c) for c in comps))
+            units = keep.sum() if s.loss == "grpo" else (mask * keep[:, None]).sum().long()
+            out.append(_Micro(m, rows, group_advantages(rewards, g, s.scale), keep, mask,
+                              units))
+        return out
+
+    def _micro(self, cursor: list[int], idx) -> int:
+        """The position of the step's next micro-batch (checked against ``idx``)."""
         if not cursor:
             raise RuntimeError("GRPOLoss: more micro-batches than begin_step was given")
         k = cursor.pop(0)
-        if torch.as_tensor(idx).view(-1).tolist() != self._step.indices[k]:
+        if torch.as_tensor(idx).view(-1).tolist() != self._micros[k].indices:
             raise ValueError("GRPOLoss: micro-batches out of the order begin_step saw")
-        g = self.s.group_size
-        first = g * sum(len(m) for m in self._step.indices[:k])
-        return k, slice(first, first + g * len(self._step.indices[k]))
-
-    def _counted(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(advantages, counted rows, mask) of a micro-batch's completions."""
-        g, s = self.s.group_size, self.s
-        rewards = torch.tensor(self._step.rewards[rows])
-        adv = group_advantages(rewards, g, s.scale)
-        varied = rewards.view(-1, g).std(1) > 0
-        keep = varied.repeat_interleave(g) if s.skip_zero_variance else \
-            torch.ones(len(rewards), dtype=torch.bool)
-        comps = self._step.rollout.completions[rows]
-        mask = _pad([[1.0] * len(c) for c in comps], max(len(c) for c in comps))
-        return adv, keep, mask
+        return k
 
     def batch_weight(self, idx, _targets=None) -> torch.Tensor:
         """The micro-batch's units: completions that count (``grpo``) or their tokens
         (``dapo``), what its loss averages over."""
         if self._step is None or not self._weights:
             self.begin_step([(idx, idx)])
-        _, rows = self._micro(self._weights, idx)
-        _, keep, mask = self._counted(rows)
-        if self.s.loss == "grpo":
-            return keep.sum()
-        return (mask * keep[:, None]).sum().long()
+        return self._micros[self._micro(self._weights, idx)].units
 
     def _logprobs(self, model: nn.Module, prompt: Prompt, rows: list[list[int]],
                   width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,10 +312,11 @@ class GRPOLoss(nn.Module):
         s, g = self.s, self.s.group_size
         if self._step is None or not self._forwards:
             self.begin_step([(idx, idx)])
-        k, rows = self._micro(self._forwards, idx)
-        prompts = [self.prompts[i] for i in self._step.indices[k]]
-        comps = self._step.rollout.completions[rows]
-        adv, keep, mask = self._counted(rows)
+        k = self._micro(self._forwards, idx)
+        micro = self._micros[k]
+        prompts = [self.prompts[i] for i in micro.indices]
+        comps = self._step.rollout.completions[micro.rows]
+        adv, keep, mask = micro.advantages, micro.keep, micro.mask
         width = mask.shape[1]
         self.model.eval()  # no dropout: the sampling and the trained policy are one
         device = next(self.model.parameters()).device
@@ -316,7 +330,7 @@ class GRPOLoss(nn.Module):
             logps.append(lp)
             ents.append(en)
         logp, ent = torch.cat(logps), torch.cat(ents)
-        old = _pad(self._step.rollout.logprobs[rows], width).to(device)
+        old = _pad(self._step.rollout.logprobs[micro.rows], width).to(device)
         mask, keep = mask.to(device), keep.to(device)
         ref = None
         if s.beta > 0:  # the reference does not change between passes: computed once
@@ -378,7 +392,7 @@ class GRPOLoss(nn.Module):
         if not isinstance(value, dict):
             raise ValueError("expected a JSON object")
         self._step = StepRollout.from_json(value, len(self.prompts), self.s.group_size)
-        self._ref_logps = {}
+        self._summary, self._ref_logps = None, {}
 
 
 @torch.no_grad()

@@ -10,8 +10,8 @@ COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu",
            "peak_mem_mb", "val_loss", "val_ppl", "train_eval_loss", "moe_aux_loss",
            "expert_dropped_frac", "expert_share",
            # reinforcement learning (GRPO): per step, and the held-out accuracy per eval
-           "reward", "reward_std", "accuracy", "heldout_accuracy", "heldout_reward", "kl", "clip_frac",
-           "entropy", "response_len", "truncated_frac", "zero_variance_frac", "rollout_s",
+           "reward", "reward_std", "accuracy", "heldout_accuracy", "heldout_reward", "kl",
+           "clip_frac", "entropy", "response_len", "truncated_frac", "zero_variance_frac", "rollout_s",
            "score_s", "rollout_pass"]
 
 
