@@ -10,8 +10,8 @@ Tasks: ``arithmetic`` (generated problems, answers checked exactly; ``--difficul
 the instructions of ``--data`` rewarded by a reward model (``--grpo.rewards reward_model
 --grpo.reward_model RUN/final``), the held-out score its mean reward. Each prompt is the
 question as a user turn of the model's chat template (the math tasks ask for the final answer
-after ``####``); prompts that leave no room for ``--grpo.max_new_tokens`` in the context are reported
-and skipped. Full finetuning (``--lora.rank 0``; the reference for ``--grpo.beta`` is then a
+after ``####``); prompts that leave no room for ``--grpo.max_new_tokens`` in the context are
+reported and skipped. Full finetuning (``--lora.rank 0``; the reference for ``--grpo.beta`` is then a
 frozen copy), LoRA, or QLoRA (``--lora.quantize_base nf4``).
 
 Outputs: metrics.csv / TensorBoard (reward, accuracy, KL, clip fraction, entropy, response
