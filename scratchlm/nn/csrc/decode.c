@@ -163,7 +163,7 @@ static int64_t block_len(int64_t fmt) { return fmt >= FMT_Q4_K ? 256 : 32; }
 static inline float half_to_float(const uint8_t *p) {
     uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
 #if defined(__F16C__)
-    return _cvtsh_ss(h); /* one instruction where the CPU has F16C (every AVX2 CPU) */
+    return _cvtsh_ss(h); /* one instruction where the CPU has F16C (every AVX2 / AVX-512 CPU) */
 #else
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
     if (exp == 0) {
@@ -190,15 +190,10 @@ static inline float half_to_float(const uint8_t *p) {
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define HAVE_BLOCKS4X4 1
-static inline float f16_at(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h); /* F16C: one instruction */
-}
 
 /* one block's 32 weights as two vectors of 16 float32 (elements 0-15, 16-31) */
 static inline void block_weights(const uint8_t *b, int64_t fmt, __m512 *lo, __m512 *hi) {
-    __m512 d = _mm512_set1_ps(f16_at(b));
+    __m512 d = _mm512_set1_ps(half_to_float(b));
     if (fmt == FMT_Q8_0) {
         *lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
                   _mm_loadu_si128((const __m128i *)(b + 2)))), d);
@@ -210,7 +205,7 @@ static inline void block_weights(const uint8_t *b, int64_t fmt, __m512 *lo, __m5
        then one lane permute per 16 weights looks them up: vpermps reads only the low 4 bits of
        each index, so a byte's low nibble indexes directly and its high nibble after a shift. */
     const __m512 levels = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    __m512 m = _mm512_set1_ps(fmt == FMT_Q4_0 ? -8.f * f16_at(b) : f16_at(b + 2));
+    __m512 m = _mm512_set1_ps(fmt == FMT_Q4_0 ? -8.f * half_to_float(b) : half_to_float(b + 2));
     __m512 table = _mm512_fmadd_ps(levels, d, m);
     const uint8_t *qs = b + (fmt == FMT_Q4_0 ? 2 : 4);
     __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
@@ -236,7 +231,7 @@ static void dot4_blocks(const void *rows, int64_t K, const float *x, float out[4
                 __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
                     _mm_loadu_si128((const __m128i *)(b + 18))));
                 __m512 t = _mm512_fmadd_ps(q0, x0, _mm512_mul_ps(q1, x1));
-                acc[i] = _mm512_fmadd_ps(t, _mm512_set1_ps(f16_at(b)), acc[i]);
+                acc[i] = _mm512_fmadd_ps(t, _mm512_set1_ps(half_to_float(b)), acc[i]);
                 continue;
             }
             __m512 lo, hi;
@@ -262,7 +257,7 @@ static void dot4_q4k(const void *rows, int64_t K, const float *x, float out[4]) 
             _mm_prefetch((const char *)b + PREFETCH_AHEAD / 2, _MM_HINT_T0);
             _mm_prefetch((const char *)b + 64 + PREFETCH_AHEAD / 2, _MM_HINT_T0);
             _mm_prefetch((const char *)b + 128 + PREFETCH_AHEAD / 2, _MM_HINT_T0);
-            float d = f16_at(b), dmin = f16_at(b + 2), sc[8], mn[8];
+            float d = half_to_float(b), dmin = half_to_float(b + 2), sc[8], mn[8];
             for (int t = 0; t < 4; t++) {
                 sc[t] = d * (float)(p[t] & 63);
                 mn[t] = dmin * (float)(p[t + 4] & 63);
@@ -307,7 +302,7 @@ static void dot4_q6k(const void *rows, int64_t K, const float *x, float out[4]) 
             for (int line = 0; line < 4; line++)
                 _mm_prefetch((const char *)b + 64 * line + PREFETCH_AHEAD / 2, _MM_HINT_T0);
             const int8_t *sc = (const int8_t *)(b + 192);
-            float d = f16_at(b + 208);
+            float d = half_to_float(b + 208);
             for (int h = 0; h < 2; h++) {
                 const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
                 const float *xh = x + 256 * j + 128 * h;
