@@ -41,26 +41,32 @@ def test_a_failing_reward_names_the_example():
         score_all(lambda p, c, r: None, ["a"], ["x"], ["1"])
 
 
-def test_a_reward_model_scores_completions(tmp_path, small_bpe):
-    """RLHF: a `finetune reward` model folder as the reward (its scores, rendered the way it
-    was trained)."""
+def _reward_model(folder, tokenizer):
+    """A tiny random reward model (one-number head), saved as `finetune reward` saves one."""
+    import dataclasses
     import json
 
     import torch
 
-    from scratchlm.finetune.reward import RewardScorer
     from scratchlm.models.loading import save_pretrained
     from scratchlm.models.registry import build_model, preset
     from scratchlm.tokenizers import save_tokenizer
-    import dataclasses
 
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(preset("gpt-tiny")[1], vocab_size=512))
     model.out_head = torch.nn.Linear(model.cfg.n_embd, 1)
-    folder = tmp_path / "rm"
     save_pretrained(model, folder)
-    save_tokenizer(small_bpe, folder)
+    save_tokenizer(tokenizer, folder)
     (folder / "reward.json").write_text(json.dumps({"style": "alpaca"}))
+    return folder
+
+
+def test_a_reward_model_scores_completions(tmp_path, small_bpe):
+    """RLHF: a `finetune reward` model folder as the reward (its scores, rendered the way it
+    was trained)."""
+    from scratchlm.finetune.reward import RewardScorer
+
+    folder = _reward_model(tmp_path / "rm", small_bpe)
     reward = build_reward("reward_model", small_bpe, reward_model=str(folder))
     scorer = RewardScorer.load(folder)
     got = [reward("Say hi.", c, "") for c in ("Hi there!", "No.")]
@@ -72,23 +78,9 @@ def test_a_reward_model_scores_a_batch_as_one_by_one(tmp_path, small_bpe):
     """The batched path (one forward per batch of completions, as GRPO scores a rollout)
     gives the one-by-one scores, summed with the other rewards; a failure still names the
     example."""
-    import dataclasses
-    import json
-
-    import torch
-
     from scratchlm.evaluate.rewards import score_all
-    from scratchlm.models.loading import save_pretrained
-    from scratchlm.models.registry import build_model, preset
-    from scratchlm.tokenizers import save_tokenizer
 
-    torch.manual_seed(0)
-    model = build_model(dataclasses.replace(preset("gpt-tiny")[1], vocab_size=512))
-    model.out_head = torch.nn.Linear(model.cfg.n_embd, 1)
-    folder = tmp_path / "rm"
-    save_pretrained(model, folder)
-    save_tokenizer(small_bpe, folder)
-    (folder / "reward.json").write_text(json.dumps({"style": "alpaca"}))
+    folder = _reward_model(tmp_path / "rm", small_bpe)
     reward = build_reward("reward_model,length:2", small_bpe, length_penalty=0.01,
                           reward_model=str(folder))
     prompts = ["Say hi.", "Say hi.", "Be brief.", "Write more words please."] * 3
