@@ -134,18 +134,32 @@ class StepRollout:
                 "passes": self.passes}
 
     @classmethod
-    def from_json(cls, d: dict, n_prompts: int, group_size: int) -> "StepRollout":
+    def from_json(cls, d: dict, n_prompts: int, group_size: int,
+                  vocab_size: int) -> "StepRollout":
+        """Read back from a checkpoint, every field checked before it is trusted."""
+        def ints(x, hi: int) -> bool:
+            return isinstance(x, list) and all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < hi for i in x)
+
         idx = d["indices"]
-        if not (isinstance(idx, list) and all(isinstance(m, list) for m in idx)
-                and all(isinstance(i, int) and 0 <= i < n_prompts for m in idx for i in m)):
+        if not (isinstance(idx, list) and all(ints(m, n_prompts) for m in idx)):
             raise ValueError("prompt indices out of range")
         rows = group_size * sum(len(m) for m in idx)
         r = Rollout(d["completions"], d["logprobs"], d["texts"], d["truncated"])
-        if any(len(x) != rows for x in (r.completions, r.logprobs, r.texts, r.truncated,
-                                        d["rewards"])) or any(
-                len(c) != len(lp) for c, lp in zip(r.completions, r.logprobs)):
-            raise ValueError(f"expected {rows} completions with a log-probability per token")
-        return cls(idx, r, [float(x) for x in d["rewards"]], int(d["passes"]))
+        if any(not isinstance(x, list) or len(x) != rows for x in (
+                r.completions, r.logprobs, r.texts, r.truncated, d["rewards"])):
+            raise ValueError(f"expected {rows} completions, log-probabilities, texts and rewards")
+        if not all(ints(c, vocab_size) and isinstance(lp, list) and len(lp) == len(c)
+                   for c, lp in zip(r.completions, r.logprobs)):
+            raise ValueError("a completion with token ids out of the vocabulary, or without a "
+                             "log-probability per token")
+        logprobs = [[float(x) for x in lp] for lp in r.logprobs]
+        r = Rollout(r.completions, logprobs, [str(t) for t in r.texts],
+                    [bool(t) for t in r.truncated])
+        passes = d["passes"]
+        if not isinstance(passes, int) or passes < 1:
+            raise ValueError(f"passes must be a positive count, got {passes!r}")
+        return cls(idx, r, [float(x) for x in d["rewards"]], passes)
 
 
 @dataclass
@@ -391,7 +405,8 @@ class GRPOLoss(nn.Module):
             return
         if not isinstance(value, dict):
             raise ValueError("expected a JSON object")
-        self._step = StepRollout.from_json(value, len(self.prompts), self.s.group_size)
+        self._step = StepRollout.from_json(value, len(self.prompts), self.s.group_size,
+                                           self.model.cfg.vocab_size)
         self._summary, self._ref_logps = None, {}
 
 

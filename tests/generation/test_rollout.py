@@ -204,6 +204,7 @@ def test_iterations_train_several_steps_on_one_rollout():
     again.load_checkpoint_state(held)
     with pytest.raises(ValueError, match="differ from the rollout"):
         again.begin_step([(torch.tensor([1, 0]), None)])
-    for bad in ({**held, "indices": [[0, 7]]}, {**held, "logprobs": held["logprobs"][:1]}):
+    for bad in ({**held, "indices": [[0, 7]]}, {**held, "logprobs": held["logprobs"][:1]},
+                {**held, "completions": [[10**6] + c[1:] for c in held["completions"]]}):
         with pytest.raises(ValueError):
             GRPOLoss(model, _Tok(), prompts, reward, s).load_checkpoint_state(bad)
