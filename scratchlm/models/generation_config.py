@@ -83,7 +83,8 @@ def from_gguf(meta: dict, source: str) -> SamplingDefaults | None:
 def sampling_defaults(name: str, _depth: int = 0) -> SamplingDefaults:
     """The sampling defaults of a preset, a GGUF file or a model folder (see the module
     docstring); greedy when the model says nothing."""
-    from scratchlm.models.loading import HF_REPOS, LOCAL_GGUF, fetch_hf_repo
+    from scratchlm.models.hub import fetch_hf_repo
+    from scratchlm.models.loading import HF_REPOS, LOCAL_GGUF
 
     name = str(name)
     found = None

@@ -2,8 +2,7 @@
 
 ``load_pretrained(name_or_path)`` accepts
 - a preset with published weights (``"gpt2-124m"`` ... ``"gpt2-1558m"``), fetched from the
-  Hugging Face hub (``$HF_ENDPOINT``, default https://huggingface.co) through the project's
-  downloader (cache, progress, resume, mirror);
+  Hugging Face hub by ``models/hub.py``;
 - a folder holding ``config.json`` and ``model.safetensors`` (or shards listed in
   ``model.safetensors.index.json``) in either our layout or a supported HF layout.
 
@@ -17,7 +16,6 @@ import dataclasses
 
 import json
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +25,6 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from scratchlm.data.download import DownloadError, IntegrityError, download
 from scratchlm.models.registry import (family_for_gguf, family_for_hf, family_named, family_of,
                                        family_of_weights)
 
@@ -53,13 +50,6 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the model; the message names the key and shapes."""
 
 
-def hf_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-
-
-_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
-
-
 def shard_names(index: object, source: str) -> list[str]:
     """The shard files an index's ``weight_map`` names, each a plain ``*.safetensors`` file name
     (the index may come from a remote hub: a name with a folder or ``..`` in it is refused)."""
@@ -81,40 +71,7 @@ def shard_names(index: object, source: str) -> list[str]:
 MAX_SHARDS = 10_000
 
 
-def fetch_hf_repo(repo: str, progress: bool = True) -> Path:
-    """Download a repo's ``config.json`` and safetensors weights (single or sharded) into the
-    cache; returns the local folder."""
-    if not _REPO.fullmatch(repo) or ".." in repo:
-        raise ValueError(f"{repo!r} is not a Hugging Face repository name (owner/name)")
-    base = f"{hf_endpoint()}/{repo}/resolve/main"
-    token = os.environ.get("HF_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-
-    def get(name: str) -> Path:
-        return download(f"{base}/{name}", f"hf/{repo}/{name}", progress=progress, headers=headers)
-
-    folder = get("config.json").parent
-    for optional in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        try:
-            get(optional)
-        except DownloadError:
-            pass  # GPT-2 repos use OpenAI's files (get_tokenizer("gpt2")) instead; sampling
-            # settings are optional (models/generation_config.py)
-    try:
-        get("model.safetensors")
-    except DownloadError as single_error:
-        if isinstance(single_error, IntegrityError):
-            raise
-        try:
-            path = get("model.safetensors.index.json")
-        except DownloadError:
-            raise single_error from None
-        for shard in shard_names(_read_json(path), str(path)):
-            get(shard)
-    return folder
-
-
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     """A JSON object from ``path``; damaged text is a CheckpointError naming the file."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
@@ -130,7 +87,7 @@ def iter_safetensors(folder: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        files = shard_names(_read_json(index), str(index))
+        files = shard_names(read_json(index), str(index))
     elif (folder / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
@@ -217,7 +174,7 @@ def load_hf(folder: str | Path, dtype: torch.dtype = torch.float32,
             device: str | torch.device = "cpu", **overrides) -> nn.Module:
     """A Hugging Face checkpoint folder of any family the registry knows by ``model_type``."""
     folder = Path(folder)
-    hf_config = _read_json(folder / "config.json")
+    hf_config = read_json(folder / "config.json")
     family = family_for_hf(hf_config.get("model_type"), str(folder / "config.json"))
     conv = family.hf()
     try:
@@ -455,7 +412,7 @@ def save_hf_gpt2(model: nn.Module, folder: str | Path) -> Path:
 def load_ours(folder: str | Path, dtype: torch.dtype = torch.float32,
               device: str | torch.device = "cpu") -> nn.Module:
     folder = Path(folder)
-    meta = _read_json(folder / "config.json")["scratchlm"]
+    meta = read_json(folder / "config.json")["scratchlm"]
     try:
         family = family_named(meta["family"])
         cfg = family.config(meta["config"])
@@ -477,6 +434,8 @@ def load_ours(folder: str | Path, dtype: torch.dtype = torch.float32,
 def resolve_folder(name: str, progress: bool = True) -> Path:
     """A local folder with config.json for a preset (downloaded) or a path."""
     if name in HF_REPOS:
+        from scratchlm.models.hub import fetch_hf_repo
+
         return fetch_hf_repo(HF_REPOS[name], progress=progress)
     folder = Path(name)
     if not (folder / "config.json").is_file():
@@ -493,7 +452,7 @@ def load_pretrained(name: str, dtype: torch.dtype = torch.float32,
         path = LOCAL_GGUF[name]() if name in LOCAL_GGUF else Path(name)
         return load_gguf(path, dtype, device, tokenizer=False)[0].eval()
     folder = resolve_folder(name, progress)
-    config = _read_json(folder / "config.json")
+    config = read_json(folder / "config.json")
     if "scratchlm" in config:
         model = load_ours(folder, dtype, device)
     else:

@@ -238,7 +238,8 @@ def test_a_hostile_index_cannot_write_outside_the_cache(tmp_path, monkeypatch):
     import json
 
     from conftest import static_server
-    from scratchlm.models.loading import CheckpointError, fetch_hf_repo
+    from scratchlm.models.hub import fetch_hf_repo
+    from scratchlm.models.loading import CheckpointError
 
     repo = tmp_path / "hub" / "o" / "m" / "resolve" / "main"
     repo.mkdir(parents=True)
