@@ -4,8 +4,8 @@ nn -> models -> (tokenizers, data) -> (finetune, export) -> training -> (generat
 A module may import from its own layer or lower ones, never from a higher one, and importing
 the package does no work (no torch import from ``import scratchlm``).
 
-``models/loading.py`` reads checkpoints that it may first download, so it sits with ``data``
-(layer 2), as do ``models/delta.py``, which loads a finetuned model's base through it,
+``models/loading.py`` reads checkpoints that it may first download (``models/hub.py``), so
+both sit with ``data`` (layer 2), as do ``models/delta.py``, which loads a finetuned model's base through it,
 ``models/generation_config.py`` and ``models/gguf_tokenizer.py`` (which builds a tokenizer);
 ``models/__init__`` may re-export it lazily (a package's own submodule).
 ``recipes/demo.py`` runs every stage of the lifecycle, the server included, so it sits with
@@ -20,7 +20,7 @@ import sys
 from conftest import ROOT
 
 LAYERS = {
-    "models.loading": 2, "models.delta": 2, "models.generation_config": 2,
+    "models.loading": 2, "models.hub": 2, "models.delta": 2, "models.generation_config": 2,
     "models.gguf_tokenizer": 2, "recipes.demo": 7,
     "nn": 0, "models": 1, "tokenizers": 2, "data": 2, "finetune": 3, "export": 3,
     "training": 4,
