@@ -213,30 +213,55 @@ static inline void block_weights(const uint8_t *b, int64_t fmt, __m512 *lo, __m5
     *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), table);
 }
 
-static void dot4_blocks(const void *rows, int64_t K, const float *x, float out[4], int64_t fmt) {
-    const uint8_t *r = rows;
-    int64_t bs = block_bytes(fmt), nb = K / 32, rb = nb * bs;
-    __m512 acc[4];
-    for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < nb; j++) {
-        if ((j & 1) == 0)
-            for (int i = 0; i < 4; i++)
-                _mm_prefetch((const char *)(r + i * rb + j * bs) + PREFETCH_AHEAD / 2, _MM_HINT_T0);
-        __m512 x0 = _mm512_loadu_ps(x + 32 * j), x1 = _mm512_loadu_ps(x + 32 * j + 16);
-        for (int i = 0; i < 4; i++) {
-            const uint8_t *b = r + i * rb + j * bs;
-            if (fmt == FMT_Q8_0) { /* the block's sum of q * x first, then its scale once */
+/* Q8_0: the block's sum of q * x first, then its scale once. The four rows' scales of a run of
+   blocks are converted before the run: a scalar fp16 load, conversion and broadcast between
+   the vector loads of every block halved the kernel's speed (0.59 vs 1.22 ms for a 49152 x 576
+   head) */
+#define Q8_RUN 64
+static void dot4_q8_0(const uint8_t *r, int64_t K, const float *x, __m512 acc[4]) {
+    int64_t nb = K / 32, rb = nb * 34;
+    float d[4][Q8_RUN];
+    for (int64_t j0 = 0; j0 < nb; j0 += Q8_RUN) {
+        int64_t j1 = j0 + Q8_RUN < nb ? j0 + Q8_RUN : nb;
+        for (int i = 0; i < 4; i++)
+            for (int64_t j = j0; j < j1; j++) d[i][j - j0] = half_to_float(r + i * rb + j * 34);
+        for (int64_t j = j0; j < j1; j++) {
+            if ((j & 1) == 0)
+                for (int i = 0; i < 4; i++)
+                    _mm_prefetch((const char *)(r + i * rb + j * 34) + PREFETCH_AHEAD, _MM_HINT_T0);
+            __m512 x0 = _mm512_loadu_ps(x + 32 * j), x1 = _mm512_loadu_ps(x + 32 * j + 16);
+            for (int i = 0; i < 4; i++) {
+                const uint8_t *b = r + i * rb + j * 34;
                 __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
                     _mm_loadu_si128((const __m128i *)(b + 2))));
                 __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
                     _mm_loadu_si128((const __m128i *)(b + 18))));
                 __m512 t = _mm512_fmadd_ps(q0, x0, _mm512_mul_ps(q1, x1));
-                acc[i] = _mm512_fmadd_ps(t, _mm512_set1_ps(half_to_float(b)), acc[i]);
-                continue;
+                acc[i] = _mm512_fmadd_ps(t, _mm512_set1_ps(d[i][j - j0]), acc[i]);
             }
-            __m512 lo, hi;
-            block_weights(b, fmt, &lo, &hi);
-            acc[i] = _mm512_fmadd_ps(hi, x1, _mm512_fmadd_ps(lo, x0, acc[i]));
+        }
+    }
+}
+
+static void dot4_blocks(const void *rows, int64_t K, const float *x, float out[4], int64_t fmt) {
+    const uint8_t *r = rows;
+    int64_t bs = block_bytes(fmt), nb = K / 32, rb = nb * bs;
+    __m512 acc[4];
+    for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_ps();
+    if (fmt == FMT_Q8_0) {
+        dot4_q8_0(r, K, x, acc);
+    } else {
+        for (int64_t j = 0; j < nb; j++) {
+            if ((j & 1) == 0)
+                for (int i = 0; i < 4; i++)
+                    _mm_prefetch((const char *)(r + i * rb + j * bs) + PREFETCH_AHEAD / 2,
+                                 _MM_HINT_T0);
+            __m512 x0 = _mm512_loadu_ps(x + 32 * j), x1 = _mm512_loadu_ps(x + 32 * j + 16);
+            for (int i = 0; i < 4; i++) {
+                __m512 lo, hi;
+                block_weights(r + i * rb + j * bs, fmt, &lo, &hi);
+                acc[i] = _mm512_fmadd_ps(hi, x1, _mm512_fmadd_ps(lo, x0, acc[i]));
+            }
         }
     }
     for (int i = 0; i < 4; i++) out[i] = _mm512_reduce_add_ps(acc[i]);
