@@ -189,7 +189,7 @@ static inline float half_to_float(const uint8_t *p) {
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-#define HAVE_BLOCKS4X4 1
+#define HAVE_BLOCKS_AVX512 1
 
 /* one block's 32 weights as two vectors of 16 float32 (elements 0-15, 16-31) */
 static inline void block_weights(const uint8_t *b, int64_t fmt, __m512 *lo, __m512 *hi) {
@@ -356,28 +356,30 @@ static void dot4_q6k(const void *rows, int64_t K, const float *x, float out[4]) 
     for (int i = 0; i < 4; i++) out[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i], acc2[i]));
 }
 
-/* out[b][i] = x_b . row i for four rows and four rows of x: each block is widened once and
-   used for four activation rows (a batch of sequences decoding together) */
-static void dot4x4_blocks(const void *rows, int64_t K, const float *x, int64_t ldx,
-                          float out[4][4], int64_t fmt) {
+/* out[b][i] = x_b . row i for four rows and R rows of x (R = 4 or 8; a batch of sequences
+   decoding together), one weight row at a time: each block is widened once and used for R rows
+   of x, with two accumulators per x row. Against four weight rows by four x rows (four
+   accumulators each) it widens half as often per multiply: for R = 8 a 1536 x 576 Q4_1 layer
+   took 48 instead of 69 us, SmolLM2's Q8_0 head 2.1 instead of 3.6 ms (2 threads). */
+static inline __attribute__((always_inline)) void dot4xR_blocks(
+    const void *rows, int64_t K, const float *x, int64_t ldx, float out[8][4], int64_t fmt,
+    const int R) {
     const uint8_t *r = rows;
     int64_t bs = block_bytes(fmt), nb = K / 32, rb = nb * bs;
-    __m512 acc[4][4];
-    for (int b = 0; b < 4; b++)
-        for (int i = 0; i < 4; i++) acc[b][i] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < nb; j++) {
-        for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 4; i++) {
+        __m512 acc[8], acc2[8];
+        for (int b = 0; b < R; b++) acc[b] = acc2[b] = _mm512_setzero_ps();
+        for (int64_t j = 0; j < nb; j++) {
             __m512 lo, hi;
             block_weights(r + i * rb + j * bs, fmt, &lo, &hi);
-            for (int b = 0; b < 4; b++) {
+            for (int b = 0; b < R; b++) {
                 const float *xb = x + b * ldx + 32 * j;
-                acc[b][i] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16),
-                                            _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb), acc[b][i]));
+                acc[b] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb), acc[b]);
+                acc2[b] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), acc2[b]);
             }
         }
+        for (int b = 0; b < R; b++) out[b][i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[b], acc2[b]));
     }
-    for (int b = 0; b < 4; b++)
-        for (int i = 0; i < 4; i++) out[b][i] = _mm512_reduce_add_ps(acc[b][i]);
 }
 #endif
 
@@ -497,7 +499,7 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
         const void *r = blk < whole ? (const char *)wt->w + n * row_bytes : tail;
         float acc[4];
         int64_t b = 0;
-#ifdef HAVE_BLOCKS4X4
+#ifdef HAVE_BLOCKS_AVX512
         if (fmt == FMT_Q4_K || fmt == FMT_Q6_K) {
             for (; b < B; b++) {
                 if (fmt == FMT_Q4_K)
@@ -524,16 +526,26 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
             }
             continue;
         }
-#if defined(HAVE_DOT4X4) || defined(HAVE_BLOCKS4X4)
-        if (fmt == FMT_F32 || blocks_fmt)
+#ifdef HAVE_BLOCKS_AVX512
+        if (blocks_fmt)
+            for (int R = 8; R >= 4; R -= 4)
+                for (; b + R <= B; b += R) {
+                    float acc8[8][4];
+                    if (R == 8)
+                        dot4xR_blocks(r, K, x + b * K, K, acc8, fmt, 8);
+                    else
+                        dot4xR_blocks(r, K, x + b * K, K, acc8, fmt, 4);
+                    for (int j = 0; j < R; j++)
+                        for (int64_t i = 0; i < m; i++)
+                            y[(b + j) * ldy + n + i] = acc8[j][i]
+                                                       + (wt->bias ? wt->bias[n + i] : 0.f);
+                }
+#endif
+#ifdef HAVE_DOT4X4
+        if (fmt == FMT_F32)
             for (; b + 4 <= B; b += 4) {
                 float acc4[4][4];
-#ifdef HAVE_BLOCKS4X4
-                if (blocks_fmt)
-                    dot4x4_blocks(r, K, x + b * K, K, acc4, fmt);
-                else
-#endif
-                    dot4x4_f32(r, K, x + b * K, K, acc4);
+                dot4x4_f32(r, K, x + b * K, K, acc4);
                 for (int j = 0; j < 4; j++)
                     for (int64_t i = 0; i < m; i++)
                         y[(b + j) * ldy + n + i] = acc4[j][i]
@@ -541,7 +553,7 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
             }
 #endif
         for (; b < B; b++) {
-#ifdef HAVE_BLOCKS4X4
+#ifdef HAVE_BLOCKS_AVX512
             if (blocks_fmt)
                 dot4_blocks(r, K, x + b * K, acc, fmt);
             else
