@@ -177,19 +177,76 @@ def model_bytes(model) -> int:
     return total
 
 
-def llama_cpp_speed(engines: dict, prompt: torch.Tensor, long: torch.Tensor, new_tokens: int,
+_QUIET = None
+
+
+def llama_cpp_batch(path, prompts: list[list[int]], new_tokens: int, threads: int):
+    """llama.cpp decoding ``len(prompts)`` sequences together through its C API (one
+    ``llama_decode`` of all the prompts, then one of a token per sequence a step; greedy): a
+    function giving tokens/s, and one that frees the context. ``Llama.generate`` decodes one
+    sequence only."""
+    import llama_cpp as L
+    import numpy as np
+
+    L.llama_backend_init()
+    model = L.llama_model_load_from_file(str(path).encode(), L.llama_model_default_params())
+    params = L.llama_context_default_params()
+    b, p = len(prompts), len(prompts[0])
+    params.n_ctx, params.n_seq_max = b * (p + new_tokens + 8), b
+    params.n_batch = params.n_ubatch = 512
+    params.n_threads = params.n_threads_batch = threads
+    ctx = L.llama_init_from_model(model, params)
+    n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
+    batch = L.llama_batch_init(b * p, 0, 1)
+
+    def decode(entries) -> None:  # (token, position, sequence, wants logits)
+        batch.n_tokens = len(entries)
+        for i, (tok, pos, seq, logits) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, pos, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, logits
+        if L.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def run() -> float:
+        L.llama_memory_clear(L.llama_get_memory(ctx), True)
+        t0 = time.perf_counter()
+        decode([(tok, pos, s, pos == p - 1) for s, pr in enumerate(prompts)
+                for pos, tok in enumerate(pr)])
+        rows = [s * p + p - 1 for s in range(b)]
+        for step in range(new_tokens - 1):
+            nxt = [int(np.argmax(np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, r),
+                                                        shape=(n_vocab,)))) for r in rows]
+            decode([(tok, p + step, s, True) for s, tok in enumerate(nxt)])
+            rows = list(range(b))
+        return b * new_tokens / (time.perf_counter() - t0)
+
+    def close() -> None:
+        L.llama_batch_free(batch)
+        L.llama_free(ctx)
+        L.llama_model_free(model)
+
+    return run, close
+
+
+def llama_cpp_speed(engines: dict, prompts: dict, long: torch.Tensor, new_tokens: int,
                     rounds: int) -> None:
     """llama.cpp (``llama-cpp-python``) on the same file with the same threads against our
-    engines: batch-1 greedy decode after ``prompt`` and a ``long`` prompt's processing, the
-    sides alternated in one process, each one's best."""
+    engines: greedy decode of each batch of ``prompts`` (batch size -> (B, T) ids) and a
+    ``long`` prompt's processing, the sides alternated in one process, each one's best."""
+    import llama_cpp
     from llama_cpp import Llama
 
     from scratchlm.models.loading import smollm2_gguf
 
     threads = torch.get_num_threads()
+    global _QUIET  # kept alive: llama.cpp calls it until the process ends
+    _QUIET = llama_cpp.llama_log_callback(lambda level, text, data: None)
+    llama_cpp.llama_log_set(_QUIET, None)  # the C API logs every context it makes
     llm = Llama(model_path=str(smollm2_gguf()), n_threads=threads, n_threads_batch=threads,
                 n_ctx=1024, n_batch=512, verbose=False)
-    ids, long_ids = prompt[0].tolist(), long[0].tolist()
+    ids, long_ids = prompts[1][0].tolist(), long[0].tolist()
+    batched = {b: llama_cpp_batch(smollm2_gguf(), prompt.tolist(), new_tokens, threads)
+               for b, prompt in prompts.items() if b > 1}
 
     def llama_decode() -> float:
         t0, n = time.perf_counter(), 0
@@ -205,19 +262,28 @@ def llama_cpp_speed(engines: dict, prompt: torch.Tensor, long: torch.Tensor, new
         llm.eval(long_ids)
         return len(long_ids) / (time.perf_counter() - t0)
 
-    decode, pp = {"llama.cpp": 0.0}, {"llama.cpp": 0.0}
+    sides = ["llama.cpp", *engines]
+    decode = {(k, b): 0.0 for k in sides for b in prompts}
+    pp = dict.fromkeys(sides, 0.0)
     for _ in range(rounds):
-        decode["llama.cpp"] = max(decode["llama.cpp"], llama_decode())
+        decode["llama.cpp", 1] = max(decode["llama.cpp", 1], llama_decode())
+        for b, (run, _) in batched.items():
+            decode["llama.cpp", b] = max(decode["llama.cpp", b], run())
         pp["llama.cpp"] = max(pp["llama.cpp"], llama_prompt())
         for key, engine in engines.items():
-            decode[key] = max(decode.get(key, 0.0), new_tokens / time_ours(engine, prompt,
-                                                                           new_tokens)[1])
-            pp[key] = max(pp.get(key, 0.0), long.shape[1] / ttft(lambda: time_ours(engine, long, 1)))
+            for b, prompt in prompts.items():
+                decode[key, b] = max(decode[key, b], b * new_tokens / time_ours(
+                    engine, prompt, new_tokens)[1])
+            pp[key] = max(pp[key], long.shape[1] / ttft(lambda: time_ours(engine, long, 1)))
     llm.close()
-    print(f"against llama.cpp on the same file, {threads} threads, batch 1, {new_tokens} tokens:")
-    for key in decode:
-        print(f"{key:>10} decode {decode[key]:>7.1f} tok/s ({decode[key] / decode['llama.cpp']:.2f}x)"
-              f"   prompt {pp[key]:>6.0f} tok/s ({pp[key] / pp['llama.cpp']:.2f}x)")
+    for _, close in batched.values():
+        close()
+    print(f"against llama.cpp on the same file, {threads} threads, {new_tokens} tokens, "
+          f"greedy, tokens/s (x llama.cpp's):")
+    for key in sides:
+        cells = "".join(f"   batch {b} {decode[key, b]:>6.1f} "
+                        f"({decode[key, b] / decode['llama.cpp', b]:.2f}x)" for b in prompts)
+        print(f"{key:>10}{cells}   prompt {pp[key]:>6.0f} ({pp[key] / pp['llama.cpp']:.2f}x)")
 
 
 def format_bandwidth(rounds: int) -> None:
@@ -316,7 +382,7 @@ def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False) -> None:
                 tps[key, b] = max(tps[key, b], b * new_tokens / dt)
             pp[key] = max(pp[key], 512 / ttft(lambda: time_ours(engine, long, 1)))
     if vs_llamacpp:
-        llama_cpp_speed(engines, prompts[1], long, new_tokens, rounds)
+        llama_cpp_speed(engines, prompts, long, new_tokens, rounds)
     bandwidth = stream_gbps()
     size = smollm2_gguf().stat().st_size
     print(f"smollm2-135m from {smollm2_gguf().name} ({size / 1e6:.0f} MB), "
