@@ -151,14 +151,16 @@ def test_new_weights_are_read_after_refresh():
 
 
 def test_head_linear_equals_the_linear_and_falls_back():
-    from scratchlm.nn.native import head_linear
+    from scratchlm.nn.native import HEAD_MAX_ROWS, head_linear
 
     torch.manual_seed(0)
     head = torch.nn.Linear(48, 1001)  # N % 4 != 0: the zero-padded tail block
-    x = torch.randn(5, 48)
     with torch.inference_mode():
-        torch.testing.assert_close(head_linear(head, x), head(x), atol=1e-5, rtol=1e-5)
-        big = torch.randn(17, 48)  # more rows than a decode step: PyTorch's matmul
+        for rows in (5, 32, HEAD_MAX_ROWS):  # single rows, tiles of four, a rollout's batch
+            x = torch.randn(rows, 48)
+            torch.testing.assert_close(head_linear(head, x), head(x), atol=1e-5, rtol=1e-5)
+        big = torch.randn(HEAD_MAX_ROWS + 1, 48)  # more rows: PyTorch's matmul
         assert torch.equal(head_linear(head, big), head(big))
+    x = torch.randn(5, 48)
     y = head_linear(head, x)  # with autograd on and a trainable weight: PyTorch, gradients flow
     assert y.requires_grad
