@@ -28,16 +28,20 @@ class LLM:
 
     @classmethod
     def load(cls, name: str = "smollm2-135m-instruct", adapter: str | Path | None = None,
-             quantize: str | None = None, device: str = "cpu", dtype: str = "fp32",
+             quantize: str | None = "auto", device: str = "cpu", dtype: str = "fp32",
              prefill: str = "fp32") -> "LLM":
         """A preset (``smollm2-135m-instruct``, ``gpt2-124m``, ...), a GGUF file or a model folder
         (e.g. a finetuning run's ``final/``), optionally with a LoRA adapter folder on top;
         ``device`` (cpu | cuda | cuda:N) and ``dtype`` (fp32 | bf16 | fp16) say where it runs;
-        ``prefill`` (fp32 | bf16 | auto) the precision of prompt processing (see ``Engine``)."""
+        ``prefill`` (fp32 | bf16 | auto) the precision of prompt processing (see ``Engine``);
+        ``quantize``: None, int8, gguf or auto (a GGUF file's own blocks on the CPU in fp32,
+        unless an adapter needs float weights; ``models/loading.auto_quantize``)."""
         from scratchlm.models.loading import load_model_and_tokenizer
         from scratchlm.models.placement import placement
 
         dev, dt = placement(device, dtype)
+        if quantize == "auto" and adapter is not None:
+            quantize = None  # a LoRA adapter is applied to float weights
         model, tok = load_model_and_tokenizer(name, dt, dev, quantize=quantize)
         if adapter is not None:
             from scratchlm.finetune.lora import load_adapter

@@ -59,3 +59,18 @@ def test_same_perplexity_as_the_dequantized_model(pair, verdict_text):
 def test_quantize_gguf_needs_a_gguf_file(tmp_path):
     with pytest.raises(ValueError, match="is not a .gguf file"):
         load_model_and_tokenizer(str(tmp_path), quantize="gguf")
+
+
+def test_auto_keeps_a_gguf_files_blocks_only_where_they_run(tmp_path):
+    from scratchlm.api import LLM
+    from scratchlm.models.loading import auto_quantize
+
+    assert auto_quantize("smollm2-135m-instruct") == "gguf"
+    assert auto_quantize(str(tmp_path / "model.gguf")) == "gguf"
+    assert auto_quantize("smollm2-135m-instruct", "cuda") is None  # the kernels are CPU code
+    assert auto_quantize("smollm2-135m-instruct", dtype=torch.bfloat16) is None
+    assert auto_quantize(str(tmp_path)) is None  # a model folder: its weights as stored
+    llm = LLM.load("smollm2-135m-instruct")  # the default: "auto"
+    assert isinstance(llm.model.out_head, GGUFLinear) and llm.engine.native is not None
+    model, _ = load_model_and_tokenizer("smollm2-135m-instruct", quantize=None)
+    assert type(model.out_head) is torch.nn.Linear
