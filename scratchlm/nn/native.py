@@ -142,7 +142,8 @@ def head_linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     w = getattr(layer, "weight", None)
     if (type(layer) is not torch.nn.Linear or w.device.type != "cpu" or w.dtype != torch.float32
             or x.dtype != torch.float32 or not w.is_contiguous() or x.dim() != 2
-            or x.shape[0] > HEAD_MAX_ROWS or torch.is_grad_enabled() and w.requires_grad):
+            or x.shape[0] > HEAD_MAX_ROWS
+            or torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
         return layer(x)
     kernel = decode_function("f32_linear")
     if kernel is None:

@@ -164,3 +164,7 @@ def test_head_linear_equals_the_linear_and_falls_back():
     x = torch.randn(5, 48)
     y = head_linear(head, x)  # with autograd on and a trainable weight: PyTorch, gradients flow
     assert y.requires_grad
+    head.requires_grad_(False)  # a frozen head under states that need gradients: PyTorch too
+    h = x.clone().requires_grad_()
+    head_linear(head, h).sum().backward()
+    torch.testing.assert_close(h.grad, head.weight.sum(0).expand(5, 48))
