@@ -27,7 +27,8 @@ from scratchlm.models.registry import model_features
 from scratchlm.nn.attention import CausalSelfAttention
 from scratchlm.nn.feedforward import GELU, FeedForward, SwiGLU
 from scratchlm.nn.kv_cache import KVCache
-from scratchlm.nn.native import FORMATS, Weight, decode_function, head_linear
+from scratchlm.nn.native import (FORMATS, PANEL_MIN_ROWS, Weight, decode_function,
+                                 head_linear, pack_panels, panel_linear)
 from scratchlm.nn.gguf_linear import GGUFLinear
 from scratchlm.nn.quant import Int8Linear
 
@@ -149,12 +150,48 @@ class NativeDecoder:
         ``load_state_dict(assign=True)``); the engine calls this at the start of each request.
         The tensors are kept referenced, so an address here is never freed memory."""
         self.layers = []
+        self._panel_layers = None  # built again, from current weights, by the next batch
+        if not hasattr(self, "_packs"):
+            self._packs: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
         for b in self.model.trf_blocks:
             groups = _layers(self.model, b, self.name)
             tensors = [p for m in b.modules() for p in (*m.parameters(recurse=False),
                                                          *m.buffers(recurse=False))]
             self.layers.append((_norms(b, self.name), [_weights(g) for g in groups],
                                 [len(g) for g in groups], tensors))
+
+    def _packed(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` as float32 panels (``nn/native.pack_panels``), packed again only when the
+        tensor or its contents changed (a GRPO rollout's weights are merged anew each time)."""
+        hit = self._packs.get(id(weight))
+        if hit is None or hit[0] is not weight or hit[1] != weight._version:
+            hit = self._packs[id(weight)] = (weight, weight._version, pack_panels(weight))
+        return hit[2]
+
+    def _batch_layers(self) -> list:
+        """``self.layers`` with each float32 ``nn.Linear`` read from its panels: what steps of
+        ``PANEL_MIN_ROWS`` rows or more multiply (csrc/decode.c's FMT_F32_PANELS). They cost a
+        second copy of those weights, held while the decoder lives."""
+        if self._panel_layers is None:
+            self._panel_layers = []
+            for b, (norms, _, counts, tensors) in zip(self.model.trf_blocks, self.layers):
+                groups = []
+                for g in _layers(self.model, b, self.name):
+                    arr = _weights(g)
+                    for slot, layer in zip(arr, g):
+                        if type(layer) is nn.Linear:
+                            slot.w, slot.fmt = self._packed(layer.weight).data_ptr(), \
+                                FORMATS["f32_panels"]
+                    groups.append(arr)
+                self._panel_layers.append((norms, groups, counts, tensors))
+        return self._panel_layers
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        head = self.model.out_head
+        if x.shape[0] >= PANEL_MIN_ROWS and type(head) is nn.Linear \
+                and head.weight.dtype == torch.float32:
+            return panel_linear(x, self._packed(head.weight), head.bias, head.out_features)
+        return head_linear(head, x)
 
     def logits(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """(B, 1) new token ids -> (B, vocab_size) logits, appending to ``cache``."""
@@ -175,7 +212,8 @@ class NativeDecoder:
         start = cache.pad.to(torch.int64).contiguous()
         layer_bytes = cache.k.stride(0) * cache.k.element_size()  # also for a view of rows
         k0, v0 = cache.k.data_ptr(), cache.v.data_ptr()
-        for i, (norms, (qkv, o, up, down), (n_qkv, _, n_up, _), _) in enumerate(self.layers):
+        layers = self._batch_layers() if b >= PANEL_MIN_ROWS else self.layers
+        for i, (norms, (qkv, o, up, down), (n_qkv, _, n_up, _), _) in enumerate(layers):
             kv = (k0 + i * layer_bytes, v0 + i * layer_bytes, cache.capacity, cache.length,
                   start.data_ptr())
             if self.llama:
@@ -190,4 +228,4 @@ class NativeDecoder:
                             *[t.data_ptr() for t in norms[:2]], qkv, o,
                             *[t.data_ptr() for t in norms[2:]], up, down, *kv)
         cache.advance(1)
-        return head_linear(model.out_head, model.final_norm(x))[:, : model.cfg.vocab_size]
+        return self._head(model.final_norm(x))[:, : model.cfg.vocab_size]

@@ -15,7 +15,7 @@ from scratchlm.models.gpt import GPT, GPTConfig
 from scratchlm.models.llama import Llama, LlamaConfig
 from scratchlm.models.qwen3 import Qwen3Config
 from scratchlm.nn.fuse import fuse_projections
-from scratchlm.nn.native import decode_function
+from scratchlm.nn.native import PANEL_MIN_ROWS, decode_function
 from scratchlm.nn.quant import quantize_int8
 
 
@@ -68,28 +68,32 @@ MODELS = {
 }
 
 
+@pytest.mark.parametrize("rows", [6, 17])
 @pytest.mark.parametrize("name", MODELS)
-def test_native_step_logits_equal_pytorch(name):
+def test_native_step_logits_equal_pytorch(name, rows):
     model = MODELS[name]()
     native = NativeDecoder.create(model)
     assert native is not None
     engine = Engine(model)
-    # six rows: float32 weights take four rows of x at a time (dot4x4), then the rest
+    # six rows: float32 weights take four rows of x at a time (dot4x4), then the rest;
+    # seventeen: float32 weights as panels (tiles of 12, 4 and 1 rows), blocks eight at a time
     prompts = [[5, 6, 7, 8, 9, 10, 11], [20, 21], [30, 31, 32, 33], [3], [40, 41, 42, 43, 44],
                [9, 8]]
+    prompts = (prompts * 3)[:rows]
     pad = torch.tensor([7 - len(p) for p in prompts])
     idx = torch.zeros(len(prompts), 7, dtype=torch.long)
     for i, p in enumerate(prompts):
         idx[i, 7 - len(p):] = torch.tensor(p)
     with torch.inference_mode():
-        ours, ref = engine.new_cache(6, 20, pad), engine.new_cache(6, 20, pad)
+        ours, ref = engine.new_cache(rows, 20, pad), engine.new_cache(rows, 20, pad)
         engine._last_logits(idx, ours)
         engine._last_logits(idx, ref)
-        nxt = torch.tensor([[1], [2], [3], [4], [5], [6]])
+        nxt = torch.arange(1, rows + 1)[:, None]
         for _ in range(6):
             got, want = native.logits(nxt, ours), engine._last_logits(nxt, ref)
             assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
             nxt = want.argmax(-1, keepdim=True)
+        assert bool(native._packs) == (rows >= PANEL_MIN_ROWS and "fp32" in name)
         assert torch.allclose(ours.k[:, :, :, :13], ref.k[:, :, :, :13], atol=1e-5)
         assert torch.allclose(ours.v[:, :, :, :13], ref.v[:, :, :, :13], atol=1e-5)
 
@@ -150,6 +154,24 @@ def test_new_weights_are_read_after_refresh():
     assert before != after
 
 
+def test_batches_read_weights_changed_in_place():
+    """Panels (batches of 8+ rows) are packed again when a weight changes in place, as a GRPO
+    rollout's merged copy does before each rollout."""
+    model = _llama(weights="fp32")
+    engine = Engine(model)
+    prompts, params = [[5, 6, 7], [9]] * 5, SamplingParams(max_new_tokens=6)
+    before = engine.generate(prompts, params)
+    assert engine.native._packs
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    after = engine.generate(prompts, params)
+    engine.native = None
+    assert after == engine.generate(prompts, params)
+    assert before != after
+
+
 def test_head_linear_equals_the_linear_and_falls_back():
     from scratchlm.nn.native import HEAD_MAX_ROWS, head_linear
 
@@ -168,3 +190,21 @@ def test_head_linear_equals_the_linear_and_falls_back():
     h = x.clone().requires_grad_()
     head_linear(head, h).sum().backward()
     torch.testing.assert_close(h.grad, head.weight.sum(0).expand(5, 48))
+
+
+@pytest.mark.parametrize("variant", ["native", "portable"])
+def test_panels_equal_the_linear(variant):
+    from scratchlm.nn import native
+
+    torch.manual_seed(0)
+    kernel = native.decode_function("panel_linear", variant)
+    for n, k in ((70, 48), (32, 16), (5, 33)):  # rows past a pair of panels, one pair, fewer
+        layer = torch.nn.Linear(k, n)
+        panels = native.pack_panels(layer.weight)
+        assert panels.numel() == (n + 31) // 32 * 32 * k
+        for rows in (1, 3, 4, 8, 12, 17, 32):  # tiles of 12, 4 and 1 rows
+            x = torch.randn(rows, k)
+            y = torch.empty(rows, n)
+            kernel(x.data_ptr(), panels.data_ptr(), layer.bias.data_ptr(), y.data_ptr(), rows,
+                   n, k)
+            torch.testing.assert_close(y, layer(x).detach(), atol=1e-5, rtol=1e-5)
