@@ -347,12 +347,14 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
     stores the Linear weights as int8 for inference (see nn/quant.py); ``"gguf"`` keeps a GGUF
     file's Q8_0/Q4_0/Q4_1/Q4_K/Q6_K blocks as they are (nn/gguf_linear.py); ``"auto"``: ``"gguf"``
     for a GGUF file (the embedded SmolLM2 included) run in float32 on the CPU, else full
-    precision (``auto_quantize``)."""
+    precision (``auto_quantize``); ``"none"`` (or None): the weights as stored."""
     from scratchlm.tokenizers import folder_tokenizer
 
     gguf_file = name in LOCAL_GGUF or str(name).endswith(".gguf")
     if quantize == "auto":
         quantize = auto_quantize(name, device, dtype)
+    elif quantize == "none":  # what a flag can say for None: the weights as stored
+        quantize = None
     if quantize == "gguf" and not gguf_file:
         raise ValueError(f"quantize 'gguf' keeps a GGUF file's own blocks; {name} is not a "
                          ".gguf file (use 'int8')")
@@ -374,7 +376,7 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
 
         fuse_projections(model, skip_mixed=True)  # blocks of one format fuse as int8 rows do
     elif quantize is not None:
-        raise ValueError(f"quantize must be None, 'int8', 'gguf' or 'auto', got {quantize!r}")
+        raise ValueError(f"quantize must be none, int8, gguf or auto, got {quantize!r}")
     return model.eval(), tok
 
 

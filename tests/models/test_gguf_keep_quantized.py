@@ -72,5 +72,6 @@ def test_auto_keeps_a_gguf_files_blocks_only_where_they_run(tmp_path):
     assert auto_quantize(str(tmp_path)) is None  # a model folder: its weights as stored
     llm = LLM.load("smollm2-135m-instruct")  # the default: "auto"
     assert isinstance(llm.model.out_head, GGUFLinear) and llm.engine.native is not None
-    model, _ = load_model_and_tokenizer("smollm2-135m-instruct", quantize=None)
-    assert type(model.out_head) is torch.nn.Linear
+    for none in (None, "none"):  # "none": what a flag says
+        model, _ = load_model_and_tokenizer("smollm2-135m-instruct", quantize=none)
+        assert type(model.out_head) is torch.nn.Linear
