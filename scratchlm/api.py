@@ -34,8 +34,8 @@ class LLM:
         (e.g. a finetuning run's ``final/``), optionally with a LoRA adapter folder on top;
         ``device`` (cpu | cuda | cuda:N) and ``dtype`` (fp32 | bf16 | fp16) say where it runs;
         ``prefill`` (fp32 | bf16 | auto) the precision of prompt processing (see ``Engine``);
-        ``quantize``: None (or "none"), int8, gguf or auto (a GGUF file's own blocks on the CPU in fp32,
-        unless an adapter needs float weights; ``models/loading.auto_quantize``)."""
+        ``quantize``: None (or "none"), int8, gguf or auto (a GGUF file's own blocks on the CPU
+        in fp32, unless an adapter needs float weights; ``models/loading.auto_quantize``)."""
         from scratchlm.models.loading import load_model_and_tokenizer
         from scratchlm.models.placement import placement
 
