@@ -163,9 +163,13 @@ class NativeDecoder:
     def _packed(self, weight: torch.Tensor) -> torch.Tensor:
         """``weight`` as float32 panels (``nn/native.pack_panels``), packed again only when the
         tensor or its contents changed (a GRPO rollout's weights are merged anew each time)."""
+        try:
+            version = weight._version
+        except RuntimeError:  # an inference tensor keeps no version: packed at every refresh
+            version = None
         hit = self._packs.get(id(weight))
-        if hit is None or hit[0] is not weight or hit[1] != weight._version:
-            hit = self._packs[id(weight)] = (weight, weight._version, pack_panels(weight))
+        if hit is None or hit[0] is not weight or version is None or hit[1] != version:
+            hit = self._packs[id(weight)] = (weight, version, pack_panels(weight))
         return hit[2]
 
     def _batch_layers(self) -> list:
@@ -173,6 +177,9 @@ class NativeDecoder:
         ``PANEL_MIN_ROWS`` rows or more multiply (csrc/decode.c's FMT_F32_PANELS). They cost a
         second copy of those weights, held while the decoder lives."""
         if self._panel_layers is None:
+            head = self.model.out_head
+            self._head_panels = (self._packed(head.weight) if type(head) is nn.Linear
+                                 and head.weight.dtype == torch.float32 else None)
             self._panel_layers = []
             for b, (norms, _, counts, tensors) in zip(self.model.trf_blocks, self.layers):
                 groups = []
@@ -188,9 +195,8 @@ class NativeDecoder:
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         head = self.model.out_head
-        if x.shape[0] >= PANEL_MIN_ROWS and type(head) is nn.Linear \
-                and head.weight.dtype == torch.float32:
-            return panel_linear(x, self._packed(head.weight), head.bias, head.out_features)
+        if x.shape[0] >= PANEL_MIN_ROWS and self._batch_layers() and self._head_panels is not None:
+            return panel_linear(x, self._head_panels, head.bias, head.out_features)
         return head_linear(head, x)
 
     def logits(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
