@@ -356,6 +356,87 @@ static void dot4_q6k(const void *rows, int64_t K, const float *x, float out[4]) 
     for (int i = 0; i < 4; i++) out[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i], acc2[i]));
 }
 
+/* The K-quants for R rows of x (R = 4 or 8), one weight row at a time as dot4xR_blocks: each
+   sub-block is widened once for the R rows, not once per row */
+static inline __attribute__((always_inline)) void dot4xR_q4k(
+    const void *rows, int64_t K, const float *x, int64_t ldx, float out[8][4], const int R) {
+    const __m512 levels = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const uint8_t *r = rows;
+    int64_t nb = K / 256, rb = nb * 144;
+    for (int i = 0; i < 4; i++) {
+        __m512 acc[8];
+        for (int b = 0; b < R; b++) acc[b] = _mm512_setzero_ps();
+        for (int64_t j = 0; j < nb; j++) {
+            const uint8_t *blk = r + i * rb + j * 144, *p = blk + 4;
+            float d = half_to_float(blk), dmin = half_to_float(blk + 2), sc[8], mn[8];
+            for (int t = 0; t < 4; t++) {
+                sc[t] = d * (float)(p[t] & 63);
+                mn[t] = dmin * (float)(p[t + 4] & 63);
+                sc[t + 4] = d * (float)((p[t + 8] & 0x0f) | ((p[t] >> 6) << 4));
+                mn[t + 4] = dmin * (float)((p[t + 8] >> 4) | ((p[t + 4] >> 6) << 4));
+            }
+            for (int c = 0; c < 4; c++) {
+                const uint8_t *qs = blk + 16 + 32 * c;
+                __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+                __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16)));
+                __m512 t0 = _mm512_fmsub_ps(levels, _mm512_set1_ps(sc[2 * c]),
+                                            _mm512_set1_ps(mn[2 * c]));
+                __m512 t1 = _mm512_fmsub_ps(levels, _mm512_set1_ps(sc[2 * c + 1]),
+                                            _mm512_set1_ps(mn[2 * c + 1]));
+                __m512 w0 = _mm512_permutexvar_ps(v0, t0), w1 = _mm512_permutexvar_ps(v1, t0);
+                __m512 w2 = _mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), t1);
+                __m512 w3 = _mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), t1);
+                for (int b = 0; b < R; b++) {
+                    const float *xc = x + b * ldx + 256 * j + 64 * c;
+                    acc[b] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xc), acc[b]);
+                    acc[b] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xc + 16), acc[b]);
+                    acc[b] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(xc + 32), acc[b]);
+                    acc[b] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(xc + 48), acc[b]);
+                }
+            }
+        }
+        for (int b = 0; b < R; b++) out[b][i] = _mm512_reduce_add_ps(acc[b]);
+    }
+}
+
+static inline __attribute__((always_inline)) void dot4xR_q6k(
+    const void *rows, int64_t K, const float *x, int64_t ldx, float out[8][4], const int R) {
+    const uint8_t *r = rows;
+    int64_t nb = K / 256, rb = nb * 210;
+    const __m512i low4 = _mm512_set1_epi32(0x0f), two = _mm512_set1_epi32(3);
+    const __m512i centre = _mm512_set1_epi32(32);
+    for (int i = 0; i < 4; i++) {
+        __m512 acc[8];
+        for (int b = 0; b < R; b++) acc[b] = _mm512_setzero_ps();
+        for (int64_t j = 0; j < nb; j++) {
+            const uint8_t *blk = r + i * rb + j * 210;
+            const int8_t *sc = (const int8_t *)(blk + 192);
+            float d = half_to_float(blk + 208);
+            for (int h = 0; h < 2; h++) {
+                const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
+                for (int half = 0; half < 2; half++) {
+                    __m512i hb = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qh + 16 * half)));
+                    __m512i l0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ql + 16 * half)));
+                    __m512i l1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ql + 32 + 16 * half)));
+                    for (int k = 0; k < 4; k++) {
+                        __m512i lo = k < 2 ? _mm512_and_si512(k & 1 ? l1 : l0, low4)
+                                           : _mm512_srli_epi32(k & 1 ? l1 : l0, 4);
+                        __m512i hi = _mm512_and_si512(_mm512_srli_epi32(hb, 2 * k), two);
+                        __m512i q = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)),
+                                                     centre);
+                        __m512 w = _mm512_mul_ps(_mm512_cvtepi32_ps(q),
+                                                 _mm512_set1_ps(d * (float)sc[8 * h + 2 * k + half]));
+                        for (int b = 0; b < R; b++)
+                            acc[b] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + b * ldx + 256 * j + 128 * h
+                                                                        + 32 * k + 16 * half), acc[b]);
+                    }
+                }
+            }
+        }
+        for (int b = 0; b < R; b++) out[b][i] = _mm512_reduce_add_ps(acc[b]);
+    }
+}
+
 /* out[b][i] = x_b . row i for four rows and R rows of x (R = 4 or 8; a batch of sequences
    decoding together), one weight row at a time: each block is widened once and used for R rows
    of x, with two accumulators per x row. Against four weight rows by four x rows (four
@@ -588,6 +669,22 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
         int64_t b = 0;
 #ifdef HAVE_BLOCKS_AVX512
         if (fmt == FMT_Q4_K || fmt == FMT_Q6_K) {
+            for (int R = 8; R >= 4; R -= 4)
+                for (; b + R <= B; b += R) {
+                    float acc8[8][4];
+                    if (fmt == FMT_Q4_K && R == 8)
+                        dot4xR_q4k(r, K, x + b * K, K, acc8, 8);
+                    else if (fmt == FMT_Q4_K)
+                        dot4xR_q4k(r, K, x + b * K, K, acc8, 4);
+                    else if (R == 8)
+                        dot4xR_q6k(r, K, x + b * K, K, acc8, 8);
+                    else
+                        dot4xR_q6k(r, K, x + b * K, K, acc8, 4);
+                    for (int jj = 0; jj < R; jj++)
+                        for (int64_t i = 0; i < m; i++)
+                            y[(b + jj) * ldy + n + i] = acc8[jj][i]
+                                                        + (wt->bias ? wt->bias[n + i] : 0.f);
+                }
             for (; b < B; b++) {
                 if (fmt == FMT_Q4_K)
                     dot4_q4k(r, K, x + b * K, acc);
