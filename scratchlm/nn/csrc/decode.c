@@ -267,44 +267,78 @@ static void dot4_blocks(const void *rows, int64_t K, const float *x, float out[4
     for (int i = 0; i < 4; i++) out[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
+/* Q4_K's 8 sub-block scales d * sc and minimums dmin * mn (6-bit sc, mn packed in 12 bytes) */
+static inline void q4k_scales(const uint8_t *blk, float sc[8], float mn[8]) {
+    const uint8_t *p = blk + 4;
+    float d = half_to_float(blk), dmin = half_to_float(blk + 2);
+    for (int t = 0; t < 4; t++) {
+        sc[t] = d * (float)(p[t] & 63);
+        mn[t] = dmin * (float)(p[t + 4] & 63);
+        sc[t + 4] = d * (float)((p[t + 8] & 0x0f) | ((p[t] >> 6) << 4));
+        mn[t + 4] = dmin * (float)((p[t + 8] >> 4) | ((p[t + 4] >> 6) << 4));
+    }
+}
+
+/* Q4_K: the 64 weights of chunk c (sub-blocks 2c and 2c + 1) as four vectors of 16, in order */
+static inline void q4k_weights(const uint8_t *blk, const float sc[8], const float mn[8], int c,
+                               __m512 w[4]) {
+    const __m512 levels = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const uint8_t *qs = blk + 16 + 32 * c;
+    __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+    __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16)));
+    __m512 t0 = _mm512_fmsub_ps(levels, _mm512_set1_ps(sc[2 * c]), _mm512_set1_ps(mn[2 * c]));
+    __m512 t1 = _mm512_fmsub_ps(levels, _mm512_set1_ps(sc[2 * c + 1]),
+                                _mm512_set1_ps(mn[2 * c + 1]));
+    w[0] = _mm512_permutexvar_ps(v0, t0);
+    w[1] = _mm512_permutexvar_ps(v1, t0);
+    w[2] = _mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), t1);
+    w[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), t1);
+}
+
+/* Q6_K: the weights 32k + 16 half + [0, 16) of half h of a super-block, k = 0..3, as w[k] */
+static inline void q6k_weights(const uint8_t *blk, int h, int half, __m512 w[4]) {
+    const __m512i low4 = _mm512_set1_epi32(0x0f), two = _mm512_set1_epi32(3);
+    const __m512i centre = _mm512_set1_epi32(32);
+    const int8_t *sc = (const int8_t *)(blk + 192);
+    const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
+    float d = half_to_float(blk + 208);
+    __m512i hb = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qh + 16 * half)));
+    __m512i l0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ql + 16 * half)));
+    __m512i l1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ql + 32 + 16 * half)));
+    for (int k = 0; k < 4; k++) {
+        __m512i lo = k < 2 ? _mm512_and_si512(k & 1 ? l1 : l0, low4)
+                           : _mm512_srli_epi32(k & 1 ? l1 : l0, 4);
+        __m512i hi = _mm512_and_si512(_mm512_srli_epi32(hb, 2 * k), two);
+        __m512i q = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), centre);
+        w[k] = _mm512_mul_ps(_mm512_cvtepi32_ps(q),
+                             _mm512_set1_ps(d * (float)sc[8 * h + 2 * k + half]));
+    }
+}
+
 /* Q4_K: a super-block of 256 is 8 sub-blocks of 32 that each read like a Q4_1 block, with
    scale d * sc and minimum -dmin * mn (6-bit sc, mn), so the same table lookup serves: chunk c
    of 32 bytes holds sub-block 2c in its low nibbles and 2c + 1 in its high ones. */
 static void dot4_q4k(const void *rows, int64_t K, const float *x, float out[4]) {
-    const __m512 levels = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const uint8_t *r = rows;
     int64_t nb = K / 256, rb = nb * 144;
     __m512 acc[4], acc2[4]; /* two chains per row */
     for (int i = 0; i < 4; i++) acc[i] = acc2[i] = _mm512_setzero_ps();
     for (int64_t j = 0; j < nb; j++) {
         for (int i = 0; i < 4; i++) {
-            const uint8_t *b = r + i * rb + j * 144, *p = b + 4;
+            const uint8_t *b = r + i * rb + j * 144;
             _mm_prefetch((const char *)b + PREFETCH_AHEAD / 2, _MM_HINT_T0);
             _mm_prefetch((const char *)b + 64 + PREFETCH_AHEAD / 2, _MM_HINT_T0);
             _mm_prefetch((const char *)b + 128 + PREFETCH_AHEAD / 2, _MM_HINT_T0);
-            float d = half_to_float(b), dmin = half_to_float(b + 2), sc[8], mn[8];
-            for (int t = 0; t < 4; t++) {
-                sc[t] = d * (float)(p[t] & 63);
-                mn[t] = dmin * (float)(p[t + 4] & 63);
-                sc[t + 4] = d * (float)((p[t + 8] & 0x0f) | ((p[t] >> 6) << 4));
-                mn[t + 4] = dmin * (float)((p[t + 8] >> 4) | ((p[t + 4] >> 6) << 4));
-            }
+            float sc[8], mn[8];
+            q4k_scales(b, sc, mn);
             for (int c = 0; c < 4; c++) {
-                const uint8_t *qs = b + 16 + 32 * c;
                 const float *xc = x + 256 * j + 64 * c;
-                __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
-                __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16)));
-                __m512 t0 = _mm512_fmsub_ps(levels, _mm512_set1_ps(sc[2 * c]),
-                                            _mm512_set1_ps(mn[2 * c]));
-                __m512 t1 = _mm512_fmsub_ps(levels, _mm512_set1_ps(sc[2 * c + 1]),
-                                            _mm512_set1_ps(mn[2 * c + 1]));
-                acc[i] = _mm512_fmadd_ps(_mm512_permutexvar_ps(v0, t0), _mm512_loadu_ps(xc), acc[i]);
-                acc2[i] = _mm512_fmadd_ps(_mm512_permutexvar_ps(v1, t0), _mm512_loadu_ps(xc + 16),
-                                          acc2[i]);
-                acc[i] = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), t1),
-                                         _mm512_loadu_ps(xc + 32), acc[i]);
-                acc2[i] = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), t1),
-                                          _mm512_loadu_ps(xc + 48), acc2[i]);
+                __m512 w[4];
+                q4k_weights(b, sc, mn, c, w);
+                acc[i] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xc), acc[i]);
+                acc2[i] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xc + 16), acc2[i]);
+                acc[i] = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(xc + 32), acc[i]);
+                acc2[i] = _mm512_fmadd_ps(w[3], _mm512_loadu_ps(xc + 48), acc2[i]);
             }
         }
     }
@@ -317,8 +351,6 @@ static void dot4_q4k(const void *rows, int64_t K, const float *x, float out[4]) 
 static void dot4_q6k(const void *rows, int64_t K, const float *x, float out[4]) {
     const uint8_t *r = rows;
     int64_t nb = K / 256, rb = nb * 210;
-    const __m512i low4 = _mm512_set1_epi32(0x0f), two = _mm512_set1_epi32(3);
-    const __m512i centre = _mm512_set1_epi32(32);
     __m512 acc[4], acc2[4];
     for (int i = 0; i < 4; i++) acc[i] = acc2[i] = _mm512_setzero_ps();
     for (int64_t j = 0; j < nb; j++) {
@@ -326,28 +358,17 @@ static void dot4_q6k(const void *rows, int64_t K, const float *x, float out[4]) 
             const uint8_t *b = r + i * rb + j * 210;
             for (int line = 0; line < 4; line++)
                 _mm_prefetch((const char *)b + 64 * line + PREFETCH_AHEAD / 2, _MM_HINT_T0);
-            const int8_t *sc = (const int8_t *)(b + 192);
-            float d = half_to_float(b + 208);
             for (int h = 0; h < 2; h++) {
-                const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
                 const float *xh = x + 256 * j + 128 * h;
                 for (int half = 0; half < 2; half++) { /* l in [16 half, 16 half + 16) */
-                    __m512i hb = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qh + 16 * half)));
-                    __m512i l0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ql + 16 * half)));
-                    __m512i l1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ql + 32 + 16 * half)));
+                    __m512 w[4];
+                    q6k_weights(b, h, half, w);
                     for (int k = 0; k < 4; k++) {
-                        __m512i lo = k < 2 ? _mm512_and_si512(k & 1 ? l1 : l0, low4)
-                                           : _mm512_srli_epi32(k & 1 ? l1 : l0, 4);
-                        __m512i hi = _mm512_and_si512(_mm512_srli_epi32(hb, 2 * k), two);
-                        __m512i q = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)),
-                                                     centre);
-                        __m512 w = _mm512_mul_ps(_mm512_cvtepi32_ps(q),
-                                                 _mm512_set1_ps(d * (float)sc[8 * h + 2 * k + half]));
                         __m512 xv = _mm512_loadu_ps(xh + 32 * k + 16 * half);
                         if (k & 1)
-                            acc2[i] = _mm512_fmadd_ps(w, xv, acc2[i]);
+                            acc2[i] = _mm512_fmadd_ps(w[k], xv, acc2[i]);
                         else
-                            acc[i] = _mm512_fmadd_ps(w, xv, acc[i]);
+                            acc[i] = _mm512_fmadd_ps(w[k], xv, acc[i]);
                     }
                 }
             }
@@ -358,79 +379,33 @@ static void dot4_q6k(const void *rows, int64_t K, const float *x, float out[4]) 
 
 /* The K-quants for R rows of x (R = 4 or 8), one weight row at a time as dot4xR_blocks: each
    sub-block is widened once for the R rows, not once per row */
-static inline __attribute__((always_inline)) void dot4xR_q4k(
-    const void *rows, int64_t K, const float *x, int64_t ldx, float out[8][4], const int R) {
-    const __m512 levels = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+static inline __attribute__((always_inline)) void dot4xR_kquants(
+    const void *rows, int64_t K, const float *x, int64_t ldx, float out[8][4],
+    const int64_t fmt, const int R) {
     const uint8_t *r = rows;
-    int64_t nb = K / 256, rb = nb * 144;
+    int64_t bs = block_bytes(fmt), nb = K / 256, rb = nb * bs;
     for (int i = 0; i < 4; i++) {
         __m512 acc[8];
         for (int b = 0; b < R; b++) acc[b] = _mm512_setzero_ps();
         for (int64_t j = 0; j < nb; j++) {
-            const uint8_t *blk = r + i * rb + j * 144, *p = blk + 4;
-            float d = half_to_float(blk), dmin = half_to_float(blk + 2), sc[8], mn[8];
-            for (int t = 0; t < 4; t++) {
-                sc[t] = d * (float)(p[t] & 63);
-                mn[t] = dmin * (float)(p[t + 4] & 63);
-                sc[t + 4] = d * (float)((p[t + 8] & 0x0f) | ((p[t] >> 6) << 4));
-                mn[t + 4] = dmin * (float)((p[t + 8] >> 4) | ((p[t + 4] >> 6) << 4));
-            }
-            for (int c = 0; c < 4; c++) {
-                const uint8_t *qs = blk + 16 + 32 * c;
-                __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
-                __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16)));
-                __m512 t0 = _mm512_fmsub_ps(levels, _mm512_set1_ps(sc[2 * c]),
-                                            _mm512_set1_ps(mn[2 * c]));
-                __m512 t1 = _mm512_fmsub_ps(levels, _mm512_set1_ps(sc[2 * c + 1]),
-                                            _mm512_set1_ps(mn[2 * c + 1]));
-                __m512 w0 = _mm512_permutexvar_ps(v0, t0), w1 = _mm512_permutexvar_ps(v1, t0);
-                __m512 w2 = _mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), t1);
-                __m512 w3 = _mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), t1);
-                for (int b = 0; b < R; b++) {
-                    const float *xc = x + b * ldx + 256 * j + 64 * c;
-                    acc[b] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xc), acc[b]);
-                    acc[b] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xc + 16), acc[b]);
-                    acc[b] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(xc + 32), acc[b]);
-                    acc[b] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(xc + 48), acc[b]);
+            const uint8_t *blk = r + i * rb + j * bs;
+            float sc[8], mn[8];
+            if (fmt == FMT_Q4_K)
+                q4k_scales(blk, sc, mn);
+            for (int part = 0; part < 4; part++) { /* 64 weights: Q4_K chunk, Q6_K (h, half) */
+                __m512 w[4];
+                int64_t at[4]; /* where each vector's 16 weights start in the super-block */
+                if (fmt == FMT_Q4_K) {
+                    q4k_weights(blk, sc, mn, part, w);
+                    for (int t = 0; t < 4; t++) at[t] = 64 * part + 16 * t;
+                } else {
+                    q6k_weights(blk, part / 2, part % 2, w);
+                    for (int t = 0; t < 4; t++) at[t] = 128 * (part / 2) + 32 * t + 16 * (part % 2);
                 }
-            }
-        }
-        for (int b = 0; b < R; b++) out[b][i] = _mm512_reduce_add_ps(acc[b]);
-    }
-}
-
-static inline __attribute__((always_inline)) void dot4xR_q6k(
-    const void *rows, int64_t K, const float *x, int64_t ldx, float out[8][4], const int R) {
-    const uint8_t *r = rows;
-    int64_t nb = K / 256, rb = nb * 210;
-    const __m512i low4 = _mm512_set1_epi32(0x0f), two = _mm512_set1_epi32(3);
-    const __m512i centre = _mm512_set1_epi32(32);
-    for (int i = 0; i < 4; i++) {
-        __m512 acc[8];
-        for (int b = 0; b < R; b++) acc[b] = _mm512_setzero_ps();
-        for (int64_t j = 0; j < nb; j++) {
-            const uint8_t *blk = r + i * rb + j * 210;
-            const int8_t *sc = (const int8_t *)(blk + 192);
-            float d = half_to_float(blk + 208);
-            for (int h = 0; h < 2; h++) {
-                const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
-                for (int half = 0; half < 2; half++) {
-                    __m512i hb = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qh + 16 * half)));
-                    __m512i l0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ql + 16 * half)));
-                    __m512i l1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ql + 32 + 16 * half)));
-                    for (int k = 0; k < 4; k++) {
-                        __m512i lo = k < 2 ? _mm512_and_si512(k & 1 ? l1 : l0, low4)
-                                           : _mm512_srli_epi32(k & 1 ? l1 : l0, 4);
-                        __m512i hi = _mm512_and_si512(_mm512_srli_epi32(hb, 2 * k), two);
-                        __m512i q = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)),
-                                                     centre);
-                        __m512 w = _mm512_mul_ps(_mm512_cvtepi32_ps(q),
-                                                 _mm512_set1_ps(d * (float)sc[8 * h + 2 * k + half]));
-                        for (int b = 0; b < R; b++)
-                            acc[b] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + b * ldx + 256 * j + 128 * h
-                                                                        + 32 * k + 16 * half), acc[b]);
-                    }
-                }
+                for (int t = 0; t < 4; t++)
+                    for (int b = 0; b < R; b++)
+                        acc[b] = _mm512_fmadd_ps(
+                            w[t], _mm512_loadu_ps(x + b * ldx + 256 * j + at[t]), acc[b]);
             }
         }
         for (int b = 0; b < R; b++) out[b][i] = _mm512_reduce_add_ps(acc[b]);
@@ -461,6 +436,24 @@ static inline __attribute__((always_inline)) void dot4xR_blocks(
         }
         for (int b = 0; b < R; b++) out[b][i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[b], acc2[b]));
     }
+}
+
+/* out[b][i] for four weight rows and R = 4 or 8 rows of x (ldx = K), any block format; each
+   call below has a constant format and R, so it is compiled on its own */
+static void dot4xR(const void *rows, int64_t K, const float *x, float out[8][4], int64_t fmt,
+                   int R) {
+    if (fmt == FMT_Q4_K && R == 8)
+        dot4xR_kquants(rows, K, x, K, out, FMT_Q4_K, 8);
+    else if (fmt == FMT_Q4_K)
+        dot4xR_kquants(rows, K, x, K, out, FMT_Q4_K, 4);
+    else if (fmt == FMT_Q6_K && R == 8)
+        dot4xR_kquants(rows, K, x, K, out, FMT_Q6_K, 8);
+    else if (fmt == FMT_Q6_K)
+        dot4xR_kquants(rows, K, x, K, out, FMT_Q6_K, 4);
+    else if (R == 8)
+        dot4xR_blocks(rows, K, x, K, out, fmt, 8);
+    else
+        dot4xR_blocks(rows, K, x, K, out, fmt, 4);
 }
 #endif
 
@@ -668,23 +661,17 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
         float acc[4];
         int64_t b = 0;
 #ifdef HAVE_BLOCKS_AVX512
-        if (fmt == FMT_Q4_K || fmt == FMT_Q6_K) {
+        if (blocks_fmt)
             for (int R = 8; R >= 4; R -= 4)
                 for (; b + R <= B; b += R) {
                     float acc8[8][4];
-                    if (fmt == FMT_Q4_K && R == 8)
-                        dot4xR_q4k(r, K, x + b * K, K, acc8, 8);
-                    else if (fmt == FMT_Q4_K)
-                        dot4xR_q4k(r, K, x + b * K, K, acc8, 4);
-                    else if (R == 8)
-                        dot4xR_q6k(r, K, x + b * K, K, acc8, 8);
-                    else
-                        dot4xR_q6k(r, K, x + b * K, K, acc8, 4);
-                    for (int jj = 0; jj < R; jj++)
+                    dot4xR(r, K, x + b * K, acc8, fmt, R);
+                    for (int j = 0; j < R; j++)
                         for (int64_t i = 0; i < m; i++)
-                            y[(b + jj) * ldy + n + i] = acc8[jj][i]
-                                                        + (wt->bias ? wt->bias[n + i] : 0.f);
+                            y[(b + j) * ldy + n + i] = acc8[j][i]
+                                                       + (wt->bias ? wt->bias[n + i] : 0.f);
                 }
+        if (fmt == FMT_Q4_K || fmt == FMT_Q6_K) {
             for (; b < B; b++) {
                 if (fmt == FMT_Q4_K)
                     dot4_q4k(r, K, x + b * K, acc);
@@ -710,21 +697,6 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
             }
             continue;
         }
-#ifdef HAVE_BLOCKS_AVX512
-        if (blocks_fmt)
-            for (int R = 8; R >= 4; R -= 4)
-                for (; b + R <= B; b += R) {
-                    float acc8[8][4];
-                    if (R == 8)
-                        dot4xR_blocks(r, K, x + b * K, K, acc8, fmt, 8);
-                    else
-                        dot4xR_blocks(r, K, x + b * K, K, acc8, fmt, 4);
-                    for (int j = 0; j < R; j++)
-                        for (int64_t i = 0; i < m; i++)
-                            y[(b + j) * ldy + n + i] = acc8[j][i]
-                                                       + (wt->bias ? wt->bias[n + i] : 0.f);
-                }
-#endif
 #ifdef HAVE_DOT4X4
         if (fmt == FMT_F32)
             for (; b + 4 <= B; b += 4) {
