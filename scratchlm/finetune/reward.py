@@ -121,6 +121,20 @@ class RewardScorer:
                              "a reward model has one")
         return cls(model, tok, json.loads(meta.read_text())["style"])
 
+    @staticmethod
+    def write_style(folder: str | Path, style: str) -> None:
+        """``reward.json``, what ``load`` reads beside a reward model's weights."""
+        (Path(folder) / "reward.json").write_text(json.dumps({"style": style}, indent=2))
+
+    def save(self, folder: str | Path) -> None:
+        """The model, its tokenizer and ``reward.json`` in ``folder``: what ``load`` reads."""
+        from scratchlm.models.loading import save_pretrained
+        from scratchlm.tokenizers import save_tokenizer
+
+        save_pretrained(self.model, folder)
+        save_tokenizer(self.tokenizer, folder)
+        self.write_style(folder, self.style)
+
     def __call__(self, prompt: str, answers: list[str]) -> list[float]:
         return self.pairs([prompt] * len(answers), answers)
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from scratchlm.config import to_dict
 from scratchlm.data.instruction import PreferenceDataset, RewardCollate
 from scratchlm.finetune.classification import prepare_head_finetuning
-from scratchlm.finetune.reward import RewardLoss, evaluate_rewards
+from scratchlm.finetune.reward import RewardLoss, RewardScorer, evaluate_rewards
 from scratchlm.models.accounting import count_parameters
 from scratchlm.finetune.setup import load_for_finetuning, save_final
 from scratchlm.training.loop import fit, set_epochs
@@ -64,5 +64,5 @@ def main(cfg: RewardConfig) -> dict:
         (out / "rewards.json").write_text(json.dumps(result, indent=2))
         final = out / "final"
         save_final(model, tok, final, cfg.lora, cfg.model)
-        (final / "reward.json").write_text(json.dumps({"style": style}, indent=2))
+        RewardScorer.write_style(final, style)
         return result

@@ -44,20 +44,16 @@ def test_a_failing_reward_names_the_example():
 def _reward_model(folder, tokenizer):
     """A tiny random reward model (one-number head), saved as `finetune reward` saves one."""
     import dataclasses
-    import json
 
     import torch
 
-    from scratchlm.models.loading import save_pretrained
+    from scratchlm.finetune.reward import RewardScorer
     from scratchlm.models.registry import build_model, preset
-    from scratchlm.tokenizers import save_tokenizer
 
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(preset("gpt-tiny")[1], vocab_size=512))
     model.out_head = torch.nn.Linear(model.cfg.n_embd, 1)
-    save_pretrained(model, folder)
-    save_tokenizer(tokenizer, folder)
-    (folder / "reward.json").write_text(json.dumps({"style": "alpaca"}))
+    RewardScorer(model, tokenizer, "alpaca").save(folder)
     return folder
 
 

@@ -142,15 +142,13 @@ def _reward_model(chat_model, folder):
     `scratchlm finetune reward` saves its final/."""
     import torch
 
-    from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
-    from scratchlm.tokenizers import save_tokenizer
+    from scratchlm.finetune.reward import RewardScorer
+    from scratchlm.models.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(str(chat_model))
     torch.manual_seed(1)
     model.out_head = torch.nn.Linear(model.cfg.n_embd, 1)
-    save_pretrained(model, folder)
-    save_tokenizer(tok, folder)
-    (folder / "reward.json").write_text(json.dumps({"style": "chat"}))
+    RewardScorer(model, tok, "chat").save(folder)
     return folder
 
 
