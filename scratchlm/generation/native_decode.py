@@ -122,6 +122,8 @@ class NativeDecoder:
             self.eps = float(model.trf_blocks[0].norm1.eps)
             hidden = model.trf_blocks[0].ff.layers[0].out_features
             self.dims = (cfg.n_embd, cfg.n_head, cfg.head_dim, hidden)
+        # id(weight) -> (weight, its version, its panels), for the weights of the last batch
+        self._packs: dict[int, tuple[torch.Tensor, int | None, torch.Tensor]] = {}
         self.refresh()
 
     @classmethod
@@ -151,8 +153,6 @@ class NativeDecoder:
         The tensors are kept referenced, so an address here is never freed memory."""
         self.layers = []
         self._panel_layers = None  # built again, from current weights, by the next batch
-        if not hasattr(self, "_packs"):
-            self._packs: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
         for b in self.model.trf_blocks:
             groups = _layers(self.model, b, self.name)
             tensors = [p for m in b.modules() for p in (*m.parameters(recurse=False),
@@ -160,16 +160,18 @@ class NativeDecoder:
             self.layers.append((_norms(b, self.name), [_weights(g) for g in groups],
                                 [len(g) for g in groups], tensors))
 
-    def _packed(self, weight: torch.Tensor) -> torch.Tensor:
-        """``weight`` as float32 panels (``nn/native.pack_panels``), packed again only when the
-        tensor or its contents changed (a GRPO rollout's weights are merged anew each time)."""
+    def _packed(self, weight: torch.Tensor, before: dict) -> torch.Tensor:
+        """``weight`` as float32 panels (``nn/native.pack_panels``), taken from ``before`` (the
+        last build's) unless the tensor or its contents changed (a GRPO rollout's weights are
+        merged anew each time)."""
         try:
             version = weight._version
         except RuntimeError:  # an inference tensor keeps no version: packed at every refresh
             version = None
-        hit = self._packs.get(id(weight))
+        hit = before.get(id(weight))
         if hit is None or hit[0] is not weight or version is None or hit[1] != version:
-            hit = self._packs[id(weight)] = (weight, version, pack_panels(weight))
+            hit = (weight, version, pack_panels(weight))
+        self._packs[id(weight)] = hit
         return hit[2]
 
     def _batch_layers(self) -> list:
@@ -177,8 +179,10 @@ class NativeDecoder:
         ``PANEL_MIN_ROWS`` rows or more multiply (csrc/decode.c's FMT_F32_PANELS). They cost a
         second copy of those weights, held while the decoder lives."""
         if self._panel_layers is None:
+            # only this build's weights stay packed: replaced tensors are let go
+            before, self._packs = self._packs, {}
             head = self.model.out_head
-            self._head_panels = (self._packed(head.weight) if type(head) is nn.Linear
+            self._head_panels = (self._packed(head.weight, before) if type(head) is nn.Linear
                                  and head.weight.dtype == torch.float32 else None)
             self._panel_layers = []
             for b, (norms, _, counts, tensors) in zip(self.model.trf_blocks, self.layers):
@@ -187,7 +191,7 @@ class NativeDecoder:
                     arr = _weights(g)
                     for slot, layer in zip(arr, g):
                         if type(layer) is nn.Linear:
-                            slot.w, slot.fmt = self._packed(layer.weight).data_ptr(), \
+                            slot.w, slot.fmt = self._packed(layer.weight, before).data_ptr(), \
                                 FORMATS["f32_panels"]
                     groups.append(arr)
                 self._panel_layers.append((norms, groups, counts, tensors))

@@ -167,6 +167,11 @@ def test_batches_read_weights_changed_in_place():
         for p in model.parameters():
             p.add_(torch.randn_like(p))
     after = engine.generate(prompts, params)
+    native = engine.native
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+    assert engine.generate(prompts, params) == after  # new tensors, the same values
+    current = {id(p) for p in model.parameters()}  # the replaced ones are not kept packed
+    assert native._packs and all(id(w) in current for w, _, _ in native._packs.values())
     engine.native = None
     assert after == engine.generate(prompts, params)
     assert before != after
