@@ -310,6 +310,9 @@ def main(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results, seconds = {}, {}
+    from scratchlm.training.runtime import cpu_summary
+
+    print(f"[demo] CPU: {cpu_summary()}; training stages in {precision(cfg)}")
     t0 = time.perf_counter()
     for stage in cfg.stages:
         run = {"tokenizer": stage_tokenizer, "pretrain": stage_pretrain, "chat": stage_chat,

@@ -94,6 +94,24 @@ def bf16_native(device_type: str = "cpu") -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def cpu_summary() -> str:
+    """One line naming this CPU and what our speed depends on: its vector ISA as PyTorch sees
+    it (AVX512, AVX2, ...), whether bf16 matrix units exist, and PyTorch's thread count."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), "")
+    except OSError:
+        pass
+    import platform
+
+    name = name or platform.processor() or platform.machine()
+    bf16 = "bf16 units" if bf16_native("cpu") else "no bf16 units"
+    return (f"{name}, {torch.backends.cpu.get_cpu_capability()}, {bf16}, "
+            f"{torch.get_num_threads()} threads")
+
+
 def setup_runtime(precision: str = "auto", device: str | None = None, seed: int = 0) -> Runtime:
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))

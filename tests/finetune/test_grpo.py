@@ -27,20 +27,21 @@ def _batch(seed=0, b=4, t=5):
 
 
 def _written_out(logp, old, ref, mask, adv, s: GRPOSettings, rows=None) -> float:
-    """The module docstring's formula, one token at a time."""
+    """The module docstring's formula, one token at a time, in Python floats."""
+    logp, old, ref, adv = logp.tolist(), old.tolist(), ref.tolist(), adv.tolist()
     per_seq, all_tokens, n_tokens = [], 0.0, 0
-    for i in range(logp.shape[0]):
+    for i in range(len(logp)):
         if rows is not None and not rows[i]:
             continue
         total, n = 0.0, 0
-        for t in range(logp.shape[1]):
+        for t in range(len(logp[i])):
             if not mask[i, t]:
                 continue
-            ratio = math.exp(logp[i, t] - old[i, t])
+            ratio = math.exp(logp[i][t] - old[i][t])
             clipped = min(max(ratio, 1 - s.eps_low), 1 + s.eps_high)
             term = -min(ratio * adv[i], clipped * adv[i])
             if s.beta:
-                d = float(ref[i, t] - logp[i, t])
+                d = ref[i][t] - logp[i][t]
                 term += s.beta * ratio * (math.exp(d) - d - 1)
             total, n = total + term, n + 1
         per_seq.append(total / max(n, 1))

