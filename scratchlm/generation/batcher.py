@@ -179,6 +179,10 @@ class Batcher:
                 self.largest = max(self.largest, len(batch.rows))
                 for row, tok in batch.sample():
                     req = row.tag
+                    if isinstance(tok, Exception):  # this row's failure ends this row alone
+                        req.finish(f"error: {tok}")
+                        batch.leave(row)
+                        continue
                     if req.cancelled or tok in req.params.stop_ids:
                         req.finish("stop")
                         batch.leave(row)

@@ -201,35 +201,68 @@ class TextStream:
     """Incremental detokenization of one row: ``push(token)`` returns the new text that is safe
     to show, ``finish()`` what was held back. Text is released only when it is whole UTF-8 and
     cannot be the start of a stop string; ``stopped`` turns true when a stop string appears
-    (it is not emitted)."""
+    (it is not emitted).
+
+    Each push costs the new token's text, not the whole sequence's: the ids are decoded from a
+    few tokens back (``prefix``), as vLLM's detokenizer does, so a tokenizer that treats the
+    first token specially (a leading space) sees the same first token twice; and a stop string
+    is searched for only where it can still begin, after the released text."""
 
     def __init__(self, tokenizer, stop_strings: Sequence[str] = ()):
         self.tokenizer, self.stop_strings = tokenizer, [s for s in stop_strings if s]
         self.ids: list[int] = []
+        self.text = ""  # the whole characters decoded so far
         self.sent = ""
         self.stopped = False
+        self.prefix = self.read = 0  # ids[prefix:read] decode to the end of self.text
+
+    def _decode_new(self) -> bool:
+        """Append the text of the ids after ``read`` to ``self.text``; False while it ends in
+        an incomplete character."""
+        before = self.tokenizer.decode(self.ids[self.prefix:self.read])
+        after = self.tokenizer.decode(self.ids[self.prefix:])
+        if after.endswith("\ufffd"):
+            return False  # a multi-byte character is not complete yet
+        if after.startswith(before):
+            self.text += after[len(before):]
+        else:  # the window's text changed with the new token: decode it all once
+            self.text = self.tokenizer.decode(self.ids)
+        self.prefix, self.read = self.read, len(self.ids)
+        return True
 
     def push(self, token: int) -> str:
         if self.stopped:
             return ""
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""  # a multi-byte character is not complete yet
-        cut = min((text.find(s) for s in self.stop_strings if s in text), default=-1)
+        if not self._decode_new():
+            return ""
+        text, start = self.text, len(self.sent)
+        # a stop string cannot begin inside the released text: that text was released only
+        # once no stop string could start in it
+        cut = min((i for i in (text.find(s, start) for s in self.stop_strings) if i >= 0),
+                  default=-1)
         if cut >= 0:
             self.stopped = True
-            piece = text[len(self.sent):cut] if cut > len(self.sent) else ""
+            piece = text[start:cut]
             self.sent = text[:cut]
             return piece
-        # hold back a tail that could still become a stop string
-        hold = max((k for s in self.stop_strings for k in range(1, len(s))
-                    if text.endswith(s[:k])), default=0)
-        if len(text) - hold > len(self.sent):
-            piece = text[len(self.sent):len(text) - hold]
+        hold = max((self._held(text, s) for s in self.stop_strings), default=0)
+        if len(text) - hold > start:
+            piece = text[start:len(text) - hold]
             self.sent = text[:len(text) - hold]
             return piece
         return ""
+
+    @staticmethod
+    def _held(text: str, stop: str) -> int:
+        """The length of the longest end of ``text`` that begins ``stop`` (not all of it)."""
+        first, lo = stop[0], max(0, len(text) - len(stop) + 1)
+        i = text.find(first, lo)
+        while i >= 0:
+            if stop.startswith(text[i:]):
+                return len(text) - i
+            i = text.find(first, i + 1)
+        return 0
 
     def finish(self) -> str:
         if self.stopped:

@@ -25,8 +25,10 @@ def apply_top_p(logits: torch.Tensor, p: float | None) -> torch.Tensor:
         return logits
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
     probs = torch.softmax(sorted_logits, dim=-1)
-    # drop a token when the mass of the tokens before it already reaches p
+    # drop a token when the mass of the tokens before it already reaches p; the first is kept
+    # whatever p is (a p below float32's smallest number rounds to 0, and 0 >= 0)
     drop_sorted = probs.cumsum(dim=-1) - probs >= p
+    drop_sorted[..., 0] = False
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
@@ -46,8 +48,14 @@ def sample_next(
     logits = apply_top_k(logits, top_k)
     if temperature <= 0.0:
         return torch.argmax(logits, dim=-1, keepdim=True)
-    logits = apply_top_p(logits / temperature, top_p)
-    probs = torch.softmax(logits.float(), dim=-1)
+    logits = logits.float()
+    # Scaled from each row's maximum, so the best token's scaled logit is 0 and the others
+    # <= 0: a tiny temperature sends them to -inf, never to inf - inf = nan. Below float32's
+    # smallest normal number a temperature would round to 0 (0 / 0 = nan); its effect there
+    # is already greedy's, less ties.
+    t = max(temperature, torch.finfo(torch.float32).tiny)
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / t
+    probs = torch.softmax(apply_top_p(logits, top_p), dim=-1)
     return draw(probs, generator)
 
 
@@ -61,6 +69,9 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     total = cdf[:, -1:]
     u = torch.rand(total.shape, generator=generator, dtype=torch.float64,
                    device=probs.device) * total
+    if not bool(torch.isfinite(total).all() and (total > 0).all()):
+        raise ValueError("the probabilities to draw from are not finite (the model's logits "
+                         "hold nan or inf)")
     u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # u < total
     return torch.searchsorted(cdf, u, right=True)
 

@@ -248,13 +248,24 @@ class SlotBatch:
         self.prefix = (list(prompt[:n]), self.cache.k[:, row, :, first:first + n].clone(),
                        self.cache.v[:, row, :, first:first + n].clone())
 
-    def sample(self) -> list[tuple[Row, int]]:
-        """Each active row's next token (from its own logits and settings)."""
+    def sample(self) -> list[tuple[Row, int | Exception]]:
+        """Each active row's next token (from its own logits and settings), or the exception
+        its sampling raised: one row's failure is that row's alone, and a token the embedding
+        has no row for is never fed to the batch's forward."""
         out = []
+        vocab = None
         for row in self.rows:
             p = row.params
-            tok = int(sample_next(row.logits[None], p.temperature, p.top_k, p.top_p,
-                                  row.generator)[0, 0])
+            try:
+                tok = int(sample_next(row.logits[None], p.temperature, p.top_k, p.top_p,
+                                      row.generator)[0, 0])
+                vocab = vocab or row.logits.shape[-1]
+                if not 0 <= tok < vocab:
+                    raise ValueError(f"sampling gave token {tok}, outside the vocabulary of "
+                                     f"{vocab}")
+            except Exception as e:  # noqa: BLE001 (the caller ends this row with it)
+                out.append((row, e))
+                continue
             row.token = tok
             row.generated += 1
             out.append((row, tok))

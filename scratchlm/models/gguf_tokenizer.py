@@ -49,10 +49,12 @@ def gguf_tokenizer(meta: dict, source: str = "GGUF"):
         return tokens[value]
 
     try:
-        return HFTokenizer.from_vocab_merges(
+        tok = HFTokenizer.from_vocab_merges(
             tokens, merges, special_tokens=special,
             eos_token=token("tokenizer.ggml.eos_token_id"),
             bos_token=token("tokenizer.ggml.bos_token_id"),
             pattern=pattern, split_digits=split_digits, chat_template=template)
     except Exception as e:  # noqa: BLE001 - the tokenizers library raises its own kinds
         raise CheckpointError(f"{source}: the vocabulary cannot be built ({e})") from None
+    tok.template_source = f"{source}: metadata field 'tokenizer.chat_template'"
+    return tok

@@ -284,6 +284,8 @@ class ServeConfig:
     max_request_bytes: int = 4_000_000  # a larger request body is answered 413
     max_messages: int = 256  # messages in one chat request
     max_prompt_tokens: int = 0  # 0: the model's context length (a longer prompt is a 400)
+    request_timeout: float = 30.0  # seconds for a request's headers and body to arrive whole
+    max_connections: int = 1000  # open connections; over it the slowest waiting one is closed
     prefix_cache: bool = True  # copy the keys/values of a prompt start shared with an earlier
     # request (a chat template's system prompt) instead of computing them again
     prefill: str = "auto"  # precision of prompt processing: fp32 | bf16 (autocast) | auto (bf16

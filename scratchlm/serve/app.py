@@ -30,12 +30,12 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scratchlm import __version__
@@ -43,6 +43,7 @@ from scratchlm.api import LLM
 from scratchlm.generation.batcher import Batcher
 from scratchlm.generation.engine import SamplingParams, TextStream
 from scratchlm.recipes.configs import ServeConfig  # noqa: F401 (its config)
+from scratchlm.serve.guard import guarded
 
 
 class APIError(Exception):
@@ -67,7 +68,20 @@ def _valid_text(value: str, what: str) -> str:
     return value
 
 
+MAX_STOP_CHARS = 1000  # one stop sequence; 4 of them are checked after every token
+
+# OpenAI fields this server does not implement: refused (400, naming the field) unless the
+# request leaves them at a value that asks for nothing, so none is accepted and ignored.
+NOT_IMPLEMENTED = {"logprobs": (None, False, 0), "top_logprobs": (None, 0),
+                   "logit_bias": (None, {}), "presence_penalty": (None, 0),
+                   "frequency_penalty": (None, 0), "tools": (None, []),
+                   "tool_choice": (None, "none"), "response_format": (None, {"type": "text"}),
+                   "echo": (None, False), "best_of": (None, 1), "suffix": (None, "")}
+
+
 class Sampling(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 400, not ignored
+
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
@@ -82,12 +96,34 @@ class Sampling(BaseModel):
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
 
+    logprobs: Any = None
+    top_logprobs: Any = None
+    logit_bias: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    response_format: Any = None
+    echo: Any = None
+    best_of: Any = None
+    suffix: Any = None
+
+    @field_validator(*NOT_IMPLEMENTED)
+    @classmethod
+    def _not_implemented(cls, v, info):
+        if any(v == ok and isinstance(v, bool) == isinstance(ok, bool)
+               for ok in NOT_IMPLEMENTED[info.field_name]):
+            return v
+        raise ValueError(f"{info.field_name} is not supported by this server yet; leave it out")
+
     @field_validator("stop")
     @classmethod
     def _stops(cls, v):
         stops = [v] if isinstance(v, str) else (v or [])
         if len(stops) > 4:
             raise ValueError("at most 4 stop sequences")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence is longer than {MAX_STOP_CHARS} characters")
         return [_valid_text(s, "a stop sequence") for s in stops]
 
 
@@ -164,7 +200,7 @@ class Gate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        if self.api_key and path.startswith("/v1"):
+        if self.api_key and (path.startswith("/v1") or path == "/metrics"):
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
             if not secrets.compare_digest(given, f"Bearer {self.api_key}".encode()):
                 self.stats.answered(path, 401)
@@ -428,11 +464,31 @@ def main(cfg: ServeConfig) -> None:
 
     import uvicorn
 
-    cfg.api_key = cfg.api_key or os.environ.get("SCRATCHLM_API_KEY") or None
+    if cfg.api_key is None:
+        cfg.api_key = os.environ.get("SCRATCHLM_API_KEY")
+    if cfg.api_key is not None and not cfg.api_key.strip():
+        raise ValueError("--api-key (or SCRATCHLM_API_KEY) is empty: an unset variable would "
+                         "start a server open to anyone; give a key, or leave both out for a "
+                         "server without one")
     llm = LLM.load(cfg.model, adapter=cfg.adapter, quantize=cfg.quantize, device=cfg.device,
                    dtype=cfg.dtype, prefill=cfg.prefill)
     app = create_app(llm, cfg)
     print(f"serving {llm.name} ({cfg.device}, {cfg.dtype}, prefill {llm.engine.prefill}) on "
           f"http://{cfg.host}:{cfg.port} (chat page at /, API at /v1)"
           + (" with an API key" if cfg.api_key else ""), flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    raise_open_files_limit()
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
+                http=guarded(cfg.request_timeout, cfg.max_connections))
+
+
+def raise_open_files_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit (often 1024 -> 4096 or
+    more): each connection holds one."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass  # not POSIX, or not allowed: the system's limit stands

@@ -64,7 +64,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         extra = {"eos_token": content(cfg.get("eos_token")),
                  "bos_token": content(cfg.get("bos_token")),
                  "chat_template": cfg.get("chat_template")}
-    return HFTokenizer.from_file(path, **extra)
+    tok = HFTokenizer.from_file(path, **extra)
+    tok.template_source = str(config)
+    return tok
 
 
 def save_tokenizer(tokenizer: Tokenizer, folder: str | Path) -> None:

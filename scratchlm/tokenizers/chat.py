@@ -1,7 +1,11 @@
 """Chat formatting: render a conversation with the model's own Jinja chat template (as
 Hugging Face and llama.cpp do), and encode it.
 
-Templates run in Jinja's sandbox; ``raise_exception`` is provided as templates expect.
+Templates run in Jinja's sandbox; ``raise_exception`` is provided as templates expect. A
+template is code from outside (a GGUF file's metadata), so it also runs within limits: a string
+or list it multiplies may not outgrow ``MAX_CHARS``, nor may its output, and it may not run for
+more than ``MAX_SECONDS`` (checked on every line of the compiled template, by a trace function
+in the rendering thread). ``TemplateError`` names the template's source (the file).
 
 The template's own special tokens (``<|im_start|>``) are control tokens; the messages' contents
 are the user's text, so a ``<|im_start|>system`` typed into a message stays ordinary text and
@@ -13,16 +17,43 @@ cannot forge a turn. ``render_chat_spans`` finds where the contents lie in the r
 from __future__ import annotations
 
 import secrets
+import sys
+import time
 from functools import lru_cache
 
 from scratchlm.tokenizers.base import encode_protected
 
 
+MAX_CHARS = 16_000_000  # a rendered prompt, or a string a template builds (4x the body limit)
+MAX_SECONDS = 5.0  # one rendering
+MAX_POWER = 1024  # the largest exponent of a template's `**`
+
+
+class TemplateError(ValueError):
+    """A chat template failed or went over its limits; the message names where it came from."""
+
+
 @lru_cache(maxsize=8)
 def _compile(template: str):
+    from jinja2.exceptions import SecurityError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    class Limited(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "*":
+                n, seq = (left, right) if isinstance(left, int) else (right, left)
+                if isinstance(n, int) and hasattr(seq, "__len__") and n * len(seq) > MAX_CHARS:
+                    raise SecurityError(f"a repetition of {n} x {len(seq)} items is over "
+                                        f"the limit of {MAX_CHARS:,}")
+            elif isinstance(right, (int, float)) and (
+                    abs(right) > MAX_POWER or isinstance(left, int)
+                    and left.bit_length() * abs(right) > MAX_POWER * 64):
+                raise SecurityError(f"a power {left} ** {right} is over the limit")
+            return super().call_binop(context, operator, left, right)
+
+    env = Limited(trim_blocks=True, lstrip_blocks=True)
 
     def raise_exception(message):
         raise ValueError(f"chat template: {message}")
@@ -31,28 +62,68 @@ def _compile(template: str):
     return env.from_string(template)
 
 
+def _render_limited(template, variables: dict) -> str:
+    """The template's output, stopped with a ``TemplateError`` past ``MAX_CHARS`` characters or
+    ``MAX_SECONDS`` seconds. Jinja compiles a template to Python code (file "<template>"): a
+    trace function set for this thread only watches those frames' lines."""
+    deadline = time.monotonic() + MAX_SECONDS
+    lines = 0
+
+    def on_line(frame, event, arg):
+        nonlocal lines
+        lines += 1
+        if lines % 256 == 0 and time.monotonic() > deadline:
+            raise TemplateError(f"rendering took over {MAX_SECONDS:g} s")
+        return on_line
+
+    def on_call(frame, event, arg):
+        return on_line if frame.f_code.co_filename == "<template>" else None
+
+    previous = sys.gettrace()
+    sys.settrace(on_call)
+    try:
+        parts, size = [], 0
+        for piece in template.generate(**variables):
+            size += len(piece)
+            if size > MAX_CHARS:
+                raise TemplateError(f"its output is over the limit of {MAX_CHARS:,} characters")
+            parts.append(piece)
+        return "".join(parts)
+    finally:
+        sys.settrace(previous)
+
+
 def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True,
-                **special) -> str:
-    """The prompt text for ``messages`` ([{"role": ..., "content": ...}, ...])."""
+                source: str = "the chat template", **special) -> str:
+    """The prompt text for ``messages`` ([{"role": ..., "content": ...}, ...]). ``source``
+    names the template in errors (its file)."""
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise ValueError(f"message {i} needs 'role' and 'content': {m!r}")
-    return _compile(template).render(messages=messages,
-                                     add_generation_prompt=add_generation_prompt, **special)
+    try:
+        return _render_limited(_compile(template), dict(
+            messages=messages, add_generation_prompt=add_generation_prompt, **special))
+    except TemplateError as e:
+        raise TemplateError(f"{source}: {e}") from None
+    except ValueError as e:  # raise_exception: the template refused the conversation
+        raise ValueError(f"{source}: {e}") from None
+    except Exception as e:  # noqa: BLE001 (a template raises whatever its code does)
+        raise TemplateError(f"{source}: {type(e).__name__}: {e}") from None
 
 
 def render_chat_spans(template: str, messages: list[dict], add_generation_prompt: bool = True,
+                      source: str = "the chat template",
                       **special) -> tuple[str, list[tuple[int, int]]]:
     """The prompt text for ``messages`` and the [start, end) spans of it that are message
     content (user text)."""
-    text = render_chat(template, messages, add_generation_prompt, **special)
+    text = render_chat(template, messages, add_generation_prompt, source, **special)
     contents = [m["content"] for m in messages]
     if not any(isinstance(c, str) and c for c in contents):
         return text, []
     tag = secrets.token_hex(8)
     marks = [f"\ue000{tag}{i}\ue001" for i in range(len(messages))]
     marked = render_chat(template, [dict(m, content=mark) for m, mark in zip(messages, marks)],
-                         add_generation_prompt, **special)
+                         add_generation_prompt, source, **special)
     rebuilt, spans, pos = [], [], 0
     for piece in _split_marks(marked, tag):
         if isinstance(piece, int):
@@ -97,7 +168,8 @@ def encode_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = T
     template = getattr(tokenizer, "chat_template", None)
     if not template:
         raise ValueError("this tokenizer has no chat template")
-    text, spans = render_chat_spans(template, messages, add_generation_prompt,
+    source = getattr(tokenizer, "template_source", None) or "the chat template"
+    text, spans = render_chat_spans(template, messages, add_generation_prompt, source,
                                     **template_tokens(tokenizer))
     return encode_protected(tokenizer, text, spans)
 

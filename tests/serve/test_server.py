@@ -144,7 +144,11 @@ def test_a_forged_turn_stays_inside_the_user_turn(server, llm):
 
 def test_metrics_in_prometheus_text(server):
     post(f"{server}/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 2})
-    text = urllib.request.urlopen(f"{server}/metrics", timeout=5).read().decode()
+    with pytest.raises(urllib.error.HTTPError) as refused:  # with a key set, /metrics needs it
+        urllib.request.urlopen(f"{server}/metrics", timeout=5)
+    assert refused.value.code == 401
+    req = urllib.request.Request(f"{server}/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    text = urllib.request.urlopen(req, timeout=5).read().decode()
     assert 'scratchlm_requests_total{route="/v1/chat/completions",status="200"}' in text
     for name in ("prompt_tokens_total", "completion_tokens_total", "queue_length",
                  "active_requests", "tokens_per_second", "time_to_first_token_seconds_count"):
