@@ -345,7 +345,25 @@ def evaluate_choices(model: nn.Module, tokenizer, examples: Sequence[Example], s
         bar.update(len(chunk))
     bar.close()
     n = len(examples)
+    mine = [rows[i] for i in range(n)]  # a row of ``done`` past the examples is not counted
     return {"examples": n, "shots": shots,
-            "acc": sum(r["acc"] for r in rows.values()) / n,
-            "acc_norm": sum(r["acc_norm"] for r in rows.values()) / n,
-            "rows": [rows[i] for i in range(n)]}
+            "acc": sum(r["acc"] for r in mine) / n,
+            "acc_norm": sum(r["acc_norm"] for r in mine) / n,
+            "rows": mine}
+
+
+def row_problem(row: dict, example: Example) -> str | None:
+    """Why a cached row (``evaluate_choices``'s) cannot be the result for ``example``; None
+    when it can. A row from an edited task file, or a damaged one, is never counted."""
+    if set(row) != {"loglikelihoods", "label", "acc", "acc_norm"}:
+        return f"fields {sorted(row)}, not loglikelihoods, label, acc, acc_norm"
+    lls = row["loglikelihoods"]
+    if not isinstance(lls, list) or len(lls) != len(example.choices) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and x == x for x in lls):
+        return f"'loglikelihoods' must be {len(example.choices)} numbers, one per choice"
+    if isinstance(row["label"], bool) or row["label"] != example.label:
+        return f"'label' is {row['label']!r}, the task file says {example.label}"
+    for key in ("acc", "acc_norm"):
+        if isinstance(row[key], bool) or row[key] not in (0, 1):
+            return f"{key!r} must be 0.0 or 1.0, got {row[key]!r}"
+    return None

@@ -72,6 +72,24 @@ def load_gsm8k(split: str = "test", limit: int | None = None) -> list[Problem]:
     return out
 
 
+def row_problem(row: dict, problem: Problem, samples: int) -> str | None:
+    """Why a cached row (``evaluate_gsm8k``'s) cannot be the result for ``problem`` with
+    ``samples`` answers; None when it can."""
+    if set(row) != {"target", "responses", "answers", "correct"}:
+        return f"fields {sorted(row)}, not target, responses, answers, correct"
+    if row["target"] != problem.target:
+        return f"'target' is {row['target']!r}, the test set says {problem.target!r}"
+    lists = {"responses": (str,), "answers": (str, type(None)), "correct": (bool,)}
+    for key, kinds in lists.items():
+        value = row[key]
+        if not isinstance(value, list) or len(value) != samples or not all(
+                isinstance(x, kinds) for x in value):
+            return f"{key!r} must be a list of {samples} ({' or '.join(k.__name__ for k in kinds)})"
+    if row["correct"] != [a == problem.target for a in row["answers"]]:
+        return "'correct' does not match its answers"
+    return None
+
+
 def normalize_number(text: str) -> str | None:
     """"$1,234.50" -> "1234.5", "-3" -> "-3", "7." -> "7"; None if it is not a number."""
     cleaned = text.replace("$", "").replace(",", "").replace(" ", "").rstrip(".")

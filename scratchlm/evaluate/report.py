@@ -1,9 +1,9 @@
 """The report card of an evaluation and what it resumes from.
 
-    RUN/eval/RESULTS.json      {"model": ..., "tasks": {task: {metric: value, ...}}}
+    RUN/eval/RESULTS.json      {"model": ..., "identity": ..., "tasks": {task: {metric: ...}}}
     RUN/eval/RESULTS.md        the same as a markdown table
-    RUN/eval/cache/TASK.jsonl  one line per finished example (a header line first with the
-                               settings): an interrupted evaluation picks up from here
+    RUN/eval/cache/TASK.jsonl  one line per finished example: an interrupted evaluation picks
+                               up from here (``cache.py``)
 
 ``compare(a, b)`` lines two RESULTS.json up side by side with the deltas.
 """
@@ -12,42 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 SUMMARY_KEYS = ("bpb", "ppl", "tokens", "acc", "acc_norm", "exact_match", "pass@1",
                 "examples", "problems")
-
-
-class ResultCache:
-    """Per-example rows of one task under fixed settings, appended as they finish."""
-
-    def __init__(self, folder: Path, task: str, settings: dict):
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", task)[:120]
-        self.path = Path(folder) / "cache" / f"{safe}.jsonl"
-        self.settings = settings
-        self.done: dict[int, dict] = {}
-        if self.path.is_file():
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            header = json.loads(lines[0]) if lines else {}
-            if header.get("settings") == settings:
-                for line in lines[1:]:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        break  # a line cut short by the interruption: redo from there
-                    self.done[int(row["index"])] = row["row"]
-            else:  # other settings: start over rather than mix two evaluations
-                self.path.unlink()
-        if not self.path.is_file():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
-
-    def add(self, index: int, row: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"index": index, "row": row}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def summary(metrics: dict) -> dict:
@@ -55,14 +23,20 @@ def summary(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
 
 
-def write_results(folder: Path, model: str, results: dict[str, dict]) -> Path:
-    """RESULTS.json and RESULTS.md in ``folder`` (merged with tasks already there)."""
+def write_results(folder: Path, model: str, results: dict[str, dict],
+                  identity: dict | None = None) -> Path:
+    """RESULTS.json and RESULTS.md in ``folder``, merged with the tasks already there when
+    they are of the same model (``identity``, ``cache.model_identity``): another model's
+    results are replaced, never shown under this model's name."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "RESULTS.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
-    tasks = {**old.get("tasks", {}), **{k: summary(v) for k, v in results.items()}}
-    data = {"model": model, "tasks": tasks}
+    same = isinstance(old, dict) and old.get("identity") == identity and (
+        identity is not None or old.get("model") == model)
+    tasks = {**(old.get("tasks", {}) if same else {}),
+             **{k: summary(v) for k, v in results.items()}}
+    data = {"model": model, **({"identity": identity} if identity else {}), "tasks": tasks}
     tmp = path.with_suffix(".json.part")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)

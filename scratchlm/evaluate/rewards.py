@@ -74,13 +74,24 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
         if name not in NAMES:
             raise ValueError(f"unknown reward {name!r}: {', '.join(NAMES)} (name[:weight], "
                              "comma-separated)")
-        try:
-            out.append((name, float(weight) if weight else 1.0))
-        except ValueError:
-            raise ValueError(f"reward {part!r}: the weight is not a number") from None
+        out.append((name, _weight(part, weight)))
     if not out:
         raise ValueError("no reward given (--grpo.rewards answer,format:0.2, ...)")
     return out
+
+
+def _weight(part: str, text: str) -> float:
+    """The weight of one ``name:weight`` term; 1 when left out. NaN or inf are refused: one
+    such weight turns every summed reward, and so every advantage, into NaN."""
+    if not text:
+        return 1.0
+    try:
+        weight = float(text)
+    except ValueError:
+        raise ValueError(f"reward {part!r}: the weight is not a number") from None
+    if not math.isfinite(weight):
+        raise ValueError(f"reward {part!r}: the weight must be a finite number, got {text!r}")
+    return weight
 
 
 def build_reward(spec: str, tokenizer=None, length_penalty: float = 0.001,

@@ -127,6 +127,8 @@ class LoRALinear(nn.Module):
         super().__init__()
         if rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+        if not math.isfinite(alpha):  # a NaN scale turns every adapted output into NaN
+            raise ValueError(f"LoRA alpha must be a finite number, got {alpha}")
         if scaling not in ("book", "peft"):
             raise ValueError(f"scaling must be 'book' or 'peft', got {scaling!r}")
         self.in_features, self.out_features = base.in_features, base.out_features
@@ -366,10 +368,11 @@ def save_adapter(model: nn.Module, folder, cfg: LoraConfig) -> None:
 def load_adapter(model: nn.Module, folder) -> nn.Module:
     """Apply an adapter folder to a base model: ours (``lora.json``) or a PEFT LoRA folder
     (``adapter_config.json``, Llama models)."""
-    import json
     from pathlib import Path
 
     from safetensors.torch import load_file
+
+    from scratchlm.models.delta import read_lora_settings
 
     folder = Path(folder)
     if (folder / "adapter_config.json").is_file() and not (folder / "lora.json").is_file():
@@ -378,7 +381,7 @@ def load_adapter(model: nn.Module, folder) -> nn.Module:
         return load_peft_adapter(model, folder)
     if not (folder / "lora.json").is_file():
         raise FileNotFoundError(f"{folder}: no lora.json or adapter_config.json (not an adapter)")
-    s = json.loads((folder / "lora.json").read_text())
+    s = read_lora_settings(folder / "lora.json")  # every field checked, the file named
     apply_lora(model, s["rank"], s["alpha"], tuple(s["targets"]), 0.0, s["scaling"])
     state = load_file(folder / "adapter.safetensors")
     mine = adapter_state_dict(model)
@@ -400,13 +403,14 @@ def add_named_adapter(model: nn.Module, name: str, folder) -> None:
     """Load an adapter folder (``save_adapter``'s) under ``name`` next to those already on the
     model, and make it the active one. Adapters may differ in rank, alpha and targets; layers an
     adapter does not target are plain for it. Switch with ``set_adapter``."""
-    import json
     from pathlib import Path
 
     from safetensors.torch import load_file
 
+    from scratchlm.models.delta import read_lora_settings
+
     folder = Path(folder)
-    s = json.loads((folder / "lora.json").read_text())
+    s = read_lora_settings(folder / "lora.json")
     state = load_file(folder / "adapter.safetensors")
     bank = _bank(model)
     if not lora_modules(model):

@@ -5,6 +5,7 @@ model of the same weights, and load such a folder back onto our model."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -53,17 +54,40 @@ def save_peft_adapter(model: nn.Module, folder: str | Path, base_model: str = ""
     return folder
 
 
+PEFT_TARGETS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "out", "gate_proj": "ff",
+                "up_proj": "ff", "down_proj": "ff", "lm_head": "head"}
+
+
+def read_peft_config(path: Path) -> dict:
+    """``adapter_config.json`` with the fields we use checked, the file and field named: a NaN
+    ``lora_alpha`` would merge silently into a model that prints only "!"."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: not a PEFT adapter config ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: not a PEFT adapter config (a JSON object expected)")
+    if cfg.get("peft_type") != "LORA":
+        raise ValueError(f"{path.parent}: not a LoRA adapter ({cfg.get('peft_type')!r})")
+    r, alpha, targets = cfg.get("r"), cfg.get("lora_alpha"), cfg.get("target_modules")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"{path}: 'r' must be an integer >= 1, got {r!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise ValueError(f"{path}: 'lora_alpha' must be a finite number, got {alpha!r}")
+    if (not isinstance(targets, list) or not targets
+            or not all(isinstance(t, str) and t in PEFT_TARGETS for t in targets)):
+        raise ValueError(f"{path}: 'target_modules' must be a list of {', '.join(PEFT_TARGETS)}, "
+                         f"got {targets!r}")
+    return cfg
+
+
 def load_peft_adapter(model: nn.Module, folder: str | Path, scaling: str = "peft") -> nn.Module:
     """Apply a PEFT LoRA folder to our Llama model (wrapping the targeted projections)."""
     from scratchlm.finetune.lora import apply_lora
 
     folder = Path(folder)
-    cfg = json.loads((folder / "adapter_config.json").read_text())
-    if cfg.get("peft_type") != "LORA":
-        raise ValueError(f"{folder}: not a LoRA adapter ({cfg.get('peft_type')!r})")
-    names = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "out", "gate_proj": "ff",
-             "up_proj": "ff", "down_proj": "ff", "lm_head": "head"}
-    targets = sorted({names[t] for t in cfg["target_modules"]})
+    cfg = read_peft_config(folder / "adapter_config.json")
+    targets = sorted({PEFT_TARGETS[t] for t in cfg["target_modules"]})
     alpha = cfg["lora_alpha"] if scaling == "peft" else cfg["lora_alpha"] / cfg["r"]
     apply_lora(model, cfg["r"], alpha, targets, scaling=scaling)
     weights = load_file(folder / "adapter_model.safetensors")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scratchlm.data.instruction import Example, render
+from scratchlm.data.instruction import STYLES, Example, render
 from scratchlm.finetune.classification import class_logits
 
 
@@ -115,11 +115,27 @@ class RewardScorer:
         if not meta.is_file():
             raise FileNotFoundError(f"{folder}: no reward.json; is this the final/ folder of "
                                     "`scratchlm finetune reward`?")
+        style = cls.read_style(meta)  # before the weights load: a bad file fails fast
         model, tok = load_model_and_tokenizer(str(folder), device=device)
         if model.out_head.out_features != 1:
             raise ValueError(f"{folder}: the head has {model.out_head.out_features} outputs; "
                              "a reward model has one")
-        return cls(model, tok, json.loads(meta.read_text())["style"])
+        return cls(model, tok, style)
+
+    @staticmethod
+    def read_style(path: Path) -> str:
+        """The prompt style ``reward.json`` names, checked: a style the model was not trained
+        on would rate every answer in a prompt format it never saw."""
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"{path}: not a reward model's settings ({e})") from None
+        style = meta.get("style") if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or "style" not in meta:
+            raise ValueError(f"{path}: 'style' is missing (one of {', '.join(STYLES)})")
+        if not isinstance(style, str) or style not in STYLES:
+            raise ValueError(f"{path}: 'style' must be one of {', '.join(STYLES)}, got {style!r}")
+        return style
 
     @staticmethod
     def write_style(folder: str | Path, style: str) -> None:

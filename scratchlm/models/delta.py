@@ -5,7 +5,8 @@ SmolLM2-135M in fp32) for a 23 MB adapter is what filled a demo's disk. So a run
 frozen base writes its ``final/`` as
 
     config.json            our layout's config, with {"base": {"model": BASE}}: a preset name
-                           or the base folder's absolute path (another run's final/ works too)
+                           or the base folder's absolute path (another run's final/ works too;
+                           a relative path is read from the folder holding this file)
     adapter/               the LoRA (``lora.json`` + ``adapter.safetensors``, finetune/lora.py),
                            also what ``--adapter`` and the PEFT export read
     trained.safetensors    every other trained tensor (a classifier head, the last blocks)
@@ -20,6 +21,7 @@ have held (``--lora.save_merged`` still writes that).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -31,12 +33,47 @@ from scratchlm.models.loading import (HF_REPOS, LOCAL_GGUF, CheckpointError, loa
                                       write_config)
 
 
-def base_reference(base: str) -> str:
+def base_reference(base: str, relative_to: str | Path | None = None) -> str:
     """How config.json names the base: a preset as it is, a path made absolute (the run's
-    folder may be read from anywhere)."""
+    folder may be read from anywhere). A relative path read from a config.json is relative to
+    the folder holding it (``relative_to``), not to wherever the reader was started."""
     if base in HF_REPOS or base in LOCAL_GGUF:
         return base
-    return str(Path(base).resolve())
+    path = Path(base)
+    if relative_to is not None and not path.is_absolute():
+        path = Path(relative_to) / path
+    return str(path.resolve())
+
+
+def _named_base(ref: str) -> str | None:
+    """The base a delta folder's config.json names; None for anything that is not a delta
+    (a preset, a file, full weights, a damaged config: its loading reports those)."""
+    folder = Path(ref)
+    if ref in HF_REPOS or ref in LOCAL_GGUF or not (folder / "config.json").is_file() or (
+            folder / "model.safetensors").is_file():
+        return None
+    try:
+        base = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        name = base["scratchlm"]["base"]["model"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    return name if isinstance(name, str) and name else None
+
+
+def base_chain(name: str) -> list[str]:
+    """``name`` and every base it loads through, nearest first, each as ``base_reference``
+    writes it. Folders naming each other (or themselves) would load each other until Python's
+    recursion limit: that cycle is a CheckpointError naming the folders."""
+    chain = [base_reference(name)]
+    while (base := _named_base(chain[-1])) is not None:
+        nxt = base_reference(base, relative_to=chain[-1])
+        if nxt in chain:
+            loop = " -> ".join(chain[chain.index(nxt):] + [nxt])
+            raise CheckpointError(f"{Path(chain[-1]) / 'config.json'}: its base {base!r} "
+                                  f"leads back to itself ({loop}); a base must hold weights of "
+                                  "its own")
+        chain.append(nxt)
+    return chain
 
 
 def save_delta(model: nn.Module, folder: str | Path, base: str) -> Path:
@@ -74,6 +111,8 @@ def delta_state(folder: str | Path, base: dict, dtype: torch.dtype,
     name = base.get("model") if isinstance(base, dict) else None
     if not isinstance(name, str) or not name:
         raise CheckpointError(f"{folder / 'config.json'}: 'base' names no model")
+    base_chain(str(folder))  # a cycle is named here, before it recurses
+    name = base_reference(name, relative_to=folder)
     if name not in HF_REPOS and name not in LOCAL_GGUF and not Path(name).exists():
         raise CheckpointError(f"{folder / 'config.json'}: its base model {name} is missing; this "
                               "folder holds only what its run trained (write a whole model "
@@ -88,16 +127,58 @@ def delta_state(folder: str | Path, base: dict, dtype: torch.dtype,
     return state
 
 
+def _finite(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _rows_ok(parts) -> bool:
+    """``{"module": {"part": [start, stop], ...}, ...}`` with 0 <= start < stop."""
+    def span(r) -> bool:
+        return (isinstance(r, list) and len(r) == 2 and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in r) and 0 <= r[0] < r[1])
+    return isinstance(parts, dict) and all(
+        isinstance(m, dict) and all(span(r) for r in m.values()) for m in parts.values())
+
+
+def read_lora_settings(path: str | Path) -> dict:
+    """``lora.json`` (``finetune/lora.save_adapter``'s) with every field checked, and the
+    optional ones filled in: a NaN alpha or a rank of 0 would otherwise merge into weights
+    whose every token decodes as "!". Read here, below finetune/, since loading a delta needs
+    it; ``finetune/lora.py`` reads it through this too."""
+    path = Path(path)
+    try:
+        s = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a LoRA settings file ({e})") from None
+    if not isinstance(s, dict):
+        raise CheckpointError(f"{path}: not a LoRA settings file (a JSON object expected)")
+    s = {"scaling": "book", "dropout": 0.0, "parts": {}, **s}
+    checks = {
+        "rank": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                 "an integer >= 1"),
+        "alpha": (_finite, "a finite number"),
+        "targets": (lambda v: isinstance(v, list) and v and all(isinstance(t, str) for t in v),
+                    "a non-empty list of names"),
+        "scaling": (lambda v: v in ("book", "peft"), "'book' or 'peft'"),
+        "dropout": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+        "parts": (_rows_ok, "{module: {part: [start, stop]}}"),
+    }
+    for field, (ok, want) in checks.items():
+        if field not in s:
+            raise CheckpointError(f"{path}: {field!r} is missing ({want})")
+        if not ok(s[field]):
+            raise CheckpointError(f"{path}: {field!r} must be {want}, got {s[field]!r}")
+    return s
+
+
 def merge_adapter(state: dict[str, torch.Tensor], adapter: Path) -> None:
     """Fold ``adapter/`` into ``state``'s weights, in place (each weight is replaced, so a head
     tied to the embedding leaves the embedding as it was)."""
-    try:
-        settings = json.loads((adapter / "lora.json").read_text())
-        scale = (settings["alpha"] if settings.get("scaling", "book") == "book"
-                 else settings["alpha"] / settings["rank"])
-        parts = settings.get("parts", {})
-    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as e:
-        raise CheckpointError(f"{adapter / 'lora.json'}: not a LoRA settings file ({e})") from None
+    settings = read_lora_settings(adapter / "lora.json")
+    scale = (settings["alpha"] if settings["scaling"] == "book"
+             else settings["alpha"] / settings["rank"])
+    parts = settings["parts"]
     weights = _read(adapter / "adapter.safetensors")
     for key, a in weights.items():
         if ".lora_A." not in key:

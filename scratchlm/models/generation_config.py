@@ -8,6 +8,9 @@ file's ``general.sampling.temp`` / ``top_k`` / ``top_p``. A finetuning run's ``f
 stores only what it trained asks its base. Otherwise the documented default is greedy
 decoding (temperature 0): the answer a user can reproduce, and the one the book's chapter 5
 starts from. A request's own temperature, top_k and top_p always win (``resolve``).
+
+A generation_config.json field of the wrong type or range (``"do_sample": "no"``, a NaN or
+string temperature) is a ValueError naming the file and the field, never read as another value.
 """
 
 from __future__ import annotations
@@ -43,11 +46,33 @@ def _number(value, low: float, high: float, integer: bool = False):
     file never sets a NaN temperature)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
+    if not math.isfinite(value) or not low <= value <= high:
+        return None  # checked before int(): int(inf) raises
     if integer and value != int(value):
         return None
-    if not math.isfinite(value) or not low <= value <= high:
-        return None
     return int(value) if integer else float(value)
+
+
+# generation_config.json's sampling fields: (low, high, integer). null or left out: not set.
+HF_FIELDS = {"temperature": (0.0, 100.0, False), "top_k": (0, 1 << 31, True),
+             "top_p": (0.0, 1.0, False)}
+
+
+def _hf_fields(cfg: dict, path: Path) -> tuple[bool, dict]:
+    """``do_sample`` and the sampling fields of a generation_config.json, each checked: a
+    ``"do_sample": "no"`` is a string, and any non-empty string is true, so it would sample."""
+    sample = cfg.get("do_sample")
+    if sample is not None and not isinstance(sample, bool):
+        raise ValueError(f"{path}: 'do_sample' must be true or false, got {sample!r}")
+    values = {}
+    for field, (low, high, integer) in HF_FIELDS.items():
+        value = cfg.get(field)
+        if value is not None and _number(value, low, high, integer) is None:
+            want = (f"an integer in [{low}, {high}]" if integer
+                    else f"a number in [{low:g}, {high:g}]")
+            raise ValueError(f"{path}: {field!r} must be {want}, got {value!r}")
+        values[field] = value
+    return bool(sample), values
 
 
 def _settings(temperature, top_k, top_p, source: str) -> SamplingDefaults:
@@ -60,16 +85,21 @@ def _settings(temperature, top_k, top_p, source: str) -> SamplingDefaults:
                             None if p is None or p >= 1.0 or p == 0 else p, source)
 
 
-def from_hf(path: Path) -> SamplingDefaults | None:
+def from_hf(path: Path) -> SamplingDefaults:
+    """A generation_config.json's defaults; a file that is not JSON, or a field of the wrong
+    type or range, is a ValueError naming the file and the field (never read as something
+    else)."""
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a generation config ({e})") from None
     if not isinstance(cfg, dict):
-        return None
-    if not cfg.get("do_sample"):
+        raise ValueError(f"{path}: not a generation config (a JSON object expected)")
+    sample, values = _hf_fields(cfg, path)
+    if not sample:
         return replace(GREEDY, source=f"{path} (greedy: no do_sample)")
-    return _settings(cfg.get("temperature", 1.0), cfg.get("top_k", 50), cfg.get("top_p", 1.0),
+    defaults = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}  # Hugging Face's own
+    return _settings(*(defaults[f] if values[f] is None else values[f] for f in HF_FIELDS),
                      str(path))
 
 
@@ -83,6 +113,7 @@ def from_gguf(meta: dict, source: str) -> SamplingDefaults | None:
 def sampling_defaults(name: str, _depth: int = 0) -> SamplingDefaults:
     """The sampling defaults of a preset, a GGUF file or a model folder (see the module
     docstring); greedy when the model says nothing."""
+    from scratchlm.models.delta import base_reference
     from scratchlm.models.hub import fetch_hf_repo
     from scratchlm.models.loading import HF_REPOS, LOCAL_GGUF
 
@@ -103,6 +134,6 @@ def sampling_defaults(name: str, _depth: int = 0) -> SamplingDefaults:
                 base = meta["scratchlm"]["base"]["model"]
             except (OSError, ValueError, KeyError, TypeError):
                 base = None
-            if isinstance(base, str):
-                return sampling_defaults(base, _depth + 1)
+            if isinstance(base, str):  # a relative base is read from this folder, as loading does
+                return sampling_defaults(base_reference(base, relative_to=folder), _depth + 1)
     return found or GREEDY

@@ -9,7 +9,8 @@ Tasks (``scratchlm/evaluate/``): ``bpb:TEXT`` bits per byte and perplexity of a 
 name or text file (``lm.py``); ``choice:FILE[:LAYOUT]`` multiple choice by log-likelihood,
 ``acc`` and ``acc_norm`` (``choice.py``); ``gsm8k`` the GSM8K test set graded by its final
 number (``gsm8k.py``). Results go to RESULTS.json / RESULTS.md in ``--out`` (default: the
-run's ``eval/``); per-example rows are cached, so an interrupted evaluation resumes.
+run's ``eval/``); per-example rows are cached, so an interrupted evaluation resumes (only
+under the same model, settings and task file contents: ``evaluate/cache.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def _out_folder(cfg: EvaluateConfig) -> Path:
 
 
 def main(cfg: EvaluateConfig) -> dict:
+    from scratchlm.evaluate.cache import model_identity
     from scratchlm.evaluate.tasks import check_tasks, run_tasks
     from scratchlm.models.loading import load_model_and_tokenizer
 
@@ -40,7 +42,9 @@ def main(cfg: EvaluateConfig) -> dict:
         from scratchlm.finetune.lora import load_adapter, merge_lora
 
         merge_lora(load_adapter(model, cfg.adapter))
-    return run_tasks(model, tok, cfg.tasks, _out_folder(cfg), cfg.model, cfg.limit,
+    # what the cached rows are keyed by: the weights as loaded, the adapter and quantization too
+    identity = model_identity(cfg.model, cfg.adapter, cfg.quantize)
+    return run_tasks(model, tok, cfg.tasks, _out_folder(cfg), cfg.model, cfg.limit, identity,
                      lm=cfg.lm, choice=cfg.choice, gsm8k=cfg.gsm8k)
 
 

@@ -91,3 +91,10 @@ def test_a_reward_model_scores_a_batch_as_one_by_one(tmp_path, small_bpe):
     bad.batch = lambda ps, cs, rs: [bad(p, c, r) for p, c, r in zip(ps, cs, rs)]
     with pytest.raises(ValueError, match="example 1 .*not a finite number"):
         score_all(bad, prompts, completions, [""] * 12)
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf", "-inf", "1e999"])
+def test_a_non_finite_reward_weight_is_refused(weight):
+    # a NaN weight makes every summed reward NaN, and GRPO trains on NaN advantages
+    with pytest.raises(ValueError, match=f"reward 'answer:{weight}': .*finite"):
+        parse_spec(f"answer:{weight},format:0.2")

@@ -25,12 +25,23 @@ def test_hf_generation_config(tmp_path):
     d = from_hf(_write(tmp_path, {"do_sample": True, "temperature": 0.6, "top_p": 0.95,
                                   "top_k": 20}))
     assert (d.temperature, d.top_k, d.top_p) == (0.6, 20, 0.95)
-    # odd values are not trusted: a string, NaN-like or negative setting falls back
-    d = from_hf(_write(tmp_path, {"do_sample": True, "temperature": "hot", "top_k": -3,
-                                  "top_p": 7}))
-    assert (d.temperature, d.top_k, d.top_p) == (1.0, None, None)
-    (tmp_path / "generation_config.json").write_text("{not json")
-    assert from_hf(tmp_path / "generation_config.json") is None
+    d = from_hf(_write(tmp_path, {"do_sample": True, "temperature": None, "top_k": 20.0}))
+    assert (d.temperature, d.top_k, d.top_p) == (1.0, 20, None)  # null: not set
+
+
+@pytest.mark.parametrize("field,value", [
+    ("do_sample", "no"), ("do_sample", 1), ("temperature", "hot"), ("temperature", float("nan")),
+    ("temperature", -1), ("top_k", -3), ("top_k", 2.5), ("top_k", float("inf")), ("top_k", True),
+    ("top_p", 7), ("top_p", "0.9")])
+def test_a_generation_config_field_of_the_wrong_type_names_the_file_and_field(tmp_path, field,
+                                                                              value):
+    # "do_sample": "no" is a non-empty string, so it used to sample; odd numbers fell back silently
+    path = _write(tmp_path, {"do_sample": True, field: value})
+    with pytest.raises(ValueError, match=rf"generation_config.json: '{field}' must be"):
+        from_hf(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="generation_config.json: not a generation config"):
+        from_hf(path)
 
 
 def test_gguf_sampling_fields_and_resolve():
