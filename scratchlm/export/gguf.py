@@ -9,19 +9,21 @@ pre-tokenizer's llama.cpp name, control tokens, BOS/EOS and the chat template).
 
 Tensors: 1-D ones (norms, biases) in F32; matrices in ``dtype`` (F32, F16, BF16) or, with
 ``quant``, in Q8_0/Q4_0 (``export/quants.py``) when their rows are whole 32-weight blocks
-(others stay in ``dtype``, as llama.cpp's quantizer does). The file is written under a
-temporary name and renamed, so a crash never leaves a file that looks complete.
+(others stay in ``dtype``, as llama.cpp's quantizer does). The file is written under its own
+temporary name, flushed and renamed (``export/atomic.py``): a crash never leaves a file that
+looks complete, two writers to one path end with one whole file, and a full disk is one line
+naming the file and its disk.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from scratchlm.export.atomic import replace_file, staging
 from scratchlm.export.quants import QUANTS, can_quantize, quantize
 from scratchlm.export.vocab import ByteBPE, byte_bpe
 from scratchlm.models.convert.gguf import ARCHS, GGUFError, config_metadata
@@ -105,13 +107,26 @@ def write_gguf(model: nn.Module, tokenizer, path: str | Path, dtype: str = "f32"
             state[key] = state[key][:vocab_rows]
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    w = gguf.GGUFWriter(str(part), arch)
-    w.add_name(name or path.stem)
-    w.add_file_type(_FILE_TYPE[quant.lower() if quant else dtype])
-    if quant:
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    with staging(path) as part:  # a full disk: one line naming the file; no temporary left
+        w = gguf.GGUFWriter(str(part), arch)
+        try:
+            w.add_name(name or path.stem)
+            w.add_file_type(_FILE_TYPE[quant.lower() if quant else dtype])
+            if quant:
+                w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            _add_metadata(w, meta)
+            _add_vocab(w, bpe, tokens, types)
+            _add_tensors(w, arch, state, cfg, dtype, quant)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+        finally:
+            w.close()
+        replace_file(part, path)
+    return path
+
+
+def _add_metadata(w, meta: dict) -> None:
     for key, value in meta.items():
         if isinstance(value, str):
             w.add_string(key, value)
@@ -119,6 +134,9 @@ def write_gguf(model: nn.Module, tokenizer, path: str | Path, dtype: str = "f32"
             w.add_float32(key, value)
         else:
             w.add_uint32(key, int(value))
+
+
+def _add_vocab(w, bpe: ByteBPE, tokens: list[str], types: list[int]) -> None:
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(bpe.pre)
     w.add_token_list(tokens)
@@ -131,20 +149,13 @@ def write_gguf(model: nn.Module, tokenizer, path: str | Path, dtype: str = "f32"
     w.add_add_bos_token(False)
     if bpe.chat_template:
         w.add_chat_template(bpe.chat_template)
+
+
+def _add_tensors(w, arch: str, state: dict, cfg, dtype: str, quant: str | None) -> None:
     try:
         for gguf_name, array in ARCHS[arch].to_gguf(state, cfg):
             data, qtype = _encode(np.ascontiguousarray(array), dtype, quant)
             w.add_tensor(gguf_name, data, raw_dtype=qtype)
     except KeyError as e:
-        w.close()
-        part.unlink(missing_ok=True)
         raise GGUFError(f"{arch} GGUF has no tensor for our {e.args[0]!r} (LoRA must be merged "
                         "and int8 layers dequantized before export)") from None
-    try:
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-    finally:
-        w.close()
-    os.replace(part, path)
-    return path

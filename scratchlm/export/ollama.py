@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scratchlm.export.atomic import replace_file, staging
+
 _CHATML = ('{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n'
            '{{ end }}<|im_start|>assistant\n')
 _GEMMA = ('{{- range .Messages }}<start_of_turn>{{ if eq .Role "assistant" }}model'
@@ -50,6 +52,8 @@ def write_modelfile(gguf_path: Path, tokenizer, context_length: int) -> Path:
     bpe = byte_bpe(tokenizer)
     eos = bpe.tokens[bpe.eos_id] if bpe.eos_id is not None else None
     path = gguf_path.with_suffix(".Modelfile")
-    path.write_text(modelfile(gguf_path.name, bpe.chat_template, eos,
-                              context_length=min(context_length, 8192)))
+    with staging(path) as part:  # whole or not at all, as the GGUF beside it
+        part.write_text(modelfile(gguf_path.name, bpe.chat_template, eos,
+                                  context_length=min(context_length, 8192)))
+        replace_file(part, path)
     return path

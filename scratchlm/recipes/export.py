@@ -7,17 +7,18 @@
 GGUF (``export/gguf.py``): one file for llama.cpp, Ollama and LM Studio, with NAME.Modelfile
 beside it and the two ``ollama`` commands printed. HF (``export/hf.py``): a folder that
 ``transformers``' ``AutoModelForCausalLM`` / ``AutoTokenizer`` load. An adapter is merged
-first. Everything is written under a temporary name and renamed at the end, so an interrupted
-export never looks complete; an existing ``--out`` is refused unless ``--overwrite``.
+first. Everything is written under a temporary name of its own beside ``--out``, flushed and
+renamed at the end (``export/atomic.py``), so an interrupted export never looks complete, of two
+exports to one path the last to finish wins whole, and a full disk ends in one line naming the
+file and its disk; an existing ``--out`` is refused unless ``--overwrite``.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 
+from scratchlm.export.atomic import replace_file, replace_folder, staging
 from scratchlm.recipes.configs import ExportConfig  # noqa: F401 (its config)
 
 FORMATS = ("gguf", "hf")
@@ -73,11 +74,8 @@ def main(cfg: ExportConfig) -> dict:
     if cfg.adapter:
         merge_lora(load_adapter(model, cfg.adapter))
     name = cfg.name or out.stem
-    # the whole export goes to a temporary sibling, renamed into place when complete
-    stage = out.with_name(f".{out.name}.part")
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    try:
+    # each export writes into its own hidden folder beside --out and moves in when complete
+    with staging(out, folder=True) as stage:
         if cfg.format == "gguf":
             from scratchlm.export.gguf import write_gguf
             from scratchlm.export.ollama import write_modelfile
@@ -89,12 +87,10 @@ def main(cfg: ExportConfig) -> dict:
 
             dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
             write_hf(model, tok, stage, dtype[cfg.dtype], int(cfg.max_shard_gb * 1024**3))
+        # measured here: after the move --out may already hold another export's files
+        size = _size(stage / out.name if cfg.format == "gguf" else stage)
         _publish(stage, out, cfg.format)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     seconds = time.perf_counter() - t0
-    size = (out.stat().st_size if out.is_file()
-            else sum(f.stat().st_size for f in out.iterdir()))
     result = {"out": str(out), "format": cfg.format, "seconds": seconds,
               "bytes": size, "peak_rss_mb": _peak_rss_mb()}
     print(f"exported {cfg.model} -> {out} ({size / 1e6:.1f} MB) in {seconds:.1f}s, "
@@ -108,15 +104,16 @@ def main(cfg: ExportConfig) -> dict:
     return result
 
 
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size
+                                                          for f in path.iterdir())
+
+
 def _publish(stage: Path, out: Path, fmt: str) -> None:
-    """Move the finished export from ``stage`` to ``out`` (replacing an old one)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Move the finished export from ``stage`` onto ``out``, each file or the folder in one
+    rename (``export/atomic.py``); an old ``out`` is replaced and removed."""
     if fmt == "gguf":
-        os.replace(stage / out.name, out)
-        os.replace(stage / f"{out.stem}.Modelfile", out.with_suffix(".Modelfile"))
-        return
-    old = out.with_name(f".{out.name}.old")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(stage, out)
-    shutil.rmtree(old, ignore_errors=True)
+        replace_file(stage / out.name, out)
+        replace_file(stage / f"{out.stem}.Modelfile", out.with_suffix(".Modelfile"))
+    else:
+        replace_folder(stage, out)
