@@ -16,16 +16,19 @@ py="$tmp/venv/bin/python"
 "$py" -m pip install -q -r requirements/torch.txt
 "$py" -m uv pip install --python "$py" -q --upgrade -e ".[test,demo]" \
     -r requirements/model.txt
-echo "check_newest: versions newer than the lock:"
+echo "check_newest: versions that differ from the lock (a resolver may take an older release"
+echo "of one package to have the newest of another):"
 "$py" -m uv pip freeze --python "$py" | "$py" -c '
 import re, sys
-locked = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)", open("requirements/test.txt").read(), re.M))
 norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
-locked = {norm(k): v for k, v in locked.items()}
+locked = {}  # one package may be locked at several versions, by Python version (markers)
+for name, version in re.findall(r"^([A-Za-z0-9_.-]+)==([^ ;\\]+)",
+                                open("requirements/test.txt").read(), re.M):
+    locked.setdefault(norm(name), set()).add(version)
 for line in sys.stdin:
     name, _, version = line.strip().partition("==")
-    if version and norm(name) in locked and locked[norm(name)] != version:
-        print(f"  {name} {locked[norm(name)]} -> {version}")
+    if version and norm(name) in locked and version not in locked[norm(name)]:
+        print(f"  {name} {' / '.join(sorted(locked[norm(name)]))} -> {version}")
 '
 SCRATCHLM_MIRROR=${SCRATCHLM_MIRROR:-$( [ -d ../shared/data ] && cd ../shared/data && pwd )} \
     "$py" -m pytest -q -p no:cacheprovider "$@"

@@ -61,21 +61,6 @@ def _judge(cfg) -> bool:
     return bool(main(cfg)["scored"])
 
 
-def _pretrain(args) -> int:
-    from scratchlm.config import build
-    from scratchlm.recipes.pretrain import PretrainConfig, main
-
-    cfg = build(PretrainConfig, args, args.config)
-    if args.resume is not None:
-        cfg.resume = args.resume
-    result = main(cfg)
-    return 130 if result.interrupted else 0
-
-
-
-
-
-
 def _tune(cfg) -> bool:
     from scratchlm.recipes.registry import tunable
     from scratchlm.recipes.tune import run_study
@@ -96,7 +81,7 @@ def _run_recipe(recipe, args) -> int:
     from scratchlm.config import build
 
     config_cls, main = recipe.load()
-    main(build(config_cls, args, args.config))
+    main(build(config_cls, args, args.config))  # Ctrl-C: TrainingInterrupted, exit 130 (main)
     return 0
 
 
@@ -113,14 +98,12 @@ def _add_recipe(sub, recipe, with_flags: bool) -> None:
     if not with_flags:
         return
     d.add_argument("--config", default=None, help="a YAML/JSON file of config values")
-    if recipe.command == "pretrain":
+    config = recipe.config_class()
+    if hasattr(config, "resume"):  # every training recipe: --resume alone means the latest
         d.add_argument("--resume", nargs="?", const="latest", default=None,
                        help="continue from the latest checkpoint in --out (or the one given) "
                             "(default: none, a new run)")
-        add_arguments(d, recipe.config_class(), skip=frozenset({"resume"}))
-        d.set_defaults(func=_pretrain)
-        return
-    add_arguments(d, recipe.config_class())
+    add_arguments(d, config, skip=frozenset({"resume"}))
     d.set_defaults(func=functools.partial(_run_recipe, recipe))
 
 
@@ -215,15 +198,9 @@ def resolve(argv: list[str]):
     running it; None for commands without one (tune)."""
     from scratchlm.config import build
     from scratchlm.recipes import configs
-    from scratchlm.recipes.registry import RECIPES
 
     args = build_parser(argv).parse_args(argv)
     func = args.func
-    if func is _pretrain:
-        cfg = build(RECIPES["pretrain"].config_class(), args, args.config)
-        if args.resume is not None:
-            cfg.resume = args.resume
-        return cfg
     if isinstance(func, functools.partial) and func.func is _run_recipe:
         return build(func.args[0].config_class(), args, args.config)
     if isinstance(func, functools.partial) and func.func is _run_command:
@@ -236,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print(f"scratchlm {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a TrainingInterrupted says where its checkpoint is
+        print(f"scratchlm {args.command}: interrupted{f': {e}' if str(e) else ''}",
+              file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - sorted by known_error below
         # Known failure modes (bad input, damaged files, missing files, downloads) end with one

@@ -48,6 +48,7 @@ class ClassifyConfig:
     data: str = "sms-spam"
     out: str = "runs/classify"
     overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
+    resume: str = ""  # "latest" or a checkpoint folder of this run: continue it exactly
     text_col: str = "text"
     label_col: str = "label"
     trainable: str = "last_block"  # head | last_block | all (without LoRA)
@@ -70,6 +71,7 @@ class InstructConfig:
     data: str = "instruction-data"
     out: str = "runs/instruct"
     overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
+    resume: str = ""  # "latest" or a checkpoint folder of this run: continue it exactly
     epochs: int = 2
     max_new_tokens: int = 256
     response_batch: int = 8  # prompts per batch when writing test responses
@@ -97,6 +99,7 @@ class DPOConfig:
     data: str = "instruction-data-with-preference"
     out: str = "runs/dpo"
     overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
+    resume: str = ""  # "latest" or a checkpoint folder of this run: continue it exactly
     style: str = "auto"  # auto | alpaca | phi3 | chat (see finetune instruct)
     allowed_max_length: int = 1024
     limit: int | None = None  # use only the first N pairs
@@ -143,6 +146,7 @@ class RewardConfig:
     data: str = "instruction-data-with-preference"
     out: str = "runs/reward"
     overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
+    resume: str = ""  # "latest" or a checkpoint folder of this run: continue it exactly
     epochs: int = 1
     style: str = "auto"  # as finetune instruct: the chat template if any, else alpaca
     trainable: str = "last_block"  # head | last_block | all (without LoRA)
@@ -165,6 +169,7 @@ class TaggingConfig:
     test: str = ""
     out: str = "runs/tokens"
     overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
+    resume: str = ""  # "latest" or a checkpoint folder of this run: continue it exactly
     epochs: int = 3
     max_length: int = 256  # sub-word tokens per sentence
     trainable: str = "all"  # head | last_block | all (without LoRA)
@@ -184,6 +189,7 @@ class PromptConfig:
     task: str = "auto"  # auto | classify | instruct (auto: instruct for JSON, else classify)
     out: str = "runs/prompt"
     overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
+    resume: str = ""  # "latest" or a checkpoint folder of this run: continue it exactly
     num_virtual_tokens: int = 20
     init_text: str = ""  # "" = random initialisation
     label_words: list[str] = field(default_factory=list)  # default: the label names
@@ -207,6 +213,7 @@ class DistillConfig:
     data: list[str] = field(default_factory=lambda: ["tinyshakespeare"])
     out: str = "runs/distill"
     overwrite: bool = False  # replace a previous run in --out (see training/run_dir.py)
+    resume: str = ""  # "latest" or a checkpoint folder of this run: continue it exactly
     context_length: int | None = None  # training windows (default: the teacher's, up to 256)
     alpha: float = 0.5  # weight of the hard-label cross-entropy; 1 - alpha on the teacher's KL
     temperature: float = 2.0

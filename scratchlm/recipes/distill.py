@@ -71,7 +71,8 @@ def tokens_per_second(model, loader, batches: int, rt) -> float:
 
 def main(cfg: DistillConfig) -> dict:
     check_eval(cfg.eval)  # a bad --eval.tasks is refused before training
-    with training_session(cfg.train, cfg.out, overwrite=cfg.overwrite) as (rt, out):
+    with training_session(cfg.train, cfg.out, resume=cfg.resume,
+                          overwrite=cfg.overwrite) as (rt, out):
         teacher, tok = load_model_and_tokenizer(cfg.teacher, device=rt.device)
         student = build_student(cfg, teacher, rt.device)
         context = cfg.context_length or min(teacher.cfg.context_length,
@@ -94,7 +95,8 @@ def main(cfg: DistillConfig) -> dict:
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
         fit(student, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out,
-            {**to_dict(cfg), "model_config": student.cfg.to_dict()})
+            {**to_dict(cfg), "model_config": student.cfg.to_dict()},
+            resume=cfg.resume or None)
         after = ce(student)
         speed = (tokens_per_second(teacher, val_loader, cfg.speed_batches, rt),
                  tokens_per_second(student, val_loader, cfg.speed_batches, rt))

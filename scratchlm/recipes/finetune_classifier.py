@@ -34,7 +34,7 @@ from scratchlm.recipes.configs import ClassifyConfig, LoraConfig  # noqa: F401 (
 
 
 def main(cfg: ClassifyConfig) -> dict:
-    with training_session(cfg.train, cfg.out, seed=cfg.seed,
+    with training_session(cfg.train, cfg.out, seed=cfg.seed, resume=cfg.resume,
                           overwrite=cfg.overwrite) as (rt, out):
         model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
         pad = tok.eos_id if tok.eos_id is not None else 0
@@ -80,7 +80,7 @@ def main(cfg: ClassifyConfig) -> dict:
                               f"training (first {n_train_eval})", f"validation (all {len(val_ds)})")
 
         fit(model, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out,
-            to_dict(cfg), on_eval=on_eval)
+            to_dict(cfg), on_eval=on_eval, resume=cfg.resume or None)
         result = {name: calc_accuracy_loader(model, loader, rt.device)
                   for name, loader in loaders.items()}
         tqdm.write(f"accuracy: train {result['train']:.2%}, validation {result['val']:.2%}, "

@@ -33,7 +33,8 @@ from scratchlm.recipes.configs import DPOConfig, DPOSettings  # noqa: F401 (its 
 
 def main(cfg: DPOConfig) -> dict:
     check_eval(cfg.eval)  # a bad --eval.tasks is refused before training
-    with training_session(cfg.train, cfg.out, overwrite=cfg.overwrite) as (rt, out):
+    with training_session(cfg.train, cfg.out, resume=cfg.resume,
+                          overwrite=cfg.overwrite) as (rt, out):
         model, tok, style, (train_ex, val_ex, test_ex), pad = load_for_finetuning(
             cfg.model, cfg.data, cfg.style, cfg.limit, None, rt.device)
         train_ds, test_ds = PreferenceDataset(train_ex, tok, style), PreferenceDataset(test_ex, tok, style)
@@ -57,7 +58,7 @@ def main(cfg: DPOConfig) -> dict:
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
         fit(model, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out, to_dict(cfg),
-            collate_fn=collate)
+            collate_fn=collate, resume=cfg.resume or None)
         after = evaluate_preferences(loss_module, test_loader, rt.device)
         tqdm.write(f"held-out pairs: loss {before.loss:.4f} -> {after.loss:.4f}, reward margin "
                    f"{before.margin:.3f} -> {after.margin:.3f}, preference accuracy "

@@ -111,11 +111,12 @@ def main(cfg: GRPOConfig) -> dict:
         raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
     from scratchlm.evaluate.rewards import build_reward, parse_spec
 
-    if cfg.grpo.reward_model and "reward_model" not in dict(parse_spec(cfg.grpo.rewards)):
+    specs = dict(parse_spec(cfg.grpo.rewards))  # a bad name or weight fails before any folder
+    if cfg.grpo.reward_model and "reward_model" not in specs:
         raise ValueError("--grpo.reward_model is given but --grpo.rewards has no reward_model "
                          "term (e.g. --grpo.rewards reward_model or answer,reward_model:0.5)")
     checked = cfg.task in CHECKED
-    if not checked and set(dict(parse_spec(cfg.grpo.rewards))) & {"answer", "format"}:
+    if not checked and set(specs) & {"answer", "format"}:
         raise ValueError(f"--task {cfg.task} has no answers to check: --grpo.rewards takes "
                          "reward_model (and length), e.g. --grpo.rewards reward_model "
                          "--grpo.reward_model runs/reward/final")
@@ -190,15 +191,18 @@ def main(cfg: GRPOConfig) -> dict:
             return {f"heldout_{what}": acc}
 
         t1 = time.perf_counter()
-        fit(model, trainer, optimizer, PromptIndices(len(train_prompts)), None, cfg.train, rt,
-            out, to_dict(cfg), on_eval=on_eval, resume=cfg.resume or None)
+        # Ctrl-C: fit saves a checkpoint and raises, so no held-out pass or final/ follows
+        done = fit(model, trainer, optimizer, PromptIndices(len(train_prompts)), None,
+                   cfg.train, rt, out, to_dict(cfg), on_eval=on_eval,
+                   resume=cfg.resume or None).step
         train_s = time.perf_counter() - t1
-        if last.get("step") == cfg.train.max_steps:
+        if last.get("step") == done:
             after, texts_after = last["acc"], last["texts"]
-        else:  # interrupted, or resumed at the end
+        else:  # resumed at or past the end: no evaluation ran in this process
             after, texts_after = held_out()
-        tqdm.write(f"held-out {what} {shown(before)} -> {shown(after)} after "
-                   f"{cfg.train.max_steps} steps ({train_s / 60:.1f} min of training)")
+        # the steps the model has taken (a resumed run's include the earlier process's)
+        tqdm.write(f"held-out {what} {shown(before)} -> {shown(after)} after {done} steps "
+                   f"({train_s / 60:.1f} min of training in this process)")
         result = {"task": cfg.task, "trainable": trainable, f"{what}_before": before,
                   f"{what}_after": after, "train_minutes": train_s / 60,
                   "heldout": len(test_prompts)}

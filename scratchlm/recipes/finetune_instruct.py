@@ -43,7 +43,8 @@ def parse_moe_train(spec: str) -> list[int]:
 
 def main(cfg: InstructConfig) -> dict:
     check_eval(cfg.eval)  # a bad --eval.tasks is refused before training
-    with training_session(cfg.train, cfg.out, overwrite=cfg.overwrite) as (rt, out):
+    with training_session(cfg.train, cfg.out, resume=cfg.resume,
+                          overwrite=cfg.overwrite) as (rt, out):
         model, tok, style, (train_ex, val_ex, test_ex), pad = load_for_finetuning(
             cfg.model, cfg.data, cfg.style, cfg.limit, cfg.split_seed, rt.device)
         make = lambda ex: InstructionDataset(ex, tok, style, cfg.mask_prompt)  # noqa: E731
@@ -81,7 +82,8 @@ def main(cfg: InstructConfig) -> dict:
             tqdm.write(f"sample after step {step}: {answer!r}")
 
         fit(model, trainer, optimizer, train_ds, val_ds if len(val_ds) else None, cfg.train,
-            rt, out, to_dict(cfg), on_eval=on_eval, collate_fn=collate)
+            rt, out, to_dict(cfg), on_eval=on_eval, collate_fn=collate,
+            resume=cfg.resume or None)
         after = dataset_loss(loss_module, test_ds, collate, rt, cfg.train.batch_size)
         tqdm.write(f"test loss after: {after:.3f} (before {before:.3f})")
         result = {"style": style, "trainable": trainable, "test_loss_before": before,

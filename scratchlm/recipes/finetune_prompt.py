@@ -49,7 +49,7 @@ def resolve_task(cfg: PromptConfig) -> str:
 
 def main(cfg: PromptConfig) -> dict:
     task = resolve_task(cfg)
-    with training_session(cfg.train, cfg.out, seed=cfg.seed,
+    with training_session(cfg.train, cfg.out, seed=cfg.seed, resume=cfg.resume,
                           overwrite=cfg.overwrite) as (rt, out):
         if task == "classify":
             model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
@@ -97,7 +97,7 @@ def main(cfg: PromptConfig) -> dict:
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
         fit(tuned, trainer, optimizer, train_ds, val_ds if len(val_ds) else None, cfg.train,
-            rt, out, to_dict(cfg), collate_fn=collate)
+            rt, out, to_dict(cfg), collate_fn=collate, resume=cfg.resume or None)
         if task == "classify":
             result["test_accuracy"] = accuracy()
             tqdm.write(f"test accuracy after: {result['test_accuracy']:.2%}")

@@ -33,7 +33,8 @@ from scratchlm.recipes.configs import RewardConfig  # noqa: F401 (its config)
 
 
 def main(cfg: RewardConfig) -> dict:
-    with training_session(cfg.train, cfg.out, overwrite=cfg.overwrite) as (rt, out):
+    with training_session(cfg.train, cfg.out, resume=cfg.resume,
+                          overwrite=cfg.overwrite) as (rt, out):
         model, tok, style, (train_ex, val_ex, test_ex), pad = load_for_finetuning(
             cfg.model, cfg.data, cfg.style, cfg.limit, cfg.split_seed, rt.device)
         train_ds = PreferenceDataset(train_ex, tok, style)
@@ -52,7 +53,7 @@ def main(cfg: RewardConfig) -> dict:
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
         fit(model, trainer, optimizer, train_ds, held_out, cfg.train, rt, out,
-            to_dict(cfg), collate_fn=collate)
+            to_dict(cfg), collate_fn=collate, resume=cfg.resume or None)
         after = evaluate_rewards(model, loader, rt.device)
         tqdm.write(f"held-out preference accuracy after: {after.accuracy:.1%} (margin "
                    f"{after.margin:.2f}, loss {after.loss:.3f})")

@@ -49,7 +49,8 @@ def load_splits(cfg: TaggingConfig):
 
 
 def main(cfg: TaggingConfig) -> dict:
-    with training_session(cfg.train, cfg.out, overwrite=cfg.overwrite) as (rt, out):
+    with training_session(cfg.train, cfg.out, resume=cfg.resume,
+                          overwrite=cfg.overwrite) as (rt, out):
         train_s, val_s, test_s = load_splits(cfg)  # bad data fails before any weights load
         model, tok = load_model_and_tokenizer(cfg.model, device=rt.device)
         tags = tag_vocabulary(train_s)
@@ -71,7 +72,7 @@ def main(cfg: TaggingConfig) -> dict:
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
         fit(model, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out,
-            to_dict(cfg), collate_fn=collate)
+            to_dict(cfg), collate_fn=collate, resume=cfg.resume or None)
         after = entity_scores(*predict_tags(model, test_loader, tags, rt.device))
         for kind, row in after.items():
             tqdm.write(f"{kind:>10}: precision {row['precision']:.3f} recall {row['recall']:.3f} "

@@ -6,7 +6,8 @@
 Data: text files (tokenized in memory; the last ``val_fraction`` of tokens is the validation
 set), registered data set names (``the-verdict``, ``tinyshakespeare``), or one folder of token
 shards from ``scratchlm prepare`` (the last ``val_fraction`` of windows is validation).
-Outputs in ``--out``: config.json, metrics.csv, tb/, loss.png, checkpoints/, final/.
+Outputs in ``--out``: config.json, metrics.csv, tb/, loss.png, checkpoints/, final/ (not after
+Ctrl-C: the checkpoint is saved, and ``--resume`` continues).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from scratchlm.models.registry import FAMILIES, build_model, family_named, famil
 from scratchlm.models.loading import save_pretrained
 from scratchlm.tokenizers import get_tokenizer, save_tokenizer
 from scratchlm.training.prepare import is_sharded, prepare_training, whole_model
-from scratchlm.training.run_dir import claim_run_dir, finish_run
+from scratchlm.training.run_dir import claim_run_dir, finish_run, release_run_dir
 from scratchlm.training.loop import FitResult, fit
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import build_optimizer
@@ -93,6 +94,8 @@ def main(cfg: PretrainConfig) -> FitResult:
     rt = setup_runtime(cfg.train.precision, cfg.train.device, cfg.train.seed)
     out = Path(cfg.out)
     try:
+        if rt.is_main:  # first: a folder in use or holding another run is refused at once
+            claim_run_dir(out, cfg.resume, cfg.overwrite)
         tokenizer = get_tokenizer(cfg.tokenizer)
         model_cfg = build_model_config(cfg, tokenizer.vocab_size)
         train_ds, val_ds = text_datasets(cfg.data, cfg.val_fraction, tokenizer,
@@ -101,7 +104,6 @@ def main(cfg: PretrainConfig) -> FitResult:
         model = build_model(model_cfg).to(rt.device)
         n_params = count_parameters(model)
         if rt.is_main:
-            claim_run_dir(out, cfg.resume, cfg.overwrite)
             out.mkdir(parents=True, exist_ok=True)
             resolved = {**to_dict(cfg), "model_family": family_of(model_cfg).name,
                         "model_config": model_cfg.to_dict()}
@@ -136,9 +138,9 @@ def main(cfg: PretrainConfig) -> FitResult:
             save_pretrained(final, out / "final")
             evaluate_final(cfg.eval, final, tokenizer, out, str(out / "final"))
             save_tokenizer(tokenizer, out / "final")  # final/ works on its own
-            if not result.interrupted:
-                finish_run(out, cfg.train.keep_checkpoints)
+            finish_run(out, cfg.train.keep_checkpoints)
         return result
     finally:
+        release_run_dir(out)  # also after an error or Ctrl-C (a no-op off the main rank)
         teardown_runtime(rt)
 

@@ -9,6 +9,10 @@ checkpoints and exact resume, Ctrl-C handling, a progress bar.
         every log_every: a metrics row      every eval_every: val loss, plot, on_eval()
         every save_every (and at the end, and on Ctrl-C): a checkpoint
 
+Ctrl-C finishes the step, saves a checkpoint and raises ``TrainingInterrupted``: the recipe
+stops there, writing no ``final/`` from a partly trained model, and ``scratchlm`` exits 130;
+``--resume`` continues the run exactly.
+
 What the recipe brings: the model, a loss module around it (already wrapped by DDP/FSDP if
 distributed), the optimizer, and datasets of (inputs, targets) pairs.
 """
@@ -50,7 +54,11 @@ class FitResult:
     tokens: int
     train_losses: list[float] = field(default_factory=list)  # per optimizer step
     val_losses: list[tuple[int, float]] = field(default_factory=list)
-    interrupted: bool = False
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped ``fit`` after saving a checkpoint. A KeyboardInterrupt, so that a recipe
+    cannot carry on to write ``final/`` by accident and the command line exits 130."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -160,7 +168,8 @@ def fit(
     A loss module with ``step_metrics()`` adds its statistics to each metrics row (averaged
     over the steps since the last row); one with ``has_eval_loss = False`` (GRPO) has no
     loss on held-out batches, so evaluations only call ``on_eval``. ``on_eval(step)`` may
-    return a dict of metrics, logged at that step."""
+    return a dict of metrics, logged at that step. Ctrl-C: a checkpoint, then
+    ``TrainingInterrupted`` (the module docstring)."""
     if cfg.max_steps < 1:
         raise ValueError(f"--train.max_steps must be >= 1, got {cfg.max_steps}")
     run_dir = Path(run_dir)
@@ -307,7 +316,10 @@ def fit(
                 val_loss = None
                 if eval_loss:
                     train_loss = evaluate_loss(loss_module, train_eval_loader, rt)
-                    val_loss = evaluate_loss(loss_module, val_loader, rt) if val_loader else None
+                    # every rank joins the all-reduce, also one whose share of the validation
+                    # windows is empty (an empty DataLoader is falsy)
+                    val_loss = (evaluate_loss(loss_module, val_loader, rt)
+                                if val_loader is not None else None)
                     metrics.log(step, tokens=state["tokens"], train_eval_loss=train_loss,
                                 val_loss=val_loss,
                                 val_ppl=ppl(val_loss))
@@ -333,12 +345,17 @@ def fit(
             if step % cfg.save_every == 0 or step == cfg.max_steps or stop.stop:
                 save()
             if stop.stop:
-                result.interrupted = True
                 break
     finally:
         bar.close()
         metrics.close()
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
+    if stop.stop:
+        done = state["step"]
+        raise TrainingInterrupted(
+            f"stopped after step {done} of {cfg.max_steps}; the checkpoint "
+            f"{run_dir / 'checkpoints' / f'step-{done:06d}'} holds it: run the same command "
+            "with --resume to continue")
     result.step, result.tokens = state["step"], state["tokens"]
     return result

@@ -24,7 +24,7 @@ from scratchlm.nn.moe import moe_layers
 from scratchlm.nn.nf4 import NF4Linear
 from scratchlm.training.distributed import (  # noqa: F401 (is_sharded, whole_model re-exported)
     STRATEGIES, is_sharded, parallelize, whole_model)
-from scratchlm.training.run_dir import claim_run_dir, finish_run
+from scratchlm.training.run_dir import claim_run_dir, finish_run, release_run_dir
 from scratchlm.training.runtime import Runtime, setup_runtime, teardown_runtime
 
 
@@ -90,4 +90,5 @@ def training_session(train, out: str | Path, seed: int | None = None, *,
         if rt.is_main:
             finish_run(out, train.keep_checkpoints)
     finally:
+        release_run_dir(out)  # a failed run in a long-lived process lets others in
         teardown_runtime(rt)

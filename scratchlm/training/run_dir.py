@@ -10,14 +10,40 @@ A run that ends well has its model in ``final/``; its checkpoints (the weights a
 optimizer's two moments: three times the model) are then removed by ``finish_run`` unless
 ``--train.keep_checkpoints`` asks to keep them for a later ``--resume``. A run that fails or is
 interrupted keeps them.
+
+One run at a time: ``claim_run_dir`` takes an exclusive ``flock`` on ``OUT/.lock`` (holding the
+holder's pid) before it looks at the folder, so two runs started (or resumed) into one ``--out``
+at the same moment cannot mix their metrics or prune each other's checkpoints; the second is
+refused at once, naming the first's pid. The lock lives as long as the open file (and forked
+DataLoader workers, which share it): until ``release_run_dir`` (``finish_run`` calls it) or the
+end of the process, when the kernel drops it even after SIGKILL, so a crash never leaves a stale
+lock. Under torchrun only the main rank claims the folder, so the ranks of one run never refuse
+each other.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
+from typing import IO
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs there are not guarded against each other
+    fcntl = None
 
 RUN_OUTPUTS = ("checkpoints", "final", "metrics.csv", "tb", "eval")
+LOCK_FILE = ".lock"
+
+# The run folders this process holds: each open lock file keeps its lock. Keyed by the
+# resolved folder, so a process may claim its own folder again (an in-process resume after a
+# failed run, a test) without refusing itself.
+_held: dict[Path, IO[str]] = {}
+
+
+class RunDirBusy(RuntimeError):
+    """Another live process holds the run folder's lock."""
 
 
 def previous_run(out: str | Path) -> list[str]:
@@ -32,13 +58,16 @@ def previous_run(out: str | Path) -> list[str]:
 
 def claim_run_dir(out: str | Path, resume: str | bool | None = None,
                   overwrite: bool = False) -> None:
-    """Make ``out`` ready for a new run (or a resumed one): refuse a folder that holds another
-    run unless ``resume`` continues it or ``overwrite`` replaces it."""
+    """Make ``out`` ready for a new run (or a resumed one): lock it for this process (a folder
+    another live run holds is refused), then refuse a folder that holds another run unless
+    ``resume`` continues it or ``overwrite`` replaces it."""
     out = Path(out)
+    lock_run_dir(out)
     found = previous_run(out)
     if not found or resume:
         return
     if not overwrite:
+        release_run_dir(out)  # refused: no run of ours will use it
         raise FileExistsError(
             f"{out} holds a previous run ({', '.join(found)}); pass --resume to continue it, "
             "--overwrite to replace it, or choose another --out")
@@ -52,10 +81,46 @@ def claim_run_dir(out: str | Path, resume: str | bool | None = None,
         plot.unlink()
 
 
+def lock_run_dir(out: str | Path) -> None:
+    """Hold an exclusive lock on ``out`` (created if needed) until ``release_run_dir`` or the
+    end of this process; ``RunDirBusy`` naming the holder's pid when another process has it."""
+    key = Path(out).resolve()
+    if fcntl is None or key in _held:
+        return
+    key.mkdir(parents=True, exist_ok=True)
+    f = open(key / LOCK_FILE, "a+", encoding="utf-8")  # "a+": the holder's pid is not wiped
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown: it is starting"
+        f.close()
+        raise RunDirBusy(f"{out} is in use by another run (pid {holder}); wait for it to end, "
+                         "or choose another --out") from None
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _held[key] = f
+
+
+def release_run_dir(out: str | Path) -> None:
+    """Let another process use ``out`` (a no-op when this process does not hold it)."""
+    f = _held.pop(Path(out).resolve(), None)
+    if f is not None:
+        f.close()  # closing the only descriptor drops the flock
+
+
 def finish_run(out: str | Path, keep_checkpoints: bool) -> None:
     """After a run that ended well: remove ``checkpoints/`` when ``final/`` holds the model and
-    the checkpoints were not asked for."""
-    out = Path(out)
+    the checkpoints were not asked for; then release the folder's lock (last: a run let in
+    earlier could lose the checkpoints it resumes from)."""
+    try:
+        _remove_checkpoints(Path(out), keep_checkpoints)
+    finally:
+        release_run_dir(out)
+
+
+def _remove_checkpoints(out: Path, keep_checkpoints: bool) -> None:
     ckpts = out / "checkpoints"
     if keep_checkpoints or not (out / "final").is_dir() or not ckpts.is_dir():
         return

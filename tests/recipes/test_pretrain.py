@@ -144,6 +144,8 @@ def test_ctrl_c_saves_a_checkpoint_then_resume_finishes(tmp_path):
     ckpt = latest_checkpoint(run)
     assert ckpt is not None and int(ckpt.name.split("-")[1]) >= 3
     step = int(ckpt.name.split("-")[1])
+    assert f"stopped after step {step} of 100000; the checkpoint {ckpt} holds it" in err
+    assert not (run / "final").exists()  # no model from a partly trained run
     r = subprocess.run([sys.executable, "-m", "scratchlm", "pretrain", *TINY_FLAGS, "--out", str(run),
                         "--train.max_steps", str(step + 2), "--resume"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
