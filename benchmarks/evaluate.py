@@ -22,7 +22,7 @@ import torch
 
 
 def items(n: int, seed: int = 0) -> list[tuple[str, list[str]]]:
-    from scratchlm.data.sources import fetch
+    from scratchlm.downloads.sources import fetch
 
     words = fetch("the-verdict").read_text(encoding="utf-8").split()
     rng = random.Random(seed)

@@ -31,7 +31,7 @@ def hf_from(model):
 
     import transformers
 
-    from scratchlm.models.loading import save_hf
+    from scratchlm.checkpoints.hf import save_hf
 
     with tempfile.TemporaryDirectory() as d:
         save_hf(model, d)
@@ -129,8 +129,8 @@ def int8_speed(name: str, fp32, int8, hf, vocab: int, new_tokens: int, rounds: i
 
 def bench_int8(new_tokens: int, rounds: int) -> None:
     """SmolLM2 with weight-only int8: the perplexity cost on tinyshakespeare, and its speed."""
-    from scratchlm.data.sources import fetch
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.downloads.sources import fetch
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
 
     fp32, tok = load_model_and_tokenizer("smollm2-135m-instruct")
     int8, _ = load_model_and_tokenizer("smollm2-135m-instruct", quantize="int8")
@@ -236,7 +236,7 @@ def llama_cpp_speed(engines: dict, prompts: dict, long: torch.Tensor, new_tokens
     import llama_cpp
     from llama_cpp import Llama
 
-    from scratchlm.models.loading import smollm2_gguf
+    from scratchlm.checkpoints.names import smollm2_gguf
 
     threads = torch.get_num_threads()
     global _QUIET  # kept alive: llama.cpp calls it until the process ends
@@ -365,7 +365,8 @@ def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False) -> None:
     gguf``): batch-1 and batch-8 greedy decode, a 512-token prompt, the loaded model's memory
     against the file, and the bytes a decode step reads against this CPU's bandwidth."""
     from scratchlm.generation.engine import Engine
-    from scratchlm.models.loading import load_model_and_tokenizer, smollm2_gguf
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
+    from scratchlm.checkpoints.names import smollm2_gguf
 
     models = {q or "fp32": load_model_and_tokenizer("smollm2-135m-instruct", quantize=q)[0]
               for q in (None, "int8", "gguf")}
@@ -475,7 +476,7 @@ def main():
         bench_families(args.new_tokens, args.rounds)
         return
     from scratchlm.models.gpt import GPT, GPTConfig
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
     from scratchlm.nn.quant import quantize_int8
 
     torch.manual_seed(0)

@@ -172,7 +172,7 @@ class Bench:
         import transformers
 
         from scratchlm.finetune.lora import apply_lora
-        from scratchlm.models.loading import load_hf_llama
+        from scratchlm.checkpoints.hf import load_hf_llama
         from scratchlm.training.losses import causal_lm_loss
 
         folder = self.smollm2_folder()
@@ -225,7 +225,7 @@ class Bench:
         from generation import time_hf, time_ours
 
         from scratchlm.generation.engine import Engine
-        from scratchlm.models.loading import load_hf_llama
+        from scratchlm.checkpoints.hf import load_hf_llama
 
         folder = self.smollm2_folder()
         dtype = torch.bfloat16 if self.cuda else torch.float32

@@ -56,11 +56,11 @@ class _NoStop:
 
 
 def build_ours(folder, items, tokens, checkpointing=True):
-    from scratchlm.evaluate.rewards import build_reward
+    from scratchlm.rl.rewards import build_reward
     from scratchlm.finetune.config import GRPOSettings
     from scratchlm.finetune.lora import apply_lora
-    from scratchlm.generation.rollout import GRPOLoss, Prompt
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.rl.rollout import GRPOLoss, Prompt
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
     from scratchlm.training.optim import build_optimizer
 
     model, tok = load_model_and_tokenizer(str(folder))
@@ -99,7 +99,7 @@ def build_trl(folder, items, tokens):
     answers = {q: a for q, _, a in items}
 
     def reward(prompts, completions, **kw):
-        from scratchlm.evaluate.rewards import answer_reward
+        from scratchlm.rl.rewards import answer_reward
 
         return [answer_reward(p, c, answers[p]) for p, c in zip(prompts, completions)]
 
@@ -143,7 +143,7 @@ def step_trl(state) -> tuple[float, float]:
 
 def export(folder) -> None:
     from scratchlm.export.hf import write_hf
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer("smollm2-135m-instruct")
     write_hf(model, tok, folder)

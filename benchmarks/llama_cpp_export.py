@@ -66,7 +66,7 @@ def ours_decode(engine, ids: list[int], n: int) -> float:
 
 def smollm2(tmp: Path, args) -> None:
     from scratchlm.generation.engine import Engine
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
     from scratchlm.tokenizers.chat import encode_chat
 
     for quant in ("q8_0", "q4_0"):
@@ -99,8 +99,8 @@ def smollm2(tmp: Path, args) -> None:
 
 
 def from_scratch(tmp: Path, args) -> None:
-    from scratchlm.data.sources import fetch
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.downloads.sources import fetch
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
     from scratchlm.recipes.configs import PretrainConfig
     from scratchlm.recipes.pretrain import main as pretrain
     from scratchlm.tokenizers import BPETokenizer

@@ -73,7 +73,7 @@ def worker(which: str, targets: str, folder: str, steps: int, batch: int, seq: i
             return model(input_ids=x, labels=x).loss
     else:
         from scratchlm.finetune.lora import apply_lora
-        from scratchlm.models.loading import load_hf_llama
+        from scratchlm.checkpoints.hf import load_hf_llama
         from scratchlm.training.losses import causal_lm_loss
 
         model = load_hf_llama(folder)

@@ -10,7 +10,7 @@ time between tokens.
 The peer, by hand (llama.cpp's OpenAI-compatible server, same model file, same threads):
 
     pip install 'llama-cpp-python[server]'
-    python -m llama_cpp.server --model $(python -c "from scratchlm.models.loading import \\
+    python -m llama_cpp.server --model $(python -c "from scratchlm.checkpoints.names import \\
         smollm2_gguf; print(smollm2_gguf())") --n_threads 2 --n_threads_batch 2 --port 8001
     python benchmarks/serve_load.py --url http://127.0.0.1:8001
 

@@ -35,7 +35,7 @@ def main():
     args = ap.parse_args()
 
     from scratchlm.data.shards import prepare
-    from scratchlm.data.sources import fetch
+    from scratchlm.downloads.sources import fetch
     from scratchlm.tokenizers import BPETokenizer, get_tokenizer
 
     text = fetch("tinyshakespeare").read_text(encoding="utf-8")

@@ -19,11 +19,11 @@ class LLM:
     def __init__(self, model, tokenizer, name: str = "model", defaults=None,
                  prefill: str = "fp32"):
         from scratchlm.generation.engine import Engine
-        from scratchlm.models.generation_config import GREEDY
+        from scratchlm.checkpoints.generation_config import GREEDY
 
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.engine = Engine(model, prefill=prefill)
-        # how the model asks to be sampled when a call says nothing (models/generation_config.py)
+        # how the model asks to be sampled when a call says nothing (checkpoints/generation_config.py)
         self.defaults = defaults or GREEDY
 
     @classmethod
@@ -35,8 +35,8 @@ class LLM:
         ``device`` (cpu | cuda | cuda:N) and ``dtype`` (fp32 | bf16 | fp16) say where it runs;
         ``prefill`` (fp32 | bf16 | auto) the precision of prompt processing (see ``Engine``);
         ``quantize``: None (or "none"), int8, gguf or auto (a GGUF file's own blocks on the CPU
-        in fp32, unless an adapter needs float weights; ``models/loading.auto_quantize``)."""
-        from scratchlm.models.loading import load_model_and_tokenizer
+        in fp32, unless an adapter needs float weights; ``checkpoints/load.auto_quantize``)."""
+        from scratchlm.checkpoints.load import load_model_and_tokenizer
         from scratchlm.models.placement import placement
 
         dev, dt = placement(device, dtype)
@@ -48,7 +48,7 @@ class LLM:
 
             load_adapter(model, adapter)
             model.eval()
-        from scratchlm.models.generation_config import sampling_defaults
+        from scratchlm.checkpoints.generation_config import sampling_defaults
 
         return cls(model, tok, Path(str(name)).name if Path(str(name)).exists() else str(name),
                    sampling_defaults(name), prefill)

@@ -28,7 +28,7 @@ def _prepare(cfg) -> None:
     from pathlib import Path
 
     from scratchlm.data.shards import prepare
-    from scratchlm.data.sources import SOURCES, fetch
+    from scratchlm.downloads.sources import SOURCES, fetch
 
     if not cfg.data or not cfg.out:
         raise ValueError("prepare needs --data FILE... and --out DIR")
@@ -155,7 +155,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         return d
 
     command(sub, "demo", "run the whole lifecycle on embedded defaults", "DemoConfig",
-            "scratchlm.recipes.demo:main")
+            "scratchlm.demo:main")
     command(sub, "prepare", "tokenize text files into memory-mapped token shards",
             "PrepareConfig", "scratchlm.cli:_prepare")
     ft = sub.add_parser("finetune", help="finetune a pretrained model").add_subparsers(

@@ -134,7 +134,7 @@ def gpt2_scratch():
 
 @pytest.fixture(scope="session")
 def verdict_text():
-    from scratchlm.data.sources import fetch
+    from scratchlm.downloads.sources import fetch
 
     return fetch("the-verdict").read_text(encoding="utf-8")
 
@@ -149,8 +149,9 @@ def tiny_chat_model(tmp_path_factory):
 
         from scratchlm.models.convert.gguf import read_gguf
         from scratchlm.models.llama import Llama, LlamaConfig
-        from scratchlm.models.gguf_tokenizer import gguf_tokenizer
-        from scratchlm.models.loading import save_pretrained, smollm2_gguf
+        from scratchlm.checkpoints.gguf_tokenizer import gguf_tokenizer
+        from scratchlm.checkpoints.names import smollm2_gguf
+        from scratchlm.checkpoints.ours import save_pretrained
         from scratchlm.tokenizers import save_tokenizer
 
         tok = gguf_tokenizer(read_gguf(smollm2_gguf())[0])

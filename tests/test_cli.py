@@ -67,7 +67,7 @@ def test_generate_from_a_saved_model(tmp_path):
 
     from scratchlm.generation.sampling import generate
     from scratchlm.models.gpt import GPT, GPTConfig
-    from scratchlm.models.loading import save_pretrained
+    from scratchlm.checkpoints.ours import save_pretrained
 
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_name("gpt-tiny")).eval()

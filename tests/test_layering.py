@@ -1,15 +1,10 @@
-"""Dependencies point one way (STYLE.md):
-nn -> models -> (tokenizers, data) -> (finetune, export) -> training -> (generation, evaluate)
--> recipes -> cli/serve.
-A module may import from its own layer or lower ones, never from a higher one, and importing
-the package does no work (no torch import from ``import scratchlm``).
-
-``models/loading.py`` reads checkpoints that it may first download (``models/hub.py``), so
-both sit with ``data`` (layer 2), as do ``models/delta.py``, which loads a finetuned model's base through it,
-``models/generation_config.py`` and ``models/gguf_tokenizer.py`` (which builds a tokenizer);
-``models/__init__`` may re-export it lazily (a package's own submodule).
-``recipes/demo.py`` runs every stage of the lifecycle, the server included, so it sits with
-cli/serve/api (layer 7)."""
+"""Dependencies point one way (STYLE.md, docs/architecture.md):
+(config, nn) -> models -> (downloads, tokenizers, data, checkpoints) -> (finetune, export) -> training
+-> (generation, evaluate) -> rl -> recipes -> (demo, cli, serve, api) -> __main__.
+A module may import from its own layer or lower ones, never from a higher one; packages on one
+layer never import each other both ways (no circle); and importing the package does no work (no
+torch import from ``import scratchlm``). Each package has one layer: no file is placed apart.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +15,9 @@ import sys
 from conftest import ROOT
 
 LAYERS = {
-    "models.loading": 2, "models.hub": 2, "models.delta": 2, "models.generation_config": 2,
-    "models.gguf_tokenizer": 2, "recipes.demo": 7,
-    "nn": 0, "models": 1, "tokenizers": 2, "data": 2, "finetune": 3, "export": 3,
-    "training": 4,
-    "evaluate": 5, "generation": 5, "recipes": 6, "cli": 7, "serve": 7, "api": 7, "__main__": 8,
+    "config": 0, "nn": 0, "models": 1, "downloads": 2, "tokenizers": 2, "data": 2, "checkpoints": 2,
+    "finetune": 3, "export": 3, "training": 4, "evaluate": 5, "generation": 5, "rl": 6,
+    "recipes": 7, "demo": 8, "cli": 8, "serve": 8, "api": 8, "__main__": 9,
 }
 
 
@@ -32,9 +25,35 @@ def _layer(module: str) -> int | None:
     parts = module.split(".")
     if parts[0] != "scratchlm" or len(parts) < 2:
         return None
-    if ".".join(parts[1:3]) in LAYERS:
-        return LAYERS[".".join(parts[1:3])]
     return LAYERS.get(parts[1])
+
+
+def _imports(path):
+    """The scratchlm modules a file imports (at the top or inside functions)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+def test_every_package_has_a_layer():
+    packages = {p.name for p in (ROOT / "scratchlm").iterdir()
+                if p.is_dir() and any(p.glob("*.py"))}
+    modules = {p.stem for p in (ROOT / "scratchlm").glob("*.py") if p.stem != "__init__"}
+    assert packages | modules == set(LAYERS)
+
+
+def test_packages_of_one_layer_do_not_import_each_other_both_ways():
+    edges = set()
+    for path in (ROOT / "scratchlm").rglob("*.py"):
+        own = path.relative_to(ROOT / "scratchlm").parts[0].removesuffix(".py")
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[0] == "scratchlm" and len(parts) > 1 and parts[1] != own:
+                edges.add((own, parts[1]))
+    circles = sorted(f"{a} <-> {b}" for a, b in edges if (b, a) in edges and a < b)
+    assert not circles, "\n".join(circles)
 
 
 def test_imports_point_down():
@@ -45,18 +64,10 @@ def test_imports_point_down():
         own = _layer(mod)
         if own is None:
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            for name in names:
-                dep = _layer(name)
-                if path.name == "__init__.py" and name.startswith(mod.removesuffix(".__init__")):
-                    continue  # a package re-exporting its own submodule
-                if dep is not None and dep > own:
-                    bad.append(f"{mod} imports {name}")
+        for name in _imports(path):
+            dep = _layer(name)
+            if dep is not None and dep > own:
+                bad.append(f"{mod} imports {name}")
     assert not bad, "\n".join(bad)
 
 
@@ -69,12 +80,13 @@ def test_import_does_no_work():
 def test_recipes_do_not_import_each_other():
     """A recipe composes library pieces; what two recipes share lives in a lower layer
     (``finetune/setup.py``, ``training/``, ``generation/responses.py``, ``data/``). The demo,
-    which runs every recipe in turn, is the one exception; the tables every recipe reads
-    (``recipes/configs.py``, the config dataclasses; ``recipes/registry.py``) are no recipes."""
+    which runs every recipe in turn, sits above them (``scratchlm/demo.py``); the tables every
+    recipe reads (``recipes/configs.py``, the config dataclasses; ``recipes/registry.py``) are
+    no recipes."""
     tables = ("scratchlm.recipes.configs", "scratchlm.recipes.registry")
     bad = []
     for path in (ROOT / "scratchlm" / "recipes").glob("*.py"):
-        if path.stem in ("demo", "__init__", "configs", "registry"):
+        if path.stem in ("__init__", "configs", "registry"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(

@@ -209,7 +209,7 @@ def classification_splits(data: str, text_col: str = "text", label_col: str = "l
     """(train, val, test rows, label -> id) for ``sms-spam`` (balanced, as the book) or a
     CSV/TSV/JSONL table, split 70/10/20 with ``seed``; the splits are written as CSV files
     under ``out/data/`` when ``out`` is given."""
-    from scratchlm.data.sources import fetch
+    from scratchlm.downloads.sources import fetch
 
     if data == "sms-spam":
         rows = balance(read_sms_spam(fetch("sms-spam")), seed=seed)

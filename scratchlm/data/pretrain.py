@@ -108,10 +108,10 @@ class ShardDataset(Dataset):
 
 def text_datasets(data: list[str], val_fraction: float, tokenizer, context: int):
     """(train, val) datasets of (inputs, targets) windows of ``context`` tokens from text files
-    or registered data set names (``data/sources.py``), or from one shard folder."""
+    or registered data set names (``downloads/sources.py``), or from one shard folder."""
     from torch.utils.data import Subset
 
-    from scratchlm.data.sources import SOURCES, fetch
+    from scratchlm.downloads.sources import SOURCES, fetch
     if len(data) == 1 and (Path(data[0]) / "meta.json").is_file():
         ds = ShardDataset(data[0], context)
         n_val = int(len(ds) * val_fraction)

@@ -76,8 +76,8 @@ def _fingerprint(paths: list[str]) -> str:
 def model_identity(name: str, adapter: str | None = None, quantize: str | None = None) -> dict:
     """What ``name`` meant when rows were computed: a preset as it is, a file or folder by its
     resolved path and the fingerprint of its files and of every base a delta ``final/`` loads
-    through (``models/delta.base_chain``); a merged ``adapter`` and a ``quantize`` mode too."""
-    from scratchlm.models.delta import base_chain, base_reference
+    through (``checkpoints/delta.base_chain``); a merged ``adapter`` and a ``quantize`` mode too."""
+    from scratchlm.checkpoints.delta import base_chain, base_reference
 
     chain = base_chain(name)
     identity = {"model": chain[0], "fingerprint": _fingerprint(chain)}

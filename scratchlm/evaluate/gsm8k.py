@@ -53,7 +53,7 @@ class Problem:
 def load_gsm8k(split: str = "test", limit: int | None = None) -> list[Problem]:
     """The official files (``data/sources``: cache, mirror or download), ``train`` or
     ``test``; every line checked."""
-    from scratchlm.data.sources import fetch
+    from scratchlm.downloads.sources import fetch
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")

@@ -31,7 +31,7 @@ class ScratchLM(LM):
     def __init__(self, pretrained: str, adapter: str | None = None, quantize: str | None = None,
                  max_gen_toks: int = 256, batch_size: int | str = 8, **_unused) -> None:
         super().__init__()
-        from scratchlm.models.loading import load_model_and_tokenizer
+        from scratchlm.checkpoints.load import load_model_and_tokenizer
 
         self.model, self.tokenizer = load_model_and_tokenizer(pretrained, quantize=quantize)
         if adapter:

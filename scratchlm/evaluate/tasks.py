@@ -28,7 +28,7 @@ def check_tasks(tasks: list[str], limit: int | None = None) -> None:
 
 
 def _text(spec: str, limit: int | None) -> str:
-    from scratchlm.data.sources import SOURCES, fetch
+    from scratchlm.downloads.sources import SOURCES, fetch
 
     path = fetch(spec, progress=False) if spec in SOURCES else Path(spec)
     if not path.is_file():
@@ -88,7 +88,7 @@ def _choice_task(task: str, rest: str, model, tok, out: Path, limit: int | None,
 
 def _gsm8k_task(task: str, model, tok, out: Path, limit: int | None, gsm8k: Gsm8kSettings,
                 identity: dict | None) -> dict:
-    from scratchlm.data.sources import fetch
+    from scratchlm.downloads.sources import fetch
     from scratchlm.evaluate.cache import ResultCache, file_sha256
     from scratchlm.evaluate.gsm8k import evaluate_gsm8k, load_gsm8k, row_problem
 

@@ -27,7 +27,8 @@ from scratchlm.export.atomic import replace_file, staging
 from scratchlm.export.quants import QUANTS, can_quantize, quantize
 from scratchlm.export.vocab import ByteBPE, byte_bpe
 from scratchlm.models.convert.gguf import ARCHS, GGUFError, config_metadata
-from scratchlm.models.loading import class_head_size, unique_state_dict
+from scratchlm.checkpoints.files import unique_state_dict
+from scratchlm.checkpoints.ours import class_head_size
 from scratchlm.models.registry import family_of
 
 DTYPES = ("f32", "f16", "bf16")

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from scratchlm.export.vocab import byte_bpe
-from scratchlm.models.loading import HF_SHARD_BYTES, class_head_size, save_hf
+from scratchlm.checkpoints.hf import HF_SHARD_BYTES, save_hf
+from scratchlm.checkpoints.ours import class_head_size
 from scratchlm.tokenizers import HFTokenizer
 
 def _write_json(path: Path, obj: dict) -> None:

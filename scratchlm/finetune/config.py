@@ -1,5 +1,5 @@
 """``LoraConfig``: the LoRA settings recipes nest as ``lora`` (``--lora.rank``), and
-``GRPOSettings`` (``--grpo.*``, see ``finetune/grpo.py``). No torch here."""
+``GRPOSettings`` (``--grpo.*``, see ``rl/grpo.py``). No torch here."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class LoraConfig:
     scaling: str = "book"  # book: alpha; peft: alpha / rank
     quantize_base: str | None = None  # "nf4": QLoRA, the adapted base weights in 4-bit NF4; "nf4-dq": double quantization
     save_merged: bool = False  # also write the whole merged model to final/ (otherwise final/
-    # holds the adapter and the other trained tensors, loaded over the base; models/delta.py)
+    # holds the adapter and the other trained tensors, loaded over the base; checkpoints/delta.py)
 
 
 @dataclass

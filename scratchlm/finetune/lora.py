@@ -358,7 +358,7 @@ def save_adapter(model: nn.Module, folder, cfg: LoraConfig) -> None:
     settings = {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
                 "dropout": cfg.dropout, "scaling": cfg.scaling,
                 # the output rows each part adapts, where it is not the whole weight (GPT's
-                # fused qkv): what folding the adapter into a weight needs (models/delta.py)
+                # fused qkv): what folding the adapter into a weight needs (checkpoints/delta.py)
                 "parts": {name: {part: [sl.start, sl.stop] for part, sl in m.parts.items()}
                           for name, m in lora_modules(model).items()
                           if list(m.parts) != ["all"]}}
@@ -372,7 +372,7 @@ def load_adapter(model: nn.Module, folder) -> nn.Module:
 
     from safetensors.torch import load_file
 
-    from scratchlm.models.delta import read_lora_settings
+    from scratchlm.checkpoints.delta import read_lora_settings
 
     folder = Path(folder)
     if (folder / "adapter_config.json").is_file() and not (folder / "lora.json").is_file():
@@ -407,7 +407,7 @@ def add_named_adapter(model: nn.Module, name: str, folder) -> None:
 
     from safetensors.torch import load_file
 
-    from scratchlm.models.delta import read_lora_settings
+    from scratchlm.checkpoints.delta import read_lora_settings
 
     folder = Path(folder)
     s = read_lora_settings(folder / "lora.json")

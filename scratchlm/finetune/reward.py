@@ -109,7 +109,7 @@ class RewardScorer:
 
     @classmethod
     def load(cls, folder: str | Path, device="cpu") -> "RewardScorer":
-        from scratchlm.models.loading import load_model_and_tokenizer
+        from scratchlm.checkpoints.load import load_model_and_tokenizer
 
         meta = Path(folder) / "reward.json"
         if not meta.is_file():
@@ -144,7 +144,7 @@ class RewardScorer:
 
     def save(self, folder: str | Path) -> None:
         """The model, its tokenizer and ``reward.json`` in ``folder``: what ``load`` reads."""
-        from scratchlm.models.loading import save_pretrained
+        from scratchlm.checkpoints.ours import save_pretrained
         from scratchlm.tokenizers import save_tokenizer
 
         save_pretrained(self.model, folder)

@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from scratchlm.data.instruction import read_examples, split_examples
-from scratchlm.data.sources import SOURCES, fetch
+from scratchlm.downloads.sources import SOURCES, fetch
 from scratchlm.finetune.lora import LoraConfig, apply_lora, merge_lora, save_adapter
-from scratchlm.models.delta import save_delta
-from scratchlm.models.loading import load_model_and_tokenizer, load_pretrained, save_pretrained
+from scratchlm.checkpoints.delta import save_delta
+from scratchlm.checkpoints.load import load_model_and_tokenizer, load_pretrained
+from scratchlm.checkpoints.ours import save_pretrained
 from scratchlm.tokenizers import save_tokenizer
 
 
@@ -44,7 +45,7 @@ def apply_lora_config(model, cfg: LoraConfig) -> None:
 
 def save_final(model, tokenizer, final: Path, lora: LoraConfig, base: str) -> None:
     """A run's ``final/``, with its tokenizer. With a frozen base (LoRA, a head, the last
-    blocks) it holds what was trained over ``base`` (``models/delta.py``): ``adapter/`` and
+    blocks) it holds what was trained over ``base`` (``checkpoints/delta.py``): ``adapter/`` and
     ``trained.safetensors``, which ``load_pretrained`` folds into the base. ``lora.save_merged``
     (and a model trained whole) writes the whole model instead, LoRA merged."""
     if lora.rank > 0:

@@ -106,7 +106,7 @@ class Engine:
         """(new tokens, their log-probabilities) per row, the stop token included when a row
         hit one. The log-probability is the token's under the distribution sampled from before
         top-k / top-p filtering: ``log_softmax(logits / temperature)`` (plain logits when
-        greedy), which is what a trainer recomputes (``finetune/grpo.py``)."""
+        greedy), which is what a trainer recomputes (``rl/grpo.py``)."""
         outs: list[tuple[list[int], list[float]]] = [([], []) for _ in prompts]
         for step, lps in self._steps(prompts, params, logprobs=True):
             for (ids, lp), tok, value in zip(outs, step, lps):

@@ -1,8 +1,3 @@
-"""Model families (modules only), their presets, and weight loading."""
-
-
-def load_pretrained(name: str, **kwargs):
-    """Load a pretrained model by preset name or path; see ``scratchlm.models.loading``."""
-    from scratchlm.models.loading import load_pretrained as _load
-
-    return _load(name, **kwargs)
+"""Model families: their modules, presets, the registry that names them, and the key maps
+between our weight names and other layouts (``convert/``). No file or network I/O: reading and
+writing checkpoints is ``scratchlm.checkpoints``."""

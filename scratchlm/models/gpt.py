@@ -7,7 +7,7 @@
              x = x + drop(ff(norm2(x)))
       -> final_norm -> out_head                              (B, T, vocab_size)
 
-Loading weights lives in ``models/convert`` and ``models/loading.py``; counting parameters and
+Loading weights lives in ``models/convert`` and ``checkpoints/``; counting parameters and
 FLOPs in ``models/accounting.py``.
 """
 

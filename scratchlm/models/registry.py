@@ -45,7 +45,7 @@ class Family:
     # MoE, attention biases) are added from the config by ``model_features``.
     features: frozenset = field(default_factory=frozenset)
     # Weight names (ours or Hugging Face's) only this family has: a checkpoint of another
-    # family is told from a damaged one by them (models/loading.py).
+    # family is told from a damaged one by them (checkpoints/).
     weight_marks: tuple[str, ...] = ()
 
     def hf(self) -> ModuleType:

@@ -14,7 +14,7 @@ The completion rows' logits equal the whole rows' (the same attention over the s
 and the prompt's gradient is the sum of its G uses, as it is for G copies. It speaks the
 ``attend`` / ``positions`` / ``advance`` protocol of ``nn/kv_cache.py``'s caches, so every
 model family that takes a cache takes it. Block checkpointing recomputes a block in backward
-and would store the prompt's keys again; the caller runs without it (``finetune/grpo.py``).
+and would store the prompt's keys again; the caller runs without it (``rl/grpo.py``).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ def reply(engine: Engine, tokenizer, messages: list[dict], params: SamplingParam
 
 
 def main(cfg: ChatConfig, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
-    from scratchlm.models.generation_config import sampling_defaults
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.generation_config import sampling_defaults
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
     from scratchlm.models.placement import placement
 
     device, dtype = placement(cfg.device, cfg.dtype)

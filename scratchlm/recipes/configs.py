@@ -303,7 +303,7 @@ class ServeConfig:
             raise ValueError(f"--prefill must be fp32, bf16 or auto, got {self.prefill!r}")
 
 
-# ---- scratchlm demo: recipes/demo.py
+# ---- scratchlm demo: demo.py
 STAGES = ("tokenizer", "pretrain", "chat", "classify", "instruct", "serve")
 
 
@@ -312,7 +312,7 @@ class DemoConfig:
     out: str = "runs/demo"
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     fast: bool = False
-    corpus: str = "tinyshakespeare"  # a registered data set name (see data/sources.py)
+    corpus: str = "tinyshakespeare"  # a registered data set name (see downloads/sources.py)
     bpe_vocab_size: int = 4096
     precision: str = "auto"  # of the training stages: auto (bf16 autocast where the CPU has
     # bf16 matrix units, as avx512_bf16 or AMX, or on CUDA; else fp32) | fp32 | bf16

@@ -26,7 +26,8 @@ from scratchlm.data.pretrain import text_datasets
 from scratchlm.finetune.distill import (DistillationLoss, check_same_vocabulary,
                                         student_from_teacher)
 from scratchlm.models.accounting import count_parameters
-from scratchlm.models.loading import load_model_and_tokenizer, save_pretrained
+from scratchlm.checkpoints.load import load_model_and_tokenizer
+from scratchlm.checkpoints.ours import save_pretrained
 from scratchlm.models.registry import family_of
 from scratchlm.tokenizers import save_tokenizer
 from scratchlm.training.evaluation import evaluate_loss, perplexity

@@ -32,7 +32,7 @@ def _out_folder(cfg: EvaluateConfig) -> Path:
 def main(cfg: EvaluateConfig) -> dict:
     from scratchlm.evaluate.cache import model_identity
     from scratchlm.evaluate.tasks import check_tasks, run_tasks
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
 
     if not cfg.model:
         raise ValueError("--model is required")

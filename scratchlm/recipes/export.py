@@ -66,7 +66,7 @@ def main(cfg: ExportConfig) -> dict:
     import torch
 
     from scratchlm.finetune.lora import load_adapter, merge_lora
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
 
     out = _check(cfg)
     t0 = time.perf_counter()

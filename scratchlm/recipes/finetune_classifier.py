@@ -25,7 +25,7 @@ from scratchlm.finetune.classification import (
 )
 from scratchlm.finetune.setup import save_final
 from scratchlm.models.accounting import count_parameters
-from scratchlm.models.loading import load_model_and_tokenizer
+from scratchlm.checkpoints.load import load_model_and_tokenizer
 from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.optim import build_optimizer
 from scratchlm.training.plots import plot_accuracy

@@ -1,6 +1,6 @@
 """``scratchlm finetune grpo``: reinforcement learning with GRPO on verifiable rewards (or a
-reward model: RLHF), on the shared training loop. See ``finetune/grpo.py`` for the loss and
-``generation/rollout.py`` for the rollouts.
+reward model: RLHF), on the shared training loop. See ``rl/grpo.py`` for the loss and
+``rl/rollout.py`` for the rollouts.
 
     scratchlm finetune grpo --task arithmetic --lora.rank 16 --train.max_steps 20
     scratchlm finetune grpo --task gsm8k --grpo.rewards answer,format:0.2 --grpo.beta 0.04
@@ -32,11 +32,11 @@ from tqdm.auto import tqdm
 
 from scratchlm.config import to_dict
 from scratchlm.evaluate.tasks import check_eval, evaluate_final
-from scratchlm.finetune.grpo import check_settings
+from scratchlm.rl.grpo import check_settings
 from scratchlm.finetune.setup import apply_lora_config, save_final
-from scratchlm.generation.rollout import GRPOLoss, Prompt, greedy_accuracy, greedy_reward
+from scratchlm.rl.rollout import GRPOLoss, Prompt, greedy_accuracy, greedy_reward
 from scratchlm.models.accounting import count_parameters
-from scratchlm.models.loading import load_model_and_tokenizer
+from scratchlm.checkpoints.load import load_model_and_tokenizer
 from scratchlm.recipes.configs import GRPOConfig  # noqa: F401 (its config)
 from scratchlm.training.loop import fit
 from scratchlm.training.optim import build_optimizer
@@ -109,7 +109,7 @@ def main(cfg: GRPOConfig) -> dict:
     check_settings(cfg.grpo)
     if cfg.task not in TASKS:
         raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
-    from scratchlm.evaluate.rewards import build_reward, parse_spec
+    from scratchlm.rl.rewards import build_reward, parse_spec
 
     specs = dict(parse_spec(cfg.grpo.rewards))  # a bad name or weight fails before any folder
     if cfg.grpo.reward_model and "reward_model" not in specs:

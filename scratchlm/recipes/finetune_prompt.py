@@ -28,7 +28,7 @@ from scratchlm.data.classification import classification_splits, label_prompt, l
 from scratchlm.data.instruction import InstructionCollate, InstructionDataset
 from scratchlm.finetune.prompt_tuning import PromptTuned, classify_by_label_words, save_prompt
 from scratchlm.models.accounting import count_parameters
-from scratchlm.models.loading import load_model_and_tokenizer
+from scratchlm.checkpoints.load import load_model_and_tokenizer
 from scratchlm.finetune.setup import load_for_finetuning
 from scratchlm.training.evaluation import dataset_loss, evaluate_loss
 from scratchlm.training.loop import fit, set_epochs

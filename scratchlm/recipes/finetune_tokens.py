@@ -24,7 +24,7 @@ from scratchlm.evaluate.entities import entity_scores
 from scratchlm.finetune.classification import prepare_head_finetuning
 from scratchlm.finetune.token_classification import TaggingLoss, predict_tags
 from scratchlm.models.accounting import count_parameters
-from scratchlm.models.loading import load_model_and_tokenizer
+from scratchlm.checkpoints.load import load_model_and_tokenizer
 from scratchlm.finetune.setup import save_final
 from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.optim import build_optimizer

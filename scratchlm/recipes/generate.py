@@ -14,7 +14,7 @@ from scratchlm.recipes.configs import GenerateConfig  # noqa: F401 (its config)
 
 
 def main(cfg: GenerateConfig) -> str:
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
     from scratchlm.tokenizers import get_tokenizer
 
     if not cfg.model:
@@ -26,7 +26,7 @@ def main(cfg: GenerateConfig) -> str:
     model, tokenizer = load_model_and_tokenizer(cfg.model, dtype, device, quantize=cfg.quantize)
     if cfg.tokenizer:
         tokenizer = get_tokenizer(cfg.tokenizer)
-    from scratchlm.models.generation_config import sampling_defaults
+    from scratchlm.checkpoints.generation_config import sampling_defaults
 
     temperature, top_k, top_p = sampling_defaults(cfg.model).resolve(cfg.temperature, cfg.top_k,
                                                                      cfg.top_p)

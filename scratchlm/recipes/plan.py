@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from scratchlm.config import load_file
-from scratchlm.models.loading import LOCAL_GGUF
+from scratchlm.checkpoints.names import LOCAL_GGUF
 from scratchlm.models.registry import family_for_hf, family_named, preset, preset_names
 from scratchlm.recipes.configs import PlanConfig
 from scratchlm.training.planner import Plan, format_plan, plan

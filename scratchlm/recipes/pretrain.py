@@ -24,7 +24,7 @@ from scratchlm.evaluate.tasks import check_eval, evaluate_final
 from scratchlm.generation.sampling import generate, text_to_token_ids, token_ids_to_text
 from scratchlm.models.accounting import count_parameters, flops_per_token
 from scratchlm.models.registry import FAMILIES, build_model, family_named, family_of, preset
-from scratchlm.models.loading import save_pretrained
+from scratchlm.checkpoints.ours import save_pretrained
 from scratchlm.tokenizers import get_tokenizer, save_tokenizer
 from scratchlm.training.prepare import is_sharded, prepare_training, whole_model
 from scratchlm.training.run_dir import claim_run_dir, finish_run, release_run_dir

@@ -18,7 +18,7 @@ __all__ = [
 
 def gpt2_files() -> tuple[Path, Path]:
     """Local paths of GPT-2's encoder.json and vocab.bpe (cache, mirror or download)."""
-    from scratchlm.data.sources import fetch
+    from scratchlm.downloads.sources import fetch
 
     return fetch("gpt2-encoder", progress=False), fetch("gpt2-vocab", progress=False)
 

@@ -39,8 +39,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from scratchlm.data.download import sha256_file
-from scratchlm.models.loading import unique_state_dict
+from scratchlm.downloads.download import sha256_file
+from scratchlm.checkpoints.files import unique_state_dict
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 

@@ -19,7 +19,7 @@ from scratchlm.data.instruction import (
     render_prompt,
     split_examples,
 )
-from scratchlm.data.sources import fetch
+from scratchlm.downloads.sources import fetch
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,8 @@ def test_masked_prompt_targets_only_response(book_data, gpt2_tok):
 
 def test_chat_template_targets_assistant_turns():
     from scratchlm.models.convert.gguf import read_gguf
-    from scratchlm.models.gguf_tokenizer import gguf_tokenizer
-    from scratchlm.models.loading import smollm2_gguf
+    from scratchlm.checkpoints.gguf_tokenizer import gguf_tokenizer
+    from scratchlm.checkpoints.names import smollm2_gguf
     from scratchlm.tokenizers.chat import encode_chat
 
     tok = gguf_tokenizer(read_gguf(smollm2_gguf())[0])

@@ -30,7 +30,7 @@ def test_dataset_needs_enough_tokens(gpt2_tok):
 
 
 def test_blocks_tokenize_like_the_whole_file(tmp_path, gpt2_tok):
-    from scratchlm.data.sources import fetch
+    from scratchlm.downloads.sources import fetch
 
     text = fetch("tinyshakespeare").read_text(encoding="utf-8")[:120_000]
     f = tmp_path / "t.txt"

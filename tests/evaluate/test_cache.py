@@ -15,7 +15,7 @@ from scratchlm.evaluate.cache import CacheError, ResultCache, model_identity
 @pytest.fixture()
 def setup(tmp_path, small_bpe):
     """Two different tiny models saved in a/ and b/, and a 6-example choice task file."""
-    from scratchlm.models.loading import save_pretrained
+    from scratchlm.checkpoints.ours import save_pretrained
     from scratchlm.models.registry import build_model, preset
 
     models = {}
@@ -72,7 +72,7 @@ def test_another_model_in_the_same_folder_is_scored_not_served_a_cache(setup, sc
 
 
 def test_a_model_saved_again_at_the_same_path_is_another_model(setup):
-    from scratchlm.models.loading import save_pretrained
+    from scratchlm.checkpoints.ours import save_pretrained
 
     root, models, _ = setup
     before = model_identity(str(root / "a"))
@@ -147,7 +147,7 @@ def test_a_gsm8k_row_is_checked_against_its_problem(tiny_chat_model, tmp_path):
     from scratchlm.evaluate.gsm8k import Problem, row_problem
     from scratchlm.evaluate.settings import Gsm8kSettings
     from scratchlm.evaluate.tasks import run_task
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
 
     p = Problem("2+3?", "2+3=5\n#### 5")
     good = {"target": "5", "responses": ["#### 5"], "answers": ["5"], "correct": [True]}

@@ -87,7 +87,7 @@ def test_a_larger_limit_or_batch_continues_the_cached_problems(tiny_chat_model, 
     import scratchlm.evaluate.gsm8k as gsm8k
     from scratchlm.evaluate.settings import Gsm8kSettings
     from scratchlm.evaluate.tasks import run_task
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
 
     folder = tiny_chat_model()
     model, tok = load_model_and_tokenizer(str(folder))

@@ -46,7 +46,7 @@ def models(tmp_path_factory, small_bpe):
     import torch
 
     from scratchlm.export.hf import write_hf
-    from scratchlm.models.loading import save_pretrained
+    from scratchlm.checkpoints.ours import save_pretrained
     from scratchlm.models.registry import build_model, preset
     from scratchlm.tokenizers import save_tokenizer
 
@@ -116,7 +116,7 @@ def test_scores_equal_the_harness_hf_backend(models, monkeypatch):
 @pytest.mark.slow
 def test_our_own_multiple_choice_scores_match_the_harness(models, monkeypatch, small_bpe):
     from scratchlm.evaluate.choice import evaluate_choices, read_task
-    from scratchlm.models.loading import load_pretrained
+    from scratchlm.checkpoints.load import load_pretrained
 
     ours = _run("scratchlm", f"pretrained={models / 'ours'}", models / "tasks", monkeypatch)
     got = evaluate_choices(load_pretrained(str(models / "ours")), small_bpe,

@@ -22,7 +22,7 @@ RUST_NO_SPACE = ('Error while serializing: I/O error: No space left on device (o
 
 def _saved_model(folder, small_bpe, seed):
     """A tiny Llama (its weights drawn from ``seed``) saved as a run's final/ folder."""
-    from scratchlm.models.loading import save_pretrained
+    from scratchlm.checkpoints.ours import save_pretrained
     from scratchlm.models.registry import build_model, preset
     from scratchlm.tokenizers import save_tokenizer
 
@@ -84,7 +84,7 @@ def test_a_full_disk_during_an_hf_export_names_the_folder_and_disk(tmp_path, two
                                                                    monkeypatch, capsys, raised):
     from safetensors import SafetensorError
 
-    import scratchlm.models.loading as loading
+    import scratchlm.checkpoints.files as files
 
     (src, _), _ = two_models
     out = tmp_path / "hf"
@@ -94,7 +94,7 @@ def test_a_full_disk_during_an_hf_export_names_the_folder_and_disk(tmp_path, two
     def full(*args, **kwargs):
         raise NO_SPACE if raised == "oserror" else SafetensorError(RUST_NO_SPACE)
 
-    monkeypatch.setattr(loading, "save_file", full)
+    monkeypatch.setattr(files, "save_file", full)
     assert _cli_export("--model", str(src), "--format", "hf", "--out", str(out)) == 2
     line = _one_error_line(capsys)
     assert str(out) in line and f"disk holding {tmp_path}" in line, line
@@ -144,7 +144,8 @@ def _race(fmt, out, two_models, monkeypatch):
 @pytest.mark.parametrize("fmt", ["gguf", "hf"])
 def test_two_exports_to_one_path_end_with_one_whole_export(tmp_path, two_models, monkeypatch,
                                                            fmt):
-    from scratchlm.models.loading import load_gguf, load_model_and_tokenizer
+    from scratchlm.checkpoints.gguf import load_gguf
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
 
     out = tmp_path / ("m.gguf" if fmt == "gguf" else "hf")
     if fmt == "gguf":

@@ -34,8 +34,8 @@ def test_our_trained_bpe_as_hf_bpe_encodes_the_same(verdict_text):
 
 def test_smollm2_hf_tokenizer_keeps_its_pre_tokenizer_and_template():
     from scratchlm.models.convert.gguf import read_gguf
-    from scratchlm.models.gguf_tokenizer import gguf_tokenizer
-    from scratchlm.models.loading import smollm2_gguf
+    from scratchlm.checkpoints.gguf_tokenizer import gguf_tokenizer
+    from scratchlm.checkpoints.names import smollm2_gguf
 
     tok = gguf_tokenizer(read_gguf(smollm2_gguf())[0])
     bpe = byte_bpe(tok)

@@ -9,7 +9,7 @@ import torch
 from tiny_models import FAMILIES, tiny
 from scratchlm.export.gguf import write_gguf
 from scratchlm.models.convert.gguf import GGUFError, read_gguf
-from scratchlm.models.loading import load_gguf
+from scratchlm.checkpoints.gguf import load_gguf
 
 TEXT = "I had always thought Jack Gisburn rather a cheap genius 12345, café 日本"
 

@@ -46,8 +46,8 @@ def test_the_chat_template_and_special_tokens_travel(tmp_path):
     from transformers import AutoTokenizer
 
     from scratchlm.models.convert.gguf import read_gguf
-    from scratchlm.models.gguf_tokenizer import gguf_tokenizer
-    from scratchlm.models.loading import smollm2_gguf
+    from scratchlm.checkpoints.gguf_tokenizer import gguf_tokenizer
+    from scratchlm.checkpoints.names import smollm2_gguf
     from scratchlm.tokenizers.chat import encode_chat
 
     ours = gguf_tokenizer(read_gguf(smollm2_gguf())[0])

@@ -43,8 +43,8 @@ def test_llama_cpp_reads_our_gguf(name, changes, small_bpe, tmp_path):
 
 def test_llama_cpp_tokenizes_smollm2_as_we_do(tmp_path):
     from scratchlm.models.convert.gguf import read_gguf
-    from scratchlm.models.gguf_tokenizer import gguf_tokenizer
-    from scratchlm.models.loading import smollm2_gguf
+    from scratchlm.checkpoints.gguf_tokenizer import gguf_tokenizer
+    from scratchlm.checkpoints.names import smollm2_gguf
 
     tok = gguf_tokenizer(read_gguf(smollm2_gguf())[0])
     path = write_gguf(tiny("llama-tiny", vocab_size=49152), tok, tmp_path / "s.gguf", "f32")

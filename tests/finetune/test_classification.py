@@ -11,7 +11,7 @@ from scratchlm.data.classification import (
     read_sms_spam,
     read_table,
 )
-from scratchlm.data.sources import fetch
+from scratchlm.downloads.sources import fetch
 from scratchlm.finetune.classification import add_classifier_head, class_logits, classify_text
 from scratchlm.models.gpt import GPT, GPTConfig
 
@@ -59,7 +59,8 @@ def test_finetune_classify_recipe_learns(tmp_path):
     """Two epochs on a tiny model and a synthetic two-class task: accuracy well above chance."""
     import csv
 
-    from scratchlm.models.loading import load_pretrained, save_pretrained
+    from scratchlm.checkpoints.load import load_pretrained
+    from scratchlm.checkpoints.ours import save_pretrained
     from scratchlm.recipes.finetune_classifier import ClassifyConfig, LoraConfig, main
     from scratchlm.training.loop import TrainConfig
 

@@ -84,7 +84,7 @@ def test_distill_recipe_end_to_end(tmp_path):
     assert saved == pytest.approx(res)
     assert res["student_val_ppl"] < res["student_val_ppl_before"]
     assert 0.5 < res["size_ratio"] < 1 and res["speedup"] > 0
-    from scratchlm.models.loading import load_pretrained
+    from scratchlm.checkpoints.load import load_pretrained
 
     assert load_pretrained(str(tmp_path / "s" / "final")).cfg.n_layer == 2
 

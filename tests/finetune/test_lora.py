@@ -119,7 +119,7 @@ def test_peft_loads_our_adapter_onto_the_hf_model(tmp_path):
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
     from scratchlm.finetune.peft_format import load_peft_adapter, save_peft_adapter
-    from scratchlm.models.loading import load_hf_llama
+    from scratchlm.checkpoints.hf import load_hf_llama
 
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=120, hidden_size=32, intermediate_size=64,
@@ -251,7 +251,8 @@ def test_one_matmul_path_equals_the_plain_formula(x_grad, bias):
 
 def test_merging_a_head_adapter_of_a_tied_model_survives_save_and_load(tmp_path):
     from scratchlm.finetune.lora import apply_lora, merge_lora
-    from scratchlm.models.loading import load_pretrained, save_pretrained
+    from scratchlm.checkpoints.load import load_pretrained
+    from scratchlm.checkpoints.ours import save_pretrained
     from scratchlm.models.registry import build_model, preset
 
     torch.manual_seed(0)

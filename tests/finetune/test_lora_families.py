@@ -49,7 +49,8 @@ def _randomize_adapters(model):
 @pytest.mark.parametrize("family", ["qwen3", "gemma3"])
 def test_peft_loads_our_adapter(tmp_path, family):
     from scratchlm.finetune.peft_format import load_peft_adapter, save_peft_adapter
-    from scratchlm.models.loading import load_pretrained, save_hf
+    from scratchlm.checkpoints.hf import save_hf
+    from scratchlm.checkpoints.load import load_pretrained
 
     torch.manual_seed(0)
     base = build_model(preset(f"{family}-tiny")[1]).eval()

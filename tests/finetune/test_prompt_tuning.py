@@ -24,7 +24,7 @@ def hf_gpt2(folder):
 
 
 def test_logits_match_peft_prompt_tuning(tmp_path):
-    from scratchlm.models.loading import load_hf_gpt2
+    from scratchlm.checkpoints.hf import load_hf_gpt2
 
     hf = hf_gpt2(tmp_path / "hf")
     ours = load_hf_gpt2(tmp_path / "hf").eval()
@@ -65,7 +65,7 @@ def test_text_initialisation_and_frozen_base(gpt2_tok):
 @pytest.mark.slow
 def test_prompt_recipe_on_instruction_data(tmp_path):
     """SmolLM2-135M-Instruct, frozen, learns a fixed reply from a 12-token soft prompt."""
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
     from scratchlm.recipes.finetune_prompt import PromptConfig, main
     from scratchlm.training.loop import TrainConfig
 

@@ -99,7 +99,7 @@ def test_tagging_recipe_learns_synthetic_entities(tiny_chat_model, tmp_path, lor
     assert report["tags"] == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 
     from scratchlm.finetune.token_classification import tag_words
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(str(tmp_path / "tag" / "final"))
     words = "Mary lives in New York .".split()

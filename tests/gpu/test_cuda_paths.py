@@ -249,7 +249,7 @@ def test_server_on_the_device(device, tmp_path):
     import json
     import urllib.request
 
-    from scratchlm.models.loading import save_pretrained
+    from scratchlm.checkpoints.ours import save_pretrained
     from scratchlm.tokenizers import BPETokenizer, save_tokenizer
 
     text = " ".join(f"the model {i} runs on the device and answers" for i in range(200))

@@ -12,7 +12,9 @@ transformers = pytest.importorskip("transformers")
 from scratchlm.generation.engine import Engine, SamplingParams  # noqa: E402
 from scratchlm.models.accounting import memory_report  # noqa: E402
 from scratchlm.models.gemma3 import Gemma3, Gemma3Config  # noqa: E402
-from scratchlm.models.loading import CheckpointError, load_pretrained, save_hf  # noqa: E402
+from scratchlm.checkpoints.files import CheckpointError
+from scratchlm.checkpoints.hf import save_hf
+from scratchlm.checkpoints.load import load_pretrained  # noqa: E402
 from scratchlm.models.registry import build_model  # noqa: E402
 
 

@@ -14,7 +14,7 @@ gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 
 from scratchlm.models.convert.gguf import GGUFError, dequantize, unpermute  # noqa: E402
-from scratchlm.models.loading import load_gguf  # noqa: E402
+from scratchlm.checkpoints.gguf import load_gguf  # noqa: E402
 from scratchlm.tokenizers import gpt2_files  # noqa: E402
 from scratchlm.tokenizers.bpe import bytes_to_unicode  # noqa: E402
 

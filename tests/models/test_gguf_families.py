@@ -15,7 +15,9 @@ gguf = pytest.importorskip("gguf")
 
 from scratchlm.models.convert.gguf import GGUFError, dequantize  # noqa: E402
 from scratchlm.models.gemma3 import Gemma3Config  # noqa: E402
-from scratchlm.models.loading import load_gguf, load_pretrained, save_hf  # noqa: E402
+from scratchlm.checkpoints.gguf import load_gguf
+from scratchlm.checkpoints.hf import save_hf
+from scratchlm.checkpoints.load import load_pretrained  # noqa: E402
 from scratchlm.models.qwen3 import Qwen3Config  # noqa: E402
 from scratchlm.models.registry import build_model  # noqa: E402
 from scratchlm.tokenizers.bpe import bytes_to_unicode  # noqa: E402
@@ -202,7 +204,7 @@ def test_unknown_architecture_names_itself_and_the_file(tmp_path):
 def test_a_sentencepiece_vocabulary_is_refused_by_name_but_the_weights_load(tmp_path):
     """Gemma's GGUF files carry a SentencePiece vocabulary (tokenizer.ggml.model = llama),
     which is not read yet: load_gguf says so; load_pretrained (weights only) works."""
-    from scratchlm.models.loading import CheckpointError
+    from scratchlm.checkpoints.files import CheckpointError
 
     model = random_model(CASES["gemma3"]())
     write_family_gguf(tmp_path / "g.gguf", model, "gemma3")

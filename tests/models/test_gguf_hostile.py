@@ -15,8 +15,9 @@ gguf = pytest.importorskip("gguf")
 
 from scratchlm.models.convert.gguf import GGUFError  # noqa: E402
 from scratchlm.models.convert.gguf_layout import read_layout  # noqa: E402
-from scratchlm.models.gguf_tokenizer import gguf_tokenizer  # noqa: E402
-from scratchlm.models.loading import CheckpointError, load_gguf  # noqa: E402
+from scratchlm.checkpoints.gguf_tokenizer import gguf_tokenizer  # noqa: E402
+from scratchlm.checkpoints.files import CheckpointError
+from scratchlm.checkpoints.gguf import load_gguf  # noqa: E402
 
 
 @pytest.fixture

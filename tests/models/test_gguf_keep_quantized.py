@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from scratchlm.generation.engine import Engine, SamplingParams
-from scratchlm.models.loading import load_model_and_tokenizer, smollm2_gguf
+from scratchlm.checkpoints.load import load_model_and_tokenizer
+from scratchlm.checkpoints.names import smollm2_gguf
 from scratchlm.nn.gguf_linear import GGUFEmbedding, GGUFLinear
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time",
@@ -63,7 +64,7 @@ def test_quantize_gguf_needs_a_gguf_file(tmp_path):
 
 def test_auto_keeps_a_gguf_files_blocks_only_where_they_run(tmp_path):
     from scratchlm.api import LLM
-    from scratchlm.models.loading import auto_quantize
+    from scratchlm.checkpoints.load import auto_quantize
 
     assert auto_quantize("smollm2-135m-instruct") == "gguf"
     assert auto_quantize(str(tmp_path / "model.gguf")) == "gguf"

@@ -11,13 +11,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from conftest import static_server  # noqa: E402
-from scratchlm.models.loading import (  # noqa: E402
-    CheckpointError,
-    load_hf_gpt2,
-    load_pretrained,
-    save_hf_gpt2,
-    save_pretrained,
-)
+from scratchlm.checkpoints.files import CheckpointError
+from scratchlm.checkpoints.hf import load_hf_gpt2, save_hf_gpt2
+from scratchlm.checkpoints.load import load_pretrained
+from scratchlm.checkpoints.ours import save_pretrained
 
 
 def write_hf_gpt2(folder, n_layer=2, n_embd=64, n_head=4, vocab=1000, ctx=64, tie=True, seed=0):

@@ -8,7 +8,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from scratchlm.models.llama import Llama, LlamaConfig  # noqa: E402
-from scratchlm.models.loading import load_hf_llama, load_pretrained, save_pretrained  # noqa: E402
+from scratchlm.checkpoints.hf import load_hf_llama
+from scratchlm.checkpoints.load import load_pretrained
+from scratchlm.checkpoints.ours import save_pretrained  # noqa: E402
 from scratchlm.nn.rope import inv_frequencies  # noqa: E402
 
 
@@ -78,7 +80,7 @@ def test_sharded_hub_download_with_tokenizer_and_token(tmp_path, monkeypatch):
     import json
     import threading
 
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
     from scratchlm.tokenizers import HFTokenizer
 
     repo = tmp_path / "hub" / "HuggingFaceTB" / "SmolLM2-135M" / "resolve" / "main"

@@ -38,7 +38,7 @@ def test_cuda_without_a_gpu_is_refused_by_the_commands():
 
 
 def test_generate_with_bf16_weights_on_the_cpu(tmp_path, small_bpe):
-    from scratchlm.models.loading import save_pretrained
+    from scratchlm.checkpoints.ours import save_pretrained
     from scratchlm.models.llama import Llama, LlamaConfig
     from scratchlm.recipes.configs import GenerateConfig
     from scratchlm.recipes.generate import main

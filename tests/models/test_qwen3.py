@@ -10,7 +10,9 @@ transformers = pytest.importorskip("transformers")
 
 from scratchlm.generation.engine import Engine, SamplingParams  # noqa: E402
 from scratchlm.models.accounting import memory_report  # noqa: E402
-from scratchlm.models.loading import load_pretrained, save_hf, save_pretrained  # noqa: E402
+from scratchlm.checkpoints.hf import save_hf
+from scratchlm.checkpoints.load import load_pretrained
+from scratchlm.checkpoints.ours import save_pretrained  # noqa: E402
 from scratchlm.models.qwen3 import Qwen3, Qwen3Config  # noqa: E402
 from scratchlm.models.registry import build_model, family_of  # noqa: E402
 

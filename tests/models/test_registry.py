@@ -79,7 +79,9 @@ def test_switches_any_family_turns_on_leave_the_native_path():
 def test_a_checkpoint_of_another_family_names_both(tmp_path):
     import json
 
-    from scratchlm.models.loading import CheckpointError, load_pretrained, save_hf
+    from scratchlm.checkpoints.files import CheckpointError
+    from scratchlm.checkpoints.hf import save_hf
+    from scratchlm.checkpoints.load import load_pretrained
 
     torch.manual_seed(0)
     for src, claim in (("gemma3-tiny", "llama"), ("qwen3-tiny", "llama")):
@@ -99,7 +101,8 @@ def test_a_gpt_with_a_padded_vocabulary_saves_and_loads(tmp_path):
 
     import torch
 
-    from scratchlm.models.loading import class_head_size, load_pretrained, save_pretrained
+    from scratchlm.checkpoints.load import load_pretrained
+    from scratchlm.checkpoints.ours import class_head_size, save_pretrained
 
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(preset("gpt-tiny")[1], vocab_pad_multiple=64)).eval()

@@ -8,7 +8,8 @@ import torch
 
 from scratchlm.generation.sampling import generate
 from scratchlm.models.convert.gguf import read_gguf
-from scratchlm.models.loading import load_model_and_tokenizer, smollm2_gguf
+from scratchlm.checkpoints.load import load_model_and_tokenizer
+from scratchlm.checkpoints.names import smollm2_gguf
 from scratchlm.tokenizers.chat import encode_chat, render_chat
 
 

@@ -13,7 +13,7 @@ from scratchlm.cli import main as cli
 
 @pytest.fixture()
 def run(tmp_path, small_bpe, verdict_text):
-    from scratchlm.models.loading import save_pretrained
+    from scratchlm.checkpoints.ours import save_pretrained
     from scratchlm.models.registry import build_model, preset
     from scratchlm.tokenizers import save_tokenizer
 

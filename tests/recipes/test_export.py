@@ -35,7 +35,7 @@ def _ppl(model, ids):
 def test_smollm2_round_trips_through_hf_and_gguf_q8(tmp_path, verdict_text, capsys):
     from transformers import AutoModelForCausalLM
 
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
 
     base, tok = load_model_and_tokenizer("smollm2-135m-instruct")
     want = _answer(base, tok)
@@ -68,7 +68,7 @@ def _tiny_run(tmp_path, small_bpe):
     """A tiny Llama saved as a run's final/ folder, with a LoRA adapter trained off zero."""
     from scratchlm.finetune.config import LoraConfig
     from scratchlm.finetune.lora import apply_lora, save_adapter
-    from scratchlm.models.loading import save_pretrained
+    from scratchlm.checkpoints.ours import save_pretrained
     from scratchlm.models.registry import build_model, preset
     from scratchlm.tokenizers import save_tokenizer
 
@@ -87,7 +87,7 @@ def _tiny_run(tmp_path, small_bpe):
 
 
 def test_an_adapter_is_merged_into_the_export(tmp_path, small_bpe):
-    from scratchlm.models.loading import load_gguf
+    from scratchlm.checkpoints.gguf import load_gguf
 
     base_dir, adapter, tuned = _tiny_run(tmp_path, small_bpe)
     out = tmp_path / "exp" / "tuned.gguf"
@@ -120,7 +120,7 @@ def test_bad_requests_are_refused_and_nothing_half_written_remains(tmp_path, sma
         export(ExportConfig(model=str(base_dir), out=str(tmp_path / "h")))
 
     other = tmp_path / "other"  # a base of another shape
-    from scratchlm.models.loading import save_pretrained
+    from scratchlm.checkpoints.ours import save_pretrained
     save_pretrained(build_model(preset("qwen3-tiny")[1]), other)
     with pytest.raises(ValueError, match="different base model|does not fit"):
         export(ExportConfig(model=str(other), adapter=str(adapter), out=str(tmp_path / "o.gguf")))

@@ -143,7 +143,7 @@ def _reward_model(chat_model, folder):
     import torch
 
     from scratchlm.finetune.reward import RewardScorer
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(str(chat_model))
     torch.manual_seed(1)

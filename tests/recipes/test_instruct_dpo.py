@@ -23,7 +23,7 @@ def test_instruct_then_dpo_then_judge(tiny_chat_model, tmp_path):
     rows = json.loads((out / "test-with-responses.json").read_text())
     assert len(rows) == 4 and all("model_response" in row for row in rows)
     assert (out / "loss.png").is_file() and (out / "metrics.csv").is_file()
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
 
     _, tok = load_model_and_tokenizer(str(out / "final"))  # with its own tokenizer
     assert "<|im_start|>" in tok.chat_template and tok.eos_token == "<|im_end|>"

@@ -45,7 +45,7 @@ def test_outputs_and_loss_goes_down(tmp_path):
     assert any((run / "tb").iterdir())
     assert [p.name for p in list_checkpoints(run)] == ["step-000010", "step-000020", "step-000030"]
     assert res.train_losses[-1] < res.train_losses[0] - 1.0
-    from scratchlm.models.loading import load_pretrained
+    from scratchlm.checkpoints.load import load_pretrained
 
     model = load_pretrained(str(run / "final"))
     assert model.cfg.context_length == 32 and model.cfg.n_layer == 2
@@ -190,7 +190,7 @@ def test_fsdp_checkpoint_loads_in_one_process(tmp_path):
     ckpt = latest_checkpoint(run)
     assert (ckpt / "sharded").is_dir()
     from scratchlm.models.gpt import GPT, GPTConfig
-    from scratchlm.models.loading import load_pretrained
+    from scratchlm.checkpoints.load import load_pretrained
     from scratchlm.training.checkpoint import load_checkpoint
 
     final = load_pretrained(str(run / "final"))
@@ -232,7 +232,7 @@ def test_resume_with_a_temporary_lr_scale(tmp_path):
 
 
 def test_pretrain_a_mixture_of_experts_gpt(tmp_path):
-    from scratchlm.models.loading import load_pretrained
+    from scratchlm.checkpoints.load import load_pretrained
 
     cfg = tiny_cfg(tmp_path / "moe", max_steps=6, save_every=6, eval_every=3, log_every=3,
                    lr=3e-3)
@@ -250,7 +250,7 @@ def test_pretrain_a_mixture_of_experts_gpt(tmp_path):
 @pytest.mark.parametrize("model", ["qwen3-tiny", "gemma3-tiny"])
 def test_pretrain_other_families(tmp_path, model):
     """Any family's preset pretrains, and its final folder loads as that family."""
-    from scratchlm.models.loading import load_pretrained
+    from scratchlm.checkpoints.load import load_pretrained
     from scratchlm.models.registry import family_of
 
     cfg = tiny_cfg(tmp_path / model, max_steps=6, save_every=6, eval_every=3, log_every=3,

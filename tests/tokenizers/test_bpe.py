@@ -9,7 +9,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scratchlm.data.sources import fetch
+from scratchlm.downloads.sources import fetch
 from scratchlm.tokenizers import BPETokenizer
 from scratchlm.tokenizers.bpe import GPT2_PATTERN, merge_pair
 

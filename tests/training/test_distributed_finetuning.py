@@ -143,7 +143,7 @@ def test_evaluation_is_the_true_mean_over_uneven_shards(tmp_path, ranks, empty):
 @pytest.mark.slow
 def test_an_fsdp_lora_adapter_loads_in_one_process(tiny_chat_model, tmp_path):
     from scratchlm.finetune.lora import load_adapter
-    from scratchlm.models.loading import load_pretrained
+    from scratchlm.checkpoints.load import load_pretrained
 
     model = tiny_chat_model(context_length=256)
     run = _run([*RECIPES["instruct"], "--model", str(model), "--train.max_steps", "2"],

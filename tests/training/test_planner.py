@@ -106,7 +106,7 @@ def test_memory_tracker_counts_storages_once_and_frees():
 
 
 def test_plan_reads_a_saved_model_folder(tmp_path):
-    from scratchlm.models.loading import save_pretrained
+    from scratchlm.checkpoints.ours import save_pretrained
     from scratchlm.recipes.plan import resolve_config
 
     cfg = LlamaConfig.from_name("llama-tiny")

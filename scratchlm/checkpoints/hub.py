@@ -2,7 +2,7 @@
 https://huggingface.co) through the project's downloader (cache, progress, resume, mirror):
 its ``config.json``, tokenizer and sampling files when present, and its safetensors weights,
 single or sharded. The repository name and the shard index come from outside and are checked
-before they are used (``models/loading.py``'s ``shard_names``)."""
+before they are used (``checkpoints/files.py``'s ``shard_names``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import os
 import re
 from pathlib import Path
 
-from scratchlm.data.download import DownloadError, IntegrityError, download
-from scratchlm.models.loading import read_json, shard_names
+from scratchlm.downloads.download import DownloadError, IntegrityError, download
+from scratchlm.checkpoints.files import read_json, shard_names
 
 
 def hf_endpoint() -> str:
@@ -39,7 +39,7 @@ def fetch_hf_repo(repo: str, progress: bool = True) -> Path:
             get(optional)
         except DownloadError:
             pass  # GPT-2 repos use OpenAI's files (get_tokenizer("gpt2")) instead; sampling
-            # settings are optional (models/generation_config.py)
+            # settings are optional (checkpoints/generation_config.py)
     try:
         get("model.safetensors")
     except DownloadError as single_error:

@@ -1,4 +1,4 @@
-"""A finetuned final/ stored as what was trained over its base (models/delta.py): it loads
+"""A finetuned final/ stored as what was trained over its base (checkpoints/delta.py): it loads
 into the same model the merged save gives, for a fused-qkv GPT and a tied Llama with an
 adapted head, a classifier head, and a delta over another delta; a missing base is named."""
 
@@ -15,7 +15,9 @@ from scratchlm.finetune.lora import apply_lora, lora_modules
 from scratchlm.finetune.setup import save_final
 from scratchlm.models.gpt import GPT, GPTConfig
 from scratchlm.models.llama import Llama, LlamaConfig
-from scratchlm.models.loading import CheckpointError, load_pretrained, save_pretrained
+from scratchlm.checkpoints.files import CheckpointError
+from scratchlm.checkpoints.load import load_pretrained
+from scratchlm.checkpoints.ours import save_pretrained
 from scratchlm.training.checkpoint import load_checkpoint, save_checkpoint
 
 

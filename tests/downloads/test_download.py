@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from scratchlm.data.download import DownloadError, download, safe_path
+from scratchlm.downloads.download import DownloadError, download, safe_path
 
 PAYLOAD = bytes(range(256)) * 800  # 204,800 bytes
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -238,8 +238,8 @@ def test_a_hostile_index_cannot_write_outside_the_cache(tmp_path, monkeypatch):
     import json
 
     from conftest import static_server
-    from scratchlm.models.hub import fetch_hf_repo
-    from scratchlm.models.loading import CheckpointError
+    from scratchlm.checkpoints.hub import fetch_hf_repo
+    from scratchlm.checkpoints.files import CheckpointError
 
     repo = tmp_path / "hub" / "o" / "m" / "resolve" / "main"
     repo.mkdir(parents=True)
@@ -306,7 +306,7 @@ def test_a_missing_file_names_the_mirror_folder_tried(tmp_path):
 
 def test_a_missing_archive_says_its_unpacked_member_would_do(tmp_path, monkeypatch):
     """The SMS data set's mirror may hold the bare SMSSpamCollection instead of the UCI zip."""
-    from scratchlm.data import sources
+    from scratchlm.downloads import sources
 
     (tmp_path / "mirror").mkdir()
     monkeypatch.setenv("SCRATCHLM_MIRROR", str(tmp_path / "mirror"))

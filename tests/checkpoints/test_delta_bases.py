@@ -1,4 +1,4 @@
-"""A delta final/'s base (models/delta.py): a relative base is read from the folder holding the
+"""A delta final/'s base (checkpoints/delta.py): a relative base is read from the folder holding the
 config.json, not from wherever the reader started; a base that leads back to the folder is a
 named error, not a RecursionError; a damaged lora.json is named, field by field."""
 
@@ -13,9 +13,11 @@ import torch
 from scratchlm.finetune.config import LoraConfig
 from scratchlm.finetune.lora import apply_lora, lora_modules
 from scratchlm.finetune.setup import save_final
-from scratchlm.models.generation_config import sampling_defaults
+from scratchlm.checkpoints.generation_config import sampling_defaults
 from scratchlm.models.gpt import GPT, GPTConfig
-from scratchlm.models.loading import CheckpointError, load_pretrained, save_pretrained
+from scratchlm.checkpoints.files import CheckpointError
+from scratchlm.checkpoints.load import load_pretrained
+from scratchlm.checkpoints.ours import save_pretrained
 
 
 @pytest.fixture()
@@ -55,7 +57,7 @@ def test_a_relative_base_is_read_from_the_folder_holding_it(delta, tmp_path, mon
     monkeypatch.chdir(elsewhere)  # "../base" from here does not exist
     with torch.no_grad():
         torch.testing.assert_close(load_pretrained(str(final))(x), want)
-    from scratchlm.models.delta import base_chain
+    from scratchlm.checkpoints.delta import base_chain
 
     assert base_chain(str(final)) == [str(final.resolve()), str(base.resolve())]
     assert sampling_defaults(str(final)).temperature == 0.7  # the base's, found the same way

@@ -113,22 +113,23 @@ def from_gguf(meta: dict, source: str) -> SamplingDefaults | None:
 def sampling_defaults(name: str, _depth: int = 0) -> SamplingDefaults:
     """The sampling defaults of a preset, a GGUF file or a model folder (see the module
     docstring); greedy when the model says nothing."""
-    from scratchlm.models.delta import base_reference
-    from scratchlm.models.hub import fetch_hf_repo
-    from scratchlm.models.loading import HF_REPOS, LOCAL_GGUF
+    from scratchlm.checkpoints.delta import base_reference
+    from scratchlm.checkpoints.hub import fetch_hf_repo
+    from scratchlm.checkpoints.names import HF_REPOS, resolve
 
-    name = str(name)
+    ref = resolve(name)
     found = None
-    if name in LOCAL_GGUF or name.endswith(".gguf"):
+    if ref.is_gguf:
         from scratchlm.models.convert.gguf import read_gguf
 
-        path = LOCAL_GGUF[name]() if name in LOCAL_GGUF else Path(name)
+        path = ref.gguf_path()
         found = from_gguf(read_gguf(path)[0], str(path))
     else:
-        folder = fetch_hf_repo(HF_REPOS[name], progress=False) if name in HF_REPOS else Path(name)
+        folder = (fetch_hf_repo(HF_REPOS[ref.name], progress=False) if ref.kind == "hub"
+                  else Path(ref.name))
         if (folder / "generation_config.json").is_file():
             found = from_hf(folder / "generation_config.json")
-        elif _depth < 8:  # a run stored over its base (models/delta.py) samples as the base
+        elif _depth < 8:  # a run stored over its base (checkpoints/delta.py) samples as the base
             try:
                 meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
                 base = meta["scratchlm"]["base"]["model"]

@@ -11,7 +11,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from scratchlm.data.download import (
+from scratchlm.downloads.download import (
     DownloadError,
     _check_digest,
     cache_dir,

@@ -1,6 +1,6 @@
 """Fetch files into a local cache: progress bar, resume, integrity checks, atomic rename, mirror.
 
-What it does not do: know about particular data sets (see ``data/sources.py``) or parse files.
+What it does not do: know about particular data sets (see ``downloads/sources.py``) or parse files.
 
 Where files go
 --------------

@@ -29,15 +29,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from scratchlm.models.loading import (HF_REPOS, LOCAL_GGUF, CheckpointError, load_pretrained,
-                                      write_config)
+from scratchlm.checkpoints.files import CheckpointError
+from scratchlm.checkpoints.names import is_preset
+from scratchlm.checkpoints.ours import write_config
 
 
 def base_reference(base: str, relative_to: str | Path | None = None) -> str:
     """How config.json names the base: a preset as it is, a path made absolute (the run's
     folder may be read from anywhere). A relative path read from a config.json is relative to
     the folder holding it (``relative_to``), not to wherever the reader was started."""
-    if base in HF_REPOS or base in LOCAL_GGUF:
+    if is_preset(base):
         return base
     path = Path(base)
     if relative_to is not None and not path.is_absolute():
@@ -49,7 +50,7 @@ def _named_base(ref: str) -> str | None:
     """The base a delta folder's config.json names; None for anything that is not a delta
     (a preset, a file, full weights, a damaged config: its loading reports those)."""
     folder = Path(ref)
-    if ref in HF_REPOS or ref in LOCAL_GGUF or not (folder / "config.json").is_file() or (
+    if is_preset(ref) or not (folder / "config.json").is_file() or (
             folder / "model.safetensors").is_file():
         return None
     try:
@@ -105,19 +106,21 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
 
 
 def delta_state(folder: str | Path, base: dict, dtype: torch.dtype,
-                device: str | torch.device) -> dict[str, torch.Tensor]:
-    """The merged state dict of a ``final/`` written by ``save_delta``."""
+                device: str | torch.device, load_base) -> dict[str, torch.Tensor]:
+    """The merged state dict of a ``final/`` written by ``save_delta``; ``load_base(name,
+    dtype, device, progress=False)`` loads the base (``load.load_pretrained``: the loader is
+    passed in, so this module never imports the one that imports it)."""
     folder = Path(folder)
     name = base.get("model") if isinstance(base, dict) else None
     if not isinstance(name, str) or not name:
         raise CheckpointError(f"{folder / 'config.json'}: 'base' names no model")
     base_chain(str(folder))  # a cycle is named here, before it recurses
     name = base_reference(name, relative_to=folder)
-    if name not in HF_REPOS and name not in LOCAL_GGUF and not Path(name).exists():
+    if not is_preset(name) and not Path(name).exists():
         raise CheckpointError(f"{folder / 'config.json'}: its base model {name} is missing; this "
                               "folder holds only what its run trained (write a whole model "
                               "with --lora.save_merged true)")
-    state = dict(load_pretrained(name, dtype, device, progress=False).state_dict())
+    state = dict(load_base(name, dtype, device, progress=False).state_dict())
     if (folder / "trained.safetensors").is_file():
         for k, t in _read(folder / "trained.safetensors").items():
             state[k] = t.to(device=device, dtype=dtype)

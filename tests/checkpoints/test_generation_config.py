@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from conftest import serve_subprocess
-from scratchlm.models.generation_config import GREEDY, from_gguf, from_hf, sampling_defaults
+from scratchlm.checkpoints.generation_config import GREEDY, from_gguf, from_hf, sampling_defaults
 
 
 def _write(folder, cfg):
@@ -60,7 +60,7 @@ def test_a_delta_final_samples_as_its_base_and_the_api_uses_it(tmp_path, tiny_ch
     from scratchlm.finetune.config import LoraConfig
     from scratchlm.finetune.lora import apply_lora
     from scratchlm.finetune.setup import save_final
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
 
     base = tmp_path / "base"
     shutil.copytree(tiny_chat_model(), base)

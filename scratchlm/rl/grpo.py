@@ -1,6 +1,6 @@
 """GRPO: group-relative policy optimisation (Shao et al. 2024), the loss once completions are
-sampled and scored. Sampling (the engine) and rewards live above, in ``generation/rollout.py``
-and ``evaluate/rewards.py``.
+sampled and scored. Sampling (the engine) and rewards live above, in ``rl/rollout.py``
+and ``rl/rewards.py``.
 
 For each prompt, G completions o_1..o_G are sampled and rewarded r_1..r_G. A completion's
 advantage is its reward against its own group's:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scratchlm.evaluate.rewards import (answer_reward, build_reward, format_reward, parse_spec,
+from scratchlm.rl.rewards import (answer_reward, build_reward, format_reward, parse_spec,
                                         score_all)
 
 
@@ -74,7 +74,7 @@ def test_a_reward_model_scores_a_batch_as_one_by_one(tmp_path, small_bpe):
     """The batched path (one forward per batch of completions, as GRPO scores a rollout)
     gives the one-by-one scores, summed with the other rewards; a failure still names the
     example."""
-    from scratchlm.evaluate.rewards import score_all
+    from scratchlm.rl.rewards import score_all
 
     folder = _reward_model(tmp_path / "rm", small_bpe)
     reward = build_reward("reward_model,length:2", small_bpe, length_penalty=0.01,

@@ -1,11 +1,11 @@
 """The tokenizer a GGUF file describes: its byte-level BPE vocabulary and merges, special
 tokens, BOS/EOS and chat template, each metadata field checked before it is used (a token id
 inside the vocabulary, one type per token, merges as ``left right``), built as our
-``HFTokenizer``. ``load_gguf`` (``models/loading.py``) returns it with the model."""
+``HFTokenizer``. ``load_gguf`` (``checkpoints/gguf.py``) returns it with the model."""
 
 from __future__ import annotations
 
-from scratchlm.models.loading import CheckpointError
+from scratchlm.checkpoints.files import CheckpointError
 
 
 def gguf_tokenizer(meta: dict, source: str = "GGUF"):

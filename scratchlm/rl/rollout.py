@@ -5,9 +5,9 @@ Each call of ``GRPOLoss`` on a batch of prompt indices (one optimizer step's mic
 1. rollout: G completions per prompt through the batched KV-cache engine (sampled at the
    settings' temperature / top-p, ending at end-of-text or ``max_new_tokens``), with the
    log-probability of every sampled token under the policy that sampled it;
-2. rewards of each completion (``evaluate/rewards.py``) and group-relative advantages;
+2. rewards of each completion (``rl/rewards.py``) and group-relative advantages;
 3. the policy's log-probabilities of the same tokens, recomputed with gradients, and the
-   clipped, optionally KL-penalised loss of ``finetune/grpo.py``.
+   clipped, optionally KL-penalised loss of ``rl/grpo.py``.
 
 Steps 1-2 run once per optimizer step for all its micro-batches (``begin_step``), step 3 per
 micro-batch; with ``iterations`` > 1, steps 1-2 run every ``iterations`` steps and step 3 on
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from scratchlm.finetune.grpo import GRPOSettings, group_advantages, group_logprobs, policy_loss
+from scratchlm.rl.grpo import GRPOSettings, group_advantages, group_logprobs, policy_loss
 from scratchlm.generation.engine import Engine, SamplingParams
 
 
@@ -364,7 +364,7 @@ class GRPOLoss(nn.Module):
         return loss
 
     def reward_rows(self, prompts: Sequence[Prompt], rollout: Rollout) -> list[float]:
-        from scratchlm.evaluate.rewards import score_all
+        from scratchlm.rl.rewards import score_all
 
         g = self.s.group_size
         rows = [p for p in prompts for _ in range(g)]
@@ -373,7 +373,7 @@ class GRPOLoss(nn.Module):
                          [p.reference for p in rows], names)
 
     def _answers(self, prompts: Sequence[Prompt], rollout: Rollout) -> list[bool]:
-        from scratchlm.evaluate.rewards import answer_reward
+        from scratchlm.rl.rewards import answer_reward
 
         rows = [p for p in prompts for _ in range(self.s.group_size)]
         return [answer_reward(p.text, t, p.reference) == 1.0 for p, t in zip(rows, rollout.texts)]
@@ -428,7 +428,7 @@ def greedy_completions(engine: Engine, tokenizer, prompts: Sequence[Prompt],
 def greedy_accuracy(engine: Engine, tokenizer, prompts: Sequence[Prompt],
                     max_new_tokens: int, batch_size: int = 16) -> tuple[float, list[str]]:
     """Exact-answer accuracy of greedy completions, and the texts."""
-    from scratchlm.evaluate.rewards import answer_reward
+    from scratchlm.rl.rewards import answer_reward
 
     texts = greedy_completions(engine, tokenizer, prompts, max_new_tokens, batch_size)
     right = [answer_reward(p.text, t, p.reference) for p, t in zip(prompts, texts)]
@@ -439,7 +439,7 @@ def greedy_reward(engine: Engine, tokenizer, prompts: Sequence[Prompt], max_new_
                   reward, batch_size: int = 16) -> tuple[float, list[str]]:
     """The mean reward of greedy completions (tasks with nothing to check exactly: a reward
     model's score), and the texts."""
-    from scratchlm.evaluate.rewards import score_all
+    from scratchlm.rl.rewards import score_all
 
     texts = greedy_completions(engine, tokenizer, prompts, max_new_tokens, batch_size)
     scores = score_all(reward, [p.text for p in prompts], texts, [p.reference for p in prompts],

@@ -4,8 +4,8 @@ import zipfile
 
 import pytest
 
-from scratchlm.data import download as dl
-from scratchlm.data.sources import SOURCES, fetch
+from scratchlm.downloads import download as dl
+from scratchlm.downloads.sources import SOURCES, fetch
 
 
 @pytest.mark.parametrize("name", sorted(SOURCES))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from scratchlm.finetune.config import GRPOSettings
-from scratchlm.finetune.grpo import check_settings, group_advantages, policy_loss
+from scratchlm.rl.grpo import check_settings, group_advantages, policy_loss
 
 
 def _batch(seed=0, b=4, t=5):
@@ -96,7 +96,7 @@ def test_the_loss_equals_trl_grpo_trainer(loss, tmp_path, small_bpe):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from scratchlm.export.hf import write_hf
-    from scratchlm.finetune.grpo import token_logprobs
+    from scratchlm.rl.grpo import token_logprobs
     from scratchlm.models.registry import build_model, preset
 
     torch.manual_seed(0)
@@ -156,7 +156,7 @@ def test_the_loss_equals_trl_grpo_trainer(loss, tmp_path, small_bpe):
 def test_the_prompt_run_once_for_a_group_gives_the_whole_rows_values(name, changes):
     """group_logprobs (the prompt once, its keys shared by the G rows) equals token_logprobs
     on G whole rows of prompt + completion: log-probabilities, entropies and gradients."""
-    from scratchlm.finetune.grpo import group_logprobs, token_logprobs
+    from scratchlm.rl.grpo import group_logprobs, token_logprobs
     from scratchlm.models.registry import build_model, preset
 
     torch.manual_seed(0)

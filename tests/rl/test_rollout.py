@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from scratchlm.finetune.config import GRPOSettings
-from scratchlm.finetune.grpo import token_logprobs
+from scratchlm.rl.grpo import token_logprobs
 from scratchlm.generation.engine import Engine, SamplingParams
-from scratchlm.generation.rollout import GRPOLoss, Prompt, sample_groups
+from scratchlm.rl.rollout import GRPOLoss, Prompt, sample_groups
 from scratchlm.models.llama import Llama, LlamaConfig
 
 
@@ -82,7 +82,7 @@ def test_a_reward_that_fails_names_the_example():
 
 
 def test_lora_rollouts_sample_from_the_merged_copy_of_the_current_adapters():
-    from scratchlm.generation.rollout import SamplingCopy
+    from scratchlm.rl.rollout import SamplingCopy
 
     model = llama(lora=True)
     sampler = SamplingCopy.create(model)

@@ -42,7 +42,7 @@ def precision(cfg: DemoConfig) -> str:
 
 def stage_tokenizer(cfg: DemoConfig, out: Path) -> dict:
     from scratchlm.data.shards import prepare
-    from scratchlm.data.sources import fetch
+    from scratchlm.downloads.sources import fetch
     from scratchlm.tokenizers import BPETokenizer, get_tokenizer
 
     corpus = fetch(cfg.corpus)
@@ -84,7 +84,7 @@ def stage_pretrain(cfg: DemoConfig, out: Path) -> dict:
     import torch
 
     from scratchlm.generation.sampling import generate, text_to_token_ids, token_ids_to_text
-    from scratchlm.models.loading import load_pretrained
+    from scratchlm.checkpoints.load import load_pretrained
     from scratchlm.recipes.pretrain import PretrainConfig
     from scratchlm.recipes.pretrain import main as pretrain
     from scratchlm.tokenizers import get_tokenizer
@@ -127,7 +127,7 @@ def stage_pretrain(cfg: DemoConfig, out: Path) -> dict:
 
 def stage_chat(cfg: DemoConfig, out: Path) -> dict:
     from scratchlm.generation.engine import Engine, SamplingParams
-    from scratchlm.models.loading import load_model_and_tokenizer
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
     from scratchlm.recipes.chat import reply
 
     t0 = time.perf_counter()

@@ -1,0 +1,117 @@
+"""Load a model for use: by any name ``names.resolve`` knows, with its tokenizer, optionally
+quantized for inference.
+
+``load_pretrained(name_or_path)`` accepts
+- a preset with published weights (``"gpt2-124m"`` ... ``"gpt2-1558m"``), fetched from the
+  Hugging Face hub by ``hub.py``, or the embedded SmolLM2 GGUF file;
+- a GGUF file;
+- a folder holding ``config.json`` and ``model.safetensors`` (or shards listed in
+  ``model.safetensors.index.json``) in either our layout or a supported HF layout, or a run's
+  ``final/`` holding only what it trained over its base (``delta.py``).
+
+Weights are read with safetensors (never unpickled) one tensor at a time into a model built on
+the meta device, so a checkpoint never needs two full copies in memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from scratchlm.checkpoints.delta import delta_state
+from scratchlm.checkpoints.files import CheckpointError, read_json
+from scratchlm.checkpoints.gguf import load_gguf
+from scratchlm.checkpoints.hf import load_hf
+from scratchlm.checkpoints.names import HF_REPOS, LOCAL_GGUF, ModelName, resolve
+from scratchlm.checkpoints.ours import load_ours
+from scratchlm.models.registry import family_for_hf
+
+
+def auto_quantize(name: str, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32) -> str | None:
+    """What ``quantize="auto"`` loads: a GGUF file's own blocks (``"gguf"``) for a GGUF model
+    decoded in float32 on the CPU, else None (the weights as stored). The blocks hold the file's
+    exact weights (as accurate as dequantizing them to fp32, more than int8 quantized again) in
+    0.18x fp32's memory, and decode about 3.5x faster than fp32 and as fast as int8 at batch 1,
+    faster at batch 8 (docs/llama.md)."""
+    cpu = torch.device(device).type == "cpu"
+    return "gguf" if resolve(name).is_gguf and cpu and dtype == torch.float32 else None
+
+
+def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
+                             device: str | torch.device = "cpu", progress: bool = True,
+                             quantize: str | None = None):
+    """(model, tokenizer) for a preset, a GGUF file or a model folder; ``quantize="int8"``
+    stores the Linear weights as int8 for inference (see nn/quant.py); ``"gguf"`` keeps a GGUF
+    file's Q8_0/Q4_0/Q4_1/Q4_K/Q6_K blocks as they are (nn/gguf_linear.py); ``"auto"``: ``"gguf"``
+    for a GGUF file (the embedded SmolLM2 included) run in float32 on the CPU, else full
+    precision (``auto_quantize``); ``"none"`` (or None): the weights as stored."""
+    from scratchlm.tokenizers import folder_tokenizer
+
+    ref = resolve(name)
+    if quantize == "auto":
+        quantize = auto_quantize(name, device, dtype)
+    elif quantize == "none":  # what a flag can say for None: the weights as stored
+        quantize = None
+    if quantize == "gguf" and not ref.is_gguf:
+        raise ValueError(f"quantize 'gguf' keeps a GGUF file's own blocks; {name} is not a "
+                         ".gguf file (use 'int8')")
+    if ref.is_gguf:
+        model, tok = load_gguf(ref.gguf_path(), dtype, device, keep_quantized=quantize == "gguf")
+    else:
+        folder = resolve_folder(ref, progress)
+        model = load_pretrained(str(folder), dtype, device, progress)
+        tok = folder_tokenizer(folder)
+    if quantize == "int8":
+        from scratchlm.nn.fuse import fuse_projections
+        from scratchlm.nn.quant import quantize_int8
+
+        quantize_int8(model)
+        fuse_projections(model)  # int8 models only run: fewer, larger matvecs per token
+    elif quantize == "gguf":
+        from scratchlm.nn.fuse import fuse_projections
+
+        fuse_projections(model, skip_mixed=True)  # blocks of one format fuse as int8 rows do
+    elif quantize is not None:
+        raise ValueError(f"quantize must be none, int8, gguf or auto, got {quantize!r}")
+    return model.eval(), tok
+
+
+def resolve_folder(name: str | ModelName, progress: bool = True) -> Path:
+    """A local folder with config.json for a preset (downloaded) or a path."""
+    ref = name if isinstance(name, ModelName) else resolve(name)
+    if ref.kind == "hub":
+        from scratchlm.checkpoints.hub import fetch_hf_repo
+
+        return fetch_hf_repo(HF_REPOS[ref.name], progress=progress)
+    folder = Path(ref.name)
+    if not (folder / "config.json").is_file():
+        known = ", ".join([*HF_REPOS, *LOCAL_GGUF])
+        raise FileNotFoundError(f"{ref.name!r} is neither a preset with weights ({known}) nor a "
+                                "folder with config.json")
+    return folder
+
+
+def load_pretrained(name: str, dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu", progress: bool = True) -> nn.Module:
+    """A model with weights, from a preset name or a folder (see the module docstring)."""
+    ref = resolve(name)
+    if ref.is_gguf:
+        return load_gguf(ref.gguf_path(), dtype, device, tokenizer=False)[0].eval()
+    folder = resolve_folder(ref, progress)
+    config = read_json(folder / "config.json")
+    if "scratchlm" in config:
+        state = None
+        if "base" in config["scratchlm"] and not (folder / "model.safetensors").is_file():
+            state = delta_state(  # what a run trained, over its base
+                folder, config["scratchlm"]["base"], dtype, device, load_pretrained)
+        model = load_ours(folder, dtype, device, state)
+    else:
+        try:
+            family_for_hf(config.get("model_type"), str(folder / "config.json"))
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        model = load_hf(folder, dtype, device)
+    return model.eval()
