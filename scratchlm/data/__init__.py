@@ -1,1 +1,3 @@
-"""Data: downloads and the data sets scratchlm knows, and datasets for training."""
+"""Data sets for training: pretraining windows and token shards, classification,
+instruction and preference data, token tagging, and the readers' shared checks. Fetching is
+``scratchlm.downloads``."""

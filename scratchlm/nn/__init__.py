@@ -1,1 +1,3 @@
-"""Shared building blocks: attention variants, norms, feed-forward layers."""
+"""Shared building blocks: attention variants, norms, RoPE, feed-forward and mixture of
+experts, the KV cache, fused losses, quantized linears (int8, NF4, GGUF blocks) and the C
+kernels (``csrc/``, built on first use by ``native.py``)."""

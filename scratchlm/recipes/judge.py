@@ -65,3 +65,10 @@ def main(cfg: JudgeConfig) -> dict:
         first = next(a for a in result.answers if a.startswith("error: "))
         print(f"first failed request: {first[7:]}")
     return summary
+
+
+def command(cfg: JudgeConfig) -> bool:
+    """``scratchlm evaluate judge FILE``: False (exit status 1) when nothing was scored."""
+    if not cfg.responses:
+        raise ValueError("evaluate judge needs the responses file (test-with-responses.json)")
+    return bool(main(cfg)["scored"])

@@ -1,7 +1,8 @@
-"""The recipes, in one table the CLI and ``scratchlm tune`` share: each one's command, module,
-config dataclass and help line. Importing this module imports nothing else (so ``scratchlm
---help`` starts no torch); a recipe's config class comes from the torch-free
-``recipes/configs.py``, and ``Recipe.load()`` imports the recipe when it runs."""
+"""Every command, in the one table the CLI and ``scratchlm tune`` share: each one's words,
+module and function, config dataclass, help line and positional arguments. Importing this
+module imports nothing else (so ``scratchlm --help`` starts no torch); a command's config class
+comes from the torch-free ``recipes/configs.py``, and ``Recipe.load()`` imports the command's
+module when it runs. A function that returns False fails the command (exit status 1)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ class Recipe:
     config: str  # the config dataclass in ``module``; its fields are the command's flags
     help: str
     tunable: bool = False  # reports a validation loss each evaluation (scratchlm tune)
+    function: str = "main"  # in ``module``, called with the config
+    # config fields given as positional arguments: (field, nargs, help)
+    positional: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def name(self) -> str:
@@ -27,11 +31,19 @@ class Recipe:
         return getattr(importlib.import_module("scratchlm.recipes.configs"), self.config)
 
     def load(self):
-        """(config class, main function): imports the recipe itself."""
-        return self.config_class(), importlib.import_module(self.module).main
+        """(config class, its function): imports the command's module."""
+        return self.config_class(), getattr(importlib.import_module(self.module), self.function)
+
+
+# The words that group commands (``scratchlm finetune instruct``), with their help lines.
+GROUPS = {"finetune": "finetune a pretrained model", "evaluate": "evaluate models and outputs"}
 
 
 RECIPES: dict[str, Recipe] = {r.command: r for r in (
+    Recipe("demo", "scratchlm.demo", "DemoConfig",
+           "run the whole lifecycle on embedded defaults"),
+    Recipe("prepare", "scratchlm.recipes.prepare", "PrepareConfig",
+           "tokenize text files into memory-mapped token shards"),
     Recipe("pretrain", "scratchlm.recipes.pretrain", "PretrainConfig",
            "train a model from scratch (any family's preset)", tunable=True),
     Recipe("finetune classify", "scratchlm.recipes.finetune_classifier", "ClassifyConfig",
@@ -52,6 +64,27 @@ RECIPES: dict[str, Recipe] = {r.command: r for r in (
            "train a smaller student from a teacher model", tunable=True),
     Recipe("export", "scratchlm.recipes.export", "ExportConfig",
            "write a model as GGUF (llama.cpp, Ollama) or a Hugging Face folder"),
+    Recipe("evaluate judge", "scratchlm.recipes.judge", "JudgeConfig",
+           "score responses 0-100 with a judge model over HTTP", function="command",
+           positional=(("responses", "?", "a test-with-responses.json (instruction/prompt, "
+                        "reference or output, model_response)"),)),
+    Recipe("evaluate run", "scratchlm.recipes.evaluate", "EvaluateConfig",
+           "benchmarks: bits-per-byte, multiple choice by log-likelihood, GSM8K"),
+    Recipe("evaluate compare", "scratchlm.recipes.evaluate", "CompareConfig",
+           "two evaluations side by side with deltas", function="compare",
+           positional=(("runs", "*", "two results folders (RUN/eval)"),)),
+    Recipe("generate", "scratchlm.recipes.generate", "GenerateConfig",
+           "continue a prompt with a model"),
+    Recipe("chat", "scratchlm.recipes.chat", "ChatConfig",
+           "chat with a model in the terminal (streaming)"),
+    Recipe("serve", "scratchlm.serve.app", "ServeConfig",
+           "an OpenAI-compatible HTTP server with a web chat page"),
+    Recipe("tune", "scratchlm.recipes.tune", "TuneConfig",
+           "hyperparameter search over a recipe (Optuna, resumable)", function="command"),
+    Recipe("plan", "scratchlm.recipes.plan", "PlanConfig",
+           "memory, FLOPs, time and Chinchilla tokens of a run"),
+    Recipe("train-tokenizer", "scratchlm.recipes.train_tokenizer", "TrainTokenizerConfig",
+           "train a byte-level BPE tokenizer from scratch"),
 )}
 
 

@@ -175,3 +175,18 @@ def write_summary(study, out: Path) -> None:
 def _short(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
+
+
+def command(cfg) -> bool:
+    """``scratchlm tune``: the study, its best trial printed; False (exit status 1) when no
+    trial completed."""
+    if cfg.recipe not in tunable() or not cfg.space:
+        raise ValueError(f"tune needs --recipe ({'|'.join(sorted(tunable()))}) and --space")
+    res = run_study(cfg.recipe, cfg.trials, cfg.space, cfg.out, cfg.base_config, cfg.set,
+                    cfg.seed, study_name=cfg.study_name)
+    if res["best"] is None:
+        print("no trial completed (all pruned or failed)")
+        return False
+    print(f"best: trial {res['best']} val loss {res['value']:.4f} {res['params']} -> "
+          f"{cfg.out}/best-config.json")
+    return True

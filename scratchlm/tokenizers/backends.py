@@ -70,11 +70,6 @@ class TiktokenTokenizer:
     def encode_ordinary(self, text: str) -> list[int]:
         return self.encoding.encode_ordinary(text)
 
-    def encode_batch(self, texts: Sequence[str], num_threads: int = 8) -> list[list[int]]:
-        """Encode many texts in tiktoken's threads (it releases the GIL); special-token strings
-        are plain text here."""
-        return self.encoding.encode_ordinary_batch(list(texts), num_threads=num_threads)
-
     def decode(self, ids: Iterable[int]) -> str:
         if isinstance(ids, np.ndarray):
             ids = ids.tolist()

@@ -1,1 +1,2 @@
-"""The shared training core used by every recipe."""
+"""The shared training core every recipe uses: the runtime, the step, ``fit`` and the
+training contract it asks of loss modules, checkpoints of a run and its folder, metrics."""

@@ -1,17 +1,5 @@
-"""The language-model loss every recipe uses, and the training contract of loss modules.
-
-A loss module is ``(inputs, targets) -> mean loss`` over the units of its batch, plus
-``batch_weight(inputs, targets) -> number of those units``: target tokens for language
-models and taggers, examples for classifiers, preference pairs for DPO and reward models.
-``training/step.py`` weights each micro-batch (and each rank) by it, so k micro-batches give
-the gradient of one k-times batch and N ranks that of one N-times batch; evaluation uses it
-to take the true mean over uneven batches and ranks.
-
-Optional, for a loss module that samples its own data (GRPO): ``begin_step(micro_batches)``
-is called with the step's micro-batches before any of them (``training/step.py``);
-``batch_repeats = k`` makes the loop give it the same micro-batches for k steps; and
-``checkpoint_state()`` / ``load_checkpoint_state(value)`` keep what it holds between steps
-(JSON) in the checkpoints (``training/loop.py``), so resume stays exact.
+"""The language-model loss every recipe uses. What the training loop asks of this and every
+other loss module (``batch_weight``, the optional hooks) is ``training/contract.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +9,7 @@ from torch import nn
 
 from scratchlm.nn.loss import cross_entropy, fusable_head, head_weight, linear_cross_entropy
 from scratchlm.nn.moe import moe_aux_loss
+from scratchlm.training.contract import unwrap
 
 
 def causal_lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
@@ -49,11 +38,12 @@ def target_tokens(targets: torch.Tensor) -> torch.Tensor:
 def batch_weight(loss_module: nn.Module, inputs, targets) -> torch.Tensor:
     """``loss_module.batch_weight(inputs, targets)``, through a DDP wrapper when there is one;
     a loss module without it is an error naming its class."""
-    inner = getattr(loss_module, "module", loss_module)  # DDP keeps the module as .module
+    inner = unwrap(loss_module)
     fn = getattr(inner, "batch_weight", None)
     if fn is None:
         raise TypeError(f"{type(inner).__name__} has no batch_weight(inputs, targets): the "
-                        "training step needs each loss module's unit count (see losses.py)")
+                        "training step needs each loss module's unit count "
+                        "(training/contract.py)")
     return torch.as_tensor(fn(inputs, targets))
 
 

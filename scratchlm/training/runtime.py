@@ -47,13 +47,6 @@ class Runtime:
             return torch.amp.GradScaler(self.device.type)
         return None
 
-    def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
-        if self.distributed:
-            value = value.clone()
-            dist.all_reduce(value, op=dist.ReduceOp.SUM)
-            value /= self.world_size
-        return value
-
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from scratchlm.training.contract import hooks
 from scratchlm.training.losses import batch_weight
 from scratchlm.training.runtime import Runtime
 
@@ -56,14 +57,13 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
 ) -> StepResult:
     """``loss_module(inputs, targets)`` returns the mean loss of one micro-batch, and
-    ``loss_module.batch_weight(inputs, targets)`` its number of units. A step whose loss or
-    gradient norm is not finite makes no update (``skipped``); under fp16 the grad scaler
-    handles an infinite gradient itself (it skips the step and lowers its scale). A loss
-    module with ``begin_step(micro_batches)`` sees the whole step first (GRPO samples the
-    completions of all its micro-batches in one batch there)."""
-    inner = getattr(loss_module, "module", loss_module)  # DDP keeps the module as .module
-    if hasattr(inner, "begin_step"):
-        inner.begin_step(micro_batches)
+    ``loss_module.batch_weight(inputs, targets)`` its number of units (``contract.py``). A step
+    whose loss or gradient norm is not finite makes no update (``skipped``); under fp16 the
+    grad scaler handles an infinite gradient itself (it skips the step and lowers its scale).
+    A loss module's ``begin_step`` hook sees the whole step first."""
+    begin = hooks(loss_module).begin_step
+    if begin is not None:
+        begin(micro_batches)
     counts = [batch_weight(loss_module, x, y).to(rt.device) for x, y in micro_batches]
     total = torch.stack(counts).sum().to(rt.device)
     if rt.distributed:
