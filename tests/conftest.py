@@ -173,3 +173,17 @@ def small_bpe(verdict_text):
     from scratchlm.tokenizers import BPETokenizer
 
     return BPETokenizer.train(verdict_text, vocab_size=512, progress=False)
+
+
+@pytest.fixture(scope="module")
+def classify_csv(tmp_path_factory):
+    """A 60-row two-label CSV (``label``, ``text``) a tiny classifier learns in a few steps."""
+    import csv
+
+    path = tmp_path_factory.mktemp("cls") / "d.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "text"])
+        for i in range(60):
+            w.writerow(["pos", f"great lovely good {i}"] if i % 2 else ["neg", f"awful bad {i}"])
+    return path

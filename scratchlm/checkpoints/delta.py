@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from scratchlm.checkpoints.files import CheckpointError
+from scratchlm.checkpoints.files import CheckpointError, read_json
 from scratchlm.checkpoints.names import is_preset
 from scratchlm.checkpoints.ours import write_config
 
@@ -149,14 +149,7 @@ def read_lora_settings(path: str | Path) -> dict:
     optional ones filled in: a NaN alpha or a rank of 0 would otherwise merge into weights
     whose every token decodes as "!". Read here, below finetune/, since loading a delta needs
     it; ``finetune/lora.py`` reads it through this too."""
-    path = Path(path)
-    try:
-        s = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a LoRA settings file ({e})") from None
-    if not isinstance(s, dict):
-        raise CheckpointError(f"{path}: not a LoRA settings file (a JSON object expected)")
-    s = {"scaling": "book", "dropout": 0.0, "parts": {}, **s}
+    s = {"scaling": "book", "dropout": 0.0, "parts": {}, **read_json(Path(path))}
     checks = {
         "rank": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                  "an integer >= 1"),

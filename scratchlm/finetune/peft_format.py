@@ -11,6 +11,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from scratchlm.checkpoints.files import read_json
 from scratchlm.finetune.lora import lora_modules
 from scratchlm.models.registry import family_of
 
@@ -61,12 +62,7 @@ PEFT_TARGETS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "out", "g
 def read_peft_config(path: Path) -> dict:
     """``adapter_config.json`` with the fields we use checked, the file and field named: a NaN
     ``lora_alpha`` would merge silently into a model that prints only "!"."""
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{path}: not a PEFT adapter config ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: not a PEFT adapter config (a JSON object expected)")
+    cfg = read_json(path)  # a damaged file: a CheckpointError (a ValueError) naming it
     if cfg.get("peft_type") != "LORA":
         raise ValueError(f"{path.parent}: not a LoRA adapter ({cfg.get('peft_type')!r})")
     r, alpha, targets = cfg.get("r"), cfg.get("lora_alpha"), cfg.get("target_modules")

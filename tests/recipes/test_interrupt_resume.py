@@ -28,17 +28,6 @@ COMMON = ["--train.tensorboard", "false", "--train.log_every", "1", "--train.bat
           "--train.seed", "7"]
 
 
-@pytest.fixture(scope="module")
-def classify_csv(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cls") / "d.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["label", "text"])
-        for i in range(60):
-            w.writerow(["pos", f"great lovely good {i}"] if i % 2 else ["neg", f"awful bad {i}"])
-    return path
-
-
 def _args(recipe: str, model, classify_csv) -> list[str]:
     if recipe == "instruct":  # eval_every 2 stays 2 for any max_steps >= 8 (set_epochs)
         return ["finetune", "instruct", "--model", str(model), "--data", "instruction-data",

@@ -57,26 +57,15 @@ def _weights(run):
     return {f.name: load_file(f) for f in files if f.is_file()}
 
 
-@pytest.fixture(scope="module")
-def classify_data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cls") / "d.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["label", "text"])
-        for i in range(60):
-            w.writerow(["pos", f"great lovely good {i}"] if i % 2 else ["neg", f"awful bad {i}"])
-    return path
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe,strategy", [(r, "ddp") for r in RECIPES] +
                          [("instruct", "fsdp"), ("classify", "fsdp"), ("reward", "fsdp")])
 def test_two_ranks_equal_one_rank_with_twice_the_batch(recipe, strategy, tiny_chat_model,
-                                                       classify_data, tmp_path):
+                                                       classify_csv, tmp_path):
     model = tiny_chat_model(context_length=256)
     args = [*RECIPES[recipe], "--model", str(model)]
     if recipe == "classify":
-        args += ["--data", str(classify_data)]
+        args += ["--data", str(classify_csv)]
     one = _run(args, tmp_path / "one", 1)
     two = _run(args, tmp_path / "two", 2, strategy)
     a, b = _losses(one), _losses(two)
