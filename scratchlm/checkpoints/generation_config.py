@@ -115,7 +115,7 @@ def sampling_defaults(name: str, _depth: int = 0) -> SamplingDefaults:
     docstring); greedy when the model says nothing."""
     from scratchlm.checkpoints.delta import base_reference
     from scratchlm.checkpoints.hub import fetch_hf_repo
-    from scratchlm.checkpoints.names import HF_REPOS, resolve
+    from scratchlm.checkpoints.names import resolve
 
     ref = resolve(name)
     found = None
@@ -125,8 +125,7 @@ def sampling_defaults(name: str, _depth: int = 0) -> SamplingDefaults:
         path = ref.gguf_path()
         found = from_gguf(read_gguf(path)[0], str(path))
     else:
-        folder = (fetch_hf_repo(HF_REPOS[ref.name], progress=False) if ref.kind == "hub"
-                  else Path(ref.name))
+        folder = fetch_hf_repo(ref.repo, progress=False) if ref.kind == "hub" else Path(ref.name)
         if (folder / "generation_config.json").is_file():
             found = from_hf(folder / "generation_config.json")
         elif _depth < 8:  # a run stored over its base (checkpoints/delta.py) samples as the base

@@ -24,7 +24,7 @@ from scratchlm.checkpoints.delta import delta_state
 from scratchlm.checkpoints.files import CheckpointError, read_json
 from scratchlm.checkpoints.gguf import load_gguf
 from scratchlm.checkpoints.hf import load_hf
-from scratchlm.checkpoints.names import HF_REPOS, LOCAL_GGUF, ModelName, resolve
+from scratchlm.checkpoints.names import ModelName, known_names, resolve
 from scratchlm.checkpoints.ours import load_ours
 from scratchlm.models.registry import family_for_hf
 
@@ -85,10 +85,10 @@ def resolve_folder(name: str | ModelName, progress: bool = True) -> Path:
     if ref.kind == "hub":
         from scratchlm.checkpoints.hub import fetch_hf_repo
 
-        return fetch_hf_repo(HF_REPOS[ref.name], progress=progress)
+        return fetch_hf_repo(ref.repo, progress=progress)
     folder = Path(ref.name)
     if not (folder / "config.json").is_file():
-        known = ", ".join([*HF_REPOS, *LOCAL_GGUF])
+        known = ", ".join(known_names())
         raise FileNotFoundError(f"{ref.name!r} is neither a preset with weights ({known}) nor a "
                                 "folder with config.json")
     return folder

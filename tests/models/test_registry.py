@@ -111,3 +111,38 @@ def test_a_gpt_with_a_padded_vocabulary_saves_and_loads(tmp_path):
     x = torch.randint(0, model.cfg.vocab_size, (1, 8))
     with torch.no_grad():
         torch.testing.assert_close(load_pretrained(str(tmp_path))(x), model(x))
+
+
+def test_family_knowledge_has_one_home():
+    """A family's name (as a string) and its config class appear only in its module, the key
+    maps (``models/convert/``) and the registry: every other module asks the registry."""
+    import ast
+
+    from conftest import ROOT
+    from scratchlm.models.registry import FAMILIES
+
+    names = set(FAMILIES)
+    classes = {f.config_cls.__name__ for f in FAMILIES.values()}
+    homes = {f"models/{f.model_cls.__module__.rsplit('.', 1)[-1]}.py" for f in FAMILIES.values()}
+    homes |= {"models/registry.py"}
+    bad = []
+    for path in (ROOT / "scratchlm").rglob("*.py"):
+        rel = path.relative_to(ROOT / "scratchlm").as_posix()
+        if rel in homes or rel.startswith("models/convert/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in names:
+                bad.append(f"{rel}:{node.lineno} names the family {node.value!r}")
+            elif isinstance(node, ast.Name) and node.id in classes:
+                bad.append(f"{rel}:{node.lineno} uses {node.id}")
+    assert not bad, "\n".join(bad)
+
+
+def test_every_hub_repo_is_a_preset_of_its_family():
+    from scratchlm.checkpoints.names import resolve
+    from scratchlm.models.registry import FAMILIES
+
+    for fam in FAMILIES.values():
+        for name, repo in fam.hf_repos.items():
+            assert name in fam.presets, name
+            assert resolve(name).repo == repo
