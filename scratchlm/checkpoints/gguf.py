@@ -26,7 +26,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
     ``keep_quantized``: Linear weights and the embedding table stored as Q8_0/Q4_0/Q4_1/Q4_K/Q6_K
     stay in those blocks (``nn/gguf_linear.py``), a tied head sharing the table's bytes; for
     inference on the CPU in float32."""
-    from scratchlm.models.convert.gguf import ARCHS, GGUFError, config_kwargs, iter_tensors, read_gguf
+    from scratchlm.models.convert.gguf import (ARCHS, GGUFError, config_kwargs, iter_tensors,
+                                               read_gguf)
     from scratchlm.checkpoints.gguf_tokenizer import gguf_tokenizer
 
     meta, reader = read_gguf(path)

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from scratchlm.checkpoints.build import load_mapped
-from scratchlm.checkpoints.files import CheckpointError, iter_safetensors, read_json, save_safetensors
+from scratchlm.checkpoints.files import (CheckpointError, iter_safetensors, read_json,
+                                        save_safetensors)
 from scratchlm.models.registry import family_for_hf, family_of
 
 
