@@ -104,12 +104,14 @@ def encode_prompts(problems, tok, room: int, what: str, suffix: str = "") -> lis
     return out
 
 
-def main(cfg: GRPOConfig) -> dict:
+def check_config(cfg: GRPOConfig) -> bool:
+    """Refuse what cannot run, before any folder or model: whether the task's answers are
+    checked (math) or scored by a reward model."""
     check_eval(cfg.eval)
     check_settings(cfg.grpo)
     if cfg.task not in TASKS:
         raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
-    from scratchlm.rl.rewards import build_reward, parse_spec
+    from scratchlm.rl.rewards import parse_spec
 
     specs = dict(parse_spec(cfg.grpo.rewards))  # a bad name or weight fails before any folder
     if cfg.grpo.reward_model and "reward_model" not in specs:
@@ -122,6 +124,30 @@ def main(cfg: GRPOConfig) -> dict:
                          "--grpo.reward_model runs/reward/final")
     if checked and cfg.data != GRPOConfig.data:
         raise ValueError(f"--data is read by --task preference only, not {cfg.task}")
+    return checked
+
+
+class HeldOut:
+    """The held-out evaluation: greedy accuracy on checked answers, or the mean reward."""
+
+    def __init__(self, loss_module, tok, prompts, cfg: GRPOConfig, reward, checked: bool):
+        self.loss_module, self.tok, self.prompts, self.reward = loss_module, tok, prompts, reward
+        self.max_new_tokens, self.checked = cfg.grpo.max_new_tokens, checked
+        self.what = "accuracy" if checked else "reward"
+
+    def __call__(self) -> tuple[float, list[str]]:
+        engine = self.loss_module.engine()
+        if self.checked:
+            return greedy_accuracy(engine, self.tok, self.prompts, self.max_new_tokens)
+        return greedy_reward(engine, self.tok, self.prompts, self.max_new_tokens, self.reward)
+
+    def shown(self, v: float) -> str:
+        return f"{v:.2%}" if self.checked else f"{v:+.3f}"
+
+
+def main(cfg: GRPOConfig) -> dict:
+    checked = check_config(cfg)
+    from scratchlm.rl.rewards import build_reward
 
     with training_session(cfg.train, cfg.out, resume=cfg.resume,
                           overwrite=cfg.overwrite) as (rt, out):
@@ -134,13 +160,7 @@ def main(cfg: GRPOConfig) -> dict:
                              "tokenizer has none")
         reward = build_reward(cfg.grpo.rewards, tok, cfg.grpo.length_penalty,
                               cfg.grpo.reward_model, rt.device)
-        train_pb, test_pb = task_problems(cfg)
-        room = model.cfg.context_length - cfg.grpo.max_new_tokens
-        from scratchlm.evaluate.gsm8k import PROMPT_SUFFIX
-
-        suffix = PROMPT_SUFFIX if checked else ""  # math: the answer after ####
-        train_prompts = encode_prompts(train_pb, tok, room, f"{cfg.task} train", suffix)
-        test_prompts = encode_prompts(test_pb, tok, room, f"{cfg.task} held-out", suffix)
+        train_prompts, test_prompts = _prompts(cfg, tok, model, checked)
         reference = None
         if cfg.lora.rank > 0:
             apply_lora_config(model, cfg.lora)
@@ -153,41 +173,23 @@ def main(cfg: GRPOConfig) -> dict:
                    f"completions, {len(test_prompts)} held out; rewards {cfg.grpo.rewards}; "
                    f"{trainable:,} trainable parameters")
         loss_module = GRPOLoss(model, tok, train_prompts, reward, cfg.grpo, reference)
-        what = "accuracy" if checked else "reward"  # held out: exact answers, or the reward
-
-        def held_out() -> tuple[float, list[str]]:
-            if checked:
-                return greedy_accuracy(loss_module.engine(), tok, test_prompts,
-                                       cfg.grpo.max_new_tokens)
-            return greedy_reward(loss_module.engine(), tok, test_prompts,
-                                 cfg.grpo.max_new_tokens, reward)
-
-        def shown(v: float) -> str:
-            return f"{v:.2%}" if checked else f"{v:+.3f}"
-
+        held_out = HeldOut(loss_module, tok, test_prompts, cfg, reward, checked)
+        what = held_out.what
         t0 = time.perf_counter()
         before, texts_before = held_out()
-        tqdm.write(f"held-out {what} before: {shown(before)} "
+        tqdm.write(f"held-out {what} before: {held_out.shown(before)} "
                    f"({time.perf_counter() - t0:.0f}s)")
         trainer = prepare_training(loss_module, model, rt, cfg.train)
         optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
                                     cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
                                     rt.device.type)
-
         last: dict = {}  # the latest held-out evaluation: the final one is not run twice
-
-        def plot_rewards() -> None:  # reward.png, as loss.png: updated while the run runs
-            if rt.is_main:
-                with open(out / "metrics.csv", newline="") as f:
-                    rows = list(csv.DictReader(f))
-                plot_series(rows, ["reward", "accuracy", f"heldout_{what}"],
-                            out / "reward.png", f"GRPO on {cfg.task}", "reward / accuracy")
 
         def on_eval(step: int) -> dict:
             acc, texts = held_out()
             last.update(step=step, acc=acc, texts=texts)
-            tqdm.write(f"step {step}: held-out {what} {shown(acc)}")
-            plot_rewards()
+            tqdm.write(f"step {step}: held-out {what} {held_out.shown(acc)}")
+            _plot_rewards(rt, out, cfg.task, what)
             return {f"heldout_{what}": acc}
 
         t1 = time.perf_counter()
@@ -201,15 +203,15 @@ def main(cfg: GRPOConfig) -> dict:
         else:  # resumed at or past the end: no evaluation ran in this process
             after, texts_after = held_out()
         # the steps the model has taken (a resumed run's include the earlier process's)
-        tqdm.write(f"held-out {what} {shown(before)} -> {shown(after)} after {done} steps "
-                   f"({train_s / 60:.1f} min of training in this process)")
+        tqdm.write(f"held-out {what} {held_out.shown(before)} -> {held_out.shown(after)} after "
+                   f"{done} steps ({train_s / 60:.1f} min of training in this process)")
         result = {"task": cfg.task, "trainable": trainable, f"{what}_before": before,
                   f"{what}_after": after, "train_minutes": train_s / 60,
                   "heldout": len(test_prompts)}
         model = whole_model(model, rt)
         if not rt.is_main:
             return result
-        plot_rewards()  # with the last held-out evaluation
+        _plot_rewards(rt, out, cfg.task, what)  # with the last held-out evaluation
         result["samples"] = [{"question": p.text, "reference": p.reference, "before": b,
                               "after": a}
                              for p, b, a in zip(test_prompts, texts_before, texts_after)]
@@ -217,3 +219,23 @@ def main(cfg: GRPOConfig) -> dict:
         save_final(model, tok, out / "final", cfg.lora, cfg.model)
         evaluate_final(cfg.eval, model, tok, out, str(out / "final"))
         return result
+
+
+def _prompts(cfg: GRPOConfig, tok, model, checked: bool):
+    """(train, held-out) prompts of the task, each leaving room for the completion."""
+    from scratchlm.evaluate.gsm8k import PROMPT_SUFFIX
+
+    train_pb, test_pb = task_problems(cfg)
+    room = model.cfg.context_length - cfg.grpo.max_new_tokens
+    suffix = PROMPT_SUFFIX if checked else ""  # math: the answer after ####
+    return (encode_prompts(train_pb, tok, room, f"{cfg.task} train", suffix),
+            encode_prompts(test_pb, tok, room, f"{cfg.task} held-out", suffix))
+
+
+def _plot_rewards(rt, out, task: str, what: str) -> None:
+    """reward.png, as loss.png: updated while the run runs."""
+    if rt.is_main:
+        with open(out / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        plot_series(rows, ["reward", "accuracy", f"heldout_{what}"], out / "reward.png",
+                    f"GRPO on {task}", "reward / accuracy")
