@@ -262,9 +262,8 @@ def _fetch(url: str, dest: Path, sha256: str | None, progress: bool, timeout: fl
         req.add_header("Range", f"bytes={have}-")
         req.add_header("If-Range", meta["validator"])
     vouched = _Vouched()
-    opener = urllib.request.build_opener(_Redirects(vouched))
     try:
-        resp = opener.open(req, timeout=timeout)
+        resp = urllib.request.build_opener(_Redirects(vouched)).open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and have and meta.get("total") == have:  # the .part is already whole
             return _finish(part, dest, _Vouched(**meta.get("vouched", {})), sha256, url, have)
@@ -275,60 +274,11 @@ def _fetch(url: str, dest: Path, sha256: str | None, progress: bool, timeout: fl
         raise DownloadError(f"HTTP {e.code} {e.reason} for {url}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         raise DownloadError(f"cannot reach {url}: {getattr(e, 'reason', e)}") from None
-
     with resp:
         _read_vouched(resp.headers, vouched)
-        length = resp.headers.get("Content-Length")
-        length = int(length) if length is not None and length.isdigit() else None
-        if resp.status == 206:
-            match = _CONTENT_RANGE.fullmatch((resp.headers.get("Content-Range") or "").strip())
-            start = int(match.group(1)) if match else None
-            if not have or start != have:
-                _discard(part)
-                raise IntegrityError(
-                    f"refusing the reply from {url}: it sent bytes starting at {start} (Content-"
-                    f"Range {resp.headers.get('Content-Range')!r}) for a request "
-                    + (f"from byte {have}" if have else "of the whole file")
-                    + "; the partial file was discarded, call again to start over")
-            if match.group(3) != "*":
-                total = int(match.group(3))
-            else:
-                total = have + length if length is not None else None
-        else:
-            have = 0  # a full reply (the file changed, or the server ignores ranges): start over
-            total = length
-        if vouched.size is not None and total is not None and vouched.size != total:
-            raise IntegrityError(f"refusing the reply from {url}: it is {total} bytes, the server "
-                                f"said the file is {vouched.size}")
-        total = total if total is not None else vouched.size
-        known = sha256 or vouched.sha256 or vouched.git_sha1
-        if total is None and not getattr(resp, "chunked", False) and not known:
-            raise IntegrityError(
-                f"refusing the reply from {url}: it has no Content-Length, no chunked framing "
-                "and no digest, so a transfer cut short could not be told from a whole file; "
-                "pass sha256= to download it")
-        validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
-        if validator and not validator.startswith("W/"):
-            _meta_path(part).write_text(json.dumps({
-                "url": url, "validator": validator, "total": total,
-                "vouched": vars(vouched)}))
-        else:
-            _meta_path(part).unlink(missing_ok=True)
-        got = have
-        with open(part, "ab" if have else "wb") as f, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=dest.name, disable=not progress, leave=False,
-        ) as bar:
-            try:
-                for block in iter(lambda: resp.read(CHUNK), b""):
-                    f.write(block)
-                    got += len(block)
-                    bar.update(len(block))
-            except (OSError, http.client.HTTPException) as e:
-                raise IntegrityError(
-                    f"truncated transfer of {url}: {got} bytes kept in {part} ({e}); "
-                    "call again to resume"
-                ) from None
+        have, total = _reply_span(resp, url, part, have, vouched, sha256)
+        _remember(resp, url, part, total, vouched)
+        got = _receive(resp, url, part, dest.name, have, total, progress)
     if total is not None and got < total:
         raise IntegrityError(
             f"truncated transfer of {url}: got {got} of {total} bytes, kept in {part}; "
@@ -339,6 +289,77 @@ def _fetch(url: str, dest: Path, sha256: str | None, progress: bool, timeout: fl
         raise IntegrityError(f"refusing the reply from {url}: it sent {got} bytes, more than the "
                             f"{total} it announced")
     return _finish(part, dest, vouched, sha256, url, got)
+
+
+def _reply_span(resp, url: str, part: Path, have: int, vouched: "_Vouched",
+                sha256: str | None) -> tuple[int, int | None]:
+    """(the bytes of ``part`` the reply continues, the file's whole size or None): a 206 must
+    start where ``part`` ends; a 200 starts over. A reply whose end could not be told (no
+    length, no chunked framing, no digest) is refused."""
+    length = resp.headers.get("Content-Length")
+    length = int(length) if length is not None and length.isdigit() else None
+    if resp.status == 206:
+        match = _CONTENT_RANGE.fullmatch((resp.headers.get("Content-Range") or "").strip())
+        start = int(match.group(1)) if match else None
+        if not have or start != have:
+            _discard(part)
+            raise IntegrityError(
+                f"refusing the reply from {url}: it sent bytes starting at {start} (Content-"
+                f"Range {resp.headers.get('Content-Range')!r}) for a request "
+                + (f"from byte {have}" if have else "of the whole file")
+                + "; the partial file was discarded, call again to start over")
+        if match.group(3) != "*":
+            total = int(match.group(3))
+        else:
+            total = have + length if length is not None else None
+    else:
+        have = 0  # a full reply (the file changed, or the server ignores ranges): start over
+        total = length
+    if vouched.size is not None and total is not None and vouched.size != total:
+        raise IntegrityError(f"refusing the reply from {url}: it is {total} bytes, the server "
+                            f"said the file is {vouched.size}")
+    total = total if total is not None else vouched.size
+    known = sha256 or vouched.sha256 or vouched.git_sha1
+    if total is None and not getattr(resp, "chunked", False) and not known:
+        raise IntegrityError(
+            f"refusing the reply from {url}: it has no Content-Length, no chunked framing "
+            "and no digest, so a transfer cut short could not be told from a whole file; "
+            "pass sha256= to download it")
+    return have, total
+
+
+def _remember(resp, url: str, part: Path, total: int | None, vouched: "_Vouched") -> None:
+    """Beside ``part``, what a later call needs to resume it: the reply's strong validator
+    (ETag or Last-Modified), the whole size and what the server vouched for; no validator,
+    no resume."""
+    validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
+    if validator and not validator.startswith("W/"):
+        _meta_path(part).write_text(json.dumps({
+            "url": url, "validator": validator, "total": total, "vouched": vars(vouched)}))
+    else:
+        _meta_path(part).unlink(missing_ok=True)
+
+
+def _receive(resp, url: str, part: Path, name: str, have: int, total: int | None,
+             progress: bool) -> int:
+    """The reply's bytes appended to ``part`` (after its first ``have``), with a progress bar;
+    the bytes ``part`` then holds. A cut keeps them for the next call to resume."""
+    got = have
+    with open(part, "ab" if have else "wb") as f, tqdm(
+        total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+        desc=name, disable=not progress, leave=False,
+    ) as bar:
+        try:
+            for block in iter(lambda: resp.read(CHUNK), b""):
+                f.write(block)
+                got += len(block)
+                bar.update(len(block))
+        except (OSError, http.client.HTTPException) as e:
+            raise IntegrityError(
+                f"truncated transfer of {url}: {got} bytes kept in {part} ({e}); "
+                "call again to resume"
+            ) from None
+    return got
 
 
 def _finish(part: Path, dest: Path, vouched: _Vouched, sha256: str | None, url: str,
