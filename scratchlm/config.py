@@ -142,6 +142,9 @@ BOUNDS: dict[str, tuple] = {
     **dict.fromkeys(["val_fraction", "dropout", "drop_rate", "eps_low"], _FRACTION),
     **dict.fromkeys(["top_p", "mfu"], _PROBABILITY),
     "DistillConfig.alpha": (0, 1, False, False),
+    "GRPOSettings.temperature": _POSITIVE,  # rollouts are sampled
+    "GRPOSettings.group_size": (2, None, False, False),  # a group compares completions
+    "GRPOSettings.iterations": _COUNT,  # optimizer steps per rollout
     "port": (0, 65535, False, False),
 }
 

@@ -27,6 +27,10 @@ from scratchlm.config import BOUNDS
     (["finetune", "dpo", "--dpo.beta", "0"], r"--dpo.beta must be > 0, got 0.0"),
     (["finetune", "grpo", "--grpo.top_p", "0"], r"--grpo.top_p must be in \(0, 1\], got 0.0"),
     (["finetune", "grpo", "--grpo.eps_low", "1"], r"--grpo.eps_low must be in \[0, 1\)"),
+    # one home: the flag and GRPOSettings built in Python meet the same bound (>= 0 and > 0
+    # disagreed before)
+    (["finetune", "grpo", "--grpo.temperature", "0"], r"--grpo.temperature must be > 0, got 0"),
+    (["finetune", "grpo", "--grpo.group_size", "1"], r"--grpo.group_size must be >= 2, got 1"),
     (["distill", "--alpha", "1.5"], r"--alpha must be in \[0, 1\], got 1.5"),
     (["distill", "--temperature", "0"], r"--temperature must be > 0, got 0.0"),
     (["serve", "--port", "70000"], r"--port must be in \[0, 65535\], got 70000"),

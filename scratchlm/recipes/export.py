@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from scratchlm.config import check_bounds
 from scratchlm.export.atomic import replace_file, replace_folder, staging
 from scratchlm.recipes.configs import ExportConfig  # noqa: F401 (its config)
 
@@ -41,8 +42,7 @@ def _check(cfg: ExportConfig) -> Path:
         if cfg.quant.upper() not in QUANTS:
             raise ValueError(f"--quant must be one of {[q.lower() for q in QUANTS]}, got "
                              f"{cfg.quant!r}")
-    if cfg.max_shard_gb <= 0:
-        raise ValueError(f"--max_shard_gb must be > 0, got {cfg.max_shard_gb}")
+    check_bounds(cfg)  # --max_shard_gb > 0 (config.BOUNDS), also for a config built in Python
     default = ExportConfig()
     if cfg.format == "gguf" and cfg.max_shard_gb != default.max_shard_gb:
         raise ValueError("--max_shard_gb applies to --format hf only (a GGUF is one file)")

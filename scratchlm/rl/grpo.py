@@ -40,28 +40,15 @@ SCALES = ("group", "none")
 
 
 def check_settings(s: GRPOSettings) -> None:
-    if s.group_size < 2:
-        raise ValueError(f"--grpo.group_size must be >= 2 (a group compares completions), "
-                         f"got {s.group_size}")
+    """The settings' names (loss, scale) here; their numeric ranges in ``config.BOUNDS``, the
+    one table flags, files and settings built in Python are all checked against."""
+    from scratchlm.config import check_bounds
+
     if s.loss not in LOSSES:
         raise ValueError(f"--grpo.loss must be one of {', '.join(LOSSES)}, got {s.loss!r}")
     if s.scale not in SCALES:
         raise ValueError(f"--grpo.scale must be one of {', '.join(SCALES)}, got {s.scale!r}")
-    if s.temperature <= 0:
-        raise ValueError(f"--grpo.temperature must be > 0 (rollouts are sampled), "
-                         f"got {s.temperature}")
-    if not 0 <= s.eps_low < 1 or s.eps_high < 0:
-        raise ValueError(f"clip range needs 0 <= eps_low < 1 and eps_high >= 0, got "
-                         f"{s.eps_low}, {s.eps_high}")
-    if s.top_p is not None and not 0 < s.top_p <= 1:
-        raise ValueError(f"--grpo.top_p must be in (0, 1], got {s.top_p}")
-    if s.beta < 0:
-        raise ValueError(f"--grpo.beta must be >= 0, got {s.beta}")
-    if s.iterations < 1:
-        raise ValueError(f"--grpo.iterations must be >= 1 (optimizer steps per rollout), "
-                         f"got {s.iterations}")
-    if s.max_new_tokens < 1:
-        raise ValueError(f"--grpo.max_new_tokens must be >= 1, got {s.max_new_tokens}")
+    check_bounds(s, "grpo.")
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
