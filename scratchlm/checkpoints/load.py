@@ -103,6 +103,8 @@ def load_pretrained(name: str, dtype: torch.dtype = torch.float32,
     folder = resolve_folder(ref, progress)
     config = read_json(folder / "config.json")
     if "scratchlm" in config:
+        if not isinstance(config["scratchlm"], dict):
+            raise CheckpointError(f"{folder / 'config.json'}: 'scratchlm' is not an object")
         state = None
         if "base" in config["scratchlm"] and not (folder / "model.safetensors").is_file():
             state = delta_state(  # what a run trained, over its base

@@ -212,7 +212,7 @@ class TextStream:
         self.tokenizer, self.stop_strings = tokenizer, [s for s in stop_strings if s]
         self.ids: list[int] = []
         self.text = ""  # the whole characters decoded so far
-        self.sent = ""
+        self.sent = 0  # characters of self.text released so far
         self.stopped = False
         self.prefix = self.read = 0  # ids[prefix:read] decode to the end of self.text
 
@@ -236,7 +236,7 @@ class TextStream:
         self.ids.append(token)
         if not self._decode_new():
             return ""
-        text, start = self.text, len(self.sent)
+        text, start = self.text, self.sent
         # a stop string cannot begin inside the released text: that text was released only
         # once no stop string could start in it
         cut = min((i for i in (text.find(s, start) for s in self.stop_strings) if i >= 0),
@@ -244,12 +244,12 @@ class TextStream:
         if cut >= 0:
             self.stopped = True
             piece = text[start:cut]
-            self.sent = text[:cut]
+            self.sent = cut
             return piece
         hold = max((self._held(text, s) for s in self.stop_strings), default=0)
         if len(text) - hold > start:
             piece = text[start:len(text) - hold]
-            self.sent = text[:len(text) - hold]
+            self.sent = len(text) - hold
             return piece
         return ""
 
@@ -268,8 +268,8 @@ class TextStream:
         if self.stopped:
             return ""
         text = self.tokenizer.decode(self.ids)
-        piece = text[len(self.sent):] if len(text) > len(self.sent) else ""
-        self.sent = text
+        piece = text[self.sent:]
+        self.sent = len(text)
         return piece
 
 

@@ -45,7 +45,7 @@ from scratchlm.generation.engine import Engine, SamplingParams
 from scratchlm.generation.sampling import sample_next
 
 
-@dataclass
+@dataclass(eq=False)  # a row is itself: ``rows.index`` must not compare logits
 class Row:
     """One request in the batch; ``tag`` is the caller's handle for it."""
 

@@ -4,8 +4,10 @@ Hugging Face and llama.cpp do), and encode it.
 Templates run in Jinja's sandbox; ``raise_exception`` is provided as templates expect. A
 template is code from outside (a GGUF file's metadata), so it also runs within limits: a string
 or list it multiplies may not outgrow ``MAX_CHARS``, nor may its output, and it may not run for
-more than ``MAX_SECONDS`` (checked on every line of the compiled template, by a trace function
-in the rendering thread). ``TemplateError`` names the template's source (the file).
+more than ``MAX_SECONDS``, nor hold a value larger than ``MAX_CHARS`` in a variable (both
+checked on every line of the compiled template, by a trace function in the rendering thread);
+a size argument (``ljust``, ``center``, ``indent``) is bounded too. ``TemplateError`` names the
+template's source (the file).
 
 The template's own special tokens (``<|im_start|>``) are control tokens; the messages' contents
 are the user's text, so a ``<|im_start|>system`` typed into a message stays ordinary text and
@@ -16,6 +18,7 @@ cannot forge a turn. ``render_chat_spans`` finds where the contents lie in the r
 
 from __future__ import annotations
 
+import functools
 import secrets
 import sys
 import time
@@ -43,17 +46,20 @@ def _compile(template: str):
 
         def call_binop(self, context, operator, left, right):
             if operator == "*":
-                n, seq = (left, right) if isinstance(left, int) else (right, left)
-                if isinstance(n, int) and hasattr(seq, "__len__") and n * len(seq) > MAX_CHARS:
-                    raise SecurityError(f"a repetition of {n} x {len(seq)} items is over "
-                                        f"the limit of {MAX_CHARS:,}")
+                _check_product(left, right)
             elif isinstance(right, (int, float)) and (
                     abs(right) > MAX_POWER or isinstance(left, int)
                     and left.bit_length() * abs(right) > MAX_POWER * 64):
                 raise SecurityError(f"a power {left} ** {right} is over the limit")
             return super().call_binop(context, operator, left, right)
 
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (Jinja's signature)
+            _check_sizes(args, kwargs)  # "x".ljust(10**10)
+            return super().call(__context, __obj, *args, **kwargs)
+
     env = Limited(trim_blocks=True, lstrip_blocks=True)
+    # filters are called directly by the compiled template, not through ``call``
+    env.filters = {name: _bounded(f) for name, f in env.filters.items()}
 
     def raise_exception(message):
         raise ValueError(f"chat template: {message}")
@@ -62,18 +68,79 @@ def _compile(template: str):
     return env.from_string(template)
 
 
+def _size(value) -> int:
+    """Characters a string holds, items (and their characters) a list holds; 0 for others."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, (list, tuple)):
+        return len(value) + sum(len(v) for v in value[:1024] if isinstance(v, str)) * max(
+            1, len(value) // 1024)
+    return 0
+
+
+def _check_product(left, right) -> None:
+    """``left * right`` would not outgrow ``MAX_CHARS`` (a string or list repeated) or 64 K
+    bits (two integers)."""
+    from jinja2.exceptions import SecurityError
+
+    if isinstance(left, int) and isinstance(right, int):
+        if left.bit_length() + right.bit_length() > MAX_POWER * 64:
+            raise SecurityError("a product of two integers is over the limit")
+        return
+    n, seq = (left, right) if isinstance(left, int) else (right, left)
+    if isinstance(n, int) and n * _size(seq) > MAX_CHARS:
+        raise SecurityError(f"a repetition of {n} x {_size(seq):,} characters is over the "
+                            f"limit of {MAX_CHARS:,}")
+
+
+def _check_sizes(args, kwargs) -> None:
+    """No integer argument (a width, a count) over ``MAX_CHARS``."""
+    from jinja2.exceptions import SecurityError
+
+    sizes = [a for a in (*args, *kwargs.values()) if isinstance(a, int) and not isinstance(a, bool)]
+    if any(abs(a) > MAX_CHARS for a in sizes):
+        raise SecurityError(f"an argument of {max(sizes, key=abs)} is over the limit of "
+                            f"{MAX_CHARS:,}")
+
+
+def _bounded(fn):
+    """A filter whose integer arguments are checked first (``|center(10**10)``); Jinja's
+    markers on it (pass_context, ...) are kept."""
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        _check_sizes(args, kwargs)
+        return fn(*args, **kwargs)
+
+    return checked
+
+
+def _held_too_much(frame) -> bool:
+    """Whether a variable of a template's frame (a string, a list, a namespace's values) holds
+    more than ``MAX_CHARS``: what ``~`` or ``+`` in a loop builds between two lines."""
+    for value in frame.f_locals.values():
+        attrs = getattr(value, "_Namespace__attrs", None)  # Jinja's namespace() keeps a dict
+        values = (attrs if isinstance(attrs, dict) else value if isinstance(value, dict)
+                  else {0: value}).values()
+        try:
+            if any(_size(v) > MAX_CHARS for v in values):
+                return True
+        except TypeError:
+            continue
+    return False
+
+
 def _render_limited(template, variables: dict) -> str:
     """The template's output, stopped with a ``TemplateError`` past ``MAX_CHARS`` characters or
     ``MAX_SECONDS`` seconds. Jinja compiles a template to Python code (file "<template>"): a
     trace function set for this thread only watches those frames' lines."""
     deadline = time.monotonic() + MAX_SECONDS
-    lines = 0
 
     def on_line(frame, event, arg):
-        nonlocal lines
-        lines += 1
-        if lines % 256 == 0 and time.monotonic() > deadline:
+        if time.monotonic() > deadline:
             raise TemplateError(f"rendering took over {MAX_SECONDS:g} s")
+        if _held_too_much(frame):
+            raise TemplateError(f"a value it builds is over the limit of {MAX_CHARS:,} "
+                                "characters")
         return on_line
 
     def on_call(frame, event, arg):
@@ -81,15 +148,17 @@ def _render_limited(template, variables: dict) -> str:
 
     previous = sys.gettrace()
     sys.settrace(on_call)
+    pieces = template.generate(**variables)
     try:
         parts, size = [], 0
-        for piece in template.generate(**variables):
+        for piece in pieces:
             size += len(piece)
             if size > MAX_CHARS:
                 raise TemplateError(f"its output is over the limit of {MAX_CHARS:,} characters")
             parts.append(piece)
         return "".join(parts)
     finally:
+        pieces.close()  # its frames, traced, let go now
         sys.settrace(previous)
 
 

@@ -174,11 +174,11 @@ def fit(
                             resume_step=run.state["step"] if resume else None)
     data = _Data(train_data, val_data, cfg, rt, collate_fn, run.state)
     result = FitResult(run.state["step"], run.state["tokens"])
-    stop = _StopFlag()
-    old_handler = signal.signal(signal.SIGINT, stop)
     bar = tqdm(total=cfg.max_steps, initial=run.state["step"], desc="training", unit="step",
                disable=not rt.is_main, dynamic_ncols=True)
-    logger = _StepLog(run, metrics, bar, flops_per_token)
+    logger = _StepLog(run, metrics, bar, flops_per_token)  # measures peak FLOP/s: before SIGINT
+    stop = _StopFlag()
+    old_handler = signal.signal(signal.SIGINT, stop)
     try:
         model.train()
         while run.state["step"] < cfg.max_steps:

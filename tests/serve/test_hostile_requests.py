@@ -136,3 +136,24 @@ def test_an_empty_api_key_is_refused_not_an_open_server(env, args):
                          capture_output=True, text=True, timeout=120,
                          env={**os.environ, **env})
     assert out.returncode == 2 and "is empty" in out.stderr
+
+
+def test_a_pipelined_request_that_stalls_is_closed_too(server):
+    """A whole request and the headers of a second (whose body never comes) in one write: the
+    second is read from the buffer when the first response ends, not by a new read, and must
+    get its deadline there."""
+    host, port = server.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)))
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+              b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 1000000\r\n\r\n")
+    s.settimeout(10)
+    t0, data = time.perf_counter(), b""
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    s.close()
+    assert b'"status":"ok"' in data.replace(b" ", b"")  # the first request was answered
+    assert time.perf_counter() - t0 < 8, "the stalled second request was never closed"

@@ -60,3 +60,23 @@ def test_ordinary_templates_render_as_before(tiny_chat_model):
     tok = get_tokenizer(str(tiny_chat_model(context_length=64)))
     text = render_chat(tok.chat_template, MESSAGES, bos_token="", eos_token="")
     assert "hi" in text and "<|im_start|>user" in text
+
+
+@pytest.mark.parametrize("template", [
+    "{% set ns = namespace(x='a') %}{% for i in range(60) %}{% set ns.x = ns.x ~ ns.x %}"
+    "{% endfor %}{{ ns.x | length }}",  # doubling by ~ in a loop
+    "{% set ns = namespace(x='ab') %}{% for i in range(60) %}{% set ns.x = ns.x + ns.x %}"
+    "{% endfor %}{{ ns.x | length }}",
+    "{{ ([('x' * 1000)] * 100000) | join }}",  # a list of long strings, repeated
+    "{{ 'x'.ljust(10000000000) }}",
+    "{{ 'x' | center(10000000000) }}",
+    "{% set ns = namespace(x=2 ** 1000) %}{% for i in range(40) %}{% set ns.x = ns.x * ns.x %}"
+    "{% endfor %}{{ ns.x > 0 }}",
+])
+def test_values_built_inside_a_template_are_bounded(template):
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(TemplateError, match="limit"):
+        render_chat(template, MESSAGES)
+    assert tracemalloc.get_traced_memory()[1] < 100e6 and time.perf_counter() - t0 < 10
+    tracemalloc.stop()
