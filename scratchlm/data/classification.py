@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import random
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
+from scratchlm.data.jsonl import json_lines
 from scratchlm.data.text_file import read_text
 
 
@@ -82,13 +82,7 @@ def read_table(path: str | Path, text_col: str = "text",
     text = read_text(path)
     rows = []
     if path.suffix in (".jsonl", ".json"):
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ClassificationDataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        for lineno, obj in json_lines(path, text, ClassificationDataError):
             if not isinstance(obj, dict):
                 raise ClassificationDataError(f"{path}:{lineno}: expected an object")
             for col in (label_col, text_col):

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from scratchlm.data.jsonl import json_lines
 from scratchlm.data.text_file import read_text
 
 STYLES = ("alpaca", "phi3", "chat")
@@ -93,15 +94,8 @@ def read_examples(path: str | Path) -> list[Example]:
     path = Path(path)
     text = read_text(path)
     if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
-        out = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            out.append(_entry_to_example(entry, f"{path}:{lineno}"))
+        out = [_entry_to_example(entry, f"{path}:{lineno}")
+               for lineno, entry in json_lines(path, text)]
     else:
         try:
             entries = json.loads(text)

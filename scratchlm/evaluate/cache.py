@@ -12,6 +12,9 @@ within the task, its fields and their types, by the task's own ``check``); a bad
 ``CacheError`` naming the file and line, never a silently counted or dropped result. Only the
 last line may be cut short (the interruption itself): it is cut off and its example redone.
 
+``score_pending`` is the loop of a resumable evaluation: rows of ``done`` are kept, the rest
+scored in batches and each handed on (to ``ResultCache.add``) as it comes.
+
 Not here: the report card (``report.py``), the rows themselves (``choice.py``, ``gsm8k.py``).
 """
 
@@ -21,8 +24,10 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 # The files whose change means other weights: a folder's tokenizer files are left out, since
 # the training recipes write them after their final evaluation (pretrain.py).
@@ -90,6 +95,15 @@ def model_identity(name: str, adapter: str | None = None, quantize: str | None =
 
 
 # ------------------------------------------------------------------------------ the cache
+def _load_json(line: str, where: str, what: str):
+    """The value of one line of a cache file; not JSON is a ``CacheError`` at ``where``."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise CacheError(f"{where}: not a JSON {what} ({e}); delete the file to start "
+                         "over") from None
+
+
 class ResultCache:
     """Per-example rows of one task under one key, appended as they finish; ``done`` holds
     the rows read back (index -> row), each passed by ``check``."""
@@ -126,11 +140,7 @@ class ResultCache:
                              "over") from None
 
     def _old_key(self, header: str) -> dict | None:
-        try:
-            value = json.loads(header)
-        except json.JSONDecodeError as e:
-            raise CacheError(f"{self.path}:1: not a JSON header ({e}); delete the file to "
-                             "start over") from None
+        value = _load_json(header, f"{self.path}:1", "header")
         key = value.get("key") if isinstance(value, dict) else None
         return key if isinstance(key, dict) else None  # None: an older layout, redone
 
@@ -158,11 +168,7 @@ class ResultCache:
 
     @staticmethod
     def _parse(line: str, where: str) -> tuple[int, dict]:
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CacheError(f"{where}: not a JSON line ({e}); delete the file to start "
-                             "over") from None
+        item = _load_json(line, where, "line")
         index = item.get("index") if isinstance(item, dict) else None
         if (not isinstance(item, dict) or set(item) != {"index", "row"}
                 or isinstance(index, bool) or not isinstance(index, int) or index < 0
@@ -176,3 +182,27 @@ class ResultCache:
             f.write(json.dumps({"index": index, "row": row}) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------- resuming
+def score_pending(n: int, score: Callable[[list[int], int], Iterable[dict]], batch_size: int,
+                  done: dict[int, dict] | None = None,
+                  on_result: Callable[[int, dict], None] | None = None,
+                  desc: str = "", unit: str = "example", progress: bool = True) -> list[dict]:
+    """The rows of examples ``0 .. n-1``: those in ``done`` (a ``ResultCache``'s), and the rest
+    from ``score(chunk, start)`` in batches of ``batch_size`` (``chunk``: the indices to score,
+    ``start``: the chunk's offset among those pending; it yields a row per index, in order),
+    each handed to ``on_result(index, row)`` (``ResultCache.add``) as it comes. A row of
+    ``done`` past ``n`` is not returned."""
+    rows: dict[int, dict] = dict(done or {})
+    todo = [i for i in range(n) if i not in rows]
+    bar = tqdm(total=len(todo), desc=desc, unit=unit, disable=not progress)
+    for start in range(0, len(todo), batch_size):  # a batch of examples scored together
+        chunk = todo[start:start + batch_size]
+        for i, row in zip(chunk, score(chunk, start)):
+            rows[i] = row
+            if on_result is not None:
+                on_result(i, row)
+        bar.update(len(chunk))
+    bar.close()
+    return [rows[i] for i in range(n)]

@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from scratchlm.data.text_file import DataFileError, read_text
+from scratchlm.evaluate.cache import score_pending
 from scratchlm.evaluate.lm import prefix_token
 
 
@@ -319,11 +320,8 @@ def evaluate_choices(model: nn.Module, tokenizer, examples: Sequence[Example], s
     from ``shot_pool`` with ``seed``). ``done``: per-example results already computed (by
     index; resuming), skipped; ``on_result(index, row)`` is called for each new one."""
     pool = shot_pool if shot_pool is not None else examples
-    rows: dict[int, dict] = dict(done or {})
-    todo = [i for i in range(len(examples)) if i not in rows]
-    bar = tqdm(total=len(todo), desc="multiple choice", unit="example", disable=not progress)
-    for start in range(0, len(todo), batch_size):  # a batch of examples scored together
-        chunk = todo[start:start + batch_size]
+
+    def score(chunk: list[int], start: int):  # the examples' choices scored together
         pairs, owners = [], []
         for i in chunk:
             ex = examples[i]
@@ -336,16 +334,13 @@ def evaluate_choices(model: nn.Module, tokenizer, examples: Sequence[Example], s
             ex = examples[i]
             lls = [s for s, o in zip(scores, owners) if o == i]
             norm = [ll / max(len(c), 1) for ll, c in zip(lls, ex.choices)]
-            row = {"loglikelihoods": lls, "label": ex.label,
+            yield {"loglikelihoods": lls, "label": ex.label,
                    "acc": float(max(range(len(lls)), key=lls.__getitem__) == ex.label),
                    "acc_norm": float(max(range(len(norm)), key=norm.__getitem__) == ex.label)}
-            rows[i] = row
-            if on_result is not None:
-                on_result(i, row)
-        bar.update(len(chunk))
-    bar.close()
+
     n = len(examples)
-    mine = [rows[i] for i in range(n)]  # a row of ``done`` past the examples is not counted
+    mine = score_pending(n, score, batch_size, done, on_result, desc="multiple choice",
+                         unit="example", progress=progress)
     return {"examples": n, "shots": shots,
             "acc": sum(r["acc"] for r in mine) / n,
             "acc_norm": sum(r["acc_norm"] for r in mine) / n,

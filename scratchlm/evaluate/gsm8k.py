@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation, localcontext
 
 from torch import nn
-from tqdm.auto import tqdm
 
 from scratchlm.data.text_file import read_text
+from scratchlm.evaluate.cache import score_pending
 
 PROMPT_SUFFIX = ("\n\nSolve it step by step, then give the final answer as a number on the "
                  "last line after '####'.")
@@ -198,11 +198,8 @@ def evaluate_gsm8k(model: nn.Module, tokenizer, problems: Sequence[Problem], mod
         return tokenizer.encode(fewshot_prompt(p, shot_list))
 
     engine = Engine(model)
-    rows: dict[int, dict] = dict(done or {})
-    todo = [i for i in range(len(problems)) if i not in rows]
-    bar = tqdm(total=len(todo), desc=f"gsm8k {mode}", unit="problem", disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
+
+    def score(chunk: list[int], start: int):  # the problems' samples generated together
         prompts = [encode(problems[i]) for i in chunk for _ in range(samples)]
         texts = _generate(engine, tokenizer, prompts, max_new_tokens, temperature,
                           seed + start if temperature > 0 else None,
@@ -211,23 +208,19 @@ def evaluate_gsm8k(model: nn.Module, tokenizer, problems: Sequence[Problem], mod
             responses = texts[j * samples:(j + 1) * samples]
             answers = [final_number(r) for r in responses]
             target = problems[i].target
-            row = {"target": target, "responses": responses, "answers": answers,
+            yield {"target": target, "responses": responses, "answers": answers,
                    "correct": [a == target for a in answers]}
-            rows[i] = row
-            if on_result is not None:
-                on_result(i, row)
-        bar.update(len(chunk))
-    bar.close()
+
     n = len(problems)
+    rows = score_pending(n, score, batch_size, done, on_result, desc=f"gsm8k {mode}",
+                         unit="problem", progress=progress)
     result = {"problems": n, "mode": mode, "shots": shots if mode == "fewshot" else 0,
               "samples": samples,
-              "exact_match": sum(rows[i]["correct"][0] for i in range(n)) / n}
+              "exact_match": sum(r["correct"][0] for r in rows) / n}
     if samples > 1:
-        result[f"pass@{samples}"] = sum(pass_at_k(samples, sum(rows[i]["correct"]), samples)
-                                        for i in range(n)) / n
-        result["pass@1"] = sum(pass_at_k(samples, sum(rows[i]["correct"]), 1)
-                               for i in range(n)) / n
-        result[f"maj@{samples}"] = sum(majority(rows[i]["answers"]) == rows[i]["target"]
-                                       for i in range(n)) / n
-    result["rows"] = [rows[i] for i in range(n)]
+        result[f"pass@{samples}"] = sum(pass_at_k(samples, sum(r["correct"]), samples)
+                                        for r in rows) / n
+        result["pass@1"] = sum(pass_at_k(samples, sum(r["correct"]), 1) for r in rows) / n
+        result[f"maj@{samples}"] = sum(majority(r["answers"]) == r["target"] for r in rows) / n
+    result["rows"] = rows
     return result

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from scratchlm.evaluate.cache import CacheError, ResultCache, model_identity
+from scratchlm.evaluate.cache import CacheError, ResultCache, model_identity, score_pending
 
 
 @pytest.fixture()
@@ -176,3 +176,26 @@ def test_an_older_layout_starts_over(tmp_path, capsys):
     cache = ResultCache(tmp_path, "t", {"settings": {}, "model": None, "task": None},
                         lambda i, row: None)
     assert cache.done == {} and "older cache layout; starting over" in capsys.readouterr().out
+
+
+def test_a_header_that_is_not_json_is_named_by_file_and_line(tmp_path):
+    path = tmp_path / "cache" / "t.jsonl"
+    path.parent.mkdir()
+    path.write_text("not json\n")
+    with pytest.raises(CacheError, match=r"t.jsonl:1: not a JSON header .*delete the file"):
+        ResultCache(tmp_path, "t", {}, lambda i, row: None)
+
+
+def test_score_pending_keeps_done_rows_and_scores_the_rest_in_batches():
+    calls, recorded = [], []
+
+    def score(chunk, start):
+        calls.append((chunk, start))
+        for i in chunk:
+            yield {"i": i}
+
+    done = {1: {"i": "cached"}, 4: {"i": "cached"}, 9: {"i": "past the examples"}}
+    rows = score_pending(6, score, 2, done, lambda i, row: recorded.append(i), progress=False)
+    assert rows == [{"i": 0}, {"i": "cached"}, {"i": 2}, {"i": 3}, {"i": "cached"}, {"i": 5}]
+    assert calls == [([0, 2], 0), ([3, 5], 2)]  # start: the offset among the pending
+    assert recorded == [0, 2, 3, 5]
