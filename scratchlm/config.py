@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -119,39 +121,60 @@ def from_dict(cls, data: dict, prefix: str = ""):
     return obj
 
 
-# The values each numeric setting may take, by field name (or ``Class.field`` where one name
-# means different things): (low, high, low_open, high_open); None: unbounded. Checked for every
-# config built from flags or files (``from_dict``); ``None`` values (optional settings) pass.
-_COUNT, _NONNEG, _POSITIVE = (1, None, False, False), (0, None, False, False), (0, None, True, False)
-_FRACTION, _PROBABILITY = (0, 1, False, True), (0, 1, True, False)
-BOUNDS: dict[str, tuple] = {
-    **dict.fromkeys(["epochs", "max_new_tokens", "batch_size", "response_batch",
-                     "allowed_max_length", "last_k", "eval_batches", "max_length",
-                     "num_virtual_tokens", "student_layers", "speed_batches", "concurrency",
-                     "max_tokens_cap", "max_batch", "best_of", "batch", "shard_tokens", "trials",
-                     "samples", "train_size", "difficulty", "limit", "context_length",
-                     "n_layer", "n_embd", "n_head", "moe_num_experts", "moe_top_k",
-                     "bpe_vocab_size", "vocab_size", "workers", "max_request_bytes",
-                     "max_messages", "PlanLora.rank", "max_connections"], _COUNT),
-    **dict.fromkeys(["retries", "shots", "test_size", "sample_tokens",
-                     "LoraConfig.rank", "temperature", "length_penalty", "eps_high",
-                     "GRPOSettings.beta", "tokens", "max_prompt_tokens"], _NONNEG),
-    **dict.fromkeys(["timeout", "request_timeout", "max_shard_gb", "moe_capacity_factor",
-                     "LoraConfig.alpha", "DPOSettings.beta", "DistillConfig.temperature"],
-                    _POSITIVE),
-    **dict.fromkeys(["val_fraction", "dropout", "drop_rate", "eps_low"], _FRACTION),
-    **dict.fromkeys(["top_p", "mfu"], _PROBABILITY),
-    "DistillConfig.alpha": (0, 1, False, False),
-    "GRPOSettings.temperature": _POSITIVE,  # rollouts are sampled
-    "GRPOSettings.group_size": (2, None, False, False),  # a group compares completions
-    "GRPOSettings.iterations": _COUNT,  # optimizer steps per rollout
-    "port": (0, 65535, False, False),
-}
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take, written on its field's type:
+    ``epochs: Count = 1`` or ``alpha: Annotated[float, Range(0, 1)] = 0.5``. ``from_dict``
+    checks every config built from flags or files, and a config's ``__post_init__`` may call
+    ``check_bounds(self)`` so one built in Python meets the same rule; ``None`` values
+    (optional settings) pass."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is refused
+    high_open: bool = False
+    note: str = ""  # said after the rule ("0 turns clipping off")
+
+    def refuses(self, value) -> bool:
+        low, high = self.low, self.high
+        return (low is not None and (value <= low if self.low_open else value < low)) or (
+            high is not None and (value >= high if self.high_open else value > high))
+
+    def __str__(self) -> str:
+        if self.high is None:
+            want = f"{'>' if self.low_open else '>='} {self.low}"
+        else:
+            want = (f"in {'(' if self.low_open else '['}{self.low}, {self.high}"
+                    f"{')' if self.high_open else ']'}")
+        return f"{want} ({self.note})" if self.note else want
+
+
+# The ranges settings share, by what they count or measure.
+Count = Annotated[int, Range(1)]  # 1, 2, 3, ...: batches, epochs, tokens, layers
+NonNegInt = Annotated[int, Range(0)]  # 0 means none (or off)
+NonNegFloat = Annotated[float, Range(0)]
+PositiveFloat = Annotated[float, Range(0, low_open=True)]  # rates, scales, seconds
+Fraction = Annotated[float, Range(0, 1, high_open=True)]  # a share: [0, 1)
+Probability = Annotated[float, Range(0, 1, low_open=True)]  # (0, 1]: top_p, mfu
+Port = Annotated[int, Range(0, 65535)]
+
+
+@functools.cache
+def ranges(cls) -> dict[str, Range]:
+    """{field: its Range} of a config class, read off the fields' annotated types."""
+    out = {}
+    for name, tp in typing.get_type_hints(cls, include_extras=True).items():
+        tp, _ = _unwrap_optional(tp)
+        for mark in getattr(tp, "__metadata__", ()):
+            if isinstance(mark, Range):
+                out[name] = mark
+    return out
 
 
 def check_bounds(obj, prefix: str = "") -> None:
-    """Refuse a numeric field outside ``BOUNDS`` (or any NaN/infinite float), naming the key
+    """Refuse a numeric field outside its ``Range`` (or any NaN/infinite float), naming the key
     (``--prefix.name``) and the value."""
+    rules = ranges(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -159,18 +182,9 @@ def check_bounds(obj, prefix: str = "") -> None:
         key = f"--{prefix}{f.name}"
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{key} must be a finite number, got {value}")
-        rule = BOUNDS.get(f"{type(obj).__name__}.{f.name}", BOUNDS.get(f.name))
-        if rule is None:
-            continue
-        low, high, low_open, high_open = rule
-        bad = (low is not None and (value <= low if low_open else value < low)) or (
-            high is not None and (value >= high if high_open else value > high))
-        if bad:
-            if high is None:
-                want = f"{'>' if low_open else '>='} {low}"
-            else:
-                want = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-            raise ValueError(f"{key} must be {want}, got {value}")
+        rule = rules.get(f.name)
+        if rule is not None and rule.refuses(value):
+            raise ValueError(f"{key} must be {rule}, got {value}")
 
 
 def _merged(base: dict, over: dict) -> dict:
@@ -232,76 +246,6 @@ def field_comments(cls) -> dict[str, str]:
     return out
 
 
-# What a field means where its class gives no comment: the names every recipe shares.
-COMMON_HELP = {
-    "model": "a preset with weights, a model folder (a run's final/) or a .gguf file",
-    "data": "a registered data set name or a file",
-    "out": "the run's folder",
-    "epochs": "passes over the training data",
-    "seed": "random seed",
-    "max_new_tokens": "tokens generated per response at most",
-    "test_responses": "generate the test set's responses before and after training",
-    "allowed_max_length": "tokens per example at most (longer ones are truncated)",
-    "limit": "use only the first N examples (quick runs)",
-    "text_col": "the text column of a CSV/TSV file",
-    "label_col": "the label column of a CSV/TSV file",
-    "last_k": "with trainable last_k: how many final blocks train",
-    "val_fraction": "share of the data held out for validation",
-    "lr": "peak learning rate",
-    "min_lr": "the lowest rate of a decaying schedule",
-    "warmup_steps": "steps of linear warm-up",
-    "weight_decay": "AdamW's decoupled weight decay",
-    "beta1": "Adam's first-moment decay",
-    "beta2": "Adam's second-moment decay",
-    "log_every": "steps between metrics rows",
-    "eval_every": "steps between evaluations (loss, samples, plots)",
-    "eval_batches": "batches per evaluation",
-    "save_every": "steps between checkpoints",
-    "tensorboard": "write TensorBoard logs beside metrics.csv",
-    "alpha": "LoRA's scale numerator (see scaling)",
-    "dropout": "dropout on the LoRA branch's input",
-    "beta": "DPO's strength of the pull towards the reference",
-    "temperature": "softmax temperature",
-    "system": "a system message before the conversation",
-    "prompt": "the text to continue",
-    "stages": "which stages to run, in order",
-    "fast": "shrink every stage (a smoke run in about a minute)",
-    "bpe_vocab_size": "vocabulary size of the BPE trained from scratch",
-    "student_layers": "blocks of the student (taken from the teacher's)",
-    "tasks": "evaluation tasks (see docs/evaluation.md)",
-    "judge_model": "the judge model's name on the judge server",
-    "url": "the judge server's base URL",
-    "api_key": "the judge server's API key (default: OPENAI_API_KEY)",
-    "concurrency": "requests in flight at once",
-    "timeout": "seconds per request",
-    "retries": "retries of a failed request",
-    "batch": "sequences per step",
-    "mfu": "model FLOPs utilisation assumed for the time",
-    "grad_checkpointing": "recompute block activations in backward",
-    "tokenizer": "gpt2, a tokenizer file or a model folder",
-    "shard_tokens": "tokens per shard file",
-    "workers": "processes tokenizing in parallel",
-    "n_embd": "embedding width",
-    "n_head": "attention heads",
-    "drop_rate": "dropout rate",
-    "qkv_bias": "biases on the query/key/value projections",
-    "tie_embeddings": "the output head shares the token embedding",
-    "moe_top_k": "experts per token",
-    "moe_capacity_factor": "tokens an expert takes, as a multiple of its fair share",
-    "sample_prompt": "the prompt of the samples printed at each evaluation",
-    "sample_tokens": "tokens per sample (0: no samples)",
-    "num_virtual_tokens": "soft-prompt length in tokens",
-    "adapter": "a LoRA adapter folder applied on top of the model",
-    "host": "address to listen on",
-    "port": "port to listen on",
-    "max_batch": "requests decoded together at most",
-    "val": "a validation file (default: split off the training file)",
-    "test": "a test file (default: split off the training file)",
-    "vocab_size": "vocabulary size",
-    "study_name": "the Optuna study's name (resume it by name)",
-}
-
-
 def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "",
                   skip: frozenset[str] = frozenset(), defaults=None) -> None:
     """One ``--a.b`` flag per leaf field (defaults left as None: 'not given'), its help the
@@ -332,8 +276,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, prefix: str = "",
             kw.update(type=_parse_bool, nargs="?", const=True, metavar="true|false")
         else:
             kw.update(type=base)
-        help_text = ((f.metadata.get("help", "") if f.metadata else "")
-                     or comments.get(f.name) or COMMON_HELP.get(f.name, ""))
+        help_text = comments.get(f.name, "")
         if defaults is not None:
             help_text = f"{help_text} (default: {_shown(getattr(defaults, f.name))})".strip()
         help_text = help_text.replace("`", "").replace("%", "%%")

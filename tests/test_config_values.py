@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from scratchlm.cli import main, resolve
-from scratchlm.config import BOUNDS
+from scratchlm.config import Range, ranges
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -75,7 +75,19 @@ def test_defaults_are_inside_their_bounds():
     assert len(classes) > 15
     for cls in classes:
         walk(cls())
-    assert BOUNDS["top_p"] == (0, 1, True, False)
+    from scratchlm.finetune.config import GRPOSettings
+
+    assert ranges(GRPOSettings)["top_p"] == Range(0, 1, low_open=True)
+
+
+def test_a_config_built_in_python_meets_the_same_range():
+    """The range is on the field's type, read by flags, files and ``__post_init__`` alike."""
+    from scratchlm.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"--train.batch_size must be >= 1, got 0"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match=r"--train.grad_clip must be >= 0 \(0 turns clipping off\)"):
+        TrainConfig(grad_clip=-1.0)
 
 
 @pytest.mark.parametrize("argv", [["pretrain", "--train.max_step", "5"],

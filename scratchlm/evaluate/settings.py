@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from scratchlm.config import Count, NonNegFloat, NonNegInt
+
 
 @dataclass
 class LMSettings:
-    max_length: int | None = None  # tokens per window (default: the model's context)
+    max_length: Count | None = None  # tokens per window (default: the model's context)
     stride: int | None = None  # window step (default: max_length, no overlap)
 
 
 @dataclass
 class ChoiceSettings:
-    shots: int = 0  # few-shot examples before each question
+    shots: NonNegInt = 0  # few-shot examples before each question
     shot_file: str | None = None  # where shots come from (default: the task file itself)
     seed: int = 1234  # draws the shots
 
@@ -22,15 +24,15 @@ class ChoiceSettings:
 @dataclass
 class Gsm8kSettings:
     mode: str = "chat"  # chat (the model's chat template) | fewshot (solved train problems)
-    shots: int = 5  # fewshot mode: solved problems before the question
-    samples: int = 1  # answers per problem; > 1 adds pass@k and maj@k (self-consistency)
-    temperature: float = 0.0  # > 0 needed for samples > 1
-    max_new_tokens: int = 256
-    batch_size: int = 8  # problems generated together
+    shots: NonNegInt = 5  # fewshot mode: solved problems before the question
+    samples: Count = 1  # answers per problem; > 1 adds pass@k and maj@k (self-consistency)
+    temperature: NonNegFloat = 0.0  # > 0 needed for samples > 1
+    max_new_tokens: Count = 256  # tokens generated per response at most
+    batch_size: Count = 8  # problems generated together
 
 
 @dataclass
 class EvalTasks:
     tasks: list[str] = field(default_factory=list)  # evaluate the final model: gsm8k, bpb:TEXT,
     # choice:FILE[:LAYOUT] (see scratchlm evaluate run); results in OUT/eval/RESULTS.md
-    limit: int | None = None  # only the first N examples (or characters) per task
+    limit: Count | None = None  # only the first N examples (or characters) per task

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchlm.models.accounting import count_parameters
+
 
 def add_classifier_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Replace the output head with ``Linear(n_embd, num_classes)`` (unties it from the
@@ -105,10 +107,11 @@ def classify_text(text: str, model: nn.Module, tokenizer, max_length: int | None
 
 
 def prepare_head_finetuning(model: nn.Module, num_outputs: int, trainable: str = "last_block",
-                            last_k: int = 1, lora=None) -> nn.Module:
+                            last_k: int = 1, lora=None) -> int:
     """A new ``num_outputs`` head, then what trains: with a ``LoraConfig`` of rank > 0, LoRA
     adapters plus the new head (which always trains); otherwise ``freeze_for_classification``.
-    The recipes for classifiers, reward models and taggers all start here."""
+    Returns the number of trainable parameters. The recipes for classifiers, reward models and
+    taggers all start here."""
     from scratchlm.finetune.lora import apply_lora
 
     add_classifier_head(model, num_outputs)
@@ -118,4 +121,4 @@ def prepare_head_finetuning(model: nn.Module, num_outputs: int, trainable: str =
         model.out_head.requires_grad_(True)
     else:
         freeze_for_classification(model, trainable, last_k)
-    return model
+    return count_parameters(model, trainable_only=True)

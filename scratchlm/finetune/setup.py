@@ -43,7 +43,7 @@ def apply_lora_config(model, cfg: LoraConfig) -> None:
                quantize_base=cfg.quantize_base)
 
 
-def save_final(model, tokenizer, final: Path, lora: LoraConfig, base: str) -> None:
+def save_final(model, tokenizer, final: Path, lora: LoraConfig, base: str) -> Path:
     """A run's ``final/``, with its tokenizer. With a frozen base (LoRA, a head, the last
     blocks) it holds what was trained over ``base`` (``checkpoints/delta.py``): ``adapter/`` and
     ``trained.safetensors``, which ``load_pretrained`` folds into the base. ``lora.save_merged``
@@ -59,4 +59,5 @@ def save_final(model, tokenizer, final: Path, lora: LoraConfig, base: str) -> No
         if lora.save_merged:  # a 4-bit base: the delta merged into the full-precision base
             save_pretrained(load_pretrained(str(final)), final)
     save_tokenizer(tokenizer, final)
+    return final
 

@@ -33,7 +33,7 @@ from scratchlm.tokenizers import save_tokenizer
 from scratchlm.training.evaluation import evaluate_loss, perplexity
 from scratchlm.training.loop import fit
 from scratchlm.training.losses import CausalLMLoss
-from scratchlm.training.optim import build_optimizer
+from scratchlm.training.optim import optimizer_for
 from scratchlm.training.prepare import prepare_training, training_session, whole_model
 from scratchlm.recipes.configs import DistillConfig  # noqa: F401 (its config)
 
@@ -92,9 +92,7 @@ def main(cfg: DistillConfig) -> dict:
                    f"({student.cfg.n_layer} layers), val ppl {perplexity(before):.2f} before")
         loss_module = DistillationLoss(student, teacher, cfg.alpha, cfg.temperature)
         trainer = prepare_training(loss_module, student, rt, cfg.train)
-        optimizer = build_optimizer(student, cfg.train.optimizer, cfg.train.lr,
-                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
-                                    rt.device.type)
+        optimizer = optimizer_for(student, cfg.train, rt.device)
         fit(student, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out,
             {**to_dict(cfg), "model_config": student.cfg.to_dict()},
             resume=cfg.resume or None)

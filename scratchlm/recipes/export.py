@@ -42,7 +42,7 @@ def _check(cfg: ExportConfig) -> Path:
         if cfg.quant.upper() not in QUANTS:
             raise ValueError(f"--quant must be one of {[q.lower() for q in QUANTS]}, got "
                              f"{cfg.quant!r}")
-    check_bounds(cfg)  # --max_shard_gb > 0 (config.BOUNDS), also for a config built in Python
+    check_bounds(cfg)  # --max_shard_gb > 0 (its field's Range), also for a config built in Python
     default = ExportConfig()
     if cfg.format == "gguf" and cfg.max_shard_gb != default.max_shard_gb:
         raise ValueError("--max_shard_gb applies to --format hf only (a GGUF is one file)")

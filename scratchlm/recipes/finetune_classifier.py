@@ -27,7 +27,7 @@ from scratchlm.finetune.setup import save_final
 from scratchlm.models.accounting import count_parameters
 from scratchlm.checkpoints.load import load_model_and_tokenizer
 from scratchlm.training.loop import fit, set_epochs
-from scratchlm.training.optim import build_optimizer
+from scratchlm.training.optim import optimizer_for
 from scratchlm.training.plots import plot_accuracy
 from scratchlm.training.prepare import prepare_training, training_session, whole_model
 from scratchlm.recipes.configs import ClassifyConfig, LoraConfig  # noqa: F401 (its config)
@@ -45,8 +45,7 @@ def main(cfg: ClassifyConfig) -> dict:
         val_ds = ClassificationDataset(val_rows, tok, labels, train_ds.max_length, pad)
         test_ds = ClassificationDataset(test_rows, tok, labels, train_ds.max_length, pad)
         total_before = count_parameters(model)
-        prepare_head_finetuning(model, len(labels), cfg.trainable, cfg.last_k, cfg.lora)
-        trainable = count_parameters(model, trainable_only=True)
+        trainable = prepare_head_finetuning(model, len(labels), cfg.trainable, cfg.last_k, cfg.lora)
         tqdm.write(f"{len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test examples, "
                    f"max_length {train_ds.max_length}; {trainable:,} trainable parameters of "
                    f"{count_parameters(model):,} (base {total_before:,})")
@@ -62,9 +61,7 @@ def main(cfg: ClassifyConfig) -> dict:
                    "examples, as after)")
         n_train_eval = min(len(train_ds), cfg.eval_batches * cfg.train.batch_size)
         trainer = prepare_training(loss_module, model, rt, cfg.train)
-        optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
-                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
-                                    rt.device.type)
+        optimizer = optimizer_for(model, cfg.train, rt.device)
         history: list[dict] = []
 
         def on_eval(step: int) -> None:
@@ -90,8 +87,7 @@ def main(cfg: ClassifyConfig) -> dict:
         model = whole_model(model, rt)  # gathered under FSDP; None off the main rank
         if not rt.is_main:  # the main rank writes the run's outputs
             return summary
-        final = out / "final"
-        save_final(model, tok, final, cfg.lora, cfg.model)
+        final = save_final(model, tok, out / "final", cfg.lora, cfg.model)
         final.mkdir(parents=True, exist_ok=True)
         (final / "classifier.json").write_text(json.dumps(
             {"labels": labels, "max_length": train_ds.max_length, "accuracy": result}, indent=2))

@@ -26,7 +26,7 @@ from scratchlm.models.accounting import count_parameters
 from scratchlm.finetune.setup import apply_lora_config, load_for_finetuning, save_final
 from scratchlm.generation.responses import generate_responses
 from scratchlm.training.loop import fit, set_epochs
-from scratchlm.training.optim import build_optimizer
+from scratchlm.training.optim import optimizer_for
 from scratchlm.training.prepare import prepare_training, training_session, whole_model
 from scratchlm.recipes.configs import DPOConfig, DPOSettings  # noqa: F401 (its config)
 
@@ -54,17 +54,14 @@ def main(cfg: DPOConfig) -> dict:
                             if cfg.test_responses else None)
         set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
         trainer = prepare_training(loss_module, model, rt, cfg.train)
-        optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
-                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
-                                    rt.device.type)
+        optimizer = optimizer_for(model, cfg.train, rt.device)
         fit(model, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out, to_dict(cfg),
             collate_fn=collate, resume=cfg.resume or None)
         after = evaluate_preferences(loss_module, test_loader, rt.device)
         tqdm.write(f"held-out pairs: loss {before.loss:.4f} -> {after.loss:.4f}, reward margin "
                    f"{before.margin:.3f} -> {after.margin:.3f}, preference accuracy "
                    f"{before.accuracy:.2%} -> {after.accuracy:.2%}")
-        result = {"style": style, "trainable": trainable, "before": vars(before),
-                  "after": vars(after)}
+        result = dict(style=style, trainable=trainable, before=vars(before), after=vars(after))
         model = whole_model(model, rt)  # gathered under FSDP; None off the main rank
         if not rt.is_main:  # the main rank writes the run's outputs
             return result

@@ -39,7 +39,7 @@ from scratchlm.models.accounting import count_parameters
 from scratchlm.checkpoints.load import load_model_and_tokenizer
 from scratchlm.recipes.configs import GRPOConfig  # noqa: F401 (its config)
 from scratchlm.training.loop import fit
-from scratchlm.training.optim import build_optimizer
+from scratchlm.training.optim import optimizer_for
 from scratchlm.training.plots import plot_series
 from scratchlm.training.prepare import prepare_training, training_session, whole_model
 
@@ -180,9 +180,7 @@ def main(cfg: GRPOConfig) -> dict:
         tqdm.write(f"held-out {what} before: {held_out.shown(before)} "
                    f"({time.perf_counter() - t0:.0f}s)")
         trainer = prepare_training(loss_module, model, rt, cfg.train)
-        optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
-                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
-                                    rt.device.type)
+        optimizer = optimizer_for(model, cfg.train, rt.device)
         last: dict = {}  # the latest held-out evaluation: the final one is not run twice
 
         def on_eval(step: int) -> dict:

@@ -28,7 +28,7 @@ from scratchlm.nn.moe import freeze_for_moe_finetuning
 from scratchlm.training.evaluation import dataset_loss, perplexity
 from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.losses import CausalLMLoss
-from scratchlm.training.optim import build_optimizer
+from scratchlm.training.optim import optimizer_for
 from scratchlm.training.prepare import prepare_training, training_session, whole_model
 from scratchlm.recipes.configs import InstructConfig  # noqa: F401 (its config)
 
@@ -67,9 +67,7 @@ def main(cfg: InstructConfig) -> dict:
                             if cfg.test_responses and rt.is_main else None)
         steps_per_epoch = set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
         trainer = prepare_training(loss_module, model, rt, cfg.train)
-        optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
-                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
-                                    rt.device.type)
+        optimizer = optimizer_for(model, cfg.train, rt.device)
         samples = []
 
         def on_eval(step: int) -> None:

@@ -33,7 +33,7 @@ from scratchlm.finetune.setup import load_for_finetuning
 from scratchlm.training.evaluation import dataset_loss, evaluate_loss
 from scratchlm.training.loop import fit, set_epochs
 from scratchlm.training.losses import CausalLMLoss
-from scratchlm.training.optim import build_optimizer
+from scratchlm.training.optim import optimizer_for
 from scratchlm.training.prepare import prepare_training, training_session, whole_model
 from scratchlm.recipes.configs import PromptConfig  # noqa: F401 (its config)
 
@@ -93,9 +93,7 @@ def main(cfg: PromptConfig) -> dict:
                    f"(the soft prompt) in front of {result['base_parameters']:,} frozen")
         set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
         trainer = prepare_training(loss_module, tuned, rt, cfg.train)
-        optimizer = build_optimizer(tuned, cfg.train.optimizer, cfg.train.lr,
-                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
-                                    rt.device.type)
+        optimizer = optimizer_for(tuned, cfg.train, rt.device)
         fit(tuned, trainer, optimizer, train_ds, val_ds if len(val_ds) else None, cfg.train,
             rt, out, to_dict(cfg), collate_fn=collate, resume=cfg.resume or None)
         if task == "classify":

@@ -27,7 +27,7 @@ from scratchlm.finetune.reward import RewardLoss, RewardScorer, evaluate_rewards
 from scratchlm.models.accounting import count_parameters
 from scratchlm.finetune.setup import load_for_finetuning, save_final
 from scratchlm.training.loop import fit, set_epochs
-from scratchlm.training.optim import build_optimizer
+from scratchlm.training.optim import optimizer_for
 from scratchlm.training.prepare import prepare_training, training_session, whole_model
 from scratchlm.recipes.configs import RewardConfig  # noqa: F401 (its config)
 
@@ -40,8 +40,7 @@ def main(cfg: RewardConfig) -> dict:
         train_ds = PreferenceDataset(train_ex, tok, style)
         held_out = PreferenceDataset(val_ex + test_ex, tok, style)
         collate = RewardCollate(pad, min(cfg.allowed_max_length, model.cfg.context_length))
-        prepare_head_finetuning(model, 1, cfg.trainable, cfg.last_k, cfg.lora)
-        trainable = count_parameters(model, trainable_only=True)
+        trainable = prepare_head_finetuning(model, 1, cfg.trainable, cfg.last_k, cfg.lora)
         tqdm.write(f"{len(train_ds)} training pairs, {len(held_out)} held out, style {style}; "
                    f"{trainable:,} trainable parameters of {count_parameters(model):,}")
         loader = DataLoader(held_out, batch_size=cfg.train.batch_size, collate_fn=collate)
@@ -49,9 +48,7 @@ def main(cfg: RewardConfig) -> dict:
         tqdm.write(f"held-out preference accuracy before: {before.accuracy:.1%}")
         set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
         trainer = prepare_training(RewardLoss(model), model, rt, cfg.train)
-        optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
-                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
-                                    rt.device.type)
+        optimizer = optimizer_for(model, cfg.train, rt.device)
         fit(model, trainer, optimizer, train_ds, held_out, cfg.train, rt, out,
             to_dict(cfg), collate_fn=collate, resume=cfg.resume or None)
         after = evaluate_rewards(model, loader, rt.device)
@@ -63,7 +60,6 @@ def main(cfg: RewardConfig) -> dict:
         if not rt.is_main:  # the main rank writes the run's outputs
             return result
         (out / "rewards.json").write_text(json.dumps(result, indent=2))
-        final = out / "final"
-        save_final(model, tok, final, cfg.lora, cfg.model)
+        final = save_final(model, tok, out / "final", cfg.lora, cfg.model)
         RewardScorer.write_style(final, style)
         return result

@@ -27,7 +27,7 @@ from scratchlm.models.accounting import count_parameters
 from scratchlm.checkpoints.load import load_model_and_tokenizer
 from scratchlm.finetune.setup import save_final
 from scratchlm.training.loop import fit, set_epochs
-from scratchlm.training.optim import build_optimizer
+from scratchlm.training.optim import optimizer_for
 from scratchlm.training.prepare import prepare_training, training_session, whole_model
 from scratchlm.recipes.configs import TaggingConfig  # noqa: F401 (its config)
 
@@ -59,8 +59,7 @@ def main(cfg: TaggingConfig) -> dict:
                                      for s in (train_s, val_s, test_s))
         pad = tok.eos_id if tok.eos_id is not None else 0
         collate = TaggingCollate(pad)
-        prepare_head_finetuning(model, len(tags), cfg.trainable, cfg.last_k, cfg.lora)
-        trainable = count_parameters(model, trainable_only=True)
+        trainable = prepare_head_finetuning(model, len(tags), cfg.trainable, cfg.last_k, cfg.lora)
         tqdm.write(f"{len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test sentences, "
                    f"{len(tags)} tags; {trainable:,} trainable parameters of "
                    f"{count_parameters(model):,}")
@@ -68,9 +67,7 @@ def main(cfg: TaggingConfig) -> dict:
         before = entity_scores(*predict_tags(model, test_loader, tags, rt.device))
         set_epochs(cfg.train, cfg.epochs, len(train_ds), rt.world_size)
         trainer = prepare_training(TaggingLoss(model), model, rt, cfg.train)
-        optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
-                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
-                                    rt.device.type)
+        optimizer = optimizer_for(model, cfg.train, rt.device)
         fit(model, trainer, optimizer, train_ds, val_ds, cfg.train, rt, out,
             to_dict(cfg), collate_fn=collate, resume=cfg.resume or None)
         after = entity_scores(*predict_tags(model, test_loader, tags, rt.device))
@@ -82,7 +79,6 @@ def main(cfg: TaggingConfig) -> dict:
         if not rt.is_main:  # the main rank writes the run's outputs
             return result
         (out / "report.json").write_text(json.dumps(result, indent=2))
-        final = out / "final"
-        save_final(model, tok, final, cfg.lora, cfg.model)
+        final = save_final(model, tok, out / "final", cfg.lora, cfg.model)
         (final / "tagger.json").write_text(json.dumps({"tags": tags}, indent=2))
         return result

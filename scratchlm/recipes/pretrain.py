@@ -31,7 +31,7 @@ from scratchlm.training.prepare import is_sharded, prepare_training, whole_model
 from scratchlm.training.run_dir import claim_run_dir, finish_run, release_run_dir
 from scratchlm.training.loop import FitResult, fit
 from scratchlm.training.losses import CausalLMLoss
-from scratchlm.training.optim import build_optimizer
+from scratchlm.training.optim import optimizer_for
 from scratchlm.training.planner import plan
 from scratchlm.training.runtime import setup_runtime, teardown_runtime
 from scratchlm.recipes.configs import PretrainConfig  # noqa: F401 (its config)
@@ -113,9 +113,7 @@ def main(cfg: PretrainConfig) -> FitResult:
                                    cfg, rt.memory_bytes()))
         loss_module = prepare_training(CausalLMLoss(model, cfg.train.fused_loss), model, rt,
                                        cfg.train)
-        optimizer = build_optimizer(model, cfg.train.optimizer, cfg.train.lr,
-                                    cfg.train.weight_decay, (cfg.train.beta1, cfg.train.beta2),
-                                    rt.device.type)
+        optimizer = optimizer_for(model, cfg.train, rt.device)
 
         sharded = is_sharded(loss_module)
 

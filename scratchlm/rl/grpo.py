@@ -40,8 +40,8 @@ SCALES = ("group", "none")
 
 
 def check_settings(s: GRPOSettings) -> None:
-    """The settings' names (loss, scale) here; their numeric ranges in ``config.BOUNDS``, the
-    one table flags, files and settings built in Python are all checked against."""
+    """The settings' names (loss, scale) here; their numeric ranges on the fields' types
+    (``GRPOSettings``), which flags, files and settings built in Python all meet."""
     from scratchlm.config import check_bounds
 
     if s.loss not in LOSSES:

@@ -50,6 +50,12 @@ def build_optimizer(model: nn.Module, name: str = "adamw", lr: float = 3e-4,
     raise ValueError(f"unknown optimizer {name!r}; choose adamw, adamw8bit or sgd")
 
 
+def optimizer_for(model: nn.Module, train, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer a run's ``TrainConfig`` asks for (its name, rate, decay and betas)."""
+    return build_optimizer(model, train.optimizer, train.lr, train.weight_decay,
+                           (train.beta1, train.beta2), device.type)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
