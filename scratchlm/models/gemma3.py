@@ -17,13 +17,13 @@ the same, so LoRA targets, the engine and the training code serve both; the forw
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from scratchlm.models.llama import Llama
-from scratchlm.models.presets import from_preset
+from scratchlm.models.presets import FamilyConfig, from_preset
 from scratchlm.nn.attention import GroupedQueryAttention, layer_windows
 from scratchlm.nn.feedforward import SwiGLU
 from scratchlm.nn.moe import MoEConfig, expert_ffn, moe_from
@@ -31,7 +31,7 @@ from scratchlm.nn.norm import RMSNorm
 
 
 @dataclass
-class Gemma3Config:
+class Gemma3Config(FamilyConfig):
     vocab_size: int = 262144
     context_length: int = 32768
     n_embd: int = 640
@@ -52,11 +52,8 @@ class Gemma3Config:
     moe: MoEConfig = field(default_factory=MoEConfig)  # Gemma 3 is dense; kept for the shared code
 
     def __post_init__(self):
-        for name in ("vocab_size", "context_length", "n_embd", "n_layer", "n_head", "n_kv_head",
-                     "head_dim", "intermediate_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"Gemma3Config.{name} must be a positive integer, "
-                                 f"got {getattr(self, name)!r}")
+        self.check_positive("vocab_size", "context_length", "n_embd", "n_layer", "n_head",
+                            "n_kv_head", "head_dim", "intermediate_size")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"Gemma3Config.n_head ({self.n_head}) must be divisible by "
                              f"n_kv_head ({self.n_kv_head})")
@@ -69,16 +66,9 @@ class Gemma3Config:
         self.moe = moe_from(self.moe, "Gemma3Config")
         layer_windows(self, "Gemma3Config")
 
-    @property
-    def padded_vocab_size(self) -> int:
-        return self.vocab_size
-
     @classmethod
     def from_name(cls, name: str, **overrides) -> "Gemma3Config":
         return from_preset(GEMMA3_PRESETS, name, "Gemma 3", **overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 GEMMA3_PRESETS: dict[str, Gemma3Config] = {

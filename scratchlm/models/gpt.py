@@ -13,14 +13,14 @@ FLOPs in ``models/accounting.py``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from scratchlm.models.presets import from_preset
+from scratchlm.models.presets import FamilyConfig, from_preset
 from scratchlm.nn.attention import CausalSelfAttention, layer_windows
 from scratchlm.nn.feedforward import FeedForward
 from scratchlm.nn.moe import MoEConfig, expert_ffn, moe_from
@@ -28,7 +28,7 @@ from scratchlm.nn.norm import LayerNorm
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(FamilyConfig):
     vocab_size: int = 50257  # GPT-2's BPE vocabulary
     context_length: int = 1024  # longest sequence the positional embedding covers
     n_embd: int = 768  # embedding width C
@@ -45,11 +45,8 @@ class GPTConfig:
     moe: MoEConfig = field(default_factory=MoEConfig)  # mixture-of-experts FFNs (nn/moe.py)
 
     def __post_init__(self):
-        for name in ("vocab_size", "context_length", "n_embd", "n_head", "n_layer",
-                     "vocab_pad_multiple"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, "
-                                 f"got {getattr(self, name)!r}")
+        self.check_positive("vocab_size", "context_length", "n_embd", "n_head", "n_layer",
+                            "vocab_pad_multiple")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head "
                              f"({self.n_head})")
@@ -66,6 +63,7 @@ class GPTConfig:
 
     @property
     def padded_vocab_size(self) -> int:
+        """The vocabulary rounded up to a multiple of ``vocab_pad_multiple``."""
         m = self.vocab_pad_multiple
         return (self.vocab_size + m - 1) // m * m
 
@@ -73,9 +71,6 @@ class GPTConfig:
     def from_name(cls, name: str, **overrides) -> "GPTConfig":
         """A preset by name, e.g. ``GPTConfig.from_name("gpt2-124m", drop_rate=0.1)``."""
         return from_preset(GPT_PRESETS, name, "GPT", **overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # The four GPT-2 sizes (the book's table in chapter 5; OpenAI's released checkpoints:

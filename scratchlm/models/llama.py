@@ -12,14 +12,14 @@ ff, final_norm, out_head), so training code serves both.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from scratchlm.models.gpt import check_prefix
-from scratchlm.models.presets import from_preset
+from scratchlm.models.presets import FamilyConfig, from_preset
 from scratchlm.nn.attention import GroupedQueryAttention, layer_windows
 from scratchlm.nn.feedforward import SwiGLU
 from scratchlm.nn.moe import MoEConfig, expert_ffn, moe_from
@@ -28,7 +28,7 @@ from scratchlm.nn.rope import rope_cache
 
 
 @dataclass
-class LlamaConfig:
+class LlamaConfig(FamilyConfig):
     vocab_size: int = 32000
     context_length: int = 2048  # longest sequence (RoPE tables are built up to it lazily)
     n_embd: int = 2048
@@ -50,11 +50,8 @@ class LlamaConfig:
 
     def __post_init__(self):
         owner = type(self).__name__
-        for name in ("vocab_size", "context_length", "n_embd", "n_layer", "n_head", "n_kv_head",
-                     "intermediate_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{owner}.{name} must be a positive integer, "
-                                 f"got {getattr(self, name)!r}")
+        self.check_positive("vocab_size", "context_length", "n_embd", "n_layer", "n_head",
+                            "n_kv_head", "intermediate_size")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"{owner}.n_head ({self.n_head}) must be divisible by "
                              f"n_kv_head ({self.n_kv_head})")
@@ -73,16 +70,9 @@ class LlamaConfig:
         self.moe = moe_from(self.moe, owner)
         layer_windows(self, owner)
 
-    @property
-    def padded_vocab_size(self) -> int:
-        return self.vocab_size
-
     @classmethod
     def from_name(cls, name: str, **overrides) -> "LlamaConfig":
         return from_preset(LLAMA_PRESETS, name, "Llama", **overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 LLAMA_PRESETS: dict[str, LlamaConfig] = {

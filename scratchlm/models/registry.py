@@ -1,20 +1,22 @@
 """The model families, in one table: what every other module asks about a model.
 
     family   config class   model class   presets          HF model_types            GGUF arch
-    gpt      GPTConfig      GPT           gpt2-124m ...    gpt2                      gpt2*
+    gpt      GPTConfig      GPT           gpt2-124m ...    gpt2                      gpt2
     llama    LlamaConfig    Llama         smollm2-135m ... llama                     llama
     qwen3    Qwen3Config    Qwen3         qwen3-0.6b ...   qwen3, qwen3_moe          qwen3, qwen3moe
     gemma3   Gemma3Config   Gemma3        gemma3-270m ...  gemma3_text               gemma3
-    (* listed for export; GPT-2 GGUF files are not read yet)
 
 Loading and saving (``scratchlm/checkpoints``), the planner, ``plan``, ``distill``, the engine and the
 native decoder look a family up here (``family_of(model_or_config)``, ``family_named``,
 ``family_for_hf``, ``family_for_gguf``, ``preset``); no other module tests a model's class.
-Key maps live in ``models/convert/`` and are named here by module, imported when used.
+Key maps live in ``models/convert/`` and are named here by module, imported when used. A GGUF
+architecture's rules (its tensor names and how its metadata is read into a config and written
+from one, with what export refuses) are its row of ``ARCHS`` in ``models/convert/gguf.py``;
+a family names its architectures here (``gguf_archs``).
 
 Adding a family: a model file with its config (presets included), a converter module with the
-HF key map (and a GGUF key map if llama.cpp has the architecture), one ``Family`` below, and
-tests. See docs/families.md.
+HF key map (and an ``ARCHS`` row in ``convert/gguf.py`` if llama.cpp has the architecture),
+one ``Family`` below, and tests. See docs/families.md.
 """
 
 from __future__ import annotations

@@ -138,6 +138,20 @@ def test_family_knowledge_has_one_home():
     assert not bad, "\n".join(bad)
 
 
+
+def test_gguf_rules_live_on_their_architecture_rows():
+    """``config_kwargs`` and ``config_metadata`` ask the architecture's ``ARCHS`` row: neither
+    names an architecture, so a new one is a new row, not a new branch."""
+    import ast
+    import inspect
+
+    from scratchlm.models.convert import gguf
+
+    for fn in (gguf.config_kwargs, gguf.config_metadata):
+        named = [node.value for node in ast.walk(ast.parse(inspect.getsource(fn)))
+                 if isinstance(node, ast.Constant) and node.value in gguf.ARCHS]
+        assert not named, f"{fn.__name__} branches on {named}"
+
 def test_every_hub_repo_is_a_preset_of_its_family():
     from scratchlm.checkpoints.names import resolve
     from scratchlm.models.registry import FAMILIES

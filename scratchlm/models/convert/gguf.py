@@ -1,4 +1,9 @@
-"""GGUF files (llama.cpp): read metadata and tensors, dequantize, map names onto our Llama.
+"""GGUF files (llama.cpp): read metadata and tensors, dequantize, map names onto our models.
+
+Each llama.cpp architecture is one row of ``ARCHS`` (the end of this file): its tensor names
+and its metadata rules (``Arch.read``, ``write``, ``check``, ``sliding_window``), with the small
+functions of those rules just above the rows. ``config_kwargs`` and ``config_metadata`` only
+look the row up; adding an architecture is adding a row.
 
 The quantized block layouts (Q8_0, Q4_0/Q4_1, the K-quants) and their dequantization are in
 ``nn/gguf_blocks.py``.
@@ -9,7 +14,7 @@ its RoPE kernel); ``unpermute`` restores Hugging Face's "rotate half" order, whi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -86,110 +91,28 @@ def _float(meta: dict, key: str, default: float) -> float:
 
 def config_kwargs(meta: dict, source: str = "GGUF") -> dict:
     """Config fields (of the family the registry names for the file's architecture) from GGUF
-    metadata: ``llama``, ``qwen3``, ``qwen3moe`` or ``gemma3``."""
+    metadata, read by that architecture's row of ``ARCHS`` (``Arch.read``)."""
     arch = meta.get("general.architecture")
     if arch not in ARCHS:
         raise GGUFError(f"{source}: unsupported architecture {arch!r} "
                         f"(supported: {', '.join(ARCHS)})")
-    a = arch + "."
-    n_embd = _int(meta, a + "embedding_length", source)
-    n_head = _int(meta, a + "attention.head_count", source)
-    tokens = meta.get("tokenizer.ggml.tokens") or []
-    if arch == "gpt2":
-        return _gpt2_kwargs(meta, source, n_embd, n_head, tokens)
-    kw = dict(
-        vocab_size=_int(meta, a + "vocab_size", source, default=len(tokens) or None),
-        context_length=_int(meta, a + "context_length", source, high=1 << 24),
-        n_embd=n_embd, n_layer=_int(meta, a + "block_count", source, high=4096), n_head=n_head,
-        n_kv_head=_int(meta, a + "attention.head_count_kv", source, default=n_head),
-        intermediate_size=_int(meta, a + "feed_forward_length", source),
-        rope_base=_float(meta, a + "rope.freq_base", 10000.0),
-        norm_eps=_float(meta, a + "attention.layer_norm_rms_epsilon", 1e-5),
-    )
-    head_dim = meta.get(a + "attention.key_length", meta.get(a + "rope.dimension_count"))
-    if head_dim is not None:
-        kw["head_dim"] = _int(meta, a + "attention.key_length", source, default=head_dim,
-                              high=1 << 16)
-    elif n_embd % n_head:
-        raise GGUFError(f"{source}: embedding_length {n_embd} is not a multiple of head_count "
-                        f"{n_head} and no key_length is given")
-    if arch == "qwen3moe":
-        kw["moe"] = {"num_experts": _int(meta, a + "expert_count", source, high=1 << 16),
-                     "top_k": _int(meta, a + "expert_used_count", source, high=1 << 16),
-                     "intermediate_size": _int(meta, a + "expert_feed_forward_length", source),
-                     "norm_topk_prob": True}
-    if arch == "gemma3":
-        kw["rope_base"] = _float(meta, a + "rope.freq_base", 1_000_000.0)
-        kw["norm_eps"] = _float(meta, a + "attention.layer_norm_rms_epsilon", 1e-6)
-        kw["sliding_window"] = _int(meta, a + "attention.sliding_window", source, default=512)
-        kw["sliding_window_pattern"] = 6  # fixed for Gemma 3 in llama.cpp
-        kw["query_pre_attn_scalar"] = int(kw.get("head_dim", n_embd // n_head))
-        if meta.get(a + "rope.scaling.type") == "linear":
-            kw["rope_linear_factor"] = _float(meta, a + "rope.scaling.factor", 1.0)
-    return kw
-
-
-def _gpt2_kwargs(meta: dict, source: str, n_embd: int, n_head: int, tokens) -> dict:
-    """GPTConfig fields: its feed-forward width is 4 C and its LayerNorm eps 1e-5, fixed."""
-    a = "gpt2."
-    if _int(meta, a + "feed_forward_length", source, default=4 * n_embd) != 4 * n_embd:
-        raise GGUFError(f"{source}: a gpt2 feed_forward_length other than 4 x embedding_length "
-                        "is not supported")
-    eps = _float(meta, a + "attention.layer_norm_epsilon", 1e-5)
-    if abs(eps - 1e-5) > 1e-9:
-        raise GGUFError(f"{source}: gpt2 layer_norm_epsilon {eps} is not supported (1e-5)")
-    if n_embd % n_head:
-        raise GGUFError(f"{source}: embedding_length {n_embd} is not a multiple of head_count "
-                        f"{n_head}")
-    return dict(vocab_size=_int(meta, a + "vocab_size", source, default=len(tokens) or None),
-                context_length=_int(meta, a + "context_length", source, high=1 << 24),
-                n_embd=n_embd, n_layer=_int(meta, a + "block_count", source, high=4096),
-                n_head=n_head)
+    return ARCHS[arch].read(meta, arch + ".", source)
 
 
 def config_metadata(cfg, arch: str) -> dict[str, int | float | str]:
     """The inverse of ``config_kwargs``: GGUF metadata (ints as uint32, floats as float32) for
-    a config of the family that writes ``arch``. ``GGUFError`` for settings the file format
-    (as llama.cpp reads it) cannot carry."""
+    a config of the family that writes ``arch`` (``Arch.write``). ``GGUFError`` for settings
+    the file format (as llama.cpp reads it) cannot carry."""
     if arch not in ARCHS:
         raise GGUFError(f"no GGUF architecture {arch!r} (supported: {', '.join(ARCHS)})")
-    if arch == "gpt2":
-        if cfg.sliding_window:
-            raise GGUFError("llama.cpp's gpt2 architecture has no sliding-window attention")
-        return {"gpt2.vocab_size": cfg.vocab_size, "gpt2.context_length": cfg.context_length,
-                "gpt2.embedding_length": cfg.n_embd, "gpt2.block_count": cfg.n_layer,
-                "gpt2.feed_forward_length": 4 * cfg.n_embd, "gpt2.attention.head_count":
-                cfg.n_head, "gpt2.attention.layer_norm_epsilon": 1e-5}
+    rules = ARCHS[arch]
     if getattr(cfg, "rope_scaling", None):
         raise GGUFError("a Llama 3.x rope_scaling config is not exported to GGUF yet "
                         "(llama.cpp needs its rope_freqs tensor)")
-    if arch != "gemma3" and getattr(cfg, "sliding_window", 0):
+    if not rules.sliding_window and getattr(cfg, "sliding_window", 0):
         raise GGUFError(f"llama.cpp's {arch} architecture has no sliding-window attention")
-    if arch == "gemma3" and (cfg.rope_local_base != 10_000.0 or cfg.sliding_window_pattern != 6
-                             or cfg.query_pre_attn_scalar != cfg.head_dim):
-        raise GGUFError("gemma3 GGUF fixes the local RoPE base (10000), the 5:1 layer pattern "
-                        "and query_pre_attn_scalar = head_dim; this config differs")
-    a = arch + "."
-    meta = {
-        a + "vocab_size": cfg.vocab_size, a + "context_length": cfg.context_length,
-        a + "embedding_length": cfg.n_embd, a + "block_count": cfg.n_layer,
-        a + "feed_forward_length": cfg.intermediate_size,
-        a + "attention.head_count": cfg.n_head, a + "attention.head_count_kv": cfg.n_kv_head,
-        a + "attention.key_length": cfg.head_dim, a + "attention.value_length": cfg.head_dim,
-        a + "rope.dimension_count": cfg.head_dim, a + "rope.freq_base": float(cfg.rope_base),
-        a + "attention.layer_norm_rms_epsilon": float(cfg.norm_eps),
-    }
-    if arch == "qwen3moe":
-        meta.update({a + "expert_count": cfg.moe.num_experts,
-                     a + "expert_used_count": cfg.moe.top_k,
-                     a + "expert_feed_forward_length": cfg.moe.intermediate_size
-                     or cfg.intermediate_size})
-    if arch == "gemma3":
-        meta[a + "attention.sliding_window"] = cfg.sliding_window
-        if cfg.rope_linear_factor != 1.0:
-            meta[a + "rope.scaling.type"] = "linear"
-            meta[a + "rope.scaling.factor"] = float(cfg.rope_linear_factor)
-    return meta
+    rules.check(cfg)
+    return rules.write(cfg, arch + ".")
 
 
 _LLAMA_BLOCK = {
@@ -213,13 +136,25 @@ _TOP = {"token_embd.weight": "tok_emb.weight", "output_norm.weight": "final_norm
         "output.weight": "out_head.weight"}
 
 
-class Arch:
-    """How one llama.cpp architecture's tensors map onto ours (both ways)."""
+def _allow(cfg) -> None:
+    """An architecture that refuses no config beyond the checks every one makes."""
 
-    def __init__(self, block: dict, permute_qk: bool = False, norm_shift: float = 0.0,
-                 top: dict | None = None, zero_biases: tuple[str, ...] = ()):
+
+class Arch:
+    """One llama.cpp architecture: how its tensors map onto ours (both ways) and how its
+    metadata maps onto our config (both ways). ``a`` below is the metadata prefix, "llama."."""
+
+    def __init__(self, block: dict, *, read: Callable[[dict, str, str], dict],
+                 write: Callable[[object, str], dict], check: Callable[[object], None] = _allow,
+                 sliding_window: bool = False, permute_qk: bool = False,
+                 norm_shift: float = 0.0, top: dict | None = None,
+                 zero_biases: tuple[str, ...] = ()):
         self.block = block
         self.top = _TOP if top is None else top
+        self.read = read  # read(meta, a, source): config fields; GGUFError naming source
+        self.write = write  # write(cfg, a): metadata for a config (check passed)
+        self.check = check  # check(cfg): GGUFError for a config llama.cpp would misread
+        self.sliding_window = sliding_window  # llama.cpp's architecture has local layers
         self.permute_qk = permute_qk  # llama.cpp interleaved Q/K rows for its "normal" RoPE
         self.norm_shift = norm_shift  # Gemma: llama.cpp stores 1 + w in every norm weight
         self.zero_biases = zero_biases  # biases llama.cpp requires: written as zeros if absent
@@ -284,6 +219,122 @@ class Arch:
             yield f"blk.{layer}.{stacked[part]}", np.stack([arrays[e] for e in sorted(arrays)])
 
 
+# Each architecture's metadata rules, then its row. llama.cpp names every field
+# "<architecture>.<field>"; ``a`` is that prefix.
+
+def _widths(meta: dict, a: str, source: str) -> tuple[int, int, list]:
+    """(embedding width, query heads, vocabulary tokens): read first, by every architecture."""
+    n_embd = _int(meta, a + "embedding_length", source)
+    n_head = _int(meta, a + "attention.head_count", source)
+    return n_embd, n_head, meta.get("tokenizer.ggml.tokens") or []
+
+
+def _llama_kwargs(meta: dict, a: str, source: str, rope_base: float = 10000.0,
+                  norm_eps: float = 1e-5) -> dict:
+    """LlamaConfig / Qwen3Config fields; ``head_dim`` only where the file gives one."""
+    n_embd, n_head, tokens = _widths(meta, a, source)
+    kw = dict(
+        vocab_size=_int(meta, a + "vocab_size", source, default=len(tokens) or None),
+        context_length=_int(meta, a + "context_length", source, high=1 << 24),
+        n_embd=n_embd, n_layer=_int(meta, a + "block_count", source, high=4096), n_head=n_head,
+        n_kv_head=_int(meta, a + "attention.head_count_kv", source, default=n_head),
+        intermediate_size=_int(meta, a + "feed_forward_length", source),
+        rope_base=_float(meta, a + "rope.freq_base", rope_base),
+        norm_eps=_float(meta, a + "attention.layer_norm_rms_epsilon", norm_eps),
+    )
+    head_dim = meta.get(a + "attention.key_length", meta.get(a + "rope.dimension_count"))
+    if head_dim is not None:
+        kw["head_dim"] = _int(meta, a + "attention.key_length", source, default=head_dim,
+                              high=1 << 16)
+    elif n_embd % n_head:
+        raise GGUFError(f"{source}: embedding_length {n_embd} is not a multiple of head_count "
+                        f"{n_head} and no key_length is given")
+    return kw
+
+
+def _llama_metadata(cfg, a: str) -> dict[str, int | float | str]:
+    return {
+        a + "vocab_size": cfg.vocab_size, a + "context_length": cfg.context_length,
+        a + "embedding_length": cfg.n_embd, a + "block_count": cfg.n_layer,
+        a + "feed_forward_length": cfg.intermediate_size,
+        a + "attention.head_count": cfg.n_head, a + "attention.head_count_kv": cfg.n_kv_head,
+        a + "attention.key_length": cfg.head_dim, a + "attention.value_length": cfg.head_dim,
+        a + "rope.dimension_count": cfg.head_dim, a + "rope.freq_base": float(cfg.rope_base),
+        a + "attention.layer_norm_rms_epsilon": float(cfg.norm_eps),
+    }
+
+
+def _qwen3moe_kwargs(meta: dict, a: str, source: str) -> dict:
+    """Qwen3's fields and its experts (gates always renormalised: norm_topk_prob)."""
+    kw = _llama_kwargs(meta, a, source)
+    kw["moe"] = {"num_experts": _int(meta, a + "expert_count", source, high=1 << 16),
+                 "top_k": _int(meta, a + "expert_used_count", source, high=1 << 16),
+                 "intermediate_size": _int(meta, a + "expert_feed_forward_length", source),
+                 "norm_topk_prob": True}
+    return kw
+
+
+def _qwen3moe_metadata(cfg, a: str) -> dict[str, int | float | str]:
+    meta = _llama_metadata(cfg, a)
+    meta.update({a + "expert_count": cfg.moe.num_experts, a + "expert_used_count": cfg.moe.top_k,
+                 a + "expert_feed_forward_length": cfg.moe.intermediate_size
+                 or cfg.intermediate_size})
+    return meta
+
+
+def _gemma3_kwargs(meta: dict, a: str, source: str) -> dict:
+    """Gemma3Config fields: llama.cpp fixes the 5:1 local/global pattern and scales queries by
+    head_dim; the local RoPE base is Gemma's default."""
+    kw = _llama_kwargs(meta, a, source, rope_base=1_000_000.0, norm_eps=1e-6)
+    kw["sliding_window"] = _int(meta, a + "attention.sliding_window", source, default=512)
+    kw["sliding_window_pattern"] = 6  # fixed for Gemma 3 in llama.cpp
+    kw["query_pre_attn_scalar"] = int(kw.get("head_dim", kw["n_embd"] // kw["n_head"]))
+    if meta.get(a + "rope.scaling.type") == "linear":
+        kw["rope_linear_factor"] = _float(meta, a + "rope.scaling.factor", 1.0)
+    return kw
+
+
+def _gemma3_metadata(cfg, a: str) -> dict[str, int | float | str]:
+    meta = _llama_metadata(cfg, a)
+    meta[a + "attention.sliding_window"] = cfg.sliding_window
+    if cfg.rope_linear_factor != 1.0:
+        meta[a + "rope.scaling.type"] = "linear"
+        meta[a + "rope.scaling.factor"] = float(cfg.rope_linear_factor)
+    return meta
+
+
+def _gemma3_check(cfg) -> None:
+    if (cfg.rope_local_base != 10_000.0 or cfg.sliding_window_pattern != 6
+            or cfg.query_pre_attn_scalar != cfg.head_dim):
+        raise GGUFError("gemma3 GGUF fixes the local RoPE base (10000), the 5:1 layer pattern "
+                        "and query_pre_attn_scalar = head_dim; this config differs")
+
+
+def _gpt2_kwargs(meta: dict, a: str, source: str) -> dict:
+    """GPTConfig fields: its feed-forward width is 4 C and its LayerNorm eps 1e-5, fixed."""
+    n_embd, n_head, tokens = _widths(meta, a, source)
+    if _int(meta, a + "feed_forward_length", source, default=4 * n_embd) != 4 * n_embd:
+        raise GGUFError(f"{source}: a gpt2 feed_forward_length other than 4 x embedding_length "
+                        "is not supported")
+    eps = _float(meta, a + "attention.layer_norm_epsilon", 1e-5)
+    if abs(eps - 1e-5) > 1e-9:
+        raise GGUFError(f"{source}: gpt2 layer_norm_epsilon {eps} is not supported (1e-5)")
+    if n_embd % n_head:
+        raise GGUFError(f"{source}: embedding_length {n_embd} is not a multiple of head_count "
+                        f"{n_head}")
+    return dict(vocab_size=_int(meta, a + "vocab_size", source, default=len(tokens) or None),
+                context_length=_int(meta, a + "context_length", source, high=1 << 24),
+                n_embd=n_embd, n_layer=_int(meta, a + "block_count", source, high=4096),
+                n_head=n_head)
+
+
+def _gpt2_metadata(cfg, a: str) -> dict[str, int | float | str]:
+    return {a + "vocab_size": cfg.vocab_size, a + "context_length": cfg.context_length,
+            a + "embedding_length": cfg.n_embd, a + "block_count": cfg.n_layer,
+            a + "feed_forward_length": 4 * cfg.n_embd, a + "attention.head_count": cfg.n_head,
+            a + "attention.layer_norm_epsilon": 1e-5}
+
+
 _GPT2_BLOCK = {
     "attn_norm.weight": "norm1.scale", "attn_norm.bias": "norm1.shift",
     "attn_qkv.weight": "att.qkv.weight", "attn_qkv.bias": "att.qkv.bias",
@@ -297,9 +348,12 @@ _GPT2_TOP = {"token_embd.weight": "tok_emb.weight", "position_embd.weight": "pos
              "output.weight": "out_head.weight"}
 
 ARCHS = {
-    "gpt2": Arch(_GPT2_BLOCK, top=_GPT2_TOP, zero_biases=("attn_qkv.bias",)),
-    "llama": Arch(_LLAMA_BLOCK, permute_qk=True),
-    "qwen3": Arch({**_LLAMA_BLOCK, **_QK_NORM}),
-    "qwen3moe": Arch({**_LLAMA_BLOCK, **_QK_NORM, **_MOE}),
-    "gemma3": Arch(_GEMMA3_BLOCK, norm_shift=1.0),
+    "gpt2": Arch(_GPT2_BLOCK, read=_gpt2_kwargs, write=_gpt2_metadata, top=_GPT2_TOP,
+                 zero_biases=("attn_qkv.bias",)),
+    "llama": Arch(_LLAMA_BLOCK, read=_llama_kwargs, write=_llama_metadata, permute_qk=True),
+    "qwen3": Arch({**_LLAMA_BLOCK, **_QK_NORM}, read=_llama_kwargs, write=_llama_metadata),
+    "qwen3moe": Arch({**_LLAMA_BLOCK, **_QK_NORM, **_MOE}, read=_qwen3moe_kwargs,
+                     write=_qwen3moe_metadata),
+    "gemma3": Arch(_GEMMA3_BLOCK, read=_gemma3_kwargs, write=_gemma3_metadata,
+                   check=_gemma3_check, sliding_window=True, norm_shift=1.0),
 }
