@@ -6,16 +6,12 @@ before they are used (``checkpoints/files.py``'s ``shard_names``)."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
-from scratchlm.downloads.download import DownloadError, IntegrityError, download
 from scratchlm.checkpoints.files import read_json, shard_names
-
-
-def hf_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+from scratchlm.downloads.download import DownloadError, IntegrityError, download
+from scratchlm.downloads.hf import hf_endpoint, hf_headers
 
 
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
@@ -27,8 +23,7 @@ def fetch_hf_repo(repo: str, progress: bool = True) -> Path:
     if not _REPO.fullmatch(repo) or ".." in repo:
         raise ValueError(f"{repo!r} is not a Hugging Face repository name (owner/name)")
     base = f"{hf_endpoint()}/{repo}/resolve/main"
-    token = os.environ.get("HF_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else None
+    headers = hf_headers()
 
     def get(name: str) -> Path:
         return download(f"{base}/{name}", f"hf/{repo}/{name}", progress=progress, headers=headers)

@@ -8,13 +8,15 @@ writes, so a corpus of any size costs no RAM beyond the windows being read.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from scratchlm.data.text_file import read_text
+from scratchlm.data.packing import TokenStream, document_split, packed
+from scratchlm.tokenizers.base import encode_ordinary
 
 
 class GPTDataset(Dataset):
@@ -106,30 +108,69 @@ class ShardDataset(Dataset):
         return chunk[:-1], chunk[1:]
 
 
-def text_datasets(data: list[str], val_fraction: float, tokenizer, context: int):
-    """(train, val) datasets of (inputs, targets) windows of ``context`` tokens from text files
-    or registered data set names (``downloads/sources.py``), or from one shard folder."""
-    from torch.utils.data import Subset
+@dataclass
+class Corpus:
+    """The training and validation rows of a corpus, and what was done to make them."""
 
-    from scratchlm.downloads.sources import SOURCES, fetch
-    if len(data) == 1 and (Path(data[0]) / "meta.json").is_file():
-        ds = ShardDataset(data[0], context)
-        n_val = int(len(ds) * val_fraction)
-        return Subset(ds, range(len(ds) - n_val)), Subset(ds, range(len(ds) - n_val, len(ds)))
+    train: Dataset
+    val: Dataset | None
+    split: str  # how the validation set was chosen
+    cropped_fraction: float = 0.0  # bestfit: tokens dropped to fill rows
+
+
+def _encode_corpus(data: list[str], tokenizer, text_field: str, seed: int,
+                   dedup: bool) -> TokenStream:
+    """The documents of ``data`` encoded in memory, each closed by end-of-text: a text file as
+    the book reads it (special-token strings in it count), any other document as plain text."""
+    from scratchlm.data.documents import mix_documents, resolve_source
+
+    sources = [resolve_source(d, progress=False) for d in data]
     ids: list[int] = []
-    for item in data:
-        path = fetch(item) if item in SOURCES and not Path(item).exists() else Path(item)
-        if not path.is_file():
-            raise FileNotFoundError(f"data {item!r}: no such file or registered data set")
-        text = read_text(path)
-        if not text.strip():
-            raise ValueError(f"{path}: file is empty")
-        ids.extend(tokenizer.encode(text, allowed_special="all"))
-        if tokenizer.eos_id is not None:
-            ids.append(tokenizer.eos_id)
-    split = int(len(ids) * (1 - val_fraction))
-    train = GPTDataset(ids[:split], max_length=context, stride=context)
-    val_ids = ids[split:]
-    val = GPTDataset(val_ids, max_length=context, stride=context) \
-        if len(val_ids) > context else None
-    return train, val
+    starts: list[int] = []
+    eos, bos = tokenizer.eos_id, getattr(tokenizer, "bos_id", None)
+    for doc in mix_documents(sources, text_field, seed=seed, dedup=dedup):
+        if doc.whole_file and not doc.text.strip():
+            raise ValueError(f"{doc.where}: file is empty")
+        starts.append(len(ids))
+        if eos is None and bos is not None:
+            ids.append(bos)
+        ids.extend(tokenizer.encode(doc.text, allowed_special="all") if doc.whole_file
+                   else encode_ordinary(tokenizer, doc.text))
+        if eos is not None:
+            ids.append(eos)
+    return TokenStream([np.asarray(ids, dtype=np.int64)], np.asarray(starts or [0]))
+
+
+def corpus_datasets(data: list[str], val_fraction: float, tokenizer, context: int, *,
+                    packing: str = "concat", text_field: str = "text", seed: int = 0,
+                    dedup: bool = False, val_data: list[str] | None = None) -> Corpus:
+    """Training and validation rows of ``context`` tokens from ``data``: one folder of token
+    shards (``scratchlm prepare``), or files, folders, globs, registered data set names and Hub
+    data sets of any format ``data/documents.py`` reads (encoded in memory). Validation is
+    ``val_data`` when given, else whole held-out documents (``document_split``); rows are packed
+    as ``packing`` says (``data/packing.py``)."""
+    def stream_of(items: list[str]) -> TokenStream:
+        if len(items) == 1 and (Path(items[0]) / "meta.json").is_file():
+            return TokenStream.from_folder(items[0])
+        return _encode_corpus(items, tokenizer, text_field, seed, dedup)
+
+    stream = stream_of(data)
+    if val_data:
+        val_stream = stream_of(val_data)
+        cut, how, val_lo = len(stream), f"the file(s) {', '.join(val_data)}", 0
+    else:
+        cut, how = document_split(stream, val_fraction)
+        val_stream, val_lo = stream, cut
+    train = packed(stream, packing, context, 0, cut, seed)
+    if len(train) == 0:
+        raise ValueError(f"the training data holds {cut} tokens: fewer than one row of "
+                         f"context + 1 = {context + 1}")
+    val = packed(val_stream, packing, context, val_lo, len(val_stream), seed)
+    return Corpus(train, val if len(val) else None, how,
+                  getattr(train, "cropped_fraction", 0.0))
+
+
+def text_datasets(data: list[str], val_fraction: float, tokenizer, context: int, **kw):
+    """(train, val) of ``corpus_datasets`` (``val`` None when too short for one row)."""
+    corpus = corpus_datasets(data, val_fraction, tokenizer, context, **kw)
+    return corpus.train, corpus.val

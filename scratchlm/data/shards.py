@@ -1,16 +1,24 @@
-"""Tokenize large text corpora into memory-mapped token shards (``scratchlm prepare``).
+"""Tokenize large corpora into memory-mapped token shards (``scratchlm prepare``).
 
 Output folder::
 
     shard_00000.bin   raw token ids, uint16 when the vocabulary fits, else uint32
     shard_00001.bin
-    meta.json         tokenizer, vocab_size, dtype, eos_id, total tokens, per-shard count + sha256
+    docs.bin          where each document starts: uint64 offsets into the shards' token stream
+    meta.json         tokenizer, vocab_size, dtype, eos_id, total tokens and documents,
+                      per-shard count + sha256
 
-Each input file is read in blocks that are cut only where ``non-space \\n non-space`` stands, so
-tokenizing the blocks separately gives exactly the ids of tokenizing the whole file (the GPT-2
-regex never joins across such a newline). Blocks are tokenized in parallel worker processes, a
-bounded number in flight; an
-end-of-text id separates files. Invalid UTF-8 is reported with the file and byte offset.
+Corpora in JSON Lines (plain, ``.gz``, ``.zst``), JSON or parquet (``data/documents.py``) are
+read a document at a time; each document is encoded as plain text (a ``<|endoftext|>`` written
+in it stays text) and followed by the tokenizer's end-of-text id (or preceded by its BOS when it
+has no end-of-text). Batches of documents are tokenized in worker processes, a bounded number in
+flight, so memory stays flat whatever the corpus size.
+
+Text files (when every input is one, unmixed) are one document each, read as the book reads
+them (special-token strings in them count): each is read in blocks that are cut only where
+``non-space \\n non-space`` stands, so tokenizing the blocks separately gives exactly the ids of
+tokenizing the whole file (the GPT-2 regex never joins across such a newline), and an
+end-of-text id follows each file. Invalid UTF-8 is reported with the file and byte offset.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import regex
 from tqdm.auto import tqdm
 
 from scratchlm.data.text_file import DataFileError, utf8_error
+from scratchlm.tokenizers.base import encode_ordinary
 
 BLOCK = 1 << 20  # bytes of text per task
 _CUT = regex.compile(rb"[\x21-\x7e]\n[\x21-\x7e]")  # a safe place to split (see module doc)
@@ -118,44 +127,78 @@ def ordered_map(executor: Executor, fn, items: Iterable, window: int) -> Iterato
         yield pending.popleft().result()
 
 
+def _encode_documents(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Worker: (ids of the documents, each closed by end-of-text or opened by BOS; their
+    lengths), the ids as uint32. Special-token strings in a document stay text."""
+    eos, bos = _worker_tok.eos_id, getattr(_worker_tok, "bos_id", None)
+    parts, lengths = [], np.empty(len(texts), dtype=np.int64)
+    for i, text in enumerate(texts):
+        ids = list(encode_ordinary(_worker_tok, text))
+        if eos is not None:
+            ids.append(eos)
+        elif bos is not None:
+            ids.insert(0, bos)
+        parts.append(np.asarray(ids, dtype=np.uint32))
+        lengths[i] = len(ids)
+    return (np.concatenate(parts) if parts else np.empty(0, np.uint32)), lengths
+
+
+def _batches(docs, max_chars: int = BLOCK) -> Iterator[list[str]]:
+    """Documents in lists of about ``max_chars`` characters (one task for a worker)."""
+    batch, size = [], 0
+    for doc in docs:
+        batch.append(doc.text)
+        size += len(doc.text)
+        if size >= max_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
 def prepare(
-    files: Sequence[str | Path],
+    data: Sequence[str | Path],
     out_dir: str | Path,
     tokenizer: str = "gpt2",
     shard_tokens: int = 100_000_000,
     workers: int | None = None,
     progress: bool = True,
+    text_field: str = "text",
+    seed: int = 0,
+    dedup: bool = False,
 ) -> dict:
-    """Tokenize ``files`` into shards under ``out_dir``; returns the meta dict."""
+    """Tokenize the corpus ``data`` (files, folders, globs, registered names, Hub data sets;
+    ``path:weight`` mixes, see ``data/documents.py``) into shards under ``out_dir``; returns
+    the meta dict."""
+    from scratchlm.data.documents import kind, resolve_source
     from scratchlm.tokenizers import get_tokenizer
 
-    if not files:
+    if not data:
         raise DataFileError("no input files given")
     tok = get_tokenizer(tokenizer)  # fail early on a bad name, and learn the vocabulary
+    sources = [resolve_source(str(d), progress=progress) for d in data]
+    files = [f for src in sources for f in src.files]
+    as_text = (all(kind(f) == "text" for f in files) and not dedup
+               and all(src.weight == 1.0 for src in sources))
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
-    total_bytes = sum(Path(f).stat().st_size for f in files if Path(f).is_file())
-
     shards: list[dict] = []
     writer = _ShardWriter(out, dtype, shard_tokens, shards)
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
-    # Worker processes read and tokenize blocks themselves, so the parent only plans the cuts
-    # and writes. (tiktoken releases the GIL, but threads sharing one encoder ran at half the
-    # speed of processes here.)
+    bar = tqdm(total=sum(f.stat().st_size for f in files), unit="B", unit_scale=True,
+               desc="tokenizing", disable=not progress)
+    # Worker processes tokenize, so the parent only reads (or plans the cuts) and writes.
+    # (tiktoken releases the GIL, but threads sharing one encoder ran at half the speed of
+    # processes here.)
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
     executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                    initargs=(tokenizer,))
-    dtype_name = np.dtype(dtype).name
     with executor:
-        for path in files:
-            tasks = ((str(path), a, b, dtype_name) for a, b in plan_blocks(path))
-            for ids, n_bytes in ordered_map(executor, _encode_range, tasks, window=2 * workers):
-                writer.write(ids)
-                bar.update(n_bytes)
-            if tok.eos_id is not None:
-                writer.write(np.asarray([tok.eos_id], dtype=dtype))
+        if as_text:
+            _text_files(executor, files, writer, tok, dtype, bar, workers)
+        else:
+            _documents(executor, sources, writer, dtype, bar, workers, text_field, seed, dedup)
     bar.close()
     writer.close()
     meta = {
@@ -164,6 +207,8 @@ def prepare(
         "eos_id": tok.eos_id,
         "dtype": np.dtype(dtype).name,
         "num_tokens": sum(s["num_tokens"] for s in shards),
+        "num_documents": writer.documents,
+        "docs": "docs.bin",
         "files": [str(f) for f in files],
         "shards": shards,
     }
@@ -171,6 +216,38 @@ def prepare(
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, out / "meta.json")
     return meta
+
+
+def _text_files(executor, files, writer, tok, dtype, bar, workers: int) -> None:
+    dtype_name = np.dtype(dtype).name
+    for path in files:
+        writer.start_document()
+        tasks = ((str(path), a, b, dtype_name) for a, b in plan_blocks(path))
+        for ids, n_bytes in ordered_map(executor, _encode_range, tasks, window=2 * workers):
+            writer.write(ids)
+            bar.update(n_bytes)
+        if tok.eos_id is not None:
+            writer.write(np.asarray([tok.eos_id], dtype=dtype))
+
+
+def _documents(executor, sources, writer, dtype, bar, workers, text_field, seed, dedup):
+    from scratchlm.data.documents import mix_documents
+
+    docs = mix_documents(sources, text_field, seed=seed, dedup=dedup, progress=bar.update)
+    errors: list[DataFileError] = []
+
+    def until_an_error(docs):
+        try:
+            yield from docs
+        except DataFileError as e:
+            errors.append(e)
+
+    for ids, lengths in ordered_map(executor, _encode_documents, _batches(until_an_error(docs)),
+                                    window=2 * workers):
+        writer.write_documents(ids.astype(dtype, copy=False), lengths)
+    if errors:  # the documents before the bad one are written and kept; no meta.json says
+        writer.close()  # the folder is whole
+        raise errors[0]
 
 
 class _ShardWriter:
@@ -182,6 +259,19 @@ class _ShardWriter:
             raise ValueError("shard_tokens must be positive")
         self.folder, self.dtype, self.cap, self.shards = folder, dtype, shard_tokens, shards
         self.f = None
+        self.written = 0  # tokens in all shards so far
+        self.documents = 0
+        self.docs = open(folder / "docs.bin.part", "wb")  # uint64 start of each document
+
+    def start_document(self) -> None:
+        self.docs.write(np.asarray([self.written], dtype=np.uint64).tobytes())
+        self.documents += 1
+
+    def write_documents(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        starts = self.written + np.concatenate([[0], np.cumsum(lengths[:-1])])
+        self.docs.write(starts.astype(np.uint64).tobytes())
+        self.documents += len(lengths)
+        self.write(ids)
 
     def _open(self) -> None:
         self.name = f"shard_{len(self.shards):05d}.bin"
@@ -197,6 +287,7 @@ class _ShardWriter:
             self.f.write(data)
             self.hash.update(data)
             self.count += len(take)
+            self.written += len(take)
             ids = ids[len(take):]
             if self.count == self.cap:
                 self._finish()
@@ -211,3 +302,5 @@ class _ShardWriter:
     def close(self) -> None:
         if self.f is not None:
             self._finish()
+        self.docs.close()
+        os.replace(self.folder / "docs.bin.part", self.folder / "docs.bin")

@@ -37,8 +37,16 @@ def finetune_train(**changes) -> TrainConfig:
 class PretrainConfig(RunFolder):
     model: str = "gpt2-124m"  # a preset of any family, or a YAML/JSON file of config fields
     # (with ``family: qwen3`` etc.; default gpt)
-    data: list[str] = field(default_factory=lambda: ["the-verdict"])  # a registered data set name
-    # or a file
+    data: list[str] = field(default_factory=lambda: ["the-verdict"])  # files (.txt, .jsonl,
+    # .jsonl.gz/.zst, .json, .parquet), folders, globs, registered data set names,
+    # hf://datasets/ORG/NAME[/SUBSET][@REV], or one shard folder of `scratchlm prepare`;
+    # PATH:WEIGHT mixes several
+    text_field: str = "text"  # the field (column) that holds a document's text
+    packing: str = "concat"  # concat (one stream cut into windows) | bestfit (rows of whole
+    # documents from position 0, best-fit by length, no padding; see data/packing.py)
+    dedup: bool = False  # drop documents whose text appeared before (data read in memory)
+    val_data: list[str] = field(default_factory=list)  # validation data (default: whole
+    # documents held out of --data, see --val_fraction)
     tokenizer: str = "gpt2"  # "gpt2", or a tokenizer file (its vocab sets the model's)
     out: str = "runs/pretrain"
     context_length: Count | None = None  # shorter than the preset's trains faster
@@ -53,7 +61,8 @@ class PretrainConfig(RunFolder):
     moe_top_k: Count | None = None  # experts per token
     moe_capacity_factor: PositiveFloat | None = None  # tokens an expert takes, as a multiple of
     # its fair share
-    val_fraction: Fraction = 0.1  # share of the data held out for validation
+    val_fraction: Fraction = 0.1  # share of the tokens held out for validation, as whole
+    # documents (a corpus of too few documents: the tail of its tokens)
     sample_prompt: str = "Every effort moves you"  # the prompt of the samples printed at each
     # evaluation
     sample_tokens: NonNegInt = 25  # tokens per sample (0: no samples)
@@ -395,7 +404,12 @@ class PlanConfig:
 # ---- scratchlm prepare: data/shards.py
 @dataclass
 class PrepareConfig:
-    data: list[str] = field(default_factory=list)  # text files or registered data set names
+    data: list[str] = field(default_factory=list)  # files (.txt, .jsonl, .jsonl.gz/.zst,
+    # .json, .parquet), folders, globs, registered data set names or
+    # hf://datasets/ORG/NAME[/SUBSET][@REV]; PATH:WEIGHT mixes several
+    text_field: str = "text"  # the field (column) that holds a document's text
+    dedup: bool = False  # drop documents whose text appeared before
+    seed: int = 0  # the order a mixture's documents are drawn in
     out: str = ""  # the shard folder (required)
     tokenizer: str = "gpt2"  # gpt2, a tokenizer file or a model folder
     shard_tokens: Count = 100_000_000  # tokens per shard file

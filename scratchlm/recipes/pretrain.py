@@ -3,9 +3,12 @@
     scratchlm pretrain --model gpt2-124m --data corpus.txt --out runs/NAME --train.max_steps 2000
     torchrun --nproc_per_node 4 -m scratchlm pretrain ... [--train.strategy fsdp]
 
-Data: text files (tokenized in memory; the last ``val_fraction`` of tokens is the validation
-set), registered data set names (``the-verdict``, ``tinyshakespeare``), or one folder of token
-shards from ``scratchlm prepare`` (the last ``val_fraction`` of windows is validation).
+Data (``data/pretrain.py``): files of any format ``data/documents.py`` reads (text, JSON Lines
+plain or compressed, JSON, parquet), folders, globs, registered data set names, Hub data sets,
+weighted mixtures (``a.parquet:0.7 b.jsonl.zst:0.3``), tokenized in memory; or one folder of
+token shards from ``scratchlm prepare`` (any size, memory-mapped). Validation is whole held-out
+documents (``--val_fraction``) or ``--val_data``. Rows: ``--packing concat`` (windows of the
+stream) or ``bestfit`` (whole documents from position 0, no padding; ``data/packing.py``).
 Outputs in ``--out``: config.json, metrics.csv, tb/, loss.png, checkpoints/, final/ (not after
 Ctrl-C: the checkpoint is saved, and ``--resume`` continues).
 """
@@ -19,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from scratchlm.config import load_file, to_dict
-from scratchlm.data.pretrain import text_datasets
+from scratchlm.data.pretrain import corpus_datasets
 from scratchlm.evaluate.tasks import check_eval, evaluate_final
 from scratchlm.generation.sampling import generate, text_to_token_ids, token_ids_to_text
 from scratchlm.models.accounting import count_parameters, flops_per_token
@@ -99,8 +102,16 @@ def main(cfg: PretrainConfig) -> FitResult:
             claim_run_dir(out, cfg.resume, cfg.overwrite)
         tokenizer = get_tokenizer(cfg.tokenizer)
         model_cfg = build_model_config(cfg, tokenizer.vocab_size)
-        train_ds, val_ds = text_datasets(cfg.data, cfg.val_fraction, tokenizer,
-                                           model_cfg.context_length)
+        corpus = corpus_datasets(cfg.data, cfg.val_fraction, tokenizer,
+                                 model_cfg.context_length, packing=cfg.packing,
+                                 text_field=cfg.text_field, seed=cfg.train.seed,
+                                 dedup=cfg.dedup, val_data=cfg.val_data)
+        train_ds, val_ds = corpus.train, corpus.val
+        if rt.is_main:
+            cropped = (f"; {corpus.cropped_fraction:.2%} of the tokens cropped to fill rows"
+                       if cfg.packing == "bestfit" else "")
+            tqdm.write(f"data: {len(train_ds):,} rows of {model_cfg.context_length} tokens "
+                       f"({cfg.packing}{cropped}); validation: {corpus.split}")
         torch.manual_seed(cfg.train.seed)
         model = build_model(model_cfg).to(rt.device)
         n_params = count_parameters(model)

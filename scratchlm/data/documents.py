@@ -1,0 +1,317 @@
+"""Documents from the files corpora are published in, streamed one at a time.
+
+    .txt (and any other suffix)     the whole file is one document (read in blocks by prepare)
+    .jsonl  .jsonl.gz  .jsonl.zst   one JSON object a line, its text in ``text_field``
+    .json   .json.gz   .json.zst    JSON lines too (Dolma's ``.json.gz``), or one JSON array
+    .parquet                        the ``text_field`` column, one row group at a time
+
+A source is a file, a folder (its files of these kinds, sorted, recursively), a glob
+(``shards/*.parquet``), a registered data set name, or a Hub data set
+(``hf://datasets/ORG/NAME[/SUBSET][@REV]``, its parquet files fetched by
+``downloads/hf.py``). ``path:0.7`` gives a source a weight in a mixture
+(``mix_documents``).
+
+Nothing is read whole: peak memory is one JSON line or one parquet row group. Bad input is a
+``DataFileError`` that names the file and the line (or row), and the field: a missing or
+non-string text field, bad JSON, bad UTF-8, a truncated zstd or gzip stream, a corrupt parquet
+row group.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import itertools
+import json
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from scratchlm.data.text_file import DataFileError, read_text, utf8_error
+
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+COMPRESSED = (".gz", ".zst")
+PARQUET = ".parquet"
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    where: str  # "file:line" or "file: row N", for messages
+    whole_file: bool = False  # a text file read whole (the book's special-token strings count)
+
+
+def kind(path: str | Path) -> str:
+    """"parquet", "json" (lines or an array, maybe compressed) or "text"."""
+    name = Path(path).name.lower()
+    for comp in COMPRESSED:
+        name = name.removesuffix(comp)
+    if name.endswith(PARQUET):
+        return "parquet"
+    if name.endswith(JSON_SUFFIXES):
+        return "json"
+    return "text"
+
+
+def is_corpus_file(path: Path) -> bool:
+    """A file a folder source contributes: the kinds above, never hidden or partial files."""
+    name = path.name.lower()
+    return (path.is_file() and not name.startswith(".") and not name.endswith(".part")
+            and (kind(path) != "text" or name.endswith(".txt")))
+
+
+@dataclass(frozen=True)
+class Source:
+    """One ``--data`` item: its files and its weight in a mixture."""
+
+    spec: str
+    files: tuple[Path, ...]
+    weight: float = 1.0
+
+
+def split_weight(spec: str) -> tuple[str, float]:
+    """``"a.parquet:0.7"`` -> ("a.parquet", 0.7); a spec whose tail is no number keeps it."""
+    head, sep, tail = spec.rpartition(":")
+    if not sep or not head or "/" in tail:
+        return spec, 1.0
+    try:
+        weight = float(tail)
+    except ValueError:
+        return spec, 1.0
+    if not weight > 0 or weight == float("inf"):
+        raise ValueError(f"--data {spec!r}: a weight must be a positive number, got {tail!r}")
+    return head, weight
+
+
+def resolve_source(spec: str, *, progress: bool = True) -> Source:
+    """The files of one ``--data`` item (see the module doc)."""
+    from scratchlm.downloads.sources import SOURCES, fetch
+
+    name, weight = split_weight(spec)
+    if name.startswith("hf://"):
+        from scratchlm.downloads.hf import fetch_dataset
+
+        return Source(spec, tuple(fetch_dataset(name, progress=progress)), weight)
+    path = Path(name).expanduser()
+    if name in SOURCES and not path.exists():
+        return Source(spec, (fetch(name, progress=progress),), weight)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if is_corpus_file(p))
+        if not files:
+            raise DataFileError(f"{path}: no .txt, .jsonl(.gz/.zst), .json or .parquet files")
+        return Source(spec, tuple(files), weight)
+    if path.is_file():
+        return Source(spec, (path,), weight)
+    if glob.has_magic(name):
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
+                       if Path(p).is_file())
+        if not files:
+            raise DataFileError(f"{name}: no file matches")
+        return Source(spec, tuple(files), weight)
+    raise DataFileError(f"data {name!r}: no such file, folder or registered data set")
+
+
+CHUNK = 1 << 20
+
+
+Progress = Callable[[int], None]  # told the bytes of a file read so far, as they are read
+
+
+def _noop(n: int) -> None:
+    pass
+
+
+class _Counted:
+    """A file object that tells ``progress`` how many bytes were read from it."""
+
+    def __init__(self, f, progress: Progress):
+        self.f, self.progress = f, progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.progress(len(data))
+        return data
+
+
+def _chunks(path: Path, progress: Progress = _noop) -> Iterator[bytes]:
+    """The decompressed bytes of a file, a chunk at a time (gzip and zstd streamed). A stream
+    cut short is an EOFError (gzip's own check; for zstd, a frame left open at the end)."""
+    name = path.name.lower()
+    with open(path, "rb") as raw:
+        f = _Counted(raw, progress)
+        if name.endswith(".gz"):
+            with gzip.GzipFile(fileobj=f) as g:
+                yield from iter(lambda: g.read1(CHUNK), b"")
+            return
+        if not name.endswith(".zst"):
+            yield from iter(lambda: f.read(CHUNK), b"")
+            return
+        import zstandard
+
+        dctx, obj = zstandard.ZstdDecompressor(), None
+        for data in iter(lambda: f.read(CHUNK), b""):
+            while data:
+                obj = obj or dctx.decompressobj()
+                out = obj.decompress(data)
+                if out:
+                    yield out
+                data = obj.unused_data if obj.eof else b""
+                if obj.eof:
+                    obj = None  # the next frame of a multi-frame file
+        if obj is not None:
+            raise EOFError("the last zstd frame ends early")
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    rest = b""
+    for chunk in chunks:
+        parts = (rest + chunk).split(b"\n")
+        rest = parts.pop()
+        yield from parts
+    if rest:
+        yield rest
+
+
+def _text_of(value, field: str, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) or value is None:
+        got = "no field" if value is None else "an object in field"
+        raise DataFileError(f"{where}: {got} {field!r}")
+    raise DataFileError(f"{where}: field {field!r} is {type(value).__name__}, not text")
+
+
+def _stream_errors() -> tuple[type[Exception], ...]:
+    """What a damaged gzip or zstd stream raises."""
+    import zlib
+
+    import zstandard
+
+    return (OSError, zlib.error, zstandard.ZstdError)
+
+
+def _json_documents(path: Path, field: str, progress: Progress) -> Iterator[Document]:
+    line_no = 0
+    chunks = _chunks(path, progress)
+    try:
+        head = next(chunks, b"")
+        if head.lstrip()[:1] == b"[":  # one JSON array (of objects or strings): read whole
+            yield from _json_array(path, head + b"".join(chunks), field)
+            return
+        for line_no, raw in enumerate(_lines(itertools.chain([head], chunks)), 1):
+            if raw.strip():
+                yield _json_line(path, line_no, raw, field)
+    except EOFError as e:
+        raise DataFileError(f"{path}: the compressed stream is truncated after line {line_no} "
+                            f"({e})") from None
+    except _stream_errors() as e:
+        raise DataFileError(f"{path}: cannot read past line {line_no} ({e})") from None
+
+
+def _json_line(path: Path, line_no: int, raw: bytes, field: str) -> Document:
+    where = f"{path}:{line_no}"
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataFileError(utf8_error(path, raw, e, first_line=line_no)) from None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataFileError(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise DataFileError(f"{where}: a JSON object expected, got {type(obj).__name__}")
+    return Document(_text_of(obj.get(field), field, where), where)
+
+
+def _json_array(path: Path, data: bytes, field: str) -> Iterator[Document]:
+    try:
+        items = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataFileError(utf8_error(path, data, e)) from None
+    except json.JSONDecodeError as e:
+        raise DataFileError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    for i, item in enumerate(items):
+        where = f"{path}: item {i}"
+        yield Document(item if isinstance(item, str) else
+                       _text_of(item.get(field) if isinstance(item, dict) else item, field,
+                                where), where)
+
+
+def _parquet_documents(path: Path, field: str, progress: Progress) -> Iterator[Document]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataFileError(f"{path}: not a readable parquet file ({e})") from None
+    names = pf.schema_arrow.names
+    if field not in names:
+        raise DataFileError(f"{path}: no column {field!r} (columns: {', '.join(names)}); "
+                            f"choose one with --text_field")
+    row = 0
+    for group in range(pf.num_row_groups):
+        try:
+            column = pf.read_row_group(group, columns=[field]).column(0)
+        except (pa.ArrowException, OSError) as e:
+            raise DataFileError(f"{path}: row group {group} (rows from {row}) is corrupt "
+                                f"({e})") from None
+        meta = pf.metadata.row_group(group)
+        progress(sum(meta.column(j).total_compressed_size for j in range(meta.num_columns)))
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise DataFileError(f"{path}: column {field!r} holds {column.type}, not text")
+        for value in column.to_pylist():
+            where = f"{path}: row {row}"
+            if value is None:
+                raise DataFileError(f"{where}: column {field!r} is null")
+            yield Document(value, where)
+            row += 1
+
+
+def file_documents(path: str | Path, text_field: str = "text",
+                   progress: Progress = _noop) -> Iterator[Document]:
+    """The documents of one file, in order (see the module doc); ``progress`` is told the
+    bytes of the file read (parquet: each row group's size on disk)."""
+    path = Path(path)
+    k = kind(path)
+    if k == "parquet":
+        yield from _parquet_documents(path, text_field, progress)
+    elif k == "json":
+        yield from _json_documents(path, text_field, progress)
+    else:
+        progress(path.stat().st_size)
+        yield Document(read_text(path), str(path), whole_file=True)
+
+
+def source_documents(source: Source, text_field: str = "text",
+                     progress: Progress = _noop) -> Iterator[Document]:
+    for path in source.files:
+        yield from file_documents(path, text_field, progress)
+
+
+def mix_documents(sources: Sequence[Source], text_field: str = "text", seed: int = 0,
+                  dedup: bool = False, progress: Progress = _noop) -> Iterator[Document]:
+    """The documents of several sources. One source: in order. Several: interleaved at random
+    (under ``seed``), each next document drawn from a source with probability proportional to
+    its weight, until every source is used up (a source that runs out leaves the draw).
+    ``dedup`` drops a document whose text was seen before (a 16-byte digest per document is
+    kept)."""
+    streams = [source_documents(s, text_field, progress) for s in sources]
+    weights = [s.weight for s in sources]
+    rng = random.Random(seed)
+    seen: set[bytes] = set()
+    while streams:
+        i = 0 if len(streams) == 1 else rng.choices(range(len(streams)), weights)[0]
+        doc = next(streams[i], None)
+        if doc is None:
+            del streams[i], weights[i]
+            continue
+        if dedup:
+            digest = hashlib.blake2b(doc.text.encode("utf-8", "surrogatepass"),
+                                     digest_size=16).digest()
+            if digest in seen:
+                continue
+            seen.add(digest)
+        yield doc

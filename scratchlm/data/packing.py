@@ -1,0 +1,174 @@
+"""Rows of training tokens from a corpus of documents: how documents become (inputs, targets).
+
+``concat`` (the book's, and ``ShardDataset``'s): the documents as one stream, cut into windows;
+a window may start mid-document and hold the end of one and the start of the next.
+
+``bestfit`` (nanochat's loader): every row is filled with whole documents that start at its
+position 0, chosen best-fit by length from a window of shuffled documents (the longest that
+still fits, then the next); when none fits the rest of a row, the shortest is cropped to fill it
+and its tail is dropped. A document longer than a row is split into row-sized pieces first.
+There is no padding; ``cropped_fraction`` says what share of the tokens were dropped. The plan
+of every row is made once, from ``seed``, so the dataset is a plain indexable one: exact resume
+and the distributed sampler work on it as on windows.
+
+``TokenStream`` reads any span of the shards' concatenated token stream (documents may cross
+shard files), and ``document_split`` holds out whole documents for validation.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+PACKINGS = ("concat", "bestfit")
+
+
+class TokenStream:
+    """The tokens of a corpus: a shard folder's memory-mapped files (``data/shards.py``), or one
+    array in memory; and where its documents start."""
+
+    def __init__(self, parts: list[np.ndarray], doc_starts: np.ndarray):
+        self.parts = parts
+        self.offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+        self.doc_starts = doc_starts.astype(np.int64)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "TokenStream":
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        dtype = np.dtype(meta["dtype"])
+        parts = [np.memmap(folder / s["file"], dtype=dtype, mode="r") for s in meta["shards"]]
+        docs = folder / meta.get("docs", "docs.bin")
+        starts = np.fromfile(docs, dtype=np.uint64) if docs.is_file() else np.zeros(1)
+        return cls(parts, starts)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        """Tokens ``[start, start + n)`` as int64, across shard files when needed."""
+        out, end = [], start + n
+        k = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        while start < end:
+            local = start - self.offsets[k]
+            take = min(end, self.offsets[k + 1]) - start
+            out.append(self.parts[k][local:local + take])
+            start += take
+            k += 1
+        return np.concatenate(out).astype(np.int64) if len(out) > 1 else out[0].astype(np.int64)
+
+    def documents(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """(start, length) of the documents starting in ``[lo, hi)``, each ending at the next
+        start (or ``hi``)."""
+        starts = self.doc_starts[(self.doc_starts >= lo) & (self.doc_starts < hi)]
+        if len(starts) == 0 or starts[0] != lo:
+            starts = np.concatenate([[lo], starts])
+        ends = np.concatenate([starts[1:], [hi]])
+        return [(int(s), int(e - s)) for s, e in zip(starts, ends) if e > s]
+
+
+def document_split(stream: TokenStream, val_fraction: float) -> tuple[int, str]:
+    """(the token offset where validation starts, how it was chosen). Whole documents are held
+    out: the document start nearest to ``1 - val_fraction`` of the tokens, when that leaves
+    between half and twice the asked share; a corpus of too few documents falls back to the
+    book's split of the token stream."""
+    total = len(stream)
+    want = int(total * (1 - val_fraction))
+    if val_fraction <= 0:
+        return total, "no validation"
+    starts = stream.doc_starts[(stream.doc_starts > 0) & (stream.doc_starts < total)]
+    if len(starts):
+        cut = int(starts[np.abs(starts - want).argmin()])
+        share = (total - cut) / total
+        if val_fraction / 2 <= share <= val_fraction * 2:
+            return cut, f"the last {np.sum(stream.doc_starts >= cut)} whole documents"
+    return want, "the tail of the token stream (too few documents to hold out whole ones)"
+
+
+class WindowDataset(Dataset):
+    """``concat``: windows of ``max_length + 1`` tokens every ``stride`` tokens of ``[lo, hi)``;
+    targets are the inputs shifted by one."""
+
+    def __init__(self, stream: TokenStream, max_length: int, lo: int = 0, hi: int | None = None,
+                 stride: int | None = None):
+        hi = len(stream) if hi is None else hi
+        self.stream, self.max_length, self.stride = stream, max_length, stride or max_length
+        self.lo = lo
+        self.n = max(0, (hi - lo - max_length - 1) // self.stride + 1)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        chunk = torch.from_numpy(self.stream.read(self.lo + i * self.stride, self.max_length + 1))
+        return chunk[:-1], chunk[1:]
+
+
+def best_fit_rows(docs: list[tuple[int, int]], row: int, seed: int, window: int = 1000):
+    """The plan of every row: a list of (start, length) segments filling ``row`` tokens, and the
+    number of tokens cropped. Documents are taken in a shuffled order (``seed``), ``window`` at
+    a time, best-fit by length (see the module doc)."""
+    pieces = [(s + k, min(row, n - k)) for s, n in docs for k in range(0, n, row)]
+    order = np.random.default_rng(seed).permutation(len(pieces))
+    pending: list[tuple[int, int]] = []  # (length, index into pieces), sorted
+    nxt, rows, cropped = 0, [], 0
+
+    def refill():
+        nonlocal nxt
+        while len(pending) < window and nxt < len(order):
+            i = int(order[nxt])
+            bisect.insort(pending, (pieces[i][1], i))
+            nxt += 1
+
+    refill()
+    while pending:
+        left, segments = row, []
+        while left and pending:
+            k = bisect.bisect_right(pending, (left, len(pieces))) - 1
+            length, i = pending.pop(max(k, 0))  # the longest that fits, else the shortest
+            start = pieces[i][0]
+            segments.append((start, min(length, left)))
+            cropped += max(0, length - left)
+            left -= min(length, left)
+            refill()
+        if left:  # the corpus ran out inside this row: its tokens are dropped
+            cropped += row - left
+            break
+        rows.append(segments)
+    return rows, cropped
+
+
+class BestFitDataset(Dataset):
+    """``bestfit``: rows of ``max_length + 1`` tokens of whole documents (see the module doc)
+    from the documents starting in ``[lo, hi)``."""
+
+    def __init__(self, stream: TokenStream, max_length: int, lo: int = 0, hi: int | None = None,
+                 seed: int = 0):
+        hi = len(stream) if hi is None else hi
+        self.stream, self.max_length = stream, max_length
+        self.rows, cropped = best_fit_rows(stream.documents(lo, hi), max_length + 1, seed)
+        self.cropped_fraction = cropped / max(1, hi - lo)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        chunk = torch.from_numpy(np.concatenate(
+            [self.stream.read(s, n) for s, n in self.rows[i]]))
+        return chunk[:-1], chunk[1:]
+
+
+def packed(stream: TokenStream, packing: str, max_length: int, lo: int, hi: int, seed: int = 0):
+    """The dataset of ``packing`` over ``[lo, hi)`` of ``stream``."""
+    if packing not in PACKINGS:
+        raise ValueError(f"--packing must be one of {', '.join(PACKINGS)}, got {packing!r}")
+    if packing == "bestfit":
+        return BestFitDataset(stream, max_length, lo, hi, seed)
+    return WindowDataset(stream, max_length, lo, hi)
