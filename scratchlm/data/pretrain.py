@@ -129,8 +129,6 @@ def _encode_corpus(data: list[str], tokenizer, text_field: str, seed: int,
     starts: list[int] = []
     eos, bos = tokenizer.eos_id, getattr(tokenizer, "bos_id", None)
     for doc in mix_documents(sources, text_field, seed=seed, dedup=dedup):
-        if doc.whole_file and not doc.text.strip():
-            raise ValueError(f"{doc.where}: file is empty")
         starts.append(len(ids))
         if eos is None and bos is not None:
             ids.append(bos)
