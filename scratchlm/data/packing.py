@@ -11,6 +11,9 @@ There is no padding; ``cropped_fraction`` says what share of the tokens were dro
 of every row is made once, from ``seed``, so the dataset is a plain indexable one: exact resume
 and the distributed sampler work on it as on windows.
 
+With ``doc_mask`` a row's inputs are ``(ids, segments)``, the document index of each position,
+so attention stays inside each document and positions restart with it (``nn/doc_mask.py``).
+
 ``TokenStream`` reads any span of the shards' concatenated token stream (documents may cross
 shard files), and ``document_split`` holds out whole documents for validation.
 """
@@ -90,25 +93,39 @@ def document_split(stream: TokenStream, val_fraction: float) -> tuple[int, str]:
     return want, "the tail of the token stream (too few documents to hold out whole ones)"
 
 
+def _row(chunk: np.ndarray, segments: np.ndarray | None):
+    """(inputs, targets) of a row of ``max_length + 1`` tokens; inputs are (ids, segments)
+    when the row carries its documents."""
+    chunk = torch.from_numpy(chunk)
+    if segments is None:
+        return chunk[:-1], chunk[1:]
+    return (chunk[:-1], torch.from_numpy(segments[:-1])), chunk[1:]
+
+
 class WindowDataset(Dataset):
     """``concat``: windows of ``max_length + 1`` tokens every ``stride`` tokens of ``[lo, hi)``;
     targets are the inputs shifted by one."""
 
     def __init__(self, stream: TokenStream, max_length: int, lo: int = 0, hi: int | None = None,
-                 stride: int | None = None):
+                 stride: int | None = None, doc_mask: bool = False):
         hi = len(stream) if hi is None else hi
         self.stream, self.max_length, self.stride = stream, max_length, stride or max_length
-        self.lo = lo
+        self.lo, self.doc_mask = lo, doc_mask
         self.n = max(0, (hi - lo - max_length - 1) // self.stride + 1)
 
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int):
         if not 0 <= i < self.n:
             raise IndexError(i)
-        chunk = torch.from_numpy(self.stream.read(self.lo + i * self.stride, self.max_length + 1))
-        return chunk[:-1], chunk[1:]
+        start = self.lo + i * self.stride
+        chunk = self.stream.read(start, self.max_length + 1)
+        segments = None
+        if self.doc_mask:
+            where = np.arange(start, start + self.max_length + 1)
+            segments = np.searchsorted(self.stream.doc_starts, where, side="right")
+        return _row(chunk, segments)
 
 
 def best_fit_rows(docs: list[tuple[int, int]], row: int, seed: int, window: int = 1000):
@@ -150,25 +167,28 @@ class BestFitDataset(Dataset):
     from the documents starting in ``[lo, hi)``."""
 
     def __init__(self, stream: TokenStream, max_length: int, lo: int = 0, hi: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, doc_mask: bool = False):
         hi = len(stream) if hi is None else hi
-        self.stream, self.max_length = stream, max_length
+        self.stream, self.max_length, self.doc_mask = stream, max_length, doc_mask
         self.rows, cropped = best_fit_rows(stream.documents(lo, hi), max_length + 1, seed)
         self.cropped_fraction = cropped / max(1, hi - lo)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        chunk = torch.from_numpy(np.concatenate(
-            [self.stream.read(s, n) for s, n in self.rows[i]]))
-        return chunk[:-1], chunk[1:]
+    def __getitem__(self, i: int):
+        segments = self.rows[i]
+        chunk = np.concatenate([self.stream.read(s, n) for s, n in segments])
+        docs = (np.repeat(np.arange(len(segments)), [n for _, n in segments])
+                if self.doc_mask else None)
+        return _row(chunk, docs)
 
 
-def packed(stream: TokenStream, packing: str, max_length: int, lo: int, hi: int, seed: int = 0):
+def packed(stream: TokenStream, packing: str, max_length: int, lo: int, hi: int, seed: int = 0,
+           doc_mask: bool = False):
     """The dataset of ``packing`` over ``[lo, hi)`` of ``stream``."""
     if packing not in PACKINGS:
         raise ValueError(f"--packing must be one of {', '.join(PACKINGS)}, got {packing!r}")
     if packing == "bestfit":
-        return BestFitDataset(stream, max_length, lo, hi, seed)
-    return WindowDataset(stream, max_length, lo, hi)
+        return BestFitDataset(stream, max_length, lo, hi, seed, doc_mask)
+    return WindowDataset(stream, max_length, lo, hi, doc_mask=doc_mask)

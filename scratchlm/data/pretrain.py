@@ -141,12 +141,13 @@ def _encode_corpus(data: list[str], tokenizer, text_field: str, seed: int,
 
 def corpus_datasets(data: list[str], val_fraction: float, tokenizer, context: int, *,
                     packing: str = "concat", text_field: str = "text", seed: int = 0,
-                    dedup: bool = False, val_data: list[str] | None = None) -> Corpus:
+                    dedup: bool = False, val_data: list[str] | None = None,
+                    doc_mask: bool = False) -> Corpus:
     """Training and validation rows of ``context`` tokens from ``data``: one folder of token
     shards (``scratchlm prepare``), or files, folders, globs, registered data set names and Hub
     data sets of any format ``data/documents.py`` reads (encoded in memory). Validation is
     ``val_data`` when given, else whole held-out documents (``document_split``); rows are packed
-    as ``packing`` says (``data/packing.py``)."""
+    as ``packing`` says (``data/packing.py``), their inputs (ids, segments) with ``doc_mask``."""
     def stream_of(items: list[str]) -> TokenStream:
         if len(items) == 1 and (Path(items[0]) / "meta.json").is_file():
             return TokenStream.from_folder(items[0])
@@ -159,11 +160,11 @@ def corpus_datasets(data: list[str], val_fraction: float, tokenizer, context: in
     else:
         cut, how = document_split(stream, val_fraction)
         val_stream, val_lo = stream, cut
-    train = packed(stream, packing, context, 0, cut, seed)
+    train = packed(stream, packing, context, 0, cut, seed, doc_mask)
     if len(train) == 0:
         raise ValueError(f"the training data holds {cut} tokens: fewer than one row of "
                          f"context + 1 = {context + 1}")
-    val = packed(val_stream, packing, context, val_lo, len(val_stream), seed)
+    val = packed(val_stream, packing, context, val_lo, len(val_stream), seed, doc_mask)
     return Corpus(train, val if len(val) else None, how,
                   getattr(train, "cropped_fraction", 0.0))
 

@@ -155,7 +155,7 @@ class GPT(nn.Module):
         x = self.drop_emb(tok + self.pos_emb(pos))  # (B, T, C)
         for i, block in enumerate(self.trf_blocks):
             if self.cfg.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, cache, i, use_reentrant=False)
             else:
                 x = block(x, cache, i)
         if cache is not None:

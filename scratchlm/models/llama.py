@@ -181,7 +181,7 @@ class Llama(nn.Module):
         for i, (block, t) in enumerate(zip(self.trf_blocks, self.rope_index)):
             cos, sin = tables[t]
             if self.cfg.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, cache, i, use_reentrant=False)
             else:
                 x = block(x, cos, sin, cache, i)
         if cache is not None:

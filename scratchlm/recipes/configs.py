@@ -44,6 +44,8 @@ class PretrainConfig(RunFolder):
     text_field: str = "text"  # the field (column) that holds a document's text
     packing: str = "concat"  # concat (one stream cut into windows) | bestfit (rows of whole
     # documents from position 0, best-fit by length, no padding; see data/packing.py)
+    doc_mask: bool = False  # attention stays inside each document of a row and positions
+    # restart with it (nn/doc_mask.py)
     dedup: bool = False  # drop documents whose text appeared before (data read in memory)
     val_data: list[str] = field(default_factory=list)  # validation data (default: whole
     # documents held out of --data, see --val_fraction)

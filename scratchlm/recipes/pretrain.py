@@ -105,13 +105,15 @@ def main(cfg: PretrainConfig) -> FitResult:
         corpus = corpus_datasets(cfg.data, cfg.val_fraction, tokenizer,
                                  model_cfg.context_length, packing=cfg.packing,
                                  text_field=cfg.text_field, seed=cfg.train.seed,
-                                 dedup=cfg.dedup, val_data=cfg.val_data)
+                                 dedup=cfg.dedup, val_data=cfg.val_data,
+                                 doc_mask=cfg.doc_mask)
         train_ds, val_ds = corpus.train, corpus.val
         if rt.is_main:
             cropped = (f"; {corpus.cropped_fraction:.2%} of the tokens cropped to fill rows"
                        if cfg.packing == "bestfit" else "")
+            masked = ", documents masked apart" if cfg.doc_mask else ""
             tqdm.write(f"data: {len(train_ds):,} rows of {model_cfg.context_length} tokens "
-                       f"({cfg.packing}{cropped}); validation: {corpus.split}")
+                       f"({cfg.packing}{cropped}{masked}); validation: {corpus.split}")
         torch.manual_seed(cfg.train.seed)
         model = build_model(model_cfg).to(rt.device)
         n_params = count_parameters(model)

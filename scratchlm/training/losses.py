@@ -7,24 +7,30 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from scratchlm.nn.doc_mask import DocumentMask
 from scratchlm.nn.loss import cross_entropy, fusable_head, head_weight, linear_cross_entropy
 from scratchlm.nn.moe import moe_aux_loss
 from scratchlm.training.contract import unwrap
 
 
-def causal_lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+def causal_lm_loss(model: nn.Module, inputs, targets: torch.Tensor,
                    fused: bool = True) -> torch.Tensor:
     """Mean next-token cross-entropy of ``model`` on (B, T) inputs/targets (-100 ignored).
+    ``inputs`` may be (ids, segments): rows packed with several documents, each attending only
+    to itself with its positions from 0 (``nn/doc_mask.py``).
 
     With a bias-free linear head (plain or LoRA) the head is fused with the loss (no (B*T, V)
     logits, see ``nn/loss.py``); other heads take the plain path.
     """
+    mask = None
+    if isinstance(inputs, (tuple, list)):
+        inputs, mask = inputs[0], DocumentMask(inputs[1])
     if fused and fusable_head(getattr(model, "out_head", None)) and hasattr(model,
                                                                             "hidden_states"):
-        hidden = model.hidden_states(inputs)  # first: under FSDP this gathers the head too
+        hidden = model.hidden_states(inputs, mask)  # first: under FSDP this gathers the head
         weight = head_weight(model.out_head)[: model.cfg.vocab_size]  # no vocabulary padding
         return linear_cross_entropy(hidden, weight, targets)
-    return cross_entropy(model(inputs), targets)
+    return cross_entropy(model(inputs, mask), targets)
 
 
 IGNORE_INDEX = -100

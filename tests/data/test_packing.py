@@ -69,3 +69,18 @@ def test_best_fit_prefers_the_longest_document_that_fits():
     first = rows[0]
     assert first[0][1] == 5 and first[1][1] == 2  # 5 then the 2 that fills the row exactly
     assert cropped == 14 - 7 * len(rows)
+
+
+def test_rows_carry_their_documents_for_the_mask():
+    stream, ids = _stream([10, 25, 7, 40], parts=2)
+    (x, seg), y = WindowDataset(stream, 16, doc_mask=True)[1]  # tokens 16..32
+    assert x.tolist() == ids[16:32].tolist() and y.tolist() == ids[17:33].tolist()
+    assert seg.tolist() == [2] * 16  # tokens 16..31 all lie in the second document (10..34)
+    (x, seg), _ = WindowDataset(stream, 16, doc_mask=True)[0]
+    assert seg.tolist() == [1] * 10 + [2] * 6
+    ds = BestFitDataset(stream, 15, seed=0, doc_mask=True)
+    for i in range(len(ds)):
+        (x, seg), _ = ds[i]
+        lengths = [n for _, n in ds.rows[i]]
+        want = sum(([k] * n for k, n in enumerate(lengths)), [])[:15]  # the inputs of 16
+        assert seg.tolist() == want

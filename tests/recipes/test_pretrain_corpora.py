@@ -103,3 +103,11 @@ def test_bestfit_two_ranks_equal_one_with_twice_the_batch(tmp_path, corpus):
     assert [s for s, _ in a] == [s for s, _ in b]
     for (_, x), (_, y) in zip(a, b):
         assert x == pytest.approx(y, abs=1e-5)
+
+
+def test_bestfit_with_the_document_mask_trains(tmp_path, corpus, capsys):
+    run = cfg(tmp_path / "masked", corpus, max_steps=4, save_every=4)
+    run.doc_mask = True
+    res = main(run)
+    assert res.step == 4 and all(loss == loss for loss in res.train_losses)
+    assert "documents masked apart" in capsys.readouterr().out
