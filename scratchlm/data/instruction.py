@@ -272,14 +272,64 @@ def instruction_collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: in
     return inputs, targets
 
 
-class InstructionCollate:
-    """``instruction_collate`` with its settings bound (picklable for DataLoader workers)."""
+PACK_WIDTH = 512  # wider rows cost more in attention (quadratic) than the padding they save
 
-    def __init__(self, pad_id: int, allowed_max_length: int | None = None):
-        self.pad_id, self.allowed_max_length = pad_id, allowed_max_length
+
+def packed_instruction_collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int,
+                               ignore_index: int = IGNORE_INDEX,
+                               allowed_max_length: int | None = None,
+                               width: int = PACK_WIDTH):
+    """The batch of ``instruction_collate`` without its padding: the examples are placed
+    side by side in rows of up to ``width`` positions (at most ``allowed_max_length``, at least
+    the longest example), first-fit, longest first, each row's ``segments`` telling them
+    apart, so with a document mask (``nn/doc_mask.py``) each sees only itself, from position
+    0. Same targets, so the same loss and gradients as the padded batch; only the fullest row
+    is as wide as the batch, so almost no padding is computed.
+    -> ((inputs, segments), targets)."""
+    examples = []
+    for ids, mask in batch:
+        ids_t = torch.tensor(ids, dtype=torch.long)
+        mask_t = torch.tensor(mask, dtype=torch.bool)
+        x, y = ids_t[:-1], torch.where(mask_t[1:], ids_t[1:], ignore_index)
+        if allowed_max_length is not None:
+            x, y = x[:allowed_max_length], y[:allowed_max_length]
+        examples.append((x, y))
+    capacity = max(max(len(x) for x, _ in examples), min(width, allowed_max_length or width))
+    rows: list[list[int]] = []  # example indices per row
+    room: list[int] = []
+    for i in sorted(range(len(examples)), key=lambda i: -len(examples[i][0])):
+        n = len(examples[i][0])
+        r = next((r for r, left in enumerate(room) if left >= n), None)
+        if r is None:
+            rows.append([])
+            room.append(capacity)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= n
+    width = capacity - min(room)
+    inputs = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), width), ignore_index, dtype=torch.long)
+    segments = torch.full((len(rows), width), len(batch), dtype=torch.long)  # padding: its own
+    for r, members in enumerate(rows):
+        at = 0
+        for i in sorted(members):  # in batch order inside a row
+            x, y = examples[i]
+            inputs[r, at:at + len(x)], targets[r, at:at + len(x)] = x, y
+            segments[r, at:at + len(x)] = i
+            at += len(x)
+    return (inputs, segments), targets
+
+
+class InstructionCollate:
+    """``instruction_collate`` (or, with ``packed``, ``packed_instruction_collate``) with its
+    settings bound (picklable for DataLoader workers)."""
+
+    def __init__(self, pad_id: int, allowed_max_length: int | None = None, packed: bool = False):
+        self.pad_id, self.allowed_max_length, self.packed = pad_id, allowed_max_length, packed
 
     def __call__(self, batch):
-        return instruction_collate(batch, self.pad_id, allowed_max_length=self.allowed_max_length)
+        collate = packed_instruction_collate if self.packed else instruction_collate
+        return collate(batch, self.pad_id, allowed_max_length=self.allowed_max_length)
 
 
 class PreferenceDataset(Dataset):

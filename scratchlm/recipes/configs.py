@@ -109,6 +109,8 @@ class InstructConfig(RunFolder):
     limit: Count | None = None  # use only the first N examples (quick runs)
     split_seed: int | None = None  # shuffle before splitting (the book splits in file order)
     moe_train: str = ""  # MoE models: "router" or "router,0,3" trains only routers (+ experts 0, 3)
+    packing: bool = False  # padding-free batches: a batch's examples side by side in rows, each
+    # attending only to itself from position 0 (same loss and gradients, no padding computed)
     lora: LoraConfig = field(default_factory=LoraConfig)
     eval: EvalTasks = field(default_factory=EvalTasks)  # the final model's report card
     train: TrainConfig = field(default_factory=lambda: finetune_train(weight_decay=0.1))

@@ -50,7 +50,7 @@ def main(cfg: InstructConfig) -> dict:
         make = lambda ex: InstructionDataset(ex, tok, style, cfg.mask_prompt)  # noqa: E731
         train_ds, val_ds, test_ds = make(train_ex), make(val_ex), make(test_ex)
         limit = min(cfg.allowed_max_length, model.cfg.context_length)
-        collate = InstructionCollate(pad, limit)
+        collate = InstructionCollate(pad, limit, packed=cfg.packing)
         if cfg.moe_train:
             freeze_for_moe_finetuning(model, parse_moe_train(cfg.moe_train))
         if cfg.lora.rank > 0:
