@@ -387,6 +387,40 @@ def mix_documents(sources: Sequence[Source], text_field: str = "text", seed: int
         yield doc
 
 
+def records(path: str | Path) -> Iterator[tuple[dict, str]]:
+    """(object, where) of each record of a JSON Lines file (plain, .gz, .zst) or a parquet
+    file (a row as a dict), for data sets whose examples are objects (chat conversations);
+    where is ``file:line`` or ``file: row N``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if kind(path) == "parquet":
+        try:
+            pf = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as e:
+            raise DataFileError(f"{path}: not a readable parquet file ({e})") from None
+        row = 0
+        for group in range(pf.num_row_groups):
+            try:
+                rows = pf.read_row_group(group).to_pylist()
+            except (pa.ArrowException, OSError) as e:
+                raise DataFileError(f"{path}: row group {group} (rows from {row}) is corrupt "
+                                    f"({e})") from None
+            for obj in rows:
+                yield obj, f"{path}: row {row}"
+                row += 1
+        return
+    for block in json_blocks(path):
+        for i, raw in enumerate(block.data.split(b"\n")):
+            if raw.strip():
+                where = f"{path}:{block.first_line + i}"
+                try:
+                    yield json.loads(raw), where
+                except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                    raise DataFileError(f"{where}: not valid JSON ({e})") from None
+
+
 @dataclass(frozen=True)
 class TextFile:
     """A text file as one document: a unit a worker process reads on its own."""

@@ -57,9 +57,29 @@ class Example:
 
 
 # ------------------------------------------------------------------------------------ reading
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+                  "assistant": "assistant"}
+
+
+def _sharegpt(turns, where: str) -> list[dict]:
+    """ShareGPT's ``conversations`` ([{"from": "human", "value": ...}, ...]) as messages."""
+    if not isinstance(turns, list) or not turns:
+        raise ValueError(f"{where}: 'conversations' must be a non-empty list")
+    out = []
+    for j, t in enumerate(turns):
+        role = SHAREGPT_ROLES.get(t.get("from")) if isinstance(t, dict) else None
+        if role is None or not isinstance(t.get("value"), str):
+            raise ValueError(f"{where}: turn {j} needs a 'from' ({', '.join(SHAREGPT_ROLES)}) "
+                             f"and a string 'value', got {t!r}")
+        out.append({"role": role, "content": t["value"]})
+    return out
+
+
 def _entry_to_example(entry, where: str) -> Example:
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
+    if "conversations" in entry and "messages" not in entry:
+        entry = {"messages": _sharegpt(entry["conversations"], where)}
     if "messages" in entry:
         msgs = entry["messages"]
         if not isinstance(msgs, list) or not msgs:
@@ -84,14 +104,24 @@ def _entry_to_example(entry, where: str) -> Example:
         msgs = [{"role": "user", "content": user},
                 {"role": "assistant", "content": entry.get("output", entry.get("chosen"))}]
         return Example(msgs, entry.get("chosen"), entry.get("rejected"))
-    raise ValueError(f"{where}: needs 'instruction'/'output' (Alpaca) or 'messages' (chat)")
+    raise ValueError(f"{where}: needs 'instruction'/'output' (Alpaca), 'messages' (OpenAI chat) "
+                     "or 'conversations' (ShareGPT)")
 
 
 def read_examples(path: str | Path) -> list[Example]:
-    """Alpaca-style (``instruction``, ``input``, ``output``, optionally ``chosen``/``rejected``)
-    or chat-format (``messages``) entries, from a JSON list or JSON Lines. Errors name the file
-    and the entry (index in a JSON list, line in JSONL)."""
+    """Alpaca-style (``instruction``, ``input``, ``output``, optionally ``chosen``/``rejected``),
+    OpenAI chat (``messages``) or ShareGPT (``conversations``) entries, multi-turn, from a JSON
+    list, JSON Lines (plain, .gz, .zst) or parquet. Errors name the file and the entry (index
+    in a JSON list, line in JSONL, row in parquet)."""
+    from scratchlm.data.documents import kind, records
+
     path = Path(path)
+    name = path.name.lower()
+    if kind(path) == "parquet" or name.endswith((".gz", ".zst")):
+        out = [_entry_to_example(entry, where) for entry, where in records(path)]
+        if not out:
+            raise ValueError(f"{path}: no examples")
+        return out
     text = read_text(path)
     if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
         out = [_entry_to_example(entry, f"{path}:{lineno}")

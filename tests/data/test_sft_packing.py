@@ -58,3 +58,36 @@ def test_rows_are_at_most_the_width_or_the_longest_example():
     (x, seg), y = packed_instruction_collate(batch, pad_id=0, width=30)
     assert x.shape[1] == 39 and x.shape[0] == 4  # the longest example sets the width
     assert sorted(seg.unique().tolist()) == list(range(9))  # 8 examples and the padding
+
+
+def test_chat_sets_as_they_are_published(tmp_path):
+    """OpenAI messages and ShareGPT conversations, multi-turn, in JSONL.zst and parquet."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    from scratchlm.data.instruction import read_examples
+
+    openai = {"messages": [{"role": "system", "content": "Be brief."},
+                           {"role": "user", "content": "Hi"},
+                           {"role": "assistant", "content": "Hello."},
+                           {"role": "user", "content": "2+2?"},
+                           {"role": "assistant", "content": "4"}]}
+    sharegpt = {"conversations": [{"from": "human", "value": "Hi"},
+                                  {"from": "gpt", "value": "Hello."}]}
+    lines = (json.dumps(openai) + "\n" + json.dumps(sharegpt) + "\n").encode()
+    (tmp_path / "chat.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
+    pq.write_table(pa.Table.from_pylist([openai]), tmp_path / "chat.parquet")
+    a, b = read_examples(tmp_path / "chat.jsonl.zst")
+    assert a.messages == openai["messages"] and a.response == "4"
+    assert b.messages == [{"role": "user", "content": "Hi"},
+                          {"role": "assistant", "content": "Hello."}]
+    (c,) = read_examples(tmp_path / "chat.parquet")
+    assert c.messages == openai["messages"]
+    bad = {"conversations": [{"from": "robot", "value": "x"}]}
+    (tmp_path / "bad.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress((json.dumps(bad) + "\n").encode()))
+    with pytest.raises(ValueError, match=r"bad.jsonl.zst:1: turn 0 needs a 'from'"):
+        read_examples(tmp_path / "bad.jsonl.zst")
