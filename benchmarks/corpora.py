@@ -4,8 +4,8 @@ tiktoken single-process x cores (goal >= 0.8), and peak memory as the corpus gro
     python benchmarks/corpora.py [--sizes 100,1000]
 
 The corpus is tinyshakespeare's paragraphs, numbered and repeated to each size (MB of text), as
-documents. Each prepare runs in its own process, so its peak RSS (the parent, and the largest
-worker) is its own. Prints the ISA with every number.
+documents. Each prepare runs in its own process; its peak RSS is that of it and its workers together
+(benchmarks/peak_rss.py). Prints the ISA with every number.
 """
 
 from __future__ import annotations
@@ -21,14 +21,12 @@ import time
 from pathlib import Path
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from scratchlm.data.shards import prepare
 t0 = time.perf_counter()
 meta = prepare([sys.argv[1]], sys.argv[2], tokenizer="gpt2", progress=False)
 dt = time.perf_counter() - t0
-print(json.dumps({"seconds": dt, "tokens": meta["num_tokens"], "docs": meta["num_documents"],
-                  "parent_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+print(json.dumps({"seconds": dt, "tokens": meta["num_tokens"], "docs": meta["num_documents"]}))
 """
 
 
@@ -85,9 +83,10 @@ def tiktoken_single(sample: str) -> float:
 
 
 def run_prepare(path: Path, out: Path) -> dict:
-    r = subprocess.run([sys.executable, "-c", CHILD, str(path), str(out)], capture_output=True,
-                       text=True, check=True)
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    from peak_rss import run_measured
+
+    stdout, peak = run_measured([sys.executable, "-c", CHILD, str(path), str(out)])
+    return {**json.loads(stdout.strip().splitlines()[-1]), "peak_mb": peak}
 
 
 def main():
@@ -109,8 +108,8 @@ def main():
                 print(f"{path.suffix:8s} {text_mb:7.0f} MB text ({path.stat().st_size / 1e6:.0f} "
                       f"MB file), {res['docs']:,} docs, {res['tokens']:,} tokens: "
                       f"{rate:.2f} MB/s; tiktoken single {single:.2f} MB/s x {cores} cores -> "
-                      f"ratio {rate / (single * cores):.3f} (goal >= 0.8); peak RSS parent "
-                      f"{res['parent_mb']:.0f} MB, largest worker {res['worker_mb']:.0f} MB")
+                      f"ratio {rate / (single * cores):.3f} (goal >= 0.8); peak RSS "
+                      f"{res['peak_mb']:.0f} MB (prepare and its workers together)")
                 shutil.rmtree(Path(d) / "shards")
 
 

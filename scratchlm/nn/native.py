@@ -24,8 +24,6 @@ import warnings
 from functools import cache
 from pathlib import Path
 
-import torch
-
 CSRC = Path(__file__).parent / "csrc"
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
 # what a kernel is built for: this CPU (every vector unit it has); an AVX2 build (the C paths
@@ -38,6 +36,8 @@ VARIANTS = {"native": FLAGS, "avx2": ("-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC
 
 def variants() -> list[str]:
     """The build variants this machine can run (torch knows whether the CPU has AVX2)."""
+    import torch
+
     avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
     return [v for v in VARIANTS if v != "avx2" or avx2]
 
@@ -70,6 +70,17 @@ def _compile(source: Path, out: Path, flags: tuple[str, ...] = FLAGS) -> None:
             os.unlink(tmp)
 
 
+def _torch_version() -> str:
+    """The installed torch's version, read without importing torch (a kernel is rebuilt when
+    torch changes: it links the OpenMP runtime torch loads)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return ""
+
+
 @cache
 def load(name: str, variant: str = "native") -> ctypes.CDLL | None:
     """The built library ``csrc/<name>.c`` (``variant``: one of ``VARIANTS``), or None (with one
@@ -79,7 +90,7 @@ def load(name: str, variant: str = "native") -> ctypes.CDLL | None:
     source, flags = CSRC / f"{name}.c", VARIANTS[variant]
     key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode()
                          + platform.machine().encode() + platform.node().encode()
-                         + torch.__version__.encode()).hexdigest()[:16]
+                         + _torch_version().encode()).hexdigest()[:16]
     lib = kernel_dir() / f"{name}-{key}.so"
     try:
         if not lib.exists():
@@ -142,6 +153,8 @@ def head_linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     ``HEAD_MAX_ROWS`` rows its tiles beat PyTorch's GEMM too (SmolLM2's 49152 x 576 head: 165 vs
     91 GFLOP/s for 32 rows, a rollout's batch; 163 vs 146 for 128; 158 vs 171 for 256).
     Anything else, and more rows, goes to ``layer`` itself."""
+    import torch
+
     w = getattr(layer, "weight", None)
     if (type(layer) is not torch.nn.Linear or w.device.type != "cpu" or w.dtype != torch.float32
             or x.dtype != torch.float32 or not w.is_contiguous() or x.dim() != 2
@@ -168,6 +181,8 @@ PANEL_MIN_ROWS = 8
 def pack_panels(weight: torch.Tensor) -> torch.Tensor | None:
     """A float32 (N, K) weight as ``f32_panels`` packs it: (ceil(N / 32) * 32 * K,) floats;
     None without the native kernels."""
+    import torch
+
     kernel = decode_function("f32_panels")
     if kernel is None:
         return None
@@ -181,6 +196,8 @@ def pack_panels(weight: torch.Tensor) -> torch.Tensor | None:
 def panel_linear(x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None,
                  out_features: int) -> torch.Tensor:
     """``x @ W.T + bias`` for (B, K) float32 ``x`` and W packed by ``pack_panels``."""
+    import torch
+
     x = x.contiguous()
     y = torch.empty(x.shape[0], out_features)
     decode_function("panel_linear")(x.data_ptr(), panels.data_ptr(),

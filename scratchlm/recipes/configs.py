@@ -420,10 +420,13 @@ class PrepareConfig:
     workers: Count | None = None  # processes tokenizing in parallel
 
 
-# ---- scratchlm train-tokenizer: tokenizers/bpe.py
+# ---- scratchlm train-tokenizer: recipes/train_tokenizer.py (tokenizers/bpe_train.py)
 @dataclass
 class TrainTokenizerConfig:
-    data: list[str] = field(default_factory=list)  # text files (required)
+    data: list[str] = field(default_factory=list)  # files (.txt, .jsonl(.gz/.zst), .json,
+    # .parquet), folders, globs or registered data set names: each file or record a document
+    text_field: str = "text"  # the field (column) that holds a document's text
+    workers: Count | None = None  # processes counting words (default: one per core)
     vocab_size: Count = 4096  # vocabulary size
     out: str = ""  # the tokenizer file (required)
 

@@ -1,20 +1,21 @@
-"""``scratchlm train-tokenizer``: the book's byte-level BPE trained from scratch on text
-files (``tokenizers/bpe.py``)."""
+"""``scratchlm train-tokenizer``: a byte-level BPE trained from scratch on a corpus of any size
+and format (``tokenizers/bpe_train.py``: the merges of the book's readable trainer in
+``tokenizers/bpe.py``, counted in parallel and merged in C)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from scratchlm.recipes.configs import TrainTokenizerConfig  # noqa: F401 (its config)
 
 
 def main(cfg: TrainTokenizerConfig) -> dict:
-    from scratchlm.tokenizers import BPETokenizer
+    from scratchlm.data.documents import mix_documents, resolve_source
+    from scratchlm.tokenizers.bpe_train import train_bpe
 
     if not cfg.data or not cfg.out:
         raise ValueError("train-tokenizer needs --data FILE... and --out FILE")
-    text = "".join(Path(f).read_text(encoding="utf-8") for f in cfg.data)
-    tok = BPETokenizer.train(text, cfg.vocab_size)
+    sources = [resolve_source(d) for d in cfg.data]
+    texts = (doc.text for doc in mix_documents(sources, cfg.text_field))
+    tok = train_bpe(texts, cfg.vocab_size, workers=cfg.workers)
     tok.save(cfg.out)
     print(f"{len(tok.merges):,} merges, vocab {tok.vocab_size:,} -> {cfg.out}")
     return {"merges": len(tok.merges), "vocab_size": tok.vocab_size}

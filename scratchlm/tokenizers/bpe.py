@@ -98,18 +98,27 @@ class BPETokenizer:
         pattern: str = GPT2_PATTERN,
         progress: bool = True,
     ) -> "BPETokenizer":
-        """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``text``."""
+        """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``text``. (For
+        hundreds of megabytes, ``tokenizers/bpe_train.py`` gives the same merges.)"""
         special_tokens = list(special_tokens)
-        n_merges = vocab_size - 256 - len(special_tokens)
-        if n_merges < 0:
-            raise ValueError(f"vocab_size must be at least {256 + len(special_tokens)}")
         # Special-token strings in the training text are document separators, not words.
         pieces = regex.split("|".join(regex.escape(t) for t in special_tokens), text) \
             if special_tokens else [text]
         counts: Counter[str] = Counter()
         for piece in pieces:
             counts.update(regex.findall(pattern, piece))
-        words = [list(w.encode("utf-8")) for w in counts]
+        return cls.train_counts(counts, vocab_size, special_tokens, pattern, progress)
+
+    @classmethod
+    def train_counts(cls, counts: Counter, vocab_size: int,
+                     special_tokens: Iterable[str] = (EOT,), pattern: str = GPT2_PATTERN,
+                     progress: bool = True) -> "BPETokenizer":
+        """The merges of words counted already (``counts``: word -> occurrences)."""
+        special_tokens = list(special_tokens)
+        n_merges = vocab_size - 256 - len(special_tokens)
+        if n_merges < 0:
+            raise ValueError(f"vocab_size must be at least {256 + len(special_tokens)}")
+        words = [list(w.encode("utf-8", "surrogatepass")) for w in counts]
         freqs = list(counts.values())
 
         pair_counts: dict[Pair, int] = defaultdict(int)
