@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -44,16 +43,6 @@ tok.train_from_iterator((d.text for d in file_documents(sys.argv[1])), trainer)
 dt = time.perf_counter() - t0
 print(json.dumps({"seconds": dt, "merges": tok.get_vocab_size() - 257}))
 """
-
-
-def isa() -> str:
-    import torch
-
-    march = subprocess.run(["gcc", "-march=native", "-Q", "--help=target"], capture_output=True,
-                           text=True).stdout
-    native = next((line.split()[-1] for line in march.splitlines()
-                   if line.strip().startswith("-march=")), "?")
-    return f"torch {torch.backends.cpu.get_cpu_capability()}, gcc -march=native {native}"
 
 
 def write_corpus(path: Path, mb: int, seed: int = 0) -> None:
@@ -95,11 +84,13 @@ def run(code: str, corpus: Path, vocab: int) -> dict:
 
 
 def main():
+    import machine
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=100)
     ap.add_argument("--vocab", type=int, default=32768)
     args = ap.parse_args()
-    print(f"ISA: {isa()}; {os.cpu_count()} cores")
+    print(f"ISA: {machine.isa()}; {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as d:
         corpus = Path(d) / "corpus.jsonl"
         write_corpus(corpus, args.mb)

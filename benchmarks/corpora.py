@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,16 +27,6 @@ meta = prepare([sys.argv[1]], sys.argv[2], tokenizer="gpt2", progress=False)
 dt = time.perf_counter() - t0
 print(json.dumps({"seconds": dt, "tokens": meta["num_tokens"], "docs": meta["num_documents"]}))
 """
-
-
-def isa() -> str:
-    import torch
-
-    march = subprocess.run(["gcc", "-march=native", "-Q", "--help=target"], capture_output=True,
-                           text=True).stdout
-    native = next((line.split()[-1] for line in march.splitlines()
-                   if line.strip().startswith("-march=")), "?")
-    return f"torch {torch.backends.cpu.get_cpu_capability()}, gcc -march=native {native}"
 
 
 def write_corpus(folder: Path, mb: int) -> tuple[Path, Path, float]:
@@ -90,11 +79,13 @@ def run_prepare(path: Path, out: Path) -> dict:
 
 
 def main():
+    import machine
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100,1000", help="MB of text, comma-separated")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
-    print(f"ISA: {isa()}; {cores} cores")
+    print(f"ISA: {machine.isa()}; {cores} cores")
     from scratchlm.downloads.sources import fetch
 
     sample = fetch("tinyshakespeare").read_text(encoding="utf-8")

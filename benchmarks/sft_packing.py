@@ -13,18 +13,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import subprocess
 import time
 
 import torch
-
-
-def isa() -> str:
-    march = subprocess.run(["gcc", "-march=native", "-Q", "--help=target"], capture_output=True,
-                           text=True).stdout
-    native = next((line.split()[-1] for line in march.splitlines()
-                   if line.strip().startswith("-march=")), "?")
-    return f"torch {torch.backends.cpu.get_cpu_capability()}, gcc -march=native {native}"
 
 
 def examples(name: str, read_examples, fetch):
@@ -41,6 +32,8 @@ def examples(name: str, read_examples, fetch):
 
 
 def main():
+    import machine
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--model", default="smollm2-135m")
@@ -69,8 +62,7 @@ def main():
         model = copy.deepcopy(base)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         sides[name] = (CausalLMLoss(model), opt, InstructionCollate(tok.eos_id, 1024, packed))
-    print(f"ISA: {isa()}; {torch.get_num_threads()} threads; {args.model} shape, random init; "
-          f"data {args.data}")
+    print(f"ISA: {machine.isa()}; {args.model} shape, random init; data {args.data}")
     seconds = {name: 0.0 for name in sides}
     tokens = 0
     for step in range(args.steps):

@@ -5,6 +5,7 @@
     llama    LlamaConfig    Llama         smollm2-135m ... llama                     llama
     qwen3    Qwen3Config    Qwen3         qwen3-0.6b ...   qwen3, qwen3_moe          qwen3, qwen3moe
     gemma3   Gemma3Config   Gemma3        gemma3-270m ...  gemma3_text               gemma3
+    olmo3    Olmo3Config    Olmo3         olmo3-7b, -32b   olmo3                     (none yet)
 
 Loading and saving (``scratchlm/checkpoints``), the planner, ``plan``, ``distill``, the engine and the
 native decoder look a family up here (``family_of(model_or_config)``, ``family_named``,
@@ -28,6 +29,7 @@ from types import ModuleType
 from scratchlm.models.gemma3 import GEMMA3_PRESETS, Gemma3, Gemma3Config
 from scratchlm.models.gpt import GPT, GPT_PRESETS, GPTConfig
 from scratchlm.models.llama import LLAMA_PRESETS, Llama, LlamaConfig
+from scratchlm.models.olmo3 import OLMO3_PRESETS, Olmo3, Olmo3Config
 from scratchlm.models.qwen3 import QWEN3_PRESETS, Qwen3, Qwen3Config
 from scratchlm.nn.moe import upgrade_legacy_moe
 
@@ -94,6 +96,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            weight_marks=("post_att_norm", "post_ff_norm", "feedforward_layernorm"),
            hf_repos={"gemma3-270m": "google/gemma-3-270m",  # gated: set HF_TOKEN
                      "gemma3-1b": "google/gemma-3-1b-pt"}),  # gated: set HF_TOKEN
+    Family("olmo3", Olmo3Config, Olmo3, OLMO3_PRESETS, ("olmo3",), "hf_olmo3",
+           features=frozenset({"rmsnorm", "rope", "swiglu", "qk_norm_all_heads",
+                               "post_norms_only"}),
+           weight_marks=("att_out_norm",),
+           hf_repos={"olmo3-7b": "allenai/Olmo-3-1025-7B",
+                     "olmo3-32b": "allenai/Olmo-3-1125-32B"}),
 )}
 DEFAULT_FAMILY = "gpt"  # the book's: what a saved config that names no family is
 

@@ -260,7 +260,8 @@ class GroupedQueryAttention(nn.Module):
 
     Switches the other families need (each off by default, so Llama is unchanged):
     - ``make_norm(head_dim)``: an RMSNorm over each query and key head before RoPE
-      (``q_norm``/``k_norm``; Qwen3, Gemma 3);
+      (``q_norm``/``k_norm``; Qwen3, Gemma 3); with ``norm_all_heads``, ``make_norm(n * head_dim)``
+      over all query (key) heads together instead (OLMo 2/3);
     - ``scale``: the factor on q.k (default 1/sqrt(head_dim); Gemma 3 uses
       query_pre_attn_scalar^-0.5);
     - ``window`` (attribute): > 0 makes this a local layer, each query sees only the last
@@ -269,7 +270,7 @@ class GroupedQueryAttention(nn.Module):
 
     def __init__(self, d_in: int, n_head: int, n_kv_head: int, head_dim: int | None = None,
                  qkv_bias: bool = False, make_norm: Callable[[int], nn.Module] | None = None,
-                 scale: float | None = None, window: int = 0):
+                 scale: float | None = None, window: int = 0, norm_all_heads: bool = False):
         super().__init__()
         if n_head % n_kv_head:
             raise ValueError(f"n_head ({n_head}) must be divisible by n_kv_head ({n_kv_head})")
@@ -280,8 +281,11 @@ class GroupedQueryAttention(nn.Module):
         self.k_proj = nn.Linear(d_in, n_kv_head * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(d_in, n_kv_head * self.head_dim, bias=qkv_bias)
         self.out_proj = nn.Linear(n_head * self.head_dim, d_in, bias=False)
-        self.q_norm = make_norm(self.head_dim) if make_norm else None
-        self.k_norm = make_norm(self.head_dim) if make_norm else None
+        self.norm_all_heads = norm_all_heads
+        q_width, k_width = ((n_head * self.head_dim, n_kv_head * self.head_dim) if norm_all_heads
+                            else (self.head_dim, self.head_dim))
+        self.q_norm = make_norm(q_width) if make_norm else None
+        self.k_norm = make_norm(k_width) if make_norm else None
         self.qkv_proj = None  # set by fuse_projections (inference)
 
     def fuse_projections(self) -> None:
@@ -306,8 +310,12 @@ class GroupedQueryAttention(nn.Module):
                 v = self.v_proj(x).view(b, t, kv, d)
             else:
                 q, k, v = self.qkv_proj(x).view(b, t, h + 2 * kv, d).split([h, kv, kv], dim=2)
-            if self.q_norm is not None:  # per head, before RoPE
-                q, k = self.q_norm(q), self.k_norm(k)
+            if self.q_norm is not None:  # per head (or over all heads), before RoPE
+                if self.norm_all_heads:
+                    q = self.q_norm(q.reshape(b, t, h * d)).view(b, t, h, d)
+                    k = self.k_norm(k.reshape(b, t, kv * d)).view(b, t, kv, d)
+                else:
+                    q, k = self.q_norm(q), self.k_norm(k)
             q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, T, D)
             k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, KV, T, D)
             v = v.transpose(1, 2)  # (B, KV, T, D)

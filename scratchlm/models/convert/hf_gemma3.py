@@ -8,6 +8,8 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
+from scratchlm.models.convert.hf_blocks import (block_key_to_ours, block_state_to_hf,
+                                                layer_pattern, layer_types)
 from scratchlm.models.gemma3 import Gemma3Config
 
 _BLOCK = {
@@ -28,17 +30,6 @@ _BLOCK = {
 _TOP = {"model.embed_tokens.weight": "tok_emb.weight", "model.norm.weight": "final_norm.weight",
         "lm_head.weight": "out_head.weight"}
 MODEL_TYPES = {"gemma3_text": (Gemma3Config, "Gemma3ForCausalLM")}
-
-
-def _pattern(layer_types: list[str]) -> int:
-    """Our ``sliding_window_pattern`` for HF's per-layer list, when it is one."""
-    full = [i for i, t in enumerate(layer_types) if t == "full_attention"]
-    pattern = full[0] + 1 if full else 0
-    want = ["full_attention" if pattern and (i + 1) % pattern == 0 else "sliding_attention"
-            for i in range(len(layer_types))]
-    if layer_types != want:
-        raise ValueError(f"layer_types {layer_types} is not every-k-th-layer-global")
-    return pattern
 
 
 def config_from_hf(hf: Mapping) -> Gemma3Config:
@@ -77,7 +68,7 @@ def config_from_hf(hf: Mapping) -> Gemma3Config:
         rope_local_base=float(hf.get("rope_local_base_freq", local.get("rope_theta", 10_000.0))),
         rope_linear_factor=factor, norm_eps=hf.get("rms_norm_eps", 1e-6),
         query_pre_attn_scalar=int(hf.get("query_pre_attn_scalar", 256)),
-        sliding_window=hf.get("sliding_window") or 0, sliding_window_pattern=_pattern(types),
+        sliding_window=hf.get("sliding_window") or 0, sliding_window_pattern=layer_pattern(types),
         tie_embeddings=hf.get("tie_word_embeddings", True),
     )
 
@@ -85,9 +76,6 @@ def config_from_hf(hf: Mapping) -> Gemma3Config:
 def config_to_hf(cfg: Gemma3Config) -> dict:
     if cfg.moe.num_experts:
         raise ValueError("a Gemma 3 with MoE layers has no HF layout")
-    windows = [bool(cfg.sliding_window) and not (cfg.sliding_window_pattern
-                                                 and (i + 1) % cfg.sliding_window_pattern == 0)
-               for i in range(cfg.n_layer)]
     full = {"rope_type": "default", "rope_theta": cfg.rope_base}
     if cfg.rope_linear_factor != 1.0:
         full = {"rope_type": "linear", "factor": cfg.rope_linear_factor,
@@ -101,7 +89,7 @@ def config_to_hf(cfg: Gemma3Config) -> dict:
         "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": cfg.norm_eps,
         "query_pre_attn_scalar": cfg.query_pre_attn_scalar,
         "sliding_window": cfg.sliding_window or None,
-        "layer_types": ["sliding_attention" if w else "full_attention" for w in windows],
+        "layer_types": layer_types(cfg),
         "rope_parameters": {"full_attention": full,
                             "sliding_attention": {"rope_type": "default",
                                                   "rope_theta": cfg.rope_local_base}},
@@ -112,26 +100,8 @@ def config_to_hf(cfg: Gemma3Config) -> dict:
 
 
 def hf_to_ours(key: str, tensor: torch.Tensor, cfg) -> Iterator[tuple[str | None, torch.Tensor]]:
-    if key in _TOP:
-        yield _TOP[key], tensor
-        return
-    if key.startswith("model.layers."):
-        _, _, layer, rest = key.split(".", 3)
-        if rest in _BLOCK:
-            yield f"trf_blocks.{layer}.{_BLOCK[rest]}", tensor
-            return
-    raise KeyError(key)
+    yield from block_key_to_ours(key, tensor, _TOP, _BLOCK)
 
 
 def state_dict_to_hf(state: Mapping[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
-    block = {ours: hf for hf, ours in _BLOCK.items()}
-    top = {ours: hf for hf, ours in _TOP.items()}
-    out = {}
-    for key, tensor in state.items():
-        if key in top:
-            if not (key == "out_head.weight" and cfg.tie_embeddings):
-                out[top[key]] = tensor
-            continue
-        _, layer, rest = key.split(".", 2)
-        out[f"model.layers.{layer}.{block[rest]}"] = tensor
-    return {k: v.contiguous() for k, v in out.items()}
+    return block_state_to_hf(state, cfg, _TOP, _BLOCK)

@@ -1,0 +1,57 @@
+"""What the converters of families with Hugging Face names ``model.layers.N.<name>`` share: a
+key map of one block plus a few top-level names, both ways, and HF's per-layer list of
+attention types read as (and written from) our every-k-th-layer-global pattern."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+
+
+def block_key_to_ours(key: str, tensor: torch.Tensor, top: Mapping[str, str],
+                      block: Mapping[str, str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(our name, tensor) of a HF weight; KeyError for a name outside the maps."""
+    if key in top:
+        yield top[key], tensor
+        return
+    if key.startswith("model.layers."):
+        _, _, layer, rest = key.split(".", 3)
+        if rest in block:
+            yield f"trf_blocks.{layer}.{block[rest]}", tensor
+            return
+    raise KeyError(key)
+
+
+def block_state_to_hf(state: Mapping[str, torch.Tensor], cfg, top: Mapping[str, str],
+                      block: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """Our state dict under HF's names (a tied head is left out, as HF saves it)."""
+    to_block = {ours: hf for hf, ours in block.items()}
+    to_top = {ours: hf for hf, ours in top.items()}
+    out = {}
+    for key, tensor in state.items():
+        if key in to_top:
+            if not (key == "out_head.weight" and cfg.tie_embeddings):
+                out[to_top[key]] = tensor
+            continue
+        _, layer, rest = key.split(".", 2)
+        out[f"model.layers.{layer}.{to_block[rest]}"] = tensor
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def layer_pattern(layer_types: list[str]) -> int:
+    """Our ``sliding_window_pattern`` for HF's per-layer list, when it is one."""
+    full = [i for i, t in enumerate(layer_types) if t == "full_attention"]
+    pattern = full[0] + 1 if full else 0
+    want = ["full_attention" if pattern and (i + 1) % pattern == 0 else "sliding_attention"
+            for i in range(len(layer_types))]
+    if layer_types != want:
+        raise ValueError(f"layer_types {layer_types} is not every-k-th-layer-global")
+    return pattern
+
+
+def layer_types(cfg) -> list[str]:
+    """HF's per-layer list for a config's sliding window and pattern."""
+    return ["sliding_attention" if cfg.sliding_window and not (
+        cfg.sliding_window_pattern and (i + 1) % cfg.sliding_window_pattern == 0)
+            else "full_attention" for i in range(cfg.n_layer)]

@@ -1,0 +1,105 @@
+"""Hugging Face ``Olmo3ForCausalLM`` (model_type ``olmo3``) <-> our Olmo3: names, and YaRN's
+settings between HF's ``rope_parameters`` and our ``rope_scaling``. Both rotate halves for
+RoPE and store plain RMSNorm weights."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from scratchlm.models.convert.hf_blocks import (block_key_to_ours, block_state_to_hf,
+                                                layer_pattern, layer_types)
+from scratchlm.models.olmo3 import Olmo3Config
+
+_BLOCK = {
+    "self_attn.q_proj.weight": "att.q_proj.weight",
+    "self_attn.k_proj.weight": "att.k_proj.weight",
+    "self_attn.v_proj.weight": "att.v_proj.weight",
+    "self_attn.o_proj.weight": "att.out_proj.weight",
+    "self_attn.q_norm.weight": "att.q_norm.weight",
+    "self_attn.k_norm.weight": "att.k_norm.weight",
+    "post_attention_layernorm.weight": "att_out_norm.weight",
+    "post_feedforward_layernorm.weight": "ff_out_norm.weight",
+    "mlp.gate_proj.weight": "ff.fc1.weight",
+    "mlp.up_proj.weight": "ff.fc2.weight",
+    "mlp.down_proj.weight": "ff.fc3.weight",
+}
+_TOP = {"model.embed_tokens.weight": "tok_emb.weight", "model.norm.weight": "final_norm.weight",
+        "lm_head.weight": "out_head.weight"}
+MODEL_TYPES = {"olmo3": (Olmo3Config, "Olmo3ForCausalLM")}
+# HF's YaRN keys -> ours
+_YARN = {"factor": "factor", "original_max_position_embeddings": "original_context_length",
+         "beta_fast": "beta_fast", "beta_slow": "beta_slow",
+         "attention_factor": "attention_factor", "truncate": "truncate"}
+
+
+def _yarn_from_hf(params: Mapping | None) -> dict | None:
+    if not params or params.get("rope_type", params.get("type", "default")) == "default":
+        return None
+    if params.get("rope_type", params.get("type")) != "yarn":
+        raise ValueError(f"unsupported rope scaling {dict(params)!r} (OLMo 3 uses YaRN)")
+    if params.get("mscale") or params.get("mscale_all_dim"):
+        raise ValueError("YaRN's mscale / mscale_all_dim are not supported for OLMo 3")
+    return {"type": "yarn", **{ours: params[hf] for hf, ours in _YARN.items()
+                               if params.get(hf) is not None}}
+
+
+def config_from_hf(hf: Mapping) -> Olmo3Config:
+    if hf.get("model_type") != "olmo3":
+        raise ValueError(f"not an OLMo 3 config (model_type={hf.get('model_type')!r})")
+    if hf.get("attention_bias"):
+        raise ValueError("attention_bias is not supported (OLMo 3 has none)")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"unsupported activation {hf['hidden_act']!r}")
+    n_layer = hf["num_hidden_layers"]
+    types = hf.get("layer_types") or [
+        "sliding_attention" if (i + 1) % 4 else "full_attention" for i in range(n_layer)]
+    rope = hf.get("rope_parameters") or {}
+    full, local = rope.get("full_attention") or {}, rope.get("sliding_attention") or {}
+    base = float(full.get("rope_theta", hf.get("rope_theta", 500_000.0)))
+    if float(local.get("rope_theta", base)) != base or _yarn_from_hf(local):
+        raise ValueError("OLMo 3's local layers use plain RoPE at the global layers' base")
+    return Olmo3Config(
+        vocab_size=hf["vocab_size"], context_length=hf.get("max_position_embeddings", 65536),
+        n_embd=hf["hidden_size"], n_layer=n_layer, n_head=hf["num_attention_heads"],
+        n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        head_dim=hf.get("head_dim"), intermediate_size=hf["intermediate_size"],
+        rope_base=base, rope_scaling=_yarn_from_hf(hf.get("rope_scaling") or full),
+        norm_eps=hf.get("rms_norm_eps", 1e-6), sliding_window=hf.get("sliding_window") or 0,
+        sliding_window_pattern=layer_pattern(types),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+    )
+
+
+def config_to_hf(cfg: Olmo3Config) -> dict:
+    if cfg.moe.num_experts:
+        raise ValueError("an OLMo 3 with MoE layers has no HF layout")
+    full = {"rope_type": "default", "rope_theta": cfg.rope_base}
+    if cfg.rope_scaling:
+        full = {"rope_type": "yarn", "rope_theta": cfg.rope_base,
+                **{hf: cfg.rope_scaling[ours] for hf, ours in _YARN.items()
+                   if ours in cfg.rope_scaling}}
+    return {
+        "architectures": ["Olmo3ForCausalLM"], "model_type": "olmo3",
+        "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.context_length,
+        "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head,
+        "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size,
+        "hidden_act": "silu", "rms_norm_eps": cfg.norm_eps,
+        "sliding_window": cfg.sliding_window or None,
+        "layer_types": layer_types(cfg),
+        "rope_parameters": {"full_attention": full,
+                            "sliding_attention": {"rope_type": "default",
+                                                  "rope_theta": cfg.rope_base}},
+        "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False,
+        "torch_dtype": "float32",
+    }
+
+
+def hf_to_ours(key: str, tensor: torch.Tensor, cfg) -> Iterator[tuple[str | None, torch.Tensor]]:
+    yield from block_key_to_ours(key, tensor, _TOP, _BLOCK)
+
+
+def state_dict_to_hf(state: Mapping[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
+    return block_state_to_hf(state, cfg, _TOP, _BLOCK)
