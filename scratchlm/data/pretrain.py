@@ -150,6 +150,9 @@ def corpus_datasets(data: list[str], val_fraction: float, tokenizer, context: in
     as ``packing`` says (``data/packing.py``), their inputs (ids, segments) with ``doc_mask``."""
     def stream_of(items: list[str]) -> TokenStream:
         if len(items) == 1 and (Path(items[0]) / "meta.json").is_file():
+            if dedup or text_field != "text":
+                raise ValueError(f"{items[0]} holds token shards: --dedup and --text_field "
+                                 "apply to documents being read (give them to prepare)")
             return TokenStream.from_folder(items[0])
         return _encode_corpus(items, tokenizer, text_field, seed, dedup)
 

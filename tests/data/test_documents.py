@@ -176,3 +176,11 @@ def test_validation_holds_out_whole_documents(tmp_path, gpt2_tok):
     named = corpus_datasets([str(paths["c.jsonl"])], 0.1, gpt2_tok, 16,
                             val_data=[str(paths["txt"] / "005.txt")])
     assert "005.txt" in named.split and named.val.lo == 0
+
+
+def test_reading_flags_are_refused_for_a_shard_folder(tmp_path, gpt2_tok):
+    paths = write_formats(tmp_path / "in")
+    prepare([str(paths["c.jsonl"])], tmp_path / "shards", workers=1, progress=False)
+    for kw in (dict(dedup=True), dict(text_field="body")):
+        with pytest.raises(ValueError, match="holds token shards: --dedup and --text_field"):
+            corpus_datasets([str(tmp_path / "shards")], 0.1, gpt2_tok, 16, **kw)
