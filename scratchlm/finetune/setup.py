@@ -25,17 +25,34 @@ def resolve_style(style: str, tokenizer) -> str:
     return style
 
 
-def load_for_finetuning(model_name: str, data: str, style: str, limit: int | None,
+def load_splits(data: str | list[str], limit: int | None, split_seed: int | None):
+    """(train, val, test) examples of one data set, or of several (``a.jsonl:2 b.parquet``):
+    each set is split on its own (the first ``limit`` of each), and its training part counts
+    ``weight`` times (2: twice an epoch; 0.5: a seeded half; no weight: once)."""
+    from scratchlm.data.documents import split_weight
+    from scratchlm.data.instruction import weighted
+
+    train, val, test = [], [], []
+    for i, spec in enumerate([data] if isinstance(data, str) else data):
+        name, weight = split_weight(spec)
+        examples = load_examples(name)[:limit]
+        train_ex, val_ex, test_ex = split_examples(examples, seed=split_seed)
+        if not train_ex or not test_ex:
+            raise ValueError(f"{name}: {len(examples)} examples are too few to split 85/10/5")
+        train += weighted(train_ex, 1.0 if weight is None else weight, seed=i)
+        val += val_ex
+        test += test_ex
+    return train, val, test
+
+
+def load_for_finetuning(model_name: str, data: str | list[str], style: str, limit: int | None,
                         split_seed: int | None, device):
     """What the instruct and DPO recipes start from: (model, tokenizer, resolved style,
     (train, val, test) examples, pad id)."""
     model, tok = load_model_and_tokenizer(model_name, device=device)
-    examples = load_examples(data)[:limit]
-    train_ex, val_ex, test_ex = split_examples(examples, seed=split_seed)
-    if not train_ex or not test_ex:
-        raise ValueError(f"{data}: {len(examples)} examples are too few to split 85/10/5")
+    splits = load_splits(data, limit, split_seed)
     pad = tok.eos_id if tok.eos_id is not None else 0
-    return model, tok, resolve_style(style, tok), (train_ex, val_ex, test_ex), pad
+    return model, tok, resolve_style(style, tok), splits, pad
 
 
 def apply_lora_config(model, cfg: LoraConfig) -> None:

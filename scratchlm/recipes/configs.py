@@ -97,7 +97,9 @@ class ClassifyConfig(RunFolder):
 class InstructConfig(RunFolder):
     model: str = "smollm2-135m-instruct"  # a preset with weights, a model folder (a run's final/)
     # or a .gguf file
-    data: str = "instruction-data"  # a registered data set name or a file
+    data: list[str] = field(default_factory=lambda: ["instruction-data"])  # registered data
+    # set names or files (Alpaca, OpenAI messages, ShareGPT; JSON, JSONL(.gz/.zst), parquet);
+    # NAME:WEIGHT mixes sets, each split on its own and counted WEIGHT times an epoch
     out: str = "runs/instruct"
     epochs: Count = 2  # passes over the training data
     max_new_tokens: Count = 256  # tokens generated per response at most
@@ -124,7 +126,8 @@ class DPOSettings:
 class DPOConfig(RunFolder):
     model: str = "smollm2-135m-instruct"  # a preset with weights, a model folder (a run's final/)
     # or a .gguf file
-    data: str = "instruction-data-with-preference"  # a registered data set name or a file
+    data: list[str] = field(default_factory=lambda: ["instruction-data-with-preference"])  # sets
+    # of chosen/rejected pairs; NAME:WEIGHT mixes several, as finetune instruct
     out: str = "runs/dpo"
     style: str = "auto"  # auto | alpaca | phi3 | chat (see finetune instruct)
     allowed_max_length: Count = 1024  # tokens per example at most (longer ones are truncated)
@@ -169,7 +172,8 @@ class GRPOConfig(RunFolder):
 class RewardConfig(RunFolder):
     model: str = "smollm2-135m-instruct"  # a preset with weights, a model folder (a run's final/)
     # or a .gguf file
-    data: str = "instruction-data-with-preference"  # a registered data set name or a file
+    data: list[str] = field(default_factory=lambda: ["instruction-data-with-preference"])  # sets
+    # of chosen/rejected pairs; NAME:WEIGHT mixes several, as finetune instruct
     out: str = "runs/reward"
     epochs: Count = 1  # passes over the training data
     style: str = "auto"  # as finetune instruct: the chat template if any, else alpaca

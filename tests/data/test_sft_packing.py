@@ -91,3 +91,22 @@ def test_chat_sets_as_they_are_published(tmp_path):
         zstandard.ZstdCompressor().compress((json.dumps(bad) + "\n").encode()))
     with pytest.raises(ValueError, match=r"bad.jsonl.zst:1: turn 0 needs a 'from'"):
         read_examples(tmp_path / "bad.jsonl.zst")
+
+
+def test_several_sets_mix_with_weights(tmp_path):
+    """Each set is split on its own; its training part counts WEIGHT times an epoch."""
+    import json
+
+    from scratchlm.finetune.setup import load_splits
+
+    for name in ("a", "b"):
+        rows = [{"instruction": f"{name}{i}", "input": "", "output": "x"} for i in range(40)]
+        (tmp_path / f"{name}.json").write_text(json.dumps(rows))
+    train, val, test = load_splits([f"{tmp_path / 'a.json'}:2", f"{tmp_path / 'b.json'}:0.5"],
+                                   None, None)
+    a = [e for e in train if e.instruction.startswith("a")]
+    b = [e for e in train if e.instruction.startswith("b")]
+    assert len(a) == 2 * 34 and len(b) == 17  # 85% of 40 = 34 each, a twice, half of b
+    assert len(test) == 8 and len(val) == 4  # both sets' held-out parts, once
+    one, _, _ = load_splits(str(tmp_path / "a.json"), None, None)
+    assert len(one) == 34
