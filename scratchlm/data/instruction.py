@@ -351,7 +351,7 @@ def packed_instruction_collate(batch: Sequence[tuple[list[int], list[int]]], pad
     width = capacity - min(room)
     inputs = torch.full((len(rows), width), pad_id, dtype=torch.long)
     targets = torch.full((len(rows), width), ignore_index, dtype=torch.long)
-    segments = torch.full((len(rows), width), len(batch), dtype=torch.long)  # padding: its own
+    segments = torch.full((len(rows), width), -1, dtype=torch.long)  # -1: padding, no example
     for r, members in enumerate(rows):
         at = 0
         for i in sorted(members):  # in batch order inside a row
@@ -393,14 +393,17 @@ class PreferenceDataset(Dataset):
 
 
 class PreferenceCollate:
-    """A batch of B pairs -> one (2B, T) batch: chosen rows first, then rejected rows."""
+    """A batch of B pairs -> one (2B, T) batch: chosen rows first, then rejected rows; with
+    ``packed``, the 2B answers packed as ``packed_instruction_collate`` packs (segment i is
+    sequence i of that order)."""
 
-    def __init__(self, pad_id: int, allowed_max_length: int | None = None):
-        self.pad_id, self.allowed_max_length = pad_id, allowed_max_length
+    def __init__(self, pad_id: int, allowed_max_length: int | None = None, packed: bool = False):
+        self.pad_id, self.allowed_max_length, self.packed = pad_id, allowed_max_length, packed
 
     def __call__(self, batch):
         flat = [c for c, _ in batch] + [r for _, r in batch]
-        return instruction_collate(flat, self.pad_id, allowed_max_length=self.allowed_max_length)
+        collate = packed_instruction_collate if self.packed else instruction_collate
+        return collate(flat, self.pad_id, allowed_max_length=self.allowed_max_length)
 
 
 class RewardCollate:

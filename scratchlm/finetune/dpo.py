@@ -39,13 +39,39 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
 
 
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor,
-                      ignore_index: int = -100) -> torch.Tensor:
+                      ignore_index: int = -100, segments: torch.Tensor | None = None,
+                      ) -> torch.Tensor:
     """Per row, the summed log-probability of the targets that are not ``ignore_index``.
-    ``logits`` (B, T, V), ``targets`` (B, T) -> (B,)."""
+    ``logits`` (B, T, V), ``targets`` (B, T) -> (B,). With ``segments`` (B, T) (packed rows,
+    ``data.instruction.packed_instruction_collate``: sequence k's positions hold k, padding
+    -1), per sequence instead -> (number of sequences,)."""
     b, t, v = logits.shape
     nll = F.cross_entropy(logits.reshape(-1, v).float(), targets.reshape(-1),
                           ignore_index=ignore_index, reduction="none")
-    return -nll.view(b, t).sum(dim=-1)
+    if segments is None:
+        return -nll.view(b, t).sum(dim=-1)
+    seg = segments.reshape(-1)
+    real = seg >= 0
+    out = nll.new_zeros(int(seg.max()) + 1)
+    return -out.index_add(0, seg[real], nll[real])
+
+
+def _forward(model: nn.Module, inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits, segments) of a plain batch, or of packed rows (ids, segments) run with a
+    document mask."""
+    if isinstance(inputs, (tuple, list)):
+        from scratchlm.nn.doc_mask import DocumentMask
+
+        ids, segments = inputs
+        return model(ids, DocumentMask(segments)), segments
+    return model(inputs), None
+
+
+def n_sequences(inputs) -> int:
+    """The rows of a plain batch, or the sequences packed in (ids, segments)."""
+    if isinstance(inputs, (tuple, list)):
+        return int(inputs[1].max()) + 1
+    return inputs.shape[0]
 
 
 @contextmanager
@@ -93,18 +119,22 @@ class DPOLoss(nn.Module):
         self._reference = [reference]  # a list: not registered as a submodule (not trained/saved)
         self.last: PreferenceStats | None = None
 
-    def reference_logps(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def reference_logps(self, inputs, targets: torch.Tensor) -> torch.Tensor:
         ref = self._reference[0]
         with torch.no_grad():
             if ref is None:
                 with adapters_off(self.model):
-                    return sequence_logprobs(self.model(inputs), targets)
-            return sequence_logprobs(ref(inputs), targets)
+                    logits, segments = _forward(self.model, inputs)
+            else:
+                logits, segments = _forward(ref, inputs)
+            return sequence_logprobs(logits, targets, segments=segments)
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        b = inputs.shape[0] // 2
+    def forward(self, inputs, targets: torch.Tensor) -> torch.Tensor:
+        """``inputs``: (2B, T) rows, or packed (ids, segments) of the 2B sequences."""
+        b = n_sequences(inputs) // 2
         ref = self.reference_logps(inputs, targets)
-        pol = sequence_logprobs(self.model(inputs), targets)
+        logits, segments = _forward(self.model, inputs)
+        pol = sequence_logprobs(logits, targets, segments=segments)
         loss, chosen, rejected = dpo_loss(pol[:b], pol[b:], ref[:b], ref[b:], self.beta)
         with torch.no_grad():
             margins = self.beta * ((pol[:b] - ref[:b]) - (pol[b:] - ref[b:]))
@@ -112,9 +142,9 @@ class DPOLoss(nn.Module):
                                         margins.mean().item(), preference_accuracy(margins))
         return loss
 
-    def batch_weight(self, inputs: torch.Tensor, targets) -> int:
+    def batch_weight(self, inputs, targets) -> int:
         """Preference pairs: the loss is a mean over pairs, whatever their token counts."""
-        return inputs.shape[0] // 2
+        return n_sequences(inputs) // 2
 
 
 @torch.no_grad()
@@ -124,8 +154,10 @@ def evaluate_preferences(loss_module: DPOLoss, loader, device: torch.device) -> 
     loss_module.model.eval()
     rows, n = [], 0
     for inputs, targets in loader:
-        loss_module(inputs.to(device), targets.to(device))
-        k = inputs.shape[0] // 2
+        inputs = (tuple(t.to(device) for t in inputs) if isinstance(inputs, (tuple, list))
+                  else inputs.to(device))
+        loss_module(inputs, targets.to(device))
+        k = n_sequences(inputs) // 2
         rows.append((loss_module.last, k))
         n += k
     loss_module.model.train(was_training)

@@ -131,6 +131,8 @@ class DPOConfig(RunFolder):
     out: str = "runs/dpo"
     style: str = "auto"  # auto | alpaca | phi3 | chat (see finetune instruct)
     allowed_max_length: Count = 1024  # tokens per example at most (longer ones are truncated)
+    packing: bool = False  # padding-free batches: the pairs' answers side by side in rows with
+    # a document mask (same loss and gradients as padded batches)
     limit: Count | None = None  # use only the first N pairs
     epochs: Count = 1  # passes over the training data
     max_new_tokens: Count = 128  # tokens generated per response at most

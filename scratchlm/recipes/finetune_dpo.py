@@ -39,7 +39,8 @@ def main(cfg: DPOConfig) -> dict:
             cfg.model, cfg.data, cfg.style, cfg.limit, None, rt.device)
         train_ds, test_ds = PreferenceDataset(train_ex, tok, style), PreferenceDataset(test_ex, tok, style)
         val_ds = PreferenceDataset(val_ex, tok, style) if val_ex else None
-        collate = PreferenceCollate(pad, min(cfg.allowed_max_length, model.cfg.context_length))
+        collate = PreferenceCollate(pad, min(cfg.allowed_max_length, model.cfg.context_length),
+                                    packed=cfg.packing)
         if cfg.lora.rank > 0:
             apply_lora_config(model, cfg.lora)
             loss_module = DPOLoss(model, cfg.dpo.beta)  # reference: adapters off

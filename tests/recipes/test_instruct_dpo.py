@@ -64,3 +64,16 @@ def test_packed_instruction_batches_train_as_the_padded_ones(tiny_chat_model, tm
                        if row.get("loss")])
     assert len(curves[0]) >= 5
     assert curves[1] == pytest.approx(curves[0], abs=2e-4)
+
+
+def test_packed_dpo_runs_end_to_end(tiny_chat_model, tmp_path):
+    model_dir = tiny_chat_model(context_length=512, tie_embeddings=True)
+    out = tmp_path / "dpo"
+    r = run("finetune", "dpo", "--model", str(model_dir), "--data",
+            "instruction-data-with-preference", "--limit", "40", "--lora.rank", "4",
+            "--epochs", "1", "--packing", "true", "--test_responses", "false", "--out",
+            str(out), "--train.tensorboard", "false")
+    assert r.returncode == 0, r.stderr
+    prefs = json.loads((out / "preferences.json").read_text())
+    assert prefs["before"]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert prefs["before"]["accuracy"] == pytest.approx(0.5)
