@@ -317,16 +317,49 @@ def instruction_collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: in
 PACK_WIDTH = 512  # wider rows cost more in attention (quadratic) than the padding they save
 
 
+def pack(sequences: Sequence[Sequence[torch.Tensor]], capacity: int, fill: Sequence[int]):
+    """Sequences (each one or more aligned 1-D tensors: ids, targets, ...) placed side by side
+    in rows of ``capacity`` positions (or the longest sequence's), first-fit, longest first, in their given order inside a
+    row. -> (one (rows, width) tensor per part, filled with ``fill`` where no sequence is;
+    segments (rows, width): sequence i's positions hold i, padding -1; the (row, column) of
+    each sequence's last position). Only the fullest row is as wide as the batch."""
+    lengths = [len(seq[0]) for seq in sequences]
+    capacity = max(capacity, max(lengths))  # the longest sequence fits in a row
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(sequences)), key=lambda i: -lengths[i]):
+        r = next((r for r, left in enumerate(room) if left >= lengths[i]), None)
+        if r is None:
+            rows.append([])
+            room.append(capacity)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= lengths[i]
+    width = max(sum(lengths[i] for i in members) for members in rows)
+    parts = [torch.full((len(rows), width), f, dtype=torch.long) for f in fill]
+    segments = torch.full((len(rows), width), -1, dtype=torch.long)
+    last = torch.zeros(len(sequences), 2, dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in sorted(members):
+            n = lengths[i]
+            for part, t in zip(parts, sequences[i]):
+                part[r, at:at + n] = t
+            segments[r, at:at + n] = i
+            last[i] = torch.tensor([r, at + n - 1])
+            at += n
+    return parts, segments, last
+
+
 def packed_instruction_collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int,
                                ignore_index: int = IGNORE_INDEX,
                                allowed_max_length: int | None = None,
                                width: int = PACK_WIDTH):
     """The batch of ``instruction_collate`` without its padding: the examples are placed
     side by side in rows of up to ``width`` positions (at most ``allowed_max_length``, at least
-    the longest example), first-fit, longest first, each row's ``segments`` telling them
-    apart, so with a document mask (``nn/doc_mask.py``) each sees only itself, from position
-    0. Same targets, so the same loss and gradients as the padded batch; only the fullest row
-    is as wide as the batch, so almost no padding is computed.
+    the longest example) by ``pack``, each row's ``segments`` telling them apart, so with a
+    document mask (``nn/doc_mask.py``) each sees only itself, from position 0. Same targets,
+    so the same loss and gradients as the padded batch; almost no padding is computed.
     -> ((inputs, segments), targets)."""
     examples = []
     for ids, mask in batch:
@@ -336,29 +369,8 @@ def packed_instruction_collate(batch: Sequence[tuple[list[int], list[int]]], pad
         if allowed_max_length is not None:
             x, y = x[:allowed_max_length], y[:allowed_max_length]
         examples.append((x, y))
-    capacity = max(max(len(x) for x, _ in examples), min(width, allowed_max_length or width))
-    rows: list[list[int]] = []  # example indices per row
-    room: list[int] = []
-    for i in sorted(range(len(examples)), key=lambda i: -len(examples[i][0])):
-        n = len(examples[i][0])
-        r = next((r for r, left in enumerate(room) if left >= n), None)
-        if r is None:
-            rows.append([])
-            room.append(capacity)
-            r = len(rows) - 1
-        rows[r].append(i)
-        room[r] -= n
-    width = capacity - min(room)
-    inputs = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    targets = torch.full((len(rows), width), ignore_index, dtype=torch.long)
-    segments = torch.full((len(rows), width), -1, dtype=torch.long)  # -1: padding, no example
-    for r, members in enumerate(rows):
-        at = 0
-        for i in sorted(members):  # in batch order inside a row
-            x, y = examples[i]
-            inputs[r, at:at + len(x)], targets[r, at:at + len(x)] = x, y
-            segments[r, at:at + len(x)] = i
-            at += len(x)
+    capacity = min(width, allowed_max_length or width)
+    (inputs, targets), segments, _ = pack(examples, capacity, (pad_id, ignore_index))
     return (inputs, segments), targets
 
 
@@ -410,15 +422,21 @@ class RewardCollate:
     """A batch of B preference pairs -> ``((ids (2B, T), lengths (2B,)), zeros (B,))`` for a
     reward model: whole rendered sequences, chosen rows first, right-padded. Sequences longer
     than ``allowed_max_length`` keep their last tokens (the answer being scored). The (B,)
-    zeros only count the pairs for the training loop's loss weighting."""
+    zeros only count the pairs for the training loop's loss weighting. With ``packed``, the
+    sequences are packed (``pack``) and the inputs are (ids, segments, last positions)."""
 
-    def __init__(self, pad_id: int, allowed_max_length: int | None = None):
-        self.pad_id, self.allowed_max_length = pad_id, allowed_max_length
+    def __init__(self, pad_id: int, allowed_max_length: int | None = None, packed: bool = False):
+        self.pad_id, self.allowed_max_length, self.packed = pad_id, allowed_max_length, packed
 
     def __call__(self, batch):
         rows = [ids for (ids, _), _ in batch] + [ids for _, (ids, _) in batch]
         if self.allowed_max_length is not None:
             rows = [r[-self.allowed_max_length:] for r in rows]
+        if self.packed:  # ((ids, segments, last (row, column) of each sequence), zeros)
+            capacity = min(PACK_WIDTH, self.allowed_max_length or PACK_WIDTH)
+            (ids,), segments, last = pack([(torch.tensor(r, dtype=torch.long),) for r in rows],
+                                          capacity, (self.pad_id,))
+            return (ids, segments, last), torch.zeros(len(batch), dtype=torch.long)
         ids = torch.full((len(rows), max(map(len, rows))), self.pad_id, dtype=torch.long)
         for i, r in enumerate(rows):
             ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)

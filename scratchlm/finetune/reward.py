@@ -34,6 +34,24 @@ def rewards(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor) -> torch
     return class_logits(model, ids, lengths).squeeze(-1).float()
 
 
+def batch_rewards(model: nn.Module, inputs) -> torch.Tensor:
+    """The rewards of a ``RewardCollate`` batch's inputs: (ids, lengths) rows, or packed
+    (ids, segments, last): the sequences side by side, each attending only to itself
+    (``nn/doc_mask.py``), scored at its last position."""
+    if len(inputs) == 2:
+        return rewards(model, *inputs)
+    from scratchlm.nn.doc_mask import DocumentMask
+
+    ids, segments, last = inputs
+    h = model.hidden_states(ids, DocumentMask(segments))  # (R, W, C)
+    return model.out_head(h[last[:, 0], last[:, 1]]).squeeze(-1).float()
+
+
+def n_rows(inputs) -> int:
+    """The sequences of a ``RewardCollate`` batch (chosen and rejected)."""
+    return inputs[2].shape[0] if len(inputs) == 3 else inputs[0].shape[0]
+
+
 class RewardLoss(nn.Module):
     """``((ids, lengths), _) -> loss`` over a ``RewardCollate`` batch (chosen rows, then
     rejected rows)."""
@@ -45,14 +63,13 @@ class RewardLoss(nn.Module):
         self.model = model
 
     def forward(self, inputs, _pairs=None) -> torch.Tensor:
-        ids, lengths = inputs
-        r = rewards(self.model, ids, lengths)
+        r = batch_rewards(self.model, inputs)
         b = r.shape[0] // 2
         return bradley_terry_loss(r[:b], r[b:])
 
     def batch_weight(self, inputs, _pairs=None) -> int:
-        """Preference pairs (chosen and rejected rows)."""
-        return inputs[0].shape[0] // 2
+        """Preference pairs (chosen and rejected sequences)."""
+        return n_rows(inputs) // 2
 
 
 @dataclass
@@ -68,10 +85,10 @@ def evaluate_rewards(model: nn.Module, loader, device, max_batches: int | None =
     was = model.training
     model.eval()
     losses, correct, margins, n = 0.0, 0, 0.0, 0
-    for i, ((ids, lengths), _) in enumerate(loader):
+    for i, (inputs, _) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        r = rewards(model, ids.to(device), lengths.to(device))
+        r = batch_rewards(model, [t.to(device) for t in inputs])
         b = r.shape[0] // 2
         diff = r[:b] - r[b:]
         losses += -F.logsigmoid(diff).sum().item()

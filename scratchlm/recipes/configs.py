@@ -182,6 +182,8 @@ class RewardConfig(RunFolder):
     trainable: str = "last_block"  # head | last_block | all (without LoRA)
     last_k: Count = 2  # with trainable last_k: how many final blocks train
     allowed_max_length: Count = 512  # tokens per example at most (longer ones are truncated)
+    packing: bool = False  # padding-free batches: the pairs' sequences side by side in rows
+    # with a document mask, each scored at its own last token
     limit: Count | None = None  # use only the first N examples (quick runs)
     split_seed: int | None = 123  # shuffled: the book's file order groups similar entries
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=0))

@@ -39,7 +39,8 @@ def main(cfg: RewardConfig) -> dict:
             cfg.model, cfg.data, cfg.style, cfg.limit, cfg.split_seed, rt.device)
         train_ds = PreferenceDataset(train_ex, tok, style)
         held_out = PreferenceDataset(val_ex + test_ex, tok, style)
-        collate = RewardCollate(pad, min(cfg.allowed_max_length, model.cfg.context_length))
+        collate = RewardCollate(pad, min(cfg.allowed_max_length, model.cfg.context_length),
+                                packed=cfg.packing)
         trainable = prepare_head_finetuning(model, 1, cfg.trainable, cfg.last_k, cfg.lora)
         tqdm.write(f"{len(train_ds)} training pairs, {len(held_out)} held out, style {style}; "
                    f"{trainable:,} trainable parameters of {count_parameters(model):,}")

@@ -144,3 +144,28 @@ def test_packed_dpo_pairs_give_the_padded_loss_and_gradients():
     # gradients at 4e-5 of their size (the same in float64 models: the sums are float32).
     for x, y in zip(ga, gb):
         assert (x - y).norm() <= 1e-4 * x.norm() + 1e-7
+
+
+def test_packed_reward_pairs_give_the_padded_loss_and_gradients():
+    from scratchlm.data.instruction import RewardCollate
+    from scratchlm.finetune.classification import prepare_head_finetuning
+    from scratchlm.finetune.reward import RewardLoss
+
+    torch.manual_seed(0)
+    model = build_model(preset("llama-tiny")[1])
+    prepare_head_finetuning(model, 1, "all")
+    chosen, rejected = _batch([30, 9, 14, 22], seed=1), _batch([12, 25, 7, 18], seed=2)
+    pairs = list(zip(chosen, rejected))
+    results = []
+    for packed in (False, True):
+        model.zero_grad()
+        x, y = RewardCollate(0, 64, packed=packed)(pairs)
+        loss = RewardLoss(model)(x, y)
+        loss.backward()
+        results.append((loss.detach(), RewardLoss(model).batch_weight(x, y),
+                        [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (a, na, ga), (b, nb, gb) = results
+    assert na == nb == 4
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)

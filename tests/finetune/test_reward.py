@@ -94,3 +94,16 @@ def test_best_of_n_picks_the_highest_score_and_needs_sampling():
     assert len({c.text for c in ranked}) > 1  # really sampled
     with pytest.raises(ValueError, match="temperature"):
         best_of_n(Engine(model), tok, [1, 2], SamplingParams(temperature=0.0), 3, len)
+
+
+def test_packed_reward_training_learns_the_same_preference(tiny_chat_model, tmp_path):
+    from scratchlm.recipes.finetune_reward import RewardConfig, main
+    from scratchlm.training.loop import TrainConfig
+
+    data = preference_file(tmp_path / "prefs.json")
+    res = main(RewardConfig(model=str(tiny_chat_model()), data=str(data), out=str(tmp_path / "rm"),
+                            epochs=8, trainable="all", packing=True,
+                            train=TrainConfig(max_steps=0, batch_size=8, lr=1e-3, schedule="constant",
+                                              warmup_steps=0, save_every=10**9,
+                                              tensorboard=False)))
+    assert res["after"]["accuracy"] == 1.0 and res["after"]["margin"] > 1.0
