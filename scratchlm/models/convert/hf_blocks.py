@@ -8,6 +8,23 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
+# HF's names of the parts the Llama-style families share, and ours
+ATTENTION = {
+    "self_attn.q_proj.weight": "att.q_proj.weight",
+    "self_attn.k_proj.weight": "att.k_proj.weight",
+    "self_attn.v_proj.weight": "att.v_proj.weight",
+    "self_attn.o_proj.weight": "att.out_proj.weight",
+    "self_attn.q_norm.weight": "att.q_norm.weight",
+    "self_attn.k_norm.weight": "att.k_norm.weight",
+}
+GATED_MLP = {
+    "mlp.gate_proj.weight": "ff.fc1.weight",
+    "mlp.up_proj.weight": "ff.fc2.weight",
+    "mlp.down_proj.weight": "ff.fc3.weight",
+}
+TOP = {"model.embed_tokens.weight": "tok_emb.weight", "model.norm.weight": "final_norm.weight",
+       "lm_head.weight": "out_head.weight"}
+
 
 def block_key_to_ours(key: str, tensor: torch.Tensor, top: Mapping[str, str],
                       block: Mapping[str, str]) -> Iterator[tuple[str, torch.Tensor]]:

@@ -8,25 +8,17 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from scratchlm.models.convert.hf_blocks import (block_key_to_ours, block_state_to_hf,
-                                                layer_pattern, layer_types)
+from scratchlm.models.convert.hf_blocks import (ATTENTION, GATED_MLP, TOP, block_key_to_ours,
+                                                block_state_to_hf, layer_pattern, layer_types)
 from scratchlm.models.olmo3 import Olmo3Config
 
 _BLOCK = {
-    "self_attn.q_proj.weight": "att.q_proj.weight",
-    "self_attn.k_proj.weight": "att.k_proj.weight",
-    "self_attn.v_proj.weight": "att.v_proj.weight",
-    "self_attn.o_proj.weight": "att.out_proj.weight",
-    "self_attn.q_norm.weight": "att.q_norm.weight",
-    "self_attn.k_norm.weight": "att.k_norm.weight",
+    **ATTENTION,
     "post_attention_layernorm.weight": "att_out_norm.weight",
     "post_feedforward_layernorm.weight": "ff_out_norm.weight",
-    "mlp.gate_proj.weight": "ff.fc1.weight",
-    "mlp.up_proj.weight": "ff.fc2.weight",
-    "mlp.down_proj.weight": "ff.fc3.weight",
+    **GATED_MLP,
 }
-_TOP = {"model.embed_tokens.weight": "tok_emb.weight", "model.norm.weight": "final_norm.weight",
-        "lm_head.weight": "out_head.weight"}
+_TOP = TOP
 MODEL_TYPES = {"olmo3": (Olmo3Config, "Olmo3ForCausalLM")}
 # HF's YaRN keys -> ours
 _YARN = {"factor": "factor", "original_max_position_embeddings": "original_context_length",
