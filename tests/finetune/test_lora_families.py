@@ -1,4 +1,4 @@
-"""LoRA and QLoRA on the Qwen3 and Gemma 3 families: every projection is a target, training
+"""LoRA and QLoRA on the Qwen3, Gemma 3 and OLMo 3 families: every projection is a target, training
 moves the loss, and the PEFT adapter folder loads onto the transformers model of the same
 weights with equal logits."""
 
@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 
-@pytest.mark.parametrize("name", ["qwen3-tiny", "gemma3-tiny"])
+@pytest.mark.parametrize("name", ["qwen3-tiny", "gemma3-tiny", "olmo3-tiny"])
 @pytest.mark.parametrize("quantize_base", [None, "nf4"])
 def test_lora_and_qlora_train(name, quantize_base):
     torch.manual_seed(0)
@@ -46,7 +46,7 @@ def _randomize_adapters(model):
                         p.normal_(0, 0.05)
 
 
-@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+@pytest.mark.parametrize("family", ["qwen3", "gemma3", "olmo3"])
 def test_peft_loads_our_adapter(tmp_path, family):
     from scratchlm.finetune.peft_format import load_peft_adapter, save_peft_adapter
     from scratchlm.checkpoints.hf import save_hf

@@ -44,6 +44,18 @@ def gemma():
                                       query_pre_attn_scalar=8, tie_embeddings=False)).eval())
 
 
+def olmo3():
+    from scratchlm.models.olmo3 import Olmo3, Olmo3Config
+
+    torch.manual_seed(0)
+    return varied(Olmo3(Olmo3Config(vocab_size=97, context_length=64, n_embd=32, n_layer=4,
+                                    n_head=4, n_kv_head=2, intermediate_size=64,
+                                    rope_base=10_000.0, sliding_window=6,
+                                    sliding_window_pattern=2,
+                                    rope_scaling={"type": "yarn", "factor": 4.0,
+                                                  "original_context_length": 16})).eval())
+
+
 # (arrival step, prompt, sampling): rows join while others decode, leave at their own ends
 ARRIVALS = [
     (0, [5, 6, 7, 8, 9, 10, 11, 12, 13], SamplingParams(max_new_tokens=14)),
@@ -96,7 +108,7 @@ def run_continuous(engine, slots=4, together=False, capacity=256, arrivals=ARRIV
 @pytest.mark.parametrize("make,native,together,capacity", [
     (gpt, True, False, 256), (llama, True, False, 256), (llama, False, False, 256),
     (gemma, False, False, 256), (llama, True, True, 256), (gpt, False, True, 256),
-    (gemma, False, True, 256),
+    (gemma, False, True, 256), (olmo3, False, False, 256), (olmo3, False, True, 3),
     # a cache that starts with 3 slots and grows as rows join, shift and decode
     (llama, True, False, 3), (gpt, False, True, 3), (gemma, False, False, 3)])
 def test_joining_and_leaving_rows_equal_single_requests(make, native, together, capacity):
