@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import json
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -65,14 +66,15 @@ class TokenStream:
             k += 1
         return np.concatenate(out).astype(np.int64) if len(out) > 1 else out[0].astype(np.int64)
 
-    def documents(self, lo: int, hi: int) -> list[tuple[int, int]]:
-        """(start, length) of the documents starting in ``[lo, hi)``, each ending at the next
-        start (or ``hi``)."""
+    def documents(self, lo: int, hi: int) -> np.ndarray:
+        """(N, 2) start and length of the documents starting in ``[lo, hi)``, each ending at
+        the next start (or ``hi``)."""
         starts = self.doc_starts[(self.doc_starts >= lo) & (self.doc_starts < hi)]
         if len(starts) == 0 or starts[0] != lo:
             starts = np.concatenate([[lo], starts])
-        ends = np.concatenate([starts[1:], [hi]])
-        return [(int(s), int(e - s)) for s, e in zip(starts, ends) if e > s]
+        lengths = np.concatenate([starts[1:], [hi]]) - starts
+        keep = lengths > 0
+        return np.stack([starts[keep], lengths[keep]], axis=1).astype(np.int64)
 
 
 def document_split(stream: TokenStream, val_fraction: float) -> tuple[int, str]:
@@ -128,38 +130,76 @@ class WindowDataset(Dataset):
         return _row(chunk, segments)
 
 
-def best_fit_rows(docs: list[tuple[int, int]], row: int, seed: int, window: int = 1000):
-    """The plan of every row: a list of (start, length) segments filling ``row`` tokens, and the
-    number of tokens cropped. Documents are taken in a shuffled order (``seed``), ``window`` at
-    a time, best-fit by length (see the module doc)."""
-    pieces = [(s + k, min(row, n - k)) for s, n in docs for k in range(0, n, row)]
-    order = np.random.default_rng(seed).permutation(len(pieces))
-    pending: list[tuple[int, int]] = []  # (length, index into pieces), sorted
-    nxt, rows, cropped = 0, [], 0
+class RowPlan:
+    """Which (start, length) segments of the stream fill each row, in three flat arrays (24
+    bytes a segment, not a Python tuple each: a plan of millions of documents stays small).
+    ``plan[i]`` is row i's segments as a list of (start, length)."""
+
+    def __init__(self, row_ptr: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
+        self.row_ptr, self.starts, self.lengths = row_ptr, starts, lengths
+
+    def __len__(self) -> int:
+        return len(self.row_ptr) - 1
+
+    def __getitem__(self, i: int) -> list[tuple[int, int]]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        a, b = self.row_ptr[i], self.row_ptr[i + 1]
+        return list(zip(self.starts[a:b].tolist(), self.lengths[a:b].tolist()))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RowPlan) and all(
+            np.array_equal(x, y) for x, y in ((self.row_ptr, other.row_ptr),
+                                              (self.starts, other.starts),
+                                              (self.lengths, other.lengths)))
+
+
+def best_fit_rows(docs, row: int, seed: int, window: int = 1000) -> tuple[RowPlan, int]:
+    """The plan of every row (segments filling ``row`` tokens) and the number of tokens
+    cropped, for ``docs``: (start, length) pairs, a list or an (N, 2) array. Documents are
+    taken in a shuffled order (``seed``), ``window`` at a time, best-fit by length (see the
+    module doc)."""
+    docs = np.asarray(docs, dtype=np.int64).reshape(-1, 2)
+    doc_starts, doc_lens = docs[:, 0], docs[:, 1]
+    pieces = np.maximum(1, -(-doc_lens // row))  # row-sized pieces per document
+    first = np.repeat(np.cumsum(pieces) - pieces, pieces)
+    k = np.arange(int(pieces.sum())) - first  # the piece's index inside its document
+    owner = np.repeat(np.arange(len(docs)), pieces)
+    p_start = doc_starts[owner] + k * row
+    p_len = np.minimum(row, doc_lens[owner] - k * row)
+    order = np.random.default_rng(seed).permutation(len(p_start))
+    pending: list[tuple[int, int]] = []  # (length, piece), sorted
+    nxt, cropped = 0, 0
+    row_ptr, starts, lengths = array("q", [0]), array("q"), array("q")
 
     def refill():
         nonlocal nxt
         while len(pending) < window and nxt < len(order):
             i = int(order[nxt])
-            bisect.insort(pending, (pieces[i][1], i))
+            bisect.insort(pending, (int(p_len[i]), i))
             nxt += 1
 
     refill()
     while pending:
-        left, segments = row, []
+        left, used = row, 0
         while left and pending:
-            k = bisect.bisect_right(pending, (left, len(pieces))) - 1
-            length, i = pending.pop(max(k, 0))  # the longest that fits, else the shortest
-            start = pieces[i][0]
-            segments.append((start, min(length, left)))
+            j = bisect.bisect_right(pending, (left, len(p_start))) - 1
+            length, i = pending.pop(max(j, 0))  # the longest that fits, else the shortest
+            starts.append(int(p_start[i]))
+            lengths.append(min(length, left))
             cropped += max(0, length - left)
             left -= min(length, left)
+            used += 1
             refill()
         if left:  # the corpus ran out inside this row: its tokens are dropped
             cropped += row - left
+            del starts[len(starts) - used:], lengths[len(lengths) - used:]
             break
-        rows.append(segments)
-    return rows, cropped
+        row_ptr.append(len(starts))
+    plan = RowPlan(np.frombuffer(row_ptr, dtype=np.int64).copy(),
+                   np.frombuffer(starts, dtype=np.int64).copy(),
+                   np.frombuffer(lengths, dtype=np.int64).copy())
+    return plan, cropped
 
 
 class BestFitDataset(Dataset):
