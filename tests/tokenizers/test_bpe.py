@@ -39,9 +39,12 @@ def test_every_sms_message_matches_tiktoken(gpt2_scratch, gpt2_tok):
         assert gpt2_scratch.encode(text) == gpt2_tok.encode(text), text
 
 
+# Code points unassigned in Python's Unicode tables (Cn) are left out: the `regex` module's
+# newer tables call some of them letters (U+3D000, say) where tiktoken's engine does not, so
+# the two pre-tokenizers may split them differently; that is the tables, not our BPE.
 texts = st.lists(
     st.one_of(
-        st.characters(),
+        st.characters(exclude_categories=("Cn",)),
         st.sampled_from([" ", "  ", "\n", "\t", "\r\n", "'s", "'ll", "😀", "👩‍👩‍👧", "é", "́", "\u00a0",
                          "\u3000", "123", "...", "--"]),
     ),
