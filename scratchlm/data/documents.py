@@ -114,6 +114,7 @@ def resolve_source(spec: str, *, progress: bool = True) -> Source:
 
 
 CHUNK = 1 << 20
+MAX_LINE = 256 << 20  # one JSON line (one document) at most: a file without newlines is refused
 
 
 Progress = Callable[[int], None]  # told the bytes of a file read so far, as they are read
@@ -200,7 +201,8 @@ class JsonBlock:
                 texts = [o[field] for o in items]  # KeyError / TypeError: not all objects
                 if all(type(t) is str for t in texts):
                     return texts
-            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError,
+                    RecursionError):
                 pass  # a bad line, or a blank one: line by line, to name it
         return [d.text for d in self.documents(field)]
 
@@ -226,6 +228,9 @@ def json_blocks(path: Path, progress: Progress = _noop) -> Iterator[JsonBlock]:
             return
         rest = b""
         for chunk in itertools.chain([head], chunks):
+            if len(rest) > MAX_LINE:
+                raise DataFileError(f"{path}:{line_no}: a line longer than {MAX_LINE >> 20} MB "
+                                    "(is this JSON Lines?)")
             data, pos = rest + chunk, 0
             while True:  # blocks of whole lines, about CHUNK bytes each
                 cut = data.rfind(b"\n", pos, pos + CHUNK) + 1 or data.find(b"\n", pos) + 1
@@ -259,6 +264,8 @@ def _json_line(path: Path, line_no: int, raw: bytes, field: str) -> Document:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise DataFileError(f"{where}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise DataFileError(f"{where}: JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise DataFileError(f"{where}: a JSON object expected, got {type(obj).__name__}")
     return Document(_text_of(obj.get(field), field, where), where)
@@ -359,6 +366,13 @@ def source_documents(source: Source, text_field: str = "text",
         yield from file_documents(path, text_field, progress)
 
 
+def check_text_field(sources: Sequence[Source], text_field: str) -> None:
+    """A text field named for a corpus of text files only would be ignored: refused."""
+    if text_field != "text" and all(kind(f) == "text" for s in sources for f in s.files):
+        raise ValueError(f"--text_field {text_field!r} names a field of JSON or parquet "
+                         "records; these are text files, read whole")
+
+
 def mix_documents(sources: Sequence[Source], text_field: str = "text", seed: int = 0,
                   dedup: bool = False, progress: Progress = _noop) -> Iterator[Document]:
     """The documents of several sources: in order, or, when any source has a weight
@@ -366,6 +380,7 @@ def mix_documents(sources: Sequence[Source], text_field: str = "text", seed: int
     document drawn from a source with probability proportional to its weight until every
     source is used up (a source that runs out leaves the draw). ``dedup`` drops a document
     whose text was seen before (a 16-byte digest per document is kept)."""
+    check_text_field(sources, text_field)
     streams = [source_documents(s, text_field, progress) for s in sources]
     if all(s.weight is None for s in sources):
         streams = [itertools.chain.from_iterable(streams)]

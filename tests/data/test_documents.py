@@ -184,3 +184,24 @@ def test_reading_flags_are_refused_for_a_shard_folder(tmp_path, gpt2_tok):
     for kw in (dict(dedup=True), dict(text_field="body")):
         with pytest.raises(ValueError, match="holds token shards: --dedup and --text_field"):
             corpus_datasets([str(tmp_path / "shards")], 0.1, gpt2_tok, 16, **kw)
+
+
+def test_hostile_json_lines_are_named_not_crashes(tmp_path, monkeypatch):
+    import scratchlm.data.documents as documents
+
+    deep = b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    (tmp_path / "deep.jsonl").write_bytes(b'{"text": "a"}\n' + deep)
+    with pytest.raises(DataFileError, match=r"deep.jsonl:2: JSON nested too deeply"):
+        list(file_documents(tmp_path / "deep.jsonl"))
+    monkeypatch.setattr(documents, "MAX_LINE", 1000)
+    monkeypatch.setattr(documents, "CHUNK", 256)
+    (tmp_path / "long.jsonl").write_bytes(b'{"text": "a"}\n' + b'{"text": "' + b"x" * 5000)
+    with pytest.raises(DataFileError, match=r"long.jsonl:2: a line longer than"):
+        list(file_documents(tmp_path / "long.jsonl"))
+
+
+def test_a_text_field_for_text_files_is_refused(tmp_path):
+    (tmp_path / "a.txt").write_text("hello")
+    with pytest.raises(ValueError, match="--text_field 'body' names a field"):
+        prepare([str(tmp_path / "a.txt")], tmp_path / "out", text_field="body", workers=1,
+                progress=False)
