@@ -71,6 +71,22 @@ class Source:
     weight: float | None = None  # None: not part of a weighted mixture
 
 
+def document_ids(tokenizer, doc: Document) -> list[int]:
+    """A document's token ids: a text file read whole as the book reads it (special-token
+    strings in it count), any other document as plain text; closed by the tokenizer's
+    end-of-text, or opened by its BOS when it has no end-of-text."""
+    from scratchlm.tokenizers.base import encode_ordinary
+
+    ids = list(tokenizer.encode(doc.text, allowed_special="all") if doc.whole_file
+               else encode_ordinary(tokenizer, doc.text))
+    eos, bos = tokenizer.eos_id, getattr(tokenizer, "bos_id", None)
+    if eos is not None:
+        ids.append(eos)
+    elif bos is not None:
+        ids.insert(0, bos)
+    return ids
+
+
 def split_weight(spec: str) -> tuple[str, float | None]:
     """``"a.parquet:0.7"`` -> ("a.parquet", 0.7); a spec whose tail is no number keeps it."""
     head, sep, tail = spec.rpartition(":")

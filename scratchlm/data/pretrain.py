@@ -16,7 +16,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from scratchlm.data.packing import TokenStream, document_split, packed
-from scratchlm.tokenizers.base import encode_ordinary
 
 
 class GPTDataset(Dataset):
@@ -122,20 +121,14 @@ def _encode_corpus(data: list[str], tokenizer, text_field: str, seed: int,
                    dedup: bool) -> TokenStream:
     """The documents of ``data`` encoded in memory, each closed by end-of-text: a text file as
     the book reads it (special-token strings in it count), any other document as plain text."""
-    from scratchlm.data.documents import mix_documents, resolve_source
+    from scratchlm.data.documents import document_ids, mix_documents, resolve_source
 
     sources = [resolve_source(d, progress=False) for d in data]
     ids: list[int] = []
     starts: list[int] = []
-    eos, bos = tokenizer.eos_id, getattr(tokenizer, "bos_id", None)
     for doc in mix_documents(sources, text_field, seed=seed, dedup=dedup):
         starts.append(len(ids))
-        if eos is None and bos is not None:
-            ids.append(bos)
-        ids.extend(tokenizer.encode(doc.text, allowed_special="all") if doc.whole_file
-                   else encode_ordinary(tokenizer, doc.text))
-        if eos is not None:
-            ids.append(eos)
+        ids.extend(document_ids(tokenizer, doc))
     return TokenStream([np.asarray(ids, dtype=np.int64)], np.asarray(starts or [0]))
 
 

@@ -37,7 +37,6 @@ import regex
 from tqdm.auto import tqdm
 
 from scratchlm.data.text_file import DataFileError, utf8_error
-from scratchlm.tokenizers.base import encode_ordinary
 
 BLOCK = 1 << 20  # bytes of text per task
 _CUT = regex.compile(rb"[\x21-\x7e]\n[\x21-\x7e]")  # a safe place to split (see module doc)
@@ -138,34 +137,26 @@ def _encode_task(task: tuple) -> tuple[np.ndarray, np.ndarray]:
 def _encode_documents(task: tuple) -> tuple[np.ndarray, np.ndarray]:
     """A text file read whole is encoded as the book does (its special-token strings count);
     any other document as plain text."""
-    from scratchlm.data.documents import TextFile
+    from scratchlm.data.documents import Document, TextFile, document_ids
 
     if task[0] == "units":
         units, field = task[1], task[2]
         if not any(isinstance(u, TextFile) for u in units):
             texts = [t for u in units for t in u.texts(field)]
-            return _encode_joined(texts) or _encode_each(texts, whole_file=False)
-        docs = [d for unit in units for d in unit.documents(field)]
+            joined = _encode_joined(texts)
+            if joined is not None:
+                return joined
+            docs = [Document(t, "") for t in texts]
+        else:
+            docs = [d for unit in units for d in unit.documents(field)]
     else:
         docs = task[1]
     if not any(d.whole_file for d in docs):
-        texts = [d.text for d in docs]
-        return _encode_joined(texts) or _encode_each(texts, whole_file=False)
-    return _encode_each([d.text for d in docs], whole_file=True)
-
-
-def _encode_each(texts: list[str], whole_file: bool) -> tuple[np.ndarray, np.ndarray]:
-    eos, bos = _worker_tok.eos_id, getattr(_worker_tok, "bos_id", None)
-    parts, lengths = [], np.empty(len(texts), dtype=np.int64)
-    for i, text in enumerate(texts):
-        ids = (_worker_tok.encode(text, allowed_special="all") if whole_file
-               else list(encode_ordinary(_worker_tok, text)))
-        if eos is not None:
-            ids.append(eos)
-        elif bos is not None:
-            ids.insert(0, bos)
-        parts.append(np.asarray(ids, dtype=np.uint32))
-        lengths[i] = len(ids)
+        joined = _encode_joined([d.text for d in docs])
+        if joined is not None:
+            return joined
+    parts = [np.asarray(document_ids(_worker_tok, d), dtype=np.uint32) for d in docs]
+    lengths = np.array([len(p) for p in parts], dtype=np.int64)
     return (np.concatenate(parts) if parts else np.empty(0, np.uint32)), lengths
 
 

@@ -78,23 +78,17 @@ def count_words(texts: Iterable[str], pattern: str = GPT2_PATTERN,
     bar = tqdm(desc="counting words", unit="MB", unit_scale=False, disable=not progress)
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
     with (ctx or mp).Pool(workers, _init, (pattern, specials)) as pool:
-        batches = _batches(texts, sep)
-        for counts in pool.imap(_count, _SizedBatches(batches, bar)):
+        for counts in pool.imap(_count, _shown(_batches(texts, sep), bar)):
             total.update(counts)
     bar.close()
     return total
 
 
-class _SizedBatches:
+def _shown(batches: Iterator[str], bar) -> Iterator[str]:
     """The batches, advancing the progress bar by their size as they are handed out."""
-
-    def __init__(self, batches: Iterator[str], bar):
-        self.batches, self.bar = batches, bar
-
-    def __iter__(self):
-        for batch in self.batches:
-            self.bar.update(round(len(batch) / 1e6, 1))
-            yield batch
+    for batch in batches:
+        bar.update(round(len(batch) / 1e6, 1))
+        yield batch
 
 
 def _native():

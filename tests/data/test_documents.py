@@ -205,3 +205,17 @@ def test_a_text_field_for_text_files_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--text_field 'body' names a field"):
         prepare([str(tmp_path / "a.txt")], tmp_path / "out", text_field="body", workers=1,
                 progress=False)
+
+
+def test_in_a_mixture_only_text_files_read_special_strings(tmp_path, gpt2_tok):
+    """A text file is read as the book reads it, a JSON document as plain text, also when
+    both are mixed (each document is encoded by its own rule)."""
+    (tmp_path / "a.txt").write_text("x <|endoftext|> y")
+    (tmp_path / "b.jsonl").write_bytes(_jsonl(["p <|endoftext|> q"]))
+    prepare([f"{tmp_path / 'a.txt'}:1", f"{tmp_path / 'b.jsonl'}:1"], tmp_path / "out",
+            workers=1, progress=False)
+    ids, starts, _ = _ids(tmp_path / "out")
+    eot = gpt2_tok.eos_id
+    docs = np.split(ids, starts[1:].astype(np.int64))
+    by_text = {gpt2_tok.decode(d.tolist()): d.tolist().count(eot) for d in docs}
+    assert by_text == {"x <|endoftext|> y<|endoftext|>": 2, "p <|endoftext|> q<|endoftext|>": 1}
