@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.finetune.lora import lora_modules, set_lora_enabled
+from scratchlm.nn.doc_mask import DocumentMask
 
 
 def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
@@ -60,8 +61,6 @@ def _forward(model: nn.Module, inputs) -> tuple[torch.Tensor, torch.Tensor | Non
     """(logits, segments) of a plain batch, or of packed rows (ids, segments) run with a
     document mask."""
     if isinstance(inputs, (tuple, list)):
-        from scratchlm.nn.doc_mask import DocumentMask
-
         ids, segments = inputs
         return model(ids, DocumentMask(segments)), segments
     return model(inputs), None

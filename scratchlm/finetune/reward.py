@@ -22,6 +22,7 @@ from torch import nn
 
 from scratchlm.data.instruction import STYLES, Example, render
 from scratchlm.finetune.classification import class_logits
+from scratchlm.nn.doc_mask import DocumentMask
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -40,8 +41,6 @@ def batch_rewards(model: nn.Module, inputs) -> torch.Tensor:
     (``nn/doc_mask.py``), scored at its last position."""
     if len(inputs) == 2:
         return rewards(model, *inputs)
-    from scratchlm.nn.doc_mask import DocumentMask
-
     ids, segments, last = inputs
     h = model.hidden_states(ids, DocumentMask(segments))  # (R, W, C)
     return model.out_head(h[last[:, 0], last[:, 1]]).squeeze(-1).float()
