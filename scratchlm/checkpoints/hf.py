@@ -33,8 +33,11 @@ def load_hf(folder: str | Path, dtype: torch.dtype = torch.float32,
         cfg.__post_init__()
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
-    return load_mapped(family.model_cls, cfg, iter_safetensors(folder), conv.hf_to_ours,
-                       str(folder), dtype, device)
+    tensors = iter_safetensors(folder)
+    if hasattr(conv, "join_tensors"):  # a format whose tensors come in parts (gpt-oss's MXFP4)
+        tensors = conv.join_tensors(tensors, str(folder))
+    return load_mapped(family.model_cls, cfg, tensors, conv.hf_to_ours, str(folder), dtype,
+                       device)
 
 
 def load_hf_gpt2(folder: str | Path, dtype: torch.dtype = torch.float32,

@@ -1,4 +1,4 @@
-"""Save LoRA adapters of a Llama-layout model (Llama, Qwen3, Gemma 3) as a PEFT adapter folder (``adapter_model.safetensors`` +
+"""Save LoRA adapters of a Llama-layout model (Llama, Qwen3, Gemma 3, OLMo 3, gpt-oss) as a PEFT adapter folder (``adapter_model.safetensors`` +
 ``adapter_config.json``) that ``peft.PeftModel.from_pretrained`` loads onto the Hugging Face
 model of the same weights, and load such a folder back onto our model."""
 
@@ -26,6 +26,10 @@ def _hf_module_name(model: nn.Module, ours: str) -> str:
     if ours in inv_top:
         return inv_top[ours]
     _, layer, rest = ours.split(".", 2)
+    if rest not in inv_block:  # e.g. gpt-oss's experts: stacked parameters in transformers
+        raise ValueError(f"{ours} has no module of its own in the Hugging Face model, so a "
+                         f"LoRA adapter on it cannot be saved in PEFT's format (adapt the "
+                         f"attention projections only, or save our own adapter format)")
     return f"model.layers.{layer}.{inv_block[rest]}"
 
 

@@ -6,6 +6,7 @@
     qwen3    Qwen3Config    Qwen3         qwen3-0.6b ...   qwen3, qwen3_moe          qwen3, qwen3moe
     gemma3   Gemma3Config   Gemma3        gemma3-270m ...  gemma3_text               gemma3
     olmo3    Olmo3Config    Olmo3         olmo3-7b, -32b   olmo3                     (none yet)
+    gpt_oss  GptOssConfig   GptOss        gpt-oss-20b ...  gpt_oss                   (none yet)
 
 Loading and saving (``scratchlm/checkpoints``), the planner, ``plan``, ``distill``, the engine and the
 native decoder look a family up here (``family_of(model_or_config)``, ``family_named``,
@@ -28,6 +29,7 @@ from types import ModuleType
 
 from scratchlm.models.gemma3 import GEMMA3_PRESETS, Gemma3, Gemma3Config
 from scratchlm.models.gpt import GPT, GPT_PRESETS, GPTConfig
+from scratchlm.models.gpt_oss import GPT_OSS_PRESETS, GptOss, GptOssConfig
 from scratchlm.models.llama import LLAMA_PRESETS, Llama, LlamaConfig
 from scratchlm.models.olmo3 import OLMO3_PRESETS, Olmo3, Olmo3Config
 from scratchlm.models.qwen3 import QWEN3_PRESETS, Qwen3, Qwen3Config
@@ -102,6 +104,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            weight_marks=("att_out_norm",),
            hf_repos={"olmo3-7b": "allenai/Olmo-3-1025-7B",
                      "olmo3-32b": "allenai/Olmo-3-1125-32B"}),
+    Family("gpt_oss", GptOssConfig, GptOss, GPT_OSS_PRESETS, ("gpt_oss",), "hf_gpt_oss",
+           features=frozenset({"rmsnorm", "rope", "clamped_swiglu", "attention_sinks",
+                               "biases", "out_bias"}),
+           weight_marks=("att.sinks", "self_attn.sinks"),
+           hf_repos={"gpt-oss-20b": "openai/gpt-oss-20b",
+                     "gpt-oss-120b": "openai/gpt-oss-120b"}),
 )}
 DEFAULT_FAMILY = "gpt"  # the book's: what a saved config that names no family is
 

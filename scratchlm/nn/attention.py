@@ -265,12 +265,16 @@ class GroupedQueryAttention(nn.Module):
     - ``scale``: the factor on q.k (default 1/sqrt(head_dim); Gemma 3 uses
       query_pre_attn_scalar^-0.5);
     - ``window`` (attribute): > 0 makes this a local layer, each query sees only the last
-      ``window`` positions including its own (sliding-window attention).
+      ``window`` positions including its own (sliding-window attention);
+    - ``sinks``: one learned logit per query head that joins each softmax as a key with a zero
+      value, so a head may attend to nothing (gpt-oss; ``attention_with_sinks``);
+    - ``out_bias``: a bias on the output projection (gpt-oss; ``qkv_bias`` is the others').
     """
 
     def __init__(self, d_in: int, n_head: int, n_kv_head: int, head_dim: int | None = None,
                  qkv_bias: bool = False, make_norm: Callable[[int], nn.Module] | None = None,
-                 scale: float | None = None, window: int = 0, norm_all_heads: bool = False):
+                 scale: float | None = None, window: int = 0, norm_all_heads: bool = False,
+                 sinks: bool = False, out_bias: bool = False):
         super().__init__()
         if n_head % n_kv_head:
             raise ValueError(f"n_head ({n_head}) must be divisible by n_kv_head ({n_kv_head})")
@@ -280,7 +284,8 @@ class GroupedQueryAttention(nn.Module):
         self.q_proj = nn.Linear(d_in, n_head * self.head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(d_in, n_kv_head * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(d_in, n_kv_head * self.head_dim, bias=qkv_bias)
-        self.out_proj = nn.Linear(n_head * self.head_dim, d_in, bias=False)
+        self.out_proj = nn.Linear(n_head * self.head_dim, d_in, bias=out_bias)
+        self.sinks = nn.Parameter(torch.zeros(n_head)) if sinks else None
         self.norm_all_heads = norm_all_heads
         q_width, k_width = ((n_head * self.head_dim, n_kv_head * self.head_dim) if norm_all_heads
                             else (self.head_dim, self.head_dim))
@@ -320,10 +325,40 @@ class GroupedQueryAttention(nn.Module):
             k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, KV, T, D)
             v = v.transpose(1, 2)  # (B, KV, T, D)
         k, v, mask, causal = _with_cache(cache, layer, k, v, t, self.window)
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                                 scale=self.scale, enable_gqa=kv != h)
+        if self.sinks is not None:
+            context = attention_with_sinks(q, k, v, mask, causal, self.sinks, self.scale)
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                                     scale=self.scale, enable_gqa=kv != h)
         context = context.transpose(1, 2).reshape(b, t, h * d)  # (B, T, H*D)
         return self.out_proj(context)
+
+
+def attention_with_sinks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         mask: torch.Tensor | None, causal: bool, sinks: torch.Tensor,
+                         scale: float | None = None) -> torch.Tensor:
+    """Attention whose softmax over the keys has one more logit per head, ``sinks[h]``, for a
+    key whose value is zero (gpt-oss's attention sinks):
+
+        weights = softmax([q.k_1 * scale, ..., q.k_S * scale, sink_h])[:S]
+
+    so a head's weights may sum to less than one. Computed by SDPA over one extra key of zeros
+    (its logit q.0 = 0) and value zeros, with a float mask that adds ``sinks[h]`` to that
+    key's logit and -inf where ``mask`` (bool, True: may attend; or causal) forbids.
+    q (B, H, T, D); k, v (B, KV, S, D); mask broadcastable to (B, 1, T, S) or None."""
+    b, h, t, _ = q.shape
+    kv, s = k.shape[1], k.shape[2]
+    if mask is None:
+        mask = (torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t) if causal
+                else torch.ones(t, s, dtype=torch.bool, device=q.device))
+    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, -torch.inf)
+    bias = bias.expand(b, h, t, s)
+    sink = sinks.to(q.dtype).view(1, h, 1, 1).expand(b, h, t, 1)
+    bias = torch.cat([bias, sink], dim=-1)  # (B, H, T, S + 1)
+    k = torch.cat([k, k.new_zeros(b, kv, 1, k.shape[3])], dim=2)
+    v = torch.cat([v, v.new_zeros(b, kv, 1, v.shape[3])], dim=2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                          scale=scale, enable_gqa=kv != h)
 
 
 def layer_windows(cfg, owner: str) -> list[int]:

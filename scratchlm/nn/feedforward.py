@@ -1,4 +1,5 @@
-"""Feed-forward layers: GELU, the GPT-2 position-wise MLP, and the gated MLP (SwiGLU / GeGLU)."""
+"""Feed-forward layers: GELU, the GPT-2 position-wise MLP, and the gated MLP (SwiGLU / GeGLU,
+and gpt-oss's clamped SwiGLU)."""
 
 from __future__ import annotations
 
@@ -58,9 +59,30 @@ class SwiGLU(nn.Module):
             self.fc12 = concat_linears([self.fc1, self.fc2])
             del self.fc1, self.fc2
 
+    def gated(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """The hidden activations from the gate and up projections: act(gate) * up."""
+        return ACTIVATIONS[self.act](gate) * up
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act = ACTIVATIONS[self.act]
         if self.fc12 is None:
-            return self.fc3(act(self.fc1(x)) * self.fc2(x))
+            return self.fc3(self.gated(self.fc1(x), self.fc2(x)))
         gate, up = self.fc12(x).chunk(2, dim=-1)
-        return self.fc3(act(gate) * up)
+        return self.fc3(self.gated(gate, up))
+
+
+class ClampedSwiGLU(SwiGLU):
+    """gpt-oss's expert: SwiGLU with biases, both halves clamped to ``limit``, a sharper sigmoid
+    (``alpha``) and ``up + 1``:
+
+        gate = min(fc1(x), limit);  up = clamp(fc2(x), -limit, limit)
+        fc3(gate * sigmoid(alpha * gate) * (up + 1))
+    """
+
+    def __init__(self, emb_dim: int, hidden_dim: int, alpha: float = 1.702, limit: float = 7.0):
+        super().__init__(emb_dim, hidden_dim, bias=True)
+        self.alpha, self.limit = alpha, limit
+
+    def gated(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        gate = gate.clamp(max=self.limit)
+        up = up.clamp(-self.limit, self.limit)
+        return gate * torch.sigmoid(gate * self.alpha) * (up + 1)

@@ -42,6 +42,7 @@ class MoEConfig:
     top_k: int = 2  # experts per token
     intermediate_size: int | None = None  # each expert's hidden width (None: the dense FFN's)
     norm_topk_prob: bool = True  # renormalise the k gates to sum to 1 (Mixtral, Qwen3-MoE)
+    router_bias: bool = False  # a bias on the router's logits (gpt-oss)
     capacity_factor: float = 0.0  # > 0: cap tokens per expert (overflow is dropped)
     aux_loss_coef: float = 0.01  # Switch load-balancing loss weight
     z_loss_coef: float = 0.001  # router z-loss weight
@@ -94,7 +95,7 @@ class MoEFeedForward(nn.Module):
     def __init__(self, emb_dim: int, num_experts: int, top_k: int,
                  make_expert: Callable[[], nn.Module], capacity_factor: float = 0.0,
                  aux_loss_coef: float = 0.01, z_loss_coef: float = 0.001,
-                 norm_topk_prob: bool = True):
+                 norm_topk_prob: bool = True, router_bias: bool = False):
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"moe_top_k must be in [1, moe_num_experts={num_experts}], "
@@ -105,7 +106,7 @@ class MoEFeedForward(nn.Module):
         self.norm_topk_prob = norm_topk_prob
         self.capacity_factor = capacity_factor
         self.aux_loss_coef, self.z_loss_coef = aux_loss_coef, z_loss_coef
-        self.router = nn.Linear(emb_dim, num_experts, bias=False)
+        self.router = nn.Linear(emb_dim, num_experts, bias=router_bias)
         self.experts = nn.ModuleList(make_expert() for _ in range(num_experts))
         # The weighted auxiliary loss of the last forward: taken (and cleared) by moe_aux_loss,
         # so no autograd graph stays attached to the module; a detached copy for logging.
@@ -218,7 +219,7 @@ def freeze_for_moe_finetuning(model: nn.Module, experts: list[int] | None = None
     for p in model.parameters():
         p.requires_grad_(False)
     for m in layers:
-        m.router.weight.requires_grad_(True)
+        m.router.requires_grad_(True)
         for e in experts or []:
             for p in m.experts[e].parameters():
                 p.requires_grad_(True)
@@ -233,4 +234,5 @@ def expert_ffn(cfg, dense: Callable[[int], nn.Module]) -> nn.Module:
         return dense(None)
     return MoEFeedForward(cfg.n_embd, moe.num_experts, moe.top_k,
                           lambda: dense(moe.intermediate_size), moe.capacity_factor,
-                          moe.aux_loss_coef, moe.z_loss_coef, moe.norm_topk_prob)
+                          moe.aux_loss_coef, moe.z_loss_coef, moe.norm_topk_prob,
+                          moe.router_bias)

@@ -1,4 +1,5 @@
-"""LoRA and QLoRA on the Qwen3, Gemma 3 and OLMo 3 families: every projection is a target, training
+"""LoRA and QLoRA on the Qwen3, Gemma 3, OLMo 3 and gpt-oss families: every projection (every
+expert's, in a mixture of experts) is a target, training
 moves the loss, and the PEFT adapter folder loads onto the transformers model of the same
 weights with equal logits."""
 
@@ -15,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 
-@pytest.mark.parametrize("name", ["qwen3-tiny", "gemma3-tiny", "olmo3-tiny"])
+@pytest.mark.parametrize("name", ["qwen3-tiny", "gemma3-tiny", "olmo3-tiny", "gpt-oss-tiny"])
 @pytest.mark.parametrize("quantize_base", [None, "nf4"])
 def test_lora_and_qlora_train(name, quantize_base):
     torch.manual_seed(0)
@@ -23,8 +24,11 @@ def test_lora_and_qlora_train(name, quantize_base):
     apply_lora(model, rank=4, alpha=8, targets="all", quantize_base=quantize_base)
     wrapped = lora_modules(model)
     per_block = {n.split(".", 2)[2] for n in wrapped if n.startswith("trf_blocks.0.")}
-    assert per_block == {"att.q_proj", "att.k_proj", "att.v_proj", "att.out_proj", "ff.fc1",
-                         "ff.fc2", "ff.fc3"}
+    moe = model.cfg.moe.num_experts
+    ffns = [f"ff.experts.{e}" for e in range(moe)] if moe else ["ff"]
+    assert per_block == {"att.q_proj", "att.k_proj", "att.v_proj", "att.out_proj",
+                         *(["ff.router"] if moe else []),
+                         *(f"{ff}.{fc}" for ff in ffns for fc in ("fc1", "fc2", "fc3"))}
     x = torch.randint(0, model.cfg.vocab_size, (4, 24))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
@@ -46,7 +50,7 @@ def _randomize_adapters(model):
                         p.normal_(0, 0.05)
 
 
-@pytest.mark.parametrize("family", ["qwen3", "gemma3", "olmo3"])
+@pytest.mark.parametrize("family", ["qwen3", "gemma3", "olmo3", "gpt-oss"])
 def test_peft_loads_our_adapter(tmp_path, family):
     from scratchlm.finetune.peft_format import load_peft_adapter, save_peft_adapter
     from scratchlm.checkpoints.hf import save_hf
@@ -57,7 +61,9 @@ def test_peft_loads_our_adapter(tmp_path, family):
     save_hf(base, tmp_path / "base")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
     ours = load_pretrained(str(tmp_path / "base"))
-    apply_lora(ours, rank=4, alpha=8, targets=("q", "k", "v", "out", "ff"))
+    # gpt-oss's experts are stacked parameters in transformers: no module for PEFT to adapt
+    ff = ("ff",) if family != "gpt-oss" else ()
+    apply_lora(ours, rank=4, alpha=8, targets=("q", "k", "v", "out", *ff))
     _randomize_adapters(ours)
     save_peft_adapter(ours, tmp_path / "adapter", str(tmp_path / "base"))
     peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
@@ -68,3 +74,12 @@ def test_peft_loads_our_adapter(tmp_path, family):
     again = load_peft_adapter(load_pretrained(str(tmp_path / "base")), tmp_path / "adapter")
     with torch.no_grad():
         assert (again(x) - ours(x)).abs().max() <= 1e-5
+
+
+def test_peft_export_of_adapted_experts_is_refused_by_name(tmp_path):
+    from scratchlm.finetune.peft_format import save_peft_adapter
+
+    model = build_model(preset("gpt-oss-tiny")[1])
+    apply_lora(model, rank=4, alpha=8, targets=("q", "ff"))
+    with pytest.raises(ValueError, match="ff.experts.0.fc1 has no module of its own"):
+        save_peft_adapter(model, tmp_path / "adapter")

@@ -56,6 +56,20 @@ def olmo3():
                                                   "original_context_length": 16})).eval())
 
 
+def gpt_oss():
+    from scratchlm.models.gpt_oss import GptOss, GptOssConfig
+
+    torch.manual_seed(0)
+    model = GptOss(GptOssConfig(vocab_size=97, context_length=64, n_embd=32, n_layer=2,
+                                n_head=4, n_kv_head=2, head_dim=8, intermediate_size=32,
+                                rope_base=10_000.0, sliding_window=6,
+                                moe={"num_experts": 4, "top_k": 2, "router_bias": True}))
+    with torch.no_grad():
+        for block in model.trf_blocks:
+            block.att.sinks.normal_(0.0, 1.0)  # sinks that take weight: a slot slip shows
+    return varied(model.eval())
+
+
 # (arrival step, prompt, sampling): rows join while others decode, leave at their own ends
 ARRIVALS = [
     (0, [5, 6, 7, 8, 9, 10, 11, 12, 13], SamplingParams(max_new_tokens=14)),
@@ -109,6 +123,7 @@ def run_continuous(engine, slots=4, together=False, capacity=256, arrivals=ARRIV
     (gpt, True, False, 256), (llama, True, False, 256), (llama, False, False, 256),
     (gemma, False, False, 256), (llama, True, True, 256), (gpt, False, True, 256),
     (gemma, False, True, 256), (olmo3, False, False, 256), (olmo3, False, True, 3),
+    (gpt_oss, False, False, 256), (gpt_oss, False, True, 3),
     # a cache that starts with 3 slots and grows as rows join, shift and decode
     (llama, True, False, 3), (gpt, False, True, 3), (gemma, False, False, 3)])
 def test_joining_and_leaving_rows_equal_single_requests(make, native, together, capacity):

@@ -37,7 +37,8 @@ def test_lookups_by_outside_names():
 def test_families_do_not_share_presets():
     names = preset_names()
     assert len(names) == len(set(names))
-    assert {f.name for f in FAMILIES.values()} == {"gpt", "llama", "qwen3", "gemma3", "olmo3"}
+    assert {f.name for f in FAMILIES.values()} == {"gpt", "llama", "qwen3", "gemma3", "olmo3",
+                                                 "gpt_oss"}
 
 
 # Which path each family's one-token steps take on a CPU (float32): the C layers compute
@@ -49,6 +50,7 @@ PATHS = {
     "qwen3-tiny": "llama_layer",
     "gemma3-tiny": None,  # Gemma norms, post-norms, GeGLU, sliding window, ...
     "olmo3-tiny": None,  # norms after attention and feed-forward only, q/k norms over all heads
+    "gpt-oss-tiny": None,  # attention sinks, output bias, clamped SwiGLU experts
 }
 
 

@@ -1,6 +1,7 @@
 """What the converters of families with Hugging Face names ``model.layers.N.<name>`` share: a
-key map of one block plus a few top-level names, both ways, and HF's per-layer list of
-attention types read as (and written from) our every-k-th-layer-global pattern."""
+key map of one block plus a few top-level names, both ways; HF's per-layer list of attention
+types read as (and written from) our every-k-th-layer-global pattern; YaRN's settings between
+HF's ``rope_parameters`` and our ``rope_scaling``."""
 
 from __future__ import annotations
 
@@ -72,3 +73,31 @@ def layer_types(cfg) -> list[str]:
     return ["sliding_attention" if cfg.sliding_window and not (
         cfg.sliding_window_pattern and (i + 1) % cfg.sliding_window_pattern == 0)
             else "full_attention" for i in range(cfg.n_layer)]
+
+
+# HF's YaRN keys -> ours (nn/rope.py)
+_YARN = {"factor": "factor", "original_max_position_embeddings": "original_context_length",
+         "beta_fast": "beta_fast", "beta_slow": "beta_slow",
+         "attention_factor": "attention_factor", "truncate": "truncate"}
+
+
+def yarn_from_hf(params: Mapping | None, family: str) -> dict | None:
+    """Our ``rope_scaling`` for HF's rope parameters: None for plain RoPE, YaRN's dict, or an
+    error naming ``family`` for any other scaling."""
+    kind = (params or {}).get("rope_type", (params or {}).get("type", "default"))
+    if kind == "default":
+        return None
+    if kind != "yarn":
+        raise ValueError(f"unsupported rope scaling {dict(params)!r} ({family} uses YaRN)")
+    if params.get("mscale") or params.get("mscale_all_dim"):
+        raise ValueError(f"YaRN's mscale / mscale_all_dim are not supported for {family}")
+    return {"type": "yarn", **{ours: params[hf] for hf, ours in _YARN.items()
+                               if params.get(hf) is not None}}
+
+
+def yarn_to_hf(scaling: dict | None) -> dict:
+    """HF's ``rope_type`` and YaRN keys for our ``rope_scaling`` (YaRN's or None)."""
+    if not scaling:
+        return {"rope_type": "default"}
+    return {"rope_type": "yarn", **{hf: scaling[ours] for hf, ours in _YARN.items()
+                                    if ours in scaling}}

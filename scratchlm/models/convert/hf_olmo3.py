@@ -9,7 +9,8 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from scratchlm.models.convert.hf_blocks import (ATTENTION, GATED_MLP, TOP, block_key_to_ours,
-                                                block_state_to_hf, layer_pattern, layer_types)
+                                                block_state_to_hf, layer_pattern, layer_types,
+                                                yarn_from_hf, yarn_to_hf)
 from scratchlm.models.olmo3 import Olmo3Config
 
 _BLOCK = {
@@ -20,23 +21,6 @@ _BLOCK = {
 }
 _TOP = TOP
 MODEL_TYPES = {"olmo3": (Olmo3Config, "Olmo3ForCausalLM")}
-# HF's YaRN keys -> ours
-_YARN = {"factor": "factor", "original_max_position_embeddings": "original_context_length",
-         "beta_fast": "beta_fast", "beta_slow": "beta_slow",
-         "attention_factor": "attention_factor", "truncate": "truncate"}
-
-
-def _yarn_from_hf(params: Mapping | None) -> dict | None:
-    if not params or params.get("rope_type", params.get("type", "default")) == "default":
-        return None
-    if params.get("rope_type", params.get("type")) != "yarn":
-        raise ValueError(f"unsupported rope scaling {dict(params)!r} (OLMo 3 uses YaRN)")
-    if params.get("mscale") or params.get("mscale_all_dim"):
-        raise ValueError("YaRN's mscale / mscale_all_dim are not supported for OLMo 3")
-    return {"type": "yarn", **{ours: params[hf] for hf, ours in _YARN.items()
-                               if params.get(hf) is not None}}
-
-
 def config_from_hf(hf: Mapping) -> Olmo3Config:
     if hf.get("model_type") != "olmo3":
         raise ValueError(f"not an OLMo 3 config (model_type={hf.get('model_type')!r})")
@@ -50,14 +34,14 @@ def config_from_hf(hf: Mapping) -> Olmo3Config:
     rope = hf.get("rope_parameters") or {}
     full, local = rope.get("full_attention") or {}, rope.get("sliding_attention") or {}
     base = float(full.get("rope_theta", hf.get("rope_theta", 500_000.0)))
-    if float(local.get("rope_theta", base)) != base or _yarn_from_hf(local):
+    if float(local.get("rope_theta", base)) != base or yarn_from_hf(local, "OLMo 3"):
         raise ValueError("OLMo 3's local layers use plain RoPE at the global layers' base")
     return Olmo3Config(
         vocab_size=hf["vocab_size"], context_length=hf.get("max_position_embeddings", 65536),
         n_embd=hf["hidden_size"], n_layer=n_layer, n_head=hf["num_attention_heads"],
         n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"],
         head_dim=hf.get("head_dim"), intermediate_size=hf["intermediate_size"],
-        rope_base=base, rope_scaling=_yarn_from_hf(hf.get("rope_scaling") or full),
+        rope_base=base, rope_scaling=yarn_from_hf(hf.get("rope_scaling") or full, "OLMo 3"),
         norm_eps=hf.get("rms_norm_eps", 1e-6), sliding_window=hf.get("sliding_window") or 0,
         sliding_window_pattern=layer_pattern(types),
         tie_embeddings=hf.get("tie_word_embeddings", False),
@@ -67,11 +51,7 @@ def config_from_hf(hf: Mapping) -> Olmo3Config:
 def config_to_hf(cfg: Olmo3Config) -> dict:
     if cfg.moe.num_experts:
         raise ValueError("an OLMo 3 with MoE layers has no HF layout")
-    full = {"rope_type": "default", "rope_theta": cfg.rope_base}
-    if cfg.rope_scaling:
-        full = {"rope_type": "yarn", "rope_theta": cfg.rope_base,
-                **{hf: cfg.rope_scaling[ours] for hf, ours in _YARN.items()
-                   if ours in cfg.rope_scaling}}
+    full = {"rope_theta": cfg.rope_base, **yarn_to_hf(cfg.rope_scaling)}
     return {
         "architectures": ["Olmo3ForCausalLM"], "model_type": "olmo3",
         "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.context_length,
