@@ -335,28 +335,42 @@ def format_bandwidth(rounds: int) -> None:
 
 
 def build_variants(stacks: dict, x: torch.Tensor, rounds: int) -> None:
-    """The block formats' batch-1 matvec in each build of csrc/decode.c (``nn/native.py``'s
-    VARIANTS): this CPU's (AVX-512 here), the AVX2 build a CPU without AVX-512 gets, and plain
-    C; G weights/s, the builds alternated."""
+    """The block formats' and int8's batch-1 matvec in each build of csrc/decode.c
+    (``nn/native.py``'s VARIANTS): this CPU's (AVX-512 here), the AVX2 build a CPU without
+    AVX-512 gets, and plain C; G weights/s, the builds alternated; and the ratio of the AVX2
+    build to this CPU's (goal >= 0.7)."""
     from scratchlm.nn.gguf_linear import gguf_matmul
     from scratchlm.nn.native import decode_function, variants
 
     kernels = {v: decode_function("gguf_linear", v) for v in variants()}
     kernels = {v: f for v, f in kernels.items() if f is not None}
+    int8 = {v: decode_function("int8_linear", v) for v in kernels}
     formats = [q for q in stacks if q not in ("fp32", "int8")]
-    best = {(q, v): float("inf") for q in formats for v in kernels}
+    best = {(q, v): float("inf") for q in [*formats, "int8"] for v in kernels}
+
+    def run_int8(v, layer):
+        y = torch.empty(x.shape[0], layer.out_features)
+        int8[v](x.data_ptr(), layer.weight_int8.data_ptr(), layer.scale.data_ptr(), None,
+                y.data_ptr(), x.shape[0], layer.out_features, x.shape[1])
+
     with torch.no_grad():
         for _ in range(rounds * 3):
-            for q in formats:
+            for q in [*formats, "int8"]:
                 for v, kernel in kernels.items():
                     t0 = time.perf_counter()
                     for layer in stacks[q]:
-                        gguf_matmul(kernel, x, layer.blocks, q, None, layer.out_features)
+                        if q == "int8":
+                            run_int8(v, layer)
+                        else:
+                            gguf_matmul(kernel, x, layer.blocks, q, None, layer.out_features)
                     best[q, v] = min(best[q, v], (time.perf_counter() - t0) / len(stacks[q]))
     n, k = stacks[formats[0]][0].out_features, x.shape[-1]
-    print("G weights/s per build: " + "  ".join(f"{v:>9}" for v in kernels))
-    for q in formats:
-        print(f"{q:>21} " + "  ".join(f"{n * k / best[q, v] / 1e9:>9.1f}" for v in kernels))
+    ratio = "avx2 / native" if {"avx2", "native"} <= set(kernels) else ""
+    print("G weights/s per build: " + "  ".join(f"{v:>9}" for v in kernels) + f"  {ratio}")
+    for q in [*formats, "int8"]:
+        tail = f"  {best[q, 'native'] / best[q, 'avx2']:>13.2f}" if ratio else ""
+        print(f"{q:>21} " + "  ".join(f"{n * k / best[q, v] / 1e9:>9.1f}" for v in kernels)
+              + tail)
 
 
 def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False) -> None:
@@ -397,24 +411,41 @@ def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False) -> None:
               f"{read / 1e6:>9.1f} {read * tps[key, 1] / 1e9:>6.1f}")
 
 
-def bench_families(new_tokens: int, rounds: int) -> None:
+# Each family at a published shape. The 7B+ families keep their published layer shape and
+# vocabulary but fewer layers (both sides in fp32 must fit this machine's memory together):
+# OLMo 3 7B with 2 of its 32 layers (one local, one global would need 4: the first two are
+# local), gpt-oss-20b with 1 of its 24 (a local layer; the prompt and output stay inside its
+# 128-token window, so a global layer would compute the same). int8 only for the small ones.
+FAMILY_SHAPES = {"qwen3-0.6b": {}, "gemma3-270m": {}, "olmo3-7b": {"n_layer": 2},
+                 "gpt-oss-20b": {"n_layer": 1}}
+INT8_FAMILIES = ("qwen3-0.6b", "gemma3-270m")
+
+
+def bench_families(new_tokens: int, rounds: int, names=None) -> None:
+    import gc
+
     from scratchlm.models.registry import build_model, preset
     from scratchlm.nn.fuse import fuse_projections
     from scratchlm.nn.quant import quantize_int8
 
-    for name in ("qwen3-0.6b", "gemma3-270m"):
+    for name in names or FAMILY_SHAPES:
         torch.manual_seed(0)
-        cfg = preset(name, context_length=2048)[1]
+        overrides = FAMILY_SHAPES[name]
+        cfg = preset(name, context_length=2048, **overrides)[1]
         model = build_model(cfg).eval()
         with torch.no_grad():  # random weights at a trained model's scale: stable activations
             for n, p in model.named_parameters():
                 if p.dim() == 2:
                     p.normal_(0, 0.02)
         hf = hf_from(model)
-        bench(name, model, hf, cfg.vocab_size, new_tokens, rounds)
-        int8 = fuse_projections(quantize_int8(copy.deepcopy(model)))
-        int8_speed(name, model, int8, hf, cfg.vocab_size, new_tokens, rounds)
-        del hf, int8, model
+        label = name + "".join(f" ({v} {k})" for k, v in overrides.items())
+        bench(label, model, hf, cfg.vocab_size, new_tokens, rounds)
+        if name in INT8_FAMILIES:
+            int8 = fuse_projections(quantize_int8(copy.deepcopy(model)))
+            int8_speed(name, model, int8, hf, cfg.vocab_size, new_tokens, rounds)
+            del int8
+        del hf, model
+        gc.collect()
 
 
 def kv_memory(long: bool) -> None:
@@ -455,13 +486,19 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--int8-only", action="store_true", help="only the int8 comparison")
     ap.add_argument("--families-only", action="store_true",
-                    help="only the Qwen3 / Gemma 3 shapes and the sliding-window KV memory")
+                    help="only the families' shapes (FAMILY_SHAPES) and the sliding-window KV "
+                         "memory")
+    ap.add_argument("--families", nargs="+", choices=list(FAMILY_SHAPES),
+                    help="with --families-only: only these shapes")
     ap.add_argument("--long", action="store_true", help="also decode 32k tokens (minutes)")
     ap.add_argument("--gguf-only", action="store_true",
                     help="only SmolLM2 at fp32, int8 and its GGUF file's own Q4_1 blocks")
     ap.add_argument("--vs-llamacpp", action="store_true",
                     help="with --gguf-only: also llama.cpp on the same file (llama-cpp-python)")
     args = ap.parse_args()
+    from machine import isa
+
+    print(f"ISA: {isa()}")
     if args.vs_llamacpp and not args.gguf_only:
         ap.error("--vs-llamacpp goes with --gguf-only")
     if args.gguf_only:
@@ -472,8 +509,9 @@ def main():
         bench_int8(args.new_tokens, args.rounds)
         return
     if args.families_only:
-        kv_memory(args.long)
-        bench_families(args.new_tokens, args.rounds)
+        if not args.families:
+            kv_memory(args.long)
+        bench_families(args.new_tokens, args.rounds, args.families)
         return
     from scratchlm.models.gpt import GPT, GPTConfig
     from scratchlm.checkpoints.load import load_model_and_tokenizer

@@ -31,13 +31,23 @@ from scratchlm.models.registry import family_for_hf
 
 def auto_quantize(name: str, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32) -> str | None:
-    """What ``quantize="auto"`` loads: a GGUF file's own blocks (``"gguf"``) for a GGUF model
-    decoded in float32 on the CPU, else None (the weights as stored). The blocks hold the file's
-    exact weights (as accurate as dequantizing them to fp32, more than int8 quantized again) in
-    0.18x fp32's memory, and decode about 3.5x faster than fp32 and as fast as int8 at batch 1,
-    faster at batch 8 (docs/llama.md)."""
+    """What ``quantize="auto"`` loads for a GGUF model decoded in float32 on the CPU: the file's
+    own blocks (``"gguf"``) when the built kernel multiplies every block format of the file in
+    vector registers (``nn/native.simd_block_formats``: all of them with AVX-512; Q8_0, Q4_0
+    and Q4_1 with AVX2), else ``"int8"``, which every build runs at vector speed; None (the
+    weights as stored) for anything else. The blocks hold the file's exact weights in 0.18x
+    fp32's memory and decode faster than int8 where their kernel is vectorized; through the
+    generic path they decoded at 0.4x int8's speed (docs/llama.md)."""
     cpu = torch.device(device).type == "cpu"
-    return "gguf" if resolve(name).is_gguf and cpu and dtype == torch.float32 else None
+    ref = resolve(name)
+    if not (ref.is_gguf and cpu and dtype == torch.float32):
+        return None
+    from scratchlm.models.convert.gguf_layout import read_layout
+    from scratchlm.nn.native import simd_block_formats
+
+    _, tensors = read_layout(ref.gguf_path())
+    stored = {t.tensor_type.name for t in tensors} - {"F32", "F16", "BF16"}
+    return "gguf" if stored <= simd_block_formats() else "int8"
 
 
 def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,

@@ -38,6 +38,16 @@ VARIANTS = {"native": FLAGS, "avx2": ("-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC
             "portable": ("-O3", "-fPIC", "-shared")}
 
 
+def default_variant() -> str:
+    """The variant kernels are built as: ``SCRATCHLM_NATIVE_VARIANT`` (native, avx2 or
+    portable; default native), so that every variant can be run and timed on one machine."""
+    variant = os.environ.get("SCRATCHLM_NATIVE_VARIANT", "native")
+    if variant not in VARIANTS:
+        raise ValueError(f"SCRATCHLM_NATIVE_VARIANT={variant!r}: must be one of "
+                         f"{', '.join(VARIANTS)}")
+    return variant
+
+
 def variants() -> list[str]:
     """The build variants this machine can run (torch knows whether the CPU has AVX2)."""
     import torch
@@ -85,10 +95,15 @@ def _torch_version() -> str:
         return ""
 
 
+def load(name: str, variant: str | None = None) -> ctypes.CDLL | None:
+    """The built library ``csrc/<name>.c`` (``variant``: one of ``VARIANTS``, default
+    ``default_variant()``), or None (with one warning) when it cannot be built or native kernels
+    are switched off."""
+    return _load(name, variant or default_variant())
+
+
 @cache
-def load(name: str, variant: str = "native") -> ctypes.CDLL | None:
-    """The built library ``csrc/<name>.c`` (``variant``: one of ``VARIANTS``), or None (with one
-    warning) when it cannot be built or native kernels are switched off."""
+def _load(name: str, variant: str) -> ctypes.CDLL | None:
     if os.environ.get("SCRATCHLM_NATIVE", "1") == "0":
         return None
     source, flags = CSRC / f"{name}.c", VARIANTS[variant]
@@ -130,19 +145,40 @@ SIGNATURES = {
     "llama_layer": [P] + [I64] * 6 + [F32, P, W, I64, W, P, W, I64, W] + [P] * 4
                    + [I64, I64, P, P, P],
     "gpt_layer": [P] + [I64] * 5 + [F32, P, P, W, W, P, P, W, W, P, P] + [I64, I64, P],
+    "simd_block_formats": [],
 }
+RESULTS = {"simd_block_formats": I64}  # the entry points that return something
+
+
+def decode_function(name: str, variant: str | None = None):
+    """The function ``name`` of csrc/decode.c (built as ``variant``, default
+    ``default_variant()``), typed for ctypes, or None when the library is unavailable."""
+    return _decode_function(name, variant or default_variant())
 
 
 @cache
-def decode_function(name: str, variant: str = "native"):
-    """The function ``name`` of csrc/decode.c (built as ``variant``), typed for ctypes, or None
-    when the library is unavailable."""
+def _decode_function(name: str, variant: str):
     lib = load("decode", variant)
     if lib is None:
         return None
     fn = getattr(lib, name)
-    fn.argtypes, fn.restype = SIGNATURES[name], None
+    fn.argtypes, fn.restype = SIGNATURES[name], RESULTS.get(name)
     return fn
+
+
+def clear_cache() -> None:
+    """Forget the loaded libraries and functions (after ``SCRATCHLM_NATIVE`` changes)."""
+    _load.cache_clear()
+    _decode_function.cache_clear()
+
+
+def simd_block_formats(variant: str | None = None) -> set[str]:
+    """The GGUF block formats the built kernel multiplies in vector registers (the rest of the
+    block formats take its generic path: dequantize a block, then multiply); empty without a
+    kernel. What ``quantize="auto"`` asks before it keeps a file's blocks."""
+    fn = decode_function("simd_block_formats", variant)
+    bits = fn() if fn is not None else 0
+    return {name for name, code in FORMATS.items() if bits >> code & 1}
 
 
 

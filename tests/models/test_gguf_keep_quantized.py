@@ -62,12 +62,19 @@ def test_quantize_gguf_needs_a_gguf_file(tmp_path):
         load_model_and_tokenizer(str(tmp_path), quantize="gguf")
 
 
-def test_auto_keeps_a_gguf_files_blocks_only_where_they_run(tmp_path):
+def test_auto_keeps_a_gguf_files_blocks_only_where_they_run(tmp_path, monkeypatch):
     from scratchlm.api import LLM
     from scratchlm.checkpoints.load import auto_quantize
+    from scratchlm.nn.native import variants
 
     assert auto_quantize("smollm2-135m-instruct") == "gguf"
-    assert auto_quantize(str(tmp_path / "model.gguf")) == "gguf"
+    # the build decides: its blocks where the kernel vectorizes Q4_1 and Q8_0 (the file's
+    # formats: AVX-512 and AVX2 builds), int8 where only the generic path would run them
+    for variant, want in (("avx2", "gguf"), ("portable", "int8")):
+        if variant in variants():
+            monkeypatch.setenv("SCRATCHLM_NATIVE_VARIANT", variant)
+            assert auto_quantize("smollm2-135m-instruct") == want, variant
+    monkeypatch.delenv("SCRATCHLM_NATIVE_VARIANT")
     assert auto_quantize("smollm2-135m-instruct", "cuda") is None  # the kernels are CPU code
     assert auto_quantize("smollm2-135m-instruct", dtype=torch.bfloat16) is None
     assert auto_quantize(str(tmp_path)) is None  # a model folder: its weights as stored

@@ -60,19 +60,57 @@ def test_kernel_equals_dequantize_then_matmul(qtype, variant):
         w = (rng.standard_normal((n, k)) * rng.uniform(0.01, 3, (n, 1))).astype(np.float32)
         blocks, ref = blocks_of(w, qtype)
         bias = torch.randn(n)
-        for rows in (1, 2, 3, 4, 5, 8, 16):
+        for rows in (1, 2, 3, 4, 5, 8, 9, 16, 33):
             x = torch.randn(rows, k)
             want = x.double() @ ref.double().T + bias.double()
             got = gguf_matmul(kernel, x, blocks, qtype, bias, n)
             scale = (x.abs().double() @ ref.abs().double().T).max()
             assert (got.double() - want).abs().max() <= 1e-6 * scale + 1e-6, (n, k, rows)
-            if variant == "native":  # the module: kernel for <= 16 rows, F.linear above
+            if variant == "native" and rows <= 16:  # the module: this kernel up to 16 rows
                 layer = GGUFLinear(blocks, qtype, k, bias)
                 torch.testing.assert_close(layer(x), got)
     x = torch.randn(2, 20, 3 * unit)  # a prefill: dequantize + F.linear
     blocks, ref = blocks_of(rng.standard_normal((8, 3 * unit)).astype(np.float32), qtype)
     torch.testing.assert_close(GGUFLinear(blocks, qtype, 3 * unit)(x), x @ ref.T, atol=1e-4,
                                rtol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["native", "avx2", "portable"])
+def test_int8_and_f32_kernels_equal_the_matmul(variant):
+    """The int8 and float32 row kernels of each build at 1-33 rows of x, with widths that are
+    not a multiple of any vector length (the tails)."""
+    from scratchlm.nn.native import variants
+
+    if variant not in variants():
+        pytest.skip(f"this CPU cannot run the {variant} build")
+    int8, f32 = decode_function("int8_linear", variant), decode_function("f32_linear", variant)
+    if int8 is None:
+        pytest.skip("no C compiler")
+    torch.manual_seed(0)
+    for n, k in ((1, 16), (7, 40), (37, 200), (64, 576)):
+        w8 = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+        scale, bias, w = torch.rand(n) / 100, torch.randn(n), torch.randn(n, k)
+        for rows in (1, 3, 4, 5, 8, 9, 33):
+            x = torch.randn(rows, k)
+            y = torch.empty(rows, n)
+            int8(x.data_ptr(), w8.data_ptr(), scale.data_ptr(), bias.data_ptr(), y.data_ptr(),
+                 rows, n, k)
+            want = (x.double() @ w8.double().T) * scale.double() + bias.double()
+            assert (y.double() - want).abs().max() <= 1e-4, (variant, n, k, rows)
+            f32(x.data_ptr(), w.data_ptr(), None, y.data_ptr(), rows, n, k)
+            assert (y.double() - x.double() @ w.double().T).abs().max() <= 1e-4
+
+
+def test_each_build_says_which_block_formats_it_vectorizes():
+    from scratchlm.nn.native import simd_block_formats, variants
+
+    if decode_function("gguf_linear", "portable") is None:
+        pytest.skip("no C compiler")
+    assert simd_block_formats("portable") == set()
+    if "avx2" in variants():
+        assert simd_block_formats("avx2") == {"Q8_0", "Q4_0", "Q4_1"}
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":
+        assert simd_block_formats("native") == set(QTYPES)
 
 
 def test_bad_blocks_are_refused():

@@ -64,8 +64,7 @@ def test_native_kernel_can_be_switched_off(monkeypatch):
     from scratchlm.nn import native
 
     monkeypatch.setenv("SCRATCHLM_NATIVE", "0")
-    native.load.cache_clear()
-    native.decode_function.cache_clear()
+    native.clear_cache()
     try:
         assert native.decode_function("int8_linear") is None
         q = Int8Linear.from_linear(torch.nn.Linear(16, 8))
@@ -73,5 +72,4 @@ def test_native_kernel_can_be_switched_off(monkeypatch):
         ref = torch.nn.functional.linear(x, q.weight_int8.float() * q.scale[:, None], q.bias)
         assert torch.allclose(q(x), ref, atol=1e-6)
     finally:
-        native.load.cache_clear()
-        native.decode_function.cache_clear()
+        native.clear_cache()

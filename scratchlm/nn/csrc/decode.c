@@ -17,7 +17,7 @@
 
 #include <math.h>
 #include <stdint.h>
-#if defined(__AVX512F__) || defined(__F16C__)
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 #include <stdlib.h>
@@ -106,6 +106,87 @@ static void dot4x4_f32(const float *r, int64_t K, const float *x, int64_t ldx,
     for (int b = 0; b < 4; b++)
         for (int i = 0; i < 4; i++) {
             float v = _mm512_reduce_add_ps(acc[b][i]);
+            for (int64_t j = k; j < K; j++) v += x[b * ldx + j] * r[i * K + j];
+            out[b][i] = v;
+        }
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+/* AVX2 + FMA (every x86-64 CPU since Haswell / Zen 1 without AVX-512): the same loops at 8
+   lanes, two accumulators per row so that two FMAs are in flight per row */
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* 8 int8 weights widened to float32 */
+static inline __m256 widen8(const int8_t *w) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)w)));
+}
+
+static void dot4_int8(const void *rows, int64_t K, const float *x, float out[4]) {
+    const int8_t *r = rows;
+    __m256 a[4], b[4];
+    for (int i = 0; i < 4; i++) a[i] = b[i] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        if ((k & 63) == 0)
+            for (int i = 0; i < 4; i++)
+                _mm_prefetch((const char *)(r + i * K + k) + PREFETCH_AHEAD, _MM_HINT_T0);
+        __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+        for (int i = 0; i < 4; i++) {
+            a[i] = _mm256_fmadd_ps(widen8(r + i * K + k), x0, a[i]);
+            b[i] = _mm256_fmadd_ps(widen8(r + i * K + k + 8), x1, b[i]);
+        }
+    }
+    for (int i = 0; i < 4; i++) out[i] = hsum8(_mm256_add_ps(a[i], b[i]));
+    for (; k < K; k++)
+        for (int i = 0; i < 4; i++) out[i] += x[k] * (float)r[i * K + k];
+}
+
+static void dot4_f32(const void *rows, int64_t K, const float *x, float out[4]) {
+    const float *r = rows;
+    __m256 a[4], b[4];
+    for (int i = 0; i < 4; i++) a[i] = b[i] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        for (int i = 0; i < 4; i++)
+            _mm_prefetch((const char *)(r + i * K + k) + PREFETCH_AHEAD, _MM_HINT_T0);
+        __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+        for (int i = 0; i < 4; i++) {
+            a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(r + i * K + k), x0, a[i]);
+            b[i] = _mm256_fmadd_ps(_mm256_loadu_ps(r + i * K + k + 8), x1, b[i]);
+        }
+    }
+    for (int i = 0; i < 4; i++) out[i] = hsum8(_mm256_add_ps(a[i], b[i]));
+    for (; k < K; k++)
+        for (int i = 0; i < 4; i++) out[i] += x[k] * r[i * K + k];
+}
+
+#define HAVE_DOT4X4 1
+static void dot4x4_f32(const float *r, int64_t K, const float *x, int64_t ldx,
+                       float out[4][4]) {
+    __m256 acc[4][4];
+    for (int b = 0; b < 4; b++)
+        for (int i = 0; i < 4; i++) acc[b][i] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        if ((k & 15) == 0)
+            for (int i = 0; i < 4; i++)
+                _mm_prefetch((const char *)(r + i * K + k) + PREFETCH_AHEAD, _MM_HINT_T0);
+        __m256 w0 = _mm256_loadu_ps(r + k), w1 = _mm256_loadu_ps(r + K + k);
+        __m256 w2 = _mm256_loadu_ps(r + 2 * K + k), w3 = _mm256_loadu_ps(r + 3 * K + k);
+        for (int b = 0; b < 4; b++) {
+            __m256 xv = _mm256_loadu_ps(x + b * ldx + k);
+            acc[b][0] = _mm256_fmadd_ps(w0, xv, acc[b][0]);
+            acc[b][1] = _mm256_fmadd_ps(w1, xv, acc[b][1]);
+            acc[b][2] = _mm256_fmadd_ps(w2, xv, acc[b][2]);
+            acc[b][3] = _mm256_fmadd_ps(w3, xv, acc[b][3]);
+        }
+    }
+    for (int b = 0; b < 4; b++)
+        for (int i = 0; i < 4; i++) {
+            float v = hsum8(acc[b][i]);
             for (int64_t j = k; j < K; j++) v += x[b * ldx + j] * r[i * K + j];
             out[b][i] = v;
         }
@@ -455,6 +536,96 @@ static void dot4xR(const void *rows, int64_t K, const float *x, float out[8][4],
     else
         dot4xR_blocks(rows, K, x, K, out, fmt, 4);
 }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define HAVE_BLOCKS_AVX2 1
+/* The blocks of 32 at 8 lanes: a block is four vectors. Q4_0 / Q4_1 widen each nibble to
+   float32 and apply d and m with one FMA (w = d * q + m; Q4_0: m = -8d); Q8_0 sums q * x over
+   the block and applies d once. K-quants take the generic path (dequantize a block to a
+   buffer, vectorized by the compiler). */
+static inline int simd_blocks(int64_t fmt) { return fmt >= FMT_Q8_0 && fmt <= FMT_Q4_1; }
+
+static inline void block_weights8(const uint8_t *b, int64_t fmt, __m256 w[4]) {
+    if (fmt == FMT_Q8_0) {
+        __m256 d = _mm256_set1_ps(half_to_float(b));
+        for (int t = 0; t < 4; t++) w[t] = _mm256_mul_ps(widen8((const int8_t *)b + 2 + 8 * t), d);
+        return;
+    }
+    float dh = half_to_float(b);
+    __m256 d = _mm256_set1_ps(dh);
+    __m256 m = _mm256_set1_ps(fmt == FMT_Q4_0 ? -8.f * dh : half_to_float(b + 2));
+    __m128i q = _mm_loadu_si128((const __m128i *)(b + (fmt == FMT_Q4_0 ? 2 : 4)));
+    __m128i mask = _mm_set1_epi8(0x0f);
+    __m128i lo = _mm_and_si128(q, mask), hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+    w[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), d, m);
+    w[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), d, m);
+    w[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), d, m);
+    w[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), d, m);
+}
+
+static void dot4_blocks(const void *rows, int64_t K, const float *x, float out[4], int64_t fmt) {
+    const uint8_t *r = rows;
+    int64_t bs = block_bytes(fmt), nb = K / 32, rb = nb * bs;
+    __m256 acc[4], acc2[4];
+    for (int i = 0; i < 4; i++) acc[i] = acc2[i] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < nb; j++) {
+        if ((j & 1) == 0)
+            for (int i = 0; i < 4; i++)
+                _mm_prefetch((const char *)(r + i * rb + j * bs) + PREFETCH_AHEAD / 2,
+                             _MM_HINT_T0);
+        const float *xj = x + 32 * j;
+        __m256 x0 = _mm256_loadu_ps(xj), x1 = _mm256_loadu_ps(xj + 8);
+        __m256 x2 = _mm256_loadu_ps(xj + 16), x3 = _mm256_loadu_ps(xj + 24);
+        for (int i = 0; i < 4; i++) {
+            const uint8_t *b = r + i * rb + j * bs;
+            if (fmt == FMT_Q8_0) {
+                const int8_t *q = (const int8_t *)b + 2;
+                __m256 t = _mm256_fmadd_ps(widen8(q), x0, _mm256_mul_ps(widen8(q + 8), x1));
+                t = _mm256_fmadd_ps(widen8(q + 16), x2, t);
+                t = _mm256_fmadd_ps(widen8(q + 24), x3, t);
+                acc[i] = _mm256_fmadd_ps(t, _mm256_set1_ps(half_to_float(b)), acc[i]);
+            } else {
+                __m256 w[4];
+                block_weights8(b, fmt, w);
+                acc[i] = _mm256_fmadd_ps(w[1], x1, _mm256_fmadd_ps(w[0], x0, acc[i]));
+                acc2[i] = _mm256_fmadd_ps(w[3], x3, _mm256_fmadd_ps(w[2], x2, acc2[i]));
+            }
+        }
+    }
+    for (int i = 0; i < 4; i++) out[i] = hsum8(_mm256_add_ps(acc[i], acc2[i]));
+}
+
+/* four weight rows by R = 4 or 8 rows of x, one weight row at a time: each block is widened
+   once for the R rows (as dot4xR_blocks of the AVX-512 path) */
+static inline __attribute__((always_inline)) void dot4xR_blocks8(
+    const void *rows, int64_t K, const float *x, int64_t ldx, float out[8][4], int64_t fmt,
+    const int R) {
+    const uint8_t *r = rows;
+    int64_t bs = block_bytes(fmt), nb = K / 32, rb = nb * bs;
+    for (int i = 0; i < 4; i++) {
+        __m256 acc[8], acc2[8];
+        for (int b = 0; b < R; b++) acc[b] = acc2[b] = _mm256_setzero_ps();
+        for (int64_t j = 0; j < nb; j++) {
+            __m256 w[4];
+            block_weights8(r + i * rb + j * bs, fmt, w);
+            for (int b = 0; b < R; b++) {
+                const float *xb = x + b * ldx + 32 * j;
+                acc[b] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xb + 8),
+                                         _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xb), acc[b]));
+                acc2[b] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xb + 24),
+                                          _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xb + 16), acc2[b]));
+            }
+        }
+        for (int b = 0; b < R; b++) out[b][i] = hsum8(_mm256_add_ps(acc[b], acc2[b]));
+    }
+}
+
+static void dot4xR(const void *rows, int64_t K, const float *x, float out[8][4], int64_t fmt,
+                   int R) {
+    if (R == 8)
+        dot4xR_blocks8(rows, K, x, K, out, fmt, 8);
+    else
+        dot4xR_blocks8(rows, K, x, K, out, fmt, 4);
+}
 #endif
 
 /* One block's weights into out (32, or 256 for K-quants), as nn/gguf_blocks.py computes them */
@@ -638,6 +809,19 @@ static void matvec_panels(const Weight *wt, const float *x, float *y, int64_t B,
     }
 }
 
+/* The block formats this build multiplies in vector registers, as bits (1 << FMT_*); the
+   others take dot4_generic. quantize="auto" asks (nn/native.simd_block_formats) before it
+   keeps a GGUF file's blocks rather than converting them to int8. */
+int64_t simd_block_formats(void) {
+#if defined(HAVE_BLOCKS_AVX512)
+    return 1 << FMT_Q8_0 | 1 << FMT_Q4_0 | 1 << FMT_Q4_1 | 1 << FMT_Q4_K | 1 << FMT_Q6_K;
+#elif defined(HAVE_BLOCKS_AVX2)
+    return 1 << FMT_Q8_0 | 1 << FMT_Q4_0 | 1 << FMT_Q4_1;
+#else
+    return 0;
+#endif
+}
+
 /* y[b, n] = (sum_k x[b, k] w[n, k]) * scale[n] + bias[n];  x (B, K), y (B, ldy), n < rows */
 static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64_t K,
                     int64_t ldy) {
@@ -683,6 +867,18 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
             continue;
         }
         int generic = 0; /* AVX-512 kernels for every block format */
+#elif defined(HAVE_BLOCKS_AVX2)
+        if (simd_blocks(fmt))
+            for (int R = 8; R >= 4; R -= 4)
+                for (; b + R <= B; b += R) {
+                    float acc8[8][4];
+                    dot4xR(r, K, x + b * K, acc8, fmt, R);
+                    for (int j = 0; j < R; j++)
+                        for (int64_t i = 0; i < m; i++)
+                            y[(b + j) * ldy + n + i] = acc8[j][i]
+                                                       + (wt->bias ? wt->bias[n + i] : 0.f);
+                }
+        int generic = blocks_fmt && !simd_blocks(fmt); /* K-quants */
 #else
         int generic = blocks_fmt;
 #endif
@@ -709,7 +905,7 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
             }
 #endif
         for (; b < B; b++) {
-#ifdef HAVE_BLOCKS_AVX512
+#if defined(HAVE_BLOCKS_AVX512) || defined(HAVE_BLOCKS_AVX2)
             if (blocks_fmt)
                 dot4_blocks(r, K, x + b * K, acc, fmt);
             else
