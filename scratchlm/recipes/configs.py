@@ -261,7 +261,7 @@ class ChatConfig:
     top_k: int | None = None  # default: the model's; 0: off
     top_p: Probability | None = None  # default: the model's; 1.0: off
     seed: int | None = None  # random seed
-    quantize: str | None = "auto"  # "int8": weight-only int8 (nn/quant.py); "gguf": a GGUF file's own blocks (Q8_0/Q4_0/Q4_1/Q4_K/Q6_K); "auto": gguf for a GGUF model on the CPU in fp32 (the embedded SmolLM2), else none; "none": as stored
+    quantize: str | None = "auto"  # "int8": weight-only int8 (nn/quant.py); "gguf": a GGUF file's own blocks (Q8_0/Q4_0/Q4_1/Q4_K/Q6_K); "auto": for a GGUF model on the CPU in fp32 (the embedded SmolLM2) its blocks where the kernel vectorizes their formats, else int8; none for other models; "none": as stored
     device: str = "cpu"  # cpu | cuda | cuda:N: where the model runs
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): the weights' dtype while generating
 
@@ -313,7 +313,7 @@ class ServeConfig:
     api_key: str | None = None  # default: SCRATCHLM_API_KEY; unset: no key needed
     max_tokens_cap: Count = 1024  # the largest max_tokens a request may ask for
     max_batch: Count = 16  # requests decoded together at most
-    quantize: str | None = "auto"  # "int8" | "gguf" (a GGUF file's own Q8_0/Q4_0/Q4_1/Q4_K/Q6_K blocks) | "auto" (gguf for a GGUF model on the CPU in fp32, unless an adapter is given; else none) | "none"
+    quantize: str | None = "auto"  # "int8" | "gguf" (a GGUF file's own Q8_0/Q4_0/Q4_1/Q4_K/Q6_K blocks) | "auto" (for a GGUF model on the CPU in fp32: its blocks where the kernel vectorizes their formats, else int8; unless an adapter is given; else none) | "none"
     device: str = "cpu"  # cpu | cuda | cuda:N: where the model runs
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): the weights' dtype while generating
     max_request_bytes: Count = 4_000_000  # a larger request body is answered 413
@@ -367,7 +367,7 @@ class GenerateConfig:
     top_p: Probability | None = None  # default: the model's; 1.0: off
     seed: int | None = None  # random seed
     tokenizer: str | None = None  # default: the model folder's, else gpt2
-    quantize: str | None = "auto"  # "int8": weight-only int8; "gguf": a GGUF file's own blocks; "auto": gguf for a GGUF model on the CPU in fp32, else none; "none": as stored
+    quantize: str | None = "auto"  # "int8": weight-only int8; "gguf": a GGUF file's own blocks; "auto": for a GGUF model on the CPU in fp32 its blocks where the kernel vectorizes their formats, else int8; else none; "none": as stored
     device: str = "cpu"  # cpu | cuda | cuda:N: where the model runs
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): the weights' dtype while generating
     chat: bool = False  # send the prompt as a user turn of the model's chat template
