@@ -111,17 +111,8 @@ class Gemma3Block(nn.Module):
 
 
 class Gemma3(Llama):
-    def __init__(self, cfg: Gemma3Config):
-        nn.Module.__init__(self)
-        self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.trf_blocks = nn.ModuleList(Gemma3Block(cfg, w)
-                                        for w in layer_windows(cfg, "Gemma3Config"))
-        self.final_norm = RMSNorm(cfg.n_embd, cfg.norm_eps, unit_offset=True)
-        self.out_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.out_head.weight = self.tok_emb.weight
-        self._rope = {}
+    block_cls = Gemma3Block
+    unit_offset_norm = True
 
     def embed(self, in_idx: torch.Tensor) -> torch.Tensor:
         x = self.tok_emb(in_idx)  # (B, T, C)

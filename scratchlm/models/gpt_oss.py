@@ -127,14 +127,4 @@ class GptOssBlock(LlamaBlock):
 
 
 class GptOss(Llama):
-    def __init__(self, cfg: GptOssConfig):
-        nn.Module.__init__(self)
-        self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.trf_blocks = nn.ModuleList(GptOssBlock(cfg, w)
-                                        for w in layer_windows(cfg, "GptOssConfig"))
-        self.final_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
-        self.out_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.out_head.weight = self.tok_emb.weight
-        self._rope = {}
+    block_cls = GptOssBlock

@@ -111,13 +111,16 @@ class LlamaBlock(nn.Module):
 
 
 class Llama(nn.Module):
+    block_cls = LlamaBlock  # a family whose skeleton is Llama's names its own block here
+    unit_offset_norm = False  # Gemma's final RMSNorm scales by 1 + w
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.trf_blocks = nn.ModuleList(LlamaBlock(cfg, w)
+        self.trf_blocks = nn.ModuleList(self.block_cls(cfg, w)
                                         for w in layer_windows(cfg, type(cfg).__name__))
-        self.final_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.final_norm = RMSNorm(cfg.n_embd, cfg.norm_eps, unit_offset=self.unit_offset_norm)
         self.out_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight

@@ -113,17 +113,7 @@ class Olmo3Block(nn.Module):
 
 
 class Olmo3(Llama):
-    def __init__(self, cfg: Olmo3Config):
-        nn.Module.__init__(self)
-        self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.trf_blocks = nn.ModuleList(Olmo3Block(cfg, w)
-                                        for w in layer_windows(cfg, "Olmo3Config"))
-        self.final_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
-        self.out_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.out_head.weight = self.tok_emb.weight
-        self._rope = {}
+    block_cls = Olmo3Block
 
     def rope_tables(self, length: int, device: torch.device):
         """The local layers' plain table, and the global layers' (YaRN when configured)."""

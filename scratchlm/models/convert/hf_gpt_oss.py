@@ -19,8 +19,9 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
-from scratchlm.models.convert.hf_blocks import (ATTENTION, TOP, layer_pattern, layer_types,
-                                                yarn_from_hf, yarn_to_hf)
+from scratchlm.models.convert.hf_blocks import (ATTENTION, TOP, block_state_to_hf,
+                                                layer_pattern, layer_types, yarn_from_hf,
+                                                yarn_to_hf)
 from scratchlm.models.convert.mxfp4 import join_mxfp4
 from scratchlm.models.gpt_oss import GptOssConfig
 
@@ -123,21 +124,18 @@ def hf_to_ours(key: str, tensor: torch.Tensor, cfg) -> Iterator[tuple[str | None
 
 
 def state_dict_to_hf(state: Mapping[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
-    to_block = {ours: hf for hf, ours in _BLOCK.items()}
-    to_top = {ours: hf for hf, ours in TOP.items()}
-    out: dict[str, torch.Tensor] = {}
+    """Our state dict under HF's names: the experts stacked (gate and up interleaved), the rest
+    through the shared block map."""
     experts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    rest = {}
     for key, tensor in state.items():
-        if key in to_top:
-            if not (key == "out_head.weight" and cfg.tie_embeddings):
-                out[to_top[key]] = tensor
-            continue
-        _, layer, rest = key.split(".", 2)
-        if rest.startswith("ff.experts."):
-            e, _, part = rest.removeprefix("ff.experts.").partition(".")
-            experts.setdefault(layer, {}).setdefault(int(e), {})[part] = tensor
-            continue
-        out[f"model.layers.{layer}.{to_block[rest]}"] = tensor
+        name = key.split(".", 2)[-1]
+        if key.startswith("trf_blocks.") and name.startswith("ff.experts."):
+            e, _, part = name.removeprefix("ff.experts.").partition(".")
+            experts.setdefault(key.split(".")[1], {}).setdefault(int(e), {})[part] = tensor
+        else:
+            rest[key] = tensor
+    out = block_state_to_hf(rest, cfg, TOP, _BLOCK)
     for layer, per_expert in experts.items():
         pre = f"model.layers.{layer}.mlp.experts"
         rows = [per_expert[e] for e in range(len(per_expert))]
