@@ -52,14 +52,7 @@ class Gemma3Config(FamilyConfig):
     moe: MoEConfig = field(default_factory=MoEConfig)  # Gemma 3 is dense; kept for the shared code
 
     def __post_init__(self):
-        self.check_positive("vocab_size", "context_length", "n_embd", "n_layer", "n_head",
-                            "n_kv_head", "head_dim", "intermediate_size")
-        if self.n_head % self.n_kv_head:
-            raise ValueError(f"Gemma3Config.n_head ({self.n_head}) must be divisible by "
-                             f"n_kv_head ({self.n_kv_head})")
-        if self.head_dim % 2:
-            raise ValueError(f"Gemma3Config.head_dim must be even (RoPE rotates pairs), "
-                             f"got {self.head_dim}")
+        self.check_attention_shape()
         if self.query_pre_attn_scalar <= 0 or self.rope_linear_factor <= 0:
             raise ValueError("Gemma3Config.query_pre_attn_scalar and rope_linear_factor must "
                              "be positive")

@@ -62,19 +62,7 @@ class GptOssConfig(FamilyConfig):
         num_experts=32, top_k=4, norm_topk_prob=True, router_bias=True))
 
     def __post_init__(self):
-        self.check_positive("vocab_size", "context_length", "n_embd", "n_layer", "n_head",
-                            "n_kv_head", "intermediate_size")
-        if self.n_head % self.n_kv_head:
-            raise ValueError(f"GptOssConfig.n_head ({self.n_head}) must be divisible by "
-                             f"n_kv_head ({self.n_kv_head})")
-        if self.head_dim is None:
-            if self.n_embd % self.n_head:
-                raise ValueError(f"GptOssConfig.n_embd ({self.n_embd}) must be divisible by "
-                                 f"n_head ({self.n_head}) when head_dim is not given")
-            self.head_dim = self.n_embd // self.n_head
-        if not isinstance(self.head_dim, int) or self.head_dim < 1 or self.head_dim % 2:
-            raise ValueError(f"GptOssConfig.head_dim must be a positive even integer (RoPE "
-                             f"rotates pairs), got {self.head_dim!r}")
+        self.check_attention_shape()
         if self.rope_scaling is not None and self.rope_scaling.get("type") != "yarn":
             raise ValueError(f"GptOssConfig.rope_scaling must be YaRN's ({{'type': 'yarn', "
                              f"...}}), got {self.rope_scaling!r}")

@@ -50,23 +50,11 @@ class LlamaConfig(FamilyConfig):
 
     def __post_init__(self):
         owner = type(self).__name__
-        self.check_positive("vocab_size", "context_length", "n_embd", "n_layer", "n_head",
-                            "n_kv_head", "intermediate_size")
-        if self.n_head % self.n_kv_head:
-            raise ValueError(f"{owner}.n_head ({self.n_head}) must be divisible by "
-                             f"n_kv_head ({self.n_kv_head})")
-        if self.head_dim is None:
-            if self.n_embd % self.n_head:
-                raise ValueError(f"{owner}.n_embd ({self.n_embd}) must be divisible by "
-                                 f"n_head ({self.n_head}) when head_dim is not given")
-            self.head_dim = self.n_embd // self.n_head
+        self.check_attention_shape()
         if self.rope_scaling is not None:
             need = {"factor", "low_freq_factor", "high_freq_factor", "original_context_length"}
             if set(self.rope_scaling) != need:
                 raise ValueError(f"{owner}.rope_scaling needs exactly {sorted(need)}")
-        if not isinstance(self.head_dim, int) or self.head_dim < 1 or self.head_dim % 2:
-            raise ValueError(f"{owner}.head_dim must be a positive even integer (RoPE rotates "
-                             f"pairs), got {self.head_dim!r}")
         self.moe = moe_from(self.moe, owner)
         layer_windows(self, owner)
 

@@ -53,19 +53,7 @@ class Olmo3Config(FamilyConfig):
     moe: MoEConfig = field(default_factory=MoEConfig)  # OLMo 3 is dense; kept for the shared code
 
     def __post_init__(self):
-        self.check_positive("vocab_size", "context_length", "n_embd", "n_layer", "n_head",
-                            "n_kv_head", "intermediate_size")
-        if self.n_head % self.n_kv_head:
-            raise ValueError(f"Olmo3Config.n_head ({self.n_head}) must be divisible by "
-                             f"n_kv_head ({self.n_kv_head})")
-        if self.head_dim is None:
-            if self.n_embd % self.n_head:
-                raise ValueError(f"Olmo3Config.n_embd ({self.n_embd}) must be divisible by "
-                                 f"n_head ({self.n_head}) when head_dim is not given")
-            self.head_dim = self.n_embd // self.n_head
-        if self.head_dim % 2:
-            raise ValueError(f"Olmo3Config.head_dim must be even (RoPE rotates pairs), "
-                             f"got {self.head_dim}")
+        self.check_attention_shape()
         if self.rope_scaling is not None and self.rope_scaling.get("type") != "yarn":
             raise ValueError(f"Olmo3Config.rope_scaling must be YaRN's ({{'type': 'yarn', "
                              f"...}}), got {self.rope_scaling!r}")

@@ -36,3 +36,22 @@ class FamilyConfig:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{type(self).__name__}.{name} must be a positive integer, "
                                  f"got {value!r}")
+
+    def check_attention_shape(self) -> None:
+        """What every RoPE family's config checks alike: positive sizes, query heads in whole
+        groups per key/value head, and ``head_dim`` (default ``n_embd // n_head``) a positive
+        even integer, as RoPE rotates pairs. Errors name the config's field."""
+        owner = type(self).__name__
+        self.check_positive("vocab_size", "context_length", "n_embd", "n_layer", "n_head",
+                            "n_kv_head", "intermediate_size")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"{owner}.n_head ({self.n_head}) must be divisible by "
+                             f"n_kv_head ({self.n_kv_head})")
+        if self.head_dim is None:
+            if self.n_embd % self.n_head:
+                raise ValueError(f"{owner}.n_embd ({self.n_embd}) must be divisible by "
+                                 f"n_head ({self.n_head}) when head_dim is not given")
+            self.head_dim = self.n_embd // self.n_head
+        if not isinstance(self.head_dim, int) or self.head_dim < 1 or self.head_dim % 2:
+            raise ValueError(f"{owner}.head_dim must be a positive even integer (RoPE rotates "
+                             f"pairs), got {self.head_dim!r}")
