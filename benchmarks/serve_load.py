@@ -14,6 +14,11 @@ The peer, by hand (llama.cpp's OpenAI-compatible server, same model file, same t
         smollm2_gguf; print(smollm2_gguf())") --n_threads 2 --n_threads_batch 2 --port 8001
     python benchmarks/serve_load.py --url http://127.0.0.1:8001
 
+What agents ask (``--agents``), both sides on one server in one run, alternated:
+
+    python benchmarks/serve_load.py --agents   # JSON-schema-constrained vs free chat at 1 and
+                                               # 16 clients; n=4 vs 4 requests
+
 Each client sends ``--requests`` requests one after another (greedy, ``max_tokens`` cycling
 through 16, 32, 64, 128); a level stops early after ``--max-seconds``. Numbers on a shared CPU:
 run one server at a time, and compare ratios.
@@ -130,6 +135,70 @@ def level(base: str, model: str, clients: int, requests: int, max_seconds: float
             "tok_s": chunks / wall, "ttft": ttft, "gaps": gaps}
 
 
+PEOPLE = {"type": "object", "properties": {"people": {"type": "array", "maxItems": 6, "items": {
+    "type": "object", "properties": {"name": {"type": "string", "maxLength": 24},
+                                     "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                                     "city": {"type": "string", "maxLength": 24}},
+    "required": ["name", "age", "city"], "additionalProperties": False}}},
+    "required": ["people"], "additionalProperties": False}
+
+
+def post(base: str, body: dict) -> dict:
+    req = urllib.request.Request(f"{base}/v1/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        return json.loads(resp.read())
+
+
+def rate(base: str, bodies: list[dict], clients: int) -> float:
+    """Completion tokens per second of ``bodies`` sent by ``clients`` concurrent clients (and
+    their mean tokens per answer in ``LENGTHS``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        answers = list(pool.map(lambda b: post(base, b), bodies))
+    tokens = [c["usage"]["completion_tokens"] for c in answers]
+    LENGTHS.append(sum(tokens) / len(tokens))
+    return sum(a["usage"]["completion_tokens"] for a in answers) / (time.perf_counter() - t0)
+
+
+LENGTHS: list[float] = []
+
+
+def agents(base: str, model: str, rounds: int) -> None:
+    """Constrained decoding's cost, and n=4's gain, each side's best of ``rounds``."""
+    ask = {"model": model, "max_tokens": 96, "temperature": 0,
+           "messages": [{"role": "user", "content": "List a few people as JSON."}]}
+    schema = {"type": "json_schema", "json_schema": {"name": "people", "schema": PEOPLE,
+                                                     "strict": True}}
+    print(f"{'clients':>7} {'free tok/s':>11} {'json tok/s':>11} {'json/free':>10}")
+    for clients in (1, 16):
+        best = {"free": 0.0, "json": 0.0}
+        lengths = {"free": [], "json": []}
+        for _ in range(rounds):  # alternate the sides
+            for side, extra in (("free", {}), ("json", {"response_format": schema})):
+                bodies = [dict(ask, **extra, seed=i, temperature=0.7 if clients > 1 else 0)
+                          for i in range(2 * clients)]
+                best[side] = max(best[side], rate(base, bodies, clients))
+                lengths[side].append(LENGTHS[-1])
+        print(f"{clients:>7} {best['free']:>11.1f} {best['json']:>11.1f} "
+              f"{best['json'] / best['free']:>10.2f}   (tokens per answer: free "
+              f"{statistics.fmean(lengths['free']):.0f}, json "
+              f"{statistics.fmean(lengths['json']):.0f})", flush=True)
+    sample = dict(ask, temperature=1.0, max_tokens=64, seed=1)
+    best = {"n=4": 0.0, "4 after another": 0.0, "4 at once": 0.0}
+    for _ in range(rounds):
+        best["n=4"] = max(best["n=4"], rate(base, [dict(sample, n=4)], 1))
+        best["4 after another"] = max(best["4 after another"], rate(
+            base, [dict(sample, seed=i) for i in range(4)], 1))
+        best["4 at once"] = max(best["4 at once"], rate(
+            base, [dict(sample, seed=i) for i in range(4)], 4))
+    print("  ".join(f"{k}: {v:.1f} tok/s" for k, v in best.items()))
+    print(f"n=4 / 4 after another: {best['n=4'] / best['4 after another']:.2f}x   "
+          f"n=4 / 4 at once: {best['n=4'] / best['4 at once']:.2f}x")
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -151,6 +220,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2, help="per client, one after another")
     ap.add_argument("--max-seconds", type=float, default=180.0, help="per level")
     ap.add_argument("--label", default=None)
+    ap.add_argument("--agents", action="store_true",
+                    help="constrained vs free decoding, and n=4 vs 4 requests, instead")
+    ap.add_argument("--rounds", type=int, default=3, help="--agents: rounds per side")
     args = ap.parse_args()
     proc = None
     base = args.url
@@ -159,6 +231,14 @@ def main() -> None:
     try:
         model = model_name(base)
         one_request(base, model, QUESTIONS[0], 8)  # warm up
+        if args.agents:
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from machine import isa
+
+            print(f"ISA: {isa()}; server: {args.quantize or 'fp32'} weights, max batch "
+                  f"{args.max_batch}")
+            agents(base, model, args.rounds)
+            return
         label = args.label or (base if args.url else
                                f"scratchlm ({args.quantize or 'fp32'}, prefill {args.prefill})")
         print(f"{label}: streaming chat, greedy, max_tokens {'/'.join(map(str, MAX_TOKENS))}")

@@ -80,10 +80,19 @@ class LLM:
 
         return encode_ordinary(self.tokenizer, text)
 
-    def chat_ids(self, messages: Sequence[dict]) -> list[int]:
+    def chat_ids(self, messages: Sequence[dict], tools: list[dict] | None = None) -> list[int]:
+        """The prompt of a conversation; with ``tools`` (OpenAI's function list), shown as the
+        model's template shows them (``tokenizers/tool_calls.py``)."""
         from scratchlm.tokenizers.chat import encode_chat
 
-        return encode_chat(self.tokenizer, list(messages), add_generation_prompt=True)
+        if tools is None and not any(m.get("role") == "tool" or m.get("tool_calls")
+                                     for m in messages):
+            return encode_chat(self.tokenizer, list(messages), add_generation_prompt=True)
+        from scratchlm.tokenizers.tool_calls import with_tools
+
+        messages, variable = with_tools(list(messages), tools or [],
+                                        getattr(self.tokenizer, "chat_template", None))
+        return encode_chat(self.tokenizer, messages, add_generation_prompt=True, tools=variable)
 
     def chat_stops(self) -> list[str]:
         eos = getattr(self.tokenizer, "eos_token", None)

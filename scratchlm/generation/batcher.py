@@ -26,7 +26,8 @@ from scratchlm.generation.engine import Engine, SamplingParams
 from scratchlm.generation.slots import SlotBatch, Staged
 
 # callback(token, finish_reason): a token with reason None, then once (None, "stop" | "length"
-# | "error: ...") at the end.
+# | "error: ...") at the end. A token's log-probabilities (params.logprobs) are in
+# ``Request.logprobs`` before its callback runs.
 Callback = Callable[[int | None, str | None], None]
 
 
@@ -39,6 +40,8 @@ class Request:
     generated: int = 0
     finished: bool = False
     submitted: float = field(default_factory=time.perf_counter)
+    # each reported token's TokenLogprob (params.logprobs set), appended before its callback
+    logprobs: list = field(default_factory=list)
 
     def cancel(self) -> None:
         """The consumer needs no more tokens (a stop string matched, the client left)."""
@@ -187,9 +190,14 @@ class Batcher:
                         req.finish("stop")
                         batch.leave(row)
                         continue
+                    if row.logprob is not None:
+                        req.logprobs.append(row.logprob)
                     req.callback(tok, None)
                     req.generated += 1
-                    if req.generated >= req.params.max_new_tokens:
+                    if row.finished:  # its grammar is complete
+                        req.finish("stop")
+                        batch.leave(row)
+                    elif req.generated >= req.params.max_new_tokens:
                         req.finish("length")
                         batch.leave(row)
                 batch.forward()

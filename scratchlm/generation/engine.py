@@ -36,6 +36,19 @@ class SamplingParams:
     top_p: float | None = None
     stop_ids: tuple[int, ...] = ()
     seed: int | None = None
+    # per-row logit controls (generation/controls.py); the continuous batcher applies them
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
+    presence_penalty: float = 0.0  # minus this once a token was generated
+    frequency_penalty: float = 0.0  # minus this per time a token was generated
+    grammar: object | None = None  # a generation.grammar.Grammar the row's tokens must follow
+    logprobs: int | None = None  # report each token's log-probability and this many alternatives
+
+    def controlled(self) -> list[str]:
+        """The per-row settings given (which ``Engine.generate`` does not apply)."""
+        return [name for name, off in (("logit_bias", None), ("presence_penalty", 0.0),
+                                       ("frequency_penalty", 0.0), ("grammar", None),
+                                       ("logprobs", None))
+                if getattr(self, name) not in (off, {})]
 
 
 def _kv_shape(model: nn.Module) -> tuple[int, int, int]:
@@ -122,6 +135,10 @@ class Engine:
             raise ValueError("every prompt needs at least one token")
         if params.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
+        if params.controlled():
+            raise ValueError(f"{', '.join(params.controlled())}: applied by the continuous "
+                             "batcher (generation/batcher.py, the server), not by "
+                             "Engine.generate")
         b = len(prompts)
         rows = [list(p)[-self.max_len:] for p in prompts]  # the book crops to the context
         longest = max(len(p) for p in rows)

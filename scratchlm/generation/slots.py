@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
+from scratchlm.generation.controls import RowControl, TokenLogprob, token_logprob
 from scratchlm.generation.engine import Engine, SamplingParams
 from scratchlm.generation.sampling import sample_next
 
@@ -55,6 +56,13 @@ class Row:
     logits: torch.Tensor | None = None  # (V,) the next token's
     token: int | None = None  # sampled this step, fed at the next forward
     generated: int = 0
+    control: RowControl | None = None  # bias, penalties, grammar (generation/controls.py)
+    logprob: TokenLogprob | None = None  # this step's token's, when params.logprobs is set
+
+    @property
+    def finished(self) -> bool:
+        """Its grammar is complete: nothing but the end may follow."""
+        return self.control is not None and self.control.finished
 
 
 @dataclass
@@ -118,27 +126,45 @@ class SlotBatch:
     @torch.inference_mode()
     def join_all(self, requests: list[tuple[list[int], SamplingParams, object]]) -> list[Row]:
         """Prefill several requests into free rows in one forward: each ends at the new L, left-
-        padded to the longest (the padding slots lie before each row's first real slot)."""
+        padded to the longest (the padding slots lie before each row's first real slot). Equal
+        prompts (n samples of one request) are prefilled once and copied."""
         sizes = [(len(p), s.max_new_tokens) for p, s, _ in requests]
         if not self.fits_all(sizes):
             raise ValueError(f"prompts of {[p for p, _ in sizes]} tokens with max_new_tokens "
                              f"{[m for _, m in sizes]} do not fit the batch now")
-        engine, n, k = self.engine, len(self.rows), len(requests)
+        engine, n = self.engine, len(self.rows)
+        # the first request of each distinct prompt, then the copies (rows in that order)
+        source: dict[tuple[int, ...], int] = {}
+        for i, (prompt, _, _) in enumerate(requests):
+            source.setdefault(tuple(prompt), i)
+        firsts_of = list(source.values())
+        order = firsts_of + [i for i in range(len(requests)) if i not in set(firsts_of)]
+        ordered = [requests[i] for i in order]
+        k = len(firsts_of)
         longest = max(p for p, _ in sizes)
         end = self._make_room(longest)
-        first = torch.tensor([end - p for p, _ in sizes], device=engine.device)
-        shared = self._shared_prefix([p for p, _, _ in requests])
+        first = torch.tensor([end - len(p) for p, _, _ in ordered], device=engine.device)
+        unique = [p for p, _, _ in ordered[:k]]
+        shared = self._shared_prefix(unique)
         if shared:
             logits = torch.cat([self._prefill_after_prefix(n + i, prompt, end - len(prompt),
                                                            shared)
-                                for i, (prompt, _, _) in enumerate(requests)])
+                                for i, prompt in enumerate(unique)])
         else:
             idx = torch.zeros(k, longest, dtype=torch.long, device=engine.device)
-            for i, (prompt, _, _) in enumerate(requests):
+            for i, prompt in enumerate(unique):
                 idx[i, longest - len(prompt):] = torch.tensor(prompt, device=engine.device)
-            view = self.cache.view(n, n + k, length=end - longest, pad=first)
+            view = self.cache.view(n, n + k, length=end - longest, pad=first[:k])
             logits = engine._last_logits(idx, view)
-        return self._add_rows(requests, logits, first.tolist(), end)
+        row_of = {tuple(p): i for i, p in enumerate(unique)}
+        copies = [row_of[tuple(p)] for p, _, _ in ordered[k:]]
+        for j, src in enumerate(copies):
+            self.cache.move_row(n + src, n + k + j)
+        if copies:
+            logits = torch.cat([logits, logits[copies]])
+        rows = self._add_rows(ordered, logits, first.tolist(), end)
+        by_request = dict(zip(order, rows))
+        return [by_request[i] for i in range(len(requests))]
 
     def _make_room(self, longest: int) -> int:
         """Before rows join with prompts of up to ``longest`` tokens: start an empty batch over
@@ -169,7 +195,8 @@ class SlotBatch:
             gen = None
             if params.seed is not None and params.temperature > 0:
                 gen = torch.Generator(device=self.engine.device).manual_seed(params.seed)
-            rows.append(Row(params, tag, gen, lg))
+            control = RowControl.create(params, lg.shape[-1], lg.device)
+            rows.append(Row(params, tag, gen, lg, control=control))
         self.rows += rows
         return rows
 
@@ -205,6 +232,7 @@ class SlotBatch:
     def prefill_cost(self, prompts: list[list[int]]) -> int:
         """Tokens one ``join_all`` of these prompts computes: the padded batch, or each
         prompt's part after a shared prefix."""
+        prompts = [list(p) for p in {tuple(p): None for p in prompts}]  # equal ones: once
         shared = self._shared_prefix(prompts)
         if shared:
             return sum(len(p) - shared for p in prompts)
@@ -248,6 +276,7 @@ class SlotBatch:
         self.prefix = (list(prompt[:n]), self.cache.k[:, row, :, first:first + n].clone(),
                        self.cache.v[:, row, :, first:first + n].clone())
 
+    @torch.inference_mode()  # a row's control updates tensors made in the prefill
     def sample(self) -> list[tuple[Row, int | Exception]]:
         """Each active row's next token (from its own logits and settings), or the exception
         its sampling raised: one row's failure is that row's alone, and a token the embedding
@@ -257,12 +286,17 @@ class SlotBatch:
         for row in self.rows:
             p = row.params
             try:
-                tok = int(sample_next(row.logits[None], p.temperature, p.top_k, p.top_p,
+                logits = row.logits if row.control is None else row.control.process(row.logits)
+                tok = int(sample_next(logits[None], p.temperature, p.top_k, p.top_p,
                                       row.generator)[0, 0])
                 vocab = vocab or row.logits.shape[-1]
                 if not 0 <= tok < vocab:
                     raise ValueError(f"sampling gave token {tok}, outside the vocabulary of "
                                      f"{vocab}")
+                if row.control is not None:
+                    row.control.accept(tok)
+                if p.logprobs is not None:
+                    row.logprob = token_logprob(row.logits, tok, p.logprobs)
             except Exception as e:  # noqa: BLE001 (the caller ends this row with it)
                 out.append((row, e))
                 continue

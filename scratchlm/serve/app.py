@@ -4,7 +4,9 @@
     GET  /metrics                Prometheus text: requests, tokens, queue, time to first token
     GET  /v1/models              the one model served
     POST /v1/completions         text completion      (stream: server-sent events)
-    POST /v1/chat/completions    chat with the model's template (stream: server-sent events)
+                                 both: n choices, logprobs, penalties, logit_bias, seed
+    POST /v1/chat/completions    chat with the model's template (stream: server-sent events),
+                                 tools and tool calls, JSON output by schema (grammar-constrained)
     GET  /                       the chat page (static/chat.html)
 
 Requests from concurrent clients are decoded together by ``generation.batcher.Batcher``.
@@ -22,7 +24,8 @@ A client that disconnects, streaming or not, cancels its generation.
     schema.py       what a request may ask (pydantic models), APIError
     middleware.py   body limit, API key gate, /metrics counters
     guard.py        slow clients (request timeout, connection limit)
-    completions.py  one request: sampling settings, the batcher, the answer
+    tools.py        what tools, tool_choice and response_format ask: prompt, grammar, parsing
+    completions.py  one request: sampling settings, its n rows in the batcher, the answer
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from scratchlm.serve.completions import Completions
 from scratchlm.serve.guard import guarded
 from scratchlm.serve.middleware import BodyLimit, Gate, Stats
 from scratchlm.serve.schema import APIError, ChatRequest, CompletionRequest, error_response
+from scratchlm.serve.tools import plan
 
 
 def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
@@ -80,18 +84,23 @@ def create_app(llm: LLM, cfg: ServeConfig) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
         ids = await asyncio.to_thread(llm.encode, req.prompt, False)  # user text: no controls
-        return await done.respond("text", req, ids, req.stop, request)
+        return await done.respond("text", req, ids, req.stop, request, req.logprobs)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
         if len(req.messages) > cfg.max_messages:
             raise APIError(400, f"{len(req.messages)} messages; this server takes at most "
                                 f"{cfg.max_messages}", "messages")
+        wants = plan(req, llm.tokenizer)
+        messages = [m.template_dict() for m in req.messages]
         try:  # off the event loop: a long conversation must not stall other clients
-            ids = await asyncio.to_thread(llm.chat_ids, [m.model_dump() for m in req.messages])
+            ids = await asyncio.to_thread(llm.chat_ids, messages, wants.tools)
         except ValueError as e:  # no template, or the template refused the conversation
             raise APIError(400, str(e), "messages") from None
-        return await done.respond("chat", req, ids, req.stop + llm.chat_stops(), request)
+        grammar = await asyncio.to_thread(wants.grammar, llm)
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        return await done.respond("chat", req, ids, req.stop + llm.chat_stops(), request,
+                                  logprobs, grammar, wants)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():

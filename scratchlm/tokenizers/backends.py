@@ -7,6 +7,7 @@ nothing is fetched from a hub at run time.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -179,3 +180,30 @@ class HFTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def token_bytes(tokenizer, token: int) -> bytes:
+    """The bytes one token stands for (a piece of a UTF-8 character for some): what OpenAI's
+    ``logprobs`` report as ``bytes``. Byte-level BPE tokens map back through GPT-2's byte
+    alphabet; special tokens and other vocabularies give their text's UTF-8."""
+    encoding = getattr(tokenizer, "encoding", None)
+    if encoding is not None and hasattr(encoding, "decode_single_token_bytes"):
+        try:
+            return encoding.decode_single_token_bytes(token)
+        except KeyError:
+            return b""
+    inner = getattr(tokenizer, "tokenizer", None)
+    if inner is not None and hasattr(inner, "id_to_token"):
+        piece = inner.id_to_token(token)
+        if piece is None:
+            return b""
+        decoder = _byte_decoder()
+        if all(c in decoder for c in piece) and piece not in getattr(tokenizer, "special_tokens",
+                                                                    {}):
+            return bytes(decoder[c] for c in piece)
+    return tokenizer.decode([token]).encode("utf-8", "surrogatepass")
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    return {c: b for b, c in bytes_to_unicode().items()}

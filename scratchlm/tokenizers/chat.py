@@ -231,15 +231,19 @@ def _split_marks(marked: str, tag: str):
             yield piece
 
 
-def encode_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+def encode_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                tools: list[dict] | None = None) -> list[int]:
     """Token ids of the rendered conversation: the template's special tokens are control
-    tokens, special-token strings inside message contents are ordinary text."""
+    tokens, special-token strings inside message contents are ordinary text. ``tools``: the
+    template's ``tools`` variable (``tokenizers/tool_calls.with_tools`` prepares it)."""
     template = getattr(tokenizer, "chat_template", None)
     if not template:
         raise ValueError("this tokenizer has no chat template")
     source = getattr(tokenizer, "template_source", None) or "the chat template"
-    text, spans = render_chat_spans(template, messages, add_generation_prompt, source,
-                                    **template_tokens(tokenizer))
+    extra = template_tokens(tokenizer)
+    if tools:
+        extra["tools"] = tools
+    text, spans = render_chat_spans(template, messages, add_generation_prompt, source, **extra)
     return encode_protected(tokenizer, text, spans)
 
 

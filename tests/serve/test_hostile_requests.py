@@ -69,13 +69,23 @@ def test_edge_sampling_values_answer_and_harm_no_other_request(server, edge):
     assert body["choices"][0]["text"] == greedy["choices"][0]["text"]  # the limit is greedy
 
 
-@pytest.mark.parametrize("field, value", [("logprobs", True), ("top_logprobs", 3),
-                                          ("logit_bias", {"42": 5}), ("tools", [{"x": 1}]),
-                                          ("presence_penalty", 0.5), ("made_up_field", 1)])
-def test_fields_not_implemented_are_refused_not_ignored(server, field, value):
+@pytest.mark.parametrize("field, value", [("logprobs", "yes please"), ("top_logprobs", 21),
+                                          ("logit_bias", {"x42": 5}), ("tools", [{"x": 1}]),
+                                          ("presence_penalty", 2.5), ("made_up_field", 1),
+                                          ("functions", [{"name": "f"}]),
+                                          ("response_format", {"type": "xml"})])
+def test_fields_out_of_range_or_unknown_are_refused_not_ignored(server, field, value):
     status, body = post(f"{server}/v1/chat/completions",
                         {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
                          field: value})
+    assert status == 400 and body["error"]["param"].split(".")[0] == field, body
+
+
+@pytest.mark.parametrize("field, value", [("echo", True), ("best_of", 2), ("suffix", "x"),
+                                          ("tools", [{"type": "function",
+                                                      "function": {"name": "f"}}])])
+def test_completion_fields_not_implemented_are_refused(server, field, value):
+    status, body = post(f"{server}/v1/completions", {**PROMPT, field: value})
     assert status == 400 and body["error"]["param"] == field, body
 
 

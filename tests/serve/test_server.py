@@ -85,7 +85,7 @@ def test_health_models_and_key(server):
     ({"messages": MESSAGES, "seed": 2 ** 64}, 400, "seed"),
     ({"messages": [{"role": "user", "content": "a\ud800b"}]}, 400, "messages.0.content"),
     ({"messages": [{"role": "user", "content": "x"}] * 257}, 400, "messages"),
-    ({"messages": MESSAGES, "n": 2}, 400, "n"),
+    ({"messages": MESSAGES, "n": 9}, 400, "n"),
     ({"messages": MESSAGES, "model": "gpt-9"}, 404, "model"),
 ])
 def test_bad_requests_get_clear_errors(server, body, status, param):
