@@ -191,6 +191,8 @@ class LoRALinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "row_groups", None) is not None:  # finetune/adapter_bank.py
+            return self._rows_forward(x)
         if not self.enabled or self.merged:
             return self._base(x)
         h = self.dropout(x)
@@ -216,6 +218,18 @@ class LoRALinear(nn.Module):
         if pos < self.out_features:
             pieces.append(y.new_zeros(*y.shape[:-1], self.out_features - pos))
         return y + torch.cat(pieces, dim=-1)
+
+    def _rows_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of one batch with different adapters (``adapter_bank.set_row_adapters``): the
+        base matmul once for all rows, then each group's low-rank update on its rows."""
+        y = self._base(x)  # (B, T, out)
+        for rows, a, b, scale in self.row_groups:
+            h = x.index_select(0, rows)  # (n, T, in)
+            for part in a:
+                sl = self.all_parts[part]
+                u = b[part](a[part](h) * scale).to(y.dtype)  # (n, T, out_part)
+                y[..., sl.start:sl.stop].index_add_(0, rows, u)
+        return y
 
     @torch.no_grad()
     def _add_deltas(self, sign: float) -> None:
@@ -396,79 +410,3 @@ def load_adapter(model: nn.Module, folder) -> nn.Module:
                          f"(shapes differ: {wrong[0]})")
     model.load_state_dict(state, strict=False)
     return model
-
-
-# --------------------------------------------------------------------- several named adapters
-def add_named_adapter(model: nn.Module, name: str, folder) -> None:
-    """Load an adapter folder (``save_adapter``'s) under ``name`` next to those already on the
-    model, and make it the active one. Adapters may differ in rank, alpha and targets; layers an
-    adapter does not target are plain for it. Switch with ``set_adapter``."""
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    from scratchlm.checkpoints.delta import read_lora_settings
-
-    folder = Path(folder)
-    s = read_lora_settings(folder / "lora.json")
-    state = load_file(folder / "adapter.safetensors")
-    bank = _bank(model)
-    if not lora_modules(model):
-        apply_lora(model, s["rank"], s["alpha"], tuple(s["targets"]), 0.0, s["scaling"])
-    else:  # wrap what this adapter targets and no earlier one did
-        try:
-            apply_lora(model, s["rank"], s["alpha"], tuple(s["targets"]), 0.0, s["scaling"],
-                       freeze_base=False)
-        except ValueError:
-            pass  # every target is wrapped already
-    scale = s["alpha"] if s["scaling"] == "book" else s["alpha"] / s["rank"]
-    entry, used = {}, set()
-    for path, m in lora_modules(model).items():
-        if not hasattr(m, "all_parts"):  # the parts this layer can adapt, before any switch
-            m.all_parts = dict(m.parts)
-        a, b = nn.ModuleDict(), nn.ModuleDict()
-        for part, sl in m.all_parts.items():
-            ka, kb = f"{path}.lora_A.{part}.weight", f"{path}.lora_B.{part}.weight"
-            if ka not in state:
-                continue
-            dev = next(m.parameters()).device
-            a[part] = nn.Linear(m.in_features, s["rank"], bias=False, device=dev)
-            b[part] = nn.Linear(s["rank"], sl.stop - sl.start, bias=False, device=dev)
-            a[part].weight.data.copy_(state[ka])
-            b[part].weight.data.copy_(state[kb])
-            used |= {ka, kb}
-        if len(a):
-            entry[path] = (a, b, scale)
-    if used != set(state):
-        raise ValueError(f"{folder}: adapter tensors {sorted(set(state) - used)[:3]} match no "
-                         "layer of this model")
-    bank[name] = entry
-    set_adapter(model, name)
-
-
-def _bank(model: nn.Module) -> dict:
-    if not hasattr(model, "_lora_bank"):
-        object.__setattr__(model, "_lora_bank", {})  # plain attribute: not a submodule
-    return model._lora_bank
-
-
-def adapter_names(model: nn.Module) -> list[str]:
-    return list(_bank(model))
-
-
-def set_adapter(model: nn.Module, name: str | None) -> None:
-    """Make the named adapter active (``None``: the base model). Switching swaps module
-    references; nothing is copied or merged."""
-    bank = _bank(model)
-    if name is not None and name not in bank:
-        raise KeyError(f"no adapter named {name!r}; loaded: {list(bank)}")
-    for path, m in lora_modules(model).items():
-        if name is None or path not in bank[name]:
-            m.enabled = False
-            continue
-        a, b, scale = bank[name][path]
-        m.lora_A, m.lora_B, m.scale = a, b, scale
-        m.parts = {p: m.all_parts[p] for p in a}
-        m.rank = a[next(iter(a))].out_features
-        m.enabled = True
-    object.__setattr__(model, "active_adapter", name)

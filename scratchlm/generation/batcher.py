@@ -123,7 +123,7 @@ class Batcher:
                          if not r.cancelled and self._chunked(batch, r)), None)
             if long is not None:
                 self.waiting.remove(long)
-                self.staging = (long, batch.stage(long.prompt_ids))
+                self.staging = (long, batch.stage(long.prompt_ids, long.params.adapter))
         if self.staging is None:
             return
         req, staged = self.staging

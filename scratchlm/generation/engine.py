@@ -42,12 +42,13 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # minus this per time a token was generated
     grammar: object | None = None  # a generation.grammar.Grammar the row's tokens must follow
     logprobs: int | None = None  # report each token's log-probability and this many alternatives
+    adapter: str | None = None  # the named LoRA adapter this row runs (finetune/adapter_bank.py)
 
     def controlled(self) -> list[str]:
         """The per-row settings given (which ``Engine.generate`` does not apply)."""
         return [name for name, off in (("logit_bias", None), ("presence_penalty", 0.0),
                                        ("frequency_penalty", 0.0), ("grammar", None),
-                                       ("logprobs", None))
+                                       ("logprobs", None), ("adapter", None))
                 if getattr(self, name) not in (off, {})]
 
 

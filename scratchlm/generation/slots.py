@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
+from scratchlm.finetune.adapter_bank import adapter_names, set_row_adapters
 from scratchlm.generation.controls import RowControl, TokenLogprob, token_logprob
 from scratchlm.generation.engine import Engine, SamplingParams
 from scratchlm.generation.sampling import sample_next
@@ -71,6 +72,7 @@ class Staged:
 
     prompt: list[int]
     cache: object  # a KVCache of one row
+    adapter: str | None = None  # the named LoRA adapter it runs
     done: int = 0  # tokens prefilled so far
     logits: torch.Tensor | None = None  # (1, V) after the last chunk
 
@@ -95,7 +97,18 @@ class SlotBatch:
         # (token ids, keys, values) of a recent prompt's first tokens: (n_layer, KV, P, D) each
         self.prefix: tuple[list[int], torch.Tensor, torch.Tensor] | None = None
         self.prefix_cache = prefix_cache and self.cache.can_shift
+        self.prefix_adapter: str | None = None  # the adapter the kept prefix was computed with
         self.reused = 0  # prompt tokens copied instead of computed, over the batch's life
+        # named LoRA adapters on the model: each row runs its own (params.adapter), the base
+        # matmul shared (finetune/adapter_bank.py)
+        self.adapters = set(adapter_names(engine.model))
+
+    def _use(self, names: list[str | None]) -> None:
+        """The adapters of the rows the next forward computes, in order."""
+        if self.adapters:
+            set_row_adapters(self.engine.model, names)
+        elif any(n is not None for n in names):
+            raise ValueError("this model has no named adapters to run")
 
     @property
     def length(self) -> int:
@@ -134,9 +147,9 @@ class SlotBatch:
                              f"{[m for _, m in sizes]} do not fit the batch now")
         engine, n = self.engine, len(self.rows)
         # the first request of each distinct prompt, then the copies (rows in that order)
-        source: dict[tuple[int, ...], int] = {}
-        for i, (prompt, _, _) in enumerate(requests):
-            source.setdefault(tuple(prompt), i)
+        source: dict[tuple, int] = {}
+        for i, (prompt, params, _) in enumerate(requests):
+            source.setdefault((params.adapter, *prompt), i)
         firsts_of = list(source.values())
         order = firsts_of + [i for i in range(len(requests)) if i not in set(firsts_of)]
         ordered = [requests[i] for i in order]
@@ -145,8 +158,12 @@ class SlotBatch:
         end = self._make_room(longest)
         first = torch.tensor([end - len(p) for p, _, _ in ordered], device=engine.device)
         unique = [p for p, _, _ in ordered[:k]]
-        shared = self._shared_prefix(unique)
+        names = [s.adapter for _, s, _ in ordered[:k]]
+        # a kept prefix serves only prompts run with the adapter that computed it
+        shared = (self._shared_prefix(unique)
+                  if all(a == self.prefix_adapter for a in names) else 0)
         if shared:
+            self._use(names[:1])
             logits = torch.cat([self._prefill_after_prefix(n + i, prompt, end - len(prompt),
                                                            shared)
                                 for i, prompt in enumerate(unique)])
@@ -155,9 +172,10 @@ class SlotBatch:
             for i, prompt in enumerate(unique):
                 idx[i, longest - len(prompt):] = torch.tensor(prompt, device=engine.device)
             view = self.cache.view(n, n + k, length=end - longest, pad=first[:k])
+            self._use(names)
             logits = engine._last_logits(idx, view)
-        row_of = {tuple(p): i for i, p in enumerate(unique)}
-        copies = [row_of[tuple(p)] for p, _, _ in ordered[k:]]
+        row_of = {(a, *p): i for i, (p, a) in enumerate(zip(unique, names))}
+        copies = [row_of[(s.adapter, *p)] for p, s, _ in ordered[k:]]
         for j, src in enumerate(copies):
             self.cache.move_row(n + src, n + k + j)
         if copies:
@@ -189,7 +207,7 @@ class SlotBatch:
         self.cache.length = end
         if self.prefix_cache:
             i = max(range(len(requests)), key=lambda j: len(requests[j][0]))  # the longest
-            self._keep_prefix(requests[i][0], n + i, firsts[i])
+            self._keep_prefix(requests[i][0], n + i, firsts[i], requests[i][1].adapter)
         rows = []
         for (prompt, params, tag), lg in zip(requests, logits):
             gen = None
@@ -200,19 +218,20 @@ class SlotBatch:
         self.rows += rows
         return rows
 
-    def stage(self, prompt_ids: list[int]) -> Staged:
+    def stage(self, prompt_ids: list[int], adapter: str | None = None) -> Staged:
         """Start prefilling ``prompt_ids`` apart from the batch (chunked prefill: ``advance``
         it between decode steps, then ``join_staged``)."""
         if not self.cache.can_shift:
             raise ValueError("chunked prefill needs a full (not sliding-window) cache")
         n = len(prompt_ids)
-        return Staged(list(prompt_ids), self.engine.new_cache(1, n, capacity=n))
+        return Staged(list(prompt_ids), self.engine.new_cache(1, n, capacity=n), adapter)
 
     @torch.inference_mode()
     def advance(self, staged: Staged, tokens: int) -> None:
         """Prefill the next ``tokens`` (at least one) of a staged prompt."""
         chunk = staged.prompt[staged.done:staged.done + max(1, tokens)]
         idx = torch.tensor([chunk], dtype=torch.long, device=self.engine.device)
+        self._use([staged.adapter])
         staged.logits = self.engine._last_logits(idx, staged.cache)  # appends to its cache
         staged.done += len(chunk)
 
@@ -266,13 +285,17 @@ class SlotBatch:
         self.reused += shared
         return self.engine._last_logits(idx, view)
 
-    def _keep_prefix(self, prompt: list[int], row: int, first: int) -> None:
-        """Keep ``prompt``'s first tokens' keys and values (from ``row``) for later requests,
-        unless the kept prefix already covers what it shares with them."""
+    def _keep_prefix(self, prompt: list[int], row: int, first: int,
+                     adapter: str | None = None) -> None:
+        """Keep ``prompt``'s first tokens' keys and values (from ``row``, computed with
+        ``adapter``) for later requests, unless the kept prefix already covers what it shares
+        with them."""
         n = min(len(prompt), self.prefix_max)
-        if self.prefix is not None and self.prefix[0][:self.prefix_min] == prompt[:self.prefix_min]:
+        if self.prefix is not None and self.prefix_adapter == adapter and \
+                self.prefix[0][:self.prefix_min] == prompt[:self.prefix_min]:
             if len(self.prefix[0]) >= n:
                 return
+        self.prefix_adapter = adapter
         self.prefix = (list(prompt[:n]), self.cache.k[:, row, :, first:first + n].clone(),
                        self.cache.v[:, row, :, first:first + n].clone())
 
@@ -325,6 +348,7 @@ class SlotBatch:
                            device=self.engine.device)
         self.cache.reserve(self.length + 1)
         view = self.cache.view(0, n)
+        self._use([r.params.adapter for r in self.rows])
         logits = self.engine._decode(idx, view)
         self.cache.length = view.length
         for row, lg in zip(self.rows, logits):

@@ -145,14 +145,13 @@ def test_peft_loads_our_adapter_onto_the_hf_model(tmp_path):
 def test_named_adapters_switch(tmp_path):
     """Two adapters of different rank and targets on one base: each, when active, gives the
     outputs of a model with only that adapter; None gives the base."""
-    from scratchlm.finetune.lora import (
-        LoraConfig,
+    from scratchlm.finetune.adapter_bank import (
         add_named_adapter,
         adapter_names,
-        load_adapter,
-        save_adapter,
         set_adapter,
+        set_row_adapters,
     )
+    from scratchlm.finetune.lora import LoraConfig, load_adapter, save_adapter
 
     cfg = GPTConfig(vocab_size=97, context_length=16, n_embd=32, n_layer=2, n_head=4)
     torch.manual_seed(0)
@@ -183,6 +182,21 @@ def test_named_adapters_switch(tmp_path):
     assert not torch.allclose(want["polite"], want["terse"])
     with pytest.raises(KeyError, match="loaded"):
         set_adapter(model, "nope")
+    # one batch, each row its own adapter (or none): each row equals its adapter's forward
+    rows = ["terse", None, "polite", "terse"]
+    xs = torch.cat([x, x])  # (4, 10): rows 0-1 are x's rows, and 2-3 again
+    set_row_adapters(model, rows)
+    got = model(xs)
+    for i, name in enumerate(rows):
+        torch.testing.assert_close(got[i], want[name][i % 2], atol=1e-5, rtol=1e-5)
+    set_adapter(model, "polite")  # back to one for all
+    torch.testing.assert_close(model(x), want["polite"])
+    # an adapter of another base (other sizes) is refused, naming the folder
+    other = GPT(GPTConfig(vocab_size=97, context_length=16, n_embd=48, n_layer=2, n_head=4))
+    apply_lora(other, 4, 8, ("q", "v"))
+    save_adapter(other, tmp_path / "other", LoraConfig(rank=4, alpha=8, targets=["q", "v"]))
+    with pytest.raises(ValueError, match="other.*different base model"):
+        add_named_adapter(model, "other", tmp_path / "other")
 
 
 def test_lora_head_is_fused_with_the_loss_exactly():
