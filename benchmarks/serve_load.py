@@ -18,6 +18,8 @@ What agents ask (``--agents``), both sides on one server in one run, alternated:
 
     python benchmarks/serve_load.py --agents   # JSON-schema-constrained vs free chat at 1 and
                                                # 16 clients; n=4 vs 4 requests
+    python benchmarks/serve_load.py --adapters # 4 LoRA adapters x 4 clients: one server with
+                                               # all four vs four single-adapter servers
 
 Each client sends ``--requests`` requests one after another (greedy, ``max_tokens`` cycling
 through 16, 32, 64, 128); a level stops early after ``--max-seconds``. Numbers on a shared CPU:
@@ -57,11 +59,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_ours(args) -> tuple[subprocess.Popen, str]:
+def start_ours(args, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "scratchlm", "serve", "--model", args.model, "--port", str(port),
-           "--max-batch", str(args.max_batch), "--max-tokens-cap", "256"]
-    if args.quantize:
+           "--max-batch", str(args.max_batch), "--max-tokens-cap", "256", *extra]
+    if args.quantize and not extra:
         cmd += ["--quantize", args.quantize]
     if args.no_prefix_cache:
         cmd += ["--prefix_cache", "false"]
@@ -143,7 +145,7 @@ PEOPLE = {"type": "object", "properties": {"people": {"type": "array", "maxItems
     "required": ["people"], "additionalProperties": False}
 
 
-def post(base: str, body: dict) -> dict:
+def post(base: str, body: dict) -> dict:  # noqa: D103 (one chat completion, whole)
     req = urllib.request.Request(f"{base}/v1/chat/completions", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=600) as resp:
@@ -199,6 +201,78 @@ def agents(base: str, model: str, rounds: int) -> None:
           f"n=4 / 4 at once: {best['n=4'] / best['4 at once']:.2f}x")
 
 
+def make_adapters(model: str, folder: str, count: int = 4) -> list[str]:
+    """``count`` LoRA adapters (rank 8 on q and v, PEFT's default targets) over ``model``,
+    drawn at random as a trained adapter's size and cost, saved as finetuning saves them."""
+    import torch
+
+    from scratchlm import LLM
+    from scratchlm.finetune.lora import LoraConfig, apply_lora, save_adapter
+
+    dirs = []
+    for i in range(count):
+        m = LLM.load(model, quantize=None).model
+        apply_lora(m, 8, 16.0, ("q", "v"))
+        torch.manual_seed(i)
+        for p in m.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.02)
+        dirs.append(os.path.join(folder, f"a{i}"))
+        save_adapter(m, dirs[-1], LoraConfig(rank=8, alpha=16.0, targets=["q", "v"]))
+    return dirs
+
+
+def peak_rss_mb(proc: subprocess.Popen) -> float:
+    with open(f"/proc/{proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def adapters(args) -> None:
+    """4 adapters x 4 clients: one server holding all four, against four servers of one adapter
+    each under the same load, alternated; throughput and the servers' peak memory."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    def load(targets: list[tuple[str, str | None]]) -> float:
+        """4 clients per target (url, model), 2 requests each; completion tokens/s."""
+        bodies = [(url, {"model": name, "max_tokens": MAX_TOKENS[(i + j) % 4], "temperature": 0,
+                         "messages": [{"role": "user", "content": QUESTIONS[i % 5]}]})
+                  for url, name in targets for i in range(4) for j in range(2)]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(len(targets) * 4) as pool:
+            answers = list(pool.map(lambda b: post(*b), bodies))
+        return sum(a["usage"]["completion_tokens"] for a in answers) / (time.perf_counter() - t0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = make_adapters(args.model, tmp)
+        best = {"one server": (0.0, 0.0), "four servers": (0.0, 0.0)}
+        for _ in range(args.rounds):
+            proc, url = start_ours(args, ("--adapter", *[f"a{i}={d}" for i, d in
+                                                          enumerate(dirs)]))
+            try:
+                rate_ = load([(url, f"a{i}") for i in range(4)])
+                best["one server"] = (max(best["one server"][0], rate_), peak_rss_mb(proc))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+            started = [start_ours(args, ("--adapter", d)) for d in dirs]
+            try:
+                rate_ = load([(url, model_name(url)) for _, url in started])
+                best["four servers"] = (max(best["four servers"][0], rate_),
+                                        sum(peak_rss_mb(p) for p, _ in started))
+            finally:
+                for p, _ in started:
+                    p.terminate()
+                    p.wait(timeout=30)
+    for side, (tok_s, mb) in best.items():
+        print(f"{side:>12}: {tok_s:7.1f} tok/s, peak memory {mb:7.0f} MB")
+    one, four = best["one server"], best["four servers"]
+    print(f"one / four: throughput {one[0] / four[0]:.2f}x, memory {one[1] / four[1]:.2f}x")
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -222,8 +296,18 @@ def main() -> None:
     ap.add_argument("--label", default=None)
     ap.add_argument("--agents", action="store_true",
                     help="constrained vs free decoding, and n=4 vs 4 requests, instead")
-    ap.add_argument("--rounds", type=int, default=3, help="--agents: rounds per side")
+    ap.add_argument("--rounds", type=int, default=3, help="--agents, --adapters: rounds per side")
+    ap.add_argument("--adapters", action="store_true",
+                    help="4 adapters on one server vs 4 single-adapter servers, instead")
     args = ap.parse_args()
+    if args.adapters:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from machine import isa
+
+        print(f"ISA: {isa()}; 4 LoRA adapters (rank 8, q and v) x 4 clients, greedy, "
+              f"max_tokens {'/'.join(map(str, MAX_TOKENS))}, fp32 weights (LoRA needs them)")
+        adapters(args)
+        return
     proc = None
     base = args.url
     if base is None:

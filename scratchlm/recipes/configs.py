@@ -6,6 +6,8 @@ its ``--help`` imports no torch; each recipe module re-exports its own
 
 from __future__ import annotations
 
+import re
+
 from typing import Annotated
 from dataclasses import dataclass, field
 
@@ -307,7 +309,9 @@ class CompareConfig:
 class ServeConfig:
     model: str = "smollm2-135m-instruct"  # a preset with weights, a model folder (a run's final/)
     # or a .gguf file
-    adapter: str | None = None  # a LoRA adapter folder applied on top of the model
+    adapter: list[str] = field(default_factory=list)  # LoRA adapters: one folder DIR applied
+    # on top of the model, or NAME=DIR ... each served as model NAME over one base (a request's
+    # model picks it; rows of different adapters share decode steps)
     host: str = "127.0.0.1"  # address to listen on
     port: Port = 8000  # port to listen on
     api_key: str | None = None  # default: SCRATCHLM_API_KEY; unset: no key needed
@@ -329,6 +333,26 @@ class ServeConfig:
     def __post_init__(self):
         if self.prefill not in ("fp32", "bf16", "auto"):
             raise ValueError(f"--prefill must be fp32, bf16 or auto, got {self.prefill!r}")
+        if isinstance(self.adapter, str):  # one folder, as the field was before
+            self.adapter = [self.adapter]
+        named = [a for a in self.adapter if "=" in a]
+        if named and len(named) != len(self.adapter):
+            raise ValueError("--adapter: give one folder DIR, or only NAME=DIR entries")
+        if not named and len(self.adapter) > 1:
+            raise ValueError("--adapter: several adapters need names (NAME=DIR ...)")
+        names = list(self.named_adapters())
+        if len(set(names)) != len(names):
+            raise ValueError(f"--adapter: two adapters are named {names!r}")
+        bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", n)]
+        if bad:
+            raise ValueError(f"--adapter: {bad[0]!r} is not a name (letters, digits, _ . -)")
+        if named and self.quantize not in (None, "none", "auto"):
+            raise ValueError("--adapter NAME=DIR runs LoRA on float weights; leave --quantize "
+                             "at auto or none")
+
+    def named_adapters(self) -> dict[str, str]:
+        """NAME -> folder of the adapters served by name (empty for one plain folder)."""
+        return dict(a.split("=", 1) for a in self.adapter if "=" in a)
 
 
 # ---- scratchlm demo: demo.py

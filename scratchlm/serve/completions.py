@@ -107,14 +107,19 @@ class Completions:
     def __init__(self, llm: LLM, cfg: ServeConfig, batcher: Batcher, stats: Stats):
         self.llm, self.cfg, self.batcher, self.stats = llm, cfg, batcher, stats
         self.model_id = llm.name
+        from scratchlm.finetune.adapter_bank import adapter_names
+
+        self.adapters = adapter_names(llm.model)  # served by name over the base
+        self.model_ids = [llm.name, *self.adapters]
         self.prompt_cap = min(cfg.max_prompt_tokens or llm.context_length, llm.context_length)
 
     def sampling(self, req: Sampling, prompt_len: int, field: str, logprobs: int | None = None,
                  grammar=None) -> SamplingParams:
         llm, cfg = self.llm, self.cfg
-        if req.model not in (None, self.model_id):
+        if req.model not in (None, *self.model_ids):
             raise APIError(404, f"model {req.model!r} is not served here (serving "
-                                f"{self.model_id!r})", "model", "not_found_error")
+                                f"{', '.join(map(repr, self.model_ids))})", "model",
+                           "not_found_error")
         if prompt_len > self.prompt_cap or prompt_len >= llm.context_length:
             raise APIError(400, f"the prompt has {prompt_len} tokens; this server takes at most "
                                 f"{min(self.prompt_cap, llm.context_length - 1)} (context "
@@ -138,7 +143,8 @@ class Completions:
                               logit_bias=req.logit_bias,
                               presence_penalty=req.presence_penalty or 0.0,
                               frequency_penalty=req.frequency_penalty or 0.0,
-                              grammar=grammar, logprobs=logprobs)
+                              grammar=grammar, logprobs=logprobs,
+                              adapter=req.model if req.model in self.adapters else None)
 
     async def run(self, prompt_ids: list[int], params: SamplingParams, stops: list[str]):
         """Async iterator of (text piece, its tokens' log-probabilities, finish_reason, tokens
@@ -206,7 +212,7 @@ class Completions:
         n = req.n or 1
         rows = [params if params.seed is None else replace(params, seed=params.seed + i)
                 for i in range(n)]  # n samples, each reproducible under its seed
-        answer = Answer(kind, self.model_id, self.llm.tokenizer)
+        answer = Answer(kind, req.model or self.model_id, self.llm.tokenizer)
         counts = [0] * n
         streams = [self.pieces(prompt_ids, p, stops, plan.parser() if plan else None, counts, i)
                    for i, p in enumerate(rows)]
