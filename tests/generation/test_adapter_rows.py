@@ -12,8 +12,7 @@ import torch
 from scratchlm.finetune.adapter_bank import add_named_adapter, set_adapter
 from scratchlm.finetune.lora import LoraConfig, apply_lora, save_adapter
 from scratchlm.generation.engine import Engine, SamplingParams
-from scratchlm.generation.slots import SlotBatch
-from tests.generation.test_slots import llama
+from tests.generation.test_slots import llama, run_continuous
 
 
 def with_adapters(tmp_path):
@@ -50,19 +49,7 @@ def test_rows_with_different_adapters_equal_each_alone(tmp_path):
     ]
     want = [alone(model, p, s) for _, p, s in arrivals]
     assert want[0] != want[1] != want[2]  # the adapters change the output
-    batch = SlotBatch(Engine(model), 4)
-    outs = {i: [] for i in range(len(arrivals))}
-    step, pending = 0, list(enumerate(arrivals))
-    while pending or batch.rows:
-        now = [(p, s, i) for i, (t, p, s) in pending if t <= step]
-        now = now[:4 - len(batch.rows)]
-        if now:
-            batch.join_all(now)
-            pending = [x for x in pending if x[0] not in {i for _, _, i in now}]
-        for row, tok in batch.sample():
-            outs[row.tag].append(tok)
-            if row.generated == row.params.max_new_tokens:
-                batch.leave(row)
-        batch.forward()
-        step += 1
-    assert [outs[i] for i in range(len(arrivals))] == want
+    got, _, late, _ = run_continuous(Engine(model), slots=4, together=True,
+                                     arrivals=arrivals)
+    assert got == want
+    assert late  # rows joined a batch already decoding
