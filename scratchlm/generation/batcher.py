@@ -152,7 +152,8 @@ class Batcher:
                 continue
             if self._chunked(batch, req):
                 continue  # prefilled in chunks while the rows decode (_stage)
-            cost = batch.prefill_cost([r.prompt_ids for r in [*group, req]])
+            cost = batch.prefill_cost([r.prompt_ids for r in [*group, req]],
+                                      [r.params.adapter for r in [*group, req]])
             if group and cost > self.prefill_budget:
                 continue  # after the next decode step
             if batch.fits_all([(len(r.prompt_ids), r.params.max_new_tokens)

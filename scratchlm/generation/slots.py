@@ -248,10 +248,13 @@ class SlotBatch:
         self.cache.v[:, n, :, end - p:end] = staged.cache.v[:, 0, :, :p]
         return self._add_rows([(staged.prompt, params, tag)], staged.logits, [end - p], end)[0]
 
-    def prefill_cost(self, prompts: list[list[int]]) -> int:
-        """Tokens one ``join_all`` of these prompts computes: the padded batch, or each
-        prompt's part after a shared prefix."""
-        prompts = [list(p) for p in {tuple(p): None for p in prompts}]  # equal ones: once
+    def prefill_cost(self, prompts: list[list[int]],
+                     adapters: list[str | None] | None = None) -> int:
+        """Tokens one ``join_all`` of these prompts (run with these adapters) computes: the
+        padded batch, or each prompt's part after a shared prefix; equal prompts under one
+        adapter once."""
+        adapters = adapters or [None] * len(prompts)
+        prompts = [list(p[1:]) for p in {(a, *p): None for a, p in zip(adapters, prompts)}]
         shared = self._shared_prefix(prompts)
         if shared:
             return sum(len(p) - shared for p in prompts)

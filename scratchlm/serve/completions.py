@@ -11,7 +11,6 @@ routes (``app.py``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
@@ -28,7 +27,7 @@ from scratchlm.recipes.configs import ServeConfig
 from scratchlm.serve.middleware import Stats
 from scratchlm.serve.schema import APIError, Sampling
 from scratchlm.tokenizers.backends import token_bytes
-from scratchlm.tokenizers.tool_calls import ParsedCall, ToolCallParser
+from scratchlm.tokenizers.tool_calls import ParsedCall
 
 
 def usage(prompt_len: int, completion: int) -> dict:
@@ -186,16 +185,27 @@ class Completions:
             if first is not None:
                 stats.decode_seconds += time.perf_counter() - first
 
-    async def pieces(self, prompt_ids, params, stops, parser: ToolCallParser | None, counts: list,
-                     index: int):
-        """One choice's ``Piece``s: the text read for calls when ``parser`` is given.
-        ``counts[index]``: its tokens so far."""
+    async def pieces(self, prompt_ids, params, stops, plan, counts: list, index: int):
+        """One choice's ``Piece``s: the text read for calls when its ``plan`` offered tools
+        (only the first call when ``parallel_tool_calls`` is false). ``counts[index]``: its
+        tokens so far."""
+        parser = plan.parser() if plan is not None else None
+        calls = 0
         async for text, lps, reason, n in self.run(prompt_ids, params, stops):
             counts[index] = n
             parts = (parser.push(text) + (parser.finish() if reason else [])) if parser else [text]
             # the text between and after calls is their separators
             parts = [p for p in parts if p != "" and not (
                 parser and parser.calls and isinstance(p, str) and not p.strip())]
+            if plan is not None and plan.single:
+                kept = []
+                for p in parts:
+                    if isinstance(p, ParsedCall):
+                        calls += 1
+                        if calls > 1:
+                            continue
+                    kept.append(p)
+                parts = kept
             for j, part in enumerate(parts):
                 yield Piece(part if isinstance(part, str) else "",
                             part if isinstance(part, ParsedCall) else None,
@@ -214,7 +224,7 @@ class Completions:
                 for i in range(n)]  # n samples, each reproducible under its seed
         answer = Answer(kind, req.model or self.model_id, self.llm.tokenizer)
         counts = [0] * n
-        streams = [self.pieces(prompt_ids, p, stops, plan.parser() if plan else None, counts, i)
+        streams = [self.pieces(prompt_ids, p, stops, plan, counts, i)
                    for i, p in enumerate(rows)]
         if req.stream:
             include = bool(req.stream_options and req.stream_options.include_usage)
@@ -228,16 +238,25 @@ class Completions:
         async def collect(stream):
             return [p async for p in stream]
 
-        task = asyncio.ensure_future(asyncio.gather(*(collect(s) for s in streams)))
-        while not task.done():  # a client that leaves cancels its generations
-            await asyncio.wait({task}, timeout=0.25)
-            if not task.done() and await request.is_disconnected():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        tasks = [asyncio.ensure_future(collect(s)) for s in streams]
+
+        async def stop_all():
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        while not all(t.done() for t in tasks):
+            await asyncio.wait(tasks, timeout=0.25, return_when=asyncio.FIRST_EXCEPTION)
+            failed = next((t for t in tasks if t.done() and not t.cancelled()
+                           and t.exception() is not None), None)
+            if failed is not None:  # one choice failed: the others' rows are freed too
+                await stop_all()
+                raise failed.exception()
+            if not all(t.done() for t in tasks) and await request.is_disconnected():
+                await stop_all()  # a client that leaves cancels its generations
                 return JSONResponse({"error": {"message": "client disconnected",
                                                "type": "invalid_request_error"}}, 499)
-        choices = [self._choice(answer, i, pieces) for i, pieces in enumerate(task.result())]
+        choices = [self._choice(answer, i, t.result()) for i, t in enumerate(tasks)]
         return JSONResponse({**answer.head(False), "choices": choices,
                              "usage": usage(prompt_len, sum(counts))})
 
@@ -298,9 +317,10 @@ class Completions:
                     yield sse({**head, "choices": [{"index": index, **body, "logprobs": None,
                                                     "finish_reason": reason}]})
                 elif piece.call is not None:
-                    for delta in call_delta(calls[index], piece.call):
+                    for j, delta in enumerate(call_delta(calls[index], piece.call)):
                         yield sse({**head, "choices": [{"index": index, "delta": {
-                            "tool_calls": [delta]}, "logprobs": None, "finish_reason": None}]})
+                            "tool_calls": [delta]}, "logprobs": lp if j == 0 else None,
+                            "finish_reason": None}]})
                     calls[index] += 1
                 elif piece.text or lp:
                     body = {"delta": {"content": piece.text}} if chat else {"text": piece.text}

@@ -208,7 +208,9 @@ class ChatRequest(Sampling):
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedTool | None = None
-    parallel_tool_calls: bool | None = None  # None: true, as OpenAI
+    # true: a reply may hold several calls; false: the first only; None: several when the
+    # reply is free (tool_choice auto), one when it is constrained (required / a function)
+    parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
 
     @field_validator("tools")

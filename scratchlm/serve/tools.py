@@ -37,6 +37,8 @@ class Plan:
     names: set[str] | None  # parse the reply for calls to these (None: it is text)
     fmt: ToolFormat
 
+    single: bool = False  # parallel_tool_calls false: the first call only
+
     def parser(self) -> ToolCallParser | None:
         return ToolCallParser(self.fmt, self.names) if self.names is not None else None
 
@@ -65,13 +67,14 @@ def plan(req: ChatRequest, tokenizer) -> Plan:
         forced = [t for t in tools if t["function"]["name"] == choice.function.name]
     else:
         forced = tools if choice == "required" else None
+    single = req.parallel_tool_calls is False
     if forced is None and json_item is None:
-        return Plan(tools, None, names, fmt)
+        return Plan(tools, None, names, fmt, single)
     # one call unless the client asks for more: a small model, once free to go on, repeats its
     # call until max_tokens (llama.cpp's server defaults to one as well)
     calls = _calls_rule(fmt, forced or tools, req.parallel_tool_calls is True, tokenizer)
     start = "start: calls" if forced else f"start: calls | {json_item}"
-    return Plan(tools, f"{start}\n{calls}", names, fmt)
+    return Plan(tools, f"{start}\n{calls}", names, fmt, single)
 
 
 def _consistent(req: ChatRequest) -> None:
@@ -128,15 +131,16 @@ def _literal(text: str, tokenizer) -> str:
 
 
 def _no_controls(tools: list[dict], req: ChatRequest, tokenizer) -> None:
-    """Tool definitions and earlier calls are the client's text: a special-token string in them
-    would reach a template that renders them unprotected."""
+    """Tool definitions, earlier calls and messages' ``name`` / ``tool_call_id`` are the
+    client's text: a special-token string in them would reach a template that renders them
+    unprotected (only message contents are protected spans)."""
     special = getattr(tokenizer, "special_tokens", {})
-    for field, value in (("tools", tools), ("messages", [m.tool_calls for m in req.messages
-                                                         if m.tool_calls])):
+    said = [[c.model_dump() for c in m.tool_calls or []] + [m.name, m.tool_call_id]
+            for m in req.messages if m.tool_calls or m.name or m.tool_call_id]
+    for field, value in (("tools", tools), ("messages", said)):
         if not value or not special:
             continue
-        text = json.dumps([v if isinstance(v, dict) else [c.model_dump() for c in v]
-                           for v in value], ensure_ascii=False)
+        text = json.dumps(value, ensure_ascii=False)
         found = next((s for s in special if s in text), None)
         if found:
             raise APIError(400, f"{field} hold the special token {found!r}; it may not appear "

@@ -141,12 +141,22 @@ class ToolCallParser:
                 self.buf = self.buf[at + len(self.open):]
                 self.in_call = True
             else:
-                end = self.buf.find(self.close)
-                if end < 0:
-                    if final:  # a call cut short (a stop, the length): a call if it parses
-                        out.append(self._call(self.buf) or self.open + self.buf)
-                        self.buf = ""
-                    break
+                ends, at = [], self.buf.find(self.close)
+                while at >= 0:
+                    ends.append(at)
+                    at = self.buf.find(self.close, at + 1)
+                # the first close marker after which the body parses ends the call: one inside
+                # the call's JSON (an argument holding "</tool_call>") does not
+                end = next((e for e in ends if self._call(self.buf[:e], count=False)), None)
+                if end is None:
+                    if not ends:
+                        if final:  # a call cut short (a stop, the length): a call if it parses
+                            out.append(self._call(self.buf) or self.open + self.buf)
+                            self.buf = ""
+                        break
+                    if not final and not self._hopeless(self.buf[:ends[0]]):
+                        break  # a later close marker may complete it
+                    end = ends[0]  # not a call: text up to the first close marker
                 body, self.buf = self.buf[:end], self.buf[end + len(self.close):]
                 self.in_call = False
                 out.append(self._call(body) or self.open + body + self.close)
@@ -163,12 +173,30 @@ class ToolCallParser:
             return [out] if out else []
         if not final:
             return []
-        calls = [self._call(part) for part in self.buf.split(";")]
-        if calls and all(calls):
-            return calls
-        return [self.buf] if self.buf else []
+        calls, pos, decoder = [], 0, json.JSONDecoder()
+        text = self.buf
+        while pos < len(text):  # calls one after another, "; " between them
+            while pos < len(text) and text[pos] in " \t\n;":
+                pos += 1
+            if pos == len(text):
+                break
+            try:
+                obj, end = decoder.raw_decode(text, pos)
+            except ValueError:
+                return [text]
+            call = self._call(text[pos:end])
+            if call is None:
+                return [text]
+            calls.append(call)
+            pos = end
+        return calls or ([text] if text else [])
 
-    def _call(self, body: str) -> ParsedCall | None:
+    @staticmethod
+    def _hopeless(body: str) -> bool:
+        """A body that no more text can turn into a call (not JSON from its first character)."""
+        return not body.lstrip().startswith("{")
+
+    def _call(self, body: str, count: bool = True) -> ParsedCall | None:
         try:
             obj = json.loads(body.strip())
         except ValueError:
@@ -183,7 +211,7 @@ class ToolCallParser:
                 return None
         if not isinstance(args, dict):
             return None
-        self.calls += 1
+        self.calls += count
         return ParsedCall(obj["name"], json.dumps(args, ensure_ascii=False))
 
 

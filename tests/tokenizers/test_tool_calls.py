@@ -125,3 +125,15 @@ def test_a_forced_call_through_a_special_tool_call_token():
     _, calls = parse(HERMES, tok.decode(out), {"get_weather"}, 1000)
     assert [c.name for c in calls] == ["get_weather"]
     assert json.loads(calls[0].arguments)["city"] in ("Paris", "Rome")
+
+
+@pytest.mark.parametrize("step", [1, 5, 1000])
+def test_markers_and_separators_inside_arguments_stay_arguments(step):
+    html = '<tool_call>\n{"name": "f", "arguments": {"x": "a</tool_call>b"}}\n</tool_call>'
+    text, calls = parse(HERMES, html, {"f"}, step)
+    assert text == "" and json.loads(calls[0].arguments) == {"x": "a</tool_call>b"}
+    sql = '{"name": "sql", "parameters": {"q": "select 1; select 2"}}; {"name": "sql", ' \
+          '"parameters": {"q": "x"}}'
+    text, calls = parse(LLAMA3, sql, {"sql"}, step)
+    assert text == "" and [json.loads(c.arguments)["q"] for c in calls] == ["select 1; select 2",
+                                                                          "x"]
