@@ -29,29 +29,40 @@ class LLM:
     @classmethod
     def load(cls, name: str = "smollm2-135m-instruct", adapter: str | Path | None = None,
              quantize: str | None = "auto", device: str = "cpu", dtype: str = "fp32",
-             prefill: str = "fp32") -> "LLM":
+             prefill: str = "fp32", adapters: dict[str, str | Path] | None = None) -> "LLM":
         """A preset (``smollm2-135m-instruct``, ``gpt2-124m``, ...), a GGUF file or a model folder
         (e.g. a finetuning run's ``final/``), optionally with a LoRA adapter folder on top;
         ``device`` (cpu | cuda | cuda:N) and ``dtype`` (fp32 | bf16 | fp16) say where it runs;
         ``prefill`` (fp32 | bf16 | auto) the precision of prompt processing (see ``Engine``);
         ``quantize``: None (or "none"), int8, gguf or auto (a GGUF file's own blocks on the CPU
-        in fp32, unless an adapter needs float weights; ``checkpoints/load.auto_quantize``)."""
+        in fp32, unless an adapter needs float weights; ``checkpoints/load.auto_quantize``).
+        ``adapters``: NAME -> folder, LoRA adapters kept apart over the one base, each batch row
+        running its own (``finetune/adapter_bank.py``; the base is active between batches)."""
         from scratchlm.checkpoints.load import load_model_and_tokenizer
         from scratchlm.models.placement import placement
 
         dev, dt = placement(device, dtype)
-        if quantize == "auto" and adapter is not None:
+        if quantize == "auto" and (adapter is not None or adapters):
             quantize = None  # a LoRA adapter is applied to float weights
         model, tok = load_model_and_tokenizer(name, dt, dev, quantize=quantize)
         if adapter is not None:
             from scratchlm.finetune.lora import load_adapter
 
             load_adapter(model, adapter)
-            model.eval()
+        label = Path(str(name)).name if Path(str(name)).exists() else str(name)
+        if adapters:
+            from scratchlm.finetune.adapter_bank import add_named_adapter, set_adapter
+
+            for key, folder in adapters.items():
+                if key == label:
+                    raise ValueError(f"adapter {key!r}: the base model is named so; give the "
+                                     "adapter another name")
+                add_named_adapter(model, key, folder)  # one for another base: a ValueError
+            set_adapter(model, None)
         from scratchlm.checkpoints.generation_config import sampling_defaults
 
-        return cls(model, tok, Path(str(name)).name if Path(str(name)).exists() else str(name),
-                   sampling_defaults(name), prefill)
+        # the engine (made last) sees the adapters: its C decoder runs no LoRA
+        return cls(model.eval(), tok, label, sampling_defaults(name), prefill)
 
     @property
     def context_length(self) -> int:

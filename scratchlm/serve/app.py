@@ -141,10 +141,10 @@ def main(cfg: ServeConfig) -> None:
                          "start a server open to anyone; give a key, or leave both out for a "
                          "server without one")
     named = cfg.named_adapters()
+    # an adapter that does not fit stops the start (the CLI's one-line error names it)
     llm = LLM.load(cfg.model, adapter=None if named else (cfg.adapter or [None])[0],
-                   quantize=None if named else cfg.quantize, device=cfg.device,
-                   dtype=cfg.dtype, prefill=cfg.prefill)
-    load_named_adapters(llm, named)
+                   quantize=cfg.quantize, device=cfg.device, dtype=cfg.dtype,
+                   prefill=cfg.prefill, adapters=named)
     app = create_app(llm, cfg)
     print(f"serving {llm.name} ({cfg.device}, {cfg.dtype}, prefill {llm.engine.prefill}) on "
           f"http://{cfg.host}:{cfg.port} (chat page at /, API at /v1)"
@@ -152,28 +152,6 @@ def main(cfg: ServeConfig) -> None:
     raise_open_files_limit()
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning",
                 http=guarded(cfg.request_timeout, cfg.max_connections))
-
-
-def load_named_adapters(llm: LLM, named: dict[str, str]) -> None:
-    """Put each NAME=DIR adapter on the served model; one that does not fit it (trained for
-    another base) stops the start, naming the folder and the reason."""
-    if not named:
-        return
-    from scratchlm.finetune.adapter_bank import add_named_adapter, set_adapter
-
-    for name, folder in named.items():
-        if name == llm.name:
-            raise SystemExit(f"--adapter {name}={folder}: the base model is served as "
-                             f"{name!r}; give the adapter another name")
-        try:
-            add_named_adapter(llm.model, name, folder)
-        except (ValueError, OSError) as e:  # a CheckpointError is a ValueError
-            raise SystemExit(f"--adapter {name}={folder}: {e}") from None
-    set_adapter(llm.model, None)
-    # a new engine: the one made with the model decided on its C decoder, which runs no LoRA
-    from scratchlm.generation.engine import Engine
-
-    llm.engine = Engine(llm.model.eval(), prefill=llm.engine.prefill)
 
 
 def raise_open_files_limit() -> None:
