@@ -25,6 +25,7 @@ from scratchlm.generation.native_decode import NativeDecoder
 from scratchlm.generation.sampling import sample_next
 from scratchlm.nn.kv_cache import KVCache, SlidingKVCache
 from scratchlm.nn.native import head_linear
+from scratchlm.tokenizers.base import held_back
 from scratchlm.training.runtime import bf16_native
 
 
@@ -264,23 +265,12 @@ class TextStream:
             piece = text[start:cut]
             self.sent = cut
             return piece
-        hold = max((self._held(text, s) for s in self.stop_strings), default=0)
+        hold = max((held_back(text, s) for s in self.stop_strings), default=0)
         if len(text) - hold > start:
             piece = text[start:len(text) - hold]
             self.sent = len(text) - hold
             return piece
         return ""
-
-    @staticmethod
-    def _held(text: str, stop: str) -> int:
-        """The length of the longest end of ``text`` that begins ``stop`` (not all of it)."""
-        first, lo = stop[0], max(0, len(text) - len(stop) + 1)
-        i = text.find(first, lo)
-        while i >= 0:
-            if stop.startswith(text[i:]):
-                return len(text) - i
-            i = text.find(first, i + 1)
-        return 0
 
     def finish(self) -> str:
         if self.stopped:

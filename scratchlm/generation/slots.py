@@ -151,7 +151,7 @@ class SlotBatch:
         for i, (prompt, params, _) in enumerate(requests):
             source.setdefault((params.adapter, *prompt), i)
         firsts_of = list(source.values())
-        order = firsts_of + [i for i in range(len(requests)) if i not in set(firsts_of)]
+        order = firsts_of + sorted(set(range(len(requests))) - set(firsts_of))
         ordered = [requests[i] for i in order]
         k = len(firsts_of)
         longest = max(p for p, _ in sizes)

@@ -308,8 +308,8 @@ class Completions:
                     yield sse({"error": {"message": piece.message, "type": piece.kind}})
                     continue
                 lp = answer.logprobs(piece.logprobs, offsets[index]) if piece.logprobs else None
-                if not chat:
-                    offsets[index] += sum(len(answer.token(e.token)[0]) for e in piece.logprobs)
+                if lp and not chat:  # the next piece's tokens start where these end
+                    offsets[index] = lp["text_offset"][-1] + len(lp["tokens"][-1])
                 if piece.reason is not None:
                     reason = "tool_calls" if chat and calls[index] and piece.reason == "stop" \
                         else piece.reason

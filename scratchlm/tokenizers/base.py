@@ -110,3 +110,15 @@ def encode_protected(tokenizer, text: str, untrusted: Iterable[tuple[int, int]])
     if start < len(text):
         ids += encode_ordinary(tokenizer, text[start:])
     return ids
+
+
+def held_back(text: str, marker: str) -> int:
+    """The length of the longest end of ``text`` that begins ``marker`` (not all of it): what a
+    stream holds back while a stop string or a call's marker may still be arriving."""
+    first, lo = marker[0], max(0, len(text) - len(marker) + 1)
+    i = text.find(first, lo)
+    while i >= 0:
+        if marker.startswith(text[i:]):
+            return len(text) - i
+        i = text.find(first, i + 1)
+    return 0

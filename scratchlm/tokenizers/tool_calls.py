@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from scratchlm.tokenizers.base import held_back
+
 
 @dataclass(frozen=True)
 class ToolFormat:
@@ -133,7 +135,7 @@ class ToolCallParser:
             if not self.in_call:
                 at = self.buf.find(self.open)
                 if at < 0:
-                    keep = 0 if final else _held(self.buf, self.open)
+                    keep = 0 if final else held_back(self.buf, self.open)
                     out.append(self.buf[:len(self.buf) - keep])
                     self.buf = self.buf[len(self.buf) - keep:]
                     break
@@ -214,10 +216,3 @@ class ToolCallParser:
         self.calls += count
         return ParsedCall(obj["name"], json.dumps(args, ensure_ascii=False))
 
-
-def _held(text: str, marker: str) -> int:
-    """The length of the longest end of ``text`` that begins ``marker``."""
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if marker.startswith(text[-n:]):
-            return n
-    return 0
