@@ -101,3 +101,14 @@ def yarn_to_hf(scaling: dict | None) -> dict:
         return {"rope_type": "default"}
     return {"rope_type": "yarn", **{hf: scaling[ours] for hf, ours in _YARN.items()
                                     if ours in scaling}}
+
+
+def shape_to_hf(cfg) -> dict:
+    """The config.json keys every RoPE family shares, under Hugging Face's names: sizes, the
+    norm's epsilon, tied embeddings, the saved dtype."""
+    return {"vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.context_length,
+            "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
+            "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head,
+            "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size,
+            "rms_norm_eps": cfg.norm_eps, "tie_word_embeddings": cfg.tie_embeddings,
+            "torch_dtype": "float32"}

@@ -9,7 +9,8 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from scratchlm.models.convert.hf_blocks import (ATTENTION, GATED_MLP, TOP, block_key_to_ours,
-                                                block_state_to_hf, layer_pattern, layer_types)
+                                                block_state_to_hf, layer_pattern, layer_types,
+                                                shape_to_hf)
 from scratchlm.models.gemma3 import Gemma3Config
 
 _BLOCK = {
@@ -74,20 +75,15 @@ def config_to_hf(cfg: Gemma3Config) -> dict:
                 "rope_theta": cfg.rope_base}
     return {
         "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
-        "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.context_length,
-        "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head,
-        "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size,
-        "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": cfg.norm_eps,
+        **shape_to_hf(cfg), "hidden_activation": "gelu_pytorch_tanh",
         "query_pre_attn_scalar": cfg.query_pre_attn_scalar,
         "sliding_window": cfg.sliding_window or None,
         "layer_types": layer_types(cfg),
         "rope_parameters": {"full_attention": full,
                             "sliding_attention": {"rope_type": "default",
                                                   "rope_theta": cfg.rope_local_base}},
-        "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False,
+        "attention_bias": False,
         "final_logit_softcapping": None, "attn_logit_softcapping": None,
-        "torch_dtype": "float32",
     }
 
 

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 
 from scratchlm.models.convert.hf_blocks import (ATTENTION, TOP, block_state_to_hf,
-                                                layer_pattern, layer_types, yarn_from_hf,
-                                                yarn_to_hf)
+                                                layer_pattern, layer_types, shape_to_hf,
+                                                yarn_from_hf, yarn_to_hf)
 from scratchlm.models.convert.mxfp4 import join_mxfp4
 from scratchlm.models.gpt_oss import GptOssConfig
 
@@ -75,18 +75,13 @@ def config_from_hf(hf: Mapping) -> GptOssConfig:
 def config_to_hf(cfg: GptOssConfig) -> dict:
     return {
         "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss",
-        "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.context_length,
-        "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head,
-        "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size,
-        "hidden_act": "silu", "rms_norm_eps": cfg.norm_eps,
+        **shape_to_hf(cfg), "hidden_act": "silu",
         "sliding_window": cfg.sliding_window or None, "layer_types": layer_types(cfg),
         "rope_parameters": {"rope_theta": cfg.rope_base, **yarn_to_hf(cfg.rope_scaling)},
         "num_local_experts": cfg.moe.num_experts, "num_experts_per_tok": cfg.moe.top_k,
         "router_aux_loss_coef": cfg.moe.aux_loss_coef,
         "swiglu_alpha": cfg.swiglu_alpha, "swiglu_limit": cfg.swiglu_limit,
-        "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": True,
-        "torch_dtype": "float32",
+        "attention_bias": True,
     }
 
 

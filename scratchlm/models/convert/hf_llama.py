@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
+from scratchlm.models.convert.hf_blocks import shape_to_hf
 from scratchlm.models.llama import LlamaConfig
 from scratchlm.models.qwen3 import Qwen3Config
 
@@ -107,13 +108,8 @@ def config_to_hf(cfg: LlamaConfig) -> dict:
         raise ValueError("a Llama with qk_norm has no HF layout (use Qwen3Config)")
     out = {
         "architectures": [MODEL_TYPES[model_type][1]], "model_type": model_type,
-        "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.context_length,
-        "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head,
-        "intermediate_size": cfg.intermediate_size, "head_dim": cfg.head_dim,
-        "hidden_act": "silu", "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_base,
-        "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": cfg.qkv_bias,
-        "torch_dtype": "float32",
+        **shape_to_hf(cfg), "hidden_act": "silu", "rope_theta": cfg.rope_base,
+        "attention_bias": cfg.qkv_bias,
     }
     if cfg.rope_scaling:
         s = cfg.rope_scaling

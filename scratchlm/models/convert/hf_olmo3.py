@@ -10,7 +10,7 @@ import torch
 
 from scratchlm.models.convert.hf_blocks import (ATTENTION, GATED_MLP, TOP, block_key_to_ours,
                                                 block_state_to_hf, layer_pattern, layer_types,
-                                                yarn_from_hf, yarn_to_hf)
+                                                shape_to_hf, yarn_from_hf, yarn_to_hf)
 from scratchlm.models.olmo3 import Olmo3Config
 
 _BLOCK = {
@@ -54,18 +54,13 @@ def config_to_hf(cfg: Olmo3Config) -> dict:
     full = {"rope_theta": cfg.rope_base, **yarn_to_hf(cfg.rope_scaling)}
     return {
         "architectures": ["Olmo3ForCausalLM"], "model_type": "olmo3",
-        "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.context_length,
-        "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head,
-        "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size,
-        "hidden_act": "silu", "rms_norm_eps": cfg.norm_eps,
+        **shape_to_hf(cfg), "hidden_act": "silu",
         "sliding_window": cfg.sliding_window or None,
         "layer_types": layer_types(cfg),
         "rope_parameters": {"full_attention": full,
                             "sliding_attention": {"rope_type": "default",
                                                   "rope_theta": cfg.rope_base}},
-        "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False,
-        "torch_dtype": "float32",
+        "attention_bias": False,
     }
 
 
