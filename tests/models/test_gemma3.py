@@ -16,6 +16,8 @@ from scratchlm.checkpoints.files import CheckpointError
 from scratchlm.checkpoints.hf import save_hf
 from scratchlm.checkpoints.load import load_pretrained  # noqa: E402
 from scratchlm.models.registry import build_model  # noqa: E402
+from tests.models.family_checks import (assert_greedy_matches_transformers,
+                                     assert_padded_batch_equals_rows)
 
 
 def write_hf_gemma3(folder, tie=True, n_layer=4, pattern=2, window=6, n_head=4, n_kv=2,
@@ -76,23 +78,12 @@ def test_the_window_matters():
 
 def test_greedy_generation_past_the_window_matches_transformers(tmp_path):
     hf = write_hf_gemma3(tmp_path, window=5)
-    ours = load_pretrained(str(tmp_path))
-    prompts = [[5, 17, 42, 99, 3, 8, 9, 10, 11], [7, 8]]  # the first is longer than the window
-    got = Engine(ours).generate(prompts, SamplingParams(max_new_tokens=14))
-    for p, g in zip(prompts, got):
-        want = hf.generate(torch.tensor([p]), max_new_tokens=14, do_sample=False,
-                           attention_mask=torch.ones(1, len(p), dtype=torch.long))
-        assert g == want[0, len(p):].tolist()
+    assert_greedy_matches_transformers(load_pretrained(str(tmp_path)), hf)
 
 
 def test_left_padded_batch_equals_single_rows(tmp_path):
     write_hf_gemma3(tmp_path, window=4)
-    ours = load_pretrained(str(tmp_path))
-    engine = Engine(ours)
-    prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8], [4, 4, 4, 4]]
-    batched = engine.generate(prompts, SamplingParams(max_new_tokens=10))
-    single = [engine.generate([p], SamplingParams(max_new_tokens=10))[0] for p in prompts]
-    assert batched == single
+    assert_padded_batch_equals_rows(load_pretrained(str(tmp_path)))
 
 
 @pytest.mark.parametrize("tie", [True, False])

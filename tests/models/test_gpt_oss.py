@@ -13,12 +13,13 @@ transformers = pytest.importorskip("transformers")
 from scratchlm.checkpoints.files import save_safetensors  # noqa: E402
 from scratchlm.checkpoints.hf import save_hf  # noqa: E402
 from scratchlm.checkpoints.load import load_pretrained  # noqa: E402
-from scratchlm.generation.engine import Engine, SamplingParams  # noqa: E402
 from scratchlm.models.accounting import count_parameters  # noqa: E402
 from scratchlm.models.convert.mxfp4 import dequantize_mxfp4  # noqa: E402
 from scratchlm.models.gpt_oss import GptOss, GptOssConfig  # noqa: E402
 from scratchlm.models.registry import build_model  # noqa: E402
 from scratchlm.nn.attention import attention_with_sinks  # noqa: E402
+from tests.models.family_checks import (assert_greedy_matches_transformers,
+                                     assert_padded_batch_equals_rows)
 
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
         "rope_theta": 10_000.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False}
@@ -120,22 +121,12 @@ def test_mxfp4_half_pair_is_named(tmp_path):
 
 def test_greedy_generation_past_the_window_matches_transformers(tmp_path):
     hf = write_hf_gpt_oss(tmp_path, window=5)
-    ours = load_pretrained(str(tmp_path))
-    prompts = [[5, 17, 42, 99, 3, 8, 9, 10, 11], [7, 8]]
-    got = Engine(ours).generate(prompts, SamplingParams(max_new_tokens=14))
-    for p, g in zip(prompts, got):
-        want = hf.generate(torch.tensor([p]), max_new_tokens=14, do_sample=False,
-                           attention_mask=torch.ones(1, len(p), dtype=torch.long))
-        assert g == want[0, len(p):].tolist()
+    assert_greedy_matches_transformers(load_pretrained(str(tmp_path)), hf)
 
 
 def test_left_padded_batch_equals_single_rows(tmp_path):
     write_hf_gpt_oss(tmp_path, window=4)
-    engine = Engine(load_pretrained(str(tmp_path)))
-    prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8], [4, 4, 4, 4]]
-    batched = engine.generate(prompts, SamplingParams(max_new_tokens=10))
-    assert batched == [engine.generate([p], SamplingParams(max_new_tokens=10))[0]
-                       for p in prompts]
+    assert_padded_batch_equals_rows(load_pretrained(str(tmp_path)))
 
 
 @pytest.mark.parametrize("tie", [True, False])
