@@ -335,10 +335,10 @@ def format_bandwidth(rounds: int) -> None:
 
 
 def build_variants(stacks: dict, x: torch.Tensor, rounds: int) -> None:
-    """The block formats' and int8's batch-1 matvec in each build of csrc/decode.c
-    (``nn/native.py``'s VARIANTS): this CPU's (AVX-512 here), the AVX2 build a CPU without
-    AVX-512 gets, and plain C; G weights/s, the builds alternated; and the ratio of the AVX2
-    build to this CPU's (goal >= 0.7)."""
+    """The block formats' and int8's matvec in each build of csrc/decode.c (``nn/native.py``'s
+    VARIANTS): this CPU's (AVX-512 here), the AVX2 build a CPU without AVX-512 gets, and plain
+    C; G weights/s at 1 and 8 rows of x (a batch-1 and a batch-8 decode step), the builds
+    alternated; and the ratio of the AVX2 build to this CPU's (goal >= 0.7)."""
     from scratchlm.nn.gguf_linear import gguf_matmul
     from scratchlm.nn.native import decode_function, variants
 
@@ -346,31 +346,37 @@ def build_variants(stacks: dict, x: torch.Tensor, rounds: int) -> None:
     kernels = {v: f for v, f in kernels.items() if f is not None}
     int8 = {v: decode_function("int8_linear", v) for v in kernels}
     formats = [q for q in stacks if q not in ("fp32", "int8")]
-    best = {(q, v): float("inf") for q in [*formats, "int8"] for v in kernels}
+    xs = {1: x[:1], 8: torch.randn(8, x.shape[-1])}
+    best = {(q, v, b): float("inf") for q in [*formats, "int8"] for v in kernels for b in xs}
 
-    def run_int8(v, layer):
-        y = torch.empty(x.shape[0], layer.out_features)
-        int8[v](x.data_ptr(), layer.weight_int8.data_ptr(), layer.scale.data_ptr(), None,
-                y.data_ptr(), x.shape[0], layer.out_features, x.shape[1])
+    def run_int8(v, layer, xb):
+        y = torch.empty(xb.shape[0], layer.out_features)
+        int8[v](xb.data_ptr(), layer.weight_int8.data_ptr(), layer.scale.data_ptr(), None,
+                y.data_ptr(), xb.shape[0], layer.out_features, xb.shape[1])
 
     with torch.no_grad():
         for _ in range(rounds * 3):
             for q in [*formats, "int8"]:
-                for v, kernel in kernels.items():
-                    t0 = time.perf_counter()
-                    for layer in stacks[q]:
-                        if q == "int8":
-                            run_int8(v, layer)
-                        else:
-                            gguf_matmul(kernel, x, layer.blocks, q, None, layer.out_features)
-                    best[q, v] = min(best[q, v], (time.perf_counter() - t0) / len(stacks[q]))
+                for b, xb in xs.items():
+                    for v, kernel in kernels.items():
+                        t0 = time.perf_counter()
+                        for layer in stacks[q]:
+                            if q == "int8":
+                                run_int8(v, layer, xb)
+                            else:
+                                gguf_matmul(kernel, xb, layer.blocks, q, None, layer.out_features)
+                        best[q, v, b] = min(best[q, v, b],
+                                            (time.perf_counter() - t0) / len(stacks[q]))
     n, k = stacks[formats[0]][0].out_features, x.shape[-1]
-    ratio = "avx2 / native" if {"avx2", "native"} <= set(kernels) else ""
-    print("G weights/s per build: " + "  ".join(f"{v:>9}" for v in kernels) + f"  {ratio}")
-    for q in [*formats, "int8"]:
-        tail = f"  {best[q, 'native'] / best[q, 'avx2']:>13.2f}" if ratio else ""
-        print(f"{q:>21} " + "  ".join(f"{n * k / best[q, v] / 1e9:>9.1f}" for v in kernels)
-              + tail)
+    both = {"avx2", "native"} <= set(kernels)
+    for b in xs:
+        ratio = "avx2 / native" if both else ""
+        print(f"G weights/s per build, {b} row{'s' if b > 1 else ''} of x: "
+              + "  ".join(f"{v:>9}" for v in kernels) + f"  {ratio}")
+        for q in [*formats, "int8"]:
+            tail = f"  {best[q, 'native', b] / best[q, 'avx2', b]:>13.2f}" if both else ""
+            print(f"{q:>32} " + "  ".join(f"{b * n * k / best[q, v, b] / 1e9:>9.1f}"
+                                          for v in kernels) + tail)
 
 
 def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False) -> None:

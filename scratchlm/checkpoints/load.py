@@ -33,8 +33,8 @@ def auto_quantize(name: str, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32) -> str | None:
     """What ``quantize="auto"`` loads for a GGUF model decoded in float32 on the CPU: the file's
     own blocks (``"gguf"``) when the built kernel multiplies every block format of the file in
-    vector registers (``nn/native.simd_block_formats``: all of them with AVX-512; Q8_0, Q4_0
-    and Q4_1 with AVX2), else ``"int8"``, which every build runs at vector speed; None (the
+    vector registers (``nn/native.simd_block_formats``: all five with AVX-512 or AVX2, none in
+    the portable build), else ``"int8"``, which every build runs at vector speed; None (the
     weights as stored) for anything else. The blocks hold the file's exact weights in 0.18x
     fp32's memory and decode faster than int8 where their kernel is vectorized; through the
     generic path they decoded at 0.4x int8's speed (docs/llama.md)."""

@@ -30,10 +30,10 @@ if TYPE_CHECKING:  # imported where a kernel runs: building one needs no torch
 
 CSRC = Path(__file__).parent / "csrc"
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
-# what a kernel is built for: this CPU (every vector unit it has); an AVX2 build (the C paths
-# of csrc/decode.c without its AVX-512 intrinsics, vectorized by the compiler for AVX2 + FMA:
-# what -march=native gives a CPU without AVX-512, built here so that it is tested here; x86-64
-# only); or a portable build (plain C vectorized for the architecture's baseline)
+# what a kernel is built for: this CPU (every vector unit it has); an AVX2 build (csrc/decode.c's
+# AVX2 + FMA intrinsics: what -march=native gives a CPU without AVX-512, built here so that it
+# is tested here; x86-64 only); or a portable build (plain C vectorized for the architecture's
+# baseline)
 VARIANTS = {"native": FLAGS, "avx2": ("-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared"),
             "portable": ("-O3", "-fPIC", "-shared")}
 

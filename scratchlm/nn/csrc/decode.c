@@ -2,7 +2,7 @@
 
    int8_linear   y = x @ (w * scale).T + bias for a few rows of x (nn/quant.py)
    f32_linear    the same for float32 weights (output heads of decode steps)
-   gguf_linear   the same for GGUF blocks as stored (Q8_0, Q4_0, Q4_1; nn/gguf_linear.py)
+   gguf_linear   the same for GGUF blocks as stored (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K; gguf_linear.py)
    llama_layer   one whole Llama decoder layer for one new token per row (a decode step,
    gpt_layer     generation/native_decode.py), the PyTorch layer's arithmetic in one call;
                  the same for a GPT-2 layer
@@ -269,6 +269,33 @@ static inline float half_to_float(const uint8_t *p) {
 #endif
 }
 
+/* Q4_K's 8 sub-block scales d * sc and minimums dmin * mn (6-bit sc, mn packed in 12 bytes) */
+static inline void q4k_scales(const uint8_t *blk, float sc[8], float mn[8]) {
+    const uint8_t *p = blk + 4;
+    float d = half_to_float(blk), dmin = half_to_float(blk + 2);
+    for (int t = 0; t < 4; t++) {
+        sc[t] = d * (float)(p[t] & 63);
+        mn[t] = dmin * (float)(p[t + 4] & 63);
+        sc[t + 4] = d * (float)((p[t + 8] & 0x0f) | ((p[t] >> 6) << 4));
+        mn[t + 4] = dmin * (float)((p[t + 8] >> 4) | ((p[t + 4] >> 6) << 4));
+    }
+}
+
+#if defined(__AVX2__)
+/* Q6_K: the 32 six-bit values of weights 32g + [0, 32) (half h = g / 4, k = g % 4) put
+   together in bytes, minus 32: low 4 bits from ql (byte 32 (k & 1) + l of the half's 64, the
+   high nibble for k >= 2), high 2 from bits 2k of qh byte l. Weights [0, 16) take scale
+   8h + 2k, [16, 32) the next one. */
+static inline __m256i q6k_bytes(const uint8_t *blk, int g) {
+    int h = g / 4, k = g % 4;
+    __m256i ql = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32 * (k & 1)));
+    __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
+    __m256i lo = _mm256_and_si256(_mm256_srli_epi16(ql, 4 * (k >> 1)), _mm256_set1_epi8(0x0f));
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), _mm256_set1_epi8(3));
+    return _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32));
+}
+#endif
+
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define HAVE_BLOCKS_AVX512 1
 
@@ -348,18 +375,6 @@ static void dot4_blocks(const void *rows, int64_t K, const float *x, float out[4
     for (int i = 0; i < 4; i++) out[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
-/* Q4_K's 8 sub-block scales d * sc and minimums dmin * mn (6-bit sc, mn packed in 12 bytes) */
-static inline void q4k_scales(const uint8_t *blk, float sc[8], float mn[8]) {
-    const uint8_t *p = blk + 4;
-    float d = half_to_float(blk), dmin = half_to_float(blk + 2);
-    for (int t = 0; t < 4; t++) {
-        sc[t] = d * (float)(p[t] & 63);
-        mn[t] = dmin * (float)(p[t + 4] & 63);
-        sc[t + 4] = d * (float)((p[t + 8] & 0x0f) | ((p[t] >> 6) << 4));
-        mn[t + 4] = dmin * (float)((p[t + 8] >> 4) | ((p[t + 4] >> 6) << 4));
-    }
-}
-
 /* Q4_K: the 64 weights of chunk c (sub-blocks 2c and 2c + 1) as four vectors of 16, in order */
 static inline void q4k_weights(const uint8_t *blk, const float sc[8], const float mn[8], int c,
                                __m512 w[4]) {
@@ -376,23 +391,20 @@ static inline void q4k_weights(const uint8_t *blk, const float sc[8], const floa
     w[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), t1);
 }
 
-/* Q6_K: the weights 32k + 16 half + [0, 16) of half h of a super-block, k = 0..3, as w[k] */
-static inline void q6k_weights(const uint8_t *blk, int h, int half, __m512 w[4]) {
-    const __m512i low4 = _mm512_set1_epi32(0x0f), two = _mm512_set1_epi32(3);
-    const __m512i centre = _mm512_set1_epi32(32);
+/* Q6_K: the 64 weights 64p + [0, 64) of a super-block as four vectors of 16 (each under one
+   scale): the six-bit values are put together 32 at a time in bytes (q6k_bytes), then widened */
+static inline void q6k_weights(const uint8_t *blk, int p, __m512 w[4]) {
     const int8_t *sc = (const int8_t *)(blk + 192);
-    const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
     float d = half_to_float(blk + 208);
-    __m512i hb = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qh + 16 * half)));
-    __m512i l0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ql + 16 * half)));
-    __m512i l1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ql + 32 + 16 * half)));
-    for (int k = 0; k < 4; k++) {
-        __m512i lo = k < 2 ? _mm512_and_si512(k & 1 ? l1 : l0, low4)
-                           : _mm512_srli_epi32(k & 1 ? l1 : l0, 4);
-        __m512i hi = _mm512_and_si512(_mm512_srli_epi32(hb, 2 * k), two);
-        __m512i q = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), centre);
-        w[k] = _mm512_mul_ps(_mm512_cvtepi32_ps(q),
-                             _mm512_set1_ps(d * (float)sc[8 * h + 2 * k + half]));
+    for (int t = 0; t < 2; t++) {
+        int g = 2 * p + t;
+        __m256i q = q6k_bytes(blk, g);
+        int s = 8 * (g / 4) + 2 * (g % 4);
+        w[2 * t] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                     _mm256_castsi256_si128(q))), _mm512_set1_ps(d * sc[s]));
+        w[2 * t + 1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                         _mm256_extracti128_si256(q, 1))),
+                                     _mm512_set1_ps(d * sc[s + 1]));
     }
 }
 
@@ -426,9 +438,7 @@ static void dot4_q4k(const void *rows, int64_t K, const float *x, float out[4]) 
     for (int i = 0; i < 4; i++) out[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i], acc2[i]));
 }
 
-/* Q6_K: weight 32k + l of half h (k = 0..3, l = 0..31) is ((ql[32(k & 1) + l] >> 4(k >> 1)) &
-   15 | ((qh[l] >> 2k) & 3) << 4) - 32, times d * sc[8h + 2k + l / 16]: sixteen weights share a
-   scale, so each vector of 16 is widened, centred, converted and scaled once. */
+/* Q6_K: sixteen weights share a scale, so each vector of 16 is converted and scaled once */
 static void dot4_q6k(const void *rows, int64_t K, const float *x, float out[4]) {
     const uint8_t *r = rows;
     int64_t nb = K / 256, rb = nb * 210;
@@ -439,19 +449,14 @@ static void dot4_q6k(const void *rows, int64_t K, const float *x, float out[4]) 
             const uint8_t *b = r + i * rb + j * 210;
             for (int line = 0; line < 4; line++)
                 _mm_prefetch((const char *)b + 64 * line + PREFETCH_AHEAD / 2, _MM_HINT_T0);
-            for (int h = 0; h < 2; h++) {
-                const float *xh = x + 256 * j + 128 * h;
-                for (int half = 0; half < 2; half++) { /* l in [16 half, 16 half + 16) */
-                    __m512 w[4];
-                    q6k_weights(b, h, half, w);
-                    for (int k = 0; k < 4; k++) {
-                        __m512 xv = _mm512_loadu_ps(xh + 32 * k + 16 * half);
-                        if (k & 1)
-                            acc2[i] = _mm512_fmadd_ps(w[k], xv, acc2[i]);
-                        else
-                            acc[i] = _mm512_fmadd_ps(w[k], xv, acc[i]);
-                    }
-                }
+            for (int p = 0; p < 4; p++) {
+                const float *xp = x + 256 * j + 64 * p;
+                __m512 w[4];
+                q6k_weights(b, p, w);
+                acc[i] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xp), acc[i]);
+                acc2[i] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xp + 16), acc2[i]);
+                acc[i] = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(xp + 32), acc[i]);
+                acc2[i] = _mm512_fmadd_ps(w[3], _mm512_loadu_ps(xp + 48), acc2[i]);
             }
         }
     }
@@ -473,20 +478,17 @@ static inline __attribute__((always_inline)) void dot4xR_kquants(
             float sc[8], mn[8];
             if (fmt == FMT_Q4_K)
                 q4k_scales(blk, sc, mn);
-            for (int part = 0; part < 4; part++) { /* 64 weights: Q4_K chunk, Q6_K (h, half) */
-                __m512 w[4];
-                int64_t at[4]; /* where each vector's 16 weights start in the super-block */
-                if (fmt == FMT_Q4_K) {
+            for (int part = 0; part < 4; part++) { /* weights 64 part + [0, 64) */
+                __m512 w[4]; /* weights 64 part + 16t, t = 0..3 */
+                if (fmt == FMT_Q4_K)
                     q4k_weights(blk, sc, mn, part, w);
-                    for (int t = 0; t < 4; t++) at[t] = 64 * part + 16 * t;
-                } else {
-                    q6k_weights(blk, part / 2, part % 2, w);
-                    for (int t = 0; t < 4; t++) at[t] = 128 * (part / 2) + 32 * t + 16 * (part % 2);
-                }
+                else
+                    q6k_weights(blk, part, w);
                 for (int t = 0; t < 4; t++)
                     for (int b = 0; b < R; b++)
                         acc[b] = _mm512_fmadd_ps(
-                            w[t], _mm512_loadu_ps(x + b * ldx + 256 * j + at[t]), acc[b]);
+                            w[t], _mm512_loadu_ps(x + b * ldx + 256 * j + 64 * part + 16 * t),
+                            acc[b]);
             }
         }
         for (int b = 0; b < R; b++) out[b][i] = _mm512_reduce_add_ps(acc[b]);
@@ -540,9 +542,9 @@ static void dot4xR(const void *rows, int64_t K, const float *x, float out[8][4],
 #define HAVE_BLOCKS_AVX2 1
 /* The blocks of 32 at 8 lanes: a block is four vectors. Q4_0 / Q4_1 widen each nibble to
    float32 and apply d and m with one FMA (w = d * q + m; Q4_0: m = -8d); Q8_0 sums q * x over
-   the block and applies d once. K-quants take the generic path (dequantize a block to a
-   buffer, vectorized by the compiler). */
-static inline int simd_blocks(int64_t fmt) { return fmt >= FMT_Q8_0 && fmt <= FMT_Q4_1; }
+   the block and applies d once. The K-quants are read 32 weights at a time in the same way
+   (dot4xR_kquants8). */
+static inline int simd_blocks(int64_t fmt) { return fmt >= FMT_Q8_0 && fmt <= FMT_Q6_K; }
 
 static inline void block_weights8(const uint8_t *b, int64_t fmt, __m256 w[4]) {
     if (fmt == FMT_Q8_0) {
@@ -619,9 +621,165 @@ static inline __attribute__((always_inline)) void dot4xR_blocks8(
     }
 }
 
+/* Q4_K: the 32 weights of sub-block s as four vectors of 8: byte 32 (s / 2) + l holds weight l
+   of sub-block s in its low nibble when s is even, in its high one when odd; w = sc q - mn */
+static inline void q4k8_weights(const uint8_t *blk, const float sc[8], const float mn[8], int s,
+                                __m256 w[4]) {
+    const uint8_t *qs = blk + 16 + 32 * (s / 2);
+    __m256 d = _mm256_set1_ps(sc[s]), m = _mm256_set1_ps(mn[s]);
+    const __m256i low4 = _mm256_set1_epi32(0x0f);
+    for (int t = 0; t < 4; t++) {
+        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * t)));
+        v = s & 1 ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, low4);
+        w[t] = _mm256_fmsub_ps(_mm256_cvtepi32_ps(v), d, m);
+    }
+}
+
+/* Q6_K: the 32 weights 32g + [0, 32) as four vectors of 8 (q6k_bytes widened 8 at a time) */
+static inline void q6k8_weights(const uint8_t *blk, int g, __m256 w[4]) {
+    const int8_t *sc = (const int8_t *)(blk + 192);
+    __m256i q = q6k_bytes(blk, g);
+    __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);
+    float d = half_to_float(blk + 208);
+    int s = 8 * (g / 4) + 2 * (g % 4);
+    __m256 s0 = _mm256_set1_ps(d * (float)sc[s]), s1 = _mm256_set1_ps(d * (float)sc[s + 1]);
+    w[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)), s0);
+    w[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))), s0);
+    w[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)), s1);
+    w[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))), s1);
+}
+
+/* The K-quants for R = 1, 4 or 8 rows of x, one weight row at a time: each run of 32 weights is
+   widened once for the R rows (four vectors and R accumulators fit AVX2's 16 registers) */
+static inline __attribute__((always_inline)) void dot4xR_kquants8(
+    const void *rows, int64_t K, const float *x, int64_t ldx, float out[8][4],
+    const int64_t fmt, const int R) {
+    const uint8_t *r = rows;
+    int64_t bs = block_bytes(fmt), nb = K / 256, rb = nb * bs;
+    for (int i = 0; i < 4; i++) {
+        __m256 acc[8], acc2[8];
+        for (int b = 0; b < R; b++) acc[b] = acc2[b] = _mm256_setzero_ps();
+        for (int64_t j = 0; j < nb; j++) {
+            const uint8_t *blk = r + i * rb + j * bs;
+            for (int line = 0; line < 4; line++)
+                _mm_prefetch((const char *)blk + 64 * line + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+            float sc[8], mn[8];
+            if (fmt == FMT_Q4_K)
+                q4k_scales(blk, sc, mn);
+            for (int g = 0; g < 8; g++) { /* weights 32g + [0, 32) of the super-block */
+                __m256 w[4];
+                if (fmt == FMT_Q4_K)
+                    q4k8_weights(blk, sc, mn, g, w);
+                else
+                    q6k8_weights(blk, g, w);
+                for (int b = 0; b < R; b++) {
+                    const float *xb = x + b * ldx + 256 * j + 32 * g;
+                    acc[b] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xb + 8),
+                                             _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xb), acc[b]));
+                    acc2[b] = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xb + 24),
+                                              _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xb + 16),
+                                                              acc2[b]));
+                }
+            }
+        }
+        for (int b = 0; b < R; b++) out[b][i] = hsum8(_mm256_add_ps(acc[b], acc2[b]));
+    }
+}
+
+/* Q4_K's 8 scales d * sc into sc and minimums dmin * mn as a vector, unpacked four at a time
+   in 32-bit words (as llama.cpp's kernels do) instead of one by one */
+static inline void q4k_scales8(const uint8_t *blk, float sc[8], __m256 *mn) {
+    uint32_t u[4];
+    memcpy(u, blk + 4, 12);
+    u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4); /* mins 4..7 */
+    uint32_t mins03 = u[1] & 0x3f3f3f3f;
+    u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4); /* scales 4..7 */
+    u[2] = mins03;
+    u[0] &= 0x3f3f3f3f; /* scales 0..3 */
+    __m128i v = _mm_loadu_si128((const __m128i *)u);
+    __m256 s = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+    _mm256_storeu_ps(sc, _mm256_mul_ps(s, _mm256_set1_ps(half_to_float(blk))));
+    *mn = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))),
+                        _mm256_set1_ps(half_to_float(blk + 2)));
+}
+
+/* Q4_K for one row of x: w = sc q - mn, so a sub-block's dot product is sc (q . x) - mn sum(x).
+   xsum holds x's sums over each run of 32 (taken once per matvec, not per weight row), and the
+   nibbles are split in bytes, 32 at a time, before they are widened: about 4 instructions per
+   8 weights instead of 6 (1.2x the widened-weights loop of dot4xR_kquants8) */
+static void dot4_q4k8(const void *rows, int64_t K, const float *x, const float *xsum,
+                      float out[4]) {
+    const uint8_t *r = rows;
+    int64_t nb = K / 256, rb = nb * 144;
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    for (int i = 0; i < 4; i++) {
+        __m256 acc = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
+        __m256 mins = _mm256_setzero_ps();
+        for (int64_t j = 0; j < nb; j++) {
+            const uint8_t *blk = r + i * rb + j * 144;
+            _mm_prefetch((const char *)blk + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + 64 + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + 128 + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+            float sc[8];
+            __m256 mn;
+            q4k_scales8(blk, sc, &mn);
+            mins = _mm256_fmadd_ps(mn, _mm256_loadu_ps(xsum + 8 * j), mins);
+            for (int c = 0; c < 4; c++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * c));
+                for (int odd = 0; odd < 2; odd++) { /* sub-block 2c + odd */
+                    __m256i v = odd ? _mm256_and_si256(_mm256_srli_epi16(q, 4), low4)
+                                    : _mm256_and_si256(q, low4);
+                    __m128i v0 = _mm256_castsi256_si128(v), v1 = _mm256_extracti128_si256(v, 1);
+                    const float *xs = x + 256 * j + 64 * c + 32 * odd;
+                    __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v0)),
+                                             _mm256_loadu_ps(xs));
+                    __m256 t2 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v1)),
+                                              _mm256_loadu_ps(xs + 16));
+                    t = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v0, 8))),
+                        _mm256_loadu_ps(xs + 8), t);
+                    t2 = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v1, 8))),
+                        _mm256_loadu_ps(xs + 24), t2);
+                    __m256 scale = _mm256_set1_ps(sc[2 * c + odd]);
+                    acc = _mm256_fmadd_ps(t, scale, acc);
+                    acc2 = _mm256_fmadd_ps(t2, scale, acc2);
+                }
+            }
+        }
+        out[i] = hsum8(_mm256_sub_ps(_mm256_add_ps(acc, acc2), mins));
+    }
+}
+
+/* x's sums over each run of 32: (B, K / 32) floats */
+static float *sums32(const float *x, int64_t B, int64_t K) {
+    float *out = malloc(sizeof(float) * (size_t)(B * K / 32));
+    for (int64_t t = 0; t < B * K / 32; t++) {
+        const float *xt = x + 32 * t;
+        __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(xt), _mm256_loadu_ps(xt + 8)),
+                                 _mm256_add_ps(_mm256_loadu_ps(xt + 16), _mm256_loadu_ps(xt + 24)));
+        out[t] = hsum8(s);
+    }
+    return out;
+}
+
+/* out[b][i] for four weight rows and R = 1, 4 or 8 rows of x (ldx = K); each call below has a
+   constant format and R, so it is compiled on its own */
 static void dot4xR(const void *rows, int64_t K, const float *x, float out[8][4], int64_t fmt,
                    int R) {
-    if (R == 8)
+    if (fmt == FMT_Q4_K && R == 8)
+        dot4xR_kquants8(rows, K, x, K, out, FMT_Q4_K, 8);
+    else if (fmt == FMT_Q4_K && R == 4)
+        dot4xR_kquants8(rows, K, x, K, out, FMT_Q4_K, 4);
+    else if (fmt == FMT_Q4_K)
+        dot4xR_kquants8(rows, K, x, K, out, FMT_Q4_K, 1);
+    else if (fmt == FMT_Q6_K && R == 8)
+        dot4xR_kquants8(rows, K, x, K, out, FMT_Q6_K, 8);
+    else if (fmt == FMT_Q6_K && R == 4)
+        dot4xR_kquants8(rows, K, x, K, out, FMT_Q6_K, 4);
+    else if (fmt == FMT_Q6_K)
+        dot4xR_kquants8(rows, K, x, K, out, FMT_Q6_K, 1);
+    else if (R == 8)
         dot4xR_blocks8(rows, K, x, K, out, fmt, 8);
     else
         dot4xR_blocks8(rows, K, x, K, out, fmt, 4);
@@ -816,7 +974,7 @@ int64_t simd_block_formats(void) {
 #if defined(HAVE_BLOCKS_AVX512)
     return 1 << FMT_Q8_0 | 1 << FMT_Q4_0 | 1 << FMT_Q4_1 | 1 << FMT_Q4_K | 1 << FMT_Q6_K;
 #elif defined(HAVE_BLOCKS_AVX2)
-    return 1 << FMT_Q8_0 | 1 << FMT_Q4_0 | 1 << FMT_Q4_1;
+    return 1 << FMT_Q8_0 | 1 << FMT_Q4_0 | 1 << FMT_Q4_1 | 1 << FMT_Q4_K | 1 << FMT_Q6_K;
 #else
     return 0;
 #endif
@@ -834,6 +992,9 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
                                   : (size_t)K * (fmt == FMT_INT8 ? 1 : sizeof(float));
     int64_t N = wt->rows, whole = N / 4, blocks = (N + 3) / 4;
     char *tail = NULL; /* the last N % 4 rows, zero-padded to a block of four */
+#ifdef HAVE_BLOCKS_AVX2
+    float *xsum = fmt == FMT_Q4_K ? sums32(x, B, K) : NULL;
+#endif
     if (N % 4) {
         tail = calloc(4, row_bytes);
         memcpy(tail, (const char *)wt->w + whole * 4 * row_bytes, (N % 4) * row_bytes);
@@ -878,7 +1039,19 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
                             y[(b + j) * ldy + n + i] = acc8[j][i]
                                                        + (wt->bias ? wt->bias[n + i] : 0.f);
                 }
-        int generic = blocks_fmt && !simd_blocks(fmt); /* K-quants */
+        if (fmt == FMT_Q4_K || fmt == FMT_Q6_K) {
+            for (; b < B; b++) {
+                float acc1[8][4];
+                if (fmt == FMT_Q4_K)
+                    dot4_q4k8(r, K, x + b * K, xsum + b * (K / 32), acc1[0]);
+                else
+                    dot4xR(r, K, x + b * K, acc1, fmt, 1);
+                for (int64_t i = 0; i < m; i++)
+                    y[b * ldy + n + i] = acc1[0][i] + (wt->bias ? wt->bias[n + i] : 0.f);
+            }
+            continue;
+        }
+        int generic = 0; /* AVX2 kernels for every block format */
 #else
         int generic = blocks_fmt;
 #endif
@@ -920,6 +1093,9 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
         }
     }
     free(tail);
+#ifdef HAVE_BLOCKS_AVX2
+    free(xsum);
+#endif
 }
 
 /* y (B, ldy) = x @ [W_0; W_1; ...].T: the outputs of n weights side by side (e.g. q, k, v
