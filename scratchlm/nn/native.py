@@ -95,6 +95,17 @@ def _torch_version() -> str:
         return ""
 
 
+def build_key(name: str, flags: tuple[str, ...], csrc: Path = CSRC) -> str:
+    """What a built library is named by: every file of ``csrc`` (a header, or any file a source
+    includes, changes the build as much as the source does), the flags, this machine and the
+    installed torch."""
+    code = b"".join(f.name.encode() + b"\0" + f.read_bytes()
+                    for f in sorted(csrc.iterdir()) if f.is_file())
+    return hashlib.sha256(code + name.encode() + " ".join(flags).encode()
+                          + platform.machine().encode() + platform.node().encode()
+                          + _torch_version().encode()).hexdigest()[:16]
+
+
 def load(name: str, variant: str | None = None) -> ctypes.CDLL | None:
     """The built library ``csrc/<name>.c`` (``variant``: one of ``VARIANTS``, default
     ``default_variant()``), or None (with one warning) when it cannot be built or native kernels
@@ -107,10 +118,7 @@ def _load(name: str, variant: str) -> ctypes.CDLL | None:
     if os.environ.get("SCRATCHLM_NATIVE", "1") == "0":
         return None
     source, flags = CSRC / f"{name}.c", VARIANTS[variant]
-    key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode()
-                         + platform.machine().encode() + platform.node().encode()
-                         + _torch_version().encode()).hexdigest()[:16]
-    lib = kernel_dir() / f"{name}-{key}.so"
+    lib = kernel_dir() / f"{name}-{build_key(name, flags)}.so"
     try:
         if not lib.exists():
             _compile(source, lib, flags)

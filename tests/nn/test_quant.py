@@ -73,3 +73,24 @@ def test_native_kernel_can_be_switched_off(monkeypatch):
         assert torch.allclose(q(x), ref, atol=1e-6)
     finally:
         native.clear_cache()
+
+
+def test_build_key_covers_every_file_of_csrc(tmp_path):
+    """A header or any file beside the source is part of what a built kernel is named by, so
+    editing it rebuilds the kernel instead of loading a stale one."""
+    import shutil
+
+    from scratchlm.nn.native import CSRC, VARIANTS, build_key
+
+    csrc = tmp_path / "csrc"
+    shutil.copytree(CSRC, csrc)
+    flags = VARIANTS["native"]
+    key = build_key("decode", flags, csrc)
+    assert build_key("decode", flags, csrc) == key
+    (csrc / "decode.h").write_text("/* a header */\n")
+    with_header = build_key("decode", flags, csrc)
+    assert with_header != key
+    (csrc / "decode.h").write_text("/* the header, edited */\n")
+    assert build_key("decode", flags, csrc) not in (key, with_header)
+    assert build_key("decode", VARIANTS["portable"], csrc) != build_key("decode", flags, csrc)
+    assert build_key("bpe_train", flags, csrc) != build_key("decode", flags, csrc)
