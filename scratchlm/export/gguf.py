@@ -8,8 +8,9 @@ tokenizer goes in as byte-level BPE (``tokenizer.ggml.model = gpt2`` with merges
 pre-tokenizer's llama.cpp name, control tokens, BOS/EOS and the chat template).
 
 Tensors: 1-D ones (norms, biases) in F32; matrices in ``dtype`` (F32, F16, BF16) or, with
-``quant``, in Q8_0/Q4_0 (``export/quants.py``) when their rows are whole 32-weight blocks
-(others stay in ``dtype``, as llama.cpp's quantizer does). The file is written under its own
+``quant`` (a llama.cpp file type: q8_0, q4_0, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k), in the
+types llama.cpp's quantizer would give each tensor for that file type
+(``export/quant_mix.py``; the blocks from ``export/quants.py``). The file is written under its own
 temporary name, flushed and renamed (``export/atomic.py``): a crash never leaves a file that
 looks complete, two writers to one path end with one whole file, and a full disk is one line
 naming the file and its disk.
@@ -24,7 +25,8 @@ import torch
 from torch import nn
 
 from scratchlm.export.atomic import replace_file, staging
-from scratchlm.export.quants import QUANTS, can_quantize, quantize
+from scratchlm.export.quant_mix import FILE_TYPES, ModelShape, tensor_type
+from scratchlm.export.quants import quantize
 from scratchlm.export.vocab import ByteBPE, byte_bpe
 from scratchlm.models.convert.gguf import ARCHS, GGUFError, config_metadata
 from scratchlm.checkpoints.files import unique_state_dict
@@ -32,8 +34,8 @@ from scratchlm.checkpoints.ours import class_head_size
 from scratchlm.models.registry import family_of
 
 DTYPES = ("f32", "f16", "bf16")
-# llama.cpp's general.file_type (LlamaFileType) for each choice
-_FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}
+# llama.cpp's general.file_type (LlamaFileType) for each dtype (for each --quant: FILE_TYPES)
+_FILE_TYPE = {"f32": 0, "f16": 1, "bf16": 32}
 
 
 def gguf_arch(model: nn.Module) -> str:
@@ -67,15 +69,19 @@ def _vocab_for(bpe: ByteBPE, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
-def _encode(array: np.ndarray, dtype: str, quant: str | None):
-    """(data, GGML type) for one tensor."""
+def _encode(name: str, array: np.ndarray, dtype: str, quant: str | None, shape: ModelShape):
+    """(data, GGML type) for the tensor ``name``: in ``quant``'s mix (``export/quant_mix.py``)
+    where that quantizes it, else 1-D in F32 and matrices in ``dtype``."""
     import gguf
 
     Q = gguf.GGMLQuantizationType
+    qtype = tensor_type(name, array.shape, quant, shape) if quant else None
+    if qtype == "F16":  # a row that is no whole number of any block: llama.cpp writes F16
+        return array.astype(np.float16), Q.F16
+    if qtype is not None:
+        return quantize(array, qtype), Q[qtype]
     if array.ndim == 1:
         return array.astype(np.float32), Q.F32
-    if quant and can_quantize(array.shape):
-        return quantize(array, quant.upper()), Q[quant.upper()]
     if dtype == "f16":
         return array.astype(np.float16), Q.F16
     if dtype == "bf16":
@@ -90,8 +96,8 @@ def write_gguf(model: nn.Module, tokenizer, path: str | Path, dtype: str = "f32"
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if quant is not None and quant.upper() not in QUANTS:
-        raise ValueError(f"quant must be one of {[q.lower() for q in QUANTS]}, got {quant!r}")
+    if quant is not None and quant not in FILE_TYPES:
+        raise ValueError(f"quant must be one of {list(FILE_TYPES)}, got {quant!r}")
     arch = gguf_arch(model)
     _check_head(model)
     cfg = model.cfg
@@ -112,7 +118,7 @@ def write_gguf(model: nn.Module, tokenizer, path: str | Path, dtype: str = "f32"
         w = gguf.GGUFWriter(str(part), arch)
         try:
             w.add_name(name or path.stem)
-            w.add_file_type(_FILE_TYPE[quant.lower() if quant else dtype])
+            w.add_file_type(FILE_TYPES[quant].code if quant else _FILE_TYPE[dtype])
             if quant:
                 w.add_quantization_version(gguf.GGML_QUANT_VERSION)
             _add_metadata(w, meta)
@@ -153,9 +159,13 @@ def _add_vocab(w, bpe: ByteBPE, tokens: list[str], types: list[int]) -> None:
 
 
 def _add_tensors(w, arch: str, state: dict, cfg, dtype: str, quant: str | None) -> None:
+    moe = getattr(cfg, "moe", None)
+    gqa = getattr(cfg, "n_kv_head", cfg.n_head) != cfg.n_head
+    shape = ModelShape(n_layer=cfg.n_layer, n_expert=moe.num_experts if moe else 0,
+                       tied="out_head.weight" not in state, is_70b=cfg.n_layer == 80 and gqa)
     try:
         for gguf_name, array in ARCHS[arch].to_gguf(state, cfg):
-            data, qtype = _encode(np.ascontiguousarray(array), dtype, quant)
+            data, qtype = _encode(gguf_name, np.ascontiguousarray(array), dtype, quant, shape)
             w.add_tensor(gguf_name, data, raw_dtype=qtype)
     except KeyError as e:
         raise GGUFError(f"{arch} GGUF has no tensor for our {e.args[0]!r} (LoRA must be merged "

@@ -7,8 +7,11 @@ Quantized blocks of 32 weights, as llama.cpp writes them (ggml-quants.c):
     Q8_0: fp16 d, 32 x int8 q                    w = d * q
     Q4_0: fp16 d, 16 bytes of 4-bit q            w = d * (q - 8)
     Q4_1: fp16 d, fp16 m, 16 bytes of 4-bit q    w = d * q + m
+    Q5_0: fp16 d, 4 bytes of fifth bits, 16 bytes of low 4 bits          w = d * (q - 16)
+    Q5_1: fp16 d, fp16 m, 4 bytes of fifth bits, 16 bytes of low 4 bits  w = d * q + m
 
-In a 4-bit block the low nibbles of the 16 bytes are weights 0-15, the high nibbles 16-31.
+In a 4-bit block the low nibbles of the 16 bytes are weights 0-15, the high nibbles 16-31; a
+5-bit block adds bit j of its little-endian 32-bit word as weight j's fifth bit.
 
 K-quants pack 256 weights per super-block in 16 (Q2_K, Q3_K, Q6_K: scale per 16 weights) or
 8 (Q4_K, Q5_K: scale and min per 32 weights) sub-blocks, with fp16 super-scales:
@@ -56,6 +59,19 @@ def dequantize(raw: np.ndarray, qtype: str, shape: tuple[int, ...]) -> np.ndarra
         else:
             m = b[:, 2:4].copy().view(np.float16).astype(np.float32)
             out = d * q + m
+    elif qtype in ("Q5_0", "Q5_1"):
+        head = 2 if qtype == "Q5_0" else 4
+        b = _blocks(raw, head + 20)
+        d = b[:, :2].copy().view(np.float16).astype(np.float32)
+        high = b[:, head:head + 4].copy().view("<u4")  # (n, 1): bit j is weight j's fifth bit
+        packed = b[:, head + 4:]
+        q = np.concatenate([packed & 0x0F, packed >> 4], axis=1).astype(np.uint32)
+        q |= ((high >> np.arange(32, dtype=np.uint32)) & 1) << 4
+        if qtype == "Q5_0":
+            out = d * (q.astype(np.float32) - 16.0)
+        else:
+            m = b[:, 2:4].copy().view(np.float16).astype(np.float32)
+            out = d * q.astype(np.float32) + m
     elif qtype in _K_QUANTS:
         block_bytes, fn = _K_QUANTS[qtype]
         out = fn(_blocks(raw, block_bytes))
@@ -132,5 +148,6 @@ _K_QUANTS = {"Q2_K": (84, _q2_k), "Q3_K": (110, _q3_k), "Q4_K": (144, _q4_k),
              "Q5_K": (176, _q5_k), "Q6_K": (210, _q6_k)}
 
 # bytes of one block, and the weights it holds, for each block format
-BLOCKS = {"Q8_0": (34, 32), "Q4_0": (18, 32), "Q4_1": (20, 32),
+BLOCKS = {"Q8_0": (34, 32), "Q4_0": (18, 32), "Q4_1": (20, 32), "Q5_0": (22, 32),
+          "Q5_1": (24, 32),
           **{name: (size, QK_K) for name, (size, _) in _K_QUANTS.items()}}

@@ -36,6 +36,10 @@ FLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
 # baseline)
 VARIANTS = {"native": FLAGS, "avx2": ("-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared"),
             "portable": ("-O3", "-fPIC", "-shared")}
+# code whose float arithmetic must round as written, the same on every CPU: the architecture's
+# baseline with no fused multiply-adds (csrc/kquants.c, which must equal llama.cpp's reference
+# quantizers byte for byte; llama.cpp builds those in its ISA-neutral base library)
+EXACT = ("-O2", "-ffp-contract=off", "-fPIC", "-shared")
 
 
 def default_variant() -> str:
@@ -107,9 +111,9 @@ def build_key(name: str, flags: tuple[str, ...], csrc: Path = CSRC) -> str:
 
 
 def load(name: str, variant: str | None = None) -> ctypes.CDLL | None:
-    """The built library ``csrc/<name>.c`` (``variant``: one of ``VARIANTS``, default
-    ``default_variant()``), or None (with one warning) when it cannot be built or native kernels
-    are switched off."""
+    """The built library ``csrc/<name>.c`` (``variant``: one of ``VARIANTS`` or ``"exact"``
+    (``EXACT``'s flags), default ``default_variant()``), or None (with one warning) when it
+    cannot be built or native kernels are switched off."""
     return _load(name, variant or default_variant())
 
 
@@ -117,7 +121,7 @@ def load(name: str, variant: str | None = None) -> ctypes.CDLL | None:
 def _load(name: str, variant: str) -> ctypes.CDLL | None:
     if os.environ.get("SCRATCHLM_NATIVE", "1") == "0":
         return None
-    source, flags = CSRC / f"{name}.c", VARIANTS[variant]
+    source, flags = CSRC / f"{name}.c", EXACT if variant == "exact" else VARIANTS[variant]
     lib = kernel_dir() / f"{name}-{build_key(name, flags)}.so"
     try:
         if not lib.exists():

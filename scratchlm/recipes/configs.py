@@ -406,7 +406,7 @@ class ExportConfig:
     adapter: str | None = None  # a LoRA adapter folder (ours or PEFT), merged before export
     format: str = "gguf"  # gguf (llama.cpp / Ollama) | hf (transformers)
     dtype: str = "f16"  # f32 | f16 | bf16: matrices (gguf), or every tensor (hf)
-    quant: str | None = None  # gguf only: q8_0 | q4_0 (matrices whose rows fit 32-blocks)
+    quant: str | None = None  # gguf only: q4_k_m | q5_k_m | q6_k | q8_0 | q4_0 | q4_k_s | q5_k_s (llama.cpp's mix per tensor)
     out: str = ""  # the .gguf file, or the HF folder (required)
     name: str = ""  # the model's name in the file and in Ollama (default: from --out)
     overwrite: bool = False  # replace an existing --out

@@ -1,6 +1,6 @@
 """``scratchlm export``: a trained model out to where people run models.
 
-    scratchlm export --model runs/sft/final --format gguf --quant q8_0 --out exports/sft.gguf
+    scratchlm export --model runs/sft/final --format gguf --quant q4_k_m --out exports/sft.gguf
     scratchlm export --model smollm2-135m-instruct --adapter runs/sft/final/adapter \\
         --format hf --out exports/sft-hf
 
@@ -27,7 +27,7 @@ FORMATS = ("gguf", "hf")
 
 def _check(cfg: ExportConfig) -> Path:
     from scratchlm.export.gguf import DTYPES
-    from scratchlm.export.quants import QUANTS
+    from scratchlm.export.quant_mix import FILE_TYPES
 
     if not cfg.model or not cfg.out:
         raise ValueError("--model and --out are required")
@@ -39,8 +39,8 @@ def _check(cfg: ExportConfig) -> Path:
         if cfg.format != "gguf":
             raise ValueError("--quant applies to --format gguf only (an HF folder holds "
                              "f32/f16/bf16 tensors)")
-        if cfg.quant.upper() not in QUANTS:
-            raise ValueError(f"--quant must be one of {[q.lower() for q in QUANTS]}, got "
+        if cfg.quant not in FILE_TYPES:
+            raise ValueError(f"--quant must be one of {', '.join(FILE_TYPES)}, got "
                              f"{cfg.quant!r}")
     check_bounds(cfg)  # --max_shard_gb > 0 (its field's Range), also for a config built in Python
     default = ExportConfig()

@@ -36,4 +36,4 @@ def test_rows_that_are_not_whole_blocks_are_refused():
     with pytest.raises(ValueError, match="not a whole number of 32-weight blocks"):
         quantize(np.zeros((4, 48), np.float32), "Q8_0")
     with pytest.raises(ValueError, match="quantization must be one of"):
-        quantize(np.zeros((4, 64), np.float32), "Q5_1")
+        quantize(np.zeros((4, 64), np.float32), "Q2_K")

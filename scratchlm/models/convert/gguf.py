@@ -21,8 +21,8 @@ import numpy as np
 
 from scratchlm.nn.gguf_blocks import QK_K, dequantize  # noqa: F401 (re-exported)
 
-SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
-             "Q6_K")
+SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K",
+             "Q4_K", "Q5_K", "Q6_K")
 
 
 class GGUFError(ValueError):
