@@ -229,23 +229,25 @@ def llama_cpp_batch(path, prompts: list[list[int]], new_tokens: int, threads: in
 
 
 def llama_cpp_speed(engines: dict, prompts: dict, long: torch.Tensor, new_tokens: int,
-                    rounds: int) -> None:
-    """llama.cpp (``llama-cpp-python``) on the same file with the same threads against our
-    engines: greedy decode of each batch of ``prompts`` (batch size -> (B, T) ids) and a
-    ``long`` prompt's processing, the sides alternated in one process, each one's best."""
+                    rounds: int, path=None) -> None:
+    """llama.cpp (``llama-cpp-python``) on the same file (``path``, default the embedded
+    SmolLM2) with the same threads against our engines: greedy decode of each batch of
+    ``prompts`` (batch size -> (B, T) ids) and a ``long`` prompt's processing, the sides
+    alternated in one process, each one's best."""
     import llama_cpp
     from llama_cpp import Llama
 
     from scratchlm.checkpoints.names import smollm2_gguf
 
+    path = path or smollm2_gguf()
     threads = torch.get_num_threads()
     global _QUIET  # kept alive: llama.cpp calls it until the process ends
     _QUIET = llama_cpp.llama_log_callback(lambda level, text, data: None)
     llama_cpp.llama_log_set(_QUIET, None)  # the C API logs every context it makes
-    llm = Llama(model_path=str(smollm2_gguf()), n_threads=threads, n_threads_batch=threads,
+    llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads,
                 n_ctx=1024, n_batch=512, verbose=False)
     ids, long_ids = prompts[1][0].tolist(), long[0].tolist()
-    batched = {b: llama_cpp_batch(smollm2_gguf(), prompt.tolist(), new_tokens, threads)
+    batched = {b: llama_cpp_batch(path, prompt.tolist(), new_tokens, threads)
                for b, prompt in prompts.items() if b > 1}
 
     def llama_decode() -> float:

@@ -11,6 +11,7 @@ from torch import nn
 
 from scratchlm.checkpoints.files import CheckpointError
 from scratchlm.models.registry import family_of, family_of_weights
+from scratchlm.nn.meta import meta_device
 
 
 def _family_hint(keys, model: nn.Module) -> str:
@@ -60,7 +61,7 @@ def load_mapped(model_cls, cfg, tensors, convert, source: str,
                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Build ``model_cls(cfg)`` on the meta device and fill it from ``tensors`` ((key, tensor)
     pairs) through ``convert(key, tensor, cfg) -> [(our key or None to skip, tensor), ...]``."""
-    with torch.device("meta"):
+    with meta_device():
         model = model_cls(cfg)
     state = {}
     for key, tensor in tensors:

@@ -17,6 +17,7 @@ from scratchlm.checkpoints.build import materialize
 from scratchlm.checkpoints.files import (CheckpointError, iter_safetensors, read_json,
                                         save_safetensors, unique_state_dict)
 from scratchlm.models.registry import family_named, family_of
+from scratchlm.nn.meta import meta_device
 
 
 def class_head_size(model: nn.Module) -> int | None:
@@ -70,7 +71,7 @@ def load_ours(folder: str | Path, dtype: torch.dtype = torch.float32,
         cfg = family.config(meta["config"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
-    with torch.device("meta"):
+    with meta_device():
         model = family.model_cls(cfg)
         if "num_classes" in meta:  # a classifier (finetune/classification.py)
             model.out_head = nn.Linear(model.cfg.n_embd, meta["num_classes"])

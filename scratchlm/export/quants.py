@@ -3,13 +3,13 @@
     Q8_0 block: fp16 scale d = max|x| / 127, then 32 int8 q = round(x / d)      (34 bytes)
     Q4_0 block: fp16 scale d = x[argmax |x|] / -8, then 32 4-bit q = x / d + 8  (18 bytes;
                 the first 16 weights in the low nibbles, the last 16 in the high)
-    Q5_0, Q5_1: 32 weights, 5 bits (the ``gguf`` package's numpy quantizers)
     Q4_K, Q5_K, Q6_K: super-blocks of 256 weights with a scale (and minimum) per 32 or 16
-                (``nn/csrc/kquants.c``; the search for each sub-block's scale is a few
+                (``nn/csrc/quantize.c``: the search for each sub-block's scale is a few
                 thousand float operations per block, which numpy would run one by one)
+    Q5_0, Q5_1: 32 weights, 5 bits (the K-quants' fallbacks; ``nn/csrc/quantize.c`` too)
 
 Byte-for-byte the reference quantizers of ggml-quants.c: Q8_0 and Q4_0 checked against the
-``gguf`` package's ``quants.quantize``, the K-quants against llama.cpp's own
+``gguf`` package's ``quants.quantize``, the others against llama.cpp's own
 ``ggml_quantize_chunk`` in the tests. Rows are quantized along their last axis, so a (rows,
 cols) matrix needs cols divisible by the block's length (32, or 256 for K-quants).
 """
@@ -25,7 +25,7 @@ BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q5_0": 22, "Q5_1": 24, "Q4_K": 144, "Q5_
                "Q6_K": 210}
 BLOCK_LEN = {q: 256 if q.endswith("_K") else BLOCK for q in BLOCK_BYTES}
 QUANTS = tuple(BLOCK_BYTES)
-KQUANTS = ("Q4_K", "Q5_K", "Q6_K")  # csrc/kquants.c's format codes, in order
+NATIVE = ("Q4_K", "Q5_K", "Q6_K", "Q5_0", "Q5_1")  # csrc/quantize.c's format codes, in order
 
 
 def _round_away(x: np.ndarray) -> np.ndarray:
@@ -52,35 +52,26 @@ def quantize_q4_0(blocks: np.ndarray) -> np.ndarray:
     return np.concatenate([d.astype(np.float16).view(np.uint8), packed], axis=1)
 
 
-def _gguf_quantizer(qtype: str):
-    def run(blocks: np.ndarray) -> np.ndarray:
-        from gguf import GGMLQuantizationType
-        from gguf.quants import quantize as gguf_quantize
-
-        return gguf_quantize(blocks, getattr(GGMLQuantizationType, qtype))
-    return run
-
-
-def _kquantizer(qtype: str):
+def _native(qtype: str):
     def run(blocks: np.ndarray) -> np.ndarray:
         from scratchlm.nn.native import load
 
-        lib = load("kquants", "exact")
+        lib = load("quantize", "exact")
         if lib is None:
             raise RuntimeError(f"{qtype} export needs a C compiler (set CC) to build "
-                               "nn/csrc/kquants.c; Q8_0 and Q4_0 do not")
+                               "nn/csrc/quantize.c; Q8_0 and Q4_0 do not")
         blocks = np.ascontiguousarray(blocks, dtype=np.float32)
         out = np.empty((blocks.shape[0], BLOCK_BYTES[qtype]), dtype=np.uint8)
-        lib.kquantize.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                  ctypes.c_int64]
-        lib.kquantize(blocks.ctypes.data, out.ctypes.data, blocks.size, KQUANTS.index(qtype))
+        lib.quantize_blocks.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64]
+        lib.quantize_blocks(blocks.ctypes.data, out.ctypes.data, blocks.size,
+                            NATIVE.index(qtype))
         return out
     return run
 
 
 _CHUNK = 1 << 21  # weights quantized at a time: bounded temporaries for large matrices
-_QUANTIZERS = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0, "Q5_0": _gguf_quantizer("Q5_0"),
-               "Q5_1": _gguf_quantizer("Q5_1"), **{q: _kquantizer(q) for q in KQUANTS}}
+_QUANTIZERS = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0, **{q: _native(q) for q in NATIVE}}
 
 
 def can_quantize(shape: tuple[int, ...], qtype: str = "Q8_0") -> bool:

@@ -34,11 +34,10 @@ def memory_report(model, bytes_per_param: int = 4) -> MemoryReport:
     """Parameters and their memory of a model, or of the model a config describes (built on
     the meta device: nothing is allocated)."""
     if not isinstance(model, nn.Module):
-        import torch
-
         from scratchlm.models.registry import build_model
+        from scratchlm.nn.meta import meta_device
 
-        with torch.device("meta"):
+        with meta_device():
             model = build_model(model)
     total = count_parameters(model)
     untied = total

@@ -37,7 +37,7 @@ FLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
 VARIANTS = {"native": FLAGS, "avx2": ("-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared"),
             "portable": ("-O3", "-fPIC", "-shared")}
 # code whose float arithmetic must round as written, the same on every CPU: the architecture's
-# baseline with no fused multiply-adds (csrc/kquants.c, which must equal llama.cpp's reference
+# baseline with no fused multiply-adds (csrc/quantize.c, which must equal llama.cpp's reference
 # quantizers byte for byte; llama.cpp builds those in its ISA-neutral base library)
 EXACT = ("-O2", "-ffp-contract=off", "-fPIC", "-shared")
 

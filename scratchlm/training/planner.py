@@ -41,6 +41,7 @@ from scratchlm.finetune.lora import LoRALinear, apply_lora
 from scratchlm.models.accounting import count_parameters, flops_per_token
 from scratchlm.models.registry import build_model
 from scratchlm.nn.loss import head_weight
+from scratchlm.nn.meta import meta_device
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 NF4_BITS = {"nf4": 4.5, "nf4-dq": 4.127}
@@ -74,7 +75,7 @@ class Plan:
 
 def build_on_meta(model_cfg) -> torch.nn.Module:
     """The model with no storage behind its weights: exact parameter counts for free."""
-    with torch.device("meta"):
+    with meta_device():
         return build_model(model_cfg)
 
 

@@ -45,7 +45,7 @@ def _inputs() -> np.ndarray:
 def _kquants_or_skip():
     from scratchlm.nn.native import load
 
-    if load("kquants", "exact") is None:
+    if load("quantize", "exact") is None:
         pytest.skip("no C compiler")
 
 

@@ -1,7 +1,8 @@
-/* llama.cpp's K-quant quantizers (Q4_K, Q5_K, Q6_K), for the GGUF writer (export/quants.py).
+/* llama.cpp's quantizers for the K-quants (Q4_K, Q5_K, Q6_K) and their 5-bit fallbacks (Q5_0,
+   Q5_1), for the GGUF writer (export/quants.py).
 
-   These follow ggml-quants.c's reference functions (quantize_row_q{4,5,6}_K_ref, what
-   llama.cpp's llama_model_quantize runs without an importance matrix) operation for operation,
+   These follow ggml-quants.c's reference functions (quantize_row_*_ref, what llama.cpp's
+   llama_model_quantize runs without an importance matrix) operation for operation,
    so that the blocks written are byte-identical to llama.cpp's. That needs the float
    arithmetic rounded as written: nn/native.py builds this file with -ffp-contract=off and no
    -march (llama.cpp builds its quantizers the same way, in the ISA-neutral ggml base library).
@@ -332,20 +333,68 @@ static void q6_k_block(const float *x, uint8_t *blk) {
     }
 }
 
-/* out = the super-blocks of n float32 values x (n a multiple of 256) in format fmt: 0 Q4_K,
-   1 Q5_K, 2 Q6_K (KQUANTS in export/quants.py); the super-blocks are split over threads */
-void kquantize(const float *x, uint8_t *out, int64_t n, int64_t fmt) {
-    static const int64_t bytes[3] = {144, 176, 210};
-    int64_t nb = n / QK_K;
+/* Q5_0 (nmax 16: w = d (q - 16), d = x[argmax |x|] / -16) or Q5_1 (w = d q + m over
+   [min, max]): 32 weights, fp16 d (and m), 4 bytes of fifth bits (bit j: weight j), 16 bytes
+   of low nibbles (weights j and j + 16 in byte j) */
+static void q5_block(const float *x, uint8_t *blk, int with_min) {
+    float d, id, min = 0;
+    if (with_min) {
+        float max = -3.402823466e+38f;
+        min = 3.402823466e+38f;
+        for (int j = 0; j < 32; j++) {
+            if (x[j] < min) min = x[j];
+            if (x[j] > max) max = x[j];
+        }
+        d = (max - min) / ((1 << 5) - 1);
+    } else {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            if (amax < fabsf(x[j])) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        }
+        d = max / -16;
+    }
+    id = d ? 1.0f / d : 0.0f;
+    put_half(blk, d);
+    if (with_min) put_half(blk + 2, min);
+    uint8_t *qs = blk + (with_min ? 8 : 6);
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+        uint8_t xi0, xi1;
+        if (with_min) {
+            xi0 = (uint8_t)((x[j] - min) * id + 0.5f);
+            xi1 = (uint8_t)((x[16 + j] - min) * id + 0.5f);
+        } else {
+            xi0 = (uint8_t)MIN(31, (int8_t)(x[j] * id + 16.5f));
+            xi1 = (uint8_t)MIN(31, (int8_t)(x[16 + j] * id + 16.5f));
+        }
+        qs[j] = (uint8_t)((xi0 & 0x0F) | ((xi1 & 0x0F) << 4));
+        qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
+        qh |= ((xi1 & 0x10u) >> 4) << (j + 16);
+    }
+    uint8_t *h = blk + (with_min ? 4 : 2);
+    for (int t = 0; t < 4; t++) h[t] = (uint8_t)(qh >> (8 * t));
+}
+
+/* out = the blocks of n float32 values x (n a multiple of the block's length) in format fmt:
+   0 Q4_K, 1 Q5_K, 2 Q6_K, 3 Q5_0, 4 Q5_1 (NATIVE in export/quants.py); blocks are split
+   over threads */
+void quantize_blocks(const float *x, uint8_t *out, int64_t n, int64_t fmt) {
+    static const int64_t bytes[5] = {144, 176, 210, 22, 24}, length[5] = {256, 256, 256, 32, 32};
+    int64_t nb = n / length[fmt];
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nb; i++) {
-        const float *xi = x + i * QK_K;
+        const float *xi = x + i * length[fmt];
         uint8_t *blk = out + i * bytes[fmt];
         if (fmt == 0)
             q4_k_block(xi, blk);
         else if (fmt == 1)
             q5_k_block(xi, blk);
-        else
+        else if (fmt == 2)
             q6_k_block(xi, blk);
+        else
+            q5_block(xi, blk, fmt == 4);
     }
 }
