@@ -296,7 +296,7 @@ def format_bandwidth(rounds: int) -> None:
     from gguf import GGMLQuantizationType
     from gguf.quants import quantize
 
-    from scratchlm.nn.gguf_blocks import BLOCKS
+    from scratchlm.export.quants import quantize as export_quantize
     from scratchlm.nn.gguf_linear import KEPT, GGUFLinear
     from scratchlm.nn.quant import Int8Linear
 
@@ -307,13 +307,8 @@ def format_bandwidth(rounds: int) -> None:
     stacks = {"fp32": [torch.nn.Linear(k, n, bias=False) for _ in range(count)]}
     stacks["int8"] = [Int8Linear.from_linear(m) for m in stacks["fp32"]]
     for qtype in KEPT:
-        size, weights = BLOCKS[qtype]
-        if qtype.endswith("_K"):  # the gguf package cannot quantize K-quants: random blocks
-            raw = rng.integers(0, 256, (n, k // weights, size), dtype=np.uint8)
-            scale = np.array([0.01], dtype=np.float16).view(np.uint8)  # a finite fp16 scale
-            raw[..., 0:2] = raw[..., 2:4] = scale  # Q4_K's d and dmin
-            raw[..., -2:] = scale  # Q6_K's d
-            raw = raw.reshape(n, -1)
+        if qtype.endswith("_K"):  # the gguf package cannot quantize K-quants: our exporter's
+            raw = export_quantize(w, qtype)
         else:
             raw = quantize(w, getattr(GGMLQuantizationType, qtype))
         blocks = torch.from_numpy(np.ascontiguousarray(raw).view(np.uint8).reshape(n, -1))

@@ -1,11 +1,14 @@
-"""A Linear layer whose weight stays in a GGUF file's own block format: Q8_0, Q4_0, Q4_1 (blocks
-of 32 weights) or the K-quants Q4_K and Q6_K (super-blocks of 256); ``nn/gguf_blocks.py`` has
-each layout:
+"""A Linear layer whose weight stays in a GGUF file's own block format: Q8_0, Q4_0, Q4_1, Q5_0,
+Q5_1 (blocks of 32 weights) or the K-quants Q4_K, Q5_K and Q6_K (super-blocks of 256);
+``nn/gguf_blocks.py`` has each layout:
 
     Q8_0  34 bytes: d, 32 x int8 q          w = d * q                8.5 bits per weight
     Q4_0  18 bytes: d, 16 bytes of nibbles  w = d * (q - 8)          4.5 bits
     Q4_1  20 bytes: d, m, 16 bytes          w = d * q + m            5.0 bits
+    Q5_0  22 bytes: d, fifth bits, nibbles  w = d * (q - 16)         5.5 bits
+    Q5_1  24 bytes: d, m, fifth bits, ...   w = d * q + m            6.0 bits
     Q4_K  144 bytes per 256                 w = d*sc*q - dmin*mn     4.5 bits
+    Q5_K  176 bytes per 256                 w = d*sc*q - dmin*mn     5.5 bits
     Q6_K  210 bytes per 256                 w = d*sc*(q - 32)        6.6 bits
 
 A model loaded with ``load_gguf(..., keep_quantized=True)`` runs at the file's precision: the
@@ -29,7 +32,8 @@ from scratchlm.nn.gguf_blocks import BLOCKS, dequantize
 from scratchlm.nn.native import FORMATS, decode_function
 from scratchlm.nn.quant import KERNEL_MAX_ROWS
 
-KEPT = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")  # the formats the native kernels multiply
+# the formats the native kernels multiply
+KEPT = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
 
 
 def row_bytes(qtype: str, in_features: int) -> int:

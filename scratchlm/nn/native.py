@@ -142,7 +142,7 @@ class Weight(ctypes.Structure):
 
 # csrc/decode.c's FMT_* codes: how a Weight's rows are stored
 FORMATS = {"f32": 0, "int8": 1, "Q8_0": 2, "Q4_0": 3, "Q4_1": 4, "Q4_K": 5, "Q6_K": 6,
-           "f32_panels": 7}
+           "f32_panels": 7, "Q5_0": 8, "Q5_1": 9, "Q5_K": 10}
 
 
 P, I64, F32, W = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.POINTER(Weight)

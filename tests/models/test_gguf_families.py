@@ -252,7 +252,10 @@ def test_keep_quantized_runs_the_files_blocks(tmp_path, arch):
     plan = {"token_embd.weight": ("Q8_0", "tok_emb.weight"),
             "blk.0.attn_q.weight": ("Q4_0", "trf_blocks.0.att.q_proj.weight"),
             "blk.0.attn_k.weight": ("Q4_1", "trf_blocks.0.att.k_proj.weight"),
-            "blk.0.ffn_up.weight": ("Q4_K", None), "blk.1.ffn_down.weight": ("Q6_K", None)}
+            "blk.0.attn_v.weight": ("Q5_0", "trf_blocks.0.att.v_proj.weight"),
+            "blk.1.attn_q.weight": ("Q5_1", "trf_blocks.1.att.q_proj.weight"),
+            "blk.0.ffn_up.weight": ("Q4_K", None), "blk.1.ffn_down.weight": ("Q6_K", None),
+            "blk.1.ffn_up.weight": ("Q5_K", None)}
     qtypes = {}
     for name, (qtype, key) in plan.items():
         if key is None:
@@ -264,7 +267,7 @@ def test_keep_quantized_runs_the_files_blocks(tmp_path, arch):
     plain, _ = load_gguf(tmp_path / "m.gguf")
     blocks, _ = load_gguf(tmp_path / "m.gguf", keep_quantized=True)
     kept = {m.qtype for m in blocks.modules() if isinstance(m, GGUFLinear)}
-    assert kept == {"Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K"}  # Q8_0: the tied head
+    assert kept == {"Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"}  # Q8_0: head
     assert isinstance(blocks.tok_emb, GGUFEmbedding)
     x = torch.randint(0, VOCAB, (2, 20))
     with torch.no_grad():

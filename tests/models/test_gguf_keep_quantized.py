@@ -67,6 +67,7 @@ def test_auto_keeps_a_gguf_files_blocks_only_where_they_run(tmp_path, monkeypatc
     from scratchlm.checkpoints.load import auto_quantize
     from scratchlm.nn.native import variants
 
+    monkeypatch.delenv("SCRATCHLM_NATIVE_VARIANT", raising=False)  # the default build
     assert auto_quantize("smollm2-135m-instruct") == "gguf"
     # the build decides: its blocks where the kernel vectorizes Q4_1 and Q8_0 (the file's
     # formats: AVX-512 and AVX2 builds), int8 where only the generic path would run them

@@ -15,7 +15,7 @@ from scratchlm.nn.gguf_linear import GGUFLinear, dequantize_blocks, gguf_matmul
 from scratchlm.nn.native import decode_function
 
 gguf = pytest.importorskip("gguf")
-QTYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
+QTYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
 
 
 def blocks_of(w: np.ndarray, qtype: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,8 +114,8 @@ def test_each_build_says_which_block_formats_it_vectorizes():
 
 
 def test_bad_blocks_are_refused():
-    with pytest.raises(ValueError, match="takes Q8_0, Q4_0, Q4_1, Q4_K, Q6_K"):
-        GGUFLinear(torch.zeros(2, 20, dtype=torch.uint8), "Q5_K", 32)
+    with pytest.raises(ValueError, match="takes Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K"):
+        GGUFLinear(torch.zeros(2, 20, dtype=torch.uint8), "Q3_K", 32)
     with pytest.raises(ValueError, match="blocks of 256"):
         GGUFLinear(torch.zeros(2, 210, dtype=torch.uint8), "Q6_K", 288)
     with pytest.raises(ValueError, match="blocks of 32"):

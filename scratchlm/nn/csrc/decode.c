@@ -2,7 +2,8 @@
 
    int8_linear   y = x @ (w * scale).T + bias for a few rows of x (nn/quant.py)
    f32_linear    the same for float32 weights (output heads of decode steps)
-   gguf_linear   the same for GGUF blocks as stored (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K; gguf_linear.py)
+   gguf_linear   the same for GGUF blocks as stored (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K,
+                 Q6_K; nn/gguf_linear.py)
    llama_layer   one whole Llama decoder layer for one new token per row (a decode step,
    gpt_layer     generation/native_decode.py), the PyTorch layer's arithmetic in one call;
                  the same for a GPT-2 layer
@@ -30,6 +31,15 @@
    dot4_int8 / dot4_f32: out[i] = x . row i, for the four rows r, r + K, r + 2K, r + 3K. */
 
 #define PREFETCH_AHEAD 8192 /* bytes; 4-16 KiB measured best on an AVX-512 Xeon */
+
+#if defined(__AVX2__)
+/* the sum of a vector's 8 lanes */
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+#endif
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 /* acc += 16 weights (int8, widened to float32) * 16 activations */
@@ -113,11 +123,6 @@ static void dot4x4_f32(const float *r, int64_t K, const float *x, int64_t ldx,
 #elif defined(__AVX2__) && defined(__FMA__)
 /* AVX2 + FMA (every x86-64 CPU since Haswell / Zen 1 without AVX-512): the same loops at 8
    lanes, two accumulators per row so that two FMAs are in flight per row */
-static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
 
 /* 8 int8 weights widened to float32 */
 static inline __m256 widen8(const int8_t *w) {
@@ -220,26 +225,39 @@ static void dot4_f32(const void *rows, int64_t K, const float *x, float out[4]) 
    Q4_0: fp16 d, 16 bytes             w = d * (q - 8)   q: element j in the low nibble of
    Q4_1: fp16 d, fp16 m, 16 bytes     w = d * q + m        byte j, element j + 16 in the high
    K-quants: super-blocks of 256 (nn/gguf_blocks.py has every layout)
+   Q5_0: fp16 d, 4 bytes of fifth bits, 16 bytes   w = d * (q - 16)    (Q4_0's nibbles, plus
+   Q5_1: fp16 d, fp16 m, 4 bytes, 16 bytes          w = d * q + m         bit j of the 4 bytes)
    Q4_K: fp16 d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes   w = d*sc*q - dmin*mn
+   Q5_K: as Q4_K with 32 bytes of fifth bits before the nibbles (bit s of byte l: weight l of
+         sub-block s)
    Q6_K: 128 bytes low 4 bits, 64 bytes high 2 bits, 16 int8 scales, d  w = d*sc*(q - 32)
    A row of K weights is K / 32 blocks (K / 256 for K-quants). Each weight is widened to float32 in registers and
    multiplied in float32 (no second rounding of the activations, unlike an int8 dot product):
    the result is the dequantize-then-matmul result up to float32 summation order, and a
    batch-1 step reads 4.5-8.5 bits per weight instead of int8's 8 or fp32's 32. */
 enum { FMT_F32 = 0, FMT_INT8 = 1, FMT_Q8_0 = 2, FMT_Q4_0 = 3, FMT_Q4_1 = 4, FMT_Q4_K = 5,
-       FMT_Q6_K = 6, FMT_F32_PANELS = 7 };
+       FMT_Q6_K = 6, FMT_F32_PANELS = 7, FMT_Q5_0 = 8, FMT_Q5_1 = 9, FMT_Q5_K = 10 };
 
 static int64_t block_bytes(int64_t fmt) {
     switch (fmt) {
     case FMT_Q8_0: return 34;
     case FMT_Q4_0: return 18;
     case FMT_Q4_1: return 20;
+    case FMT_Q5_0: return 22;
+    case FMT_Q5_1: return 24;
     case FMT_Q4_K: return 144;
+    case FMT_Q5_K: return 176;
     default: return 210; /* FMT_Q6_K */
     }
 }
 
-static int64_t block_len(int64_t fmt) { return fmt >= FMT_Q4_K ? 256 : 32; }
+static inline int is_kquant(int64_t fmt) {
+    return fmt == FMT_Q4_K || fmt == FMT_Q5_K || fmt == FMT_Q6_K;
+}
+
+static inline int is_blocks(int64_t fmt) { return fmt >= FMT_Q8_0 && fmt != FMT_F32_PANELS; }
+
+static int64_t block_len(int64_t fmt) { return is_kquant(fmt) ? 256 : 32; }
 
 static inline float half_to_float(const uint8_t *p) {
     uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
@@ -294,6 +312,141 @@ static inline __m256i q6k_bytes(const uint8_t *blk, int g) {
     __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), _mm256_set1_epi8(3));
     return _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32));
 }
+
+/* Q4_K's 8 scales d * sc into sc and minimums dmin * mn as a vector, unpacked four at a time
+   in 32-bit words (as llama.cpp's kernels do) instead of one by one */
+static inline void q4k_scales8(const uint8_t *blk, float sc[8], __m256 *mn) {
+    uint32_t u[4];
+    memcpy(u, blk + 4, 12);
+    u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4); /* mins 4..7 */
+    uint32_t mins03 = u[1] & 0x3f3f3f3f;
+    u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4); /* scales 4..7 */
+    u[2] = mins03;
+    u[0] &= 0x3f3f3f3f; /* scales 0..3 */
+    __m128i v = _mm_loadu_si128((const __m128i *)u);
+    __m256 s = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+    _mm256_storeu_ps(sc, _mm256_mul_ps(s, _mm256_set1_ps(half_to_float(blk))));
+    *mn = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))),
+                        _mm256_set1_ps(half_to_float(blk + 2)));
+}
+
+/* Q4_K for one row of x: w = sc q - mn, so a sub-block's dot product is sc (q . x) - mn sum(x).
+   xsum holds x's sums over each run of 32 (taken once per matvec, not per weight row), and the
+   nibbles are split in bytes, 32 at a time, before they are widened: about 4 instructions per
+   8 weights instead of 6 (1.2x the widened-weights loop of dot4xR_kquants8) */
+static inline __attribute__((always_inline)) void dot4_q4k8(
+    const void *rows, int64_t K, const float *x, const float *xsum, float out[4], const int q5) {
+    const uint8_t *r = rows;
+    int64_t bs = q5 ? 176 : 144, nb = K / 256, rb = nb * bs;
+    const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    for (int i = 0; i < 4; i++) {
+        __m256 acc = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
+        __m256 mins = _mm256_setzero_ps();
+        for (int64_t j = 0; j < nb; j++) {
+            const uint8_t *blk = r + i * rb + j * bs;
+            _mm_prefetch((const char *)blk + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + 64 + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + 128 + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+            float sc[8];
+            __m256 mn;
+            q4k_scales8(blk, sc, &mn);
+            mins = _mm256_fmadd_ps(mn, _mm256_loadu_ps(xsum + 8 * j), mins);
+            __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : low4;
+            for (int c = 0; c < 4; c++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)(blk + (q5 ? 48 : 16) + 32 * c));
+                for (int odd = 0; odd < 2; odd++) { /* sub-block 2c + odd */
+                    __m256i v = odd ? _mm256_and_si256(_mm256_srli_epi16(q, 4), low4)
+                                    : _mm256_and_si256(q, low4);
+                    if (q5) /* bit 2c + odd of qh byte l, as 16 */
+                        v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(
+                            _mm256_srli_epi16(qh, 2 * c + odd), one), 4));
+                    __m128i v0 = _mm256_castsi256_si128(v), v1 = _mm256_extracti128_si256(v, 1);
+                    const float *xs = x + 256 * j + 64 * c + 32 * odd;
+                    __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v0)),
+                                             _mm256_loadu_ps(xs));
+                    __m256 t2 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v1)),
+                                              _mm256_loadu_ps(xs + 16));
+                    t = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v0, 8))),
+                        _mm256_loadu_ps(xs + 8), t);
+                    t2 = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v1, 8))),
+                        _mm256_loadu_ps(xs + 24), t2);
+                    __m256 scale = _mm256_set1_ps(sc[2 * c + odd]);
+                    acc = _mm256_fmadd_ps(t, scale, acc);
+                    acc2 = _mm256_fmadd_ps(t2, scale, acc2);
+                }
+            }
+        }
+        out[i] = hsum8(_mm256_sub_ps(_mm256_add_ps(acc, acc2), mins));
+    }
+}
+
+/* Q5_0 / Q5_1: the block's 32 five-bit values in bytes, weight j in byte j: the nibbles (byte j
+   of the 16 holds weights j and j + 16), and bit j of qh as 16 (each qh byte spread over 8
+   bytes, a byte all ones where its bit is set, as llama.cpp's bytes_from_bits_32) */
+static inline __m256i q5_bytes(const uint8_t *b, int64_t fmt) {
+    const uint8_t *hp = b + (fmt == FMT_Q5_0 ? 2 : 4);
+    uint32_t qh;
+    memcpy(&qh, hp, 4);
+    __m128i q = _mm_loadu_si128((const __m128i *)(hp + 4));
+    __m256i nib = _mm256_and_si256(
+        _mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1),
+        _mm256_set1_epi8(0x0f));
+    const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                             0x0101010101010101, 0);
+    __m256i bits = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), spread);
+    bits = _mm256_cmpeq_epi8(_mm256_or_si256(bits, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
+                             _mm256_set1_epi64x(-1));
+    return _mm256_or_si256(nib, _mm256_and_si256(bits, _mm256_set1_epi8(0x10)));
+}
+
+/* Q5_0 / Q5_1 for one row of x: w = d q + m (Q5_0: m = -16 d), so a block's dot product is
+   d (q . x) + m sum(x), with x's sums over each 32 (xsum) taken once per matvec */
+static void dot4_q5(const void *rows, int64_t K, const float *x, const float *xsum,
+                    float out[4], int64_t fmt) {
+    const uint8_t *r = rows;
+    int64_t bs = block_bytes(fmt), nb = K / 32, rb = nb * bs;
+    for (int i = 0; i < 4; i++) {
+        __m256 acc = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
+        float mins = 0.f;
+        for (int64_t j = 0; j < nb; j++) {
+            const uint8_t *b = r + i * rb + j * bs;
+            if ((j & 1) == 0)
+                _mm_prefetch((const char *)b + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+            __m256i q = q5_bytes(b, fmt);
+            __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);
+            const float *xj = x + 32 * j;
+            __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q0)),
+                                     _mm256_loadu_ps(xj));
+            __m256 t2 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q1)),
+                                      _mm256_loadu_ps(xj + 16));
+            t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q0, 8))),
+                                _mm256_loadu_ps(xj + 8), t);
+            t2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q1, 8))),
+                                 _mm256_loadu_ps(xj + 24), t2);
+            float d = half_to_float(b), m = fmt == FMT_Q5_0 ? -16.f * d : half_to_float(b + 2);
+            __m256 dv = _mm256_set1_ps(d);
+            acc = _mm256_fmadd_ps(t, dv, acc);
+            acc2 = _mm256_fmadd_ps(t2, dv, acc2);
+            mins += m * xsum[j];
+        }
+        out[i] = hsum8(_mm256_add_ps(acc, acc2)) + mins;
+    }
+}
+
+/* x's sums over each run of 32: (B, K / 32) floats */
+static float *sums32(const float *x, int64_t B, int64_t K) {
+    float *out = malloc(sizeof(float) * (size_t)(B * K / 32));
+    for (int64_t t = 0; t < B * K / 32; t++) {
+        const float *xt = x + 32 * t;
+        __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(xt), _mm256_loadu_ps(xt + 8)),
+                                 _mm256_add_ps(_mm256_loadu_ps(xt + 16), _mm256_loadu_ps(xt + 24)));
+        out[t] = hsum8(s);
+    }
+    return out;
+}
+
 #endif
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -302,6 +455,15 @@ static inline __m256i q6k_bytes(const uint8_t *blk, int g) {
 /* one block's 32 weights as two vectors of 16 float32 (elements 0-15, 16-31) */
 static inline void block_weights(const uint8_t *b, int64_t fmt, __m512 *lo, __m512 *hi) {
     __m512 d = _mm512_set1_ps(half_to_float(b));
+    if (fmt == FMT_Q5_0 || fmt == FMT_Q5_1) { /* d * q + m (Q5_0: m = -16 d) */
+        __m512 m = _mm512_set1_ps(fmt == FMT_Q5_0 ? -16.f * half_to_float(b) : half_to_float(b + 2));
+        __m256i q = q5_bytes(b, fmt);
+        *lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(q))),
+                              d, m);
+        *hi = _mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(q, 1))), d, m);
+        return;
+    }
     if (fmt == FMT_Q8_0) {
         *lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
                   _mm_loadu_si128((const __m128i *)(b + 2)))), d);
@@ -375,20 +537,39 @@ static void dot4_blocks(const void *rows, int64_t K, const float *x, float out[4
     for (int i = 0; i < 4; i++) out[i] = _mm512_reduce_add_ps(acc[i]);
 }
 
-/* Q4_K: the 64 weights of chunk c (sub-blocks 2c and 2c + 1) as four vectors of 16, in order */
+/* Q4_K (Q5_K: q5 set): the 64 weights of chunk c (sub-blocks 2c and 2c + 1) as four vectors of
+   16, in order. A sub-block's 16 (Q5_K: 32) possible weights sc q - mn are a table that one
+   lane permute per 16 weights looks up (Q5_K: a two-table permute on 5-bit indices). */
 static inline void q4k_weights(const uint8_t *blk, const float sc[8], const float mn[8], int c,
-                               __m512 w[4]) {
+                               __m512 w[4], const int q5) {
     const __m512 levels = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const uint8_t *qs = blk + 16 + 32 * c;
+    const uint8_t *qs = blk + (q5 ? 48 : 16) + 32 * c;
     __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
     __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16)));
-    __m512 t0 = _mm512_fmsub_ps(levels, _mm512_set1_ps(sc[2 * c]), _mm512_set1_ps(mn[2 * c]));
-    __m512 t1 = _mm512_fmsub_ps(levels, _mm512_set1_ps(sc[2 * c + 1]),
-                                _mm512_set1_ps(mn[2 * c + 1]));
-    w[0] = _mm512_permutexvar_ps(v0, t0);
-    w[1] = _mm512_permutexvar_ps(v1, t0);
-    w[2] = _mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), t1);
-    w[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), t1);
+    __m512 s0 = _mm512_set1_ps(sc[2 * c]), s1 = _mm512_set1_ps(sc[2 * c + 1]);
+    __m512 m0 = _mm512_set1_ps(mn[2 * c]), m1 = _mm512_set1_ps(mn[2 * c + 1]);
+    __m512 t0 = _mm512_fmsub_ps(levels, s0, m0), t1 = _mm512_fmsub_ps(levels, s1, m1);
+    if (!q5) {
+        w[0] = _mm512_permutexvar_ps(v0, t0);
+        w[1] = _mm512_permutexvar_ps(v1, t0);
+        w[2] = _mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), t1);
+        w[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), t1);
+        return;
+    }
+    const __m512 upper = _mm512_set1_ps(16.f);
+    __m512 u0 = _mm512_fmsub_ps(_mm512_add_ps(levels, upper), s0, m0);
+    __m512 u1 = _mm512_fmsub_ps(_mm512_add_ps(levels, upper), s1, m1);
+    const __m512i low4 = _mm512_set1_epi32(0x0f), one = _mm512_set1_epi32(1);
+    __m512i h0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 16)));
+    __m512i h1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 32)));
+    __m512i b00 = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h0, 2 * c), one), 4);
+    __m512i b01 = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h1, 2 * c), one), 4);
+    __m512i b10 = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h0, 2 * c + 1), one), 4);
+    __m512i b11 = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h1, 2 * c + 1), one), 4);
+    w[0] = _mm512_permutex2var_ps(t0, _mm512_or_si512(_mm512_and_si512(v0, low4), b00), u0);
+    w[1] = _mm512_permutex2var_ps(t0, _mm512_or_si512(_mm512_and_si512(v1, low4), b01), u0);
+    w[2] = _mm512_permutex2var_ps(t1, _mm512_or_si512(_mm512_srli_epi32(v0, 4), b10), u1);
+    w[3] = _mm512_permutex2var_ps(t1, _mm512_or_si512(_mm512_srli_epi32(v1, 4), b11), u1);
 }
 
 /* Q6_K: the 64 weights 64p + [0, 64) of a super-block as four vectors of 16 (each under one
@@ -411,14 +592,15 @@ static inline void q6k_weights(const uint8_t *blk, int p, __m512 w[4]) {
 /* Q4_K: a super-block of 256 is 8 sub-blocks of 32 that each read like a Q4_1 block, with
    scale d * sc and minimum -dmin * mn (6-bit sc, mn), so the same table lookup serves: chunk c
    of 32 bytes holds sub-block 2c in its low nibbles and 2c + 1 in its high ones. */
-static void dot4_q4k(const void *rows, int64_t K, const float *x, float out[4]) {
+static inline __attribute__((always_inline)) void dot4_q4k(
+    const void *rows, int64_t K, const float *x, float out[4], const int q5) {
     const uint8_t *r = rows;
-    int64_t nb = K / 256, rb = nb * 144;
+    int64_t bs = q5 ? 176 : 144, nb = K / 256, rb = nb * bs;
     __m512 acc[4], acc2[4]; /* two chains per row */
     for (int i = 0; i < 4; i++) acc[i] = acc2[i] = _mm512_setzero_ps();
     for (int64_t j = 0; j < nb; j++) {
         for (int i = 0; i < 4; i++) {
-            const uint8_t *b = r + i * rb + j * 144;
+            const uint8_t *b = r + i * rb + j * bs;
             _mm_prefetch((const char *)b + PREFETCH_AHEAD / 2, _MM_HINT_T0);
             _mm_prefetch((const char *)b + 64 + PREFETCH_AHEAD / 2, _MM_HINT_T0);
             _mm_prefetch((const char *)b + 128 + PREFETCH_AHEAD / 2, _MM_HINT_T0);
@@ -427,7 +609,7 @@ static void dot4_q4k(const void *rows, int64_t K, const float *x, float out[4]) 
             for (int c = 0; c < 4; c++) {
                 const float *xc = x + 256 * j + 64 * c;
                 __m512 w[4];
-                q4k_weights(b, sc, mn, c, w);
+                q4k_weights(b, sc, mn, c, w, q5);
                 acc[i] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xc), acc[i]);
                 acc2[i] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xc + 16), acc2[i]);
                 acc[i] = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(xc + 32), acc[i]);
@@ -476,12 +658,12 @@ static inline __attribute__((always_inline)) void dot4xR_kquants(
         for (int64_t j = 0; j < nb; j++) {
             const uint8_t *blk = r + i * rb + j * bs;
             float sc[8], mn[8];
-            if (fmt == FMT_Q4_K)
+            if (fmt != FMT_Q6_K)
                 q4k_scales(blk, sc, mn);
             for (int part = 0; part < 4; part++) { /* weights 64 part + [0, 64) */
                 __m512 w[4]; /* weights 64 part + 16t, t = 0..3 */
-                if (fmt == FMT_Q4_K)
-                    q4k_weights(blk, sc, mn, part, w);
+                if (fmt != FMT_Q6_K)
+                    q4k_weights(blk, sc, mn, part, w, fmt == FMT_Q5_K);
                 else
                     q6k_weights(blk, part, w);
                 for (int t = 0; t < 4; t++)
@@ -529,6 +711,10 @@ static void dot4xR(const void *rows, int64_t K, const float *x, float out[8][4],
         dot4xR_kquants(rows, K, x, K, out, FMT_Q4_K, 8);
     else if (fmt == FMT_Q4_K)
         dot4xR_kquants(rows, K, x, K, out, FMT_Q4_K, 4);
+    else if (fmt == FMT_Q5_K && R == 8)
+        dot4xR_kquants(rows, K, x, K, out, FMT_Q5_K, 8);
+    else if (fmt == FMT_Q5_K)
+        dot4xR_kquants(rows, K, x, K, out, FMT_Q5_K, 4);
     else if (fmt == FMT_Q6_K && R == 8)
         dot4xR_kquants(rows, K, x, K, out, FMT_Q6_K, 8);
     else if (fmt == FMT_Q6_K)
@@ -538,15 +724,42 @@ static void dot4xR(const void *rows, int64_t K, const float *x, float out[8][4],
     else
         dot4xR_blocks(rows, K, x, K, out, fmt, 4);
 }
+static inline int simd_blocks(int64_t fmt) { return is_blocks(fmt); }
+
+/* four weight rows by one row of x (xsum: x's sums over each 32, for Q5_K, Q5_0 and Q5_1) */
+static void dot4_row(const void *rows, int64_t K, const float *x, const float *xsum,
+                     float out[4], int64_t fmt) {
+    if (fmt == FMT_Q4_K)
+        dot4_q4k(rows, K, x, out, 0);
+    else if (fmt == FMT_Q5_K) /* the byte-assembled AVX2 loop: 1.3x the two-table lookup */
+        dot4_q4k8(rows, K, x, xsum, out, 1);
+    else if (fmt == FMT_Q5_0 || fmt == FMT_Q5_1)
+        dot4_q5(rows, K, x, xsum, out, fmt);
+    else if (fmt == FMT_Q6_K)
+        dot4_q6k(rows, K, x, out);
+    else
+        dot4_blocks(rows, K, x, out, fmt);
+}
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define HAVE_BLOCKS_AVX2 1
 /* The blocks of 32 at 8 lanes: a block is four vectors. Q4_0 / Q4_1 widen each nibble to
    float32 and apply d and m with one FMA (w = d * q + m; Q4_0: m = -8d); Q8_0 sums q * x over
    the block and applies d once. The K-quants are read 32 weights at a time in the same way
    (dot4xR_kquants8). */
-static inline int simd_blocks(int64_t fmt) { return fmt >= FMT_Q8_0 && fmt <= FMT_Q6_K; }
+static inline int simd_blocks(int64_t fmt) { return is_blocks(fmt); }
 
 static inline void block_weights8(const uint8_t *b, int64_t fmt, __m256 w[4]) {
+    if (fmt == FMT_Q5_0 || fmt == FMT_Q5_1) { /* d * q + m (Q5_0: m = -16 d) */
+        float dh = half_to_float(b);
+        __m256 d = _mm256_set1_ps(dh);
+        __m256 m = _mm256_set1_ps(fmt == FMT_Q5_0 ? -16.f * dh : half_to_float(b + 2));
+        __m256i q = q5_bytes(b, fmt);
+        __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);
+        __m128i parts[4] = {q0, _mm_srli_si128(q0, 8), q1, _mm_srli_si128(q1, 8)};
+        for (int t = 0; t < 4; t++)
+            w[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[t])), d, m);
+        return;
+    }
     if (fmt == FMT_Q8_0) {
         __m256 d = _mm256_set1_ps(half_to_float(b));
         for (int t = 0; t < 4; t++) w[t] = _mm256_mul_ps(widen8((const int8_t *)b + 2 + 8 * t), d);
@@ -624,13 +837,18 @@ static inline __attribute__((always_inline)) void dot4xR_blocks8(
 /* Q4_K: the 32 weights of sub-block s as four vectors of 8: byte 32 (s / 2) + l holds weight l
    of sub-block s in its low nibble when s is even, in its high one when odd; w = sc q - mn */
 static inline void q4k8_weights(const uint8_t *blk, const float sc[8], const float mn[8], int s,
-                                __m256 w[4]) {
-    const uint8_t *qs = blk + 16 + 32 * (s / 2);
+                                __m256 w[4], const int q5) {
+    const uint8_t *qs = blk + (q5 ? 48 : 16) + 32 * (s / 2);
     __m256 d = _mm256_set1_ps(sc[s]), m = _mm256_set1_ps(mn[s]);
-    const __m256i low4 = _mm256_set1_epi32(0x0f);
+    const __m256i low4 = _mm256_set1_epi32(0x0f), one = _mm256_set1_epi32(1);
     for (int t = 0; t < 4; t++) {
         __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * t)));
         v = s & 1 ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, low4);
+        if (q5) { /* Q5_K: bit s of qh byte 8t + lane */
+            __m256i h = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(blk + 16 + 8 * t)));
+            v = _mm256_or_si256(v, _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(h, s),
+                                                                      one), 4));
+        }
         w[t] = _mm256_fmsub_ps(_mm256_cvtepi32_ps(v), d, m);
     }
 }
@@ -664,12 +882,12 @@ static inline __attribute__((always_inline)) void dot4xR_kquants8(
             for (int line = 0; line < 4; line++)
                 _mm_prefetch((const char *)blk + 64 * line + PREFETCH_AHEAD / 2, _MM_HINT_T0);
             float sc[8], mn[8];
-            if (fmt == FMT_Q4_K)
+            if (fmt != FMT_Q6_K)
                 q4k_scales(blk, sc, mn);
             for (int g = 0; g < 8; g++) { /* weights 32g + [0, 32) of the super-block */
                 __m256 w[4];
-                if (fmt == FMT_Q4_K)
-                    q4k8_weights(blk, sc, mn, g, w);
+                if (fmt != FMT_Q6_K)
+                    q4k8_weights(blk, sc, mn, g, w, fmt == FMT_Q5_K);
                 else
                     q6k8_weights(blk, g, w);
                 for (int b = 0; b < R; b++) {
@@ -686,83 +904,6 @@ static inline __attribute__((always_inline)) void dot4xR_kquants8(
     }
 }
 
-/* Q4_K's 8 scales d * sc into sc and minimums dmin * mn as a vector, unpacked four at a time
-   in 32-bit words (as llama.cpp's kernels do) instead of one by one */
-static inline void q4k_scales8(const uint8_t *blk, float sc[8], __m256 *mn) {
-    uint32_t u[4];
-    memcpy(u, blk + 4, 12);
-    u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4); /* mins 4..7 */
-    uint32_t mins03 = u[1] & 0x3f3f3f3f;
-    u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4); /* scales 4..7 */
-    u[2] = mins03;
-    u[0] &= 0x3f3f3f3f; /* scales 0..3 */
-    __m128i v = _mm_loadu_si128((const __m128i *)u);
-    __m256 s = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
-    _mm256_storeu_ps(sc, _mm256_mul_ps(s, _mm256_set1_ps(half_to_float(blk))));
-    *mn = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))),
-                        _mm256_set1_ps(half_to_float(blk + 2)));
-}
-
-/* Q4_K for one row of x: w = sc q - mn, so a sub-block's dot product is sc (q . x) - mn sum(x).
-   xsum holds x's sums over each run of 32 (taken once per matvec, not per weight row), and the
-   nibbles are split in bytes, 32 at a time, before they are widened: about 4 instructions per
-   8 weights instead of 6 (1.2x the widened-weights loop of dot4xR_kquants8) */
-static void dot4_q4k8(const void *rows, int64_t K, const float *x, const float *xsum,
-                      float out[4]) {
-    const uint8_t *r = rows;
-    int64_t nb = K / 256, rb = nb * 144;
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
-    for (int i = 0; i < 4; i++) {
-        __m256 acc = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
-        __m256 mins = _mm256_setzero_ps();
-        for (int64_t j = 0; j < nb; j++) {
-            const uint8_t *blk = r + i * rb + j * 144;
-            _mm_prefetch((const char *)blk + PREFETCH_AHEAD / 2, _MM_HINT_T0);
-            _mm_prefetch((const char *)blk + 64 + PREFETCH_AHEAD / 2, _MM_HINT_T0);
-            _mm_prefetch((const char *)blk + 128 + PREFETCH_AHEAD / 2, _MM_HINT_T0);
-            float sc[8];
-            __m256 mn;
-            q4k_scales8(blk, sc, &mn);
-            mins = _mm256_fmadd_ps(mn, _mm256_loadu_ps(xsum + 8 * j), mins);
-            for (int c = 0; c < 4; c++) {
-                __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * c));
-                for (int odd = 0; odd < 2; odd++) { /* sub-block 2c + odd */
-                    __m256i v = odd ? _mm256_and_si256(_mm256_srli_epi16(q, 4), low4)
-                                    : _mm256_and_si256(q, low4);
-                    __m128i v0 = _mm256_castsi256_si128(v), v1 = _mm256_extracti128_si256(v, 1);
-                    const float *xs = x + 256 * j + 64 * c + 32 * odd;
-                    __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v0)),
-                                             _mm256_loadu_ps(xs));
-                    __m256 t2 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v1)),
-                                              _mm256_loadu_ps(xs + 16));
-                    t = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v0, 8))),
-                        _mm256_loadu_ps(xs + 8), t);
-                    t2 = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v1, 8))),
-                        _mm256_loadu_ps(xs + 24), t2);
-                    __m256 scale = _mm256_set1_ps(sc[2 * c + odd]);
-                    acc = _mm256_fmadd_ps(t, scale, acc);
-                    acc2 = _mm256_fmadd_ps(t2, scale, acc2);
-                }
-            }
-        }
-        out[i] = hsum8(_mm256_sub_ps(_mm256_add_ps(acc, acc2), mins));
-    }
-}
-
-/* x's sums over each run of 32: (B, K / 32) floats */
-static float *sums32(const float *x, int64_t B, int64_t K) {
-    float *out = malloc(sizeof(float) * (size_t)(B * K / 32));
-    for (int64_t t = 0; t < B * K / 32; t++) {
-        const float *xt = x + 32 * t;
-        __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(xt), _mm256_loadu_ps(xt + 8)),
-                                 _mm256_add_ps(_mm256_loadu_ps(xt + 16), _mm256_loadu_ps(xt + 24)));
-        out[t] = hsum8(s);
-    }
-    return out;
-}
-
 /* out[b][i] for four weight rows and R = 1, 4 or 8 rows of x (ldx = K); each call below has a
    constant format and R, so it is compiled on its own */
 static void dot4xR(const void *rows, int64_t K, const float *x, float out[8][4], int64_t fmt,
@@ -773,6 +914,12 @@ static void dot4xR(const void *rows, int64_t K, const float *x, float out[8][4],
         dot4xR_kquants8(rows, K, x, K, out, FMT_Q4_K, 4);
     else if (fmt == FMT_Q4_K)
         dot4xR_kquants8(rows, K, x, K, out, FMT_Q4_K, 1);
+    else if (fmt == FMT_Q5_K && R == 8)
+        dot4xR_kquants8(rows, K, x, K, out, FMT_Q5_K, 8);
+    else if (fmt == FMT_Q5_K && R == 4)
+        dot4xR_kquants8(rows, K, x, K, out, FMT_Q5_K, 4);
+    else if (fmt == FMT_Q5_K)
+        dot4xR_kquants8(rows, K, x, K, out, FMT_Q5_K, 1);
     else if (fmt == FMT_Q6_K && R == 8)
         dot4xR_kquants8(rows, K, x, K, out, FMT_Q6_K, 8);
     else if (fmt == FMT_Q6_K && R == 4)
@@ -783,6 +930,24 @@ static void dot4xR(const void *rows, int64_t K, const float *x, float out[8][4],
         dot4xR_blocks8(rows, K, x, K, out, fmt, 8);
     else
         dot4xR_blocks8(rows, K, x, K, out, fmt, 4);
+}
+
+/* four weight rows by one row of x (xsum: x's sums over each 32, for Q4_K, Q5_K, Q5_0, Q5_1) */
+static void dot4_row(const void *rows, int64_t K, const float *x, const float *xsum,
+                     float out[4], int64_t fmt) {
+    float acc[8][4];
+    if (fmt == FMT_Q4_K) {
+        dot4_q4k8(rows, K, x, xsum, out, 0);
+    } else if (fmt == FMT_Q5_K) {
+        dot4_q4k8(rows, K, x, xsum, out, 1);
+    } else if (fmt == FMT_Q6_K) {
+        dot4xR(rows, K, x, acc, fmt, 1);
+        memcpy(out, acc[0], sizeof(float) * 4);
+    } else if (fmt == FMT_Q5_0 || fmt == FMT_Q5_1) {
+        dot4_q5(rows, K, x, xsum, out, fmt);
+    } else {
+        dot4_blocks(rows, K, x, out, fmt);
+    }
 }
 #endif
 
@@ -798,9 +963,19 @@ static void dequant_block(const uint8_t *restrict b, int64_t fmt, float *restric
             out[t] = (float)(qs[t] & 0x0f) * d + m;
             out[t + 16] = (float)(qs[t] >> 4) * d + m;
         }
-    } else if (fmt == FMT_Q4_K) {
+    } else if (fmt == FMT_Q5_0 || fmt == FMT_Q5_1) {
+        const uint8_t *hp = b + (fmt == FMT_Q5_0 ? 2 : 4), *qs = hp + 4;
+        uint32_t qh;
+        memcpy(&qh, hp, 4);
+        float d = half_to_float(b), m = fmt == FMT_Q5_1 ? half_to_float(b + 2) : -16.f * d;
+        for (int t = 0; t < 16; t++) {
+            out[t] = (float)((qs[t] & 0x0f) | ((qh >> t) & 1) << 4) * d + m;
+            out[t + 16] = (float)((qs[t] >> 4) | ((qh >> (t + 16)) & 1) << 4) * d + m;
+        }
+    } else if (fmt == FMT_Q4_K || fmt == FMT_Q5_K) {
         float d = half_to_float(b), dmin = half_to_float(b + 2);
-        const uint8_t *p = b + 4, *qs = b + 16;
+        const uint8_t *p = b + 4, *qh = b + 16, *qs = b + (fmt == FMT_Q5_K ? 48 : 16);
+        int q5 = fmt == FMT_Q5_K;
         float sc[8], mn[8];
         for (int j = 0; j < 4; j++) {
             sc[j] = (float)(p[j] & 63);
@@ -813,8 +988,10 @@ static void dequant_block(const uint8_t *restrict b, int64_t fmt, float *restric
             float s1 = d * sc[2 * c + 1], m1 = dmin * mn[2 * c + 1];
 #pragma omp simd
             for (int l = 0; l < 32; l++) {
-                out[64 * c + l] = s0 * (float)(qs[32 * c + l] & 0x0f) - m0;
-                out[64 * c + 32 + l] = s1 * (float)(qs[32 * c + l] >> 4) - m1;
+                int h0 = q5 ? ((qh[l] >> (2 * c)) & 1) << 4 : 0;
+                int h1 = q5 ? ((qh[l] >> (2 * c + 1)) & 1) << 4 : 0;
+                out[64 * c + l] = s0 * (float)((qs[32 * c + l] & 0x0f) | h0) - m0;
+                out[64 * c + 32 + l] = s1 * (float)((qs[32 * c + l] >> 4) | h1) - m1;
             }
         }
     } else { /* FMT_Q6_K: two halves of 128 weights; weight 32k + l of half h takes its low 4
@@ -971,10 +1148,11 @@ static void matvec_panels(const Weight *wt, const float *x, float *y, int64_t B,
    others take dot4_generic. quantize="auto" asks (nn/native.simd_block_formats) before it
    keeps a GGUF file's blocks rather than converting them to int8. */
 int64_t simd_block_formats(void) {
-#if defined(HAVE_BLOCKS_AVX512)
-    return 1 << FMT_Q8_0 | 1 << FMT_Q4_0 | 1 << FMT_Q4_1 | 1 << FMT_Q4_K | 1 << FMT_Q6_K;
-#elif defined(HAVE_BLOCKS_AVX2)
-    return 1 << FMT_Q8_0 | 1 << FMT_Q4_0 | 1 << FMT_Q4_1 | 1 << FMT_Q4_K | 1 << FMT_Q6_K;
+#if defined(HAVE_BLOCKS_AVX512) || defined(HAVE_BLOCKS_AVX2)
+    int64_t bits = 0;
+    for (int64_t fmt = FMT_Q8_0; fmt <= FMT_Q5_K; fmt++)
+        if (simd_blocks(fmt)) bits |= (int64_t)1 << fmt;
+    return bits;
 #else
     return 0;
 #endif
@@ -987,13 +1165,16 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
         matvec_panels(wt, x, y, B, K, ldy);
         return;
     }
-    int64_t fmt = wt->fmt, blocks_fmt = fmt >= FMT_Q8_0 && fmt <= FMT_Q6_K;
+    int64_t fmt = wt->fmt, blocks_fmt = is_blocks(fmt);
     size_t row_bytes = blocks_fmt ? (size_t)(K / block_len(fmt) * block_bytes(fmt))
                                   : (size_t)K * (fmt == FMT_INT8 ? 1 : sizeof(float));
     int64_t N = wt->rows, whole = N / 4, blocks = (N + 3) / 4;
     char *tail = NULL; /* the last N % 4 rows, zero-padded to a block of four */
-#ifdef HAVE_BLOCKS_AVX2
-    float *xsum = fmt == FMT_Q4_K ? sums32(x, B, K) : NULL;
+#if defined(HAVE_BLOCKS_AVX512) || defined(HAVE_BLOCKS_AVX2)
+    float *xsum = fmt == FMT_Q4_K || fmt == FMT_Q5_K || fmt == FMT_Q5_0 || fmt == FMT_Q5_1
+                      ? sums32(x, B, K) : NULL;
+#else
+    float *xsum = NULL;
 #endif
     if (N % 4) {
         tail = calloc(4, row_bytes);
@@ -1005,8 +1186,8 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
         const void *r = blk < whole ? (const char *)wt->w + n * row_bytes : tail;
         float acc[4];
         int64_t b = 0;
-#ifdef HAVE_BLOCKS_AVX512
-        if (blocks_fmt)
+#if defined(HAVE_BLOCKS_AVX512) || defined(HAVE_BLOCKS_AVX2)
+        if (blocks_fmt && simd_blocks(fmt)) { /* eight, then four rows of x at a time, then one */
             for (int R = 8; R >= 4; R -= 4)
                 for (; b + R <= B; b += R) {
                     float acc8[8][4];
@@ -1016,45 +1197,15 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
                             y[(b + j) * ldy + n + i] = acc8[j][i]
                                                        + (wt->bias ? wt->bias[n + i] : 0.f);
                 }
-        if (fmt == FMT_Q4_K || fmt == FMT_Q6_K) {
             for (; b < B; b++) {
-                if (fmt == FMT_Q4_K)
-                    dot4_q4k(r, K, x + b * K, acc);
-                else
-                    dot4_q6k(r, K, x + b * K, acc);
+                dot4_row(r, K, x + b * K, xsum ? xsum + b * (K / 32) : NULL, acc, fmt);
                 for (int64_t i = 0; i < m; i++)
                     y[b * ldy + n + i] = acc[i] + (wt->bias ? wt->bias[n + i] : 0.f);
             }
             continue;
         }
-        int generic = 0; /* AVX-512 kernels for every block format */
-#elif defined(HAVE_BLOCKS_AVX2)
-        if (simd_blocks(fmt))
-            for (int R = 8; R >= 4; R -= 4)
-                for (; b + R <= B; b += R) {
-                    float acc8[8][4];
-                    dot4xR(r, K, x + b * K, acc8, fmt, R);
-                    for (int j = 0; j < R; j++)
-                        for (int64_t i = 0; i < m; i++)
-                            y[(b + j) * ldy + n + i] = acc8[j][i]
-                                                       + (wt->bias ? wt->bias[n + i] : 0.f);
-                }
-        if (fmt == FMT_Q4_K || fmt == FMT_Q6_K) {
-            for (; b < B; b++) {
-                float acc1[8][4];
-                if (fmt == FMT_Q4_K)
-                    dot4_q4k8(r, K, x + b * K, xsum + b * (K / 32), acc1[0]);
-                else
-                    dot4xR(r, K, x + b * K, acc1, fmt, 1);
-                for (int64_t i = 0; i < m; i++)
-                    y[b * ldy + n + i] = acc1[0][i] + (wt->bias ? wt->bias[n + i] : 0.f);
-            }
-            continue;
-        }
-        int generic = 0; /* AVX2 kernels for every block format */
-#else
-        int generic = blocks_fmt;
 #endif
+        int generic = blocks_fmt;
         if (generic) {
             for (; b < B; b += 16) {
                 int64_t nrows = B - b < 16 ? B - b : 16;
@@ -1078,11 +1229,6 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
             }
 #endif
         for (; b < B; b++) {
-#if defined(HAVE_BLOCKS_AVX512) || defined(HAVE_BLOCKS_AVX2)
-            if (blocks_fmt)
-                dot4_blocks(r, K, x + b * K, acc, fmt);
-            else
-#endif
             if (fmt == FMT_INT8)
                 dot4_int8(r, K, x + b * K, acc);
             else
@@ -1093,9 +1239,7 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
         }
     }
     free(tail);
-#ifdef HAVE_BLOCKS_AVX2
     free(xsum);
-#endif
 }
 
 /* y (B, ldy) = x @ [W_0; W_1; ...].T: the outputs of n weights side by side (e.g. q, k, v
@@ -1132,7 +1276,8 @@ void panel_linear(const float *x, const float *panels, const float *bias, float 
 }
 
 /* y (B, N) = x (B, K) @ W.T + bias for W stored as GGUF blocks of format fmt (FMT_Q8_0,
-   FMT_Q4_0, FMT_Q4_1: K a multiple of 32; FMT_Q4_K, FMT_Q6_K: of 256) (nn/gguf_linear.py) */
+   FMT_Q4_0, FMT_Q4_1, FMT_Q5_0, FMT_Q5_1: K a multiple of 32; the K-quants: of 256)
+   (nn/gguf_linear.py) */
 void gguf_linear(const float *x, const uint8_t *w, int64_t fmt, const float *bias, float *y,
                  int64_t B, int64_t N, int64_t K) {
     Weight wt = {w, NULL, bias, N, fmt};
