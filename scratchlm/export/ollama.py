@@ -29,8 +29,10 @@ _FORMATS = [("<|im_start|>", _CHATML, ["<|im_end|>"]),
 
 
 def modelfile(gguf_name: str, chat_template: str | None, eos_token: str | None,
-              temperature: float = 0.7, top_k: int = 40, context_length: int = 2048) -> str:
-    """The text of a Modelfile for ``gguf_name`` (a path relative to the Modelfile)."""
+              temperature: float = 0.7, top_k: int = 40, context_length: int = 2048,
+              adapter: str | None = None) -> str:
+    """The text of a Modelfile for ``gguf_name`` (a path relative to the Modelfile), with a
+    LoRA ``adapter`` file (relative too) applied to it when given."""
     template, stops = '{{ .Prompt }}', []
     for marker, go, stop in _FORMATS:
         if chat_template and marker in chat_template:
@@ -38,22 +40,33 @@ def modelfile(gguf_name: str, chat_template: str | None, eos_token: str | None,
             break
     if eos_token and eos_token not in stops:
         stops.append(eos_token)
-    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
+    lines = [f"FROM {_relative(gguf_name)}"]
+    if adapter:
+        lines.append(f"ADAPTER {_relative(adapter)}")
+    lines.append(f'TEMPLATE """{template}"""')
     lines += [f'PARAMETER stop "{s}"' for s in stops]
     lines += [f"PARAMETER temperature {temperature}", f"PARAMETER top_k {top_k}",
               f"PARAMETER num_ctx {context_length}"]
     return "\n".join(lines) + "\n"
 
 
-def write_modelfile(gguf_path: Path, tokenizer, context_length: int) -> Path:
-    """``NAME.Modelfile`` beside ``NAME.gguf``; returns its path."""
+def _relative(path: str) -> str:
+    return path if path.startswith(("./", "../", "/")) else f"./{path}"
+
+
+def write_modelfile(gguf_path: Path, tokenizer, context_length: int,
+                    base: str | None = None) -> Path:
+    """``NAME.Modelfile`` beside ``NAME.gguf``; returns its path. With ``base`` (the base
+    model's GGUF, relative to the Modelfile's folder) ``NAME.gguf`` is a LoRA adapter file:
+    the Modelfile is FROM the base with ``ADAPTER ./NAME.gguf``."""
     from scratchlm.export.vocab import byte_bpe
 
     bpe = byte_bpe(tokenizer)
     eos = bpe.tokens[bpe.eos_id] if bpe.eos_id is not None else None
     path = gguf_path.with_suffix(".Modelfile")
     with staging(path) as part:  # whole or not at all, as the GGUF beside it
-        part.write_text(modelfile(gguf_path.name, bpe.chat_template, eos,
-                                  context_length=min(context_length, 8192)))
+        part.write_text(modelfile(base or gguf_path.name, bpe.chat_template, eos,
+                                  context_length=min(context_length, 8192),
+                                  adapter=gguf_path.name if base else None))
         replace_file(part, path)
     return path

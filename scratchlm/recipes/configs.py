@@ -404,7 +404,7 @@ class GenerateConfig:
 class ExportConfig:
     model: str = ""  # a run's final/ folder, a preset with weights or a .gguf file (required)
     adapter: str | None = None  # a LoRA adapter folder (ours or PEFT), merged before export
-    format: str = "gguf"  # gguf (llama.cpp / Ollama) | hf (transformers)
+    format: str = "gguf"  # gguf (llama.cpp / Ollama) | hf (transformers) | gguf-lora (--adapter as llama.cpp's adapter file, for llama-cli --lora / Ollama's ADAPTER)
     dtype: str = "f16"  # f32 | f16 | bf16: matrices (gguf), or every tensor (hf)
     quant: str | None = None  # gguf only: q4_k_m | q5_k_m | q6_k | q8_0 | q4_0 | q4_k_s | q5_k_s (llama.cpp's mix per tensor)
     out: str = ""  # the .gguf file, or the HF folder (required)

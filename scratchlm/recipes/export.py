@@ -15,6 +15,7 @@ file and its disk; an existing ``--out`` is refused unless ``--overwrite``.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from scratchlm.config import check_bounds
 from scratchlm.export.atomic import replace_file, replace_folder, staging
 from scratchlm.recipes.configs import ExportConfig  # noqa: F401 (its config)
 
-FORMATS = ("gguf", "hf")
+FORMATS = ("gguf", "hf", "gguf-lora")
 
 
 def _check(cfg: ExportConfig) -> Path:
@@ -35,21 +36,24 @@ def _check(cfg: ExportConfig) -> Path:
         raise ValueError(f"--format must be one of {FORMATS}, got {cfg.format!r}")
     if cfg.dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {DTYPES}, got {cfg.dtype!r}")
+    if cfg.format == "gguf-lora" and not cfg.adapter:
+        raise ValueError("--format gguf-lora writes an --adapter as llama.cpp's adapter file: "
+                         "give --adapter")
     if cfg.quant is not None:
         if cfg.format != "gguf":
-            raise ValueError("--quant applies to --format gguf only (an HF folder holds "
-                             "f32/f16/bf16 tensors)")
+            raise ValueError("--quant applies to --format gguf only (an HF folder and an "
+                             "adapter file hold f32/f16/bf16 tensors)")
         if cfg.quant not in FILE_TYPES:
             raise ValueError(f"--quant must be one of {', '.join(FILE_TYPES)}, got "
                              f"{cfg.quant!r}")
     check_bounds(cfg)  # --max_shard_gb > 0 (its field's Range), also for a config built in Python
     default = ExportConfig()
-    if cfg.format == "gguf" and cfg.max_shard_gb != default.max_shard_gb:
+    if cfg.format != "hf" and cfg.max_shard_gb != default.max_shard_gb:
         raise ValueError("--max_shard_gb applies to --format hf only (a GGUF is one file)")
     if cfg.format == "hf" and cfg.name:
         raise ValueError("--name applies to --format gguf only (the file's name and Ollama's)")
     out = Path(cfg.out)
-    if cfg.format == "gguf" and out.suffix != ".gguf":
+    if cfg.format in ("gguf", "gguf-lora") and out.suffix != ".gguf":
         raise ValueError(f"--out for GGUF is a file ending in .gguf, got {out}")
     if out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -69,10 +73,13 @@ def main(cfg: ExportConfig) -> dict:
     from scratchlm.checkpoints.load import load_model_and_tokenizer
 
     out = _check(cfg)
+    base_gguf = Path(cfg.model).resolve() if cfg.model.endswith(".gguf") else None
     t0 = time.perf_counter()
     model, tok = load_model_and_tokenizer(cfg.model)
     if cfg.adapter:
-        merge_lora(load_adapter(model, cfg.adapter))
+        load_adapter(model, cfg.adapter)
+        if cfg.format != "gguf-lora":
+            merge_lora(model)
     name = cfg.name or out.stem
     # each export writes into its own hidden folder beside --out and moves in when complete
     with staging(out, folder=True) as stage:
@@ -82,13 +89,21 @@ def main(cfg: ExportConfig) -> dict:
 
             path = write_gguf(model, tok, stage / out.name, cfg.dtype, cfg.quant, name)
             write_modelfile(path, tok, model.cfg.context_length)
+        elif cfg.format == "gguf-lora":
+            from scratchlm.export.gguf_lora import write_gguf_lora
+            from scratchlm.export.ollama import write_modelfile
+
+            path = write_gguf_lora(model, stage / out.name, cfg.dtype, name)
+            if base_gguf:  # the base is a GGUF file: Ollama's FROM it, ADAPTER this
+                write_modelfile(path, tok, model.cfg.context_length,
+                                base=os.path.relpath(base_gguf, out.parent.resolve()))
         else:
             from scratchlm.export.hf import write_hf
 
             dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
             write_hf(model, tok, stage, dtype[cfg.dtype], int(cfg.max_shard_gb * 1024**3))
         # measured here: after the move --out may already hold another export's files
-        size = _size(stage / out.name if cfg.format == "gguf" else stage)
+        size = _size(stage if cfg.format == "hf" else stage / out.name)
         _publish(stage, out, cfg.format)
     seconds = time.perf_counter() - t0
     result = {"out": str(out), "format": cfg.format, "seconds": seconds,
@@ -99,6 +114,13 @@ def main(cfg: ExportConfig) -> dict:
         modelfile = out.with_suffix(".Modelfile")
         print(f"run it with Ollama:\n  ollama create {name} -f {modelfile}\n  ollama run {name}")
         print(f"or llama.cpp:\n  llama-cli -m {out} -cnv")
+    elif cfg.format == "gguf-lora":
+        base = base_gguf or "BASE.gguf (the base model exported with --format gguf)"
+        if base_gguf:
+            modelfile = out.with_suffix(".Modelfile")
+            print(f"run it with Ollama:\n  ollama create {name} -f {modelfile}\n  "
+                  f"ollama run {name}")
+        print(f"apply it with llama.cpp:\n  llama-cli -m {base} --lora {out} -cnv")
     else:
         print(f"load it with transformers:\n  AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return result
@@ -112,8 +134,9 @@ def _size(path: Path) -> int:
 def _publish(stage: Path, out: Path, fmt: str) -> None:
     """Move the finished export from ``stage`` onto ``out``, each file or the folder in one
     rename (``export/atomic.py``); an old ``out`` is replaced and removed."""
-    if fmt == "gguf":
+    if fmt in ("gguf", "gguf-lora"):
         replace_file(stage / out.name, out)
-        replace_file(stage / f"{out.stem}.Modelfile", out.with_suffix(".Modelfile"))
+        if (stage / f"{out.stem}.Modelfile").exists():
+            replace_file(stage / f"{out.stem}.Modelfile", out.with_suffix(".Modelfile"))
     else:
         replace_folder(stage, out)
