@@ -162,24 +162,41 @@ def test_blocks_equal_llama_cpps_on_real_weights(qtype):
     assert np.array_equal(quantize(_inputs(), qtype).reshape(-1), _theirs(fn, _inputs(), qtype))
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_every_file_type_equals_llama_cpps_quantize(tied, small_bpe, tmp_path):
+def _wide(family: str):
+    """The tiny model of each architecture we write, 256 wide so that K-quants occur (the
+    16-layer Llama also has use_more_bits layers; the MoE has 8 experts, llama.cpp's special
+    case)."""
+    from tiny_models import FAMILIES, tiny
+
+    name, changes = FAMILIES[family]
+    changes = {**changes, "n_embd": 256, "n_head": 4}
+    if family.startswith("llama"):
+        changes.update(head_dim=64, intermediate_size=768, n_layer=16, n_kv_head=2)
+    elif family == "qwen3moe":
+        changes.update(head_dim=64, moe={"num_experts": 8, "top_k": 2, "intermediate_size": 256})
+    elif not family.startswith("gpt2"):
+        changes.update(head_dim=64, intermediate_size=512)
+    if family == "gemma3":
+        changes["query_pre_attn_scalar"] = 64
+    return tiny(name, **changes)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt2-book", "llama", "llama-untied", "qwen3",
+                                    "qwen3moe", "gemma3"])
+def test_every_file_type_equals_llama_cpps_quantize(family, small_bpe, tmp_path):
     """Our --quant FILE equals llama.cpp quantizing our F32 file: every tensor's type and
-    bytes, for each file type (a 16-layer model of width 256, so K-quants, fallbacks and the
-    use_more_bits layers all occur)."""
+    bytes, for each file type and each architecture we write."""
     llama_cpp = pytest.importorskip("llama_cpp")
     _kquants_or_skip()
     import gguf
 
-    from tiny_models import tiny
     from scratchlm.export.gguf import write_gguf
 
     def tensors(path):
         return {t.name: (t.tensor_type.name, t.data.tobytes())
                 for t in gguf.GGUFReader(str(path)).tensors}
 
-    model = tiny("llama-tiny", n_embd=256, intermediate_size=768, n_layer=16, n_head=4,
-                 n_kv_head=2, tie_embeddings=tied)
+    model = _wide(family)
     f32 = write_gguf(model, small_bpe, tmp_path / "f32.gguf", "f32")
     for ftype, spec in FILE_TYPES.items():
         ours = tensors(write_gguf(model, small_bpe, tmp_path / f"{ftype}.gguf", "f32", ftype))
