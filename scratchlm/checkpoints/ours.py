@@ -52,6 +52,9 @@ def write_config(model: nn.Module, folder: Path, base: dict | None = None,
     classes = class_head_size(model)
     if classes is not None:
         meta["scratchlm"]["num_classes"] = classes  # a classifier head
+        head = getattr(model.out_head, "quantized", None) or model.out_head  # (QLoRA: 4-bit)
+        if getattr(head, "bias", None) is None:
+            meta["scratchlm"]["head_bias"] = False
     if base is not None:
         meta["scratchlm"]["base"] = base
     (folder / "config.json.part").write_text(json.dumps(meta, indent=2))
@@ -74,7 +77,8 @@ def load_ours(folder: str | Path, dtype: torch.dtype = torch.float32,
     with meta_device():
         model = family.model_cls(cfg)
         if "num_classes" in meta:  # a classifier (finetune/classification.py)
-            model.out_head = nn.Linear(model.cfg.n_embd, meta["num_classes"])
+            model.out_head = nn.Linear(model.cfg.n_embd, meta["num_classes"],
+                                       bias=meta.get("head_bias", True))
     if state is None:
         state = {k: t.to(device=device, dtype=dtype) for k, t in iter_safetensors(folder)}
     return materialize(model, state, str(folder))

@@ -14,11 +14,13 @@ from torch import nn
 from scratchlm.models.accounting import count_parameters
 
 
-def add_classifier_head(model: nn.Module, num_classes: int) -> nn.Module:
+def add_classifier_head(model: nn.Module, num_classes: int, bias: bool = True) -> nn.Module:
     """Replace the output head with ``Linear(n_embd, num_classes)`` (unties it from the
-    embedding)."""
+    embedding); ``bias=False``: no bias, as transformers' ``...ForSequenceClassification``
+    heads, which a classifier must match to be exported to them (``export/hf.py``)."""
     torch.manual_seed(123)  # the book seeds the new head
-    model.out_head = nn.Linear(model.cfg.n_embd, num_classes).to(next(model.parameters()).device)
+    model.out_head = nn.Linear(model.cfg.n_embd, num_classes, bias=bias).to(
+        next(model.parameters()).device)
     return model
 
 
@@ -107,14 +109,14 @@ def classify_text(text: str, model: nn.Module, tokenizer, max_length: int | None
 
 
 def prepare_head_finetuning(model: nn.Module, num_outputs: int, trainable: str = "last_block",
-                            last_k: int = 1, lora=None) -> int:
+                            last_k: int = 1, lora=None, bias: bool = True) -> int:
     """A new ``num_outputs`` head, then what trains: with a ``LoraConfig`` of rank > 0, LoRA
     adapters plus the new head (which always trains); otherwise ``freeze_for_classification``.
     Returns the number of trainable parameters. The recipes for classifiers, reward models and
     taggers all start here."""
     from scratchlm.finetune.lora import apply_lora
 
-    add_classifier_head(model, num_outputs)
+    add_classifier_head(model, num_outputs, bias)
     if lora is not None and lora.rank > 0:
         apply_lora(model, lora.rank, lora.alpha, tuple(lora.targets), lora.dropout, lora.scaling,
                    quantize_base=lora.quantize_base)

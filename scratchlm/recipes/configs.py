@@ -85,6 +85,7 @@ class ClassifyConfig(RunFolder):
     label_col: str = "label"  # the label column of a CSV/TSV file
     trainable: str = "last_block"  # head | last_block | all (without LoRA)
     last_k: Count = 1  # with trainable last_k: how many final blocks train
+    head_bias: bool = True  # false: a head without bias, as transformers' ...ForSequenceClassification (needed to export it with --format hf)
     max_length: Count | None = None  # default: the longest training text
     epochs: Count = 5  # passes over the training data
     eval_batches: Count = 5  # batches for the per-epoch train/val accuracy
@@ -183,6 +184,7 @@ class RewardConfig(RunFolder):
     style: str = "auto"  # as finetune instruct: the chat template if any, else alpaca
     trainable: str = "last_block"  # head | last_block | all (without LoRA)
     last_k: Count = 2  # with trainable last_k: how many final blocks train
+    head_bias: bool = True  # false: a head without bias, as transformers' ...ForSequenceClassification (needed to export it with --format hf)
     allowed_max_length: Count = 512  # tokens per example at most (longer ones are truncated)
     packing: bool = False  # padding-free batches: the pairs' sequences side by side in rows
     # with a document mask, each scored at its own last token

@@ -101,7 +101,8 @@ def main(cfg: ExportConfig) -> dict:
             from scratchlm.export.hf import write_hf
 
             dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
-            write_hf(model, tok, stage, dtype[cfg.dtype], int(cfg.max_shard_gb * 1024**3))
+            write_hf(model, tok, stage, dtype[cfg.dtype], int(cfg.max_shard_gb * 1024**3),
+                     *head_of(Path(cfg.model), model))
         # measured here: after the move --out may already hold another export's files
         size = _size(stage if cfg.format == "hf" else stage / out.name)
         _publish(stage, out, cfg.format)
@@ -124,6 +125,24 @@ def main(cfg: ExportConfig) -> dict:
     else:
         print(f"load it with transformers:\n  AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return result
+
+
+def head_of(folder: Path, model) -> tuple[str | None, list[str] | None]:
+    """What a classifier or reward run's head classifies, and its labels, from the file its
+    recipe wrote beside the weights: (None, None) for a language model."""
+    import json
+
+    from scratchlm.checkpoints.ours import class_head_size
+
+    if class_head_size(model) is None:
+        return None, None
+    for name, task, key in (("classifier.json", "sequences", "labels"),
+                            ("tagger.json", "tokens", "tags"), ("reward.json", "sequences", None)):
+        if (folder / name).is_file():
+            labels = json.loads((folder / name).read_text())[key] if key else ["reward"]
+            return task, [str(label) for label in labels]
+    raise ValueError(f"{folder}: the model has a classifier head but no classifier.json, "
+                     "tagger.json or reward.json saying what it classifies")
 
 
 def _size(path: Path) -> int:

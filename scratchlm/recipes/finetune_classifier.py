@@ -45,7 +45,8 @@ def main(cfg: ClassifyConfig) -> dict:
         val_ds = ClassificationDataset(val_rows, tok, labels, train_ds.max_length, pad)
         test_ds = ClassificationDataset(test_rows, tok, labels, train_ds.max_length, pad)
         total_before = count_parameters(model)
-        trainable = prepare_head_finetuning(model, len(labels), cfg.trainable, cfg.last_k, cfg.lora)
+        trainable = prepare_head_finetuning(model, len(labels), cfg.trainable, cfg.last_k, cfg.lora,
+                                            cfg.head_bias)
         tqdm.write(f"{len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test examples, "
                    f"max_length {train_ds.max_length}; {trainable:,} trainable parameters of "
                    f"{count_parameters(model):,} (base {total_before:,})")

@@ -41,7 +41,8 @@ def main(cfg: RewardConfig) -> dict:
         held_out = PreferenceDataset(val_ex + test_ex, tok, style)
         collate = RewardCollate(pad, min(cfg.allowed_max_length, model.cfg.context_length),
                                 packed=cfg.packing)
-        trainable = prepare_head_finetuning(model, 1, cfg.trainable, cfg.last_k, cfg.lora)
+        trainable = prepare_head_finetuning(model, 1, cfg.trainable, cfg.last_k, cfg.lora,
+                                            cfg.head_bias)
         tqdm.write(f"{len(train_ds)} training pairs, {len(held_out)} held out, style {style}; "
                    f"{trainable:,} trainable parameters of {count_parameters(model):,}")
         loader = DataLoader(held_out, batch_size=cfg.train.batch_size, collate_fn=collate)
