@@ -205,13 +205,14 @@ def prepare(
     """Tokenize the corpus ``data`` (files, folders, globs, registered names, Hub data sets;
     ``path:weight`` mixes, see ``data/documents.py``) into shards under ``out_dir``; returns
     the meta dict."""
-    from scratchlm.data.documents import check_text_field, kind, resolve_source
+    from scratchlm.data.documents import (check_text_field, expand_mixtures, kind,
+                                          resolve_source)
     from scratchlm.tokenizers import get_tokenizer
 
     if not data:
         raise DataFileError("no input files given")
     tok = get_tokenizer(tokenizer)  # fail early on a bad name, and learn the vocabulary
-    sources = [resolve_source(str(d), progress=progress) for d in data]
+    sources = [resolve_source(d, progress=progress) for d in expand_mixtures(data)]
     files = [f for src in sources for f in src.files]
     check_text_field(sources, text_field)
     as_text = (all(kind(f) == "text" for f in files) and not dedup

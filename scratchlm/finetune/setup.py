@@ -29,11 +29,11 @@ def load_splits(data: str | list[str], limit: int | None, split_seed: int | None
     """(train, val, test) examples of one data set, or of several (``a.jsonl:2 b.parquet``):
     each set is split on its own (the first ``limit`` of each), and its training part counts
     ``weight`` times (2: twice an epoch; 0.5: a seeded half; no weight: once)."""
-    from scratchlm.data.documents import split_weight
+    from scratchlm.data.documents import expand_mixtures, split_weight
     from scratchlm.data.instruction import weighted
 
     train, val, test = [], [], []
-    for i, spec in enumerate([data] if isinstance(data, str) else data):
+    for i, spec in enumerate(expand_mixtures([data] if isinstance(data, str) else data)):
         name, weight = split_weight(spec)
         examples = load_examples(name)[:limit]
         train_ex, val_ex, test_ex = split_examples(examples, seed=split_seed)

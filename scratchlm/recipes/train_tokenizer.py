@@ -8,12 +8,12 @@ from scratchlm.recipes.configs import TrainTokenizerConfig  # noqa: F401 (its co
 
 
 def main(cfg: TrainTokenizerConfig) -> dict:
-    from scratchlm.data.documents import mix_documents, resolve_source
+    from scratchlm.data.documents import expand_mixtures, mix_documents, resolve_source
     from scratchlm.tokenizers.bpe_train import train_bpe
 
     if not cfg.data or not cfg.out:
         raise ValueError("train-tokenizer needs --data FILE... and --out FILE")
-    sources = [resolve_source(d) for d in cfg.data]
+    sources = [resolve_source(d) for d in expand_mixtures(cfg.data)]
     texts = (doc.text for doc in mix_documents(sources, cfg.text_field))
     tok = train_bpe(texts, cfg.vocab_size, workers=cfg.workers)
     tok.save(cfg.out)

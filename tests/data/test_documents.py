@@ -163,6 +163,48 @@ def test_mixtures_are_deterministic_weighted_and_deduplicated(tmp_path):
         resolve_source(f"{a}:0")
 
 
+def test_a_yaml_mixture_is_the_same_as_its_data_weight_specs(tmp_path, gpt2_tok):
+    """A mixture file lists sources and weights (paths relative to the file); it reads as the
+    same specs given on the command line, and prepare and the pretraining loader take it."""
+    from scratchlm.data.documents import expand_mixtures
+    from scratchlm.data.shards import prepare
+
+    (tmp_path / "in").mkdir()
+    a, b = tmp_path / "in" / "a.jsonl", tmp_path / "in" / "b.jsonl"
+    a.write_bytes(_jsonl([f"a{i}" for i in range(50)]))
+    b.write_bytes(_jsonl([f"b{i}" for i in range(50)]))
+    mix = tmp_path / "mix.yaml"
+    mix.write_text("sources:\n  - data: in/a.jsonl\n    weight: 3\n  - data: in/b.jsonl\n")
+    assert expand_mixtures([str(mix), "the-verdict"]) == [f"{a}:3.0", str(b), "the-verdict"]
+    by_yaml = [d.text for d in mix_documents([resolve_source(s) for s in
+                                              expand_mixtures([str(mix)])], seed=4)]
+    by_flags = [d.text for d in mix_documents([resolve_source(f"{a}:3"), resolve_source(str(b))],
+                                              seed=4)]
+    assert by_yaml == by_flags and by_yaml != sorted(by_yaml)
+    meta = prepare([str(mix)], tmp_path / "shards", tokenizer="gpt2", progress=False)
+    assert meta["num_documents"] == 100 and meta["files"] == [str(a), str(b)]
+    corpus = corpus_datasets([str(mix)], 0.1, gpt2_tok, 4)
+    assert len(corpus.train.stream.doc_starts) == 100 and "10 whole documents" in corpus.split
+
+
+@pytest.mark.parametrize("text,message", [
+    ("- a.jsonl\n", "a mapping with one key, 'sources'"),
+    ("sources: []\n", "a mapping with one key, 'sources'"),
+    ("sources:\n  - data: a.jsonl\n    wieght: 2\n", "source 1: an entry is"),
+    ("sources:\n  - data: a.jsonl\n    weight: -1\n", "source 1: weight must be a positive"),
+    ("sources:\n  - data: a.jsonl\n  - data: other.yaml\n", "source 2: a mixture cannot"),
+    ("sources: [\n", "not valid YAML"),
+])
+def test_a_bad_mixture_file_is_named(tmp_path, text, message):
+    from scratchlm.data.documents import expand_mixtures
+
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(text)
+    with pytest.raises(DataFileError, match=message) as e:
+        expand_mixtures([str(mix)])
+    assert str(mix) in str(e.value)
+
+
 def test_validation_holds_out_whole_documents(tmp_path, gpt2_tok):
     paths = write_formats(tmp_path / "in")
     corpus = corpus_datasets([str(paths["c.parquet"])], 0.1, gpt2_tok, 16)
