@@ -21,9 +21,10 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
               device: str | torch.device = "cpu", tokenizer: bool = True,
               keep_quantized: bool = False):
     """(model, tokenizer) from a llama.cpp GGUF file of any architecture the registry reads
-    (gpt2, llama, qwen3, qwen3moe, gemma3), dequantized to ``dtype``. ``tokenizer=False``: the model
-    alone (tokenizer None), e.g. for a file whose vocabulary we do not read (SentencePiece).
-    ``keep_quantized``: Linear weights and the embedding table stored as Q8_0/Q4_0/Q4_1/Q4_K/Q6_K
+    (gpt2, llama, qwen3, qwen3moe, gemma3), dequantized to ``dtype``, with its tokenizer (byte-level
+    BPE or SentencePiece); ``tokenizer=False``: the model alone (tokenizer None).
+    ``keep_quantized``: Linear weights and the embedding table stored as one of the block formats
+    the native kernels read (``nn/gguf_linear.KEPT``)
     stay in those blocks (``nn/gguf_linear.py``), a tied head sharing the table's bytes; for
     inference on the CPU in float32."""
     from scratchlm.models.convert.gguf import (ARCHS, GGUFError, config_kwargs, iter_tensors,

@@ -5,7 +5,8 @@
 The family's registry entry names the llama.cpp architecture; its tensor map is the reader's
 (``models/convert/gguf.Arch``), run backwards, so what we write is exactly what we read. The
 tokenizer goes in as byte-level BPE (``tokenizer.ggml.model = gpt2`` with merges, the
-pre-tokenizer's llama.cpp name, control tokens, BOS/EOS and the chat template).
+pre-tokenizer's llama.cpp name, control tokens, BOS/EOS and the chat template), or a
+SentencePiece vocabulary (Gemma's, Llama 2's) as ``llama`` with its pieces' scores and types.
 
 Tensors: 1-D ones (norms, biases) in F32; matrices in ``dtype`` (F32, F16, BF16) or, with
 ``quant`` (a llama.cpp file type: q8_0, q4_0, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k), in the
@@ -27,7 +28,7 @@ from torch import nn
 from scratchlm.export.atomic import replace_file, staging
 from scratchlm.export.quant_mix import FILE_TYPES, ModelShape, tensor_type
 from scratchlm.export.quants import quantize
-from scratchlm.export.vocab import ByteBPE, byte_bpe
+from scratchlm.export.vocab import ByteBPE, gguf_vocab
 from scratchlm.models.convert.gguf import ARCHS, GGUFError, config_metadata
 from scratchlm.checkpoints.files import unique_state_dict
 from scratchlm.checkpoints.ours import class_head_size
@@ -57,14 +58,19 @@ def _check_head(model: nn.Module) -> None:
                         "classifier or reward model): GGUF holds language models only")
 
 
-def _vocab_for(bpe: ByteBPE, vocab_size: int) -> tuple[list[str], list[int]]:
-    """Tokens and llama.cpp token types (1 normal, 3 control) for ``vocab_size`` rows."""
-    if len(bpe.tokens) > vocab_size:
-        raise GGUFError(f"the tokenizer has {len(bpe.tokens)} tokens but the model only "
+def _vocab_for(vocab, vocab_size: int) -> tuple[list[str], list[int]]:
+    """Tokens and llama.cpp token types (1 normal, 3 control, 5 unused; a SentencePiece
+    vocabulary's own types) for ``vocab_size`` rows."""
+    if len(vocab.tokens) > vocab_size:
+        raise GGUFError(f"the tokenizer has {len(vocab.tokens)} tokens but the model only "
                         f"{vocab_size} embedding rows")
-    tokens = list(bpe.tokens) + [f"<|unused_{i}|>" for i in range(len(bpe.tokens), vocab_size)]
+    extra = range(len(vocab.tokens), vocab_size)
+    if not isinstance(vocab, ByteBPE):  # SentencePiece: types as the vocabulary gives them
+        return ([*vocab.tokens, *(f"<unused{i}>" for i in extra)],
+                [*vocab.types, *([5] * len(extra))])
+    tokens = list(vocab.tokens) + [f"<|unused_{i}|>" for i in extra]
     types = [1] * vocab_size
-    for i in list(bpe.special) + list(range(len(bpe.tokens), vocab_size)):
+    for i in list(vocab.special) + list(extra):
         types[i] = 3
     return tokens, types
 
@@ -102,7 +108,7 @@ def write_gguf(model: nn.Module, tokenizer, path: str | Path, dtype: str = "f32"
     _check_head(model)
     cfg = model.cfg
     meta = config_metadata(cfg, arch)
-    bpe = byte_bpe(tokenizer)
+    bpe = gguf_vocab(tokenizer)
     tokens, types = _vocab_for(bpe, cfg.vocab_size)
     state = {k: v.detach().to("cpu", torch.float32).numpy()
              for k, v in unique_state_dict(model).items()}
@@ -143,19 +149,30 @@ def _add_metadata(w, meta: dict) -> None:
             w.add_uint32(key, int(value))
 
 
-def _add_vocab(w, bpe: ByteBPE, tokens: list[str], types: list[int]) -> None:
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(bpe.pre)
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(bpe.merges)
-    if bpe.bos_id is not None:
-        w.add_bos_token_id(bpe.bos_id)
-    if bpe.eos_id is not None:
-        w.add_eos_token_id(bpe.eos_id)
+def _add_vocab(w, vocab, tokens: list[str], types: list[int]) -> None:
+    if isinstance(vocab, ByteBPE):
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(vocab.pre)
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(vocab.merges)
+    else:  # SentencePiece (tokenizers/spm_vocab.py): pieces with scores, no merges
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(vocab.scores + [-1000.0] * (len(tokens) - len(vocab.scores)))
+        w.add_token_types(types)
+        w.add_add_space_prefix(vocab.add_space_prefix)
+        if vocab.unk_id is not None:
+            w.add_unk_token_id(vocab.unk_id)
+        if vocab.pad_id is not None:
+            w.add_pad_token_id(vocab.pad_id)
+    if vocab.bos_id is not None:
+        w.add_bos_token_id(vocab.bos_id)
+    if vocab.eos_id is not None:
+        w.add_eos_token_id(vocab.eos_id)
     w.add_add_bos_token(False)
-    if bpe.chat_template:
-        w.add_chat_template(bpe.chat_template)
+    if vocab.chat_template:
+        w.add_chat_template(vocab.chat_template)
 
 
 def _add_tensors(w, arch: str, state: dict, cfg, dtype: str, quant: str | None) -> None:

@@ -59,9 +59,9 @@ def write_modelfile(gguf_path: Path, tokenizer, context_length: int,
     """``NAME.Modelfile`` beside ``NAME.gguf``; returns its path. With ``base`` (the base
     model's GGUF, relative to the Modelfile's folder) ``NAME.gguf`` is a LoRA adapter file:
     the Modelfile is FROM the base with ``ADAPTER ./NAME.gguf``."""
-    from scratchlm.export.vocab import byte_bpe
+    from scratchlm.export.vocab import gguf_vocab
 
-    bpe = byte_bpe(tokenizer)
+    bpe = gguf_vocab(tokenizer)
     eos = bpe.tokens[bpe.eos_id] if bpe.eos_id is not None else None
     path = gguf_path.with_suffix(".Modelfile")
     with staging(path) as part:  # whole or not at all, as the GGUF beside it

@@ -41,6 +41,16 @@ class ByteBPE:
             split_digits=digits, chat_template=self.chat_template)
 
 
+def gguf_vocab(tokenizer):
+    """What a GGUF file holds of ``tokenizer``: a ``ByteBPE``, or for a SentencePiece-style
+    tokenizer (Llama 2's, Gemma's) a ``tokenizers/spm_vocab.SentencePieceVocab``."""
+    from scratchlm.tokenizers.spm_vocab import from_hf, is_sentencepiece
+
+    if isinstance(tokenizer, HFTokenizer) and is_sentencepiece(tokenizer):
+        return from_hf(tokenizer)
+    return byte_bpe(tokenizer)
+
+
 def byte_bpe(tokenizer) -> ByteBPE:
     """The ``ByteBPE`` of ``tokenizer``; ``VocabError`` for kinds neither format holds."""
     if isinstance(tokenizer, TiktokenTokenizer):

@@ -201,9 +201,10 @@ def test_unknown_architecture_names_itself_and_the_file(tmp_path):
         load_gguf(tmp_path / "m.gguf")
 
 
-def test_a_sentencepiece_vocabulary_is_refused_by_name_but_the_weights_load(tmp_path):
-    """Gemma's GGUF files carry a SentencePiece vocabulary (tokenizer.ggml.model = llama),
-    which is not read yet: load_gguf says so; load_pretrained (weights only) works."""
+def test_a_tokenizer_model_we_do_not_read_is_refused_by_name_but_the_weights_load(tmp_path):
+    """A vocabulary of a kind we do not read (T5's Unigram, tokenizer.ggml.model = t5):
+    load_gguf says so; load_pretrained (weights only) works. (SentencePiece, 'llama', is read:
+    tests/export/test_gguf_sentencepiece.py.)"""
     from scratchlm.checkpoints.files import CheckpointError
 
     model = random_model(CASES["gemma3"]())
@@ -217,7 +218,7 @@ def test_a_sentencepiece_vocabulary_is_refused_by_name_but_the_weights_load(tmp_
             continue
         value = field.contents()
         if key == "tokenizer.ggml.model":
-            value = "llama"
+            value = "t5"
         w.add_key_value(key, value, field.types[0],
                         sub_type=field.types[-1] if len(field.types) > 1 else None)
     for t in raw.tensors:
@@ -226,7 +227,7 @@ def test_a_sentencepiece_vocabulary_is_refused_by_name_but_the_weights_load(tmp_
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(CheckpointError, match=r"spm.gguf: tokenizer model 'llama' is not supported"):
+    with pytest.raises(CheckpointError, match=r"spm.gguf: tokenizer model 't5' is not supported"):
         load_gguf(tmp_path / "spm.gguf")
     loaded = load_pretrained(str(tmp_path / "spm.gguf"))
     x = torch.randint(0, VOCAB, (1, 12))
