@@ -26,15 +26,13 @@ import torch
 from torch import nn
 
 from scratchlm.export.atomic import replace_file, staging
-from scratchlm.export.quant_mix import FILE_TYPES, ModelShape, tensor_type
-from scratchlm.export.quants import quantize
+from scratchlm.export.quant_mix import DTYPES, FILE_TYPES, ModelShape, encode_tensor
 from scratchlm.export.vocab import ByteBPE, gguf_vocab
 from scratchlm.models.convert.gguf import ARCHS, GGUFError, config_metadata
 from scratchlm.checkpoints.files import unique_state_dict
 from scratchlm.checkpoints.ours import class_head_size
 from scratchlm.models.registry import family_of
 
-DTYPES = ("f32", "f16", "bf16")
 # llama.cpp's general.file_type (LlamaFileType) for each dtype (for each --quant: FILE_TYPES)
 _FILE_TYPE = {"f32": 0, "f16": 1, "bf16": 32}
 
@@ -73,26 +71,6 @@ def _vocab_for(vocab, vocab_size: int) -> tuple[list[str], list[int]]:
     for i in list(vocab.special) + list(extra):
         types[i] = 3
     return tokens, types
-
-
-def _encode(name: str, array: np.ndarray, dtype: str, quant: str | None, shape: ModelShape):
-    """(data, GGML type) for the tensor ``name``: in ``quant``'s mix (``export/quant_mix.py``)
-    where that quantizes it, else 1-D in F32 and matrices in ``dtype``."""
-    import gguf
-
-    Q = gguf.GGMLQuantizationType
-    qtype = tensor_type(name, array.shape, quant, shape) if quant else None
-    if qtype == "F16":  # a row that is no whole number of any block: llama.cpp writes F16
-        return array.astype(np.float16), Q.F16
-    if qtype is not None:
-        return quantize(array, qtype), Q[qtype]
-    if array.ndim == 1:
-        return array.astype(np.float32), Q.F32
-    if dtype == "f16":
-        return array.astype(np.float16), Q.F16
-    if dtype == "bf16":
-        return gguf.quants.quantize(array.astype(np.float32), Q.BF16), Q.BF16
-    return array.astype(np.float32), Q.F32
 
 
 def write_gguf(model: nn.Module, tokenizer, path: str | Path, dtype: str = "f32",
@@ -182,7 +160,8 @@ def _add_tensors(w, arch: str, state: dict, cfg, dtype: str, quant: str | None) 
                        tied="out_head.weight" not in state, is_70b=cfg.n_layer == 80 and gqa)
     try:
         for gguf_name, array in ARCHS[arch].to_gguf(state, cfg):
-            data, qtype = _encode(gguf_name, np.ascontiguousarray(array), dtype, quant, shape)
+            data, qtype = encode_tensor(gguf_name, np.ascontiguousarray(array), dtype, quant,
+                                        shape)
             w.add_tensor(gguf_name, data, raw_dtype=qtype)
     except KeyError as e:
         raise GGUFError(f"{arch} GGUF has no tensor for our {e.args[0]!r} (LoRA must be merged "

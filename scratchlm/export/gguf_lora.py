@@ -23,10 +23,10 @@ from torch import nn
 
 from scratchlm.export.atomic import replace_file, staging
 from scratchlm.export.gguf import gguf_arch
+from scratchlm.export.quant_mix import DTYPES
 from scratchlm.finetune.lora import lora_modules
 from scratchlm.models.convert.gguf import ARCHS, GGUFError, permute
 
-DTYPES = ("f32", "f16", "bf16")
 
 
 def _gguf_name(arch: str, module: str) -> str:

@@ -26,7 +26,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from scratchlm.export.quants import BLOCK_LEN
+import numpy as np
+
+from scratchlm.export.quants import BLOCK_LEN, quantize
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ FILE_TYPES = {f.name: f for f in (
     FileType("q6_k", 18, "Q6_K"),
 )}
 FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+DTYPES = ("f32", "f16", "bf16")  # the float types of what a mix leaves unquantized
 NOT_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight")
 
 
@@ -117,3 +120,24 @@ def tensor_type(name: str, shape: tuple[int, ...], ftype: str, model: ModelShape
         if not _fits(cols, qtype):
             qtype = "F16"
     return qtype
+
+
+def encode_tensor(name: str, array: np.ndarray, dtype: str, quant: str | None,
+                  model: ModelShape):
+    """(data, GGML type) of the tensor ``name`` as a GGUF file holds it: in ``quant``'s mix
+    where that quantizes it, else 1-D in F32 and matrices in ``dtype`` (f32, f16, bf16)."""
+    import gguf
+
+    Q = gguf.GGMLQuantizationType
+    qtype = tensor_type(name, array.shape, quant, model) if quant else None
+    if qtype == "F16":  # a row that is no whole number of any block: llama.cpp writes F16
+        return array.astype(np.float16), Q.F16
+    if qtype is not None:
+        return quantize(array, qtype), Q[qtype]
+    if array.ndim == 1:
+        return array.astype(np.float32), Q.F32
+    if dtype == "f16":
+        return array.astype(np.float16), Q.F16
+    if dtype == "bf16":
+        return gguf.quants.quantize(array.astype(np.float32), Q.BF16), Q.BF16
+    return array.astype(np.float32), Q.F32

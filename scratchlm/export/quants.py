@@ -8,6 +8,9 @@
                 thousand float operations per block, which numpy would run one by one)
     Q5_0, Q5_1: 32 weights, 5 bits (the K-quants' fallbacks; ``nn/csrc/quantize.c`` too)
 
+Q8_0 and Q4_0 run in ``nn/csrc/quantize.c`` as well (5x numpy's speed), and in numpy (the
+functions below) where no C compiler is found: the same bytes either way (tested).
+
 Byte-for-byte the reference quantizers of ggml-quants.c: Q8_0 and Q4_0 checked against the
 ``gguf`` package's ``quants.quantize``, the others against llama.cpp's own
 ``ggml_quantize_chunk`` in the tests. Rows are quantized along their last axis, so a (rows,
@@ -25,7 +28,8 @@ BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q5_0": 22, "Q5_1": 24, "Q4_K": 144, "Q5_
                "Q6_K": 210}
 BLOCK_LEN = {q: 256 if q.endswith("_K") else BLOCK for q in BLOCK_BYTES}
 QUANTS = tuple(BLOCK_BYTES)
-NATIVE = ("Q4_K", "Q5_K", "Q6_K", "Q5_0", "Q5_1")  # csrc/quantize.c's format codes, in order
+# csrc/quantize.c's format codes, in order
+NATIVE = ("Q4_K", "Q5_K", "Q6_K", "Q5_0", "Q5_1", "Q8_0", "Q4_0")
 
 
 def _round_away(x: np.ndarray) -> np.ndarray:
@@ -52,12 +56,14 @@ def quantize_q4_0(blocks: np.ndarray) -> np.ndarray:
     return np.concatenate([d.astype(np.float16).view(np.uint8), packed], axis=1)
 
 
-def _native(qtype: str):
+def _native(qtype: str, fallback=None):
     def run(blocks: np.ndarray) -> np.ndarray:
         from scratchlm.nn.native import load
 
         lib = load("quantize", "exact")
         if lib is None:
+            if fallback is not None:  # Q8_0, Q4_0: numpy gives the same bytes, slower
+                return fallback(blocks)
             raise RuntimeError(f"{qtype} export needs a C compiler (set CC) to build "
                                "nn/csrc/quantize.c; Q8_0 and Q4_0 do not")
         blocks = np.ascontiguousarray(blocks, dtype=np.float32)
@@ -71,7 +77,25 @@ def _native(qtype: str):
 
 
 _CHUNK = 1 << 21  # weights quantized at a time: bounded temporaries for large matrices
-_QUANTIZERS = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0, **{q: _native(q) for q in NATIVE}}
+_QUANTIZERS = {**{q: _native(q) for q in NATIVE},
+               "Q8_0": _native("Q8_0", quantize_q8_0), "Q4_0": _native("Q4_0", quantize_q4_0)}
+
+
+def float32_rows(raw: np.ndarray, qtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A GGUF tensor's stored bytes as float32 of ``shape``: F16 converted in C where the
+    library builds (numpy's float16 cast was a fifth of a requantization's time), any other
+    type by ``nn/gguf_blocks.dequantize``."""
+    from scratchlm.nn.gguf_blocks import dequantize
+    from scratchlm.nn.native import load
+
+    lib = load("quantize", "exact") if qtype == "F16" else None
+    if lib is None:
+        return np.ascontiguousarray(dequantize(raw, qtype, shape), dtype=np.float32)
+    halves = np.ascontiguousarray(raw).view(np.uint16)
+    out = np.empty(shape, dtype=np.float32)
+    lib.halves_to_floats.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    lib.halves_to_floats(halves.ctypes.data, out.ctypes.data, out.size)
+    return out
 
 
 def can_quantize(shape: tuple[int, ...], qtype: str = "Q8_0") -> bool:

@@ -27,8 +27,7 @@ FORMATS = ("gguf", "hf", "gguf-lora")
 
 
 def _check(cfg: ExportConfig) -> Path:
-    from scratchlm.export.gguf import DTYPES
-    from scratchlm.export.quant_mix import FILE_TYPES
+    from scratchlm.export.quant_mix import DTYPES, FILE_TYPES
 
     if not cfg.model or not cfg.out:
         raise ValueError("--model and --out are required")
@@ -67,13 +66,15 @@ def _peak_rss_mb() -> float:
 
 
 def main(cfg: ExportConfig) -> dict:
+    out = _check(cfg)
+    base_gguf = Path(cfg.model).resolve() if cfg.model.endswith(".gguf") else None
+    if base_gguf and cfg.format == "gguf" and cfg.quant and not cfg.adapter:
+        return _requantize(cfg, out)  # GGUF to GGUF: no model built (export/requantize.py)
     import torch
 
     from scratchlm.finetune.lora import load_adapter, merge_lora
     from scratchlm.checkpoints.load import load_model_and_tokenizer
 
-    out = _check(cfg)
-    base_gguf = Path(cfg.model).resolve() if cfg.model.endswith(".gguf") else None
     t0 = time.perf_counter()
     model, tok = load_model_and_tokenizer(cfg.model)
     if cfg.adapter:
@@ -124,6 +125,38 @@ def main(cfg: ExportConfig) -> dict:
         print(f"apply it with llama.cpp:\n  llama-cli -m {base} --lora {out} -cnv")
     else:
         print(f"load it with transformers:\n  AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return result
+
+
+def _requantize(cfg: ExportConfig, out: Path) -> dict:
+    """``--model FILE.gguf --quant Q``: the file's tensors written again in Q's mix, its
+    metadata copied, and the Modelfile from its chat template and EOS (``llama-quantize``'s
+    job; the model exporter writes the same tensors)."""
+    from scratchlm.export.ollama import modelfile
+    from scratchlm.export.requantize import requantize_gguf
+
+    t0 = time.perf_counter()
+    name = cfg.name or out.stem
+    with staging(out, folder=True) as stage:
+        path = stage / out.name
+        meta = requantize_gguf(cfg.model, path, cfg.quant, cfg.dtype, name)
+        tokens = meta.get("tokenizer.ggml.tokens") or []
+        eos = meta.get("tokenizer.ggml.eos_token_id")
+        eos = tokens[eos] if isinstance(eos, int) and 0 <= eos < len(tokens) else None
+        context = meta.get(f"{meta.get('general.architecture')}.context_length")
+        template = meta.get("tokenizer.chat_template")
+        (stage / f"{out.stem}.Modelfile").write_text(modelfile(
+            path.name, template if isinstance(template, str) else None, eos,
+            context_length=min(int(context) if isinstance(context, int) else 2048, 8192)))
+        size = _size(path)
+        _publish(stage, out, cfg.format)
+    seconds = time.perf_counter() - t0
+    result = {"out": str(out), "format": cfg.format, "seconds": seconds, "bytes": size,
+              "peak_rss_mb": _peak_rss_mb()}
+    print(f"requantized {cfg.model} -> {out} ({size / 1e6:.1f} MB) in {seconds:.1f}s, "
+          f"peak memory {result['peak_rss_mb']:.0f} MB")
+    print(f"run it with Ollama:\n  ollama create {name} -f {out.with_suffix('.Modelfile')}\n"
+          f"  ollama run {name}\nor llama.cpp:\n  llama-cli -m {out} -cnv")
     return result
 
 

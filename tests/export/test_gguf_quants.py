@@ -37,3 +37,20 @@ def test_rows_that_are_not_whole_blocks_are_refused():
         quantize(np.zeros((4, 48), np.float32), "Q8_0")
     with pytest.raises(ValueError, match="quantization must be one of"):
         quantize(np.zeros((4, 64), np.float32), "Q2_K")
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0"])
+def test_the_c_and_numpy_quantizers_write_the_same_bytes(qtype):
+    """Q8_0 / Q4_0 run in C where a compiler is found and in numpy where none is: the same
+    blocks, ties and all-zero blocks included."""
+    from scratchlm.export.quants import quantize_q4_0, quantize_q8_0
+    from scratchlm.nn.native import load
+
+    if load("quantize", "exact") is None:
+        pytest.skip("no C compiler")
+    rng = np.random.default_rng(3)
+    a = (rng.standard_normal((64, 256)) * rng.uniform(1e-3, 1e3, (64, 1))).astype(np.float32)
+    a[0] = 0.0
+    a[1] = np.float32(0.5) * np.arange(256, dtype=np.float32) % 7 - 3  # exact halves: ties
+    numpy_blocks = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0}[qtype](a.reshape(-1, 32))
+    assert np.array_equal(quantize(a, qtype).reshape(-1, numpy_blocks.shape[1]), numpy_blocks)

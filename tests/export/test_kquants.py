@@ -211,3 +211,62 @@ def test_every_file_type_equals_llama_cpps_quantize(family, small_bpe, tmp_path)
         assert all(ours[k][1] == theirs[k][1] for k in ours), ftype
         reader = gguf.GGUFReader(str(tmp_path / f"{ftype}.gguf"))
         assert reader.fields["general.file_type"].parts[-1][0] == spec.code
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3moe"])
+def test_requantizing_a_gguf_file_writes_the_model_exporters_tensors(family, small_bpe, tmp_path):
+    """``export --model F16.gguf --quant q4_k_m`` rewrites the file's tensors without building a
+    model (no torch imported); its tensors and their types are those the model exporter writes
+    from the same file, and its metadata is the file's."""
+    import subprocess
+    import sys
+
+    import gguf
+
+    from scratchlm.export.gguf import write_gguf
+
+    _kquants_or_skip()
+    f16 = write_gguf(_wide(family), small_bpe, tmp_path / "f16.gguf", "f16")
+    script = ("import sys\nfrom scratchlm.recipes.configs import ExportConfig\n"
+              "from scratchlm.recipes.export import main\n"
+              f"main(ExportConfig(model={str(f16)!r}, quant='q4_k_m', "
+              f"out={str(tmp_path / 'rq.gguf')!r}))\n"
+              "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
+
+    model_path = tmp_path / "model" / "rq.gguf"  # the model exporter, from the same file
+    model, tok = load_model_and_tokenizer(str(f16))
+    write_gguf(model, tok, model_path, "f16", "q4_k_m")
+    ours = gguf.GGUFReader(str(tmp_path / "rq.gguf"))
+    ref = gguf.GGUFReader(str(model_path))
+    got = {t.name: (t.tensor_type.name, t.data.tobytes()) for t in ours.tensors}
+    want = {t.name: (t.tensor_type.name, t.data.tobytes()) for t in ref.tensors}
+    assert got == want
+    assert ours.fields["general.file_type"].parts[-1][0] == FILE_TYPES["q4_k_m"].code
+    src = gguf.GGUFReader(str(f16))
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", f"{family}.block_count"):
+        assert ours.fields[key].contents() == src.fields[key].contents(), key
+    assert (tmp_path / "rq.Modelfile").read_text().startswith("FROM ./rq.gguf")
+
+
+def test_requantizing_equals_llama_cpps_quantize_of_the_same_file(small_bpe, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    _kquants_or_skip()
+    import gguf
+
+    from scratchlm.export.gguf import write_gguf
+    from scratchlm.export.requantize import requantize_gguf
+
+    f16 = write_gguf(_wide("llama"), small_bpe, tmp_path / "f16.gguf", "f16")
+    for ftype in ("q4_k_m", "q5_k_m", "q6_k"):
+        requantize_gguf(f16, tmp_path / "ours.gguf", ftype)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.nthread = FILE_TYPES[ftype].code, 2
+        ref = str(tmp_path / "ref.gguf").encode()
+        assert llama_cpp.llama_model_quantize(str(f16).encode(), ref, ctypes.byref(params)) == 0
+        got = {t.name: (t.tensor_type.name, t.data.tobytes())
+               for t in gguf.GGUFReader(str(tmp_path / "ours.gguf")).tensors}
+        want = {t.name: (t.tensor_type.name, t.data.tobytes())
+                for t in gguf.GGUFReader(str(tmp_path / "ref.gguf")).tensors}
+        assert got == want, ftype

@@ -111,3 +111,21 @@ def test_tokenizer_fields_are_checked(meta, field):
     gguf_tokenizer(base, "m.gguf")  # the unchanged metadata builds
     with pytest.raises(CheckpointError, match=rf"m.gguf: metadata field .*{field}"):
         gguf_tokenizer({**base, **meta}, "m.gguf")
+
+
+def test_a_bad_string_in_a_token_list_names_the_field(good):
+    """The token list is read in one fast loop (``_Cursor.strings``): bad UTF-8 in a token and a
+    file cut inside the list are named as one string's are."""
+    data = bytearray(good.read_bytes())
+    at = data.find(b"tokenizer.ggml.tokens") + len("tokenizer.ggml.tokens") + 4 + 4 + 8 + 8 + 1 + 8
+    data[at] = 0xFF  # the second token's one byte ("b") becomes invalid UTF-8
+    bad = good.with_name("bad.gguf")
+    bad.write_bytes(bytes(data))
+    with pytest.raises(GGUFError, match=r"bad.gguf: metadata field 'tokenizer.ggml.tokens': "
+                                        r"not valid UTF-8"):
+        read_layout(bad)
+    cut = data.find(b"tokenizer.ggml.tokens") + len("tokenizer.ggml.tokens") + 4 + 4 + 8 + 25
+    bad.write_bytes(bytes(good.read_bytes()[:cut]))
+    with pytest.raises(GGUFError, match=r"bad.gguf: metadata field 'tokenizer.ggml.tokens': "
+                                        r"the file ends inside it"):
+        read_layout(bad)

