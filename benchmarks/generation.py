@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from pathlib import Path
 
 import torch
 
@@ -376,6 +377,57 @@ def build_variants(stacks: dict, x: torch.Tensor, rounds: int) -> None:
                                           for v in kernels) + tail)
 
 
+_DECODE_TIMING = """
+import sys, torch
+sys.path.insert(0, {bench!r})
+import scratchlm.nn.native as native
+from generation import time_ours
+from scratchlm.checkpoints.load import load_model_and_tokenizer
+from scratchlm.generation.engine import Engine
+if {threads} is not None:
+    native.thread_count = lambda: {threads}
+engine = Engine(load_model_and_tokenizer("smollm2-135m-instruct", quantize="gguf")[0])
+torch.manual_seed(0)
+for b in (1, 8):
+    prompt = torch.randint(0, 49152, (b, 16))
+    time_ours(engine, prompt, 4)
+    print(b * {n} / time_ours(engine, prompt, {n})[1])
+"""
+
+
+def openmp_vs_pool(new_tokens: int, rounds: int) -> None:
+    """The kernels built with OpenMP (gcc here) against the same kernels built without it, on
+    csrc/parallel.h's pthread pool (what Apple's clang gets), and on one thread (what such a
+    compiler got before the pool): SmolLM2's Q4_1 file decoded at batch 1 and 8, each build in
+    its own process (two thread runtimes in one process would fight over the cores), the
+    builds alternated every round; the pool also with torch's OpenMP threads told to sleep
+    between its ops (``OMP_WAIT_POLICY=passive``) instead of spinning on the cores it needs."""
+    import os
+    import subprocess
+    import sys
+
+    bench = str(Path(__file__).parent)
+    builds = {"OpenMP": ({"SCRATCHLM_NATIVE_OPENMP": "1"}, None),
+              "pool": ({"SCRATCHLM_NATIVE_OPENMP": "0"}, None),
+              "pool, torch passive": ({"SCRATCHLM_NATIVE_OPENMP": "0",
+                                       "OMP_WAIT_POLICY": "passive"}, None),
+              "one thread": ({"SCRATCHLM_NATIVE_OPENMP": "0"}, 1)}
+    best = {(k, b): 0.0 for k in builds for b in (1, 8)}
+    for _ in range(rounds):
+        for name, (env, threads) in builds.items():
+            code = _DECODE_TIMING.format(bench=bench, threads=threads, n=new_tokens)
+            out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
+                                 capture_output=True, text=True, check=True).stdout.split()
+            for b, tps in zip((1, 8), map(float, out[-2:])):
+                best[name, b] = max(best[name, b], tps)
+    print(f"smollm2-135m Q4_1 blocks, {torch.get_num_threads()} threads, {new_tokens} tokens, "
+          f"best of {rounds}, builds alternated, each in its own process (tokens/s):")
+    for name in builds:
+        print(f"{name:>20}" + "".join(f"   batch {b} {best[name, b]:>6.1f} "
+                                      f"({best[name, b] / best['OpenMP', b]:.2f}x)"
+                                      for b in (1, 8)))
+
+
 def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False) -> None:
     """SmolLM2-135M from its Q4_1 GGUF file at three precisions: fp32 (dequantized), int8
     (quantized again from the dequantized weights) and the file's own blocks (``--quantize
@@ -496,6 +548,8 @@ def main():
     ap.add_argument("--long", action="store_true", help="also decode 32k tokens (minutes)")
     ap.add_argument("--gguf-only", action="store_true",
                     help="only SmolLM2 at fp32, int8 and its GGUF file's own Q4_1 blocks")
+    ap.add_argument("--threads-only", action="store_true",
+                    help="only the kernels with OpenMP against the pthread pool")
     ap.add_argument("--vs-llamacpp", action="store_true",
                     help="with --gguf-only: also llama.cpp on the same file (llama-cpp-python)")
     args = ap.parse_args()
@@ -504,6 +558,9 @@ def main():
     print(f"ISA: {isa()}")
     if args.vs_llamacpp and not args.gguf_only:
         ap.error("--vs-llamacpp goes with --gguf-only")
+    if args.threads_only:
+        openmp_vs_pool(args.new_tokens, args.rounds)
+        return
     if args.gguf_only:
         bench_gguf(args.new_tokens, args.rounds, args.vs_llamacpp)
         format_bandwidth(args.rounds)

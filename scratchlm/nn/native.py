@@ -68,6 +68,13 @@ def kernel_dir() -> Path:
     return base / "kernels"
 
 
+def openmp() -> bool:
+    """Whether kernels are built with OpenMP where the compiler has it (the default), or
+    without (``SCRATCHLM_NATIVE_OPENMP=0``: the pthread pool of csrc/parallel.h, what a
+    compiler without OpenMP such as Apple's clang gets, built here so that it is tested here)."""
+    return os.environ.get("SCRATCHLM_NATIVE_OPENMP", "1") != "0"
+
+
 def _compile(source: Path, out: Path, flags: tuple[str, ...] = FLAGS) -> None:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
@@ -75,8 +82,12 @@ def _compile(source: Path, out: Path, flags: tuple[str, ...] = FLAGS) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
+    # OpenMP's threads (torch's runtime), else csrc/parallel.h's pthread pool with the
+    # compiler's `omp simd` loops still vectorized, else plain
+    tries = [("-fopenmp",)] if openmp() else []
+    tries += [("-fopenmp-simd", "-pthread"), ("-pthread",)]
     try:
-        for extra in (("-fopenmp",), ()):  # without OpenMP (e.g. Apple clang): one thread
+        for extra in tries:
             done = subprocess.run([cc, *flags, *extra, str(source), "-o", tmp],
                                   capture_output=True, text=True)
             if done.returncode == 0:
@@ -122,14 +133,33 @@ def _load(name: str, variant: str) -> ctypes.CDLL | None:
     if os.environ.get("SCRATCHLM_NATIVE", "1") == "0":
         return None
     source, flags = CSRC / f"{name}.c", EXACT if variant == "exact" else VARIANTS[variant]
-    lib = kernel_dir() / f"{name}-{build_key(name, flags)}.so"
+    key = build_key(name, flags + (() if openmp() else ("no-openmp",)))
+    lib = kernel_dir() / f"{name}-{key}.so"
     try:
         if not lib.exists():
             _compile(source, lib, flags)
-        return ctypes.CDLL(str(lib))
+        handle = ctypes.CDLL(str(lib))
     except (OSError, RuntimeError) as e:
         warnings.warn(f"native kernel {name} unavailable, using PyTorch ops: {e}", stacklevel=2)
         return None
+    if hasattr(handle, "set_threads"):  # -1: OpenMP's threads, torch's; else the pool's size
+        handle.set_threads.argtypes, handle.set_threads.restype = [ctypes.c_int64], ctypes.c_int64
+        handle.set_threads(thread_count())
+    return handle
+
+
+def thread_count() -> int:
+    """Threads for a kernel library built without OpenMP: torch's count where torch is loaded,
+    else the CPUs this process may run on."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.get_num_threads()
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
 
 
 class Weight(ctypes.Structure):

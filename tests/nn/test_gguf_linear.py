@@ -151,3 +151,46 @@ def test_numpy_dequantize_serves_without_the_kernels(monkeypatch):
         torch.testing.assert_close(gl.GGUFLinear(blocks, qtype, 256)(torch.ones(2, 256)),
                                    torch.ones(2, 256) @ ref.T, atol=1e-4, rtol=1e-4)
         monkeypatch.undo()
+
+
+def test_the_build_without_openmp_runs_on_its_thread_pool(monkeypatch):
+    """A compiler without OpenMP (Apple's clang) gets csrc/parallel.h's pthread pool: built here
+    that way (SCRATCHLM_NATIVE_OPENMP=0), the kernels give the same results, the pool has
+    torch's thread count, and calls from several threads at once each get their own answer."""
+    import threading
+
+    from scratchlm.nn import native
+
+    monkeypatch.setenv("SCRATCHLM_NATIVE_OPENMP", "0")
+    native.clear_cache()
+    try:
+        lib = native.load("decode")
+        if lib is None:
+            pytest.skip("no C compiler")
+        assert lib.set_threads(torch.get_num_threads()) == torch.get_num_threads()  # not -1
+        kernel = native.decode_function("gguf_linear")
+        rng = np.random.default_rng(5)
+        cases = []
+        for qtype in QTYPES:
+            unit = BLOCKS[qtype][1]
+            w = rng.standard_normal((37, 2 * unit)).astype(np.float32)
+            blocks, ref = blocks_of(w, qtype)
+            cases.append((qtype, blocks, ref, torch.randn(5, 2 * unit)))
+        errors = []
+
+        def run(i):
+            for qtype, blocks, ref, x in cases[i::2]:
+                for _ in range(20):
+                    got = gguf_matmul(kernel, x, blocks, qtype, None, 37)
+                    want = x.double() @ ref.double().T
+                    if (got.double() - want).abs().max() > 1e-5 * want.abs().max() + 1e-6:
+                        errors.append(qtype)
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads) and not errors
+    finally:
+        monkeypatch.delenv("SCRATCHLM_NATIVE_OPENMP")
+        native.clear_cache()

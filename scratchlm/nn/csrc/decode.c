@@ -24,8 +24,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "parallel.h"
+
 /* ---- matrix x few-vectors ------------------------------------------------------------------
-   Rows are taken four at a time and split across OpenMP threads in contiguous ranges; each
+   Rows are taken four at a time and split across threads in contiguous ranges (parallel.h:
+   OpenMP's, or a pthread pool where the compiler has no OpenMP); each
    block of four rows is streamed from memory once (with a software prefetch ahead, which the
    hardware prefetcher alone does not reach) and reused from L1 for every row of x.
    dot4_int8 / dot4_f32: out[i] = x . row i, for the four rows r, r + K, r + 2K, r + 3K. */
@@ -403,8 +406,8 @@ static inline __m256i q5_bytes(const uint8_t *b, int64_t fmt) {
 
 /* Q5_0 / Q5_1 for one row of x: w = d q + m (Q5_0: m = -16 d), so a block's dot product is
    d (q . x) + m sum(x), with x's sums over each 32 (xsum) taken once per matvec */
-static void dot4_q5(const void *rows, int64_t K, const float *x, const float *xsum,
-                    float out[4], int64_t fmt) {
+static __attribute__((unused)) void dot4_q5(const void *rows, int64_t K, const float *x,
+                                            const float *xsum, float out[4], int64_t fmt) {
     const uint8_t *r = rows;
     int64_t bs = block_bytes(fmt), nb = K / 32, rb = nb * bs;
     for (int i = 0; i < 4; i++) {
@@ -1078,16 +1081,23 @@ typedef struct {
 
 /* out (ceil(N / 32) * 32, K) floats = the panels of w (N, K): panel p holds W[16p + j, k] at
    out[p * 16K + 16k + j], zero for rows past N */
-void f32_panels(const float *w, int64_t N, int64_t K, float *out) {
-    int64_t np = (N + 31) / 32 * 2;
-#pragma omp parallel for schedule(static)
-    for (int64_t p = 0; p < np; p++) {
-        float *o = out + p * 16 * K;
+typedef struct { const float *w; int64_t N, K; float *out; } PanelsJob;
+
+static void panels_range(void *job, int64_t lo, int64_t hi) {
+    const PanelsJob *a = job;
+    for (int64_t p = lo; p < hi; p++) {
+        float *o = a->out + p * 16 * a->K;
         for (int64_t j = 0; j < 16; j++) {
             int64_t n = p * 16 + j;
-            for (int64_t k = 0; k < K; k++) o[16 * k + j] = n < N ? w[n * K + k] : 0.f;
+            for (int64_t k = 0; k < a->K; k++)
+                o[16 * k + j] = n < a->N ? a->w[n * a->K + k] : 0.f;
         }
     }
+}
+
+void f32_panels(const float *w, int64_t N, int64_t K, float *out) {
+    PanelsJob job = {w, N, K, out};
+    parallel_for((N + 31) / 32 * 2, panels_range, &job);
 }
 
 /* out[b][0..32) = rows b < R of x times the 32 outputs of the panel pair at p */
@@ -1125,11 +1135,23 @@ static inline __attribute__((always_inline)) void panel_tile(
 #endif
 }
 
-static void matvec_panels(const Weight *wt, const float *x, float *y, int64_t B, int64_t K,
-                          int64_t ldy) {
-    int64_t N = wt->rows, pairs = (N + 31) / 32;
-#pragma omp parallel for schedule(static)
-    for (int64_t q = 0; q < pairs; q++) {
+/* One call's arguments, for the ranges of rows each thread takes (parallel.h) */
+typedef struct {
+    const Weight *wt;
+    const float *x;
+    float *y;
+    int64_t B, K, ldy;
+    char *tail;          /* matvec1: the last N % 4 rows, zero-padded to four */
+    const float *xsum;   /* matvec1: x's sums over each 32, or NULL */
+} MatvecJob;
+
+static void panels_rows(void *job, int64_t lo, int64_t hi) {
+    const MatvecJob *a = job;
+    const Weight *wt = a->wt;
+    const float *x = a->x;
+    float *y = a->y;
+    int64_t B = a->B, K = a->K, ldy = a->ldy, N = wt->rows;
+    for (int64_t q = lo; q < hi; q++) {
         const float *p = (const float *)wt->w + q * 32 * K;
         int64_t n = q * 32, m = N - n < 32 ? N - n : 32;
         for (int64_t b = 0; b < B;) {
@@ -1149,6 +1171,12 @@ static void matvec_panels(const Weight *wt, const float *x, float *y, int64_t B,
     }
 }
 
+static void matvec_panels(const Weight *wt, const float *x, float *y, int64_t B, int64_t K,
+                          int64_t ldy) {
+    MatvecJob job = {wt, x, y, B, K, ldy, NULL, NULL};
+    parallel_for((wt->rows + 31) / 32, panels_rows, &job);
+}
+
 /* The block formats this build multiplies in vector registers, as bits (1 << FMT_*); the
    others take dot4_generic. quantize="auto" asks (nn/native.simd_block_formats) before it
    keeps a GGUF file's blocks rather than converting them to int8. */
@@ -1163,30 +1191,21 @@ int64_t simd_block_formats(void) {
 #endif
 }
 
-/* y[b, n] = (sum_k x[b, k] w[n, k]) * scale[n] + bias[n];  x (B, K), y (B, ldy), n < rows */
-static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64_t K,
-                    int64_t ldy) {
-    if (wt->fmt == FMT_F32_PANELS) {
-        matvec_panels(wt, x, y, B, K, ldy);
-        return;
-    }
+/* rows [4 lo, 4 hi) of a matvec (matvec1): each block of four weight rows against every row
+   of x */
+static void matvec_rows(void *job, int64_t lo, int64_t hi) {
+    const MatvecJob *a = job;
+    const Weight *wt = a->wt;
+    const float *x = a->x, *xsum = a->xsum;
+    float *y = a->y;
+    int64_t B = a->B, K = a->K, ldy = a->ldy;
     int64_t fmt = wt->fmt, blocks_fmt = is_blocks(fmt);
     size_t row_bytes = blocks_fmt ? (size_t)(K / block_len(fmt) * block_bytes(fmt))
                                   : (size_t)K * (fmt == FMT_INT8 ? 1 : sizeof(float));
-    int64_t N = wt->rows, whole = N / 4, blocks = (N + 3) / 4;
-    char *tail = NULL; /* the last N % 4 rows, zero-padded to a block of four */
-#if defined(HAVE_BLOCKS_AVX512) || defined(HAVE_BLOCKS_AVX2)
-    float *xsum = fmt == FMT_Q4_K || fmt == FMT_Q5_K || fmt == FMT_Q5_0 || fmt == FMT_Q5_1
-                      ? sums32(x, B, K) : NULL;
-#else
-    float *xsum = NULL;
-#endif
-    if (N % 4) {
-        tail = calloc(4, row_bytes);
-        memcpy(tail, (const char *)wt->w + whole * 4 * row_bytes, (N % 4) * row_bytes);
-    }
-#pragma omp parallel for schedule(static)
-    for (int64_t blk = 0; blk < blocks; blk++) {
+    int64_t N = wt->rows, whole = N / 4;
+    char *tail = a->tail;
+    (void)xsum;
+    for (int64_t blk = lo; blk < hi; blk++) {
         int64_t n = blk * 4, m = N - n < 4 ? N - n : 4;
         const void *r = blk < whole ? (const char *)wt->w + n * row_bytes : tail;
         float acc[4];
@@ -1243,6 +1262,32 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
                                      + (wt->bias ? wt->bias[n + i] : 0.f);
         }
     }
+}
+
+/* y[b, n] = (sum_k x[b, k] w[n, k]) * scale[n] + bias[n];  x (B, K), y (B, ldy), n < rows */
+static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64_t K,
+                    int64_t ldy) {
+    if (wt->fmt == FMT_F32_PANELS) {
+        matvec_panels(wt, x, y, B, K, ldy);
+        return;
+    }
+    int64_t fmt = wt->fmt, blocks_fmt = is_blocks(fmt);
+    size_t row_bytes = blocks_fmt ? (size_t)(K / block_len(fmt) * block_bytes(fmt))
+                                  : (size_t)K * (fmt == FMT_INT8 ? 1 : sizeof(float));
+    int64_t N = wt->rows, whole = N / 4;
+    char *tail = NULL; /* the last N % 4 rows, zero-padded to a block of four */
+#if defined(HAVE_BLOCKS_AVX512) || defined(HAVE_BLOCKS_AVX2)
+    float *xsum = fmt == FMT_Q4_K || fmt == FMT_Q5_K || fmt == FMT_Q5_0 || fmt == FMT_Q5_1
+                      ? sums32(x, B, K) : NULL;
+#else
+    float *xsum = NULL;
+#endif
+    if (N % 4) {
+        tail = calloc(4, row_bytes);
+        memcpy(tail, (const char *)wt->w + whole * 4 * row_bytes, (N % 4) * row_bytes);
+    }
+    MatvecJob job = {wt, x, y, B, K, ldy, tail, xsum};
+    parallel_for((N + 3) / 4, matvec_rows, &job);
     free(tail);
     free(xsum);
 }
@@ -1350,14 +1395,22 @@ static void cache_write(const float *qkv, int64_t Q, int64_t B, int64_t H, int64
 
 /* ctx (B, H*D): per head, softmax(q . K[start:slot+1] / sqrt(D)) V over the cache, the query
    heads of a group sharing one key/value head (GQA; KV == H is plain multi-head attention) */
-static void attend(const float *qkv, int64_t Q, int64_t B, int64_t H, int64_t KV, int64_t D,
-                   const float *k_cache, const float *v_cache, int64_t max_len, int64_t slot,
-                   const int64_t *start, float *ctx) {
+typedef struct {
+    const float *qkv, *k_cache, *v_cache;
+    const int64_t *start;
+    float *ctx, *scores;
+    int64_t Q, H, KV, D, max_len, slot;
+} AttendJob;
+
+static void attend_heads(void *job, int64_t lo, int64_t hi) {
+    const AttendJob *a = job;
+    const float *qkv = a->qkv, *k_cache = a->k_cache, *v_cache = a->v_cache;
+    const int64_t *start = a->start;
+    float *ctx = a->ctx, *scores = a->scores;
+    int64_t Q = a->Q, H = a->H, KV = a->KV, D = a->D, max_len = a->max_len, slot = a->slot;
     int64_t group = H / KV;
     float scale = 1.f / sqrtf((float)D);
-    float *scores = malloc(sizeof(float) * B * H * (slot + 1));
-#pragma omp parallel for schedule(static)
-    for (int64_t bh = 0; bh < B * H; bh++) {
+    for (int64_t bh = lo; bh < hi; bh++) {
         int64_t b = bh / H, hd = bh % H, kvh = hd / group;
         const float *q = qkv + b * Q + hd * D;
         const float *keys = k_cache + (b * KV + kvh) * max_len * D;
@@ -1384,6 +1437,14 @@ static void attend(const float *qkv, int64_t Q, int64_t B, int64_t H, int64_t KV
         }
         for (int64_t i = 0; i < D; i++) o[i] /= sum;
     }
+}
+
+static void attend(const float *qkv, int64_t Q, int64_t B, int64_t H, int64_t KV, int64_t D,
+                   const float *k_cache, const float *v_cache, int64_t max_len, int64_t slot,
+                   const int64_t *start, float *ctx) {
+    float *scores = malloc(sizeof(float) * B * H * (slot + 1));
+    AttendJob job = {qkv, k_cache, v_cache, start, ctx, scores, Q, H, KV, D, max_len, slot};
+    parallel_for(B * H, attend_heads, &job);
     free(scores);
 }
 
@@ -1475,9 +1536,17 @@ void gpt_layer(float *x, int64_t B, int64_t C, int64_t H, int64_t D, int64_t I, 
 }
 
 /* out (N, K) float32 = the weight of N rows of GGUF blocks (a prefill's F.linear, parallel) */
+typedef struct { const uint8_t *w; int64_t fmt; float *out; int64_t K; } DequantJob;
+
+static void dequant_rows(void *job, int64_t lo, int64_t hi) {
+    const DequantJob *a = job;
+    int64_t bs = block_bytes(a->fmt), L = block_len(a->fmt), nb = a->K / L;
+    for (int64_t n = lo; n < hi; n++)
+        for (int64_t j = 0; j < nb; j++)
+            dequant_block(a->w + (n * nb + j) * bs, a->fmt, a->out + n * a->K + j * L);
+}
+
 void gguf_dequantize(const uint8_t *w, int64_t fmt, float *out, int64_t N, int64_t K) {
-    int64_t bs = block_bytes(fmt), L = block_len(fmt), nb = K / L;
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t j = 0; j < nb; j++) dequant_block(w + (n * nb + j) * bs, fmt, out + n * K + j * L);
+    DequantJob job = {w, fmt, out, K};
+    parallel_for(N, dequant_rows, &job);
 }

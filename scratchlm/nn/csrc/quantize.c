@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "parallel.h"
+
 #define QK_K 256
 #define GROUP_MAX_EPS 1e-15f
 
@@ -409,12 +411,16 @@ static void q8_q4_block(const float *x, uint8_t *blk, int q8) {
 /* out = the blocks of n float32 values x (n a multiple of the block's length) in format fmt:
    0 Q4_K, 1 Q5_K, 2 Q6_K, 3 Q5_0, 4 Q5_1, 5 Q8_0, 6 Q4_0 (NATIVE in export/quants.py);
    blocks are split over threads */
-void quantize_blocks(const float *x, uint8_t *out, int64_t n, int64_t fmt) {
-    static const int64_t bytes[7] = {144, 176, 210, 22, 24, 34, 18};
-    static const int64_t length[7] = {256, 256, 256, 32, 32, 32, 32};
-    int64_t nb = n / length[fmt];
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < nb; i++) {
+typedef struct { const float *x; uint8_t *out; int64_t fmt; } QuantJob;
+static const int64_t BYTES[7] = {144, 176, 210, 22, 24, 34, 18};
+static const int64_t LENGTH[7] = {256, 256, 256, 32, 32, 32, 32};
+
+static void quantize_range(void *job, int64_t lo, int64_t hi) {
+    const QuantJob *a = job;
+    const int64_t fmt = a->fmt, *length = LENGTH, *bytes = BYTES;
+    const float *x = a->x;
+    uint8_t *out = a->out;
+    for (int64_t i = lo; i < hi; i++) {
         const float *xi = x + i * length[fmt];
         uint8_t *blk = out + i * bytes[fmt];
         if (fmt == 0)
@@ -430,9 +436,21 @@ void quantize_blocks(const float *x, uint8_t *out, int64_t n, int64_t fmt) {
     }
 }
 
+void quantize_blocks(const float *x, uint8_t *out, int64_t n, int64_t fmt) {
+    QuantJob job = {x, out, fmt};
+    parallel_for(n / LENGTH[fmt], quantize_range, &job);
+}
+
 /* out = n IEEE halves as float32 (exactly; a GGUF file's F16 tensors before they are
    quantized), split over threads */
+typedef struct { const uint16_t *h; float *out; } HalvesJob;
+
+static void halves_range(void *job, int64_t lo, int64_t hi) {
+    const HalvesJob *a = job;
+    for (int64_t i = lo; i < hi; i++) a->out[i] = from_half(a->h[i]);
+}
+
 void halves_to_floats(const uint16_t *h, float *out, int64_t n) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) out[i] = from_half(h[i]);
+    HalvesJob job = {h, out};
+    parallel_for(n, halves_range, &job);
 }
