@@ -13,11 +13,13 @@ def gguf_tokenizer(meta: dict, source: str = "GGUF"):
     """The byte-level BPE tokenizer, special tokens, BOS/EOS and chat template of a GGUF file."""
     from scratchlm.tokenizers.backends import PRE_TOKENIZERS, HFTokenizer
 
+    from scratchlm.tokenizers.spm_vocab import GGUF_MODEL
+
     model = meta.get("tokenizer.ggml.model")
-    if model not in ("gpt2", "llama"):
+    if model not in ("gpt2", GGUF_MODEL):
         raise CheckpointError(f"{source}: tokenizer model {model!r} is not supported (byte-level "
-                              "BPE, 'gpt2', and SentencePiece, 'llama')")
-    if model == "llama":
+                              f"BPE, 'gpt2', and SentencePiece, {GGUF_MODEL!r})")
+    if model == GGUF_MODEL:
         return _sentencepiece(meta, source)
     pre = meta.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:

@@ -28,6 +28,7 @@ from torch import nn
 from scratchlm.export.atomic import replace_file, staging
 from scratchlm.export.quant_mix import DTYPES, FILE_TYPES, ModelShape, encode_tensor
 from scratchlm.export.vocab import ByteBPE, gguf_vocab
+from scratchlm.tokenizers.spm_vocab import GGUF_MODEL
 from scratchlm.models.convert.gguf import ARCHS, GGUFError, config_metadata
 from scratchlm.checkpoints.files import unique_state_dict
 from scratchlm.checkpoints.ours import class_head_size
@@ -135,7 +136,7 @@ def _add_vocab(w, vocab, tokens: list[str], types: list[int]) -> None:
         w.add_token_types(types)
         w.add_token_merges(vocab.merges)
     else:  # SentencePiece (tokenizers/spm_vocab.py): pieces with scores, no merges
-        w.add_tokenizer_model("llama")
+        w.add_tokenizer_model(GGUF_MODEL)
         w.add_token_list(tokens)
         w.add_token_scores(vocab.scores + [-1000.0] * (len(tokens) - len(vocab.scores)))
         w.add_token_types(types)

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+GGUF_MODEL = "llama"  # llama.cpp's tokenizer.ggml.model for a SentencePiece vocabulary
 SPACE = "\u2581"
 _BYTE = re.compile(r"^<0x[0-9A-F]{2}>$")
 

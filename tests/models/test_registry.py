@@ -117,7 +117,9 @@ def test_a_gpt_with_a_padded_vocabulary_saves_and_loads(tmp_path):
 
 
 # The same word meaning something else where it stands: (file, word) -> what it means there.
-OTHER_MEANINGS = {("data/instruction.py", "gpt"): "ShareGPT's name for the assistant's turns"}
+OTHER_MEANINGS = {("data/instruction.py", "gpt"): "ShareGPT's name for the assistant's turns",
+                  ("tokenizers/spm_vocab.py", "llama"): "llama.cpp's name for a SentencePiece "
+                                                        "vocabulary (tokenizer.ggml.model)"}
 
 
 def test_family_knowledge_has_one_home():
