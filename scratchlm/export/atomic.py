@@ -177,3 +177,23 @@ def replace_folder(part: Path, dest: Path) -> None:
         raise OSError(errno.EBUSY, f"{dest} kept changing while other exports replaced it")
     finally:
         _remove(aside)
+
+
+@contextlib.contextmanager
+def gguf_file(path: str | Path, arch: str):
+    """A ``gguf.GGUFWriter`` for ``path``, on a staged temporary file: what the with-block adds
+    is written, the file closed and renamed onto ``path`` at the end, and nothing is left
+    behind when the block fails."""
+    import gguf
+
+    path = Path(path)
+    with staging(path) as part:
+        w = gguf.GGUFWriter(str(part), arch)
+        try:
+            yield w
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+        finally:
+            w.close()
+        replace_file(part, path)

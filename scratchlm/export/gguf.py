@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from scratchlm.export.atomic import replace_file, staging
+from scratchlm.export.atomic import gguf_file
 from scratchlm.export.quant_mix import DTYPES, FILE_TYPES, ModelShape, encode_tensor
 from scratchlm.export.vocab import ByteBPE, gguf_vocab
 from scratchlm.tokenizers.spm_vocab import GGUF_MODEL
@@ -99,22 +99,14 @@ def write_gguf(model: nn.Module, tokenizer, path: str | Path, dtype: str = "f32"
             state[key] = state[key][:vocab_rows]
 
     path = Path(path)
-    with staging(path) as part:  # a full disk: one line naming the file; no temporary left
-        w = gguf.GGUFWriter(str(part), arch)
-        try:
-            w.add_name(name or path.stem)
-            w.add_file_type(FILE_TYPES[quant].code if quant else _FILE_TYPE[dtype])
-            if quant:
-                w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-            _add_metadata(w, meta)
-            _add_vocab(w, bpe, tokens, types)
-            _add_tensors(w, arch, state, cfg, dtype, quant)
-            w.write_header_to_file()
-            w.write_kv_data_to_file()
-            w.write_tensors_to_file()
-        finally:
-            w.close()
-        replace_file(part, path)
+    with gguf_file(path, arch) as w:  # a full disk: one line naming the file; nothing left
+        w.add_name(name or path.stem)
+        w.add_file_type(FILE_TYPES[quant].code if quant else _FILE_TYPE[dtype])
+        if quant:
+            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        _add_metadata(w, meta)
+        _add_vocab(w, bpe, tokens, types)
+        _add_tensors(w, arch, state, cfg, dtype, quant)
     return path
 
 

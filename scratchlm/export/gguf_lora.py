@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from scratchlm.export.atomic import replace_file, staging
+from scratchlm.export.atomic import gguf_file
 from scratchlm.export.gguf import gguf_arch
-from scratchlm.export.quant_mix import DTYPES
+from scratchlm.export.quant_mix import DTYPES, encode_tensor
 from scratchlm.finetune.lora import lora_modules
 from scratchlm.models.convert.gguf import ARCHS, GGUFError, permute
 
@@ -55,17 +55,6 @@ def _one_adapter(m) -> tuple[np.ndarray, np.ndarray]:
         b[sl, col:col + part.shape[1]] = part
         col += part.shape[1]
     return a.numpy(), b.numpy()
-
-
-def _encode(array: np.ndarray, dtype: str):
-    import gguf
-
-    Q = gguf.GGMLQuantizationType
-    if dtype == "f16":
-        return array.astype(np.float16), Q.F16
-    if dtype == "bf16":
-        return gguf.quants.quantize(array.astype(np.float32), Q.BF16), Q.BF16
-    return array.astype(np.float32), Q.F32
 
 
 def write_gguf_lora(model: nn.Module, path: str | Path, dtype: str = "f32",
@@ -101,21 +90,13 @@ def write_gguf_lora(model: nn.Module, path: str | Path, dtype: str = "f32",
     tensors = [(t, a, b * (scale * a.shape[0] / alpha) if scale * a.shape[0] != alpha else b)
                for t, a, b, scale in tensors]
     path = Path(path)
-    with staging(path) as part:
-        w = gguf.GGUFWriter(str(part), arch)
-        try:
-            w.add_type(gguf.GGUFType.ADAPTER)
-            w.add_string(gguf.Keys.Adapter.TYPE, "lora")
-            w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
-            w.add_name(name or path.stem)
-            for target, a, b in tensors:
-                for suffix, array in ((".lora_a", a), (".lora_b", b)):
-                    data, qtype = _encode(np.ascontiguousarray(array), dtype)
-                    w.add_tensor(target + suffix, data, raw_dtype=qtype)
-            w.write_header_to_file()
-            w.write_kv_data_to_file()
-            w.write_tensors_to_file()
-        finally:
-            w.close()
-        replace_file(part, path)
+    with gguf_file(path, arch) as w:
+        w.add_type(gguf.GGUFType.ADAPTER)
+        w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+        w.add_name(name or path.stem)
+        for target, a, b in tensors:
+            for suffix, array in ((".lora_a", a), (".lora_b", b)):
+                data, qtype = encode_tensor(target + suffix, np.ascontiguousarray(array), dtype)
+                w.add_tensor(target + suffix, data, raw_dtype=qtype)
     return path

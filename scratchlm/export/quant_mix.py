@@ -122,8 +122,8 @@ def tensor_type(name: str, shape: tuple[int, ...], ftype: str, model: ModelShape
     return qtype
 
 
-def encode_tensor(name: str, array: np.ndarray, dtype: str, quant: str | None,
-                  model: ModelShape):
+def encode_tensor(name: str, array: np.ndarray, dtype: str, quant: str | None = None,
+                  model: ModelShape | None = None):
     """(data, GGML type) of the tensor ``name`` as a GGUF file holds it: in ``quant``'s mix
     where that quantizes it, else 1-D in F32 and matrices in ``dtype`` (f32, f16, bf16)."""
     import gguf

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 
-from scratchlm.export.atomic import replace_file, staging
+from scratchlm.export.atomic import gguf_file
 from scratchlm.export.quant_mix import FILE_TYPES, ModelShape, encode_tensor
 from scratchlm.export.quants import float32_rows
 
@@ -54,31 +54,23 @@ def requantize_gguf(src: str | Path, dst: str | Path, quant: str, dtype: str = "
         raise GGUFError(f"{src}: metadata field 'general.architecture' is missing")
     shape = model_shape(meta, {t.name for t in tensors})
     dst = Path(dst)
-    with staging(dst) as part:
-        w = gguf.GGUFWriter(str(part), arch)
-        try:
-            w.add_name(name or str(meta.get("general.name") or dst.stem))
-            w.add_file_type(FILE_TYPES[quant].code)
-            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-            for key, value in meta.items():
-                if key in _REWRITTEN:
-                    continue
-                vtype, item = types[key]
-                w.add_key_value(key, value, gguf.GGUFValueType(vtype),
-                                sub_type=None if item is None else gguf.GGUFValueType(item))
-            for t in tensors:
-                qtype = t.tensor_type.name
-                if qtype not in SUPPORTED:
-                    raise GGUFError(f"{src}: tensor {t.name!r} has type {qtype}, which we do not "
-                                    f"read (supported: {', '.join(SUPPORTED)})")
-                dims = tuple(int(n) for n in reversed(t.shape.tolist()))
-                array = float32_rows(t.data, qtype, dims)
-                data, out_type = encode_tensor(t.name, array, dtype, quant, shape)
-                w.add_tensor(t.name, data, raw_dtype=out_type)
-            w.write_header_to_file()
-            w.write_kv_data_to_file()
-            w.write_tensors_to_file()
-        finally:
-            w.close()
-        replace_file(part, dst)
+    with gguf_file(dst, arch) as w:
+        w.add_name(name or str(meta.get("general.name") or dst.stem))
+        w.add_file_type(FILE_TYPES[quant].code)
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        for key, value in meta.items():
+            if key in _REWRITTEN:
+                continue
+            vtype, item = types[key]
+            w.add_key_value(key, value, gguf.GGUFValueType(vtype),
+                            sub_type=None if item is None else gguf.GGUFValueType(item))
+        for t in tensors:
+            qtype = t.tensor_type.name
+            if qtype not in SUPPORTED:
+                raise GGUFError(f"{src}: tensor {t.name!r} has type {qtype}, which we do not "
+                                f"read (supported: {', '.join(SUPPORTED)})")
+            dims = tuple(int(n) for n in reversed(t.shape.tolist()))
+            data, out_type = encode_tensor(t.name, float32_rows(t.data, qtype, dims), dtype,
+                                           quant, shape)
+            w.add_tensor(t.name, data, raw_dtype=out_type)
     return meta
