@@ -121,8 +121,8 @@ def _encode_corpus(data: list[str], tokenizer, text_field: str, seed: int,
                    dedup: bool) -> TokenStream:
     """The documents of ``data`` encoded in memory, each closed by end-of-text: a text file as
     the book reads it (special-token strings in it count), any other document as plain text."""
-    from scratchlm.data.documents import (document_ids, expand_mixtures, mix_documents,
-                                          resolve_source)
+    from scratchlm.data.documents import document_ids, mix_documents, resolve_source
+    from scratchlm.data.mixtures import expand_mixtures
 
     sources = [resolve_source(d, progress=False) for d in expand_mixtures(data)]
     ids: list[int] = []

@@ -205,8 +205,8 @@ def prepare(
     """Tokenize the corpus ``data`` (files, folders, globs, registered names, Hub data sets;
     ``path:weight`` mixes, see ``data/documents.py``) into shards under ``out_dir``; returns
     the meta dict."""
-    from scratchlm.data.documents import (check_text_field, expand_mixtures, kind,
-                                          resolve_source)
+    from scratchlm.data.documents import check_text_field, kind, resolve_source
+    from scratchlm.data.mixtures import expand_mixtures
     from scratchlm.tokenizers import get_tokenizer
 
     if not data:

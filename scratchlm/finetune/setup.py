@@ -29,7 +29,8 @@ def load_splits(data: str | list[str], limit: int | None, split_seed: int | None
     """(train, val, test) examples of one data set, or of several (``a.jsonl:2 b.parquet``):
     each set is split on its own (the first ``limit`` of each), and its training part counts
     ``weight`` times (2: twice an epoch; 0.5: a seeded half; no weight: once)."""
-    from scratchlm.data.documents import expand_mixtures, split_weight
+    from scratchlm.data.documents import split_weight
+    from scratchlm.data.mixtures import expand_mixtures
     from scratchlm.data.instruction import weighted
 
     train, val, test = [], [], []

@@ -8,7 +8,8 @@ from scratchlm.recipes.configs import TrainTokenizerConfig  # noqa: F401 (its co
 
 
 def main(cfg: TrainTokenizerConfig) -> dict:
-    from scratchlm.data.documents import expand_mixtures, mix_documents, resolve_source
+    from scratchlm.data.documents import mix_documents, resolve_source
+    from scratchlm.data.mixtures import expand_mixtures
     from scratchlm.tokenizers.bpe_train import train_bpe
 
     if not cfg.data or not cfg.out:

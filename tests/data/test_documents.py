@@ -166,7 +166,7 @@ def test_mixtures_are_deterministic_weighted_and_deduplicated(tmp_path):
 def test_a_yaml_mixture_is_the_same_as_its_data_weight_specs(tmp_path, gpt2_tok):
     """A mixture file lists sources and weights (paths relative to the file); it reads as the
     same specs given on the command line, and prepare and the pretraining loader take it."""
-    from scratchlm.data.documents import expand_mixtures
+    from scratchlm.data.mixtures import expand_mixtures
     from scratchlm.data.shards import prepare
 
     (tmp_path / "in").mkdir()
@@ -196,7 +196,7 @@ def test_a_yaml_mixture_is_the_same_as_its_data_weight_specs(tmp_path, gpt2_tok)
     ("sources: [\n", "not valid YAML"),
 ])
 def test_a_bad_mixture_file_is_named(tmp_path, text, message):
-    from scratchlm.data.documents import expand_mixtures
+    from scratchlm.data.mixtures import expand_mixtures
 
     mix = tmp_path / "mix.yaml"
     mix.write_text(text)
