@@ -61,11 +61,18 @@ def write_modelfile(gguf_path: Path, tokenizer, context_length: int,
     the Modelfile is FROM the base with ``ADAPTER ./NAME.gguf``."""
     from scratchlm.export.vocab import gguf_vocab
 
-    bpe = gguf_vocab(tokenizer)
-    eos = bpe.tokens[bpe.eos_id] if bpe.eos_id is not None else None
+    vocab = gguf_vocab(tokenizer)
+    eos = vocab.tokens[vocab.eos_id] if vocab.eos_id is not None else None
+    return save_modelfile(gguf_path, vocab.chat_template, eos, context_length, base)
+
+
+def save_modelfile(gguf_path: Path, chat_template: str | None, eos_token: str | None,
+                   context_length: int, base: str | None = None) -> Path:
+    """``write_modelfile`` from the chat template and EOS token themselves (a GGUF file's
+    metadata holds them; no tokenizer needed); ``num_ctx`` is at most 8192."""
     path = gguf_path.with_suffix(".Modelfile")
     with staging(path) as part:  # whole or not at all, as the GGUF beside it
-        part.write_text(modelfile(base or gguf_path.name, bpe.chat_template, eos,
+        part.write_text(modelfile(base or gguf_path.name, chat_template, eos_token,
                                   context_length=min(context_length, 8192),
                                   adapter=gguf_path.name if base else None))
         replace_file(part, path)

@@ -71,7 +71,8 @@ def _n_dims(shape: tuple[int, ...]) -> int:
     return max([i + 1 for i in range(1, len(ne)) if ne[i] > 1] + [1])
 
 
-def _layer(name: str) -> int:
+def layer_of(name: str) -> int:
+    """The block index of a GGUF tensor name (``blk.3.attn_v.weight`` -> 3), -1 outside blocks."""
     m = re.match(r"blk\.(\d+)\.", name)
     return int(m.group(1)) if m else -1
 
@@ -88,7 +89,7 @@ def tensor_type(name: str, shape: tuple[int, ...], ftype: str, model: ModelShape
     if (_n_dims(shape) < 2 or not name.endswith("weight") or any(s in name for s in NOT_QUANTIZED)
             or name in ("position_embd.weight", "token_types.weight")):
         return None
-    cols, i, n = shape[-1], _layer(name), model.n_layer
+    cols, i, n = shape[-1], layer_of(name), model.n_layer
     qtype = default
     if name == "output.weight" or (model.tied and name == "token_embd.weight"):
         if not _fits(cols, default):

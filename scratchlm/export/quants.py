@@ -19,8 +19,6 @@ cols) matrix needs cols divisible by the block's length (32, or 256 for K-quants
 
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 
 BLOCK = 32
@@ -58,20 +56,17 @@ def quantize_q4_0(blocks: np.ndarray) -> np.ndarray:
 
 def _native(qtype: str, fallback=None):
     def run(blocks: np.ndarray) -> np.ndarray:
-        from scratchlm.nn.native import load
+        from scratchlm.nn.native import quantize_function
 
-        lib = load("quantize", "exact")
-        if lib is None:
+        kernel = quantize_function("quantize_blocks")
+        if kernel is None:
             if fallback is not None:  # Q8_0, Q4_0: numpy gives the same bytes, slower
                 return fallback(blocks)
             raise RuntimeError(f"{qtype} export needs a C compiler (set CC) to build "
                                "nn/csrc/quantize.c; Q8_0 and Q4_0 do not")
         blocks = np.ascontiguousarray(blocks, dtype=np.float32)
         out = np.empty((blocks.shape[0], BLOCK_BYTES[qtype]), dtype=np.uint8)
-        lib.quantize_blocks.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64]
-        lib.quantize_blocks(blocks.ctypes.data, out.ctypes.data, blocks.size,
-                            NATIVE.index(qtype))
+        kernel(blocks.ctypes.data, out.ctypes.data, blocks.size, NATIVE.index(qtype))
         return out
     return run
 
@@ -86,15 +81,14 @@ def float32_rows(raw: np.ndarray, qtype: str, shape: tuple[int, ...]) -> np.ndar
     library builds (numpy's float16 cast was a fifth of a requantization's time), any other
     type by ``nn/gguf_blocks.dequantize``."""
     from scratchlm.nn.gguf_blocks import dequantize
-    from scratchlm.nn.native import load
+    from scratchlm.nn.native import quantize_function
 
-    lib = load("quantize", "exact") if qtype == "F16" else None
-    if lib is None:
+    kernel = quantize_function("halves_to_floats") if qtype == "F16" else None
+    if kernel is None:
         return np.ascontiguousarray(dequantize(raw, qtype, shape), dtype=np.float32)
     halves = np.ascontiguousarray(raw).view(np.uint16)
     out = np.empty(shape, dtype=np.float32)
-    lib.halves_to_floats.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    lib.halves_to_floats(halves.ctypes.data, out.ctypes.data, out.size)
+    kernel(halves.ctypes.data, out.ctypes.data, out.size)
     return out
 
 

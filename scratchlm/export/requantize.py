@@ -12,12 +12,10 @@ uses, so the two paths write the same tensors.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-
 from scratchlm.export.atomic import gguf_file
-from scratchlm.export.quant_mix import FILE_TYPES, ModelShape, encode_tensor
+from scratchlm.export.quant_mix import FILE_TYPES, ModelShape, encode_tensor, layer_of
 from scratchlm.export.quants import float32_rows
 
 _REWRITTEN = ("general.architecture", "general.file_type", "general.quantization_version",
@@ -27,8 +25,7 @@ _REWRITTEN = ("general.architecture", "general.file_type", "general.quantization
 def model_shape(meta: dict, names: set[str]) -> ModelShape:
     """What the mix looks at, from a GGUF file's metadata and tensor names."""
     a = f"{meta.get('general.architecture')}."
-    n_layer = int(meta.get(a + "block_count") or 1 + max(
-        [int(m.group(1)) for n in names if (m := re.match(r"blk\.(\d+)\.", n))] or [0]))
+    n_layer = int(meta.get(a + "block_count") or 1 + max(map(layer_of, names), default=0))
     heads, kv = meta.get(a + "attention.head_count"), meta.get(a + "attention.head_count_kv")
     heads = heads[0] if isinstance(heads, list) else heads
     kv = kv[0] if isinstance(kv, list) else kv

@@ -45,6 +45,10 @@ class Family:
     hf_model_types: tuple[str, ...] = ()
     hf_convert: str = ""  # module in models/convert with config_from_hf/_to_hf, hf_to_ours, ...
     gguf_archs: tuple[str, ...] = ()  # llama.cpp "general.architecture" names it reads
+    # how its GGUF files' SentencePiece merges are ranked: "scores", or "positions" where the
+    # scores do not follow the merge order and the pieces' order does (Gemma's, as transformers
+    # reads them; tokenizers/spm_vocab.py)
+    gguf_spm_merge_order: str = "scores"
     # What the native C decode layers must support to run this family (see
     # generation/native_decode.py): a model whose features are not all supported there runs
     # its one-token steps in PyTorch. Switches a config turns on (sliding window, q/k norms,
@@ -96,6 +100,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            features=frozenset({"rmsnorm_unit_offset", "rope", "geglu", "qk_norm", "post_norms",
                                "embed_scale", "query_scale"}),
            weight_marks=("post_att_norm", "post_ff_norm", "feedforward_layernorm"),
+           gguf_spm_merge_order="positions",
            hf_repos={"gemma3-270m": "google/gemma-3-270m",  # gated: set HF_TOKEN
                      "gemma3-1b": "google/gemma-3-1b-pt"}),  # gated: set HF_TOKEN
     Family("olmo3", Olmo3Config, Olmo3, OLMO3_PRESETS, ("olmo3",), "hf_olmo3",

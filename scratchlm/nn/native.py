@@ -208,10 +208,27 @@ def _decode_function(name: str, variant: str):
     return fn
 
 
+# csrc/quantize.c's entry points, built as EXACT (export/quants.py)
+QUANTIZE_SIGNATURES = {"quantize_blocks": [P, P, I64, I64], "halves_to_floats": [P, P, I64]}
+
+
+@cache
+def quantize_function(name: str):
+    """The function ``name`` of csrc/quantize.c (the ``exact`` build), typed for ctypes, or
+    None when the library is unavailable."""
+    lib = load("quantize", "exact")
+    if lib is None:
+        return None
+    fn = getattr(lib, name)
+    fn.argtypes = QUANTIZE_SIGNATURES[name]
+    return fn
+
+
 def clear_cache() -> None:
     """Forget the loaded libraries and functions (after ``SCRATCHLM_NATIVE`` changes)."""
     _load.cache_clear()
     _decode_function.cache_clear()
+    quantize_function.cache_clear()
 
 
 def simd_block_formats(variant: str | None = None) -> set[str]:

@@ -113,16 +113,10 @@ def main(cfg: ExportConfig) -> dict:
     print(f"exported {cfg.model} -> {out} ({size / 1e6:.1f} MB) in {seconds:.1f}s, "
           f"peak memory {result['peak_rss_mb']:.0f} MB")
     if cfg.format == "gguf":
-        modelfile = out.with_suffix(".Modelfile")
-        print(f"run it with Ollama:\n  ollama create {name} -f {modelfile}\n  ollama run {name}")
-        print(f"or llama.cpp:\n  llama-cli -m {out} -cnv")
+        _how_to_run(name, out)
     elif cfg.format == "gguf-lora":
         base = base_gguf or "BASE.gguf (the base model exported with --format gguf)"
-        if base_gguf:
-            modelfile = out.with_suffix(".Modelfile")
-            print(f"run it with Ollama:\n  ollama create {name} -f {modelfile}\n  "
-                  f"ollama run {name}")
-        print(f"apply it with llama.cpp:\n  llama-cli -m {base} --lora {out} -cnv")
+        _how_to_run(name, out, ollama=bool(base_gguf), llama_cli=f"-m {base} --lora {out}")
     else:
         print(f"load it with transformers:\n  AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return result
@@ -132,7 +126,7 @@ def _requantize(cfg: ExportConfig, out: Path) -> dict:
     """``--model FILE.gguf --quant Q``: the file's tensors written again in Q's mix, its
     metadata copied, and the Modelfile from its chat template and EOS (``llama-quantize``'s
     job; the model exporter writes the same tensors)."""
-    from scratchlm.export.ollama import modelfile
+    from scratchlm.export.ollama import save_modelfile
     from scratchlm.export.requantize import requantize_gguf
 
     t0 = time.perf_counter()
@@ -145,9 +139,8 @@ def _requantize(cfg: ExportConfig, out: Path) -> dict:
         eos = tokens[eos] if isinstance(eos, int) and 0 <= eos < len(tokens) else None
         context = meta.get(f"{meta.get('general.architecture')}.context_length")
         template = meta.get("tokenizer.chat_template")
-        (stage / f"{out.stem}.Modelfile").write_text(modelfile(
-            path.name, template if isinstance(template, str) else None, eos,
-            context_length=min(int(context) if isinstance(context, int) else 2048, 8192)))
+        save_modelfile(path, template if isinstance(template, str) else None, eos,
+                       context if isinstance(context, int) else 2048)
         size = _size(path)
         _publish(stage, out, cfg.format)
     seconds = time.perf_counter() - t0
@@ -155,9 +148,17 @@ def _requantize(cfg: ExportConfig, out: Path) -> dict:
               "peak_rss_mb": _peak_rss_mb()}
     print(f"requantized {cfg.model} -> {out} ({size / 1e6:.1f} MB) in {seconds:.1f}s, "
           f"peak memory {result['peak_rss_mb']:.0f} MB")
-    print(f"run it with Ollama:\n  ollama create {name} -f {out.with_suffix('.Modelfile')}\n"
-          f"  ollama run {name}\nor llama.cpp:\n  llama-cli -m {out} -cnv")
+    _how_to_run(name, out)
     return result
+
+
+def _how_to_run(name: str, out: Path, ollama: bool = True, llama_cli: str = "") -> None:
+    """The commands that run an exported GGUF: Ollama on the Modelfile beside it, llama.cpp
+    on the file (``llama_cli``: other arguments than ``-m OUT``)."""
+    if ollama:
+        print(f"run it with Ollama:\n  ollama create {name} -f {out.with_suffix('.Modelfile')}"
+              f"\n  ollama run {name}")
+    print(f"{'or ' if ollama else ''}llama.cpp:\n  llama-cli {llama_cli or f'-m {out}'} -cnv")
 
 
 def head_of(folder: Path, model) -> tuple[str | None, list[str] | None]:

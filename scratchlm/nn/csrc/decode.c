@@ -1143,6 +1143,7 @@ typedef struct {
     int64_t B, K, ldy;
     char *tail;          /* matvec1: the last N % 4 rows, zero-padded to four */
     const float *xsum;   /* matvec1: x's sums over each 32, or NULL */
+    size_t row_bytes;    /* matvec1: the bytes of one weight row */
 } MatvecJob;
 
 static void panels_rows(void *job, int64_t lo, int64_t hi) {
@@ -1173,7 +1174,7 @@ static void panels_rows(void *job, int64_t lo, int64_t hi) {
 
 static void matvec_panels(const Weight *wt, const float *x, float *y, int64_t B, int64_t K,
                           int64_t ldy) {
-    MatvecJob job = {wt, x, y, B, K, ldy, NULL, NULL};
+    MatvecJob job = {wt, x, y, B, K, ldy, NULL, NULL, 0};
     parallel_for((wt->rows + 31) / 32, panels_rows, &job);
 }
 
@@ -1196,15 +1197,13 @@ int64_t simd_block_formats(void) {
 static void matvec_rows(void *job, int64_t lo, int64_t hi) {
     const MatvecJob *a = job;
     const Weight *wt = a->wt;
-    const float *x = a->x, *xsum = a->xsum;
+    const float *x = a->x;
     float *y = a->y;
     int64_t B = a->B, K = a->K, ldy = a->ldy;
     int64_t fmt = wt->fmt, blocks_fmt = is_blocks(fmt);
-    size_t row_bytes = blocks_fmt ? (size_t)(K / block_len(fmt) * block_bytes(fmt))
-                                  : (size_t)K * (fmt == FMT_INT8 ? 1 : sizeof(float));
+    size_t row_bytes = a->row_bytes;
     int64_t N = wt->rows, whole = N / 4;
     char *tail = a->tail;
-    (void)xsum;
     for (int64_t blk = lo; blk < hi; blk++) {
         int64_t n = blk * 4, m = N - n < 4 ? N - n : 4;
         const void *r = blk < whole ? (const char *)wt->w + n * row_bytes : tail;
@@ -1222,7 +1221,7 @@ static void matvec_rows(void *job, int64_t lo, int64_t hi) {
                                                        + (wt->bias ? wt->bias[n + i] : 0.f);
                 }
             for (; b < B; b++) {
-                dot4_row(r, K, x + b * K, xsum ? xsum + b * (K / 32) : NULL, acc, fmt);
+                dot4_row(r, K, x + b * K, a->xsum ? a->xsum + b * (K / 32) : NULL, acc, fmt);
                 for (int64_t i = 0; i < m; i++)
                     y[b * ldy + n + i] = acc[i] + (wt->bias ? wt->bias[n + i] : 0.f);
             }
@@ -1286,7 +1285,7 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
         tail = calloc(4, row_bytes);
         memcpy(tail, (const char *)wt->w + whole * 4 * row_bytes, (N % 4) * row_bytes);
     }
-    MatvecJob job = {wt, x, y, B, K, ldy, tail, xsum};
+    MatvecJob job = {wt, x, y, B, K, ldy, tail, xsum, row_bytes};
     parallel_for((N + 3) / 4, matvec_rows, &job);
     free(tail);
     free(xsum);
