@@ -6,6 +6,7 @@ Not here: fetching them from the hub (``hub.py``), the key maps (``models/conver
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -81,17 +82,22 @@ def save_hf_weights(state: dict[str, torch.Tensor], folder: Path,
 
 
 def save_hf(model: nn.Module, folder: str | Path, dtype: torch.dtype = torch.float32,
-            max_shard_bytes: int = HF_SHARD_BYTES, config: dict | None = None) -> Path:
+            max_shard_bytes: int = HF_SHARD_BYTES, config: dict | None = None,
+            head: dict[str, torch.Tensor] | None = None) -> Path:
     """Our model in its family's Hugging Face layout (``config.json`` + ``model.safetensors``
     or its shards), loadable by ``AutoModelForCausalLM.from_pretrained``; ``config``: more
-    ``config.json`` keys (token ids). Files are written under temporary names and renamed."""
+    ``config.json`` keys (token ids); ``head``: tensors under HF names that stand in for the
+    language-model head (a classifier's, ``export/hf.py``). Files are written under temporary
+    names and renamed."""
     conv = family_of(model).hf()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hf_config = {**conv.config_to_hf(model.cfg), "torch_dtype": str(dtype).removeprefix("torch."),
                  **(config or {})}
-    state = conv.state_dict_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()},
-                                  model.cfg)
+    ours = {k: v.detach().cpu() for k, v in model.state_dict().items()
+            if head is None or not k.startswith("out_head.")}
+    cfg = model.cfg if head is None else dataclasses.replace(model.cfg, tie_embeddings=True)
+    state = {**conv.state_dict_to_hf(ours, cfg), **(head or {})}
     save_hf_weights({k: v.to(dtype) for k, v in state.items()}, folder, max_shard_bytes)
     (folder / "config.json.part").write_text(json.dumps(hf_config, indent=2))
     os.replace(folder / "config.json.part", folder / "config.json")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from scratchlm.export.vocab import byte_bpe
-from scratchlm.checkpoints.hf import HF_SHARD_BYTES, save_hf, save_hf_weights
+from scratchlm.checkpoints.hf import HF_SHARD_BYTES, save_hf
 from scratchlm.checkpoints.ours import class_head_size
 from scratchlm.models.registry import family_of
 from scratchlm.tokenizers import HFTokenizer
@@ -96,11 +96,7 @@ def _save_classifier(model: nn.Module, folder: Path, dtype: torch.dtype, max_sha
     token transformers pools sequences by (the last token that is not padding)."""
     if task not in HEAD_TASKS:
         raise ValueError(f"head must be one of {HEAD_TASKS}, got {task!r}")
-    import dataclasses
-
-    conv = family_of(model).hf()
-    hf_config = conv.config_to_hf(model.cfg)
-    causal = hf_config["architectures"][0]
+    causal = family_of(model).hf().config_to_hf(model.cfg)["architectures"][0]
     if causal not in HEAD_CLASSES:
         raise ValueError(f"a classifier head on {causal} is not exported (transformers classes "
                          f"written: {', '.join(HEAD_CLASSES)})")
@@ -110,25 +106,20 @@ def _save_classifier(model: nn.Module, folder: Path, dtype: torch.dtype, max_sha
     if task == "sequences" and head.bias is not None:
         raise ValueError("transformers' ...ForSequenceClassification head has no bias and this "
                          "one has: train the classifier with --head_bias false to export it")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()
-             if not k.startswith("out_head.")}
-    state = conv.state_dict_to_hf(state, dataclasses.replace(model.cfg, tie_embeddings=True))
     key = "score" if task == "sequences" else token_key
-    state[f"{key}.weight"] = head.weight.detach().cpu()
+    state = {f"{key}.weight": head.weight.detach().cpu()}
     if head.bias is not None:
         state[f"{key}.bias"] = head.bias.detach().cpu()
     names = labels or [f"LABEL_{i}" for i in range(classes)]
     if len(names) != classes:
         raise ValueError(f"{len(names)} labels for a head of {classes} outputs")
-    hf_config.update({
+    hf_config = {
         "architectures": [sequence_class if task == "sequences" else token_class],
         "id2label": {str(i): n for i, n in enumerate(names)},
         "label2id": {n: i for i, n in enumerate(names)}, "tie_word_embeddings": False,
-        "pad_token_id": ids.get("eos_token_id"), "torch_dtype": str(dtype).removeprefix("torch."),
-        "classifier_dropout": 0.0, **ids})
+        "pad_token_id": ids.get("eos_token_id"), "classifier_dropout": 0.0, **ids}
     if task == "tokens" and token_key == "score":
         hf_config["token_classification_bias"] = head.bias is not None
     elif task == "tokens" and head.bias is None:
         state[f"{key}.bias"] = torch.zeros(classes)  # GPT-2's token head always has a bias
-    save_hf_weights({k: v.to(dtype) for k, v in state.items()}, folder, max_shard_bytes)
-    _write_json(folder / "config.json", hf_config)
+    save_hf(model, folder, dtype, max_shard_bytes, config=hf_config, head=state)
