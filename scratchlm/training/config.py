@@ -18,7 +18,8 @@ class TrainConfig:
     grad_accum_steps: Count = 1  # micro-batches per optimizer step
     lr: PositiveFloat = 4e-4  # peak learning rate
     min_lr: NonNegFloat = 4e-5  # the lowest rate of a decaying schedule
-    schedule: str = "cosine"  # constant | cosine | linear (see training/schedule.py)
+    schedule: str = "cosine"  # constant | cosine | linear | wsd (see training/schedule.py)
+    decay_fraction: Annotated[float, Range(0, 1, low_open=True)] | None = None  # wsd: the share of max_steps spent decaying to min_lr at the end (default 0.2)
     warmup_steps: NonNegInt = 20  # steps of linear warm-up
     warmup_fraction: Fraction = 0.0  # > 0: the warm-up is this share of max_steps (replaces warmup_steps)
     initial_lr: float | None = None  # warm up from this rate (the book's appendix D), not from lr / warmup
@@ -28,7 +29,8 @@ class TrainConfig:
     beta1: Fraction = 0.9  # Adam's first-moment decay
     beta2: Fraction = 0.95  # Adam's second-moment decay
     grad_clip: Annotated[float, Range(0, note="0 turns clipping off")] = 1.0  # max gradient norm; 0 disables clipping
-    optimizer: str = "adamw"  # adamw | adamw8bit (CUDA, bitsandbytes) | sgd
+    optimizer: str = "adamw"  # adamw | adamw8bit (CUDA, bitsandbytes) | sgd | muon (training/muon.py)
+    muon_lr: PositiveFloat | None = None  # muon: the hidden matrices' peak rate (default 0.02); lr is then the AdamW rate of the embeddings, head, norms and biases
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)
     grad_checkpointing: bool = False  # recompute block activations in backward
     compile: bool = False  # torch.compile the transformer blocks
@@ -51,9 +53,24 @@ class TrainConfig:
 
     def __post_init__(self):
         check_bounds(self, "train.")  # also for a TrainConfig built in Python
+        if self.decay_fraction is not None and self.schedule != "wsd":
+            raise ValueError(f"--train.decay_fraction applies to --train.schedule wsd only, not "
+                             f"{self.schedule!r}")
+        if self.muon_lr is not None and self.optimizer != "muon":
+            raise ValueError(f"--train.muon_lr applies to --train.optimizer muon only, not "
+                             f"{self.optimizer!r}")
         if self.initial_lr is not None and not 0.0 <= self.initial_lr <= self.lr:
             raise ValueError(f"--train.initial_lr must be in [0, lr={self.lr}], got "
                              f"{self.initial_lr}")
+
+
+    @property
+    def muon_lr_value(self) -> float:
+        return 0.02 if self.muon_lr is None else self.muon_lr  # nanochat's matrix rate
+
+    @property
+    def decay_fraction_value(self) -> float:
+        return 0.2 if self.decay_fraction is None else self.decay_fraction  # nanochat's warmdown
 
 
 def set_epochs(train: TrainConfig, epochs: int, num_examples: int, world_size: int = 1) -> int:

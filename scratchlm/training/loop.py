@@ -258,7 +258,7 @@ class _Run:
         cfg = self.cfg
         lr = lr_at(step, schedule=cfg.schedule, lr=cfg.lr, max_steps=cfg.max_steps,
                    warmup_steps=warmup_steps_of(cfg), min_lr=cfg.min_lr,
-                   initial_lr=cfg.initial_lr)
+                   initial_lr=cfg.initial_lr, decay_fraction=cfg.decay_fraction_value)
         window = self.state["lr_window"]
         return lr * window[2] if window is not None and window[0] <= step < window[1] else lr
 

@@ -8,18 +8,23 @@ from ``lr / warmup_steps`` to ``lr``, or, with ``initial_lr``, as the book's app
 - ``constant``: ``lr`` after warm-up;
 - ``cosine`` (the book's appendix D): half a cosine from ``lr`` down to ``min_lr`` at
   ``max_steps``;
-- ``linear``: a straight line from ``lr`` down to ``min_lr`` at ``max_steps``.
+- ``linear``: a straight line from ``lr`` down to ``min_lr`` at ``max_steps``;
+- ``wsd`` (warmup-stable-decay, nanochat's "warmdown"): ``lr`` until the last
+  ``decay_fraction`` of ``max_steps``, then a straight line down to ``min_lr`` at ``max_steps``.
+  The stable phase does not depend on the horizon, so a run can be extended (or a checkpoint
+  of the stable phase decayed) without changing the steps already taken.
 """
 
 from __future__ import annotations
 
 import math
 
-SCHEDULES = ("constant", "cosine", "linear")
+SCHEDULES = ("constant", "cosine", "linear", "wsd")
 
 
 def lr_at(step: int, *, schedule: str, lr: float, max_steps: int, warmup_steps: int = 0,
-          min_lr: float = 0.0, initial_lr: float | None = None) -> float:
+          min_lr: float = 0.0, initial_lr: float | None = None,
+          decay_fraction: float = 0.2) -> float:
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if step < warmup_steps:
@@ -28,6 +33,12 @@ def lr_at(step: int, *, schedule: str, lr: float, max_steps: int, warmup_steps: 
         return lr * (step + 1) / warmup_steps
     if schedule == "constant":
         return lr
+    if schedule == "wsd":
+        decay_start = max(warmup_steps, max_steps - round(decay_fraction * max_steps))
+        if step < decay_start:
+            return lr
+        progress = min(1.0, (step - decay_start) / max(1, max_steps - decay_start))
+        return lr + (min_lr - lr) * progress
     span = max(1, max_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     if schedule == "cosine":
