@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from scratchlm.models.presets import FamilyConfig, from_preset
 from scratchlm.nn.attention import CausalSelfAttention, layer_windows
 from scratchlm.nn.feedforward import FeedForward
+from scratchlm.nn.init import normal_init
 from scratchlm.nn.moe import MoEConfig, expert_ffn, moe_from
 from scratchlm.nn.norm import LayerNorm
 
@@ -116,7 +117,7 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
         if cfg.init == "gpt2":
-            self.apply(_init_weights)
+            self.apply(normal_init)
 
     def forward(self, in_idx: torch.Tensor, cache=None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, vocab_size) logits. With a ``KVCache`` (nn/kv_cache.py)
@@ -172,13 +173,3 @@ def check_prefix(prefix: torch.Tensor | None, cache) -> int:
     if prefix.dim() != 2:
         raise ValueError(f"prefix must be (P, C), got shape {tuple(prefix.shape)}")
     return prefix.shape[0]
-
-
-def _init_weights(module: nn.Module) -> None:
-    """GPT-2's initialisation: normal(0, 0.02) for Linear and Embedding weights, zero biases."""
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)

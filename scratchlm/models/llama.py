@@ -22,6 +22,7 @@ from scratchlm.models.gpt import check_prefix
 from scratchlm.models.presets import FamilyConfig, from_preset
 from scratchlm.nn.attention import GroupedQueryAttention, layer_windows
 from scratchlm.nn.feedforward import SwiGLU
+from scratchlm.nn.init import normal_init
 from scratchlm.nn.moe import MoEConfig, expert_ffn, moe_from
 from scratchlm.nn.norm import RMSNorm
 from scratchlm.nn.rope import rope_cache
@@ -112,6 +113,7 @@ class Llama(nn.Module):
         self.out_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
+        self.apply(normal_init)  # as HF's initializer_range 0.02: trainable from scratch
         self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def rope(self, length: int, device: torch.device, base: float | None = None,

@@ -57,6 +57,10 @@ class PretrainConfig(RunFolder):
     n_layer: Count | None = None  # overrides of the preset, for quick experiments
     n_embd: Count | None = None  # embedding width
     n_head: Count | None = None  # attention heads
+    depth: Count | None = None  # one dial (training/depth.py): n_layer = depth, n_embd = 64 x
+    # depth, heads of 128, the FFN, the horizon (--tokens_per_param) and lr x sqrt(768 / n_embd)
+    tokens_per_param: NonNegFloat | None = None  # the horizon: max_steps from this many tokens
+    # per parameter (default 20 with --depth, Chinchilla; 0: --train.max_steps as given)
     drop_rate: Fraction | None = None  # dropout rate
     qkv_bias: bool | None = None  # biases on the query/key/value projections
     tie_embeddings: bool | None = None  # the output head shares the token embedding

@@ -32,10 +32,11 @@ from scratchlm.checkpoints.ours import save_pretrained
 from scratchlm.tokenizers import get_tokenizer, save_tokenizer
 from scratchlm.training.prepare import is_sharded, prepare_training, whole_model
 from scratchlm.training.run_dir import claim_run_dir, finish_run, release_run_dir
+from scratchlm.training.depth import CHINCHILLA, horizon, lr_scale, shape_of
 from scratchlm.training.loop import FitResult, fit
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import optimizer_for
-from scratchlm.training.planner import plan
+from scratchlm.training.planner import duration, plan
 from scratchlm.training.runtime import setup_runtime, teardown_runtime
 from scratchlm.recipes.configs import PretrainConfig  # noqa: F401 (its config)
 
@@ -56,6 +57,11 @@ def build_model_config(cfg: PretrainConfig, vocab_size: int):
     else:
         family, base = preset(cfg.model)[0], None
     fields = family.config_cls.__dataclass_fields__
+    if cfg.depth is not None:
+        dialled = [f"--{k}" for k in ("n_layer", "n_embd", "n_head") if getattr(cfg, k)]
+        if dialled:
+            raise ValueError(f"--depth sets the shape; leave out {', '.join(dialled)}")
+        overrides.update(shape_of(cfg.depth, fields))
     for key in overrides:  # a flag the family's config has no field for is refused
         if key not in fields:
             owners = [f.config_cls.__name__.removesuffix("Config") for f in FAMILIES.values()
@@ -67,9 +73,14 @@ def build_model_config(cfg: PretrainConfig, vocab_size: int):
     return family.config_cls.from_name(cfg.model, **overrides)
 
 
+PLANNED_MFU = 0.4  # the share of the device's peak a run's time is predicted at
+
+
 def report_plan(model_cfg, n_params: int, train_tokens: int, cfg: PretrainConfig,
-                memory_available: int) -> str:
-    """The Chinchilla check and a training-memory estimate, printed at the start."""
+                memory_available: int, peak_flops: float | None = None) -> str:
+    """The Chinchilla check, a training-memory estimate and the compute (FLOPs, and the time
+    at ``PLANNED_MFU`` of ``peak_flops``: a data sheet's on GPUs, a measured matmul rate on a
+    CPU), printed at the start."""
     optimal = 20 * n_params
     tokens_planned = (cfg.train.max_steps * cfg.train.batch_size * cfg.train.grad_accum_steps
                       * model_cfg.context_length)
@@ -87,10 +98,39 @@ def report_plan(model_cfg, n_params: int, train_tokens: int, cfg: PretrainConfig
         "memory estimate: " + ", ".join(f"{k} {v / gib:.2f} GiB" for k, v in mem.items())
         + f" (device has {memory_available / gib:.1f} GiB)",
     ]
+    flops = flops_per_token(model_cfg, model_cfg.context_length)[1] * tokens_planned
+    when = (f"; about {duration(flops / (peak_flops * PLANNED_MFU) / 3600)} at "
+            f"{PLANNED_MFU:.0%} of this device's {peak_flops / 1e12:.2g} TFLOP/s"
+            if peak_flops else "")
+    lines.append(f"compute: {flops:.3g} FLOPs{when}")
     if mem["peak"] > memory_available:
         lines.append("WARNING: the estimate exceeds the device memory; lower train.batch_size, "
                      "set train.grad_checkpointing true, or use a smaller model")
     return "\n".join(lines)
+
+
+def apply_dial(cfg: PretrainConfig, model_cfg, n_params: int, world_size: int) -> str | None:
+    """What ``--depth`` and ``--tokens_per_param`` derive, set on ``cfg.train`` (the horizon,
+    the AdamW rate at this width); returns the lines that say so, or None without them."""
+    ratio = cfg.tokens_per_param
+    if ratio is None and cfg.depth is not None:
+        ratio = CHINCHILLA
+    lines = []
+    if cfg.depth is not None:
+        scale = lr_scale(model_cfg.n_embd)
+        cfg.train.lr, cfg.train.min_lr = cfg.train.lr * scale, cfg.train.min_lr * scale
+        lines.append(f"depth {cfg.depth}: {model_cfg.n_layer} layers, {model_cfg.n_embd} wide, "
+                     f"{model_cfg.n_head} heads; lr x {scale:.3f} = {cfg.train.lr:.3g} at this "
+                     "width" + (f", muon_lr {cfg.train.muon_lr_value}"
+                                if cfg.train.optimizer == "muon" else ""))
+    if ratio:
+        per_step = (cfg.train.batch_size * cfg.train.grad_accum_steps * world_size
+                    * model_cfg.context_length)
+        h = horizon(n_params, per_step, ratio)
+        cfg.train.max_steps = h.steps
+        lines.append(f"horizon: {ratio:g} tokens per parameter = {h.tokens:,} tokens = "
+                     f"{h.steps:,} steps of {per_step:,} tokens")
+    return "\n".join(lines) or None
 
 
 def main(cfg: PretrainConfig) -> FitResult:
@@ -117,13 +157,16 @@ def main(cfg: PretrainConfig) -> FitResult:
         torch.manual_seed(cfg.train.seed)
         model = build_model(model_cfg).to(rt.device)
         n_params = count_parameters(model)
+        dial = apply_dial(cfg, model_cfg, n_params, rt.world_size)  # before config.json
+        if dial and rt.is_main:
+            tqdm.write(dial)
         if rt.is_main:
             out.mkdir(parents=True, exist_ok=True)
             resolved = {**to_dict(cfg), "model_family": family_of(model_cfg).name,
                         "model_config": model_cfg.to_dict()}
             (out / "config.json").write_text(json.dumps(resolved, indent=2))
             tqdm.write(report_plan(model_cfg, n_params, len(train_ds) * model_cfg.context_length,
-                                   cfg, rt.memory_bytes()))
+                                   cfg, rt.memory_bytes(), rt.peak_flops()))
         loss_module = prepare_training(CausalLMLoss(model, cfg.train.fused_loss), model, rt,
                                        cfg.train)
         optimizer = optimizer_for(model, cfg.train, rt.device)
