@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,11 @@ from scratchlm.data.jsonl import json_lines
 from scratchlm.data.text_file import read_text
 
 STYLES = ("alpaca", "phi3", "chat")
+# GSM8K (question/answer rows): the request after each question, as training and evaluation
+# (evaluate/gsm8k.py) ask it, and the <<48/2=24>> calculator notes its solutions carry
+GSM8K_PROMPT_SUFFIX = ("\n\nSolve it step by step, then give the final answer as a number on "
+                       "the last line after '####'.")
+CALCULATOR_NOTES = re.compile(r"<<[^>]*>>")
 IGNORE_INDEX = -100
 
 
@@ -104,13 +110,21 @@ def _entry_to_example(entry, where: str) -> Example:
         msgs = [{"role": "user", "content": user},
                 {"role": "assistant", "content": entry.get("output", entry.get("chosen"))}]
         return Example(msgs, entry.get("chosen"), entry.get("rejected"))
-    raise ValueError(f"{where}: needs 'instruction'/'output' (Alpaca), 'messages' (OpenAI chat) "
-                     "or 'conversations' (ShareGPT)")
+    if "question" in entry and "answer" in entry:  # GSM8K: a worked solution ending "#### N"
+        if not isinstance(entry["question"], str) or not isinstance(entry["answer"], str):
+            raise ValueError(f"{where}: 'question' and 'answer' must be strings")
+        return Example([{"role": "user", "content": entry["question"] + GSM8K_PROMPT_SUFFIX},
+                        {"role": "assistant",
+                         "content": CALCULATOR_NOTES.sub("", entry["answer"])}])
+    raise ValueError(f"{where}: needs 'instruction'/'output' (Alpaca), 'messages' (OpenAI chat), "
+                     "'conversations' (ShareGPT) or 'question'/'answer' (GSM8K)")
 
 
 def read_examples(path: str | Path) -> list[Example]:
     """Alpaca-style (``instruction``, ``input``, ``output``, optionally ``chosen``/``rejected``),
-    OpenAI chat (``messages``) or ShareGPT (``conversations``) entries, multi-turn, from a JSON
+    OpenAI chat (``messages``), ShareGPT (``conversations``) or GSM8K (``question``, ``answer``:
+    the question with GSM8K_PROMPT_SUFFIX, the solution without its calculator notes)
+    entries, multi-turn, from a JSON
     list, JSON Lines (plain, .gz, .zst) or parquet. Errors name the file and the entry (index
     in a JSON list, line in JSONL, row in parquet)."""
     from scratchlm.data.documents import kind, records

@@ -27,13 +27,11 @@ from decimal import Decimal, InvalidOperation, localcontext
 
 from torch import nn
 
+from scratchlm.data.instruction import CALCULATOR_NOTES, GSM8K_PROMPT_SUFFIX
 from scratchlm.data.text_file import read_text
 from scratchlm.evaluate.cache import score_pending
 
-PROMPT_SUFFIX = ("\n\nSolve it step by step, then give the final answer as a number on the "
-                 "last line after '####'.")
 _NUMBER = re.compile(r"-?\$?\s?\d[\d,]*(?:\.\d+)?|-?\$?\s?\.\d+")
-_CALC = re.compile(r"<<[^>]*>>")
 
 
 @dataclass
@@ -137,7 +135,7 @@ def majority(answers: Sequence[str | None]) -> str | None:
 
 
 def fewshot_prompt(problem: Problem, shots: Sequence[Problem]) -> str:
-    demo = "".join(f"Question: {s.question}\nAnswer: {_CALC.sub('', s.answer)}\n\n"
+    demo = "".join(f"Question: {s.question}\nAnswer: {CALCULATOR_NOTES.sub('', s.answer)}\n\n"
                    for s in shots)
     return demo + f"Question: {problem.question}\nAnswer:"
 
@@ -194,7 +192,7 @@ def evaluate_gsm8k(model: nn.Module, tokenizer, problems: Sequence[Problem], mod
     def encode(p: Problem) -> list[int]:
         if mode == "chat":
             return encode_chat(tokenizer, [{"role": "user", "content": p.question
-                                            + PROMPT_SUFFIX}], add_generation_prompt=True)
+                                            + GSM8K_PROMPT_SUFFIX}], add_generation_prompt=True)
         return tokenizer.encode(fewshot_prompt(p, shot_list))
 
     engine = Engine(model)

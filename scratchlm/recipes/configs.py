@@ -16,6 +16,7 @@ from scratchlm.config import (Count, Fraction, NonNegFloat, NonNegInt, Port, Pos
 from scratchlm.evaluate.settings import ChoiceSettings, EvalTasks, Gsm8kSettings, LMSettings
 from scratchlm.finetune.config import GRPOSettings, LoraConfig
 from scratchlm.training.config import TrainConfig
+from scratchlm.recipes.speedrun_config import SpeedrunConfig  # noqa: F401 (its own module)
 
 
 # ---- what every training command has: its run folder (training/run_dir.py)
@@ -466,7 +467,9 @@ class TrainTokenizerConfig:
     text_field: str = "text"  # the field (column) that holds a document's text
     workers: Count | None = None  # processes counting words (default: one per core)
     vocab_size: Count = 4096  # vocabulary size
-    out: str = ""  # the tokenizer file (required)
+    chat: bool = False  # add ChatML's <|im_start|>/<|im_end|> and its chat template: --out is
+    # then a folder holding a Hugging Face tokenizer.json and tokenizer_config.json
+    out: str = ""  # the tokenizer file, or folder with --chat (required)
 
 
 # ---- scratchlm tune: recipes/tune.py

@@ -221,11 +221,11 @@ def main(cfg: GRPOConfig) -> dict:
 
 def _prompts(cfg: GRPOConfig, tok, model, checked: bool):
     """(train, held-out) prompts of the task, each leaving room for the completion."""
-    from scratchlm.evaluate.gsm8k import PROMPT_SUFFIX
+    from scratchlm.data.instruction import GSM8K_PROMPT_SUFFIX
 
     train_pb, test_pb = task_problems(cfg)
     room = model.cfg.context_length - cfg.grpo.max_new_tokens
-    suffix = PROMPT_SUFFIX if checked else ""  # math: the answer after ####
+    suffix = GSM8K_PROMPT_SUFFIX if checked else ""  # math: the answer after ####
     return (encode_prompts(train_pb, tok, room, f"{cfg.task} train", suffix),
             encode_prompts(test_pb, tok, room, f"{cfg.task} held-out", suffix))
 

@@ -27,6 +27,13 @@ from functools import lru_cache
 from scratchlm.tokenizers.base import encode_protected
 
 
+# ChatML (SmolLM2's and Qwen's turns), the template a tokenizer trained here gets with --chat
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
 MAX_CHARS = 16_000_000  # a rendered prompt, or a string a template builds (4x the body limit)
 MAX_SECONDS = 5.0  # one rendering
 MAX_POWER = 1024  # the largest exponent of a template's `**`

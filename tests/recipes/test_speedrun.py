@@ -1,0 +1,86 @@
+"""``scratchlm speedrun``: the cpu preset shrunk (--fast) runs every stage into one folder,
+resumes without redoing a finished stage, and leaves a chat model the other commands take."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scratchlm.recipes.speedrun import main
+from scratchlm.recipes.speedrun_config import PRESETS, STAGES, SpeedrunConfig
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("speedrun") / "run"
+    main(SpeedrunConfig(out=str(out), fast=True, stages=["tokenizer"]))
+    main(SpeedrunConfig(out=str(out), fast=True))  # the rest; the tokenizer is not redone
+    return out
+
+
+def test_every_stage_runs_into_one_folder(run):
+    state = json.loads((run / "stages.json").read_text())
+    assert list(state) == list(STAGES)
+    assert state["tokenizer"]["result"]["bytes_per_token"] > 1
+    assert state["pretrain"]["result"]["model_config"]["n_layer"] == 2  # --fast's depth 2
+    assert set(state["evaluate"]["result"]["sft"]) == {f"bpb:{run / 'data' / 'heldout.txt'}",
+                                                      "gsm8k"}
+    report = (run / "REPORT.md").read_text()
+    for part in ("## Stages", "## Tokenizer", "## Pretraining", "## Chat finetuning",
+                 "## Evaluation of the base model", "## Chat samples", "A `--fast` run"):
+        assert part in report, part
+    for plot in ("pretrain-loss.png", "pretrain-bpb.png", "sft-loss.png"):
+        assert (run / "plots" / plot).is_file(), plot
+
+
+def test_the_tokenizer_knows_chat_and_the_chat_model_ends_turns(run):
+    from scratchlm.tokenizers import get_tokenizer
+
+    tok = get_tokenizer(str(run / "tokenizer"))
+    assert len(tok.encode("<|im_start|>", allowed_special="all")) == 1
+    assert tok.eos_token == "<|endoftext|>"  # documents end with it in pretraining
+    chat = get_tokenizer(str(run / "sft" / "final"))
+    assert chat.eos_token == "<|im_end|>" and chat.chat_template == tok.chat_template
+    base = json.loads((run / "base" / "final" / "tokenizer_config.json").read_text())
+    assert base["eos_token"] == "<|endoftext|>"  # the base model folder is left as it was
+
+
+def test_a_finished_stage_is_not_run_again(run, capsys):
+    before = json.loads((run / "stages.json").read_text())
+    main(SpeedrunConfig(out=str(run), fast=True, stages=["tokenizer", "pretrain"]))
+    assert "[pretrain] done before" in capsys.readouterr().out
+    assert json.loads((run / "stages.json").read_text())["pretrain"] == before["pretrain"]
+
+
+def test_the_result_exports_to_gguf(run, tmp_path):
+    from scratchlm.recipes.configs import ExportConfig
+    from scratchlm.recipes.export import main as export
+
+    export(ExportConfig(model=str(run / "sft" / "final"), quant="q8_0",
+                        out=str(tmp_path / "model.gguf")))
+    assert (tmp_path / "model.gguf").stat().st_size > 100_000
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="--preset must be one of"):
+        SpeedrunConfig(preset="tpu")
+    with pytest.raises(ValueError, match="unknown stage 'train'"):
+        SpeedrunConfig(stages=["train"])
+    (tmp_path / "base").mkdir()
+    with pytest.raises(ValueError, match="no stages.json: pass --overwrite"):
+        main(SpeedrunConfig(out=str(tmp_path), fast=True))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_are_valid_stage_configs(name):
+    """Every preset's stage settings build their recipes' configs (an unknown key fails)."""
+    from scratchlm.config import from_dict
+    from scratchlm.recipes.configs import (EvaluateConfig, InstructConfig, PretrainConfig,
+                                           TrainTokenizerConfig)
+
+    p = PRESETS[name]
+    from_dict(TrainTokenizerConfig, p.tokenizer)
+    from_dict(PretrainConfig, p.pretrain)
+    from_dict(InstructConfig, p.sft)
+    from_dict(EvaluateConfig, p.evaluate)
