@@ -85,7 +85,7 @@ RECIPES: dict[str, Recipe] = {r.command: r for r in (
            "memory, FLOPs, time and Chinchilla tokens of a run"),
     Recipe("train-tokenizer", "scratchlm.recipes.train_tokenizer", "TrainTokenizerConfig",
            "train a byte-level BPE tokenizer from scratch"),
-    Recipe("speedrun", "scratchlm.recipes.speedrun", "SpeedrunConfig",
+    Recipe("speedrun", "scratchlm.speedrun.run", "SpeedrunConfig",
            "your own chat model from scratch: tokenizer, pretraining, SFT, evaluation, report"),
 )}
 

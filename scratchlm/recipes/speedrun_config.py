@@ -1,5 +1,5 @@
 """The speedrun's config and presets: what each stage runs with, per machine
-(``recipes/speedrun.py``).
+(``scratchlm/speedrun/run.py``).
 
 Each stage's settings are fields of that stage's own recipe config (``recipes/configs.py``),
 so a preset is checked like a config file: an unknown key is an error. ``fast`` is applied on
@@ -101,7 +101,7 @@ FAST = {
 }
 
 
-# ---- scratchlm speedrun: recipes/speedrun.py
+# ---- scratchlm speedrun: speedrun/run.py
 @dataclass
 class SpeedrunConfig:
     preset: str = "cpu"  # cpu (a 2-core CPU, <= 30 min) | gpu-24gb | 8xh100 (PRESETS above)

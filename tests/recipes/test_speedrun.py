@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from scratchlm.recipes.speedrun import main
+from scratchlm.speedrun.run import main
 from scratchlm.recipes.speedrun_config import PRESETS, STAGES, SpeedrunConfig
 
 

@@ -154,7 +154,7 @@ class Speedrun:
         return results
 
     def report(self) -> dict:
-        from scratchlm.recipes.speedrun_report import write_report
+        from scratchlm.speedrun.report import write_report
 
         samples = chat_samples(self.out / "sft" / "final",
                                FAST["samples_tokens"] if self.cfg.fast else 128)
