@@ -16,7 +16,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 COMMANDS = ["demo", "prepare", "pretrain", "finetune classify", "finetune instruct",
             "finetune dpo", "finetune grpo", "finetune reward", "finetune tokens", "finetune prompt", "distill",
             "evaluate judge", "generate", "chat", "serve", "plan", "train-tokenizer", "tune",
-            "export", "evaluate run", "evaluate compare"]
+            "export", "evaluate run", "evaluate compare", "speedrun"]
 
 
 def documented_argv(path) -> list[str]:

@@ -113,6 +113,9 @@ def _entry_to_example(entry, where: str) -> Example:
     if "question" in entry and "answer" in entry:  # GSM8K: a worked solution ending "#### N"
         if not isinstance(entry["question"], str) or not isinstance(entry["answer"], str):
             raise ValueError(f"{where}: 'question' and 'answer' must be strings")
+        if "####" not in entry["answer"]:
+            raise ValueError(f"{where}: a question/answer row is read as GSM8K's, whose answer "
+                             "ends in '#### N'; this one has no '####'")
         return Example([{"role": "user", "content": entry["question"] + GSM8K_PROMPT_SUFFIX},
                         {"role": "assistant",
                          "content": CALCULATOR_NOTES.sub("", entry["answer"])}])

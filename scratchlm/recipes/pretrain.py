@@ -32,7 +32,7 @@ from scratchlm.checkpoints.ours import save_pretrained
 from scratchlm.tokenizers import get_tokenizer, save_tokenizer
 from scratchlm.training.prepare import is_sharded, prepare_training, whole_model
 from scratchlm.training.run_dir import claim_run_dir, finish_run, release_run_dir
-from scratchlm.training.depth import CHINCHILLA, horizon, lr_scale, shape_of
+from scratchlm.training.depth import PLANNED_MFU, horizon, lr_scale, shape_of, tokens_ratio
 from scratchlm.training.loop import FitResult, fit
 from scratchlm.training.losses import CausalLMLoss
 from scratchlm.training.optim import optimizer_for
@@ -73,9 +73,6 @@ def build_model_config(cfg: PretrainConfig, vocab_size: int):
     return family.config_cls.from_name(cfg.model, **overrides)
 
 
-PLANNED_MFU = 0.4  # the share of the device's peak a run's time is predicted at
-
-
 def report_plan(model_cfg, n_params: int, train_tokens: int, cfg: PretrainConfig,
                 memory_available: int, peak_flops: float | None = None) -> str:
     """The Chinchilla check, a training-memory estimate and the compute (FLOPs, and the time
@@ -112,9 +109,7 @@ def report_plan(model_cfg, n_params: int, train_tokens: int, cfg: PretrainConfig
 def apply_dial(cfg: PretrainConfig, model_cfg, n_params: int, world_size: int) -> str | None:
     """What ``--depth`` and ``--tokens_per_param`` derive, set on ``cfg.train`` (the horizon,
     the AdamW rate at this width); returns the lines that say so, or None without them."""
-    ratio = cfg.tokens_per_param
-    if ratio is None and cfg.depth is not None:
-        ratio = CHINCHILLA
+    ratio = tokens_ratio(cfg.depth, cfg.tokens_per_param)
     lines = []
     if cfg.depth is not None:
         scale = lr_scale(model_cfg.n_embd)
@@ -129,7 +124,8 @@ def apply_dial(cfg: PretrainConfig, model_cfg, n_params: int, world_size: int) -
         h = horizon(n_params, per_step, ratio)
         cfg.train.max_steps = h.steps
         lines.append(f"horizon: {ratio:g} tokens per parameter = {h.tokens:,} tokens = "
-                     f"{h.steps:,} steps of {per_step:,} tokens")
+                     f"{h.steps:,} steps of {per_step:,} tokens (--train.max_steps; "
+                     "--tokens_per_param 0 keeps the one given)")
     return "\n".join(lines) or None
 
 

@@ -13,24 +13,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from scratchlm.training.depth import PLANNED_MFU
+
 
 STAGES = ("tokenizer", "pretrain", "sft", "evaluate", "report")
+# run only when asked (--stages baseline report): the pretraining again with today's defaults
+# (AdamW, cosine, concat windows, GPT-2's tokenizer) for the same FLOPs, and its bits per byte
+EXTRA_STAGES = ("baseline",)
 
 
 @dataclass(frozen=True)
 class Preset:
     device: str  # what it is sized for
     ran: bool  # run end to end as written
-    corpus: tuple[str, ...]  # data set names: the pretraining text (the first one's tail is
-    # held out for validation and bits-per-byte)
-    heldout_fraction: float  # of the first corpus, by characters, at a line boundary
+    corpus: tuple[str, ...]  # the pretraining documents: any --data the pretrain recipe reads
+    # (data set names, files, hf:// corpora); the first one's tail is held out for validation
+    # and bits per byte
+    heldout_fraction: float  # of the first corpus, by characters (its last documents, or the
+    # end of a single text at a line boundary)
+    examples_as_text: tuple[str, ...] = ()  # instruction / GSM8K sets whose examples join the
+    # pretraining documents as plain text (the question, then the answer)
     tokenizer: dict = field(default_factory=dict)  # TrainTokenizerConfig fields
-    pretrain: dict = field(default_factory=dict)  # PretrainConfig fields (train: TrainConfig)
+    pretrain: dict = field(default_factory=dict)  # PretrainConfig fields (train: TrainConfig;
+    # without a train.precision: bf16 where this machine multiplies bf16 natively, else fp32)
     sft: dict = field(default_factory=dict)  # InstructConfig fields
     evaluate: dict = field(default_factory=dict)  # EvaluateConfig fields (tasks added by the run)
     peak_tflops: float | None = None  # per device, for the prediction (None: measured on a CPU)
     gpus: int = 1
-    mfu: float = 0.4  # the share of the peak the prediction assumes
+    mfu: float = PLANNED_MFU  # the share of the peak the prediction assumes
     dollars_per_hour: float | None = None  # the machine's price, for the cost column
 
 
@@ -42,9 +52,10 @@ PRESETS: dict[str, Preset] = {
     # this 2-core CPU, <= 30 minutes in all, on the data sets the project downloads
     "cpu": Preset(
         device="a 2-core CPU", ran=True,
-        corpus=("tinyshakespeare", "gsm8k-train", "instruction-data"), heldout_fraction=0.05,
+        corpus=("tinyshakespeare",), examples_as_text=("gsm8k-train", "instruction-data"),
+        heldout_fraction=0.05,
         tokenizer={"vocab_size": 4096},
-        pretrain={"model": "qwen3-tiny", "depth": 4, "tokens_per_param": 2.5,
+        pretrain={"model": "qwen3-tiny", "depth": 4, "tokens_per_param": 1.0,
                   "context_length": 256, "packing": "bestfit", "sample_tokens": 0,
                   "train": {"batch_size": 16, "optimizer": "muon", "schedule": "wsd",
                             "lr": 4e-3, "min_lr": 0.0, "warmup_steps": 50,
@@ -58,7 +69,8 @@ PRESETS: dict[str, Preset] = {
     # one consumer GPU (24 GB: an RTX 3090/4090)
     "gpu-24gb": Preset(
         device="one 24 GB GPU", ran=False, peak_tflops=165.0, dollars_per_hour=0.5,
-        corpus=("tinyshakespeare", "gsm8k-train", "instruction-data"), heldout_fraction=0.05,
+        corpus=("tinyshakespeare",), examples_as_text=("gsm8k-train", "instruction-data"),
+        heldout_fraction=0.05,
         tokenizer={"vocab_size": 16384},
         pretrain={"model": "qwen3-tiny", "depth": 12, "tokens_per_param": 20,
                   "context_length": 1024, "packing": "bestfit", "sample_tokens": 0,
@@ -73,7 +85,8 @@ PRESETS: dict[str, Preset] = {
     # a nanochat-scale run: 8 x H100 (torchrun --nproc_per_node 8 -m scratchlm speedrun)
     "8xh100": Preset(
         device="8 x H100 80 GB", ran=False, peak_tflops=989.0, gpus=8, dollars_per_hour=24.0,
-        corpus=("tinyshakespeare", "gsm8k-train", "instruction-data"), heldout_fraction=0.05,
+        corpus=("tinyshakespeare",), examples_as_text=("gsm8k-train", "instruction-data"),
+        heldout_fraction=0.05,
         tokenizer={"vocab_size": 65536},
         pretrain={"model": "qwen3-tiny", "depth": 20, "tokens_per_param": 20,
                   "context_length": 2048, "packing": "bestfit", "sample_tokens": 0,
@@ -107,7 +120,8 @@ class SpeedrunConfig:
     preset: str = "cpu"  # cpu (a 2-core CPU, <= 30 min) | gpu-24gb | 8xh100 (PRESETS above)
     out: str = "runs/speedrun"  # the run's one folder (run the command again to resume it)
     stages: list[str] = field(default_factory=lambda: list(STAGES))  # which stages,
-    # in order: tokenizer, pretrain, sft, evaluate, report
+    # in order: tokenizer, pretrain, sft, evaluate, report; and baseline (after pretrain: the
+    # same FLOPs with AdamW, cosine, concat windows and GPT-2's tokenizer, for the report)
     fast: bool = False  # every stage shrunk to seconds: checks the pipeline, makes no model
     overwrite: bool = False  # remove this folder's speedrun outputs and start over
 
@@ -115,7 +129,8 @@ class SpeedrunConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         self.stages = [s for item in self.stages for s in str(item).split(",") if s]
-        unknown = [s for s in self.stages if s not in STAGES]
+        unknown = [s for s in self.stages if s not in STAGES + EXTRA_STAGES]
         if unknown:
-            raise ValueError(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
+            raise ValueError(f"unknown stage {unknown[0]!r}; stages: "
+                             f"{', '.join(STAGES + EXTRA_STAGES)}")
 

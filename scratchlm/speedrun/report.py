@@ -75,6 +75,20 @@ def write_report(out: Path, name: str, preset, state: dict, samples: list[dict],
                            "Held-out bits per byte", "bits per byte"):
                 lines += ["![held-out bits per byte](plots/pretrain-bpb.png)", ""]
 
+    base = state.get("baseline", {}).get("result", {})
+    if base:
+        better = (base["baseline_bpb"] - base["bpb"]) / base["baseline_bpb"]
+        lines += ["## Against today's defaults", "",
+                  f"The same model shape and the same training FLOPs ({base['flops']:.3g}) with "
+                  "AdamW, the cosine schedule, concatenated windows and GPT-2's tokenizer "
+                  f"({base['steps']:,} steps, its larger vocabulary making each dearer, against "
+                  f"{base['ours_steps']:,}):", "",
+                  "| pretraining | held-out bits per byte |", "|---|---|",
+                  f"| this speedrun's | {base['bpb']:.4f} |",
+                  f"| today's defaults | {base['baseline_bpb']:.4f} |", "",
+                  f"This speedrun's is **{'better' if better > 0 else 'worse'} by "
+                  f"{abs(better):.1%}** (bits per byte, lower is better).", ""]
+
     sft = state.get("sft", {}).get("result", {})
     if sft:
         lines += ["## Chat finetuning", "",

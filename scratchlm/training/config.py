@@ -11,6 +11,10 @@ from scratchlm.config import (Count, Fraction, NonNegFloat, NonNegInt, PositiveF
                               check_bounds)
 
 
+MUON_LR = 0.02  # Muon's default rate for the hidden matrices (nanochat's and the reference's)
+DECAY_FRACTION = 0.2  # WSD's default share of the steps spent decaying (nanochat's warmdown)
+
+
 @dataclass
 class TrainConfig:
     max_steps: NonNegInt = 1000  # optimizer steps; 0 (finetuning recipes): from --epochs
@@ -66,11 +70,11 @@ class TrainConfig:
 
     @property
     def muon_lr_value(self) -> float:
-        return 0.02 if self.muon_lr is None else self.muon_lr  # nanochat's matrix rate
+        return MUON_LR if self.muon_lr is None else self.muon_lr
 
     @property
     def decay_fraction_value(self) -> float:
-        return 0.2 if self.decay_fraction is None else self.decay_fraction  # nanochat's warmdown
+        return DECAY_FRACTION if self.decay_fraction is None else self.decay_fraction
 
 
 def set_epochs(train: TrainConfig, epochs: int, num_examples: int, world_size: int = 1) -> int:

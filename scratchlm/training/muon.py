@@ -33,6 +33,9 @@ import math
 import torch
 from torch import nn
 
+from scratchlm.finetune.lora import LoRALinear
+from scratchlm.training.config import MUON_LR
+
 # The quintic's coefficients, chosen for the largest slope at zero (the reference's values).
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
@@ -91,7 +94,7 @@ class Muon(torch.optim.Optimizer):
             if "use_muon" not in group:
                 raise ValueError("each Muon parameter group says use_muon True or False")
             if group["use_muon"]:
-                group.setdefault("lr", 0.02)
+                group.setdefault("lr", MUON_LR)
                 group.setdefault("momentum", 0.95)
                 bad = [tuple(p.shape) for p in group["params"] if p.ndim != 2]
                 if bad:
@@ -154,14 +157,19 @@ class Muon(torch.optim.Optimizer):
 def muon_param_groups(model: nn.Module, lr: float, muon_lr: float, weight_decay: float,
                       momentum: float = 0.95, betas: tuple[float, float] = (0.9, 0.95)
                       ) -> list[dict]:
-    """The model's trainable parameters for ``Muon``: the 2-D matrices of the blocks in a Muon
-    group (``muon_lr``, no weight decay, as the reference trains them); the output head in an
-    AdamW group with ``weight_decay``; embeddings, norms and biases in an AdamW group without.
-    A tied head is the embedding (AdamW, no decay). Each group's ``lr_ratio`` is its rate over
-    ``lr``, so a schedule of ``lr`` moves all of them together (``optim.set_lr``)."""
+    """The model's trainable parameters for ``Muon``: the weights of the blocks' ``nn.Linear``
+    layers in a Muon group (``muon_lr``, no weight decay, as the reference trains them); the
+    output head in an AdamW group with ``weight_decay``; embeddings, norms, biases and other
+    parameters (LoRA's low-rank A and B, a soft prompt) in an AdamW group without. A tied head is the embedding (AdamW, no decay). Each group's
+    ``lr_ratio`` is its rate over ``lr``, so a schedule of ``lr`` moves all of them together
+    (``optim.set_lr``)."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     head = getattr(model, "out_head", None)
     heads = {id(w) for w in [getattr(head, "weight", None)] if w is not None} - embeddings
+    linears = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    for m in model.modules():  # LoRA's factors are nn.Linear too, but low-rank: AdamW's
+        if isinstance(m, LoRALinear):
+            linears -= {id(p) for p in [*m.lora_A.parameters(), *m.lora_B.parameters()]}
     matrices, head_params, rest, seen = [], [], [], set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
@@ -169,7 +177,7 @@ def muon_param_groups(model: nn.Module, lr: float, muon_lr: float, weight_decay:
         seen.add(id(p))
         if id(p) in heads:
             head_params.append(p)
-        elif p.ndim == 2 and id(p) not in embeddings:
+        elif id(p) in linears and id(p) not in embeddings:
             matrices.append(p)
         else:
             rest.append(p)

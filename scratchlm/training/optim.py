@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from scratchlm.training.config import MUON_LR
 from scratchlm.training.muon import Muon, muon_param_groups
 
 
@@ -35,7 +36,7 @@ OPTIMIZERS = ("adamw", "adamw8bit", "sgd", "muon")
 
 def build_optimizer(model: nn.Module, name: str = "adamw", lr: float = 3e-4,
                     weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
-                    device_type: str = "cpu", muon_lr: float = 0.02) -> torch.optim.Optimizer:
+                    device_type: str = "cpu", muon_lr: float = MUON_LR) -> torch.optim.Optimizer:
     groups = param_groups(model, weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters")

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import math
 
+from scratchlm.training.config import DECAY_FRACTION
+
 SCHEDULES = ("constant", "cosine", "linear", "wsd")
 
 
 def lr_at(step: int, *, schedule: str, lr: float, max_steps: int, warmup_steps: int = 0,
           min_lr: float = 0.0, initial_lr: float | None = None,
-          decay_fraction: float = 0.2) -> float:
+          decay_fraction: float = DECAY_FRACTION) -> float:
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if step < warmup_steps:

@@ -8,27 +8,31 @@ import json
 import pytest
 
 from scratchlm.speedrun.run import main
-from scratchlm.recipes.speedrun_config import PRESETS, STAGES, SpeedrunConfig
+from scratchlm.recipes.speedrun_config import EXTRA_STAGES, PRESETS, STAGES, SpeedrunConfig
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("speedrun") / "run"
     main(SpeedrunConfig(out=str(out), fast=True, stages=["tokenizer"]))
-    main(SpeedrunConfig(out=str(out), fast=True))  # the rest; the tokenizer is not redone
+    # the rest, and the baseline; the tokenizer is not redone
+    main(SpeedrunConfig(out=str(out), fast=True, stages=[*STAGES, *EXTRA_STAGES]))
     return out
 
 
 def test_every_stage_runs_into_one_folder(run):
-    state = json.loads((run / "stages.json").read_text())
-    assert list(state) == list(STAGES)
+    record = json.loads((run / "stages.json").read_text())
+    assert (record["preset"], record["fast"]) == ("cpu", True)
+    state = record["stages"]
+    assert list(state) == ["tokenizer", "pretrain", "sft", "evaluate", "baseline", "report"]
     assert state["tokenizer"]["result"]["bytes_per_token"] > 1
     assert state["pretrain"]["result"]["model_config"]["n_layer"] == 2  # --fast's depth 2
     assert set(state["evaluate"]["result"]["sft"]) == {f"bpb:{run / 'data' / 'heldout.txt'}",
                                                       "gsm8k"}
     report = (run / "REPORT.md").read_text()
     for part in ("## Stages", "## Tokenizer", "## Pretraining", "## Chat finetuning",
-                 "## Evaluation of the base model", "## Chat samples", "A `--fast` run"):
+                 "## Evaluation of the base model", "## Chat samples", "A `--fast` run",
+                 "## Against today's defaults"):
         assert part in report, part
     for plot in ("pretrain-loss.png", "pretrain-bpb.png", "sft-loss.png"):
         assert (run / "plots" / plot).is_file(), plot
@@ -47,10 +51,36 @@ def test_the_tokenizer_knows_chat_and_the_chat_model_ends_turns(run):
 
 
 def test_a_finished_stage_is_not_run_again(run, capsys):
-    before = json.loads((run / "stages.json").read_text())
+    before = json.loads((run / "stages.json").read_text())["stages"]
     main(SpeedrunConfig(out=str(run), fast=True, stages=["tokenizer", "pretrain"]))
     assert "[pretrain] done before" in capsys.readouterr().out
-    assert json.loads((run / "stages.json").read_text())["pretrain"] == before["pretrain"]
+    assert json.loads((run / "stages.json").read_text())["stages"]["pretrain"] == before["pretrain"]
+    # another preset, or the full run over a --fast one, is refused, not silently mixed
+    with pytest.raises(ValueError, match="holds a speedrun of preset 'cpu' \\(fast=True\\)"):
+        main(SpeedrunConfig(out=str(run), stages=["report"]))
+
+
+def test_the_baseline_has_the_same_flops(run):
+    """Today's defaults (GPT-2's 50,257 tokens) at the same shape take fewer, dearer steps."""
+    from scratchlm.models.accounting import flops_per_token
+    from scratchlm.models.registry import family_named
+
+    got = json.loads((run / "stages.json").read_text())["stages"]["baseline"]["result"]
+    saved = json.loads((run / "baseline" / "config.json").read_text())
+    assert saved["tokenizer"] == "gpt2" and saved["train"]["optimizer"] == "adamw"
+    assert saved["train"]["schedule"] == "cosine" and saved["packing"] == "concat"
+    assert saved["train"]["lr"] == pytest.approx(4e-4)  # the default rate, not a scaled one
+    cfg = family_named(saved["model_family"]).config(saved["model_config"])
+    per_step = saved["train"]["batch_size"] * cfg.context_length
+    theirs = flops_per_token(cfg, cfg.context_length)[1] * per_step * got["steps"]
+    assert got["steps"] < got["ours_steps"]
+    assert theirs == pytest.approx(got["flops"], rel=0.5 / got["steps"] + 1e-9)
+    assert got["bpb"] > 0 and got["baseline_bpb"] > 0
+
+
+def test_a_stage_needs_the_ones_before(tmp_path):
+    with pytest.raises(ValueError, match="stage 'sft' needs pretrain finished first"):
+        main(SpeedrunConfig(out=str(tmp_path / "r"), fast=True, stages=["sft"]))
 
 
 def test_the_result_exports_to_gguf(run, tmp_path):

@@ -19,6 +19,11 @@ def test_shapes_follow_the_depth():
     assert llama == {"n_layer": 4, "n_embd": 256, "n_head": 2, "n_kv_head": 2, "head_dim": 128,
                      "intermediate_size": 704}  # 8/3 * 256 = 682.7, rounded up to 64
     assert shape_of(20, LlamaConfig.__dataclass_fields__)["n_head"] == 10  # 1280 / 128
+    for depth in (1, 3, 5, 9):  # a width that is no multiple of 128: heads of 64
+        shape = shape_of(depth, LlamaConfig.__dataclass_fields__)
+        assert shape["n_head"] * shape["head_dim"] == shape["n_embd"] and shape["head_dim"] == 64
+        LlamaConfig(**shape)  # a valid config
+        GPTConfig(**shape_of(depth, GPTConfig.__dataclass_fields__))
     assert lr_scale(768) == 1.0 and lr_scale(192) == 2.0
     h = horizon(1_000_000, 4096, 20)
     assert h.steps == math.ceil(20e6 / 4096) and h.tokens >= 20e6

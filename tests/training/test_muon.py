@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from scratchlm.training.muon import Muon, muon_param_groups, newton_schulz, shape_scale
+from scratchlm.training.muon import Muon, muon_param_groups, newton_schulz
 from scratchlm.training.optim import build_optimizer, set_lr
 from scratchlm.training.schedule import lr_at
 
@@ -105,6 +105,20 @@ def test_matrices_to_muon_the_rest_to_adamw():
     opt = build_optimizer(model, "muon", lr=1e-3, muon_lr=0.02)
     set_lr(opt, 5e-4)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01, 5e-4, 5e-4])
+
+
+def test_lora_matrices_go_to_adamw():
+    """LoRA's A (in, rank) and B (out, rank) are no (out, in) maps: Muon's shape scale would
+    misjudge them, so they train with AdamW; the frozen base has no group."""
+    from scratchlm.finetune.lora import apply_lora
+    from scratchlm.models.registry import build_model, preset
+
+    family, cfg = preset("llama-tiny")
+    model = build_model(cfg)
+    apply_lora(model, 4, 8.0, ("all",))
+    groups = muon_param_groups(model, lr=1e-3, muon_lr=0.02, weight_decay=0.0)
+    assert [g["use_muon"] for g in groups] == [False]
+    assert len(groups[0]["params"]) == len([p for p in model.parameters() if p.requires_grad])
 
 
 def test_muon_refuses_what_it_cannot_update():
