@@ -20,7 +20,9 @@ each timed, each one failing on its own without stopping the others:
    ``transformers.generate`` (goal >= 1.5x at batch 1);
 5. ``torchrun`` with 2 processes sharing the one GPU (NCCL), DDP and FSDP2, a few pretraining
    steps each: runs or not, and the error when NCCL refuses. One process trains unsharded by
-   design (FSDP2 over one rank would shard nothing), so world size 1 is the plain step above.
+   design (FSDP2 over one rank would shard nothing), so world size 1 is the plain step above;
+6. a few minutes of the ``speedrun`` preset ``gpu-24gb``: its tokenizer, then 300 steps of its
+   pretraining (depth 12, Muon, WSD, bf16, compiled): tokens/s, MFU, held-out bits per byte.
 
 ``--dry-run`` runs all of it on the CPU at tiny sizes (the gpu tests with
 ``SCRATCHLM_GPU_DRY_RUN=1``, gloo for torchrun), so everything but the CUDA calls is checked
@@ -279,8 +281,48 @@ class Bench:
                 row(f"torchrun 2 processes on one {'GPU' if self.cuda else 'CPU'}, {strategy}",
                     "failed", verdict=(errors[-1] if errors else r.stderr[-200:]).strip()[:160])
 
+    # ------------------------------------------------------------------ 6. speedrun
+    def speedrun(self):
+        """A few minutes of the gpu-24gb preset's pretraining (its tokenizer, model, Muon and
+        WSD settings, capped at a number of steps): tokens/s, MFU, held-out bits per byte."""
+        import csv
+        import math
 
-SECTIONS = ("tests", "train_step", "lora_step", "decode", "distributed")
+        from scratchlm.config import from_dict
+        from scratchlm.recipes.configs import PretrainConfig
+        from scratchlm.recipes.pretrain import main as pretrain
+        from scratchlm.recipes.speedrun_config import SpeedrunConfig
+        from scratchlm.speedrun.run import Speedrun
+
+        out = self.work / "speedrun"
+        run = Speedrun(SpeedrunConfig(preset="gpu-24gb", out=str(out), fast=self.dry,
+                                      stages=["tokenizer"]))
+        run.run()
+        steps = 300 if self.cuda else 6
+        settings = run.settings("pretrain")
+        cfg = from_dict(PretrainConfig, {
+            **settings, "tokens_per_param": 0, "out": str(out / "base"),
+            "data": [str(out / "data" / "train.jsonl")],
+            "val_data": [str(out / "data" / "heldout.txt")], "tokenizer": str(out / "tokenizer"),
+            "train": {**settings["train"], "max_steps": steps, "eval_every": steps,
+                      "device": self.device, **({} if self.cuda else {"precision": "fp32",
+                                                                      "compile": False})}})
+        pretrain(cfg)
+        with open(out / "base" / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        tps = sorted(float(r["tokens_per_s"]) for r in rows if r.get("tokens_per_s"))
+        mfu = sorted(float(r["mfu"]) for r in rows if r.get("mfu"))
+        val = [float(r["val_loss"]) for r in rows if r.get("val_loss")]
+        per_token = run.state()["stages"]["tokenizer"]["result"]["bytes_per_token"]
+        what = f"speedrun gpu-24gb pretraining, depth {settings['depth']}, {steps} steps"
+        row(f"{what}, tokens/s", f"{tps[len(tps) // 2]:,.0f}")
+        if mfu:
+            row(f"{what}, MFU", f"{mfu[len(mfu) // 2]:.1%}", goal="(the preset plans 40%)")
+        if val:
+            row(f"{what}, held-out bits per byte", f"{val[-1] / math.log(2) / per_token:.3f}")
+
+
+SECTIONS = ("tests", "train_step", "lora_step", "decode", "distributed", "speedrun")
 
 
 def main() -> int:

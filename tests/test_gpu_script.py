@@ -18,7 +18,7 @@ def test_gpu_script_dry_run():
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = r.stdout.split("| what | ours |", 1)[1]
     for what in ("pytest -m gpu", "train step", "MFU", "LoRA step", "decode batch 1",
-                 "decode batch 32", "ddp", "fsdp"):
+                 "decode batch 32", "ddp", "fsdp", "speedrun gpu-24gb pretraining"):
         assert what in table, what
     assert "| failed |" not in table and "skipped:" not in table, table
 
