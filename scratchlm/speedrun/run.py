@@ -47,6 +47,9 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+# the stages every process runs under torchrun (their recipes are distributed); the first
+# process runs the others while the rest wait
+EVERY_PROCESS = ("pretrain", "sft")
 # what each stage needs finished before it
 NEEDS = {"tokenizer": (), "pretrain": ("tokenizer",), "sft": ("pretrain",),
          "evaluate": ("sft",), "baseline": ("pretrain",), "report": ("tokenizer",)}
@@ -57,6 +60,7 @@ class Speedrun:
         self.cfg, self.preset = cfg, PRESETS[cfg.preset]
         self.out = Path(cfg.out)
         self.state_path = self.out / "stages.json"
+        self.main = int(os.environ.get("RANK", "0")) == 0  # under torchrun: the first process
 
     # ---- the record: the preset it runs, and each finished stage's result and time
     def state(self) -> dict:
@@ -133,19 +137,20 @@ class Speedrun:
             "val_data": [str(self.out / "data" / "heldout.txt")],
             "tokenizer": str(self.out / "tokenizer"), "out": str(run)}))
         self.train_run(pretrain, cfg, run)
-        return _pretrain_result(run)
+        return _pretrain_result(run) if self.main else {}
 
     def sft(self) -> dict:
         from scratchlm.recipes.configs import InstructConfig
         from scratchlm.recipes.finetune_instruct import main as finetune
 
         run = self.out / "sft"
-        if not (run / "final").is_dir():  # (the base-chat folder of a finished SFT is kept)
+        if self.main and not (run / "final").is_dir():  # (a finished SFT keeps its base-chat)
             chat_base(self.out / "base" / "final", self.out / "base-chat")
+        _sync()
         cfg = from_dict(InstructConfig, _merge(self.settings("sft"), {
             "model": str(self.out / "base-chat"), "out": str(run)}))
         self.train_run(finetune, cfg, run)
-        return json.loads((run / "result.json").read_text())
+        return json.loads((run / "result.json").read_text()) if self.main else {}
 
     def evaluate(self) -> dict:
         """Bits per byte of the whole held-out text (base and chat model); GSM8K (the chat
@@ -229,34 +234,46 @@ class Speedrun:
         return {"report": str(path), "samples": samples}
 
     def run(self) -> dict:
+        """The stages in order. Under torchrun the training stages (pretrain, sft) run on
+        every process, as their recipes do; the others on the first, the rest waiting."""
         from scratchlm.training.run_dir import claim_run_dir, release_run_dir
 
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("speedrun runs as one process; run its training stages on many "
-                             "(torchrun ... -m scratchlm pretrain / finetune instruct with the "
-                             "preset's settings) by hand for now")
-        self.out.mkdir(parents=True, exist_ok=True)
-        claim_run_dir(self.out, resume=True)  # the folder's lock: one speedrun in it at a time
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            claim_run_dir(self.out, resume=True)  # the folder's lock: one speedrun at a time
         try:
+            with _process_group():
+                return self.stages()
+        finally:
+            if self.main:
+                release_run_dir(self.out)
+
+    def stages(self) -> dict:
+        """Each asked-for stage in order, skipping finished ones; returns the record."""
+        if self.main:
             self.start()
             print(predict(self.cfg.preset, self))
-            order = [s for s in (*STAGES[:-1], *EXTRA_STAGES, STAGES[-1]) if s in self.cfg.stages]
-            for stage in order:
-                done = self.state()["stages"]
-                if stage in done and stage != "report":
+        _sync()
+        order = [s for s in (*STAGES[:-1], *EXTRA_STAGES, STAGES[-1]) if s in self.cfg.stages]
+        for stage in order:
+            done = self.state()["stages"]
+            if stage in done and stage != "report":
+                if self.main:
                     print(f"[{stage}] done before ({done[stage]['seconds']:.0f} s): skipped")
-                    continue
-                missing = [n for n in NEEDS[stage] if n not in done]
-                if missing:
-                    raise ValueError(f"stage {stage!r} needs {', '.join(missing)} finished "
-                                     f"first (in {self.state_path})")
-                print(f"[{stage}] ...")
+                continue
+            missing = [n for n in NEEDS[stage] if n not in done]
+            if missing:
+                raise ValueError(f"stage {stage!r} needs {', '.join(missing)} finished "
+                                 f"first (in {self.state_path})")
+            if self.main or stage in EVERY_PROCESS:
+                if self.main:
+                    print(f"[{stage}] ...")
                 t0 = time.perf_counter()
                 result = getattr(self, stage)()
-                self.record(stage, time.perf_counter() - t0, _jsonable(result))
-            return self.state()
-        finally:
-            release_run_dir(self.out)
+                if self.main:
+                    self.record(stage, time.perf_counter() - t0, _jsonable(result))
+            _sync()
+        return self.state()
 
     def start(self) -> None:
         """``--overwrite``: the speedrun's outputs removed. Else a record of another preset
@@ -428,6 +445,42 @@ def predict(name: str, run: Speedrun) -> str:
             f"({steps:,} steps), {flops:.3g} FLOPs, about {duration(hours)} of pretraining at "
             f"{preset.mfu:.0%} MFU of {peak / 1e12:.3g} TFLOP/s, {planned.peak / 2**30:.1f} GiB "
             "per device")
+
+
+def _sync() -> None:
+    """Under torchrun: wait until every process is here (the first may be writing the files
+    the others read next)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        dist.barrier(**({"device_ids": [local]} if dist.get_backend() == "nccl" else {}))
+
+
+def _process_group():
+    """Under torchrun: one process group for the whole speedrun, which the training recipes
+    use rather than start their own (a group started again after one ended can find the old
+    one's addresses in the store). Its waits may last a stage (the tokenizer of a large
+    corpus). A context manager; nothing without torchrun."""
+    from contextlib import contextmanager
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    @contextmanager
+    def group():
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1 or dist.is_initialized():
+            yield
+            return
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=timedelta(hours=12))
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()
+
+    return group()
 
 
 def _precision() -> str:

@@ -26,6 +26,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # this runtime started the process group (and so ends it)
 
     @property
     def is_main(self) -> bool:
@@ -116,7 +117,8 @@ def setup_runtime(precision: str = "auto", device: str | None = None, seed: int 
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if world > 1 and not dist.is_initialized():
+    owns = world > 1 and not dist.is_initialized()  # else a caller's (the speedrun's) group
+    if owns:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     if precision == "auto":
         precision = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -125,9 +127,9 @@ def setup_runtime(precision: str = "auto", device: str | None = None, seed: int 
     if precision == "fp16" and dev.type != "cuda":
         raise ValueError("precision fp16 needs CUDA (use fp32 or bf16 on CPU)")
     torch.manual_seed(seed)
-    return Runtime(dev, precision, rank, world, local)
+    return Runtime(dev, precision, rank, world, local, owns)
 
 
 def teardown_runtime(rt: Runtime) -> None:
-    if rt.distributed and dist.is_initialized():
+    if rt.owns_group and dist.is_initialized():
         dist.destroy_process_group()

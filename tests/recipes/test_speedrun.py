@@ -114,3 +114,26 @@ def test_presets_are_valid_stage_configs(name):
     from_dict(PretrainConfig, p.pretrain)
     from_dict(InstructConfig, p.sft)
     from_dict(EvaluateConfig, p.evaluate)
+
+
+@pytest.mark.slow
+def test_under_torchrun(tmp_path):
+    """Two processes: pretraining and SFT on both (DDP), the other stages on the first."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", str(29800 + os.getpid() % 100), "-m", "scratchlm", "speedrun",
+         "--fast", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = json.loads((out / "stages.json").read_text())["stages"]
+    assert list(state) == list(STAGES)
+    saved = json.loads((out / "base" / "config.json").read_text())
+    assert saved["train"]["max_steps"] == 12 and (out / "sft" / "final").is_dir()
+    assert (out / "REPORT.md").is_file()
