@@ -47,13 +47,16 @@ class Preset:
 # GSM8K's training problems in the pretraining mix and the SFT mix teach the answer format
 # (a worked solution ending "#### N") that the GSM8K evaluation grades.
 _SFT_DATA = ["instruction-data", "gsm8k-train:0.25"]
+# the data sets the project downloads (and its tests find in the mirror); a GPU-scale run puts
+# a web-scale corpus (any `pretrain --data`) in `corpus`
+_MIRROR_DATA = dict(corpus=("tinyshakespeare",),
+                    examples_as_text=("gsm8k-train", "instruction-data"), heldout_fraction=0.05)
 
 PRESETS: dict[str, Preset] = {
     # this 2-core CPU, <= 30 minutes in all, on the data sets the project downloads
     "cpu": Preset(
         device="a 2-core CPU", ran=True,
-        corpus=("tinyshakespeare",), examples_as_text=("gsm8k-train", "instruction-data"),
-        heldout_fraction=0.05,
+        **_MIRROR_DATA,
         tokenizer={"vocab_size": 4096},
         pretrain={"model": "qwen3-tiny", "depth": 4, "tokens_per_param": 1.0,
                   "context_length": 256, "packing": "bestfit", "sample_tokens": 0,
@@ -69,8 +72,7 @@ PRESETS: dict[str, Preset] = {
     # one consumer GPU (24 GB: an RTX 3090/4090)
     "gpu-24gb": Preset(
         device="one 24 GB GPU", ran=False, peak_tflops=165.0, dollars_per_hour=0.5,
-        corpus=("tinyshakespeare",), examples_as_text=("gsm8k-train", "instruction-data"),
-        heldout_fraction=0.05,
+        **_MIRROR_DATA,
         tokenizer={"vocab_size": 16384},
         pretrain={"model": "qwen3-tiny", "depth": 12, "tokens_per_param": 20,
                   "context_length": 1024, "packing": "bestfit", "sample_tokens": 0,
@@ -85,8 +87,7 @@ PRESETS: dict[str, Preset] = {
     # a nanochat-scale run: 8 x H100 (torchrun --nproc_per_node 8 -m scratchlm speedrun)
     "8xh100": Preset(
         device="8 x H100 80 GB", ran=False, peak_tflops=989.0, gpus=8, dollars_per_hour=24.0,
-        corpus=("tinyshakespeare",), examples_as_text=("gsm8k-train", "instruction-data"),
-        heldout_fraction=0.05,
+        **_MIRROR_DATA,
         tokenizer={"vocab_size": 65536},
         pretrain={"model": "qwen3-tiny", "depth": 20, "tokens_per_param": 20,
                   "context_length": 2048, "packing": "bestfit", "sample_tokens": 0,
