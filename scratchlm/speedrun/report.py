@@ -1,5 +1,6 @@
 """The speedrun's report card: ``REPORT.md`` and ``plots/`` from what the stages recorded
-(``stages.json``) and wrote (metrics, evaluations), in the format of ``evaluate``'s cards."""
+(``stages.json``) and wrote (metrics, evaluations), in the format of ``evaluate``'s cards,
+with the chat model's answers to a few questions."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import shutil
 from pathlib import Path
 
 from scratchlm.evaluate.report import markdown
+
+# a few questions for the chat model: a fact, advice, and GSM8K's first problem
+CHAT_SAMPLES = ["What is the capital of France?", "Give me three tips for staying healthy.",
+                "Natalia sold clips to 48 of her friends in April, and then she sold half as "
+                "many clips in May. How many clips did Natalia sell altogether in April and May?"]
 
 
 def _rows(path: Path) -> list[dict]:
@@ -142,3 +148,28 @@ def _machine() -> str:
         return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
             f"PyTorch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+
+
+def chat_samples(model_dir: Path, max_new_tokens: int) -> list[dict]:
+    """The chat model's greedy answers to a few questions through its chat template, and
+    whether each ended by itself (its end-of-turn token) before ``max_new_tokens``."""
+    from scratchlm.checkpoints.load import load_model_and_tokenizer
+    from scratchlm.data.instruction import GSM8K_PROMPT_SUFFIX, Example, render_prompt
+    from scratchlm.generation.engine import Engine, SamplingParams
+
+    model, tok = load_model_and_tokenizer(str(model_dir))
+    engine = Engine(model.eval())
+    out = []
+    for question in CHAT_SAMPLES:
+        content = question + (GSM8K_PROMPT_SUFFIX if "clips" in question else "")
+        prompt = render_prompt(Example([{"role": "user", "content": content}]), tok, "chat")
+        room = min(max_new_tokens, engine.max_len - len(prompt))
+        if room < 1:
+            out.append({"prompt": question, "answer": "(the prompt fills the model's context)",
+                        "stopped_by_itself": False})
+            continue
+        (ids,) = engine.generate([prompt], SamplingParams(max_new_tokens=room,
+                                                          stop_ids=(tok.eos_id,)))
+        out.append({"prompt": question, "answer": tok.decode(ids).strip(),
+                    "stopped_by_itself": len(ids) < room})
+    return out

@@ -35,9 +35,6 @@ from scratchlm.recipes.speedrun_config import EXTRA_STAGES, FAST, PRESETS, STAGE
 # what a speedrun writes in its folder (``--overwrite`` removes these, and nothing else)
 OUTPUTS = ("stages.json", "data", "tokenizer", "base", "base-chat", "sft", "eval", "baseline",
            "REPORT.md", "plots")
-CHAT_SAMPLES = ["What is the capital of France?", "Give me three tips for staying healthy.",
-                "Natalia sold clips to 48 of her friends in April, and then she sold half as "
-                "many clips in May. How many clips did Natalia sell altogether in April and May?"]
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -222,7 +219,7 @@ class Speedrun:
                 "bpb": bpb["base"], "baseline_bpb": bpb["baseline"]}
 
     def report(self) -> dict:
-        from scratchlm.speedrun.report import write_report
+        from scratchlm.speedrun.report import chat_samples, write_report
 
         done = self.state()["stages"]
         samples = (chat_samples(self.out / "sft" / "final",
@@ -386,31 +383,6 @@ def chat_base(final: Path, folder: Path) -> Path:
     tok_cfg["eos_token"] = CHATML_TOKENS[1]
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
     return folder
-
-
-def chat_samples(model_dir: Path, max_new_tokens: int) -> list[dict]:
-    """The chat model's greedy answers to a few questions through its chat template, and
-    whether each ended by itself (its end-of-turn token) before ``max_new_tokens``."""
-    from scratchlm.checkpoints.load import load_model_and_tokenizer
-    from scratchlm.data.instruction import GSM8K_PROMPT_SUFFIX, Example, render_prompt
-    from scratchlm.generation.engine import Engine, SamplingParams
-
-    model, tok = load_model_and_tokenizer(str(model_dir))
-    engine = Engine(model.eval())
-    out = []
-    for question in CHAT_SAMPLES:
-        content = question + (GSM8K_PROMPT_SUFFIX if "clips" in question else "")
-        prompt = render_prompt(Example([{"role": "user", "content": content}]), tok, "chat")
-        room = min(max_new_tokens, engine.max_len - len(prompt))
-        if room < 1:
-            out.append({"prompt": question, "answer": "(the prompt fills the model's context)",
-                        "stopped_by_itself": False})
-            continue
-        (ids,) = engine.generate([prompt], SamplingParams(max_new_tokens=room,
-                                                          stop_ids=(tok.eos_id,)))
-        out.append({"prompt": question, "answer": tok.decode(ids).strip(),
-                    "stopped_by_itself": len(ids) < room})
-    return out
 
 
 def predict(name: str, run: Speedrun) -> str:
