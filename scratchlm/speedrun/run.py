@@ -46,7 +46,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 # the stages every process runs under torchrun (their recipes are distributed); the first
 # process runs the others while the rest wait
-EVERY_PROCESS = ("pretrain", "sft")
+EVERY_PROCESS = ("pretrain", "sft", "baseline")
 # what each stage needs finished before it
 NEEDS = {"tokenizer": (), "pretrain": ("tokenizer",), "sft": ("pretrain",),
          "evaluate": ("sft",), "baseline": ("pretrain",), "report": ("tokenizer",)}
@@ -212,6 +212,8 @@ class Speedrun:
             "train": {**keep, "max_steps": steps, "lr": defaults.lr / unscale,
                       "min_lr": defaults.min_lr / unscale}})
         self.train_run(pretrain, cfg, run)
+        if not self.main:  # the first process evaluates
+            return {}
         task = self.heldout_task()
         bpb = {name: self.evaluate_model(name, task, False)[task]["bpb"]
                for name in ("base", "baseline")}
@@ -231,8 +233,9 @@ class Speedrun:
         return {"report": str(path), "samples": samples}
 
     def run(self) -> dict:
-        """The stages in order. Under torchrun the training stages (pretrain, sft) run on
-        every process, as their recipes do; the others on the first, the rest waiting."""
+        """The stages in order. Under torchrun the training stages (pretrain, sft, baseline)
+        train on every process, as their recipes do; the rest runs on the first, the others
+        waiting."""
         from scratchlm.training.run_dir import claim_run_dir, release_run_dir
 
         if self.main:

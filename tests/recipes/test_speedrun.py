@@ -118,7 +118,8 @@ def test_presets_are_valid_stage_configs(name):
 
 @pytest.mark.slow
 def test_under_torchrun(tmp_path):
-    """Two processes: pretraining and SFT on both (DDP), the other stages on the first."""
+    """Two processes: pretraining, SFT and the baseline on both (DDP), the other stages on the
+    first."""
     import os
     import subprocess
     import sys
@@ -129,11 +130,13 @@ def test_under_torchrun(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
          "--master_port", str(29800 + os.getpid() % 100), "-m", "scratchlm", "speedrun",
-         "--fast", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900,
+         "--fast", "--out", str(out), "--stages", ",".join([*STAGES, *EXTRA_STAGES])],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     state = json.loads((out / "stages.json").read_text())["stages"]
-    assert list(state) == list(STAGES)
+    assert list(state) == ["tokenizer", "pretrain", "sft", "evaluate", "baseline", "report"]
+    assert state["baseline"]["result"]["baseline_bpb"] > 0
     saved = json.loads((out / "base" / "config.json").read_text())
     assert saved["train"]["max_steps"] == 12 and (out / "sft" / "final").is_dir()
     assert (out / "REPORT.md").is_file()
