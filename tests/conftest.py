@@ -159,6 +159,12 @@ def tiny_chat_model(tmp_path_factory):
         model = Llama(LlamaConfig(vocab_size=49152, context_length=context_length, n_embd=32,
                                   n_layer=2, n_head=4, n_kv_head=2, intermediate_size=64,
                                   tie_embeddings=tie_embeddings))
+        # PyTorch's default init, not HF's normal(0, 0.02) the model starts from: a random
+        # model whose greedy choices are decisive (0.02 gives near-ties that the order of a
+        # batched sum can flip, and a model that barely moves in a few finetuning steps)
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+                m.reset_parameters()
         folder = tmp_path_factory.mktemp("tiny-chat")
         save_pretrained(model, folder)
         save_tokenizer(tok, folder)
