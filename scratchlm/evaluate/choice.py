@@ -269,11 +269,13 @@ def loglikelihoods(model: nn.Module, requests: Sequence[tuple[list[int], list[in
                    batch_size: int = 8) -> list[float] | list[tuple[float, bool]]:
     """Summed log-probability of each (context ids, continuation ids) request. Requests with
     the same context share one prefill, and ``batch_size`` contexts prefill together
-    (``shared``; models with sliding-window layers take the plain path, one forward each). Inputs longer than the model's context
+    (``shared``; models with sliding-window or linear-attention layers take the plain path,
+    one forward each). Inputs longer than the model's context
     lose tokens from the left of the context, as lm-evaluation-harness truncates.
     ``greedy``: (log-likelihood, whether the continuation is the greedy one) pairs."""
     limit = model.cfg.context_length
-    sliding = any(getattr(b.att, "window", 0) for b in model.trf_blocks)
+    # a KV cache of keys and values alone: no ring buffers, no linear layers' states
+    plain = any(not hasattr(b, "att") or getattr(b.att, "window", 0) for b in model.trf_blocks)
     was_training = model.training
     model.eval()
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -294,7 +296,7 @@ def loglikelihoods(model: nn.Module, requests: Sequence[tuple[list[int], list[in
         prepared.append((list(ctx[-keep:]), conts, members))
     prepared.sort(key=lambda g: len(g[0]))  # similar lengths batch with little padding
     bar = tqdm(total=len(requests), desc="scoring", unit="request", disable=not progress)
-    batched = shared and not sliding
+    batched = shared and not plain
     step = batch_size if batched else 1
     for start in range(0, len(prepared), step):
         chunk = prepared[start:start + step]

@@ -1,4 +1,4 @@
-"""Save LoRA adapters of a Llama-layout model (Llama, Qwen3, Gemma 3, OLMo 3, gpt-oss) as a PEFT adapter folder (``adapter_model.safetensors`` +
+"""Save LoRA adapters of a Llama-layout model (Llama, Qwen3, Qwen3.5, Gemma 3, OLMo 3, gpt-oss) as a PEFT adapter folder (``adapter_model.safetensors`` +
 ``adapter_config.json``) that ``peft.PeftModel.from_pretrained`` loads onto the Hugging Face
 model of the same weights, and load such a folder back onto our model."""
 
@@ -60,7 +60,8 @@ def save_peft_adapter(model: nn.Module, folder: str | Path, base_model: str = ""
 
 
 PEFT_TARGETS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "out", "gate_proj": "ff",
-                "up_proj": "ff", "down_proj": "ff", "lm_head": "head"}
+                "up_proj": "ff", "down_proj": "ff", "lm_head": "head",
+                "out_proj": "out"}  # Qwen3.5's linear-attention layers' output
 
 
 def read_peft_config(path: Path) -> dict:

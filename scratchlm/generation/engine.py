@@ -23,6 +23,7 @@ from torch import nn
 
 from scratchlm.generation.native_decode import NativeDecoder
 from scratchlm.generation.sampling import sample_next
+from scratchlm.nn.hybrid_cache import HybridCache
 from scratchlm.nn.kv_cache import KVCache, SlidingKVCache
 from scratchlm.nn.native import head_linear
 from scratchlm.tokenizers.base import held_back
@@ -88,9 +89,15 @@ class Engine:
                   capacity: int | None = None) -> KVCache:
         """A cache for ``length`` slots (``capacity`` allocated at first, growing as written);
         models with sliding-window layers get one whose local layers keep only their window
-        (``SlidingKVCache``)."""
+        (``SlidingKVCache``), hybrid models one with their linear layers' states
+        (``HybridCache``)."""
         n_layer, n_kv, head_dim = _kv_shape(self.model)
-        windows = [getattr(b.att, "window", 0) for b in self.model.trf_blocks]
+        blocks = self.model.trf_blocks
+        hybrid = HybridCache.for_blocks(blocks, batch, n_kv, length, head_dim, self.dtype,
+                                        self.device, pad, capacity)
+        if hybrid is not None:
+            return hybrid
+        windows = [getattr(b.att, "window", 0) for b in blocks]
         if any(windows):
             return SlidingKVCache(windows, batch, n_kv, length, head_dim, self.dtype,
                                   self.device, pad, capacity)

@@ -32,7 +32,9 @@ header) need not compute them again. The batch keeps the keys and values of the 
 row's first ``prefix_max`` tokens; a request that shares at least ``prefix_min`` leading tokens
 with them gets those copied into its row and prefills only the rest (each such row in its own
 forward, as a shorter padded row would overwrite its copied slots). Full caches only: ring
-buffers hold slots by position modulo the window.
+buffers hold slots by position modulo the window. A hybrid model's cache (``nn/hybrid_cache.py``)
+keeps the whole last prompt with its linear layers' states, which are valid at its end only: a
+request reuses it when it begins with all of it (the next turn of a conversation).
 """
 
 from __future__ import annotations
@@ -94,8 +96,8 @@ class SlotBatch:
         # max_len up front
         self.cache = engine.new_cache(slots, self.max_len, pad, capacity=capacity)
         self.rows: list[Row] = []  # active rows: rows[i] lives in cache row i
-        # (token ids, keys, values) of a recent prompt's first tokens: (n_layer, KV, P, D) each
-        self.prefix: tuple[list[int], torch.Tensor, torch.Tensor] | None = None
+        # (token ids, the cache's save_prefix of them) of a recent prompt's first tokens
+        self.prefix: tuple[list[int], object] | None = None
         self.prefix_cache = prefix_cache and self.cache.can_shift
         self.prefix_adapter: str | None = None  # the adapter the kept prefix was computed with
         self.reused = 0  # prompt tokens copied instead of computed, over the batch's life
@@ -244,8 +246,7 @@ class SlotBatch:
             raise ValueError("the staged prompt is not finished or does not fit the batch now")
         n = len(self.rows)
         end = self._make_room(p)
-        self.cache.k[:, n, :, end - p:end] = staged.cache.k[:, 0, :, :p]
-        self.cache.v[:, n, :, end - p:end] = staged.cache.v[:, 0, :, :p]
+        self.cache.copy_row(staged.cache, 0, n, end - p, p)
         return self._add_rows([(staged.prompt, params, tag)], staged.logits, [end - p], end)[0]
 
     def prefill_cost(self, prompts: list[list[int]],
@@ -273,15 +274,15 @@ class SlotBatch:
             while n < limit and prompt[n] == ids[n]:
                 n += 1
             shared = n
+        if self.cache.prefix_exact and shared < len(ids):
+            return 0  # a hybrid cache's states hold the kept prefix whole or not at all
         return shared if shared >= self.prefix_min else 0
 
     def _prefill_after_prefix(self, row: int, prompt: list[int], first: int,
                               shared: int) -> torch.Tensor:
         """Copy the kept prefix's ``shared`` slots into ``row`` from its first real slot, then
         prefill the rest of ``prompt`` through a one-row view; the (1, V) last logits."""
-        _, k, v = self.prefix
-        self.cache.k[:, row, :, first:first + shared] = k[:, :, :shared]
-        self.cache.v[:, row, :, first:first + shared] = v[:, :, :shared]
+        self.cache.load_prefix(self.prefix[1], row, first, shared)
         pad = torch.tensor([first], device=self.engine.device)
         view = self.cache.view(row, row + 1, length=first + shared, pad=pad)
         idx = torch.tensor([prompt[shared:]], dtype=torch.long, device=self.engine.device)
@@ -293,14 +294,14 @@ class SlotBatch:
         """Keep ``prompt``'s first tokens' keys and values (from ``row``, computed with
         ``adapter``) for later requests, unless the kept prefix already covers what it shares
         with them."""
-        n = min(len(prompt), self.prefix_max)
+        # a hybrid cache's states hold the prompt's end: it keeps the whole prompt
+        n = len(prompt) if self.cache.prefix_exact else min(len(prompt), self.prefix_max)
         if self.prefix is not None and self.prefix_adapter == adapter and \
                 self.prefix[0][:self.prefix_min] == prompt[:self.prefix_min]:
             if len(self.prefix[0]) >= n:
                 return
         self.prefix_adapter = adapter
-        self.prefix = (list(prompt[:n]), self.cache.k[:, row, :, first:first + n].clone(),
-                       self.cache.v[:, row, :, first:first + n].clone())
+        self.prefix = (list(prompt[:n]), self.cache.save_prefix(row, first, n))
 
     @torch.inference_mode()  # a row's control updates tensors made in the prefill
     def sample(self) -> list[tuple[Row, int | Exception]]:

@@ -107,14 +107,23 @@ class Llama(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.trf_blocks = nn.ModuleList(self.block_cls(cfg, w)
-                                        for w in layer_windows(cfg, type(cfg).__name__))
+        self.trf_blocks = self.make_blocks(cfg)
         self.final_norm = RMSNorm(cfg.n_embd, cfg.norm_eps, unit_offset=self.unit_offset_norm)
         self.out_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
         self.apply(normal_init)  # as HF's initializer_range 0.02: trainable from scratch
         self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def make_blocks(self, cfg) -> nn.ModuleList:
+        """The blocks: ``block_cls`` with each layer's attention window."""
+        return nn.ModuleList(self.block_cls(cfg, w)
+                             for w in layer_windows(cfg, type(cfg).__name__))
+
+    @property
+    def rope_dim(self) -> int:
+        """The width of the RoPE tables: the dimensions of a head that RoPE turns."""
+        return self.cfg.head_dim
 
     def rope(self, length: int, device: torch.device, base: float | None = None,
              scaling: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,8 +138,7 @@ class Llama(nn.Module):
             # A table built while generating (inference mode) must still serve training, as
             # GRPO trains right after sampling: never an inference tensor.
             with torch.inference_mode(False):
-                table = self._rope[key] = rope_cache(self.cfg.head_dim, n, base, scaling,
-                                                     device)
+                table = self._rope[key] = rope_cache(self.rope_dim, n, base, scaling, device)
         return table
 
     def rope_tables(self, length: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:

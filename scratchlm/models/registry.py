@@ -7,6 +7,7 @@
     gemma3   Gemma3Config   Gemma3        gemma3-270m ...  gemma3_text               gemma3
     olmo3    Olmo3Config    Olmo3         olmo3-7b, -32b   olmo3                     (none yet)
     gpt_oss  GptOssConfig   GptOss        gpt-oss-20b ...  gpt_oss                   (none yet)
+    qwen3_5  Qwen35Config   Qwen35        qwen3.5-0.8b ... qwen3_5_text, qwen3_5     (none yet)
 
 Loading and saving (``scratchlm/checkpoints``), the planner, ``plan``, ``distill``, the engine and the
 native decoder look a family up here (``family_of(model_or_config)``, ``family_named``,
@@ -33,6 +34,7 @@ from scratchlm.models.gpt_oss import GPT_OSS_PRESETS, GptOss, GptOssConfig
 from scratchlm.models.llama import LLAMA_PRESETS, Llama, LlamaConfig
 from scratchlm.models.olmo3 import OLMO3_PRESETS, Olmo3, Olmo3Config
 from scratchlm.models.qwen3 import QWEN3_PRESETS, Qwen3, Qwen3Config
+from scratchlm.models.qwen3_5 import QWEN35_PRESETS, Qwen35, Qwen35Config
 from scratchlm.nn.moe import upgrade_legacy_moe
 
 
@@ -115,6 +117,14 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            weight_marks=("att.sinks", "self_attn.sinks"),
            hf_repos={"gpt-oss-20b": "openai/gpt-oss-20b",
                      "gpt-oss-120b": "openai/gpt-oss-120b"}),
+    Family("qwen3_5", Qwen35Config, Qwen35, QWEN35_PRESETS, ("qwen3_5_text", "qwen3_5"),
+           "hf_qwen3_5",
+           features=frozenset({"rmsnorm_unit_offset", "rope", "swiglu", "qk_norm",
+                               "gated_deltanet", "output_gate", "partial_rope"}),
+           weight_marks=("lin.qkv_proj", "linear_attn."),
+           hf_repos={"qwen3.5-0.8b": "Qwen/Qwen3.5-0.8B", "qwen3.5-2b": "Qwen/Qwen3.5-2B",
+                     "qwen3.5-4b": "Qwen/Qwen3.5-4B", "qwen3.5-9b": "Qwen/Qwen3.5-9B",
+                     "qwen3.5-27b": "Qwen/Qwen3.5-27B"}),
 )}
 DEFAULT_FAMILY = "gpt"  # the book's: what a saved config that names no family is
 

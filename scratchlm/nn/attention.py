@@ -268,20 +268,29 @@ class GroupedQueryAttention(nn.Module):
       ``window`` positions including its own (sliding-window attention);
     - ``sinks``: one learned logit per query head that joins each softmax as a key with a zero
       value, so a head may attend to nothing (gpt-oss; ``attention_with_sinks``);
-    - ``out_bias``: a bias on the output projection (gpt-oss; ``qkv_bias`` is the others').
+    - ``out_bias``: a bias on the output projection (gpt-oss; ``qkv_bias`` is the others');
+    - ``output_gate``: ``q_proj`` also gives each head a gate (its rows [q_h | gate_h] per
+      head), and the heads' outputs are multiplied by sigmoid(gate) before ``out_proj``
+      (Qwen3.5's gated attention);
+    - ``rotary_dim``: RoPE turns only each head's first ``rotary_dim`` dimensions, the rest
+      pass (Qwen3.5's partial rotary factor; cos/sin tables are that wide).
     """
 
     def __init__(self, d_in: int, n_head: int, n_kv_head: int, head_dim: int | None = None,
                  qkv_bias: bool = False, make_norm: Callable[[int], nn.Module] | None = None,
                  scale: float | None = None, window: int = 0, norm_all_heads: bool = False,
-                 sinks: bool = False, out_bias: bool = False):
+                 sinks: bool = False, out_bias: bool = False, output_gate: bool = False,
+                 rotary_dim: int | None = None):
         super().__init__()
         if n_head % n_kv_head:
             raise ValueError(f"n_head ({n_head}) must be divisible by n_kv_head ({n_kv_head})")
         self.n_head, self.n_kv_head = n_head, n_kv_head
         self.head_dim = head_dim or _check_heads(d_in, n_head)
         self.scale, self.window = scale, window
-        self.q_proj = nn.Linear(d_in, n_head * self.head_dim, bias=qkv_bias)
+        self.output_gate = output_gate
+        self.rotary_dim = rotary_dim if rotary_dim and rotary_dim < self.head_dim else None
+        q_width = n_head * self.head_dim * (2 if output_gate else 1)
+        self.q_proj = nn.Linear(d_in, q_width, bias=qkv_bias)
         self.k_proj = nn.Linear(d_in, n_kv_head * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(d_in, n_kv_head * self.head_dim, bias=qkv_bias)
         self.out_proj = nn.Linear(n_head * self.head_dim, d_in, bias=out_bias)
@@ -303,7 +312,10 @@ class GroupedQueryAttention(nn.Module):
                 layer: int = 0) -> torch.Tensor:
         b, t, _ = x.shape
         h, kv, d = self.n_head, self.n_kv_head, self.head_dim
-        if self.qkv_proj is not None and self.q_norm is None:
+        gate = None
+        if self.output_gate or self.rotary_dim:
+            q, k, v, gate = self._gated_qkv(x, cos, sin)
+        elif self.qkv_proj is not None and self.q_norm is None:
             # fused: Q and K are neighbours in the output, so one RoPE call covers both
             qkv = self.qkv_proj(x).view(b, t, h + 2 * kv, d)  # (B, T, H + 2KV, D)
             q, k = apply_rope(qkv[:, :, : h + kv].transpose(1, 2), cos, sin).split([h, kv], dim=1)
@@ -331,7 +343,39 @@ class GroupedQueryAttention(nn.Module):
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                                      scale=self.scale, enable_gqa=kv != h)
         context = context.transpose(1, 2).reshape(b, t, h * d)  # (B, T, H*D)
+        if gate is not None:
+            context = context * torch.sigmoid(gate)
         return self.out_proj(context)
+
+    def _gated_qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q (B, H, T, D), k and v (B, KV, T, D) roped, and the output gate (B, T, H*D) or
+        None, for the ``output_gate`` / ``rotary_dim`` switches."""
+        b, t, _ = x.shape
+        h, kv, d = self.n_head, self.n_kv_head, self.head_dim
+        qh = 2 * h if self.output_gate else h
+        if self.qkv_proj is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            q, k, v = self.qkv_proj(x).split([qh * d, kv * d, kv * d], dim=-1)
+        gate = None
+        if self.output_gate:
+            q, gate = q.view(b, t, h, 2 * d).chunk(2, dim=-1)  # per head: [q_h | gate_h]
+            gate = gate.reshape(b, t, h * d)
+        q, k, v = q.reshape(b, t, h, d), k.view(b, t, kv, d), v.view(b, t, kv, d)
+        if self.q_norm is not None:
+            if self.norm_all_heads:
+                q = self.q_norm(q.reshape(b, t, h * d)).view(b, t, h, d)
+                k = self.k_norm(k.reshape(b, t, kv * d)).view(b, t, kv, d)
+            else:
+                q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        r = self.rotary_dim
+        if r:
+            q = torch.cat([apply_rope(q[..., :r], cos, sin), q[..., r:]], dim=-1)
+            k = torch.cat([apply_rope(k[..., :r], cos, sin), k[..., r:]], dim=-1)
+        else:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v.transpose(1, 2), gate
 
 
 def attention_with_sinks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

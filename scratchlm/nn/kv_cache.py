@@ -35,6 +35,7 @@ import torch
 
 class KVCache:
     can_shift = True  # ``shift`` works (a sliding cache's ring buffers do not shift)
+    prefix_exact = False  # True: a saved prefix serves only prompts that begin with all of it
 
     def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
@@ -161,6 +162,24 @@ class KVCache:
         self.k[:, dst] = self.k[:, src]
         self.v[:, dst] = self.v[:, src]
         self.set_pad(dst, int(self.pad[src]))
+
+    def copy_row(self, other: "KVCache", src: int, dst: int, first: int, n: int) -> None:
+        """Row ``src`` of ``other`` (its slots [0, n): a prompt prefilled alone) into row
+        ``dst`` at slots [first, first + n)."""
+        self.k[:, dst, :, first:first + n] = other.k[:, src, :, :n]
+        self.v[:, dst, :, first:first + n] = other.v[:, src, :, :n]
+
+    def save_prefix(self, row: int, first: int, n: int):
+        """A copy of row ``row``'s ``n`` slots from ``first`` (a prompt's first tokens), for
+        ``load_prefix`` into later rows."""
+        return (self.k[:, row, :, first:first + n].clone(),
+                self.v[:, row, :, first:first + n].clone())
+
+    def load_prefix(self, saved, row: int, first: int, n: int) -> None:
+        """The first ``n`` slots of a ``save_prefix`` into row ``row`` from slot ``first``."""
+        k, v = saved
+        self.k[:, row, :, first:first + n] = k[:, :, :n]
+        self.v[:, row, :, first:first + n] = v[:, :, :n]
 
     def select_rows(self, index: torch.Tensor) -> None:
         """The rows become rows ``index`` of this cache (copied; a row may repeat): a prompt

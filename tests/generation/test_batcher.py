@@ -132,12 +132,25 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_the_others_decode():
         batcher.close()
 
 
-def test_staged_rows_equal_single_requests_on_the_slot_batch():
+def hybrid_engine():
+    from scratchlm.models.qwen3_5 import Qwen35, Qwen35Config
+
+    torch.manual_seed(0)
+    return Engine(Qwen35(Qwen35Config(vocab_size=97, context_length=128, n_embd=32, n_layer=4,
+                                      n_head=4, n_kv_head=2, head_dim=16, intermediate_size=64,
+                                      rope_base=10_000.0, linear_key_heads=2,
+                                      linear_value_heads=4, linear_key_dim=8,
+                                      linear_value_dim=8)).eval())
+
+
+@pytest.mark.parametrize("make", [engine, hybrid_engine])
+def test_staged_rows_equal_single_requests_on_the_slot_batch(make):
     """``stage``/``advance``/``join_staged`` directly: a staged prompt longer than L shifts the
-    running row; an unfinished stage is refused."""
+    running row; an unfinished stage is refused. A hybrid model's staged prompt carries its
+    linear layers' states into the row."""
     from scratchlm.generation.slots import SlotBatch
 
-    eng = engine()
+    eng = make()
     batch = SlotBatch(eng, slots=3)
     params = SamplingParams(max_new_tokens=8)
     batch.join([5, 6, 7], params, "short")

@@ -70,6 +70,17 @@ def gpt_oss():
     return varied(model.eval())
 
 
+def qwen35():
+    from scratchlm.models.qwen3_5 import Qwen35, Qwen35Config
+
+    torch.manual_seed(0)
+    return varied(Qwen35(Qwen35Config(vocab_size=97, context_length=64, n_embd=32, n_layer=4,
+                                      n_head=4, n_kv_head=2, head_dim=16, intermediate_size=64,
+                                      rope_base=10_000.0, linear_key_heads=2,
+                                      linear_value_heads=4, linear_key_dim=8,
+                                      linear_value_dim=8)).eval())
+
+
 # (arrival step, prompt, sampling): rows join while others decode, leave at their own ends
 ARRIVALS = [
     (0, [5, 6, 7, 8, 9, 10, 11, 12, 13], SamplingParams(max_new_tokens=14)),
@@ -124,6 +135,8 @@ def run_continuous(engine, slots=4, together=False, capacity=256, arrivals=ARRIV
     (gemma, False, False, 256), (llama, True, True, 256), (gpt, False, True, 256),
     (gemma, False, True, 256), (olmo3, False, False, 256), (olmo3, False, True, 3),
     (gpt_oss, False, False, 256), (gpt_oss, False, True, 3),
+    # a hybrid cache: linear layers' states join, leave, shift and grow with the rows
+    (qwen35, False, False, 256), (qwen35, False, True, 3),
     # a cache that starts with 3 slots and grows as rows join, shift and decode
     (llama, True, False, 3), (gpt, False, True, 3), (gemma, False, False, 3)])
 def test_joining_and_leaving_rows_equal_single_requests(make, native, together, capacity):
@@ -205,3 +218,26 @@ def test_a_shared_prompt_start_is_copied_not_recomputed(make, native):
         assert batch.reused == 0
     else:  # the second, third and fourth prompts copied 20, 20 and 18 tokens
         assert batch.reused == 20 + 20 + 18
+
+
+TURN = list(range(10, 40))  # a conversation's first turn (30 tokens)
+TURNS = [  # (arrival step, prompt, sampling)
+    (0, TURN, SamplingParams(max_new_tokens=5)),
+    (1, TURN + [41, 42, 43], SamplingParams(max_new_tokens=6)),  # the next turn: all of it
+    (2, TURN[:25] + [50, 51], SamplingParams(max_new_tokens=4)),  # diverges inside it
+    (3, TURN + [41, 42, 43, 44, 45, 46], SamplingParams(max_new_tokens=5, temperature=1.0,
+                                                       seed=2)),
+]
+
+
+def test_a_hybrid_cache_reuses_a_whole_earlier_prompt_only():
+    """The linear layers' states hold a prompt at its end: the next turn of a conversation
+    (which begins with all of the kept prompt) copies it; a prompt that diverges inside it
+    computes everything, and every answer equals the request run alone."""
+    engine = Engine(qwen35())
+    alone = [engine.generate([p], params)[0] for _, p, params in TURNS]
+    got, _, _, batch = run_continuous(engine, arrivals=TURNS)
+    assert got == alone
+    # the second turn copies the first's 30 tokens; the third shares only 25, so none; the
+    # fourth begins with all 33 of the second (kept as the longer prompt)
+    assert batch.reused == 30 + 33

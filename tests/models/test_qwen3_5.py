@@ -1,0 +1,214 @@
+"""Qwen3.5 against transformers' Qwen3_5ForCausalLM on tiny random checkpoints: logits of the
+hybrid (Gated DeltaNet + gated attention) stack over several shapes and more than one chunk,
+the published vision-language layout's text part, the chunked and recurrent forms of the delta
+rule, packed documents, greedy generation, a left-padded batch, our HF export read back, LoRA
+and PEFT adapters, and the published sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from scratchlm.checkpoints.hf import save_hf  # noqa: E402
+from scratchlm.checkpoints.load import load_pretrained  # noqa: E402
+from scratchlm.models.accounting import count_parameters  # noqa: E402
+from scratchlm.models.qwen3_5 import Qwen35, Qwen35Config  # noqa: E402
+from scratchlm.models.registry import build_model, preset  # noqa: E402
+from scratchlm.nn.doc_mask import DocumentMask  # noqa: E402
+from scratchlm.nn.gated_deltanet import chunked_delta_rule, recurrent_delta_rule  # noqa: E402
+from tests.models.family_checks import (assert_greedy_matches_transformers,  # noqa: E402
+                                        assert_padded_batch_equals_rows)
+
+
+def text_config(tie=False, n_layer=4, interval=4, n_head=4, n_kv=2, key_heads=2,
+                value_heads=4, **kw):
+    return dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=n_layer,
+                num_attention_heads=n_head, num_key_value_heads=n_kv, head_dim=32,
+                linear_num_key_heads=key_heads, linear_num_value_heads=value_heads,
+                linear_key_head_dim=16, linear_value_head_dim=16, max_position_embeddings=256,
+                tie_word_embeddings=tie, rms_norm_eps=1e-6,
+                layer_types=["full_attention" if (i + 1) % interval == 0 else "linear_attention"
+                             for i in range(n_layer)],
+                rope_parameters={"rope_type": "default", "rope_theta": 10_000.0,
+                                 "partial_rotary_factor": 0.25}, **kw)
+
+
+def _away_from_init(model):
+    """Norm scales away from their init, so a slip in which norm is 1 + w shows."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0 if "linear_attn.norm" in name else 0.0, 0.3)
+
+
+def write_hf_qwen35(folder, seed=0, **kw):
+    torch.manual_seed(seed)
+    hf = transformers.Qwen3_5ForCausalLM(transformers.Qwen3_5TextConfig(**text_config(**kw)))
+    _away_from_init(hf)
+    hf.eval().save_pretrained(folder)
+    return hf
+
+
+@pytest.mark.parametrize("kw", [
+    dict(),                                        # 3 linear to 1 full, GQA, untied
+    dict(tie=True, interval=2),                    # alternating, tied head
+    dict(n_kv=1, key_heads=4, value_heads=4),      # MQA; as many value heads as key heads
+    dict(n_kv=4, n_layer=8, value_heads=8),        # no GQA; 4 value heads per key head
+])
+def test_logits_match_transformers(tmp_path, kw):
+    hf = write_hf_qwen35(tmp_path, **kw)
+    ours = load_pretrained(str(tmp_path))
+    assert isinstance(ours, Qwen35)
+    interval = kw.get("interval", 4)
+    assert [hasattr(b, "lin") for b in ours.trf_blocks] == [
+        (i + 1) % interval != 0 for i in range(kw.get("n_layer", 4))]
+    x = torch.randint(0, 300, (2, 150))  # three chunks of the delta rule, the last partial
+    with torch.no_grad():
+        assert (ours(x) - hf(x).logits).abs().max().item() <= 1e-4
+
+
+def test_the_published_vision_language_layout_loads_its_text_model(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.Qwen3_5Config(
+        text_config=text_config(),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2,
+                           out_hidden_size=64, patch_size=4, temporal_patch_size=2,
+                           num_position_embeddings=16))
+    hf = transformers.Qwen3_5ForConditionalGeneration(cfg)
+    _away_from_init(hf)
+    hf.eval().save_pretrained(tmp_path)
+    ours = load_pretrained(str(tmp_path))  # the vision tower is left out
+    x = torch.randint(0, 300, (1, 40))
+    with torch.no_grad():
+        assert (ours(x) - hf(input_ids=x).logits).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("t", [1, 63, 64, 130])
+def test_chunked_and_recurrent_forms_are_the_same_recurrence(t):
+    torch.manual_seed(t)
+    q, k = torch.randn(2, t, 2, 16), torch.randn(2, t, 2, 16)
+    v = torch.randn(2, t, 6, 8)  # three value heads per key head
+    g, beta = -torch.rand(2, t, 6) * 2, torch.rand(2, t, 6)
+    state = torch.randn(2, 6, 16, 8)
+    out_c, s_c = chunked_delta_rule(q, k, v, g, beta, state)
+    out_r, s_r = recurrent_delta_rule(q, k, v, g, beta, state)
+    torch.testing.assert_close(out_c, out_r, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s_c, s_r, atol=1e-5, rtol=1e-5)
+    # and a sequence split in two continues exactly from the first half's state
+    h = t // 2
+    first, mid = chunked_delta_rule(q[:, :h], k[:, :h], v[:, :h], g[:, :h], beta[:, :h], state)
+    second, end = chunked_delta_rule(q[:, h:], k[:, h:], v[:, h:], g[:, h:], beta[:, h:], mid)
+    torch.testing.assert_close(torch.cat([first, second], 1), out_c, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(end, s_c, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_documents_are_computed_as_if_alone():
+    torch.manual_seed(0)
+    model = build_model(preset("qwen3.5-tiny")[1]).eval()
+    a, b = torch.randint(0, 512, (1, 9)), torch.randint(0, 512, (1, 14))
+    segments = torch.tensor([[0] * 9 + [1] * 14])
+    with torch.no_grad():
+        packed = model(torch.cat([a, b], 1), DocumentMask(segments))
+        torch.testing.assert_close(packed[:, :9], model(a), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(packed[:, 9:], model(b), atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_generation_matches_transformers(tmp_path):
+    hf = write_hf_qwen35(tmp_path)
+    assert_greedy_matches_transformers(load_pretrained(str(tmp_path)), hf, new=20)
+
+
+def test_left_padded_batch_equals_single_rows(tmp_path):
+    write_hf_qwen35(tmp_path, seed=1)
+    assert_padded_batch_equals_rows(load_pretrained(str(tmp_path)))
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_hf_export_loads_in_transformers(tmp_path, tie):
+    torch.manual_seed(0)
+    cfg = Qwen35Config.from_name("qwen3.5-tiny", tie_embeddings=tie)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.normal_(0.0, 0.3)
+    save_hf(model, tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(hf).__name__ == "Qwen3_5ForCausalLM"
+    x = torch.randint(0, cfg.vocab_size, (2, 80))
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max().item() <= 1e-4
+    assert load_pretrained(str(tmp_path)).cfg == cfg  # and back
+
+
+@pytest.mark.parametrize("quantize_base", [None, "nf4"])
+def test_lora_and_qlora_train(quantize_base):
+    from scratchlm.finetune.lora import apply_lora, lora_modules
+    from scratchlm.nn.loss import cross_entropy
+
+    torch.manual_seed(0)
+    model = build_model(preset("qwen3.5-tiny")[1])
+    apply_lora(model, rank=4, alpha=8, targets="all", quantize_base=quantize_base)
+    per_block = [{n.split(".", 2)[2] for n in lora_modules(model)
+                  if n.startswith(f"trf_blocks.{i}.")} for i in (0, 3)]
+    ff = {"ff.fc1", "ff.fc2", "ff.fc3"}
+    assert per_block == [{"lin.out_proj", *ff},  # a linear-attention layer
+                         {"att.q_proj", "att.k_proj", "att.v_proj", "att.out_proj", *ff}]
+    x = torch.randint(0, model.cfg.vocab_size, (4, 24))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(12):
+        loss = cross_entropy(model(x), x.roll(-1, 1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.3
+
+
+def test_peft_loads_our_adapter(tmp_path):
+    peft = pytest.importorskip("peft")
+    from scratchlm.finetune.lora import LoRALinear, apply_lora
+    from scratchlm.finetune.peft_format import load_peft_adapter, save_peft_adapter
+
+    torch.manual_seed(0)
+    base = build_model(preset("qwen3.5-tiny")[1]).eval()
+    save_hf(base, tmp_path / "base")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
+    ours = load_pretrained(str(tmp_path / "base"))
+    apply_lora(ours, rank=4, alpha=8, targets=("q", "k", "v", "out", "ff"))
+    with torch.no_grad():
+        for m in ours.modules():
+            if isinstance(m, LoRALinear):
+                for p in m.parameters():
+                    if p.requires_grad:
+                        p.normal_(0, 0.05)
+    save_peft_adapter(ours, tmp_path / "adapter", str(tmp_path / "base"))
+    peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    x = torch.randint(0, 512, (2, 20))
+    with torch.no_grad():
+        assert (ours(x) - peft_model(x).logits).abs().max() <= 1e-4
+        assert (ours(x) - base(x)).abs().max() > 1e-3  # the adapter does something
+    again = load_peft_adapter(load_pretrained(str(tmp_path / "base")), tmp_path / "adapter")
+    with torch.no_grad():
+        assert (again(x) - ours(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["qwen3.5-0.8b", "qwen3.5-2b", "qwen3.5-4b", "qwen3.5-9b",
+                                  "qwen3.5-27b"])
+def test_published_sizes_count_as_transformers_does(name):
+    cfg = preset(name)[1]
+    hf_cfg = transformers.Qwen3_5TextConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_kv_head, linear_num_value_heads=cfg.linear_value_heads,
+        tie_word_embeddings=cfg.tie_embeddings)
+    with torch.device("meta"):
+        ours = build_model(cfg)
+        hf = transformers.Qwen3_5ForCausalLM(hf_cfg)
+    n = sum(p.numel() for p in hf.parameters())
+    assert count_parameters(ours) == n
+    billions = float(name.split("-")[1].removesuffix("b"))
+    assert 0.7 < n / (billions * 1e9) < 1.1  # near the name (which counts the vision tower)
