@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.nn.fuse import concat_linears
+from scratchlm.nn.native import step_linear
 from scratchlm.nn.rope import apply_rope
 
 
@@ -345,7 +346,7 @@ class GroupedQueryAttention(nn.Module):
         context = context.transpose(1, 2).reshape(b, t, h * d)  # (B, T, H*D)
         if gate is not None:
             context = context * torch.sigmoid(gate)
-        return self.out_proj(context)
+        return step_linear(self.out_proj, context)
 
     def _gated_qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """q (B, H, T, D), k and v (B, KV, T, D) roped, and the output gate (B, T, H*D) or
@@ -354,9 +355,9 @@ class GroupedQueryAttention(nn.Module):
         h, kv, d = self.n_head, self.n_kv_head, self.head_dim
         qh = 2 * h if self.output_gate else h
         if self.qkv_proj is None:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            q, k, v = (step_linear(p, x) for p in (self.q_proj, self.k_proj, self.v_proj))
         else:
-            q, k, v = self.qkv_proj(x).split([qh * d, kv * d, kv * d], dim=-1)
+            q, k, v = step_linear(self.qkv_proj, x).split([qh * d, kv * d, kv * d], dim=-1)
         gate = None
         if self.output_gate:
             q, gate = q.view(b, t, h, 2 * d).chunk(2, dim=-1)  # per head: [q_h | gate_h]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.nn.fuse import concat_linears
+from scratchlm.nn.native import step_linear
 
 
 class GELU(nn.Module):
@@ -65,9 +66,10 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fc12 is None:
-            return self.fc3(self.gated(self.fc1(x), self.fc2(x)))
-        gate, up = self.fc12(x).chunk(2, dim=-1)
-        return self.fc3(self.gated(gate, up))
+            gate, up = step_linear(self.fc1, x), step_linear(self.fc2, x)
+        else:
+            gate, up = step_linear(self.fc12, x).chunk(2, dim=-1)
+        return step_linear(self.fc3, self.gated(gate, up))
 
 
 class ClampedSwiGLU(SwiGLU):

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scratchlm.nn.native import step_linear
+
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """x / sqrt(sum x^2 + eps) over the last dimension (the reference's epsilon placement)."""
@@ -182,17 +184,17 @@ class GatedDeltaNet(nn.Module):
         """x (B, T, C) -> (B, T, C), continuing (and updating in place) the given convolution
         inputs and state, or from zeros."""
         b, t, _ = x.shape
-        qkv = self._conv(self.qkv_proj(x).transpose(1, 2), conv_state).transpose(1, 2)
+        qkv = self._conv(step_linear(self.qkv_proj, x).transpose(1, 2), conv_state).transpose(1, 2)
         kd, hk, hv = self.key_dim, self.n_key_heads, self.n_value_heads
         q, k, v = qkv.split([hk * kd, hk * kd, hv * self.value_dim], dim=-1)
         q, k = q.reshape(b, t, hk, kd), k.reshape(b, t, hk, kd)
         v = v.reshape(b, t, hv, self.value_dim)
-        beta = torch.sigmoid(self.b_proj(x))  # (B, T, Hv)
-        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)
+        beta = torch.sigmoid(step_linear(self.b_proj, x))  # (B, T, Hv)
+        g = -self.A_log.float().exp() * F.softplus(step_linear(self.a_proj, x).float() + self.dt_bias)
         rule = recurrent_delta_rule if t == 1 else chunked_delta_rule
         out, final = rule(q, k, v, g, beta, state)
         if state is not None:
             state.copy_(final)
-        z = self.z_proj(x).reshape(b, t, hv, self.value_dim)
+        z = step_linear(self.z_proj, x).reshape(b, t, hv, self.value_dim)
         out = self.norm(out, z).reshape(b, t, hv * self.value_dim)
-        return self.out_proj(out)
+        return step_linear(self.out_proj, out)

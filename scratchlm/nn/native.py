@@ -271,6 +271,23 @@ def head_linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
+# Rows up to which a block's projections in a PyTorch-path step go through ``f32_linear``
+STEP_MAX_ROWS = 8
+
+
+def step_linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for x (..., C); a one-token step's few rows (at most ``STEP_MAX_ROWS``,
+    without autograd) through ``head_linear``'s C matvec: the families whose decode steps run
+    in PyTorch (no native layer) stream their block weights at its speed, not at PyTorch's
+    GEMM's (about 2x for a 1024 x 6144 projection at one row on a 2-core CPU)."""
+    import torch
+
+    rows = x.numel() // x.shape[-1]
+    if rows > STEP_MAX_ROWS or torch.is_grad_enabled():
+        return layer(x)
+    return head_linear(layer, x.reshape(rows, x.shape[-1])).view(*x.shape[:-1], -1)
+
+
 # Rows of x from which decode steps multiply float32 weights packed as panels
 # (``csrc/decode.c``'s FMT_F32_PANELS): no horizontal sums, 1.5x the row-major tiles' speed at 8
 # rows and 1.6x at 32; below 8 rows a step is a memory stream either way.
