@@ -17,7 +17,8 @@ so a token costs the same at any position (no keys to look back at): generation 
                 -> out_proj(rmsnorm(o) * silu(z))
 
 Two forms of the same recurrence (tested equal): ``recurrent_delta_rule`` runs token by token
-(generation, one token per step); ``chunked_delta_rule`` runs chunks of 64 tokens in parallel
+(``step_delta_rule``: one generated token, updating the cached state in place);
+``chunked_delta_rule`` runs chunks of 64 tokens in parallel
 (training and prompts): inside a chunk the updates are folded into one lower-triangular solve
 (the "UT transform"), and only the chunk boundaries are sequential. Both compute in fp32, as
 the reference kernels do.
@@ -71,6 +72,17 @@ def recurrent_delta_rule(q, k, v, g, beta, state: torch.Tensor | None = None):
     return out.transpose(1, 2).to(dtype), s
 
 
+def step_delta_rule(q, k, v, g, beta, state: torch.Tensor) -> torch.Tensor:
+    """One token (T = 1) of ``recurrent_delta_rule``, updating ``state`` (B, Hv, Dk, Dv) fp32 in
+    place (a decode step: no copy of the state); returns out (B, 1, Hv, Dv)."""
+    dtype = v.dtype
+    q, k, v, g, beta = _prepare(q, k, v, g, beta)  # (B, H, 1, D), g/beta (B, H, 1)
+    state.mul_(g.exp()[..., None])
+    delta = (v - k @ state) * beta[..., None]  # (B, H, 1, Dv)
+    state.add_(k.transpose(-1, -2) * delta)  # the outer product k delta^T
+    return (q @ state).transpose(1, 2).to(dtype)
+
+
 def chunked_delta_rule(q, k, v, g, beta, state: torch.Tensor | None = None, chunk: int = 64):
     """The same recurrence in chunks of ``chunk`` tokens (see the module docstring); same
     arguments and results as ``recurrent_delta_rule``."""
@@ -89,11 +101,12 @@ def chunked_delta_rule(q, k, v, g, beta, state: torch.Tensor | None = None, chun
     decay = (cum[..., :, None] - cum[..., None, :]).masked_fill(upper, float("-inf")).exp()
     # the UT transform: (I + strictly-lower(kb k^T * decay)) solves the chunk's updates at once
     system = (kb @ k.transpose(-1, -2)) * decay
+    grow = cum.exp()[..., None]  # (B, H, N, L, 1): the decay from the chunk's start
     values = torch.linalg.solve_triangular(system, vb, upper=False, unitriangular=True)
-    keys_decayed = torch.linalg.solve_triangular(system, kb * cum.exp()[..., None], upper=False,
+    keys_decayed = torch.linalg.solve_triangular(system, kb * grow, upper=False,
                                                  unitriangular=True)
     inner = (q @ k.transpose(-1, -2)) * decay  # within-chunk attention, causal by the decay
-    q = q * cum.exp()[..., None]
+    q = q * grow
     k = k * (cum[..., -1:] - cum).exp()[..., None]
     chunk_decay = cum[..., -1].exp()[..., None, None]  # (B, H, N, 1, 1)
     s = torch.zeros(b, h, dk, dv, device=v.device) if state is None else state.float()
@@ -155,6 +168,8 @@ class GatedDeltaNet(nn.Module):
         full = torch.cat([before, x], dim=-1)  # (B, C, K - 1 + T)
         if conv_state is not None:
             conv_state.copy_(full[:, :, -(k - 1):])
+        if x.shape[-1] == 1:  # a decode step: one dot product per channel
+            return F.silu((full * self.conv.weight[:, 0]).sum(-1, keepdim=True))
         return F.silu(F.conv1d(full, self.conv.weight, groups=self.conv_dim))
 
     def forward(self, x: torch.Tensor, cache=None, layer: int = 0) -> torch.Tensor:
@@ -191,10 +206,13 @@ class GatedDeltaNet(nn.Module):
         v = v.reshape(b, t, hv, self.value_dim)
         beta = torch.sigmoid(step_linear(self.b_proj, x))  # (B, T, Hv)
         g = -self.A_log.float().exp() * F.softplus(step_linear(self.a_proj, x).float() + self.dt_bias)
-        rule = recurrent_delta_rule if t == 1 else chunked_delta_rule
-        out, final = rule(q, k, v, g, beta, state)
-        if state is not None:
-            state.copy_(final)
+        if t == 1 and state is not None:  # a decode step, in place
+            out = step_delta_rule(q, k, v, g, beta, state)
+        else:
+            rule = recurrent_delta_rule if t == 1 else chunked_delta_rule
+            out, final = rule(q, k, v, g, beta, state)
+            if state is not None:
+                state.copy_(final)
         z = step_linear(self.z_proj, x).reshape(b, t, hv, self.value_dim)
         out = self.norm(out, z).reshape(b, t, hv * self.value_dim)
         return step_linear(self.out_proj, out)

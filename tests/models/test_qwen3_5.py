@@ -17,7 +17,8 @@ from scratchlm.models.accounting import count_parameters  # noqa: E402
 from scratchlm.models.qwen3_5 import Qwen35, Qwen35Config  # noqa: E402
 from scratchlm.models.registry import build_model, preset  # noqa: E402
 from scratchlm.nn.doc_mask import DocumentMask  # noqa: E402
-from scratchlm.nn.gated_deltanet import chunked_delta_rule, recurrent_delta_rule  # noqa: E402
+from scratchlm.nn.gated_deltanet import (chunked_delta_rule, recurrent_delta_rule,  # noqa: E402
+                                         step_delta_rule)
 from tests.models.family_checks import (assert_greedy_matches_transformers,  # noqa: E402
                                         assert_padded_batch_equals_rows)
 
@@ -96,6 +97,12 @@ def test_chunked_and_recurrent_forms_are_the_same_recurrence(t):
     out_r, s_r = recurrent_delta_rule(q, k, v, g, beta, state)
     torch.testing.assert_close(out_c, out_r, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(s_c, s_r, atol=1e-5, rtol=1e-5)
+    one = state.clone()  # a decode step updates the state in place
+    out_1 = step_delta_rule(q[:, :1], k[:, :1], v[:, :1], g[:, :1], beta[:, :1], one)
+    out_r1, s_r1 = recurrent_delta_rule(q[:, :1], k[:, :1], v[:, :1], g[:, :1], beta[:, :1],
+                                        state)
+    torch.testing.assert_close(out_1, out_r1, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one, s_r1, atol=1e-5, rtol=1e-5)
     # and a sequence split in two continues exactly from the first half's state
     h = t // 2
     first, mid = chunked_delta_rule(q[:, :h], k[:, :h], v[:, :h], g[:, :h], beta[:, :h], state)
