@@ -6,7 +6,8 @@
                                          (nn/gated_deltanet.py; a fixed-size state, no KV);
                                          every fourth: GQA with q/k norms, RoPE on the first
                                          quarter of each head, and an output gate
-             x = x + ff(norm2(x))        SwiGLU
+             x = x + ff(norm2(x))        SwiGLU (MoE models: routed experts and a gated
+                                         shared expert, ``nn/moe.py``)
       -> final_norm -> out_head                                      (B, T, vocab_size)
 
 What is new against Qwen3: the linear-attention layers (their state is the cache: generation
@@ -56,7 +57,8 @@ class Qwen35Config(FamilyConfig):
     linear_conv_kernel: int = 4
     tie_embeddings: bool = False
     grad_checkpointing: bool = False
-    moe: MoEConfig = field(default_factory=MoEConfig)  # dense here; kept for the shared code
+    # the MoE models: every layer's FFN a mixture of routed experts and a gated shared one
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
     def __post_init__(self):
         owner = type(self).__name__
@@ -70,9 +72,6 @@ class Qwen35Config(FamilyConfig):
             raise ValueError(f"{owner}.partial_rotary_factor must be in (0, 1] and turn an "
                              f"even number of dimensions, got {self.partial_rotary_factor!r}")
         self.moe = moe_from(self.moe, owner)
-        if self.moe.num_experts:
-            raise ValueError(f"{owner}: Qwen3.5's mixture-of-experts models (a shared expert "
-                             f"beside the routed ones) are not supported yet")
 
     @property
     def rotary_dim(self) -> int:
@@ -95,6 +94,15 @@ def _qwen35(n_embd: int, n_layer: int, n_head: int, n_kv_head: int, intermediate
                         tie_embeddings=tie)
 
 
+def _qwen35_moe(n_embd: int, n_layer: int, n_head: int, value_heads: int, experts: int,
+                top_k: int, width: int) -> Qwen35Config:
+    return Qwen35Config(n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_kv_head=2,
+                        intermediate_size=width, linear_value_heads=value_heads,
+                        moe=MoEConfig(num_experts=experts, top_k=top_k, intermediate_size=width,
+                                      shared_expert_size=width, norm_topk_prob=True,
+                                      aux_loss_coef=0.001))
+
+
 QWEN35_PRESETS: dict[str, Qwen35Config] = {
     # https://huggingface.co/Qwen/Qwen3.5-0.8B ... Qwen3.5-27B (config.json, text_config):
     # n_embd, n_layer, n_head, n_kv_head, SwiGLU width, linear value heads
@@ -103,6 +111,11 @@ QWEN35_PRESETS: dict[str, Qwen35Config] = {
     "qwen3.5-4b": _qwen35(2560, 32, 16, 4, 9216, 32, tie=True),
     "qwen3.5-9b": _qwen35(4096, 32, 16, 4, 12288, 32, tie=False),
     "qwen3.5-27b": _qwen35(5120, 64, 24, 4, 17408, 48, tie=False),
+    # https://huggingface.co/Qwen/Qwen3.5-35B-A3B, -122B-A10B, -397B-A17B (text_config):
+    # experts of width 512 (1,024) beside a shared expert as wide, top-8 (top-10) routing
+    "qwen3.5-35b-a3b": _qwen35_moe(2048, 40, 16, 32, 256, 8, 512),
+    "qwen3.5-122b-a10b": _qwen35_moe(3072, 48, 32, 64, 256, 8, 1024),
+    "qwen3.5-397b-a17b": _qwen35_moe(4096, 60, 32, 64, 512, 10, 1024),
     # tiny, for tests: layers 0-2 linear, layer 3 full attention
     "qwen3.5-tiny": Qwen35Config(vocab_size=512, context_length=256, n_embd=64, n_layer=4,
                                  n_head=4, n_kv_head=2, head_dim=32, intermediate_size=128,

@@ -7,7 +7,7 @@
     gemma3   Gemma3Config   Gemma3        gemma3-270m ...  gemma3_text               gemma3
     olmo3    Olmo3Config    Olmo3         olmo3-7b, -32b   olmo3                     (none yet)
     gpt_oss  GptOssConfig   GptOss        gpt-oss-20b ...  gpt_oss                   (none yet)
-    qwen3_5  Qwen35Config   Qwen35        qwen3.5-0.8b ... qwen3_5_text, qwen3_5     (none yet)
+    qwen3_5  Qwen35Config   Qwen35        qwen3.5-0.8b ... qwen3_5(_moe)(_text)      (none yet)
 
 Loading and saving (``scratchlm/checkpoints``), the planner, ``plan``, ``distill``, the engine and the
 native decoder look a family up here (``family_of(model_or_config)``, ``family_named``,
@@ -117,14 +117,18 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            weight_marks=("att.sinks", "self_attn.sinks"),
            hf_repos={"gpt-oss-20b": "openai/gpt-oss-20b",
                      "gpt-oss-120b": "openai/gpt-oss-120b"}),
-    Family("qwen3_5", Qwen35Config, Qwen35, QWEN35_PRESETS, ("qwen3_5_text", "qwen3_5"),
+    Family("qwen3_5", Qwen35Config, Qwen35, QWEN35_PRESETS,
+           ("qwen3_5_text", "qwen3_5", "qwen3_5_moe_text", "qwen3_5_moe"),
            "hf_qwen3_5",
            features=frozenset({"rmsnorm_unit_offset", "rope", "swiglu", "qk_norm",
                                "gated_deltanet", "output_gate", "partial_rope"}),
            weight_marks=("lin.qkv_proj", "linear_attn."),
            hf_repos={"qwen3.5-0.8b": "Qwen/Qwen3.5-0.8B", "qwen3.5-2b": "Qwen/Qwen3.5-2B",
                      "qwen3.5-4b": "Qwen/Qwen3.5-4B", "qwen3.5-9b": "Qwen/Qwen3.5-9B",
-                     "qwen3.5-27b": "Qwen/Qwen3.5-27B"}),
+                     "qwen3.5-27b": "Qwen/Qwen3.5-27B",
+                     "qwen3.5-35b-a3b": "Qwen/Qwen3.5-35B-A3B",
+                     "qwen3.5-122b-a10b": "Qwen/Qwen3.5-122B-A10B",
+                     "qwen3.5-397b-a17b": "Qwen/Qwen3.5-397B-A17B"}),
 )}
 DEFAULT_FAMILY = "gpt"  # the book's: what a saved config that names no family is
 

@@ -6,6 +6,7 @@
         g_i = p[e_i] / sum_j p[e_j]              gates, renormalised as in Mixtral (or p[e_i]
                                                  with ``norm_topk_prob=False``)
         y = sum_i g_i * expert_{e_i}(x)          (C,)
+          (+ sigmoid(w.x) * shared(x) with a shared expert: Qwen3.5-MoE)
 
 Only k of the N experts run per token, so a layer holds N times the FFN parameters for about
 k times the FFN compute. With ``capacity_factor > 0`` each expert takes at most
@@ -43,6 +44,9 @@ class MoEConfig:
     intermediate_size: int | None = None  # each expert's hidden width (None: the dense FFN's)
     norm_topk_prob: bool = True  # renormalise the k gates to sum to 1 (Mixtral, Qwen3-MoE)
     router_bias: bool = False  # a bias on the router's logits (gpt-oss)
+    # > 0: a dense expert of this width beside the routed ones, on every token, its output
+    # scaled by a learned sigmoid gate (Qwen3.5-MoE's shared expert)
+    shared_expert_size: int = 0
     capacity_factor: float = 0.0  # > 0: cap tokens per expert (overflow is dropped)
     aux_loss_coef: float = 0.01  # Switch load-balancing loss weight
     z_loss_coef: float = 0.001  # router z-loss weight
@@ -78,6 +82,11 @@ def moe_from(value, owner: str) -> MoEConfig:
                          f"got {value.intermediate_size}")
     if value.capacity_factor < 0:
         raise ValueError(f"{owner}.moe.capacity_factor must be >= 0, got {value.capacity_factor}")
+    if not isinstance(value.shared_expert_size, int) or value.shared_expert_size < 0:
+        raise ValueError(f"{owner}.moe.shared_expert_size must be an integer >= 0, "
+                         f"got {value.shared_expert_size!r}")
+    if value.shared_expert_size and not value.num_experts:
+        raise ValueError(f"{owner}.moe.shared_expert_size needs moe.num_experts > 0")
     return value
 
 
@@ -95,7 +104,8 @@ class MoEFeedForward(nn.Module):
     def __init__(self, emb_dim: int, num_experts: int, top_k: int,
                  make_expert: Callable[[], nn.Module], capacity_factor: float = 0.0,
                  aux_loss_coef: float = 0.01, z_loss_coef: float = 0.001,
-                 norm_topk_prob: bool = True, router_bias: bool = False):
+                 norm_topk_prob: bool = True, router_bias: bool = False,
+                 make_shared: Callable[[], nn.Module] | None = None):
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"moe_top_k must be in [1, moe_num_experts={num_experts}], "
@@ -108,6 +118,9 @@ class MoEFeedForward(nn.Module):
         self.aux_loss_coef, self.z_loss_coef = aux_loss_coef, z_loss_coef
         self.router = nn.Linear(emb_dim, num_experts, bias=router_bias)
         self.experts = nn.ModuleList(make_expert() for _ in range(num_experts))
+        if make_shared is not None:  # every token's, scaled by sigmoid(shared_expert_gate(x))
+            self.shared_expert = make_shared()
+            self.shared_expert_gate = nn.Linear(emb_dim, 1, bias=False)
         # The weighted auxiliary loss of the last forward: taken (and cleared) by moe_aux_loss,
         # so no autograd graph stays attached to the module; a detached copy for logging.
         self.aux_loss: torch.Tensor | None = None
@@ -155,6 +168,8 @@ class MoEFeedForward(nn.Module):
             tok = flat_tok[sel]
             y = self.experts[e](x[tok]) * flat_gate[sel, None].to(x.dtype)
             out.index_add_(0, tok, y)
+        if hasattr(self, "shared_expert"):
+            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         if self.training:
             self.assigned += counts.to(self.assigned.dtype)
             self.dropped += dropped
@@ -232,7 +247,8 @@ def expert_ffn(cfg, dense: Callable[[int], nn.Module]) -> nn.Module:
     moe = cfg.moe
     if not moe.num_experts:
         return dense(None)
+    shared = (lambda: dense(moe.shared_expert_size)) if moe.shared_expert_size else None
     return MoEFeedForward(cfg.n_embd, moe.num_experts, moe.top_k,
                           lambda: dense(moe.intermediate_size), moe.capacity_factor,
                           moe.aux_loss_coef, moe.z_loss_coef, moe.norm_topk_prob,
-                          moe.router_bias)
+                          moe.router_bias, shared)

@@ -219,3 +219,72 @@ def test_published_sizes_count_as_transformers_does(name):
     assert count_parameters(ours) == n
     billions = float(name.split("-")[1].removesuffix("b"))
     assert 0.7 < n / (billions * 1e9) < 1.1  # near the name (which counts the vision tower)
+
+
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
+           shared_expert_intermediate_size=40)
+
+
+def write_hf_qwen35_moe(folder, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = transformers.Qwen3_5MoeTextConfig(**text_config(**kw), **MOE)
+    hf = transformers.Qwen3_5MoeForCausalLM(cfg)
+    _away_from_init(hf)
+    with torch.no_grad():  # routers and experts away from their zero / tiny init
+        for name, p in hf.named_parameters():
+            if "mlp" in name:
+                p.normal_(0, 0.1)
+    hf.eval().save_pretrained(folder)
+    return hf
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(tie=True, interval=2)])
+def test_moe_logits_match_transformers(tmp_path, kw):
+    hf = write_hf_qwen35_moe(tmp_path, **kw)
+    ours = load_pretrained(str(tmp_path))
+    moe = ours.cfg.moe
+    assert (moe.num_experts, moe.top_k, moe.intermediate_size, moe.shared_expert_size) == (
+        4, 2, 48, 40)
+    x = torch.randint(0, 300, (2, 70))
+    with torch.no_grad():
+        assert (ours(x) - hf(x).logits).abs().max().item() <= 1e-4
+    assert_greedy_matches_transformers(ours, hf, new=8)
+
+
+def test_moe_export_loads_in_transformers(tmp_path):
+    torch.manual_seed(0)
+    cfg = Qwen35Config.from_name("qwen3.5-tiny", moe={
+        "num_experts": 4, "top_k": 2, "intermediate_size": 32, "shared_expert_size": 48})
+    model = build_model(cfg).eval()
+    save_hf(model, tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(hf).__name__ == "Qwen3_5MoeForCausalLM"
+    x = torch.randint(0, cfg.vocab_size, (2, 40))
+    with torch.no_grad():
+        assert (model(x) - hf(x).logits).abs().max().item() <= 1e-4
+    assert load_pretrained(str(tmp_path)).cfg == cfg
+    with pytest.raises(ValueError, match="shared expert"):  # a layout HF does not have
+        save_hf(build_model(Qwen35Config.from_name("qwen3.5-tiny", moe={"num_experts": 4})),
+                tmp_path / "no-shared")
+
+
+@pytest.mark.parametrize("name", [  # 10,000+ experts each, built on the meta device: ~12 s
+    pytest.param("qwen3.5-35b-a3b", marks=pytest.mark.slow),
+    pytest.param("qwen3.5-122b-a10b", marks=pytest.mark.slow)])
+def test_published_moe_sizes_count_as_transformers_does(name):
+    cfg = preset(name)[1]
+    moe = cfg.moe
+    hf_cfg = transformers.Qwen3_5MoeTextConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
+        linear_num_value_heads=cfg.linear_value_heads, num_experts=moe.num_experts,
+        num_experts_per_tok=moe.top_k, moe_intermediate_size=moe.intermediate_size,
+        shared_expert_intermediate_size=moe.shared_expert_size,
+        tie_word_embeddings=cfg.tie_embeddings)
+    with torch.device("meta"):
+        ours = build_model(cfg)
+        hf = transformers.Qwen3_5MoeForCausalLM(hf_cfg)
+    n = sum(p.numel() for p in hf.parameters())
+    assert count_parameters(ours) == n
+    total = float(name.split("-")[1].removesuffix("b"))
+    assert 0.9 < n / (total * 1e9) < 1.05

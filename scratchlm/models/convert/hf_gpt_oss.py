@@ -73,6 +73,8 @@ def config_from_hf(hf: Mapping) -> GptOssConfig:
 
 
 def config_to_hf(cfg: GptOssConfig) -> dict:
+    if cfg.moe.shared_expert_size:
+        raise ValueError("gpt-oss has no shared expert in its HF layout")
     return {
         "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss",
         **shape_to_hf(cfg), "hidden_act": "silu",

@@ -100,6 +100,8 @@ def config_to_hf(cfg: LlamaConfig) -> dict:
     """A ``config.json`` dict transformers reads as this model."""
     if cfg.sliding_window:
         raise ValueError("Llama/Qwen3 models with sliding-window layers have no HF layout")
+    if cfg.moe.shared_expert_size:
+        raise ValueError("Qwen3-MoE has no shared expert in its HF layout (Qwen3.5-MoE has)")
     moe = cfg.moe.num_experts > 0
     model_type = "qwen3_moe" if moe else ("qwen3" if isinstance(cfg, Qwen3Config) else "llama")
     if moe and not isinstance(cfg, Qwen3Config):
