@@ -27,8 +27,9 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
     the native kernels read (``nn/gguf_linear.KEPT``)
     stay in those blocks (``nn/gguf_linear.py``), a tied head sharing the table's bytes; for
     inference on the CPU in float32."""
-    from scratchlm.models.convert.gguf import (ARCHS, GGUFError, config_kwargs, iter_tensors,
-                                               read_gguf)
+    from scratchlm.models.convert.gguf import (ARCHS, ROPE_FREQS, GGUFError, config_kwargs,
+                                               dequantize, iter_tensors, read_gguf,
+                                               scaling_from_freq_factors)
     from scratchlm.checkpoints.gguf_tokenizer import gguf_tokenizer
 
     meta, reader = read_gguf(path)
@@ -38,11 +39,24 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
     except ValueError as e:
         raise GGUFError(str(e)) from None
     names = {t.name for t in reader.tensors}
+    fields = {f.name for f in dataclasses.fields(family.config_cls)}
     try:
-        kwargs = config_kwargs(meta, str(path))
-        if "qkv_bias" in {f.name for f in dataclasses.fields(family.config_cls)}:
-            kwargs["qkv_bias"] = any(n.endswith((".attn_q.bias", ".attn_qkv.bias"))
-                                     for n in names)
+        kwargs = config_kwargs(meta, str(path))  # GGUFError naming the file and field
+    except GGUFError:
+        raise
+    except ValueError as e:
+        raise GGUFError(f"{path}: {e}") from None
+    if "qkv_bias" in fields:
+        kwargs["qkv_bias"] = any(n.endswith((".attn_q.bias", ".attn_qkv.bias")) for n in names)
+    if ROPE_FREQS in names:  # Llama 3's RoPE scaling, as a tensor
+        if arch != "llama" or "rope_scaling" not in fields:
+            raise GGUFError(f"{path}: rope_freqs in a {arch} file is not supported")
+        freqs = next(t for t in reader.tensors if t.name == ROPE_FREQS)
+        head_dim = kwargs.get("head_dim") or kwargs["n_embd"] // kwargs["n_head"]
+        factors = dequantize(freqs.data, freqs.tensor_type.name, (int(np.prod(freqs.shape)),))
+        kwargs["rope_scaling"] = scaling_from_freq_factors(factors, head_dim, kwargs["rope_base"],
+                                                           str(path))
+    try:
         cfg = family.config_cls(**kwargs, tie_embeddings="output.weight" not in names)
     except ValueError as e:
         raise GGUFError(f"{path}: {e}") from None

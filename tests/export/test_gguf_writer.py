@@ -71,3 +71,59 @@ def test_models_the_format_cannot_hold_are_refused(small_bpe, tmp_path):
 
         write_gguf(tiny("llama-tiny"), get_tokenizer("gpt2"), tmp_path / "v.gguf")
     assert not list(tmp_path.iterdir())
+
+
+def _llama_cpp_rope_factors(head_dim, base, factor, low, high, old):
+    """llama.cpp's converter (conversion/llama.py, LlamaModel.generate_extra_tensors)."""
+    import math
+
+    freqs = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            out.append(1)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(out, dtype=torch.float32).numpy()
+
+
+@pytest.mark.parametrize("head_dim,base,old", [
+    (64, 500000.0, 8192),  # Llama 3.2 1B: three blended frequencies
+    (128, 500000.0, 8192),  # Llama 3.1 8B
+    (16, 10000.0, 512),  # one blended frequency
+    (16, 10000.0, 16),  # none: every frequency kept or divided
+])
+def test_llama3_rope_scaling_is_the_rope_freqs_llama_cpp_writes_and_reads_back(head_dim, base,
+                                                                              old):
+    import numpy as np
+
+    from scratchlm.models.convert.gguf import rope_freq_factors, scaling_from_freq_factors
+
+    scaling = {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_context_length": old}
+    cfg = tiny("llama-tiny", head_dim=head_dim, rope_base=base, rope_scaling=scaling).cfg
+    want = _llama_cpp_rope_factors(head_dim, base, 32.0, 1.0, 4.0, old)
+    np.testing.assert_allclose(rope_freq_factors(cfg), want, rtol=1e-6)
+    back = scaling_from_freq_factors(want, head_dim, base, "m.gguf")
+    np.testing.assert_allclose(rope_freq_factors(tiny("llama-tiny", head_dim=head_dim,
+                                                      rope_base=base, rope_scaling=back).cfg),
+                               want, rtol=1e-5)
+    if head_dim >= 64:
+        assert back == scaling  # the published settings themselves
+    with pytest.raises(GGUFError, match="m.gguf: its rope_freqs are not Llama 3's"):
+        scaling_from_freq_factors(want[::-1].copy(), head_dim, base, "m.gguf")
+
+
+def test_a_scaled_llama_file_holds_rope_freqs_in_f32(small_bpe, tmp_path):
+    name, changes = FAMILIES["llama3-scaled"]
+    path = write_gguf(tiny(name, **changes), small_bpe, tmp_path / "m.gguf", "f32", "q8_0")
+    _, reader = read_gguf(path)
+    kinds = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert kinds["rope_freqs.weight"] == "F32"
+    with pytest.raises(GGUFError, match="qwen3 GGUF files carry no rope_scaling"):
+        write_gguf(tiny("qwen3-tiny", rope_scaling=changes["rope_scaling"]), small_bpe,
+                   tmp_path / "q.gguf")

@@ -29,6 +29,9 @@ def _llama_logits(path, ids):
     ("gpt-tiny", {"vocab_size": 512, "qkv_bias": False, "tie_embeddings": False}),
     ("llama-tiny", {}),
     ("qwen3-tiny", {}),
+    ("llama-tiny", {"head_dim": 64, "rope_base": 500000.0, "rope_scaling": {  # rope_freqs
+        "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_context_length": 64}}),
 ])
 def test_llama_cpp_reads_our_gguf(name, changes, small_bpe, tmp_path):
     model = tiny(name, **changes)

@@ -22,6 +22,10 @@ FAMILIES = {
                                "vocab_pad_multiple": 64}),
     "llama": ("llama-tiny", {}),
     "llama-untied": ("llama-tiny", {"tie_embeddings": False}),
+    # Llama 3.x's RoPE scaling (written as rope_freqs): three blended frequencies at head_dim 64
+    "llama3-scaled": ("llama-tiny", {"head_dim": 64, "rope_base": 500000.0, "rope_scaling": {
+        "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_context_length": 64}}),
     "qwen3": ("qwen3-tiny", {}),
     "qwen3moe": ("qwen3-tiny", {"moe": {"num_experts": 4, "top_k": 2, "intermediate_size": 32}}),
     "gemma3": ("gemma3-tiny", {"n_layer": 6, "sliding_window_pattern": 6}),

@@ -1,4 +1,4 @@
-"""LoRA and QLoRA on the Qwen3, Gemma 3, OLMo 3 and gpt-oss families: every projection (every
+"""LoRA and QLoRA on the Qwen3, Gemma 3, OLMo 3, gpt-oss and Qwen3.5 families: every projection (every
 expert's, in a mixture of experts) is a target, training
 moves the loss, and the PEFT adapter folder loads onto the transformers model of the same
 weights with equal logits."""
@@ -16,19 +16,23 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 
-@pytest.mark.parametrize("name", ["qwen3-tiny", "gemma3-tiny", "olmo3-tiny", "gpt-oss-tiny"])
+@pytest.mark.parametrize("name", ["qwen3-tiny", "gemma3-tiny", "olmo3-tiny", "gpt-oss-tiny",
+                                  "qwen3.5-tiny"])
 @pytest.mark.parametrize("quantize_base", [None, "nf4"])
 def test_lora_and_qlora_train(name, quantize_base):
     torch.manual_seed(0)
     model = build_model(preset(name)[1])
     apply_lora(model, rank=4, alpha=8, targets="all", quantize_base=quantize_base)
     wrapped = lora_modules(model)
-    per_block = {n.split(".", 2)[2] for n in wrapped if n.startswith("trf_blocks.0.")}
-    moe = model.cfg.moe.num_experts
-    ffns = [f"ff.experts.{e}" for e in range(moe)] if moe else ["ff"]
-    assert per_block == {"att.q_proj", "att.k_proj", "att.v_proj", "att.out_proj",
-                         *(["ff.router"] if moe else []),
-                         *(f"{ff}.{fc}" for ff in ffns for fc in ("fc1", "fc2", "fc3"))}
+    for i, block in enumerate(model.trf_blocks):
+        per_block = {n.split(".", 2)[2] for n in wrapped if n.startswith(f"trf_blocks.{i}.")}
+        moe = model.cfg.moe.num_experts
+        ffns = [f"ff.experts.{e}" for e in range(moe)] if moe else ["ff"]
+        # Qwen3.5's linear-attention layers: their output projection (the rest is "other")
+        mixer = (["lin.out_proj"] if hasattr(block, "lin") else
+                 ["att.q_proj", "att.k_proj", "att.v_proj", "att.out_proj"])
+        assert per_block == {*mixer, *(["ff.router"] if moe else []),
+                             *(f"{ff}.{fc}" for ff in ffns for fc in ("fc1", "fc2", "fc3"))}
     x = torch.randint(0, model.cfg.vocab_size, (4, 24))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
@@ -50,7 +54,7 @@ def _randomize_adapters(model):
                         p.normal_(0, 0.05)
 
 
-@pytest.mark.parametrize("family", ["qwen3", "gemma3", "olmo3", "gpt-oss"])
+@pytest.mark.parametrize("family", ["qwen3", "gemma3", "olmo3", "gpt-oss", "qwen3.5"])
 def test_peft_loads_our_adapter(tmp_path, family):
     from scratchlm.finetune.peft_format import load_peft_adapter, save_peft_adapter
     from scratchlm.checkpoints.hf import save_hf

@@ -133,14 +133,9 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_the_others_decode():
 
 
 def hybrid_engine():
-    from scratchlm.models.qwen3_5 import Qwen35, Qwen35Config
+    from tests.generation.test_slots import qwen35
 
-    torch.manual_seed(0)
-    return Engine(Qwen35(Qwen35Config(vocab_size=97, context_length=128, n_embd=32, n_layer=4,
-                                      n_head=4, n_kv_head=2, head_dim=16, intermediate_size=64,
-                                      rope_base=10_000.0, linear_key_heads=2,
-                                      linear_value_heads=4, linear_key_dim=8,
-                                      linear_value_dim=8)).eval())
+    return Engine(qwen35())
 
 
 @pytest.mark.parametrize("make", [engine, hybrid_engine])

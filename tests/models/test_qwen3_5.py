@@ -1,8 +1,8 @@
 """Qwen3.5 against transformers' Qwen3_5ForCausalLM on tiny random checkpoints: logits of the
 hybrid (Gated DeltaNet + gated attention) stack over several shapes and more than one chunk,
 the published vision-language layout's text part, the chunked and recurrent forms of the delta
-rule, packed documents, greedy generation, a left-padded batch, our HF export read back, LoRA
-and PEFT adapters, and the published sizes."""
+rule, packed documents, greedy generation, a left-padded batch, our HF export read back, and
+the published sizes (LoRA and PEFT: tests/finetune/test_lora_families.py)."""
 
 from __future__ import annotations
 
@@ -150,77 +150,6 @@ def test_hf_export_loads_in_transformers(tmp_path, tie):
     assert load_pretrained(str(tmp_path)).cfg == cfg  # and back
 
 
-@pytest.mark.parametrize("quantize_base", [None, "nf4"])
-def test_lora_and_qlora_train(quantize_base):
-    from scratchlm.finetune.lora import apply_lora, lora_modules
-    from scratchlm.nn.loss import cross_entropy
-
-    torch.manual_seed(0)
-    model = build_model(preset("qwen3.5-tiny")[1])
-    apply_lora(model, rank=4, alpha=8, targets="all", quantize_base=quantize_base)
-    per_block = [{n.split(".", 2)[2] for n in lora_modules(model)
-                  if n.startswith(f"trf_blocks.{i}.")} for i in (0, 3)]
-    ff = {"ff.fc1", "ff.fc2", "ff.fc3"}
-    assert per_block == [{"lin.out_proj", *ff},  # a linear-attention layer
-                         {"att.q_proj", "att.k_proj", "att.v_proj", "att.out_proj", *ff}]
-    x = torch.randint(0, model.cfg.vocab_size, (4, 24))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(12):
-        loss = cross_entropy(model(x), x.roll(-1, 1))
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0] - 0.3
-
-
-def test_peft_loads_our_adapter(tmp_path):
-    peft = pytest.importorskip("peft")
-    from scratchlm.finetune.lora import LoRALinear, apply_lora
-    from scratchlm.finetune.peft_format import load_peft_adapter, save_peft_adapter
-
-    torch.manual_seed(0)
-    base = build_model(preset("qwen3.5-tiny")[1]).eval()
-    save_hf(base, tmp_path / "base")
-    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
-    ours = load_pretrained(str(tmp_path / "base"))
-    apply_lora(ours, rank=4, alpha=8, targets=("q", "k", "v", "out", "ff"))
-    with torch.no_grad():
-        for m in ours.modules():
-            if isinstance(m, LoRALinear):
-                for p in m.parameters():
-                    if p.requires_grad:
-                        p.normal_(0, 0.05)
-    save_peft_adapter(ours, tmp_path / "adapter", str(tmp_path / "base"))
-    peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
-    x = torch.randint(0, 512, (2, 20))
-    with torch.no_grad():
-        assert (ours(x) - peft_model(x).logits).abs().max() <= 1e-4
-        assert (ours(x) - base(x)).abs().max() > 1e-3  # the adapter does something
-    again = load_peft_adapter(load_pretrained(str(tmp_path / "base")), tmp_path / "adapter")
-    with torch.no_grad():
-        assert (again(x) - ours(x)).abs().max() <= 1e-5
-
-
-@pytest.mark.parametrize("name", ["qwen3.5-0.8b", "qwen3.5-2b", "qwen3.5-4b", "qwen3.5-9b",
-                                  "qwen3.5-27b"])
-def test_published_sizes_count_as_transformers_does(name):
-    cfg = preset(name)[1]
-    hf_cfg = transformers.Qwen3_5TextConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
-        num_key_value_heads=cfg.n_kv_head, linear_num_value_heads=cfg.linear_value_heads,
-        tie_word_embeddings=cfg.tie_embeddings)
-    with torch.device("meta"):
-        ours = build_model(cfg)
-        hf = transformers.Qwen3_5ForCausalLM(hf_cfg)
-    n = sum(p.numel() for p in hf.parameters())
-    assert count_parameters(ours) == n
-    billions = float(name.split("-")[1].removesuffix("b"))
-    assert 0.7 < n / (billions * 1e9) < 1.1  # near the name (which counts the vision tower)
-
-
 MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
            shared_expert_intermediate_size=40)
 
@@ -268,23 +197,29 @@ def test_moe_export_loads_in_transformers(tmp_path):
                 tmp_path / "no-shared")
 
 
-@pytest.mark.parametrize("name", [  # 10,000+ experts each, built on the meta device: ~12 s
+@pytest.mark.parametrize("name", [
+    "qwen3.5-0.8b", "qwen3.5-2b", "qwen3.5-4b", "qwen3.5-9b", "qwen3.5-27b",
+    # 10,000+ experts each, built on the meta device: ~12 s
     pytest.param("qwen3.5-35b-a3b", marks=pytest.mark.slow),
     pytest.param("qwen3.5-122b-a10b", marks=pytest.mark.slow)])
-def test_published_moe_sizes_count_as_transformers_does(name):
+def test_published_sizes_count_as_transformers_does(name):
     cfg = preset(name)[1]
     moe = cfg.moe
-    hf_cfg = transformers.Qwen3_5MoeTextConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
-        linear_num_value_heads=cfg.linear_value_heads, num_experts=moe.num_experts,
-        num_experts_per_tok=moe.top_k, moe_intermediate_size=moe.intermediate_size,
-        shared_expert_intermediate_size=moe.shared_expert_size,
-        tie_word_embeddings=cfg.tie_embeddings)
+    shape = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd,
+                 num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+                 num_key_value_heads=cfg.n_kv_head, linear_num_value_heads=cfg.linear_value_heads,
+                 tie_word_embeddings=cfg.tie_embeddings)
     with torch.device("meta"):
         ours = build_model(cfg)
-        hf = transformers.Qwen3_5MoeForCausalLM(hf_cfg)
+        if moe.num_experts:
+            hf = transformers.Qwen3_5MoeForCausalLM(transformers.Qwen3_5MoeTextConfig(
+                **shape, num_experts=moe.num_experts, num_experts_per_tok=moe.top_k,
+                moe_intermediate_size=moe.intermediate_size,
+                shared_expert_intermediate_size=moe.shared_expert_size))
+        else:
+            hf = transformers.Qwen3_5ForCausalLM(transformers.Qwen3_5TextConfig(
+                **shape, intermediate_size=cfg.intermediate_size))
     n = sum(p.numel() for p in hf.parameters())
     assert count_parameters(ours) == n
     total = float(name.split("-")[1].removesuffix("b"))
-    assert 0.9 < n / (total * 1e9) < 1.05
+    assert 0.7 < n / (total * 1e9) < 1.1  # near the name (which counts the vision tower)

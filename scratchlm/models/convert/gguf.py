@@ -106,9 +106,10 @@ def config_metadata(cfg, arch: str) -> dict[str, int | float | str]:
     if arch not in ARCHS:
         raise GGUFError(f"no GGUF architecture {arch!r} (supported: {', '.join(ARCHS)})")
     rules = ARCHS[arch]
-    if getattr(cfg, "rope_scaling", None):
-        raise GGUFError("a Llama 3.x rope_scaling config is not exported to GGUF yet "
-                        "(llama.cpp needs its rope_freqs tensor)")
+    scaling = getattr(cfg, "rope_scaling", None)
+    if scaling and (arch != "llama" or scaling.get("type")):
+        raise GGUFError(f"{arch} GGUF files carry no rope_scaling {scaling!r} (Llama 3's "
+                        f"scaling of a llama model is written as its rope_freqs tensor)")
     if not rules.sliding_window and getattr(cfg, "sliding_window", 0):
         raise GGUFError(f"llama.cpp's {arch} architecture has no sliding-window attention")
     rules.check(cfg)
@@ -136,6 +137,70 @@ _TOP = {"token_embd.weight": "tok_emb.weight", "output_norm.weight": "final_norm
         "output.weight": "out_head.weight"}
 
 
+ROPE_FREQS = "rope_freqs.weight"  # Llama 3.x: each RoPE frequency's divisor
+
+
+def rope_freq_factors(cfg) -> np.ndarray | None:
+    """The ``rope_freqs`` tensor llama.cpp's converter writes for Llama 3's ``rope_scaling``
+    (``{"factor", "low_freq_factor", "high_freq_factor", "original_context_length"}``): per
+    frequency 1 (wavelengths under the original context / high_freq_factor), ``factor``
+    (over it / low_freq_factor) or the blend between; None without scaling."""
+    s = getattr(cfg, "rope_scaling", None)
+    if not s:
+        return None
+    freqs = 1.0 / cfg.rope_base ** (np.arange(0, cfg.head_dim, 2, dtype=np.float64)
+                                    / cfg.head_dim)
+    old, low, high = s["original_context_length"], s["low_freq_factor"], s["high_freq_factor"]
+    wavelen = 2 * np.pi / freqs
+    smooth = (old / wavelen - low) / (high - low)
+    blend = 1 / ((1 - smooth) / s["factor"] + smooth)
+    out = np.where(wavelen < old / high, 1.0, np.where(wavelen > old / low, s["factor"], blend))
+    return out.astype(np.float32)
+
+
+def scaling_from_freq_factors(factors: np.ndarray, head_dim: int, base: float,
+                              source: str) -> dict | None:
+    """Llama 3's ``rope_scaling`` whose ``rope_freq_factors`` are ``factors`` (a file's
+    ``rope_freqs``): the factor is the largest; the blended band fixes the line
+    smooth(1/wavelength) = (old / wavelength - low) / (high - low), and with
+    low_freq_factor = 1 (every Llama 3.x) old and high follow. None for factors of 1;
+    ``GGUFError`` when no such scaling gives the factors."""
+    f = np.asarray(factors, dtype=np.float64).reshape(-1)
+    if f.shape[0] != head_dim // 2 or not np.isfinite(f).all() or (f <= 0).any():
+        raise GGUFError(f"{source}: rope_freqs has {f.shape[0]} values (or values <= 0); "
+                        f"the heads need {head_dim // 2}")
+    if np.allclose(f, 1.0):
+        return None
+    factor = float(f.max())
+    inverse = 1.0 / (2 * np.pi / (1.0 / base ** (np.arange(0, head_dim, 2) / head_dim)))
+    band = (f > 1 + 1e-6) & (f < factor * (1 - 1e-6))
+    smooth = (1 / f[band] - 1 / factor) / (1 - 1 / factor)
+    candidates = []
+    if band.sum() >= 2:
+        a, b = np.polyfit(inverse[band], smooth, 1)  # smooth = a / wavelength + b
+        if b < 0:
+            candidates.append((1 - 1 / b, -a / b))  # (high_freq_factor, original context)
+    elif band.sum() == 1:  # one blended value: Llama 3's high_freq_factor of 4 fixes it
+        candidates.append((4.0, (3 * smooth[0] + 1) / inverse[band][0]))
+    else:  # no blended value: any context between the jumps does; a power of two
+        candidates += [(4.0, 2.0 ** k) for k in range(4, 25)]
+    for high, old in candidates:
+        fitted = {"factor": factor, "low_freq_factor": 1.0,
+                  "high_freq_factor": round(float(high), 6),
+                  "original_context_length": int(round(float(old)))}
+        if np.allclose(rope_freq_factors(_Rope(head_dim, base, fitted)), f, rtol=1e-4, atol=0):
+            return fitted
+    raise GGUFError(f"{source}: its rope_freqs are not Llama 3's RoPE scaling (only that one "
+                    f"is read)")
+
+
+class _Rope:
+    """The RoPE settings ``rope_freq_factors`` reads, without a whole config."""
+
+    def __init__(self, head_dim: int, rope_base: float, rope_scaling: dict):
+        self.head_dim, self.rope_base, self.rope_scaling = head_dim, rope_base, rope_scaling
+
+
 def _allow(cfg) -> None:
     """An architecture that refuses no config beyond the checks every one makes."""
 
@@ -161,7 +226,7 @@ class Arch:
 
     def convert(self, name: str, array: np.ndarray, cfg) -> Iterator[tuple[str | None, np.ndarray]]:
         """(our key, array) pairs for one GGUF tensor; KeyError for names we do not know."""
-        if name == "rope_freqs.weight":  # Llama 3 files carry their scaled frequencies
+        if name == ROPE_FREQS:  # read into the config's rope_scaling (load_gguf)
             return
         if name in self.top:
             ours = self.top[name]
@@ -217,6 +282,9 @@ class Arch:
         stacked = {ours: name for name, ours in _EXPERTS.items()}
         for (layer, part), arrays in experts.items():
             yield f"blk.{layer}.{stacked[part]}", np.stack([arrays[e] for e in sorted(arrays)])
+        factors = rope_freq_factors(cfg)
+        if factors is not None:  # config_metadata allowed it: a llama file
+            yield ROPE_FREQS, factors
 
 
 # Each architecture's metadata rules, then its row. llama.cpp names every field
