@@ -49,7 +49,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
     if "qkv_bias" in fields:
         kwargs["qkv_bias"] = any(n.endswith((".attn_q.bias", ".attn_qkv.bias")) for n in names)
     if ROPE_FREQS in names:  # Llama 3's RoPE scaling, as a tensor
-        if arch != "llama" or "rope_scaling" not in fields:
+        if not ARCHS[arch].rope_freqs or "rope_scaling" not in fields:
             raise GGUFError(f"{path}: rope_freqs in a {arch} file is not supported")
         freqs = next(t for t in reader.tensors if t.name == ROPE_FREQS)
         head_dim = kwargs.get("head_dim") or kwargs["n_embd"] // kwargs["n_head"]

@@ -107,7 +107,7 @@ def config_metadata(cfg, arch: str) -> dict[str, int | float | str]:
         raise GGUFError(f"no GGUF architecture {arch!r} (supported: {', '.join(ARCHS)})")
     rules = ARCHS[arch]
     scaling = getattr(cfg, "rope_scaling", None)
-    if scaling and (arch != "llama" or scaling.get("type")):
+    if scaling and (not rules.rope_freqs or scaling.get("type")):
         raise GGUFError(f"{arch} GGUF files carry no rope_scaling {scaling!r} (Llama 3's "
                         f"scaling of a llama model is written as its rope_freqs tensor)")
     if not rules.sliding_window and getattr(cfg, "sliding_window", 0):
@@ -213,7 +213,7 @@ class Arch:
                  write: Callable[[object, str], dict], check: Callable[[object], None] = _allow,
                  sliding_window: bool = False, permute_qk: bool = False,
                  norm_shift: float = 0.0, top: dict | None = None,
-                 zero_biases: tuple[str, ...] = ()):
+                 zero_biases: tuple[str, ...] = (), rope_freqs: bool = False):
         self.block = block
         self.top = _TOP if top is None else top
         self.read = read  # read(meta, a, source): config fields; GGUFError naming source
@@ -223,6 +223,7 @@ class Arch:
         self.permute_qk = permute_qk  # llama.cpp interleaved Q/K rows for its "normal" RoPE
         self.norm_shift = norm_shift  # Gemma: llama.cpp stores 1 + w in every norm weight
         self.zero_biases = zero_biases  # biases llama.cpp requires: written as zeros if absent
+        self.rope_freqs = rope_freqs  # Llama 3's RoPE scaling as a rope_freqs tensor
 
     def convert(self, name: str, array: np.ndarray, cfg) -> Iterator[tuple[str | None, np.ndarray]]:
         """(our key, array) pairs for one GGUF tensor; KeyError for names we do not know."""
@@ -418,7 +419,8 @@ _GPT2_TOP = {"token_embd.weight": "tok_emb.weight", "position_embd.weight": "pos
 ARCHS = {
     "gpt2": Arch(_GPT2_BLOCK, read=_gpt2_kwargs, write=_gpt2_metadata, top=_GPT2_TOP,
                  zero_biases=("attn_qkv.bias",)),
-    "llama": Arch(_LLAMA_BLOCK, read=_llama_kwargs, write=_llama_metadata, permute_qk=True),
+    "llama": Arch(_LLAMA_BLOCK, read=_llama_kwargs, write=_llama_metadata, permute_qk=True,
+                  rope_freqs=True),
     "qwen3": Arch({**_LLAMA_BLOCK, **_QK_NORM}, read=_llama_kwargs, write=_llama_metadata),
     "qwen3moe": Arch({**_LLAMA_BLOCK, **_QK_NORM, **_MOE}, read=_qwen3moe_kwargs,
                      write=_qwen3moe_metadata),
