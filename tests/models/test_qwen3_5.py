@@ -132,10 +132,17 @@ def test_left_padded_batch_equals_single_rows(tmp_path):
     assert_padded_batch_equals_rows(load_pretrained(str(tmp_path)))
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_hf_export_loads_in_transformers(tmp_path, tie):
+SHARED_MOE = {"num_experts": 4, "top_k": 2, "intermediate_size": 32, "shared_expert_size": 48}
+
+
+@pytest.mark.parametrize("kw,architecture", [
+    (dict(tie_embeddings=True), "Qwen3_5ForCausalLM"),
+    (dict(tie_embeddings=False), "Qwen3_5ForCausalLM"),
+    (dict(moe=SHARED_MOE), "Qwen3_5MoeForCausalLM"),
+])
+def test_hf_export_loads_in_transformers(tmp_path, kw, architecture):
     torch.manual_seed(0)
-    cfg = Qwen35Config.from_name("qwen3.5-tiny", tie_embeddings=tie)
+    cfg = Qwen35Config.from_name("qwen3.5-tiny", **kw)
     model = build_model(cfg).eval()
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -143,11 +150,17 @@ def test_hf_export_loads_in_transformers(tmp_path, tie):
                 p.normal_(0.0, 0.3)
     save_hf(model, tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert type(hf).__name__ == "Qwen3_5ForCausalLM"
+    assert type(hf).__name__ == architecture
     x = torch.randint(0, cfg.vocab_size, (2, 80))
     with torch.no_grad():
         assert (model(x) - hf(x).logits).abs().max().item() <= 1e-4
     assert load_pretrained(str(tmp_path)).cfg == cfg  # and back
+
+
+def test_a_moe_layout_hf_does_not_have_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="shared expert"):  # no shared expert
+        save_hf(build_model(Qwen35Config.from_name("qwen3.5-tiny", moe={"num_experts": 4})),
+                tmp_path)
 
 
 MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
@@ -178,23 +191,6 @@ def test_moe_logits_match_transformers(tmp_path, kw):
     with torch.no_grad():
         assert (ours(x) - hf(x).logits).abs().max().item() <= 1e-4
     assert_greedy_matches_transformers(ours, hf, new=8)
-
-
-def test_moe_export_loads_in_transformers(tmp_path):
-    torch.manual_seed(0)
-    cfg = Qwen35Config.from_name("qwen3.5-tiny", moe={
-        "num_experts": 4, "top_k": 2, "intermediate_size": 32, "shared_expert_size": 48})
-    model = build_model(cfg).eval()
-    save_hf(model, tmp_path)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert type(hf).__name__ == "Qwen3_5MoeForCausalLM"
-    x = torch.randint(0, cfg.vocab_size, (2, 40))
-    with torch.no_grad():
-        assert (model(x) - hf(x).logits).abs().max().item() <= 1e-4
-    assert load_pretrained(str(tmp_path)).cfg == cfg
-    with pytest.raises(ValueError, match="shared expert"):  # a layout HF does not have
-        save_hf(build_model(Qwen35Config.from_name("qwen3.5-tiny", moe={"num_experts": 4})),
-                tmp_path / "no-shared")
 
 
 @pytest.mark.parametrize("name", [
