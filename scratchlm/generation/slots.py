@@ -28,13 +28,15 @@ exact. Full caches only.
 
 Prefix caching: a key or value at position t depends only on tokens 0..t, so a prompt that
 begins with the tokens of an earlier one (a chat template's system prompt, a shared few-shot
-header) need not compute them again. The batch keeps the keys and values of the last joining
-row's first ``prefix_max`` tokens; a request that shares at least ``prefix_min`` leading tokens
-with them gets those copied into its row and prefills only the rest (each such row in its own
-forward, as a shorter padded row would overwrite its copied slots). Full caches only: ring
-buffers hold slots by position modulo the window. A hybrid model's cache (``nn/hybrid_cache.py``)
-keeps the whole last prompt with its linear layers' states, which are valid at its end only: a
-request reuses it when it begins with all of it (the next turn of a conversation).
+header) need not compute them again. The batch keeps the keys and values of recent joining
+rows' first ``prefix_max`` tokens (``generation/prefixes.py``); a request that shares at least
+``prefix_min`` leading tokens with one gets those copied into its row and prefills only the
+rest (each such row in its own forward, as a shorter padded row would overwrite its copied
+slots). Full caches only: ring buffers hold slots by position modulo the window. A hybrid
+model's cache (``nn/hybrid_cache.py``) keeps whole prompts with their linear layers' states,
+which are valid at their end only: a request reuses one when it begins with all of it (the
+next turn of a conversation); a request that leaves one part way (another conversation after
+the same system prompt) is prefilled in two parts there, and the shared part is kept too.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import torch
 from scratchlm.finetune.adapter_bank import adapter_names, set_row_adapters
 from scratchlm.generation.controls import RowControl, TokenLogprob, token_logprob
 from scratchlm.generation.engine import Engine, SamplingParams
+from scratchlm.generation.prefixes import PrefixStore
 from scratchlm.generation.sampling import sample_next
 
 
@@ -86,6 +89,10 @@ class Staged:
 class SlotBatch:
     prefix_min = 16  # shared leading tokens worth a copy instead of a prefill
     prefix_max = 512  # leading tokens kept for the next requests
+    # entries kept: 2 of up to prefix_max tokens' keys and values of every layer; 4 for a
+    # hybrid cache (whole prompts, but keys and values of a quarter of the layers, and the
+    # states), which also keeps the system prompts it split off
+    prefix_entries = {False: 2, True: 4}
 
     def __init__(self, engine: Engine, slots: int, max_len: int | None = None,
                  capacity: int = 256, prefix_cache: bool = True):
@@ -96,10 +103,10 @@ class SlotBatch:
         # max_len up front
         self.cache = engine.new_cache(slots, self.max_len, pad, capacity=capacity)
         self.rows: list[Row] = []  # active rows: rows[i] lives in cache row i
-        # (token ids, the cache's save_prefix of them) of a recent prompt's first tokens
-        self.prefix: tuple[list[int], object] | None = None
+        # recent prompts' first tokens, with what they computed (generation/prefixes.py)
         self.prefix_cache = prefix_cache and self.cache.can_shift
-        self.prefix_adapter: str | None = None  # the adapter the kept prefix was computed with
+        self.prefixes = PrefixStore(self.cache.prefix_exact, self.prefix_min, self.prefix_max,
+                                    self.prefix_entries[self.cache.prefix_exact])
         self.reused = 0  # prompt tokens copied instead of computed, over the batch's life
         # named LoRA adapters on the model: each row runs its own (params.adapter), the base
         # matmul shared (finetune/adapter_bank.py)
@@ -162,13 +169,17 @@ class SlotBatch:
         unique = [p for p, _, _ in ordered[:k]]
         names = [s.adapter for _, s, _ in ordered[:k]]
         # a kept prefix serves only prompts run with the adapter that computed it
-        shared = (self._shared_prefix(unique)
-                  if all(a == self.prefix_adapter for a in names) else 0)
+        entry, shared = self._match(unique, names)
+        split = (self.prefixes.split_point(unique[0], names[0])
+                 if self.prefix_cache and not shared and k == 1 else 0)
         if shared:
             self._use(names[:1])
             logits = torch.cat([self._prefill_after_prefix(n + i, prompt, end - len(prompt),
-                                                           shared)
+                                                           entry, shared)
                                 for i, prompt in enumerate(unique)])
+        elif split:  # a hybrid prompt leaving a kept one part way: keep the part they share
+            self._use(names)
+            logits = self._prefill_split(n, unique[0], end - len(unique[0]), split, names[0])
         else:
             idx = torch.zeros(k, longest, dtype=torch.long, device=engine.device)
             for i, prompt in enumerate(unique):
@@ -209,7 +220,8 @@ class SlotBatch:
         self.cache.length = end
         if self.prefix_cache:
             i = max(range(len(requests)), key=lambda j: len(requests[j][0]))  # the longest
-            self._keep_prefix(requests[i][0], n + i, firsts[i], requests[i][1].adapter)
+            self.prefixes.keep(requests[i][0], requests[i][1].adapter,
+                               lambda m: self.cache.save_prefix(n + i, firsts[i], m))
         rows = []
         for (prompt, params, tag), lg in zip(requests, logits):
             gen = None
@@ -255,53 +267,40 @@ class SlotBatch:
         padded batch, or each prompt's part after a shared prefix; equal prompts under one
         adapter once."""
         adapters = adapters or [None] * len(prompts)
-        prompts = [list(p[1:]) for p in {(a, *p): None for a, p in zip(adapters, prompts)}]
-        shared = self._shared_prefix(prompts)
+        distinct = {(a, *p): None for a, p in zip(adapters, prompts)}
+        _, shared = self._match([list(p[1:]) for p in distinct], [p[0] for p in distinct])
         if shared:
-            return sum(len(p) - shared for p in prompts)
-        return len(prompts) * max(map(len, prompts))
+            return sum(len(p) - 1 - shared for p in distinct)
+        return len(distinct) * max(len(p) - 1 for p in distinct)
 
-    def _shared_prefix(self, prompts: list[list[int]]) -> int:
-        """Leading tokens every prompt shares with the kept prefix (each keeping at least one
-        token to prefill); 0 when fewer than ``prefix_min``."""
-        if not self.prefix_cache or self.prefix is None:
-            return 0
-        ids = self.prefix[0]
-        shared = len(ids)
-        for prompt in prompts:
-            n = 0
-            limit = min(shared, len(prompt) - 1)
-            while n < limit and prompt[n] == ids[n]:
-                n += 1
-            shared = n
-        if self.cache.prefix_exact and shared < len(ids):
-            return 0  # a hybrid cache's states hold the kept prefix whole or not at all
-        return shared if shared >= self.prefix_min else 0
+    def _match(self, prompts: list[list[int]], adapters: list[str | None]):
+        """(kept entry, shared leading tokens) for prompts that all run one adapter."""
+        if not self.prefix_cache or len(set(adapters)) != 1:
+            return None, 0
+        return self.prefixes.match(prompts, adapters[0])
 
-    def _prefill_after_prefix(self, row: int, prompt: list[int], first: int,
+    def _prefill_after_prefix(self, row: int, prompt: list[int], first: int, entry,
                               shared: int) -> torch.Tensor:
-        """Copy the kept prefix's ``shared`` slots into ``row`` from its first real slot, then
+        """Copy a kept entry's ``shared`` slots into ``row`` from its first real slot, then
         prefill the rest of ``prompt`` through a one-row view; the (1, V) last logits."""
-        self.cache.load_prefix(self.prefix[1], row, first, shared)
-        pad = torch.tensor([first], device=self.engine.device)
-        view = self.cache.view(row, row + 1, length=first + shared, pad=pad)
-        idx = torch.tensor([prompt[shared:]], dtype=torch.long, device=self.engine.device)
+        self.cache.load_prefix(entry.saved, row, first, shared)
         self.reused += shared
+        return self._prefill_from(row, prompt, first, shared)
+
+    def _prefill_from(self, row: int, prompt: list[int], first: int, done: int) -> torch.Tensor:
+        """Prefill ``prompt[done:]`` into ``row`` after its first ``done`` tokens (from slot
+        ``first``); the (1, V) last logits."""
+        pad = torch.tensor([first], device=self.engine.device)
+        view = self.cache.view(row, row + 1, length=first + done, pad=pad)
+        idx = torch.tensor([prompt[done:]], dtype=torch.long, device=self.engine.device)
         return self.engine._last_logits(idx, view)
 
-    def _keep_prefix(self, prompt: list[int], row: int, first: int,
-                     adapter: str | None = None) -> None:
-        """Keep ``prompt``'s first tokens' keys and values (from ``row``, computed with
-        ``adapter``) for later requests, unless the kept prefix already covers what it shares
-        with them."""
-        # a hybrid cache's states hold the prompt's end: it keeps the whole prompt
-        n = len(prompt) if self.cache.prefix_exact else min(len(prompt), self.prefix_max)
-        if self.prefix is not None and self.prefix_adapter == adapter and \
-                self.prefix[0][:self.prefix_min] == prompt[:self.prefix_min]:
-            if len(self.prefix[0]) >= n:
-                return
-        self.prefix_adapter = adapter
-        self.prefix = (list(prompt[:n]), self.cache.save_prefix(row, first, n))
+    def _prefill_split(self, row: int, prompt: list[int], first: int, split: int,
+                       adapter: str | None) -> torch.Tensor:
+        """Prefill ``prompt[:split]``, keep it (its states end there), then the rest."""
+        self._prefill_from(row, prompt[:split], first, 0)
+        self.prefixes.add(prompt[:split], self.cache.save_prefix(row, first, split), adapter)
+        return self._prefill_from(row, prompt, first, split)
 
     @torch.inference_mode()  # a row's control updates tensors made in the prefill
     def sample(self) -> list[tuple[Row, int | Exception]]:

@@ -227,17 +227,36 @@ TURNS = [  # (arrival step, prompt, sampling)
     (2, TURN[:25] + [50, 51], SamplingParams(max_new_tokens=4)),  # diverges inside it
     (3, TURN + [41, 42, 43, 44, 45, 46], SamplingParams(max_new_tokens=5, temperature=1.0,
                                                        seed=2)),
+    (4, TURN[:25] + [60, 61, 62], SamplingParams(max_new_tokens=4)),  # after the split point
 ]
 
 
-def test_a_hybrid_cache_reuses_a_whole_earlier_prompt_only():
+def test_a_hybrid_cache_reuses_whole_prompts_and_splits_at_a_divergence():
     """The linear layers' states hold a prompt at its end: the next turn of a conversation
-    (which begins with all of the kept prompt) copies it; a prompt that diverges inside it
-    computes everything, and every answer equals the request run alone."""
+    (which begins with all of a kept prompt) copies it; a prompt that leaves a kept one part
+    way computes everything, in two parts, and keeps the part they share for the next prompt
+    that begins with it. Every answer equals the request run alone."""
     engine = Engine(qwen35())
     alone = [engine.generate([p], params)[0] for _, p, params in TURNS]
     got, _, _, batch = run_continuous(engine, arrivals=TURNS)
     assert got == alone
-    # the second turn copies the first's 30 tokens; the third shares only 25, so none; the
-    # fourth begins with all 33 of the second (kept as the longer prompt)
-    assert batch.reused == 30 + 33
+    # the second turn copies the first's 30 tokens; the third shares 25 with them: nothing
+    # copied, its first 25 kept; the fourth begins with all 33 of the second; the fifth with
+    # the 25 the third split off
+    assert batch.reused == 30 + 33 + 25
+    # four entries, least recently used first: the first and third prompts went
+    assert [len(e.ids) for e in batch.prefixes.entries] == [33, 36, 25, 28]
+
+
+def test_two_system_prompts_are_both_kept():
+    """Requests after two different system prompts, alternating: each reuses its own."""
+    first, second = list(range(10, 30)), list(range(60, 80))
+    arrivals = [(0, first + [1, 2], SamplingParams(max_new_tokens=4)),
+                (1, second + [3], SamplingParams(max_new_tokens=4)),
+                (2, first + [4, 5, 6], SamplingParams(max_new_tokens=4)),
+                (3, second + [7, 8], SamplingParams(max_new_tokens=4))]
+    engine = Engine(llama())
+    alone = [engine.generate([p], params)[0] for _, p, params in arrivals]
+    got, _, _, batch = run_continuous(engine, arrivals=arrivals)
+    assert got == alone
+    assert batch.reused == 20 + 20
