@@ -1,4 +1,5 @@
-"""Save LoRA adapters of a Llama-layout model (Llama, Qwen3, Qwen3.5, Gemma 3, OLMo 3, gpt-oss) as a PEFT adapter folder (``adapter_model.safetensors`` +
+"""Save LoRA adapters of a Llama-layout model (Llama, Qwen3, Qwen3.5, Gemma 3, OLMo 3,
+gpt-oss) as a PEFT adapter folder (``adapter_model.safetensors`` +
 ``adapter_config.json``) that ``peft.PeftModel.from_pretrained`` loads onto the Hugging Face
 model of the same weights, and load such a folder back onto our model."""
 

@@ -42,9 +42,11 @@ class PrefixStore:
         self.entries_max = entries
         self.entries: list[Prefix] = []  # least recently used first
 
-    def match(self, prompts: list[list[int]], adapter: str | None) -> tuple[Prefix | None, int]:
+    def match(self, prompts: list[list[int]], adapter: str | None,
+              use: bool = True) -> tuple[Prefix | None, int]:
         """(entry, leading tokens every prompt shares with it) for the entry that shares the
-        most, or (None, 0) below ``min_tokens``; a prompt always keeps one token to prefill."""
+        most, or (None, 0) below ``min_tokens``; a prompt always keeps one token to prefill.
+        ``use``: the entry is about to be copied (it becomes the most recently used)."""
         best, shared = None, 0
         for entry in self.entries:
             if entry.adapter != adapter:
@@ -56,7 +58,7 @@ class PrefixStore:
                 n = 0  # its states hold the whole entry or nothing
             if n >= self.min_tokens and n > shared:
                 best, shared = entry, n
-        if best is not None:  # recently used: the last to go
+        if best is not None and use:  # recently used: the last to go
             self.entries.remove(best)
             self.entries.append(best)
         return best, shared

@@ -268,16 +268,17 @@ class SlotBatch:
         adapter once."""
         adapters = adapters or [None] * len(prompts)
         distinct = {(a, *p): None for a, p in zip(adapters, prompts)}
-        _, shared = self._match([list(p[1:]) for p in distinct], [p[0] for p in distinct])
+        _, shared = self._match([list(p[1:]) for p in distinct], [p[0] for p in distinct],
+                                use=False)
         if shared:
             return sum(len(p) - 1 - shared for p in distinct)
         return len(distinct) * max(len(p) - 1 for p in distinct)
 
-    def _match(self, prompts: list[list[int]], adapters: list[str | None]):
+    def _match(self, prompts: list[list[int]], adapters: list[str | None], use: bool = True):
         """(kept entry, shared leading tokens) for prompts that all run one adapter."""
         if not self.prefix_cache or len(set(adapters)) != 1:
             return None, 0
-        return self.prefixes.match(prompts, adapters[0])
+        return self.prefixes.match(prompts, adapters[0], use)
 
     def _prefill_after_prefix(self, row: int, prompt: list[int], first: int, entry,
                               shared: int) -> torch.Tensor:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.nn.native import step_linear
+from scratchlm.nn.norm import RMSNorm
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -119,20 +120,11 @@ def chunked_delta_rule(q, k, v, g, beta, state: torch.Tensor | None = None, chun
     return out.transpose(1, 2).to(dtype), s
 
 
-class GatedRMSNorm(nn.Module):
+class GatedRMSNorm(RMSNorm):
     """RMSNorm over each head's output (plain weight, ones at init), then times silu(gate)."""
 
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        h = self.weight * h.to(dtype)
-        return (h * F.silu(gate.float())).to(dtype)
+        return (super().forward(x).float() * F.silu(gate.float())).to(x.dtype)
 
 
 class GatedDeltaNet(nn.Module):
@@ -199,13 +191,15 @@ class GatedDeltaNet(nn.Module):
         """x (B, T, C) -> (B, T, C), continuing (and updating in place) the given convolution
         inputs and state, or from zeros."""
         b, t, _ = x.shape
-        qkv = self._conv(step_linear(self.qkv_proj, x).transpose(1, 2), conv_state).transpose(1, 2)
+        qkv = step_linear(self.qkv_proj, x)  # (B, T, conv_dim)
+        qkv = self._conv(qkv.transpose(1, 2), conv_state).transpose(1, 2)
         kd, hk, hv = self.key_dim, self.n_key_heads, self.n_value_heads
         q, k, v = qkv.split([hk * kd, hk * kd, hv * self.value_dim], dim=-1)
         q, k = q.reshape(b, t, hk, kd), k.reshape(b, t, hk, kd)
         v = v.reshape(b, t, hv, self.value_dim)
         beta = torch.sigmoid(step_linear(self.b_proj, x))  # (B, T, Hv)
-        g = -self.A_log.float().exp() * F.softplus(step_linear(self.a_proj, x).float() + self.dt_bias)
+        a = step_linear(self.a_proj, x).float()
+        g = -self.A_log.float().exp() * F.softplus(a + self.dt_bias)  # (B, T, Hv) log decay
         if t == 1 and state is not None:  # a decode step, in place
             out = step_delta_rule(q, k, v, g, beta, state)
         else:

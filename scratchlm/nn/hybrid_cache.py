@@ -33,10 +33,9 @@ class HybridCache(KVCache):
                  pad: torch.Tensor | None = None, capacity: int | None = None):
         super().__init__(linear.count(False), batch, n_kv_head, max_len, head_dim, dtype, device,
                          pad, capacity)
-        self.linear = list(linear)
         self.where: list[int] = []  # layer -> index into self.k (attention) or the states
         n_att = n_lin = 0
-        for lin in self.linear:
+        for lin in linear:
             self.where.append(n_lin if lin else n_att)
             n_lin, n_att = n_lin + lin, n_att + (not lin)
         self.conv = torch.zeros(n_lin, batch, conv_dim, conv_kernel - 1, dtype=dtype,

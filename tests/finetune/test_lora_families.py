@@ -1,5 +1,5 @@
-"""LoRA and QLoRA on the Qwen3, Gemma 3, OLMo 3, gpt-oss and Qwen3.5 families: every projection (every
-expert's, in a mixture of experts) is a target, training
+"""LoRA and QLoRA on the Qwen3, Gemma 3, OLMo 3, gpt-oss and Qwen3.5 families: every
+projection (every expert's, in a mixture of experts) is a target, training
 moves the loss, and the PEFT adapter folder loads onto the transformers model of the same
 weights with equal logits."""
 

@@ -140,16 +140,12 @@ _TOP = {"token_embd.weight": "tok_emb.weight", "output_norm.weight": "final_norm
 ROPE_FREQS = "rope_freqs.weight"  # Llama 3.x: each RoPE frequency's divisor
 
 
-def rope_freq_factors(cfg) -> np.ndarray | None:
+def rope_freq_factors(head_dim: int, base: float, s: dict) -> np.ndarray:
     """The ``rope_freqs`` tensor llama.cpp's converter writes for Llama 3's ``rope_scaling``
-    (``{"factor", "low_freq_factor", "high_freq_factor", "original_context_length"}``): per
-    frequency 1 (wavelengths under the original context / high_freq_factor), ``factor``
-    (over it / low_freq_factor) or the blend between; None without scaling."""
-    s = getattr(cfg, "rope_scaling", None)
-    if not s:
-        return None
-    freqs = 1.0 / cfg.rope_base ** (np.arange(0, cfg.head_dim, 2, dtype=np.float64)
-                                    / cfg.head_dim)
+    ``s`` (``{"factor", "low_freq_factor", "high_freq_factor", "original_context_length"}``):
+    per frequency 1 (wavelengths under the original context / high_freq_factor), ``factor``
+    (over it / low_freq_factor) or the blend between."""
+    freqs = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     old, low, high = s["original_context_length"], s["low_freq_factor"], s["high_freq_factor"]
     wavelen = 2 * np.pi / freqs
     smooth = (old / wavelen - low) / (high - low)
@@ -188,17 +184,10 @@ def scaling_from_freq_factors(factors: np.ndarray, head_dim: int, base: float,
         fitted = {"factor": factor, "low_freq_factor": 1.0,
                   "high_freq_factor": round(float(high), 6),
                   "original_context_length": int(round(float(old)))}
-        if np.allclose(rope_freq_factors(_Rope(head_dim, base, fitted)), f, rtol=1e-4, atol=0):
+        if np.allclose(rope_freq_factors(head_dim, base, fitted), f, rtol=1e-4, atol=0):
             return fitted
     raise GGUFError(f"{source}: its rope_freqs are not Llama 3's RoPE scaling (only that one "
                     f"is read)")
-
-
-class _Rope:
-    """The RoPE settings ``rope_freq_factors`` reads, without a whole config."""
-
-    def __init__(self, head_dim: int, rope_base: float, rope_scaling: dict):
-        self.head_dim, self.rope_base, self.rope_scaling = head_dim, rope_base, rope_scaling
 
 
 def _allow(cfg) -> None:
@@ -283,9 +272,8 @@ class Arch:
         stacked = {ours: name for name, ours in _EXPERTS.items()}
         for (layer, part), arrays in experts.items():
             yield f"blk.{layer}.{stacked[part]}", np.stack([arrays[e] for e in sorted(arrays)])
-        factors = rope_freq_factors(cfg)
-        if factors is not None:  # config_metadata allowed it: a llama file
-            yield ROPE_FREQS, factors
+        if getattr(cfg, "rope_scaling", None):  # config_metadata allowed it: a llama file
+            yield ROPE_FREQS, rope_freq_factors(cfg.head_dim, cfg.rope_base, cfg.rope_scaling)
 
 
 # Each architecture's metadata rules, then its row. llama.cpp names every field

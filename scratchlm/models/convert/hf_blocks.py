@@ -57,11 +57,12 @@ def block_state_to_hf(state: Mapping[str, torch.Tensor], cfg, top: Mapping[str, 
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def layer_pattern(layer_types: list[str]) -> int:
-    """Our ``sliding_window_pattern`` for HF's per-layer list, when it is one."""
+def layer_pattern(layer_types: list[str], other: str = "sliding_attention") -> int:
+    """Our ``sliding_window_pattern`` (every k-th layer full attention, the rest ``other``)
+    for HF's per-layer list, when it is one; 0 when no layer is full attention."""
     full = [i for i, t in enumerate(layer_types) if t == "full_attention"]
     pattern = full[0] + 1 if full else 0
-    want = ["full_attention" if pattern and (i + 1) % pattern == 0 else "sliding_attention"
+    want = ["full_attention" if pattern and (i + 1) % pattern == 0 else other
             for i in range(len(layer_types))]
     if layer_types != want:
         raise ValueError(f"layer_types {layer_types} is not every-k-th-layer-global")

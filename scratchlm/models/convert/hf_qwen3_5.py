@@ -1,8 +1,9 @@
 """Hugging Face Qwen3.5 <-> our Qwen35: ``Qwen3_5ForCausalLM`` (model_type ``qwen3_5_text``)
-and ``Qwen3_5MoeForCausalLM`` (``qwen3_5_moe_text``) both ways, and the text part of the published vision-language checkpoints
-(``Qwen3_5ForConditionalGeneration``, model_type ``qwen3_5``: the settings under
-``text_config``, the weights under ``model.language_model.``; the vision tower and the
-multi-token-prediction head are left out). Names only: both sides store ``nn.Linear``'s
+and ``Qwen3_5MoeForCausalLM`` (``qwen3_5_moe_text``) both ways, and the text part of the
+published vision-language checkpoints (``Qwen3_5ForConditionalGeneration``, model_type
+``qwen3_5``, and its MoE twin: the settings under ``text_config``, the weights under
+``model.language_model.``; the vision tower and the multi-token-prediction head are left
+out). Names only: both sides store ``nn.Linear``'s
 (out, in) layout, the convolution as (channels, 1, kernel), and the "rotate half" RoPE."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from scratchlm.models.convert import hf_llama
 from scratchlm.models.convert.hf_blocks import (ATTENTION, GATED_MLP, TOP, block_key_to_ours,
-                                                block_state_to_hf, shape_to_hf)
+                                                block_state_to_hf, layer_pattern, shape_to_hf)
 from scratchlm.models.qwen3_5 import Qwen35Config
 
 _BLOCK = {
@@ -66,19 +67,12 @@ def config_from_hf(hf: Mapping) -> Qwen35Config:
     if hf.get("attn_output_gate") is False:
         raise ValueError("attn_output_gate=false is not supported (every Qwen3.5 has the gate)")
     rope = hf.get("rope_parameters") or {}
-    kind = rope.get("rope_type", "default")
-    if kind != "default":
+    if rope.get("rope_type", "default") != "default":
         raise ValueError(f"unsupported rope scaling {dict(rope)!r}")
     n_layer = hf["num_hidden_layers"]
     interval = hf.get("full_attention_interval", 4)
-    types = hf.get("layer_types")
-    if types is not None:
-        full = [i for i, t in enumerate(types) if t == "full_attention"]
-        interval = full[0] + 1 if full else n_layer + 1
-        want = ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
-                for i in range(n_layer)]
-        if list(types) != want:
-            raise ValueError(f"layer_types {types} is not every-k-th-layer full attention")
+    if hf.get("layer_types") is not None:  # no full-attention layer: an interval past the end
+        interval = layer_pattern(list(hf["layer_types"]), "linear_attention") or n_layer + 1
     return Qwen35Config(
         vocab_size=hf["vocab_size"], context_length=hf.get("max_position_embeddings", 262144),
         n_embd=hf["hidden_size"], n_layer=n_layer, n_head=hf["num_attention_heads"],
