@@ -472,7 +472,9 @@ def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False) -> None:
 # local), gpt-oss-20b with 1 of its 24 (a local layer; the prompt and output stay inside its
 # 128-token window, so a global layer would compute the same). int8 only for the small ones.
 FAMILY_SHAPES = {"qwen3-0.6b": {}, "gemma3-270m": {}, "olmo3-7b": {"n_layer": 2},
-                 "gpt-oss-20b": {"n_layer": 1}, "qwen3.5-0.8b": {}}
+                 "gpt-oss-20b": {"n_layer": 1}, "qwen3.5-0.8b": {},
+                 # 10 of 35 layers, the last 4 reading earlier layers' keys: 6 GB a side
+                 "gemma4-e2b": {"n_layer": 10, "kv_shared_layers": 4}}
 INT8_FAMILIES = ("qwen3-0.6b", "gemma3-270m")
 
 

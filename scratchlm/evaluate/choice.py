@@ -269,13 +269,15 @@ def loglikelihoods(model: nn.Module, requests: Sequence[tuple[list[int], list[in
                    batch_size: int = 8) -> list[float] | list[tuple[float, bool]]:
     """Summed log-probability of each (context ids, continuation ids) request. Requests with
     the same context share one prefill, and ``batch_size`` contexts prefill together
-    (``shared``; models with sliding-window or linear-attention layers take the plain path,
-    one forward each). Inputs longer than the model's context
-    lose tokens from the left of the context, as lm-evaluation-harness truncates.
+    (``shared``; models with sliding-window or linear-attention layers, or a cache of their
+    own, take the plain path, one forward each). Inputs longer than the model's context lose
+    tokens from the left of the context, as lm-evaluation-harness truncates.
     ``greedy``: (log-likelihood, whether the continuation is the greedy one) pairs."""
     limit = model.cfg.context_length
-    # a KV cache of keys and values alone: no ring buffers, no linear layers' states
-    plain = any(not hasattr(b, "att") or getattr(b.att, "window", 0) for b in model.trf_blocks)
+    # a KV cache of keys and values alone: no ring buffers, no linear layers' states, and
+    # every layer's keys of one shape (a model that builds its own cache has more)
+    plain = hasattr(model, "new_cache") or any(
+        not hasattr(b, "att") or getattr(b.att, "window", 0) for b in model.trf_blocks)
     was_training = model.training
     model.eval()
     groups: dict[tuple[int, ...], list[int]] = {}

@@ -289,10 +289,12 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0,
     """Wrap the Linear layers named by ``targets`` (q, k, v, out, ff, head, or "all") in
     ``LoRALinear``, in place; with ``freeze_base`` everything else stops training.
     ``quantize_base="nf4"`` stores the wrapped base weights in 4-bit NF4 (QLoRA); ``"nf4-dq"``
-    also quantizes their scales (double quantization)."""
+    also quantizes their scales (double quantization). A soft-capped head (Gemma 4's,
+    ``nn/softcap.py``) is no target: "all" leaves it out, and "head" is refused."""
     if quantize_base not in (None, "nf4", "nf4-dq"):
         raise ValueError(f"quantize_base must be None, 'nf4' or 'nf4-dq', got {quantize_base!r}")
-    targets = ALL_TARGETS if targets in ("all", ["all"], ("all",)) else tuple(targets)
+    every = targets in ("all", ["all"], ("all",))
+    targets = ALL_TARGETS if every else tuple(targets)
     unknown = set(targets) - set(ALL_TARGETS)
     if unknown:
         raise ValueError(f"unknown LoRA targets {sorted(unknown)}; choose from {ALL_TARGETS}")
@@ -310,6 +312,12 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0,
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         base = getattr(parent, leaf)
+        if getattr(base, "softcap", 0):
+            if every:
+                continue
+            raise ValueError(f"LoRA cannot target {name}: its logits are soft-capped "
+                             "(nn/softcap.py), and a LoRA layer computes its output from the "
+                             "weight alone, without the cap; leave 'head' out of the targets")
         if quantize_base in ("nf4", "nf4-dq"):
             base = NF4Linear(base, double_quant=quantize_base == "nf4-dq")
         setattr(parent, leaf, LoRALinear(base, rank, alpha, parts, dropout, scaling))

@@ -90,7 +90,11 @@ class Engine:
         """A cache for ``length`` slots (``capacity`` allocated at first, growing as written);
         models with sliding-window layers get one whose local layers keep only their window
         (``SlidingKVCache``), hybrid models one with their linear layers' states
-        (``HybridCache``)."""
+        (``HybridCache``); a model that builds its own (``model.new_cache``: Gemma 4, whose
+        layers differ in shape and share keys) is asked."""
+        own = getattr(self.model, "new_cache", None)
+        if own is not None:
+            return own(batch, length, self.dtype, self.device, pad, capacity)
         n_layer, n_kv, head_dim = _kv_shape(self.model)
         blocks = self.model.trf_blocks
         hybrid = HybridCache.for_blocks(blocks, batch, n_kv, length, head_dim, self.dtype,

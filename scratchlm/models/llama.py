@@ -126,19 +126,21 @@ class Llama(nn.Module):
         return self.cfg.head_dim
 
     def rope(self, length: int, device: torch.device, base: float | None = None,
-             scaling: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables covering positions [0, length) (for ``base``, default the config's),
-        computed once and reused."""
+             scaling: dict | None = None, dim: int | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables covering positions [0, length) (for ``base``, default the config's;
+        ``dim`` wide, default ``rope_dim``), computed once and reused."""
         if base is None:
             base, scaling = self.cfg.rope_base, self.cfg.rope_scaling
-        key = (base, repr(scaling))
+        dim = dim or self.rope_dim
+        key = (base, repr(scaling), dim)
         table = self._rope.get(key)
         if table is None or table[0].shape[0] < length or table[0].device != device:
             n = min(self.cfg.context_length, max(length, 1024))
             # A table built while generating (inference mode) must still serve training, as
             # GRPO trains right after sampling: never an inference tensor.
             with torch.inference_mode(False):
-                table = self._rope[key] = rope_cache(self.rope_dim, n, base, scaling, device)
+                table = self._rope[key] = rope_cache(dim, n, base, scaling, device)
         return table
 
     def rope_tables(self, length: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -179,12 +181,20 @@ class Llama(nn.Module):
         x = self.embed(in_idx)  # (B, T, C)
         if n_prefix:
             x = torch.cat([prefix.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.run_blocks(x, tables, cache, in_idx)
+        if cache is not None:
+            cache.advance(seq_len)
+        return self.final_norm(x[:, n_prefix:])
+
+    def run_blocks(self, x: torch.Tensor, tables: list, cache, in_idx: torch.Tensor,
+                   ) -> torch.Tensor:
+        """(B, P + T, C) -> (B, P + T, C) through every block, each with its RoPE table
+        (``in_idx`` (B, T), the token ids of the last T positions, is for families whose
+        blocks also read them: Gemma 4's per-layer embeddings)."""
         for i, (block, t) in enumerate(zip(self.trf_blocks, self.rope_index)):
             cos, sin = tables[t]
             if self.cfg.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, cos, sin, cache, i, use_reentrant=False)
             else:
                 x = block(x, cos, sin, cache, i)
-        if cache is not None:
-            cache.advance(seq_len)
-        return self.final_norm(x[:, n_prefix:])
+        return x

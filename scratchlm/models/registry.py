@@ -8,6 +8,7 @@
     olmo3    Olmo3Config    Olmo3         olmo3-7b, -32b   olmo3                     (none yet)
     gpt_oss  GptOssConfig   GptOss        gpt-oss-20b ...  gpt_oss                   (none yet)
     qwen3_5  Qwen35Config   Qwen35        qwen3.5-0.8b ... qwen3_5(_moe)(_text)      (none yet)
+    gemma4   Gemma4Config   Gemma4        gemma4-e2b ...   gemma4_text, gemma4       (none yet)
 
 Loading and saving (``scratchlm/checkpoints``), the planner, ``plan``, ``distill``, the engine and the
 native decoder look a family up here (``family_of(model_or_config)``, ``family_named``,
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 from scratchlm.models.gemma3 import GEMMA3_PRESETS, Gemma3, Gemma3Config
+from scratchlm.models.gemma4 import GEMMA4_PRESETS, Gemma4, Gemma4Config
 from scratchlm.models.gpt import GPT, GPT_PRESETS, GPTConfig
 from scratchlm.models.gpt_oss import GPT_OSS_PRESETS, GptOss, GptOssConfig
 from scratchlm.models.llama import LLAMA_PRESETS, Llama, LlamaConfig
@@ -129,6 +131,16 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                      "qwen3.5-35b-a3b": "Qwen/Qwen3.5-35B-A3B",
                      "qwen3.5-122b-a10b": "Qwen/Qwen3.5-122B-A10B",
                      "qwen3.5-397b-a17b": "Qwen/Qwen3.5-397B-A17B"}),
+    Family("gemma4", Gemma4Config, Gemma4, GEMMA4_PRESETS, ("gemma4_text", "gemma4"),
+           "hf_gemma4",
+           features=frozenset({"rmsnorm", "rope", "geglu", "qk_norm", "v_norm", "post_norms",
+                               "embed_scale", "per_layer_embeddings", "kv_sharing",
+                               "partial_rope", "logit_softcap"}),
+           weight_marks=("layer_scalar",),
+           hf_repos={"gemma4-e2b": "google/gemma-4-E2B",  # gated: set HF_TOKEN
+                     "gemma4-e4b": "google/gemma-4-E4B",
+                     "gemma4-26b-a4b": "google/gemma-4-26B-A4B",
+                     "gemma4-31b": "google/gemma-4-31B"}),
 )}
 DEFAULT_FAMILY = "gpt"  # the book's: what a saved config that names no family is
 

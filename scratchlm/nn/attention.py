@@ -241,7 +241,7 @@ class CausalSelfAttention(nn.Module):
         b, num_tokens, _ = x.shape
         qkv = self.qkv(x).view(b, num_tokens, 3, self.num_heads, self.head_dim)  # (B, T, 3, H, D)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
-        k, v, mask, causal = _with_cache(cache, layer, k, v, num_tokens, self.window)
+        k, v, mask, causal = attend_cached(cache, layer, k, v, num_tokens, self.window)
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             is_causal=causal,
@@ -337,7 +337,7 @@ class GroupedQueryAttention(nn.Module):
             q = apply_rope(q.transpose(1, 2), cos, sin)  # (B, H, T, D)
             k = apply_rope(k.transpose(1, 2), cos, sin)  # (B, KV, T, D)
             v = v.transpose(1, 2)  # (B, KV, T, D)
-        k, v, mask, causal = _with_cache(cache, layer, k, v, t, self.window)
+        k, v, mask, causal = attend_cached(cache, layer, k, v, t, self.window)
         if self.sinks is not None:
             context = attention_with_sinks(q, k, v, mask, causal, self.sinks, self.scale)
         elif t == 1 and kv != h and not causal:
@@ -436,7 +436,7 @@ def sliding_causal_mask(t: int, window: int, device=None) -> torch.Tensor:
     return (j <= i) & (i - j < window)
 
 
-def _with_cache(cache, layer: int, k: torch.Tensor, v: torch.Tensor, t: int, window: int = 0):
+def attend_cached(cache, layer: int, k: torch.Tensor, v: torch.Tensor, t: int, window: int = 0):
     """(keys, values, mask, is_causal) for SDPA: the cache's (``KVCache.attend``), or without
     one plain causal attention (limited to the last ``window`` positions when > 0)."""
     if cache is not None:

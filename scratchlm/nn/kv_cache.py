@@ -208,15 +208,19 @@ class KVCache:
 
 class SlidingKVCache(KVCache):
     """A cache whose local layers (``windows[i]`` > 0) keep only their last ``windows[i]``
-    slots; see the module docstring. Same interface as ``KVCache``."""
+    slots; see the module docstring. Same interface as ``KVCache``. ``local_shape``:
+    (key/value heads, head_dim) of the local layers where they differ from the global layers'
+    (Gemma 4's); those keep their ring even when the window is as long as the cache."""
 
     def __init__(self, windows: list[int], batch: int, n_kv_head: int, max_len: int,
                  head_dim: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu", pad: torch.Tensor | None = None,
-                 capacity: int | None = None):
-        windows = [w if w < max_len else 0 for w in windows]  # a window as long as the cache: global
+                 capacity: int | None = None, local_shape: tuple[int, int] | None = None):
+        if local_shape is None:  # a window as long as the cache: global
+            windows = [w if w < max_len else 0 for w in windows]
         super().__init__(windows.count(0), batch, n_kv_head, max_len, head_dim, dtype, device,
                          pad, capacity)
+        local_kv, local_dim = local_shape or (n_kv_head, head_dim)
         self.windows = windows
         self.where: list[int] = []  # layer -> index into self.k (global) or self.ring (local)
         self.ring_k: list[torch.Tensor] = []
@@ -224,7 +228,7 @@ class SlidingKVCache(KVCache):
         g = 0
         for w in self.windows:
             if w:
-                shape = (batch, n_kv_head, w, head_dim)
+                shape = (batch, local_kv, w, local_dim)
                 self.where.append(len(self.ring_k))
                 self.ring_k.append(torch.zeros(shape, dtype=dtype, device=device))
                 self.ring_v.append(torch.zeros(shape, dtype=dtype, device=device))

@@ -142,10 +142,12 @@ class MoEFeedForward(nn.Module):
             return None
         return math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, route_x: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., C) -> (..., C). ``route_x``: what the router sees, when not ``x`` itself
+        (Gemma 4 routes the un-normalised residual and feeds the experts its norm)."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (S, C)
-        logits, gates, idx = self.route(x)
+        logits, gates, idx = self.route(x if route_x is None else route_x.reshape(x.shape))
         cap = self.capacity(x.shape[0])
         out = torch.zeros_like(x)
         # Slot-major order (every token's first choice before any second choice) decides who

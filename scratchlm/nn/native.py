@@ -251,11 +251,15 @@ def head_linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     (12.6 vs 25 GB/s for Gemma 3's 262144 x 640 on this 2-core CPU), and up to
     ``HEAD_MAX_ROWS`` rows its tiles beat PyTorch's GEMM too (SmolLM2's 49152 x 576 head: 165 vs
     91 GFLOP/s for 32 rows, a rollout's batch; 163 vs 146 for 128; 158 vs 171 for 256).
-    Anything else, and more rows, goes to ``layer`` itself."""
+    Anything else, and more rows, goes to ``layer`` itself. A soft-capped head
+    (``nn/softcap.py``, Gemma 4's 262144 x 1536) takes the same matvec and then its cap."""
     import torch
 
+    from scratchlm.nn.softcap import SoftcapLinear
+
     w = getattr(layer, "weight", None)
-    if (type(layer) is not torch.nn.Linear or w.device.type != "cpu" or w.dtype != torch.float32
+    if (type(layer) not in (torch.nn.Linear, SoftcapLinear) or w.device.type != "cpu"
+            or w.dtype != torch.float32
             or x.dtype != torch.float32 or not w.is_contiguous() or x.dim() != 2
             or x.shape[0] > HEAD_MAX_ROWS
             or torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
@@ -268,7 +272,8 @@ def head_linear(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     b = layer.bias
     kernel(x.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(),
            x.shape[0], layer.out_features, layer.in_features)
-    return y
+    cap = getattr(layer, "softcap", 0)
+    return torch.tanh(y.div_(cap)).mul_(cap) if cap else y
 
 
 # Rows up to which a block's projections in a PyTorch-path step go through ``f32_linear``

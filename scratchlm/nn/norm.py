@@ -29,15 +29,18 @@ class RMSNorm(nn.Module):
     in float32 and cast back, as the reference implementation does.
 
     ``unit_offset=True`` is Gemma's variant: the stored weight starts at 0 and the scale is
-    ``1 + weight`` (so weight decay pulls the scale towards 1, not 0)."""
+    ``1 + weight`` (so weight decay pulls the scale towards 1, not 0). ``scale=False`` has no
+    weight at all (Gemma 4's value norm and router norm)."""
 
-    def __init__(self, emb_dim: int, eps: float = 1e-5, unit_offset: bool = False):
+    def __init__(self, emb_dim: int, eps: float = 1e-5, unit_offset: bool = False,
+                 scale: bool = True):
         super().__init__()
-        self.eps, self.unit_offset = eps, unit_offset
-        self.weight = nn.Parameter(torch.zeros(emb_dim) if unit_offset else torch.ones(emb_dim))
+        self.eps, self.unit_offset, self.dim = eps, unit_offset, emb_dim
+        self.weight = (nn.Parameter(torch.zeros(emb_dim) if unit_offset else torch.ones(emb_dim))
+                       if scale else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.float()
+        w = None if self.weight is None else self.weight.float()
         if self.unit_offset:
             w = 1.0 + w
-        return F.rms_norm(x.float(), self.weight.shape, w, self.eps).to(x.dtype)
+        return F.rms_norm(x.float(), (self.dim,), w, self.eps).to(x.dtype)

@@ -59,10 +59,12 @@ class Int8Linear(nn.Module):
 
 def quantize_int8(model: nn.Module, skip: tuple[str, ...] = ()) -> nn.Module:
     """Replace every ``nn.Linear`` (except names ending in ``skip``) by an ``Int8Linear``, in
-    place. A head tied to the embedding is quantized as its own copy; the embedding stays."""
+    place. A head tied to the embedding is quantized as its own copy; the embedding stays. A
+    soft-capped head (``nn/softcap.py``) stays in float, cap and all."""
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
-            if isinstance(child, nn.Linear) and not full.endswith(skip):
+            if (isinstance(child, nn.Linear) and not full.endswith(skip)
+                    and not getattr(child, "softcap", 0)):
                 setattr(module, child_name, Int8Linear.from_linear(child))
     return model

@@ -26,10 +26,16 @@ def inv_frequencies(head_dim: int, base: float = 10000.0,
     ``{"factor", "low_freq_factor", "high_freq_factor", "original_context_length"}``, YaRN's
     for ``{"type": "yarn", ...}`` (``yarn_frequencies``), or plain linear position
     interpolation (every theta_i / factor; Gemma 3's global layers) for ``{"factor"}``
-    alone."""
+    alone, or proportional RoPE for ``{"type": "proportional", "partial_rotary_factor": p}``:
+    the first ``p * head_dim / 2`` frequencies as usual (exponents over the whole head), the
+    rest zero, so those pairs never turn (Gemma 4's global layers)."""
     inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     if not scaling:
         return inv
+    if scaling.get("type") == "proportional":
+        turned = int(scaling["partial_rotary_factor"] * head_dim // 2)
+        inv[turned:] = 0.0
+        return inv / scaling.get("factor", 1.0)
     if scaling.get("type") == "yarn":
         return yarn_frequencies(inv, head_dim, base, scaling)
     if set(scaling) == {"factor"}:

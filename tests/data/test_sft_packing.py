@@ -21,7 +21,7 @@ def _batch(lengths, seed=0):
     return out
 
 
-@pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "gemma3-tiny"])
+@pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "gemma3-tiny", "gemma4-tiny"])
 def test_packed_batches_give_the_padded_loss_and_gradients(name):
     torch.manual_seed(0)
     model = build_model(preset(name)[1])

@@ -78,7 +78,8 @@ def test_pairs_split_as_the_harness_splits_them(gpt2_tok):
     assert ctx == [gpt2_tok.eos_id] and cont == gpt2_tok.encode("Hello")
 
 
-@pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "qwen3-tiny", "gemma3-tiny"])
+@pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "qwen3-tiny", "gemma3-tiny",
+                                  "gemma4-tiny"])
 def test_shared_context_scores_equal_one_forward_per_choice(name):
     torch.manual_seed(0)
     model = build_model(preset(name)[1]).eval()

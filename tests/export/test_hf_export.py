@@ -18,6 +18,7 @@ HF_FAMILIES = {
     "qwen3": ("qwen3-tiny", {}),
     "qwen3moe": ("qwen3-tiny", {"moe": {"num_experts": 4, "top_k": 2, "intermediate_size": 32}}),
     "gemma3": ("gemma3-tiny", {}),
+    "gemma4": ("gemma4-tiny", {}),
 }
 
 

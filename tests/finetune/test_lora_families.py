@@ -1,4 +1,4 @@
-"""LoRA and QLoRA on the Qwen3, Gemma 3, OLMo 3, gpt-oss and Qwen3.5 families: every
+"""LoRA and QLoRA on the Qwen3, Gemma 3, OLMo 3, gpt-oss, Qwen3.5 and Gemma 4 families: every
 projection (every expert's, in a mixture of experts) is a target, training
 moves the loss, and the PEFT adapter folder loads onto the transformers model of the same
 weights with equal logits."""
@@ -17,7 +17,7 @@ peft = pytest.importorskip("peft")
 
 
 @pytest.mark.parametrize("name", ["qwen3-tiny", "gemma3-tiny", "olmo3-tiny", "gpt-oss-tiny",
-                                  "qwen3.5-tiny"])
+                                  "qwen3.5-tiny", "gemma4-tiny"])
 @pytest.mark.parametrize("quantize_base", [None, "nf4"])
 def test_lora_and_qlora_train(name, quantize_base):
     torch.manual_seed(0)
@@ -28,9 +28,11 @@ def test_lora_and_qlora_train(name, quantize_base):
         per_block = {n.split(".", 2)[2] for n in wrapped if n.startswith(f"trf_blocks.{i}.")}
         moe = model.cfg.moe.num_experts
         ffns = [f"ff.experts.{e}" for e in range(moe)] if moe else ["ff"]
-        # Qwen3.5's linear-attention layers: their output projection (the rest is "other")
+        # Qwen3.5's linear-attention layers: their output projection (the rest is "other");
+        # Gemma 4's KV-shared layers have no k/v projections
         mixer = (["lin.out_proj"] if hasattr(block, "lin") else
-                 ["att.q_proj", "att.k_proj", "att.v_proj", "att.out_proj"])
+                 [f"att.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")
+                  if hasattr(block.att, p)])
         assert per_block == {*mixer, *(["ff.router"] if moe else []),
                              *(f"{ff}.{fc}" for ff in ffns for fc in ("fc1", "fc2", "fc3"))}
     x = torch.randint(0, model.cfg.vocab_size, (4, 24))
@@ -42,7 +44,8 @@ def test_lora_and_qlora_train(name, quantize_base):
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
-    assert losses[-1] < losses[0] - 0.3
+    # Gemma 4's soft-capped head is no LoRA target, and the head moves the loss most
+    assert losses[-1] < losses[0] - (0.1 if name == "gemma4-tiny" else 0.3)
 
 
 def _randomize_adapters(model):
@@ -54,7 +57,7 @@ def _randomize_adapters(model):
                         p.normal_(0, 0.05)
 
 
-@pytest.mark.parametrize("family", ["qwen3", "gemma3", "olmo3", "gpt-oss", "qwen3.5"])
+@pytest.mark.parametrize("family", ["qwen3", "gemma3", "olmo3", "gpt-oss", "qwen3.5", "gemma4"])
 def test_peft_loads_our_adapter(tmp_path, family):
     from scratchlm.finetune.peft_format import load_peft_adapter, save_peft_adapter
     from scratchlm.checkpoints.hf import save_hf

@@ -81,6 +81,18 @@ def qwen35():
                                       linear_value_dim=8)).eval())
 
 
+def gemma4():
+    from scratchlm.models.gemma4 import Gemma4, Gemma4Config
+
+    torch.manual_seed(0)  # per-layer embeddings, layers 3-4 read layers 1-2's keys
+    return varied(Gemma4(Gemma4Config(vocab_size=97, context_length=64, n_embd=32, n_layer=5,
+                                      n_head=4, n_kv_head=2, head_dim=8, global_head_dim=16,
+                                      n_global_kv_head=1, intermediate_size=64,
+                                      sliding_window=6, sliding_window_pattern=3, ple_dim=8,
+                                      ple_vocab_size=97, kv_shared_layers=2,
+                                      tie_embeddings=False)).eval())
+
+
 # (arrival step, prompt, sampling): rows join while others decode, leave at their own ends
 ARRIVALS = [
     (0, [5, 6, 7, 8, 9, 10, 11, 12, 13], SamplingParams(max_new_tokens=14)),
@@ -137,6 +149,8 @@ def run_continuous(engine, slots=4, together=False, capacity=256, arrivals=ARRIV
     (gpt_oss, False, False, 256), (gpt_oss, False, True, 3),
     # a hybrid cache: linear layers' states join, leave, shift and grow with the rows
     (qwen35, False, False, 256), (qwen35, False, True, 3),
+    # rings and a global layer of other shapes; KV-shared layers keep no cache
+    (gemma4, False, False, 256), (gemma4, False, True, 3),
     # a cache that starts with 3 slots and grows as rows join, shift and decode
     (llama, True, False, 3), (gpt, False, True, 3), (gemma, False, False, 3)])
 def test_joining_and_leaving_rows_equal_single_requests(make, native, together, capacity):

@@ -38,7 +38,7 @@ def test_families_do_not_share_presets():
     names = preset_names()
     assert len(names) == len(set(names))
     assert {f.name for f in FAMILIES.values()} == {"gpt", "llama", "qwen3", "gemma3", "olmo3",
-                                                 "gpt_oss", "qwen3_5"}
+                                                 "gpt_oss", "qwen3_5", "gemma4"}
 
 
 # Which path each family's one-token steps take on a CPU (float32): the C layers compute
@@ -52,6 +52,7 @@ PATHS = {
     "olmo3-tiny": None,  # norms after attention and feed-forward only, q/k norms over all heads
     "gpt-oss-tiny": None,  # attention sinks, output bias, clamped SwiGLU experts
     "qwen3.5-tiny": None,  # Gated DeltaNet layers, gated attention, partial RoPE
+    "gemma4-tiny": None,  # per-layer embeddings, KV sharing, value norms, soft-capped logits
 }
 
 

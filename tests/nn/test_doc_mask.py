@@ -11,7 +11,8 @@ from scratchlm.nn.doc_mask import DocumentMask
 from scratchlm.training.losses import CausalLMLoss
 
 
-@pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "qwen3-tiny", "gemma3-tiny"])
+@pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "qwen3-tiny", "gemma3-tiny",
+                                  "gemma4-tiny"])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_each_document_sees_only_itself(name, checkpointing):
     torch.manual_seed(0)

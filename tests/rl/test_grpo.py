@@ -151,8 +151,10 @@ def test_the_loss_equals_trl_grpo_trainer(loss, tmp_path, small_bpe):
     ("gemma3-tiny", {"vocab_size": 97, "sliding_window": 8}),
     ("gemma3-tiny", {"vocab_size": 97, "sliding_window": 12}),
     ("qwen3-tiny", {"vocab_size": 97, "moe": {"num_experts": 4, "top_k": 2,
-                                             "intermediate_size": 32}})],
-    ids=["gpt", "llama", "qwen3", "gemma3-w8", "gemma3-w12", "qwen3-moe"])
+                                             "intermediate_size": 32}}),
+    # per-layer embeddings and KV-shared layers reading the prompt's keys
+    ("gemma4-tiny", {"vocab_size": 97})],
+    ids=["gpt", "llama", "qwen3", "gemma3-w8", "gemma3-w12", "qwen3-moe", "gemma4"])
 def test_the_prompt_run_once_for_a_group_gives_the_whole_rows_values(name, changes):
     """group_logprobs (the prompt once, its keys shared by the G rows) equals token_logprobs
     on G whole rows of prompt + completion: log-probabilities, entropies and gradients."""
@@ -180,4 +182,7 @@ def test_the_prompt_run_once_for_a_group_gives_the_whole_rows_values(name, chang
     torch.testing.assert_close(eb, ea, rtol=1e-5, atol=1e-5)
     assert len(ga) == len(gb) > 0
     for x, y in zip(ga, gb):
-        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)  # sums in another order
+        # sums in another order: an error relative to the gradient's size (Gemma 4's reach
+        # 100, its attention unscaled behind normed queries and keys; a wrong gradient is off
+        # by its own size)
+        assert (y - x).norm() <= 1e-4 * x.norm() + 1e-6

@@ -14,7 +14,8 @@ from scratchlm.training.prepare import core_model, prepare_training
 from scratchlm.training.runtime import setup_runtime
 
 
-@pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "qwen3-tiny", "gemma3-tiny"])
+@pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "qwen3-tiny", "gemma3-tiny",
+                                  "gemma4-tiny"])
 def test_grad_checkpointing_reaches_the_blocks_and_gives_the_same_gradients(name):
     rt = setup_runtime("fp32", "cpu")
     torch.manual_seed(0)
