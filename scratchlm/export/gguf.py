@@ -91,8 +91,10 @@ def write_gguf(model: nn.Module, tokenizer, path: str | Path, dtype: str = "f32"
     tokens, types = _vocab_for(bpe, cfg.vocab_size)
     state = {k: v.detach().to("cpu", torch.float32).numpy()
              for k, v in unique_state_dict(model).items()}
-    if cfg.tie_embeddings:
+    if cfg.tie_embeddings and not ARCHS[arch].head_always:
         state.pop("out_head.weight", None)
+    elif "out_head.weight" not in state:  # tied, and the architecture wants the head anyway
+        state["out_head.weight"] = state["tok_emb.weight"]
     vocab_rows = cfg.vocab_size  # drop vocabulary padding rows
     for key in ("tok_emb.weight", "out_head.weight"):
         if key in state:
@@ -116,6 +118,8 @@ def _add_metadata(w, meta: dict) -> None:
             w.add_string(key, value)
         elif isinstance(value, float):
             w.add_float32(key, value)
+        elif isinstance(value, list):  # a per-layer array (olmo2's sliding-window pattern)
+            w.add_array(key, value)
         else:
             w.add_uint32(key, int(value))
 

@@ -5,7 +5,7 @@
     llama    LlamaConfig    Llama         smollm2-135m ... llama                     llama
     qwen3    Qwen3Config    Qwen3         qwen3-0.6b ...   qwen3, qwen3_moe          qwen3, qwen3moe
     gemma3   Gemma3Config   Gemma3        gemma3-270m ...  gemma3_text               gemma3
-    olmo3    Olmo3Config    Olmo3         olmo3-7b, -32b   olmo3                     (none yet)
+    olmo3    Olmo3Config    Olmo3         olmo3-7b, -32b   olmo3                     olmo2
     gpt_oss  GptOssConfig   GptOss        gpt-oss-20b ...  gpt_oss                   (none yet)
     qwen3_5  Qwen35Config   Qwen35        qwen3.5-0.8b ... qwen3_5(_moe)(_text)      (none yet)
     gemma4   Gemma4Config   Gemma4        gemma4-e2b ...   gemma4_text, gemma4       (none yet)
@@ -107,7 +107,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            gguf_spm_merge_order="positions",
            hf_repos={"gemma3-270m": "google/gemma-3-270m",  # gated: set HF_TOKEN
                      "gemma3-1b": "google/gemma-3-1b-pt"}),  # gated: set HF_TOKEN
-    Family("olmo3", Olmo3Config, Olmo3, OLMO3_PRESETS, ("olmo3",), "hf_olmo3",
+    Family("olmo3", Olmo3Config, Olmo3, OLMO3_PRESETS, ("olmo3",), "hf_olmo3", ("olmo2",),
            features=frozenset({"rmsnorm", "rope", "swiglu", "qk_norm_all_heads",
                                "post_norms_only"}),
            weight_marks=("att_out_norm",),

@@ -19,7 +19,7 @@ TEXT = "I had always thought Jack Gisburn rather a cheap genius, 12 café"
 
 def _llama_logits(path, ids):
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=2, verbose=False,
-                          logits_all=True)
+                          logits_all=True, type_k=0, type_v=0)  # an f32 cache, not f16
     llm.eval(ids)
     return llm, np.array(llm.scores[: len(ids)])
 
@@ -32,6 +32,10 @@ def _llama_logits(path, ids):
     ("llama-tiny", {"head_dim": 64, "rope_base": 500000.0, "rope_scaling": {  # rope_freqs
         "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_context_length": 64}}),
+    # llama.cpp's olmo2: 3 local layers (window 8) to 1 global with YaRN; a tied head is
+    # written all the same (llama.cpp's olmo2 requires output.weight)
+    ("olmo3-tiny", {}),
+    ("olmo3-tiny", {"tie_embeddings": True, "n_layer": 8}),
 ])
 def test_llama_cpp_reads_our_gguf(name, changes, small_bpe, tmp_path):
     model = tiny(name, **changes)

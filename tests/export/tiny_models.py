@@ -29,4 +29,5 @@ FAMILIES = {
     "qwen3": ("qwen3-tiny", {}),
     "qwen3moe": ("qwen3-tiny", {"moe": {"num_experts": 4, "top_k": 2, "intermediate_size": 32}}),
     "gemma3": ("gemma3-tiny", {"n_layer": 6, "sliding_window_pattern": 6}),
+    "olmo2": ("olmo3-tiny", {}),  # OLMo 3: local layers, YaRN on the global ones
 }

@@ -1,4 +1,5 @@
-"""GGUF files of every architecture the registry reads (llama.cpp's qwen3, qwen3moe, gemma3),
+"""GGUF files of every architecture the registry reads (llama.cpp's qwen3, qwen3moe, gemma3,
+olmo2),
 written with ``gguf.GGUFWriter`` the way llama.cpp's converter writes them, load with the
 logits of the same weights loaded from safetensors; K-quant blocks dequantize exactly as the
 ``gguf`` package's reference does; bad metadata names the file and the field."""
@@ -15,6 +16,7 @@ gguf = pytest.importorskip("gguf")
 
 from scratchlm.models.convert.gguf import GGUFError, dequantize  # noqa: E402
 from scratchlm.models.gemma3 import Gemma3Config  # noqa: E402
+from scratchlm.models.olmo3 import Olmo3Config  # noqa: E402
 from scratchlm.checkpoints.gguf import load_gguf
 from scratchlm.checkpoints.hf import save_hf
 from scratchlm.checkpoints.load import load_pretrained  # noqa: E402
@@ -42,6 +44,9 @@ def llama_cpp_names(arch: str) -> dict[str, str]:
     if arch == "gemma3":
         names.update({"post_att_norm.weight": "post_attention_norm",
                       "post_ff_norm.weight": "post_ffw_norm"})
+    if arch == "olmo2":
+        names.update({"att_out_norm.weight": "post_attention_norm",
+                      "ff_out_norm.weight": "post_ffw_norm"})
     return names
 
 
@@ -63,6 +68,17 @@ def write_family_gguf(path, model, arch: str, qtypes: dict | None = None):
     w.add_vocab_size(cfg.vocab_size)
     if arch == "gemma3":
         w.add_sliding_window(cfg.sliding_window)
+    if arch == "olmo2" and cfg.sliding_window:  # as conversion/olmo.py writes OLMo 3
+        w.add_sliding_window(cfg.sliding_window)
+        w.add_sliding_window_pattern([(i + 1) % cfg.sliding_window_pattern != 0
+                                      for i in range(cfg.n_layer)])
+    if arch == "olmo2" and cfg.rope_scaling:  # and TextModel its YaRN
+        s = cfg.rope_scaling
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(s["factor"])
+        w.add_rope_scaling_orig_ctx_len(s["original_context_length"])
+        w.add_rope_scaling_yarn_beta_fast(32.0)  # written, and not read by llama.cpp's olmo2
+        w.add_rope_scaling_yarn_beta_slow(1.0)
     if arch == "qwen3moe":
         w.add_expert_count(cfg.moe.num_experts)
         w.add_expert_used_count(cfg.moe.top_k)
@@ -79,7 +95,7 @@ def write_family_gguf(path, model, arch: str, qtypes: dict | None = None):
     for key, t in model.state_dict().items():
         a = t.detach().numpy().astype(np.float32)
         if key == "out_head.weight":
-            if cfg.tie_embeddings:
+            if cfg.tie_embeddings and arch != "olmo2":
                 continue
             name = "output.weight"
         elif key == "tok_emb.weight":
@@ -130,13 +146,19 @@ CASES = {
     "gemma3": lambda: Gemma3Config.from_name("gemma3-tiny", vocab_size=VOCAB, n_layer=6,
                                              sliding_window_pattern=6, sliding_window=8,
                                              query_pre_attn_scalar=32),
+    # OLMo 3 as llama.cpp's olmo2: 3 local layers to 1 global with YaRN, post-norms only
+    "olmo2": lambda: Olmo3Config.from_name("olmo3-tiny", vocab_size=VOCAB, n_layer=8),
+    # OLMo 2: every layer global, plain RoPE
+    "olmo2-plain": lambda: Olmo3Config.from_name("olmo3-tiny", vocab_size=VOCAB,
+                                                 sliding_window=0, sliding_window_pattern=0,
+                                                 rope_scaling=None),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_gguf_logits_equal_safetensors(tmp_path, case):
     model = random_model(CASES[case]())
-    arch = case.removesuffix("-untied")
+    arch = case.removesuffix("-untied").removesuffix("-plain")
     write_family_gguf(tmp_path / "m.gguf", model, arch)
     save_hf(model, tmp_path / "hf")
     from_gguf, tok = load_gguf(tmp_path / "m.gguf")

@@ -107,9 +107,11 @@ def config_metadata(cfg, arch: str) -> dict[str, int | float | str]:
         raise GGUFError(f"no GGUF architecture {arch!r} (supported: {', '.join(ARCHS)})")
     rules = ARCHS[arch]
     scaling = getattr(cfg, "rope_scaling", None)
-    if scaling and (not rules.rope_freqs or scaling.get("type")):
+    kind = (scaling or {}).get("type")
+    if scaling and not (rules.rope_freqs and not kind or rules.yarn and kind == "yarn"):
         raise GGUFError(f"{arch} GGUF files carry no rope_scaling {scaling!r} (Llama 3's "
-                        f"scaling of a llama model is written as its rope_freqs tensor)")
+                        f"scaling of a llama model is written as its rope_freqs tensor, YaRN's "
+                        f"of an olmo2 model as metadata)")
     if not rules.sliding_window and getattr(cfg, "sliding_window", 0):
         raise GGUFError(f"llama.cpp's {arch} architecture has no sliding-window attention")
     rules.check(cfg)
@@ -202,7 +204,8 @@ class Arch:
                  write: Callable[[object, str], dict], check: Callable[[object], None] = _allow,
                  sliding_window: bool = False, permute_qk: bool = False,
                  norm_shift: float = 0.0, top: dict | None = None,
-                 zero_biases: tuple[str, ...] = (), rope_freqs: bool = False):
+                 zero_biases: tuple[str, ...] = (), rope_freqs: bool = False,
+                 yarn: bool = False, head_always: bool = False):
         self.block = block
         self.top = _TOP if top is None else top
         self.read = read  # read(meta, a, source): config fields; GGUFError naming source
@@ -213,6 +216,8 @@ class Arch:
         self.norm_shift = norm_shift  # Gemma: llama.cpp stores 1 + w in every norm weight
         self.zero_biases = zero_biases  # biases llama.cpp requires: written as zeros if absent
         self.rope_freqs = rope_freqs  # Llama 3's RoPE scaling as a rope_freqs tensor
+        self.yarn = yarn  # YaRN's scaling as rope.scaling.* metadata
+        self.head_always = head_always  # llama.cpp requires output.weight, even when tied
 
     def convert(self, name: str, array: np.ndarray, cfg) -> Iterator[tuple[str | None, np.ndarray]]:
         """(our key, array) pairs for one GGUF tensor; KeyError for names we do not know."""
@@ -272,7 +277,7 @@ class Arch:
         stacked = {ours: name for name, ours in _EXPERTS.items()}
         for (layer, part), arrays in experts.items():
             yield f"blk.{layer}.{stacked[part]}", np.stack([arrays[e] for e in sorted(arrays)])
-        if getattr(cfg, "rope_scaling", None):  # config_metadata allowed it: a llama file
+        if self.rope_freqs and getattr(cfg, "rope_scaling", None):  # Llama 3's scaling
             yield ROPE_FREQS, rope_freq_factors(cfg.head_dim, cfg.rope_base, cfg.rope_scaling)
 
 
@@ -392,6 +397,87 @@ def _gpt2_metadata(cfg, a: str) -> dict[str, int | float | str]:
             a + "attention.layer_norm_epsilon": 1e-5}
 
 
+_OLMO2_BLOCK = {  # norms after attention and the feed-forward only; q/k norms over all heads
+    "attn_q.weight": "att.q_proj.weight", "attn_k.weight": "att.k_proj.weight",
+    "attn_v.weight": "att.v_proj.weight", "attn_output.weight": "att.out_proj.weight",
+    **_QK_NORM, "post_attention_norm.weight": "att_out_norm.weight",
+    "ffn_gate.weight": "ff.fc1.weight", "ffn_up.weight": "ff.fc2.weight",
+    "ffn_down.weight": "ff.fc3.weight", "post_ffw_norm.weight": "ff_out_norm.weight",
+}
+
+
+def _yarn_mscale(factor: float) -> float:
+    """The factor llama.cpp's YaRN puts on cos and sin: 0.1 ln(factor) + 1."""
+    return 1.0 if factor <= 1 else 0.1 * float(np.log(factor)) + 1.0
+
+
+def _olmo2_kwargs(meta: dict, a: str, source: str) -> dict:
+    """Olmo3Config fields (OLMo 2 is OLMo 3 without local layers or YaRN): the local layers
+    from ``attention.sliding_window`` and its per-layer pattern (a bool array, or n: every
+    n-th layer global), YaRN from ``rope.scaling.*`` (on the global layers, as llama.cpp
+    applies it, with its fixed betas 32 and 1 and its cos/sin factor 0.1 ln(factor) + 1,
+    times ``rope.scaling.attn_factor``)."""
+    kw = _llama_kwargs(meta, a, source, rope_base=500_000.0, norm_eps=1e-6)
+    window = _int(meta, a + "attention.sliding_window", source, default=0, low=0)
+    kw["sliding_window"] = window
+    kw["sliding_window_pattern"] = 0  # no local layers: OLMo 2
+    if window:
+        pattern = meta.get(a + "attention.sliding_window_pattern", 4)
+        if isinstance(pattern, (list, tuple)):
+            full = [i for i, local in enumerate(pattern) if not local]
+            k = full[0] + 1 if full else 0
+            if len(pattern) != kw["n_layer"] or [bool(x) for x in pattern] != [
+                    not (k and (i + 1) % k == 0) for i in range(len(pattern))]:
+                raise GGUFError(f"{source}: {a}attention.sliding_window_pattern is not "
+                                "every-k-th-layer-global")
+        else:
+            k = _int(meta, a + "attention.sliding_window_pattern", source, high=4096)
+        kw["sliding_window_pattern"] = k
+    kind = meta.get(a + "rope.scaling.type")
+    if kind == "yarn":
+        factor = _float(meta, a + "rope.scaling.factor", 1.0)
+        extra = _float(meta, a + "rope.scaling.attn_factor", 1.0)
+        kw["rope_scaling"] = {
+            "type": "yarn", "factor": factor,
+            "original_context_length": _int(meta, a + "rope.scaling.original_context_length",
+                                            source, default=kw["context_length"]),
+            **({"attention_factor": _yarn_mscale(factor) * extra} if extra != 1.0 else {})}
+    elif kind not in (None, "none"):
+        raise GGUFError(f"{source}: olmo2 rope scaling {kind!r} is not supported (YaRN is)")
+    return kw
+
+
+def _olmo2_metadata(cfg, a: str) -> dict:
+    from scratchlm.nn.attention import layer_windows  # torch: not for requantizing a file
+
+    meta = _llama_metadata(cfg, a)
+    if cfg.sliding_window:
+        windows = layer_windows(cfg, type(cfg).__name__)
+        meta[a + "attention.sliding_window"] = cfg.sliding_window
+        meta[a + "attention.sliding_window_pattern"] = [bool(w) for w in windows]
+    s = cfg.rope_scaling
+    if s:
+        meta.update({a + "rope.scaling.type": "yarn", a + "rope.scaling.factor": float(s["factor"]),
+                     a + "rope.scaling.original_context_length": s["original_context_length"]})
+        if s.get("attention_factor") is not None:
+            meta[a + "rope.scaling.attn_factor"] = float(s["attention_factor"]
+                                                         / _yarn_mscale(s["factor"]))
+    return meta
+
+
+def _olmo2_check(cfg) -> None:
+    if cfg.n_head * cfg.head_dim != cfg.n_embd:
+        raise GGUFError("llama.cpp's olmo2 needs n_head * head_dim = n_embd, got "
+                        f"{cfg.n_head} x {cfg.head_dim} != {cfg.n_embd}")
+    if cfg.qkv_bias or cfg.moe.num_experts:
+        raise GGUFError("llama.cpp's olmo2 has no attention biases or experts")
+    s = cfg.rope_scaling or {}
+    if (s.get("beta_fast", 32) != 32 or s.get("beta_slow", 1) != 1
+            or not s.get("truncate", True)):
+        raise GGUFError("llama.cpp's olmo2 fixes YaRN's beta_fast (32), beta_slow (1) and "
+                        f"truncation; this config has {s}")
+
+
 _GPT2_BLOCK = {
     "attn_norm.weight": "norm1.scale", "attn_norm.bias": "norm1.shift",
     "attn_qkv.weight": "att.qkv.weight", "attn_qkv.bias": "att.qkv.bias",
@@ -414,4 +500,6 @@ ARCHS = {
                      write=_qwen3moe_metadata),
     "gemma3": Arch(_GEMMA3_BLOCK, read=_gemma3_kwargs, write=_gemma3_metadata,
                    check=_gemma3_check, sliding_window=True, norm_shift=1.0),
+    "olmo2": Arch(_OLMO2_BLOCK, read=_olmo2_kwargs, write=_olmo2_metadata, check=_olmo2_check,
+                  sliding_window=True, yarn=True, head_always=True),
 }

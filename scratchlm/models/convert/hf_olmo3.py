@@ -43,7 +43,8 @@ def config_from_hf(hf: Mapping) -> Olmo3Config:
         head_dim=hf.get("head_dim"), intermediate_size=hf["intermediate_size"],
         rope_base=base, rope_scaling=yarn_from_hf(hf.get("rope_scaling") or full, "OLMo 3"),
         norm_eps=hf.get("rms_norm_eps", 1e-6), sliding_window=hf.get("sliding_window") or 0,
-        sliding_window_pattern=layer_pattern(types),
+        # no window: every layer global (OLMo 2's shape), whatever the list says
+        sliding_window_pattern=layer_pattern(types) if hf.get("sliding_window") else 0,
         tie_embeddings=hf.get("tie_word_embeddings", False),
     )
 
