@@ -63,8 +63,8 @@ class PromptTuned(nn.Module):
     def out_head(self) -> nn.Module:
         return self.model.out_head
 
-    def hidden_states(self, in_idx: torch.Tensor, cache=None) -> torch.Tensor:
-        return self.model.hidden_states(in_idx, cache, prefix=self.prompt)
+    def hidden_states(self, in_idx: torch.Tensor, cache=None, last: int = 0) -> torch.Tensor:
+        return self.model.hidden_states(in_idx, cache, prefix=self.prompt, last=last)
 
     def forward(self, in_idx: torch.Tensor, cache=None) -> torch.Tensor:
         logits = self.out_head(self.hidden_states(in_idx, cache))

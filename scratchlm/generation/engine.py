@@ -113,7 +113,7 @@ class Engine:
         (vocabulary-sized) output head, not 512."""
         low = self.prefill == "bf16" and idx.shape[1] > 1  # a prompt, not a one-token step
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=low):
-            h = self.model.hidden_states(idx, cache)[:, -1, :]  # (B, C)
+            h = self.model.hidden_states(idx, cache, last=1)[:, -1, :]  # (B, C)
         return head_linear(self.model.out_head, h.to(self.dtype))[:, : self.model.cfg.vocab_size]
 
     def _decode(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:

@@ -346,11 +346,17 @@ class Gemma4(Llama):
         return torch.cat([proj[:, :n_prefix], mixed], dim=1) if n_prefix else mixed
 
     def run_blocks(self, x: torch.Tensor, tables: list, cache, in_idx: torch.Tensor,
-                   ) -> torch.Tensor:
+                   last: int = 0) -> torch.Tensor:
         ple = self.per_layer_inputs(x, in_idx) if self.cfg.ple_dim else None
         produced: dict[int, tuple] = {}  # layer -> its keys/values, for the layers sharing them
         sources = self.cfg.kv_sources
+        first_shared = self.cfg.n_layer - self.cfg.kv_shared_layers
         for i, (block, t) in enumerate(zip(self.trf_blocks, self.rope_index)):
+            if i == first_shared and 0 < last < x.shape[1]:
+                # the shared layers write no keys: positions the caller does not want need
+                # not go through them (a 512-token prompt's first token: 20 of E2B's 35 layers
+                # for one position, not 512)
+                x, ple, tables, produced = _last_positions(last, x, ple, tables, produced)
             cos, sin = tables[t]
             args = (x, cos, sin, cache, self.cache_layer.get(i, 0),
                     None if ple is None else ple[:, :, i],
@@ -372,3 +378,21 @@ class Gemma4(Llama):
         return SlidingKVCache(windows, batch, cfg.global_kv_heads, length, cfg.global_head_dim,
                               dtype, device, pad, capacity,
                               local_shape=(cfg.n_kv_head, cfg.head_dim))
+
+
+def _last_positions(n: int, x: torch.Tensor, ple: torch.Tensor | None, tables: list,
+                    produced: dict) -> tuple:
+    """The forward's state cut to its last ``n`` query positions: states (B, T, C), per-layer
+    inputs (B, T, L, P), RoPE tables ((T, D) or (B, 1, T, D)) and the shared keys' masks;
+    keys and values stay whole."""
+    t = x.shape[1]
+    tables = [(cos[..., -n:, :], sin[..., -n:, :]) for cos, sin in tables]
+    cut = {}
+    for i, (k, v, mask, causal) in produced.items():
+        if mask is None and causal:  # plain causal over S keys: the last n rows of it
+            s = k.shape[2]
+            mask = torch.ones(n, s, dtype=torch.bool, device=k.device).tril(s - n)
+        elif mask is not None:
+            mask = mask[..., -n:, :]
+        cut[i] = (k, v, mask, False)
+    return x[:, -n:], None if ple is None else ple[:, t - n:], tables, cut

@@ -128,11 +128,13 @@ class GPT(nn.Module):
         return logits
 
     def hidden_states(self, in_idx: torch.Tensor, cache=None,
-                      prefix: torch.Tensor | None = None) -> torch.Tensor:
+                      prefix: torch.Tensor | None = None, last: int = 0) -> torch.Tensor:
         """(B, T) token ids -> (B, T, C) final-normed states, the input of ``out_head``
         (a loss can fuse the head with cross-entropy; see ``nn/loss.py``). ``prefix`` (P, C):
         embeddings placed before the tokens (soft prompts, ``finetune/prompt_tuning.py``);
-        their own states are left out of the output."""
+        their own states are left out of the output. ``last`` > 0: only the last ``last``
+        positions' states (the engine's last-token logits; a family may skip work for the
+        others)."""
         b, seq_len = in_idx.shape
         n_prefix = check_prefix(prefix, cache)
         seq_len += n_prefix
@@ -161,7 +163,8 @@ class GPT(nn.Module):
                 x = block(x, cache, i)
         if cache is not None:
             cache.advance(seq_len)
-        return self.final_norm(x[:, n_prefix:])
+        x = x[:, n_prefix:]
+        return self.final_norm(x[:, -last:] if last else x)
 
 
 def check_prefix(prefix: torch.Tensor | None, cache) -> int:

@@ -162,9 +162,9 @@ class Llama(nn.Module):
         return self.out_head(self.hidden_states(in_idx, cache))
 
     def hidden_states(self, in_idx: torch.Tensor, cache=None,
-                      prefix: torch.Tensor | None = None) -> torch.Tensor:
+                      prefix: torch.Tensor | None = None, last: int = 0) -> torch.Tensor:
         """(B, T) -> (B, T, C) final-normed states (the input of ``out_head``); ``prefix``
-        (P, C) as in ``GPT.hidden_states``."""
+        (P, C) and ``last`` as in ``GPT.hidden_states``."""
         n_prefix = check_prefix(prefix, cache)
         seq_len = in_idx.shape[1] + n_prefix
         total = seq_len + (cache.length if cache is not None else 0)
@@ -181,16 +181,19 @@ class Llama(nn.Module):
         x = self.embed(in_idx)  # (B, T, C)
         if n_prefix:
             x = torch.cat([prefix.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.run_blocks(x, tables, cache, in_idx)
+        x = self.run_blocks(x, tables, cache, in_idx, last)
         if cache is not None:
             cache.advance(seq_len)
-        return self.final_norm(x[:, n_prefix:])
+        keep = seq_len - n_prefix if not last else min(last, seq_len - n_prefix)
+        return self.final_norm(x[:, -keep:])
 
     def run_blocks(self, x: torch.Tensor, tables: list, cache, in_idx: torch.Tensor,
-                   ) -> torch.Tensor:
+                   last: int = 0) -> torch.Tensor:
         """(B, P + T, C) -> (B, P + T, C) through every block, each with its RoPE table
         (``in_idx`` (B, T), the token ids of the last T positions, is for families whose
-        blocks also read them: Gemma 4's per-layer embeddings)."""
+        blocks also read them: Gemma 4's per-layer embeddings). With ``last`` > 0 a family
+        may return only the last ``last`` positions (at most T), when it can skip work for
+        the others (Gemma 4's KV-shared layers)."""
         for i, (block, t) in enumerate(zip(self.trf_blocks, self.rope_index)):
             cos, sin = tables[t]
             if self.cfg.grad_checkpointing and torch.is_grad_enabled():
