@@ -42,7 +42,8 @@ def gguf_arch(model: nn.Module) -> str:
     """The llama.cpp architecture a model is written as (the registry's, MoE or dense)."""
     family = family_of(model)
     moe = getattr(model.cfg, "moe", None)
-    archs = [a for a in family.gguf_archs if a.endswith("moe") == bool(moe and moe.num_experts)]
+    archs = [a for a in family.gguf_archs
+             if a in ARCHS and ARCHS[a].experts == bool(moe and moe.num_experts)]
     if not archs:
         kind = "mixture-of-experts " if moe and moe.num_experts else ""
         raise GGUFError(f"a {kind}{family.name} model has no llama.cpp architecture we write "

@@ -135,7 +135,7 @@ def encode_tensor(name: str, array: np.ndarray, dtype: str, quant: str | None = 
         return array.astype(np.float16), Q.F16
     if qtype is not None:
         return quantize(array, qtype), Q[qtype]
-    if array.ndim == 1:
+    if array.ndim == 1 or name.endswith(".bias"):  # gpt-oss's experts' biases are (E, out)
         return array.astype(np.float32), Q.F32
     if dtype == "f16":
         return array.astype(np.float16), Q.F16

@@ -6,7 +6,7 @@
     qwen3    Qwen3Config    Qwen3         qwen3-0.6b ...   qwen3, qwen3_moe          qwen3, qwen3moe
     gemma3   Gemma3Config   Gemma3        gemma3-270m ...  gemma3_text               gemma3
     olmo3    Olmo3Config    Olmo3         olmo3-7b, -32b   olmo3                     olmo2
-    gpt_oss  GptOssConfig   GptOss        gpt-oss-20b ...  gpt_oss                   (none yet)
+    gpt_oss  GptOssConfig   GptOss        gpt-oss-20b ...  gpt_oss                   gpt-oss
     qwen3_5  Qwen35Config   Qwen35        qwen3.5-0.8b ... qwen3_5(_moe)(_text)      (none yet)
     gemma4   Gemma4Config   Gemma4        gemma4-e2b ...   gemma4_text, gemma4       (none yet)
 
@@ -114,6 +114,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            hf_repos={"olmo3-7b": "allenai/Olmo-3-1025-7B",
                      "olmo3-32b": "allenai/Olmo-3-1125-32B"}),
     Family("gpt_oss", GptOssConfig, GptOss, GPT_OSS_PRESETS, ("gpt_oss",), "hf_gpt_oss",
+           ("gpt-oss",),
            features=frozenset({"rmsnorm", "rope", "clamped_swiglu", "attention_sinks",
                                "biases", "out_bias"}),
            weight_marks=("att.sinks", "self_attn.sinks"),

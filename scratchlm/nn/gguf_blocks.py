@@ -13,6 +13,9 @@ Quantized blocks of 32 weights, as llama.cpp writes them (ggml-quants.c):
 In a 4-bit block the low nibbles of the 16 bytes are weights 0-15, the high nibbles 16-31; a
 5-bit block adds bit j of its little-endian 32-bit word as weight j's fifth bit.
 
+    MXFP4 (17 B, gpt-oss's experts): e8m0 e, 16 bytes of 4-bit E2M1 codes   w = 2^(e-128) * K[q]
+      with K = 2 x the FP4 values (0, 1, 2, 3, 4, 6, 8, 12, and their negatives)
+
 K-quants pack 256 weights per super-block in 16 (Q2_K, Q3_K, Q6_K: scale per 16 weights) or
 8 (Q4_K, Q5_K: scale and min per 32 weights) sub-blocks, with fp16 super-scales:
 
@@ -72,12 +75,21 @@ def dequantize(raw: np.ndarray, qtype: str, shape: tuple[int, ...]) -> np.ndarra
         else:
             m = b[:, 2:4].copy().view(np.float16).astype(np.float32)
             out = d * q.astype(np.float32) + m
+    elif qtype == "MXFP4":
+        b = _blocks(raw, 17)
+        d = np.ldexp(np.float32(1.0), b[:, :1].astype(np.int32) - 128)  # (n, 1), e8m0 / 2
+        packed = b[:, 1:]
+        out = _MXFP4[np.concatenate([packed & 0x0F, packed >> 4], axis=1)] * d  # (n, 32)
     elif qtype in _K_QUANTS:
         block_bytes, fn = _K_QUANTS[qtype]
         out = fn(_blocks(raw, block_bytes))
     else:
         raise ValueError(f"unsupported type {qtype}")
     return out.reshape(shape)
+
+
+# ggml's kvalues_mxfp4: twice each FP4 (E2M1) value, for the code's 4 bits
+_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.float32)
 
 
 def _f16(b: np.ndarray) -> np.ndarray:

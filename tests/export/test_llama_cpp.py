@@ -36,6 +36,11 @@ def _llama_logits(path, ids):
     # written all the same (llama.cpp's olmo2 requires output.weight)
     ("olmo3-tiny", {}),
     ("olmo3-tiny", {"tie_embeddings": True, "n_layer": 8}),
+    # llama.cpp's gpt-oss: sinks, biases, 8 clamped-SwiGLU experts (2 per token) with biases,
+    # alternating windows of 8, YaRN on every layer (with the correction range rounded, as
+    # llama.cpp always does it)
+    ("gpt-oss-tiny", {"rope_scaling": {"type": "yarn", "factor": 4.0,
+                                       "original_context_length": 32}}),
 ])
 def test_llama_cpp_reads_our_gguf(name, changes, small_bpe, tmp_path):
     model = tiny(name, **changes)

@@ -30,4 +30,7 @@ FAMILIES = {
     "qwen3moe": ("qwen3-tiny", {"moe": {"num_experts": 4, "top_k": 2, "intermediate_size": 32}}),
     "gemma3": ("gemma3-tiny", {"n_layer": 6, "sliding_window_pattern": 6}),
     "olmo2": ("olmo3-tiny", {}),  # OLMo 3: local layers, YaRN on the global ones
+    # gpt-oss: sinks, biases, 8 clamped-SwiGLU experts with biases, YaRN as llama.cpp rounds it
+    "gpt-oss": ("gpt-oss-tiny", {"rope_scaling": {"type": "yarn", "factor": 4.0,
+                                                  "original_context_length": 32}}),
 }

@@ -297,3 +297,47 @@ def test_keep_quantized_runs_the_files_blocks(tmp_path, arch):
         torch.testing.assert_close(blocks(x), plain(x), atol=1e-4, rtol=1e-4)
     prompts, params = [[5, 6, 7, 8], [9, 10]], SamplingParams(max_new_tokens=8)
     assert Engine(blocks).generate(prompts, params) == Engine(plain).generate(prompts, params)
+
+
+def test_mxfp4_dequantizes_as_the_gguf_reference():
+    """gpt-oss's experts as llama.cpp's converter writes them: random e8m0 scales around 1
+    (denormal and large ones included) and random 4-bit codes."""
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (6 * 4, 17), dtype=np.uint8)
+    raw[:, 0] = np.concatenate([[0, 1, 254], rng.integers(110, 140, raw.shape[0] - 3)])
+    raw = raw.reshape(6, 4 * 17)
+    want = gguf.quants.dequantize(raw, Q.MXFP4).reshape(6, 128)
+    got = dequantize(raw.reshape(-1), "MXFP4", (6, 128))
+    assert np.array_equal(got, want) and np.abs(got).max() > 0
+
+
+def test_gpt_oss_with_mxfp4_experts_loads(tmp_path):
+    """A gpt-oss file whose experts are MXFP4 blocks (as published) loads them dequantized."""
+    from scratchlm.export.gguf import _add_metadata
+    from scratchlm.models.convert.gguf import ARCHS, config_metadata
+    from scratchlm.models.gpt_oss import GptOssConfig
+
+    model = random_model(GptOssConfig.from_name("gpt-oss-tiny", vocab_size=VOCAB))
+    cfg, want = model.cfg, {}
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "gpt-oss")
+    _add_metadata(w, config_metadata(cfg, "gpt-oss"))
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens())
+    w.add_token_merges([])
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    for name, array in ARCHS["gpt-oss"].to_gguf(state, cfg):
+        if name.endswith("_exps.weight"):  # (E, out, in): blocks along `in`
+            raw = gguf.quants.quantize(array, Q.MXFP4)
+            want[name] = gguf.quants.dequantize(raw, Q.MXFP4).reshape(array.shape)
+            w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=Q.MXFP4)
+        else:
+            w.add_tensor(name, array)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    loaded, _ = load_gguf(tmp_path / "m.gguf")
+    ff = loaded.trf_blocks[1].ff.experts[3]
+    assert np.array_equal(ff.fc1.weight.detach().numpy(), want["blk.1.ffn_gate_exps.weight"][3])
+    assert np.array_equal(ff.fc3.weight.detach().numpy(), want["blk.1.ffn_down_exps.weight"][3])
+    assert torch.equal(loaded.trf_blocks[1].att.sinks, model.trf_blocks[1].att.sinks)

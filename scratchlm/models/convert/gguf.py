@@ -22,7 +22,7 @@ import numpy as np
 from scratchlm.nn.gguf_blocks import QK_K, dequantize  # noqa: F401 (re-exported)
 
 SUPPORTED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K",
-             "Q4_K", "Q5_K", "Q6_K")
+             "Q4_K", "Q5_K", "Q6_K", "MXFP4")
 
 
 class GGUFError(ValueError):
@@ -132,9 +132,10 @@ _MOE = {"ffn_gate_inp.weight": "ff.router.weight"}
 _GEMMA3_BLOCK = {**_LLAMA_BLOCK, **_QK_NORM,
                  "post_attention_norm.weight": "post_att_norm.weight",
                  "post_ffw_norm.weight": "post_ff_norm.weight"}
-# stacked experts (E, out, in) -> our per-expert Linear
+# stacked experts (E, out, in) -> our per-expert Linear (gpt-oss's have biases, (E, out))
 _EXPERTS = {"ffn_gate_exps.weight": "fc1.weight", "ffn_up_exps.weight": "fc2.weight",
-            "ffn_down_exps.weight": "fc3.weight"}
+            "ffn_down_exps.weight": "fc3.weight", "ffn_gate_exps.bias": "fc1.bias",
+            "ffn_up_exps.bias": "fc2.bias", "ffn_down_exps.bias": "fc3.bias"}
 _TOP = {"token_embd.weight": "tok_emb.weight", "output_norm.weight": "final_norm.weight",
         "output.weight": "out_head.weight"}
 
@@ -205,7 +206,7 @@ class Arch:
                  sliding_window: bool = False, permute_qk: bool = False,
                  norm_shift: float = 0.0, top: dict | None = None,
                  zero_biases: tuple[str, ...] = (), rope_freqs: bool = False,
-                 yarn: bool = False, head_always: bool = False):
+                 yarn: bool = False, head_always: bool = False, experts: bool = False):
         self.block = block
         self.top = _TOP if top is None else top
         self.read = read  # read(meta, a, source): config fields; GGUFError naming source
@@ -218,6 +219,7 @@ class Arch:
         self.rope_freqs = rope_freqs  # Llama 3's RoPE scaling as a rope_freqs tensor
         self.yarn = yarn  # YaRN's scaling as rope.scaling.* metadata
         self.head_always = head_always  # llama.cpp requires output.weight, even when tied
+        self.experts = experts  # its feed-forwards are mixtures of experts
 
     def convert(self, name: str, array: np.ndarray, cfg) -> Iterator[tuple[str | None, np.ndarray]]:
         """(our key, array) pairs for one GGUF tensor; KeyError for names we do not know."""
@@ -411,58 +413,83 @@ def _yarn_mscale(factor: float) -> float:
     return 1.0 if factor <= 1 else 0.1 * float(np.log(factor)) + 1.0
 
 
+def _window_pattern(meta: dict, a: str, source: str, n_layer: int, default: int) -> int:
+    """Our every-k-th-layer-global ``sliding_window_pattern`` from ``attention.
+    sliding_window_pattern``: a per-layer bool array (True: local), or n (every n-th global)."""
+    pattern = meta.get(a + "attention.sliding_window_pattern", default)
+    if not isinstance(pattern, (list, tuple)):
+        return _int(meta, a + "attention.sliding_window_pattern", source, default=default,
+                    high=4096)
+    full = [i for i, local in enumerate(pattern) if not local]
+    k = full[0] + 1 if full else 0
+    if len(pattern) != n_layer or [bool(x) for x in pattern] != [
+            not (k and (i + 1) % k == 0) for i in range(len(pattern))]:
+        raise GGUFError(f"{source}: {a}attention.sliding_window_pattern is not "
+                        "every-k-th-layer-global")
+    return k
+
+
+def _yarn_kwargs(meta: dict, a: str, source: str, context_length: int) -> dict | None:
+    """YaRN from ``rope.scaling.*`` as llama.cpp applies it: its betas fixed at 32 and 1, the
+    correction range rounded to whole dimensions (``truncate``), and cos/sin times
+    0.1 ln(factor) + 1, times ``rope.scaling.attn_factor``."""
+    kind = meta.get(a + "rope.scaling.type")
+    if kind in (None, "none"):
+        return None
+    if kind != "yarn":
+        raise GGUFError(f"{source}: rope scaling {kind!r} is not supported here (YaRN is)")
+    factor = _float(meta, a + "rope.scaling.factor", 1.0)
+    extra = _float(meta, a + "rope.scaling.attn_factor", 1.0)
+    return {"type": "yarn", "factor": factor,
+            "original_context_length": _int(meta, a + "rope.scaling.original_context_length",
+                                            source, default=context_length),
+            **({"attention_factor": _yarn_mscale(factor) * extra} if extra != 1.0 else {})}
+
+
+def _yarn_metadata(s: dict | None, a: str) -> dict:
+    if not s:
+        return {}
+    meta = {a + "rope.scaling.type": "yarn", a + "rope.scaling.factor": float(s["factor"]),
+            a + "rope.scaling.original_context_length": s["original_context_length"]}
+    if s.get("attention_factor") is not None:
+        meta[a + "rope.scaling.attn_factor"] = float(s["attention_factor"]
+                                                     / _yarn_mscale(s["factor"]))
+    return meta
+
+
+def _yarn_check(s: dict | None, arch: str) -> None:
+    s = s or {}
+    if s.get("beta_fast", 32) != 32 or s.get("beta_slow", 1) != 1:
+        raise GGUFError(f"llama.cpp's {arch} fixes YaRN's beta_fast (32) and beta_slow (1); "
+                        f"this config has {s}")
+
+
 def _olmo2_kwargs(meta: dict, a: str, source: str) -> dict:
     """Olmo3Config fields (OLMo 2 is OLMo 3 without local layers or YaRN): the local layers
-    from ``attention.sliding_window`` and its per-layer pattern (a bool array, or n: every
-    n-th layer global), YaRN from ``rope.scaling.*`` (on the global layers, as llama.cpp
-    applies it, with its fixed betas 32 and 1 and its cos/sin factor 0.1 ln(factor) + 1,
-    times ``rope.scaling.attn_factor``)."""
+    from ``attention.sliding_window`` and its per-layer pattern, YaRN (``_yarn_kwargs``) on
+    the global layers, as llama.cpp applies it."""
     kw = _llama_kwargs(meta, a, source, rope_base=500_000.0, norm_eps=1e-6)
     window = _int(meta, a + "attention.sliding_window", source, default=0, low=0)
     kw["sliding_window"] = window
-    kw["sliding_window_pattern"] = 0  # no local layers: OLMo 2
-    if window:
-        pattern = meta.get(a + "attention.sliding_window_pattern", 4)
-        if isinstance(pattern, (list, tuple)):
-            full = [i for i, local in enumerate(pattern) if not local]
-            k = full[0] + 1 if full else 0
-            if len(pattern) != kw["n_layer"] or [bool(x) for x in pattern] != [
-                    not (k and (i + 1) % k == 0) for i in range(len(pattern))]:
-                raise GGUFError(f"{source}: {a}attention.sliding_window_pattern is not "
-                                "every-k-th-layer-global")
-        else:
-            k = _int(meta, a + "attention.sliding_window_pattern", source, high=4096)
-        kw["sliding_window_pattern"] = k
-    kind = meta.get(a + "rope.scaling.type")
-    if kind == "yarn":
-        factor = _float(meta, a + "rope.scaling.factor", 1.0)
-        extra = _float(meta, a + "rope.scaling.attn_factor", 1.0)
-        kw["rope_scaling"] = {
-            "type": "yarn", "factor": factor,
-            "original_context_length": _int(meta, a + "rope.scaling.original_context_length",
-                                            source, default=kw["context_length"]),
-            **({"attention_factor": _yarn_mscale(factor) * extra} if extra != 1.0 else {})}
-    elif kind not in (None, "none"):
-        raise GGUFError(f"{source}: olmo2 rope scaling {kind!r} is not supported (YaRN is)")
+    kw["sliding_window_pattern"] = (_window_pattern(meta, a, source, kw["n_layer"], 4)
+                                    if window else 0)  # no local layers: OLMo 2
+    kw["rope_scaling"] = _yarn_kwargs(meta, a, source, kw["context_length"])
     return kw
 
 
-def _olmo2_metadata(cfg, a: str) -> dict:
+def _windows_metadata(cfg, a: str) -> dict:
     from scratchlm.nn.attention import layer_windows  # torch: not for requantizing a file
 
-    meta = _llama_metadata(cfg, a)
-    if cfg.sliding_window:
-        windows = layer_windows(cfg, type(cfg).__name__)
-        meta[a + "attention.sliding_window"] = cfg.sliding_window
-        meta[a + "attention.sliding_window_pattern"] = [bool(w) for w in windows]
-    s = cfg.rope_scaling
-    if s:
-        meta.update({a + "rope.scaling.type": "yarn", a + "rope.scaling.factor": float(s["factor"]),
-                     a + "rope.scaling.original_context_length": s["original_context_length"]})
-        if s.get("attention_factor") is not None:
-            meta[a + "rope.scaling.attn_factor"] = float(s["attention_factor"]
-                                                         / _yarn_mscale(s["factor"]))
-    return meta
+    if not cfg.sliding_window:
+        return {}
+    return {a + "attention.sliding_window": cfg.sliding_window,
+            a + "attention.sliding_window_pattern": [
+                bool(w) for w in layer_windows(cfg, type(cfg).__name__)]}
+
+
+def _olmo2_metadata(cfg, a: str) -> dict:
+    return {**_llama_metadata(cfg, a), **_windows_metadata(cfg, a),
+            **_yarn_metadata(cfg.rope_scaling, a)}
 
 
 def _olmo2_check(cfg) -> None:
@@ -471,11 +498,58 @@ def _olmo2_check(cfg) -> None:
                         f"{cfg.n_head} x {cfg.head_dim} != {cfg.n_embd}")
     if cfg.qkv_bias or cfg.moe.num_experts:
         raise GGUFError("llama.cpp's olmo2 has no attention biases or experts")
-    s = cfg.rope_scaling or {}
-    if (s.get("beta_fast", 32) != 32 or s.get("beta_slow", 1) != 1
-            or not s.get("truncate", True)):
-        raise GGUFError("llama.cpp's olmo2 fixes YaRN's beta_fast (32), beta_slow (1) and "
-                        f"truncation; this config has {s}")
+    _yarn_check(cfg.rope_scaling, "olmo2")
+    if not (cfg.rope_scaling or {}).get("truncate", True):
+        raise GGUFError("llama.cpp's olmo2 rounds YaRN's correction range (truncate); this "
+                        "config does not")
+
+
+_GPT_OSS_BLOCK = {  # pre-norm; sinks; biases everywhere; experts in _EXPERTS
+    "attn_norm.weight": "norm1.weight", "attn_q.weight": "att.q_proj.weight",
+    "attn_k.weight": "att.k_proj.weight", "attn_v.weight": "att.v_proj.weight",
+    "attn_q.bias": "att.q_proj.bias", "attn_k.bias": "att.k_proj.bias",
+    "attn_v.bias": "att.v_proj.bias", "attn_output.weight": "att.out_proj.weight",
+    "attn_output.bias": "att.out_proj.bias", "attn_sinks.weight": "att.sinks",
+    "post_attention_norm.weight": "norm2.weight", "ffn_gate_inp.weight": "ff.router.weight",
+    "ffn_gate_inp.bias": "ff.router.bias",
+}
+
+
+def _gpt_oss_kwargs(meta: dict, a: str, source: str) -> dict:
+    """GptOssConfig fields: the experts' width is ``expert_feed_forward_length``; local and
+    global layers alternate unless a per-layer pattern says otherwise; YaRN on every layer
+    (``_yarn_kwargs``). llama.cpp fixes the clamped SwiGLU's alpha (1.702) and limit (7)."""
+    kw = _llama_kwargs(meta, a, source, rope_base=150_000.0, norm_eps=1e-5)
+    kw["intermediate_size"] = _int(meta, a + "expert_feed_forward_length", source)
+    kw["sliding_window"] = _int(meta, a + "attention.sliding_window", source)
+    kw["sliding_window_pattern"] = _window_pattern(meta, a, source, kw["n_layer"], 2)
+    kw["rope_scaling"] = _yarn_kwargs(meta, a, source, kw["context_length"])
+    kw["moe"] = {"num_experts": _int(meta, a + "expert_count", source, high=1 << 16),
+                 "top_k": _int(meta, a + "expert_used_count", source, high=1 << 16),
+                 "norm_topk_prob": True, "router_bias": True}
+    return kw
+
+
+def _gpt_oss_metadata(cfg, a: str) -> dict:
+    meta = _llama_metadata(cfg, a)
+    meta.update({a + "expert_count": cfg.moe.num_experts, a + "expert_used_count": cfg.moe.top_k,
+                 a + "expert_feed_forward_length": cfg.moe.intermediate_size
+                 or cfg.intermediate_size})
+    return {**meta, **_windows_metadata(cfg, a), **_yarn_metadata(cfg.rope_scaling, a)}
+
+
+def _gpt_oss_check(cfg) -> None:
+    if cfg.swiglu_alpha != 1.702 or cfg.swiglu_limit != 7.0:
+        raise GGUFError("llama.cpp's gpt-oss fixes the experts' swiglu_alpha (1.702) and "
+                        f"swiglu_limit (7.0); this config has {cfg.swiglu_alpha}, "
+                        f"{cfg.swiglu_limit}")
+    moe = cfg.moe
+    if not moe.norm_topk_prob or not moe.router_bias or moe.capacity_factor:
+        raise GGUFError("llama.cpp's gpt-oss routes with a biased router, a softmax over the "
+                        "top k and no expert capacity")
+    if not cfg.sliding_window:
+        raise GGUFError("llama.cpp's gpt-oss needs a sliding window")
+    _yarn_check(cfg.rope_scaling, "gpt-oss")
 
 
 _GPT2_BLOCK = {
@@ -497,9 +571,12 @@ ARCHS = {
                   rope_freqs=True),
     "qwen3": Arch({**_LLAMA_BLOCK, **_QK_NORM}, read=_llama_kwargs, write=_llama_metadata),
     "qwen3moe": Arch({**_LLAMA_BLOCK, **_QK_NORM, **_MOE}, read=_qwen3moe_kwargs,
-                     write=_qwen3moe_metadata),
+                     write=_qwen3moe_metadata, experts=True),
     "gemma3": Arch(_GEMMA3_BLOCK, read=_gemma3_kwargs, write=_gemma3_metadata,
                    check=_gemma3_check, sliding_window=True, norm_shift=1.0),
     "olmo2": Arch(_OLMO2_BLOCK, read=_olmo2_kwargs, write=_olmo2_metadata, check=_olmo2_check,
                   sliding_window=True, yarn=True, head_always=True),
+    "gpt-oss": Arch(_GPT_OSS_BLOCK, read=_gpt_oss_kwargs, write=_gpt_oss_metadata,
+                    check=_gpt_oss_check, sliding_window=True, yarn=True, head_always=True,
+                    experts=True),
 }
