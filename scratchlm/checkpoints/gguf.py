@@ -21,7 +21,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
               device: str | torch.device = "cpu", tokenizer: bool = True,
               keep_quantized: bool = False):
     """(model, tokenizer) from a llama.cpp GGUF file of any architecture the registry reads
-    (gpt2, llama, qwen3, qwen3moe, gemma3, olmo2, gpt-oss), dequantized to ``dtype``, with its tokenizer (byte-level
+    (gpt2, llama, qwen3, qwen3moe, gemma3, olmo2, gpt-oss, qwen35, qwen35moe), dequantized to ``dtype``, with its tokenizer (byte-level
     BPE or SentencePiece); ``tokenizer=False``: the model alone (tokenizer None).
     ``keep_quantized``: Linear weights and the embedding table stored as one of the block formats
     the native kernels read (``nn/gguf_linear.KEPT``)

@@ -46,7 +46,7 @@ FILE_TYPES = {f.name: f for f in (
 )}
 FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 DTYPES = ("f32", "f16", "bf16")  # the float types of what a mix leaves unquantized
-NOT_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight")
+NOT_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight", "ssm_conv1d.weight")
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,8 @@ def encode_tensor(name: str, array: np.ndarray, dtype: str, quant: str | None = 
         return array.astype(np.float16), Q.F16
     if qtype is not None:
         return quantize(array, qtype), Q[qtype]
-    if array.ndim == 1 or name.endswith(".bias"):  # gpt-oss's experts' biases are (E, out)
+    # gpt-oss's experts' biases are (E, out); llama.cpp's convolution kernels want F32
+    if array.ndim == 1 or name.endswith((".bias", "ssm_conv1d.weight")):
         return array.astype(np.float32), Q.F32
     if dtype == "f16":
         return array.astype(np.float16), Q.F16

@@ -7,7 +7,7 @@
     gemma3   Gemma3Config   Gemma3        gemma3-270m ...  gemma3_text               gemma3
     olmo3    Olmo3Config    Olmo3         olmo3-7b, -32b   olmo3                     olmo2
     gpt_oss  GptOssConfig   GptOss        gpt-oss-20b ...  gpt_oss                   gpt-oss
-    qwen3_5  Qwen35Config   Qwen35        qwen3.5-0.8b ... qwen3_5(_moe)(_text)      (none yet)
+    qwen3_5  Qwen35Config   Qwen35        qwen3.5-0.8b ... qwen3_5(_moe)(_text)      qwen35(moe)
     gemma4   Gemma4Config   Gemma4        gemma4-e2b ...   gemma4_text, gemma4       (none yet)
 
 Loading and saving (``scratchlm/checkpoints``), the planner, ``plan``, ``distill``, the engine and the
@@ -122,7 +122,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                      "gpt-oss-120b": "openai/gpt-oss-120b"}),
     Family("qwen3_5", Qwen35Config, Qwen35, QWEN35_PRESETS,
            ("qwen3_5_text", "qwen3_5", "qwen3_5_moe_text", "qwen3_5_moe"),
-           "hf_qwen3_5",
+           "hf_qwen3_5", ("qwen35", "qwen35moe"),
            features=frozenset({"rmsnorm_unit_offset", "rope", "swiglu", "qk_norm",
                                "gated_deltanet", "output_gate", "partial_rope"}),
            weight_marks=("lin.qkv_proj", "linear_attn."),

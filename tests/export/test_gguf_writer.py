@@ -21,8 +21,12 @@ def test_f32_round_trip_gives_identical_logits_and_tokens(family, small_bpe, tmp
     path = write_gguf(model, small_bpe, tmp_path / "m.gguf", "f32")
     back, tok = load_gguf(path)
     x = torch.randint(0, model.cfg.vocab_size, (2, 24))
+    # Qwen3.5's A_log is stored as -exp(A_log) (as llama.cpp's converter does): a float32
+    # exp and log on the way, not bit-exact
+    exact = not family.startswith("qwen35")
     with torch.no_grad():
-        torch.testing.assert_close(back(x), model(x), atol=0, rtol=0)
+        torch.testing.assert_close(back(x), model(x), atol=0 if exact else 1e-5,
+                                   rtol=0 if exact else 1e-5)
     assert type(back) is type(model)
     if family == "gpt2-book":  # llama.cpp requires the QKV bias: written as zeros
         assert back.cfg.qkv_bias and not back.trf_blocks[0].att.qkv.bias.any()

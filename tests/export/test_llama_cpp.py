@@ -41,6 +41,12 @@ def _llama_logits(path, ids):
     # llama.cpp always does it)
     ("gpt-oss-tiny", {"rope_scaling": {"type": "yarn", "factor": 4.0,
                                        "original_context_length": 32}}),
+    # llama.cpp's qwen35: 3 Gated DeltaNet layers (2 value heads per key head) to 1 gated
+    # attention layer with partial RoPE; and qwen35moe with a shared expert
+    ("qwen3.5-tiny", {}),
+    ("qwen3.5-tiny", {"n_layer": 8, "linear_value_heads": 2, "tie_embeddings": False}),
+    ("qwen3.5-tiny", {"moe": {"num_experts": 4, "top_k": 2, "intermediate_size": 32,
+                              "shared_expert_size": 48}}),
 ])
 def test_llama_cpp_reads_our_gguf(name, changes, small_bpe, tmp_path):
     model = tiny(name, **changes)

@@ -31,6 +31,10 @@ FAMILIES = {
     "gemma3": ("gemma3-tiny", {"n_layer": 6, "sliding_window_pattern": 6}),
     "olmo2": ("olmo3-tiny", {}),  # OLMo 3: local layers, YaRN on the global ones
     # gpt-oss: sinks, biases, 8 clamped-SwiGLU experts with biases, YaRN as llama.cpp rounds it
+    # Qwen3.5: Gated DeltaNet layers with 2 value heads per key head (llama.cpp reorders them)
+    "qwen35": ("qwen3.5-tiny", {}),
+    "qwen35moe": ("qwen3.5-tiny", {"moe": {"num_experts": 4, "top_k": 2, "intermediate_size": 32,
+                                           "shared_expert_size": 48}}),
     "gpt-oss": ("gpt-oss-tiny", {"rope_scaling": {"type": "yarn", "factor": 4.0,
                                                   "original_context_length": 32}}),
 }
