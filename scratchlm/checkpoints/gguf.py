@@ -21,15 +21,14 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
               device: str | torch.device = "cpu", tokenizer: bool = True,
               keep_quantized: bool = False):
     """(model, tokenizer) from a llama.cpp GGUF file of any architecture the registry reads
-    (gpt2, llama, qwen3, qwen3moe, gemma3, olmo2, gpt-oss, qwen35, qwen35moe), dequantized to ``dtype``, with its tokenizer (byte-level
+    (gpt2, llama, qwen3, qwen3moe, gemma3, gemma4, olmo2, gpt-oss, qwen35, qwen35moe), dequantized to ``dtype``, with its tokenizer (byte-level
     BPE or SentencePiece); ``tokenizer=False``: the model alone (tokenizer None).
     ``keep_quantized``: Linear weights and the embedding table stored as one of the block formats
     the native kernels read (``nn/gguf_linear.KEPT``)
     stay in those blocks (``nn/gguf_linear.py``), a tied head sharing the table's bytes; for
     inference on the CPU in float32."""
     from scratchlm.models.convert.gguf import (ARCHS, ROPE_FREQS, GGUFError, config_kwargs,
-                                               dequantize, iter_tensors, read_gguf,
-                                               scaling_from_freq_factors)
+                                               dequantize, iter_tensors, read_gguf)
     from scratchlm.checkpoints.gguf_tokenizer import gguf_tokenizer
 
     meta, reader = read_gguf(path)
@@ -48,14 +47,14 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
         raise GGUFError(f"{path}: {e}") from None
     if "qkv_bias" in fields:
         kwargs["qkv_bias"] = any(n.endswith((".attn_q.bias", ".attn_qkv.bias")) for n in names)
-    if ROPE_FREQS in names:  # Llama 3's RoPE scaling, as a tensor
-        if not ARCHS[arch].rope_freqs or "rope_scaling" not in fields:
+    if ARCHS[arch].from_names is not None:  # what only the tensors say (Gemma 4's k = v)
+        kwargs.update(ARCHS[arch].from_names(names))
+    if ROPE_FREQS in names:  # Llama 3's RoPE scaling, Gemma 4's proportional RoPE
+        if not ARCHS[arch].rope_freqs:
             raise GGUFError(f"{path}: rope_freqs in a {arch} file is not supported")
         freqs = next(t for t in reader.tensors if t.name == ROPE_FREQS)
-        head_dim = kwargs.get("head_dim") or kwargs["n_embd"] // kwargs["n_head"]
         factors = dequantize(freqs.data, freqs.tensor_type.name, (int(np.prod(freqs.shape)),))
-        kwargs["rope_scaling"] = scaling_from_freq_factors(factors, head_dim, kwargs["rope_base"],
-                                                           str(path))
+        kwargs.update(ARCHS[arch].rope_freqs[0](factors, kwargs, str(path)))
     try:
         cfg = family.config_cls(**kwargs, tie_embeddings="output.weight" not in names)
     except ValueError as e:

@@ -43,7 +43,7 @@ def gguf_arch(model: nn.Module) -> str:
     family = family_of(model)
     moe = getattr(model.cfg, "moe", None)
     archs = [a for a in family.gguf_archs
-             if a in ARCHS and ARCHS[a].experts == bool(moe and moe.num_experts)]
+             if a in ARCHS and ARCHS[a].experts in (None, bool(moe and moe.num_experts))]
     if not archs:
         kind = "mixture-of-experts " if moe and moe.num_experts else ""
         raise GGUFError(f"a {kind}{family.name} model has no llama.cpp architecture we write "
@@ -154,8 +154,13 @@ def _add_vocab(w, vocab, tokens: list[str], types: list[int]) -> None:
 def _add_tensors(w, arch: str, state: dict, cfg, dtype: str, quant: str | None) -> None:
     moe = getattr(cfg, "moe", None)
     gqa = getattr(cfg, "n_kv_head", cfg.n_head) != cfg.n_head
+    block = {ours: name for name, ours in ARCHS[arch].block.items()}  # our names -> GGUF's
+    with_v = tuple(sorted(int(k.split(".")[1]) for k in state if k.startswith("trf_blocks.")
+                          and block.get(k.split(".", 2)[2], "").endswith(
+                              ("attn_v.weight", "attn_qkv.weight"))))
     shape = ModelShape(n_layer=cfg.n_layer, n_expert=moe.num_experts if moe else 0,
-                       tied="out_head.weight" not in state, is_70b=cfg.n_layer == 80 and gqa)
+                       tied="out_head.weight" not in state, is_70b=cfg.n_layer == 80 and gqa,
+                       attn_v_layers=None if len(with_v) == cfg.n_layer else with_v)
     try:
         for gguf_name, array in ARCHS[arch].to_gguf(state, cfg):
             data, qtype = encode_tensor(gguf_name, np.ascontiguousarray(array), dtype, quant,

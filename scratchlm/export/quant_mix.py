@@ -46,7 +46,8 @@ FILE_TYPES = {f.name: f for f in (
 )}
 FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 DTYPES = ("f32", "f16", "bf16")  # the float types of what a mix leaves unquantized
-NOT_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight", "ssm_conv1d.weight")
+NOT_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight", "ssm_conv1d.weight",
+                 "per_layer_model_proj")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class ModelShape:
     n_expert: int = 0
     tied: bool = False      # no output.weight: the token embedding is the head
     is_70b: bool = False    # llama.cpp's LLM_TYPE_70B: 80 layers and n_head != n_kv_head
+    # the layers with a value projection where not all have one (Gemma 4's KV-shared and
+    # keys-as-values layers): llama.cpp counts attn_v tensors, not layers, for its extra bits
+    attn_v_layers: tuple[int, ...] | None = None
 
 
 def use_more_bits(i_layer: int, n_layer: int) -> bool:
@@ -97,6 +101,8 @@ def tensor_type(name: str, shape: tuple[int, ...], ftype: str, model: ModelShape
         elif qtype != "Q8_0":
             qtype = "Q6_K"
     elif name.endswith(("attn_v.weight", "attn_qkv.weight", "attn_kv_b.weight")):
+        if model.attn_v_layers is not None:  # the i-th of n value projections
+            i, n = model.attn_v_layers.index(i), len(model.attn_v_layers)
         if ftype in ("q4_k_m", "q5_k_m") and use_more_bits(i, n):
             qtype = "Q6_K"
         elif ftype == "q4_k_s" and i < 4:

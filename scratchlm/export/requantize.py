@@ -29,9 +29,12 @@ def model_shape(meta: dict, names: set[str]) -> ModelShape:
     heads, kv = meta.get(a + "attention.head_count"), meta.get(a + "attention.head_count_kv")
     heads = heads[0] if isinstance(heads, list) else heads
     kv = kv[0] if isinstance(kv, list) else kv
+    with_v = tuple(sorted(layer_of(n) for n in names
+                          if n.endswith((".attn_v.weight", ".attn_qkv.weight"))))
     return ModelShape(n_layer=n_layer, n_expert=int(meta.get(a + "expert_count") or 0),
                       tied="output.weight" not in names,
-                      is_70b=n_layer == 80 and kv is not None and kv != heads)
+                      is_70b=n_layer == 80 and kv is not None and kv != heads,
+                      attn_v_layers=None if len(with_v) == n_layer else with_v)
 
 
 def requantize_gguf(src: str | Path, dst: str | Path, quant: str, dtype: str = "f16",

@@ -8,7 +8,7 @@
     olmo3    Olmo3Config    Olmo3         olmo3-7b, -32b   olmo3                     olmo2
     gpt_oss  GptOssConfig   GptOss        gpt-oss-20b ...  gpt_oss                   gpt-oss
     qwen3_5  Qwen35Config   Qwen35        qwen3.5-0.8b ... qwen3_5(_moe)(_text)      qwen35(moe)
-    gemma4   Gemma4Config   Gemma4        gemma4-e2b ...   gemma4_text, gemma4       (none yet)
+    gemma4   Gemma4Config   Gemma4        gemma4-e2b ...   gemma4_text, gemma4       gemma4
 
 Loading and saving (``scratchlm/checkpoints``), the planner, ``plan``, ``distill``, the engine and the
 native decoder look a family up here (``family_of(model_or_config)``, ``family_named``,
@@ -133,7 +133,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                      "qwen3.5-122b-a10b": "Qwen/Qwen3.5-122B-A10B",
                      "qwen3.5-397b-a17b": "Qwen/Qwen3.5-397B-A17B"}),
     Family("gemma4", Gemma4Config, Gemma4, GEMMA4_PRESETS, ("gemma4_text", "gemma4"),
-           "hf_gemma4",
+           "hf_gemma4", ("gemma4",),
            features=frozenset({"rmsnorm", "rope", "geglu", "qk_norm", "v_norm", "post_norms",
                                "embed_scale", "per_layer_embeddings", "kv_sharing",
                                "partial_rope", "logit_softcap"}),

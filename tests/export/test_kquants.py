@@ -183,7 +183,7 @@ def _wide(family: str):
 
 @pytest.mark.parametrize("family", ["gpt2", "gpt2-book", "llama", "llama-untied", "qwen3",
                                     "qwen3moe", "gemma3", "olmo2", "gpt-oss", "qwen35",
-                                    "qwen35moe"])
+                                    "qwen35moe", "gemma4", "gemma4-moe"])
 def test_every_file_type_equals_llama_cpps_quantize(family, small_bpe, tmp_path):
     """Our --quant FILE equals llama.cpp quantizing our F32 file: every tensor's type and
     bytes, for each file type and each architecture we write."""

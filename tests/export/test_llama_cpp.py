@@ -47,6 +47,12 @@ def _llama_logits(path, ids):
     ("qwen3.5-tiny", {"n_layer": 8, "linear_value_heads": 2, "tie_embeddings": False}),
     ("qwen3.5-tiny", {"moe": {"num_experts": 4, "top_k": 2, "intermediate_size": 32,
                               "shared_expert_size": 48}}),
+    # llama.cpp's gemma4: per-layer embeddings, KV-shared layers, proportional RoPE through
+    # rope_freqs; and keys as values with a mixture beside the dense FFN
+    ("gemma4-tiny", {}),
+    ("gemma4-tiny", {"k_eq_v": True, "ple_dim": 0, "kv_shared_layers": 0,
+                     "double_wide_mlp": False,
+                     "moe": {"num_experts": 4, "top_k": 2, "intermediate_size": 32}}),
 ])
 def test_llama_cpp_reads_our_gguf(name, changes, small_bpe, tmp_path):
     model = tiny(name, **changes)
@@ -56,7 +62,11 @@ def test_llama_cpp_reads_our_gguf(name, changes, small_bpe, tmp_path):
     assert llm.tokenize(TEXT.encode(), add_bos=False) == ids
     with torch.no_grad():
         ours = model(torch.tensor([ids]))[0].numpy()
-    assert np.abs(theirs - ours).max() <= 1e-3 * np.abs(ours).max()
+    # llama.cpp's CPU GELU looks x up in an fp16 table (ggml-cpu/vec.h, GGML_GELU_FP16): a
+    # Gemma 4 with GELU in its FFN, per-layer gates and experts drifts to 3e-3 (with the
+    # table's rounding copied on our side, 7e-4)
+    tol = 1e-2 if name.startswith("gemma4") else 1e-3
+    assert np.abs(theirs - ours).max() <= tol * np.abs(ours).max()
 
 
 def test_llama_cpp_tokenizes_smollm2_as_we_do(tmp_path):

@@ -35,6 +35,13 @@ FAMILIES = {
     "qwen35": ("qwen3.5-tiny", {}),
     "qwen35moe": ("qwen3.5-tiny", {"moe": {"num_experts": 4, "top_k": 2, "intermediate_size": 32,
                                            "shared_expert_size": 48}}),
+    # Gemma 4: per-layer embeddings, 2 KV-shared layers twice as wide, global heads of 64 with
+    # proportional RoPE; and the 26B's kind: keys as values, a mixture beside the dense FFN
+    "gemma4": ("gemma4-tiny", {}),
+    "gemma4-moe": ("gemma4-tiny", {"k_eq_v": True, "ple_dim": 0, "kv_shared_layers": 0,
+                                   "double_wide_mlp": False,
+                                   "moe": {"num_experts": 4, "top_k": 2,
+                                           "intermediate_size": 32}}),
     "gpt-oss": ("gpt-oss-tiny", {"rope_scaling": {"type": "yarn", "factor": 4.0,
                                                   "original_context_length": 32}}),
 }

@@ -193,6 +193,16 @@ def scaling_from_freq_factors(factors: np.ndarray, head_dim: int, base: float,
                     f"is read)")
 
 
+def _llama3_freqs_read(factors: np.ndarray, kw: dict, source: str) -> dict:
+    head_dim = kw.get("head_dim") or kw["n_embd"] // kw["n_head"]
+    return {"rope_scaling": scaling_from_freq_factors(factors, head_dim, kw["rope_base"], source)}
+
+
+def _llama3_freqs_write(cfg) -> np.ndarray | None:
+    s = cfg.rope_scaling
+    return rope_freq_factors(cfg.head_dim, cfg.rope_base, s) if s else None
+
+
 def _allow(cfg) -> None:
     """An architecture that refuses no config beyond the checks every one makes."""
 
@@ -205,10 +215,13 @@ class Arch:
                  write: Callable[[object, str], dict], check: Callable[[object], None] = _allow,
                  sliding_window: bool = False, permute_qk: bool = False,
                  norm_shift: float = 0.0, top: dict | None = None,
-                 zero_biases: tuple[str, ...] = (), rope_freqs: bool = False,
-                 yarn: bool = False, head_always: bool = False, experts: bool = False,
+                 zero_biases: tuple[str, ...] = (),
+                 rope_freqs: tuple[Callable, Callable] | None = None,
+                 yarn: bool = False, head_always: bool = False,
+                 experts: bool | None = False,
                  unshifted: tuple[str, ...] = (),
-                 fix: tuple[Callable, Callable] | None = None):
+                 fix: tuple[Callable, Callable] | None = None,
+                 from_names: Callable[[set], dict] | None = None):
         self.block = block
         self.top = _TOP if top is None else top
         self.read = read  # read(meta, a, source): config fields; GGUFError naming source
@@ -218,14 +231,18 @@ class Arch:
         self.permute_qk = permute_qk  # llama.cpp interleaved Q/K rows for its "normal" RoPE
         self.norm_shift = norm_shift  # Gemma: llama.cpp stores 1 + w in every norm weight
         self.zero_biases = zero_biases  # biases llama.cpp requires: written as zeros if absent
-        self.rope_freqs = rope_freqs  # Llama 3's RoPE scaling as a rope_freqs tensor
+        # (read(factors, kwargs, source) -> config fields, write(cfg) -> factors or None):
+        # what the rope_freqs tensor says (Llama 3's scaling; Gemma 4's proportional RoPE)
+        self.rope_freqs = rope_freqs
         self.yarn = yarn  # YaRN's scaling as rope.scaling.* metadata
         self.head_always = head_always  # llama.cpp requires output.weight, even when tied
-        self.experts = experts  # its feed-forwards are mixtures of experts
+        self.experts = experts  # its feed-forwards are mixtures of experts (None: either)
         self.unshifted = unshifted  # norms that norm_shift leaves alone
         # (read, write): fix(name, array, cfg) -> array for block tensors whose values or
         # order llama.cpp's converter changes (Qwen3.5's value heads), by GGUF name
         self.fix = fix
+        # from_names(tensor names) -> config fields the metadata does not carry
+        self.from_names = from_names
 
     def convert(self, name: str, array: np.ndarray, cfg) -> Iterator[tuple[str | None, np.ndarray]]:
         """(our key, array) pairs for one GGUF tensor; KeyError for names we do not know."""
@@ -239,6 +256,15 @@ class Arch:
             raise KeyError(name)
         _, layer, rest = name.split(".", 2)
         pre = f"trf_blocks.{layer}."
+        if rest in (_GEMMA4_GATE_UP, "ffn_down_exps.weight") and "ffn_gate_inp.scale" in self.block:
+            for e in range(array.shape[0]):  # Gemma 4: the mixture beside the dense FFN
+                if rest == _GEMMA4_GATE_UP:
+                    gate, up = np.split(array[e], 2)
+                    yield f"{pre}moe.experts.{e}.fc1.weight", gate
+                    yield f"{pre}moe.experts.{e}.fc2.weight", up
+                else:
+                    yield f"{pre}moe.experts.{e}.fc3.weight", array[e]
+            return
         if rest in _EXPERTS:
             for e in range(array.shape[0]):
                 yield f"{pre}ff.experts.{e}.{_EXPERTS[rest]}", array[e]
@@ -267,7 +293,7 @@ class Arch:
                                  else array)
                 continue
             _, layer, rest = key.split(".", 2)
-            if rest.startswith("ff.experts."):
+            if rest.startswith(("ff.experts.", "moe.experts.")):
                 _, _, e, part = rest.split(".", 3)
                 experts.setdefault((layer, part), {})[int(e)] = array
                 continue
@@ -287,10 +313,18 @@ class Arch:
             if bias in self.zero_biases and f"trf_blocks.{layer}.{self.block[bias]}" not in state:
                 yield f"blk.{layer}.{bias}", np.zeros(array.shape[0], dtype=array.dtype)
         stacked = {ours: name for name, ours in _EXPERTS.items()}
+        fused = "ffn_gate_inp.scale" in self.block  # Gemma 4: gate and up in one tensor
         for (layer, part), arrays in experts.items():
-            yield f"blk.{layer}.{stacked[part]}", np.stack([arrays[e] for e in sorted(arrays)])
-        if self.rope_freqs and getattr(cfg, "rope_scaling", None):  # Llama 3's scaling
-            yield ROPE_FREQS, rope_freq_factors(cfg.head_dim, cfg.rope_base, cfg.rope_scaling)
+            ordered = np.stack([arrays[e] for e in sorted(arrays)])
+            if fused and part == "fc1.weight":
+                up = experts[(layer, "fc2.weight")]
+                ordered = np.concatenate([ordered, np.stack([up[e] for e in sorted(up)])], 1)
+                yield f"blk.{layer}.{_GEMMA4_GATE_UP}", ordered
+            elif not (fused and part == "fc2.weight"):
+                yield f"blk.{layer}.{stacked[part]}", ordered
+        factors = self.rope_freqs[1](cfg) if self.rope_freqs else None
+        if factors is not None:
+            yield ROPE_FREQS, factors
 
 
 # Each architecture's metadata rules, then its row. llama.cpp names every field
@@ -704,6 +738,161 @@ def _qwen35_check(cfg) -> None:
                         "gates, no router bias and no expert capacity")
 
 
+_GEMMA4_TOP = {**_TOP, "per_layer_token_embd.weight": "ple_emb.weight",
+               "per_layer_model_proj.weight": "ple_proj.weight",
+               "per_layer_proj_norm.weight": "ple_norm.weight"}
+_GEMMA4_BLOCK = {
+    "attn_norm.weight": "norm1.weight", "attn_q.weight": "att.q_proj.weight",
+    "attn_k.weight": "att.k_proj.weight", "attn_v.weight": "att.v_proj.weight",
+    "attn_output.weight": "att.out_proj.weight", **_QK_NORM,
+    "post_attention_norm.weight": "post_att_norm.weight", "ffn_norm.weight": "norm2.weight",
+    "ffn_gate.weight": "ff.fc1.weight", "ffn_up.weight": "ff.fc2.weight",
+    "ffn_down.weight": "ff.fc3.weight", "post_ffw_norm.weight": "post_ff_norm.weight",
+    "pre_ffw_norm_2.weight": "moe_norm.weight", "post_ffw_norm_1.weight": "post_ff_norm_1.weight",
+    "post_ffw_norm_2.weight": "post_ff_norm_2.weight",
+    "ffn_gate_inp.weight": "moe.router.weight", "ffn_gate_inp.scale": "moe.router_scale",
+    "ffn_down_exps.scale": "moe.expert_scale",
+    "inp_gate.weight": "ple_gate.weight", "proj.weight": "ple_out.weight",
+    "post_norm.weight": "ple_norm.weight", "layer_output_scale.weight": "layer_scalar",
+}
+# Gemma 4's experts: gate and up fused (E, 2F, C) as transformers holds them
+_GEMMA4_GATE_UP = "ffn_gate_up_exps.weight"
+
+
+def _gemma4_kwargs(meta: dict, a: str, source: str) -> dict:
+    """Gemma4Config fields: global layers' head size from ``key_length``, local ones' from
+    ``key_length_swa``, key/value heads per layer (an array where they differ), the FFN
+    width per layer (an array: twice as wide in the KV-shared layers), the local layers as a
+    per-layer bool array, the soft cap, the per-layer embedding width."""
+    n_embd, n_head, tokens = _widths(meta, a, source)
+    n_layer = _int(meta, a + "block_count", source, high=4096)
+    local = meta.get(a + "attention.sliding_window_pattern")
+    if not isinstance(local, (list, tuple)) or len(local) != n_layer:
+        raise GGUFError(f"{source}: {a}attention.sliding_window_pattern must be a per-layer "
+                        "bool array")
+    full = [i for i, w in enumerate(local) if not w]
+    pattern = full[0] + 1 if full and full[0] < n_layer - 1 else 0
+    windows = [not ((pattern and (i + 1) % pattern == 0) or i == n_layer - 1)
+               for i in range(n_layer)]
+    if [bool(w) for w in local] != windows:  # every k-th layer global, and the last
+        raise GGUFError(f"{source}: {a}attention.sliding_window_pattern is not "
+                        "every-k-th-layer-global")
+    local_dim = _int(meta, a + "attention.key_length_swa", source, high=1 << 16)
+    global_dim = _int(meta, a + "attention.key_length", source, high=1 << 16)
+    shared = _int(meta, a + "attention.shared_kv_layers", source, default=0, low=0, high=4096)
+
+    def per_layer(key: str) -> list[int]:
+        value = meta.get(a + key)
+        if value is None:
+            raise GGUFError(f"{source}: metadata field {a + key!r} is missing")
+        values = value if isinstance(value, (list, tuple)) else [value] * n_layer
+        if len(values) != n_layer or any(not isinstance(v, int) or v < 1 for v in values):
+            raise GGUFError(f"{source}: {a + key} must give each of {n_layer} layers a size")
+        return list(values)
+
+    kv = per_layer("attention.head_count_kv")
+    local_kv = {v for v, w in zip(kv, windows) if w} or {kv[0]}
+    global_kv = {v for v, w in zip(kv, windows) if not w}
+    if len(local_kv) != 1 or len(global_kv) != 1:
+        raise GGUFError(f"{source}: {a}attention.head_count_kv differs within local or global "
+                        "layers")
+    ffn = per_layer("feed_forward_length")
+    width = ffn[0]
+    double = any(f != width for f in ffn)
+    if double and ffn != [width * (2 if i >= n_layer - shared else 1) for i in range(n_layer)]:
+        raise GGUFError(f"{source}: {a}feed_forward_length is neither one width nor twice it "
+                        "in the KV-shared layers")
+    ple = _int(meta, a + "embedding_length_per_layer_input", source, default=0, low=0)
+    vocab = _int(meta, a + "vocab_size", source, default=len(tokens) or None)
+    kw = dict(vocab_size=vocab,
+              context_length=_int(meta, a + "context_length", source, high=1 << 24),
+              n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_kv_head=local_kv.pop(),
+              head_dim=local_dim, global_head_dim=global_dim, n_global_kv_head=global_kv.pop(),
+              intermediate_size=width, double_wide_mlp=double, kv_shared_layers=shared,
+              rope_base=_float(meta, a + "rope.freq_base", 1_000_000.0),
+              rope_local_base=_float(meta, a + "rope.freq_base_swa", 10_000.0),
+              norm_eps=_float(meta, a + "attention.layer_norm_rms_epsilon", 1e-6),
+              sliding_window=_int(meta, a + "attention.sliding_window", source),
+              sliding_window_pattern=pattern,
+              final_logit_softcap=_float(meta, a + "final_logit_softcapping", 30.0),
+              ple_dim=ple, ple_vocab_size=vocab)
+    if a + "expert_count" in meta:
+        kw["moe"] = {"num_experts": _int(meta, a + "expert_count", source, high=1 << 16),
+                     "top_k": _int(meta, a + "expert_used_count", source, high=1 << 16),
+                     "intermediate_size": _int(meta, a + "expert_feed_forward_length", source),
+                     "norm_topk_prob": True}
+    return kw
+
+
+def _gemma4_metadata(cfg, a: str) -> dict:
+    windows = cfg.windows
+    first_shared = cfg.n_layer - cfg.kv_shared_layers
+    meta = {
+        a + "vocab_size": cfg.vocab_size, a + "context_length": cfg.context_length,
+        a + "embedding_length": cfg.n_embd, a + "block_count": cfg.n_layer,
+        a + "attention.head_count": cfg.n_head,
+        a + "attention.head_count_kv": [cfg.n_kv_head if w else cfg.global_kv_heads
+                                        for w in windows],
+        a + "feed_forward_length": [cfg.intermediate_size * (
+            2 if cfg.double_wide_mlp and i >= first_shared else 1) for i in range(cfg.n_layer)],
+        a + "attention.key_length": cfg.global_head_dim,
+        a + "attention.value_length": cfg.global_head_dim,
+        a + "attention.key_length_swa": cfg.head_dim, a + "attention.value_length_swa": cfg.head_dim,
+        a + "rope.dimension_count": cfg.global_head_dim, a + "rope.dimension_count_swa": cfg.head_dim,
+        a + "rope.freq_base": float(cfg.rope_base), a + "rope.freq_base_swa": float(cfg.rope_local_base),
+        a + "attention.layer_norm_rms_epsilon": float(cfg.norm_eps),
+        a + "attention.sliding_window": cfg.sliding_window,
+        a + "attention.sliding_window_pattern": [bool(w) for w in windows],
+        a + "attention.shared_kv_layers": cfg.kv_shared_layers,
+        a + "embedding_length_per_layer_input": cfg.ple_dim,
+        # llama.cpp's default is 30: a model without a cap says 0
+        a + "final_logit_softcapping": float(cfg.final_logit_softcap)}
+    if cfg.moe.num_experts:
+        meta.update({a + "expert_count": cfg.moe.num_experts, a + "expert_used_count": cfg.moe.top_k,
+                     a + "expert_feed_forward_length": cfg.moe.intermediate_size
+                     or cfg.intermediate_size})
+    return meta
+
+
+def _gemma4_check(cfg) -> None:
+    first = cfg.n_layer - cfg.kv_shared_layers
+    windows = cfg.windows
+    if cfg.kv_shared_layers and (first < 2 or windows[first - 1] or not windows[first - 2]):
+        raise GGUFError("llama.cpp's gemma4 reads a shared local layer's keys from layer "
+                        "n_layer - kv_shared_layers - 2 and a global one's from the layer after "
+                        "it: those must be a local and a global layer")
+    if cfg.ple_dim and cfg.ple_vocab_size != cfg.vocab_size:
+        raise GGUFError("llama.cpp's gemma4 needs the per-layer embedding table as tall as the "
+                        f"vocabulary ({cfg.ple_vocab_size} != {cfg.vocab_size})")
+    if not cfg.sliding_window:
+        raise GGUFError("llama.cpp's gemma4 needs a sliding window")
+
+
+def _gemma4_freqs_read(factors: np.ndarray, kw: dict, source: str) -> dict:
+    """Proportional RoPE as llama.cpp's converter writes it: factor 1 for the pairs that
+    turn, 1e30 (they never do) for the rest of a global head."""
+    f = np.asarray(factors, dtype=np.float64).reshape(-1)
+    turned = int((f == 1.0).sum())
+    if f.shape[0] != kw["global_head_dim"] // 2 or not (f[:turned] == 1.0).all() or not (
+            f[turned:] >= 1e20).all():
+        raise GGUFError(f"{source}: rope_freqs is not proportional RoPE (ones, then 1e30)")
+    return {"global_rotary_factor": turned / f.shape[0]}
+
+
+def _gemma4_freqs_write(cfg) -> np.ndarray:
+    half = cfg.global_head_dim // 2
+    turned = int(cfg.global_rotary_factor * cfg.global_head_dim // 2)
+    return np.array([1.0] * turned + [1e30] * (half - turned), dtype=np.float32)
+
+
+def _gemma4_from_names(names: set) -> dict:
+    """Keys as values (no ``attn_v`` in a global layer that computes keys) is in no metadata
+    field: the tensors say it."""
+    has_k = {n.split(".")[1] for n in names if n.endswith(".attn_k.weight")}
+    has_v = {n.split(".")[1] for n in names if n.endswith(".attn_v.weight")}
+    return {"k_eq_v": bool(has_k - has_v)}
+
+
 _GPT2_BLOCK = {
     "attn_norm.weight": "norm1.scale", "attn_norm.bias": "norm1.shift",
     "attn_qkv.weight": "att.qkv.weight", "attn_qkv.bias": "att.qkv.bias",
@@ -720,7 +909,7 @@ ARCHS = {
     "gpt2": Arch(_GPT2_BLOCK, read=_gpt2_kwargs, write=_gpt2_metadata, top=_GPT2_TOP,
                  zero_biases=("attn_qkv.bias",)),
     "llama": Arch(_LLAMA_BLOCK, read=_llama_kwargs, write=_llama_metadata, permute_qk=True,
-                  rope_freqs=True),
+                  rope_freqs=(_llama3_freqs_read, _llama3_freqs_write)),
     "qwen3": Arch({**_LLAMA_BLOCK, **_QK_NORM}, read=_llama_kwargs, write=_llama_metadata),
     "qwen3moe": Arch({**_LLAMA_BLOCK, **_QK_NORM, **_MOE}, read=_qwen3moe_kwargs,
                      write=_qwen3moe_metadata, experts=True),
@@ -734,6 +923,10 @@ ARCHS = {
     "qwen35moe": Arch(_QWEN35_BLOCK, read=_qwen35_kwargs, write=_qwen35_metadata,
                       check=_qwen35_check, norm_shift=1.0, unshifted=("ssm_norm.weight",),
                       fix=(_qwen35_fix(False), _qwen35_fix(True)), experts=True),
+    "gemma4": Arch(_GEMMA4_BLOCK, read=_gemma4_kwargs, write=_gemma4_metadata,
+                   check=_gemma4_check, sliding_window=True, top=_GEMMA4_TOP,
+                   rope_freqs=(_gemma4_freqs_read, _gemma4_freqs_write),
+                   from_names=_gemma4_from_names, experts=None),
     "gpt-oss": Arch(_GPT_OSS_BLOCK, read=_gpt_oss_kwargs, write=_gpt_oss_metadata,
                     check=_gpt_oss_check, sliding_window=True, yarn=True, head_always=True,
                     experts=True),
