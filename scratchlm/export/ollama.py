@@ -5,8 +5,8 @@ Go-template form, the stop tokens and default sampling parameters.
 
 Ollama renders prompts with Go templates, not Jinja, so the template here is written from the
 chat format the tokenizer's Jinja template uses (ChatML ``<|im_start|>`` for SmolLM2 and
-Qwen3, Gemma's ``<start_of_turn>``, Llama 3's header tokens); a model with no chat template
-gets a plain completion template.
+Qwen3, Gemma's ``<start_of_turn>``, Gemma 4's ``<|turn>``, Llama 3's header tokens); a model
+with no chat template gets a plain completion template.
 """
 
 from __future__ import annotations
@@ -20,11 +20,16 @@ _CHATML = ('{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_en
 _GEMMA = ('{{- range .Messages }}<start_of_turn>{{ if eq .Role "assistant" }}model'
           '{{ else }}{{ .Role }}{{ end }}\n{{ .Content }}<end_of_turn>\n{{ end }}'
           '<start_of_turn>model\n')
+# Gemma 4: the published template with thinking off ends the prompt with an empty thought
+_GEMMA4 = ('{{- range .Messages }}<|turn>{{ if eq .Role "assistant" }}model'
+           '{{ else }}{{ .Role }}{{ end }}\n{{ .Content }}<turn|>\n{{ end }}'
+           '<|turn>model\n<|channel>thought\n<channel|>')
 _LLAMA3 = ('{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n'
            '{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n')
 # (marker in the Jinja template, Go template, stop strings)
 _FORMATS = [("<|im_start|>", _CHATML, ["<|im_end|>"]),
             ("<start_of_turn>", _GEMMA, ["<end_of_turn>"]),
+            ("<|turn>", _GEMMA4, ["<turn|>"]),
             ("<|start_header_id|>", _LLAMA3, ["<|eot_id|>"])]
 
 

@@ -47,6 +47,7 @@ def _llama_logits(path, ids):
     ("qwen3.5-tiny", {"n_layer": 8, "linear_value_heads": 2, "tie_embeddings": False}),
     ("qwen3.5-tiny", {"moe": {"num_experts": 4, "top_k": 2, "intermediate_size": 32,
                               "shared_expert_size": 48}}),
+    ("gemma3-tiny", {"n_layer": 6, "sliding_window_pattern": 6}),  # 4e-4 (GELU's table)
     # llama.cpp's gemma4: per-layer embeddings, KV-shared layers, proportional RoPE through
     # rope_freqs; and keys as values with a mixture beside the dense FFN
     ("gemma4-tiny", {}),
