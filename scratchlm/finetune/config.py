@@ -14,7 +14,7 @@ from scratchlm.config import (Count, Fraction, NonNegFloat, NonNegInt, PositiveF
 class LoraConfig:
     rank: NonNegInt = 0  # 0: no LoRA (finetune the layers named by `trainable`)
     alpha: PositiveFloat = 16.0  # LoRA's scale numerator (see scaling)
-    targets: list[str] = field(default_factory=lambda: ["all"])  # q k v out ff head, or all
+    targets: list[str] = field(default_factory=lambda: ["all"])  # q k v out ff head lin, or all
     dropout: Fraction = 0.0  # dropout on the LoRA branch's input
     scaling: str = "book"  # book: alpha; peft: alpha / rank
     quantize_base: str | None = None  # "nf4": QLoRA, the adapted base weights in 4-bit NF4; "nf4-dq": double quantization

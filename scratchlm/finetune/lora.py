@@ -256,7 +256,9 @@ class LoRALinear(nn.Module):
 def _targets_of(model: nn.Module) -> dict[str, tuple[str, dict[str, slice] | None]]:
     """Module path -> (target group, parts) for our GPT and Llama models.
 
-    Groups: q, k, v, out (attention output), ff (feed-forward), head (output head).
+    Groups: q, k, v, out (attention output), ff (feed-forward), head (output head), lin
+    (the linear-attention layers' input projections: Qwen3.5's Gated DeltaNet ``qkv_proj``,
+    ``z_proj``, ``a_proj``, ``b_proj``).
     """
     found: dict[str, tuple[str, dict[str, slice] | None]] = {}
     for name, module in model.named_modules():
@@ -270,6 +272,8 @@ def _targets_of(model: nn.Module) -> dict[str, tuple[str, dict[str, slice] | Non
             found[name] = (leaf[0], None)
         elif leaf == "out_proj":
             found[name] = ("out", None)
+        elif name.rsplit(".", 2)[-2:-1] == ["lin"] and leaf in LINEAR_INPUTS:
+            found[name] = ("lin", None)
         elif ".ff." in f".{name}." or leaf in ("fc1", "fc2", "fc3"):
             found[name] = ("ff", None)
         elif name == "out_head" or name.endswith(".out_head"):
@@ -279,14 +283,15 @@ def _targets_of(model: nn.Module) -> dict[str, tuple[str, dict[str, slice] | Non
     return found
 
 
-ALL_TARGETS = ("q", "k", "v", "out", "ff", "head")
+ALL_TARGETS = ("q", "k", "v", "out", "ff", "head", "lin")
+LINEAR_INPUTS = ("qkv_proj", "z_proj", "a_proj", "b_proj")  # a Gated DeltaNet's (nn/gated_deltanet)
 
 
 def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0,
                targets: tuple[str, ...] | list[str] = ("q", "v"), dropout: float = 0.0,
                scaling: str = "book", freeze_base: bool = True,
                quantize_base: str | None = None) -> nn.Module:
-    """Wrap the Linear layers named by ``targets`` (q, k, v, out, ff, head, or "all") in
+    """Wrap the Linear layers named by ``targets`` (q, k, v, out, ff, head, lin, or "all") in
     ``LoRALinear``, in place; with ``freeze_base`` everything else stops training.
     ``quantize_base="nf4"`` stores the wrapped base weights in 4-bit NF4 (QLoRA); ``"nf4-dq"``
     also quantizes their scales (double quantization). A soft-capped head (Gemma 4's,

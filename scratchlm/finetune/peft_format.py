@@ -62,7 +62,9 @@ def save_peft_adapter(model: nn.Module, folder: str | Path, base_model: str = ""
 
 PEFT_TARGETS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "out", "gate_proj": "ff",
                 "up_proj": "ff", "down_proj": "ff", "lm_head": "head",
-                "out_proj": "out"}  # Qwen3.5's linear-attention layers' output
+                # Qwen3.5's linear-attention layers: output, and inputs
+                "out_proj": "out", "in_proj_qkv": "lin", "in_proj_z": "lin", "in_proj_a": "lin",
+                "in_proj_b": "lin"}
 
 
 def read_peft_config(path: Path) -> dict:

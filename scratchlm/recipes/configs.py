@@ -424,7 +424,7 @@ class ExportConfig:
 @dataclass
 class PlanLora:
     rank: Count = 16  # of --method lora / qlora
-    targets: list[str] = field(default_factory=lambda: ["all"])  # q k v out ff head, or all
+    targets: list[str] = field(default_factory=lambda: ["all"])  # q k v out ff head lin, or all
 
 
 @dataclass

@@ -28,9 +28,10 @@ def test_lora_and_qlora_train(name, quantize_base):
         per_block = {n.split(".", 2)[2] for n in wrapped if n.startswith(f"trf_blocks.{i}.")}
         moe = model.cfg.moe.num_experts
         ffns = [f"ff.experts.{e}" for e in range(moe)] if moe else ["ff"]
-        # Qwen3.5's linear-attention layers: their output projection (the rest is "other");
+        # Qwen3.5's linear-attention layers: output and input projections ("out", "lin");
         # Gemma 4's KV-shared layers have no k/v projections
-        mixer = (["lin.out_proj"] if hasattr(block, "lin") else
+        mixer = (["lin.out_proj", "lin.qkv_proj", "lin.z_proj", "lin.a_proj", "lin.b_proj"]
+                 if hasattr(block, "lin") else
                  [f"att.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")
                   if hasattr(block.att, p)])
         assert per_block == {*mixer, *(["ff.router"] if moe else []),
@@ -70,7 +71,8 @@ def test_peft_loads_our_adapter(tmp_path, family):
     ours = load_pretrained(str(tmp_path / "base"))
     # gpt-oss's experts are stacked parameters in transformers: no module for PEFT to adapt
     ff = ("ff",) if family != "gpt-oss" else ()
-    apply_lora(ours, rank=4, alpha=8, targets=("q", "k", "v", "out", *ff))
+    lin = ("lin",) if family == "qwen3.5" else ()  # the linear-attention layers' inputs
+    apply_lora(ours, rank=4, alpha=8, targets=("q", "k", "v", "out", *ff, *lin))
     _randomize_adapters(ours)
     save_peft_adapter(ours, tmp_path / "adapter", str(tmp_path / "base"))
     peft_model = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
