@@ -26,11 +26,18 @@ from scratchlm.tokenizers import HFTokenizer
 # transformers' classes for a classifier head over each causal-LM architecture we write:
 # (sequences: the last real token's state -> labels; tokens: every token's, and the key of
 # that head's weights). Sequence heads have no bias in transformers; token heads may.
-HEAD_CLASSES = {
+HEAD_CLASSES = {  # None: transformers has no such class for the family (refused by name)
     "LlamaForCausalLM": ("LlamaForSequenceClassification", "LlamaForTokenClassification", "score"),
     "Qwen3ForCausalLM": ("Qwen3ForSequenceClassification", "Qwen3ForTokenClassification", "score"),
+    "Qwen3MoeForCausalLM": ("Qwen3MoeForSequenceClassification", "Qwen3MoeForTokenClassification",
+                            "score"),
     "GPT2LMHeadModel": ("GPT2ForSequenceClassification", "GPT2ForTokenClassification",
                         "classifier"),
+    "Gemma3ForCausalLM": ("Gemma3TextForSequenceClassification", None, "score"),
+    "Olmo3ForCausalLM": ("Olmo3ForSequenceClassification", None, "score"),
+    "GptOssForCausalLM": ("GptOssForSequenceClassification", "GptOssForTokenClassification",
+                          "score"),
+    "Qwen3_5ForCausalLM": ("Qwen3_5TextForSequenceClassification", None, "score"),
 }
 HEAD_TASKS = ("sequences", "tokens")
 
@@ -101,6 +108,9 @@ def _save_classifier(model: nn.Module, folder: Path, dtype: torch.dtype, max_sha
         raise ValueError(f"a classifier head on {causal} is not exported (transformers classes "
                          f"written: {', '.join(HEAD_CLASSES)})")
     sequence_class, token_class, token_key = HEAD_CLASSES[causal]
+    if (sequence_class if task == "sequences" else token_class) is None:
+        raise ValueError(f"transformers has no {'sequence' if task == 'sequences' else 'token'} "
+                         f"classifier for {causal}'s family: a {task} head on it is not exported")
     head = model.out_head
     classes = head.out_features
     if task == "sequences" and head.bias is not None:

@@ -43,8 +43,10 @@ def _batch(small_bpe):
     return ids, torch.tensor([len(r) for r in rows])
 
 
-@pytest.mark.parametrize("name,changes", [("llama-tiny", {}), ("qwen3-tiny", {}),
-                                          ("gpt-tiny", {"vocab_size": 512})])
+@pytest.mark.parametrize("name,changes", [
+    ("llama-tiny", {}), ("qwen3-tiny", {}), ("gpt-tiny", {"vocab_size": 512}),
+    ("qwen3-tiny", {"moe": {"num_experts": 4, "top_k": 2, "intermediate_size": 32}}),
+    ("gemma3-tiny", {}), ("olmo3-tiny", {}), ("gpt-oss-tiny", {}), ("qwen3.5-tiny", {})])
 @pytest.mark.parametrize("meta,classes,labels", [
     ({"classifier.json": {"labels": ["ham", "spam", "other"]}}, 3, ["ham", "spam", "other"]),
     ({"reward.json": {"style": "alpaca"}}, 1, ["reward"]),
@@ -68,7 +70,8 @@ def test_sequence_heads_give_our_logits(name, changes, meta, classes, labels, sm
 
 
 @pytest.mark.parametrize("name,changes,bias", [("llama-tiny", {}, True), ("llama-tiny", {}, False),
-                                               ("gpt-tiny", {"vocab_size": 512}, True)])
+                                               ("gpt-tiny", {"vocab_size": 512}, True),
+                                               ("gpt-oss-tiny", {}, False)])
 def test_a_tagger_gives_our_logits_per_token(name, changes, bias, small_bpe, tmp_path):
     tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     model, folder = _saved(tmp_path, small_bpe, name, changes, len(tags), bias,
@@ -98,3 +101,15 @@ def test_what_transformers_cannot_hold_is_refused(small_bpe, tmp_path):
     _, no_bias = _saved(tmp_path / "b", small_bpe, "llama-tiny", {}, 2, False, {})
     loaded, _ = load_model_and_tokenizer(str(no_bias))  # a head without bias loads back as one
     assert loaded.out_head.bias is None and loaded.out_head.out_features == 2
+
+
+def test_heads_transformers_has_no_class_for_are_refused_by_name(small_bpe, tmp_path):
+    _, tagger = _saved(tmp_path / "t", small_bpe, "gemma3-tiny", {}, 3, False,
+                       {"tagger.json": {"tags": ["O", "B", "I"]}})
+    with pytest.raises(ValueError, match="no token classifier for Gemma3ForCausalLM"):
+        export(ExportConfig(model=str(tagger), format="hf", out=str(tmp_path / "hf")))
+    _, gemma4 = _saved(tmp_path / "g", small_bpe, "gemma4-tiny", {}, 2, False,
+                       {"classifier.json": {"labels": ["a", "b"]}})
+    with pytest.raises(ValueError, match="Gemma4ForCausalLM is not exported"):
+        export(ExportConfig(model=str(gemma4), format="hf", out=str(tmp_path / "hf")))
+    assert not (tmp_path / "hf").exists()
