@@ -74,6 +74,6 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
 
         tensors = ((t.name, t.tensor_type.name, tuple(int(n) for n in reversed(t.shape.tolist())),
                     t.data) for t in reader.tensors)  # GGUF lists dims inner-first
-        keep_blocks(model, tensors, lambda name, blocks: conv.convert(name, blocks, cfg),
-                    cfg.tie_embeddings)
+        keep_blocks(model, tensors, lambda name, blocks: () if conv.moves_columns(name)
+                    else conv.convert(name, blocks, cfg), cfg.tie_embeddings)
     return model, gguf_tokenizer(meta, str(path)) if tokenizer else None

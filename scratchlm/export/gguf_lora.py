@@ -78,10 +78,17 @@ def write_gguf_lora(model: nn.Module, path: str | Path, dtype: str = "f32",
             raise GGUFError("a LoRA on the tied output head cannot be applied by llama.cpp: the "
                             "base file has no output.weight (merge it: --format gguf)")
         a, b = _one_adapter(m)
-        if ARCHS[arch].permute_qk and target.endswith("attn_q.weight"):
+        rules = ARCHS[arch]
+        if rules.permute_qk and target.endswith("attn_q.weight"):
             b = permute(b, cfg.n_head)
-        elif ARCHS[arch].permute_qk and target.endswith("attn_k.weight"):
+        elif rules.permute_qk and target.endswith("attn_k.weight"):
             b = permute(b, cfg.n_kv_head)
+        elif rules.fix is not None:  # the base file's order (Qwen3.5's value heads): B's rows
+            short = target.split(".", 2)[-1]  # or, for a column reorder, A's columns
+            if rules.moves_columns(target):
+                a = rules.fix[1](short, a, cfg)
+            else:
+                b = rules.fix[1](short, b, cfg)
         tensors.append((target, a, b, m.scale))
     # llama.cpp scales each matrix by alpha / its rank: alpha is the first matrix's scale times
     # its rank, and a matrix whose scale or rank differs (a fused projection adapted in parts

@@ -73,8 +73,11 @@ class FusedQKVWithLoRA(nn.Module):
 
 def replace_linear_with_lora(model: nn.Module, rank: int, alpha: float) -> None:
     """Wrap every ``nn.Linear`` of ``model`` (recursively) in ``LinearWithLoRA``, in place;
-    a fused ``qkv`` projection gets an adapter per part (``FusedQKVWithLoRA``)."""
+    a fused ``qkv`` projection gets an adapter per part (``FusedQKVWithLoRA``). A soft-capped
+    head (``nn/softcap.py``) is left alone: an update added after its cap would pass it."""
     for name, module in model.named_children():
+        if getattr(module, "softcap", 0):
+            continue
         if isinstance(module, nn.Linear):
             fused = name == "qkv" and module.out_features == 3 * module.in_features
             wrap = FusedQKVWithLoRA if fused else LinearWithLoRA

@@ -110,9 +110,10 @@ class Gemma4Config(FamilyConfig):
             raise ValueError(f"{owner}.kv_shared_layers must be in [0, n_layer), "
                              f"got {self.kv_shared_layers!r}")
         self.moe = moe_from(self.moe, owner)
-        if self.moe.shared_expert_size or self.moe.router_bias or self.moe.capacity_factor:
-            raise ValueError(f"{owner}.moe: Gemma 4's mixture has no shared expert, router "
-                             "bias or expert capacity")
+        if (self.moe.shared_expert_size or self.moe.router_bias or self.moe.capacity_factor
+                or not self.moe.norm_topk_prob):
+            raise ValueError(f"{owner}.moe: Gemma 4's mixture renormalises its top-k gates and "
+                             "has no shared expert, router bias or expert capacity")
         self.kv_sources  # raises when a shared layer has no earlier layer of its kind
 
     @property
@@ -132,15 +133,15 @@ class Gemma4Config(FamilyConfig):
         keys and values it reads: the last layer of its kind before the shared ones."""
         first = self.n_layer - self.kv_shared_layers
         windows = self.windows
+        last = {bool(windows[j]): j for j in range(first)}  # the last owner of each kind
         out: list[int | None] = [None] * first
         for i in range(first, self.n_layer):
             local = bool(windows[i])
-            owners = [j for j in range(first) if bool(windows[j]) == local]
-            if not owners:
+            if local not in last:
                 raise ValueError(f"{type(self).__name__}.kv_shared_layers: shared layer {i} "
                                  f"({'local' if local else 'global'}) has no earlier layer "
                                  "of its kind to read keys and values from")
-            out.append(owners[-1])
+            out.append(last[local])
         return out
 
     @classmethod
@@ -247,14 +248,15 @@ class Gemma4MoE(MoEFeedForward):
 
 
 class Gemma4Block(nn.Module):
-    def __init__(self, cfg: Gemma4Config, layer: int):
+    """One layer; ``window`` > 0: a local layer; ``shared``: it reads another layer's keys."""
+
+    def __init__(self, cfg: Gemma4Config, window: int, shared: bool):
         super().__init__()
 
         def norm(dim: int) -> RMSNorm:
             return RMSNorm(dim, cfg.norm_eps)
 
-        c, window = cfg.n_embd, cfg.windows[layer]
-        shared = cfg.kv_sources[layer] is not None
+        c = cfg.n_embd
         self.norm1 = norm(c)
         self.att = Gemma4Attention(
             c, cfg.n_head, cfg.n_kv_head if window else cfg.global_kv_heads,
@@ -308,11 +310,14 @@ class Gemma4(Llama):
             for m in (self.ple_emb, self.ple_proj):
                 normal_init(m)
         # the cache holds the layers that compute keys: layer i -> its index there
-        owners = [i for i, s in enumerate(cfg.kv_sources) if s is None]
+        owners = [i for i, s in enumerate(self.kv_sources) if s is None]
         self.cache_layer = {i: n for n, i in enumerate(owners)}
 
     def make_blocks(self, cfg: Gemma4Config) -> nn.ModuleList:
-        return nn.ModuleList(Gemma4Block(cfg, i) for i in range(cfg.n_layer))
+        # each layer's window and key source, worked out once (not per block or per step)
+        self.windows, self.kv_sources = cfg.windows, cfg.kv_sources
+        return nn.ModuleList(Gemma4Block(cfg, w, s is not None)
+                             for w, s in zip(self.windows, self.kv_sources))
 
     def embed(self, in_idx: torch.Tensor) -> torch.Tensor:
         x = self.tok_emb(in_idx)  # (B, T, C)
@@ -327,7 +332,7 @@ class Gemma4(Llama):
     @property
     def rope_index(self) -> list[int]:
         """0 (the local table) for sliding-window layers, 1 for global ones."""
-        return [0 if w else 1 for w in self.cfg.windows]
+        return [0 if w else 1 for w in self.windows]
 
     def per_layer_inputs(self, x: torch.Tensor, in_idx: torch.Tensor) -> torch.Tensor:
         """(B, P + T, C) embedded inputs, (B, T) ids -> (B, P + T, L, ple_dim): the projection
@@ -349,7 +354,7 @@ class Gemma4(Llama):
                    last: int = 0) -> torch.Tensor:
         ple = self.per_layer_inputs(x, in_idx) if self.cfg.ple_dim else None
         produced: dict[int, tuple] = {}  # layer -> its keys/values, for the layers sharing them
-        sources = self.cfg.kv_sources
+        sources = self.kv_sources
         first_shared = self.cfg.n_layer - self.cfg.kv_shared_layers
         for i, (block, t) in enumerate(zip(self.trf_blocks, self.rope_index)):
             if i == first_shared and 0 < last < x.shape[1]:
@@ -374,7 +379,7 @@ class Gemma4(Llama):
         """A cache for the layers that compute keys and values (KV-shared layers read their
         source's): local layers' in rings of their window, global layers' whole."""
         cfg = self.cfg
-        windows = [w for w, s in zip(cfg.windows, cfg.kv_sources) if s is None]
+        windows = [w for w, s in zip(self.windows, self.kv_sources) if s is None]
         return SlidingKVCache(windows, batch, cfg.global_kv_heads, length, cfg.global_head_dim,
                               dtype, device, pad, capacity,
                               local_shape=(cfg.n_kv_head, cfg.head_dim))

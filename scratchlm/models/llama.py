@@ -185,7 +185,7 @@ class Llama(nn.Module):
         if cache is not None:
             cache.advance(seq_len)
         keep = seq_len - n_prefix if not last else min(last, seq_len - n_prefix)
-        return self.final_norm(x[:, -keep:])
+        return self.final_norm(x[:, x.shape[1] - keep:])
 
     def run_blocks(self, x: torch.Tensor, tables: list, cache, in_idx: torch.Tensor,
                    last: int = 0) -> torch.Tensor:

@@ -210,7 +210,8 @@ class SlidingKVCache(KVCache):
     """A cache whose local layers (``windows[i]`` > 0) keep only their last ``windows[i]``
     slots; see the module docstring. Same interface as ``KVCache``. ``local_shape``:
     (key/value heads, head_dim) of the local layers where they differ from the global layers'
-    (Gemma 4's); those keep their ring even when the window is as long as the cache."""
+    (Gemma 4's); those keep a ring even when the window is as long as the cache, of
+    min(window, max_len) slots (a ring that never wraps is the whole sequence)."""
 
     def __init__(self, windows: list[int], batch: int, n_kv_head: int, max_len: int,
                  head_dim: int, dtype: torch.dtype = torch.float32,
@@ -228,7 +229,7 @@ class SlidingKVCache(KVCache):
         g = 0
         for w in self.windows:
             if w:
-                shape = (batch, local_kv, w, local_dim)
+                shape = (batch, local_kv, min(w, max_len), local_dim)
                 self.where.append(len(self.ring_k))
                 self.ring_k.append(torch.zeros(shape, dtype=dtype, device=device))
                 self.ring_v.append(torch.zeros(shape, dtype=dtype, device=device))
@@ -270,19 +271,20 @@ class SlidingKVCache(KVCache):
         if start + t > self.max_len:
             raise ValueError(f"KV cache full: {start + t} slots needed, {self.max_len} allocated")
         rk, rv = self.ring_k[self.where[layer]], self.ring_v[self.where[layer]]
+        n = rk.shape[2]  # the ring's slots: the window, or max_len when that is shorter
         dev = self.pad.device
         # the slot each ring position holds (before this step's writes); < 0 where still empty
-        ring_slot = torch.arange(w, device=dev)
-        ring_slot = ring_slot + (start - 1 - ring_slot) // w * w  # the latest s < start, s = j mod w
-        slots = torch.cat([ring_slot, torch.arange(start, start + t, device=dev)])  # (W + T,)
+        ring_slot = torch.arange(n, device=dev)
+        ring_slot = ring_slot + (start - 1 - ring_slot) // n * n  # the latest s < start, s = j mod n
+        slots = torch.cat([ring_slot, torch.arange(start, start + t, device=dev)])  # (N + T,)
         keys, values = torch.cat([rk, k], dim=2), torch.cat([rv, v], dim=2)  # (B, KV, W + T, D)
         queries = torch.arange(start, start + t, device=dev)[:, None]
         allowed = (slots[None] >= 0) & (slots[None] <= queries) & (queries - slots[None] < w)
         if self.has_pad:
             allowed = (allowed[None] & (slots[None, None] >= self.pad[:, None, None]))[:, None]
-        # keep the newest w of the new keys
-        keep = min(t, w)
-        pos = torch.arange(start + t - keep, start + t, device=dev) % w
+        # keep the newest n of the new keys
+        keep = min(t, n)
+        pos = torch.arange(start + t - keep, start + t, device=dev) % n
         rk[:, :, pos] = k[:, :, t - keep:]
         rv[:, :, pos] = v[:, :, t - keep:]
         return keys, values, allowed, False

@@ -33,8 +33,7 @@ def inv_frequencies(head_dim: int, base: float = 10000.0,
     if not scaling:
         return inv
     if scaling.get("type") == "proportional":
-        turned = int(scaling["partial_rotary_factor"] * head_dim // 2)
-        inv[turned:] = 0.0
+        inv[proportional_pairs(scaling["partial_rotary_factor"], head_dim):] = 0.0
         return inv / scaling.get("factor", 1.0)
     if scaling.get("type") == "yarn":
         return yarn_frequencies(inv, head_dim, base, scaling)
@@ -51,6 +50,13 @@ def inv_frequencies(head_dim: int, base: float = 10000.0,
     blended = (1 - smooth) * scaled / factor + smooth * scaled
     medium = (wavelen <= low_wavelen) & (wavelen >= high_wavelen)
     return torch.where(medium, blended, scaled)
+
+
+def proportional_pairs(factor: float, head_dim: int) -> int:
+    """The frequency pairs proportional RoPE turns: floor(factor * head_dim / 2), as
+    transformers and llama.cpp's converter count them (a factor read back as pairs / half
+    lands on the same count despite float rounding)."""
+    return int(factor * head_dim / 2 + 1e-6)
 
 
 def yarn_frequencies(inv: torch.Tensor, head_dim: int, base: float, scaling: dict) -> torch.Tensor:

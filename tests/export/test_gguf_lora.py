@@ -50,6 +50,8 @@ def _delta(reader, name: str) -> np.ndarray:
     ("llama-tiny", TARGETS, {}),
     ("llama-tiny", (*TARGETS, "head"), {"tie_embeddings": False}),
     ("gpt-tiny", ("q", "v", "out"), {"vocab_size": 512}),  # fused qkv: parts of summed rank
+    # Qwen3.5's linear layers: B's rows (A's columns for out_proj) in llama.cpp's head order
+    ("qwen3.5-tiny", (*TARGETS, "lin"), {}),
 ])
 def test_the_file_holds_each_matrixs_update(name, targets, changes, small_bpe, tmp_path):
     """Base + the file's alpha / rank * B @ A, read back as llama.cpp reads it, is our merged
@@ -79,12 +81,14 @@ def test_the_file_holds_each_matrixs_update(name, targets, changes, small_bpe, t
     assert all(np.array_equal(base[k], want[k]) for k in unchanged)
 
 
-def test_llama_cpp_applies_it_to_the_base(small_bpe, tmp_path):
+@pytest.mark.parametrize("name,targets", [("llama-tiny", TARGETS),
+                                          ("qwen3.5-tiny", (*TARGETS, "lin"))])
+def test_llama_cpp_applies_it_to_the_base(name, targets, small_bpe, tmp_path):
     """llama.cpp with the base GGUF and our adapter file (--lora) gives our merged model's
     logits within 1e-3 of their scale; the Modelfile beside it is FROM the base with the
     ADAPTER line."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    base_dir, adapter, merged = _run(tmp_path, small_bpe, tie_embeddings=False)
+    base_dir, adapter, merged = _run(tmp_path, small_bpe, name, targets, tie_embeddings=False)
     base = tmp_path / "exports" / "base.gguf"
     export(ExportConfig(model=str(base_dir), dtype="f32", out=str(base)))
     lora = tmp_path / "exports" / "tuned-lora.gguf"
@@ -99,7 +103,7 @@ def test_llama_cpp_applies_it_to_the_base(small_bpe, tmp_path):
     theirs = np.array(llm.scores[: len(ids)])
     with torch.no_grad():
         ours = merged(torch.tensor([ids]))[0].numpy()
-        plain = tiny("llama-tiny", tie_embeddings=False)(torch.tensor([ids]))[0].numpy()
+        plain = tiny(name, tie_embeddings=False)(torch.tensor([ids]))[0].numpy()
     assert np.abs(ours - plain).max() > 1e-2  # the adapter changes the logits
     assert np.abs(theirs - ours).max() <= 1e-3 * np.abs(ours).max()
 

@@ -100,6 +100,7 @@ def test_kv_shared_layers_compute_and_cache_no_keys(tmp_path):
     assert cache.windows == [8, 8, 0]  # layers 0-2 only: two rings of 8, one global layer
     assert tuple(cache.k.shape) == (1, 2, 1, 64, 64)  # global: 1 key/value head of 64
     assert tuple(cache.ring_k[0].shape) == (2, 2, 8, 32)  # local: 2 heads of 32
+    assert Engine(ours).new_cache(1, 5).ring_k[0].shape[2] == 5  # no longer than the cache
 
 
 def test_the_published_multimodal_layout_loads_its_text_model(tmp_path):

@@ -341,3 +341,52 @@ def test_gpt_oss_with_mxfp4_experts_loads(tmp_path):
     assert np.array_equal(ff.fc1.weight.detach().numpy(), want["blk.1.ffn_gate_exps.weight"][3])
     assert np.array_equal(ff.fc3.weight.detach().numpy(), want["blk.1.ffn_down_exps.weight"][3])
     assert torch.equal(loaded.trf_blocks[1].att.sinks, model.trf_blocks[1].att.sinks)
+
+
+@pytest.mark.parametrize("arch,key,value", [
+    ("qwen35", "rope.dimension_sections", [11, 11]),          # too short to index by pair
+    ("qwen35", "attention.recurrent_layers", [3, 2]),           # no bool array
+    ("gemma4", "attention.head_count_kv", [2, 1 << 30]),       # a size past every bound
+    ("gemma4", "attention.sliding_window_pattern", [True]),    # not one per layer
+])
+def test_hostile_per_layer_arrays_name_file_and_field(tmp_path, arch, key, value):
+    w = gguf.GGUFWriter(str(tmp_path / "bad.gguf"), arch)
+    fields = {**GOOD, "rope.dimension_count": 16, "attention.key_length": 16,
+              "attention.key_length_swa": 16, "attention.sliding_window": 8,
+              "ssm.conv_kernel": 4, "ssm.state_size": 8, "ssm.group_count": 2,
+              "ssm.time_step_rank": 2, "ssm.inner_size": 16}
+    for k, v in fields.items():
+        if k != key:
+            w.add_uint32(f"{arch}.{k}", v)
+    if key != "attention.sliding_window_pattern":
+        w.add_array(f"{arch}.attention.sliding_window_pattern", [True, False])
+    w.add_array(f"{arch}.{key}", value)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(GGUFError, match=rf"bad.gguf.*{key}"):
+        load_gguf(tmp_path / "bad.gguf")
+
+
+def test_qwen35_keeps_its_blocks_but_the_reordered_columns(tmp_path, small_bpe):
+    """A Q8_0 Qwen3.5 file kept as blocks: the layers whose rows llama.cpp reordered keep
+    their blocks (rows move whole), ``ssm_out`` (columns reordered) is dequantized, and the
+    model computes what the dequantized one does."""
+    from scratchlm.export.gguf import write_gguf
+    from scratchlm.models.qwen3_5 import Qwen35Config
+    from scratchlm.nn.gguf_linear import GGUFLinear
+
+    model = random_model(Qwen35Config.from_name("qwen3.5-tiny", n_embd=256, intermediate_size=256,
+                                                linear_key_dim=32, linear_value_dim=32))
+    path = write_gguf(model, small_bpe, tmp_path / "q.gguf", "f32", quant="q8_0")
+    kept, _ = load_gguf(path, keep_quantized=True)
+    plain, _ = load_gguf(path)
+    lin = kept.trf_blocks[0].lin
+    assert isinstance(lin.qkv_proj, GGUFLinear) and isinstance(lin.z_proj, GGUFLinear)
+    assert type(lin.out_proj) is torch.nn.Linear
+    x = torch.randint(0, 512, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(kept(x), plain(x), atol=1e-4, rtol=1e-4)

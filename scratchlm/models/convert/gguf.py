@@ -83,6 +83,29 @@ def _int(meta: dict, key: str, source: str, default=None, low: int = 1,
     return value
 
 
+def _int_array(meta: dict, key: str, source: str, length: int | None = None, low: int = 1,
+               high: int = 1 << 24) -> list[int]:
+    """A per-layer (or fixed-length) integer array field, each value bounded, or a
+    ``GGUFError`` naming the field: no bools, no other types, no other length."""
+    value = meta.get(key)
+    if (not isinstance(value, (list, tuple)) or (length is not None and len(value) != length)
+            or any(type(v) is not int or not low <= v <= high for v in value)):
+        want = f"{length} " if length is not None else ""
+        raise GGUFError(f"{source}: metadata field {key!r} must be an array of {want}integers "
+                        f"in [{low}, {high}], got {str(value)[:80]}")
+    return list(value)
+
+
+def _bool_array(meta: dict, key: str, source: str, length: int) -> list[bool]:
+    """A per-layer bool array field (ints 0/1 accepted, as llama.cpp reads them)."""
+    value = meta.get(key)
+    if (not isinstance(value, (list, tuple)) or len(value) != length
+            or any(v not in (0, 1) for v in value)):
+        raise GGUFError(f"{source}: metadata field {key!r} must be an array of {length} bools, "
+                        f"got {str(value)[:80]}")
+    return [bool(v) for v in value]
+
+
 def _float(meta: dict, key: str, default: float) -> float:
     """A float32 metadata field as the shortest decimal that round-trips (1e-06, not
     9.99999997e-07), so configs read from GGUF equal those read from config.json."""
@@ -132,6 +155,8 @@ _MOE = {"ffn_gate_inp.weight": "ff.router.weight"}
 _GEMMA3_BLOCK = {**_LLAMA_BLOCK, **_QK_NORM,
                  "post_attention_norm.weight": "post_att_norm.weight",
                  "post_ffw_norm.weight": "post_ff_norm.weight"}
+# experts' gate and up in one stacked tensor (E, 2F, C), as Gemma 4's files hold them
+_GATE_UP_EXPS = "ffn_gate_up_exps.weight"
 # stacked experts (E, out, in) -> our per-expert Linear (gpt-oss's have biases, (E, out))
 _EXPERTS = {"ffn_gate_exps.weight": "fc1.weight", "ffn_up_exps.weight": "fc2.weight",
             "ffn_down_exps.weight": "fc3.weight", "ffn_gate_exps.bias": "fc1.bias",
@@ -220,7 +245,8 @@ class Arch:
                  yarn: bool = False, head_always: bool = False,
                  experts: bool | None = False,
                  unshifted: tuple[str, ...] = (),
-                 fix: tuple[Callable, Callable] | None = None,
+                 fix: tuple[Callable, Callable] | None = None, fixed_columns: tuple = (),
+                 experts_under: str = "ff", fused_gate_up: bool = False,
                  from_names: Callable[[set], dict] | None = None):
         self.block = block
         self.top = _TOP if top is None else top
@@ -241,8 +267,16 @@ class Arch:
         # (read, write): fix(name, array, cfg) -> array for block tensors whose values or
         # order llama.cpp's converter changes (Qwen3.5's value heads), by GGUF name
         self.fix = fix
+        self.fixed_columns = fixed_columns  # tensors whose fix moves columns, not rows
+        self.experts_under = experts_under  # our module holding the experts ("moe": Gemma 4's)
+        self.fused_gate_up = fused_gate_up  # the experts' gate and up in one tensor (Gemma 4)
         # from_names(tensor names) -> config fields the metadata does not carry
         self.from_names = from_names
+
+    def moves_columns(self, name: str) -> bool:
+        """Whether reading ``name`` reorders its columns: its quantized blocks (whole rows
+        of them) cannot be kept as they are (``keep_quantized``)."""
+        return name.split(".", 2)[-1] in self.fixed_columns
 
     def convert(self, name: str, array: np.ndarray, cfg) -> Iterator[tuple[str | None, np.ndarray]]:
         """(our key, array) pairs for one GGUF tensor; KeyError for names we do not know."""
@@ -256,18 +290,18 @@ class Arch:
             raise KeyError(name)
         _, layer, rest = name.split(".", 2)
         pre = f"trf_blocks.{layer}."
-        if rest in (_GEMMA4_GATE_UP, "ffn_down_exps.weight") and "ffn_gate_inp.scale" in self.block:
-            for e in range(array.shape[0]):  # Gemma 4: the mixture beside the dense FFN
-                if rest == _GEMMA4_GATE_UP:
-                    gate, up = np.split(array[e], 2)
-                    yield f"{pre}moe.experts.{e}.fc1.weight", gate
-                    yield f"{pre}moe.experts.{e}.fc2.weight", up
-                else:
-                    yield f"{pre}moe.experts.{e}.fc3.weight", array[e]
+        home = f"{pre}{self.experts_under}.experts"
+        if rest == _GATE_UP_EXPS:  # gate and up stacked in one tensor: (E, 2F, C)
+            if array.ndim != 3 or array.shape[1] % 2:
+                raise GGUFError(f"{name} of shape {array.shape} is no stack of gate and up")
+            for e in range(array.shape[0]):
+                gate, up = np.split(array[e], 2)
+                yield f"{home}.{e}.fc1.weight", gate
+                yield f"{home}.{e}.fc2.weight", up
             return
         if rest in _EXPERTS:
             for e in range(array.shape[0]):
-                yield f"{pre}ff.experts.{e}.{_EXPERTS[rest]}", array[e]
+                yield f"{home}.{e}.{_EXPERTS[rest]}", array[e]
             return
         if rest not in self.block:
             raise KeyError(name)
@@ -293,7 +327,7 @@ class Arch:
                                  else array)
                 continue
             _, layer, rest = key.split(".", 2)
-            if rest.startswith(("ff.experts.", "moe.experts.")):
+            if rest.startswith(f"{self.experts_under}.experts."):
                 _, _, e, part = rest.split(".", 3)
                 experts.setdefault((layer, part), {})[int(e)] = array
                 continue
@@ -313,13 +347,13 @@ class Arch:
             if bias in self.zero_biases and f"trf_blocks.{layer}.{self.block[bias]}" not in state:
                 yield f"blk.{layer}.{bias}", np.zeros(array.shape[0], dtype=array.dtype)
         stacked = {ours: name for name, ours in _EXPERTS.items()}
-        fused = "ffn_gate_inp.scale" in self.block  # Gemma 4: gate and up in one tensor
+        fused = self.fused_gate_up
         for (layer, part), arrays in experts.items():
             ordered = np.stack([arrays[e] for e in sorted(arrays)])
             if fused and part == "fc1.weight":
                 up = experts[(layer, "fc2.weight")]
                 ordered = np.concatenate([ordered, np.stack([up[e] for e in sorted(up)])], 1)
-                yield f"blk.{layer}.{_GEMMA4_GATE_UP}", ordered
+                yield f"blk.{layer}.{_GATE_UP_EXPS}", ordered
             elif not (fused and part == "fc2.weight"):
                 yield f"blk.{layer}.{stacked[part]}", ordered
         factors = self.rope_freqs[1](cfg) if self.rope_freqs else None
@@ -464,6 +498,7 @@ def _window_pattern(meta: dict, a: str, source: str, n_layer: int, default: int)
     if not isinstance(pattern, (list, tuple)):
         return _int(meta, a + "attention.sliding_window_pattern", source, default=default,
                     high=4096)
+    pattern = _bool_array(meta, a + "attention.sliding_window_pattern", source, n_layer)
     full = [i for i, local in enumerate(pattern) if not local]
     k = full[0] + 1 if full else 0
     if len(pattern) != n_layer or [bool(x) for x in pattern] != [
@@ -670,9 +705,9 @@ def _qwen35_kwargs(meta: dict, a: str, source: str) -> dict:
     kw = _llama_kwargs(meta, a, source, rope_base=10_000_000.0, norm_eps=1e-6)
     head_dim = kw.get("head_dim") or kw["n_embd"] // kw["n_head"]
     rotary = _int(meta, a + "rope.dimension_count", source, high=head_dim)
-    sections = meta.get(a + "rope.dimension_sections") or _rope_sections(rotary // 2)
-    if any(not isinstance(s, int) or s < 0 for s in sections) or any(
-            i >= 3 * sections[i % 3] for i in range(rotary // 2)):
+    sections = (_int_array(meta, a + "rope.dimension_sections", source, 4, low=0, high=1 << 16)
+                if a + "rope.dimension_sections" in meta else _rope_sections(rotary // 2))
+    if any(i >= 3 * sections[i % 3] for i in range(rotary // 2)):
         raise GGUFError(f"{source}: {a}rope.dimension_sections {list(sections)} leave some "
                         "pairs of a text token unturned (only text is supported)")
     value_heads = _int(meta, a + "ssm.time_step_rank", source, high=1 << 12)
@@ -681,8 +716,8 @@ def _qwen35_kwargs(meta: dict, a: str, source: str) -> dict:
         raise GGUFError(f"{source}: {a}ssm.inner_size {inner} is no multiple of the "
                         f"{value_heads} value heads")
     n_layer = kw["n_layer"]
-    recurrent = meta.get(a + "attention.recurrent_layers")
-    if recurrent is not None:
+    if a + "attention.recurrent_layers" in meta:
+        recurrent = _bool_array(meta, a + "attention.recurrent_layers", source, n_layer)
         full = [i for i, lin in enumerate(recurrent) if not lin]
         interval = full[0] + 1 if full else n_layer + 1
         if len(recurrent) != n_layer or [bool(x) for x in recurrent] != [
@@ -755,8 +790,6 @@ _GEMMA4_BLOCK = {
     "inp_gate.weight": "ple_gate.weight", "proj.weight": "ple_out.weight",
     "post_norm.weight": "ple_norm.weight", "layer_output_scale.weight": "layer_scalar",
 }
-# Gemma 4's experts: gate and up fused (E, 2F, C) as transformers holds them
-_GEMMA4_GATE_UP = "ffn_gate_up_exps.weight"
 
 
 def _gemma4_kwargs(meta: dict, a: str, source: str) -> dict:
@@ -766,10 +799,7 @@ def _gemma4_kwargs(meta: dict, a: str, source: str) -> dict:
     per-layer bool array, the soft cap, the per-layer embedding width."""
     n_embd, n_head, tokens = _widths(meta, a, source)
     n_layer = _int(meta, a + "block_count", source, high=4096)
-    local = meta.get(a + "attention.sliding_window_pattern")
-    if not isinstance(local, (list, tuple)) or len(local) != n_layer:
-        raise GGUFError(f"{source}: {a}attention.sliding_window_pattern must be a per-layer "
-                        "bool array")
+    local = _bool_array(meta, a + "attention.sliding_window_pattern", source, n_layer)
     full = [i for i, w in enumerate(local) if not w]
     pattern = full[0] + 1 if full and full[0] < n_layer - 1 else 0
     windows = [not ((pattern and (i + 1) % pattern == 0) or i == n_layer - 1)
@@ -779,16 +809,16 @@ def _gemma4_kwargs(meta: dict, a: str, source: str) -> dict:
                         "every-k-th-layer-global")
     local_dim = _int(meta, a + "attention.key_length_swa", source, high=1 << 16)
     global_dim = _int(meta, a + "attention.key_length", source, high=1 << 16)
+    for key, dim in (("rope.dimension_count", global_dim), ("rope.dimension_count_swa", local_dim)):
+        if _int(meta, a + key, source, default=dim, high=1 << 16) != dim:  # rope_freqs says it
+            raise GGUFError(f"{source}: {a}{key} other than the head size is not supported "
+                            "(Gemma 4 turns its global heads' first pairs through rope_freqs)")
     shared = _int(meta, a + "attention.shared_kv_layers", source, default=0, low=0, high=4096)
 
-    def per_layer(key: str) -> list[int]:
-        value = meta.get(a + key)
-        if value is None:
-            raise GGUFError(f"{source}: metadata field {a + key!r} is missing")
-        values = value if isinstance(value, (list, tuple)) else [value] * n_layer
-        if len(values) != n_layer or any(not isinstance(v, int) or v < 1 for v in values):
-            raise GGUFError(f"{source}: {a + key} must give each of {n_layer} layers a size")
-        return list(values)
+    def per_layer(key: str) -> list[int]:  # one value for all layers, or one per layer
+        if isinstance(meta.get(a + key), (list, tuple)):
+            return _int_array(meta, a + key, source, n_layer)
+        return [_int(meta, a + key, source)] * n_layer
 
     kv = per_layer("attention.head_count_kv")
     local_kv = {v for v, w in zip(kv, windows) if w} or {kv[0]}
@@ -880,8 +910,10 @@ def _gemma4_freqs_read(factors: np.ndarray, kw: dict, source: str) -> dict:
 
 
 def _gemma4_freqs_write(cfg) -> np.ndarray:
+    from scratchlm.nn.rope import proportional_pairs  # torch: not for requantizing a file
+
     half = cfg.global_head_dim // 2
-    turned = int(cfg.global_rotary_factor * cfg.global_head_dim // 2)
+    turned = proportional_pairs(cfg.global_rotary_factor, cfg.global_head_dim)
     return np.array([1.0] * turned + [1e30] * (half - turned), dtype=np.float32)
 
 
@@ -919,14 +951,17 @@ ARCHS = {
                   sliding_window=True, yarn=True, head_always=True),
     "qwen35": Arch(_QWEN35_BLOCK, read=_qwen35_kwargs, write=_qwen35_metadata,
                    check=_qwen35_check, norm_shift=1.0, unshifted=("ssm_norm.weight",),
-                   fix=(_qwen35_fix(False), _qwen35_fix(True))),
+                   fix=(_qwen35_fix(False), _qwen35_fix(True)),
+                   fixed_columns=("ssm_out.weight",)),
     "qwen35moe": Arch(_QWEN35_BLOCK, read=_qwen35_kwargs, write=_qwen35_metadata,
                       check=_qwen35_check, norm_shift=1.0, unshifted=("ssm_norm.weight",),
-                      fix=(_qwen35_fix(False), _qwen35_fix(True)), experts=True),
+                      fix=(_qwen35_fix(False), _qwen35_fix(True)),
+                      fixed_columns=("ssm_out.weight",), experts=True),
     "gemma4": Arch(_GEMMA4_BLOCK, read=_gemma4_kwargs, write=_gemma4_metadata,
                    check=_gemma4_check, sliding_window=True, top=_GEMMA4_TOP,
                    rope_freqs=(_gemma4_freqs_read, _gemma4_freqs_write),
-                   from_names=_gemma4_from_names, experts=None),
+                   from_names=_gemma4_from_names, experts=None, experts_under="moe",
+                   fused_gate_up=True),
     "gpt-oss": Arch(_GPT_OSS_BLOCK, read=_gpt_oss_kwargs, write=_gpt_oss_metadata,
                     check=_gpt_oss_check, sliding_window=True, yarn=True, head_always=True,
                     experts=True),

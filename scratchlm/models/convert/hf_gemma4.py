@@ -111,7 +111,8 @@ def config_from_hf(hf: Mapping) -> Gemma4Config:
         "sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(n_layer)])
     rope = hf.get("rope_parameters") or {}
     local, full = rope.get("sliding_attention") or {}, rope.get("full_attention") or {}
-    if local.get("rope_type", "default") != "default":
+    if (local.get("rope_type", "default") != "default"
+            or local.get("partial_rotary_factor", 1.0) != 1.0):
         raise ValueError(f"unsupported rope scaling on local layers {dict(local)!r}")
     if full.get("rope_type", "proportional") != "proportional" or full.get("factor", 1.0) != 1.0:
         raise ValueError(f"unsupported rope scaling on global layers {dict(full)!r}")
