@@ -41,6 +41,20 @@ def block_key_to_ours(key: str, tensor: torch.Tensor, top: Mapping[str, str],
     raise KeyError(key)
 
 
+def split_stacked_experts(key: str, tensor: torch.Tensor, pre: str
+                          ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Our per-expert weights under ``pre`` (``trf_blocks.3.ff.experts``) from transformers'
+    stacked ``...experts.gate_up_proj`` (E, 2I, C: gate rows, then up) or ``down_proj``
+    (E, C, I)."""
+    for e in range(tensor.shape[0]):
+        if key.endswith("gate_up_proj"):
+            gate, up = tensor[e].chunk(2, dim=0)  # (2I, C) -> two (I, C)
+            yield f"{pre}.{e}.fc1.weight", gate
+            yield f"{pre}.{e}.fc2.weight", up
+        else:
+            yield f"{pre}.{e}.fc3.weight", tensor[e]  # (C, I)
+
+
 def block_state_to_hf(state: Mapping[str, torch.Tensor], cfg, top: Mapping[str, str],
                       block: Mapping[str, str]) -> dict[str, torch.Tensor]:
     """Our state dict under HF's names (a tied head is left out, as HF saves it)."""

@@ -15,23 +15,17 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from scratchlm.models.convert.hf_blocks import (block_key_to_ours, block_state_to_hf,
-                                                shape_to_hf)
+from scratchlm.models.convert.hf_blocks import (ATTENTION, GATED_MLP, block_key_to_ours,
+                                                block_state_to_hf, shape_to_hf,
+                                                split_stacked_experts)
 from scratchlm.models.gemma4 import Gemma4Config
 
 _BLOCK = {
     "input_layernorm.weight": "norm1.weight",
-    "self_attn.q_proj.weight": "att.q_proj.weight",
-    "self_attn.k_proj.weight": "att.k_proj.weight",
-    "self_attn.v_proj.weight": "att.v_proj.weight",
-    "self_attn.o_proj.weight": "att.out_proj.weight",
-    "self_attn.q_norm.weight": "att.q_norm.weight",
-    "self_attn.k_norm.weight": "att.k_norm.weight",
+    **ATTENTION,
     "post_attention_layernorm.weight": "post_att_norm.weight",
     "pre_feedforward_layernorm.weight": "norm2.weight",
-    "mlp.gate_proj.weight": "ff.fc1.weight",
-    "mlp.up_proj.weight": "ff.fc2.weight",
-    "mlp.down_proj.weight": "ff.fc3.weight",
+    **GATED_MLP,
     "post_feedforward_layernorm.weight": "post_ff_norm.weight",
     "pre_feedforward_layernorm_2.weight": "moe_norm.weight",
     "post_feedforward_layernorm_1.weight": "post_ff_norm_1.weight",
@@ -179,14 +173,7 @@ def hf_to_ours(key: str, tensor: torch.Tensor, cfg) -> Iterator[tuple[str | None
         key = "model." + key.removeprefix(_MULTIMODAL)
     if key.startswith("model.layers.") and key.endswith((".experts.gate_up_proj",
                                                         ".experts.down_proj")):
-        pre = f"trf_blocks.{key.split('.')[2]}.moe.experts"
-        for e in range(tensor.shape[0]):
-            if key.endswith("gate_up_proj"):
-                gate, up = tensor[e].chunk(2, dim=0)  # (2I, C) -> two (I, C)
-                yield f"{pre}.{e}.fc1.weight", gate
-                yield f"{pre}.{e}.fc2.weight", up
-            else:
-                yield f"{pre}.{e}.fc3.weight", tensor[e]  # (C, I)
+        yield from split_stacked_experts(key, tensor, f"trf_blocks.{key.split('.')[2]}.moe.experts")
         return
     yield from block_key_to_ours(key, tensor, _TOP, _BLOCK)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from scratchlm.models.convert.hf_blocks import shape_to_hf
+from scratchlm.models.convert.hf_blocks import shape_to_hf, split_stacked_experts
 from scratchlm.models.llama import LlamaConfig
 from scratchlm.models.qwen3 import Qwen3Config
 
@@ -148,15 +148,7 @@ def hf_to_ours(key: str, tensor: torch.Tensor, cfg) -> Iterator[tuple[str | None
     """(our key, tensor) pairs for one HF tensor: stacked expert tensors split per expert."""
     if key.startswith("model.layers.") and key.endswith(("mlp.experts.gate_up_proj",
                                                         "mlp.experts.down_proj")):
-        layer = key.split(".")[2]
-        pre = f"trf_blocks.{layer}.ff.experts"
-        for e in range(tensor.shape[0]):
-            if key.endswith("gate_up_proj"):
-                gate, up = tensor[e].chunk(2, dim=0)  # (2I, C) -> two (I, C)
-                yield f"{pre}.{e}.fc1.weight", gate
-                yield f"{pre}.{e}.fc2.weight", up
-            else:
-                yield f"{pre}.{e}.fc3.weight", tensor[e]
+        yield from split_stacked_experts(key, tensor, f"trf_blocks.{key.split('.')[2]}.ff.experts")
         return
     yield hf_key_to_ours(key), tensor
 
