@@ -15,11 +15,12 @@ native decoder look a family up here (``family_of(model_or_config)``, ``family_n
 ``family_for_hf``, ``family_for_gguf``, ``preset``); no other module tests a model's class.
 Key maps live in ``models/convert/`` and are named here by module, imported when used. A GGUF
 architecture's rules (its tensor names and how its metadata is read into a config and written
-from one, with what export refuses) are its row of ``ARCHS`` in ``models/convert/gguf.py``;
+from one, with what export refuses) are its row of ``ARCHS`` in ``models/convert/gguf_archs.py``;
 a family names its architectures here (``gguf_archs``).
 
 Adding a family: a model file with its config (presets included), a converter module with the
-HF key map (and an ``ARCHS`` row in ``convert/gguf.py`` if llama.cpp has the architecture),
+HF key map (and an ``ARCHS`` row in ``convert/gguf_archs.py`` if llama.cpp has the
+architecture),
 one ``Family`` below, and tests. See docs/families.md.
 """
 
