@@ -17,6 +17,18 @@ def from_preset(presets: dict, name: str, kind: str, **overrides):
     return replace(base, **overrides)
 
 
+def every_kth(flags: list[bool], last: bool = False) -> int | None:
+    """The k for which ``flags[i]`` holds exactly at every k-th layer ((i + 1) % k == 0, and
+    at the last layer too with ``last``), 0 when it holds nowhere (but at the last), None when
+    no k gives ``flags``: reading a per-layer list back into an every-k-th setting
+    (``sliding_window_pattern``: the global layers; ``full_attention_interval``)."""
+    n = len(flags)
+    marked = [i for i, f in enumerate(flags) if f]
+    k = marked[0] + 1 if marked and not (last and marked[0] == n - 1) else 0
+    want = [bool(k and (i + 1) % k == 0) or (last and i == n - 1) for i in range(n)]
+    return k if [bool(f) for f in flags] == want else None
+
+
 class FamilyConfig:
     """Mixed into every family's config dataclass; it adds no fields."""
 

@@ -9,18 +9,16 @@ import numpy as np
 
 from scratchlm.models.convert.gguf import (_TOP, GGUFError, _bool_array, _float, _int,
                                            _int_array)
-from scratchlm.models.convert.gguf_rules import _QK_NORM, _widths
+from scratchlm.models.convert.gguf_rules import (_ATTENTION, _GATED_FFN, _QK_NORM,
+                                                 _every_kth_or_error, _widths)
 
 _GEMMA4_TOP = {**_TOP, "per_layer_token_embd.weight": "ple_emb.weight",
                "per_layer_model_proj.weight": "ple_proj.weight",
                "per_layer_proj_norm.weight": "ple_norm.weight"}
 _GEMMA4_BLOCK = {
-    "attn_norm.weight": "norm1.weight", "attn_q.weight": "att.q_proj.weight",
-    "attn_k.weight": "att.k_proj.weight", "attn_v.weight": "att.v_proj.weight",
-    "attn_output.weight": "att.out_proj.weight", **_QK_NORM,
+    "attn_norm.weight": "norm1.weight", **_ATTENTION, **_QK_NORM,
     "post_attention_norm.weight": "post_att_norm.weight", "ffn_norm.weight": "norm2.weight",
-    "ffn_gate.weight": "ff.fc1.weight", "ffn_up.weight": "ff.fc2.weight",
-    "ffn_down.weight": "ff.fc3.weight", "post_ffw_norm.weight": "post_ff_norm.weight",
+    **_GATED_FFN, "post_ffw_norm.weight": "post_ff_norm.weight",
     "pre_ffw_norm_2.weight": "moe_norm.weight", "post_ffw_norm_1.weight": "post_ff_norm_1.weight",
     "post_ffw_norm_2.weight": "post_ff_norm_2.weight",
     "ffn_gate_inp.weight": "moe.router.weight", "ffn_gate_inp.scale": "moe.router_scale",
@@ -38,13 +36,8 @@ def _gemma4_kwargs(meta: dict, a: str, source: str) -> dict:
     n_embd, n_head, tokens = _widths(meta, a, source)
     n_layer = _int(meta, a + "block_count", source, high=4096)
     local = _bool_array(meta, a + "attention.sliding_window_pattern", source, n_layer)
-    full = [i for i, w in enumerate(local) if not w]
-    pattern = full[0] + 1 if full and full[0] < n_layer - 1 else 0
-    windows = [not ((pattern and (i + 1) % pattern == 0) or i == n_layer - 1)
-               for i in range(n_layer)]
-    if [bool(w) for w in local] != windows:  # every k-th layer global, and the last
-        raise GGUFError(f"{source}: {a}attention.sliding_window_pattern is not "
-                        "every-k-th-layer-global")
+    pattern = _every_kth_or_error([not w for w in local], a + "attention.sliding_window_pattern",
+                                  source, last=True)  # every k-th layer global, and the last
     local_dim = _int(meta, a + "attention.key_length_swa", source, high=1 << 16)
     global_dim = _int(meta, a + "attention.key_length", source, high=1 << 16)
     for key, dim in (("rope.dimension_count", global_dim), ("rope.dimension_count_swa", local_dim)):
@@ -59,8 +52,8 @@ def _gemma4_kwargs(meta: dict, a: str, source: str) -> dict:
         return [_int(meta, a + key, source)] * n_layer
 
     kv = per_layer("attention.head_count_kv")
-    local_kv = {v for v, w in zip(kv, windows) if w} or {kv[0]}
-    global_kv = {v for v, w in zip(kv, windows) if not w}
+    local_kv = {v for v, w in zip(kv, local) if w} or {kv[0]}
+    global_kv = {v for v, w in zip(kv, local) if not w}
     if len(local_kv) != 1 or len(global_kv) != 1:
         raise GGUFError(f"{source}: {a}attention.head_count_kv differs within local or global "
                         "layers")

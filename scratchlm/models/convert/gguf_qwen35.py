@@ -10,20 +10,19 @@ from collections.abc import Callable
 import numpy as np
 
 from scratchlm.models.convert.gguf import GGUFError, _bool_array, _int, _int_array
-from scratchlm.models.convert.gguf_rules import _QK_NORM, _llama_kwargs, _llama_metadata
+from scratchlm.models.convert.gguf_rules import (_ATTENTION, _GATED_FFN, _QK_NORM,
+                                                 _every_kth_or_error, _llama_kwargs,
+                                                 _llama_metadata)
 
 _QWEN35_BLOCK = {  # attention layers as Qwen3's (q_proj's rows [q_h | gate_h] per head)
     "attn_norm.weight": "norm1.weight", "post_attention_norm.weight": "norm2.weight",
-    "attn_q.weight": "att.q_proj.weight", "attn_k.weight": "att.k_proj.weight",
-    "attn_v.weight": "att.v_proj.weight", "attn_output.weight": "att.out_proj.weight",
-    **_QK_NORM,
+    **_ATTENTION, **_QK_NORM,
     # Gated DeltaNet layers
     "attn_qkv.weight": "lin.qkv_proj.weight", "attn_gate.weight": "lin.z_proj.weight",
     "ssm_alpha.weight": "lin.a_proj.weight", "ssm_beta.weight": "lin.b_proj.weight",
     "ssm_conv1d.weight": "lin.conv.weight", "ssm_a": "lin.A_log", "ssm_dt.bias": "lin.dt_bias",
     "ssm_norm.weight": "lin.norm.weight", "ssm_out.weight": "lin.out_proj.weight",
-    "ffn_gate.weight": "ff.fc1.weight", "ffn_up.weight": "ff.fc2.weight",
-    "ffn_down.weight": "ff.fc3.weight",
+    **_GATED_FFN,
     # Qwen3.5-MoE: routed experts (_EXPERTS) beside a gated shared one
     "ffn_gate_inp.weight": "ff.router.weight",
     "ffn_gate_inp_shexp.weight": "ff.shared_expert_gate.weight",
@@ -99,12 +98,9 @@ def _qwen35_kwargs(meta: dict, a: str, source: str) -> dict:
     n_layer = kw["n_layer"]
     if a + "attention.recurrent_layers" in meta:
         recurrent = _bool_array(meta, a + "attention.recurrent_layers", source, n_layer)
-        full = [i for i, lin in enumerate(recurrent) if not lin]
-        interval = full[0] + 1 if full else n_layer + 1
-        if len(recurrent) != n_layer or [bool(x) for x in recurrent] != [
-                (i + 1) % interval != 0 for i in range(n_layer)]:
-            raise GGUFError(f"{source}: {a}attention.recurrent_layers is not every-k-th-layer-"
-                            "full-attention")
+        # no full-attention layer: an interval past the end
+        interval = _every_kth_or_error([not lin for lin in recurrent],
+                                       a + "attention.recurrent_layers", source) or n_layer + 1
     else:
         interval = _int(meta, a + "full_attention_interval", source, default=4, high=4096)
     kw.update(partial_rotary_factor=rotary / head_dim, full_attention_interval=interval,

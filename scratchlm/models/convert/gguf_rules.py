@@ -10,16 +10,17 @@ import numpy as np
 
 from scratchlm.models.convert.gguf import (GGUFError, _bool_array, _float, _int,
                                            rope_freq_factors, scaling_from_freq_factors)
+from scratchlm.models.presets import every_kth
 
-_LLAMA_BLOCK = {
-    "attn_norm.weight": "norm1.weight", "attn_q.weight": "att.q_proj.weight",
-    "attn_k.weight": "att.k_proj.weight", "attn_v.weight": "att.v_proj.weight",
-    "attn_q.bias": "att.q_proj.bias", "attn_k.bias": "att.k_proj.bias",
-    "attn_v.bias": "att.v_proj.bias",
-    "attn_output.weight": "att.out_proj.weight", "ffn_norm.weight": "norm2.weight",
-    "ffn_gate.weight": "ff.fc1.weight", "ffn_up.weight": "ff.fc2.weight",
-    "ffn_down.weight": "ff.fc3.weight",
-}
+# the parts every RoPE family's block shares, under llama.cpp's names and ours
+_ATTENTION = {"attn_q.weight": "att.q_proj.weight", "attn_k.weight": "att.k_proj.weight",
+              "attn_v.weight": "att.v_proj.weight", "attn_output.weight": "att.out_proj.weight"}
+_QKV_BIASES = {"attn_q.bias": "att.q_proj.bias", "attn_k.bias": "att.k_proj.bias",
+               "attn_v.bias": "att.v_proj.bias"}
+_GATED_FFN = {"ffn_gate.weight": "ff.fc1.weight", "ffn_up.weight": "ff.fc2.weight",
+              "ffn_down.weight": "ff.fc3.weight"}
+_LLAMA_BLOCK = {"attn_norm.weight": "norm1.weight", **_ATTENTION, **_QKV_BIASES,
+                "ffn_norm.weight": "norm2.weight", **_GATED_FFN}
 _QK_NORM = {"attn_q_norm.weight": "att.q_norm.weight", "attn_k_norm.weight": "att.k_norm.weight"}
 _MOE = {"ffn_gate_inp.weight": "ff.router.weight"}
 _GEMMA3_BLOCK = {**_LLAMA_BLOCK, **_QK_NORM,
@@ -151,11 +152,8 @@ def _gpt2_metadata(cfg, a: str) -> dict[str, int | float | str]:
 
 
 _OLMO2_BLOCK = {  # norms after attention and the feed-forward only; q/k norms over all heads
-    "attn_q.weight": "att.q_proj.weight", "attn_k.weight": "att.k_proj.weight",
-    "attn_v.weight": "att.v_proj.weight", "attn_output.weight": "att.out_proj.weight",
-    **_QK_NORM, "post_attention_norm.weight": "att_out_norm.weight",
-    "ffn_gate.weight": "ff.fc1.weight", "ffn_up.weight": "ff.fc2.weight",
-    "ffn_down.weight": "ff.fc3.weight", "post_ffw_norm.weight": "ff_out_norm.weight",
+    **_ATTENTION, **_QK_NORM, "post_attention_norm.weight": "att_out_norm.weight",
+    **_GATED_FFN, "post_ffw_norm.weight": "ff_out_norm.weight",
 }
 
 
@@ -171,13 +169,16 @@ def _window_pattern(meta: dict, a: str, source: str, n_layer: int, default: int)
     if not isinstance(pattern, (list, tuple)):
         return _int(meta, a + "attention.sliding_window_pattern", source, default=default,
                     high=4096)
-    pattern = _bool_array(meta, a + "attention.sliding_window_pattern", source, n_layer)
-    full = [i for i, local in enumerate(pattern) if not local]
-    k = full[0] + 1 if full else 0
-    if len(pattern) != n_layer or [bool(x) for x in pattern] != [
-            not (k and (i + 1) % k == 0) for i in range(len(pattern))]:
-        raise GGUFError(f"{source}: {a}attention.sliding_window_pattern is not "
-                        "every-k-th-layer-global")
+    local = _bool_array(meta, a + "attention.sliding_window_pattern", source, n_layer)
+    return _every_kth_or_error([not w for w in local], a + "attention.sliding_window_pattern",
+                               source)
+
+
+def _every_kth_or_error(flags: list[bool], key: str, source: str, last: bool = False) -> int:
+    """``presets.every_kth`` of a file's per-layer array, or a ``GGUFError`` naming it."""
+    k = every_kth(flags, last)
+    if k is None:
+        raise GGUFError(f"{source}: {key} is not every-k-th-layer")
     return k
 
 
@@ -257,10 +258,7 @@ def _olmo2_check(cfg) -> None:
 
 
 _GPT_OSS_BLOCK = {  # pre-norm; sinks; biases everywhere; experts in _EXPERTS
-    "attn_norm.weight": "norm1.weight", "attn_q.weight": "att.q_proj.weight",
-    "attn_k.weight": "att.k_proj.weight", "attn_v.weight": "att.v_proj.weight",
-    "attn_q.bias": "att.q_proj.bias", "attn_k.bias": "att.k_proj.bias",
-    "attn_v.bias": "att.v_proj.bias", "attn_output.weight": "att.out_proj.weight",
+    "attn_norm.weight": "norm1.weight", **_ATTENTION, **_QKV_BIASES,
     "attn_output.bias": "att.out_proj.bias", "attn_sinks.weight": "att.sinks",
     "post_attention_norm.weight": "norm2.weight", "ffn_gate_inp.weight": "ff.router.weight",
     "ffn_gate_inp.bias": "ff.router.bias",

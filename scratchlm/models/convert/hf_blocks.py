@@ -9,6 +9,8 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
+from scratchlm.models.presets import every_kth
+
 # HF's names of the parts the Llama-style families share, and ours
 ATTENTION = {
     "self_attn.q_proj.weight": "att.q_proj.weight",
@@ -71,16 +73,15 @@ def block_state_to_hf(state: Mapping[str, torch.Tensor], cfg, top: Mapping[str, 
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def layer_pattern(layer_types: list[str], other: str = "sliding_attention") -> int:
+def layer_pattern(layer_types: list[str], other: str = "sliding_attention",
+                  last: bool = False) -> int:
     """Our ``sliding_window_pattern`` (every k-th layer full attention, the rest ``other``)
-    for HF's per-layer list, when it is one; 0 when no layer is full attention."""
-    full = [i for i, t in enumerate(layer_types) if t == "full_attention"]
-    pattern = full[0] + 1 if full else 0
-    want = ["full_attention" if pattern and (i + 1) % pattern == 0 else other
-            for i in range(len(layer_types))]
-    if layer_types != want:
+    for HF's per-layer list, when it is one; 0 when no layer is full attention. ``last``: the
+    last layer is full attention too (Gemma 4's transformers makes it so)."""
+    k = every_kth([t == "full_attention" for t in layer_types], last)
+    if k is None or any(t not in ("full_attention", other) for t in layer_types):
         raise ValueError(f"layer_types {layer_types} is not every-k-th-layer-global")
-    return pattern
+    return k
 
 
 def layer_types(cfg) -> list[str]:

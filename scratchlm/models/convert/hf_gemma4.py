@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from scratchlm.models.convert.hf_blocks import (ATTENTION, GATED_MLP, block_key_to_ours,
-                                                block_state_to_hf, shape_to_hf,
+                                                block_state_to_hf, layer_pattern, shape_to_hf,
                                                 split_stacked_experts)
 from scratchlm.models.gemma4 import Gemma4Config
 
@@ -48,18 +48,6 @@ MODEL_TYPES = {"gemma4_text": (Gemma4Config, "Gemma4ForCausalLM"),
 _MULTIMODAL = "model.language_model."  # the text model's prefix in the published files
 _LEFT_OUT = ("model.vision_tower.", "model.audio_tower.", "model.embed_vision.",
              "model.embed_audio.")
-
-
-def _pattern(types: list[str]) -> int:
-    """Our ``sliding_window_pattern`` for HF's per-layer list: every k-th layer global, and
-    the last (transformers makes the last layer global whatever the list says)."""
-    full = [i for i, t in enumerate(types) if t == "full_attention"]
-    pattern = full[0] + 1 if full and full[0] < len(types) - 1 else 0
-    want = ["full_attention" if (pattern and (i + 1) % pattern == 0) or i == len(types) - 1
-            else "sliding_attention" for i in range(len(types))]
-    if types != want:
-        raise ValueError(f"layer_types {types} is not every-k-th-layer-global")
-    return pattern
 
 
 def _global_shape(hf: Mapping, types: list[str]) -> tuple[int, int]:
@@ -110,7 +98,7 @@ def config_from_hf(hf: Mapping) -> Gemma4Config:
         raise ValueError(f"unsupported rope scaling on local layers {dict(local)!r}")
     if full.get("rope_type", "proportional") != "proportional" or full.get("factor", 1.0) != 1.0:
         raise ValueError(f"unsupported rope scaling on global layers {dict(full)!r}")
-    pattern = _pattern(types)
+    pattern = layer_pattern(types, last=True)  # the last layer global whatever the list
     head_dim, global_kv = _global_shape(hf, types)
     moe = None
     if hf.get("enable_moe_block"):
