@@ -438,7 +438,7 @@ def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False) -> None:
     from scratchlm.checkpoints.names import smollm2_gguf
 
     models = {q or "fp32": load_model_and_tokenizer("smollm2-135m-instruct", quantize=q)[0]
-              for q in (None, "int8", "gguf")}
+              for q in (None, "int8", "gguf", "gguf-a8")}
     engines = {k: Engine(m) for k, m in models.items()}
     torch.manual_seed(0)
     prompts = {b: torch.randint(0, 49152, (b, 16)) for b in (1, 8)}

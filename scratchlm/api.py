@@ -34,8 +34,9 @@ class LLM:
         (e.g. a finetuning run's ``final/``), optionally with a LoRA adapter folder on top;
         ``device`` (cpu | cuda | cuda:N) and ``dtype`` (fp32 | bf16 | fp16) say where it runs;
         ``prefill`` (fp32 | bf16 | auto) the precision of prompt processing (see ``Engine``);
-        ``quantize``: None (or "none"), int8, gguf or auto (a GGUF file's own blocks on the CPU
-        in fp32, unless an adapter needs float weights; ``checkpoints/load.auto_quantize``).
+        ``quantize``: None (or "none"), int8, gguf, gguf-a8 or auto (a GGUF file's own blocks on
+        the CPU in fp32, with 8-bit activations where the kernel has them, unless an adapter
+        needs float weights; ``checkpoints/load.auto_quantize``).
         ``adapters``: NAME -> folder, LoRA adapters kept apart over the one base, each batch row
         running its own (``finetune/adapter_bank.py``; the base is active between batches)."""
         from scratchlm.checkpoints.load import load_model_and_tokenizer

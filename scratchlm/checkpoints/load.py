@@ -32,21 +32,25 @@ from scratchlm.models.registry import family_for_hf
 def auto_quantize(name: str, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32) -> str | None:
     """What ``quantize="auto"`` loads for a GGUF model decoded in float32 on the CPU: the file's
-    own blocks (``"gguf"``) when the built kernel multiplies every block format of the file in
-    vector registers (``nn/native.simd_block_formats``: all five with AVX-512 or AVX2, none in
-    the portable build), else ``"int8"``, which every build runs at vector speed; None (the
-    weights as stored) for anything else. The blocks hold the file's exact weights in 0.18x
-    fp32's memory and decode faster than int8 where their kernel is vectorized; through the
-    generic path they decoded at 0.4x int8's speed (docs/llama.md)."""
+    own blocks with decode-step activations rounded to 8 bits (``"gguf-a8"``, llama.cpp's
+    arithmetic) when the built kernel has that integer path for every block format of the file
+    (``nn/native.act8_block_formats``: x86 with AVX2); else the blocks multiplied in float32
+    (``"gguf"``) when it vectorizes them (``nn/native.simd_block_formats``: all of them with
+    AVX-512 or AVX2, none in the portable build); else ``"int8"``, which every build runs at
+    vector speed; None (the weights as stored) for anything else. The blocks hold the file's
+    exact weights in 0.18x fp32's memory and decode faster than int8 where their kernel is
+    vectorized; through the generic path they decoded at 0.4x int8's speed (docs/llama.md)."""
     cpu = torch.device(device).type == "cpu"
     ref = resolve(name)
     if not (ref.is_gguf and cpu and dtype == torch.float32):
         return None
     from scratchlm.models.convert.gguf_layout import read_layout
-    from scratchlm.nn.native import simd_block_formats
+    from scratchlm.nn.native import act8_block_formats, simd_block_formats
 
     _, tensors = read_layout(ref.gguf_path())
     stored = {t.tensor_type.name for t in tensors} - {"F32", "F16", "BF16"}
+    if stored <= act8_block_formats():
+        return "gguf-a8"
     return "gguf" if stored <= simd_block_formats() else "int8"
 
 
@@ -55,9 +59,11 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
                              quantize: str | None = None):
     """(model, tokenizer) for a preset, a GGUF file or a model folder; ``quantize="int8"``
     stores the Linear weights as int8 for inference (see nn/quant.py); ``"gguf"`` keeps a GGUF
-    file's Q8_0/Q4_0/Q4_1/Q4_K/Q6_K blocks as they are (nn/gguf_linear.py); ``"auto"``: ``"gguf"``
-    for a GGUF file (the embedded SmolLM2 included) run in float32 on the CPU, else full
-    precision (``auto_quantize``); ``"none"`` (or None): the weights as stored."""
+    file's Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K blocks as they are (nn/gguf_linear.py);
+    ``"gguf-a8"`` the same with a decode step's activations rounded to 8 bits, integer dot
+    products as llama.cpp's (csrc/act8.h); ``"auto"``: one of those for a GGUF file (the
+    embedded SmolLM2 included) run in float32 on the CPU, else full precision
+    (``auto_quantize``); ``"none"`` (or None): the weights as stored."""
     from scratchlm.tokenizers import folder_tokenizer
 
     ref = resolve(name)
@@ -65,11 +71,15 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
         quantize = auto_quantize(name, device, dtype)
     elif quantize == "none":  # what a flag can say for None: the weights as stored
         quantize = None
-    if quantize == "gguf" and not ref.is_gguf:
-        raise ValueError(f"quantize 'gguf' keeps a GGUF file's own blocks; {name} is not a "
-                         ".gguf file (use 'int8')")
+    blocks = quantize in ("gguf", "gguf-a8")
+    if blocks and not ref.is_gguf:
+        raise ValueError(f"quantize {quantize!r} keeps a GGUF file's own blocks; {name} is not "
+                         "a .gguf file (use 'int8')")
+    if quantize == "gguf-a8" and (torch.device(device).type != "cpu" or dtype != torch.float32):
+        raise ValueError("quantize 'gguf-a8' is the CPU's float32 decode path; use 'gguf' for "
+                         f"{device} / {dtype}")
     if ref.is_gguf:
-        model, tok = load_gguf(ref.gguf_path(), dtype, device, keep_quantized=quantize == "gguf")
+        model, tok = load_gguf(ref.gguf_path(), dtype, device, keep_quantized=blocks)
     else:
         folder = resolve_folder(ref, progress)
         model = load_pretrained(str(folder), dtype, device, progress)
@@ -80,12 +90,16 @@ def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
 
         quantize_int8(model)
         fuse_projections(model)  # int8 models only run: fewer, larger matvecs per token
-    elif quantize == "gguf":
+    elif blocks:
         from scratchlm.nn.fuse import fuse_projections
+        from scratchlm.nn.gguf_linear import round_activations
 
+        if quantize == "gguf-a8":
+            round_activations(model)
         fuse_projections(model, skip_mixed=True)  # blocks of one format fuse as int8 rows do
     elif quantize is not None:
-        raise ValueError(f"quantize must be none, int8, gguf or auto, got {quantize!r}")
+        raise ValueError(f"quantize must be none, int8, gguf, gguf-a8 or auto, got "
+                         f"{quantize!r}")
     return model.eval(), tok
 
 

@@ -91,7 +91,7 @@ def _weights(layers: list[nn.Module]) -> ctypes.Array:
     arr = (Weight * len(layers))()
     for slot, layer in zip(arr, layers):
         if isinstance(layer, GGUFLinear):
-            slot.w, slot.scale, slot.fmt = layer.blocks.data_ptr(), None, FORMATS[layer.qtype]
+            slot.w, slot.scale, slot.fmt = layer.blocks.data_ptr(), None, layer.format_code
         elif isinstance(layer, Int8Linear):
             slot.w, slot.scale = layer.weight_int8.data_ptr(), layer.scale.data_ptr()
             slot.fmt = FORMATS["int8"]

@@ -33,10 +33,11 @@ def concat_linears(parts: list[nn.Module]) -> nn.Module:
     if all(isinstance(p, Int8Linear) for p in parts):
         return Int8Linear(torch.cat([p.weight_int8 for p in parts]),
                           torch.cat([p.scale for p in parts]), bias)
-    if all(isinstance(p, GGUFLinear) for p in parts) and len({p.qtype for p in parts}) == 1:
+    if all(isinstance(p, GGUFLinear) for p in parts) and \
+            len({(p.qtype, p.act8) for p in parts}) == 1:
         # a row of blocks belongs to one output, so the parts' rows concatenate exactly
         return GGUFLinear(torch.cat([p.blocks for p in parts]), parts[0].qtype,
-                          parts[0].in_features, bias)
+                          parts[0].in_features, bias, parts[0].act8)
     if all(type(p) is nn.Linear for p in parts):
         w = torch.cat([p.weight.detach() for p in parts])
         fused = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None,

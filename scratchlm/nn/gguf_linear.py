@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.nn.gguf_blocks import BLOCKS, dequantize
-from scratchlm.nn.native import FORMATS, decode_function
+from scratchlm.nn.native import ACT8, FORMATS, decode_function
 from scratchlm.nn.quant import KERNEL_MAX_ROWS
 
 # the formats the native kernels multiply
@@ -72,10 +72,13 @@ class GGUFLinear(nn.Module):
     """``y = x @ W.T + bias`` with ``W`` held as GGUF blocks (``qtype``: one of ``KEPT``)."""
 
     def __init__(self, blocks: torch.Tensor, qtype: str, in_features: int,
-                 bias: torch.Tensor | None = None):
+                 bias: torch.Tensor | None = None, act8: bool = False):
         super().__init__()
         check_blocks(blocks, qtype, in_features)
         self.qtype, self.in_features, self.out_features = qtype, in_features, blocks.shape[0]
+        # round the activations of a decode step (< 4 rows) to 8 bits and multiply integers,
+        # as llama.cpp does (csrc/act8.h; quantize="gguf-a8"): faster, not exact
+        self.act8 = act8
         self.register_buffer("blocks", blocks.contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float())
 
@@ -89,24 +92,47 @@ class GGUFLinear(nn.Module):
             kernel = decode_function("gguf_linear")
             if kernel is not None:
                 return gguf_matmul(kernel, x, self.blocks, self.qtype, self.bias,
-                                   self.out_features)
+                                   self.out_features, self.act8)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized(x.dtype), bias)
 
+    @property
+    def format_code(self) -> int:
+        """csrc/decode.c's code for this layer's blocks (with the ACT8 flag when set)"""
+        return FORMATS[self.qtype] | (ACT8 if self.act8 else 0)
+
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, {self.qtype}"
+        return f"{self.in_features}, {self.out_features}, {self.qtype}" + \
+            (", act8" if self.act8 else "")
 
 
 def gguf_matmul(kernel, x: torch.Tensor, blocks: torch.Tensor, qtype: str,
-                bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
-    """``csrc/decode.c``'s ``gguf_linear`` (``kernel``, of any build variant) on (..., K) x."""
+                bias: torch.Tensor | None, out_features: int, act8: bool = False) -> torch.Tensor:
+    """``csrc/decode.c``'s ``gguf_linear`` (``kernel``, of any build variant) on (..., K) x;
+    ``act8``: activations rounded to 8 bits (csrc/act8.h) where x has fewer than 4 rows."""
     x = x.contiguous()
     y = torch.empty(*x.shape[:-1], out_features)
     rows = x.numel() // x.shape[-1]
-    kernel(x.data_ptr(), blocks.data_ptr(), FORMATS[qtype],
+    kernel(x.data_ptr(), blocks.data_ptr(), FORMATS[qtype] | (ACT8 if act8 else 0),
            None if bias is None else bias.data_ptr(), y.data_ptr(), rows, out_features,
            x.shape[-1])
     return y
+
+
+def round_activations(model: nn.Module) -> None:
+    """Make every ``GGUFLinear`` of ``model`` round its decode-step activations to 8 bits
+    (``quantize="gguf-a8"``); refused, naming them, for formats this build's kernel has no
+    integer path for (``nn/native.act8_block_formats``)."""
+    from scratchlm.nn.native import act8_block_formats
+
+    layers = [m for m in model.modules() if isinstance(m, GGUFLinear)]
+    missing = sorted({m.qtype for m in layers} - act8_block_formats())
+    if missing:
+        raise ValueError(f"quantize 'gguf-a8': this build's kernels have no 8-bit-activation "
+                         f"path for {', '.join(missing)} (it needs an x86 CPU with AVX2 and a "
+                         "C compiler); use 'gguf'")
+    for m in layers:
+        m.act8 = True
 
 
 class GGUFEmbedding(nn.Module):

@@ -173,6 +173,9 @@ class Weight(ctypes.Structure):
 # csrc/decode.c's FMT_* codes: how a Weight's rows are stored
 FORMATS = {"f32": 0, "int8": 1, "Q8_0": 2, "Q4_0": 3, "Q4_1": 4, "Q4_K": 5, "Q6_K": 6,
            "f32_panels": 7, "Q5_0": 8, "Q5_1": 9, "Q5_K": 10}
+# a flag added to a block format's code: round the activations to 8 bits and multiply integers
+# (csrc/act8.h; quantize="gguf-a8")
+ACT8 = 256
 
 
 P, I64, F32, W = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.POINTER(Weight)
@@ -188,8 +191,11 @@ SIGNATURES = {
                    + [I64, I64, P, P, P],
     "gpt_layer": [P] + [I64] * 5 + [F32, P, P, W, W, P, P, W, W, P, P] + [I64, I64, P],
     "simd_block_formats": [],
+    "act8_block_formats": [],
+    "act8_max_rows": [],
 }
-RESULTS = {"simd_block_formats": I64}  # the entry points that return something
+# the entry points that return something
+RESULTS = {"simd_block_formats": I64, "act8_block_formats": I64, "act8_max_rows": I64}
 
 
 def decode_function(name: str, variant: str | None = None):
@@ -235,7 +241,18 @@ def simd_block_formats(variant: str | None = None) -> set[str]:
     """The GGUF block formats the built kernel multiplies in vector registers (the rest of the
     block formats take its generic path: dequantize a block, then multiply); empty without a
     kernel. What ``quantize="auto"`` asks before it keeps a file's blocks."""
-    fn = decode_function("simd_block_formats", variant)
+    return _formats("simd_block_formats", variant)
+
+
+def act8_block_formats(variant: str | None = None) -> set[str]:
+    """The GGUF block formats the built kernel multiplies with activations rounded to 8 bits
+    (integer dot products, csrc/act8.h: x86 builds with AVX2); empty without them. What
+    ``quantize="gguf-a8"`` needs for every block format of a file."""
+    return _formats("act8_block_formats", variant)
+
+
+def _formats(entry: str, variant: str | None) -> set[str]:
+    fn = decode_function(entry, variant)
     bits = fn() if fn is not None else 0
     return {name for name, code in FORMATS.items() if bits >> code & 1}
 

@@ -270,7 +270,7 @@ class ChatConfig:
     top_k: int | None = None  # default: the model's; 0: off
     top_p: Probability | None = None  # default: the model's; 1.0: off
     seed: int | None = None  # random seed
-    quantize: str | None = "auto"  # "int8": weight-only int8 (nn/quant.py); "gguf": a GGUF file's own blocks (Q8_0/Q4_0/Q4_1/Q4_K/Q6_K); "auto": for a GGUF model on the CPU in fp32 (the embedded SmolLM2) its blocks where the kernel vectorizes their formats, else int8; none for other models; "none": as stored
+    quantize: str | None = "auto"  # "int8": weight-only int8 (nn/quant.py); "gguf": a GGUF file's own blocks (Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K); "gguf-a8": those blocks with a decode step's activations rounded to 8 bits (integer dot products, as llama.cpp); "auto": for a GGUF model on the CPU in fp32 (the embedded SmolLM2) gguf-a8 where the kernel has it (x86), else gguf where it vectorizes the formats, else int8; none for other models; "none": as stored
     device: str = "cpu"  # cpu | cuda | cuda:N: where the model runs
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): the weights' dtype while generating
 
@@ -300,7 +300,7 @@ class EvaluateConfig:
     # (see docs/evaluation.md)
     limit: Count | None = None  # only the first N examples (or characters of a text) per task
     out: str = ""  # results folder (default: RUN/eval beside a run's final/, else eval/)
-    quantize: str | None = None  # "int8": weight-only int8 for faster generation; "gguf": a GGUF file's own blocks
+    quantize: str | None = None  # "int8": weight-only int8 for faster generation; "gguf": a GGUF file's own blocks; "gguf-a8": those with 8-bit activations in decode steps
     lm: LMSettings = field(default_factory=LMSettings)
     choice: ChoiceSettings = field(default_factory=ChoiceSettings)
     gsm8k: Gsm8kSettings = field(default_factory=Gsm8kSettings)
@@ -324,7 +324,7 @@ class ServeConfig:
     api_key: str | None = None  # default: SCRATCHLM_API_KEY; unset: no key needed
     max_tokens_cap: Count = 1024  # the largest max_tokens a request may ask for
     max_batch: Count = 16  # requests decoded together at most
-    quantize: str | None = "auto"  # "int8" | "gguf" (a GGUF file's own Q8_0/Q4_0/Q4_1/Q4_K/Q6_K blocks) | "auto" (for a GGUF model on the CPU in fp32: its blocks where the kernel vectorizes their formats, else int8; unless an adapter is given; else none) | "none"
+    quantize: str | None = "auto"  # "int8" | "gguf" (a GGUF file's own blocks) | "gguf-a8" (those, a decode step's activations rounded to 8 bits as llama.cpp does) | "auto" (for a GGUF model on the CPU in fp32: gguf-a8 where the kernel has it, else gguf where it vectorizes the formats, else int8; unless an adapter is given; else none) | "none"
     device: str = "cpu"  # cpu | cuda | cuda:N: where the model runs
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): the weights' dtype while generating
     max_request_bytes: Count = 4_000_000  # a larger request body is answered 413
@@ -398,7 +398,7 @@ class GenerateConfig:
     top_p: Probability | None = None  # default: the model's; 1.0: off
     seed: int | None = None  # random seed
     tokenizer: str | None = None  # default: the model folder's, else gpt2
-    quantize: str | None = "auto"  # "int8": weight-only int8; "gguf": a GGUF file's own blocks; "auto": for a GGUF model on the CPU in fp32 its blocks where the kernel vectorizes their formats, else int8; else none; "none": as stored
+    quantize: str | None = "auto"  # "int8": weight-only int8; "gguf": a GGUF file's own blocks; "gguf-a8": those with 8-bit activations in decode steps; "auto": for a GGUF model on the CPU in fp32 gguf-a8 where the kernel has it, else gguf where it vectorizes the formats, else int8; else none; "none": as stored
     device: str = "cpu"  # cpu | cuda | cuda:N: where the model runs
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): the weights' dtype while generating
     chat: bool = False  # send the prompt as a user turn of the model's chat template

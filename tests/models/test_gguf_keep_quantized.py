@@ -58,8 +58,51 @@ def test_same_perplexity_as_the_dequantized_model(pair, verdict_text):
 
 
 def test_quantize_gguf_needs_a_gguf_file(tmp_path):
-    with pytest.raises(ValueError, match="is not a .gguf file"):
-        load_model_and_tokenizer(str(tmp_path), quantize="gguf")
+    for mode in ("gguf", "gguf-a8"):
+        with pytest.raises(ValueError, match="is not a .gguf file"):
+            load_model_and_tokenizer(str(tmp_path), quantize=mode)
+    with pytest.raises(ValueError, match="CPU's float32 decode path"):
+        load_model_and_tokenizer("smollm2-135m-instruct", quantize="gguf-a8",
+                                 dtype=torch.bfloat16)
+
+
+def test_8_bit_activations_decode_as_llama_cpp_multiplies(pair, monkeypatch):
+    """quantize="gguf-a8": the same blocks, a decode step's activations rounded to 8 bits per
+    32 (csrc/act8.h). The native layer and the PyTorch modules (which call the same kernel for
+    a step's rows) give the same logits; against the float32 blocks the logits move by about
+    the rounding's share, and the greedy next token is the same."""
+    from scratchlm.nn.native import act8_block_formats, decode_function
+
+    if not {"Q4_1", "Q8_0"} <= act8_block_formats():
+        with pytest.raises(ValueError, match="no 8-bit-activation path for"):
+            load_model_and_tokenizer("smollm2-135m-instruct", quantize="gguf-a8")
+        pytest.skip("this build has no 8-bit-activation kernels (x86 with AVX2 only)")
+    _, blocks, tok = pair
+    a8, _ = load_model_and_tokenizer("smollm2-135m-instruct", quantize="gguf-a8")
+    layers = [m for m in a8.modules() if isinstance(m, GGUFLinear)]
+    assert len(layers) == 30 * 4 + 1 and all(m.act8 for m in layers)
+    assert decode_function("llama_layer") is not None
+    ids = [tok.encode(p) for p in PROMPTS[:3]]  # three rows: the integer path (< 4 rows)
+    width = max(map(len, ids))
+    pad = torch.tensor([width - len(i) for i in ids])
+    idx = torch.tensor([[0] * (width - len(i)) + i for i in ids])
+    with torch.inference_mode():
+        logits = {}
+        for key, model in (("native", a8), ("modules", a8), ("float", blocks)):
+            engine = Engine(model)
+            assert engine.native is not None
+            if key == "modules":
+                engine.native = None
+            cache = engine.new_cache(3, width + 4, pad)
+            engine._last_logits(idx, cache)  # the prompt: dequantized blocks, float32
+            step = torch.tensor([[tok.encode(" the")[0]]] * 3)
+            logits[key] = engine._last_logits(step, cache)
+    torch.testing.assert_close(logits["native"], logits["modules"], atol=1e-4, rtol=1e-4)
+    # the rounding through 30 layers moves a logit by 4% of the mean one on average (written
+    # out in PyTorch, rounding every Linear's input per 32 moves them as much: 3.5%)
+    moved = (logits["native"] - logits["float"]).abs()
+    assert 1e-3 < moved.mean() < 0.08 * logits["float"].abs().mean(), moved.mean()
+    assert torch.equal(logits["native"].argmax(-1), logits["float"].argmax(-1))
 
 
 def test_auto_keeps_a_gguf_files_blocks_only_where_they_run(tmp_path, monkeypatch):
@@ -68,10 +111,12 @@ def test_auto_keeps_a_gguf_files_blocks_only_where_they_run(tmp_path, monkeypatc
     from scratchlm.nn.native import variants
 
     monkeypatch.delenv("SCRATCHLM_NATIVE_VARIANT", raising=False)  # the default build
-    assert auto_quantize("smollm2-135m-instruct") == "gguf"
-    # the build decides: its blocks where the kernel vectorizes Q4_1 and Q8_0 (the file's
-    # formats: AVX-512 and AVX2 builds), int8 where only the generic path would run them
-    for variant, want in (("avx2", "gguf"), ("portable", "int8")):
+    x86 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    assert auto_quantize("smollm2-135m-instruct") == ("gguf-a8" if x86 else "gguf")
+    # the build decides: its blocks with 8-bit activations where the kernel has integer dot
+    # products for Q4_1 and Q8_0 (the file's formats: AVX-512 and AVX2 builds), int8 where
+    # only the generic path would run them
+    for variant, want in (("avx2", "gguf-a8"), ("portable", "int8")):
         if variant in variants():
             monkeypatch.setenv("SCRATCHLM_NATIVE_VARIANT", variant)
             assert auto_quantize("smollm2-135m-instruct") == want, variant

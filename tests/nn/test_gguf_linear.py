@@ -75,6 +75,80 @@ def test_kernel_equals_dequantize_then_matmul(qtype, variant):
                                rtol=1e-4)
 
 
+# the bytes of a block that hold its quantized values (Q6_K: none, see rounded_reference)
+QUANT_BYTES = {"Q8_0": (2, 34), "Q4_0": (2, 18), "Q4_1": (4, 20), "Q5_0": (2, 22),
+               "Q5_1": (4, 24), "Q4_K": (16, 144), "Q5_K": (16, 176), "Q6_K": (0, 0)}
+
+
+def rounded_reference(x: torch.Tensor, blocks: torch.Tensor, qtype: str, n: int) -> torch.Tensor:
+    """What csrc/act8.h computes, written out: x rounded per run of 32 to int8 (scale
+    max|x| / 127, ties to even, in float32), times the weights' scaled part, plus the blocks'
+    constant part (offset or minimum: the weight with every q zeroed) times x unrounded. Q8_0
+    and Q6_K (signed values, |w| . sign(x, w)) have no constant part."""
+    k = x.shape[1]
+    ref = dequantize_blocks(blocks, qtype, (n, k)).double()
+    const = torch.zeros_like(ref)
+    if qtype not in ("Q8_0", "Q6_K"):
+        lo, hi = QUANT_BYTES[qtype]
+        size = BLOCKS[qtype][0]
+        zeroed = blocks.clone().view(n, -1, size)
+        zeroed[:, :, lo:hi] = 0
+        const = dequantize_blocks(zeroed.view(n, -1), qtype, (n, k)).double()
+    runs = x.reshape(x.shape[0], -1, 32)
+    amax = runs.abs().amax(-1, keepdim=True)
+    d = amax / 127  # float32 division, as in C
+    inv = torch.where(amax > 0, torch.tensor(127, dtype=torch.float32) / amax,
+                      torch.zeros_like(amax))
+    xr = (torch.round(runs * inv) * d).reshape(x.shape).double()  # torch.round: ties to even
+    return xr @ (ref - const).T + x.double() @ const.T
+
+
+@pytest.mark.parametrize("variant", ["native", "avx2", "portable"])
+def test_act8_kernels_multiply_integers_exactly(variant):
+    """quantize="gguf-a8": activations rounded to 8 bits per 32, then integer dot products
+    (csrc/act8.h, x86 builds with AVX2) equal that rounding written out in PyTorch within
+    float32 summation, for every block format, at 1-33 rows of x (groups of 8 and 4 and single
+    rows) and weight rows % 4 != 0, and stay within the rounding's bound of the exact product;
+    a build without the batch kernel (AVX-512 VNNI) multiplies 4 rows and more in float32,
+    exactly. The portable build has none and says so (the flag then multiplies in float32)."""
+    from scratchlm.nn.native import ACT8, FORMATS, act8_block_formats, variants
+
+    if variant not in variants():
+        pytest.skip(f"this CPU cannot run the {variant} build")
+    kernel = decode_function("gguf_linear", variant)
+    if kernel is None:
+        pytest.skip("no C compiler")
+    if variant == "portable":
+        assert act8_block_formats(variant) == set()
+        return
+    assert act8_block_formats(variant) == set(QTYPES)
+    max_rows = decode_function("act8_max_rows", variant)()
+    assert max_rows >= 3  # at least a decode step of 1-3 rows; AVX-512 VNNI: any batch
+    rng = np.random.default_rng(4)
+    for qtype in QTYPES:
+        unit = BLOCKS[qtype][1]
+        for n, k in ((5, unit), (37, 2 * unit), (64, 3 * unit)):
+            w = (rng.standard_normal((n, k)) * rng.uniform(0.01, 3, (n, 1))).astype(np.float32)
+            blocks, ref = blocks_of(w, qtype)
+            for rows in (1, 3, 4, 5, 8, 9, 13, 33):
+                x = torch.randn(rows, k) * torch.rand(rows, 1) * 4
+                x[0, :32] = 0  # a run of zeros: scale 0
+                y = torch.empty(rows, n)
+                kernel(x.data_ptr(), blocks.data_ptr(), FORMATS[qtype] | ACT8, None,
+                       y.data_ptr(), rows, n, k)
+                exact = x.double() @ ref.double().T
+                scale = (x.abs().double() @ ref.abs().double().T).max()
+                if rows > max_rows:  # batches without act8.h's batch kernel: float, exact
+                    assert (y.double() - exact).abs().max() <= 1e-6 * scale + 1e-6
+                    continue
+                want = rounded_reference(x, blocks, qtype, n)
+                assert (y.double() - want).abs().max() <= 2e-6 * scale + 1e-6, (qtype, n, rows)
+                # the rounding's bound: half a step per x
+                step = (x.reshape(rows, -1, 32).abs().amax(-1) / 254).repeat_interleave(32, 1)
+                bound = step.double() @ ref.abs().double().T * 4  # |q| <= |w| + |const|
+                assert ((y.double() - exact).abs() <= bound + 1e-5 * scale).all(), qtype
+
+
 @pytest.mark.parametrize("variant", ["native", "avx2", "portable"])
 def test_int8_and_f32_kernels_equal_the_matmul(variant):
     """The int8 and float32 row kernels of each build at 1-33 rows of x, with widths that are

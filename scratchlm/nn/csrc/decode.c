@@ -240,6 +240,15 @@ static void dot4_f32(const void *rows, int64_t K, const float *x, float out[4]) 
    batch-1 step reads 4.5-8.5 bits per weight instead of int8's 8 or fp32's 32. */
 enum { FMT_F32 = 0, FMT_INT8 = 1, FMT_Q8_0 = 2, FMT_Q4_0 = 3, FMT_Q4_1 = 4, FMT_Q4_K = 5,
        FMT_Q6_K = 6, FMT_F32_PANELS = 7, FMT_Q5_0 = 8, FMT_Q5_1 = 9, FMT_Q5_K = 10 };
+/* a flag on a block format: round the activations to 8 bits and multiply integers (act8.h);
+   a build without those kernels multiplies in float32 instead (act8_block_formats says which
+   formats have them, so Python never asks a build that lacks them) */
+#define FMT_ACT8 256
+/* ...for fewer rows of x than this where the build has no batch kernel (act8.h's is AVX-512
+   VNNI): there, at 4 and more rows, the float kernels, which widen each block once for several
+   rows, are faster than the one-row integer kernel (3072 x 1536 Q5_0 at 8 rows: 393 vs 607 us;
+   at 1 row 201 vs 114 us) */
+#define ACT8_MAX_ROWS 4
 
 static int64_t block_bytes(int64_t fmt) {
     switch (fmt) {
@@ -451,6 +460,8 @@ static float *sums32(const float *x, int64_t B, int64_t K) {
 }
 
 #endif
+
+#include "act8.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define HAVE_BLOCKS_AVX512 1
@@ -1263,6 +1274,75 @@ static void matvec_rows(void *job, int64_t lo, int64_t hi) {
     }
 }
 
+/* The block formats this build multiplies with activations rounded to 8 bits (FMT_ACT8), as
+   bits (1 << FMT_*): what quantize="gguf-a8" asks before it sets the flag */
+int64_t act8_block_formats(void) {
+    int64_t bits = 0;
+#ifdef HAVE_ACT8
+    for (int64_t fmt = FMT_Q8_0; fmt <= FMT_Q5_K; fmt++)
+        if (act8_format(fmt)) bits |= (int64_t)1 << fmt;
+#endif
+    return bits;
+}
+
+/* The most rows of x a matvec takes with 8-bit activations (FMT_ACT8); more take the float
+   kernels */
+int64_t act8_max_rows(void) {
+#if defined(HAVE_ACT8_BATCH)
+    return INT64_MAX;
+#elif defined(HAVE_ACT8)
+    return ACT8_MAX_ROWS - 1;
+#else
+    return 0;
+#endif
+}
+
+#ifdef HAVE_ACT8
+typedef struct {
+    const Weight *wt;
+    int64_t fmt, B, K, ldy;
+    const Act8 *a;
+#ifdef HAVE_ACT8_BATCH
+    const Act8Batch *groups; /* rows [0, B4) in interleaved groups of 8, then 4 */
+    int64_t B4;
+#endif
+    const char *tail;
+    size_t row_bytes;
+    float *y;
+} Act8Job;
+
+/* rows [4 lo, 4 hi) of an act8 matvec: each block of four weight rows against the rows of x in
+   interleaved groups of eight and four (AVX-512 VNNI), then one at a time */
+static void act8_rows(void *job, int64_t lo, int64_t hi) {
+    const Act8Job *a = job;
+    const Weight *wt = a->wt;
+    int64_t N = wt->rows, whole = N / 4, B = a->B;
+    for (int64_t blk = lo; blk < hi; blk++) {
+        int64_t n = blk * 4, m = N - n < 4 ? N - n : 4;
+        const uint8_t *r = blk < whole ? (const uint8_t *)wt->w + n * a->row_bytes
+                                       : (const uint8_t *)a->tail;
+        int64_t b = 0;
+        float out[8][4];
+#ifdef HAVE_ACT8_BATCH
+        for (const Act8Batch *g = a->groups; b < a->B4; g++) {
+            int R = a->B4 - b >= 8 ? 8 : 4;
+            act8_batch4(r, a->row_bytes, a->K, g, out, a->fmt, R);
+            for (int j = 0; j < R; j++)
+                for (int64_t i = 0; i < m; i++)
+                    a->y[(b + j) * a->ldy + n + i] = out[j][i]
+                                                     + (wt->bias ? wt->bias[n + i] : 0.f);
+            b += R;
+        }
+#endif
+        for (; b < B; b++) {
+            act8_dot4xR(r, a->row_bytes, a->K, a->a, b, out, a->fmt, 1);
+            for (int64_t i = 0; i < m; i++)
+                a->y[b * a->ldy + n + i] = out[0][i] + (wt->bias ? wt->bias[n + i] : 0.f);
+        }
+    }
+}
+#endif
+
 /* y[b, n] = (sum_k x[b, k] w[n, k]) * scale[n] + bias[n];  x (B, K), y (B, ldy), n < rows */
 static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64_t K,
                     int64_t ldy) {
@@ -1270,7 +1350,42 @@ static void matvec1(const Weight *wt, const float *x, float *y, int64_t B, int64
         matvec_panels(wt, x, y, B, K, ldy);
         return;
     }
-    int64_t fmt = wt->fmt, blocks_fmt = is_blocks(fmt);
+    int64_t fmt = wt->fmt & ~(int64_t)FMT_ACT8, blocks_fmt = is_blocks(fmt);
+#ifdef HAVE_ACT8
+    if ((wt->fmt & FMT_ACT8) && act8_format(fmt) && B <= act8_max_rows()) {
+        size_t row_bytes = (size_t)(K / block_len(fmt) * block_bytes(fmt));
+        int64_t N = wt->rows, whole = N / 4;
+        char *tail = NULL;
+        if (N % 4) {
+            tail = calloc(4, row_bytes);
+            memcpy(tail, (const char *)wt->w + whole * 4 * row_bytes, (N % 4) * row_bytes);
+        }
+        Act8 a = act8_quantize(x, B, K);
+#ifdef HAVE_ACT8_BATCH
+        int64_t ng = 0, B4 = 0;
+        Act8Batch *groups = malloc(sizeof(Act8Batch) * (size_t)(B / 4 + 1));
+        while (B - B4 >= 4) {
+            int R = B - B4 >= 8 ? 8 : 4;
+            groups[ng++] = act8_interleave(&a, K, B4, R);
+            B4 += R;
+        }
+        Act8Job job = {wt, fmt, B, K, ldy, &a, groups, B4, tail, row_bytes, y};
+#else
+        Act8Job job = {wt, fmt, B, K, ldy, &a, tail, row_bytes, y};
+#endif
+        parallel_for((N + 3) / 4, act8_rows, &job);
+#ifdef HAVE_ACT8_BATCH
+        for (int64_t g = 0; g < ng; g++) act8_batch_free(groups[g]);
+        free(groups);
+#endif
+        act8_free(a);
+        free(tail);
+        return;
+    }
+#endif
+    Weight plain = *wt; /* the flag dropped: multiplied in float32 */
+    plain.fmt = fmt;
+    wt = &plain;
     size_t row_bytes = blocks_fmt ? (size_t)(K / block_len(fmt) * block_bytes(fmt))
                                   : (size_t)K * (fmt == FMT_INT8 ? 1 : sizeof(float));
     int64_t N = wt->rows, whole = N / 4;
