@@ -1,7 +1,7 @@
 """Native CPU kernels: small C files in ``nn/csrc`` built with the system C compiler on first
 use and called through ``ctypes``.
 
-    csrc/decode.c --cc -O3 -march=native -fopenmp--> $SCRATCHLM_CACHE/kernels/<hash>.so
+    csrc/decode.c --cc -O3 -march=native -mtune=generic -fopenmp--> $SCRATCHLM_CACHE/kernels/<hash>.so
 
 A kernel is built for the machine it runs on (``-march=native``), so it uses whatever vector
 instructions the CPU has, and links the OpenMP runtime that PyTorch has already loaded (the
@@ -29,7 +29,10 @@ if TYPE_CHECKING:  # imported where a kernel runs: building one needs no torch
     import torch
 
 CSRC = Path(__file__).parent / "csrc"
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
+# -mtune=generic: gcc 12's tuning for this Xeon (rocketlake) scheduled the one-row 8-bit
+# Q4_K kernel at half speed (3072 x 1536: 165 vs 73 us) and the float Q6_K at 0.75x; no
+# kernel measured slower with the generic tuning (docs/llama.md)
+FLAGS = ("-O3", "-march=native", "-mtune=generic", "-fPIC", "-shared")
 # what a kernel is built for: this CPU (every vector unit it has); an AVX2 build (csrc/decode.c's
 # AVX2 + FMA intrinsics: what -march=native gives a CPU without AVX-512, built here so that it
 # is tested here; x86-64 only); or a portable build (plain C vectorized for the architecture's

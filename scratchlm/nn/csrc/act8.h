@@ -239,16 +239,24 @@ static void act8_dot4xR(const uint8_t *rows, size_t row_bytes, int64_t K, const 
 }
 #undef ACT8_CASES
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-/* ---- 4 or 8 rows of x at once (a batch decoding together), AVX-512 VNNI ---------------------
+/* ---- 4 or 8 rows of x at once (a batch decoding together) ----------------------------------
    Per block and row of x, the one-row kernel above spends a conversion, a broadcast scale and
    a multiply-add on every 32 weights: at 8 rows it was slower than the float kernels. Here the
-   R rows' activations are interleaved, so that one vpdpbusd multiplies 4 weights by 4
-   activations of each of the R rows (16 int32 lanes: 16 / R groups of 4 weights x R rows,
-   the weights broadcast to the R lanes of their group): a block of 32 weights is 32 R / 64
-   vpdpbusd, and its scale is applied to the R rows' sums at once, one vector of R floats.
-   Offsets and minimums are applied the same way, as vectors over the rows. */
+   R rows' activations are interleaved, so that one integer dot product instruction multiplies
+   4 weights by 4 activations of each of the R rows (int32 lanes: groups of 4 weights x R
+   rows, the weights broadcast to the R lanes of their group): with AVX-512 VNNI a block of 32
+   weights is 32 R / 64 vpdpbusd; with AVX2 32 R / 32 of them (or of maddubs + madd without
+   VNNI). The block's scale is applied to the R rows' sums at once, one vector of R floats, and
+   offsets and minimums the same way. */
 #define HAVE_ACT8_BATCH 1
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define ACT8_WIDE 1 /* 16 lanes */
+typedef __m512i bvec;
+#define bvec_add _mm512_add_epi32
+#else
+typedef __m256i bvec;
+#define bvec_add _mm256_add_epi32
+#endif
 
 /* rows b0 .. b0 + R of a (Act8) interleaved: xi[(j 32 + 4 g) R + 4 b + t] = xq[b][32 j + 4 g + t]
    (block j, group g of 4, row b); per block j the R rows' scales xd[j R + b], exact sums
@@ -286,10 +294,11 @@ static void act8_batch_free(Act8Batch t) {
     free(t.xr);
 }
 
+#ifdef ACT8_WIDE
 /* the R rows' integer dot products with one block of 32 unsigned weights u (element order),
    summed separately over weights [0, 16) (lo) and [16, 32) (hi) */
 static inline __attribute__((always_inline)) void act8_batch_dots(
-    __m256i u, const int8_t *xi, const int R, __m512i *lo, __m512i *hi) {
+    __m256i u, const int8_t *xi, const int R, bvec *lo, bvec *hi) {
     __m512i w = _mm512_castsi256_si512(u), a = _mm512_setzero_si512(), c = a;
     const int per = 16 / R; /* groups of 4 weights per vpdpbusd */
     for (int h = 0; h < 8 / per; h++) {
@@ -308,7 +317,7 @@ static inline __attribute__((always_inline)) void act8_batch_dots(
 }
 
 /* the R sums of 16 lanes that hold (groups x R rows): R floats */
-static inline __m256 act8_rows_sum(__m512i v, const int R) {
+static inline __m256 act8_rows_sum(bvec v, const int R) {
     __m256i s = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
     if (R == 4) {
         __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
@@ -316,11 +325,53 @@ static inline __m256 act8_rows_sum(__m512i v, const int R) {
     }
     return _mm256_cvtepi32_ps(s);
 }
+#else
+/* the same at 8 lanes: 8 / R groups of 4 weights per dot product instruction. u's values are
+   below 64 (Q8_0's signed weights come as |w| with sign(x, w): act8_batch_row), so without
+   VNNI maddubs' int16 pair sums cannot saturate */
+static inline __attribute__((always_inline)) void act8_batch_dots(
+    __m256i u, const int8_t *xi, const int R, bvec *lo, bvec *hi, const int signed_w) {
+    __m256i a = _mm256_setzero_si256(), c = a;
+    const int per = 8 / R;
+    for (int h = 0; h < 8 / per; h++) {
+        __m256i idx = R == 8 ? _mm256_set1_epi32(h)
+                             : _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+        if (R == 4)
+            idx = _mm256_add_epi32(idx, _mm256_set1_epi32(2 * h));
+        __m256i w = _mm256_permutevar8x32_epi32(u, idx);
+        __m256i x = _mm256_load_si256((const __m256i *)(xi + 32 * h));
+        if (signed_w) {
+            x = _mm256_sign_epi8(x, w);
+            w = _mm256_sign_epi8(w, w);
+        }
+        if (h < 4 / per)
+            a = dpbusd8(a, w, x);
+        else
+            c = dpbusd8(c, w, x);
+    }
+    *lo = a;
+    *hi = c;
+}
+
+static inline __m256 act8_rows_sum(bvec v, const int R) {
+    if (R == 4)
+        return _mm256_castps128_ps256(_mm_cvtepi32_ps(
+            _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1))));
+    return _mm256_cvtepi32_ps(v);
+}
+#endif
 
 /* the R rows' vector of per-row floats at p (R = 4: the low half) */
 static inline __m256 act8_load_rows(const float *p, const int R) {
     return R == 8 ? _mm256_loadu_ps(p) : _mm256_castps128_ps256(_mm_loadu_ps(p));
 }
+
+/* unsigned weights (all but Q8_0) */
+#ifdef ACT8_WIDE
+#define ACT8_DOTS(u, xi, R, lo, hi) act8_batch_dots(u, xi, R, lo, hi)
+#else
+#define ACT8_DOTS(u, xi, R, lo, hi) act8_batch_dots(u, xi, R, lo, hi, 0)
+#endif
 
 /* out[b] = row . x_b for one weight row and R = 4 or 8 interleaved rows of x */
 static inline __attribute__((always_inline)) void act8_batch_row(
@@ -335,18 +386,24 @@ static inline __attribute__((always_inline)) void act8_batch_row(
             if ((j & 1) == 0)
                 _mm_prefetch((const char *)blk + PREFETCH_AHEAD / 2, _MM_HINT_T0);
             __m256i u = act8_block_bytes(blk, fmt);
+            bvec lo, hi;
+#ifdef ACT8_WIDE
             if (fmt == FMT_Q8_0) /* w + 128, unsigned; -128 sum(x) below */
                 u = _mm256_xor_si256(u, _mm256_set1_epi8((char)0x80));
-            __m512i lo, hi;
             act8_batch_dots(u, t->xi + 32 * j * R, R, &lo, &hi);
+#else /* Q8_0: |w| . sign(x, w) */
+            act8_batch_dots(u, t->xi + 32 * j * R, R, &lo, &hi, fmt == FMT_Q8_0);
+#endif
             float d = half_to_float(blk);
-            __m256 dot = act8_rows_sum(_mm512_add_epi32(lo, hi), R);
+            __m256 dot = act8_rows_sum(bvec_add(lo, hi), R);
             y = _mm256_fmadd_ps(dot, _mm256_mul_ps(_mm256_set1_ps(d),
                                                    act8_load_rows(t->xd + j * R, R)), y);
             if (fmt == FMT_Q8_0) {
+#ifdef ACT8_WIDE
                 __m256 xr = _mm256_add_ps(act8_load_rows(t->xr + 2 * j * R, R),
                                           act8_load_rows(t->xr + (2 * j + 1) * R, R));
                 y2 = _mm256_fmadd_ps(_mm256_set1_ps(-128.f * d), xr, y2);
+#endif
             } else {
                 float m = fmt == FMT_Q4_0 ? -8.f * d : fmt == FMT_Q5_0 ? -16.f * d
                                                      : half_to_float(blk + 2);
@@ -365,8 +422,8 @@ static inline __attribute__((always_inline)) void act8_batch_row(
                     __m256i u = _mm256_add_epi8(q6k_bytes(blk, g), _mm256_set1_epi8(32));
                     int s = 8 * (g / 4) + 2 * (g % 4);
                     int64_t jx = 8 * j + g; /* the block of 32 of x */
-                    __m512i lo, hi;
-                    act8_batch_dots(u, t->xi + 32 * jx * R, R, &lo, &hi);
+                    bvec lo, hi;
+                    ACT8_DOTS(u, t->xi + 32 * jx * R, R, &lo, &hi);
                     __m256 xd = act8_load_rows(t->xd + jx * R, R);
                     float s0 = d * (float)sc[s], s1 = d * (float)sc[s + 1];
                     y = _mm256_fmadd_ps(act8_rows_sum(lo, R),
@@ -396,9 +453,9 @@ static inline __attribute__((always_inline)) void act8_batch_row(
                             _mm256_srli_epi16(qh, 2 * c + odd), one), 4));
                     int sb = 2 * c + odd;
                     int64_t jx = 8 * j + sb;
-                    __m512i lo, hi;
-                    act8_batch_dots(v, t->xi + 32 * jx * R, R, &lo, &hi);
-                    __m256 dot = act8_rows_sum(_mm512_add_epi32(lo, hi), R);
+                    bvec lo, hi;
+                    ACT8_DOTS(v, t->xi + 32 * jx * R, R, &lo, &hi);
+                    __m256 dot = act8_rows_sum(bvec_add(lo, hi), R);
                     y = _mm256_fmadd_ps(dot, _mm256_mul_ps(_mm256_set1_ps(sc[sb]),
                                                            act8_load_rows(t->xd + jx * R, R)), y);
                     y2 = _mm256_fmadd_ps(_mm256_set1_ps(-mn[sb]),
@@ -444,6 +501,6 @@ static void act8_batch4(const uint8_t *rows, size_t row_bytes, int64_t K, const 
     }
 }
 #undef ACT8_BATCH_CASES
-#endif
+#undef ACT8_DOTS
 
 #endif
