@@ -166,14 +166,15 @@ def thread_count() -> int:
 
 
 class Weight(ctypes.Structure):
-    """csrc/decode.c's ``Weight``: a float32, int8 (with per-row scales) or GGUF-block matrix;
+    """csrc/decode.h's ``Weight``: a float32, int8 (with per-row scales) or GGUF-block matrix;
     ``fmt`` is one of ``FORMATS``."""
 
     _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p),
                 ("rows", ctypes.c_int64), ("fmt", ctypes.c_int64)]
 
 
-# csrc/decode.c's FMT_* codes: how a Weight's rows are stored
+# csrc/decode.h's FMT_* codes: how a Weight's rows are stored (tests/nn/test_native_header.py
+# holds this table, ACT8 and SIGNATURES to the header)
 FORMATS = {"f32": 0, "int8": 1, "Q8_0": 2, "Q4_0": 3, "Q4_1": 4, "Q4_K": 5, "Q6_K": 6,
            "f32_panels": 7, "Q5_0": 8, "Q5_1": 9, "Q5_K": 10}
 # a flag added to a block format's code: round the activations to 8 bits and multiply integers
@@ -182,7 +183,7 @@ ACT8 = 256
 
 
 P, I64, F32, W = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.POINTER(Weight)
-# argument types of csrc/decode.c's entry points (see there for what each argument is)
+# argument types of csrc/decode.h's entry points (see there for what each argument is)
 SIGNATURES = {
     "int8_linear": [P] * 5 + [I64] * 3,
     "f32_linear": [P] * 4 + [I64] * 3,

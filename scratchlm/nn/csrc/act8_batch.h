@@ -1,0 +1,269 @@
+/* Part of decode.c's one translation unit (nn/native.py builds decode.c alone); act8.h's integer
+   kernels for batches of 4 and 8 rows */
+
+#ifdef HAVE_ACT8
+/* ---- 4 or 8 rows of x at once (a batch decoding together) ----------------------------------
+   Per block and row of x, act8.h's one-row kernel spends a conversion, a broadcast scale and
+   a multiply-add on every 32 weights: at 8 rows it was slower than the float kernels. Here the
+   R rows' activations are interleaved, so that one integer dot product instruction multiplies
+   4 weights by 4 activations of each of the R rows (int32 lanes: groups of 4 weights x R
+   rows, the weights broadcast to the R lanes of their group): with AVX-512 VNNI a block of 32
+   weights is 32 R / 64 vpdpbusd; with AVX2 32 R / 32 of them (or of maddubs + madd without
+   VNNI). The block's scale is applied to the R rows' sums at once, one vector of R floats, and
+   offsets and minimums the same way. */
+#define HAVE_ACT8_BATCH 1
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define ACT8_WIDE 1 /* 16 lanes */
+typedef __m512i bvec;
+#define bvec_add _mm512_add_epi32
+#else
+typedef __m256i bvec;
+#define bvec_add _mm256_add_epi32
+#endif
+
+/* rows b0 .. b0 + R of a (Act8) interleaved: xi[(j 32 + 4 g) R + 4 b + t] = xq[b][32 j + 4 g + t]
+   (block j, group g of 4, row b); per block j the R rows' scales xd[j R + b], exact sums
+   xs[j R + b] and rounded sums per 16, xr[(2 j + half) R + b] = xd * sum(xq over the half) */
+typedef struct { int8_t *xi; float *xd, *xs, *xr; } Act8Batch;
+
+static Act8Batch act8_interleave(const Act8 *a, int64_t K, int64_t b0, int R) {
+    int64_t nb = K / 32;
+    Act8Batch t = {aligned_alloc(64, (size_t)(K * R + 64) / 64 * 64),
+                   malloc(sizeof(float) * (size_t)(nb * R)),
+                   malloc(sizeof(float) * (size_t)(nb * R)),
+                   malloc(sizeof(float) * (size_t)(2 * nb * R))};
+    for (int b = 0; b < R; b++) {
+        const int8_t *q = a->q + (b0 + b) * K;
+        for (int64_t j = 0; j < nb; j++) {
+            int64_t s = (b0 + b) * nb + j;
+            for (int g = 0; g < 8; g++)
+                memcpy(t.xi + (32 * j + 4 * g) * R + 4 * b, q + 32 * j + 4 * g, 4);
+            t.xd[j * R + b] = a->d[s];
+            t.xs[j * R + b] = a->s[s];
+            for (int half = 0; half < 2; half++) {
+                int sum = 0;
+                for (int k = 0; k < 16; k++) sum += q[32 * j + 16 * half + k];
+                t.xr[(2 * j + half) * R + b] = a->d[s] * (float)sum;
+            }
+        }
+    }
+    return t;
+}
+
+static void act8_batch_free(Act8Batch t) {
+    free(t.xi);
+    free(t.xd);
+    free(t.xs);
+    free(t.xr);
+}
+
+#ifdef ACT8_WIDE
+/* the R rows' integer dot products with one block of 32 unsigned weights u (element order),
+   summed separately over weights [0, 16) (lo) and [16, 32) (hi) */
+static inline __attribute__((always_inline)) void act8_batch_dots(
+    __m256i u, const int8_t *xi, const int R, bvec *lo, bvec *hi) {
+    __m512i w = _mm512_castsi256_si512(u), a = _mm512_setzero_si512(), c = a;
+    const int per = 16 / R; /* groups of 4 weights per vpdpbusd */
+    for (int h = 0; h < 8 / per; h++) {
+        /* lane l takes group h per + l / R (dwords of u) */
+        __m512i idx = R == 8 ? _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
+                             : _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        idx = _mm512_add_epi32(idx, _mm512_set1_epi32(h * per));
+        __m512i x = _mm512_load_si512((const void *)(xi + 64 * h));
+        if (h < 4 / per)
+            a = _mm512_dpbusd_epi32(a, _mm512_permutexvar_epi32(idx, w), x);
+        else
+            c = _mm512_dpbusd_epi32(c, _mm512_permutexvar_epi32(idx, w), x);
+    }
+    *lo = a;
+    *hi = c;
+}
+
+/* the R sums of 16 lanes that hold (groups x R rows): R floats */
+static inline __m256 act8_rows_sum(bvec v, const int R) {
+    __m256i s = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+    if (R == 4) {
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        return _mm256_castps128_ps256(_mm_cvtepi32_ps(s4));
+    }
+    return _mm256_cvtepi32_ps(s);
+}
+#else
+/* the same at 8 lanes: 8 / R groups of 4 weights per dot product instruction. u's values are
+   below 64 (Q8_0's signed weights come as |w| with sign(x, w): act8_batch_row), so without
+   VNNI maddubs' int16 pair sums cannot saturate */
+static inline __attribute__((always_inline)) void act8_batch_dots(
+    __m256i u, const int8_t *xi, const int R, bvec *lo, bvec *hi, const int signed_w) {
+    __m256i a = _mm256_setzero_si256(), c = a;
+    const int per = 8 / R;
+    for (int h = 0; h < 8 / per; h++) {
+        __m256i idx = R == 8 ? _mm256_set1_epi32(h)
+                             : _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+        if (R == 4)
+            idx = _mm256_add_epi32(idx, _mm256_set1_epi32(2 * h));
+        __m256i w = _mm256_permutevar8x32_epi32(u, idx);
+        __m256i x = _mm256_load_si256((const __m256i *)(xi + 32 * h));
+        if (signed_w) {
+            x = _mm256_sign_epi8(x, w);
+            w = _mm256_sign_epi8(w, w);
+        }
+        if (h < 4 / per)
+            a = dpbusd8(a, w, x);
+        else
+            c = dpbusd8(c, w, x);
+    }
+    *lo = a;
+    *hi = c;
+}
+
+static inline __m256 act8_rows_sum(bvec v, const int R) {
+    if (R == 4)
+        return _mm256_castps128_ps256(_mm_cvtepi32_ps(
+            _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1))));
+    return _mm256_cvtepi32_ps(v);
+}
+#endif
+
+/* the R rows' vector of per-row floats at p (R = 4: the low half) */
+static inline __m256 act8_load_rows(const float *p, const int R) {
+    return R == 8 ? _mm256_loadu_ps(p) : _mm256_castps128_ps256(_mm_loadu_ps(p));
+}
+
+/* unsigned weights (all but Q8_0) */
+#ifdef ACT8_WIDE
+#define ACT8_DOTS(u, xi, R, lo, hi) act8_batch_dots(u, xi, R, lo, hi)
+#else
+#define ACT8_DOTS(u, xi, R, lo, hi) act8_batch_dots(u, xi, R, lo, hi, 0)
+#endif
+
+/* out[b] = row . x_b for one weight row and R = 4 or 8 interleaved rows of x */
+static inline __attribute__((always_inline)) void act8_batch_row(
+    const uint8_t *row, int64_t K, const Act8Batch *t, float out[8], const int64_t fmt,
+    const int R) {
+    int64_t bs = block_bytes(fmt);
+    __m256 y = _mm256_setzero_ps(), y2 = y;
+    const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    if (!is_kquant(fmt)) {
+        for (int64_t j = 0; j < K / 32; j++) {
+            const uint8_t *blk = row + j * bs;
+            if ((j & 1) == 0)
+                _mm_prefetch((const char *)blk + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+            __m256i u = act8_block_bytes(blk, fmt);
+            bvec lo, hi;
+#ifdef ACT8_WIDE
+            if (fmt == FMT_Q8_0) /* w + 128, unsigned; -128 sum(x) below */
+                u = _mm256_xor_si256(u, _mm256_set1_epi8((char)0x80));
+            act8_batch_dots(u, t->xi + 32 * j * R, R, &lo, &hi);
+#else /* Q8_0: |w| . sign(x, w) */
+            act8_batch_dots(u, t->xi + 32 * j * R, R, &lo, &hi, fmt == FMT_Q8_0);
+#endif
+            float d = half_to_float(blk);
+            __m256 dot = act8_rows_sum(bvec_add(lo, hi), R);
+            y = _mm256_fmadd_ps(dot, _mm256_mul_ps(_mm256_set1_ps(d),
+                                                   act8_load_rows(t->xd + j * R, R)), y);
+            if (fmt == FMT_Q8_0) {
+#ifdef ACT8_WIDE
+                __m256 xr = _mm256_add_ps(act8_load_rows(t->xr + 2 * j * R, R),
+                                          act8_load_rows(t->xr + (2 * j + 1) * R, R));
+                y2 = _mm256_fmadd_ps(_mm256_set1_ps(-128.f * d), xr, y2);
+#endif
+            } else {
+                float m = fmt == FMT_Q4_0 ? -8.f * d : fmt == FMT_Q5_0 ? -16.f * d
+                                                     : half_to_float(blk + 2);
+                y2 = _mm256_fmadd_ps(_mm256_set1_ps(m), act8_load_rows(t->xs + j * R, R), y2);
+            }
+        }
+    } else {
+        for (int64_t j = 0; j < K / 256; j++) {
+            const uint8_t *blk = row + j * bs;
+            for (int line = 0; line < 3; line++)
+                _mm_prefetch((const char *)blk + 64 * line + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+            if (fmt == FMT_Q6_K) {
+                const int8_t *sc = (const int8_t *)(blk + 192);
+                float d = half_to_float(blk + 208);
+                for (int g = 0; g < 8; g++) { /* weights 32g + [0, 32): scales s, s + 1 */
+                    __m256i u = _mm256_add_epi8(q6k_bytes(blk, g), _mm256_set1_epi8(32));
+                    int s = 8 * (g / 4) + 2 * (g % 4);
+                    int64_t jx = 8 * j + g; /* the block of 32 of x */
+                    bvec lo, hi;
+                    ACT8_DOTS(u, t->xi + 32 * jx * R, R, &lo, &hi);
+                    __m256 xd = act8_load_rows(t->xd + jx * R, R);
+                    float s0 = d * (float)sc[s], s1 = d * (float)sc[s + 1];
+                    y = _mm256_fmadd_ps(act8_rows_sum(lo, R),
+                                        _mm256_mul_ps(_mm256_set1_ps(s0), xd), y);
+                    y = _mm256_fmadd_ps(act8_rows_sum(hi, R),
+                                        _mm256_mul_ps(_mm256_set1_ps(s1), xd), y);
+                    y2 = _mm256_fmadd_ps(_mm256_set1_ps(-32.f * s0),
+                                         act8_load_rows(t->xr + 2 * jx * R, R), y2);
+                    y2 = _mm256_fmadd_ps(_mm256_set1_ps(-32.f * s1),
+                                         act8_load_rows(t->xr + (2 * jx + 1) * R, R), y2);
+                }
+                continue;
+            }
+            const int q5 = fmt == FMT_Q5_K;
+            float sc[8], mn[8];
+            __m256 mnv;
+            q4k_scales8(blk, sc, &mnv);
+            _mm256_storeu_ps(mn, mnv);
+            __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : low4;
+            for (int c = 0; c < 4; c++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)(blk + (q5 ? 48 : 16) + 32 * c));
+                for (int odd = 0; odd < 2; odd++) { /* sub-block 2c + odd */
+                    __m256i v = odd ? _mm256_and_si256(_mm256_srli_epi16(q, 4), low4)
+                                    : _mm256_and_si256(q, low4);
+                    if (q5)
+                        v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(
+                            _mm256_srli_epi16(qh, 2 * c + odd), one), 4));
+                    int sb = 2 * c + odd;
+                    int64_t jx = 8 * j + sb;
+                    bvec lo, hi;
+                    ACT8_DOTS(v, t->xi + 32 * jx * R, R, &lo, &hi);
+                    __m256 dot = act8_rows_sum(bvec_add(lo, hi), R);
+                    y = _mm256_fmadd_ps(dot, _mm256_mul_ps(_mm256_set1_ps(sc[sb]),
+                                                           act8_load_rows(t->xd + jx * R, R)), y);
+                    y2 = _mm256_fmadd_ps(_mm256_set1_ps(-mn[sb]),
+                                         act8_load_rows(t->xs + jx * R, R), y2);
+                }
+            }
+        }
+    }
+    float o[8];
+    _mm256_storeu_ps(o, _mm256_add_ps(y, y2));
+    for (int b = 0; b < R; b++) out[b] = o[b];
+}
+
+static inline __attribute__((always_inline)) void act8_batch4_fmt(
+    const uint8_t *rows, size_t row_bytes, int64_t K, const Act8Batch *t, float out[8][4],
+    const int64_t fmt, const int R) {
+    for (int i = 0; i < 4; i++) {
+        float o[8];
+        act8_batch_row(rows + i * row_bytes, K, t, o, fmt, R);
+        for (int b = 0; b < R; b++) out[b][i] = o[b];
+    }
+}
+
+#define ACT8_BATCH_CASES(R)                                                                 \
+    switch (fmt) {                                                                          \
+    case FMT_Q8_0: act8_batch4_fmt(rows, row_bytes, K, t, out, FMT_Q8_0, R); break;        \
+    case FMT_Q4_0: act8_batch4_fmt(rows, row_bytes, K, t, out, FMT_Q4_0, R); break;        \
+    case FMT_Q4_1: act8_batch4_fmt(rows, row_bytes, K, t, out, FMT_Q4_1, R); break;        \
+    case FMT_Q5_0: act8_batch4_fmt(rows, row_bytes, K, t, out, FMT_Q5_0, R); break;        \
+    case FMT_Q5_1: act8_batch4_fmt(rows, row_bytes, K, t, out, FMT_Q5_1, R); break;        \
+    case FMT_Q4_K: act8_batch4_fmt(rows, row_bytes, K, t, out, FMT_Q4_K, R); break;        \
+    case FMT_Q5_K: act8_batch4_fmt(rows, row_bytes, K, t, out, FMT_Q5_K, R); break;        \
+    default: act8_batch4_fmt(rows, row_bytes, K, t, out, FMT_Q6_K, R); break;              \
+    }
+
+/* four weight rows by the R = 4 or 8 interleaved rows of x in t */
+static void act8_batch4(const uint8_t *rows, size_t row_bytes, int64_t K, const Act8Batch *t,
+                        float out[8][4], int64_t fmt, int R) {
+    if (R == 8) {
+        ACT8_BATCH_CASES(8)
+    } else {
+        ACT8_BATCH_CASES(4)
+    }
+}
+#undef ACT8_BATCH_CASES
+#undef ACT8_DOTS
+
+#endif

@@ -1,0 +1,203 @@
+/* Part of decode.c's one translation unit (nn/native.py builds decode.c alone); whole decoder
+   layers: Llama's and GPT-2's, for a decode step */
+
+/* ---- one Llama decoder layer --------------------------------------------------------------
+   For each of the B rows, one new token at cache slot `slot`:
+
+     h = rms_norm(x) * norm1                      q, k, v = split(h @ Wqkv)
+     q, k = rms_norm(q) * q_norm, rms_norm(k) * k_norm   per head, when given (Qwen3)
+     q, k = rope(q), rope(k)  (cos/sin rows of this token's position; sin's first half negated)
+     cache[slot] = k, v       ctx = softmax(q . K[start:slot+1] / sqrt(D)) V   per head (GQA)
+     x += ctx @ Wo            h = rms_norm(x) * norm2
+     g, u = split(h @ W12)    x += (silu(g) * u) @ W3
+
+   x (B, C) is updated in place; k_cache/v_cache are this layer's (B, KV, max_len, D) tensors;
+   start[b] is row b's first real slot (left padding). */
+
+static void rms_norm(const float *x, const float *weight, float eps, float *out, int64_t C) {
+    float ss = 0.f;
+    for (int64_t c = 0; c < C; c++) ss += x[c] * x[c];
+    float inv = 1.f / sqrtf(ss / (float)C + eps);
+    for (int64_t c = 0; c < C; c++) out[c] = x[c] * inv * weight[c];
+}
+
+static void rope(float *v, const float *cos, const float *sin, int64_t D) {
+    float tmp[D];
+    int64_t half = D / 2;
+    for (int64_t i = 0; i < D; i++) tmp[i] = v[i] * cos[i] + v[(i + half) % D] * sin[i];
+    memcpy(v, tmp, sizeof(float) * D);
+}
+
+/* e^x for x in [-87.3, 88.3] (clamped there) within 2 ulp: Cephes' expf, 2^n times a degree-7
+   polynomial of the remainder, in plain arithmetic so that a loop of it vectorizes (glibc's
+   expf is a scalar call; it was most of the softmax and SiLU time, 0.9 ms a token for SmolLM2
+   at batch 1) */
+static inline float exp_approx(float x) {
+    x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+    float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f; /* round to nearest */
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+/* Write this token's keys and values (rows of qkv after the H query heads) at `slot`. */
+static void cache_write(const float *qkv, int64_t Q, int64_t B, int64_t H, int64_t KV, int64_t D,
+                        float *k_cache, float *v_cache, int64_t max_len, int64_t slot) {
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t j = 0; j < KV; j++) {
+            int64_t at = ((b * KV + j) * max_len + slot) * D;
+            memcpy(k_cache + at, qkv + b * Q + (H + j) * D, sizeof(float) * D);
+            memcpy(v_cache + at, qkv + b * Q + (H + KV + j) * D, sizeof(float) * D);
+        }
+}
+
+/* ctx (B, H*D): per head, softmax(q . K[start:slot+1] / sqrt(D)) V over the cache, the query
+   heads of a group sharing one key/value head (GQA; KV == H is plain multi-head attention) */
+typedef struct {
+    const float *qkv, *k_cache, *v_cache;
+    const int64_t *start;
+    float *ctx, *scores;
+    int64_t Q, H, KV, D, max_len, slot;
+} AttendJob;
+
+static void attend_heads(void *job, int64_t lo, int64_t hi) {
+    const AttendJob *a = job;
+    const float *qkv = a->qkv, *k_cache = a->k_cache, *v_cache = a->v_cache;
+    const int64_t *start = a->start;
+    float *ctx = a->ctx, *scores = a->scores;
+    int64_t Q = a->Q, H = a->H, KV = a->KV, D = a->D, max_len = a->max_len, slot = a->slot;
+    int64_t group = H / KV;
+    float scale = 1.f / sqrtf((float)D);
+    for (int64_t bh = lo; bh < hi; bh++) {
+        int64_t b = bh / H, hd = bh % H, kvh = hd / group;
+        const float *q = qkv + b * Q + hd * D;
+        const float *keys = k_cache + (b * KV + kvh) * max_len * D;
+        const float *vals = v_cache + (b * KV + kvh) * max_len * D;
+        float *s = scores + bh * (slot + 1), *o = ctx + (b * H + hd) * D;
+        float m = -INFINITY, sum = 0.f;
+        for (int64_t t = start[b]; t <= slot; t++) {
+            float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t i = 0; i < D; i++) dot += q[i] * keys[t * D + i];
+            s[t] = dot * scale;
+            m = s[t] > m ? s[t] : m;
+        }
+#pragma omp simd reduction(+ : sum)
+        for (int64_t t = start[b]; t <= slot; t++) {
+            s[t] = exp_approx(s[t] - m);
+            sum += s[t];
+        }
+        for (int64_t i = 0; i < D; i++) o[i] = 0.f;
+        for (int64_t t = start[b]; t <= slot; t++) {
+            float p = s[t];
+#pragma omp simd
+            for (int64_t i = 0; i < D; i++) o[i] += p * vals[t * D + i];
+        }
+        for (int64_t i = 0; i < D; i++) o[i] /= sum;
+    }
+}
+
+static void attend(const float *qkv, int64_t Q, int64_t B, int64_t H, int64_t KV, int64_t D,
+                   const float *k_cache, const float *v_cache, int64_t max_len, int64_t slot,
+                   const int64_t *start, float *ctx) {
+    float *scores = malloc(sizeof(float) * B * H * (slot + 1));
+    AttendJob job = {qkv, k_cache, v_cache, start, ctx, scores, Q, H, KV, D, max_len, slot};
+    parallel_for(B * H, attend_heads, &job);
+    free(scores);
+}
+
+void llama_layer(float *x, int64_t B, int64_t C, int64_t H, int64_t KV, int64_t D, int64_t I,
+                 float eps, const float *norm1, const Weight *qkv_w, int64_t n_qkv,
+                 const Weight *o_w, const float *norm2, const Weight *gate_up_w,
+                 int64_t n_gate_up, const Weight *down_w,
+                 const float *cos, const float *sin, float *k_cache, float *v_cache,
+                 int64_t max_len, int64_t slot, const int64_t *start,
+                 const float *q_norm, const float *k_norm) {
+    int64_t Q = (H + 2 * KV) * D;
+    float *h = malloc(sizeof(float) * B * C), *qkv = malloc(sizeof(float) * B * Q);
+    float *ctx = malloc(sizeof(float) * B * H * D), *out = malloc(sizeof(float) * B * C);
+    float *gu = malloc(sizeof(float) * B * 2 * I), *act = malloc(sizeof(float) * B * I);
+
+    for (int64_t b = 0; b < B; b++) rms_norm(x + b * C, norm1, eps, h + b * C, C);
+    matvec(qkv_w, n_qkv, h, qkv, B, C, Q);
+    for (int64_t b = 0; b < B; b++) {
+        float *row = qkv + b * Q;
+        if (q_norm)  /* in place: rms_norm reads each value before it writes it */
+            for (int64_t j = 0; j < H + KV; j++)
+                rms_norm(row + j * D, j < H ? q_norm : k_norm, eps, row + j * D, D);
+        for (int64_t j = 0; j < H + KV; j++) rope(row + j * D, cos + b * D, sin + b * D, D);
+    }
+    cache_write(qkv, Q, B, H, KV, D, k_cache, v_cache, max_len, slot);
+    attend(qkv, Q, B, H, KV, D, k_cache, v_cache, max_len, slot, start, ctx);
+    matvec(o_w, 1, ctx, out, B, H * D, C);
+    for (int64_t j = 0; j < B * C; j++) x[j] += out[j];
+
+    for (int64_t b = 0; b < B; b++) rms_norm(x + b * C, norm2, eps, h + b * C, C);
+    matvec(gate_up_w, n_gate_up, h, gu, B, C, 2 * I);
+    for (int64_t b = 0; b < B; b++) {
+        const float *g = gu + b * 2 * I, *u = g + I;
+        float *a = act + b * I;
+#pragma omp simd
+        for (int64_t j = 0; j < I; j++) a[j] = g[j] / (1.f + exp_approx(-g[j])) * u[j];
+    }
+    matvec(down_w, 1, act, out, B, I, C);
+    for (int64_t j = 0; j < B * C; j++) x[j] += out[j];
+
+    free(h); free(qkv); free(ctx); free(out); free(gu); free(act);
+}
+
+/* ---- one GPT-2 decoder layer --------------------------------------------------------------
+     h = layer_norm(x)            q, k, v = split(h @ Wqkv + b)      cache[slot] = k, v
+     ctx = attention as above     x += ctx @ Wo + b
+     h = layer_norm(x)            x += gelu_tanh(h @ Wfc + b) @ Wproj + b
+   (positions are learned embeddings, added to x before the first layer) */
+
+static void layer_norm(const float *x, const float *weight, const float *bias, float eps,
+                       float *out, int64_t C) {
+    float mean = 0.f, var = 0.f;
+    for (int64_t c = 0; c < C; c++) mean += x[c];
+    mean /= (float)C;
+    for (int64_t c = 0; c < C; c++) var += (x[c] - mean) * (x[c] - mean);
+    float inv = 1.f / sqrtf(var / (float)C + eps);
+    for (int64_t c = 0; c < C; c++) out[c] = (x[c] - mean) * inv * weight[c] + bias[c];
+}
+
+void gpt_layer(float *x, int64_t B, int64_t C, int64_t H, int64_t D, int64_t I, float eps,
+               const float *ln1_w, const float *ln1_b, const Weight *qkv_w, const Weight *o_w,
+               const float *ln2_w, const float *ln2_b, const Weight *fc_w, const Weight *proj_w,
+               float *k_cache, float *v_cache, int64_t max_len, int64_t slot,
+               const int64_t *start) {
+    int64_t Q = 3 * H * D;
+    float *h = malloc(sizeof(float) * B * C), *qkv = malloc(sizeof(float) * B * Q);
+    float *ctx = malloc(sizeof(float) * B * H * D), *out = malloc(sizeof(float) * B * C);
+    float *hid = malloc(sizeof(float) * B * I);
+
+    for (int64_t b = 0; b < B; b++) layer_norm(x + b * C, ln1_w, ln1_b, eps, h + b * C, C);
+    matvec(qkv_w, 1, h, qkv, B, C, Q);
+    cache_write(qkv, Q, B, H, H, D, k_cache, v_cache, max_len, slot);
+    attend(qkv, Q, B, H, H, D, k_cache, v_cache, max_len, slot, start, ctx);
+    matvec(o_w, 1, ctx, out, B, H * D, C);
+    for (int64_t j = 0; j < B * C; j++) x[j] += out[j];
+
+    for (int64_t b = 0; b < B; b++) layer_norm(x + b * C, ln2_w, ln2_b, eps, h + b * C, C);
+    matvec(fc_w, 1, h, hid, B, C, I);
+    const float k0 = 0.7978845608028654f; /* sqrt(2 / pi) */
+#pragma omp simd
+    for (int64_t j = 0; j < B * I; j++) { /* 1 + tanh(y) = 2 - 2 / (e^(2y) + 1) */
+        float v = hid[j], y = k0 * (v + 0.044715f * v * v * v);
+        hid[j] = 0.5f * v * (2.f - 2.f / (exp_approx(2.f * y) + 1.f));
+    }
+    matvec(proj_w, 1, hid, out, B, I, C);
+    for (int64_t j = 0; j < B * C; j++) x[j] += out[j];
+
+    free(h); free(qkv); free(ctx); free(out); free(hid);
+}
