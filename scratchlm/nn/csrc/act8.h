@@ -46,13 +46,14 @@ static inline int act8_format(int64_t fmt) {
 }
 
 /* x (B, K) rounded per run of 32: xq (B, K) int8, xd (B, K / 32) the scales, xs (B, K / 32)
-   each run's sum of x (not rounded), for the offsets and minimums */
-typedef struct { int8_t *q; float *d, *s; } Act8;
+   each run's sum of x (not rounded), for the offsets and minimums; r (B, K / 16) the rounded
+   sums per 16, xd * sum(xq) (the batch kernel's signed-weight corrections) */
+typedef struct { int8_t *q; float *d, *s, *r; } Act8;
 
 static Act8 act8_quantize(const float *x, int64_t B, int64_t K) {
     int64_t n = B * K / 32;
     Act8 a = {malloc((size_t)(B * K) + 64), malloc(sizeof(float) * (size_t)n),
-              malloc(sizeof(float) * (size_t)n)};
+              malloc(sizeof(float) * (size_t)n), malloc(sizeof(float) * (size_t)(2 * n))};
     const __m256 sign = _mm256_set1_ps(-0.f);
     for (int64_t t = 0; t < n; t++) {
         const float *xt = x + 32 * t;
@@ -74,6 +75,8 @@ static Act8 act8_quantize(const float *x, int64_t B, int64_t K) {
         _mm256_storeu_si256((__m256i *)(a.q + 32 * t), q);
         a.d[t] = d;
         a.s[t] = hsum8(_mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3])));
+        a.r[2 * t] = d * hsum8(_mm256_cvtepi32_ps(_mm256_add_epi32(i32[0], i32[1])));
+        a.r[2 * t + 1] = d * hsum8(_mm256_cvtepi32_ps(_mm256_add_epi32(i32[2], i32[3])));
     }
     return a;
 }
@@ -82,6 +85,7 @@ static void act8_free(Act8 a) {
     free(a.q);
     free(a.d);
     free(a.s);
+    free(a.r);
 }
 
 /* The 32 weights of a block of 32 as bytes in element order: unsigned q (Q4_*, Q5_*) or

@@ -40,11 +40,8 @@ static Act8Batch act8_interleave(const Act8 *a, int64_t K, int64_t b0, int R) {
                 memcpy(t.xi + (32 * j + 4 * g) * R + 4 * b, q + 32 * j + 4 * g, 4);
             t.xd[j * R + b] = a->d[s];
             t.xs[j * R + b] = a->s[s];
-            for (int half = 0; half < 2; half++) {
-                int sum = 0;
-                for (int k = 0; k < 16; k++) sum += q[32 * j + 16 * half + k];
-                t.xr[(2 * j + half) * R + b] = a->d[s] * (float)sum;
-            }
+            t.xr[2 * j * R + b] = a->r[2 * s];
+            t.xr[(2 * j + 1) * R + b] = a->r[2 * s + 1];
         }
     }
     return t;
@@ -89,28 +86,50 @@ static inline __m256 act8_rows_sum(bvec v, const int R) {
     return _mm256_cvtepi32_ps(s);
 }
 #else
-/* the same at 8 lanes: 8 / R groups of 4 weights per dot product instruction. u's values are
-   below 64 (Q8_0's signed weights come as |w| with sign(x, w): act8_batch_row), so without
-   VNNI maddubs' int16 pair sums cannot saturate */
+/* the same at 8 lanes: 8 / R groups of 4 weights per dot product instruction. Each weight
+   group is broadcast from memory (a load, not a lane permute) at R = 8. Without VNNI, maddubs
+   makes int16 pair sums and madd widens them: for weights below 32 (4- and 5-bit) four maddubs
+   results are added in int16 before one madd (2 * 31 * 127 * 4 < 2^15), two for Q6_K's below
+   64, one for Q8_0's signed weights (|w| <= 128, with sign(x, w)) */
 static inline __attribute__((always_inline)) void act8_batch_dots(
-    __m256i u, const int8_t *xi, const int R, bvec *lo, bvec *hi, const int signed_w) {
+    __m256i u, const int8_t *xi, const int R, bvec *lo, bvec *hi, const int signed_w,
+    const int sum16) {
+    uint32_t ub[8] __attribute__((aligned(32)));
+    _mm256_store_si256((__m256i *)ub, u);
     __m256i a = _mm256_setzero_si256(), c = a;
-    const int per = 8 / R;
-    for (int h = 0; h < 8 / per; h++) {
-        __m256i idx = R == 8 ? _mm256_set1_epi32(h)
-                             : _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-        if (R == 4)
-            idx = _mm256_add_epi32(idx, _mm256_set1_epi32(2 * h));
-        __m256i w = _mm256_permutevar8x32_epi32(u, idx);
+    const int n = R; /* dot product instructions per block: 32 R / 32 bytes */
+#if !(defined(__AVX512VNNI__) && defined(__AVX512VL__)) && !defined(__AVXVNNI__)
+    __m256i p = a;
+    int held = 0;
+#endif
+    for (int h = 0; h < n; h++) {
+        __m256i w = R == 8 ? _mm256_set1_epi32((int)ub[h])
+                           : _mm256_permutevar8x32_epi32(
+                                 u, _mm256_setr_epi32(2 * h, 2 * h, 2 * h, 2 * h, 2 * h + 1,
+                                                      2 * h + 1, 2 * h + 1, 2 * h + 1));
         __m256i x = _mm256_load_si256((const __m256i *)(xi + 32 * h));
         if (signed_w) {
             x = _mm256_sign_epi8(x, w);
             w = _mm256_sign_epi8(w, w);
         }
-        if (h < 4 / per)
+#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
+        (void)sum16;
+        if (h < n / 2)
             a = dpbusd8(a, w, x);
         else
             c = dpbusd8(c, w, x);
+#else
+        __m256i m = _mm256_maddubs_epi16(w, x);
+        p = held ? _mm256_add_epi16(p, m) : m;
+        if (++held == sum16 || h == n / 2 - 1 || h == n - 1) {
+            __m256i v = _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+            if (h < n / 2)
+                a = _mm256_add_epi32(a, v);
+            else
+                c = _mm256_add_epi32(c, v);
+            held = 0;
+        }
+#endif
     }
     *lo = a;
     *hi = c;
@@ -133,7 +152,8 @@ static inline __m256 act8_load_rows(const float *p, const int R) {
 #ifdef ACT8_WIDE
 #define ACT8_DOTS(u, xi, R, lo, hi) act8_batch_dots(u, xi, R, lo, hi)
 #else
-#define ACT8_DOTS(u, xi, R, lo, hi) act8_batch_dots(u, xi, R, lo, hi, 0)
+#define ACT8_DOTS(u, xi, R, lo, hi) \
+    act8_batch_dots(u, xi, R, lo, hi, 0, fmt == FMT_Q6_K ? 2 : 4)
 #endif
 
 /* out[b] = row . x_b for one weight row and R = 4 or 8 interleaved rows of x */
@@ -155,7 +175,8 @@ static inline __attribute__((always_inline)) void act8_batch_row(
                 u = _mm256_xor_si256(u, _mm256_set1_epi8((char)0x80));
             act8_batch_dots(u, t->xi + 32 * j * R, R, &lo, &hi);
 #else /* Q8_0: |w| . sign(x, w) */
-            act8_batch_dots(u, t->xi + 32 * j * R, R, &lo, &hi, fmt == FMT_Q8_0);
+            act8_batch_dots(u, t->xi + 32 * j * R, R, &lo, &hi, fmt == FMT_Q8_0,
+                            fmt == FMT_Q8_0 ? 1 : 4);
 #endif
             float d = half_to_float(blk);
             __m256 dot = act8_rows_sum(bvec_add(lo, hi), R);
@@ -182,7 +203,7 @@ static inline __attribute__((always_inline)) void act8_batch_row(
                 const int8_t *sc = (const int8_t *)(blk + 192);
                 float d = half_to_float(blk + 208);
                 for (int g = 0; g < 8; g++) { /* weights 32g + [0, 32): scales s, s + 1 */
-                    __m256i u = _mm256_add_epi8(q6k_bytes(blk, g), _mm256_set1_epi8(32));
+                    __m256i u = q6k_ubytes(blk, g); /* q, unsigned; -32 sum(x) below */
                     int s = 8 * (g / 4) + 2 * (g % 4);
                     int64_t jx = 8 * j + g; /* the block of 32 of x */
                     bvec lo, hi;

@@ -6,13 +6,17 @@
    together in bytes, minus 32: low 4 bits from ql (byte 32 (k & 1) + l of the half's 64, the
    high nibble for k >= 2), high 2 from bits 2k of qh byte l. Weights [0, 16) take scale
    8h + 2k, [16, 32) the next one. */
-static inline __m256i q6k_bytes(const uint8_t *blk, int g) {
+static inline __m256i q6k_ubytes(const uint8_t *blk, int g) { /* q in 0..63, not centred */
     int h = g / 4, k = g % 4;
     __m256i ql = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32 * (k & 1)));
     __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
     __m256i lo = _mm256_and_si256(_mm256_srli_epi16(ql, 4 * (k >> 1)), _mm256_set1_epi8(0x0f));
     __m256i hi = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), _mm256_set1_epi8(3));
-    return _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32));
+    return _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+}
+
+static inline __m256i q6k_bytes(const uint8_t *blk, int g) {
+    return _mm256_sub_epi8(q6k_ubytes(blk, g), _mm256_set1_epi8(32));
 }
 
 /* Q4_K's 8 scales d * sc into sc and minimums dmin * mn as a vector, unpacked four at a time
