@@ -336,7 +336,9 @@ def build_variants(stacks: dict, x: torch.Tensor, rounds: int) -> None:
     """The block formats' and int8's matvec in each build of csrc/decode.c (``nn/native.py``'s
     VARIANTS): this CPU's (AVX-512 here), the AVX2 build a CPU without AVX-512 gets, and plain
     C; G weights/s at 1 and 8 rows of x (a batch-1 and a batch-8 decode step), the builds
-    alternated; and the ratio of the AVX2 build to this CPU's (goal >= 0.7)."""
+    alternated; and the ratio of the AVX2 build to this CPU's (goal >= 0.7). Each block format
+    twice: multiplied in float32 (``gguf``) and with the activations rounded to 8 bits
+    (``gguf-a8``, rows "Q4_0 a8": integer dot products, csrc/act8.h)."""
     from scratchlm.nn.gguf_linear import gguf_matmul
     from scratchlm.nn.native import decode_function, variants
 
@@ -344,8 +346,9 @@ def build_variants(stacks: dict, x: torch.Tensor, rounds: int) -> None:
     kernels = {v: f for v, f in kernels.items() if f is not None}
     int8 = {v: decode_function("int8_linear", v) for v in kernels}
     formats = [q for q in stacks if q not in ("fp32", "int8")]
+    rows = [*formats, *(f"{q} a8" for q in formats), "int8"]
     xs = {1: x[:1], 8: torch.randn(8, x.shape[-1])}
-    best = {(q, v, b): float("inf") for q in [*formats, "int8"] for v in kernels for b in xs}
+    best = {(q, v, b): float("inf") for q in rows for v in kernels for b in xs}
 
     def run_int8(v, layer, xb):
         y = torch.empty(xb.shape[0], layer.out_features)
@@ -354,24 +357,26 @@ def build_variants(stacks: dict, x: torch.Tensor, rounds: int) -> None:
 
     with torch.no_grad():
         for _ in range(rounds * 3):
-            for q in [*formats, "int8"]:
+            for q in rows:
+                fmt, a8 = q.split()[0], q.endswith(" a8")
                 for b, xb in xs.items():
                     for v, kernel in kernels.items():
                         t0 = time.perf_counter()
-                        for layer in stacks[q]:
+                        for layer in stacks[fmt]:
                             if q == "int8":
                                 run_int8(v, layer, xb)
                             else:
-                                gguf_matmul(kernel, xb, layer.blocks, q, None, layer.out_features)
+                                gguf_matmul(kernel, xb, layer.blocks, fmt, None,
+                                            layer.out_features, a8)
                         best[q, v, b] = min(best[q, v, b],
-                                            (time.perf_counter() - t0) / len(stacks[q]))
+                                            (time.perf_counter() - t0) / len(stacks[fmt]))
     n, k = stacks[formats[0]][0].out_features, x.shape[-1]
     both = {"avx2", "native"} <= set(kernels)
     for b in xs:
         ratio = "avx2 / native" if both else ""
         print(f"G weights/s per build, {b} row{'s' if b > 1 else ''} of x: "
               + "  ".join(f"{v:>9}" for v in kernels) + f"  {ratio}")
-        for q in [*formats, "int8"]:
+        for q in rows:
             tail = f"  {best[q, 'native', b] / best[q, 'avx2', b]:>13.2f}" if both else ""
             print(f"{q:>32} " + "  ".join(f"{b * n * k / best[q, v, b] / 1e9:>9.1f}"
                                           for v in kernels) + tail)
@@ -429,10 +434,11 @@ def openmp_vs_pool(new_tokens: int, rounds: int) -> None:
 
 
 def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False) -> None:
-    """SmolLM2-135M from its Q4_1 GGUF file at three precisions: fp32 (dequantized), int8
+    """SmolLM2-135M from its Q4_1 GGUF file at four precisions: fp32 (dequantized), int8
     (quantized again from the dequantized weights) and the file's own blocks (``--quantize
-    gguf``): batch-1 and batch-8 greedy decode, a 512-token prompt, the loaded model's memory
-    against the file, and the bytes a decode step reads against this CPU's bandwidth."""
+    gguf``; ``gguf-a8``: with a decode step's activations rounded to 8 bits): batch-1 and
+    batch-8 greedy decode, a 512-token prompt, the loaded model's memory against the file, and
+    the bytes a decode step reads against this CPU's bandwidth."""
     from scratchlm.generation.engine import Engine
     from scratchlm.checkpoints.load import load_model_and_tokenizer
     from scratchlm.checkpoints.names import smollm2_gguf
@@ -549,7 +555,8 @@ def main():
                     help="with --families-only: only these shapes")
     ap.add_argument("--long", action="store_true", help="also decode 32k tokens (minutes)")
     ap.add_argument("--gguf-only", action="store_true",
-                    help="only SmolLM2 at fp32, int8 and its GGUF file's own Q4_1 blocks")
+                    help="only SmolLM2 at fp32, int8 and its GGUF file's own Q4_1 blocks "
+                         "(gguf, gguf-a8)")
     ap.add_argument("--threads-only", action="store_true",
                     help="only the kernels with OpenMP against the pthread pool")
     ap.add_argument("--vs-llamacpp", action="store_true",

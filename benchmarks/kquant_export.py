@@ -11,8 +11,8 @@ SmolLM2-135M-Instruct is exported once to an F16 GGUF (by us); from that same fi
    into a PyTorch model, then written);
 2. the two files are compared tensor by tensor (type and bytes);
 3. llama.cpp's perplexity on 512 tokens of Tiny Shakespeare with each file;
-4. greedy decode of our file, llama.cpp against our engine (``quantize="auto"``), batch 1 and
-   8, and a 512-token prompt.
+4. greedy decode of our file, llama.cpp against our engine (``quantize="auto"``, or the
+   ``--quantize`` modes given), batch 1 and 8, and a 512-token prompt.
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--quantize", nargs="+", default=["auto"],
+                    help="how our engine loads the file for the decode comparison: auto (the "
+                         "default), gguf, gguf-a8, int8; several are timed side by side")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"ISA: {isa()}")
@@ -131,14 +134,16 @@ def main() -> None:
         from scratchlm.checkpoints.load import auto_quantize
         from scratchlm.generation.engine import Engine
 
-        picked = auto_quantize(str(ours))
-        model, _ = load_model_and_tokenizer(str(ours), quantize=picked)
+        modes = [auto_quantize(str(ours)) if q == "auto" else q for q in args.quantize]
+        engines = {f"ours {q}": Engine(load_model_and_tokenizer(str(ours), quantize=q)[0])
+                   for q in modes}
         torch.manual_seed(0)
         prompts = {b: torch.randint(0, 49152, (b, 16)) for b in (1, 8)}
         long = torch.randint(0, 49152, (1, 512))
-        print(f"decode of our {args.quant} file (quantize=auto loads it as {picked!r}):")
-        generation.llama_cpp_speed({f"ours {picked}": Engine(model)}, prompts, long,
-                                   args.new_tokens, args.rounds, path=ours)
+        print(f"decode of our {args.quant} file (quantize=auto loads it as "
+              f"{auto_quantize(str(ours))!r}):")
+        generation.llama_cpp_speed(engines, prompts, long, args.new_tokens, args.rounds,
+                                   path=ours)
 
 
 if __name__ == "__main__":
