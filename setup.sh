@@ -66,6 +66,18 @@ if [ "$job" = test ] && ! command -v chromium >/dev/null 2>&1 \
         || echo "setup: could not install chromium; the web chat test will fail"
 fi
 
+# The ARM kernels are tested here by cross-compiling them and running them under qemu-user
+# (tests/nn/test_neon.py): Debian's aarch64 gcc and qemu, when missing and apt is usable (as
+# root). Elsewhere that test skips and says why.
+if [ "$job" = test ] && ! command -v qemu-aarch64 >/dev/null 2>&1 \
+        && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing gcc-aarch64-linux-gnu and qemu-user (for the ARM kernel test)"
+    apt-get install -y -q gcc-aarch64-linux-gnu qemu-user >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 \
+             && apt-get install -y -q gcc-aarch64-linux-gnu qemu-user >/dev/null 2>&1; } \
+        || echo "setup: could not install them; the ARM kernel test will skip"
+fi
+
 # A folder of pre-fetched data beside the checkout serves as the download mirror when present
 # (offline machines); set SCRATCHLM_MIRROR yourself to use another folder or URL.
 if [ -z "${SCRATCHLM_MIRROR:-}" ] && [ -d ../shared/data ]; then

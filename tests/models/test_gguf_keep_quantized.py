@@ -111,8 +111,10 @@ def test_auto_keeps_a_gguf_files_blocks_only_where_they_run(tmp_path, monkeypatc
     from scratchlm.nn.native import variants
 
     monkeypatch.delenv("SCRATCHLM_NATIVE_VARIANT", raising=False)  # the default build
-    x86 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-    assert auto_quantize("smollm2-135m-instruct") == ("gguf-a8" if x86 else "gguf")
+    from scratchlm.nn.native import act8_block_formats
+
+    integer = {"Q4_1", "Q8_0"} <= act8_block_formats()  # x86 with AVX2, aarch64
+    assert auto_quantize("smollm2-135m-instruct") == ("gguf-a8" if integer else "gguf")
     # the build decides: its blocks with 8-bit activations where the kernel has integer dot
     # products for Q4_1 and Q8_0 (the file's formats: AVX-512 and AVX2 builds), int8 where
     # only the generic path would run them

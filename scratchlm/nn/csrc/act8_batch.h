@@ -1,7 +1,7 @@
 /* Part of decode.c's one translation unit (nn/native.py builds decode.c alone); act8.h's integer
    kernels for batches of 4 and 8 rows */
 
-#ifdef HAVE_ACT8
+#if defined(HAVE_ACT8) && defined(__AVX2__)
 /* ---- 4 or 8 rows of x at once (a batch decoding together) ----------------------------------
    Per block and row of x, act8.h's one-row kernel spends a conversion, a broadcast scale and
    a multiply-add on every 32 weights: at 8 rows it was slower than the float kernels. Here the

@@ -19,8 +19,8 @@
    decode.h is the interface (formats, the Weight struct, the entry points; nn/native.py's
    tables are tested against it). The kernels are split by concern into headers that this file
    includes, one translation unit: rows.h (int8 / float32 rows per ISA), blocks.h (the block
-   formats, plain C), blocks_x86.h, act8.h, blocks_avx512.h, blocks_avx2.h (the block kernels
-   per ISA), layers.h (the decoder layers); this file has the matvec that dispatches to them,
+   formats, plain C), blocks_x86.h, act8.h, act8_batch.h, act8_neon.h, blocks_avx512.h,
+   blocks_avx2.h (the block kernels per ISA), layers.h (the decoder layers); this file has the matvec that dispatches to them,
    the float32 panels and the entry points. */
 
 #include <math.h>
@@ -41,6 +41,7 @@
 #include "blocks_x86.h"    /* x86 byte assembly of blocks */
 #include "act8.h"          /* blocks x activations rounded to 8 bits (integers) */
 #include "act8_batch.h"    /* the same for batches of rows */
+#include "act8_neon.h"     /* the same on ARM (NEON, dotprod) */
 #include "blocks_avx512.h" /* blocks x float32, AVX-512 */
 #include "blocks_avx2.h"   /* blocks x float32, AVX2 */
 
@@ -285,7 +286,7 @@ int64_t act8_block_formats(void) {
 /* The most rows of x a matvec takes with 8-bit activations (FMT_ACT8); more take the float
    kernels */
 int64_t act8_max_rows(void) {
-#if defined(HAVE_ACT8_BATCH)
+#if defined(HAVE_ACT8_BATCH) || defined(ACT8_ANY_ROWS)
     return INT64_MAX;
 #elif defined(HAVE_ACT8)
     return ACT8_MAX_ROWS - 1;
