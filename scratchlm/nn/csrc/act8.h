@@ -148,7 +148,6 @@ static inline __attribute__((always_inline)) void act8_row_kquants(
     const uint8_t *row, int64_t K, const Act8 *a, int64_t b0, float out[8], const int64_t fmt,
     const int R) {
     int64_t bs = block_bytes(fmt), nb = K / 256, nx = K / 32;
-    const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
     __m256 acc[2][8], mins[8]; /* two chains of multiply-adds per row of x */
     for (int b = 0; b < R; b++) acc[0][b] = acc[1][b] = mins[b] = _mm256_setzero_ps();
     for (int64_t j = 0; j < nb; j++) {
@@ -185,15 +184,9 @@ static inline __attribute__((always_inline)) void act8_row_kquants(
             _mm256_storeu_ps(scx[b], _mm256_mul_ps(_mm256_loadu_ps(sc),
                                                    _mm256_loadu_ps(a->d + t)));
         }
-        __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : low4;
         for (int c = 0; c < 4; c++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(blk + (q5 ? 48 : 16) + 32 * c));
             for (int odd = 0; odd < 2; odd++) { /* sub-block 2c + odd */
-                __m256i v = odd ? _mm256_and_si256(_mm256_srli_epi16(q, 4), low4)
-                                : _mm256_and_si256(q, low4);
-                if (q5)
-                    v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(
-                        _mm256_srli_epi16(qh, 2 * c + odd), one), 4));
+                __m256i v = q4k_sub_bytes(blk, 2 * c + odd, q5);
                 int sb = 2 * c + odd;
                 for (int b = 0; b < R; b++) {
                     int64_t t = (b0 + b) * nx + 8 * j + sb;

@@ -162,7 +162,6 @@ static inline __attribute__((always_inline)) void act8_batch_row(
     const int R) {
     int64_t bs = block_bytes(fmt);
     __m256 y = _mm256_setzero_ps(), y2 = y;
-    const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
     if (!is_kquant(fmt)) {
         for (int64_t j = 0; j < K / 32; j++) {
             const uint8_t *blk = row + j * bs;
@@ -226,15 +225,9 @@ static inline __attribute__((always_inline)) void act8_batch_row(
             __m256 mnv;
             q4k_scales8(blk, sc, &mnv);
             _mm256_storeu_ps(mn, mnv);
-            __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : low4;
             for (int c = 0; c < 4; c++) {
-                __m256i q = _mm256_loadu_si256((const __m256i *)(blk + (q5 ? 48 : 16) + 32 * c));
                 for (int odd = 0; odd < 2; odd++) { /* sub-block 2c + odd */
-                    __m256i v = odd ? _mm256_and_si256(_mm256_srli_epi16(q, 4), low4)
-                                    : _mm256_and_si256(q, low4);
-                    if (q5)
-                        v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(
-                            _mm256_srli_epi16(qh, 2 * c + odd), one), 4));
+                    __m256i v = q4k_sub_bytes(blk, 2 * c + odd, q5);
                     int sb = 2 * c + odd;
                     int64_t jx = 8 * j + sb;
                     bvec lo, hi;

@@ -19,6 +19,23 @@ static inline __m256i q6k_bytes(const uint8_t *blk, int g) {
     return _mm256_sub_epi8(q6k_ubytes(blk, g), _mm256_set1_epi8(32));
 }
 
+/* Q4_K / Q5_K: the 32 values of sub-block sb (0..7) in bytes: chunk sb / 2's 32 bytes of
+   nibbles (the low ones for an even sb, the high for an odd) and, for Q5_K, bit sb of qh byte
+   l as 16 (the loads of a chunk's two sub-blocks are one load once inlined) */
+static inline __attribute__((always_inline)) __m256i q4k_sub_bytes(const uint8_t *blk, int sb,
+                                                                   const int q5) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256i q = _mm256_loadu_si256((const __m256i *)(blk + (q5 ? 48 : 16) + 32 * (sb / 2)));
+    __m256i v = _mm256_and_si256(sb & 1 ? _mm256_srli_epi16(q, 4) : q, low4);
+    if (q5) {
+        __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 16));
+        v = _mm256_or_si256(v, _mm256_slli_epi16(
+                                   _mm256_and_si256(_mm256_srli_epi16(qh, sb), _mm256_set1_epi8(1)),
+                                   4));
+    }
+    return v;
+}
+
 /* Q4_K's 8 scales d * sc into sc and minimums dmin * mn as a vector, unpacked four at a time
    in 32-bit words (as llama.cpp's kernels do) instead of one by one */
 static inline void q4k_scales8(const uint8_t *blk, float sc[8], __m256 *mn) {
@@ -44,7 +61,6 @@ static inline __attribute__((always_inline)) void dot4_q4k8(
     const void *rows, int64_t K, const float *x, const float *xsum, float out[4], const int q5) {
     const uint8_t *r = rows;
     int64_t bs = q5 ? 176 : 144, nb = K / 256, rb = nb * bs;
-    const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
     for (int i = 0; i < 4; i++) {
         __m256 acc = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
         __m256 mins = _mm256_setzero_ps();
@@ -57,15 +73,9 @@ static inline __attribute__((always_inline)) void dot4_q4k8(
             __m256 mn;
             q4k_scales8(blk, sc, &mn);
             mins = _mm256_fmadd_ps(mn, _mm256_loadu_ps(xsum + 8 * j), mins);
-            __m256i qh = q5 ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : low4;
             for (int c = 0; c < 4; c++) {
-                __m256i q = _mm256_loadu_si256((const __m256i *)(blk + (q5 ? 48 : 16) + 32 * c));
                 for (int odd = 0; odd < 2; odd++) { /* sub-block 2c + odd */
-                    __m256i v = odd ? _mm256_and_si256(_mm256_srli_epi16(q, 4), low4)
-                                    : _mm256_and_si256(q, low4);
-                    if (q5) /* bit 2c + odd of qh byte l, as 16 */
-                        v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(
-                            _mm256_srli_epi16(qh, 2 * c + odd), one), 4));
+                    __m256i v = q4k_sub_bytes(blk, 2 * c + odd, q5);
                     __m128i v0 = _mm256_castsi256_si128(v), v1 = _mm256_extracti128_si256(v, 1);
                     const float *xs = x + 256 * j + 64 * c + 32 * odd;
                     __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v0)),
