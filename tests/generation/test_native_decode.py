@@ -68,9 +68,20 @@ MODELS = {
 }
 
 
+@pytest.fixture(params=["native", "avx2", "portable"])
+def variant(request, monkeypatch):
+    """Each build of the kernels (nn/native.VARIANTS) that this CPU runs"""
+    from scratchlm.nn.native import variants
+
+    if request.param not in variants():
+        pytest.skip(f"this CPU cannot run the {request.param} build")
+    monkeypatch.setenv("SCRATCHLM_NATIVE_VARIANT", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("rows", [6, 17])
 @pytest.mark.parametrize("name", MODELS)
-def test_native_step_logits_equal_pytorch(name, rows):
+def test_native_step_logits_equal_pytorch(name, rows, variant):
     model = MODELS[name]()
     native = NativeDecoder.create(model)
     assert native is not None
