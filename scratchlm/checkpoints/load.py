@@ -34,7 +34,7 @@ def auto_quantize(name: str, device: str | torch.device = "cpu",
     """What ``quantize="auto"`` loads for a GGUF model decoded in float32 on the CPU: the file's
     own blocks with decode-step activations rounded to 8 bits (``"gguf-a8"``, llama.cpp's
     arithmetic) when the built kernel has that integer path for every block format of the file
-    (``nn/native.act8_block_formats``: x86 with AVX2); else the blocks multiplied in float32
+    (``nn/native.act8_block_formats``: x86 with AVX2, aarch64); else the blocks multiplied in float32
     (``"gguf"``) when it vectorizes them (``nn/native.simd_block_formats``: all of them with
     AVX-512 or AVX2, none in the portable build); else ``"int8"``, which every build runs at
     vector speed; None (the weights as stored) for anything else. The blocks hold the file's

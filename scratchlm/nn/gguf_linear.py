@@ -76,8 +76,9 @@ class GGUFLinear(nn.Module):
         super().__init__()
         check_blocks(blocks, qtype, in_features)
         self.qtype, self.in_features, self.out_features = qtype, in_features, blocks.shape[0]
-        # round the activations of a decode step (< 4 rows) to 8 bits and multiply integers,
-        # as llama.cpp does (csrc/act8.h; quantize="gguf-a8"): faster, not exact
+        # round the activations of a decode step (up to KERNEL_MAX_ROWS rows) to 8 bits and
+        # multiply integers, as llama.cpp does (csrc/act8.h; quantize="gguf-a8"): faster, not
+        # exact; a build's act8_max_rows says how many rows it takes (more: float32)
         self.act8 = act8
         self.register_buffer("blocks", blocks.contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float())
@@ -109,7 +110,8 @@ class GGUFLinear(nn.Module):
 def gguf_matmul(kernel, x: torch.Tensor, blocks: torch.Tensor, qtype: str,
                 bias: torch.Tensor | None, out_features: int, act8: bool = False) -> torch.Tensor:
     """``csrc/decode.c``'s ``gguf_linear`` (``kernel``, of any build variant) on (..., K) x;
-    ``act8``: activations rounded to 8 bits (csrc/act8.h) where x has fewer than 4 rows."""
+    ``act8``: activations rounded to 8 bits (csrc/act8.h) for as many rows as the build takes
+    (``act8_max_rows``: any number with its batch kernels, else 1-3)."""
     x = x.contiguous()
     y = torch.empty(*x.shape[:-1], out_features)
     rows = x.numel() // x.shape[-1]
@@ -129,8 +131,8 @@ def round_activations(model: nn.Module) -> None:
     missing = sorted({m.qtype for m in layers} - act8_block_formats())
     if missing:
         raise ValueError(f"quantize 'gguf-a8': this build's kernels have no 8-bit-activation "
-                         f"path for {', '.join(missing)} (it needs an x86 CPU with AVX2 and a "
-                         "C compiler); use 'gguf'")
+                         f"path for {', '.join(missing)} (it needs an x86 CPU with AVX2 or an "
+                         "aarch64 one, and a C compiler); use 'gguf'")
     for m in layers:
         m.act8 = True
 

@@ -1,7 +1,7 @@
 """Native CPU kernels: small C files in ``nn/csrc`` built with the system C compiler on first
 use and called through ``ctypes``.
 
-    csrc/decode.c --cc -O3 -march=native -mtune=generic -fopenmp--> $SCRATCHLM_CACHE/kernels/<hash>.so
+    csrc/decode.c --cc -O3 -march=native -mtune=generic -fopenmp--> $SCRATCHLM_CACHE/kernels/<h>.so
 
 A kernel is built for the machine it runs on (``-march=native``), so it uses whatever vector
 instructions the CPU has, and links the OpenMP runtime that PyTorch has already loaded (the
@@ -250,7 +250,8 @@ def simd_block_formats(variant: str | None = None) -> set[str]:
 
 def act8_block_formats(variant: str | None = None) -> set[str]:
     """The GGUF block formats the built kernel multiplies with activations rounded to 8 bits
-    (integer dot products, csrc/act8.h: x86 builds with AVX2); empty without them. What
+    (integer dot products, csrc/act8.h: x86 builds with AVX2; act8_neon.h: aarch64); empty
+    without them. What
     ``quantize="gguf-a8"`` needs for every block format of a file."""
     return _formats("act8_block_formats", variant)
 

@@ -108,7 +108,7 @@ def rounded_reference(x: torch.Tensor, blocks: torch.Tensor, qtype: str, n: int)
 @pytest.mark.parametrize("variant", ["native", "avx2", "portable"])
 def test_act8_kernels_multiply_integers_exactly(variant):
     """quantize="gguf-a8": activations rounded to 8 bits per 32, then integer dot products
-    (csrc/act8.h, x86 builds with AVX2) equal that rounding written out in PyTorch within
+    (csrc/act8.h, x86 builds with AVX2; ARM: test_neon.py) equal that rounding written out in PyTorch within
     float32 summation, for every block format, at 1-33 rows of x (groups of 8 and 4 and single
     rows) and weight rows % 4 != 0, and stay within the rounding's bound of the exact product;
     a build without the batch kernel (AVX-512 VNNI) multiplies 4 rows and more in float32,

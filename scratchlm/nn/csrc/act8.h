@@ -1,5 +1,5 @@
 /* GGUF blocks times activations rounded to 8 bits: integer dot products, as llama.cpp
-   multiplies (included by decode.c after its block helpers; x86 with AVX2 only).
+   multiplies (included by decode.c after its block helpers; x86 with AVX2; ARM: act8_neon.h).
 
    The float path of decode.c widens every weight to float32 and multiplies in float32: exact
    to the file's weights, but bound by the arithmetic of widening (about 20 G weights/s for
