@@ -433,7 +433,8 @@ def openmp_vs_pool(new_tokens: int, rounds: int) -> None:
                                       for b in (1, 8)))
 
 
-def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False) -> None:
+def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False,
+               path: str | None = None) -> None:
     """SmolLM2-135M from its Q4_1 GGUF file at four precisions: fp32 (dequantized), int8
     (quantized again from the dequantized weights) and the file's own blocks (``--quantize
     gguf``; ``gguf-a8``: with a decode step's activations rounded to 8 bits): batch-1 and
@@ -443,7 +444,8 @@ def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False) -> None:
     from scratchlm.checkpoints.load import load_model_and_tokenizer
     from scratchlm.checkpoints.names import smollm2_gguf
 
-    models = {q or "fp32": load_model_and_tokenizer("smollm2-135m-instruct", quantize=q)[0]
+    name = path or "smollm2-135m-instruct"  # --gguf-file: another GGUF file (an export)
+    models = {q or "fp32": load_model_and_tokenizer(name, quantize=q)[0]
               for q in (None, "int8", "gguf", "gguf-a8")}
     engines = {k: Engine(m) for k, m in models.items()}
     torch.manual_seed(0)
@@ -458,10 +460,11 @@ def bench_gguf(new_tokens: int, rounds: int, vs_llamacpp: bool = False) -> None:
                 tps[key, b] = max(tps[key, b], b * new_tokens / dt)
             pp[key] = max(pp[key], 512 / ttft(lambda: time_ours(engine, long, 1)))
     if vs_llamacpp:
-        llama_cpp_speed(engines, prompts, long, new_tokens, rounds)
+        llama_cpp_speed(engines, prompts, long, new_tokens, rounds, path=path)
     bandwidth = stream_gbps()
-    size = smollm2_gguf().stat().st_size
-    print(f"smollm2-135m from {smollm2_gguf().name} ({size / 1e6:.0f} MB), "
+    file = Path(path) if path else smollm2_gguf()
+    size = file.stat().st_size
+    print(f"smollm2-135m from {file.name} ({size / 1e6:.0f} MB), "
           f"{torch.get_num_threads()} threads, streaming read {bandwidth:.1f} GB/s")
     print(f"{'weights':>8} {'batch 1':>10} {'batch 8':>10} {'prompt 512':>11} {'memory':>14} "
           f"{'MB/token':>9} {'GB/s':>6}")
@@ -559,20 +562,23 @@ def main():
                          "(gguf, gguf-a8)")
     ap.add_argument("--threads-only", action="store_true",
                     help="only the kernels with OpenMP against the pthread pool")
+    ap.add_argument("--gguf-file", help="with --gguf-only: this GGUF file (e.g. a "
+                    "`scratchlm export --quant q4_0` of SmolLM2) instead of the embedded one")
     ap.add_argument("--vs-llamacpp", action="store_true",
                     help="with --gguf-only: also llama.cpp on the same file (llama-cpp-python)")
     args = ap.parse_args()
     from machine import isa
 
     print(f"ISA: {isa()}")
-    if args.vs_llamacpp and not args.gguf_only:
-        ap.error("--vs-llamacpp goes with --gguf-only")
+    if (args.vs_llamacpp or args.gguf_file) and not args.gguf_only:
+        ap.error("--vs-llamacpp and --gguf-file go with --gguf-only")
     if args.threads_only:
         openmp_vs_pool(args.new_tokens, args.rounds)
         return
     if args.gguf_only:
-        bench_gguf(args.new_tokens, args.rounds, args.vs_llamacpp)
-        format_bandwidth(args.rounds)
+        bench_gguf(args.new_tokens, args.rounds, args.vs_llamacpp, args.gguf_file)
+        if not args.gguf_file:  # the formats' matvecs do not depend on the file
+            format_bandwidth(args.rounds)
         return
     if args.int8_only:
         bench_int8(args.new_tokens, args.rounds)

@@ -33,15 +33,47 @@ static Act8Batch act8_interleave(const Act8 *a, int64_t K, int64_t b0, int R) {
                    malloc(sizeof(float) * (size_t)(nb * R)),
                    malloc(sizeof(float) * (size_t)(2 * nb * R))};
     for (int b = 0; b < R; b++) {
-        const int8_t *q = a->q + (b0 + b) * K;
         for (int64_t j = 0; j < nb; j++) {
             int64_t s = (b0 + b) * nb + j;
-            for (int g = 0; g < 8; g++)
-                memcpy(t.xi + (32 * j + 4 * g) * R + 4 * b, q + 32 * j + 4 * g, 4);
             t.xd[j * R + b] = a->d[s];
             t.xs[j * R + b] = a->s[s];
             t.xr[2 * j * R + b] = a->r[2 * s];
             t.xr[(2 * j + 1) * R + b] = a->r[2 * s + 1];
+        }
+    }
+    /* the bytes: per block, the R rows' 8 groups of 4 transposed (an 8 x 8 transpose of
+       32-bit words; rows past R are zeros, and only R words of each group are kept) */
+    for (int64_t j = 0; j < nb; j++) {
+        __m256i v[8];
+        for (int b = 0; b < 8; b++)
+            v[b] = b < R ? _mm256_loadu_si256((const __m256i *)(a->q + (b0 + b) * K + 32 * j))
+                         : _mm256_setzero_si256();
+        __m256i u[8], w[8];
+        for (int i = 0; i < 8; i += 2) { /* pairs of rows, then quads, then halves */
+            u[i] = _mm256_unpacklo_epi32(v[i], v[i + 1]);
+            u[i + 1] = _mm256_unpackhi_epi32(v[i], v[i + 1]);
+        }
+        for (int i = 0; i < 8; i += 4)
+            for (int k = 0; k < 2; k++) {
+                w[i + k] = _mm256_unpacklo_epi64(u[i + k], u[i + k + 2]);
+                w[i + k + 2] = _mm256_unpackhi_epi64(u[i + k], u[i + k + 2]);
+            }
+        /* w[0..3]: rows 0-3, groups (0, 4), (2, 6), (1, 5), (3, 7) in the two halves;
+           w[4..7]: the same for rows 4-7 */
+        static const int group[4] = {0, 2, 1, 3};
+        for (int k = 0; k < 4; k++) {
+            int g = group[k];
+            __m256i lo = _mm256_permute2x128_si256(w[k], w[k + 4], 0x20); /* group g */
+            __m256i hi = _mm256_permute2x128_si256(w[k], w[k + 4], 0x31); /* group g + 4 */
+            if (R == 8) {
+                _mm256_store_si256((__m256i *)(t.xi + (32 * j + 4 * g) * 8), lo);
+                _mm256_store_si256((__m256i *)(t.xi + (32 * j + 4 * (g + 4)) * 8), hi);
+            } else {
+                _mm_store_si128((__m128i *)(t.xi + (32 * j + 4 * g) * 4),
+                                _mm256_castsi256_si128(lo));
+                _mm_store_si128((__m128i *)(t.xi + (32 * j + 4 * (g + 4)) * 4),
+                                _mm256_castsi256_si128(hi));
+            }
         }
     }
     return t;

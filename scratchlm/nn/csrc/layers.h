@@ -69,6 +69,42 @@ typedef struct {
     int64_t Q, H, KV, D, max_len, slot;
 } AttendJob;
 
+#if defined(__AVX2__) && defined(__FMA__)
+/* s[r] = q . keys[r] for 8 consecutive key rows (D a multiple of 8): eight accumulators, then
+   one transpose-add of the eight into a vector of the 8 sums, instead of a horizontal sum per
+   key (which cost as much as the key's 64 multiply-adds) */
+static inline void dots8(const float *q, const float *keys, int64_t D, float s[8]) {
+    __m256 acc[8];
+    for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < D; i += 8) {
+        __m256 qv = _mm256_loadu_ps(q + i);
+        for (int r = 0; r < 8; r++)
+            acc[r] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + r * D + i), acc[r]);
+    }
+    __m256 t0 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    __m256 t1 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+    _mm256_storeu_ps(s, _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20),
+                                      _mm256_permute2f128_ps(t0, t1, 0x31)));
+}
+
+/* o[0, D) = sum_t p[t] vals[t] for t in [t0, t1] (D a multiple of 8, at most 128: the sums
+   stay in registers across the keys instead of being loaded and stored for each) */
+static inline void weighted_sum(const float *p, const float *vals, int64_t t0, int64_t t1,
+                                int64_t D, float *o) {
+    __m256 acc[16];
+    int64_t n = D / 8;
+    for (int64_t j = 0; j < n; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t t = t0; t <= t1; t++) {
+        __m256 pt = _mm256_set1_ps(p[t]);
+        const float *v = vals + t * D;
+        for (int64_t j = 0; j < n; j++)
+            acc[j] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(v + 8 * j), acc[j]);
+    }
+    for (int64_t j = 0; j < n; j++) _mm256_storeu_ps(o + 8 * j, acc[j]);
+}
+#define HAVE_ATTEND_X86 1
+#endif
+
 static void attend_heads(void *job, int64_t lo, int64_t hi) {
     const AttendJob *a = job;
     const float *qkv = a->qkv, *k_cache = a->k_cache, *v_cache = a->v_cache;
@@ -84,7 +120,18 @@ static void attend_heads(void *job, int64_t lo, int64_t hi) {
         const float *vals = v_cache + (b * KV + kvh) * max_len * D;
         float *s = scores + bh * (slot + 1), *o = ctx + (b * H + hd) * D;
         float m = -INFINITY, sum = 0.f;
-        for (int64_t t = start[b]; t <= slot; t++) {
+        int64_t t = start[b];
+#ifdef HAVE_ATTEND_X86
+        if (D % 8 == 0)
+            for (; t + 8 <= slot + 1; t += 8) {
+                dots8(q, keys + t * D, D, s + t);
+                for (int r = 0; r < 8; r++) {
+                    s[t + r] *= scale;
+                    m = s[t + r] > m ? s[t + r] : m;
+                }
+            }
+#endif
+        for (; t <= slot; t++) {
             float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
             for (int64_t i = 0; i < D; i++) dot += q[i] * keys[t * D + i];
@@ -96,11 +143,18 @@ static void attend_heads(void *job, int64_t lo, int64_t hi) {
             s[t] = exp_approx(s[t] - m);
             sum += s[t];
         }
-        for (int64_t i = 0; i < D; i++) o[i] = 0.f;
-        for (int64_t t = start[b]; t <= slot; t++) {
-            float p = s[t];
+#ifdef HAVE_ATTEND_X86
+        if (D % 8 == 0 && D <= 128) {
+            weighted_sum(s, vals, start[b], slot, D, o);
+        } else
+#endif
+        {
+            for (int64_t i = 0; i < D; i++) o[i] = 0.f;
+            for (int64_t u = start[b]; u <= slot; u++) {
+                float p = s[u];
 #pragma omp simd
-            for (int64_t i = 0; i < D; i++) o[i] += p * vals[t * D + i];
+                for (int64_t i = 0; i < D; i++) o[i] += p * vals[u * D + i];
+            }
         }
         for (int64_t i = 0; i < D; i++) o[i] /= sum;
     }
