@@ -33,6 +33,61 @@ def random_blocks(qtype: str, rows: int, cols: int, seed: int = 0):
     return raw.reshape(rows, -1)
 
 
+# the GGUF block formats the native kernels multiply (nn/gguf_linear.KEPT)
+QTYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
+
+
+def blocks_of(w, qtype: str):
+    """(uint8 blocks (rows, row bytes), the gguf package's dequantized float32 weight) for a
+    weight of ``w``'s shape: ``w`` quantized by the gguf package, or, for the K-quants (which
+    it cannot quantize), random blocks with finite scales."""
+    import numpy as np
+    import torch
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    kind = getattr(GGMLQuantizationType, qtype)
+    if qtype.endswith("_K"):
+        raw = random_blocks(qtype, *w.shape, seed=int(abs(w).sum() * 1000) % 2**32)
+    else:
+        raw = quantize(w, kind)
+    ref = torch.from_numpy(np.array(dequantize(raw, kind), dtype=np.float32))
+    return torch.from_numpy(np.ascontiguousarray(raw).view(np.uint8).reshape(w.shape[0], -1)), ref
+
+
+# the bytes of a block that hold its quantized values (Q6_K: none, see rounded_reference)
+QUANT_BYTES = {"Q8_0": (2, 34), "Q4_0": (2, 18), "Q4_1": (4, 20), "Q5_0": (2, 22),
+               "Q5_1": (4, 24), "Q4_K": (16, 144), "Q5_K": (16, 176), "Q6_K": (0, 0)}
+
+
+def rounded_reference(x, blocks, qtype: str, n: int):
+    """What csrc/act8.h computes, written out: x rounded per run of 32 to int8 (scale
+    max|x| / 127, ties to even, in float32), times the weights' scaled part, plus the blocks'
+    constant part (offset or minimum: the weight with every q zeroed) times x unrounded. Q8_0
+    and Q6_K (signed values, |w| . sign(x, w)) have no constant part."""
+    import torch
+
+    from scratchlm.nn.gguf_blocks import BLOCKS
+    from scratchlm.nn.gguf_linear import dequantize_blocks
+
+    k = x.shape[1]
+    ref = dequantize_blocks(blocks, qtype, (n, k)).double()
+    const = torch.zeros_like(ref)
+    if qtype not in ("Q8_0", "Q6_K"):
+        lo, hi = QUANT_BYTES[qtype]
+        size = BLOCKS[qtype][0]
+        zeroed = blocks.clone().view(n, -1, size)
+        zeroed[:, :, lo:hi] = 0
+        const = dequantize_blocks(zeroed.view(n, -1), qtype, (n, k)).double()
+    runs = x.reshape(x.shape[0], -1, 32)
+    amax = runs.abs().amax(-1, keepdim=True)
+    d = amax / 127  # float32 division, as in C
+    inv = torch.where(amax > 0, torch.tensor(127, dtype=torch.float32) / amax,
+                      torch.zeros_like(amax))
+    xr = (torch.round(runs * inv) * d).reshape(x.shape).double()  # torch.round: ties to even
+    return xr @ (ref - const).T + x.double() @ const.T
+
+
 @contextlib.contextmanager
 def static_server(folder: Path):
     """Serve ``folder`` over HTTP on 127.0.0.1 (a stand-in hub: ``OWNER/NAME/resolve/main/...``

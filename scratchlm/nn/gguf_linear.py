@@ -78,7 +78,7 @@ class GGUFLinear(nn.Module):
         self.qtype, self.in_features, self.out_features = qtype, in_features, blocks.shape[0]
         # round the activations of a decode step (up to KERNEL_MAX_ROWS rows) to 8 bits and
         # multiply integers, as llama.cpp does (csrc/act8.h; quantize="gguf-a8"): faster, not
-        # exact; a build's act8_max_rows says how many rows it takes (more: float32)
+        # exact
         self.act8 = act8
         self.register_buffer("blocks", blocks.contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float())
@@ -110,8 +110,8 @@ class GGUFLinear(nn.Module):
 def gguf_matmul(kernel, x: torch.Tensor, blocks: torch.Tensor, qtype: str,
                 bias: torch.Tensor | None, out_features: int, act8: bool = False) -> torch.Tensor:
     """``csrc/decode.c``'s ``gguf_linear`` (``kernel``, of any build variant) on (..., K) x;
-    ``act8``: activations rounded to 8 bits (csrc/act8.h) for as many rows as the build takes
-    (``act8_max_rows``: any number with its batch kernels, else 1-3)."""
+    ``act8``: activations rounded to 8 bits (csrc/act8.h; a build without that path, which
+    ``round_activations`` refuses, multiplies in float32)."""
     x = x.contiguous()
     y = torch.empty(*x.shape[:-1], out_features)
     rows = x.numel() // x.shape[-1]

@@ -10,29 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_blocks
+from conftest import QTYPES, blocks_of, rounded_reference
 from scratchlm.nn.fuse import concat_linears
 from scratchlm.nn.gguf_blocks import BLOCKS
 from scratchlm.nn.gguf_linear import GGUFLinear, dequantize_blocks, gguf_matmul
 from scratchlm.nn.native import decode_function
 
-gguf = pytest.importorskip("gguf")
-QTYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
-
-
-def blocks_of(w: np.ndarray, qtype: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 blocks (rows, row bytes), the gguf package's dequantized float32 weight) for a
-    weight of ``w``'s shape: ``w`` quantized by the gguf package, or, for the K-quants (which
-    it cannot quantize), random blocks with finite scales."""
-    from gguf.quants import dequantize, quantize
-
-    kind = getattr(gguf.GGMLQuantizationType, qtype)
-    if qtype.endswith("_K"):
-        raw = random_blocks(qtype, *w.shape, seed=int(abs(w).sum() * 1000) % 2**32)
-    else:
-        raw = quantize(w, kind)
-    ref = torch.from_numpy(np.array(dequantize(raw, kind), dtype=np.float32))
-    return torch.from_numpy(np.ascontiguousarray(raw).view(np.uint8).reshape(w.shape[0], -1)), ref
+pytest.importorskip("gguf")  # blocks_of quantizes with it
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
@@ -77,42 +61,13 @@ def test_kernel_equals_dequantize_then_matmul(qtype, variant):
                                rtol=1e-4)
 
 
-# the bytes of a block that hold its quantized values (Q6_K: none, see rounded_reference)
-QUANT_BYTES = {"Q8_0": (2, 34), "Q4_0": (2, 18), "Q4_1": (4, 20), "Q5_0": (2, 22),
-               "Q5_1": (4, 24), "Q4_K": (16, 144), "Q5_K": (16, 176), "Q6_K": (0, 0)}
-
-
-def rounded_reference(x: torch.Tensor, blocks: torch.Tensor, qtype: str, n: int) -> torch.Tensor:
-    """What csrc/act8.h computes, written out: x rounded per run of 32 to int8 (scale
-    max|x| / 127, ties to even, in float32), times the weights' scaled part, plus the blocks'
-    constant part (offset or minimum: the weight with every q zeroed) times x unrounded. Q8_0
-    and Q6_K (signed values, |w| . sign(x, w)) have no constant part."""
-    k = x.shape[1]
-    ref = dequantize_blocks(blocks, qtype, (n, k)).double()
-    const = torch.zeros_like(ref)
-    if qtype not in ("Q8_0", "Q6_K"):
-        lo, hi = QUANT_BYTES[qtype]
-        size = BLOCKS[qtype][0]
-        zeroed = blocks.clone().view(n, -1, size)
-        zeroed[:, :, lo:hi] = 0
-        const = dequantize_blocks(zeroed.view(n, -1), qtype, (n, k)).double()
-    runs = x.reshape(x.shape[0], -1, 32)
-    amax = runs.abs().amax(-1, keepdim=True)
-    d = amax / 127  # float32 division, as in C
-    inv = torch.where(amax > 0, torch.tensor(127, dtype=torch.float32) / amax,
-                      torch.zeros_like(amax))
-    xr = (torch.round(runs * inv) * d).reshape(x.shape).double()  # torch.round: ties to even
-    return xr @ (ref - const).T + x.double() @ const.T
-
-
 @pytest.mark.parametrize("variant", ["native", "avx2", "portable"])
 def test_act8_kernels_multiply_integers_exactly(variant):
     """quantize="gguf-a8": activations rounded to 8 bits per 32, then integer dot products
-    (csrc/act8.h, x86 builds with AVX2; ARM: test_neon.py) equal that rounding written out in PyTorch within
-    float32 summation, for every block format, at 1-33 rows of x (groups of 8 and 4 and single
-    rows) and weight rows % 4 != 0, and stay within the rounding's bound of the exact product;
-    a build without the batch kernel (AVX-512 VNNI) multiplies 4 rows and more in float32,
-    exactly. The portable build has none and says so (the flag then multiplies in float32)."""
+    (csrc/act8.h, x86 builds with AVX2; ARM: test_neon.py) equal that rounding written out
+    in PyTorch within float32 summation, for every block format, at 1-33 rows of x (groups of 8 and 4 and single
+    rows) and weight rows % 4 != 0, and stay within the rounding's bound of the exact product.
+    The portable build has none and says so (the flag then multiplies in float32)."""
     from scratchlm.nn.native import ACT8, FORMATS, act8_block_formats, variants
 
     if variant not in variants():
@@ -125,7 +80,7 @@ def test_act8_kernels_multiply_integers_exactly(variant):
         return
     assert act8_block_formats(variant) == set(QTYPES)
     max_rows = decode_function("act8_max_rows", variant)()
-    assert max_rows >= 3  # at least a decode step of 1-3 rows; AVX-512 VNNI: any batch
+    assert max_rows >= 3  # at least a decode step of 1-3 rows; x86 and ARM: any batch
     rng = np.random.default_rng(4)
     for qtype in QTYPES:
         unit = BLOCKS[qtype][1]
@@ -140,7 +95,7 @@ def test_act8_kernels_multiply_integers_exactly(variant):
                        y.data_ptr(), rows, n, k)
                 exact = x.double() @ ref.double().T
                 scale = (x.abs().double() @ ref.abs().double().T).max()
-                if rows > max_rows:  # batches without act8.h's batch kernel: float, exact
+                if rows > max_rows:  # past the build's limit (none has one now): float, exact
                     assert (y.double() - exact).abs().max() <= 1e-6 * scale + 1e-6
                     continue
                 want = rounded_reference(x, blocks, qtype, n)

@@ -21,12 +21,6 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define HAVE_ACT8 1
 
-/* Without a batch kernel (below) the integer path takes fewer rows of x than this: at 4 and
-   more rows the float kernels, which widen each block once for several rows, were faster than
-   the one-row integer kernel (3072 x 1536 Q5_0 at 8 rows: 393 vs 607 us; at 1 row 201 vs
-   114 us) */
-#define ACT8_MAX_ROWS 4
-
 /* acc + the 4-byte dot products of u (unsigned) and s (signed) in each int32 lane */
 static inline __m256i dpbusd8(__m256i acc, __m256i u, __m256i s) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
@@ -47,13 +41,16 @@ static inline int act8_format(int64_t fmt) {
 
 /* x (B, K) rounded per run of 32: xq (B, K) int8, xd (B, K / 32) the scales, xs (B, K / 32)
    each run's sum of x (not rounded), for the offsets and minimums; r (B, K / 16) the rounded
-   sums per 16, xd * sum(xq) (the batch kernel's signed-weight corrections) */
+   sums per 16, xd * sum(xq) (the batch kernel's signed-weight corrections: taken only when
+   there are 4 rows or more, which are the rows that kernel gets; NULL otherwise) */
 typedef struct { int8_t *q; float *d, *s, *r; } Act8;
 
 static Act8 act8_quantize(const float *x, int64_t B, int64_t K) {
     int64_t n = B * K / 32;
+    int batch = B >= 4;
     Act8 a = {malloc((size_t)(B * K) + 64), malloc(sizeof(float) * (size_t)n),
-              malloc(sizeof(float) * (size_t)n), malloc(sizeof(float) * (size_t)(2 * n))};
+              malloc(sizeof(float) * (size_t)n),
+              batch ? malloc(sizeof(float) * (size_t)(2 * n)) : NULL};
     const __m256 sign = _mm256_set1_ps(-0.f);
     for (int64_t t = 0; t < n; t++) {
         const float *xt = x + 32 * t;
@@ -75,8 +72,10 @@ static Act8 act8_quantize(const float *x, int64_t B, int64_t K) {
         _mm256_storeu_si256((__m256i *)(a.q + 32 * t), q);
         a.d[t] = d;
         a.s[t] = hsum8(_mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3])));
-        a.r[2 * t] = d * hsum8(_mm256_cvtepi32_ps(_mm256_add_epi32(i32[0], i32[1])));
-        a.r[2 * t + 1] = d * hsum8(_mm256_cvtepi32_ps(_mm256_add_epi32(i32[2], i32[3])));
+        if (batch) {
+            a.r[2 * t] = d * hsum8(_mm256_cvtepi32_ps(_mm256_add_epi32(i32[0], i32[1])));
+            a.r[2 * t + 1] = d * hsum8(_mm256_cvtepi32_ps(_mm256_add_epi32(i32[2], i32[3])));
+        }
     }
     return a;
 }

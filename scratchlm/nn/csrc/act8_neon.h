@@ -13,8 +13,6 @@
 #if !defined(HAVE_ACT8) && defined(__aarch64__) && defined(__ARM_NEON)
 #include <arm_neon.h>
 #define HAVE_ACT8 1
-#define ACT8_ANY_ROWS 1 /* every row of x, however many */
-#define ACT8_MAX_ROWS 4
 
 static inline int act8_format(int64_t fmt) {
     return fmt == FMT_Q8_0 || fmt == FMT_Q4_0 || fmt == FMT_Q4_1 || fmt == FMT_Q5_0
@@ -34,7 +32,7 @@ static Act8 act8_quantize(const float *x, int64_t B, int64_t K) {
             v[i] = vld1q_f32(xt + 4 * i);
             m = vmaxq_f32(m, vabsq_f32(v[i]));
         }
-        /* the sum in the order act8.h takes it: lanes of 8, then across */
+        /* the sum as act8.h adds it (lanes of 8, then across), but for the last steps */
         float32x4_t lo = vaddq_f32(vaddq_f32(v[0], v[2]), vaddq_f32(v[4], v[6]));
         float32x4_t hi = vaddq_f32(vaddq_f32(v[1], v[3]), vaddq_f32(v[5], v[7]));
         sum = vaddq_f32(lo, hi);

@@ -283,13 +283,11 @@ int64_t act8_block_formats(void) {
     return bits;
 }
 
-/* The most rows of x a matvec takes with 8-bit activations (FMT_ACT8); more take the float
-   kernels */
+/* The most rows of x a matvec takes with 8-bit activations (FMT_ACT8): any number where the
+   build has them (x86: act8_batch.h's groups of 8 and 4, then single rows; ARM: single rows) */
 int64_t act8_max_rows(void) {
-#if defined(HAVE_ACT8_BATCH) || defined(ACT8_ANY_ROWS)
+#ifdef HAVE_ACT8
     return INT64_MAX;
-#elif defined(HAVE_ACT8)
-    return ACT8_MAX_ROWS - 1;
 #else
     return 0;
 #endif
