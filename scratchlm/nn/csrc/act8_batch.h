@@ -278,9 +278,108 @@ static inline __attribute__((always_inline)) void act8_batch_row(
     for (int b = 0; b < R; b++) out[b] = o[b];
 }
 
+#ifndef ACT8_WIDE
+/* 4 bytes at p in every 32-bit lane, by a load: left to itself, gcc turns a broadcast of bytes
+   just stored or loaded into shuffles, which all go to one port */
+static inline __m256i broadcast32(const void *p) {
+    __m256i v;
+    __asm__("vpbroadcastd %1, %0" : "=x"(v) : "m"(*(const int32_t *)p));
+    return v;
+}
+
+/* AVX2, 8 rows of x, the 4- and 5-bit formats of blocks of 32: four weight rows at once, so
+   that each load of x's interleaved group (8 rows x 4 activations) serves four dot products;
+   one weight row at a time, x's loads and the weights' broadcasts were as many as the dot
+   products. The groups of 4 weights are broadcast by loads: Q4_0 / Q4_1's straight from the
+   block (a group h and h + 4 share bytes 4h .. 4h + 3), Q5's from the bytes assembled on the
+   stack. Without VNNI, 4-bit products are summed in int16 over the whole block
+   (8 x 2 x 15 x 127 < 2^15), 5-bit ones over half of it. (Q8_0, whose sign trick costs two
+   more instructions a product, measured no faster this way: act8_batch_row takes it.) */
+static inline __attribute__((always_inline)) void act8_batch4x8_blocks(
+    const uint8_t *rows, size_t row_bytes, int64_t K, const Act8Batch *t, float out[8][4],
+    const int64_t fmt) {
+    const int64_t bs = block_bytes(fmt);
+    const int direct = fmt == FMT_Q4_0 || fmt == FMT_Q4_1;
+    const int offset = fmt == FMT_Q4_0 ? -8 : fmt == FMT_Q5_0 ? -16 : 0; /* of q, times d */
+#if !(defined(__AVX512VNNI__) && defined(__AVX512VL__)) && !defined(__AVXVNNI__)
+    const int sum16 = direct ? 8 : 4;
+#endif
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256 y[4];
+    for (int i = 0; i < 4; i++) y[i] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < K / 32; j++) {
+        uint32_t ub[4][8] __attribute__((aligned(32)));
+        const uint8_t *blk[4];
+        for (int i = 0; i < 4; i++) {
+            blk[i] = rows + i * row_bytes + j * bs;
+            if ((j & 1) == 0)
+                _mm_prefetch((const char *)blk[i] + PREFETCH_AHEAD / 2, _MM_HINT_T0);
+            if (!direct)
+                _mm256_store_si256((__m256i *)ub[i], act8_block_bytes(blk[i], fmt));
+        }
+        const int qoff = fmt == FMT_Q4_1 ? 4 : 2; /* the q bytes in a block */
+        const int8_t *xi = t->xi + 32 * j * 8;
+        __m256i acc[4];
+#if !(defined(__AVX512VNNI__) && defined(__AVX512VL__)) && !defined(__AVXVNNI__)
+        __m256i p[4];
+#endif
+#pragma GCC unroll 8
+        for (int h = 0; h < 8; h++) {
+            __m256i x = _mm256_load_si256((const __m256i *)(xi + 32 * h));
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                __m256i w;
+                if (!direct)
+                    w = broadcast32(&ub[i][h]);
+                else {
+                    w = broadcast32(blk[i] + qoff + 4 * (h & 3));
+                    w = _mm256_and_si256(h < 4 ? w : _mm256_srli_epi16(w, 4), low4);
+                }
+#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
+                acc[i] = dpbusd8(h ? acc[i] : _mm256_setzero_si256(), w, x);
+#else
+                __m256i prod = _mm256_maddubs_epi16(w, x);
+                p[i] = h % sum16 ? _mm256_add_epi16(p[i], prod) : prod;
+                /* keep the sums in order (gcc otherwise computes every product first and runs
+                   out of registers) */
+                __asm__("" : "+x"(p[i]));
+                if (h % sum16 == sum16 - 1) {
+                    __m256i v = _mm256_madd_epi16(p[i], _mm256_set1_epi16(1));
+                    acc[i] = h == sum16 - 1 ? v : _mm256_add_epi32(acc[i], v);
+                }
+#endif
+            }
+        }
+        /* y += d (dot xd + offset xs), or + m xs for Q4_1 / Q5_1 */
+        __m256 xd = _mm256_loadu_ps(t->xd + j * 8), xs = _mm256_loadu_ps(t->xs + j * 8);
+        __m256 oxs = _mm256_mul_ps(_mm256_set1_ps((float)offset), xs);
+        for (int i = 0; i < 4; i++) {
+            __m256 d = _mm256_set1_ps(half_to_float(blk[i]));
+            __m256 dot = _mm256_cvtepi32_ps(acc[i]);
+            if (fmt == FMT_Q4_1 || fmt == FMT_Q5_1) {
+                y[i] = _mm256_fmadd_ps(_mm256_mul_ps(dot, xd), d, y[i]);
+                y[i] = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(blk[i] + 2)), xs, y[i]);
+            } else
+                y[i] = _mm256_fmadd_ps(_mm256_fmadd_ps(dot, xd, oxs), d, y[i]);
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        float o[8];
+        _mm256_storeu_ps(o, y[i]);
+        for (int b = 0; b < 8; b++) out[b][i] = o[b];
+    }
+}
+#endif
+
 static inline __attribute__((always_inline)) void act8_batch4_fmt(
     const uint8_t *rows, size_t row_bytes, int64_t K, const Act8Batch *t, float out[8][4],
     const int64_t fmt, const int R) {
+#ifndef ACT8_WIDE
+    if (R == 8 && !is_kquant(fmt) && fmt != FMT_Q8_0) {
+        act8_batch4x8_blocks(rows, row_bytes, K, t, out, fmt);
+        return;
+    }
+#endif
     for (int i = 0; i < 4; i++) {
         float o[8];
         act8_batch_row(rows + i * row_bytes, K, t, o, fmt, R);
