@@ -35,9 +35,11 @@ CSRC = Path(__file__).parent / "csrc"
 FLAGS = ("-O3", "-march=native", "-mtune=generic", "-fPIC", "-shared")
 # what a kernel is built for: this CPU (every vector unit it has); an AVX2 build (csrc/decode.c's
 # AVX2 + FMA intrinsics: what -march=native gives a CPU without AVX-512, built here so that it
-# is tested here; x86-64 only); or a portable build (plain C vectorized for the architecture's
-# baseline)
+# is tested here; x86-64 only); the same with AVX-VNNI (Intel's client CPUs since Alder Lake:
+# 256-bit integer dot products, no AVX-512), where the CPU has it; or a portable build (plain C
+# vectorized for the architecture's baseline)
 VARIANTS = {"native": FLAGS, "avx2": ("-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared"),
+            "avxvnni": ("-O3", "-mavx2", "-mfma", "-mf16c", "-mavxvnni", "-fPIC", "-shared"),
             "portable": ("-O3", "-fPIC", "-shared")}
 # code whose float arithmetic must round as written, the same on every CPU: the architecture's
 # baseline with no fused multiply-adds (csrc/quantize.c, which must equal llama.cpp's reference
@@ -46,8 +48,8 @@ EXACT = ("-O2", "-ffp-contract=off", "-fPIC", "-shared")
 
 
 def default_variant() -> str:
-    """The variant kernels are built as: ``SCRATCHLM_NATIVE_VARIANT`` (native, avx2 or
-    portable; default native), so that every variant can be run and timed on one machine."""
+    """The variant kernels are built as: ``SCRATCHLM_NATIVE_VARIANT`` (native, avx2, avxvnni
+    or portable; default native), so that every variant can be run and timed on one machine."""
     variant = os.environ.get("SCRATCHLM_NATIVE_VARIANT", "native")
     if variant not in VARIANTS:
         raise ValueError(f"SCRATCHLM_NATIVE_VARIANT={variant!r}: must be one of "
@@ -56,11 +58,17 @@ def default_variant() -> str:
 
 
 def variants() -> list[str]:
-    """The build variants this machine can run (torch knows whether the CPU has AVX2)."""
+    """The build variants this machine can run (torch knows whether the CPU has AVX2; Linux's
+    /proc/cpuinfo whether it has AVX-VNNI)."""
     import torch
 
     avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-    return [v for v in VARIANTS if v != "avx2" or avx2]
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        flags = []
+    runs = {"avx2": avx2, "avxvnni": avx2 and "avx_vnni" in flags}
+    return [v for v in VARIANTS if runs.get(v, True)]
 
 
 def kernel_dir() -> Path:

@@ -15,7 +15,7 @@ from scratchlm.models.gpt import GPT, GPTConfig
 from scratchlm.models.llama import Llama, LlamaConfig
 from scratchlm.models.qwen3 import Qwen3Config
 from scratchlm.nn.fuse import fuse_projections
-from scratchlm.nn.native import PANEL_MIN_ROWS, decode_function
+from scratchlm.nn.native import PANEL_MIN_ROWS, VARIANTS, decode_function
 from scratchlm.nn.quant import quantize_int8
 
 
@@ -68,7 +68,7 @@ MODELS = {
 }
 
 
-@pytest.fixture(params=["native", "avx2", "portable"])
+@pytest.fixture(params=list(VARIANTS))
 def variant(request, monkeypatch):
     """Each build of the kernels (nn/native.VARIANTS) that this CPU runs"""
     from scratchlm.nn.native import variants

@@ -118,7 +118,7 @@ def test_auto_keeps_a_gguf_files_blocks_only_where_they_run(tmp_path, monkeypatc
     # the build decides: its blocks with 8-bit activations where the kernel has integer dot
     # products for Q4_1 and Q8_0 (the file's formats: AVX-512 and AVX2 builds), int8 where
     # only the generic path would run them
-    for variant, want in (("avx2", "gguf-a8"), ("portable", "int8")):
+    for variant, want in (("avx2", "gguf-a8"), ("avxvnni", "gguf-a8"), ("portable", "int8")):
         if variant in variants():
             monkeypatch.setenv("SCRATCHLM_NATIVE_VARIANT", variant)
             assert auto_quantize("smollm2-135m-instruct") == want, variant

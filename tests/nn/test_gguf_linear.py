@@ -14,7 +14,7 @@ from conftest import QTYPES, blocks_of, rounded_reference
 from scratchlm.nn.fuse import concat_linears
 from scratchlm.nn.gguf_blocks import BLOCKS
 from scratchlm.nn.gguf_linear import GGUFLinear, dequantize_blocks, gguf_matmul
-from scratchlm.nn.native import decode_function
+from scratchlm.nn.native import VARIANTS, decode_function
 
 pytest.importorskip("gguf")  # blocks_of quantizes with it
 
@@ -28,7 +28,7 @@ def test_dequantize_equals_the_gguf_package(qtype):
                                rtol=1e-6)  # C (fused multiply-adds) and numpy alike
 
 
-@pytest.mark.parametrize("variant", ["native", "avx2", "portable"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_kernel_equals_dequantize_then_matmul(qtype, variant):
     from scratchlm.nn.native import default_variant, variants
@@ -61,7 +61,7 @@ def test_kernel_equals_dequantize_then_matmul(qtype, variant):
                                rtol=1e-4)
 
 
-@pytest.mark.parametrize("variant", ["native", "avx2", "portable"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_act8_kernels_multiply_integers_exactly(variant):
     """quantize="gguf-a8": activations rounded to 8 bits per 32, then integer dot products
     (csrc/act8.h, x86 builds with AVX2; ARM: test_neon.py) equal that rounding written out
@@ -106,7 +106,7 @@ def test_act8_kernels_multiply_integers_exactly(variant):
                 assert ((y.double() - exact).abs() <= bound + 1e-5 * scale).all(), qtype
 
 
-@pytest.mark.parametrize("variant", ["native", "avx2", "portable"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_int8_and_f32_kernels_equal_the_matmul(variant):
     """The int8 and float32 row kernels of each build at 1-33 rows of x, with widths that are
     not a multiple of any vector length (the tails)."""
@@ -138,8 +138,9 @@ def test_each_build_says_which_block_formats_it_vectorizes():
     if decode_function("gguf_linear", "portable") is None:
         pytest.skip("no C compiler")
     assert simd_block_formats("portable") == set()
-    if "avx2" in variants():
-        assert simd_block_formats("avx2") == set(QTYPES)
+    for v in ("avx2", "avxvnni"):
+        if v in variants():
+            assert simd_block_formats(v) == set(QTYPES)
     if torch.backends.cpu.get_cpu_capability() == "AVX512":
         assert simd_block_formats("native") == set(QTYPES)
 
