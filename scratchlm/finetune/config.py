@@ -38,5 +38,7 @@ class GRPOSettings:
     rewards: str = "answer,format:0.2"  # name[:weight] list: answer, format, length, reward_model
     reward_model: str | None = None  # a `finetune reward` run's final/ for reward_model
     length_penalty: NonNegFloat = 0.001  # the length reward: -this per completion token
+    packing: bool = False  # the update pass runs a group's completions side by side in one
+    # row after their prompt, without padding (rl/grpo.py group_logprobs): the same values
     iterations: Count = 1  # optimizer steps on each rollout (trl's num_iterations; > 1: the
     # ratio to the sampling policy moves off 1 and the clip acts)

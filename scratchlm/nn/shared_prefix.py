@@ -10,6 +10,13 @@ rows attend to its keys and values (broadcast, not copied) and then to their own
     prefix.share()
     h_rows = model.hidden_states(completion_ids, prefix)   # (G, T): positions P .. P + T - 1
 
+Packed (``prefix.share(lengths)``), the completions come as one row, side by side without
+padding: each attends to the prompt and to its own earlier tokens only, its positions counting
+on from the prompt's, as if it ran alone:
+
+    prefix.share([3, 2])
+    h = model.hidden_states(torch.cat([c0, c1])[None], prefix)   # (1, 5): [a a a b b]
+
 The completion rows' logits equal the whole rows' (the same attention over the same keys),
 and the prompt's gradient is the sum of its G uses, as it is for G copies. It speaks the
 ``attend`` / ``positions`` / ``advance`` protocol of ``nn/kv_cache.py``'s caches, so every
@@ -30,15 +37,33 @@ class SharedPrefix:
         self.keys: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (1, KV, P, D)
         self.length = 0  # the prompt's tokens once it has run
         self.shared = False
+        self.packed: tuple[torch.Tensor, torch.Tensor] | None = None  # (segment, offset) (T,)
+        self._masks: dict[int, torch.Tensor] = {}  # window -> the packed row's (T, P + T) mask
 
-    def share(self) -> None:
-        """The prompt has run: from now on, rows continue it."""
+    def share(self, lengths: list[int] | None = None) -> None:
+        """The prompt has run: from now on, rows continue it; with ``lengths``, as one packed
+        row of continuations of these lengths side by side (the module docstring)."""
         if not self.keys:
             raise RuntimeError("SharedPrefix.share(): run the prompt through the model first")
         self.shared = True
+        if lengths is not None:
+            n = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
+            if (n < 0).any():
+                raise ValueError(f"SharedPrefix.share(): negative lengths {lengths}")
+            segment = torch.repeat_interleave(torch.arange(len(n), device=self.device), n)
+            starts = torch.cumsum(n, 0) - n
+            offset = torch.arange(len(segment), device=self.device) - starts[segment]
+            self.packed = (segment, offset)
 
     def positions(self, t: int) -> torch.Tensor:
-        """(1, T) positions of the next ``t`` tokens of every row."""
+        """(1, T) positions of the next ``t`` tokens of every row (packed: of each
+        continuation, from the prompt's length on)."""
+        if self.shared and self.packed is not None:
+            segment, offset = self.packed
+            if t != len(segment):
+                raise ValueError(f"SharedPrefix: a packed row of {len(segment)} tokens was "
+                                 f"given {t}")
+            return (self.length + offset)[None]
         return torch.arange(self.length, self.length + t, device=self.device)[None]
 
     def advance(self, t: int) -> None:
@@ -56,6 +81,11 @@ class SharedPrefix:
             return k, v, None, True
         pk, pv = self.keys[layer]
         b, p = k.shape[0], pk.shape[2]
+        if self.packed is not None:
+            if b != 1:
+                raise ValueError("SharedPrefix: packed continuations are one row")
+            return (torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2),
+                    self._packed_mask(p, window), False)
         keys = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)  # (B, KV, P + T, D)
         values = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
         q = torch.arange(p, p + t, device=k.device)[:, None]
@@ -64,3 +94,18 @@ class SharedPrefix:
         if window:
             mask &= q - s < window
         return keys, values, mask, False
+
+    def _packed_mask(self, p: int, window: int) -> torch.Tensor:
+        """(T, P + T) bool: every packed token sees the prompt and its own continuation's
+        earlier tokens (and, on a local layer, only the last ``window`` positions of those)."""
+        mask = self._masks.get(window)
+        if mask is None:
+            segment, offset = self.packed
+            pos = p + offset  # each token's position in its own prompt + continuation
+            own = (segment[:, None] == segment[None, :]) & (offset[:, None] >= offset[None, :])
+            prompt = torch.ones(len(segment), p, dtype=torch.bool, device=segment.device)
+            if window:
+                own &= (offset[:, None] - offset[None, :]) < window
+                prompt &= (pos[:, None] - torch.arange(p, device=segment.device)[None]) < window
+            mask = self._masks[window] = torch.cat([prompt, own], 1)
+        return mask

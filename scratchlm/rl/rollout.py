@@ -303,7 +303,8 @@ class GRPOLoss(nn.Module):
         longest = max(len(r) for r in rows)
         comps = torch.tensor([r + [0] * (longest - len(r)) for r in rows], device=device)
         logp, ent = group_logprobs(model, torch.tensor(prompt.ids, device=device), comps,
-                                   self.s.temperature)
+                                   self.s.temperature,
+                                   [len(r) for r in rows] if self.s.packing else None)
         pad = width - longest
         return (nn.functional.pad(logp, (0, pad)), nn.functional.pad(ent, (0, pad)))
 

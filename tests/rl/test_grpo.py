@@ -143,7 +143,7 @@ def test_the_loss_equals_trl_grpo_trainer(loss, tmp_path, small_bpe):
 
 
 
-@pytest.mark.parametrize("name,changes", [
+FAMILIES = [
     ("gpt-tiny", {"vocab_size": 97}),
     ("llama-tiny", {"vocab_size": 97}),
     ("qwen3-tiny", {"vocab_size": 97}),
@@ -153,8 +153,14 @@ def test_the_loss_equals_trl_grpo_trainer(loss, tmp_path, small_bpe):
     ("qwen3-tiny", {"vocab_size": 97, "moe": {"num_experts": 4, "top_k": 2,
                                              "intermediate_size": 32}}),
     # per-layer embeddings and KV-shared layers reading the prompt's keys
-    ("gemma4-tiny", {"vocab_size": 97})],
-    ids=["gpt", "llama", "qwen3", "gemma3-w8", "gemma3-w12", "qwen3-moe", "gemma4"])
+    ("gemma4-tiny", {"vocab_size": 97}),
+    # linear-attention layers: a state per row, no shared prompt; the rows run whole
+    ("qwen3.5-tiny", {"vocab_size": 97})]
+FAMILY_IDS = ["gpt", "llama", "qwen3", "gemma3-w8", "gemma3-w12", "qwen3-moe", "gemma4",
+              "qwen3.5"]
+
+
+@pytest.mark.parametrize("name,changes", FAMILIES, ids=FAMILY_IDS)
 def test_the_prompt_run_once_for_a_group_gives_the_whole_rows_values(name, changes):
     """group_logprobs (the prompt once, its keys shared by the G rows) equals token_logprobs
     on G whole rows of prompt + completion: log-probabilities, entropies and gradients."""
@@ -186,3 +192,42 @@ def test_the_prompt_run_once_for_a_group_gives_the_whole_rows_values(name, chang
         # 100, its attention unscaled behind normed queries and keys; a wrong gradient is off
         # by its own size)
         assert (y - x).norm() <= 1e-4 * x.norm() + 1e-6
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["shared", "whole-rows"])
+@pytest.mark.parametrize("name,changes", FAMILIES, ids=FAMILY_IDS)
+def test_packed_completions_give_the_padded_rows_values(name, changes, checkpointing):
+    """group_logprobs with ``lengths`` (the G completions side by side in one row after the
+    shared prompt; with block checkpointing, and for linear-attention layers, whole rows side
+    by side with a document mask; no padding either way) equals the padded rows on every real
+    token: log-probabilities, entropies and gradients; padding reads 0. Lengths 9, 5, 1 and 0
+    (a completion of one token has no inputs of its own; one of none has nothing at all)."""
+    from scratchlm.models.registry import build_model, preset
+    from scratchlm.rl.grpo import group_logprobs
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(preset(name)[1], **changes,
+                                            grad_checkpointing=checkpointing)).eval()
+    prompt = torch.randint(0, 97, (11,))
+    lengths = [9, 5, 1, 0, 7]
+    rows = torch.randint(0, 97, (len(lengths), 9))
+    real = torch.arange(9)[None] < torch.tensor(lengths)[:, None]
+    rows[~real] = 0
+    weights = torch.linspace(-1, 1, rows.numel()).view_as(rows.float()) * real
+    out = []
+    for packed in (False, True):
+        model.zero_grad()
+        logp, ent = group_logprobs(model, prompt, rows, 0.7, lengths if packed else None)
+        (logp * weights).sum().backward()
+        out.append((logp.detach(), ent, [p.grad.clone() for p in model.parameters()
+                                         if p.grad is not None]))
+    (a, ea, ga), (b, eb, gb) = out
+    torch.testing.assert_close(b[real], a[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(eb[real], ea[real], rtol=1e-5, atol=1e-5)
+    assert (b[~real] == 0).all() and (eb[~real] == 0).all()
+    assert len(ga) == len(gb) > 0
+    for x, y in zip(ga, gb):
+        assert (y - x).norm() <= 1e-4 * x.norm() + 1e-6
+    # lengths that do not fit the rows are refused
+    with pytest.raises(ValueError, match="lengths"):
+        group_logprobs(model, prompt, rows, 0.7, [10, 5, 1, 0, 7])

@@ -208,3 +208,29 @@ def test_iterations_train_several_steps_on_one_rollout():
                 {**held, "completions": [[10**6] + c[1:] for c in held["completions"]]}):
         with pytest.raises(ValueError):
             GRPOLoss(model, _Tok(), prompts, reward, s).load_checkpoint_state(bad)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+def test_packed_update_pass_trains_as_the_padded_one(beta):
+    """--grpo.packing: the same rollout (completions of different lengths), the loss and the
+    adapters' gradients of the padded update pass, the reference's log-probabilities (beta)
+    packed too."""
+    s0 = dict(group_size=3, max_new_tokens=6, temperature=4.0, beta=beta)
+    prompts = [Prompt("p0", [5, 6, 7], "x"), Prompt("p1", [8, 9], "y")]
+    reward = lambda p, c, r: float(sum(ch < "n" for ch in c))  # noqa: E731
+    out = []
+    for packing in (False, True):
+        model = llama(lora=True, noise=0.01)
+        loss_module = GRPOLoss(model, _Tok(), prompts, reward,
+                               GRPOSettings(**s0, packing=packing))
+        torch.manual_seed(16)  # the rollout's seed: completions of 6, 1 and 6 tokens, ...
+        loss = loss_module(torch.tensor([0, 1]))
+        loss.backward()
+        out.append((loss.detach(), _lora_grads(model), loss_module.step_metrics()))
+    (la, ga, ma), (lb, gb, mb) = out
+    assert len({len(c) for c in loss_module._step.rollout.completions}) > 1  # padding to pack
+    torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in ga)
+    assert mb["entropy"] == pytest.approx(ma["entropy"], rel=1e-5)
