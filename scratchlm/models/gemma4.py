@@ -51,6 +51,7 @@ from scratchlm.nn.init import normal_init
 from scratchlm.nn.kv_cache import SlidingKVCache
 from scratchlm.nn.moe import MoEConfig, MoEFeedForward, moe_from
 from scratchlm.nn.native import step_linear
+from scratchlm.nn.packed_attention import PackedMask, sdpa
 from scratchlm.nn.norm import RMSNorm
 from scratchlm.nn.rope import apply_rope
 from scratchlm.nn.softcap import SoftcapLinear
@@ -215,12 +216,12 @@ class Gemma4Attention(nn.Module):
             v = self.v_norm(v).transpose(1, 2)  # (B, KV, T, D)
             shared = attend_cached(cache, layer, k, v, t, self.window)
         k, v, mask, causal = shared
-        if t == 1 and kv != h and not causal:  # a decode step: each key read once per group
+        if t == 1 and kv != h and not causal and not isinstance(mask, PackedMask):
+            # a decode step: each key read once per group
             context = F.scaled_dot_product_attention(
                 q.view(b, kv, h // kv, d), k, v, attn_mask=mask, scale=1.0).view(b, h, 1, d)
         else:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                                     scale=1.0, enable_gqa=kv != h)
+            context = sdpa(q, k, v, mask, causal, 1.0, enable_gqa=kv != h)
         context = context.transpose(1, 2).reshape(b, t, h * d)  # (B, T, H*D)
         return step_linear(self.out_proj, context), shared
 

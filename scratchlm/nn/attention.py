@@ -25,6 +25,7 @@ from torch import nn
 
 from scratchlm.nn.fuse import concat_linears
 from scratchlm.nn.native import step_linear
+from scratchlm.nn.packed_attention import PackedMask, sdpa
 from scratchlm.nn.rope import apply_rope
 
 
@@ -242,10 +243,8 @@ class CausalSelfAttention(nn.Module):
         qkv = self.qkv(x).view(b, num_tokens, 3, self.num_heads, self.head_dim)  # (B, T, 3, H, D)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
         k, v, mask, causal = attend_cached(cache, layer, k, v, num_tokens, self.window)
-        context = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=causal,
-        )  # (B, H, T, D)
+        context = sdpa(q, k, v, mask, causal,
+                       dropout=self.dropout if self.training else 0.0)  # (B, H, T, D)
         context = context.transpose(1, 2).reshape(b, num_tokens, self.d_out)  # (B, T, C)
         return self.out_proj(context)
 
@@ -340,7 +339,7 @@ class GroupedQueryAttention(nn.Module):
         k, v, mask, causal = attend_cached(cache, layer, k, v, t, self.window)
         if self.sinks is not None:
             context = attention_with_sinks(q, k, v, mask, causal, self.sinks, self.scale)
-        elif t == 1 and kv != h and not causal:
+        elif t == 1 and kv != h and not causal and not isinstance(mask, PackedMask):
             # one query per row: a group's query heads become queries of their key/value head,
             # so SDPA reads each cached key once instead of repeating it per query head (3x
             # faster at 8k tokens); a (B, 1, 1, S) or (1, S) mask broadcasts over the group
@@ -348,8 +347,7 @@ class GroupedQueryAttention(nn.Module):
                 q.view(b, kv, h // kv, d), k, v, attn_mask=mask, scale=self.scale,
             ).view(b, h, 1, d)
         else:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                                     scale=self.scale, enable_gqa=kv != h)
+            context = sdpa(q, k, v, mask, causal, self.scale, enable_gqa=kv != h)
         context = context.transpose(1, 2).reshape(b, t, h * d)  # (B, T, H*D)
         if gate is not None:
             context = context * torch.sigmoid(gate)
@@ -400,6 +398,8 @@ def attention_with_sinks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q (B, H, T, D); k, v (B, KV, S, D); mask broadcastable to (B, 1, T, S) or None."""
     b, h, t, _ = q.shape
     kv, s = k.shape[1], k.shape[2]
+    if isinstance(mask, PackedMask):  # the sinks need the whole row's scores
+        mask = mask.dense()
     if mask is None:
         mask = (torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t) if causal
                 else torch.ones(t, s, dtype=torch.bool, device=q.device))

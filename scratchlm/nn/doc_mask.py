@@ -1,9 +1,10 @@
 """Attention that does not cross documents, for rows packed with several of them.
 
 A packed row holds documents side by side: ``[a a a b b c c c c]``. With ``DocumentMask`` each
-token attends only to earlier tokens of its own document (a block-diagonal causal mask, through
-SDPA), and positions restart at 0 with each document, so every document is computed as if it
-were alone in its row.
+token attends only to earlier tokens of its own document (a block-diagonal causal mask: SDPA on
+each document, ``nn/packed_attention.py``, or one mask of the whole rows when the documents are
+many and short), and positions restart at 0 with each document, so every document is computed
+as if it were alone in its row.
 
     segments  0 0 0 1 1 2 2 2 2          (B, T): the document index of each position
     positions 0 1 2 0 1 0 1 2 3
@@ -17,6 +18,12 @@ stores nothing.
 from __future__ import annotations
 
 import torch
+
+from scratchlm.nn.packed_attention import PackedMask
+
+# more documents than this in a batch and the mask of whole rows is used: SDPA per document
+# costs a call each
+MAX_PIECES = 256
 
 
 class DocumentMask:
@@ -33,10 +40,17 @@ class DocumentMask:
         # the index where each position's document starts: a running max of the start indices
         first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
         self._positions = idx - first  # (B, T)
-        same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
-        self._mask = (same & torch.ones(t, t, dtype=torch.bool, device=segments.device)
-                      .tril())[:, None]  # (B, 1, T, T)
-        self._windowed: dict[int, torch.Tensor] = {}
+        # each row's documents as pieces (row, start, end, no prefix, start): attention one
+        # document at a time (nn/packed_attention.py) where that is less work than a mask of
+        # the whole row, i.e. unless the row's documents are many and short
+        pieces = []
+        for row, begin in enumerate(starts.tolist()):
+            cuts = [i for i, first_token in enumerate(begin) if first_token] + [t]
+            pieces += [(row, lo, hi, 0, lo) for lo, hi in zip(cuts, cuts[1:])]
+        area = sum((hi - lo) ** 2 for _, lo, hi, _, _ in pieces)
+        self._pieces = pieces if len(pieces) <= MAX_PIECES and 2 * area <= len(segments) * t * t \
+            else None
+        self._masks: dict[int, torch.Tensor | PackedMask] = {}
 
     def positions(self, t: int) -> torch.Tensor:
         """(B, T) position of each token inside its document."""
@@ -47,16 +61,23 @@ class DocumentMask:
 
     def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor, window: int = 0):
         """(keys, values, mask, is_causal) for SDPA: the block-diagonal causal mask (limited to
-        the last ``window`` positions on a local layer)."""
-        if not window:
-            return k, v, self._mask, False
-        mask = self._windowed.get(window)
+        the last ``window`` positions on a local layer), as pieces (``PackedMask``) or as one
+        boolean mask."""
+        mask = self._masks.get(window)
         if mask is None:
-            t = self.segments.shape[1]
-            q = torch.arange(t, device=k.device)
-            near = (q[:, None] - q[None, :]) < window  # (T, T)
-            mask = self._windowed[window] = self._mask & near
+            mask = self._masks[window] = self._mask(window)
         return k, v, mask, False
+
+    def _mask(self, window: int) -> torch.Tensor | PackedMask:
+        segments = self.segments
+        b, t = segments.shape
+        if self._pieces is not None:
+            return PackedMask(self._pieces, (b, t, t), window, segments.device)
+        q = torch.arange(t, device=segments.device)
+        allowed = q[None, :] <= q[:, None]  # (T, T) causal
+        if window:
+            allowed &= (q[:, None] - q[None, :]) < window
+        return ((segments[:, :, None] == segments[:, None, :]) & allowed)[:, None]
 
     def advance(self, t: int) -> None:
         pass  # nothing is stored between calls

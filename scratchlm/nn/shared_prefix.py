@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from scratchlm.nn.attention import sliding_causal_mask
+from scratchlm.nn.packed_attention import PackedMask
 
 
 class SharedPrefix:
@@ -38,7 +39,7 @@ class SharedPrefix:
         self.length = 0  # the prompt's tokens once it has run
         self.shared = False
         self.packed: tuple[torch.Tensor, torch.Tensor] | None = None  # (segment, offset) (T,)
-        self._masks: dict[int, torch.Tensor] = {}  # window -> the packed row's (T, P + T) mask
+        self._masks: dict[int, PackedMask] = {}  # window -> the packed row's attention
 
     def share(self, lengths: list[int] | None = None) -> None:
         """The prompt has run: from now on, rows continue it; with ``lengths``, as one packed
@@ -84,8 +85,18 @@ class SharedPrefix:
         if self.packed is not None:
             if b != 1:
                 raise ValueError("SharedPrefix: packed continuations are one row")
-            return (torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2),
-                    self._packed_mask(p, window), False)
+            mask = self._masks.get(window)
+            if mask is None:  # each continuation: the prompt's keys, then its own
+                segment, offset = self.packed
+                n = torch.bincount(segment, minlength=1).tolist() if len(segment) else []
+                pieces, at = [], 0
+                for m in n:
+                    if m:
+                        pieces.append((0, at, at + m, p, p + at))
+                        at += m
+                mask = self._masks[window] = PackedMask(pieces, (1, t, p + t), window,
+                                                        k.device)
+            return torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2), mask, False
         keys = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)  # (B, KV, P + T, D)
         values = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
         q = torch.arange(p, p + t, device=k.device)[:, None]
@@ -94,18 +105,3 @@ class SharedPrefix:
         if window:
             mask &= q - s < window
         return keys, values, mask, False
-
-    def _packed_mask(self, p: int, window: int) -> torch.Tensor:
-        """(T, P + T) bool: every packed token sees the prompt and its own continuation's
-        earlier tokens (and, on a local layer, only the last ``window`` positions of those)."""
-        mask = self._masks.get(window)
-        if mask is None:
-            segment, offset = self.packed
-            pos = p + offset  # each token's position in its own prompt + continuation
-            own = (segment[:, None] == segment[None, :]) & (offset[:, None] >= offset[None, :])
-            prompt = torch.ones(len(segment), p, dtype=torch.bool, device=segment.device)
-            if window:
-                own &= (offset[:, None] - offset[None, :]) < window
-                prompt &= (pos[:, None] - torch.arange(p, device=segment.device)[None]) < window
-            mask = self._masks[window] = torch.cat([prompt, own], 1)
-        return mask
