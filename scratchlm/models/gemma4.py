@@ -398,7 +398,7 @@ def _last_positions(n: int, x: torch.Tensor, ple: torch.Tensor | None, tables: l
         if mask is None and causal:  # plain causal over S keys: the last n rows of it
             s = k.shape[2]
             mask = torch.ones(n, s, dtype=torch.bool, device=k.device).tril(s - n)
-        elif mask is not None:
-            mask = mask[..., -n:, :]
+        elif mask is not None:  # (pieces of packed rows: as one mask, then cut)
+            mask = (mask.dense() if isinstance(mask, PackedMask) else mask)[..., -n:, :]
         cut[i] = (k, v, mask, False)
     return x[:, -n:], None if ple is None else ple[:, t - n:], tables, cut

@@ -40,6 +40,7 @@ class DocumentMask:
         # the index where each position's document starts: a running max of the start indices
         first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
         self._positions = idx - first  # (B, T)
+        self._runs = starts.cumsum(1)  # (B, T): each position's run of equal values
         # each row's documents as pieces (row, start, end, no prefix, start): attention one
         # document at a time (nn/packed_attention.py) where that is less work than a mask of
         # the whole row, i.e. unless the row's documents are many and short
@@ -77,7 +78,8 @@ class DocumentMask:
         allowed = q[None, :] <= q[:, None]  # (T, T) causal
         if window:
             allowed &= (q[:, None] - q[None, :]) < window
-        return ((segments[:, :, None] == segments[:, None, :]) & allowed)[:, None]
+        runs = self._runs  # a document is a run of equal values, as in the pieces
+        return ((runs[:, :, None] == runs[:, None, :]) & allowed)[:, None]
 
     def advance(self, t: int) -> None:
         pass  # nothing is stored between calls

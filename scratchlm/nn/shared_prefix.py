@@ -43,10 +43,11 @@ class SharedPrefix:
 
     def share(self, lengths: list[int] | None = None) -> None:
         """The prompt has run: from now on, rows continue it; with ``lengths``, as one packed
-        row of continuations of these lengths side by side (the module docstring)."""
+        row of continuations of these lengths side by side (the module docstring). Called
+        again, the next call's rows continue the prompt in the new way."""
         if not self.keys:
             raise RuntimeError("SharedPrefix.share(): run the prompt through the model first")
-        self.shared = True
+        self.shared, self.packed, self._masks = True, None, {}
         if lengths is not None:
             n = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
             if (n < 0).any():

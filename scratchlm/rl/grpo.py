@@ -135,55 +135,76 @@ def _scatter_real(rows: torch.Tensor, lengths: list[int], logp: torch.Tensor,
     """The (N,) values of the rows' real tokens, in order, as (G, T) with 0 on the padding."""
     real = torch.arange(rows.shape[1], device=rows.device)[None] < torch.tensor(
         lengths, device=rows.device)[:, None]
-    zeros = torch.zeros(rows.shape, dtype=logp.dtype, device=logp.device)
-    return zeros.masked_scatter(real, logp), zeros.masked_scatter(real, entropy)
+    zeros = torch.zeros(rows.shape, device=logp.device)
+    return (zeros.to(logp.dtype).masked_scatter(real, logp),
+            zeros.to(entropy.dtype).masked_scatter(real, entropy))
+
+
+def _fitting(costs: list[int], limit: int) -> list[list[int]]:
+    """Consecutive groups of indices whose costs (each <= limit) sum to at most ``limit``: the
+    packed rows that fit the model's context."""
+    groups, total = [[]], 0
+    for i, c in enumerate(costs):
+        if groups[-1] and total + c > limit:
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += c
+    return groups
 
 
 def _packed_rows_logprobs(model: nn.Module, prompt: torch.Tensor, rows: torch.Tensor,
                           lengths: list[int], temperature: float,
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """``group_logprobs`` packed where the prompt cannot be shared (block checkpointing,
-    linear-attention layers): the whole rows, prompt + real tokens, side by side in one row
-    with a document mask (``nn/doc_mask.py``)."""
+    linear-attention layers): the whole rows, prompt + real tokens, side by side with a
+    document mask (``nn/doc_mask.py``), in as many packed rows as the context needs."""
     from scratchlm.nn.doc_mask import DocumentMask
 
     p = prompt.shape[0]
-    inputs, segments, at, where = [], [], 0, []
-    for i, n in enumerate(lengths):
-        if n:  # the row's inputs: the prompt, then its tokens but the last
+    real = [i for i, n in enumerate(lengths) if n]
+    states = []
+    for group in _fitting([p + lengths[i] - 1 for i in real], model.cfg.context_length):
+        inputs, segments, where, at = [], [], [], 0
+        for i in (real[j] for j in group):  # the row's inputs: the prompt, its tokens but the last
+            n = lengths[i]
             inputs += [prompt, rows[i, :n - 1]]
             segments.append(torch.full((p + n - 1,), i, device=rows.device))
             where.append(torch.arange(at + p - 1, at + p + n - 1, device=rows.device))
             at += p + n - 1
-    if not inputs:
+        hidden = model.hidden_states(torch.cat(inputs)[None],
+                                     DocumentMask(torch.cat(segments)[None]))[0]
+        states.append(hidden[torch.cat(where)])
+    if not states:
         zeros = torch.zeros(rows.shape, device=rows.device)
         return zeros, zeros
-    hidden = model.hidden_states(torch.cat(inputs)[None],
-                                 DocumentMask(torch.cat(segments)[None]))[0]
-    real = torch.cat([rows[i, :n] for i, n in enumerate(lengths)])
-    logp, entropy = _head_logprobs(model, hidden[torch.cat(where)][None], real[None],
-                                   temperature)
+    tokens = torch.cat([rows[i, :n] for i, n in enumerate(lengths)])
+    logp, entropy = _head_logprobs(model, torch.cat(states)[None], tokens[None], temperature)
     return _scatter_real(rows, lengths, logp[0], entropy[0])
 
 
 def _packed_logprobs(model: nn.Module, prefix, last: torch.Tensor, rows: torch.Tensor,
                      lengths: list[int], temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``group_logprobs`` packed: row i's first ``lengths[i]`` tokens; each is predicted from
-    the prompt's last state (its first token) or from its own tokens before it."""
-    prefix.share([max(n - 1, 0) for n in lengths])
-    inputs = torch.cat([rows[i, :max(n - 1, 0)] for i, n in enumerate(lengths)])
-    states = (model.hidden_states(inputs[None], prefix)[0] if len(inputs)
-              else last.new_zeros(0, last.shape[-1]))
-    pieces, at = [], 0
-    for n in lengths:  # row i: the prompt's last state, then its own
-        if n:
-            pieces += [last[0], states[at:at + n - 1]]
-            at += n - 1
+    """``group_logprobs`` packed: row i's first ``lengths[i]`` tokens, each predicted from the
+    prompt's last state (its first token) or from its own tokens before it; the rows' inputs
+    side by side after the prompt, in as many packed rows as the context needs."""
+    inputs = [max(n - 1, 0) for n in lengths]
+    own = []  # each row's states after the first
+    for group in _fitting(inputs, model.cfg.context_length - prefix.length):
+        prefix.share([inputs[i] for i in group])
+        ids = torch.cat([rows[i, :inputs[i]] for i in group])
+        states = (model.hidden_states(ids[None], prefix)[0] if len(ids)
+                  else last.new_zeros(0, last.shape[-1]))
+        at = 0
+        for i in group:
+            own.append(states[at:at + inputs[i]])
+            at += inputs[i]
+    pieces = [x for n, o in zip(lengths, own) if n for x in (last[0], o)]
     if not pieces:
-        zeros = torch.zeros(rows.shape, dtype=last.dtype, device=rows.device)
+        zeros = torch.zeros(rows.shape, device=rows.device)
         return zeros, zeros
-    real = torch.cat([rows[i, :n] for i, n in enumerate(lengths)])
-    logp, entropy = _head_logprobs(model, torch.cat(pieces)[None], real[None], temperature)
+    tokens = torch.cat([rows[i, :n] for i, n in enumerate(lengths)])
+    logp, entropy = _head_logprobs(model, torch.cat(pieces)[None], tokens[None], temperature)
     return _scatter_real(rows, lengths, logp[0], entropy[0])
 
 

@@ -194,20 +194,25 @@ def test_the_prompt_run_once_for_a_group_gives_the_whole_rows_values(name, chang
         assert (y - x).norm() <= 1e-4 * x.norm() + 1e-6
 
 
+@pytest.mark.parametrize("context", [None, 20], ids=["one-row", "context-20"])
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["shared", "whole-rows"])
 @pytest.mark.parametrize("name,changes", FAMILIES, ids=FAMILY_IDS)
-def test_packed_completions_give_the_padded_rows_values(name, changes, checkpointing):
+def test_packed_completions_give_the_padded_rows_values(name, changes, checkpointing, context):
     """group_logprobs with ``lengths`` (the G completions side by side in one row after the
     shared prompt; with block checkpointing, and for linear-attention layers, whole rows side
     by side with a document mask; no padding either way) equals the padded rows on every real
     token: log-probabilities, entropies and gradients; padding reads 0. Lengths 9, 5, 1 and 0
-    (a completion of one token has no inputs of its own; one of none has nothing at all)."""
+    (a completion of one token has no inputs of its own; one of none has nothing at all).
+    ``context`` 20: the packed rows would not fit a context of 20 tokens (11 + 18 inputs, or
+    the whole rows' 47), so they split into several, each within it."""
     from scratchlm.models.registry import build_model, preset
     from scratchlm.rl.grpo import group_logprobs
 
     torch.manual_seed(0)
-    model = build_model(dataclasses.replace(preset(name)[1], **changes,
-                                            grad_checkpointing=checkpointing)).eval()
+    cfg = dataclasses.replace(preset(name)[1], **changes, grad_checkpointing=checkpointing)
+    if context:
+        cfg = dataclasses.replace(cfg, context_length=context)
+    model = build_model(cfg).eval()
     prompt = torch.randint(0, 97, (11,))
     lengths = [9, 5, 1, 0, 7]
     rows = torch.randint(0, 97, (len(lengths), 9))
