@@ -55,7 +55,7 @@ class SharedPrefix:
             segment = torch.repeat_interleave(torch.arange(len(n), device=self.device), n)
             starts = torch.cumsum(n, 0) - n
             offset = torch.arange(len(segment), device=self.device) - starts[segment]
-            self.packed = (segment, offset)
+            self.packed, self._lengths = (segment, offset), n.tolist()
 
     def positions(self, t: int) -> torch.Tensor:
         """(1, T) positions of the next ``t`` tokens of every row (packed: of each
@@ -88,10 +88,8 @@ class SharedPrefix:
                 raise ValueError("SharedPrefix: packed continuations are one row")
             mask = self._masks.get(window)
             if mask is None:  # each continuation: the prompt's keys, then its own
-                segment, offset = self.packed
-                n = torch.bincount(segment, minlength=1).tolist() if len(segment) else []
                 pieces, at = [], 0
-                for m in n:
+                for m in self._lengths:
                     if m:
                         pieces.append((0, at, at + m, p, p + at))
                         at += m

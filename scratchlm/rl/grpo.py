@@ -130,14 +130,19 @@ def _keys_only(model: nn.Module) -> bool:
     return all(not hasattr(b, "lin") for b in model.trf_blocks)
 
 
-def _scatter_real(rows: torch.Tensor, lengths: list[int], logp: torch.Tensor,
-                  entropy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (N,) values of the rows' real tokens, in order, as (G, T) with 0 on the padding."""
+def _real_logprobs(model: nn.Module, states: list[torch.Tensor], rows: torch.Tensor,
+                   lengths: list[int], temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (G, T) log-probabilities and entropies of the rows' real tokens from their states
+    (pieces of (n, C), in the tokens' order), 0 on the padding."""
+    zeros = torch.zeros(rows.shape, device=rows.device)
+    if not states:
+        return zeros, zeros
+    tokens = torch.cat([rows[i, :n] for i, n in enumerate(lengths)])
+    logp, entropy = _head_logprobs(model, torch.cat(states)[None], tokens[None], temperature)
     real = torch.arange(rows.shape[1], device=rows.device)[None] < torch.tensor(
         lengths, device=rows.device)[:, None]
-    zeros = torch.zeros(rows.shape, device=logp.device)
-    return (zeros.to(logp.dtype).masked_scatter(real, logp),
-            zeros.to(entropy.dtype).masked_scatter(real, entropy))
+    return (zeros.to(logp.dtype).masked_scatter(real, logp[0]),
+            zeros.to(entropy.dtype).masked_scatter(real, entropy[0]))
 
 
 def _fitting(costs: list[int], limit: int) -> list[list[int]]:
@@ -175,12 +180,7 @@ def _packed_rows_logprobs(model: nn.Module, prompt: torch.Tensor, rows: torch.Te
         hidden = model.hidden_states(torch.cat(inputs)[None],
                                      DocumentMask(torch.cat(segments)[None]))[0]
         states.append(hidden[torch.cat(where)])
-    if not states:
-        zeros = torch.zeros(rows.shape, device=rows.device)
-        return zeros, zeros
-    tokens = torch.cat([rows[i, :n] for i, n in enumerate(lengths)])
-    logp, entropy = _head_logprobs(model, torch.cat(states)[None], tokens[None], temperature)
-    return _scatter_real(rows, lengths, logp[0], entropy[0])
+    return _real_logprobs(model, states, rows, lengths, temperature)
 
 
 def _packed_logprobs(model: nn.Module, prefix, last: torch.Tensor, rows: torch.Tensor,
@@ -200,12 +200,7 @@ def _packed_logprobs(model: nn.Module, prefix, last: torch.Tensor, rows: torch.T
             own.append(states[at:at + inputs[i]])
             at += inputs[i]
     pieces = [x for n, o in zip(lengths, own) if n for x in (last[0], o)]
-    if not pieces:
-        zeros = torch.zeros(rows.shape, device=rows.device)
-        return zeros, zeros
-    tokens = torch.cat([rows[i, :n] for i, n in enumerate(lengths)])
-    logp, entropy = _head_logprobs(model, torch.cat(pieces)[None], tokens[None], temperature)
-    return _scatter_real(rows, lengths, logp[0], entropy[0])
+    return _real_logprobs(model, pieces, rows, lengths, temperature)
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
