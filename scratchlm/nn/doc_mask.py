@@ -44,10 +44,9 @@ class DocumentMask:
         # each row's documents as pieces (row, start, end, no prefix, start): attention one
         # document at a time (nn/packed_attention.py) where that is less work than a mask of
         # the whole row, i.e. unless the row's documents are many and short
-        pieces = []
-        for row, begin in enumerate(starts.tolist()):
-            cuts = [i for i, first_token in enumerate(begin) if first_token] + [t]
-            pieces += [(row, lo, hi, 0, lo) for lo, hi in zip(cuts, cuts[1:])]
+        begins = starts.nonzero().tolist()  # (row, start) of each document, in order
+        pieces = [(row, lo, nxt[1] if nxt and nxt[0] == row else t, 0, lo)
+                  for (row, lo), nxt in zip(begins, begins[1:] + [None])]
         area = sum((hi - lo) ** 2 for _, lo, hi, _, _ in pieces)
         self._pieces = pieces if len(pieces) <= MAX_PIECES and 2 * area <= len(segments) * t * t \
             else None
