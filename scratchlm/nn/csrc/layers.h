@@ -21,10 +21,13 @@ static void rms_norm(const float *x, const float *weight, float eps, float *out,
     for (int64_t c = 0; c < C; c++) out[c] = x[c] * inv * weight[c];
 }
 
+/* v = v cos + rotate_half(v) sin, the halves in two loops (an index taken modulo D kept the
+   loop scalar) */
 static void rope(float *v, const float *cos, const float *sin, int64_t D) {
     float tmp[D];
     int64_t half = D / 2;
-    for (int64_t i = 0; i < D; i++) tmp[i] = v[i] * cos[i] + v[(i + half) % D] * sin[i];
+    for (int64_t i = 0; i < half; i++) tmp[i] = v[i] * cos[i] + v[i + half] * sin[i];
+    for (int64_t i = half; i < D; i++) tmp[i] = v[i] * cos[i] + v[i - half] * sin[i];
     memcpy(v, tmp, sizeof(float) * D);
 }
 
@@ -47,6 +50,73 @@ static inline float exp_approx(float x) {
     float scale;
     memcpy(&scale, &bits, 4);
     return p * scale;
+}
+
+/* The activations of a layer's hidden units, in place or into a: silu(g) u (SwiGLU) and GELU's
+   tanh form. With AVX2 eight at a time by exp8, the same arithmetic as exp_approx: gcc keeps
+   exp_approx's clamp as branches and the loop scalar (12288 values of a batch-8 SmolLM2 layer
+   took 30 us on one core while the other waited), and with -fno-trapping-math it vectorizes
+   the loop as three cases blended, one of which divides by e^88 and makes denormals (3x
+   slower than scalar). */
+static inline float silu_mul(float g, float u) { return g / (1.f + exp_approx(-g)) * u; }
+
+static inline float gelu_tanh(float v) { /* 1 + tanh(y) = 2 - 2 / (e^(2y) + 1) */
+    float y = 0.7978845608028654f * (v + 0.044715f * v * v * v); /* sqrt(2 / pi) (...) */
+    return 0.5f * v * (2.f - 2.f / (exp_approx(2.f * y) + 1.f));
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+static inline __m256 exp8(__m256 x) {
+    /* the clamp's operands in this order keep a NaN a NaN (max/min return the second one) */
+    x = _mm256_min_ps(_mm256_set1_ps(88.3f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));
+    __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f),
+                                             _mm256_set1_ps(12582912.f)),
+                             _mm256_set1_ps(12582912.f));
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f),
+                               _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x));
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.f));
+    __m256i bits = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+#endif
+
+/* a[j] = silu(g[j]) u[j] for j < n */
+static void silu_rows(const float *g, const float *u, float *a, int64_t n) {
+    int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    const __m256 one = _mm256_set1_ps(1.f);
+    for (; j + 8 <= n; j += 8) {
+        __m256 gv = _mm256_loadu_ps(g + j);
+        __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+        _mm256_storeu_ps(a + j, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)),
+                                              _mm256_loadu_ps(u + j)));
+    }
+#endif
+    for (; j < n; j++) a[j] = silu_mul(g[j], u[j]);
+}
+
+/* h[j] = gelu_tanh(h[j]) for j < n */
+static void gelu_rows(float *h, int64_t n) {
+    int64_t j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    const __m256 k0 = _mm256_set1_ps(0.7978845608028654f), k1 = _mm256_set1_ps(0.044715f);
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.f), two = _mm256_set1_ps(2.f);
+    for (; j + 8 <= n; j += 8) {
+        __m256 v = _mm256_loadu_ps(h + j);
+        /* y = k0 (v + k1 v v v), as gelu_tanh rounds it */
+        __m256 y = _mm256_mul_ps(k0, _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(k1, v), v), v, v));
+        __m256 t = _mm256_div_ps(two, _mm256_add_ps(exp8(_mm256_mul_ps(two, y)), one));
+        _mm256_storeu_ps(h + j, _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_sub_ps(two, t)));
+    }
+#endif
+    for (; j < n; j++) h[j] = gelu_tanh(h[j]);
 }
 
 /* Write this token's keys and values (rows of qkv after the H query heads) at `slot`. */
@@ -197,12 +267,7 @@ void llama_layer(float *x, int64_t B, int64_t C, int64_t H, int64_t KV, int64_t 
 
     for (int64_t b = 0; b < B; b++) rms_norm(x + b * C, norm2, eps, h + b * C, C);
     matvec(gate_up_w, n_gate_up, h, gu, B, C, 2 * I);
-    for (int64_t b = 0; b < B; b++) {
-        const float *g = gu + b * 2 * I, *u = g + I;
-        float *a = act + b * I;
-#pragma omp simd
-        for (int64_t j = 0; j < I; j++) a[j] = g[j] / (1.f + exp_approx(-g[j])) * u[j];
-    }
+    for (int64_t b = 0; b < B; b++) silu_rows(gu + b * 2 * I, gu + b * 2 * I + I, act + b * I, I);
     matvec(down_w, 1, act, out, B, I, C);
     for (int64_t j = 0; j < B * C; j++) x[j] += out[j];
 
@@ -244,12 +309,7 @@ void gpt_layer(float *x, int64_t B, int64_t C, int64_t H, int64_t D, int64_t I, 
 
     for (int64_t b = 0; b < B; b++) layer_norm(x + b * C, ln2_w, ln2_b, eps, h + b * C, C);
     matvec(fc_w, 1, h, hid, B, C, I);
-    const float k0 = 0.7978845608028654f; /* sqrt(2 / pi) */
-#pragma omp simd
-    for (int64_t j = 0; j < B * I; j++) { /* 1 + tanh(y) = 2 - 2 / (e^(2y) + 1) */
-        float v = hid[j], y = k0 * (v + 0.044715f * v * v * v);
-        hid[j] = 0.5f * v * (2.f - 2.f / (exp_approx(2.f * y) + 1.f));
-    }
+    gelu_rows(hid, B * I);
     matvec(proj_w, 1, hid, out, B, I, C);
     for (int64_t j = 0; j < B * C; j++) x[j] += out[j];
 
