@@ -223,18 +223,19 @@ class NativeDecoder:
         layer_bytes = cache.k.stride(0) * cache.k.element_size()  # also for a view of rows
         k0, v0 = cache.k.data_ptr(), cache.v.data_ptr()
         layers = self._batch_layers() if b >= PANEL_MIN_ROWS else self.layers
+        # the same for every layer (cache.capacity is a property: read once)
+        slots, x_ptr, start_ptr = (cache.capacity, cache.length), x.data_ptr(), start.data_ptr()
+        rot = (cos.data_ptr(), sin.data_ptr()) if self.llama else ()
         for i, (norms, (qkv, o, up, down), (n_qkv, _, n_up, _), _) in enumerate(layers):
-            kv = (k0 + i * layer_bytes, v0 + i * layer_bytes, cache.capacity, cache.length,
-                  start.data_ptr())
+            kv = (k0 + i * layer_bytes, v0 + i * layer_bytes, *slots, start_ptr)
             if self.llama:
                 c, h, n_kv, d, inter = self.dims
                 qk = [t.data_ptr() for t in norms[2:]] or [None, None]
-                self.kernel(x.data_ptr(), b, c, h, n_kv, d, inter, self.eps, norms[0].data_ptr(),
-                            qkv, n_qkv, o, norms[1].data_ptr(), up, n_up, down, cos.data_ptr(),
-                            sin.data_ptr(), *kv, *qk)
+                self.kernel(x_ptr, b, c, h, n_kv, d, inter, self.eps, norms[0].data_ptr(),
+                            qkv, n_qkv, o, norms[1].data_ptr(), up, n_up, down, *rot, *kv, *qk)
             else:
                 c, h, d, inter = self.dims
-                self.kernel(x.data_ptr(), b, c, h, d, inter, self.eps,
+                self.kernel(x_ptr, b, c, h, d, inter, self.eps,
                             *[t.data_ptr() for t in norms[:2]], qkv, o,
                             *[t.data_ptr() for t in norms[2:]], up, down, *kv)
         cache.advance(1)
