@@ -1,10 +1,11 @@
-/* parallel_for(n, fn, ctx): fn(ctx, lo, hi) over [0, n) cut into one contiguous range per
-   thread (OpenMP's static schedule), for the kernels' loops over rows.
+/* parallel_for(n, fn, ctx): fn(ctx, lo, hi) over [0, n) cut into one contiguous part per
+   thread, each taken in pieces (below: a thread done early takes what is left of the others'),
+   for the kernels' loops over rows.
 
    Built with OpenMP (gcc, clang with libomp) it is an OpenMP parallel region on the runtime
    PyTorch has loaded, so the thread count is torch's. Built without (Apple's clang has no
    OpenMP) it is a small pool of pthreads, as many as set_threads says (nn/native.py passes
-   torch's count; the default is the CPUs online): the caller takes the first range, the
+   torch's count; the default is the CPUs online): the caller takes the first part, the
    workers the others; a worker spins briefly for the next job (a decode step calls the
    kernels a few hundred times a token, microseconds apart) and then sleeps. One job runs at a
    time; a process forked while the pool runs starts a new pool in the child. */
@@ -13,8 +14,40 @@
 #define SCRATCHLM_PARALLEL_H
 
 #include <stdint.h>
+#include <stdlib.h>
 
 typedef void (*range_fn)(void *ctx, int64_t lo, int64_t hi);
+
+/* Each thread's contiguous range, taken PARALLEL_PIECES pieces at a time from its front by the
+   thread that owns it and then, once a thread's own is done, by the others: a thread slowed
+   down (by the OS, or a core another process shares) no longer holds the rest at the end,
+   while each thread still streams through its own rows in order. One counter a cache line. */
+#define PARALLEL_PIECES 8
+typedef struct {
+    int64_t next, end, piece;
+} __attribute__((aligned(64))) Part;
+
+/* [0, n) as T parts */
+static void parts_init(Part *parts, int64_t T, int64_t n) {
+    for (int64_t t = 0; t < T; t++) {
+        parts[t].next = n * t / T;
+        parts[t].end = n * (t + 1) / T;
+        parts[t].piece = (parts[t].end - parts[t].next + PARALLEL_PIECES - 1) / PARALLEL_PIECES;
+    }
+}
+
+/* thread t's share of the work: its own part, then what is left of the others' */
+static void parts_run(Part *parts, int64_t T, int64_t t, range_fn fn, void *ctx) {
+    for (int64_t k = 0; k < T; k++) {
+        Part *p = &parts[(t + k) % T];
+        for (;;) {
+            int64_t lo = __atomic_fetch_add(&p->next, p->piece, __ATOMIC_RELAXED);
+            if (lo >= p->end)
+                break;
+            fn(ctx, lo, lo + p->piece < p->end ? lo + p->piece : p->end);
+        }
+    }
+}
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -22,13 +55,19 @@ typedef void (*range_fn)(void *ctx, int64_t lo, int64_t hi);
 static void parallel_for(int64_t n, range_fn fn, void *ctx) {
     if (n <= 0)
         return;
+    /* parts for as many threads as a region may have; a region that gets fewer (nested, or
+       the runtime's choice) takes the missing threads' parts as the others' */
+    int64_t T = omp_get_max_threads();
+    Part stack[16], *parts = T <= 16 ? stack : aligned_alloc(64, sizeof(Part) * (size_t)T);
+    parts_init(parts, T, n);
 #pragma omp parallel
     {
-        int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-        int64_t lo = n * t / T, hi = n * (t + 1) / T;
-        if (lo < hi)
-            fn(ctx, lo, hi);
+        int64_t t = omp_get_thread_num();
+        if (t < T)
+            parts_run(parts, T, t, fn, ctx);
     }
+    if (parts != stack)
+        free(parts);
 }
 
 /* OpenMP's threads are torch's: nothing to set; says -1 (no pool) */
@@ -62,8 +101,8 @@ static struct {
     atomic_int pending;
     range_fn fn;
     void *ctx;
-    int64_t n;
     long born[POOL_MAX]; /* the generation when each worker was made: its first job is the next */
+    Part parts[POOL_MAX];
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .job = PTHREAD_MUTEX_INITIALIZER,
           .wake = PTHREAD_COND_INITIALIZER, .done = PTHREAD_COND_INITIALIZER};
 
@@ -88,9 +127,7 @@ static void *pool_worker(void *arg) {
         int64_t T = pool.size;
         if (id >= T) /* a worker left over from a larger pool (set_threads): not in this job */
             continue;
-        int64_t lo = pool.n * id / T, hi = pool.n * (id + 1) / T;
-        if (lo < hi)
-            pool.fn(pool.ctx, lo, hi);
+        parts_run(pool.parts, T, id, pool.fn, pool.ctx);
         if (atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_acq_rel) == 1) {
             pthread_mutex_lock(&pool.lock);
             pthread_cond_signal(&pool.done);
@@ -139,15 +176,13 @@ static void parallel_for(int64_t n, range_fn fn, void *ctx) {
     }
     pool.fn = fn;
     pool.ctx = ctx;
-    pool.n = n;
+    parts_init(pool.parts, pool.size, n);
     atomic_store(&pool.pending, pool.size - 1);
     pthread_mutex_lock(&pool.lock);
     atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
     pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
-    int64_t hi = n / pool.size;
-    if (hi > 0)
-        fn(ctx, 0, hi);
+    parts_run(pool.parts, pool.size, 0, fn, ctx);
     for (int spins = 0; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0;) {
         if (++spins < POOL_SPIN) {
             cpu_relax();
