@@ -58,7 +58,11 @@ static void parallel_for(int64_t n, range_fn fn, void *ctx) {
     /* parts for as many threads as a region may have; a region that gets fewer (nested, or
        the runtime's choice) takes the missing threads' parts as the others' */
     int64_t T = omp_get_max_threads();
-    Part stack[16], *parts = T <= 16 ? stack : aligned_alloc(64, sizeof(Part) * (size_t)T);
+    Part stack[16], *parts = stack;
+    if (T > 16 && !(parts = aligned_alloc(64, sizeof(Part) * (size_t)T))) {
+        parts = stack; /* no memory: 16 parts, the threads past them take none of their own */
+        T = 16;
+    }
     parts_init(parts, T, n);
 #pragma omp parallel
     {
